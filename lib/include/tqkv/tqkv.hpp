@@ -1,0 +1,9 @@
+// tqkv: TurboQuant-family compression of transformer KV caches.
+#pragma once
+#include "tqkv/codebook.hpp"
+#include "tqkv/codec.hpp"
+#include "tqkv/fp16.hpp"
+#include "tqkv/kernels.hpp"
+#include "tqkv/packing.hpp"
+#include "tqkv/rng.hpp"
+#include "tqkv/rotation.hpp"

@@ -1,0 +1,78 @@
+// Picks the kernel table: the best the CPU supports, or the one TQKV_KERNEL / the caller names.
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kernels/kernels.hpp"
+#include "tqkv/kernels.hpp"
+
+namespace tqkv {
+namespace detail {
+namespace {
+
+bool cpu_supports(const std::string& name) {
+    if (name == "scalar") return true;
+#if defined(TQKV_HAVE_X86_KERNELS)
+    __builtin_cpu_init();
+    if (name == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                               __builtin_cpu_supports("f16c") && __builtin_cpu_supports("bmi2");
+    if (name == "avx512")
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+               __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c") &&
+               __builtin_cpu_supports("bmi2");
+#endif
+#if defined(TQKV_HAVE_NEON_KERNELS)
+    if (name == "neon") return true;  // NEON is part of the ARMv8-A baseline
+#endif
+    return false;
+}
+
+const KernelTable* table_for(const std::string& name) {
+    if (name == "scalar") return &scalar_kernels();
+#if defined(TQKV_HAVE_X86_KERNELS)
+    if (name == "avx2") return &avx2_kernels();
+    if (name == "avx512") return &avx512_kernels();
+#endif
+#if defined(TQKV_HAVE_NEON_KERNELS)
+    if (name == "neon") return &neon_kernels();
+#endif
+    return nullptr;
+}
+
+const KernelTable& best_kernels() {
+    static const KernelTable* best = [] {
+        const char* env = std::getenv("TQKV_KERNEL");
+        if (env && *env && std::string(env) != "auto") return &kernels_by_name(env);
+        for (const auto& name : available_kernels())
+            if (name != "scalar") return table_for(name);  // available_kernels() lists the best first
+        return &scalar_kernels();
+    }();
+    return *best;
+}
+
+}  // namespace
+
+const KernelTable& kernels_by_name(const char* name) {
+    const std::string n = name ? name : "";
+    if (n.empty() || n == "auto") return best_kernels();
+    const KernelTable* t = table_for(n);
+    if (!t) throw std::invalid_argument("tqkv: unknown kernel '" + n + "' (scalar, avx2, avx512, neon)");
+    if (!cpu_supports(n)) throw std::invalid_argument("tqkv: kernel '" + n + "' is not supported by this CPU");
+    return *t;
+}
+
+}  // namespace detail
+
+std::vector<std::string> available_kernels() {
+    std::vector<std::string> out;
+    for (const char* name : {"avx512", "avx2", "neon"})
+        if (detail::table_for(name) && detail::cpu_supports(name)) out.push_back(name);
+    out.push_back("scalar");
+    return out;
+}
+
+std::string default_kernel() { return detail::best_kernels().name; }
+
+}  // namespace tqkv

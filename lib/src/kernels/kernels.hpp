@@ -1,0 +1,71 @@
+// The table of kernels one instruction set provides (internal).
+//
+// Every kernel has a scalar reference in kernels/scalar/; the AVX2, AVX-512 and NEON versions must
+// produce bit-identical results for everything that decides a code (max_abs, sum_squares, scale,
+// flip_signs, fwht, matvec, quantize, sign_bits, pack, float_to_half). That works because each of
+// those is defined as a fixed sequence of IEEE operations:
+//   - element-wise operations (scale, sign flips, Walsh–Hadamard butterflies a+b / a-b, compares)
+//     give the same bits however they are vectorized;
+//   - reductions use one canonical order: 16 lanes, lane l sums x[l], x[l+16], x[l+32], ... in
+//     order, then the lanes are folded l += l+8, l += l+4, l += l+2, l += l+1;
+//   - matvec accumulates y += x[j] * column j for j = 0, 1, 2, ... (each output in sequence);
+//   - multiplies and adds are never fused (the project builds with -ffp-contract=off).
+// dot_codes and lookup feed only decode and scores, where a different summation order is allowed
+// (tests compare them with a tolerance).
+//
+// Buffers of floats are padded to a multiple of kLanes with zeros beyond their logical length.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+namespace tqkv::detail {
+
+constexpr int kLanes = 16;
+inline int pad_lanes(int n) { return (n + kLanes - 1) / kLanes * kLanes; }
+
+struct KernelTable {
+    const char* name;
+    // max |x_i|, n a multiple of 16.
+    float (*max_abs)(const float* x, int n);
+    // sum of x_i^2 in the canonical 16-lane order, n a multiple of 16.
+    float (*sum_squares)(const float* x, int n);
+    // x_i *= s.
+    void (*scale)(float* x, int n, float s);
+    // x_i = -x_i where mask bit i is set (mask: n/32 words, bit i%32 of word i/32).
+    void (*flip_signs)(float* x, const uint32_t* mask, int n);
+    // Unnormalized in-place Walsh–Hadamard transform on each block of `block` floats (a power of
+    // two, block <= n, n a multiple of block); butterflies (a, b) -> (a + b, a - b), stride 1 first.
+    void (*fwht)(float* x, int n, int block);
+    // y[0, rows) = sum over j < cols of x[j] * m[j * rows + i]  (m column-major, rows % 16 == 0).
+    void (*matvec)(const float* m, int rows, int cols, const float* x, float* y);
+    // code_i = number of k with x_i >= bounds[k]; bounds has 2^bits entries, ascending, last +inf.
+    void (*quantize)(const float* x, int n, const float* bounds, int bits, uint8_t* codes);
+    // out_i = table[codes_i].
+    void (*lookup)(const uint8_t* codes, int n, const float* table, float* out);
+    // Packs n codes of `bits` bits, LSB first (see packing.hpp); unpack is the inverse.
+    void (*pack)(const uint8_t* codes, int n, int bits, uint8_t* out);
+    void (*unpack)(const uint8_t* in, int n, int bits, uint8_t* codes);
+    // For count vectors of n packed codes (vector v at packed + v * stride):
+    // out[v] = sum_i q[i] * table[code_vi]. n <= padded length of q; q zero-padded.
+    void (*dot_codes)(const float* q, int n, const float* table, int bits, const uint8_t* packed,
+                      size_t stride, size_t count, float* out);
+    // IEEE binary16 conversion, round to nearest even (same bits as tqkv::float_to_half).
+    void (*to_half)(const float* x, size_t n, uint16_t* out);
+    void (*from_half)(const uint16_t* h, size_t n, float* out);
+};
+
+const KernelTable& scalar_kernels();
+#if defined(TQKV_HAVE_X86_KERNELS)
+const KernelTable& avx2_kernels();
+const KernelTable& avx512_kernels();
+#endif
+#if defined(TQKV_HAVE_NEON_KERNELS)
+const KernelTable& neon_kernels();
+#endif
+
+// The table for a name ("scalar", "avx2", "avx512", "neon"); "" or "auto" = best supported
+// (or the TQKV_KERNEL environment variable). Throws std::invalid_argument for unknown or
+// unsupported names.
+const KernelTable& kernels_by_name(const char* name);
+
+}  // namespace tqkv::detail
