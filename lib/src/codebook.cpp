@@ -31,9 +31,9 @@ CoordinateDensity::CoordinateDensity(int dim) : dim_(dim) {
         throw std::invalid_argument("tqkv: dimension " + std::to_string(dim) + " out of range [3, 1024]");
     // Beyond 20 standard deviations (sigma ~ 1/sqrt(d)) the density is below e^-200 of its peak.
     limit_ = std::min(1.0, 20.0 / std::sqrt(double(dim)));
-    step_ = 2.0 * limit_ / kGridCells;
+    step_ = limit_ / kGridCells;
     for (auto& t : table_) t.assign(kGridCells + 1, 0.0);
-    // Composite Simpson per grid cell, accumulated into prefix sums.
+    // Composite Simpson per grid cell of [-support, 0], accumulated into prefix sums.
     double acc[3] = {0, 0, 0};
     double x0 = -limit_, f0 = raw(x0);
     for (int i = 0; i < kGridCells; ++i) {
@@ -46,7 +46,7 @@ CoordinateDensity::CoordinateDensity(int dim) : dim_(dim) {
         x0 = x1;
         f0 = f1;
     }
-    norm_ = 1.0 / acc[0];
+    norm_ = 0.5 / acc[0];  // f is even: the total mass is twice the left half
 }
 
 double CoordinateDensity::raw(double t) const {
@@ -59,9 +59,9 @@ double CoordinateDensity::raw(double t) const {
 
 double CoordinateDensity::pdf(double t) const { return raw(t) * norm_; }
 
-double CoordinateDensity::prefix(int k, double t) const {
+double CoordinateDensity::left(int k, double t) const {
     if (t <= -limit_) return 0.0;
-    if (t >= limit_) return table_[k][kGridCells] * norm_;
+    if (t >= 0.0) return table_[k][kGridCells] * norm_;
     int i = int((t + limit_) / step_);
     if (i >= kGridCells) i = kGridCells - 1;
     const double x0 = -limit_ + i * step_, xm = 0.5 * (x0 + t), h = t - x0;
@@ -70,7 +70,14 @@ double CoordinateDensity::prefix(int k, double t) const {
     return (table_[k][i] + part) * norm_;
 }
 
-double CoordinateDensity::cdf(double t) const { return prefix(0, t); }
+double CoordinateDensity::integral(int k, double a, double b) const {
+    // f is even, so t^k f is even for k = 0, 2 and odd for k = 1: an interval on the right is
+    // its mirror image on the left (negated for k = 1).
+    const double sign = k == 1 ? -1.0 : 1.0;
+    if (b <= 0.0) return left(k, b) - left(k, a);
+    if (a >= 0.0) return sign * (left(k, -a) - left(k, -b));
+    return (left(k, 0.0) - left(k, a)) + sign * (left(k, 0.0) - left(k, -b));
+}
 
 // ---------------------------------------------------------------------------------------------
 

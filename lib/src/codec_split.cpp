@@ -47,7 +47,9 @@ SplitPlan plan_split(const CodecConfig& cfg) {
     return {lo, hi, count};
 }
 
-size_t split_bytes(const CodecConfig& cfg, std::unique_ptr<VectorCodec>& hi, std::unique_ptr<VectorCodec>& lo) {
+}  // namespace
+
+SplitCodec::SplitCodec(const CodecConfig& cfg) : VectorCodec(cfg, 0) {
     const SplitPlan p = plan_split(cfg);
     CodecConfig h = cfg, l = cfg;
     h.high_channels.clear();
@@ -58,14 +60,9 @@ size_t split_bytes(const CodecConfig& cfg, std::unique_ptr<VectorCodec>& hi, std
     l.dim = cfg.dim - p.high_count;
     l.bits = p.low_bits;
     l.seed = derive_seed(cfg.seed, 2);
-    hi = make_codec(h);
-    lo = make_codec(l);
-    return hi->bytes_per_vector() + lo->bytes_per_vector();
-}
-
-}  // namespace
-
-SplitCodec::SplitCodec(const CodecConfig& cfg) : VectorCodec(cfg, split_bytes(cfg, hi_, lo_)) {
+    hi_ = make_codec(h);
+    lo_ = make_codec(l);
+    bytes_ = hi_->bytes_per_vector() + lo_->bytes_per_vector();
     std::vector<char> is_high(cfg.dim, 0);
     for (int c : cfg.high_channels) {
         if (c < 0 || c >= cfg.dim)

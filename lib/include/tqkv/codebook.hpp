@@ -17,27 +17,30 @@ constexpr int kMinDim = 3;
 constexpr int kMaxDim = 1024;
 constexpr int kMaxBits = 8;
 
-// f(t) tabulated on a fine grid, with exact-to-double prefix integrals of f, t f and t^2 f,
-// so that the mass and moments of any interval cost O(1).
+// f(t) tabulated on a fine grid of [-support, 0], with prefix integrals of f, t f and t^2 f
+// accumulated from the far left tail, so the mass and moments of any interval cost O(1) and keep
+// full relative precision even for tail cells of mass 1e-6 (the positive half is taken by
+// symmetry instead of as a difference of two numbers close to 1).
 class CoordinateDensity {
 public:
     explicit CoordinateDensity(int dim);
 
     int dim() const { return dim_; }
     double pdf(double t) const;  // normalized
-    double cdf(double t) const;
-    // Integrals over [a, b] of f, t f, t^2 f (normalized f).
-    double mass(double a, double b) const { return prefix(0, b) - prefix(0, a); }
-    double first_moment(double a, double b) const { return prefix(1, b) - prefix(1, a); }
-    double second_moment(double a, double b) const { return prefix(2, b) - prefix(2, a); }
-    double support() const { return limit_; }  // f is below 1e-30 of its peak outside [-support, support]
+    double cdf(double t) const { return mass(-1.0, t); }
+    // Integrals over [a, b] (a <= b) of f, t f, t^2 f (normalized f).
+    double mass(double a, double b) const { return integral(0, a, b); }
+    double first_moment(double a, double b) const { return integral(1, a, b); }
+    double second_moment(double a, double b) const { return integral(2, a, b); }
+    double support() const { return limit_; }  // f is below e^-200 of its peak outside [-support, support]
 
 private:
-    double raw(double t) const;             // unnormalized (1 - t^2)^((d-3)/2)
-    double prefix(int k, double t) const;   // integral of t^k f from -support to t
+    double raw(double t) const;                        // unnormalized (1 - t^2)^((d-3)/2)
+    double left(int k, double t) const;                // integral of t^k f over [-support, t], t <= 0
+    double integral(int k, double a, double b) const;
     int dim_;
     double limit_, step_, norm_;
-    std::vector<double> table_[3];          // prefix integrals at grid points
+    std::vector<double> table_[3];                     // left(k, grid point i)
 };
 
 class LloydMaxCodebook {

@@ -16,6 +16,8 @@
 //   qjl    [norm][signs: d bits]
 //   split  [high part, as its codec][low part, as its codec]
 // The same (config, seed) gives the same bytes on every kernel and every target.
+// fp16 norms hold 2^-24 .. 65504: encoding a vector with a larger norm is an error (use fp32
+// norms), a vector with a smaller norm decodes to zero.
 #pragma once
 #include <cstdint>
 #include <memory>

@@ -1,0 +1,267 @@
+// Every SIMD kernel against the scalar reference: bit-identical where the kernel decides codes,
+// within a stated tolerance where only the summation order differs (dot_codes).
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "kernels/kernels.hpp"
+#include "test_util.hpp"
+#include "tqkv/tqkv.hpp"
+
+using namespace tqkv;
+using detail::KernelTable;
+
+namespace {
+
+std::vector<std::string> simd_kernels() {
+    std::vector<std::string> out;
+    for (const auto& k : available_kernels())
+        if (k != "scalar") out.push_back(k);
+    return out;
+}
+
+bool same_bits(const float* a, const float* b, size_t n) { return std::memcmp(a, b, n * sizeof(float)) == 0; }
+
+// Inputs that stress each kernel: Gaussian, zeros, denormals, huge values, mixed signs/scales.
+std::vector<std::vector<float>> test_inputs(int n, uint64_t seed) {
+    Rng rng(seed);
+    std::vector<std::vector<float>> in;
+    auto add = [&](auto gen) {
+        std::vector<float> x(n);
+        for (int i = 0; i < n; ++i) x[i] = gen(i);
+        in.push_back(x);
+    };
+    add([&](int) { return float(rng.normal()); });
+    add([&](int) { return 0.0f; });
+    add([&](int i) { return (i % 3 ? 1 : -1) * float(rng.uniform()) * 1e-39f; });            // denormals
+    add([&](int) { return float(rng.normal()) * 1e30f; });                                    // huge
+    add([&](int i) { return float(rng.normal()) * (i % 7 == 0 ? 1e4f : 1e-4f); });            // mixed scales
+    add([&](int i) { return i % 2 ? -0.0f : float(std::ldexp(1.0, int(rng.below(60)) - 30)); });
+    return in;
+}
+
+}  // namespace
+
+TEST_CASE("SIMD kernels: element-wise and canonical-order reductions are bit-identical to scalar",
+          "[kernels]") {
+    const KernelTable& ref = detail::scalar_kernels();
+    for (const auto& name : simd_kernels()) {
+        const KernelTable& k = detail::kernels_by_name(name.c_str());
+        for (int n : {16, 32, 48, 64, 80, 96, 112, 128, 256, 1024}) {
+            int case_no = 0;
+            for (const auto& x : test_inputs(n, uint64_t(n))) {
+                INFO(name << " n=" << n << " input " << case_no++);
+                CHECK(k.max_abs(x.data(), n) == ref.max_abs(x.data(), n));
+                const float a = k.sum_squares(x.data(), n), b = ref.sum_squares(x.data(), n);
+                CHECK(std::memcmp(&a, &b, 4) == 0);
+
+                std::vector<float> p = x, q = x;
+                k.scale(p.data(), n, 0.7f);
+                ref.scale(q.data(), n, 0.7f);
+                CHECK(same_bits(p.data(), q.data(), n));
+
+                std::vector<uint32_t> mask(n / 32 + 1);
+                Rng rng(n);
+                for (auto& w : mask) w = uint32_t(rng.next());
+                p = x, q = x;
+                k.flip_signs(p.data(), mask.data(), n);
+                ref.flip_signs(q.data(), mask.data(), n);
+                CHECK(same_bits(p.data(), q.data(), n));
+
+                for (int block = 2; block <= n; block *= 2) {
+                    if (n % block) break;
+                    p = x, q = x;
+                    k.fwht(p.data(), n, block);
+                    ref.fwht(q.data(), n, block);
+                    INFO("fwht block " << block);
+                    CHECK(same_bits(p.data(), q.data(), n));
+                }
+            }
+            // fwht on a power-of-two length below the padding (dims 4, 8).
+            for (int small : {4, 8}) {
+                std::vector<float> p(16), q(16);
+                for (int i = 0; i < 16; ++i) p[i] = q[i] = float(i * 3 % 7) - 2.5f;
+                k.fwht(p.data(), small, small);
+                ref.fwht(q.data(), small, small);
+                CHECK(same_bits(p.data(), q.data(), 16));
+            }
+        }
+        // matvec with padded rows, any column count.
+        for (int cols : {3, 20, 64, 80, 96, 128, 256}) {
+            const int rows = detail::pad_lanes(cols);
+            const auto m = tqkv_test::gaussian_vectors(size_t(cols), rows, 11);
+            for (const auto& xin : test_inputs(rows, 5)) {
+                std::vector<float> y1(rows), y2(rows);
+                k.matvec(m.data(), rows, cols, xin.data(), y1.data());
+                ref.matvec(m.data(), rows, cols, xin.data(), y2.data());
+                INFO(name << " matvec cols=" << cols);
+                CHECK(same_bits(y1.data(), y2.data(), rows));
+            }
+        }
+    }
+}
+
+TEST_CASE("SIMD kernels: quantize, lookup, pack, unpack are bit-identical, including values on boundaries",
+          "[kernels]") {
+    const KernelTable& ref = detail::scalar_kernels();
+    for (const auto& name : simd_kernels()) {
+        const KernelTable& k = detail::kernels_by_name(name.c_str());
+        for (int b = 1; b <= 8; ++b)
+            for (int d : {16, 64, 80, 128, 1024}) {
+                INFO(name << " b=" << b << " d=" << d);
+                const auto cb = LloydMaxCodebook::get(std::max(d, 3), b);
+                const float* bounds = cb->boundaries_f().data();
+                const int nb = (1 << b) - 1;
+                // Values exactly on boundaries, one ulp either side, beyond the ends, and Gaussian.
+                Rng rng(uint64_t(b * 1000 + d));
+                std::vector<float> x(d);
+                for (int i = 0; i < d; ++i) {
+                    const float t = bounds[rng.below(nb)];
+                    switch (i % 5) {
+                        case 0: x[i] = t; break;
+                        case 1: x[i] = std::nextafter(t, -INFINITY); break;
+                        case 2: x[i] = std::nextafter(t, INFINITY); break;
+                        case 3: x[i] = float(rng.normal() / std::sqrt(double(d))); break;
+                        default: x[i] = (i % 2 ? 10.0f : -10.0f); break;
+                    }
+                }
+                std::vector<uint8_t> c1(d), c2(d);
+                k.quantize(x.data(), d, bounds, b, c1.data());
+                ref.quantize(x.data(), d, bounds, b, c2.data());
+                CHECK(c1 == c2);
+                for (int i = 0; i < d; i += 5) CHECK(int(c2[i]) >= 1);  // x == bounds[k] counts as above it
+
+                std::vector<float> l1(d), l2(d);
+                k.lookup(c1.data(), d, cb->centroids_f().data(), l1.data());
+                ref.lookup(c2.data(), d, cb->centroids_f().data(), l2.data());
+                CHECK(same_bits(l1.data(), l2.data(), d));
+
+                for (int n : {d, d - 1, d - 3, 5, 1}) {
+                    if (n < 1) continue;
+                    const size_t bytes = packed_bytes(size_t(n), b);
+                    std::vector<uint8_t> p1(bytes + 8, 0xCD), p2(bytes + 8, 0xCD);
+                    k.pack(c1.data(), n, b, p1.data());
+                    ref.pack(c2.data(), n, b, p2.data());
+                    CHECK(p1 == p2);  // includes the guard bytes: nothing written past the end
+                    std::vector<uint8_t> u1(n + 64, 0xEE), u2(n + 64, 0xEE);
+                    k.unpack(p1.data(), n, b, u1.data());
+                    ref.unpack(p2.data(), n, b, u2.data());
+                    CHECK(std::equal(u1.begin(), u1.begin() + n, u2.begin()));
+                }
+            }
+    }
+}
+
+TEST_CASE("SIMD kernels: fp16 conversion gives the reference bits", "[kernels][fp16]") {
+    const KernelTable& ref = detail::scalar_kernels();
+    std::vector<float> x;
+    Rng rng(21);
+    for (int i = 0; i < 100000; ++i) {
+        uint32_t bits = uint32_t(rng.next());
+        if (i % 2) bits = (bits & 0x807fffff) | uint32_t(100 + rng.below(45)) << 23;
+        float f;
+        std::memcpy(&f, &bits, 4);
+        if (!std::isnan(f)) x.push_back(f);
+    }
+    for (float f : {65504.0f, 65519.99f, 65520.0f, 0x1p-24f, 0x1p-25f, 0x1.8p-24f, 0x1p-14f, 0.0f, -0.0f, INFINITY})
+        x.push_back(f);
+    for (const auto& name : simd_kernels()) {
+        const KernelTable& k = detail::kernels_by_name(name.c_str());
+        std::vector<uint16_t> h1(x.size()), h2(x.size());
+        k.to_half(x.data(), x.size(), h1.data());
+        ref.to_half(x.data(), x.size(), h2.data());
+        INFO(name);
+        CHECK(h1 == h2);
+        std::vector<uint16_t> all(0x10000);
+        for (uint32_t i = 0; i < 0x10000; ++i) all[i] = uint16_t(i);
+        std::vector<float> f1(all.size()), f2(all.size());
+        k.from_half(all.data(), all.size(), f1.data());
+        ref.from_half(all.data(), all.size(), f2.data());
+        size_t mismatches = 0;
+        for (size_t i = 0; i < all.size(); ++i)
+            if (!std::isnan(f2[i]) && std::memcmp(&f1[i], &f2[i], 4) != 0) ++mismatches;
+        CHECK(mismatches == 0);
+    }
+}
+
+TEST_CASE("SIMD kernels: dot_codes matches the scalar look-up-table sum", "[kernels]") {
+    // Different summation order only: |error| <= n * eps * sum |q_i c_i| (a loose form of the
+    // standard bound gamma_n * sum |terms|), checked per vector.
+    const KernelTable& ref = detail::scalar_kernels();
+    for (const auto& name : simd_kernels()) {
+        const KernelTable& k = detail::kernels_by_name(name.c_str());
+        for (int b = 1; b <= 8; ++b)
+            for (int d : {3, 16, 33, 64, 80, 96, 128, 256, 1024}) {
+                const auto cb = LloydMaxCodebook::get(d, b);
+                const int padded = detail::pad_lanes(d);
+                auto q = tqkv_test::gaussian_vectors(1, padded, uint64_t(d + b));
+                std::fill(q.begin() + d, q.end(), 0.0f);
+                const size_t count = 37, stride = packed_bytes(size_t(d), b) + (d % 3);  // odd strides too
+                std::vector<uint8_t> packed(count * stride);
+                Rng rng(uint64_t(7 * d + b));
+                for (auto& byte : packed) byte = uint8_t(rng.next());
+                std::vector<float> s1(count), s2(count);
+                k.dot_codes(q.data(), d, cb->centroids_f().data(), b, packed.data(), stride, count, s1.data());
+                ref.dot_codes(q.data(), d, cb->centroids_f().data(), b, packed.data(), stride, count, s2.data());
+                double max_abs_term = 0;
+                for (int i = 0; i < d; ++i) max_abs_term += std::fabs(q[i]) * std::fabs(cb->centroids()[(1 << b) - 1]);
+                const double tol = d * 6e-8 * max_abs_term;
+                INFO(name << " b=" << b << " d=" << d);
+                for (size_t v = 0; v < count; ++v) CHECK(std::fabs(s1[v] - s2[v]) <= tol);
+            }
+    }
+}
+
+TEST_CASE("codecs give bit-identical bytes on every kernel", "[kernels][codec]") {
+    const std::vector<std::string> simd = simd_kernels();
+    for (int d : {64, 80, 96, 128, 256})
+        for (auto method : {Method::Mse, Method::Prod, Method::Qjl})
+            for (int b = 1; b <= 8; ++b) {
+                if (method == Method::Prod && b < 2) continue;
+                if (method == Method::Qjl && b != 1) continue;
+                for (auto norm : {NormFormat::F16, NormFormat::F32}) {
+                    CodecConfig cfg;
+                    cfg.dim = d;
+                    cfg.bits = b;
+                    cfg.method = method;
+                    cfg.norm = norm;
+                    cfg.seed = 99;
+                    cfg.kernel = "scalar";
+                    const auto ref = make_codec(cfg);
+                    // Gaussian rows, a zero row, denormal rows, large rows, one-hot rows.
+                    auto x = tqkv_test::gaussian_vectors(40, d, uint64_t(d * 31 + b));
+                    std::fill(x.begin(), x.begin() + d, 0.0f);
+                    for (int j = 0; j < d; ++j) {
+                        x[d + j] = float(j % 5) * 1e-41f;
+                        x[2 * d + j] *= (norm == NormFormat::F32 ? 1e30f : 1e3f);
+                        x[3 * d + j] = j == 7 ? -3.0f : 0.0f;
+                    }
+                    const auto expect = ref->encode(x);
+                    for (const auto& name : simd) {
+                        cfg.kernel = name;
+                        const auto codec = make_codec(cfg);
+                        INFO(name << " d=" << d << " " << codec->name() << " norm "
+                                  << (norm == NormFormat::F16 ? "f16" : "f32"));
+                        const auto got = codec->encode(x);
+                        CHECK(got == expect);
+                        // Decode and dot: same values up to summation order.
+                        const auto y1 = codec->decode(got), y2 = ref->decode(expect);
+                        double worst = 0, scale = 0;
+                        for (size_t i = 0; i < y1.size(); ++i) {
+                            worst = std::max(worst, double(std::fabs(y1[i] - y2[i])));
+                            scale = std::max(scale, double(std::fabs(y2[i])));
+                        }
+                        CHECK(worst <= 1e-5 * scale);
+                    }
+                }
+            }
+}
+
+TEST_CASE("TQKV_KERNEL names and unknown kernels", "[kernels]") {
+    CHECK(available_kernels().back() == "scalar");
+    CHECK_THROWS_AS(detail::kernels_by_name("sse9"), std::invalid_argument);
+    CodecConfig cfg;
+    cfg.kernel = "bogus";
+    CHECK_THROWS_WITH(make_codec(cfg), Catch::Contains("unknown kernel"));
+}
