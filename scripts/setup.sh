@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs what tqkv needs from Debian 12's packages, only if something is missing.
+set -euo pipefail
+packages=(build-essential cmake catch2 g++-aarch64-linux-gnu qemu-user)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
