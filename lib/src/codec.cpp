@@ -81,6 +81,21 @@ void check_norm_fits(double norm, NormFormat f, size_t vector_index, const char*
     throw std::invalid_argument(msg.str());
 }
 
+void check_row_norms(const float* x, size_t n, size_t stride, int dim, NormFormat f, const KernelTable& k) {
+    const double limit = f == NormFormat::F16 ? 65504.0 : 3.0e38;
+    std::vector<float> buf;
+    for (size_t v = 0; v < n; ++v) {
+        const float* row = x + v * stride;
+        double m = 0;
+        for (int j = 0; j < dim; ++j) m = std::max(m, double(std::fabs(row[j])));
+        if (m * std::sqrt(double(dim)) < limit) continue;
+        const int padded = pad_lanes(dim);
+        buf.resize(padded);
+        load_row(row, dim, padded, buf);
+        check_norm_fits(normalize_pow2(buf.data(), padded, k).norm, f, v, "norm");
+    }
+}
+
 void gaussian_matrix(uint64_t seed, int rows, int cols, std::vector<float>& s_cols, std::vector<float>& st_cols) {
     const int rp = pad_lanes(rows), cp = pad_lanes(cols);
     s_cols.assign(size_t(rp) * cols, 0.0f);

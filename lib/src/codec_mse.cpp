@@ -27,27 +27,16 @@ TurboQuantMse::TurboQuantMse(const CodecConfig& cfg)
       cb_(LloydMaxCodebook::get(cfg.dim, bits_)) {}
 
 void TurboQuantMse::check_rows(const float* x, size_t n, size_t x_stride) const {
-    const int d = dim(), padded = rot_.padded_dim();
-    // Only a vector with max |x| * sqrt(d) beyond the format's range can fail; compute those exactly.
-    const double limit = cfg_.norm == NormFormat::F16 ? 65504.0 : 3.0e38;
-    std::vector<float> buf(padded);
-    for (size_t v = 0; v < n; ++v) {
-        const float* row = x + v * x_stride;
-        double m = 0;
-        for (int j = 0; j < d; ++j) m = std::max(m, double(std::fabs(row[j])));
-        if (m * std::sqrt(double(d)) < limit) continue;
-        load_row(row, d, buf);
-        check_norm_fits(normalize_pow2(buf.data(), padded, *k_).norm, cfg_.norm, v, "norm");
-    }
+    check_row_norms(x, n, x_stride, dim(), cfg_.norm, *k_);
 }
 
 void TurboQuantMse::encode_rows(const float* x, size_t n, size_t x_stride, uint8_t* out, size_t out_stride) const {
     const int d = dim(), padded = rot_.padded_dim();
     const size_t nb = norm_bytes(cfg_.norm);
     const float* bounds = cb_->boundaries_f().data();
-    Scratch s(padded);
+    Scratch& s = thread_scratch(padded);
     for (size_t v = 0; v < n; ++v) {
-        load_row(x + v * x_stride, d, s.buf);
+        load_row(x + v * x_stride, d, padded, s.buf);
         const Normalized nz = normalize_pow2(s.buf.data(), padded, *k_);
         rot_.forward_unscaled(s.buf.data(), s.tmp.data(), *k_);
         // One multiply takes the rotated coordinates to those of the unit vector.
@@ -68,12 +57,12 @@ void TurboQuantMse::check_codes(const uint8_t* in, size_t in_stride, size_t n) c
 void TurboQuantMse::decode_rows(const uint8_t* in, size_t in_stride, size_t n, float* out, size_t out_stride) const {
     const int d = dim(), padded = rot_.padded_dim();
     const size_t nb = norm_bytes(cfg_.norm);
-    Scratch s(padded);
+    Scratch& s = thread_scratch(padded);
     for (size_t v = 0; v < n; ++v) {
         const uint8_t* row = in + v * in_stride;
         k_->unpack(row + nb, d, bits_, s.codes.data());
         k_->lookup(s.codes.data(), d, cb_->centroids_f().data(), s.buf.data());
-        std::fill(s.buf.begin() + d, s.buf.end(), 0.0f);
+        std::fill(s.buf.begin() + d, s.buf.begin() + padded, 0.0f);
         rot_.inverse_unscaled(s.buf.data(), s.tmp.data(), *k_);
         k_->scale(s.buf.data(), padded, float(read_norm(row, cfg_.norm) / rot_.gain()));
         std::copy(s.buf.begin(), s.buf.begin() + d, out + v * out_stride);
@@ -83,12 +72,18 @@ void TurboQuantMse::decode_rows(const uint8_t* in, size_t in_stride, size_t n, f
 void TurboQuantMse::dot_rows(const float* q, const uint8_t* in, size_t in_stride, size_t n, float* scores) const {
     const int d = dim(), padded = rot_.padded_dim();
     const size_t nb = norm_bytes(cfg_.norm);
-    Scratch s(padded);
-    load_row(q, d, s.buf);  // rotate the query once: <q, R^T c> = <R q, c>
+    Scratch& s = thread_scratch(padded);
+    load_row(q, d, padded, s.buf);  // rotate the query once: <q, R^T c> = <R q, c>
     rot_.forward_unscaled(s.buf.data(), s.tmp.data(), *k_);
     k_->scale(s.buf.data(), padded, float(1.0 / rot_.gain()));
     k_->dot_codes(s.buf.data(), d, cb_->centroids_f().data(), bits_, in + nb, in_stride, n, scores);
     for (size_t v = 0; v < n; ++v) scores[v] *= read_norm(in + v * in_stride, cfg_.norm);
 }
 
+}  // namespace tqkv
+
+namespace tqkv {
+size_t TurboQuantMse::table_bytes() const {
+    return rot_.table_bytes() + (cb_->centroids_f().size() + cb_->boundaries_f().size()) * sizeof(float);
+}
 }  // namespace tqkv

@@ -35,28 +35,17 @@ TurboQuantProd::TurboQuantProd(const CodecConfig& cfg)
 }
 
 void TurboQuantProd::check_rows(const float* x, size_t n, size_t x_stride) const {
-    // The residual norm of a unit vector is below 1, so only the norm itself can overflow.
-    const int d = dim(), padded = rot_.padded_dim();
-    const double limit = cfg_.norm == NormFormat::F16 ? 65504.0 : 3.0e38;
-    std::vector<float> buf(padded);
-    for (size_t v = 0; v < n; ++v) {
-        const float* row = x + v * x_stride;
-        double m = 0;
-        for (int j = 0; j < d; ++j) m = std::max(m, double(std::fabs(row[j])));
-        if (m * std::sqrt(double(d)) < limit) continue;
-        load_row(row, d, buf);
-        check_norm_fits(normalize_pow2(buf.data(), padded, *k_).norm, cfg_.norm, v, "norm");
-    }
+    check_row_norms(x, n, x_stride, dim(), cfg_.norm, *k_);
 }
 
 void TurboQuantProd::encode_rows(const float* x, size_t n, size_t x_stride, uint8_t* out, size_t out_stride) const {
     const int d = dim(), padded = rot_.padded_dim();
     const size_t nb = norm_bytes(cfg_.norm), code_bytes = packed_bytes(size_t(d), mse_bits_);
     const float* bounds = cb_->boundaries_f().data();
-    Scratch s(padded);
-    std::vector<float> z(padded);
+    Scratch& s = thread_scratch(padded);
+    std::vector<float>& z = s.z;
     for (size_t v = 0; v < n; ++v) {
-        load_row(x + v * x_stride, d, s.buf);
+        load_row(x + v * x_stride, d, padded, s.buf);
         const Normalized nz = normalize_pow2(s.buf.data(), padded, *k_);
         rot_.forward_unscaled(s.buf.data(), s.tmp.data(), *k_);
         k_->scale(s.buf.data(), padded, nz.root > 0 ? float(1.0 / (rot_.gain() * nz.root)) : 0.0f);
@@ -64,7 +53,7 @@ void TurboQuantProd::encode_rows(const float* x, size_t n, size_t x_stride, uint
         // Residual of the MSE stage (rotated domain), its norm and the signs of S r.
         k_->lookup(s.codes.data(), d, cb_->centroids_f().data(), s.aux.data());
         for (int j = 0; j < d; ++j) s.aux[j] = s.buf[j] - s.aux[j];
-        std::fill(s.aux.begin() + d, s.aux.end(), 0.0f);
+        std::fill(s.aux.begin() + d, s.aux.begin() + padded, 0.0f);
         const float gamma = std::sqrt(k_->sum_squares(s.aux.data(), padded));
         k_->matvec(s_cols_.data(), padded, d, s.aux.data(), z.data());
         uint8_t* o = out + v * out_stride;
@@ -89,19 +78,19 @@ void TurboQuantProd::decode_rows(const uint8_t* in, size_t in_stride, size_t n, 
     const int d = dim(), padded = rot_.padded_dim();
     const size_t nb = norm_bytes(cfg_.norm), code_bytes = packed_bytes(size_t(d), mse_bits_);
     const double qjl_scale = std::sqrt(M_PI / 2.0) / d;
-    Scratch s(padded);
-    std::vector<float> t(padded);
+    Scratch& s = thread_scratch(padded);
+    std::vector<float>& t = s.z;
     for (size_t v = 0; v < n; ++v) {
         const uint8_t* row = in + v * in_stride;
         k_->unpack(row + 2 * nb, d, mse_bits_, s.codes.data());
         k_->lookup(s.codes.data(), d, cb_->centroids_f().data(), s.buf.data());
         k_->unpack(row + 2 * nb + code_bytes, d, 1, s.codes.data());
         k_->lookup(s.codes.data(), d, kSignTable, s.aux.data());
-        std::fill(s.aux.begin() + d, s.aux.end(), 0.0f);
+        std::fill(s.aux.begin() + d, s.aux.begin() + padded, 0.0f);
         k_->matvec(st_cols_.data(), padded, d, s.aux.data(), t.data());
         const float g = float(read_norm(row + nb, cfg_.norm) * qjl_scale);
         for (int j = 0; j < d; ++j) s.buf[j] += g * t[j];
-        std::fill(s.buf.begin() + d, s.buf.end(), 0.0f);
+        std::fill(s.buf.begin() + d, s.buf.begin() + padded, 0.0f);
         rot_.inverse_unscaled(s.buf.data(), s.tmp.data(), *k_);
         k_->scale(s.buf.data(), padded, float(read_norm(row, cfg_.norm) / rot_.gain()));
         std::copy(s.buf.begin(), s.buf.begin() + d, out + v * out_stride);
@@ -113,11 +102,12 @@ void TurboQuantProd::dot_rows(const float* q, const uint8_t* in, size_t in_strid
     const int d = dim(), padded = rot_.padded_dim();
     const size_t nb = norm_bytes(cfg_.norm), code_bytes = packed_bytes(size_t(d), mse_bits_);
     const double qjl_scale = std::sqrt(M_PI / 2.0) / d;
-    Scratch s(padded);
-    load_row(q, d, s.buf);
+    Scratch& s = thread_scratch(padded);
+    load_row(q, d, padded, s.buf);
     rot_.forward_unscaled(s.buf.data(), s.tmp.data(), *k_);
     k_->scale(s.buf.data(), padded, float(1.0 / rot_.gain()));
-    std::vector<float> sq(padded), sketch(n);
+    std::vector<float>& sq = s.z;
+    std::vector<float> sketch(n);
     k_->matvec(s_cols_.data(), padded, d, s.buf.data(), sq.data());
     k_->dot_codes(s.buf.data(), d, cb_->centroids_f().data(), mse_bits_, in + 2 * nb, in_stride, n, scores);
     k_->dot_codes(sq.data(), d, kSignTable, 1, in + 2 * nb + code_bytes, in_stride, n, sketch.data());
@@ -128,4 +118,11 @@ void TurboQuantProd::dot_rows(const float* q, const uint8_t* in, size_t in_strid
     }
 }
 
+}  // namespace tqkv
+
+namespace tqkv {
+size_t TurboQuantProd::table_bytes() const {
+    return rot_.table_bytes() + (cb_->centroids_f().size() + cb_->boundaries_f().size()) * sizeof(float) +
+           (s_cols_.size() + st_cols_.size()) * sizeof(float);
+}
 }  // namespace tqkv

@@ -28,25 +28,15 @@ Qjl::Qjl(const CodecConfig& cfg) : VectorCodec(cfg, qjl_bytes(cfg)) {
 }
 
 void Qjl::check_rows(const float* x, size_t n, size_t x_stride) const {
-    const int d = dim(), padded = pad_lanes(d);
-    const double limit = cfg_.norm == NormFormat::F16 ? 65504.0 : 3.0e38;
-    std::vector<float> buf(padded);
-    for (size_t v = 0; v < n; ++v) {
-        const float* row = x + v * x_stride;
-        double m = 0;
-        for (int j = 0; j < d; ++j) m = std::max(m, double(std::fabs(row[j])));
-        if (m * std::sqrt(double(d)) < limit) continue;
-        load_row(row, d, buf);
-        check_norm_fits(normalize_pow2(buf.data(), padded, *k_).norm, cfg_.norm, v, "norm");
-    }
+    check_row_norms(x, n, x_stride, dim(), cfg_.norm, *k_);
 }
 
 void Qjl::encode_rows(const float* x, size_t n, size_t x_stride, uint8_t* out, size_t out_stride) const {
     const int d = dim(), padded = pad_lanes(d);
     const size_t nb = norm_bytes(cfg_.norm);
-    Scratch s(padded);
+    Scratch& s = thread_scratch(padded);
     for (size_t v = 0; v < n; ++v) {
-        load_row(x + v * x_stride, d, s.buf);
+        load_row(x + v * x_stride, d, padded, s.buf);
         const Normalized nz = normalize_pow2(s.buf.data(), padded, *k_);  // signs are scale-free
         k_->matvec(s_cols_.data(), padded, d, s.buf.data(), s.tmp.data());
         k_->quantize(s.tmp.data(), padded, kSignBounds, 1, s.codes.data());
@@ -67,12 +57,12 @@ void Qjl::decode_rows(const uint8_t* in, size_t in_stride, size_t n, float* out,
     const int d = dim(), padded = pad_lanes(d);
     const size_t nb = norm_bytes(cfg_.norm);
     const double qjl_scale = std::sqrt(M_PI / 2.0) / d;
-    Scratch s(padded);
+    Scratch& s = thread_scratch(padded);
     for (size_t v = 0; v < n; ++v) {
         const uint8_t* row = in + v * in_stride;
         k_->unpack(row + nb, d, 1, s.codes.data());
         k_->lookup(s.codes.data(), d, kSignTable, s.buf.data());
-        std::fill(s.buf.begin() + d, s.buf.end(), 0.0f);
+        std::fill(s.buf.begin() + d, s.buf.begin() + padded, 0.0f);
         k_->matvec(st_cols_.data(), padded, d, s.buf.data(), s.tmp.data());
         k_->scale(s.tmp.data(), padded, float(read_norm(row, cfg_.norm) * qjl_scale));
         std::copy(s.tmp.begin(), s.tmp.begin() + d, out + v * out_stride);
@@ -83,11 +73,15 @@ void Qjl::dot_rows(const float* q, const uint8_t* in, size_t in_stride, size_t n
     const int d = dim(), padded = pad_lanes(d);
     const size_t nb = norm_bytes(cfg_.norm);
     const double qjl_scale = std::sqrt(M_PI / 2.0) / d;
-    Scratch s(padded);
-    load_row(q, d, s.buf);
+    Scratch& s = thread_scratch(padded);
+    load_row(q, d, padded, s.buf);
     k_->matvec(s_cols_.data(), padded, d, s.buf.data(), s.tmp.data());
     k_->dot_codes(s.tmp.data(), d, kSignTable, 1, in + nb, in_stride, n, scores);
     for (size_t v = 0; v < n; ++v) scores[v] = float(read_norm(in + v * in_stride, cfg_.norm) * qjl_scale * scores[v]);
 }
 
+}  // namespace tqkv
+
+namespace tqkv {
+size_t Qjl::table_bytes() const { return (s_cols_.size() + st_cols_.size()) * sizeof(float); }
 }  // namespace tqkv

@@ -115,3 +115,9 @@ void SplitCodec::dot_rows(const float* q, const uint8_t* in, size_t in_stride, s
 }
 
 }  // namespace tqkv
+
+namespace tqkv {
+size_t SplitCodec::table_bytes() const {
+    return hi_->table_bytes() + lo_->table_bytes() + (high_.size() + low_.size()) * sizeof(int);
+}
+}  // namespace tqkv

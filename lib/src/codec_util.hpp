@@ -32,21 +32,37 @@ float read_norm(const uint8_t* in, NormFormat f);
 // Throws std::invalid_argument naming the vector if its norm does not fit the format.
 void check_norm_fits(double norm, NormFormat f, size_t vector_index, const char* what);
 
+// Throws (check_norm_fits) for the first row whose norm the format cannot hold. Only rows with
+// max |x| * sqrt(d) beyond the format's range can fail; those get the exact encoder norm.
+void check_row_norms(const float* x, size_t n, size_t stride, int dim, NormFormat f, const KernelTable& k);
+
 // A seeded Gaussian matrix S (rows x cols, entries N(0,1)) stored column-major with `padded`
 // rows, and its transpose likewise (cols x rows, padded to pad_lanes(cols)).
 void gaussian_matrix(uint64_t seed, int rows, int cols, std::vector<float>& s_cols, std::vector<float>& st_cols);
 
-// Scratch buffers for one vector (allocated once per batch call, never per vector).
+// Per-thread scratch buffers for one vector, reused across calls: after a thread's first call
+// at a given dimension, encoding and decoding allocate nothing. A codec function takes it once
+// and does not call another codec while holding it.
 struct Scratch {
-    explicit Scratch(int padded) : buf(padded), tmp(padded), aux(padded), codes(padded) {}
-    std::vector<float> buf, tmp, aux;
+    std::vector<float> buf, tmp, aux, z;
     std::vector<uint8_t> codes;
 };
+inline Scratch& thread_scratch(int padded) {
+    thread_local Scratch s;
+    if (s.buf.size() < size_t(padded)) {
+        s.buf.resize(padded);
+        s.tmp.resize(padded);
+        s.aux.resize(padded);
+        s.z.resize(padded);
+        s.codes.resize(padded);
+    }
+    return s;
+}
 
 // Copies a row into the zero-padded buffer.
-inline void load_row(const float* x, int dim, std::vector<float>& buf) {
+inline void load_row(const float* x, int dim, int padded, std::vector<float>& buf) {
     std::memcpy(buf.data(), x, sizeof(float) * dim);
-    std::fill(buf.begin() + dim, buf.end(), 0.0f);
+    std::fill(buf.begin() + dim, buf.begin() + padded, 0.0f);
 }
 
 }  // namespace tqkv::detail

@@ -86,6 +86,8 @@ public:
     virtual void dot_rows(const float* q, const uint8_t* in, size_t in_stride, size_t n, float* scores) const = 0;
     // Throws if a stored norm is not finite (hostile bytes).
     virtual void check_codes(const uint8_t* in, size_t in_stride, size_t n) const = 0;
+    // Bytes of the codec's fixed tables (rotation, codebook, QJL matrix), shared by all vectors.
+    virtual size_t table_bytes() const = 0;
 
 protected:
     VectorCodec(CodecConfig cfg, size_t bytes);
@@ -108,6 +110,7 @@ public:
     void decode_rows(const uint8_t* in, size_t in_stride, size_t n, float* out, size_t out_stride) const override;
     void dot_rows(const float* q, const uint8_t* in, size_t in_stride, size_t n, float* scores) const override;
     void check_codes(const uint8_t* in, size_t in_stride, size_t n) const override;
+    size_t table_bytes() const override;
 
 private:
     int bits_;
@@ -121,12 +124,17 @@ public:
     explicit TurboQuantProd(const CodecConfig& cfg);
     const Rotation& rotation() const { return rot_; }
     const LloydMaxCodebook& codebook() const { return *cb_; }
+    int mse_bits() const { return mse_bits_; }
+    // S (dim x dim, N(0,1) entries) column-major with padded rows: the QJL projection applied to
+    // the rotated residual.
+    const std::vector<float>& qjl_columns() const { return s_cols_; }
 
     void check_rows(const float* x, size_t n, size_t x_stride) const override;
     void encode_rows(const float* x, size_t n, size_t x_stride, uint8_t* out, size_t out_stride) const override;
     void decode_rows(const uint8_t* in, size_t in_stride, size_t n, float* out, size_t out_stride) const override;
     void dot_rows(const float* q, const uint8_t* in, size_t in_stride, size_t n, float* scores) const override;
     void check_codes(const uint8_t* in, size_t in_stride, size_t n) const override;
+    size_t table_bytes() const override;
 
 private:
     int mse_bits_;
@@ -145,6 +153,7 @@ public:
     void decode_rows(const uint8_t* in, size_t in_stride, size_t n, float* out, size_t out_stride) const override;
     void dot_rows(const float* q, const uint8_t* in, size_t in_stride, size_t n, float* scores) const override;
     void check_codes(const uint8_t* in, size_t in_stride, size_t n) const override;
+    size_t table_bytes() const override;
 
 private:
     std::vector<float> s_cols_, st_cols_;
@@ -164,6 +173,7 @@ public:
     void decode_rows(const uint8_t* in, size_t in_stride, size_t n, float* out, size_t out_stride) const override;
     void dot_rows(const float* q, const uint8_t* in, size_t in_stride, size_t n, float* scores) const override;
     void check_codes(const uint8_t* in, size_t in_stride, size_t n) const override;
+    size_t table_bytes() const override;
 
 private:
     std::vector<float> gather(const float* x, size_t n, size_t stride, const std::vector<int>& ch) const;

@@ -43,6 +43,9 @@ public:
     // y = R x and x = R^T y, in place on dim() floats (convenience API, allocates scratch).
     void forward(std::span<float> x) const;
     void inverse(std::span<float> y) const;
+    size_t table_bytes() const {  // memory of the rotation's tables
+        return signs_.size() * 4 + (perm_.size() + inv_perm_.size()) * 4 + (forward_cols_.size() + inverse_cols_.size()) * 4;
+    }
     // The dense matrix of R (row-major, dim x dim), for inspection and tests.
     std::vector<float> matrix() const;
 

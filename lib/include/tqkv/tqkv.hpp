@@ -1,6 +1,7 @@
 // tqkv: TurboQuant-family compression of transformer KV caches.
 #pragma once
 #include "tqkv/codebook.hpp"
+#include "tqkv/cache.hpp"
 #include "tqkv/codec.hpp"
 #include "tqkv/fp16.hpp"
 #include "tqkv/kernels.hpp"

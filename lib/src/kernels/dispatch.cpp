@@ -63,6 +63,18 @@ const KernelTable& kernels_by_name(const char* name) {
     return *t;
 }
 
+const AttentionKernels& attention_for(const KernelTable& k) {
+    const std::string n = k.name;
+#if defined(TQKV_HAVE_X86_KERNELS)
+    if (n == "avx2") return avx2_attention();
+    if (n == "avx512") return avx512_attention();
+#endif
+#if defined(TQKV_HAVE_NEON_KERNELS)
+    if (n == "neon") return neon_attention();
+#endif
+    return scalar_attention();
+}
+
 }  // namespace detail
 
 std::vector<std::string> available_kernels() {

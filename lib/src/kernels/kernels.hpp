@@ -54,7 +54,40 @@ struct KernelTable {
     void (*from_half)(const uint16_t* h, size_t n, float* out);
 };
 
+// Kernels of the fused attention over the compressed cache (cache_layout.hpp describes the group
+// layout they read). None of these decides a code, so each ISA may sum in its own order; tests
+// compare them with the scalar ones within a tolerance.
+struct AttentionKernels {
+    // Scores of the 32 tokens of one group for `heads` query heads:
+    //   out[h * 32 + t] = sum over j < dim of lut[(h * dim + j) * L + code(t, j)]
+    // with L = 16 for bits <= 4 (entries replicated: lut[k] = value of code k & (2^bits - 1)) and
+    // L = 2^bits above.
+    void (*group_scores)(const uint8_t* codes, int dim, int bits, const float* lut, int heads, float* out);
+    // Weighted sum of decoded values, kept as 16 partial sums per coordinate:
+    //   acc[(h * dim + j) * 16 + l] += w[h * 32 + l] * table[code(l, j)] + w[h * 32 + 16 + l] * table[code(16 + l, j)]
+    // table as the lut of one coordinate above (16 replicated entries, or 2^bits).
+    void (*group_accumulate)(const uint8_t* codes, int dim, int bits, const float* table, const float* w, int heads,
+                             float* acc);
+    // x_i = exp(x_i) for x_i <= 0 (-inf -> 0); relative error below 2e-7.
+    void (*exp_nonpositive)(float* x, int n);
+    // Dense fp32 / fp16 building blocks (the exact recent window, the dense baselines).
+    float (*dot_f32)(const float* a, const float* b, int n);
+    void (*axpy_f32)(float a, const float* x, float* y, int n);  // y += a x
+    float (*dot_f16)(const float* a, const uint16_t* b, int n);
+    void (*axpy_f16)(float a, const uint16_t* x, float* y, int n);
+};
+
 const KernelTable& scalar_kernels();
+const AttentionKernels& scalar_attention();
+#if defined(TQKV_HAVE_X86_KERNELS)
+const AttentionKernels& avx2_attention();
+const AttentionKernels& avx512_attention();
+#endif
+#if defined(TQKV_HAVE_NEON_KERNELS)
+const AttentionKernels& neon_attention();
+#endif
+// The attention kernels that go with a kernel table (same ISA).
+const AttentionKernels& attention_for(const KernelTable& k);
 #if defined(TQKV_HAVE_X86_KERNELS)
 const KernelTable& avx2_kernels();
 const KernelTable& avx512_kernels();

@@ -1,0 +1,125 @@
+// A compressed KV cache for one attention layer (KVCache) or a whole model (ModelKVCache), with
+// attention computed directly from the codes.
+//
+//   tqkv::CacheConfig cfg;                 // 4 query heads, 4 KV heads, d = 128, K4 V4 by default
+//   tqkv::KVCache cache(cfg);
+//   cache.append(keys, values, n);         // n tokens: keys/values [n][kv_heads][head_dim]
+//   cache.attend(queries, m, out);         // m queries [m][heads][head_dim] -> out [m][heads][head_dim]
+//
+// Tokens older than the recent window are stored as TurboQuant codes in blocks of block_tokens
+// tokens (codes of 32 tokens interleaved so SIMD table look-ups score 16 tokens at once, see
+// lib/src/cache_layout.hpp); the most recent `window` tokens are kept exactly in fp32 and take
+// part in the same softmax.
+//
+// Thread safety: const member functions (attend, save, bytes_used, ...) may run concurrently
+// with each other; anything that changes the cache (append, truncate, clear) needs exclusive
+// access. Every public function validates its arguments first and, when it throws
+// std::invalid_argument (bad shapes, NaN/Inf, capacity), leaves the cache exactly as it was.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "tqkv/codec.hpp"
+
+namespace tqkv {
+
+namespace detail {
+struct KernelTable;
+struct AttentionKernels;
+}
+
+struct CacheConfig {
+    int heads = 4;             // query heads
+    int kv_heads = 4;          // KV heads; heads must be a multiple (grouped-query attention)
+    int head_dim = 128;        // any dimension the codecs support (3..1024)
+    double key_bits = 4;       // mse: 1..8, prod: 2..8, or fractional (needs key_high_channels)
+    Method key_method = Method::Mse;  // Mse or Prod
+    double value_bits = 4;     // values always use Mse
+    std::vector<int> key_high_channels, value_high_channels;  // for fractional rates
+    int block_tokens = 64;     // tokens per block: a multiple of 32, at most 4096
+    int window = 0;            // most recent tokens kept exactly (fp32); 0 = none
+    float scale = 0;           // attention scale; 0 = 1/sqrt(head_dim)
+    size_t max_tokens = 0;     // capacity; 0 = unbounded (up to 2^28). Blocks for it are allocated up front.
+    uint64_t seed = 0x74716b76;
+    NormFormat norm = NormFormat::F16;
+    std::string kernel;        // "" = best available (or TQKV_KERNEL)
+};
+
+class KVCache {
+public:
+    explicit KVCache(const CacheConfig& cfg);  // throws std::invalid_argument on a bad config
+    ~KVCache();
+    KVCache(KVCache&&) noexcept;
+    KVCache& operator=(KVCache&&) noexcept;
+    KVCache(const KVCache&) = delete;
+    KVCache& operator=(const KVCache&) = delete;
+
+    const CacheConfig& config() const;
+    size_t tokens() const;             // tokens held (compressed + window)
+    size_t compressed_tokens() const;  // tokens stored as codes
+    const char* kernel() const;
+
+    // Appends n tokens; keys and values are [n][kv_heads][head_dim] floats.
+    void append(std::span<const float> keys, std::span<const float> values);
+    // Attention for m = queries.size() / (heads * head_dim) new queries, [m][heads][head_dim],
+    // into out (same shape). Query i sits at position tokens() - m + i and, with causal = true,
+    // sees tokens 0..that position (chunked prefill after appending the chunk); with
+    // causal = false every query sees all tokens.
+    void attend(std::span<const float> queries, std::span<float> out, bool causal = true) const;
+    // The same result computed the slow, obvious way: decode every key and value to floats, exact
+    // softmax in double precision. The reference the fused kernels are tested against.
+    void attend_reference(std::span<const float> queries, std::span<float> out, bool causal = true) const;
+    // Decoded keys/values of one KV head: tokens() x head_dim floats (window tokens exact).
+    std::vector<float> decode_keys(int kv_head) const;
+    std::vector<float> decode_values(int kv_head) const;
+
+    void truncate(size_t n_tokens);  // keep the first n_tokens (speculative-decoding rollback)
+    void clear();
+
+    size_t bytes_used() const;           // all memory the cache holds: blocks, window, tables
+    double bytes_per_token() const;      // bytes_used() / tokens() (0 when empty)
+    size_t block_bytes() const;          // one block of block_tokens tokens, all KV heads
+    double compressed_bytes_per_token() const;  // block_bytes() / block_tokens
+    size_t fp16_bytes_per_token() const; // what an fp16 cache would need: 2 * kv_heads * head_dim * 2
+
+    // Serialization: magic, version, config, little-endian payload, CRC32. load() rejects
+    // truncated, corrupted or hostile bytes with std::invalid_argument.
+    std::vector<uint8_t> save() const;
+    static KVCache load(std::span<const uint8_t> bytes, const std::string& kernel = "");
+
+    struct Impl;  // internal (lib/src/cache_impl.hpp)
+    explicit KVCache(std::unique_ptr<Impl> impl);
+
+private:
+    std::unique_ptr<Impl> impl_;
+    friend class ModelKVCache;
+};
+
+// L layers with one configuration; layer l uses seed derive_seed(cfg.seed, l).
+class ModelKVCache {
+public:
+    ModelKVCache(int layers, const CacheConfig& cfg);
+    int layers() const { return int(layers_.size()); }
+    KVCache& layer(int l);
+    const KVCache& layer(int l) const;
+    void append(int layer, std::span<const float> keys, std::span<const float> values) {
+        this->layer(layer).append(keys, values);
+    }
+    void attend(int layer, std::span<const float> queries, std::span<float> out, bool causal = true) const {
+        this->layer(layer).attend(queries, out, causal);
+    }
+    void truncate(size_t n_tokens);
+    void clear();
+    size_t bytes_used() const;
+    std::vector<uint8_t> save() const;
+    static ModelKVCache load(std::span<const uint8_t> bytes, const std::string& kernel = "");
+
+private:
+    ModelKVCache() = default;
+    std::vector<KVCache> layers_;
+};
+
+}  // namespace tqkv

@@ -1,0 +1,669 @@
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <sstream>
+#include <stdexcept>
+
+#include "cache_impl.hpp"
+#include "codec_util.hpp"
+#include "tqkv/packing.hpp"
+#include "tqkv/rng.hpp"
+
+namespace tqkv {
+
+using namespace detail;
+
+namespace {
+
+constexpr size_t kMaxTokens = size_t(1) << 28;
+constexpr int kChunkGroups = 8;      // online softmax: one max/rescale per 256 tokens
+constexpr int kMaxWindow = 4096;
+
+[[noreturn]] void fail(const std::string& msg) { throw std::invalid_argument("tqkv: " + msg); }
+
+// Centroids laid out as the attention kernels index them: for b <= 4, 16 entries with entry k the
+// centroid of code k & (2^b - 1) (so garbage above bit b is ignored); otherwise 2^b entries.
+std::vector<float> kernel_table(const std::vector<float>& centroids, int bits) {
+    const int levels = 1 << bits, width = bits <= 4 ? 16 : levels;
+    std::vector<float> t(width);
+    for (int i = 0; i < width; ++i) t[i] = centroids[i & (levels - 1)];
+    return t;
+}
+
+CacheSide make_side(const CodecConfig& cc) {
+    CacheSide side;
+    side.codec = make_codec(cc);
+    auto add = [&](const VectorCodec& c, const std::vector<int>& channels) {
+        CacheSegment s;
+        s.channels = channels;
+        s.dim = c.dim();
+        s.codec = &c;
+        s.codec_bytes = c.bytes_per_vector();
+        if (auto* m = dynamic_cast<const TurboQuantMse*>(&c)) {
+            s.rot = &m->rotation();
+            s.cb = &m->codebook();
+            s.bits = m->codebook().bits();
+        } else if (auto* p = dynamic_cast<const TurboQuantProd*>(&c)) {
+            s.rot = &p->rotation();
+            s.cb = &p->codebook();
+            s.bits = p->mse_bits();
+            s.prod = true;
+            s.qjl = p->qjl_columns().data();
+        } else {
+            fail("the cache supports mse and prod codecs only");
+        }
+        s.table = kernel_table(s.cb->centroids_f(), s.bits);
+        side.segs.push_back(std::move(s));
+    };
+    if (auto* sp = dynamic_cast<const SplitCodec*>(side.codec.get())) {
+        add(sp->high_codec(), sp->high_channels());
+        add(sp->low_codec(), sp->low_channels());
+    } else {
+        std::vector<int> all(cc.dim);
+        std::iota(all.begin(), all.end(), 0);
+        add(*side.codec, all);
+    }
+    return side;
+}
+
+void check_finite(std::span<const float> x, const CacheConfig& c, int per_token_heads, const char* what) {
+    for (size_t i = 0; i < x.size(); ++i)
+        if (!std::isfinite(x[i])) {
+            const size_t per_head = size_t(c.head_dim), per_token = per_head * per_token_heads;
+            std::ostringstream m;
+            m << what << " of token " << i / per_token << ", head " << (i % per_token) / per_head << ", channel "
+              << i % per_head << " is not finite (" << x[i] << ")";
+            fail(m.str());
+        }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Construction and storage
+
+KVCache::Impl::Impl(const CacheConfig& c) : cfg(c) {
+    if (cfg.heads < 1 || cfg.heads > 4096) fail("heads " + std::to_string(cfg.heads) + " out of range [1, 4096]");
+    if (cfg.kv_heads < 1 || cfg.kv_heads > cfg.heads || cfg.heads % cfg.kv_heads != 0)
+        fail("kv_heads " + std::to_string(cfg.kv_heads) + " must divide heads " + std::to_string(cfg.heads));
+    if (cfg.head_dim < kMinDim || cfg.head_dim > kMaxDim)
+        fail("head_dim " + std::to_string(cfg.head_dim) + " out of range [3, 1024]");
+    if (cfg.block_tokens < kGroupTokens || cfg.block_tokens > 4096 || cfg.block_tokens % kGroupTokens != 0)
+        fail("block_tokens " + std::to_string(cfg.block_tokens) + " must be a multiple of 32 in [32, 4096]");
+    if (cfg.window < 0 || cfg.window > kMaxWindow)
+        fail("window " + std::to_string(cfg.window) + " out of range [0, 4096]");
+    if (!std::isfinite(cfg.scale) || cfg.scale < 0) fail("scale must be finite and >= 0 (0 = 1/sqrt(head_dim))");
+    if (cfg.key_method == Method::Qjl) fail("key_method must be mse or prod");
+    if (cfg.max_tokens > kMaxTokens) fail("max_tokens above 2^28");
+    capacity = cfg.max_tokens ? cfg.max_tokens : kMaxTokens;
+    scale = cfg.scale > 0 ? cfg.scale : float(1.0 / std::sqrt(double(cfg.head_dim)));
+
+    CodecConfig kc;
+    kc.dim = cfg.head_dim;
+    kc.bits = cfg.key_bits;
+    kc.method = cfg.key_method;
+    kc.seed = derive_seed(cfg.seed, 0x4b /* K */);
+    kc.norm = cfg.norm;
+    kc.high_channels = cfg.key_high_channels;
+    kc.kernel = cfg.kernel;
+    CodecConfig vc = kc;
+    vc.bits = cfg.value_bits;
+    vc.method = Method::Mse;
+    vc.seed = derive_seed(cfg.seed, 0x56 /* V */);
+    vc.high_channels = cfg.value_high_channels;
+    try {
+        keys = make_side(kc);
+    } catch (const std::invalid_argument& e) {
+        fail(std::string("keys: ") + e.what());
+    }
+    try {
+        values = make_side(vc);
+    } catch (const std::invalid_argument& e) {
+        fail(std::string("values: ") + e.what());
+    }
+    k = &kernels_by_name(cfg.kernel.c_str());
+    ak = &attention_for(*k);
+    norm_bytes = detail::norm_bytes(cfg.norm);
+
+    // Group layout: key segments, then value segments.
+    size_t off = 0;
+    for (auto* side : {&keys, &values})
+        for (auto& s : side->segs) {
+            s.norm_off = off;
+            off += kGroupTokens * norm_bytes;
+            if (s.prod) {
+                s.gamma_off = off;
+                off += kGroupTokens * norm_bytes;
+            }
+            s.codes_off = off;
+            off += group_code_bytes(s.dim, s.bits);
+            if (s.prod) {
+                s.signs_off = off;
+                off += group_code_bytes(s.dim, 1);
+            }
+        }
+    group_bytes = off;
+    groups_per_block = size_t(cfg.block_tokens) / kGroupTokens;
+    block_bytes = size_t(cfg.kv_heads) * groups_per_block * group_bytes;
+
+    win_k.assign(size_t(cfg.window) * row(), 0.0f);
+    win_v.assign(size_t(cfg.window) * row(), 0.0f);
+    stage_k.resize(size_t(cfg.block_tokens) * row());
+    stage_v.resize(size_t(cfg.block_tokens) * row());
+    seg_in.resize(size_t(cfg.block_tokens) * cfg.head_dim);
+    size_t max_codec = 0;
+    for (auto* side : {&keys, &values})
+        for (auto& s : side->segs) max_codec = std::max(max_codec, s.codec_bytes);
+    seg_out.resize(size_t(cfg.block_tokens) * max_codec);
+    token_codes.resize(cfg.head_dim);
+}
+
+BlockPtr KVCache::Impl::new_block() const {
+    const size_t bytes = (block_bytes + 63) / 64 * 64;
+    auto* p = static_cast<uint8_t*>(std::aligned_alloc(64, bytes));
+    if (!p) throw std::bad_alloc();
+    std::memset(p, 0, bytes);
+    return BlockPtr(p);
+}
+
+// Encodes `count` tokens (rows of kv_heads x head_dim floats) into the groups of tokens
+// first_token .. first_token + count - 1. The codecs produce their own byte layout, which is
+// re-arranged here into the group layout.
+void KVCache::Impl::compress(const float* k_rows, const float* v_rows, size_t count, size_t first_token) {
+    const int d = cfg.head_dim;
+    for (int h = 0; h < cfg.kv_heads; ++h)
+        for (auto* side : {&keys, &values}) {
+            const float* src = side == &keys ? k_rows : v_rows;
+            for (auto& s : side->segs) {
+                for (size_t i = 0; i < count; ++i)
+                    for (int j = 0; j < s.dim; ++j) seg_in[i * s.dim + j] = src[i * row() + size_t(h) * d + s.channels[j]];
+                s.codec->encode_rows(seg_in.data(), count, size_t(s.dim), seg_out.data(), s.codec_bytes);
+                for (size_t i = 0; i < count; ++i) {
+                    const size_t t = first_token + i, slot = t % kGroupTokens;
+                    uint8_t* g = group(h, t);
+                    const uint8_t* enc = seg_out.data() + i * s.codec_bytes;
+                    std::memcpy(g + s.norm_off + slot * norm_bytes, enc, norm_bytes);
+                    size_t pos = norm_bytes;
+                    if (s.prod) {
+                        std::memcpy(g + s.gamma_off + slot * norm_bytes, enc + pos, norm_bytes);
+                        pos += norm_bytes;
+                    }
+                    unpack_codes(enc + pos, size_t(s.dim), s.bits, token_codes.data());
+                    set_group_codes(g + s.codes_off, s.dim, s.bits, int(slot), token_codes.data());
+                    if (s.prod) {
+                        unpack_codes(enc + pos + packed_bytes(size_t(s.dim), s.bits), size_t(s.dim), 1,
+                                     token_codes.data());
+                        set_group_codes(g + s.signs_off, s.dim, 1, int(slot), token_codes.data());
+                    }
+                }
+            }
+        }
+}
+
+void KVCache::Impl::clear_tokens(size_t from, size_t to) {
+    std::fill(token_codes.begin(), token_codes.end(), 0);
+    for (size_t t = from; t < to; ++t) {
+        const int slot = int(t % kGroupTokens);
+        for (int h = 0; h < cfg.kv_heads; ++h) {
+            uint8_t* g = group(h, t);
+            for (auto* side : {&keys, &values})
+                for (auto& s : side->segs) {
+                    std::memset(g + s.norm_off + slot * norm_bytes, 0, norm_bytes);
+                    if (s.prod) std::memset(g + s.gamma_off + slot * norm_bytes, 0, norm_bytes);
+                    set_group_codes(g + s.codes_off, s.dim, s.bits, slot, token_codes.data());
+                    if (s.prod) set_group_codes(g + s.signs_off, s.dim, 1, slot, token_codes.data());
+                }
+        }
+    }
+}
+
+KVCache::KVCache(const CacheConfig& cfg) : impl_(std::make_unique<Impl>(cfg)) {}
+KVCache::KVCache(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+KVCache::~KVCache() = default;
+KVCache::KVCache(KVCache&&) noexcept = default;
+KVCache& KVCache::operator=(KVCache&&) noexcept = default;
+
+const CacheConfig& KVCache::config() const { return impl_->cfg; }
+size_t KVCache::tokens() const { return impl_->n_tokens; }
+size_t KVCache::compressed_tokens() const { return impl_->n_compressed; }
+const char* KVCache::kernel() const { return impl_->k->name; }
+
+void KVCache::append(std::span<const float> keys, std::span<const float> values) {
+    Impl& m = *impl_;
+    const size_t row = m.row();
+    if (keys.empty() || keys.size() % row != 0)
+        fail("append: keys have " + std::to_string(keys.size()) + " floats, expected a positive multiple of kv_heads * head_dim = " +
+             std::to_string(row));
+    if (values.size() != keys.size())
+        fail("append: values have " + std::to_string(values.size()) + " floats, keys " + std::to_string(keys.size()));
+    const size_t n = keys.size() / row;
+    if (n > m.capacity - m.n_tokens)
+        fail("append: " + std::to_string(n) + " tokens exceed the capacity of " + std::to_string(m.capacity) +
+             " tokens (" + std::to_string(m.n_tokens) + " held)");
+    check_finite(keys, m.cfg, m.cfg.kv_heads, "append: key");
+    check_finite(values, m.cfg, m.cfg.kv_heads, "append: value");
+    // Every appended token will be compressed one day: its norms must fit now.
+    try {
+        m.keys.codec->check_rows(keys.data(), n * m.cfg.kv_heads, size_t(m.cfg.head_dim));
+        m.values.codec->check_rows(values.data(), n * m.cfg.kv_heads, size_t(m.cfg.head_dim));
+    } catch (const std::invalid_argument& e) {
+        fail(std::string("append: ") + e.what() + " (counting rows as token * kv_heads + head)");
+    }
+
+    const size_t total = m.n_tokens + n, in_window = std::min<size_t>(m.cfg.window, total);
+    const size_t target = total - in_window;  // tokens compressed after this call
+    // Allocate first: if that fails, nothing has changed.
+    const size_t need_blocks = (target + m.cfg.block_tokens - 1) / m.cfg.block_tokens;
+    if (need_blocks > m.blocks.size()) {
+        std::vector<BlockPtr> fresh;
+        for (size_t b = m.blocks.size(); b < need_blocks; ++b) fresh.push_back(m.new_block());
+        if (m.blocks.capacity() < need_blocks) m.blocks.reserve(std::max(need_blocks, 2 * m.blocks.capacity()));
+        for (auto& b : fresh) m.blocks.push_back(std::move(b));
+    }
+
+    // Compress tokens [n_compressed, target): the oldest window tokens first, then new tokens.
+    const size_t W = size_t(m.cfg.window);
+    for (size_t t0 = m.n_compressed; t0 < target;) {
+        const size_t count = std::min<size_t>(target - t0, size_t(m.cfg.block_tokens));
+        for (size_t i = 0; i < count; ++i) {
+            const size_t t = t0 + i;
+            const float* ks = t < m.n_tokens ? &m.win_k[(t % W) * row] : &keys[(t - m.n_tokens) * row];
+            const float* vs = t < m.n_tokens ? &m.win_v[(t % W) * row] : &values[(t - m.n_tokens) * row];
+            std::memcpy(&m.stage_k[i * row], ks, row * sizeof(float));
+            std::memcpy(&m.stage_v[i * row], vs, row * sizeof(float));
+        }
+        m.compress(m.stage_k.data(), m.stage_v.data(), count, t0);
+        t0 += count;
+    }
+    // New tokens that stay exact go to the ring.
+    for (size_t t = std::max(m.n_tokens, target); t < total; ++t) {
+        std::memcpy(&m.win_k[(t % W) * row], &keys[(t - m.n_tokens) * row], row * sizeof(float));
+        std::memcpy(&m.win_v[(t % W) * row], &values[(t - m.n_tokens) * row], row * sizeof(float));
+    }
+    m.n_compressed = target;
+    m.n_tokens = total;
+}
+
+void KVCache::truncate(size_t n_tokens) {
+    Impl& m = *impl_;
+    if (n_tokens > m.n_tokens)
+        fail("truncate: " + std::to_string(n_tokens) + " tokens requested, the cache holds " +
+             std::to_string(m.n_tokens));
+    if (n_tokens < m.n_compressed) {
+        // The window would need tokens that are only held as codes now: it restarts empty and
+        // refills with the next appends.
+        const size_t group_end = std::min(m.n_compressed, (n_tokens + kGroupTokens - 1) / kGroupTokens * kGroupTokens);
+        m.clear_tokens(n_tokens, group_end);
+        const size_t keep_blocks = (n_tokens + m.cfg.block_tokens - 1) / m.cfg.block_tokens;
+        // Groups past the last kept token inside the last kept block.
+        for (size_t t = group_end; t < std::min(m.n_compressed, keep_blocks * m.cfg.block_tokens); t += kGroupTokens)
+            for (int h = 0; h < m.cfg.kv_heads; ++h) std::memset(m.group(h, t), 0, m.group_bytes);
+        m.blocks.resize(keep_blocks);
+        m.n_compressed = n_tokens;
+    }
+    m.n_tokens = n_tokens;
+}
+
+void KVCache::clear() {
+    impl_->blocks.clear();
+    impl_->n_tokens = impl_->n_compressed = 0;
+}
+
+size_t KVCache::block_bytes() const { return impl_->block_bytes; }
+double KVCache::compressed_bytes_per_token() const { return double(impl_->block_bytes) / impl_->cfg.block_tokens; }
+size_t KVCache::fp16_bytes_per_token() const { return 2 * impl_->row() * 2; }
+
+size_t KVCache::bytes_used() const {
+    const Impl& m = *impl_;
+    size_t tables = m.keys.codec->table_bytes() + m.values.codec->table_bytes();
+    for (auto* side : {&m.keys, &m.values})
+        for (auto& s : side->segs) tables += s.table.size() * sizeof(float) + s.channels.size() * sizeof(int);
+    const size_t staging = (m.stage_k.size() + m.stage_v.size() + m.seg_in.size()) * sizeof(float) +
+                           m.seg_out.size() + m.token_codes.size();
+    return m.blocks.size() * m.block_bytes + m.blocks.capacity() * sizeof(BlockPtr) +
+           (m.win_k.size() + m.win_v.size()) * sizeof(float) + tables + staging;
+}
+
+double KVCache::bytes_per_token() const {
+    return impl_->n_tokens ? double(bytes_used()) / double(impl_->n_tokens) : 0.0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention
+
+namespace {
+
+// Per-thread buffers of attend(): grown on first use, then reused (no allocation per call).
+struct Workspace {
+    std::vector<float> lut, acc, acc_exact, scores, raw, raw2, w, m, l, buf, tmp, sq, norms, gammas;
+    static void grow(std::vector<float>& v, size_t n) {
+        if (v.size() < n) v.resize(n);
+    }
+};
+
+Workspace& workspace() {
+    thread_local Workspace ws;
+    return ws;
+}
+
+void read_norms(const uint8_t* p, size_t nb, float* out) {
+    for (int t = 0; t < kGroupTokens; ++t) out[t] = read_norm(p + t * nb, nb == 2 ? NormFormat::F16 : NormFormat::F32);
+}
+
+}  // namespace
+
+void KVCache::attend(std::span<const float> queries, std::span<float> out, bool causal) const {
+    const Impl& m = *impl_;
+    const CacheConfig& c = m.cfg;
+    const int d = c.head_dim, r = m.group_size();
+    const size_t qrow = size_t(c.heads) * d;
+    if (queries.empty() || queries.size() % qrow != 0)
+        fail("attend: queries have " + std::to_string(queries.size()) +
+             " floats, expected a positive multiple of heads * head_dim = " + std::to_string(qrow));
+    if (out.size() != queries.size())
+        fail("attend: out has " + std::to_string(out.size()) + " floats, expected " + std::to_string(queries.size()));
+    if (m.n_tokens == 0) fail("attend: the cache is empty");
+    const size_t n_q = queries.size() / qrow;
+    if (causal && n_q > m.n_tokens)
+        fail("attend: " + std::to_string(n_q) + " causal queries but only " + std::to_string(m.n_tokens) +
+             " tokens (append the chunk's keys and values first)");
+    check_finite(queries, c, c.heads, "attend: query");
+
+    const AttentionKernels& ak = *m.ak;
+    const KernelTable& k = *m.k;
+    Workspace& ws = workspace();
+    const size_t chunk_tokens = size_t(kChunkGroups) * kGroupTokens;
+    const size_t score_cols = std::max(chunk_tokens, size_t(c.window));
+    size_t lut_floats = 0, acc_floats = 0;
+    for (auto& s : m.keys.segs) lut_floats += size_t(r) * s.dim * (s.table.size() + (s.prod ? 16 : 0));
+    for (auto& s : m.values.segs) acc_floats += size_t(r) * s.dim * 16;
+    const int padded = pad_lanes(d);
+    Workspace::grow(ws.lut, lut_floats);
+    Workspace::grow(ws.acc, acc_floats);
+    Workspace::grow(ws.acc_exact, size_t(r) * d);
+    Workspace::grow(ws.scores, size_t(r) * score_cols);
+    Workspace::grow(ws.raw, size_t(r) * kGroupTokens);
+    Workspace::grow(ws.raw2, size_t(r) * kGroupTokens);
+    Workspace::grow(ws.w, size_t(r) * kGroupTokens);
+    Workspace::grow(ws.m, r);
+    Workspace::grow(ws.l, r);
+    Workspace::grow(ws.buf, padded);
+    Workspace::grow(ws.tmp, padded);
+    Workspace::grow(ws.sq, padded);
+    Workspace::grow(ws.norms, kGroupTokens);
+    Workspace::grow(ws.gammas, kGroupTokens);
+    const size_t W = size_t(c.window);
+
+    for (size_t qi = 0; qi < n_q; ++qi) {
+        const size_t visible = causal ? m.n_tokens - n_q + qi + 1 : m.n_tokens;
+        const size_t visible_codes = std::min(visible, m.n_compressed);
+        for (int kvh = 0; kvh < c.kv_heads; ++kvh) {
+            const float* q0 = &queries[qi * qrow + size_t(kvh) * r * d];  // the r query heads of this KV head
+            // 1. Rotate each query once per key segment and build its look-up tables:
+            //    lut[j][code] = q'_j * centroid[code]; for prod also the sketch table of S q'.
+            float* lut = ws.lut.data();
+            for (auto& s : m.keys.segs) {
+                const int sp = s.rot->padded_dim(), L = int(s.table.size());
+                for (int hh = 0; hh < r; ++hh) {
+                    for (int j = 0; j < s.dim; ++j) ws.buf[j] = q0[size_t(hh) * d + s.channels[j]];
+                    std::fill(ws.buf.begin() + s.dim, ws.buf.begin() + sp, 0.0f);
+                    s.rot->forward_unscaled(ws.buf.data(), ws.tmp.data(), k);
+                    k.scale(ws.buf.data(), sp, float(1.0 / s.rot->gain()));
+                    for (int j = 0; j < s.dim; ++j)
+                        for (int e = 0; e < L; ++e) lut[(size_t(hh) * s.dim + j) * L + e] = ws.buf[j] * s.table[e];
+                    if (s.prod) {
+                        float* sk = lut + size_t(r) * s.dim * L;
+                        k.matvec(s.qjl, sp, s.dim, ws.buf.data(), ws.sq.data());
+                        for (int j = 0; j < s.dim; ++j)
+                            for (int e = 0; e < 16; ++e) sk[(size_t(hh) * s.dim + j) * 16 + e] = (e & 1) ? ws.sq[j] : -ws.sq[j];
+                    }
+                }
+                lut += size_t(r) * s.dim * (L + (s.prod ? 16 : 0));
+            }
+            std::fill(ws.acc.begin(), ws.acc.begin() + acc_floats, 0.0f);
+            std::fill(ws.acc_exact.begin(), ws.acc_exact.begin() + size_t(r) * d, 0.0f);
+            std::fill(ws.m.begin(), ws.m.begin() + r, -std::numeric_limits<float>::infinity());
+            std::fill(ws.l.begin(), ws.l.begin() + r, 0.0f);
+
+            // Folds one chunk of scores (r rows of `cols`, row stride score_cols) into the running
+            // max and sum, rescaling the accumulators when the max grows; leaves exp(s - m) in place.
+            auto softmax_chunk = [&](size_t cols) {
+                for (int hh = 0; hh < r; ++hh) {
+                    float* s = &ws.scores[size_t(hh) * score_cols];
+                    float cmax = *std::max_element(s, s + cols);
+                    if (cmax > ws.m[hh]) {
+                        const float corr = std::exp(ws.m[hh] - cmax);  // 0 on the first chunk
+                        ws.l[hh] *= corr;
+                        float* acc = ws.acc.data();
+                        for (auto& vs : m.values.segs) {
+                            k.scale(acc + size_t(hh) * vs.dim * 16, vs.dim * 16, corr);
+                            acc += size_t(r) * vs.dim * 16;
+                        }
+                        for (int j = 0; j < d; ++j) ws.acc_exact[size_t(hh) * d + j] *= corr;
+                        ws.m[hh] = cmax;
+                    }
+                    for (size_t t = 0; t < cols; ++t) s[t] -= ws.m[hh];
+                    ak.exp_nonpositive(s, int(cols));
+                    float sum = 0;
+                    for (size_t t = 0; t < cols; ++t) sum += s[t];
+                    ws.l[hh] += sum;
+                }
+            };
+
+            // 2. Compressed tokens, a chunk of groups at a time.
+            const size_t n_groups = (visible_codes + kGroupTokens - 1) / kGroupTokens;
+            for (size_t g0 = 0; g0 < n_groups; g0 += kChunkGroups) {
+                const size_t ng = std::min<size_t>(kChunkGroups, n_groups - g0);
+                for (size_t gi = 0; gi < ng; ++gi) {
+                    const size_t t0 = (g0 + gi) * kGroupTokens;
+                    const uint8_t* g = m.group(kvh, t0);
+                    for (int hh = 0; hh < r; ++hh)
+                        std::fill_n(&ws.scores[size_t(hh) * score_cols + gi * kGroupTokens], kGroupTokens, 0.0f);
+                    const float* klut = ws.lut.data();
+                    for (auto& s : m.keys.segs) {
+                        const int L = int(s.table.size());
+                        ak.group_scores(g + s.codes_off, s.dim, s.bits, klut, r, ws.raw.data());
+                        read_norms(g + s.norm_off, m.norm_bytes, ws.norms.data());
+                        if (s.prod) {
+                            ak.group_scores(g + s.signs_off, s.dim, 1, klut + size_t(r) * s.dim * L, r, ws.raw2.data());
+                            read_norms(g + s.gamma_off, m.norm_bytes, ws.gammas.data());
+                            const float qjl = float(std::sqrt(M_PI / 2.0) / s.dim);
+                            for (int t = 0; t < kGroupTokens; ++t) ws.gammas[t] *= qjl;
+                        }
+                        for (int hh = 0; hh < r; ++hh) {
+                            float* sc = &ws.scores[size_t(hh) * score_cols + gi * kGroupTokens];
+                            const float* raw = &ws.raw[size_t(hh) * kGroupTokens];
+                            const float* raw2 = &ws.raw2[size_t(hh) * kGroupTokens];
+                            for (int t = 0; t < kGroupTokens; ++t)
+                                sc[t] += ws.norms[t] * (s.prod ? raw[t] + ws.gammas[t] * raw2[t] : raw[t]);
+                        }
+                        klut += size_t(r) * s.dim * (L + (s.prod ? 16 : 0));
+                    }
+                    for (int hh = 0; hh < r; ++hh) {
+                        float* sc = &ws.scores[size_t(hh) * score_cols + gi * kGroupTokens];
+                        for (int t = 0; t < kGroupTokens; ++t)
+                            sc[t] = t0 + t < visible_codes ? sc[t] * m.scale : -std::numeric_limits<float>::infinity();
+                    }
+                }
+                softmax_chunk(ng * kGroupTokens);
+                for (size_t gi = 0; gi < ng; ++gi) {
+                    const uint8_t* g = m.group(kvh, (g0 + gi) * kGroupTokens);
+                    float* acc = ws.acc.data();
+                    for (auto& s : m.values.segs) {
+                        read_norms(g + s.norm_off, m.norm_bytes, ws.norms.data());
+                        for (int hh = 0; hh < r; ++hh)
+                            for (int t = 0; t < kGroupTokens; ++t)
+                                ws.w[size_t(hh) * kGroupTokens + t] =
+                                    ws.scores[size_t(hh) * score_cols + gi * kGroupTokens + t] * ws.norms[t];
+                        ak.group_accumulate(g + s.codes_off, s.dim, s.bits, s.table.data(), ws.w.data(), r, acc);
+                        acc += size_t(r) * s.dim * 16;
+                    }
+                }
+            }
+
+            // 3. The exact recent window, in the same softmax.
+            if (visible > m.n_compressed) {
+                const size_t nw = visible - m.n_compressed;
+                for (size_t i = 0; i < nw; ++i) {
+                    const float* key = &m.win_k[((m.n_compressed + i) % W) * m.row() + size_t(kvh) * d];
+                    for (int hh = 0; hh < r; ++hh)
+                        ws.scores[size_t(hh) * score_cols + i] = ak.dot_f32(q0 + size_t(hh) * d, key, d) * m.scale;
+                }
+                softmax_chunk(nw);
+                for (size_t i = 0; i < nw; ++i) {
+                    const float* val = &m.win_v[((m.n_compressed + i) % W) * m.row() + size_t(kvh) * d];
+                    for (int hh = 0; hh < r; ++hh)
+                        ak.axpy_f32(ws.scores[size_t(hh) * score_cols + i], val, &ws.acc_exact[size_t(hh) * d], d);
+                }
+            }
+
+            // 4. One inverse rotation per head and value segment, then normalize.
+            for (int hh = 0; hh < r; ++hh) {
+                float* o = &out[qi * qrow + (size_t(kvh) * r + hh) * d];
+                const float inv_l = 1.0f / ws.l[hh];
+                const float* acc = ws.acc.data();
+                for (auto& s : m.values.segs) {
+                    const int sp = s.rot->padded_dim();
+                    const float* a = acc + size_t(hh) * s.dim * 16;
+                    for (int j = 0; j < s.dim; ++j) {
+                        float sum = 0;
+                        for (int lane = 0; lane < 16; ++lane) sum += a[size_t(j) * 16 + lane];
+                        ws.buf[j] = sum;
+                    }
+                    std::fill(ws.buf.begin() + s.dim, ws.buf.begin() + sp, 0.0f);
+                    s.rot->inverse_unscaled(ws.buf.data(), ws.tmp.data(), k);
+                    const float f = float(1.0 / s.rot->gain()) * inv_l;
+                    for (int j = 0; j < s.dim; ++j) o[s.channels[j]] = ws.buf[j] * f;
+                    acc += size_t(r) * s.dim * 16;
+                }
+                for (int j = 0; j < d; ++j) o[j] += ws.acc_exact[size_t(hh) * d + j] * inv_l;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reference path: decode, then exact attention in double precision.
+
+std::vector<float> KVCache::Impl::decode_side(const CacheSide& side, bool is_key, int kv_head) const {
+    const int d = cfg.head_dim;
+    std::vector<float> out(n_tokens * size_t(d));
+    std::vector<uint8_t> enc, codes(d);
+    std::vector<float> dec;
+    for (auto& s : side.segs) {
+        // Rebuild each token's bytes in the codec's own layout and let the codec decode them.
+        enc.assign(n_compressed * s.codec_bytes, 0);
+        for (size_t t = 0; t < n_compressed; ++t) {
+            const uint8_t* g = group(kv_head, t);
+            const size_t slot = t % kGroupTokens;
+            uint8_t* e = &enc[t * s.codec_bytes];
+            std::memcpy(e, g + s.norm_off + slot * norm_bytes, norm_bytes);
+            size_t pos = norm_bytes;
+            if (s.prod) {
+                std::memcpy(e + pos, g + s.gamma_off + slot * norm_bytes, norm_bytes);
+                pos += norm_bytes;
+            }
+            for (int j = 0; j < s.dim; ++j) codes[j] = uint8_t(group_code(g + s.codes_off, s.dim, s.bits, int(slot), j));
+            pack_codes(codes.data(), size_t(s.dim), s.bits, e + pos);
+            if (s.prod) {
+                for (int j = 0; j < s.dim; ++j) codes[j] = uint8_t(group_code(g + s.signs_off, s.dim, 1, int(slot), j));
+                pack_codes(codes.data(), size_t(s.dim), 1, e + pos + packed_bytes(size_t(s.dim), s.bits));
+            }
+        }
+        dec.assign(n_compressed * size_t(s.dim), 0.0f);
+        if (n_compressed) s.codec->decode_rows(enc.data(), s.codec_bytes, n_compressed, dec.data(), size_t(s.dim));
+        for (size_t t = 0; t < n_compressed; ++t)
+            for (int j = 0; j < s.dim; ++j) out[t * d + s.channels[j]] = dec[t * s.dim + j];
+    }
+    const std::vector<float>& win = is_key ? win_k : win_v;
+    for (size_t t = n_compressed; t < n_tokens; ++t)
+        std::memcpy(&out[t * d], &win[(t % cfg.window) * row() + size_t(kv_head) * d], sizeof(float) * d);
+    return out;
+}
+
+std::vector<float> KVCache::decode_keys(int kv_head) const {
+    if (kv_head < 0 || kv_head >= impl_->cfg.kv_heads) fail("decode_keys: kv_head out of range");
+    return impl_->decode_side(impl_->keys, true, kv_head);
+}
+
+std::vector<float> KVCache::decode_values(int kv_head) const {
+    if (kv_head < 0 || kv_head >= impl_->cfg.kv_heads) fail("decode_values: kv_head out of range");
+    return impl_->decode_side(impl_->values, false, kv_head);
+}
+
+void KVCache::attend_reference(std::span<const float> queries, std::span<float> out, bool causal) const {
+    const Impl& m = *impl_;
+    const CacheConfig& c = m.cfg;
+    const int d = c.head_dim, r = m.group_size();
+    const size_t qrow = size_t(c.heads) * d;
+    if (queries.empty() || queries.size() % qrow != 0 || out.size() != queries.size())
+        fail("attend_reference: queries/out must be equal positive multiples of heads * head_dim");
+    if (m.n_tokens == 0) fail("attend_reference: the cache is empty");
+    const size_t n_q = queries.size() / qrow;
+    if (causal && n_q > m.n_tokens) fail("attend_reference: more causal queries than tokens");
+    std::vector<double> p(m.n_tokens);
+    for (int kvh = 0; kvh < c.kv_heads; ++kvh) {
+        const std::vector<float> K = decode_keys(kvh), V = decode_values(kvh);
+        for (size_t qi = 0; qi < n_q; ++qi) {
+            const size_t visible = causal ? m.n_tokens - n_q + qi + 1 : m.n_tokens;
+            for (int hh = 0; hh < r; ++hh) {
+                const float* q = &queries[qi * qrow + (size_t(kvh) * r + hh) * d];
+                double mx = -1e300, sum = 0;
+                for (size_t t = 0; t < visible; ++t) {
+                    double s = 0;
+                    for (int j = 0; j < d; ++j) s += double(q[j]) * K[t * d + j];
+                    p[t] = s * m.scale;
+                    mx = std::max(mx, p[t]);
+                }
+                for (size_t t = 0; t < visible; ++t) sum += (p[t] = std::exp(p[t] - mx));
+                float* o = &out[qi * qrow + (size_t(kvh) * r + hh) * d];
+                for (int j = 0; j < d; ++j) {
+                    double a = 0;
+                    for (size_t t = 0; t < visible; ++t) a += p[t] * V[t * d + j];
+                    o[j] = float(a / sum);
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+
+ModelKVCache::ModelKVCache(int layers, const CacheConfig& cfg) {
+    if (layers < 1 || layers > 1024) fail("layers " + std::to_string(layers) + " out of range [1, 1024]");
+    for (int l = 0; l < layers; ++l) {
+        CacheConfig c = cfg;
+        c.seed = derive_seed(cfg.seed, uint64_t(l));
+        layers_.emplace_back(c);
+    }
+}
+
+KVCache& ModelKVCache::layer(int l) {
+    if (l < 0 || l >= layers()) fail("layer " + std::to_string(l) + " out of range");
+    return layers_[l];
+}
+
+const KVCache& ModelKVCache::layer(int l) const {
+    if (l < 0 || l >= layers()) fail("layer " + std::to_string(l) + " out of range");
+    return layers_[l];
+}
+
+void ModelKVCache::truncate(size_t n_tokens) {
+    for (auto& l : layers_)
+        if (n_tokens > l.tokens()) fail("truncate: a layer holds fewer than " + std::to_string(n_tokens) + " tokens");
+    for (auto& l : layers_) l.truncate(n_tokens);
+}
+
+void ModelKVCache::clear() {
+    for (auto& l : layers_) l.clear();
+}
+
+size_t ModelKVCache::bytes_used() const {
+    size_t b = 0;
+    for (auto& l : layers_) b += l.bytes_used();
+    return b;
+}
+
+}  // namespace tqkv

@@ -1,0 +1,68 @@
+// Internals of KVCache shared by cache.cpp (storage, append, attention) and
+// cache_serialize.cpp (save/load).
+#pragma once
+#include <cstdlib>
+#include <memory>
+#include <vector>
+
+#include "cache_layout.hpp"
+#include "kernels/kernels.hpp"
+#include "tqkv/cache.hpp"
+#include "tqkv/codebook.hpp"
+
+namespace tqkv {
+
+// One independently coded part of a head vector: all its channels, or the high / low channels
+// of a fractional rate. Its data in a 32-token group, at the offsets below:
+//   norms [32 norms]  gammas [32 residual norms, prod only]  codes [bits-bit layout]  signs [1-bit, prod only]
+struct CacheSegment {
+    std::vector<int> channels;
+    int dim = 0, bits = 0;            // bits of the codes in the layout (the MSE stage's)
+    bool prod = false;
+    const VectorCodec* codec = nullptr;
+    const Rotation* rot = nullptr;
+    const LloydMaxCodebook* cb = nullptr;
+    const float* qjl = nullptr;       // S column-major (prod)
+    std::vector<float> table;         // centroids as the kernels read them (16 replicated, or 2^bits)
+    size_t codec_bytes = 0;           // bytes of one vector in the codec's own layout
+    size_t norm_off = 0, gamma_off = 0, codes_off = 0, signs_off = 0;
+};
+
+struct CacheSide {  // the keys or the values
+    std::unique_ptr<VectorCodec> codec;  // owns the segment codecs
+    std::vector<CacheSegment> segs;
+};
+
+struct AlignedFree {
+    void operator()(uint8_t* p) const { std::free(p); }
+};
+using BlockPtr = std::unique_ptr<uint8_t, AlignedFree>;
+
+struct KVCache::Impl {
+    CacheConfig cfg;
+    const detail::KernelTable* k = nullptr;
+    const detail::AttentionKernels* ak = nullptr;
+    CacheSide keys, values;
+    size_t norm_bytes = 2, group_bytes = 0, groups_per_block = 0, block_bytes = 0, capacity = 0;
+    float scale = 0;
+    std::vector<BlockPtr> blocks;
+    size_t n_tokens = 0, n_compressed = 0;
+    std::vector<float> win_k, win_v;  // ring of `window` tokens, each [kv_heads][head_dim]
+    // Staging for compression (append is exclusive, so one set per cache).
+    std::vector<float> stage_k, stage_v, seg_in;
+    std::vector<uint8_t> seg_out, token_codes;
+
+    explicit Impl(const CacheConfig& c);
+    int group_size() const { return cfg.heads / cfg.kv_heads; }
+    size_t row() const { return size_t(cfg.kv_heads) * cfg.head_dim; }  // floats of one token
+    uint8_t* group(int kv_head, size_t token) const {
+        return blocks[token / cfg.block_tokens].get() +
+               (size_t(kv_head) * groups_per_block + (token % cfg.block_tokens) / detail::kGroupTokens) * group_bytes;
+    }
+    BlockPtr new_block() const;
+    void compress(const float* k_rows, const float* v_rows, size_t count, size_t first_token);
+    void clear_tokens(size_t from, size_t to);  // zero the codes of compressed tokens [from, to)
+    std::vector<float> decode_side(const CacheSide& side, bool is_key, int kv_head) const;
+};
+
+}  // namespace tqkv

@@ -1,0 +1,262 @@
+// KVCache / ModelKVCache serialization.
+//
+// Format (all integers little-endian, floats IEEE 754 little-endian):
+//   "TQKVCACH"  u32 version (1)  u32 layers
+//   per layer:
+//     config:  u32 heads, kv_heads, head_dim, key_method, block_tokens, window, norm_format
+//              f64 key_bits, value_bits  f32 scale  u64 seed, max_tokens
+//              u32 n_key_high, n_key_high x u32   u32 n_value_high, n_value_high x u32
+//     state:   u64 tokens, compressed
+//     groups:  per KV head, the ceil(compressed / 32) groups of 32 tokens (cache_layout.hpp)
+//     window:  tokens compressed..tokens-1: keys [kv_heads][head_dim] f32, then values likewise
+//   u32 CRC-32 (IEEE 802.3) of every byte before it.
+// A KVCache is saved as a one-layer file. The same appends give the same bytes on every target.
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+
+#include "cache_impl.hpp"
+#include "codec_util.hpp"
+
+namespace tqkv {
+
+namespace {
+
+constexpr char kMagic[8] = {'T', 'Q', 'K', 'V', 'C', 'A', 'C', 'H'};
+constexpr uint32_t kVersion = 1;
+
+[[noreturn]] void bad(const std::string& msg) { throw std::invalid_argument("tqkv: load: " + msg); }
+
+uint32_t crc32(const uint8_t* p, size_t n) {
+    static const auto table = [] {
+        std::array<uint32_t, 256> t{};
+        for (uint32_t i = 0; i < 256; ++i) {
+            uint32_t c = i;
+            for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xedb88320u ^ (c >> 1) : c >> 1;
+            t[i] = c;
+        }
+        return t;
+    }();
+    uint32_t c = 0xffffffffu;
+    for (size_t i = 0; i < n; ++i) c = table[(c ^ p[i]) & 0xff] ^ (c >> 8);
+    return c ^ 0xffffffffu;
+}
+
+class Writer {
+public:
+    std::vector<uint8_t> out;
+    void bytes(const void* p, size_t n) {
+        const auto* b = static_cast<const uint8_t*>(p);
+        out.insert(out.end(), b, b + n);
+    }
+    void u32(uint32_t v) {
+        for (int i = 0; i < 4; ++i) out.push_back(uint8_t(v >> (8 * i)));
+    }
+    void u64(uint64_t v) {
+        for (int i = 0; i < 8; ++i) out.push_back(uint8_t(v >> (8 * i)));
+    }
+    void f32(float v) {
+        uint32_t u;
+        std::memcpy(&u, &v, 4);
+        u32(u);
+    }
+    void f64(double v) {
+        uint64_t u;
+        std::memcpy(&u, &v, 8);
+        u64(u);
+    }
+    void floats(const float* p, size_t n) {
+        for (size_t i = 0; i < n; ++i) f32(p[i]);
+    }
+};
+
+class Reader {
+public:
+    Reader(const uint8_t* p, size_t n) : p_(p), n_(n) {}
+    size_t left() const { return n_ - pos_; }
+    const uint8_t* take(size_t n) {
+        if (n > left()) bad("truncated data");
+        const uint8_t* r = p_ + pos_;
+        pos_ += n;
+        return r;
+    }
+    uint32_t u32() {
+        const uint8_t* b = take(4);
+        return uint32_t(b[0]) | uint32_t(b[1]) << 8 | uint32_t(b[2]) << 16 | uint32_t(b[3]) << 24;
+    }
+    uint64_t u64() {
+        const uint64_t lo = u32();
+        return lo | uint64_t(u32()) << 32;
+    }
+    float f32() {
+        const uint32_t u = u32();
+        float v;
+        std::memcpy(&v, &u, 4);
+        return v;
+    }
+    double f64() {
+        const uint64_t u = u64();
+        double v;
+        std::memcpy(&v, &u, 8);
+        return v;
+    }
+    void floats(float* dst, size_t n) {
+        const uint8_t* b = take(n * 4);
+        for (size_t i = 0; i < n; ++i) {
+            const uint32_t u = uint32_t(b[4 * i]) | uint32_t(b[4 * i + 1]) << 8 | uint32_t(b[4 * i + 2]) << 16 |
+                               uint32_t(b[4 * i + 3]) << 24;
+            std::memcpy(&dst[i], &u, 4);
+        }
+    }
+
+private:
+    const uint8_t* p_;
+    size_t n_, pos_ = 0;
+};
+
+void write_layer(Writer& w, const KVCache::Impl& m) {
+    const CacheConfig& c = m.cfg;
+    for (uint32_t v : {uint32_t(c.heads), uint32_t(c.kv_heads), uint32_t(c.head_dim), uint32_t(c.key_method),
+                       uint32_t(c.block_tokens), uint32_t(c.window), uint32_t(c.norm)})
+        w.u32(v);
+    w.f64(c.key_bits);
+    w.f64(c.value_bits);
+    w.f32(c.scale);
+    w.u64(c.seed);
+    w.u64(c.max_tokens);
+    for (auto* ch : {&c.key_high_channels, &c.value_high_channels}) {
+        w.u32(uint32_t(ch->size()));
+        for (int v : *ch) w.u32(uint32_t(v));
+    }
+    w.u64(m.n_tokens);
+    w.u64(m.n_compressed);
+    const size_t groups = (m.n_compressed + detail::kGroupTokens - 1) / detail::kGroupTokens;
+    for (int h = 0; h < c.kv_heads; ++h)
+        for (size_t g = 0; g < groups; ++g) w.bytes(m.group(h, g * detail::kGroupTokens), m.group_bytes);
+    for (const auto* win : {&m.win_k, &m.win_v})
+        for (size_t t = m.n_compressed; t < m.n_tokens; ++t) w.floats(&(*win)[(t % c.window) * m.row()], m.row());
+}
+
+// Reads one layer; every size is checked against the bytes that are actually there before
+// anything is allocated from it.
+KVCache read_layer(Reader& r, const std::string& kernel) {
+    CacheConfig c;
+    const uint32_t heads = r.u32(), kv_heads = r.u32(), head_dim = r.u32(), method = r.u32(), block = r.u32(),
+                   window = r.u32(), norm = r.u32();
+    if (heads < 1 || heads > 4096 || kv_heads < 1 || kv_heads > heads || head_dim < 3 || head_dim > 1024 ||
+        block > 4096 || window > 4096)
+        bad("implausible configuration (heads " + std::to_string(heads) + ", kv_heads " + std::to_string(kv_heads) +
+            ", head_dim " + std::to_string(head_dim) + ")");
+    if (method > 1) bad("unknown key method " + std::to_string(method));
+    if (norm > 1) bad("unknown norm format " + std::to_string(norm));
+    c.heads = int(heads);
+    c.kv_heads = int(kv_heads);
+    c.head_dim = int(head_dim);
+    c.key_method = method == 0 ? Method::Mse : Method::Prod;
+    c.block_tokens = int(block);
+    c.window = int(window);
+    c.norm = norm == 0 ? NormFormat::F16 : NormFormat::F32;
+    c.key_bits = r.f64();
+    c.value_bits = r.f64();
+    c.scale = r.f32();
+    c.seed = r.u64();
+    c.max_tokens = size_t(r.u64());
+    for (auto* ch : {&c.key_high_channels, &c.value_high_channels}) {
+        const uint32_t n = r.u32();
+        if (n > head_dim) bad("more high channels than head_dim");
+        for (uint32_t i = 0; i < n; ++i) ch->push_back(int(r.u32()));
+    }
+    const uint64_t tokens = r.u64(), compressed = r.u64();
+    if (tokens > (uint64_t(1) << 28) || compressed > tokens || tokens - compressed > window ||
+        (c.max_tokens && tokens > c.max_tokens))
+        bad("inconsistent token counts (" + std::to_string(tokens) + " tokens, " + std::to_string(compressed) +
+            " compressed, window " + std::to_string(window) + ")");
+    c.kernel = kernel;
+    // The config is validated by the constructor (which allocates nothing sized by tokens).
+    auto impl = std::make_unique<KVCache::Impl>(c);
+    KVCache::Impl& m = *impl;
+    const size_t groups = (size_t(compressed) + detail::kGroupTokens - 1) / detail::kGroupTokens;
+    const size_t payload = size_t(kv_heads) * groups * m.group_bytes + 2 * size_t(tokens - compressed) * m.row() * 4;
+    if (payload > r.left()) bad("truncated data: the payload needs " + std::to_string(payload) + " bytes");
+    const size_t n_blocks = (size_t(compressed) + block - 1) / block;
+    for (size_t b = 0; b < n_blocks; ++b) m.blocks.push_back(m.new_block());
+    for (uint32_t h = 0; h < kv_heads; ++h)
+        for (size_t g = 0; g < groups; ++g)
+            std::memcpy(m.group(int(h), g * detail::kGroupTokens), r.take(m.group_bytes), m.group_bytes);
+    m.n_tokens = size_t(tokens);
+    m.n_compressed = size_t(compressed);
+    for (auto* win : {&m.win_k, &m.win_v})
+        for (size_t t = m.n_compressed; t < m.n_tokens; ++t) r.floats(&(*win)[(t % c.window) * m.row()], m.row());
+    // Hostile codes can only produce wrong numbers, never out-of-range reads; norms that are not
+    // finite would poison attention, so reject them.
+    for (uint32_t h = 0; h < kv_heads; ++h)
+        for (size_t t = 0; t < m.n_compressed; ++t) {
+            const uint8_t* g = m.group(int(h), t);
+            for (auto* side : {&m.keys, &m.values})
+                for (auto& s : side->segs) {
+                    const size_t slot = t % detail::kGroupTokens;
+                    if (!std::isfinite(detail::read_norm(g + s.norm_off + slot * m.norm_bytes, c.norm)) ||
+                        (s.prod && !std::isfinite(detail::read_norm(g + s.gamma_off + slot * m.norm_bytes, c.norm))))
+                        bad("non-finite norm for token " + std::to_string(t));
+                }
+        }
+    for (auto* win : {&m.win_k, &m.win_v})
+        for (float v : *win)
+            if (!std::isfinite(v)) bad("non-finite value in the exact window");
+    return KVCache(std::move(impl));
+}
+
+std::vector<uint8_t> save_layers(const std::vector<const KVCache::Impl*>& layers) {
+    Writer w;
+    w.bytes(kMagic, 8);
+    w.u32(kVersion);
+    w.u32(uint32_t(layers.size()));
+    for (auto* m : layers) write_layer(w, *m);
+    w.u32(crc32(w.out.data(), w.out.size()));
+    return std::move(w.out);
+}
+
+Reader open(std::span<const uint8_t> bytes, uint32_t& layers) {
+    if (bytes.size() < 20) bad("truncated data (" + std::to_string(bytes.size()) + " bytes)");
+    if (std::memcmp(bytes.data(), kMagic, 8) != 0) bad("not a tqkv cache (bad magic)");
+    Reader r(bytes.data(), bytes.size() - 4);
+    r.take(8);
+    const uint32_t version = r.u32();
+    if (version != kVersion) bad("unsupported format version " + std::to_string(version));
+    Reader tail(bytes.data() + bytes.size() - 4, 4);
+    if (tail.u32() != crc32(bytes.data(), bytes.size() - 4)) bad("CRC mismatch: the data is corrupted");
+    layers = r.u32();
+    if (layers < 1 || layers > 1024) bad("implausible layer count " + std::to_string(layers));
+    return r;
+}
+
+}  // namespace
+
+std::vector<uint8_t> KVCache::save() const { return save_layers({impl_.get()}); }
+
+KVCache KVCache::load(std::span<const uint8_t> bytes, const std::string& kernel) {
+    uint32_t layers;
+    Reader r = open(bytes, layers);
+    if (layers != 1) bad("this file holds " + std::to_string(layers) + " layers; use ModelKVCache::load");
+    KVCache c = read_layer(r, kernel);
+    if (r.left() != 0) bad("trailing bytes after the cache");
+    return c;
+}
+
+std::vector<uint8_t> ModelKVCache::save() const {
+    std::vector<const KVCache::Impl*> impls;
+    for (auto& l : layers_) impls.push_back(l.impl_.get());
+    return save_layers(impls);
+}
+
+ModelKVCache ModelKVCache::load(std::span<const uint8_t> bytes, const std::string& kernel) {
+    uint32_t layers;
+    Reader r = open(bytes, layers);
+    ModelKVCache m;
+    for (uint32_t l = 0; l < layers; ++l) m.layers_.push_back(read_layer(r, kernel));
+    if (r.left() != 0) bad("trailing bytes after the cache");
+    return m;
+}
+
+}  // namespace tqkv

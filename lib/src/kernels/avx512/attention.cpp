@@ -1,0 +1,5 @@
+// Placeholder: the avx512 attention kernels fall back to the scalar ones until written.
+#include "kernels/kernels.hpp"
+namespace tqkv::detail {
+const AttentionKernels& avx512_attention() { return scalar_attention(); }
+}  // namespace tqkv::detail

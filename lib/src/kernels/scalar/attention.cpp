@@ -1,0 +1,66 @@
+// Reference attention kernels: one token and one coordinate at a time.
+#include <cmath>
+
+#include "cache_layout.hpp"
+#include "kernels/kernels.hpp"
+#include "tqkv/fp16.hpp"
+
+namespace tqkv::detail {
+namespace {
+
+int lut_width(int bits) { return bits <= 4 ? 16 : 1 << bits; }
+
+void group_scores(const uint8_t* codes, int dim, int bits, const float* lut, int heads, float* out) {
+    const int L = lut_width(bits);
+    for (int h = 0; h < heads; ++h)
+        for (int t = 0; t < kGroupTokens; ++t) {
+            float s = 0.0f;
+            for (int j = 0; j < dim; ++j) s += lut[(size_t(h) * dim + j) * L + group_code(codes, dim, bits, t, j)];
+            out[h * kGroupTokens + t] = s;
+        }
+}
+
+void group_accumulate(const uint8_t* codes, int dim, int bits, const float* table, const float* w, int heads,
+                      float* acc) {
+    for (int j = 0; j < dim; ++j)
+        for (int l = 0; l < 16; ++l) {
+            const float lo = table[group_code(codes, dim, bits, l, j)];
+            const float hi = table[group_code(codes, dim, bits, l + 16, j)];
+            for (int h = 0; h < heads; ++h)
+                acc[(size_t(h) * dim + j) * 16 + l] += w[h * kGroupTokens + l] * lo + w[h * kGroupTokens + 16 + l] * hi;
+        }
+}
+
+void exp_nonpositive(float* x, int n) {
+    for (int i = 0; i < n; ++i) x[i] = std::exp(x[i]);
+}
+
+float dot_f32(const float* a, const float* b, int n) {
+    float s = 0.0f;
+    for (int i = 0; i < n; ++i) s += a[i] * b[i];
+    return s;
+}
+
+void axpy_f32(float a, const float* x, float* y, int n) {
+    for (int i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+float dot_f16(const float* a, const uint16_t* b, int n) {
+    float s = 0.0f;
+    for (int i = 0; i < n; ++i) s += a[i] * half_to_float(b[i]);
+    return s;
+}
+
+void axpy_f16(float a, const uint16_t* x, float* y, int n) {
+    for (int i = 0; i < n; ++i) y[i] += a * half_to_float(x[i]);
+}
+
+}  // namespace
+
+const AttentionKernels& scalar_attention() {
+    static const AttentionKernels k = {group_scores, group_accumulate, exp_nonpositive, dot_f32,
+                                       axpy_f32,     dot_f16,          axpy_f16};
+    return k;
+}
+
+}  // namespace tqkv::detail

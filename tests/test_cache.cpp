@@ -1,0 +1,374 @@
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <cstring>
+
+#include "test_util.hpp"
+#include "tqkv/tqkv.hpp"
+
+using namespace tqkv;
+
+namespace {
+
+CacheConfig cache_config(int heads, int kv_heads, int dim, double kb, double vb, int window = 0,
+                         Method km = Method::Mse) {
+    CacheConfig c;
+    c.heads = heads;
+    c.kv_heads = kv_heads;
+    c.head_dim = dim;
+    c.key_bits = kb;
+    c.value_bits = vb;
+    c.key_method = km;
+    c.window = window;
+    return c;
+}
+
+double rel_error(const std::vector<float>& a, const std::vector<float>& b, size_t offset, size_t n) {
+    double e = 0, s = 0;
+    for (size_t i = offset; i < offset + n; ++i) e += (double(a[i]) - b[i]) * (double(a[i]) - b[i]), s += double(b[i]) * b[i];
+    return std::sqrt(e / s);
+}
+
+// Exact softmax attention of one query head over float keys/values (T x d), double precision.
+std::vector<double> exact_attention(const float* q, const float* K, const float* V, size_t T, int d, double scale) {
+    std::vector<double> p(T), out(d, 0.0);
+    double mx = -1e300, sum = 0;
+    for (size_t t = 0; t < T; ++t) {
+        p[t] = tqkv_test::dot(q, K + t * d, d) * scale;
+        mx = std::max(mx, p[t]);
+    }
+    for (size_t t = 0; t < T; ++t) sum += (p[t] = std::exp(p[t] - mx));
+    for (size_t t = 0; t < T; ++t)
+        for (int j = 0; j < d; ++j) out[j] += p[t] / sum * V[t * d + j];
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("fused attention equals the decode-then-exact reference on every kernel", "[cache][kernels]") {
+    // Same decoded keys and values, different arithmetic (float tables, online softmax, fast exp,
+    // summation order): the outputs agree to float accuracy, far inside 1e-4.
+    struct Case {
+        int heads, kv_heads, dim;
+        double kb, vb;
+        Method km;
+        int window;
+        size_t tokens, queries;
+    };
+    const Case cases[] = {
+        {4, 4, 128, 4, 4, Method::Mse, 0, 100, 1},   {8, 2, 128, 4, 2, Method::Mse, 0, 257, 1},
+        {8, 1, 64, 3, 3, Method::Mse, 16, 70, 5},    {4, 4, 96, 2, 4, Method::Prod, 0, 33, 1},
+        {4, 1, 256, 4, 3, Method::Prod, 8, 64, 3},   {2, 2, 80, 1, 1, Method::Mse, 0, 32, 32},
+        {4, 2, 128, 6, 5, Method::Mse, 4, 45, 2},    {4, 4, 64, 8, 7, Method::Prod, 0, 31, 1},
+        {1, 1, 128, 4, 4, Method::Mse, 40, 20, 20},  {8, 8, 128, 4, 4, Method::Mse, 0, 1, 1},
+    };
+    for (const auto& kernel : available_kernels())
+        for (const auto& cs : cases) {
+            CacheConfig cfg = cache_config(cs.heads, cs.kv_heads, cs.dim, cs.kb, cs.vb, cs.window, cs.km);
+            cfg.kernel = kernel;
+            cfg.block_tokens = 64;
+            KVCache cache(cfg);
+            const size_t row = size_t(cs.kv_heads) * cs.dim;
+            const auto K = tqkv_test::gaussian_vectors(cs.tokens, int(row), 1);
+            const auto V = tqkv_test::gaussian_vectors(cs.tokens, int(row), 2);
+            // Append in uneven chunks (prefill then decode steps).
+            size_t t = 0;
+            for (size_t step : {size_t(7), size_t(1), size_t(40), size_t(1000)}) {
+                const size_t n = std::min(step, cs.tokens - t);
+                if (!n) break;
+                cache.append(std::span(K).subspan(t * row, n * row), std::span(V).subspan(t * row, n * row));
+                t += n;
+            }
+            REQUIRE(cache.tokens() == cs.tokens);
+            const auto Q = tqkv_test::gaussian_vectors(cs.queries, cs.heads * cs.dim, 3);
+            for (bool causal : {true, false}) {
+                std::vector<float> fused(Q.size()), ref(Q.size());
+                cache.attend(Q, fused, causal);
+                cache.attend_reference(Q, ref, causal);
+                for (size_t i = 0; i < cs.queries * cs.heads; ++i) {
+                    INFO(kernel << " heads " << cs.heads << "/" << cs.kv_heads << " d=" << cs.dim << " K" << cs.kb
+                                << (cs.km == Method::Prod ? "prod" : "") << "V" << cs.vb << " W=" << cs.window
+                                << " T=" << cs.tokens << " causal=" << causal << " row " << i);
+                    CHECK(rel_error(fused, ref, i * cs.dim, cs.dim) < 1e-4);
+                }
+            }
+        }
+}
+
+TEST_CASE("fractional rates in the cache (K3.5 V2.5)", "[cache]") {
+    const int d = 128;
+    auto cfg = cache_config(4, 2, d, 3.5, 2.5, 8);
+    const auto calib = tqkv_test::gaussian_vectors(500, d, 9);
+    cfg.key_high_channels = choose_high_channels(calib, d, 64);
+    cfg.value_high_channels = choose_high_channels(calib, d, 64);
+    for (const auto& kernel : available_kernels()) {
+        cfg.kernel = kernel;
+        KVCache cache(cfg);
+        const auto K = tqkv_test::gaussian_vectors(150, 2 * d, 4), V = tqkv_test::gaussian_vectors(150, 2 * d, 5);
+        cache.append(K, V);
+        const auto Q = tqkv_test::gaussian_vectors(3, 4 * d, 6);
+        std::vector<float> fused(Q.size()), ref(Q.size());
+        cache.attend(Q, fused);
+        cache.attend_reference(Q, ref);
+        for (int i = 0; i < 12; ++i) CHECK(rel_error(fused, ref, size_t(i) * d, d) < 1e-4);
+    }
+}
+
+TEST_CASE("attention fidelity against exact fp32 follows the codec MSE", "[cache][stat]") {
+    // Derivation (Gaussian q, k, v in R^d, scale 1/sqrt(d), so scores are ~N(0, 1)):
+    //  - value errors e_t are independent with E||e_t||^2 = D_v ||v_t||^2, so
+    //    E||sum p_t e_t||^2 = D_v sum p_t^2 ||v_t||^2, while ||o||^2 ~ sum p_t^2 ||v_t||^2
+    //    (cross terms of independent zero-mean v vanish): relative error^2 ~ D_v;
+    //  - key errors shift each score by δ_t with Var δ ~ D_k ||q||^2 ||k||^2 / d^2 ~ D_k, which
+    //    perturbs p_t by ~p_t δ_t: relative error^2 ~ D_k.
+    // So 1 - cos ~ (D_k + D_v) / 2 to first order. We assert 1 - cos lies within a factor 4 of
+    // that on either side (the upper factor covers second-order terms and the 1 - D shrinkage of
+    // mse scores; the lower one catches a cache that is not actually compressed).
+    const int d = 128, T = 2048, H = 4;
+    for (auto [kb, vb] : {std::pair{2, 2}, {3, 3}, {4, 4}, {4, 2}}) {
+        KVCache cache(cache_config(H, H, d, kb, vb));
+        const auto K = tqkv_test::gaussian_vectors(T, H * d, 11), V = tqkv_test::gaussian_vectors(T, H * d, 12);
+        cache.append(K, V);
+        // Measured per-vector relative MSE of the keys and values held by the cache.
+        double dk = 0, dv = 0;
+        for (int h = 0; h < H; ++h) {
+            const auto k = cache.decode_keys(h), v = cache.decode_values(h);
+            for (int t = 0; t < T; ++t) {
+                double ek = 0, nk = 0, ev = 0, nv = 0;
+                for (int j = 0; j < d; ++j) {
+                    const double a = K[(size_t(t) * H + h) * d + j], b = V[(size_t(t) * H + h) * d + j];
+                    ek += (a - k[size_t(t) * d + j]) * (a - k[size_t(t) * d + j]), nk += a * a;
+                    ev += (b - v[size_t(t) * d + j]) * (b - v[size_t(t) * d + j]), nv += b * b;
+                }
+                dk += ek / nk, dv += ev / nv;
+            }
+        }
+        dk /= H * T, dv /= H * T;
+        const int nq = 32;
+        const auto Q = tqkv_test::gaussian_vectors(nq, H * d, 13);
+        std::vector<float> out(Q.size());
+        cache.attend(Q, out, false);
+        double mean_gap = 0;
+        std::vector<float> Kh(size_t(T) * d), Vh(size_t(T) * d);
+        for (int h = 0; h < H; ++h) {
+            for (int t = 0; t < T; ++t)
+                for (int j = 0; j < d; ++j) {
+                    Kh[size_t(t) * d + j] = K[(size_t(t) * H + h) * d + j];
+                    Vh[size_t(t) * d + j] = V[(size_t(t) * H + h) * d + j];
+                }
+            for (int qi = 0; qi < nq; ++qi) {
+                const float* q = &Q[(size_t(qi) * H + h) * d];
+                const auto exact = exact_attention(q, Kh.data(), Vh.data(), T, d, 1 / std::sqrt(double(d)));
+                double dot = 0, n1 = 0, n2 = 0;
+                for (int j = 0; j < d; ++j) {
+                    const double a = out[(size_t(qi) * H + h) * d + j];
+                    dot += a * exact[j], n1 += a * a, n2 += exact[j] * exact[j];
+                }
+                mean_gap += 1 - dot / std::sqrt(n1 * n2);
+            }
+        }
+        mean_gap /= H * nq;
+        const double predicted = (dk + dv) / 2;
+        INFO("K" << kb << "V" << vb << ": D_k " << dk << " D_v " << dv << " 1-cos " << mean_gap << " predicted "
+                 << predicted);
+        CHECK(mean_gap < 4 * predicted);
+        CHECK(mean_gap > predicted / 4);
+    }
+}
+
+TEST_CASE("bytes per token follow the layout arithmetic", "[cache]") {
+    // K4 V4, d = 128: per group of 32 tokens and KV head, keys and values each take 32 fp16 norms
+    // (64 bytes) + 128 coordinates x 16 bytes of 4-bit codes (2048 bytes).
+    KVCache c(cache_config(8, 4, 128, 4, 4, 16));
+    CHECK(c.block_bytes() == size_t(4) * (64 / 32) * (2 * (64 + 2048)));
+    CHECK(c.compressed_bytes_per_token() == Approx(4 * 2 * (64 + 2048) / 32.0));  // 528 = 4 * 2 * 66
+    CHECK(c.fp16_bytes_per_token() == 2 * 4 * 128 * 2);
+    // K4 prod (3-bit mse stage: a 2-bit part of 64 chunks + a 1-bit part of 32 chunks of 16 bytes,
+    // 1-bit signs, norms and residual norms) with V2 (2-bit part, 64 chunks).
+    KVCache p(cache_config(4, 4, 128, 4, 2, 0, Method::Prod));
+    CHECK(p.block_bytes() == size_t(4) * 2 * ((64 + 64 + 64 * 16 + 32 * 16 + 32 * 16) + (64 + 64 * 16)));
+    // d = 80 at 3 bits: 40 chunks (2-bit part) + 20 chunks (1-bit part).
+    KVCache o(cache_config(2, 1, 80, 3, 3));
+    CHECK(o.block_bytes() == size_t(1) * 2 * 2 * (64 + 40 * 16 + 20 * 16));
+
+    // bytes_used grows by exactly one block when a block fills, and the window is counted.
+    const size_t empty = c.bytes_used();
+    const auto K = tqkv_test::gaussian_vectors(16 + 64 + 1, 4 * 128, 1);
+    c.append(std::span(K).first(16 * 512), std::span(K).first(16 * 512));  // all 16 in the window
+    CHECK(c.bytes_used() == empty);
+    CHECK(c.compressed_tokens() == 0);
+    c.append(std::span(K).subspan(16 * 512, 64 * 512), std::span(K).subspan(16 * 512, 64 * 512));
+    CHECK(c.compressed_tokens() == 64);
+    const size_t one_block = c.bytes_used();
+    CHECK(one_block - empty >= c.block_bytes());
+    CHECK(one_block - empty <= c.block_bytes() + 64);  // + the block table's slot
+    c.append(std::span(K).subspan(80 * 512, 512), std::span(K).subspan(80 * 512, 512));
+    CHECK(c.bytes_used() - one_block == c.block_bytes() + 8);
+    CHECK(c.bytes_per_token() == Approx(double(c.bytes_used()) / 81));
+}
+
+TEST_CASE("serialization round-trips bit-exactly and loads on any kernel", "[cache]") {
+    auto cfg = cache_config(4, 2, 96, 3, 2, 5, Method::Prod);
+    cfg.kernel = "scalar";
+    KVCache a(cfg);
+    const auto K = tqkv_test::gaussian_vectors(77, 2 * 96, 1), V = tqkv_test::gaussian_vectors(77, 2 * 96, 2);
+    a.append(K, V);
+    const auto bytes = a.save();
+    const auto Q = tqkv_test::gaussian_vectors(2, 4 * 96, 3);
+    std::vector<float> o1(Q.size()), o2(Q.size());
+    a.attend(Q, o1);
+    for (const auto& kernel : available_kernels()) {
+        KVCache b = KVCache::load(bytes, kernel);
+        CHECK(b.save() == bytes);
+        CHECK(b.tokens() == 77);
+        b.attend(Q, o2);
+        for (size_t i = 0; i < 8; ++i) CHECK(rel_error(o2, o1, i * 96, 96) < 1e-5);
+        // Appending the same tokens on another kernel gives the same bytes.
+        cfg.kernel = kernel;
+        KVCache c(cfg);
+        c.append(K, V);
+        CHECK(c.save() == bytes);
+    }
+    // A whole model.
+    ModelKVCache model(3, cache_config(2, 1, 64, 4, 4, 4));
+    const auto K2 = tqkv_test::gaussian_vectors(40, 64, 5);
+    for (int l = 0; l < 3; ++l) model.append(l, K2, K2);
+    const auto mb = model.save();
+    CHECK(ModelKVCache::load(mb).save() == mb);
+    CHECK_THROWS_WITH(KVCache::load(mb), Catch::Contains("3 layers"));
+}
+
+namespace {
+
+uint32_t crc32_ref(const uint8_t* p, size_t n) {
+    uint32_t c = 0xffffffffu;
+    for (size_t i = 0; i < n; ++i) {
+        c ^= p[i];
+        for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xedb88320u ^ (c >> 1) : c >> 1;
+    }
+    return ~c;
+}
+
+void fix_crc(std::vector<uint8_t>& b) {
+    const uint32_t c = crc32_ref(b.data(), b.size() - 4);
+    for (int i = 0; i < 4; ++i) b[b.size() - 4 + i] = uint8_t(c >> (8 * i));
+}
+
+}  // namespace
+
+TEST_CASE("hostile serialized caches: errors, never crashes", "[cache][fuzz]") {
+    auto cfg = cache_config(4, 2, 64, 4, 3, 6, Method::Prod);
+    KVCache a(cfg);
+    const auto K = tqkv_test::gaussian_vectors(50, 128, 1);
+    a.append(K, K);
+    const auto good = a.save();
+    Rng rng(12345);
+    int rejected = 0, accepted = 0;
+    for (int i = 0; i < 12000; ++i) {
+        std::vector<uint8_t> b = good;
+        switch (i % 4) {
+            case 0: b.resize(rng.below(b.size())); break;                          // truncated
+            case 1: b[rng.below(b.size())] ^= uint8_t(1 + rng.below(255)); break;  // corrupted, CRC catches
+            case 2:                                                               // corrupted header, valid CRC
+                for (int k = 0; k < 3; ++k) b[8 + rng.below(std::min<size_t>(120, b.size() - 12))] = uint8_t(rng.next());
+                fix_crc(b);
+                break;
+            default: {                                                             // hostile sizes, valid CRC
+                const size_t pos = 8 + 4 * rng.below(30);
+                const uint32_t v = rng.below(2) ? 0xffffffffu : uint32_t(rng.below(1u << 20));
+                for (int k = 0; k < 4 && pos + k < b.size() - 4; ++k) b[pos + k] = uint8_t(v >> (8 * k));
+                fix_crc(b);
+            }
+        }
+        try {
+            KVCache c = KVCache::load(b);
+            // Whatever loads must be usable.
+            std::vector<float> q(size_t(c.config().heads) * c.config().head_dim, 0.5f), o(q.size());
+            if (c.tokens()) c.attend(q, o, false);
+            ++accepted;
+        } catch (const std::invalid_argument&) {
+            ++rejected;
+        }
+    }
+    INFO("rejected " << rejected << " accepted " << accepted);
+    CHECK(rejected > 11000);
+    CHECK(KVCache::load(good).save() == good);
+}
+
+TEST_CASE("errors leave the cache exactly as it was", "[cache][errors]") {
+    auto cfg = cache_config(4, 2, 64, 4, 4, 4);
+    cfg.max_tokens = 40;
+    KVCache c(cfg);
+    const auto K = tqkv_test::gaussian_vectors(45, 128, 1);
+    c.append(std::span(K).first(30 * 128), std::span(K).first(30 * 128));
+    const auto before = c.save();
+    auto unchanged = [&] { CHECK(c.save() == before); };
+
+    CHECK_THROWS_WITH(c.append(std::span(K).first(100), std::span(K).first(100)), Catch::Contains("multiple"));
+    unchanged();
+    CHECK_THROWS_WITH(c.append(std::span(K).first(128), std::span(K).first(256)), Catch::Contains("values"));
+    unchanged();
+    auto bad = std::vector<float>(K.begin(), K.begin() + 256);
+    bad[200] = NAN;
+    CHECK_THROWS_WITH(c.append(bad, bad), Catch::Contains("token 1, head 1, channel 8"));
+    unchanged();
+    bad[200] = 1e6f;  // norm beyond fp16
+    CHECK_THROWS_WITH(c.append(bad, bad), Catch::Contains("fp16"));
+    unchanged();
+    CHECK_THROWS_WITH(c.append(std::span(K).first(11 * 128), std::span(K).first(11 * 128)), Catch::Contains("capacity"));
+    unchanged();
+    std::vector<float> q(4 * 64, 0.1f), o(4 * 64);
+    CHECK_THROWS_WITH(c.attend(std::span(q).first(100), o), Catch::Contains("queries"));
+    CHECK_THROWS_WITH(c.attend(q, std::span(o).first(10)), Catch::Contains("out"));
+    q[3] = INFINITY;
+    CHECK_THROWS_WITH(c.attend(q, o), Catch::Contains("query"));
+    std::vector<float> many(31 * 4 * 64, 0.1f), many_out(many.size());
+    CHECK_THROWS_WITH(c.attend(many, many_out, true), Catch::Contains("causal"));
+    CHECK_THROWS_WITH(c.truncate(31), Catch::Contains("holds 30"));
+    unchanged();
+    // Filling to capacity works; one more token does not.
+    c.append(std::span(K).first(10 * 128), std::span(K).first(10 * 128));
+    CHECK(c.tokens() == 40);
+    const auto full = c.save();
+    CHECK_THROWS_WITH(c.append(std::span(K).first(128), std::span(K).first(128)), Catch::Contains("capacity"));
+    CHECK(c.save() == full);
+
+    KVCache empty(cache_config(4, 2, 64, 4, 4));
+    std::vector<float> q2(4 * 64, 0.1f);
+    CHECK_THROWS_WITH(empty.attend(q2, o), Catch::Contains("empty"));
+    CHECK_THROWS_WITH(KVCache(cache_config(4, 3, 64, 4, 4)), Catch::Contains("must divide"));
+    CHECK_THROWS_WITH(KVCache(cache_config(4, 4, 64, 9, 4)), Catch::Contains("keys"));
+    CHECK_THROWS_WITH(KVCache(cache_config(4, 4, 64, 4, 2.5)), Catch::Contains("values"));
+    CacheConfig blk = cache_config(4, 4, 64, 4, 4);
+    blk.block_tokens = 48;
+    CHECK_THROWS_WITH(KVCache(blk), Catch::Contains("multiple of 32"));
+}
+
+TEST_CASE("truncate rolls back; appending again gives the same cache as never having gone further", "[cache]") {
+    for (int window : {0, 8}) {
+        auto cfg = cache_config(2, 1, 64, 3, 3, window);
+        cfg.block_tokens = 32;
+        const auto K = tqkv_test::gaussian_vectors(100, 64, 1), V = tqkv_test::gaussian_vectors(100, 64, 2);
+        KVCache a(cfg), b(cfg);
+        a.append(K, V);
+        a.truncate(45);
+        CHECK(a.tokens() == 45);
+        b.append(std::span(K).first(45 * 64), std::span(V).first(45 * 64));
+        const auto Q = tqkv_test::gaussian_vectors(1, 2 * 64, 3);
+        std::vector<float> oa(Q.size()), ob(Q.size());
+        a.attend(Q, oa);
+        b.attend(Q, ob);
+        if (window == 0) {
+            CHECK(a.save() == b.save());
+            CHECK(oa == ob);
+        } else {
+            // The rolled-back window restarts empty: tokens 37..44 stay compressed in a.
+            CHECK(a.compressed_tokens() == 45);
+            CHECK(rel_error(oa, ob, 0, 128) < 0.2);
+        }
+        a.clear();
+        CHECK(a.tokens() == 0);
+        a.append(std::span(K).first(45 * 64), std::span(V).first(45 * 64));
+        a.attend(Q, oa);
+        CHECK(oa == ob);
+    }
+}
