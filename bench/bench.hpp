@@ -67,5 +67,6 @@ std::string fmt(const char* format, double v);
 
 int cmd_quality(const Args& args);
 int cmd_encode(const Args& args);
+int cmd_attend(const Args& args);
 
 }  // namespace bench

@@ -135,7 +135,10 @@ static void usage() {
                  "  quality  --dim 128 --bits 1,2,3,4 --method mse,prod,qjl --vectors 100000 [--seed N] [--json]\n"
                  "           distortion and inner-product fidelity of the codecs on random unit vectors\n"
                  "  encode   --dim 128 --bits 4 [--method mse] [--vectors 200000] [--json]\n"
-                 "           encode/decode throughput of the best kernel vs the scalar kernel, one core\n";
+                 "           encode/decode throughput of the best kernel vs the scalar kernel, one core\n"
+                 "  attend   --heads 4 --kv-heads 4 --dim 128 --tokens 1024,4096,16384,65536 --key-bits 4\n"
+                 "           --value-bits 4 [--key-method mse|prod] [--window 0] [--json]\n"
+                 "           fused attention over the compressed cache vs dense fp32/fp16 attention\n";
 }
 
 int main(int argc, char** argv) {
@@ -148,6 +151,7 @@ int main(int argc, char** argv) {
         const std::string cmd = argv[1];
         if (cmd == "quality") return bench::cmd_quality(args);
         if (cmd == "encode") return bench::cmd_encode(args);
+        if (cmd == "attend") return bench::cmd_attend(args);
         std::cerr << "tqkv-bench: unknown command '" << cmd << "'\n";
         usage();
         return 2;

@@ -120,9 +120,10 @@ TEST_CASE("attention fidelity against exact fp32 follows the codec MSE", "[cache
     //    (cross terms of independent zero-mean v vanish): relative error^2 ~ D_v;
     //  - key errors shift each score by δ_t with Var δ ~ D_k ||q||^2 ||k||^2 / d^2 ~ D_k, which
     //    perturbs p_t by ~p_t δ_t: relative error^2 ~ D_k.
-    // So 1 - cos ~ (D_k + D_v) / 2 to first order. We assert 1 - cos lies within a factor 4 of
-    // that on either side (the upper factor covers second-order terms and the 1 - D shrinkage of
-    // mse scores; the lower one catches a cache that is not actually compressed).
+    // So 1 - cos ~ (D_k + D_v) / 2 to first order (measured: within 5% at K2V2..K4V4). We assert
+    // 1 - cos within a factor 1.5 of it on either side: the upper side leaves room for the
+    // second-order terms and the 1 - D shrinkage of mse scores; the lower one catches a cache that
+    // is not actually compressed.
     const int d = 128, T = 2048, H = 4;
     for (auto [kb, vb] : {std::pair{2, 2}, {3, 3}, {4, 4}, {4, 2}}) {
         KVCache cache(cache_config(H, H, d, kb, vb));
@@ -170,8 +171,8 @@ TEST_CASE("attention fidelity against exact fp32 follows the codec MSE", "[cache
         const double predicted = (dk + dv) / 2;
         INFO("K" << kb << "V" << vb << ": D_k " << dk << " D_v " << dv << " 1-cos " << mean_gap << " predicted "
                  << predicted);
-        CHECK(mean_gap < 4 * predicted);
-        CHECK(mean_gap > predicted / 4);
+        CHECK(mean_gap < 1.5 * predicted);
+        CHECK(mean_gap > predicted / 1.5);
     }
 }
 

@@ -348,8 +348,14 @@ Workspace& workspace() {
     return ws;
 }
 
-void read_norms(const uint8_t* p, size_t nb, float* out) {
-    for (int t = 0; t < kGroupTokens; ++t) out[t] = read_norm(p + t * nb, nb == 2 ? NormFormat::F16 : NormFormat::F32);
+void read_norms(const KernelTable& k, const uint8_t* p, size_t nb, float* out) {
+    if (nb == 2) {
+        uint16_t h[kGroupTokens];
+        std::memcpy(h, p, sizeof h);  // little-endian targets only (x86, ARM64, wasm)
+        k.from_half(h, kGroupTokens, out);
+    } else {
+        std::memcpy(out, p, kGroupTokens * sizeof(float));
+    }
 }
 
 }  // namespace
@@ -432,7 +438,7 @@ void KVCache::attend(std::span<const float> queries, std::span<float> out, bool 
             auto softmax_chunk = [&](size_t cols) {
                 for (int hh = 0; hh < r; ++hh) {
                     float* s = &ws.scores[size_t(hh) * score_cols];
-                    float cmax = *std::max_element(s, s + cols);
+                    const float cmax = ak.max_f32(s, int(cols));
                     if (cmax > ws.m[hh]) {
                         const float corr = std::exp(ws.m[hh] - cmax);  // 0 on the first chunk
                         ws.l[hh] *= corr;
@@ -444,10 +450,10 @@ void KVCache::attend(std::span<const float> queries, std::span<float> out, bool 
                         for (int j = 0; j < d; ++j) ws.acc_exact[size_t(hh) * d + j] *= corr;
                         ws.m[hh] = cmax;
                     }
-                    for (size_t t = 0; t < cols; ++t) s[t] -= ws.m[hh];
+                    const float mx = ws.m[hh];
+                    for (size_t t = 0; t < cols; ++t) s[t] -= mx;
                     ak.exp_nonpositive(s, int(cols));
-                    float sum = 0;
-                    for (size_t t = 0; t < cols; ++t) sum += s[t];
+                    const float sum = ak.sum_f32(s, int(cols));
                     ws.l[hh] += sum;
                 }
             };
@@ -465,10 +471,10 @@ void KVCache::attend(std::span<const float> queries, std::span<float> out, bool 
                     for (auto& s : m.keys.segs) {
                         const int L = int(s.table.size());
                         ak.group_scores(g + s.codes_off, s.dim, s.bits, klut, r, ws.raw.data());
-                        read_norms(g + s.norm_off, m.norm_bytes, ws.norms.data());
+                        read_norms(k, g + s.norm_off, m.norm_bytes, ws.norms.data());
                         if (s.prod) {
                             ak.group_scores(g + s.signs_off, s.dim, 1, klut + size_t(r) * s.dim * L, r, ws.raw2.data());
-                            read_norms(g + s.gamma_off, m.norm_bytes, ws.gammas.data());
+                            read_norms(k, g + s.gamma_off, m.norm_bytes, ws.gammas.data());
                             const float qjl = float(std::sqrt(M_PI / 2.0) / s.dim);
                             for (int t = 0; t < kGroupTokens; ++t) ws.gammas[t] *= qjl;
                         }
@@ -476,15 +482,19 @@ void KVCache::attend(std::span<const float> queries, std::span<float> out, bool 
                             float* sc = &ws.scores[size_t(hh) * score_cols + gi * kGroupTokens];
                             const float* raw = &ws.raw[size_t(hh) * kGroupTokens];
                             const float* raw2 = &ws.raw2[size_t(hh) * kGroupTokens];
-                            for (int t = 0; t < kGroupTokens; ++t)
-                                sc[t] += ws.norms[t] * (s.prod ? raw[t] + ws.gammas[t] * raw2[t] : raw[t]);
+                            if (s.prod) {
+                                for (int t = 0; t < kGroupTokens; ++t) sc[t] += ws.norms[t] * (raw[t] + ws.gammas[t] * raw2[t]);
+                            } else {
+                                for (int t = 0; t < kGroupTokens; ++t) sc[t] += ws.norms[t] * raw[t];
+                            }
                         }
                         klut += size_t(r) * s.dim * (L + (s.prod ? 16 : 0));
                     }
+                    const size_t valid = std::min<size_t>(kGroupTokens, visible_codes - t0);
                     for (int hh = 0; hh < r; ++hh) {
                         float* sc = &ws.scores[size_t(hh) * score_cols + gi * kGroupTokens];
-                        for (int t = 0; t < kGroupTokens; ++t)
-                            sc[t] = t0 + t < visible_codes ? sc[t] * m.scale : -std::numeric_limits<float>::infinity();
+                        for (int t = 0; t < kGroupTokens; ++t) sc[t] *= m.scale;
+                        for (size_t t = valid; t < kGroupTokens; ++t) sc[t] = -std::numeric_limits<float>::infinity();
                     }
                 }
                 softmax_chunk(ng * kGroupTokens);
@@ -492,7 +502,7 @@ void KVCache::attend(std::span<const float> queries, std::span<float> out, bool 
                     const uint8_t* g = m.group(kvh, (g0 + gi) * kGroupTokens);
                     float* acc = ws.acc.data();
                     for (auto& s : m.values.segs) {
-                        read_norms(g + s.norm_off, m.norm_bytes, ws.norms.data());
+                        read_norms(k, g + s.norm_off, m.norm_bytes, ws.norms.data());
                         for (int hh = 0; hh < r; ++hh)
                             for (int t = 0; t < kGroupTokens; ++t)
                                 ws.w[size_t(hh) * kGroupTokens + t] =

@@ -3,16 +3,18 @@
 //
 // A b-bit code is split into parts of width 4, 2 or 1 bits, low bits first:
 //   b = 1: [1]   2: [2]   3: [2, 1]   4: [4]   5: [4, 1]   6: [4, 2]   7: [4, 2, 1]   8: [4, 4]
-// Each part of all `dim` coordinates is stored in 16-byte chunks. A chunk of a w-bit part holds
-// 4/w coordinates: coordinate j sits in chunk j / (4/w) at slot s = j % (4/w), and byte i of the
-// chunk (i < 16) carries that coordinate's part of token i at bits [2ws, 2ws + w) and of token
-// i + 16 at bits [2ws + w, 2ws + 2w). Unused slots of the last chunk are zero.
+// Each part of all `dim` coordinates is stored in 64-byte chunks of 16 little-endian 32-bit
+// words. A chunk of a w-bit part holds 16/w coordinates: coordinate j sits in chunk j / (16/w) at
+// slot s = j % (16/w), and word i of the chunk (i < 16) carries that coordinate's part of token i
+// at bits [ws, ws + w) and of token i + 16 at bits [16 + ws, 16 + ws + w). Unused slots of the
+// last chunk are zero.
 //
-// So for w = 4 a chunk is one coordinate of 32 tokens as 16 bytes: zero-extend the bytes to 16
-// 32-bit lanes and they index a 16-entry table directly (tokens 0-15), shift right by 4 for
-// tokens 16-31. Narrower parts give indices with garbage above bit w, which a table whose 16
-// entries repeat every 2^b entries ignores — so b <= 4 needs at most one mask per part.
-// Storage is exactly b bits per code (plus padding of the last chunk when 4/w does not divide dim).
+// So a chunk loaded into 16 32-bit lanes, shifted right by ws (tokens 0-15) or 16 + ws (tokens
+// 16-31), indexes a 16-entry table directly: a vpermps-style look-up reads only the low 4 bits.
+// Bits above the part are garbage, which a table whose 16 entries repeat every 2^b entries
+// ignores — so b <= 4 needs no mask except to combine the two parts of b = 3, and decoding a
+// coordinate costs shifts and no shuffle. Storage is exactly b bits per code (plus padding of the
+// last chunk when 16/w does not divide dim).
 #pragma once
 #include <cstddef>
 #include <cstdint>
@@ -30,8 +32,8 @@ inline int code_parts(int bits, int widths[3]) {
 
 // Bytes of one w-bit part of `dim` coordinates for one group.
 inline size_t part_bytes(int dim, int w) {
-    const int per_chunk = 4 / w;
-    return size_t(16) * size_t((dim + per_chunk - 1) / per_chunk);
+    const int per_chunk = 16 / w;
+    return size_t(64) * size_t((dim + per_chunk - 1) / per_chunk);
 }
 
 // Bytes of the b-bit codes of `dim` coordinates for one group.
@@ -42,33 +44,42 @@ inline size_t group_code_bytes(int dim, int bits) {
     return total;
 }
 
+// Byte and bit of token `token`'s part for coordinate j in a w-bit part.
+inline void part_position(int j, int w, int token, size_t& byte, int& bit) {
+    const int per_chunk = 16 / w;
+    const int word_bit = w * (j % per_chunk) + (token >= 16 ? 16 : 0);
+    byte = size_t(j / per_chunk) * 64 + size_t(token % 16) * 4 + size_t(word_bit / 8);
+    bit = word_bit % 8;  // w divides 8, so a part never straddles two bytes
+}
+
 // Reference accessors (the scalar kernels and the tests use them; SIMD kernels read the layout
 // directly).
 inline int group_code(const uint8_t* codes, int dim, int bits, int token, int j) {
     int w[3], code = 0, shift_out = 0;
     const int n = code_parts(bits, w);
     for (int p = 0; p < n; ++p) {
-        const int per_chunk = 4 / w[p];
-        const uint8_t byte = codes[size_t(j / per_chunk) * 16 + token % 16];
-        const int shift = 2 * w[p] * (j % per_chunk) + (token >= 16 ? w[p] : 0);
-        code |= ((byte >> shift) & ((1 << w[p]) - 1)) << shift_out;
+        size_t byte;
+        int bit;
+        part_position(j, w[p], token, byte, bit);
+        code |= ((codes[byte] >> bit) & ((1 << w[p]) - 1)) << shift_out;
         shift_out += w[p];
         codes += part_bytes(dim, w[p]);
     }
     return code;
 }
 
-// Writes the codes of one token (dim codes) into a zero-initialized group.
+// Writes the codes of one token (dim codes) into a group.
 inline void set_group_codes(uint8_t* codes, int dim, int bits, int token, const uint8_t* token_codes) {
     int w[3], shift_in = 0;
     const int n = code_parts(bits, w);
     for (int p = 0; p < n; ++p) {
-        const int per_chunk = 4 / w[p];
+        const int mask = (1 << w[p]) - 1;
         for (int j = 0; j < dim; ++j) {
-            const int part = (token_codes[j] >> shift_in) & ((1 << w[p]) - 1);
-            const int shift = 2 * w[p] * (j % per_chunk) + (token >= 16 ? w[p] : 0);
-            uint8_t& byte = codes[size_t(j / per_chunk) * 16 + token % 16];
-            byte = uint8_t((byte & ~(((1 << w[p]) - 1) << shift)) | (part << shift));
+            size_t byte;
+            int bit;
+            part_position(j, w[p], token, byte, bit);
+            const int part = (token_codes[j] >> shift_in) & mask;
+            codes[byte] = uint8_t((codes[byte] & ~(mask << bit)) | (part << bit));
         }
         shift_in += w[p];
         codes += part_bytes(dim, w[p]);

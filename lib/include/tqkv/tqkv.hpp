@@ -3,6 +3,7 @@
 #include "tqkv/codebook.hpp"
 #include "tqkv/cache.hpp"
 #include "tqkv/codec.hpp"
+#include "tqkv/dense.hpp"
 #include "tqkv/fp16.hpp"
 #include "tqkv/kernels.hpp"
 #include "tqkv/packing.hpp"

@@ -1,5 +1,248 @@
-// Placeholder: the avx512 attention kernels fall back to the scalar ones until written.
+// AVX-512 attention kernels. One vpermps looks up a 16-entry float table for 16 tokens at once:
+// a 64-byte chunk of a group (cache_layout.hpp) loaded as 16 lanes and shifted right by the
+// coordinate's slot indexes the table for tokens 0-15, shifted 16 bits further for tokens 16-31.
+// vpermps reads only the low 4 bits of each index, so decoding a coordinate is two shifts.
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "cache_layout.hpp"
 #include "kernels/kernels.hpp"
+
 namespace tqkv::detail {
-const AttentionKernels& avx512_attention() { return scalar_attention(); }
+namespace {
+
+inline __m512i load_chunk(const uint8_t* p) { return _mm512_loadu_si512(p); }
+inline __m512i shr(__m512i a, int n) { return _mm512_srli_epi32(a, unsigned(n)); }
+
+// Calls f(j, idx_lo, idx_hi) for every coordinate j < dim, in order; the low 4 bits of lane l of
+// idx_lo / idx_hi index the table entry of token l / l + 16 (bits <= 4).
+template <int BITS, class F>
+inline void for_each_coordinate(const uint8_t* codes, int dim, F&& f) {
+    if constexpr (BITS == 4 || BITS == 2 || BITS == 1) {
+        constexpr int per = 16 / BITS;
+        for (int j0 = 0; j0 < dim; j0 += per) {
+            const __m512i a = load_chunk(codes + size_t(j0 / per) * 64);
+            if (j0 + per <= dim) {
+#pragma GCC unroll 16
+                for (int s = 0; s < per; ++s) f(j0 + s, shr(a, BITS * s), shr(a, 16 + BITS * s));
+            } else {
+                for (int s = 0; j0 + s < dim; ++s) f(j0 + s, shr(a, BITS * s), shr(a, 16 + BITS * s));
+            }
+        }
+    } else {  // 3 bits: a 2-bit part (bits 0-1) and a 1-bit part (bit 2); bit 3 of an index is garbage
+        const uint8_t* ones = codes + part_bytes(dim, 2);
+        const __m512i three = _mm512_set1_epi32(3);
+        auto idx = [&](__m512i two, int s2, __m512i one, int s1) {
+            return _mm512_or_si512(_mm512_and_si512(shr(two, s2), three), _mm512_slli_epi32(shr(one, s1), 2));
+        };
+        for (int j0 = 0; j0 < dim; j0 += 16) {
+            const __m512i one = load_chunk(ones + size_t(j0 / 16) * 64);
+            const __m512i two_a = load_chunk(codes + size_t(j0 / 8) * 64);
+            const __m512i two_b = j0 + 8 < dim ? load_chunk(codes + size_t(j0 / 8 + 1) * 64) : _mm512_setzero_si512();
+            const int n = std::min(16, dim - j0);
+#pragma GCC unroll 16
+            for (int s = 0; s < 16; ++s) {
+                if (s >= n) break;
+                const __m512i two = s < 8 ? two_a : two_b;
+                f(j0 + s, idx(two, 2 * (s % 8), one, s), idx(two, 16 + 2 * (s % 8), one, 16 + s));
+            }
+        }
+    }
+}
+
+template <int BITS, int H>
+void scores_heads(const uint8_t* codes, int dim, const float* lut, float* out) {
+    // With one or two heads, alternate two accumulator sets between even and odd coordinates so
+    // the add chains do not wait on each other's latency.
+    constexpr int U = H <= 2 ? 2 : 1;
+    __m512 lo0[H], hi0[H], lo1[U == 2 ? H : 1], hi1[U == 2 ? H : 1];
+    for (int h = 0; h < H; ++h) lo0[h] = hi0[h] = _mm512_setzero_ps();
+    for (int h = 0; h < (U == 2 ? H : 1); ++h) lo1[h] = hi1[h] = _mm512_setzero_ps();
+    for_each_coordinate<BITS>(codes, dim, [&](int j, __m512i a, __m512i b) {
+        for (int h = 0; h < H; ++h) {
+            const __m512 t = _mm512_loadu_ps(lut + (size_t(h) * dim + j) * 16);
+            if (U == 2 && (j & 1)) {
+                lo1[h] = _mm512_add_ps(lo1[h], _mm512_permutexvar_ps(a, t));
+                hi1[h] = _mm512_add_ps(hi1[h], _mm512_permutexvar_ps(b, t));
+            } else {
+                lo0[h] = _mm512_add_ps(lo0[h], _mm512_permutexvar_ps(a, t));
+                hi0[h] = _mm512_add_ps(hi0[h], _mm512_permutexvar_ps(b, t));
+            }
+        }
+    });
+    for (int h = 0; h < H; ++h) {
+        if constexpr (U == 2) {
+            lo0[h] = _mm512_add_ps(lo0[h], lo1[h]);
+            hi0[h] = _mm512_add_ps(hi0[h], hi1[h]);
+        }
+        _mm512_storeu_ps(out + h * kGroupTokens, lo0[h]);
+        _mm512_storeu_ps(out + h * kGroupTokens + 16, hi0[h]);
+    }
+}
+
+template <int BITS>
+void scores_bits(const uint8_t* codes, int dim, const float* lut, int heads, float* out) {
+    int h = 0;
+    for (; h + 8 <= heads; h += 8) scores_heads<BITS, 8>(codes, dim, lut + size_t(h) * dim * 16, out + h * kGroupTokens);
+    switch (heads - h) {
+        case 7: scores_heads<BITS, 7>(codes, dim, lut + size_t(h) * dim * 16, out + h * kGroupTokens); break;
+        case 6: scores_heads<BITS, 6>(codes, dim, lut + size_t(h) * dim * 16, out + h * kGroupTokens); break;
+        case 5: scores_heads<BITS, 5>(codes, dim, lut + size_t(h) * dim * 16, out + h * kGroupTokens); break;
+        case 4: scores_heads<BITS, 4>(codes, dim, lut + size_t(h) * dim * 16, out + h * kGroupTokens); break;
+        case 3: scores_heads<BITS, 3>(codes, dim, lut + size_t(h) * dim * 16, out + h * kGroupTokens); break;
+        case 2: scores_heads<BITS, 2>(codes, dim, lut + size_t(h) * dim * 16, out + h * kGroupTokens); break;
+        case 1: scores_heads<BITS, 1>(codes, dim, lut + size_t(h) * dim * 16, out + h * kGroupTokens); break;
+        default: break;
+    }
+}
+
+void group_scores(const uint8_t* codes, int dim, int bits, const float* lut, int heads, float* out) {
+    switch (bits) {
+        case 1: return scores_bits<1>(codes, dim, lut, heads, out);
+        case 2: return scores_bits<2>(codes, dim, lut, heads, out);
+        case 3: return scores_bits<3>(codes, dim, lut, heads, out);
+        case 4: return scores_bits<4>(codes, dim, lut, heads, out);
+        default: return scalar_attention().group_scores(codes, dim, bits, lut, heads, out);
+    }
+}
+
+template <int BITS, int H>
+void accumulate_heads(const uint8_t* codes, int dim, const __m512 table, const float* w, float* acc) {
+    __m512 wlo[H], whi[H];
+    for (int h = 0; h < H; ++h) {
+        wlo[h] = _mm512_loadu_ps(w + h * kGroupTokens);
+        whi[h] = _mm512_loadu_ps(w + h * kGroupTokens + 16);
+    }
+    for_each_coordinate<BITS>(codes, dim, [&](int j, __m512i a, __m512i b) {
+        const __m512 vlo = _mm512_permutexvar_ps(a, table), vhi = _mm512_permutexvar_ps(b, table);
+        for (int h = 0; h < H; ++h) {
+            float* p = acc + (size_t(h) * dim + j) * 16;
+            _mm512_storeu_ps(p, _mm512_fmadd_ps(wlo[h], vlo, _mm512_fmadd_ps(whi[h], vhi, _mm512_loadu_ps(p))));
+        }
+    });
+}
+
+template <int BITS>
+void accumulate_bits(const uint8_t* codes, int dim, const float* table, const float* w, int heads, float* acc) {
+    const __m512 t = _mm512_loadu_ps(table);
+    int h = 0;
+    for (; h + 4 <= heads; h += 4)
+        accumulate_heads<BITS, 4>(codes, dim, t, w + h * kGroupTokens, acc + size_t(h) * dim * 16);
+    for (; h < heads; ++h) accumulate_heads<BITS, 1>(codes, dim, t, w + h * kGroupTokens, acc + size_t(h) * dim * 16);
+}
+
+void group_accumulate(const uint8_t* codes, int dim, int bits, const float* table, const float* w, int heads,
+                      float* acc) {
+    switch (bits) {
+        case 1: return accumulate_bits<1>(codes, dim, table, w, heads, acc);
+        case 2: return accumulate_bits<2>(codes, dim, table, w, heads, acc);
+        case 3: return accumulate_bits<3>(codes, dim, table, w, heads, acc);
+        case 4: return accumulate_bits<4>(codes, dim, table, w, heads, acc);
+        default: return scalar_attention().group_accumulate(codes, dim, bits, table, w, heads, acc);
+    }
+}
+
+// exp(x) for x <= 0: x = n ln2 + r, |r| <= ln2/2, Cephes' degree-6 polynomial for e^r
+// (relative error ~1e-7), times 2^n by vscalefps. Below -87.3 the result is under FLT_MIN: 0.
+__m512 exp_ps(__m512 x) {
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    const __mmask16 tiny = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3f), _CMP_LT_OQ);
+    return _mm512_maskz_scalef_ps(_knot_mask16(tiny), p, n);
+}
+
+void exp_nonpositive(float* x, int n) {
+    int i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, exp_ps(_mm512_loadu_ps(x + i)));
+    if (i < n) {
+        const __mmask16 m = __mmask16((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(x + i, m, exp_ps(_mm512_maskz_loadu_ps(m, x + i)));
+    }
+}
+
+inline __mmask16 tail_mask(int left) { return left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1); }
+
+float dot_f32(const float* a, const float* b, int n) {
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), _mm512_loadu_ps(b + i + 16), s1);
+    }
+    for (; i < n; i += 16) {
+        const __mmask16 m = tail_mask(n - i);
+        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), s0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+
+void axpy_f32(float a, const float* x, float* y, int n) {
+    const __m512 va = _mm512_set1_ps(a);
+    for (int i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask(n - i);
+        _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i)));
+    }
+}
+
+inline __m512 load_half(const uint16_t* p, __mmask16 m) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+}
+
+float dot_f16(const float* a, const uint16_t* b, int n) {
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), load_half(b + i, 0xffff), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), load_half(b + i + 16, 0xffff), s1);
+    }
+    for (; i < n; i += 16) {
+        const __mmask16 m = tail_mask(n - i);
+        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), load_half(b + i, m), s0);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+
+void axpy_f16(float a, const uint16_t* x, float* y, int n) {
+    const __m512 va = _mm512_set1_ps(a);
+    for (int i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask(n - i);
+        _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(va, load_half(x + i, m), _mm512_maskz_loadu_ps(m, y + i)));
+    }
+}
+
+float max_f32(const float* x, int n) {
+    __m512 m = _mm512_set1_ps(x[0]);
+    for (int i = 0; i < n; i += 16) m = _mm512_mask_max_ps(m, tail_mask(n - i), m, _mm512_maskz_loadu_ps(tail_mask(n - i), x + i));
+    return _mm512_reduce_max_ps(m);
+}
+
+float sum_f32(const float* x, int n) {
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm512_add_ps(s0, _mm512_loadu_ps(x + i));
+        s1 = _mm512_add_ps(s1, _mm512_loadu_ps(x + i + 16));
+    }
+    for (; i < n; i += 16) s0 = _mm512_add_ps(s0, _mm512_maskz_loadu_ps(tail_mask(n - i), x + i));
+    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
+
+}  // namespace
+
+const AttentionKernels& avx512_attention() {
+    static const AttentionKernels k = {group_scores, group_accumulate, exp_nonpositive, dot_f32, axpy_f32,
+                                       dot_f16,      axpy_f16,         max_f32,         sum_f32};
+    return k;
+}
+
 }  // namespace tqkv::detail

@@ -55,11 +55,23 @@ void axpy_f16(float a, const uint16_t* x, float* y, int n) {
     for (int i = 0; i < n; ++i) y[i] += a * half_to_float(x[i]);
 }
 
+float max_f32(const float* x, int n) {
+    float m = x[0];
+    for (int i = 1; i < n; ++i) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+float sum_f32(const float* x, int n) {
+    float s = 0.0f;
+    for (int i = 0; i < n; ++i) s += x[i];
+    return s;
+}
+
 }  // namespace
 
 const AttentionKernels& scalar_attention() {
-    static const AttentionKernels k = {group_scores, group_accumulate, exp_nonpositive, dot_f32,
-                                       axpy_f32,     dot_f16,          axpy_f16};
+    static const AttentionKernels k = {group_scores, group_accumulate, exp_nonpositive, dot_f32, axpy_f32,
+                                       dot_f16,      axpy_f16,         max_f32,         sum_f32};
     return k;
 }
 
