@@ -68,5 +68,6 @@ std::string fmt(const char* format, double v);
 int cmd_quality(const Args& args);
 int cmd_encode(const Args& args);
 int cmd_attend(const Args& args);
+int cmd_report(const Args& args);
 
 }  // namespace bench

@@ -132,6 +132,9 @@ void Table::print(FILE* out) const {
 
 static void usage() {
     std::cerr << "usage: tqkv-bench <command> [options]\n"
+                 "  report   [--data DIR] [--json FILE] [--markdown FILE] [--tokens N] [--queries 64]\n"
+                 "           fidelity, memory and speed of tqkv and the baselines (q4_0, q8_0, KIVI, PolarQuant,\n"
+                 "           fp16) on built-in synthetic data or a KV dump (keys/values/queries.npy)\n"
                  "  quality  --dim 128 --bits 1,2,3,4 --method mse,prod,qjl --vectors 100000 [--seed N] [--json]\n"
                  "           distortion and inner-product fidelity of the codecs on random unit vectors\n"
                  "  encode   --dim 128 --bits 4 [--method mse] [--vectors 200000] [--json]\n"
@@ -152,6 +155,7 @@ int main(int argc, char** argv) {
         if (cmd == "quality") return bench::cmd_quality(args);
         if (cmd == "encode") return bench::cmd_encode(args);
         if (cmd == "attend") return bench::cmd_attend(args);
+        if (cmd == "report") return bench::cmd_report(args);
         std::cerr << "tqkv-bench: unknown command '" << cmd << "'\n";
         usage();
         return 2;

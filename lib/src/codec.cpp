@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <cstring>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -81,14 +82,28 @@ void check_norm_fits(double norm, NormFormat f, size_t vector_index, const char*
     throw std::invalid_argument(msg.str());
 }
 
+uint32_t max_abs_bits(const float* x, size_t n) {
+    // For finite floats, |x| orders like its bit pattern with the sign cleared; any bit pattern
+    // at or above 0x7f800000 is Inf or NaN. Integer max vectorizes without -ffast-math.
+    // Signed compares on the sign-cleared bits (< 2^31): SSE2 has those, not unsigned max.
+    int32_t m = 0;
+    for (size_t i = 0; i < n; ++i) {
+        int32_t u;
+        std::memcpy(&u, x + i, 4);
+        u &= 0x7fffffff;
+        m = u > m ? u : m;
+    }
+    return uint32_t(m);
+}
+
 void check_row_norms(const float* x, size_t n, size_t stride, int dim, NormFormat f, const KernelTable& k) {
-    const double limit = f == NormFormat::F16 ? 65504.0 : 3.0e38;
+    const float limit = float((f == NormFormat::F16 ? 65504.0 : 3.0e38) / std::sqrt(double(dim)));
+    uint32_t limit_bits;
+    std::memcpy(&limit_bits, &limit, 4);
     std::vector<float> buf;
     for (size_t v = 0; v < n; ++v) {
         const float* row = x + v * stride;
-        double m = 0;
-        for (int j = 0; j < dim; ++j) m = std::max(m, double(std::fabs(row[j])));
-        if (m * std::sqrt(double(dim)) < limit) continue;
+        if (max_abs_bits(row, size_t(dim)) < limit_bits) continue;  // max|x| sqrt(d) below the format's range
         const int padded = pad_lanes(dim);
         buf.resize(padded);
         load_row(row, dim, padded, buf);
@@ -126,7 +141,10 @@ std::string VectorCodec::name() const {
 
 namespace {
 
-void check_finite(std::span<const float> x, int dim, const char* what) {
+// One pass over x: throws for the first non-finite value; returns max |x_i| as a bit pattern.
+uint32_t check_finite(std::span<const float> x, int dim, const char* what) {
+    const uint32_t m = detail::max_abs_bits(x.data(), x.size());
+    if (m < 0x7f800000u) return m;
     for (size_t i = 0; i < x.size(); ++i)
         if (!std::isfinite(x[i])) {
             std::ostringstream msg;
@@ -134,6 +152,7 @@ void check_finite(std::span<const float> x, int dim, const char* what) {
                 << i % dim;
             throw std::invalid_argument(msg.str());
         }
+    return m;
 }
 
 }  // namespace
@@ -148,8 +167,13 @@ void VectorCodec::encode(std::span<const float> x, std::span<uint8_t> out) const
         throw std::invalid_argument("tqkv: encode output has " + std::to_string(out.size()) + " bytes, expected " +
                                     std::to_string(n * bytes_) + " (" + std::to_string(n) + " vectors x " +
                                     std::to_string(bytes_) + ")");
-    check_finite(x, dim(), "input vector");
-    check_rows(x.data(), n, d);
+    // A norm is at most max|x| sqrt(d); only when that could exceed the norm format do the rows
+    // need the exact check (which also covers the parts of a split codec).
+    const uint32_t max_bits = check_finite(x, dim(), "input vector");
+    float max_abs;
+    std::memcpy(&max_abs, &max_bits, 4);
+    const double limit = cfg_.norm == NormFormat::F16 ? 65504.0 : 3.0e38;
+    if (double(max_abs) * std::sqrt(double(dim())) >= limit) check_rows(x.data(), n, d);
     encode_rows(x.data(), n, d, out.data(), bytes_);
 }
 

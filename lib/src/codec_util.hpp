@@ -32,6 +32,9 @@ float read_norm(const uint8_t* in, NormFormat f);
 // Throws std::invalid_argument naming the vector if its norm does not fit the format.
 void check_norm_fits(double norm, NormFormat f, size_t vector_index, const char* what);
 
+// The largest |x_i| as a bit pattern (sign cleared); >= 0x7f800000 means an Inf or NaN is present.
+uint32_t max_abs_bits(const float* x, size_t n);
+
 // Throws (check_norm_fits) for the first row whose norm the format cannot hold. Only rows with
 // max |x| * sqrt(d) beyond the format's range can fail; those get the exact encoder norm.
 void check_row_norms(const float* x, size_t n, size_t stride, int dim, NormFormat f, const KernelTable& k);

@@ -6,6 +6,7 @@
 #include "tqkv/dense.hpp"
 #include "tqkv/fp16.hpp"
 #include "tqkv/kernels.hpp"
+#include "tqkv/kvdump.hpp"
 #include "tqkv/packing.hpp"
 #include "tqkv/rng.hpp"
 #include "tqkv/rotation.hpp"

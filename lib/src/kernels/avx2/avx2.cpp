@@ -275,14 +275,63 @@ struct Search4 {
     }
 };
 
-inline __m256i search_gather(__m256 v, const float* bounds, int bits) {
-    const int first = 1 << (bits - 1);
-    __m256i c = _mm256_and_si256(ge_mask(v, _mm256_set1_ps(bounds[first - 1])), _mm256_set1_epi32(first));
-    for (int step = first / 2; step >= 1; step >>= 1) {
-        const __m256 b = _mm256_i32gather_ps(bounds, _mm256_add_epi32(c, _mm256_set1_epi32(step - 1)), 4);
-        c = _mm256_add_epi32(c, _mm256_and_si256(ge_mask(v, b), _mm256_set1_epi32(step)));
+// Five to eight bits. The search's first bits-4 levels only ever read bounds[16k + 15] (their
+// index c + step - 1 has c a multiple of 2*step >= 32), so they are a binary search over that node
+// table of at most 16 entries (two registers), done with permutes; the last four levels gather.
+// Four registers go through the levels side by side, so the gathers' latencies overlap.
+void quantize_nodes(const float* x, int n, const float* bounds, int bits, uint8_t* codes) {
+    const int levels = bits - 4, nodes = (1 << levels) - 1;
+    const __m256i k0 = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), k8 = _mm256_add_epi32(k0, _mm256_set1_epi32(8));
+    const __m256 lo = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), bounds,
+                                               _mm256_add_epi32(_mm256_slli_epi32(k0, 4), _mm256_set1_epi32(15)),
+                                               _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(nodes), k0)), 4);
+    const __m256 hi = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), bounds,
+                                               _mm256_add_epi32(_mm256_slli_epi32(k8, 4), _mm256_set1_epi32(15)),
+                                               _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(nodes), k8)), 4);
+    constexpr int G = 4;
+    for (int i = 0; i < n; i += 8 * G) {
+        alignas(32) float t[8 * G];
+        const float* src = x + i;
+        if (i + 8 * G > n) {  // last, partial round: zero-padded copy
+            std::memset(t, 0, sizeof(t));
+            std::memcpy(t, x + i, sizeof(float) * size_t(n - i));
+            src = t;
+        }
+        __m256 v[G];
+        __m256i c[G];
+#pragma GCC unroll 4
+        for (int g = 0; g < G; ++g) {
+            v[g] = _mm256_loadu_ps(src + 8 * g);
+            c[g] = _mm256_setzero_si256();
+        }
+        for (int step = 1 << (levels - 1); step >= 1; step >>= 1)
+#pragma GCC unroll 4
+            for (int g = 0; g < G; ++g) {
+                const __m256i idx = _mm256_add_epi32(c[g], _mm256_set1_epi32(step - 1));
+                const __m256 b = _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, idx), _mm256_permutevar8x32_ps(hi, idx),
+                                                  _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+                c[g] = _mm256_add_epi32(c[g], _mm256_and_si256(ge_mask(v[g], b), _mm256_set1_epi32(step)));
+            }
+#pragma GCC unroll 4
+        for (int g = 0; g < G; ++g) c[g] = _mm256_slli_epi32(c[g], 4);
+#pragma GCC unroll 4
+        for (int step = 8; step >= 1; step >>= 1)
+#pragma GCC unroll 4
+            for (int g = 0; g < G; ++g) {
+                const __m256 b = _mm256_i32gather_ps(bounds, _mm256_add_epi32(c[g], _mm256_set1_epi32(step - 1)), 4);
+                c[g] = _mm256_add_epi32(c[g], _mm256_and_si256(ge_mask(v[g], b), _mm256_set1_epi32(step)));
+            }
+        // lane 0: c0..c3 elements 0-3, lane 1: elements 4-7 (4 bytes each); reorder the dwords.
+        const __m256i b = _mm256_packus_epi16(_mm256_packus_epi32(c[0], c[1]), _mm256_packus_epi32(c[2], c[3]));
+        const __m256i out = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        if (i + 8 * G <= n) {
+            _mm256_storeu_si256((__m256i*)(codes + i), out);
+        } else {
+            alignas(32) uint8_t tmp[32];
+            _mm256_store_si256((__m256i*)tmp, out);
+            std::memcpy(codes + i, tmp, size_t(n - i));
+        }
     }
-    return c;
 }
 
 template <class Search>
@@ -343,7 +392,7 @@ void quantize(const float* x, int n, const float* bounds, int bits, uint8_t* cod
             quantize_loop(x, n, codes, s4);
             break;
         }
-        default: quantize_loop(x, n, codes, [&](__m256 v) { return search_gather(v, bounds, bits); });
+        default: quantize_nodes(x, n, bounds, bits, codes);
     }
 }
 

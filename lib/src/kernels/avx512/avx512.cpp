@@ -2,6 +2,7 @@
 // the scalar reference bit for bit (see kernels.hpp): element-wise operations in any order, the
 // canonical 16-lane reduction (one zmm accumulator), matvec accumulated column by column, and no
 // fused multiply-adds outside dot_codes.
+//
 // GCC 12's AVX-512 headers trip -Wmaybe-uninitialized on their own _mm512_undefined_*() (GCC bug
 // 105593); silence it for this file only.
 #if defined(__GNUC__) && !defined(__clang__)
@@ -255,6 +256,44 @@ void matvec(const float* m, int rows, int cols, const float* x, float* y) {
     }
 }
 
+// Table look-up of 16 indices for BITS-bit codes without gathers: bits <= 4 one permutexvar on a
+// table replicated across the register; 5 and above one permutex2var per 32-entry sub-table,
+// then blends on index bits 5 .. BITS-1. Index bits above BITS-1 are ignored.
+template <int BITS>
+struct Lut {
+    static constexpr int kRegs = BITS <= 4 ? 1 : (1 << BITS) / 16;
+    __m512 t[kRegs];
+    explicit Lut(const float* table) {
+        if constexpr (BITS == 1) t[0] = _mm512_broadcast_f32x2(_mm_castpd_ps(_mm_load_sd((const double*)table)));
+        else if constexpr (BITS == 2) t[0] = _mm512_broadcast_f32x4(_mm_loadu_ps(table));
+        else if constexpr (BITS == 3) t[0] = _mm512_broadcast_f32x8(_mm256_loadu_ps(table));
+        else
+            for (int r = 0; r < kRegs; ++r) t[r] = _mm512_loadu_ps(table + 16 * r);
+    }
+    // v[0, W) -> v[0, W/2) by index bit B, down to one register.
+    template <int W, int B>
+    static inline void select(__m512* v, __m512i idx) {
+        if constexpr (W > 1) {
+            const __mmask16 m = _mm512_test_epi32_mask(idx, _mm512_set1_epi32(1 << B));
+#pragma GCC unroll 4
+            for (int k = 0; k < W / 2; ++k) v[k] = _mm512_mask_blend_ps(m, v[2 * k], v[2 * k + 1]);
+            select<W / 2, B + 1>(v, idx);
+        }
+    }
+    inline __m512 operator()(__m512i idx) const {
+        if constexpr (BITS <= 4) {
+            return _mm512_permutexvar_ps(idx, t[0]);
+        } else {
+            constexpr int K = kRegs / 2;
+            __m512 v[K];
+#pragma GCC unroll 8
+            for (int k = 0; k < K; ++k) v[k] = _mm512_permutex2var_ps(t[2 * k], idx, t[2 * k + 1]);
+            select<K, 5>(v, idx);
+            return v[0];
+        }
+    }
+};
+
 // ---------------------------------------------------------------------------------------------
 // Quantization: the reference's branchless binary search, 16 lanes at a time. The compare
 // x >= bound is false for NaN, as in the reference.
@@ -326,18 +365,51 @@ void quantize_5(const float* x, int n, const float* bounds, uint8_t* codes) {
     }
 }
 
-void quantize_gather(const float* x, int n, const float* bounds, int bits, uint8_t* codes) {
-    const int first = 1 << (bits - 1);
-    for (int i = 0; i < n; i += 16) {
-        const int r = n - i < 16 ? n - i : 16;
-        const __m512 v = _mm512_maskz_loadu_ps(tail_mask16(r), x + i);
-        __m512i c = _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(v, _mm512_set1_ps(bounds[first - 1]), _CMP_GE_OQ),
-                                           _mm512_set1_epi32(first));
-        for (int step = first / 2; step >= 1; step >>= 1) {
-            const __m512 b = _mm512_i32gather_ps(_mm512_add_epi32(c, _mm512_set1_epi32(step - 1)), bounds, 4);
-            c = _mm512_mask_add_epi32(c, _mm512_cmp_ps_mask(v, b, _CMP_GE_OQ), c, _mm512_set1_epi32(step));
+// Six to eight bits. The search's first BITS-4 levels only ever read bounds[16k + 15] (their
+// index c + step - 1 has c a multiple of 2*step >= 32), so they are a binary search over that node
+// table of at most 16 entries, done with permutes. The last four levels look up the whole table
+// with permutex2var over 32-entry slices, blended by index bits 5.. (fixed by then): no gathers.
+// Four groups of 16 go through the levels side by side.
+template <int BITS>
+void quantize_nodes(const float* x, int n, const float* bounds, uint8_t* codes) {
+    constexpr int levels = BITS - 4, nodes = (1 << levels) - 1;  // node k = bounds[16k + 15], k < nodes
+    constexpr int G = 4;
+    const __m512 node = _mm512_mask_i32gather_ps(
+        _mm512_setzero_ps(), __mmask16((1u << nodes) - 1u),
+        _mm512_add_epi32(_mm512_slli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), 4),
+                         _mm512_set1_epi32(15)),
+        bounds, 4);
+    const Lut<BITS> lut(bounds);  // bounds has 2^BITS entries
+    for (int i = 0; i < n; i += 16 * G) {
+        __m512 v[G];
+        __m512i c[G];
+#pragma GCC unroll 4
+        for (int g = 0; g < G; ++g) {
+            const int r = n - i - 16 * g;
+            v[g] = _mm512_maskz_loadu_ps(tail_mask16(r <= 0 ? 0 : r < 16 ? r : 16), x + i + 16 * g);
+            c[g] = _mm512_setzero_si512();
         }
-        _mm_mask_storeu_epi8(codes + i, tail_mask16(r), _mm512_cvtepi32_epi8(c));
+#pragma GCC unroll 4
+        for (int step = 1 << (levels - 1); step >= 1; step >>= 1)
+#pragma GCC unroll 4
+            for (int g = 0; g < G; ++g) {
+                const __m512 b = _mm512_permutexvar_ps(_mm512_add_epi32(c[g], _mm512_set1_epi32(step - 1)), node);
+                c[g] = _mm512_mask_add_epi32(c[g], _mm512_cmp_ps_mask(v[g], b, _CMP_GE_OQ), c[g], _mm512_set1_epi32(step));
+            }
+#pragma GCC unroll 4
+        for (int g = 0; g < G; ++g) c[g] = _mm512_slli_epi32(c[g], 4);
+#pragma GCC unroll 4
+        for (int step = 8; step >= 1; step >>= 1)
+#pragma GCC unroll 4
+            for (int g = 0; g < G; ++g) {
+                const __m512 b = lut(_mm512_add_epi32(c[g], _mm512_set1_epi32(step - 1)));
+                c[g] = _mm512_mask_add_epi32(c[g], _mm512_cmp_ps_mask(v[g], b, _CMP_GE_OQ), c[g], _mm512_set1_epi32(step));
+            }
+#pragma GCC unroll 4
+        for (int g = 0; g < G; ++g) {
+            const int r = n - i - 16 * g;
+            if (r > 0) _mm_mask_storeu_epi8(codes + i + 16 * g, tail_mask16(r < 16 ? r : 16), _mm512_cvtepi32_epi8(c[g]));
+        }
     }
 }
 
@@ -348,7 +420,9 @@ void quantize(const float* x, int n, const float* bounds, int bits, uint8_t* cod
         case 3: quantize_small<3>(x, n, bounds, codes); break;
         case 4: quantize_small<4>(x, n, bounds, codes); break;
         case 5: quantize_5(x, n, bounds, codes); break;
-        default: quantize_gather(x, n, bounds, bits, codes); break;
+        case 6: quantize_nodes<6>(x, n, bounds, codes); break;
+        case 7: quantize_nodes<7>(x, n, bounds, codes); break;
+        default: quantize_nodes<8>(x, n, bounds, codes); break;
     }
 }
 
@@ -434,8 +508,6 @@ void pack_swar(const uint8_t* codes, int n, uint8_t* out) {
     if (i < n) pack_codes(codes + i, size_t(n - i), B, out + o);
 }
 
-// Widths 3, 5, 6, 7: 16 codes span 2*bits bytes; each dword lane picks the two bytes that hold
-// its code (pshufb on a broadcast), shifts it down and masks it.
 // pshufb / shift patterns per width, built at compile time (built on the stack, they would be
 // reloaded as vectors right after byte stores: a store-forwarding stall per call).
 struct Split16Tables {
@@ -468,6 +540,8 @@ struct FieldSplit16 {
     inline __m512i operator()(__m128i bytes) const { return _mm512_and_si512(raw(bytes), mask); }
 };
 
+// Widths 3, 5, 6, 7: 16 codes span 2*bits bytes; each dword lane picks the two bytes that hold
+// its code (pshufb on a broadcast), shifts it down and masks it.
 void unpack_fields(const uint8_t* in, int n, int bits, uint8_t* codes) {
     const FieldSplit16 split(bits);
     const size_t nbytes = packed_bytes(size_t(n), bits), gbytes = size_t(2 * bits);
@@ -507,7 +581,7 @@ void pack(const uint8_t* codes, int n, int bits, uint8_t* out) {
             for (int i = 0; i < n; i += 64) {
                 const size_t r = size_t(n - i) < 64 ? size_t(n - i) : 64;
                 const uint64_t bitsv = _mm512_test_epi8_mask(_mm512_maskz_loadu_epi8(tail_mask64(r), codes + i), one);
-                std::memcpy(out + i / 8, &bitsv, (r + 7) / 8);
+                _mm_mask_storeu_epi8(out + i / 8, tail_mask16((r + 7) / 8), _mm_cvtsi64_si128(int64_t(bitsv)));
             }
             return;
         }
@@ -548,8 +622,7 @@ void unpack(const uint8_t* in, int n, int bits, uint8_t* codes) {
             const __m512i one = _mm512_set1_epi8(1);
             for (int i = 0; i < n; i += 64) {
                 const size_t r = size_t(n - i) < 64 ? size_t(n - i) : 64;
-                uint64_t bitsv = 0;
-                std::memcpy(&bitsv, in + i / 8, (r + 7) / 8);
+                const uint64_t bitsv = uint64_t(_mm_cvtsi128_si64(_mm_maskz_loadu_epi8(tail_mask16((r + 7) / 8), in + i / 8)));
                 _mm512_mask_storeu_epi8(codes + i, tail_mask64(r), _mm512_maskz_mov_epi8(bitsv, one));
             }
             return;
@@ -575,7 +648,6 @@ inline float hsum(__m512 v) {
     q = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
     return _mm_cvtss_f32(q);
 }
-
 
 // Four-bit codes: 16 bytes = 32 codes; low nibbles are the even codes, high nibbles the odd ones.
 void dot4(const float* q, int n, const float* table, const uint8_t* packed, size_t stride, size_t count, float* out) {
@@ -669,44 +741,6 @@ void dot1(const float* q, int n, const float* table, const uint8_t* packed, size
         out[v] = hsum(_mm512_add_ps(a0, a1));
     }
 }
-
-// Table look-up of 16 indices for BITS-bit codes without gathers: bits <= 4 one permutexvar on a
-// table replicated across the register; 5 and above one permutex2var per 32-entry sub-table,
-// then blends on index bits 5 .. BITS-1. Index bits above BITS-1 are ignored.
-template <int BITS>
-struct Lut {
-    static constexpr int kRegs = BITS <= 4 ? 1 : (1 << BITS) / 16;
-    __m512 t[kRegs];
-    explicit Lut(const float* table) {
-        if constexpr (BITS == 1) t[0] = _mm512_broadcast_f32x2(_mm_castpd_ps(_mm_load_sd((const double*)table)));
-        else if constexpr (BITS == 2) t[0] = _mm512_broadcast_f32x4(_mm_loadu_ps(table));
-        else if constexpr (BITS == 3) t[0] = _mm512_broadcast_f32x8(_mm256_loadu_ps(table));
-        else
-            for (int r = 0; r < kRegs; ++r) t[r] = _mm512_loadu_ps(table + 16 * r);
-    }
-    // v[0, W) -> v[0, W/2) by index bit B, down to one register.
-    template <int W, int B>
-    static inline void select(__m512* v, __m512i idx) {
-        if constexpr (W > 1) {
-            const __mmask16 m = _mm512_test_epi32_mask(idx, _mm512_set1_epi32(1 << B));
-#pragma GCC unroll 4
-            for (int k = 0; k < W / 2; ++k) v[k] = _mm512_mask_blend_ps(m, v[2 * k], v[2 * k + 1]);
-            select<W / 2, B + 1>(v, idx);
-        }
-    }
-    inline __m512 operator()(__m512i idx) const {
-        if constexpr (BITS <= 4) {
-            return _mm512_permutexvar_ps(idx, t[0]);
-        } else {
-            constexpr int K = kRegs / 2;
-            __m512 v[K];
-#pragma GCC unroll 8
-            for (int k = 0; k < K; ++k) v[k] = _mm512_permutex2var_ps(t[2 * k], idx, t[2 * k + 1]);
-            select<K, 5>(v, idx);
-            return v[0];
-        }
-    }
-};
 
 // Eight-bit codes: one byte per code.
 void dot8(const float* q, int n, const float* table, const uint8_t* packed, size_t stride, size_t count, float* out) {

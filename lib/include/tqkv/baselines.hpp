@@ -1,0 +1,62 @@
+// The KV-cache formats tqkv is compared against, implemented from their published descriptions,
+// for the report (tqkv-bench report) and the explorer. A format holds the keys or the values of
+// one attention head: a [tokens][dim] matrix, encoded all at once.
+//
+//   fp16        IEEE binary16 per coordinate.
+//   q8_0, q4_0  llama.cpp / ggml block formats: 32 values + an fp16 scale per block
+//               (8.5 and 4.5 bits per coordinate), ggml's reference rounding.
+//   kivi        KIVI (Liu et al., 2024): asymmetric uniform int2/int4; keys quantized per channel
+//               over groups of `group` tokens, values per token over groups of `group` channels,
+//               fp16 scale and zero point per group; the most recent `residual` tokens (at least
+//               the incomplete key group) stay in fp16.
+//   polar       PolarQuant (Han et al., arXiv:2502.02617): random rotation, then a recursive polar
+//               transform of blocks of 2^levels coordinates; angles quantized per level with
+//               codebooks for their known distributions, the block radius kept in fp16.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace tqkv {
+
+enum class BaselineKind { Fp16, Q8_0, Q4_0, Kivi, Polar };
+
+struct BaselineConfig {
+    BaselineKind kind = BaselineKind::Q4_0;
+    int bits = 4;        // kivi: 2 or 4; polar: bits of the level-1 angles (higher levels use bits - 2, at least 1)
+    int group = 32;      // kivi group size
+    int residual = 128;  // kivi: recent tokens kept in fp16
+    int levels = 4;      // polar: recursion depth (blocks of 2^levels coordinates)
+    uint64_t seed = 1;   // polar: the random rotation
+};
+
+class BaselineFormat {
+public:
+    virtual ~BaselineFormat() = default;
+    // Throws std::invalid_argument for unsupported (config, dim) combinations.
+    static std::unique_ptr<BaselineFormat> make(const BaselineConfig& cfg, int dim, bool keys);
+
+    virtual std::string name() const = 0;  // "fp16", "q8_0", "q4_0", "kivi2", "kivi4", "polar4"
+    int dim() const { return dim_; }
+    size_t tokens() const { return tokens_; }
+    // Replaces the content with x: tokens x dim floats (finite).
+    virtual void encode(const float* x, size_t tokens) = 0;
+    // The dequantized matrix, tokens x dim.
+    virtual void decode(float* out) const = 0;
+    // Storage in bytes, every scale, zero point, norm and fp16 residual token included.
+    virtual size_t bytes() const = 0;
+    double bits_per_coord() const { return tokens_ ? 8.0 * double(bytes()) / (double(tokens_) * dim_) : 0.0; }
+    // Attention building blocks computed from the stored format (no full decode):
+    // scores[t] = <q, x̂_t>; out[j] = sum_t w[t] x̂_t[j].
+    virtual void scores(const float* q, float* scores) const = 0;
+    virtual void weighted_sum(const float* w, float* out) const = 0;
+
+protected:
+    BaselineFormat(int dim, bool keys) : dim_(dim), keys_(keys) {}
+    int dim_;
+    bool keys_;
+    size_t tokens_ = 0;
+};
+
+}  // namespace tqkv
