@@ -1,9 +1,23 @@
 #!/usr/bin/env bash
-# README command 1: set up, build, and run the main job — codec fidelity and speed on built-in data.
+# README command 1: set up, build, and run the main job — the fidelity + speed report of tqkv
+# against the formats in use today, on the built-in synthetic data (and on the real KV dump of
+# ../shared/data/tq-ref-128 when it is there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/build.sh
-./build/bench/tqkv-bench quality --dim 128 --bits 1,2,3,4 --method mse,prod,qjl --vectors 100000
+mkdir -p out
+./build/bench/tqkv-bench report --json out/report.json --markdown out/report.md
+echo
+real=../shared/data/tq-ref-128/kv
+if [ -f "$real/keys.npy" ]; then
+  ./build/bench/tqkv-bench report --data "$real" --json out/report-tq-ref-128.json --markdown out/report-tq-ref-128.md
+else
+  echo "(real-data report skipped: no KV dump at $real; run: build/bench/tqkv-bench report --data DIR)"
+fi
+echo
+./build/bench/tqkv-bench attend --tokens 4096,16384 --seconds 0.3
 echo
 ./build/bench/tqkv-bench encode --dim 128 --bits 4
+echo
+echo "reports written to out/ (report.md, report.json)"

@@ -86,4 +86,26 @@ inline void set_group_codes(uint8_t* codes, int dim, int bits, int token, const 
     }
 }
 
+// All codes of a group at once: out[t * dim + j] = code of token t, coordinate j (t < 32).
+inline void unpack_group(const uint8_t* codes, int dim, int bits, uint8_t* out) {
+    int w[3], shift_out = 0;
+    const int n = code_parts(bits, w);
+    for (int i = 0; i < kGroupTokens * dim; ++i) out[i] = 0;
+    for (int p = 0; p < n; ++p) {
+        const int per_chunk = 16 / w[p], mask = (1 << w[p]) - 1;
+        for (int j = 0; j < dim; ++j) {
+            const uint8_t* chunk = codes + size_t(j / per_chunk) * 64;
+            const int s = w[p] * (j % per_chunk);
+            for (int i = 0; i < 16; ++i) {
+                const uint32_t word = uint32_t(chunk[4 * i]) | uint32_t(chunk[4 * i + 1]) << 8 |
+                                      uint32_t(chunk[4 * i + 2]) << 16 | uint32_t(chunk[4 * i + 3]) << 24;
+                out[i * dim + j] |= uint8_t(((word >> s) & mask) << shift_out);
+                out[(i + 16) * dim + j] |= uint8_t(((word >> (16 + s)) & mask) << shift_out);
+            }
+        }
+        shift_out += w[p];
+        codes += part_bytes(dim, w[p]);
+    }
+}
+
 }  // namespace tqkv::detail

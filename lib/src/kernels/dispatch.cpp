@@ -1,4 +1,7 @@
 // Picks the kernel table: the best the CPU supports, or the one TQKV_KERNEL / the caller names.
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
@@ -11,17 +14,25 @@ namespace tqkv {
 namespace detail {
 namespace {
 
+#if defined(TQKV_HAVE_X86_KERNELS)
+// F16C and BMI2 straight from CPUID (clang's __builtin_cpu_supports knows neither name).
+bool has_f16c_bmi2() {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 29))) return false;  // F16C
+    return __get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & (1u << 8));      // BMI2
+}
+#endif
+
 bool cpu_supports(const std::string& name) {
     if (name == "scalar") return true;
 #if defined(TQKV_HAVE_X86_KERNELS)
     __builtin_cpu_init();
     if (name == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                               __builtin_cpu_supports("f16c") && __builtin_cpu_supports("bmi2");
+                               has_f16c_bmi2();
     if (name == "avx512")
         return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-               __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c") &&
-               __builtin_cpu_supports("bmi2");
+               __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && has_f16c_bmi2();
 #endif
 #if defined(TQKV_HAVE_NEON_KERNELS)
     if (name == "neon") return true;  // NEON is part of the ARMv8-A baseline

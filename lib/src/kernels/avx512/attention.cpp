@@ -2,6 +2,11 @@
 // a 64-byte chunk of a group (cache_layout.hpp) loaded as 16 lanes and shifted right by the
 // coordinate's slot indexes the table for tokens 0-15, shifted 16 bits further for tokens 16-31.
 // vpermps reads only the low 4 bits of each index, so decoding a coordinate is two shifts.
+// (GCC 12's AVX-512 headers trip -Wmaybe-uninitialized, GCC bug 105593.)
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
 #include <immintrin.h>
 
 #include <algorithm>

@@ -3,6 +3,7 @@
 
 #include "cache_layout.hpp"
 #include "kernels/kernels.hpp"
+#include "tqkv/codebook.hpp"
 #include "tqkv/fp16.hpp"
 
 namespace tqkv::detail {
@@ -12,20 +13,25 @@ int lut_width(int bits) { return bits <= 4 ? 16 : 1 << bits; }
 
 void group_scores(const uint8_t* codes, int dim, int bits, const float* lut, int heads, float* out) {
     const int L = lut_width(bits);
+    uint8_t c[kGroupTokens * kMaxDim];
+    unpack_group(codes, dim, bits, c);
     for (int h = 0; h < heads; ++h)
         for (int t = 0; t < kGroupTokens; ++t) {
+            const float* row = lut + size_t(h) * dim * L;
             float s = 0.0f;
-            for (int j = 0; j < dim; ++j) s += lut[(size_t(h) * dim + j) * L + group_code(codes, dim, bits, t, j)];
+            for (int j = 0; j < dim; ++j) s += row[size_t(j) * L + c[t * dim + j]];
             out[h * kGroupTokens + t] = s;
         }
 }
 
 void group_accumulate(const uint8_t* codes, int dim, int bits, const float* table, const float* w, int heads,
                       float* acc) {
+    uint8_t c[kGroupTokens * kMaxDim];
+    unpack_group(codes, dim, bits, c);
     for (int j = 0; j < dim; ++j)
         for (int l = 0; l < 16; ++l) {
-            const float lo = table[group_code(codes, dim, bits, l, j)];
-            const float hi = table[group_code(codes, dim, bits, l + 16, j)];
+            const float lo = table[c[l * dim + j]];
+            const float hi = table[c[(l + 16) * dim + j]];
             for (int h = 0; h < heads; ++h)
                 acc[(size_t(h) * dim + j) * 16 + l] += w[h * kGroupTokens + l] * lo + w[h * kGroupTokens + 16 + l] * hi;
         }
