@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what tqkv needs from Debian 12's packages, only if something is missing.
 set -euo pipefail
-packages=(build-essential cmake catch2 g++-aarch64-linux-gnu qemu-user)
+packages=(build-essential cmake catch2 g++-aarch64-linux-gnu qemu-user clang libclang-rt-14-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

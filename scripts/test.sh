@@ -1,18 +1,38 @@
 #!/usr/bin/env bash
-# README command 2: set up, build, and run every test — native (all kernels this CPU has) and
-# ARM64 NEON cross-built and run under qemu-user.
+# README command 2: set up, build, and run every test:
+#   1. native Catch2 suite (all kernels this CPU has: scalar, AVX2, AVX-512)
+#   2. the same suite under AddressSanitizer + UndefinedBehaviorSanitizer
+#   3. the concurrency tests under ThreadSanitizer
+#   4. libFuzzer targets (cache deserialization, .npy parser, SIMD-vs-scalar differential)
+#   5. ARM64 NEON build, run under qemu-aarch64
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/build.sh
+jobs=$(nproc)
+start=$(date +%s)
+step() { echo "== $1 ($(( $(date +%s) - start ))s)"; }
 
-echo "== native tests"
-ctest --test-dir build --output-on-failure -j"$(nproc)"
+step "native tests"
+ctest --test-dir build --output-on-failure -j"$jobs"
 
-echo "== ARM64 NEON tests under qemu-aarch64"
+step "AddressSanitizer + UBSan tests"
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTQKV_SANITIZE=ON -DTQKV_BUILD_BENCH=OFF >/dev/null
+cmake --build build-asan -j"$jobs"
+ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ./build-asan/tests/tqkv_tests '~[stat]'
+
+step "ThreadSanitizer concurrency tests"
+cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTQKV_TSAN=ON -DTQKV_BUILD_BENCH=OFF >/dev/null
+cmake --build build-tsan -j"$jobs"
+TSAN_OPTIONS=halt_on_error=1 ./build-tsan/tests/tqkv_tests '[threads]'
+
+step "fuzzing"
+bash fuzz/run.sh
+
+step "ARM64 NEON tests under qemu-aarch64"
 cmake -S . -B build-arm64 -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake -DCMAKE_BUILD_TYPE=Release \
   -DTQKV_BUILD_BENCH=OFF >/dev/null
-cmake --build build-arm64 -j"$(nproc)"
+cmake --build build-arm64 -j"$jobs"
 # Everything but the long statistical tests (those check math, not the kernels, and run natively).
 qemu-aarch64 -L /usr/aarch64-linux-gnu build-arm64/tests/tqkv_tests '~[stat]'
-echo "== all tests passed"
+step "all tests passed"

@@ -149,7 +149,8 @@ void group_accumulate(const uint8_t* codes, int dim, int bits, const float* tabl
 }
 
 // exp(x) for x <= 0: x = n ln2 + r, |r| <= ln2/2, Cephes' degree-6 polynomial for e^r
-// (relative error ~1e-7), times 2^n by vscalefps. Below -87.3 the result is under FLT_MIN: 0.
+// (relative error ~1e-7), times 2^n by vscalefps. Below ln(FLT_MIN) = -87.3365 the result would be
+// subnormal: 0.
 __m512 exp_ps(__m512 x) {
     const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -162,7 +163,7 @@ __m512 exp_ps(__m512 x) {
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
     p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    const __mmask16 tiny = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3f), _CMP_LT_OQ);
+    const __mmask16 tiny = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.33654f), _CMP_LT_OQ);
     return _mm512_maskz_scalef_ps(_knot_mask16(tiny), p, n);
 }
 

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Builds the fuzz targets with clang (libFuzzer + ASan + UBSan), generates the seed corpora and
+# runs each target for a fixed number of executions; fails on any finding.
+#   bash fuzz/run.sh            # the test-suite run: 100000 executions per parser target
+#   RUNS=5000000 bash fuzz/run.sh   # a longer run
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-100000}
+CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTQKV_FUZZ=ON \
+  -DTQKV_BUILD_TESTS=OFF -DTQKV_BUILD_BENCH=OFF >/dev/null
+cmake --build build-fuzz -j"$(nproc)"
+seeds=build-fuzz/seeds
+rm -rf "$seeds" build-fuzz/corpus && ./build-fuzz/fuzz/tqkv-make-seeds "$seeds"
+for t in cache_load:cache npy:npy kernels:kernels; do
+  name=${t%%:*}; dir=${t##*:}
+  runs=$RUNS
+  [ "$name" = kernels ] && runs=$((RUNS / 20))   # each input builds codecs for every kernel: slower
+  mkdir -p "build-fuzz/corpus/$name"
+  echo "== fuzz_$name: $runs executions"
+  log=build-fuzz/fuzz_$name.log
+  if ! ./build-fuzz/fuzz/fuzz_$name -runs="$runs" -max_len=8192 -rss_limit_mb=2048 -print_final_stats=1 \
+       "build-fuzz/corpus/$name" "$seeds/$dir" >"$log" 2>&1; then
+    tail -40 "$log"
+    echo "== fuzz_$name: FINDING (crash input saved by libFuzzer in the current directory)"
+    exit 1
+  fi
+  grep -E "^(stat::number_of_executed_units|stat::new_units_added)" "$log"
+done
+echo "== fuzz: no findings"
