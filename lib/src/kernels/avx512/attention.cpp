@@ -56,6 +56,68 @@ inline void for_each_coordinate(const uint8_t* codes, int dim, F&& f) {
     }
 }
 
+// 5-8 bit codes: a 4-bit low part plus a 1-, 2- or 4-bit high part (b = 5, 6, 8) or 2 + 1 bits
+// (b = 7). The index is assembled exactly; tables have 2^b entries (vpermt2ps for 32, gathers above).
+template <int BITS>
+inline void wide_indices(const uint8_t* codes, int dim, int j, __m512i& lo, __m512i& hi) {
+    const __m512i low_mask = _mm512_set1_epi32(15);
+    const __m512i a = load_chunk(codes + size_t(j / 4) * 64);
+    const int s4 = 4 * (j % 4);
+    lo = _mm512_and_si512(shr(a, s4), low_mask);
+    hi = _mm512_and_si512(shr(a, 16 + s4), low_mask);
+    const uint8_t* rest = codes + part_bytes(dim, 4);
+    auto add_part = [&](const uint8_t* part, int w, int shift_out) {
+        const int per = 16 / w, s = w * (j % per);
+        const __m512i m = _mm512_set1_epi32((1 << w) - 1);
+        const __m512i b = load_chunk(part + size_t(j / per) * 64);
+        lo = _mm512_or_si512(lo, _mm512_slli_epi32(_mm512_and_si512(shr(b, s), m), unsigned(shift_out)));
+        hi = _mm512_or_si512(hi, _mm512_slli_epi32(_mm512_and_si512(shr(b, 16 + s), m), unsigned(shift_out)));
+    };
+    if constexpr (BITS == 5) add_part(rest, 1, 4);
+    if constexpr (BITS == 6) add_part(rest, 2, 4);
+    if constexpr (BITS == 7) {
+        add_part(rest, 2, 4);
+        add_part(rest + part_bytes(dim, 2), 1, 6);
+    }
+    if constexpr (BITS == 8) add_part(rest, 4, 4);
+}
+
+inline __m512 wide_lookup(__m512i idx, const float* table, int bits) {
+    if (bits == 5) return _mm512_permutex2var_ps(_mm512_loadu_ps(table), idx, _mm512_loadu_ps(table + 16));
+    return _mm512_i32gather_ps(idx, table, 4);
+}
+
+template <int BITS>
+void scores_wide(const uint8_t* codes, int dim, const float* lut, int heads, float* out) {
+    constexpr int L = 1 << BITS;
+    for (int h = 0; h < heads; ++h) {
+        __m512 lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps();
+        for (int j = 0; j < dim; ++j) {
+            __m512i a, b;
+            wide_indices<BITS>(codes, dim, j, a, b);
+            const float* t = lut + (size_t(h) * dim + j) * L;
+            lo = _mm512_add_ps(lo, wide_lookup(a, t, BITS));
+            hi = _mm512_add_ps(hi, wide_lookup(b, t, BITS));
+        }
+        _mm512_storeu_ps(out + h * kGroupTokens, lo);
+        _mm512_storeu_ps(out + h * kGroupTokens + 16, hi);
+    }
+}
+
+template <int BITS>
+void accumulate_wide(const uint8_t* codes, int dim, const float* table, const float* w, int heads, float* acc) {
+    for (int j = 0; j < dim; ++j) {
+        __m512i a, b;
+        wide_indices<BITS>(codes, dim, j, a, b);
+        const __m512 vlo = wide_lookup(a, table, BITS), vhi = wide_lookup(b, table, BITS);
+        for (int h = 0; h < heads; ++h) {
+            float* p = acc + (size_t(h) * dim + j) * 16;
+            const __m512 wlo = _mm512_loadu_ps(w + h * kGroupTokens), whi = _mm512_loadu_ps(w + h * kGroupTokens + 16);
+            _mm512_storeu_ps(p, _mm512_fmadd_ps(wlo, vlo, _mm512_fmadd_ps(whi, vhi, _mm512_loadu_ps(p))));
+        }
+    }
+}
+
 template <int BITS, int H>
 void scores_heads(const uint8_t* codes, int dim, const float* lut, float* out) {
     // With one or two heads, alternate two accumulator sets between even and odd coordinates so
@@ -108,6 +170,10 @@ void group_scores(const uint8_t* codes, int dim, int bits, const float* lut, int
         case 2: return scores_bits<2>(codes, dim, lut, heads, out);
         case 3: return scores_bits<3>(codes, dim, lut, heads, out);
         case 4: return scores_bits<4>(codes, dim, lut, heads, out);
+        case 5: return scores_wide<5>(codes, dim, lut, heads, out);
+        case 6: return scores_wide<6>(codes, dim, lut, heads, out);
+        case 7: return scores_wide<7>(codes, dim, lut, heads, out);
+        case 8: return scores_wide<8>(codes, dim, lut, heads, out);
         default: return scalar_attention().group_scores(codes, dim, bits, lut, heads, out);
     }
 }
@@ -144,6 +210,10 @@ void group_accumulate(const uint8_t* codes, int dim, int bits, const float* tabl
         case 2: return accumulate_bits<2>(codes, dim, table, w, heads, acc);
         case 3: return accumulate_bits<3>(codes, dim, table, w, heads, acc);
         case 4: return accumulate_bits<4>(codes, dim, table, w, heads, acc);
+        case 5: return accumulate_wide<5>(codes, dim, table, w, heads, acc);
+        case 6: return accumulate_wide<6>(codes, dim, table, w, heads, acc);
+        case 7: return accumulate_wide<7>(codes, dim, table, w, heads, acc);
+        case 8: return accumulate_wide<8>(codes, dim, table, w, heads, acc);
         default: return scalar_attention().group_accumulate(codes, dim, bits, table, w, heads, acc);
     }
 }
