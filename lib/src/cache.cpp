@@ -401,6 +401,11 @@ void KVCache::attend(std::span<const float> queries, std::span<float> out, bool 
     Workspace::grow(ws.norms, kGroupTokens);
     Workspace::grow(ws.gammas, kGroupTokens);
     const size_t W = size_t(c.window);
+    // The fused kernels cover the common layout: one segment, fp16 norms (stored little-endian,
+    // and every supported target is little-endian), MSE keys.
+    const bool f16 = c.norm == NormFormat::F16;
+    const bool fused_keys = ak.group_scores_normed && f16 && m.keys.segs.size() == 1 && !m.keys.segs[0].prod;
+    const bool fused_values = ak.group_accumulate_normed && f16 && m.values.segs.size() == 1;
 
     for (size_t qi = 0; qi < n_q; ++qi) {
         const size_t visible = causal ? m.n_tokens - n_q + qi + 1 : m.n_tokens;
@@ -460,11 +465,30 @@ void KVCache::attend(std::span<const float> queries, std::span<float> out, bool 
 
             // 2. Compressed tokens, a chunk of groups at a time.
             const size_t n_groups = (visible_codes + kGroupTokens - 1) / kGroupTokens;
+            const bool prefetch = n_groups * m.group_bytes > (size_t(4) << 20);
             for (size_t g0 = 0; g0 < n_groups; g0 += kChunkGroups) {
                 const size_t ng = std::min<size_t>(kChunkGroups, n_groups - g0);
                 for (size_t gi = 0; gi < ng; ++gi) {
                     const size_t t0 = (g0 + gi) * kGroupTokens;
                     const uint8_t* g = m.group(kvh, t0);
+                    // Groups of one KV head are spread over separately allocated blocks, which the
+                    // hardware prefetcher cannot follow: when they come from DRAM (a KV head larger
+                    // than the L2/L3 share), fetch the next chunk's group while this one computes.
+                    if (prefetch && g0 + kChunkGroups + gi < n_groups) {
+                        const uint8_t* next = m.group(kvh, (g0 + kChunkGroups + gi) * kGroupTokens);
+                        for (size_t off = 0; off < m.group_bytes; off += 64) __builtin_prefetch(next + off);
+                    }
+                    const size_t valid = std::min<size_t>(kGroupTokens, visible_codes - t0);
+                    if (fused_keys) {  // one call: scores * norms * scale, straight into the chunk
+                        const auto& s = m.keys.segs[0];
+                        ak.group_scores_normed(g + s.codes_off, s.dim, s.bits, ws.lut.data(), r,
+                                               reinterpret_cast<const uint16_t*>(g + s.norm_off), m.scale,
+                                               &ws.scores[gi * kGroupTokens], int(score_cols));
+                        for (int hh = 0; hh < r; ++hh)
+                            for (size_t t = valid; t < kGroupTokens; ++t)
+                                ws.scores[size_t(hh) * score_cols + gi * kGroupTokens + t] = -std::numeric_limits<float>::infinity();
+                        continue;
+                    }
                     for (int hh = 0; hh < r; ++hh)
                         std::fill_n(&ws.scores[size_t(hh) * score_cols + gi * kGroupTokens], kGroupTokens, 0.0f);
                     const float* klut = ws.lut.data();
@@ -490,7 +514,6 @@ void KVCache::attend(std::span<const float> queries, std::span<float> out, bool 
                         }
                         klut += size_t(r) * s.dim * (L + (s.prod ? 16 : 0));
                     }
-                    const size_t valid = std::min<size_t>(kGroupTokens, visible_codes - t0);
                     for (int hh = 0; hh < r; ++hh) {
                         float* sc = &ws.scores[size_t(hh) * score_cols + gi * kGroupTokens];
                         for (int t = 0; t < kGroupTokens; ++t) sc[t] *= m.scale;
@@ -501,6 +524,13 @@ void KVCache::attend(std::span<const float> queries, std::span<float> out, bool 
                 for (size_t gi = 0; gi < ng; ++gi) {
                     const uint8_t* g = m.group(kvh, (g0 + gi) * kGroupTokens);
                     float* acc = ws.acc.data();
+                    if (fused_values) {
+                        const auto& s = m.values.segs[0];
+                        ak.group_accumulate_normed(g + s.codes_off, s.dim, s.bits, s.table.data(),
+                                                   &ws.scores[gi * kGroupTokens], int(score_cols),
+                                                   reinterpret_cast<const uint16_t*>(g + s.norm_off), r, acc);
+                        continue;
+                    }
                     for (auto& s : m.values.segs) {
                         read_norms(k, g + s.norm_off, m.norm_bytes, ws.norms.data());
                         for (int hh = 0; hh < r; ++hh)

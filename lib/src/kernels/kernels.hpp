@@ -79,6 +79,14 @@ struct AttentionKernels {
     // Reductions of the online softmax: max_i x_i (n >= 1) and sum_i x_i.
     float (*max_f32)(const float* x, int n);
     float (*sum_f32)(const float* x, int n);
+    // Optional fused forms for the common case (one segment, fp16 norms); nullptr = the driver
+    // composes them from the kernels above.
+    //   out[h * out_stride + t] = scale * norm_t * (group_scores row h, token t)
+    void (*group_scores_normed)(const uint8_t* codes, int dim, int bits, const float* lut, int heads,
+                                const uint16_t* norms, float scale, float* out, int out_stride);
+    //   group_accumulate with w[h][t] = p[h * p_stride + t] * norm_t
+    void (*group_accumulate_normed)(const uint8_t* codes, int dim, int bits, const float* table, const float* p,
+                                    int p_stride, const uint16_t* norms, int heads, float* acc);
 };
 
 const KernelTable& scalar_kernels();
@@ -90,6 +98,9 @@ const AttentionKernels& avx512_attention();
 #if defined(TQKV_HAVE_NEON_KERNELS)
 const AttentionKernels& neon_attention();
 #endif
+#if defined(TQKV_HAVE_WASM_KERNELS)
+const AttentionKernels& wasm128_attention();
+#endif
 // The attention kernels that go with a kernel table (same ISA).
 const AttentionKernels& attention_for(const KernelTable& k);
 #if defined(TQKV_HAVE_X86_KERNELS)
@@ -99,8 +110,11 @@ const KernelTable& avx512_kernels();
 #if defined(TQKV_HAVE_NEON_KERNELS)
 const KernelTable& neon_kernels();
 #endif
+#if defined(TQKV_HAVE_WASM_KERNELS)
+const KernelTable& wasm128_kernels();  // WebAssembly SIMD128 (kernels/wasm, built by wasm/build.sh)
+#endif
 
-// The table for a name ("scalar", "avx2", "avx512", "neon"); "" or "auto" = best supported
+// The table for a name ("scalar", "avx2", "avx512", "neon", "wasm128"); "" or "auto" = best supported
 // (or the TQKV_KERNEL environment variable). Throws std::invalid_argument for unknown or
 // unsupported names.
 const KernelTable& kernels_by_name(const char* name);

@@ -10,6 +10,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "cache_layout.hpp"
 #include "kernels/kernels.hpp"
@@ -119,7 +120,7 @@ void accumulate_wide(const uint8_t* codes, int dim, const float* table, const fl
 }
 
 template <int BITS, int H>
-void scores_heads(const uint8_t* codes, int dim, const float* lut, float* out) {
+void scores_heads(const uint8_t* codes, int dim, const float* lut, float* out, int stride, __m512 f_lo, __m512 f_hi) {
     // With one or two heads, alternate two accumulator sets between even and odd coordinates so
     // the add chains do not wait on each other's latency.
     constexpr int U = H <= 2 ? 2 : 1;
@@ -143,33 +144,41 @@ void scores_heads(const uint8_t* codes, int dim, const float* lut, float* out) {
             lo0[h] = _mm512_add_ps(lo0[h], lo1[h]);
             hi0[h] = _mm512_add_ps(hi0[h], hi1[h]);
         }
-        _mm512_storeu_ps(out + h * kGroupTokens, lo0[h]);
-        _mm512_storeu_ps(out + h * kGroupTokens + 16, hi0[h]);
+        _mm512_storeu_ps(out + h * stride, _mm512_mul_ps(lo0[h], f_lo));
+        _mm512_storeu_ps(out + h * stride + 16, _mm512_mul_ps(hi0[h], f_hi));
     }
 }
 
+// f_lo / f_hi scale the 32 token scores (1, or norm x attention scale in the fused form).
 template <int BITS>
-void scores_bits(const uint8_t* codes, int dim, const float* lut, int heads, float* out) {
+void scores_bits(const uint8_t* codes, int dim, const float* lut, int heads, float* out, int stride, __m512 f_lo,
+                 __m512 f_hi) {
     int h = 0;
-    for (; h + 8 <= heads; h += 8) scores_heads<BITS, 8>(codes, dim, lut + size_t(h) * dim * 16, out + h * kGroupTokens);
+    auto run = [&](auto heads_here) {
+        constexpr int H = decltype(heads_here)::value;
+        scores_heads<BITS, H>(codes, dim, lut + size_t(h) * dim * 16, out + h * stride, stride, f_lo, f_hi);
+        h += H;
+    };
+    while (heads - h >= 8) run(std::integral_constant<int, 8>{});
     switch (heads - h) {
-        case 7: scores_heads<BITS, 7>(codes, dim, lut + size_t(h) * dim * 16, out + h * kGroupTokens); break;
-        case 6: scores_heads<BITS, 6>(codes, dim, lut + size_t(h) * dim * 16, out + h * kGroupTokens); break;
-        case 5: scores_heads<BITS, 5>(codes, dim, lut + size_t(h) * dim * 16, out + h * kGroupTokens); break;
-        case 4: scores_heads<BITS, 4>(codes, dim, lut + size_t(h) * dim * 16, out + h * kGroupTokens); break;
-        case 3: scores_heads<BITS, 3>(codes, dim, lut + size_t(h) * dim * 16, out + h * kGroupTokens); break;
-        case 2: scores_heads<BITS, 2>(codes, dim, lut + size_t(h) * dim * 16, out + h * kGroupTokens); break;
-        case 1: scores_heads<BITS, 1>(codes, dim, lut + size_t(h) * dim * 16, out + h * kGroupTokens); break;
+        case 7: run(std::integral_constant<int, 7>{}); break;
+        case 6: run(std::integral_constant<int, 6>{}); break;
+        case 5: run(std::integral_constant<int, 5>{}); break;
+        case 4: run(std::integral_constant<int, 4>{}); break;
+        case 3: run(std::integral_constant<int, 3>{}); break;
+        case 2: run(std::integral_constant<int, 2>{}); break;
+        case 1: run(std::integral_constant<int, 1>{}); break;
         default: break;
     }
 }
 
 void group_scores(const uint8_t* codes, int dim, int bits, const float* lut, int heads, float* out) {
+    const __m512 one = _mm512_set1_ps(1.0f);
     switch (bits) {
-        case 1: return scores_bits<1>(codes, dim, lut, heads, out);
-        case 2: return scores_bits<2>(codes, dim, lut, heads, out);
-        case 3: return scores_bits<3>(codes, dim, lut, heads, out);
-        case 4: return scores_bits<4>(codes, dim, lut, heads, out);
+        case 1: return scores_bits<1>(codes, dim, lut, heads, out, kGroupTokens, one, one);
+        case 2: return scores_bits<2>(codes, dim, lut, heads, out, kGroupTokens, one, one);
+        case 3: return scores_bits<3>(codes, dim, lut, heads, out, kGroupTokens, one, one);
+        case 4: return scores_bits<4>(codes, dim, lut, heads, out, kGroupTokens, one, one);
         case 5: return scores_wide<5>(codes, dim, lut, heads, out);
         case 6: return scores_wide<6>(codes, dim, lut, heads, out);
         case 7: return scores_wide<7>(codes, dim, lut, heads, out);
@@ -178,12 +187,44 @@ void group_scores(const uint8_t* codes, int dim, int bits, const float* lut, int
     }
 }
 
+inline void load_norms(const uint16_t* norms, __m512& lo, __m512& hi) {
+    lo = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(norms)));
+    hi = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(norms + 16)));
+}
+
+void group_scores_normed(const uint8_t* codes, int dim, int bits, const float* lut, int heads, const uint16_t* norms,
+                         float scale, float* out, int stride) {
+    __m512 lo, hi;
+    load_norms(norms, lo, hi);
+    lo = _mm512_mul_ps(lo, _mm512_set1_ps(scale));
+    hi = _mm512_mul_ps(hi, _mm512_set1_ps(scale));
+    switch (bits) {
+        case 1: return scores_bits<1>(codes, dim, lut, heads, out, stride, lo, hi);
+        case 2: return scores_bits<2>(codes, dim, lut, heads, out, stride, lo, hi);
+        case 3: return scores_bits<3>(codes, dim, lut, heads, out, stride, lo, hi);
+        case 4: return scores_bits<4>(codes, dim, lut, heads, out, stride, lo, hi);
+        default: {
+            float tmp[kGroupTokens * 64];
+            alignas(64) float f[kGroupTokens];
+            _mm512_storeu_ps(f, lo);
+            _mm512_storeu_ps(f + 16, hi);
+            for (int h0 = 0; h0 < heads; h0 += 64) {
+                const int hn = std::min(64, heads - h0);
+                group_scores(codes, dim, bits, lut + size_t(h0) * dim * (1 << bits), hn, tmp);
+                for (int h = 0; h < hn; ++h)
+                    for (int t = 0; t < kGroupTokens; ++t) out[(h0 + h) * stride + t] = tmp[h * kGroupTokens + t] * f[t];
+            }
+        }
+    }
+}
+
 template <int BITS, int H>
-void accumulate_heads(const uint8_t* codes, int dim, const __m512 table, const float* w, float* acc) {
+void accumulate_heads(const uint8_t* codes, int dim, const __m512 table, const float* w, int w_stride, __m512 n_lo,
+                      __m512 n_hi, float* acc) {
     __m512 wlo[H], whi[H];
     for (int h = 0; h < H; ++h) {
-        wlo[h] = _mm512_loadu_ps(w + h * kGroupTokens);
-        whi[h] = _mm512_loadu_ps(w + h * kGroupTokens + 16);
+        wlo[h] = _mm512_mul_ps(_mm512_loadu_ps(w + h * w_stride), n_lo);
+        whi[h] = _mm512_mul_ps(_mm512_loadu_ps(w + h * w_stride + 16), n_hi);
     }
     for_each_coordinate<BITS>(codes, dim, [&](int j, __m512i a, __m512i b) {
         const __m512 vlo = _mm512_permutexvar_ps(a, table), vhi = _mm512_permutexvar_ps(b, table);
@@ -195,26 +236,53 @@ void accumulate_heads(const uint8_t* codes, int dim, const __m512 table, const f
 }
 
 template <int BITS>
-void accumulate_bits(const uint8_t* codes, int dim, const float* table, const float* w, int heads, float* acc) {
+void accumulate_bits(const uint8_t* codes, int dim, const float* table, const float* w, int w_stride, int heads,
+                     __m512 n_lo, __m512 n_hi, float* acc) {
     const __m512 t = _mm512_loadu_ps(table);
     int h = 0;
     for (; h + 4 <= heads; h += 4)
-        accumulate_heads<BITS, 4>(codes, dim, t, w + h * kGroupTokens, acc + size_t(h) * dim * 16);
-    for (; h < heads; ++h) accumulate_heads<BITS, 1>(codes, dim, t, w + h * kGroupTokens, acc + size_t(h) * dim * 16);
+        accumulate_heads<BITS, 4>(codes, dim, t, w + h * w_stride, w_stride, n_lo, n_hi, acc + size_t(h) * dim * 16);
+    for (; h < heads; ++h)
+        accumulate_heads<BITS, 1>(codes, dim, t, w + h * w_stride, w_stride, n_lo, n_hi, acc + size_t(h) * dim * 16);
 }
 
 void group_accumulate(const uint8_t* codes, int dim, int bits, const float* table, const float* w, int heads,
                       float* acc) {
+    const __m512 one = _mm512_set1_ps(1.0f);
     switch (bits) {
-        case 1: return accumulate_bits<1>(codes, dim, table, w, heads, acc);
-        case 2: return accumulate_bits<2>(codes, dim, table, w, heads, acc);
-        case 3: return accumulate_bits<3>(codes, dim, table, w, heads, acc);
-        case 4: return accumulate_bits<4>(codes, dim, table, w, heads, acc);
+        case 1: return accumulate_bits<1>(codes, dim, table, w, kGroupTokens, heads, one, one, acc);
+        case 2: return accumulate_bits<2>(codes, dim, table, w, kGroupTokens, heads, one, one, acc);
+        case 3: return accumulate_bits<3>(codes, dim, table, w, kGroupTokens, heads, one, one, acc);
+        case 4: return accumulate_bits<4>(codes, dim, table, w, kGroupTokens, heads, one, one, acc);
         case 5: return accumulate_wide<5>(codes, dim, table, w, heads, acc);
         case 6: return accumulate_wide<6>(codes, dim, table, w, heads, acc);
         case 7: return accumulate_wide<7>(codes, dim, table, w, heads, acc);
         case 8: return accumulate_wide<8>(codes, dim, table, w, heads, acc);
         default: return scalar_attention().group_accumulate(codes, dim, bits, table, w, heads, acc);
+    }
+}
+
+void group_accumulate_normed(const uint8_t* codes, int dim, int bits, const float* table, const float* p,
+                             int p_stride, const uint16_t* norms, int heads, float* acc) {
+    __m512 lo, hi;
+    load_norms(norms, lo, hi);
+    switch (bits) {
+        case 1: return accumulate_bits<1>(codes, dim, table, p, p_stride, heads, lo, hi, acc);
+        case 2: return accumulate_bits<2>(codes, dim, table, p, p_stride, heads, lo, hi, acc);
+        case 3: return accumulate_bits<3>(codes, dim, table, p, p_stride, heads, lo, hi, acc);
+        case 4: return accumulate_bits<4>(codes, dim, table, p, p_stride, heads, lo, hi, acc);
+        default: {
+            float w[kGroupTokens * 64];
+            alignas(64) float n[kGroupTokens];
+            _mm512_storeu_ps(n, lo);
+            _mm512_storeu_ps(n + 16, hi);
+            for (int h0 = 0; h0 < heads; h0 += 64) {
+                const int hn = std::min(64, heads - h0);
+                for (int h = 0; h < hn; ++h)
+                    for (int t = 0; t < kGroupTokens; ++t) w[h * kGroupTokens + t] = p[(h0 + h) * p_stride + t] * n[t];
+                group_accumulate(codes, dim, bits, table, w, hn, acc + size_t(h0) * dim * 16);
+            }
+        }
     }
 }
 
@@ -316,8 +384,9 @@ float sum_f32(const float* x, int n) {
 }  // namespace
 
 const AttentionKernels& avx512_attention() {
-    static const AttentionKernels k = {group_scores, group_accumulate, exp_nonpositive, dot_f32, axpy_f32,
-                                       dot_f16,      axpy_f16,         max_f32,         sum_f32};
+    static const AttentionKernels k = {group_scores, group_accumulate,    exp_nonpositive,     dot_f32,
+                                       axpy_f32,     dot_f16,             axpy_f16,            max_f32,
+                                       sum_f32,      group_scores_normed, group_accumulate_normed};
     return k;
 }
 
