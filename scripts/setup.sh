@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Installs what tqkv needs from Debian 12's packages, only if something is missing.
 set -euo pipefail
-packages=(build-essential cmake catch2 g++-aarch64-linux-gnu qemu-user clang libclang-rt-14-dev)
+packages=(build-essential cmake catch2 pkg-config
+          g++-aarch64-linux-gnu qemu-user                   # NEON build, run under qemu
+          clang libclang-rt-14-dev                          # libFuzzer targets
+          libimgui-dev libglfw3-dev libgl-dev libstb-dev    # the explorer
+          xvfb xauth libgl1-mesa-dri fonts-dejavu-core)     # its headless screenshots
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

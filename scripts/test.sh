@@ -5,6 +5,7 @@
 #   3. the concurrency tests under ThreadSanitizer
 #   4. libFuzzer targets (cache deserialization, .npy parser, SIMD-vs-scalar differential)
 #   5. ARM64 NEON build, run under qemu-aarch64
+#   6. the explorer: every panel rendered headless under Xvfb, the PNGs checked
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -35,4 +36,10 @@ cmake -S . -B build-arm64 -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake -
 cmake --build build-arm64 -j"$jobs"
 # Everything but the long statistical tests (those check math, not the kernels, and run natively).
 qemu-aarch64 -L /usr/aarch64-linux-gnu build-arm64/tests/tqkv_tests '~[stat]'
+step "explorer: render every panel headless under Xvfb and check the PNGs"
+cmake -S . -B build-explorer -DCMAKE_BUILD_TYPE=Release -DTQKV_BUILD_EXPLORER=ON \
+  -DTQKV_BUILD_TESTS=OFF -DTQKV_BUILD_BENCH=OFF >/dev/null
+cmake --build build-explorer -j"$jobs" --target tqkv-explorer tqkv-explorer-pngcheck
+bash explorer/test.sh build-explorer
+
 step "all tests passed"

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Regenerates the README's explorer screenshots, docs/explorer-*.png (1200x750), with the build
+# in BUILD_DIR (default build-explorer). The data-dependent panels use the real dump in
+# ../shared/data/tq-ref-128/kv when it is there (as in the README), the built-in synthetic data
+# otherwise. Needs xvfb-run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=${1:-build-explorer}
+exe=$build/explorer/tqkv-explorer
+check=$build/explorer/tqkv-explorer-pngcheck
+real=../shared/data/tq-ref-128/kv
+data=()
+if [ -f "$real/keys.npy" ]; then data=(--data "$real"); else echo "screenshots: no $real, using synthetic data" >&2; fi
+mkdir -p docs
+shot() { xvfb-run -a -s "-screen 0 1920x1200x24" "$exe" --size 1200x750 --font-size 14 "$@"; }
+shot --screenshot docs/explorer-rotation.png --panel rotation
+shot --screenshot docs/explorer-codebook.png --panel codebook
+shot --screenshot docs/explorer-tokens.png --panel tokens "${data[@]}"
+# The mouse over a token of the weights plot, to show a hover read-out.
+shot --screenshot docs/explorer-attention.png --panel attention --hover 800,300 "${data[@]}"
+shot --screenshot docs/explorer-memory.png --panel memory --bench-seconds 0.4 "${data[@]}"
+for p in rotation codebook tokens attention memory; do "$check" docs/explorer-$p.png 1200 750; done
+ls -l docs/explorer-*.png
