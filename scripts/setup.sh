@@ -5,11 +5,15 @@ packages=(build-essential cmake catch2 pkg-config
           g++-aarch64-linux-gnu qemu-user                   # NEON build, run under qemu
           clang libclang-rt-14-dev                          # libFuzzer targets
           libimgui-dev libglfw3-dev libgl-dev libstb-dev    # the explorer
-          xvfb xauth libgl1-mesa-dri fonts-dejavu-core)     # its headless screenshots
+          xvfb xauth libgl1-mesa-dri fonts-dejavu-core      # its headless screenshots
+          emscripten chromium)                              # the wasm build, the browser test
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
 done
+# Node.js + npm for the npm package (web/): Debian's only when none is installed (a NodeSource
+# nodejs bundles npm, and Debian's npm package conflicts with it).
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2
   SUDO=""

@@ -6,6 +6,8 @@
 #   4. libFuzzer targets (cache deserialization, .npy parser, SIMD-vs-scalar differential)
 #   5. ARM64 NEON build, run under qemu-aarch64
 #   6. the explorer: every panel rendered headless under Xvfb, the PNGs checked
+#   7. WebAssembly: the suite in wasm (SIMD128 and scalar), the npm package's node tests
+#      (wasm == native codes both ways), npm pack, and Chromium through playwright-core
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -41,5 +43,8 @@ cmake -S . -B build-explorer -DCMAKE_BUILD_TYPE=Release -DTQKV_BUILD_EXPLORER=ON
   -DTQKV_BUILD_TESTS=OFF -DTQKV_BUILD_BENCH=OFF >/dev/null
 cmake --build build-explorer -j"$jobs" --target tqkv-explorer tqkv-explorer-pngcheck
 bash explorer/test.sh build-explorer
+
+step "WebAssembly + npm package"
+bash wasm/test.sh
 
 step "all tests passed"

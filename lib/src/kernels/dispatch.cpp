@@ -37,6 +37,9 @@ bool cpu_supports(const std::string& name) {
 #if defined(TQKV_HAVE_NEON_KERNELS)
     if (name == "neon") return true;  // NEON is part of the ARMv8-A baseline
 #endif
+#if defined(TQKV_HAVE_WASM_KERNELS)
+    if (name == "wasm128") return true;  // the module only validates on engines with SIMD128
+#endif
     return false;
 }
 
@@ -48,6 +51,9 @@ const KernelTable* table_for(const std::string& name) {
 #endif
 #if defined(TQKV_HAVE_NEON_KERNELS)
     if (name == "neon") return &neon_kernels();
+#endif
+#if defined(TQKV_HAVE_WASM_KERNELS)
+    if (name == "wasm128") return &wasm128_kernels();
 #endif
     return nullptr;
 }
@@ -69,7 +75,7 @@ const KernelTable& kernels_by_name(const char* name) {
     const std::string n = name ? name : "";
     if (n.empty() || n == "auto") return best_kernels();
     const KernelTable* t = table_for(n);
-    if (!t) throw std::invalid_argument("tqkv: unknown kernel '" + n + "' (scalar, avx2, avx512, neon)");
+    if (!t) throw std::invalid_argument("tqkv: unknown kernel '" + n + "' (scalar, avx2, avx512, neon, wasm128)");
     if (!cpu_supports(n)) throw std::invalid_argument("tqkv: kernel '" + n + "' is not supported by this CPU");
     return *t;
 }
@@ -83,6 +89,9 @@ const AttentionKernels& attention_for(const KernelTable& k) {
 #if defined(TQKV_HAVE_NEON_KERNELS)
     if (n == "neon") return neon_attention();
 #endif
+#if defined(TQKV_HAVE_WASM_KERNELS)
+    if (n == "wasm128") return wasm128_attention();
+#endif
     return scalar_attention();
 }
 
@@ -90,7 +99,7 @@ const AttentionKernels& attention_for(const KernelTable& k) {
 
 std::vector<std::string> available_kernels() {
     std::vector<std::string> out;
-    for (const char* name : {"avx512", "avx2", "neon"})
+    for (const char* name : {"avx512", "avx2", "neon", "wasm128"})
         if (detail::table_for(name) && detail::cpu_supports(name)) out.push_back(name);
     out.push_back("scalar");
     return out;

@@ -387,8 +387,8 @@ float sum_f32(const float* x, int n) {
 }  // namespace
 
 const AttentionKernels& neon_attention() {
-    static const AttentionKernels k = {group_scores, group_accumulate, exp_nonpositive, dot_f32, axpy_f32,
-                                       dot_f16,      axpy_f16,         max_f32,         sum_f32};
+    static const AttentionKernels k = {group_scores, group_accumulate, exp_nonpositive, dot_f32, axpy_f32, dot_f16,
+                                       axpy_f16,     max_f32,          sum_f32,         nullptr, nullptr};
     return k;
 }
 

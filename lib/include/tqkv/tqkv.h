@@ -1,0 +1,188 @@
+/* tqkv C ABI: a compressed transformer KV cache (TurboQuant codes, fused attention) and the vector
+ * codecs, behind opaque handles and error codes. It is what the WebAssembly build exports
+ * (web/dist/tqkv.wasm) and what any C, FFI or foreign-language binding links against.
+ *
+ *   tqkv_cache_config cfg;
+ *   tqkv_cache_config_init(&cfg);          // defaults: 1 layer, 4 heads, d = 128, K4 V4
+ *   cfg.layers = 32; cfg.heads = 32; cfg.kv_heads = 8; cfg.window = 64;
+ *   tqkv_cache cache;
+ *   if (tqkv_cache_create(&cfg, &cache) != TQKV_OK) puts(tqkv_last_error());
+ *   tqkv_cache_append(cache, layer, keys, n * 8 * 128, values, n * 8 * 128);
+ *   tqkv_cache_attend(cache, layer, queries, m * 32 * 128, out, m * 32 * 128, 1);
+ *   tqkv_cache_destroy(cache);
+ *
+ * Rules that hold for every function:
+ *   - Nothing is thrown across this boundary; each function returns a tqkv_status. On failure
+ *     tqkv_last_error() (per thread) holds the message (the C++ library's own message where it
+ *     produced one) and nothing has changed: no handle was created, the cache holds what it held,
+ *     output parameters other than the documented ones are untouched.
+ *   - Handles are ids checked against a registry, never dereferenced: a null handle, a destroyed
+ *     one (double destroy, use after destroy), or a codec passed where a cache is expected gives
+ *     TQKV_ERR_INVALID_HANDLE. Ids are not reused (2^30 creations per kind before wrapping).
+ *   - Buffer lengths are counts of elements (floats or bytes) and are checked against the
+ *     configuration; a null pointer with a non-zero length is an error.
+ *   - Thread safety: different handles may be used from different threads at once. On one cache,
+ *     read-only calls (attend, save, tokens, bytes_used, get_config) may run concurrently with
+ *     each other; append, truncate, clear, load-into and destroy need exclusive access.
+ */
+#ifndef TQKV_TQKV_H
+#define TQKV_TQKV_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__EMSCRIPTEN__) || defined(__wasm__)
+#define TQKV_API __attribute__((visibility("default"), used))
+#elif defined(__GNUC__)
+#define TQKV_API __attribute__((visibility("default")))
+#else
+#define TQKV_API
+#endif
+
+#define TQKV_ABI_VERSION 1
+
+typedef enum tqkv_status {
+    TQKV_OK = 0,
+    TQKV_ERR_INVALID_ARGUMENT = 1, /* bad configuration, wrong buffer length, NaN/Inf input, ... */
+    TQKV_ERR_INVALID_HANDLE = 2,   /* null, destroyed, or of the wrong kind */
+    TQKV_ERR_OUT_OF_MEMORY = 3,    /* an allocation failed (wasm: the memory could not grow) */
+    TQKV_ERR_CAPACITY = 4,         /* append beyond max_tokens */
+    TQKV_ERR_BAD_DATA = 5,         /* load: truncated, corrupted or hostile bytes */
+    TQKV_ERR_BUFFER_TOO_SMALL = 6, /* save: the buffer is smaller than the serialized cache */
+    TQKV_ERR_INTERNAL = 7          /* anything else (a bug: please report the message) */
+} tqkv_status;
+
+/* Opaque handles. Their values are registry ids, not addresses. */
+typedef struct tqkv_cache_s* tqkv_cache;
+typedef struct tqkv_codec_s* tqkv_codec;
+
+enum { TQKV_METHOD_MSE = 0, TQKV_METHOD_PROD = 1, TQKV_METHOD_QJL = 2 };
+enum { TQKV_NORM_F16 = 0, TQKV_NORM_F32 = 1 };
+
+/* The message of the last failed call on this thread ("" if none); valid until the next failing
+ * call on this thread. Successful calls do not clear it. */
+TQKV_API const char* tqkv_last_error(void);
+/* A short name for a status code ("ok", "invalid argument", ...). */
+TQKV_API const char* tqkv_status_name(int status);
+/* TQKV_ABI_VERSION of the library. */
+TQKV_API int tqkv_abi_version(void);
+/* The kernel used when none is named: "avx512", "avx2", "neon", "wasm128" or "scalar". */
+TQKV_API const char* tqkv_default_kernel(void);
+
+/* ---------------------------------------------------------------------------------------------
+ * KV cache: `layers` layers of one configuration (layer l is coded with seed derive(seed, l)).
+ *
+ * Field offsets are fixed (wasm32 / 64-bit): everything up to offset 80 is the same on every
+ * target; the three pointers follow (80/84/88 on wasm32, 80/88/96 on 64-bit targets). */
+typedef struct tqkv_cache_config {
+    uint32_t struct_size;          /*  0: sizeof(tqkv_cache_config); set by tqkv_cache_config_init */
+    int32_t layers;                /*  4: 1..1024 */
+    int32_t heads;                 /*  8: query heads, 1..4096 */
+    int32_t kv_heads;              /* 12: KV heads, divides heads (grouped-query attention) */
+    int32_t head_dim;              /* 16: 3..1024 */
+    int32_t key_method;            /* 20: TQKV_METHOD_MSE or TQKV_METHOD_PROD */
+    double key_bits;               /* 24: mse 1..8, prod 2..8, or fractional with high channels */
+    double value_bits;             /* 32: 1..8 or fractional (values always use mse) */
+    int32_t block_tokens;          /* 40: tokens per block, a multiple of 32 in [32, 4096] */
+    int32_t window;                /* 44: most recent tokens kept exactly (fp32), 0..4096 */
+    float scale;                   /* 48: attention scale; 0 = 1/sqrt(head_dim) */
+    int32_t norm_format;           /* 52: TQKV_NORM_F16 or TQKV_NORM_F32 */
+    uint64_t max_tokens;           /* 56: capacity per layer; 0 = unbounded (2^28) */
+    uint64_t seed;                 /* 64 */
+    int32_t n_key_high_channels;   /* 72: fractional key_bits: number of high channels */
+    int32_t n_value_high_channels; /* 76 */
+    const int32_t* key_high_channels;   /* 80: channel indices (NULL when n = 0) */
+    const int32_t* value_high_channels;
+    const char* kernel;            /* NULL or "" = best available; "scalar", "avx2", ... */
+} tqkv_cache_config;
+
+/* Fills the defaults: struct_size, 1 layer, 4 heads, 4 KV heads, d = 128, mse K4 V4, blocks of 64
+ * tokens, no window, default scale and seed, fp16 norms, unbounded. */
+TQKV_API tqkv_status tqkv_cache_config_init(tqkv_cache_config* cfg);
+/* sizeof(tqkv_cache_config) in this build (bindings that fill the struct in memory check it). */
+TQKV_API size_t tqkv_cache_config_size(void);
+
+TQKV_API tqkv_status tqkv_cache_create(const tqkv_cache_config* cfg, tqkv_cache* out);
+/* Destroys the cache; the handle is invalid afterwards (a second destroy is an error). */
+TQKV_API tqkv_status tqkv_cache_destroy(tqkv_cache cache);
+
+/* Appends n tokens to one layer: keys and values are [n][kv_heads][head_dim] floats, so
+ * n_keys = n_values = n * kv_heads * head_dim, n >= 1. */
+TQKV_API tqkv_status tqkv_cache_append(tqkv_cache cache, int32_t layer, const float* keys, size_t n_keys,
+                                       const float* values, size_t n_values);
+/* Attention of m queries [m][heads][head_dim] over the layer's tokens into out (same shape).
+ * causal != 0: query i sits at position tokens - m + i and sees tokens up to it (chunked
+ * prefill after appending the chunk); causal = 0: every query sees every token. */
+TQKV_API tqkv_status tqkv_cache_attend(tqkv_cache cache, int32_t layer, const float* queries, size_t n_queries,
+                                       float* out, size_t n_out, int32_t causal);
+/* Keeps the first n tokens of every layer (speculative-decoding rollback); n <= tokens of each. */
+TQKV_API tqkv_status tqkv_cache_truncate(tqkv_cache cache, size_t n_tokens);
+/* Removes every token of every layer (the configuration stays). */
+TQKV_API tqkv_status tqkv_cache_clear(tqkv_cache cache);
+/* Tokens held by one layer. */
+TQKV_API tqkv_status tqkv_cache_tokens(tqkv_cache cache, int32_t layer, size_t* out);
+/* All memory the cache holds (blocks, windows, tables), all layers. */
+TQKV_API tqkv_status tqkv_cache_bytes_used(tqkv_cache cache, size_t* out);
+/* The configuration (layer 0's seed; the pointers are set to NULL). cfg->struct_size must be set. */
+TQKV_API tqkv_status tqkv_cache_get_config(tqkv_cache cache, tqkv_cache_config* cfg);
+/* Name of the kernel table the cache uses (static string), or NULL for a bad handle. */
+TQKV_API const char* tqkv_cache_kernel(tqkv_cache cache);
+
+/* Serialization (magic, version, config, little-endian payload, CRC32; the same bytes on every
+ * target). *size is always set to the serialized size; if buf is NULL or capacity < *size the
+ * call returns TQKV_ERR_BUFFER_TOO_SMALL (a size query) and writes nothing, else it copies the
+ * bytes. The bytes of a size query are kept until the cache changes, so query + copy serializes
+ * once. */
+TQKV_API tqkv_status tqkv_cache_save(tqkv_cache cache, uint8_t* buf, size_t capacity, size_t* size);
+/* A new cache from serialized bytes; kernel as in the config (NULL = best). Every layer must
+ * have the same shape. Bad bytes give TQKV_ERR_BAD_DATA. */
+TQKV_API tqkv_status tqkv_cache_load(const uint8_t* bytes, size_t n_bytes, const char* kernel, tqkv_cache* out);
+
+/* ---------------------------------------------------------------------------------------------
+ * Vector codecs (encode / decode / score single vectors; for teaching pages and tools).
+ * Offsets: everything up to 40 is fixed; the two pointers follow (40/44 wasm32, 40/48 64-bit). */
+typedef struct tqkv_codec_config {
+    uint32_t struct_size;        /*  0 */
+    int32_t dim;                 /*  4: 3..1024 */
+    double bits;                 /*  8: mse 1..8, prod 2..8, qjl 1, or fractional */
+    int32_t method;              /* 16: TQKV_METHOD_* */
+    int32_t norm_format;         /* 20: TQKV_NORM_* */
+    uint64_t seed;               /* 24 */
+    int32_t n_high_channels;     /* 32 */
+    int32_t reserved;            /* 36: 0 */
+    const int32_t* high_channels; /* 40 */
+    const char* kernel;
+} tqkv_codec_config;
+
+TQKV_API tqkv_status tqkv_codec_config_init(tqkv_codec_config* cfg); /* d = 128, mse, 4 bits */
+TQKV_API size_t tqkv_codec_config_size(void);
+TQKV_API tqkv_status tqkv_codec_create(const tqkv_codec_config* cfg, tqkv_codec* out);
+TQKV_API tqkv_status tqkv_codec_destroy(tqkv_codec codec);
+TQKV_API tqkv_status tqkv_codec_bytes_per_vector(tqkv_codec codec, size_t* out);
+/* n = n_x / dim vectors (n_x a positive multiple of dim) -> n * bytes_per_vector bytes (n_out
+ * exactly that). */
+TQKV_API tqkv_status tqkv_codec_encode(tqkv_codec codec, const float* x, size_t n_x, uint8_t* out, size_t n_out);
+/* n = n_codes / bytes_per_vector vectors -> n * dim floats (n_out exactly that). */
+TQKV_API tqkv_status tqkv_codec_decode(tqkv_codec codec, const uint8_t* codes, size_t n_codes, float* out,
+                                       size_t n_out);
+/* scores[v] = estimate of <query, x_v> from the codes: n_query = dim, n_scores = number of vectors. */
+TQKV_API tqkv_status tqkv_codec_dot(tqkv_codec codec, const float* query, size_t n_query, const uint8_t* codes,
+                                    size_t n_codes, float* scores, size_t n_scores);
+
+/* ---------------------------------------------------------------------------------------------
+ * The dense fp32 baseline (exact attention over a plain cache, same kernels as the fused path),
+ * for benchmarks: query [heads][head_dim], keys/values head-major [kv_heads][tokens][head_dim],
+ * out [heads][head_dim]. */
+TQKV_API tqkv_status tqkv_dense_attention_f32(int32_t heads, int32_t kv_heads, int32_t head_dim, size_t tokens,
+                                              const float* query, size_t n_query, const float* keys,
+                                              const float* values, size_t n_kv, float* out, size_t n_out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TQKV_TQKV_H */

@@ -1,0 +1,581 @@
+// The C ABI (lib/include/tqkv/tqkv.h) over the C++ library: a registry of handles, status codes,
+// a thread-local error message, and a try/catch around every call so that no exception crosses
+// the boundary.
+#include "tqkv/tqkv.h"
+
+#include <cmath>
+#include <cstddef>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <stdexcept>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "kernels/kernels.hpp"
+#include "tqkv/cache.hpp"
+#include "tqkv/codec.hpp"
+#include "tqkv/dense.hpp"
+#include "tqkv/kernels.hpp"
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+thread_local std::string g_last_error;
+
+// A failure with its status code (thrown inside this file only, caught by guard()).
+struct Failure {
+    tqkv_status status;
+    std::string message;
+};
+
+[[noreturn]] void fail(tqkv_status s, std::string msg) { throw Failure{s, std::move(msg)}; }
+
+tqkv_status set_error(tqkv_status s, const char* msg) {
+    try {
+        g_last_error = msg;
+    } catch (...) {  // no memory for the message: keep what fits
+        g_last_error.clear();
+    }
+    return s;
+}
+
+// Runs fn and turns every exception into a status. `invalid` is the status of a
+// std::invalid_argument (TQKV_ERR_BAD_DATA while loading).
+template <class F>
+tqkv_status guard(F&& fn, tqkv_status invalid = TQKV_ERR_INVALID_ARGUMENT) noexcept {
+    try {
+        fn();
+        return TQKV_OK;
+    } catch (const Failure& f) {
+        return set_error(f.status, f.message.c_str());
+    } catch (const std::bad_alloc&) {
+        return set_error(TQKV_ERR_OUT_OF_MEMORY, "tqkv: out of memory");
+    } catch (const std::length_error& e) {
+        return set_error(TQKV_ERR_OUT_OF_MEMORY, (std::string("tqkv: out of memory (") + e.what() + ")").c_str());
+    } catch (const std::invalid_argument& e) {
+        return set_error(invalid, e.what());
+    } catch (const std::out_of_range& e) {
+        return set_error(TQKV_ERR_INVALID_ARGUMENT, e.what());
+    } catch (const std::exception& e) {
+        return set_error(TQKV_ERR_INTERNAL, e.what());
+    } catch (...) {
+        return set_error(TQKV_ERR_INTERNAL, "tqkv: unknown internal error");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handle registry: ids (kind in the low 2 bits, a counter above) mapped to shared objects. A
+// call holds a shared_ptr to its object, so a concurrent destroy cannot free it mid-call.
+
+enum Kind : uintptr_t { kCacheKind = 1, kCodecKind = 2 };
+
+struct CacheObj {
+    explicit CacheObj(tqkv::ModelKVCache c) : cache(std::move(c)) {}
+    tqkv::ModelKVCache cache;
+    std::mutex save_mu;          // guards `saved` (save is a read-only call, may run concurrently)
+    std::vector<uint8_t> saved;  // the bytes of the last size query, until the cache changes
+    bool saved_valid = false;
+    void changed() {
+        std::lock_guard<std::mutex> lock(save_mu);
+        saved_valid = false;
+        std::vector<uint8_t>().swap(saved);
+    }
+};
+
+struct CodecObj {
+    std::unique_ptr<tqkv::VectorCodec> codec;
+};
+
+template <class T, Kind K>
+class Registry {
+public:
+    uintptr_t add(std::shared_ptr<T> obj) {
+        std::lock_guard<std::mutex> lock(mu_);
+        for (;;) {
+            next_ = (next_ + 1) & ((uintptr_t(1) << 30) - 1);
+            if (next_ == 0) continue;
+            const uintptr_t id = (next_ << 2) | K;
+            if (map_.count(id)) continue;
+            map_.emplace(id, std::move(obj));
+            return id;
+        }
+    }
+    std::shared_ptr<T> get(uintptr_t id, const char* what) {
+        if (id == 0) fail(TQKV_ERR_INVALID_HANDLE, std::string("tqkv: ") + what + ": null handle");
+        if ((id & 3) != K)
+            fail(TQKV_ERR_INVALID_HANDLE, std::string("tqkv: ") + what + ": not a " + (K == kCacheKind ? "cache" : "codec") +
+                                              " handle");
+        std::lock_guard<std::mutex> lock(mu_);
+        auto it = map_.find(id);
+        if (it == map_.end())
+            fail(TQKV_ERR_INVALID_HANDLE,
+                 std::string("tqkv: ") + what + ": invalid handle (destroyed, or never created)");
+        return it->second;
+    }
+    std::shared_ptr<T> remove(uintptr_t id, const char* what) {
+        auto obj = get(id, what);
+        std::lock_guard<std::mutex> lock(mu_);
+        map_.erase(id);
+        return obj;
+    }
+
+private:
+    std::mutex mu_;
+    std::unordered_map<uintptr_t, std::shared_ptr<T>> map_;
+    uintptr_t next_ = 0;
+};
+
+Registry<CacheObj, kCacheKind>& caches() {
+    static auto* r = new Registry<CacheObj, kCacheKind>;  // never destroyed: usable during exit
+    return *r;
+}
+Registry<CodecObj, kCodecKind>& codecs() {
+    static auto* r = new Registry<CodecObj, kCodecKind>;
+    return *r;
+}
+
+uintptr_t id_of(const void* h) { return reinterpret_cast<uintptr_t>(h); }
+
+// ---------------------------------------------------------------------------------------------
+// Argument checks
+
+void need_ptr(const void* p, const char* what) {
+    if (!p) fail(TQKV_ERR_INVALID_ARGUMENT, std::string("tqkv: ") + what + " is NULL");
+}
+void need_buffer(const void* p, size_t n, const char* what) {
+    if (!p && n) fail(TQKV_ERR_INVALID_ARGUMENT, std::string("tqkv: ") + what + " is NULL but its length is " + std::to_string(n));
+}
+
+std::string kernel_name(const char* k) { return k ? std::string(k) : std::string(); }
+
+std::vector<int> channels(const int32_t* p, int32_t n, const char* what) {
+    if (n < 0 || n > 1024) fail(TQKV_ERR_INVALID_ARGUMENT, std::string("tqkv: ") + what + ": count " + std::to_string(n) + " out of range [0, 1024]");
+    need_buffer(p, size_t(n), what);
+    return std::vector<int>(p, p + n);
+}
+
+tqkv::Method method_of(int32_t m, bool allow_qjl) {
+    if (m == TQKV_METHOD_MSE) return tqkv::Method::Mse;
+    if (m == TQKV_METHOD_PROD) return tqkv::Method::Prod;
+    if (m == TQKV_METHOD_QJL && allow_qjl) return tqkv::Method::Qjl;
+    fail(TQKV_ERR_INVALID_ARGUMENT, "tqkv: unknown method " + std::to_string(m) +
+                                        (allow_qjl ? " (0 mse, 1 prod, 2 qjl)" : " (0 mse, 1 prod)"));
+}
+
+tqkv::NormFormat norm_of(int32_t f) {
+    if (f == TQKV_NORM_F16) return tqkv::NormFormat::F16;
+    if (f == TQKV_NORM_F32) return tqkv::NormFormat::F32;
+    fail(TQKV_ERR_INVALID_ARGUMENT, "tqkv: unknown norm format " + std::to_string(f) + " (0 fp16, 1 fp32)");
+}
+
+void check_struct(uint32_t got, size_t want, const char* what) {
+    if (got != want)
+        fail(TQKV_ERR_INVALID_ARGUMENT, std::string("tqkv: ") + what + ".struct_size is " + std::to_string(got) +
+                                            ", expected " + std::to_string(want) + " (call the _init function first)");
+}
+
+tqkv::CacheConfig to_cpp(const tqkv_cache_config& c) {
+    tqkv::CacheConfig cfg;
+    cfg.heads = c.heads;
+    cfg.kv_heads = c.kv_heads;
+    cfg.head_dim = c.head_dim;
+    cfg.key_method = method_of(c.key_method, false);
+    if (!std::isfinite(c.key_bits) || !std::isfinite(c.value_bits))
+        fail(TQKV_ERR_INVALID_ARGUMENT, "tqkv: key_bits and value_bits must be finite");
+    cfg.key_bits = c.key_bits;
+    cfg.value_bits = c.value_bits;
+    cfg.block_tokens = c.block_tokens;
+    cfg.window = c.window;
+    cfg.scale = c.scale;
+    cfg.norm = norm_of(c.norm_format);
+    if (c.max_tokens > (uint64_t(1) << 28)) fail(TQKV_ERR_INVALID_ARGUMENT, "tqkv: max_tokens above 2^28");
+    cfg.max_tokens = size_t(c.max_tokens);
+    cfg.seed = c.seed;
+    cfg.key_high_channels = channels(c.key_high_channels, c.n_key_high_channels, "key_high_channels");
+    cfg.value_high_channels = channels(c.value_high_channels, c.n_value_high_channels, "value_high_channels");
+    cfg.kernel = kernel_name(c.kernel);
+    return cfg;
+}
+
+void from_cpp(const tqkv::CacheConfig& c, int layers, tqkv_cache_config& out) {
+    out.layers = layers;
+    out.heads = c.heads;
+    out.kv_heads = c.kv_heads;
+    out.head_dim = c.head_dim;
+    out.key_method = c.key_method == tqkv::Method::Prod ? TQKV_METHOD_PROD : TQKV_METHOD_MSE;
+    out.key_bits = c.key_bits;
+    out.value_bits = c.value_bits;
+    out.block_tokens = c.block_tokens;
+    out.window = c.window;
+    out.scale = c.scale;
+    out.norm_format = c.norm == tqkv::NormFormat::F32 ? TQKV_NORM_F32 : TQKV_NORM_F16;
+    out.max_tokens = c.max_tokens;
+    out.seed = c.seed;
+    out.n_key_high_channels = int32_t(c.key_high_channels.size());
+    out.n_value_high_channels = int32_t(c.value_high_channels.size());
+    out.key_high_channels = nullptr;
+    out.value_high_channels = nullptr;
+    out.kernel = nullptr;
+}
+
+tqkv::KVCache& layer_of(CacheObj& obj, int32_t layer, const char* what) {
+    if (layer < 0 || layer >= obj.cache.layers())
+        fail(TQKV_ERR_INVALID_ARGUMENT, std::string("tqkv: ") + what + ": layer " + std::to_string(layer) +
+                                            " out of range [0, " + std::to_string(obj.cache.layers()) + ")");
+    return obj.cache.layer(layer);
+}
+
+// Rejects a kernel name before anything is built (load maps every other invalid_argument to
+// TQKV_ERR_BAD_DATA).
+void check_kernel(const std::string& k) {
+    try {
+        tqkv::detail::kernels_by_name(k.c_str());
+    } catch (const std::invalid_argument& e) {
+        fail(TQKV_ERR_INVALID_ARGUMENT, e.what());
+    }
+}
+
+// Layout guarantees the bindings rely on (web/src/index.ts writes the structs by offset).
+static_assert(offsetof(tqkv_cache_config, key_bits) == 24);
+static_assert(offsetof(tqkv_cache_config, block_tokens) == 40);
+static_assert(offsetof(tqkv_cache_config, max_tokens) == 56);
+static_assert(offsetof(tqkv_cache_config, seed) == 64);
+static_assert(offsetof(tqkv_cache_config, n_value_high_channels) == 76);
+static_assert(offsetof(tqkv_cache_config, key_high_channels) == 80);
+static_assert(offsetof(tqkv_cache_config, kernel) == 80 + 2 * sizeof(void*));
+static_assert(offsetof(tqkv_codec_config, bits) == 8);
+static_assert(offsetof(tqkv_codec_config, seed) == 24);
+static_assert(offsetof(tqkv_codec_config, high_channels) == 40);
+
+}  // namespace
+
+extern "C" {
+
+const char* tqkv_last_error(void) { return g_last_error.c_str(); }
+
+const char* tqkv_status_name(int status) {
+    switch (status) {
+        case TQKV_OK: return "ok";
+        case TQKV_ERR_INVALID_ARGUMENT: return "invalid argument";
+        case TQKV_ERR_INVALID_HANDLE: return "invalid handle";
+        case TQKV_ERR_OUT_OF_MEMORY: return "out of memory";
+        case TQKV_ERR_CAPACITY: return "capacity exceeded";
+        case TQKV_ERR_BAD_DATA: return "bad data";
+        case TQKV_ERR_BUFFER_TOO_SMALL: return "buffer too small";
+        case TQKV_ERR_INTERNAL: return "internal error";
+        default: return "unknown status";
+    }
+}
+
+int tqkv_abi_version(void) { return TQKV_ABI_VERSION; }
+
+const char* tqkv_default_kernel(void) {
+    const char* name = "scalar";
+    guard([&] { name = tqkv::detail::kernels_by_name("").name; });
+    return name;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cache
+
+tqkv_status tqkv_cache_config_init(tqkv_cache_config* cfg) {
+    return guard([&] {
+        need_ptr(cfg, "cfg");
+        std::memset(cfg, 0, sizeof *cfg);
+        const tqkv::CacheConfig d;
+        from_cpp(d, 1, *cfg);
+        cfg->struct_size = sizeof *cfg;
+    });
+}
+
+size_t tqkv_cache_config_size(void) { return sizeof(tqkv_cache_config); }
+
+tqkv_status tqkv_cache_create(const tqkv_cache_config* cfg, tqkv_cache* out) {
+    return guard([&] {
+        need_ptr(cfg, "cfg");
+        need_ptr(out, "out");
+        check_struct(cfg->struct_size, sizeof *cfg, "tqkv_cache_config");
+        const tqkv::CacheConfig c = to_cpp(*cfg);
+        auto obj = std::make_shared<CacheObj>(tqkv::ModelKVCache(cfg->layers, c));
+        *out = reinterpret_cast<tqkv_cache>(caches().add(std::move(obj)));
+    });
+}
+
+tqkv_status tqkv_cache_destroy(tqkv_cache cache) {
+    return guard([&] { caches().remove(id_of(cache), "tqkv_cache_destroy"); });
+}
+
+tqkv_status tqkv_cache_append(tqkv_cache cache, int32_t layer, const float* keys, size_t n_keys, const float* values,
+                              size_t n_values) {
+    return guard([&] {
+        auto obj = caches().get(id_of(cache), "append");
+        tqkv::KVCache& l = layer_of(*obj, layer, "append");
+        need_buffer(keys, n_keys, "append: keys");
+        need_buffer(values, n_values, "append: values");
+        const auto& c = l.config();
+        const size_t row = size_t(c.kv_heads) * size_t(c.head_dim);
+        const size_t capacity = c.max_tokens ? c.max_tokens : size_t(1) << 28;
+        const bool over = n_keys % row == 0 && n_values == n_keys && n_keys / row > capacity - l.tokens();
+        try {
+            l.append({keys, n_keys}, {values, n_values});
+        } catch (const std::invalid_argument& e) {
+            fail(over ? TQKV_ERR_CAPACITY : TQKV_ERR_INVALID_ARGUMENT, e.what());
+        }
+        obj->changed();
+    });
+}
+
+tqkv_status tqkv_cache_attend(tqkv_cache cache, int32_t layer, const float* queries, size_t n_queries, float* out,
+                              size_t n_out, int32_t causal) {
+    return guard([&] {
+        auto obj = caches().get(id_of(cache), "attend");
+        const tqkv::KVCache& l = layer_of(*obj, layer, "attend");
+        need_buffer(queries, n_queries, "attend: queries");
+        need_buffer(out, n_out, "attend: out");
+        l.attend({queries, n_queries}, {out, n_out}, causal != 0);
+    });
+}
+
+tqkv_status tqkv_cache_truncate(tqkv_cache cache, size_t n_tokens) {
+    return guard([&] {
+        auto obj = caches().get(id_of(cache), "truncate");
+        obj->cache.truncate(n_tokens);
+        obj->changed();
+    });
+}
+
+tqkv_status tqkv_cache_clear(tqkv_cache cache) {
+    return guard([&] {
+        auto obj = caches().get(id_of(cache), "clear");
+        obj->cache.clear();
+        obj->changed();
+    });
+}
+
+tqkv_status tqkv_cache_tokens(tqkv_cache cache, int32_t layer, size_t* out) {
+    return guard([&] {
+        auto obj = caches().get(id_of(cache), "tokens");
+        need_ptr(out, "out");
+        *out = layer_of(*obj, layer, "tokens").tokens();
+    });
+}
+
+tqkv_status tqkv_cache_bytes_used(tqkv_cache cache, size_t* out) {
+    return guard([&] {
+        auto obj = caches().get(id_of(cache), "bytes_used");
+        need_ptr(out, "out");
+        *out = obj->cache.bytes_used();
+    });
+}
+
+tqkv_status tqkv_cache_get_config(tqkv_cache cache, tqkv_cache_config* cfg) {
+    return guard([&] {
+        auto obj = caches().get(id_of(cache), "get_config");
+        need_ptr(cfg, "cfg");
+        check_struct(cfg->struct_size, sizeof *cfg, "tqkv_cache_config");
+        from_cpp(obj->cache.layer(0).config(), obj->cache.layers(), *cfg);
+    });
+}
+
+const char* tqkv_cache_kernel(tqkv_cache cache) {
+    const char* name = nullptr;
+    guard([&] { name = caches().get(id_of(cache), "kernel")->cache.layer(0).kernel(); });
+    return name;
+}
+
+tqkv_status tqkv_cache_save(tqkv_cache cache, uint8_t* buf, size_t capacity, size_t* size) {
+    tqkv_status result = TQKV_OK;
+    const tqkv_status st = guard([&] {
+        auto obj = caches().get(id_of(cache), "save");
+        need_ptr(size, "size");
+        std::lock_guard<std::mutex> lock(obj->save_mu);
+        if (!obj->saved_valid) {
+            obj->saved = obj->cache.save();
+            obj->saved_valid = true;
+        }
+        *size = obj->saved.size();
+        if (!buf || capacity < obj->saved.size()) {
+            result = set_error(TQKV_ERR_BUFFER_TOO_SMALL,
+                               ("tqkv: save: the serialized cache needs " + std::to_string(obj->saved.size()) +
+                                " bytes, the buffer has " + std::to_string(buf ? capacity : 0))
+                                   .c_str());
+            return;
+        }
+        std::memcpy(buf, obj->saved.data(), obj->saved.size());
+        // A copy ends the query + copy pair: keep no second copy of the bytes around.
+        obj->saved_valid = false;
+        std::vector<uint8_t>().swap(obj->saved);
+    });
+    return st != TQKV_OK ? st : result;
+}
+
+tqkv_status tqkv_cache_load(const uint8_t* bytes, size_t n_bytes, const char* kernel, tqkv_cache* out) {
+    return guard([&] {
+        need_ptr(out, "out");
+        need_buffer(bytes, n_bytes, "bytes");
+        const std::string k = kernel_name(kernel);
+        check_kernel(k);
+        tqkv::ModelKVCache m = [&] {
+            try {
+                return tqkv::ModelKVCache::load({bytes, n_bytes}, k);
+            } catch (const std::invalid_argument& e) {
+                fail(TQKV_ERR_BAD_DATA, e.what());
+            }
+        }();
+        const auto& c0 = m.layer(0).config();
+        for (int l = 1; l < m.layers(); ++l) {
+            const auto& c = m.layer(l).config();
+            if (c.heads != c0.heads || c.kv_heads != c0.kv_heads || c.head_dim != c0.head_dim)
+                fail(TQKV_ERR_BAD_DATA, "tqkv: load: layer " + std::to_string(l) + " has a different shape from layer 0");
+        }
+        auto obj = std::make_shared<CacheObj>(std::move(m));
+        *out = reinterpret_cast<tqkv_cache>(caches().add(std::move(obj)));
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Codecs
+
+tqkv_status tqkv_codec_config_init(tqkv_codec_config* cfg) {
+    return guard([&] {
+        need_ptr(cfg, "cfg");
+        std::memset(cfg, 0, sizeof *cfg);
+        const tqkv::CodecConfig d;
+        cfg->struct_size = sizeof *cfg;
+        cfg->dim = d.dim;
+        cfg->bits = d.bits;
+        cfg->method = TQKV_METHOD_MSE;
+        cfg->norm_format = TQKV_NORM_F16;
+        cfg->seed = d.seed;
+    });
+}
+
+size_t tqkv_codec_config_size(void) { return sizeof(tqkv_codec_config); }
+
+tqkv_status tqkv_codec_create(const tqkv_codec_config* cfg, tqkv_codec* out) {
+    return guard([&] {
+        need_ptr(cfg, "cfg");
+        need_ptr(out, "out");
+        check_struct(cfg->struct_size, sizeof *cfg, "tqkv_codec_config");
+        if (!std::isfinite(cfg->bits)) fail(TQKV_ERR_INVALID_ARGUMENT, "tqkv: bits must be finite");
+        tqkv::CodecConfig c;
+        c.dim = cfg->dim;
+        c.bits = cfg->bits;
+        c.method = method_of(cfg->method, true);
+        c.norm = norm_of(cfg->norm_format);
+        c.seed = cfg->seed;
+        c.high_channels = channels(cfg->high_channels, cfg->n_high_channels, "high_channels");
+        c.kernel = kernel_name(cfg->kernel);
+        auto obj = std::make_shared<CodecObj>();
+        obj->codec = tqkv::make_codec(c);
+        *out = reinterpret_cast<tqkv_codec>(codecs().add(std::move(obj)));
+    });
+}
+
+tqkv_status tqkv_codec_destroy(tqkv_codec codec) {
+    return guard([&] { codecs().remove(id_of(codec), "tqkv_codec_destroy"); });
+}
+
+tqkv_status tqkv_codec_bytes_per_vector(tqkv_codec codec, size_t* out) {
+    return guard([&] {
+        auto obj = codecs().get(id_of(codec), "bytes_per_vector");
+        need_ptr(out, "out");
+        *out = obj->codec->bytes_per_vector();
+    });
+}
+
+tqkv_status tqkv_codec_encode(tqkv_codec codec, const float* x, size_t n_x, uint8_t* out, size_t n_out) {
+    return guard([&] {
+        auto obj = codecs().get(id_of(codec), "encode");
+        const auto& c = *obj->codec;
+        need_buffer(x, n_x, "encode: x");
+        need_buffer(out, n_out, "encode: out");
+        const size_t d = size_t(c.dim());
+        if (n_x == 0 || n_x % d != 0)
+            fail(TQKV_ERR_INVALID_ARGUMENT, "tqkv: encode: x has " + std::to_string(n_x) +
+                                                " floats, expected a positive multiple of dim = " + std::to_string(d));
+        const size_t want = n_x / d * c.bytes_per_vector();
+        if (n_out != want)
+            fail(TQKV_ERR_INVALID_ARGUMENT, "tqkv: encode: out has " + std::to_string(n_out) + " bytes, expected " +
+                                                std::to_string(want));
+        c.encode({x, n_x}, {out, n_out});
+    });
+}
+
+tqkv_status tqkv_codec_decode(tqkv_codec codec, const uint8_t* codes, size_t n_codes, float* out, size_t n_out) {
+    return guard([&] {
+        auto obj = codecs().get(id_of(codec), "decode");
+        const auto& c = *obj->codec;
+        need_buffer(codes, n_codes, "decode: codes");
+        need_buffer(out, n_out, "decode: out");
+        const size_t b = c.bytes_per_vector();
+        if (n_codes == 0 || n_codes % b != 0)
+            fail(TQKV_ERR_INVALID_ARGUMENT, "tqkv: decode: codes have " + std::to_string(n_codes) +
+                                                " bytes, expected a positive multiple of bytes_per_vector = " +
+                                                std::to_string(b));
+        const size_t want = n_codes / b * size_t(c.dim());
+        if (n_out != want)
+            fail(TQKV_ERR_INVALID_ARGUMENT, "tqkv: decode: out has " + std::to_string(n_out) + " floats, expected " +
+                                                std::to_string(want));
+        c.check_codes(codes, b, n_codes / b);
+        c.decode({codes, n_codes}, {out, n_out});
+    });
+}
+
+tqkv_status tqkv_codec_dot(tqkv_codec codec, const float* query, size_t n_query, const uint8_t* codes, size_t n_codes,
+                           float* scores, size_t n_scores) {
+    return guard([&] {
+        auto obj = codecs().get(id_of(codec), "dot");
+        const auto& c = *obj->codec;
+        need_buffer(query, n_query, "dot: query");
+        need_buffer(codes, n_codes, "dot: codes");
+        need_buffer(scores, n_scores, "dot: scores");
+        if (n_query != size_t(c.dim()))
+            fail(TQKV_ERR_INVALID_ARGUMENT, "tqkv: dot: query has " + std::to_string(n_query) + " floats, expected dim = " +
+                                                std::to_string(c.dim()));
+        const size_t b = c.bytes_per_vector();
+        if (n_codes == 0 || n_codes % b != 0)
+            fail(TQKV_ERR_INVALID_ARGUMENT, "tqkv: dot: codes have " + std::to_string(n_codes) +
+                                                " bytes, expected a positive multiple of bytes_per_vector = " +
+                                                std::to_string(b));
+        if (n_scores != n_codes / b)
+            fail(TQKV_ERR_INVALID_ARGUMENT, "tqkv: dot: scores has " + std::to_string(n_scores) + " floats, expected " +
+                                                std::to_string(n_codes / b));
+        for (size_t i = 0; i < n_query; ++i)
+            if (!std::isfinite(query[i]))
+                fail(TQKV_ERR_INVALID_ARGUMENT, "tqkv: dot: query channel " + std::to_string(i) + " is not finite");
+        c.check_codes(codes, b, n_codes / b);
+        c.dot({query, n_query}, {codes, n_codes}, {scores, n_scores});
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dense baseline
+
+tqkv_status tqkv_dense_attention_f32(int32_t heads, int32_t kv_heads, int32_t head_dim, size_t tokens,
+                                     const float* query, size_t n_query, const float* keys, const float* values,
+                                     size_t n_kv, float* out, size_t n_out) {
+    return guard([&] {
+        if (heads < 1 || heads > 4096 || kv_heads < 1 || heads % kv_heads != 0 || head_dim < 1 || head_dim > 1024 ||
+            tokens == 0)
+            fail(TQKV_ERR_INVALID_ARGUMENT, "tqkv: dense attention: bad shape");
+        const size_t q = size_t(heads) * size_t(head_dim), row = size_t(kv_heads) * size_t(head_dim);
+        if (tokens > SIZE_MAX / row || n_kv != tokens * row)
+            fail(TQKV_ERR_INVALID_ARGUMENT, "tqkv: dense attention: keys/values must have kv_heads * tokens * head_dim floats");
+        if (n_query != q || n_out != q)
+            fail(TQKV_ERR_INVALID_ARGUMENT, "tqkv: dense attention: query and out must have heads * head_dim floats");
+        need_ptr(query, "query");
+        need_ptr(keys, "keys");
+        need_ptr(values, "values");
+        need_ptr(out, "out");
+        tqkv::DenseAttentionShape s{heads, kv_heads, head_dim, tokens, 0};
+        tqkv::dense_attention_f32(s, query, keys, values, out);
+    });
+}
+
+}  // extern "C"

@@ -1,0 +1,546 @@
+// The C ABI (tqkv.h): every call, and every misuse giving an error code instead of undefined
+// behaviour: null / destroyed / wrong-kind handles, wrong buffer lengths, NaN, capacity, bad
+// bytes. Also writes the golden files of the wasm tests when TQKV_GOLDEN_DIR is set (see
+// web/test/golden.test.mjs): native-coded caches and codec outputs the wasm build must match.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "tqkv/cache.hpp"
+#include "tqkv/rng.hpp"
+#include "tqkv/tqkv.h"
+
+namespace {
+
+std::vector<float> gauss(size_t n, uint64_t seed, float scale = 1.0f) {
+    tqkv::Rng rng(seed);
+    std::vector<float> v(n);
+    for (auto& x : v) x = float(rng.normal()) * scale;
+    return v;
+}
+
+struct Cache {
+    tqkv_cache h = nullptr;
+    explicit Cache(const tqkv_cache_config& cfg) { REQUIRE(tqkv_cache_create(&cfg, &h) == TQKV_OK); }
+    ~Cache() {
+        if (h) tqkv_cache_destroy(h);
+    }
+};
+
+tqkv_cache_config small_config() {
+    tqkv_cache_config cfg;
+    REQUIRE(tqkv_cache_config_init(&cfg) == TQKV_OK);
+    cfg.layers = 2;
+    cfg.heads = 4;
+    cfg.kv_heads = 2;
+    cfg.head_dim = 64;
+    cfg.key_bits = 4;
+    cfg.value_bits = 3;
+    cfg.window = 8;
+    cfg.block_tokens = 32;
+    return cfg;
+}
+
+size_t tokens(tqkv_cache h, int layer) {
+    size_t n = 12345;
+    REQUIRE(tqkv_cache_tokens(h, layer, &n) == TQKV_OK);
+    return n;
+}
+
+std::vector<uint8_t> save(tqkv_cache h) {
+    size_t size = 0;
+    REQUIRE(tqkv_cache_save(h, nullptr, 0, &size) == TQKV_ERR_BUFFER_TOO_SMALL);
+    std::vector<uint8_t> bytes(size);
+    REQUIRE(tqkv_cache_save(h, bytes.data(), bytes.size(), &size) == TQKV_OK);
+    REQUIRE(size == bytes.size());
+    return bytes;
+}
+
+bool contains(const char* s, const char* what) { return std::string(s).find(what) != std::string::npos; }
+
+}  // namespace
+
+TEST_CASE("C ABI: status names, version, default kernel, config init", "[capi]") {
+    CHECK(tqkv_abi_version() == TQKV_ABI_VERSION);
+    CHECK(std::string(tqkv_status_name(TQKV_OK)) == "ok");
+    CHECK(std::string(tqkv_status_name(TQKV_ERR_BAD_DATA)) == "bad data");
+    CHECK(std::string(tqkv_status_name(999)) == "unknown status");
+    CHECK(std::strlen(tqkv_default_kernel()) > 0);
+    tqkv_cache_config cfg;
+    REQUIRE(tqkv_cache_config_init(&cfg) == TQKV_OK);
+    CHECK(cfg.struct_size == sizeof cfg);
+    CHECK(tqkv_cache_config_size() == sizeof cfg);
+    CHECK(cfg.layers == 1);
+    CHECK(cfg.heads == 4);
+    CHECK(cfg.head_dim == 128);
+    CHECK(cfg.key_bits == 4);
+    CHECK(cfg.block_tokens == 64);
+    CHECK(cfg.kernel == nullptr);
+    CHECK(tqkv_cache_config_init(nullptr) == TQKV_ERR_INVALID_ARGUMENT);
+    tqkv_codec_config cc;
+    REQUIRE(tqkv_codec_config_init(&cc) == TQKV_OK);
+    CHECK(cc.struct_size == sizeof cc);
+    CHECK(tqkv_codec_config_size() == sizeof cc);
+    CHECK(cc.dim == 128);
+    CHECK(tqkv_codec_config_init(nullptr) == TQKV_ERR_INVALID_ARGUMENT);
+}
+
+TEST_CASE("C ABI: cache create, append, attend, tokens, bytes, truncate, clear, destroy", "[capi]") {
+    tqkv_cache_config cfg = small_config();
+    Cache c(cfg);
+    const size_t row = 2 * 64, q = 4 * 64;
+    CHECK(tokens(c.h, 0) == 0);
+    size_t empty_bytes = 0;
+    REQUIRE(tqkv_cache_bytes_used(c.h, &empty_bytes) == TQKV_OK);
+    CHECK(empty_bytes > 0);
+
+    const auto k = gauss(100 * row, 1), v = gauss(100 * row, 2);
+    for (int layer = 0; layer < 2; ++layer)
+        REQUIRE(tqkv_cache_append(c.h, layer, k.data(), k.size(), v.data(), v.size()) == TQKV_OK);
+    CHECK(tokens(c.h, 0) == 100);
+    CHECK(tokens(c.h, 1) == 100);
+    size_t bytes = 0;
+    REQUIRE(tqkv_cache_bytes_used(c.h, &bytes) == TQKV_OK);
+    CHECK(bytes > empty_bytes);
+
+    // attend equals the C++ class built the same way (layer l seeds with derive_seed(seed, l)).
+    tqkv::CacheConfig cc;
+    cc.heads = 4;
+    cc.kv_heads = 2;
+    cc.head_dim = 64;
+    cc.key_bits = 4;
+    cc.value_bits = 3;
+    cc.window = 8;
+    cc.block_tokens = 32;
+    cc.seed = tqkv::derive_seed(cfg.seed, 1);
+    tqkv::KVCache ref(cc);
+    ref.append(k, v);
+    const auto qs = gauss(3 * q, 3);
+    std::vector<float> out(3 * q), want(3 * q);
+    REQUIRE(tqkv_cache_attend(c.h, 1, qs.data(), qs.size(), out.data(), out.size(), 1) == TQKV_OK);
+    ref.attend(qs, want, true);
+    CHECK(out == want);
+    REQUIRE(tqkv_cache_attend(c.h, 1, qs.data(), qs.size(), out.data(), out.size(), 0) == TQKV_OK);
+    ref.attend(qs, want, false);
+    CHECK(out == want);
+
+    tqkv_cache_config got;
+    got.struct_size = sizeof got;
+    REQUIRE(tqkv_cache_get_config(c.h, &got) == TQKV_OK);
+    CHECK(got.layers == 2);
+    CHECK(got.kv_heads == 2);
+    CHECK(got.value_bits == 3);
+    CHECK(got.window == 8);
+    CHECK(got.kernel == nullptr);
+    CHECK(tqkv_cache_kernel(c.h) != nullptr);
+
+    REQUIRE(tqkv_cache_truncate(c.h, 40) == TQKV_OK);
+    CHECK(tokens(c.h, 0) == 40);
+    CHECK(tokens(c.h, 1) == 40);
+    REQUIRE(tqkv_cache_clear(c.h) == TQKV_OK);
+    CHECK(tokens(c.h, 0) == 0);
+    REQUIRE(tqkv_cache_destroy(c.h) == TQKV_OK);
+    // Double destroy and use after destroy: errors, never crashes.
+    CHECK(tqkv_cache_destroy(c.h) == TQKV_ERR_INVALID_HANDLE);
+    CHECK(contains(tqkv_last_error(), "invalid handle"));
+    CHECK(tqkv_cache_append(c.h, 0, k.data(), row, v.data(), row) == TQKV_ERR_INVALID_HANDLE);
+    size_t n = 7;
+    CHECK(tqkv_cache_tokens(c.h, 0, &n) == TQKV_ERR_INVALID_HANDLE);
+    CHECK(n == 7);
+    CHECK(tqkv_cache_kernel(c.h) == nullptr);
+    c.h = nullptr;
+}
+
+TEST_CASE("C ABI: bad configurations and handles", "[capi][errors]") {
+    tqkv_cache_config cfg = small_config();
+    tqkv_cache h = nullptr;
+    CHECK(tqkv_cache_create(nullptr, &h) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_cache_create(&cfg, nullptr) == TQKV_ERR_INVALID_ARGUMENT);
+    auto bad = [&](auto&& edit, const char* msg) {
+        tqkv_cache_config c = small_config();
+        edit(c);
+        tqkv_cache out = nullptr;
+        CHECK(tqkv_cache_create(&c, &out) == TQKV_ERR_INVALID_ARGUMENT);
+        CHECK(out == nullptr);
+        CHECK(contains(tqkv_last_error(), msg));
+    };
+    bad([](auto& c) { c.struct_size = 12; }, "struct_size");
+    bad([](auto& c) { c.heads = 3; }, "kv_heads");
+    bad([](auto& c) { c.layers = 0; }, "layers");
+    bad([](auto& c) { c.head_dim = 2; }, "head_dim");
+    bad([](auto& c) { c.key_bits = 9; }, "keys");
+    bad([](auto& c) { c.key_bits = std::nan(""); }, "finite");
+    bad([](auto& c) { c.value_bits = 2.5; }, "values");  // fractional without high channels
+    bad([](auto& c) { c.key_method = 7; }, "method");
+    bad([](auto& c) { c.norm_format = 3; }, "norm format");
+    bad([](auto& c) { c.block_tokens = 40; }, "block_tokens");
+    bad([](auto& c) { c.window = -1; }, "window");
+    bad([](auto& c) { c.max_tokens = uint64_t(1) << 40; }, "max_tokens");
+    bad([](auto& c) { c.n_key_high_channels = 3; }, "NULL");
+    bad([](auto& c) { c.kernel = "sse9"; }, "unknown kernel");
+
+    // Fractional rates through the C ABI.
+    std::vector<int32_t> high(32);
+    for (int i = 0; i < 32; ++i) high[i] = 2 * i;
+    tqkv_cache_config frac = small_config();
+    frac.key_bits = 3.5;
+    frac.n_key_high_channels = 32;
+    frac.key_high_channels = high.data();
+    REQUIRE(tqkv_cache_create(&frac, &h) == TQKV_OK);
+    REQUIRE(tqkv_cache_destroy(h) == TQKV_OK);
+
+    // Null handles, forged handles, a codec handle where a cache is expected.
+    CHECK(tqkv_cache_destroy(nullptr) == TQKV_ERR_INVALID_HANDLE);
+    CHECK(contains(tqkv_last_error(), "null handle"));
+    CHECK(tqkv_cache_clear(reinterpret_cast<tqkv_cache>(uintptr_t(0x12345679))) == TQKV_ERR_INVALID_HANDLE);
+    CHECK(tqkv_cache_truncate(reinterpret_cast<tqkv_cache>(uintptr_t(8 * 1000 + 1)), 0) == TQKV_ERR_INVALID_HANDLE);
+    tqkv_codec_config ccfg;
+    tqkv_codec_config_init(&ccfg);
+    tqkv_codec codec;
+    REQUIRE(tqkv_codec_create(&ccfg, &codec) == TQKV_OK);
+    CHECK(tqkv_cache_clear(reinterpret_cast<tqkv_cache>(codec)) == TQKV_ERR_INVALID_HANDLE);
+    CHECK(contains(tqkv_last_error(), "not a cache"));
+    CHECK(tqkv_codec_destroy(codec) == TQKV_OK);
+    CHECK(tqkv_codec_destroy(codec) == TQKV_ERR_INVALID_HANDLE);
+}
+
+TEST_CASE("C ABI: wrong lengths, NaN, capacity leave the cache unchanged", "[capi][errors]") {
+    tqkv_cache_config cfg = small_config();
+    cfg.max_tokens = 64;
+    Cache c(cfg);
+    const size_t row = 2 * 64, q = 4 * 64;
+    const auto k = gauss(50 * row, 5), v = gauss(50 * row, 6);
+    REQUIRE(tqkv_cache_append(c.h, 0, k.data(), k.size(), v.data(), v.size()) == TQKV_OK);
+    const auto before = save(c.h);
+
+    CHECK(tqkv_cache_append(c.h, 0, k.data(), row - 1, v.data(), row - 1) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(contains(tqkv_last_error(), "kv_heads * head_dim"));
+    CHECK(tqkv_cache_append(c.h, 0, k.data(), row, v.data(), 2 * row) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_cache_append(c.h, 0, k.data(), 0, v.data(), 0) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_cache_append(c.h, 0, nullptr, row, v.data(), row) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(contains(tqkv_last_error(), "NULL"));
+    CHECK(tqkv_cache_append(c.h, 2, k.data(), row, v.data(), row) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(contains(tqkv_last_error(), "layer 2 out of range"));
+    CHECK(tqkv_cache_append(c.h, -1, k.data(), row, v.data(), row) == TQKV_ERR_INVALID_ARGUMENT);
+    auto nan = k;
+    nan[row + 3] = std::numeric_limits<float>::quiet_NaN();
+    CHECK(tqkv_cache_append(c.h, 0, nan.data(), 2 * row, v.data(), 2 * row) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(contains(tqkv_last_error(), "not finite"));
+    auto inf = v;
+    inf[0] = std::numeric_limits<float>::infinity();
+    CHECK(tqkv_cache_append(c.h, 0, k.data(), row, inf.data(), row) == TQKV_ERR_INVALID_ARGUMENT);
+    auto huge = k;  // a norm beyond fp16
+    for (size_t i = 0; i < 64; ++i) huge[i] = 1e5f;
+    CHECK(tqkv_cache_append(c.h, 0, huge.data(), row, v.data(), row) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_cache_append(c.h, 0, k.data(), 20 * row, v.data(), 20 * row) == TQKV_ERR_CAPACITY);
+    CHECK(contains(tqkv_last_error(), "capacity"));
+
+    std::vector<float> qs = gauss(q, 7), out(q);
+    CHECK(tqkv_cache_attend(c.h, 0, qs.data(), q - 1, out.data(), q - 1, 1) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_cache_attend(c.h, 0, qs.data(), q, out.data(), q + 4, 1) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_cache_attend(c.h, 0, qs.data(), q, nullptr, q, 1) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_cache_attend(c.h, 1, qs.data(), q, out.data(), q, 1) == TQKV_ERR_INVALID_ARGUMENT);  // layer 1 empty
+    CHECK(contains(tqkv_last_error(), "empty"));
+    qs[5] = std::numeric_limits<float>::quiet_NaN();
+    CHECK(tqkv_cache_attend(c.h, 0, qs.data(), q, out.data(), q, 1) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_cache_truncate(c.h, 51) == TQKV_ERR_INVALID_ARGUMENT);  // layer 1 holds 0 tokens
+    CHECK(tqkv_cache_tokens(c.h, 0, nullptr) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_cache_bytes_used(c.h, nullptr) == TQKV_ERR_INVALID_ARGUMENT);
+    tqkv_cache_config got;
+    got.struct_size = 3;
+    CHECK(tqkv_cache_get_config(c.h, &got) == TQKV_ERR_INVALID_ARGUMENT);
+
+    CHECK(save(c.h) == before);
+    CHECK(tokens(c.h, 0) == 50);
+    // Capacity is per layer: 14 more tokens fit, then nothing.
+    REQUIRE(tqkv_cache_append(c.h, 0, k.data(), 14 * row, v.data(), 14 * row) == TQKV_OK);
+    CHECK(tqkv_cache_append(c.h, 0, k.data(), row, v.data(), row) == TQKV_ERR_CAPACITY);
+}
+
+TEST_CASE("C ABI: save and load round-trip; bad bytes are rejected", "[capi][errors]") {
+    tqkv_cache_config cfg = small_config();
+    Cache c(cfg);
+    const size_t row = 2 * 64, q = 4 * 64;
+    const auto k = gauss(77 * row, 8), v = gauss(77 * row, 9);
+    for (int layer = 0; layer < 2; ++layer)
+        REQUIRE(tqkv_cache_append(c.h, layer, k.data(), k.size(), v.data(), v.size()) == TQKV_OK);
+    const auto bytes = save(c.h);
+    size_t size = 0;
+    std::vector<uint8_t> small(10);
+    CHECK(tqkv_cache_save(c.h, small.data(), small.size(), &size) == TQKV_ERR_BUFFER_TOO_SMALL);
+    CHECK(size == bytes.size());
+    CHECK(tqkv_cache_save(c.h, nullptr, 0, nullptr) == TQKV_ERR_INVALID_ARGUMENT);
+
+    tqkv_cache h2 = nullptr;
+    REQUIRE(tqkv_cache_load(bytes.data(), bytes.size(), nullptr, &h2) == TQKV_OK);
+    CHECK(save(h2) == bytes);
+    const auto qs = gauss(q, 10);
+    std::vector<float> o1(q), o2(q);
+    REQUIRE(tqkv_cache_attend(c.h, 1, qs.data(), q, o1.data(), q, 1) == TQKV_OK);
+    REQUIRE(tqkv_cache_attend(h2, 1, qs.data(), q, o2.data(), q, 1) == TQKV_OK);
+    CHECK(o1 == o2);
+    tqkv_cache h3 = nullptr;
+    REQUIRE(tqkv_cache_load(bytes.data(), bytes.size(), "scalar", &h3) == TQKV_OK);
+    CHECK(std::string(tqkv_cache_kernel(h3)) == "scalar");
+    CHECK(tqkv_cache_destroy(h3) == TQKV_OK);
+    CHECK(tqkv_cache_destroy(h2) == TQKV_OK);
+
+    tqkv_cache out = nullptr;
+    CHECK(tqkv_cache_load(bytes.data(), bytes.size(), "sse9", &out) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_cache_load(nullptr, 5, nullptr, &out) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_cache_load(bytes.data(), bytes.size(), nullptr, nullptr) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_cache_load(bytes.data(), 0, nullptr, &out) == TQKV_ERR_BAD_DATA);
+    CHECK(tqkv_cache_load(bytes.data(), bytes.size() - 1, nullptr, &out) == TQKV_ERR_BAD_DATA);
+    auto flipped = bytes;
+    flipped[flipped.size() / 2] ^= 0x10;
+    CHECK(tqkv_cache_load(flipped.data(), flipped.size(), nullptr, &out) == TQKV_ERR_BAD_DATA);
+    CHECK(contains(tqkv_last_error(), "CRC"));
+    auto magic = bytes;
+    magic[0] = 'X';
+    CHECK(tqkv_cache_load(magic.data(), magic.size(), nullptr, &out) == TQKV_ERR_BAD_DATA);
+    CHECK(contains(tqkv_last_error(), "magic"));
+    std::vector<uint8_t> junk(1000, 0xab);
+    CHECK(tqkv_cache_load(junk.data(), junk.size(), nullptr, &out) == TQKV_ERR_BAD_DATA);
+    CHECK(out == nullptr);
+}
+
+TEST_CASE("C ABI: codecs encode, decode, dot; misuse", "[capi][errors]") {
+    tqkv_codec_config cfg;
+    REQUIRE(tqkv_codec_config_init(&cfg) == TQKV_OK);
+    cfg.dim = 64;
+    cfg.bits = 3;
+    tqkv_codec c = nullptr;
+    REQUIRE(tqkv_codec_create(&cfg, &c) == TQKV_OK);
+    size_t bpv = 0;
+    REQUIRE(tqkv_codec_bytes_per_vector(c, &bpv) == TQKV_OK);
+    CHECK(bpv == 2 + 64 * 3 / 8);
+    const auto x = gauss(5 * 64, 11);
+    std::vector<uint8_t> codes(5 * bpv);
+    REQUIRE(tqkv_codec_encode(c, x.data(), x.size(), codes.data(), codes.size()) == TQKV_OK);
+    tqkv::CodecConfig cc;
+    cc.dim = 64;
+    cc.bits = 3;
+    CHECK(codes == tqkv::make_codec(cc)->encode(x));
+    std::vector<float> dec(5 * 64), scores(5);
+    REQUIRE(tqkv_codec_decode(c, codes.data(), codes.size(), dec.data(), dec.size()) == TQKV_OK);
+    double err = 0, norm = 0;
+    for (size_t i = 0; i < x.size(); ++i) err += (x[i] - dec[i]) * (x[i] - dec[i]), norm += x[i] * x[i];
+    CHECK(err / norm < 0.05);
+    REQUIRE(tqkv_codec_dot(c, x.data(), 64, codes.data(), codes.size(), scores.data(), 5) == TQKV_OK);
+    double self = 0;
+    for (int i = 0; i < 64; ++i) self += double(x[i]) * dec[i];
+    CHECK(scores[0] == Approx(self).epsilon(1e-4));
+
+    CHECK(tqkv_codec_encode(c, x.data(), 63, codes.data(), bpv) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_codec_encode(c, x.data(), 64, codes.data(), bpv + 1) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_codec_encode(c, nullptr, 64, codes.data(), bpv) == TQKV_ERR_INVALID_ARGUMENT);
+    auto nan = x;
+    nan[1] = std::numeric_limits<float>::quiet_NaN();
+    const auto codes_before = codes;
+    CHECK(tqkv_codec_encode(c, nan.data(), 64, codes.data(), bpv) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(codes == codes_before);
+    CHECK(tqkv_codec_decode(c, codes.data(), bpv - 1, dec.data(), 64) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_codec_decode(c, codes.data(), bpv, dec.data(), 65) == TQKV_ERR_INVALID_ARGUMENT);
+    auto inf_norm = codes;
+    inf_norm[0] = 0x00;
+    inf_norm[1] = 0x7c;  // fp16 +inf
+    CHECK(tqkv_codec_decode(c, inf_norm.data(), bpv, dec.data(), 64) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_codec_dot(c, x.data(), 63, codes.data(), bpv, scores.data(), 1) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_codec_dot(c, x.data(), 64, codes.data(), bpv, scores.data(), 2) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_codec_dot(c, nan.data(), 64, codes.data(), bpv, scores.data(), 1) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_codec_bytes_per_vector(c, nullptr) == TQKV_ERR_INVALID_ARGUMENT);
+
+    tqkv_codec_config badc = cfg;
+    badc.bits = 0;
+    tqkv_codec d = nullptr;
+    CHECK(tqkv_codec_create(&badc, &d) == TQKV_ERR_INVALID_ARGUMENT);
+    badc = cfg;
+    badc.method = 9;
+    CHECK(tqkv_codec_create(&badc, &d) == TQKV_ERR_INVALID_ARGUMENT);
+    badc = cfg;
+    badc.struct_size = 0;
+    CHECK(tqkv_codec_create(&badc, &d) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(d == nullptr);
+    badc = cfg;
+    badc.method = TQKV_METHOD_QJL;
+    badc.bits = 1;
+    REQUIRE(tqkv_codec_create(&badc, &d) == TQKV_OK);
+    CHECK(tqkv_codec_destroy(d) == TQKV_OK);
+
+    REQUIRE(tqkv_codec_destroy(c) == TQKV_OK);
+    CHECK(tqkv_codec_encode(c, x.data(), 64, codes.data(), bpv) == TQKV_ERR_INVALID_HANDLE);
+    CHECK(tqkv_codec_bytes_per_vector(nullptr, &bpv) == TQKV_ERR_INVALID_HANDLE);
+    CHECK(tqkv_codec_bytes_per_vector(reinterpret_cast<tqkv_codec>(uintptr_t(1)), &bpv) == TQKV_ERR_INVALID_HANDLE);
+}
+
+TEST_CASE("C ABI: dense fp32 baseline", "[capi]") {
+    const int H = 4, KH = 2, d = 32;
+    const size_t T = 300;
+    const auto q = gauss(H * d, 12), k = gauss(KH * T * d, 13), v = gauss(KH * T * d, 14);
+    std::vector<float> out(H * d);
+    REQUIRE(tqkv_dense_attention_f32(H, KH, d, T, q.data(), q.size(), k.data(), v.data(), k.size(), out.data(),
+                                     out.size()) == TQKV_OK);
+    // head 0 against a direct softmax
+    std::vector<double> p(T);
+    double mx = -1e300, sum = 0;
+    for (size_t t = 0; t < T; ++t) {
+        double s = 0;
+        for (int j = 0; j < d; ++j) s += double(q[j]) * k[t * d + j];
+        p[t] = s / std::sqrt(double(d));
+        mx = std::max(mx, p[t]);
+    }
+    for (auto& x : p) sum += (x = std::exp(x - mx));
+    for (int j = 0; j < d; ++j) {
+        double a = 0;
+        for (size_t t = 0; t < T; ++t) a += p[t] * v[t * d + j];
+        CHECK(out[j] == Approx(a / sum).margin(1e-4));
+    }
+    CHECK(tqkv_dense_attention_f32(3, KH, d, T, q.data(), q.size(), k.data(), v.data(), k.size(), out.data(),
+                                   out.size()) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_dense_attention_f32(H, KH, d, T, q.data(), q.size(), k.data(), v.data(), k.size() - 1, out.data(),
+                                   out.size()) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_dense_attention_f32(H, KH, d, T, nullptr, q.size(), k.data(), v.data(), k.size(), out.data(),
+                                   out.size()) == TQKV_ERR_INVALID_ARGUMENT);
+}
+
+// Golden files for the wasm tests (web/test): TQKV_GOLDEN_DIR=dir writes the native build's
+// serialized caches and codec outputs for fixed inputs that web/test/golden.mjs regenerates
+// bit for bit in JavaScript (a xorshift32 stream scaled to [-2, 2)).
+namespace {
+
+std::vector<float> js_stream(size_t n, uint32_t seed) {
+    std::vector<float> v(n);
+    uint32_t s = seed ? seed : 1;
+    for (auto& x : v) {
+        s ^= s << 13;
+        s ^= s >> 17;
+        s ^= s << 5;
+        x = float(int32_t(s >> 8) - (1 << 23)) / float(1 << 22);  // exact: a 24-bit integer / 2^22
+    }
+    return v;
+}
+
+void write_file(const std::string& path, const void* data, size_t n) {
+    std::ofstream f(path, std::ios::binary);
+    f.write(static_cast<const char*>(data), std::streamsize(n));
+    REQUIRE(f.good());
+}
+
+}  // namespace
+
+TEST_CASE("C ABI: golden files for the wasm tests (TQKV_GOLDEN_DIR)", "[capi][golden]") {
+    const char* dir = std::getenv("TQKV_GOLDEN_DIR");
+    if (!dir || !*dir) {
+        SUCCEED("TQKV_GOLDEN_DIR not set: nothing to write");
+        return;
+    }
+    // Keep in sync with web/test/golden.mjs.
+    struct Case {
+        const char* name;
+        int layers, heads, kv_heads, dim;
+        double kbits, vbits;
+        int kmethod, window, block, tokens;
+    };
+    const Case cases[] = {
+        {"k4v4", 2, 4, 2, 128, 4, 4, 0, 0, 64, 150},
+        {"k3v2w16", 1, 8, 2, 64, 3, 2, 0, 16, 32, 100},
+        {"prod4v3", 1, 2, 1, 96, 4, 3, 1, 8, 64, 70},
+        {"k2v1", 1, 2, 2, 80, 2, 1, 0, 0, 32, 90},
+    };
+    for (const Case& c : cases) {
+        tqkv_cache_config cfg;
+        tqkv_cache_config_init(&cfg);
+        cfg.layers = c.layers;
+        cfg.heads = c.heads;
+        cfg.kv_heads = c.kv_heads;
+        cfg.head_dim = c.dim;
+        cfg.key_bits = c.kbits;
+        cfg.value_bits = c.vbits;
+        cfg.key_method = c.kmethod;
+        cfg.window = c.window;
+        cfg.block_tokens = c.block;
+        cfg.kernel = "scalar";
+        Cache cache(cfg);
+        const size_t row = size_t(c.kv_heads) * c.dim, q = size_t(c.heads) * c.dim;
+        for (int l = 0; l < c.layers; ++l) {
+            const auto k = js_stream(size_t(c.tokens) * row, 1000 + 2 * l), v = js_stream(size_t(c.tokens) * row, 1001 + 2 * l);
+            REQUIRE(tqkv_cache_append(cache.h, l, k.data(), k.size(), v.data(), v.size()) == TQKV_OK);
+        }
+        const auto bytes = save(cache.h);
+        write_file(std::string(dir) + "/" + c.name + ".tqkv", bytes.data(), bytes.size());
+        const auto qs = js_stream(4 * q, 77);
+        std::vector<float> out(4 * q);
+        REQUIRE(tqkv_cache_attend(cache.h, c.layers - 1, qs.data(), qs.size(), out.data(), out.size(), 1) == TQKV_OK);
+        write_file(std::string(dir) + "/" + c.name + ".attend.f32", out.data(), out.size() * 4);
+    }
+    // Codec outputs: mse 4-bit d=128, prod 3-bit d=64, qjl d=100.
+    struct CodecCase {
+        const char* name;
+        int dim;
+        double bits;
+        int method;
+    };
+    for (const CodecCase& cc : {CodecCase{"mse4d128", 128, 4, 0}, CodecCase{"prod3d64", 64, 3, 1}, CodecCase{"qjl1d100", 100, 1, 2}}) {
+        tqkv_codec_config cfg;
+        tqkv_codec_config_init(&cfg);
+        cfg.dim = cc.dim;
+        cfg.bits = cc.bits;
+        cfg.method = cc.method;
+        cfg.kernel = "scalar";
+        tqkv_codec codec;
+        REQUIRE(tqkv_codec_create(&cfg, &codec) == TQKV_OK);
+        size_t bpv = 0;
+        tqkv_codec_bytes_per_vector(codec, &bpv);
+        const auto x = js_stream(size_t(20) * cc.dim, 4242);
+        std::vector<uint8_t> codes(20 * bpv);
+        REQUIRE(tqkv_codec_encode(codec, x.data(), x.size(), codes.data(), codes.size()) == TQKV_OK);
+        write_file(std::string(dir) + "/" + cc.name + ".codes", codes.data(), codes.size());
+        tqkv_codec_destroy(codec);
+    }
+}
+
+// The reverse direction: caches serialized by the wasm build (web/test/golden.test.mjs writes
+// NAME.wasm.tqkv next to the golden files) load natively, hold the native bytes, and attend
+// like the native cache.
+TEST_CASE("C ABI: caches serialized by the wasm build load natively (TQKV_GOLDEN_DIR)", "[capi][golden-load]") {
+    const char* dir = std::getenv("TQKV_GOLDEN_DIR");
+    if (!dir || !*dir) {
+        SUCCEED("TQKV_GOLDEN_DIR not set: nothing to check");
+        return;
+    }
+    auto read = [](const std::string& path, std::vector<uint8_t>& out) {
+        std::ifstream f(path, std::ios::binary);
+        if (!f) return false;
+        out.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+        return true;
+    };
+    int checked = 0;
+    for (const char* name : {"k4v4", "k3v2w16", "prod4v3", "k2v1"}) {
+        std::vector<uint8_t> wasm, native, attend;
+        if (!read(std::string(dir) + "/" + name + ".wasm.tqkv", wasm)) continue;
+        REQUIRE(read(std::string(dir) + "/" + name + ".tqkv", native));
+        REQUIRE(read(std::string(dir) + "/" + name + ".attend.f32", attend));
+        INFO(name);
+        CHECK(wasm == native);
+        tqkv_cache h = nullptr;
+        REQUIRE(tqkv_cache_load(wasm.data(), wasm.size(), nullptr, &h) == TQKV_OK);
+        tqkv_cache_config cfg;
+        cfg.struct_size = sizeof cfg;
+        REQUIRE(tqkv_cache_get_config(h, &cfg) == TQKV_OK);
+        const size_t q = size_t(cfg.heads) * cfg.head_dim;
+        const auto qs = js_stream(4 * q, 77);
+        std::vector<float> out(4 * q), want(4 * q);
+        std::memcpy(want.data(), attend.data(), want.size() * 4);
+        REQUIRE(tqkv_cache_attend(h, cfg.layers - 1, qs.data(), qs.size(), out.data(), out.size(), 1) == TQKV_OK);
+        for (size_t i = 0; i < out.size(); ++i) CHECK(out[i] == Approx(want[i]).margin(1e-6).epsilon(1e-5));
+        tqkv_cache_destroy(h);
+        ++checked;
+    }
+    CHECK(checked == 4);
+}

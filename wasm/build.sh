@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Builds the WebAssembly modules of the npm package from the same lib/ sources as the native
+# library (no copies), with Debian's emscripten (apt package `emscripten`, 3.1.6):
+#   web/dist/tqkv.wasm         SIMD128 (-msimd128, kernels in lib/src/kernels/wasm)
+#   web/dist/tqkv-scalar.wasm  no SIMD (scalar kernels only), for engines without SIMD128
+# Both are standalone modules (-sSTANDALONE_WASM, no Emscripten JS glue): they export the C ABI
+# of lib/include/tqkv/tqkv.h plus malloc/free, import their memory (env.memory, so the loader
+# chooses the maximum) and need only three tiny imports (see web/src/index.ts). C++ exceptions
+# use WebAssembly exception handling (-fwasm-exceptions): none crosses the C ABI.
+#
+#   bash wasm/build.sh            # both modules
+#   bash wasm/build.sh tests      # also build/wasm/tqkv_tests-{simd,scalar}.wasm (the Catch2 suite)
+# Installs nothing. Objects go to build-wasm/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+if ! command -v em++ >/dev/null 2>&1; then
+  echo "wasm/build.sh: em++ not found. Install Debian's emscripten first: apt-get install -y emscripten" >&2
+  exit 1
+fi
+# Debian's emcc runs a few JS helpers with node and needs its packaged node modules.
+export NODE_PATH=/usr/share/nodejs${NODE_PATH:+:$NODE_PATH}
+# Keep Emscripten's cache where Debian put it (prebuilt, frozen system libraries).
+export EM_CACHE=${EM_CACHE:-/usr/share/emscripten/cache}
+
+jobs=$(nproc 2>/dev/null || echo 2)
+out_dir="$root/web/dist"
+obj_root="$root/build-wasm"
+mkdir -p "$out_dir" "$obj_root"
+
+# The library sources the C ABI needs (lib/CMakeLists.txt's list minus the .npy loader and the
+# baseline formats, which the package does not expose).
+core=(
+  lib/src/codebook.cpp lib/src/rotation.cpp lib/src/packing.cpp lib/src/codec.cpp
+  lib/src/codec_mse.cpp lib/src/codec_prod.cpp lib/src/codec_qjl.cpp lib/src/codec_split.cpp
+  lib/src/kernels/dispatch.cpp lib/src/cache.cpp lib/src/cache_serialize.cpp lib/src/dense.cpp
+  lib/src/capi/c_api.cpp
+)
+scalar_kernels=(lib/src/kernels/scalar/scalar.cpp lib/src/kernels/scalar/attention.cpp)
+simd_kernels=(lib/src/kernels/wasm/wasm128.cpp lib/src/kernels/wasm/attention.cpp)
+
+common=(-std=c++20 -O3 -ffp-contract=off -fno-fast-math -fwasm-exceptions -Wall -Wextra
+        -Ilib/include -Ilib/src -DNDEBUG)
+
+# compile VARIANT FLAGS... -- SOURCES...: objects in build-wasm/VARIANT/, rebuilt when the source
+# or any lib header is newer.
+compile() {
+  local variant=$1; shift
+  local flags=()
+  while [ "$1" != "--" ]; do flags+=("$1"); shift; done
+  shift
+  local dir="$obj_root/$variant"
+  mkdir -p "$dir"
+  local newest_header
+  newest_header=$(find lib/include lib/src -name '*.hpp' -o -name '*.h' | xargs ls -t | head -1)
+  local todo=()
+  for src in "$@"; do
+    local obj="$dir/$(echo "$src" | tr '/' '_').o"
+    if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ "$newest_header" -nt "$obj" ] || [ "$0" -nt "$obj" ]; then
+      todo+=("$src")
+    fi
+  done
+  [ ${#todo[@]} -eq 0 ] && return 0
+  echo "  em++ [$variant] ${#todo[@]} file(s)" >&2
+  printf '%s\n' "${todo[@]}" | xargs -P "$jobs" -I{} sh -c '
+    src="$1"; shift; obj="$0/$(echo "$src" | tr / _).o"
+    extra=""
+    case "$src" in
+      lib/src/kernels/scalar/*) extra="-fno-vectorize -fno-slp-vectorize" ;;  # keep the reference scalar
+    esac
+    em++ "$@" $extra -c "$src" -o "$obj"' "$dir" {} "${common[@]}" "${flags[@]}"
+}
+
+objects() {  # objects VARIANT SOURCES...
+  local variant=$1; shift
+  for src in "$@"; do echo "$obj_root/$variant/$(echo "$src" | tr '/' '_').o"; done
+}
+
+# The exported C ABI: every TQKV_API function of tqkv.h, plus malloc and free.
+exports=$(grep -o '^TQKV_API [^(]*(' lib/include/tqkv/tqkv.h | sed -E 's/.*[ *]([a-z0-9_]+)\($/_\1/' | sort -u | tr '\n' ',')
+exports="${exports}_malloc,_free"
+
+link_flags=(-O3 -fwasm-exceptions -sSTANDALONE_WASM --no-entry -sIMPORTED_MEMORY=1 -sALLOW_MEMORY_GROWTH=1
+            -sINITIAL_MEMORY=4MB -sMAXIMUM_MEMORY=4GB -sTOTAL_STACK=1MB -sERROR_ON_UNDEFINED_SYMBOLS=1
+            -sEXPORTED_FUNCTIONS="$exports")
+
+build_variant() {  # build_variant NAME OUTPUT FLAGS... -- SOURCES...
+  local variant=$1 output=$2; shift 2
+  local flags=()
+  while [ "$1" != "--" ]; do flags+=("$1"); shift; done
+  shift
+  compile "$variant" "${flags[@]}" -- "$@"
+  # shellcheck disable=SC2046
+  em++ "${link_flags[@]}" "${flags[@]}" $(objects "$variant" "$@") -o "$output"
+  echo "  built ${output#$root/} ($(wc -c <"$output") bytes)" >&2
+}
+
+echo "wasm/build.sh: $(em++ --version | head -1)" >&2
+build_variant simd "$out_dir/tqkv.wasm" -msimd128 -DTQKV_HAVE_WASM_KERNELS=1 -- \
+  "${core[@]}" "${scalar_kernels[@]}" "${simd_kernels[@]}"
+build_variant scalar "$out_dir/tqkv-scalar.wasm" -- "${core[@]}" "${scalar_kernels[@]}"
+
+if [ "${1:-}" = "tests" ]; then
+  # The Catch2 suite (tests/*.cpp, Debian's header-only catch2) as WASI programs, run by
+  # wasm/run-wasi.mjs under node: the kernel tests compare wasm128 with scalar bit for bit.
+  tests=(tests/test_kernels.cpp tests/test_cache.cpp tests/test_codec.cpp tests/test_packing.cpp
+         tests/test_main.cpp tests/test_capi.cpp)
+  # Only Catch2 from the system include directory (its other headers are glibc's).
+  catch_hpp=/usr/include/catch2/catch.hpp
+  if [ ! -f "$catch_hpp" ]; then echo "wasm/build.sh: $catch_hpp missing (apt-get install -y catch2)" >&2; exit 1; fi
+  mkdir -p "$obj_root/include/catch2"
+  ln -sf "$catch_hpp" "$obj_root/include/catch2/catch.hpp"
+  test_flags=(-Itests -I"$obj_root/include" -DCATCH_CONFIG_NO_POSIX_SIGNALS -DTQKV_SHARED_DATA=\"/nonexistent\")
+  for variant in simd scalar; do
+    vflags=()
+    srcs=("${core[@]}" "${scalar_kernels[@]}")
+    if [ $variant = simd ]; then vflags=(-msimd128 -DTQKV_HAVE_WASM_KERNELS=1); srcs+=("${simd_kernels[@]}"); fi
+    compile "$variant" "${vflags[@]}" -- "${srcs[@]}"
+    compile "tests-$variant" "${vflags[@]}" "${test_flags[@]}" -- "${tests[@]}"
+    # shellcheck disable=SC2046
+    em++ -O2 -fwasm-exceptions -sSTANDALONE_WASM -sALLOW_MEMORY_GROWTH=1 -sINITIAL_MEMORY=64MB \
+      -sTOTAL_STACK=4MB "${vflags[@]}" $(objects "$variant" "${srcs[@]}") $(objects "tests-$variant" "${tests[@]}") \
+      -o "$root/build-wasm/tqkv_tests-$variant.wasm"
+    echo "  built build-wasm/tqkv_tests-$variant.wasm" >&2
+  done
+fi

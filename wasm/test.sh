@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Everything of the WebAssembly side, once the Debian packages are present
+# (emscripten, chromium, nodejs/npm, catch2, plus the native toolchain):
+#   1. build web/dist/tqkv.wasm (SIMD128) and tqkv-scalar.wasm, and the Catch2 suite as wasm
+#   2. run the Catch2 suite under Node's WASI, SIMD128 and scalar (kernel bit-identity vs scalar)
+#   3. npm ci + tsc in web/
+#   4. golden files from the native build (tests/test_capi.cpp [golden]), then node --test web/test:
+#      API and error paths, SIMD == scalar, wasm == native both ways, memory growth failure,
+#      npm pack into a fresh directory, Chromium (playwright-core) with and without SIMD.
+# Uses the native test binary $TQKV_NATIVE_BUILD/tests/tqkv_tests (default build/, the tree of
+# scripts/build.sh; brought up to date here).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+native_build=${TQKV_NATIVE_BUILD:-build}
+
+for tool in em++ node npm; do
+  command -v "$tool" >/dev/null 2>&1 || { echo "wasm/test.sh: $tool not found (apt-get install -y emscripten nodejs npm chromium)" >&2; exit 1; }
+done
+if [ ! -x /usr/bin/chromium ] && [ -z "${CHROMIUM:-}" ]; then
+  echo "wasm/test.sh: /usr/bin/chromium not found (apt-get install -y chromium)" >&2
+  exit 1
+fi
+
+echo "== wasm: build (emscripten $(em++ --version | head -1 | grep -o '[0-9]\+\.[0-9]\+\.[0-9]\+' | head -1))"
+bash wasm/build.sh tests
+
+echo "== wasm: Catch2 suite under node WASI (SIMD128, then scalar)"
+# '~[stat]': the long statistical tests check math, not the kernels (they run natively).
+for v in simd scalar; do
+  node --no-warnings wasm/run-wasi.mjs "build-wasm/tqkv_tests-$v.wasm" '~[stat]'
+done
+
+echo "== native test binary (writes the golden files)"
+if [ -f "$native_build/CMakeCache.txt" ]; then
+  cmake --build "$native_build" --target tqkv_tests -j"$(nproc)" >/dev/null
+else
+  cmake -S . -B "$native_build" -DCMAKE_BUILD_TYPE=Release >/dev/null
+  cmake --build "$native_build" --target tqkv_tests -j"$(nproc)" >/dev/null
+fi
+native_tests="$root/$native_build/tests/tqkv_tests"
+
+echo "== web: npm ci + tsc"
+cd web
+if [ -f package-lock.json ]; then npm ci --no-audit --no-fund --loglevel=error; else npm install --no-audit --no-fund --loglevel=error; fi
+npx tsc -p tsconfig.json
+
+echo "== web: node --test (API, SIMD == scalar, wasm == native, memory, npm pack, Chromium)"
+golden=$(mktemp -d)
+trap 'rm -rf "$golden"' EXIT
+TQKV_GOLDEN_DIR="$golden" "$native_tests" '[golden]' >/dev/null
+TQKV_GOLDEN_DIR="$golden" TQKV_NATIVE_TESTS="$native_tests" node --test test/

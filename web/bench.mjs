@@ -1,0 +1,152 @@
+// npm run bench: the fused attention of `tqkv-bench attend` (same shape: 4 heads, 4 KV heads,
+// d = 128, K4 V4, one query token over all tokens, non-causal), timed in this Node process for
+// the SIMD128 and the scalar wasm builds, and natively by running ../build/bench/tqkv-bench in
+// the same script run (its best kernel, and AVX2 when the CPU has it). One JSON object per line:
+//   {"target":"wasm-simd128"|"wasm-scalar"|"native", "heads", "kv_heads", "dim", "tokens",
+//    "key_bits", "value_bits", "ns_per_query", "dense_fp32_ns_per_query", ...}
+// then one {"target":"ratio", ...} line per token count with the speed ratios.
+//
+//   node bench.mjs [--tokens 4096,16384] [--seconds 0.5] [--heads 4] [--kv-heads 4] [--dim 128]
+//                  [--key-bits 4] [--value-bits 4]
+// TQKV_BENCH=path/to/tqkv-bench overrides the native binary.
+import { existsSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { resolve } from 'node:path';
+import { Tqkv } from './dist/index.js';
+
+const args = Object.fromEntries(
+  process.argv.slice(2).reduce((acc, a, i, all) => (a.startsWith('--') ? [...acc, [a.slice(2), all[i + 1]]] : acc), []),
+);
+const heads = +(args.heads ?? 4), kvHeads = +(args['kv-heads'] ?? heads), dim = +(args.dim ?? 128);
+const keyBits = +(args['key-bits'] ?? 4), valueBits = +(args['value-bits'] ?? 4);
+const tokenList = String(args.tokens ?? '4096,16384').split(',').map(Number);
+const budget = +(args.seconds ?? 0.5);
+
+// Median over batches of the time per call, each batch at least ~20 ms (as tqkv-bench does).
+function nsPerCall(fn) {
+  fn();
+  let reps = 1;
+  for (;;) {
+    const t0 = performance.now();
+    for (let i = 0; i < reps; i++) fn();
+    if (performance.now() - t0 > 20) break;
+    reps *= 2;
+  }
+  const per = [];
+  const start = performance.now();
+  while (per.length < 3 || (performance.now() - start < budget * 1000 && per.length < 15)) {
+    const t0 = performance.now();
+    for (let i = 0; i < reps; i++) fn();
+    per.push(((performance.now() - t0) / reps) * 1e6);
+  }
+  per.sort((a, b) => a - b);
+  return per[per.length >> 1];
+}
+
+// Gaussian values (speed does not depend on them).
+function gaussian(n, seed) {
+  const out = new Float32Array(n);
+  let s = seed >>> 0 || 1;
+  const u = () => {
+    s = (s ^ (s << 13)) >>> 0;
+    s = (s ^ (s >>> 17)) >>> 0;
+    s = (s ^ (s << 5)) >>> 0;
+    return (s + 0.5) / 4294967296;
+  };
+  for (let i = 0; i < n; i += 2) {
+    const r = Math.sqrt(-2 * Math.log(u())), a = 2 * Math.PI * u();
+    out[i] = r * Math.cos(a);
+    if (i + 1 < n) out[i + 1] = r * Math.sin(a);
+  }
+  return out;
+}
+
+async function wasmTarget(simd) {
+  const t = await Tqkv.load({ simd });
+  const rows = [];
+  for (const T of tokenList) {
+    const row = kvHeads * dim;
+    const K = gaussian(T * row, T), V = gaussian(T * row, T + 1), q = gaussian(heads * dim, T + 2);
+    const cache = t.createCache({ heads, kvHeads, headDim: dim, keyBits, valueBits });
+    for (let t0 = 0; t0 < T; t0 += 4096) {
+      const n = Math.min(4096, T - t0);
+      cache.append(0, K.subarray(t0 * row, (t0 + n) * row), V.subarray(t0 * row, (t0 + n) * row));
+    }
+    const out = new Float32Array(heads * dim);
+    const fused = nsPerCall(() => cache.attend(0, q, out, false));
+    // Dense fp32 attention over the same keys/values, head-major, already in wasm memory.
+    const x = t._x;
+    const n = T * row;
+    const pk = x.malloc(4 * n), pv = x.malloc(4 * n), pq = x.malloc(4 * q.length), po = x.malloc(4 * q.length);
+    if (!pk || !pv || !pq || !po) throw new Error('bench: out of wasm memory');
+    const f = new Float32Array(t._memory.buffer);
+    for (let h = 0; h < kvHeads; h++)
+      for (let i = 0; i < T; i++)
+        for (let j = 0; j < dim; j++) {
+          const src = (i * kvHeads + h) * dim + j, dst = (h * T + i) * dim + j;
+          f[(pk >> 2) + dst] = K[src];
+          f[(pv >> 2) + dst] = V[src];
+        }
+    f.set(q, pq >> 2);
+    const shape = { heads, kvHeads, headDim: dim, tokens: T };
+    const dense = nsPerCall(() => t.denseAttentionAt(shape, pq, pk, pv, po));
+    const exact = new Float32Array(t._memory.buffer, po, q.length).slice();
+    let cos = 0;
+    for (let h = 0; h < heads; h++) {
+      let d = 0, n1 = 0, n2 = 0;
+      for (let j = 0; j < dim; j++) {
+        const a = out[h * dim + j], b = exact[h * dim + j];
+        d += a * b;
+        n1 += a * a;
+        n2 += b * b;
+      }
+      cos += d / Math.sqrt(n1 * n2) / heads;
+    }
+    for (const p of [pk, pv, pq, po]) x.free(p);
+    const line = {
+      target: simd ? 'wasm-simd128' : 'wasm-scalar', kernel: cache.kernel, heads, kv_heads: kvHeads, dim, tokens: T,
+      key_bits: keyBits, value_bits: valueBits, ns_per_query: Math.round(fused), dense_fp32_ns_per_query: Math.round(dense),
+      speedup_vs_dense_fp32: +(dense / fused).toFixed(4), cosine_vs_exact: +cos.toFixed(6),
+      bytes_used: cache.bytesUsed(), engine: `node ${process.versions.node} (V8 ${process.versions.v8})`,
+    };
+    cache.dispose();
+    console.log(JSON.stringify(line));
+    rows.push(line);
+  }
+  return rows;
+}
+
+function nativeTarget(kernel) {
+  const here = fileURLToPath(new URL('.', import.meta.url));
+  const bin = process.env.TQKV_BENCH || resolve(here, '../build/bench/tqkv-bench');
+  if (!existsSync(bin)) {
+    console.log(JSON.stringify({ target: 'native', error: `no native benchmark at ${bin} (bash scripts/build.sh)` }));
+    return [];
+  }
+  const argv = ['attend', '--json', '--tokens', tokenList.join(','), '--seconds', String(budget), '--heads', String(heads),
+    '--kv-heads', String(kvHeads), '--dim', String(dim), '--key-bits', String(keyBits), '--value-bits', String(valueBits)];
+  if (kernel) argv.push('--kernel', kernel);
+  const r = spawnSync(bin, argv, { encoding: 'utf8' });
+  if (r.status !== 0) {
+    console.log(JSON.stringify({ target: 'native', kernel, error: (r.stderr || r.stdout).trim().split('\n').pop() }));
+    return [];
+  }
+  const rows = r.stdout.split('\n').filter((l) => l.startsWith('{')).map((l) => ({ target: 'native', ...JSON.parse(l) }));
+  for (const row of rows) console.log(JSON.stringify(row));
+  return rows;
+}
+
+const simd = await wasmTarget(true);
+const scalar = await wasmTarget(false);
+const native = nativeTarget('');
+const nativeKernel = native[0]?.kernel;
+const avx2 = nativeKernel && nativeKernel !== 'avx2' ? nativeTarget('avx2') : native;
+for (const T of tokenList) {
+  const s = simd.find((r) => r.tokens === T), c = scalar.find((r) => r.tokens === T);
+  const n = native.find((r) => r.tokens === T), a = avx2.find((r) => r.tokens === T);
+  const ratio = { target: 'ratio', tokens: T, wasm_simd_speedup_vs_wasm_scalar: +(c.ns_per_query / s.ns_per_query).toFixed(3) };
+  if (n) ratio[`wasm_simd_slowdown_vs_native_${n.kernel}`] = +(s.ns_per_query / n.ns_per_query).toFixed(3);
+  if (a && a !== n) ratio.wasm_simd_slowdown_vs_native_avx2 = +(s.ns_per_query / a.ns_per_query).toFixed(3);
+  console.log(JSON.stringify(ratio));
+}

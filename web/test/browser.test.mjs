@@ -1,0 +1,155 @@
+// A real browser: Debian's Chromium driven by playwright-core loads web/test/browser/index.html
+// from a local static server, with the package installed from the `npm pack` tarball (as a user
+// would), runs append/attend/serialize there and reports back. Checked: the browser's codes equal
+// Node's bit for bit (hash of the serialized cache), attention within 1e-4; once with SIMD128,
+// once forced to the scalar build (?simd=0), and once on an engine that reports no SIMD128 (the
+// SIMD module unreachable, WebAssembly.validate rejecting SIMD): the loader falls back by itself.
+//
+// CHROMIUM (default /usr/bin/chromium) selects the browser; without it the test is skipped.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createServer } from 'node:http';
+import { existsSync, mkdtempSync, mkdirSync, readFileSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve, extname, normalize } from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { Tqkv } from '../dist/index.js';
+import { stream, worstRowRelError } from './helpers.mjs';
+
+const web = resolve(fileURLToPath(new URL('.', import.meta.url)), '..');
+const chromiumPath = process.env.CHROMIUM || '/usr/bin/chromium';
+let chromium;
+try {
+  ({ chromium } = await import('playwright-core'));
+} catch {}
+const skip = !existsSync(chromiumPath) ? `no browser at ${chromiumPath} (apt-get install chromium)` : !chromium ? 'playwright-core not installed (npm ci in web/)' : false;
+
+function fnv1a(bytes) {
+  let h = 0x811c9dc5;
+  for (const b of bytes) h = Math.imul(h ^ b, 0x01000193) >>> 0;
+  return h.toString(16);
+}
+
+// What the page computes, computed in Node.
+async function expected(simd) {
+  const t = await Tqkv.load({ simd });
+  const heads = 8, kvHeads = 2, headDim = 128, tokens = 1000, row = kvHeads * headDim, q = heads * headDim;
+  const cache = t.createCache({ layers: 2, heads, kvHeads, headDim, keyBits: 4, valueBits: 3, window: 16 });
+  for (let t0 = 0; t0 < tokens; t0 += 250) cache.append(1, stream(250 * row, 10 + t0), stream(250 * row, 20 + t0));
+  const out = cache.attend(1, stream(q, 7));
+  const bytes = cache.serialize();
+  cache.dispose();
+  return { out, hash: fnv1a(bytes), length: bytes.length };
+}
+
+const types = { '.html': 'text/html', '.js': 'text/javascript', '.mjs': 'text/javascript', '.wasm': 'application/wasm', '.json': 'application/json', '.ts': 'text/plain' };
+
+function serve(mounts) {
+  const server = createServer((req, res) => {
+    const path = decodeURIComponent(new URL(req.url, 'http://x').pathname);
+    for (const [prefix, dir] of mounts) {
+      if (!path.startsWith(prefix)) continue;
+      const file = normalize(join(dir, path.slice(prefix.length) || 'index.html'));
+      if (!file.startsWith(dir) || !existsSync(file) || !statSync(file).isFile()) break;
+      res.writeHead(200, { 'content-type': types[extname(file)] ?? 'application/octet-stream', 'cache-control': 'no-store' });
+      res.end(readFileSync(file));
+      return;
+    }
+    res.writeHead(404).end('not found');
+  });
+  return new Promise((ok) => server.listen(0, '127.0.0.1', () => ok(server)));
+}
+
+test('Chromium runs the packed package: SIMD128, forced scalar, and fallback without SIMD', { skip, timeout: 180_000 }, async (t) => {
+  // The package as installed from the tarball.
+  const work = mkdtempSync(join(tmpdir(), 'tqkv-browser-'));
+  const packed = execFileSync('npm', ['pack', '--silent', '--pack-destination', work], { cwd: web, encoding: 'utf8' }).trim().split('\n').pop();
+  const pkg = join(work, 'node_modules', 'tqkv');
+  mkdirSync(pkg, { recursive: true });
+  execFileSync('tar', ['-xzf', join(work, packed), '-C', pkg, '--strip-components=1']);
+  const server = await serve([['/node_modules/', join(work, 'node_modules')], ['/', join(web, 'test', 'browser')]]);
+  const base = `http://127.0.0.1:${server.address().port}/`;
+  const browser = await chromium.launch({
+    executablePath: chromiumPath,
+    headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage'],
+  });
+  after(async () => {
+    await browser.close();
+    server.close();
+  });
+  const want = { simd: await expected(true), scalar: await expected(false) };
+  assert.equal(want.simd.hash, want.scalar.hash, 'SIMD and scalar builds serialize identically in Node');
+
+  async function run(query, { noSimd = false } = {}) {
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    const requested = [];
+    const logs = [];
+    page.on('console', (m) => logs.push(m.text()));
+    page.on('pageerror', (e) => logs.push(String(e)));
+    page.on('request', (r) => requested.push(new URL(r.url()).pathname));
+    if (noSimd) {
+      // An engine without SIMD128: feature detection says no, and the SIMD module cannot load.
+      await page.addInitScript(() => {
+        const validate = WebAssembly.validate;
+        WebAssembly.validate = (bytes) => {
+          const b = new Uint8Array(bytes instanceof ArrayBuffer ? bytes : bytes.buffer);
+          for (let i = 0; i + 1 < b.length; i++) if (b[i] === 0xfd) return false; // SIMD opcode prefix
+          return validate.call(WebAssembly, bytes);
+        };
+      });
+      await page.route('**/tqkv.wasm', (route) => route.fulfill({ status: 404, body: 'no SIMD here' }));
+    }
+    await page.goto(base + query);
+    await page.waitForFunction(() => window.__tqkvResult !== undefined, null, { timeout: 120_000 });
+    const result = await page.evaluate(() => window.__tqkvResult);
+    const status = await page.textContent('#status');
+    await context.close();
+    assert.ok(result.ok, `page failed: ${result.error}\n${logs.join('\n')}`);
+    return { result, requested, status };
+  }
+
+  await t.test('SIMD128 (auto-detected)', async () => {
+    const { result, requested, status } = await run('index.html');
+    assert.equal(result.simdSupported, true);
+    assert.equal(result.simd, true);
+    assert.equal(result.kernel, 'wasm128');
+    assert.ok(requested.includes('/node_modules/tqkv/dist/tqkv.wasm'));
+    assert.ok(!requested.includes('/node_modules/tqkv/dist/tqkv-scalar.wasm'));
+    check(result, want.simd);
+    assert.match(status, /^ok: wasm128, 1000 tokens/);
+    console.log(`# chromium simd128: ${Math.round(result.nsPerQuery)} ns/query (8 heads, 2 KV heads, d=128, 1000 tokens)`);
+  });
+
+  await t.test('scalar build forced (?simd=0)', async () => {
+    const { result, requested } = await run('index.html?simd=0');
+    assert.equal(result.simd, false);
+    assert.equal(result.kernel, 'scalar');
+    assert.ok(requested.includes('/node_modules/tqkv/dist/tqkv-scalar.wasm'));
+    check(result, want.scalar);
+  });
+
+  await t.test('engine without SIMD128: the loader falls back to the scalar build', async () => {
+    const { result, requested } = await run('index.html', { noSimd: true });
+    assert.equal(result.simdSupported, false);
+    assert.equal(result.kernel, 'scalar');
+    assert.ok(!requested.includes('/node_modules/tqkv/dist/tqkv.wasm'), 'the SIMD module was not even fetched');
+    check(result, want.scalar);
+  });
+});
+
+function check(result, want) {
+  assert.equal(result.tokens, 1000);
+  assert.equal(result.tokensAfterErrors, 1000, 'failed appends changed nothing');
+  assert.ok(result.bytesUsed > 0 && result.bytesUsed < result.fp16Bytes, `${result.bytesUsed} bytes vs fp16 ${result.fp16Bytes}`);
+  assert.equal(result.serializedLength, want.length);
+  assert.equal(result.serializedHash, want.hash, 'the browser codes equal Node codes bit for bit');
+  assert.ok(worstRowRelError(Float32Array.from(result.out), want.out, 128) < 1e-4);
+  assert.ok(result.roundTripEqual);
+  assert.deepEqual([result.error.name, result.error.code, result.error.isTqkvError], ['TqkvError', 'invalid argument', true]);
+  assert.match(result.error.message, /kv_heads \* head_dim = 256/);
+  assert.match(result.nanError, /not finite/);
+}

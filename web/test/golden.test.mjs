@@ -1,0 +1,84 @@
+// wasm == native, bit for bit: golden files written by the native build in this test run
+// (tests/test_capi.cpp, tag [golden], with TQKV_GOLDEN_DIR), compared with what both wasm builds
+// produce from the same inputs; then the reverse: caches serialized by wasm load natively
+// (tag [golden-load]).
+//
+// TQKV_GOLDEN_DIR: a directory with the golden files (wasm/test.sh makes it); otherwise the
+// native test binary (TQKV_NATIVE_TESTS, default ../build/tests/tqkv_tests) writes them to a
+// temporary directory. Without either the test is skipped with a message.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { Tqkv } from '../dist/index.js';
+import { stream, bytesEqual, worstRowRelError } from './helpers.mjs';
+
+const here = fileURLToPath(new URL('.', import.meta.url));
+const nativeTests = [process.env.TQKV_NATIVE_TESTS, resolve(here, '../../build/tests/tqkv_tests'),
+  resolve(here, '../../build-capi/tests/tqkv_tests')].find((p) => p && existsSync(p));
+
+let dir = process.env.TQKV_GOLDEN_DIR;
+let skip = false;
+if (!dir) {
+  if (nativeTests) {
+    dir = mkdtempSync(join(tmpdir(), 'tqkv-golden-'));
+    const r = spawnSync(nativeTests, ['[golden]'], { env: { ...process.env, TQKV_GOLDEN_DIR: dir }, encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`native golden writer failed:\n${r.stdout}\n${r.stderr}`);
+  } else {
+    skip = 'no golden files: set TQKV_GOLDEN_DIR or build the native tests (build/tests/tqkv_tests)';
+  }
+}
+
+test('wasm codes == native codes bit for bit; native caches load in wasm and attend within 1e-4', { skip }, async () => {
+  const files = readdirSync(dir);
+  const caches = files.filter((f) => f.endsWith('.tqkv') && !f.endsWith('.wasm.tqkv')).map((f) => f.slice(0, -5));
+  const codecs = files.filter((f) => f.endsWith('.codes')).map((f) => f.slice(0, -6));
+  assert.ok(caches.length >= 4 && codecs.length >= 3, `golden files missing in ${dir}: ${files}`);
+  for (const simd of [true, false]) {
+    const t = await Tqkv.load({ simd });
+    for (const name of caches) {
+      const native = new Uint8Array(readFileSync(join(dir, `${name}.tqkv`)));
+      const nativeOut = new Float32Array(new Uint8Array(readFileSync(join(dir, `${name}.attend.f32`))).buffer);
+      // 1. the native bytes load in wasm and re-serialize identically
+      const loaded = t.deserialize(native);
+      assert.ok(bytesEqual(loaded.serialize(), native), `${name}: re-serialized bytes differ`);
+      const cfg = loaded.config;
+      const q = cfg.heads * cfg.headDim, row = cfg.kvHeads * cfg.headDim;
+      const qs = stream(4 * q, 77);
+      const out = loaded.attend(cfg.layers - 1, qs);
+      const err = worstRowRelError(out, nativeOut, cfg.headDim);
+      assert.ok(err < 1e-4, `${name} (${t.kernel}): attention differs from native by ${err}`);
+      // 2. the same appends in wasm give the native bytes
+      const { seed, maxTokens, scale, normFormat, ...shape } = cfg;
+      const fresh = t.createCache(shape);
+      for (let l = 0; l < cfg.layers; l++) {
+        const n = loaded.tokens(l);
+        fresh.append(l, stream(n * row, 1000 + 2 * l), stream(n * row, 1001 + 2 * l));
+      }
+      const mine = fresh.serialize();
+      assert.ok(bytesEqual(mine, native), `${name} (${t.kernel}): wasm codes differ from native`);
+      const out2 = fresh.attend(cfg.layers - 1, qs);
+      assert.ok(worstRowRelError(out2, nativeOut, cfg.headDim) < 1e-4);
+      if (simd) writeFileSync(join(dir, `${name}.wasm.tqkv`), mine);
+      loaded.dispose();
+      fresh.dispose();
+    }
+    for (const name of codecs) {
+      const [, method, bits, dim] = name.match(/^(mse|prod|qjl)(\d+)d(\d+)$/);
+      const codec = t.createCodec({ method, bits: +bits, dim: +dim });
+      const codes = codec.encode(stream(20 * +dim, 4242));
+      assert.ok(bytesEqual(codes, new Uint8Array(readFileSync(join(dir, `${name}.codes`)))), `${name}: codec bytes differ`);
+      codec.dispose();
+    }
+  }
+});
+
+test('caches serialized by wasm load natively (native [golden-load])', { skip: skip || (!nativeTests && 'no native test binary') }, () => {
+  assert.ok(existsSync(join(dir, 'k4v4.wasm.tqkv')), 'run after the previous test');
+  const r = spawnSync(nativeTests, ['[golden-load]'], { env: { ...process.env, TQKV_GOLDEN_DIR: dir }, encoding: 'utf8' });
+  assert.equal(r.status, 0, `${r.stdout}\n${r.stderr}`);
+  assert.match(r.stdout, /All tests passed/);
+});

@@ -1,0 +1,73 @@
+// `npm pack` gives a tarball that installs and runs in a fresh directory (no network needed:
+// the package has no dependencies).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtempSync, writeFileSync, readdirSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+
+const web = resolve(fileURLToPath(new URL('.', import.meta.url)), '..');
+const npm = process.platform === 'win32' ? 'npm.cmd' : 'npm';
+
+test('npm pack tarball installs and runs in a fresh directory', () => {
+  const work = mkdtempSync(join(tmpdir(), 'tqkv-pack-'));
+  const packed = execFileSync(npm, ['pack', '--silent', '--pack-destination', work], { cwd: web, encoding: 'utf8' }).trim().split('\n').pop();
+  const tarball = join(work, packed);
+  assert.ok(existsSync(tarball), `npm pack did not write ${tarball}`);
+  const listing = execFileSync('tar', ['-tzf', tarball], { encoding: 'utf8' }).split('\n').filter(Boolean).sort();
+  assert.deepEqual(listing, ['package/README.md', 'package/dist/index.d.ts', 'package/dist/index.js', 'package/dist/tqkv-scalar.wasm',
+    'package/dist/tqkv.wasm', 'package/package.json']);
+  const app = join(work, 'app');
+  execFileSync('mkdir', ['-p', app]);
+  writeFileSync(join(app, 'package.json'), JSON.stringify({ name: 'app', private: true, type: 'module' }));
+  execFileSync(npm, ['install', '--offline', '--no-audit', '--no-fund', '--silent', tarball], { cwd: app, encoding: 'utf8' });
+  assert.ok(readdirSync(join(app, 'node_modules', 'tqkv', 'dist')).includes('tqkv.wasm'));
+  writeFileSync(join(app, 'main.mjs'), `
+    import { Tqkv } from 'tqkv';
+    const results = {};
+    for (const simd of [true, false]) {
+      const t = await Tqkv.load({ simd });
+      const c = t.createCache({ layers: 2, heads: 4, kvHeads: 2, headDim: 64, keyBits: 4, valueBits: 3, window: 8 });
+      const k = new Float32Array(100 * 128).map((_, i) => Math.sin(i)), v = k.map((x) => x * 0.5);
+      c.append(1, k, v);
+      const out = c.attend(1, new Float32Array(256).fill(0.25));
+      const d = simd ? Tqkv.deserialize(c.serialize()) : t.deserialize(c.serialize());
+      results[t.kernel] = { tokens: c.tokens(1), bytes: c.bytesUsed(), out0: out[0], same: d.attend(1, new Float32Array(256).fill(0.25))[0] === out[0] };
+      c.dispose(); d.dispose();
+    }
+    console.log(JSON.stringify(results));
+  `);
+  const res = JSON.parse(execFileSync(process.execPath, ['main.mjs'], { cwd: app, encoding: 'utf8' }));
+  assert.deepEqual(Object.keys(res).sort(), ['scalar', 'wasm128']);
+  for (const r of Object.values(res)) {
+    assert.equal(r.tokens, 100);
+    assert.ok(r.bytes > 0 && Number.isFinite(r.out0) && r.same);
+  }
+  assert.ok(Math.abs(res.wasm128.out0 - res.scalar.out0) <= 1e-4 * Math.abs(res.scalar.out0));
+  // the bundled typings resolve and type-check for TypeScript users
+  const dts = join(app, 'node_modules', 'tqkv', 'dist', 'index.d.ts');
+  assert.ok(existsSync(dts));
+  const tsc = join(web, 'node_modules', 'typescript', 'bin', 'tsc');
+  if (existsSync(tsc)) {
+    writeFileSync(join(app, 'check.ts'), `
+      import { Tqkv, KVCache, TqkvError, type CacheOptions } from 'tqkv';
+      const opts: CacheOptions = { layers: 2, heads: 4, kvHeads: 2, headDim: 64, keyBits: 4, valueBits: 3 };
+      export async function run(): Promise<number> {
+        const t: Tqkv = await Tqkv.load({ simd: 'auto', maximumMemory: 1 << 30 });
+        const c: KVCache = t.createCache(opts);
+        c.append(0, new Float32Array(128), new Float32Array(128));
+        const out: Float32Array = c.attend(0, new Float32Array(256), new Float32Array(256), true);
+        const bytes: Uint8Array = c.serialize();
+        const d: KVCache = Tqkv.deserialize(bytes);
+        try { c.truncate(5); } catch (e) { if (e instanceof TqkvError) console.log(e.code, e.status); }
+        const codes: Uint8Array = t.createCodec({ dim: 64, bits: 4, method: 'mse' }).encode(new Float32Array(64));
+        d.dispose(); c.dispose();
+        return out[0] + codes.length + c.config.headDim + t.memoryBytes;
+      }
+    `);
+    execFileSync(process.execPath, [tsc, '--noEmit', '--strict', '--target', 'es2022', '--module', 'nodenext',
+      '--moduleResolution', 'nodenext', '--lib', 'es2022,dom', 'check.ts'], { cwd: app, encoding: 'utf8' });
+  }
+});
