@@ -373,3 +373,36 @@ TEST_CASE("truncate rolls back; appending again gives the same cache as never ha
         CHECK(oa == ob);
     }
 }
+
+TEST_CASE("attend_stats: two caches merged into one softmax equal one cache over all tokens", "[cache]") {
+    // Tokens 0..59 in one cache (split at 40 into two caches): with the same codes (same seed,
+    // same config), merging the statistics of the two halves must reproduce attention over all.
+    auto cfg = cache_config(4, 2, 64, 4, 3, 0);
+    const auto K = tqkv_test::gaussian_vectors(60, 128, 1), V = tqkv_test::gaussian_vectors(60, 128, 2);
+    KVCache all(cfg), first(cfg), second(cfg);
+    all.append(K, V);
+    first.append(std::span(K).first(40 * 128), std::span(V).first(40 * 128));
+    second.append(std::span(K).subspan(40 * 128), std::span(V).subspan(40 * 128));
+    const auto q = tqkv_test::gaussian_vectors(1, 4 * 64, 3);
+    std::vector<float> expect(q.size()), a1(q.size()), a2(q.size()), m1(4), m2(4), l1(4), l2(4), lg(4 * 40);
+    all.attend(q, expect, false);
+    first.attend_stats(q, a1, m1, l1, lg);
+    second.attend_stats(q, a2, m2, l2);
+    for (int h = 0; h < 4; ++h) {
+        const float M = std::max(m1[h], m2[h]), e1 = std::exp(m1[h] - M), e2 = std::exp(m2[h] - M);
+        std::vector<float> merged(64);
+        for (int j = 0; j < 64; ++j) merged[j] = (e1 * a1[h * 64 + j] + e2 * a2[h * 64 + j]) / (e1 * l1[h] + e2 * l2[h]);
+        // Codes are per token, so both halves hold exactly the codes of the whole: the merge
+        // differs from one pass only in float summation order.
+        std::vector<float> ref(expect.begin() + h * 64, expect.begin() + (h + 1) * 64);
+        CHECK(rel_error(merged, ref, 0, 64) < 1e-5);
+        // The logits reproduce the statistics: m = max, l = sum exp(s - m).
+        double sum = 0;
+        float mx = -INFINITY;
+        for (int t = 0; t < 40; ++t) mx = std::max(mx, lg[h * 40 + t]);
+        for (int t = 0; t < 40; ++t) sum += std::exp(double(lg[h * 40 + t]) - mx);
+        CHECK(mx == Approx(m1[h]));
+        CHECK(sum == Approx(l1[h]).epsilon(1e-5));
+    }
+    CHECK_THROWS_WITH(first.attend_stats(std::span(q).first(10), a1, m1, l1), Catch::Contains("query"));
+}

@@ -361,6 +361,24 @@ void read_norms(const KernelTable& k, const uint8_t* p, size_t nb, float* out) {
 }  // namespace
 
 void KVCache::attend(std::span<const float> queries, std::span<float> out, bool causal) const {
+    attend_impl(queries, out, causal, nullptr, nullptr, {});
+}
+
+void KVCache::attend_stats(std::span<const float> query, std::span<float> acc, std::span<float> max_logit,
+                           std::span<float> sum_exp, std::span<float> logits) const {
+    const CacheConfig& c = impl_->cfg;
+    if (query.size() != size_t(c.heads) * c.head_dim)
+        fail("attend_stats: query has " + std::to_string(query.size()) + " floats, expected heads * head_dim = " +
+             std::to_string(size_t(c.heads) * c.head_dim));
+    if (max_logit.size() != size_t(c.heads) || sum_exp.size() != size_t(c.heads))
+        fail("attend_stats: max_logit and sum_exp need one float per query head");
+    if (!logits.empty() && logits.size() != size_t(c.heads) * impl_->n_tokens)
+        fail("attend_stats: logits need heads * tokens() floats (or none)");
+    attend_impl(query, acc, false, max_logit.data(), sum_exp.data(), logits);
+}
+
+void KVCache::attend_impl(std::span<const float> queries, std::span<float> out, bool causal, float* stat_max,
+                          float* stat_sum, std::span<float> logits) const {
     const Impl& m = *impl_;
     const CacheConfig& c = m.cfg;
     const int d = c.head_dim, r = m.group_size();
@@ -520,6 +538,12 @@ void KVCache::attend(std::span<const float> queries, std::span<float> out, bool 
                         for (size_t t = valid; t < kGroupTokens; ++t) sc[t] = -std::numeric_limits<float>::infinity();
                     }
                 }
+                if (!logits.empty())
+                    for (int hh = 0; hh < r; ++hh) {
+                        const size_t n_valid = std::min(ng * kGroupTokens, visible_codes - g0 * kGroupTokens);
+                        std::copy_n(&ws.scores[size_t(hh) * score_cols], n_valid,
+                                    &logits[(size_t(kvh) * r + hh) * m.n_tokens + g0 * kGroupTokens]);
+                    }
                 softmax_chunk(ng * kGroupTokens);
                 for (size_t gi = 0; gi < ng; ++gi) {
                     const uint8_t* g = m.group(kvh, (g0 + gi) * kGroupTokens);
@@ -551,6 +575,10 @@ void KVCache::attend(std::span<const float> queries, std::span<float> out, bool 
                     for (int hh = 0; hh < r; ++hh)
                         ws.scores[size_t(hh) * score_cols + i] = ak.dot_f32(q0 + size_t(hh) * d, key, d) * m.scale;
                 }
+                if (!logits.empty())
+                    for (int hh = 0; hh < r; ++hh)
+                        std::copy_n(&ws.scores[size_t(hh) * score_cols], nw,
+                                    &logits[(size_t(kvh) * r + hh) * m.n_tokens + m.n_compressed]);
                 softmax_chunk(nw);
                 for (size_t i = 0; i < nw; ++i) {
                     const float* val = &m.win_v[((m.n_compressed + i) % W) * m.row() + size_t(kvh) * d];
@@ -562,7 +590,12 @@ void KVCache::attend(std::span<const float> queries, std::span<float> out, bool 
             // 4. One inverse rotation per head and value segment, then normalize.
             for (int hh = 0; hh < r; ++hh) {
                 float* o = &out[qi * qrow + (size_t(kvh) * r + hh) * d];
-                const float inv_l = 1.0f / ws.l[hh];
+                // attend(): normalized output. attend_stats(): the unnormalized sum and its statistics.
+                const float inv_l = stat_max ? 1.0f : 1.0f / ws.l[hh];
+                if (stat_max) {
+                    stat_max[size_t(kvh) * r + hh] = ws.m[hh];
+                    stat_sum[size_t(kvh) * r + hh] = ws.l[hh];
+                }
                 const float* acc = ws.acc.data();
                 for (auto& s : m.values.segs) {
                     const int sp = s.rot->padded_dim();

@@ -69,6 +69,14 @@ public:
     // sees tokens 0..that position (chunked prefill after appending the chunk); with
     // causal = false every query sees all tokens.
     void attend(std::span<const float> queries, std::span<float> out, bool causal = true) const;
+    // Attention statistics of one query token ([heads][head_dim]) over all tokens, for merging
+    // several caches into one softmax (tiers, eviction policies): per query head h,
+    // max_logit[h] = m = max_t s_t and sum_exp[h] = sum_t exp(s_t - m), with s_t = scale q.k_t;
+    // acc [heads][head_dim] = sum_t exp(s_t - m) v_t (unnormalized); logits, when given
+    // ([heads][tokens()]), receive every s_t. Merge caches i with M = max m_i:
+    // out = sum_i exp(m_i - M) acc_i / sum_i exp(m_i - M) sum_exp_i.
+    void attend_stats(std::span<const float> query, std::span<float> acc, std::span<float> max_logit,
+                      std::span<float> sum_exp, std::span<float> logits = {}) const;
     // The same result computed the slow, obvious way: decode every key and value to floats, exact
     // softmax in double precision. The reference the fused kernels are tested against.
     void attend_reference(std::span<const float> queries, std::span<float> out, bool causal = true) const;
@@ -94,6 +102,8 @@ public:
     explicit KVCache(std::unique_ptr<Impl> impl);
 
 private:
+    void attend_impl(std::span<const float> queries, std::span<float> out, bool causal, float* stat_max,
+                     float* stat_sum, std::span<float> logits) const;
     std::unique_ptr<Impl> impl_;
     friend class ModelKVCache;
 };
