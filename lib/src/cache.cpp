@@ -491,10 +491,11 @@ void KVCache::attend_impl(std::span<const float> queries, std::span<float> out, 
                     const uint8_t* g = m.group(kvh, t0);
                     // Groups of one KV head are spread over separately allocated blocks, which the
                     // hardware prefetcher cannot follow: when they come from DRAM (a KV head larger
-                    // than the L2/L3 share), fetch the next chunk's group while this one computes.
+                    // than the L2/L3 share), fetch the next chunk's group into L2 while this one
+                    // computes.
                     if (prefetch && g0 + kChunkGroups + gi < n_groups) {
                         const uint8_t* next = m.group(kvh, (g0 + kChunkGroups + gi) * kGroupTokens);
-                        for (size_t off = 0; off < m.group_bytes; off += 64) __builtin_prefetch(next + off);
+                        for (size_t off = 0; off < m.group_bytes; off += 64) __builtin_prefetch(next + off, 0, 1);
                     }
                     const size_t valid = std::min<size_t>(kGroupTokens, visible_codes - t0);
                     if (fused_keys) {  // one call: scores * norms * scale, straight into the chunk
