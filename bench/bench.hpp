@@ -69,5 +69,7 @@ int cmd_quality(const Args& args);
 int cmd_encode(const Args& args);
 int cmd_attend(const Args& args);
 int cmd_report(const Args& args);
+int cmd_ppl(const Args& args);
+int cmd_decode(const Args& args);
 
 }  // namespace bench

@@ -141,7 +141,14 @@ static void usage() {
                  "           encode/decode throughput of the best kernel vs the scalar kernel, one core\n"
                  "  attend   --heads 4 --kv-heads 4 --dim 128 --tokens 1024,4096,16384,65536 --key-bits 4\n"
                  "           --value-bits 4 [--key-method mse|prod] [--window 0] [--json]\n"
-                 "           fused attention over the compressed cache vs dense fp32/fp16 attention\n";
+                 "           fused attention over the compressed cache vs dense fp32/fp16 attention\n"
+                 "  ppl      --model DIR [--bytes 4096] [--config K4V3,q4_0,...] [--frontier] [--json] [--ctx N]\n"
+                 "           [--offset 0] [--calib-bytes 8192] [--chunked] [--threads 1]\n"
+                 "           a Llama model over held-out text (DIR/eval.txt) with each KV-cache configuration:\n"
+                 "           NLL per byte vs the exact cache, argmax agreement, bytes per token; --frontier: the\n"
+                 "           fewest bits per coordinate within ΔNLL 0.5/1/3% per method\n"
+                 "  decode   --model DIR [--context 1024] [--steps 64] [--config fp32,K3V3-w16,...] [--json]\n"
+                 "           tokens/s of token-by-token decode ending at the context length, per cache\n";
 }
 
 int main(int argc, char** argv) {
@@ -156,6 +163,8 @@ int main(int argc, char** argv) {
         if (cmd == "encode") return bench::cmd_encode(args);
         if (cmd == "attend") return bench::cmd_attend(args);
         if (cmd == "report") return bench::cmd_report(args);
+        if (cmd == "ppl") return bench::cmd_ppl(args);
+        if (cmd == "decode") return bench::cmd_decode(args);
         std::cerr << "tqkv-bench: unknown command '" << cmd << "'\n";
         usage();
         return 2;

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-100000}
 CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTQKV_FUZZ=ON \
-  -DTQKV_BUILD_TESTS=OFF -DTQKV_BUILD_BENCH=OFF >/dev/null
+  -DTQKV_BUILD_TESTS=OFF -DTQKV_BUILD_BENCH=OFF -DTQKV_BUILD_TOOLS=OFF >/dev/null
 cmake --build build-fuzz -j"$(nproc)"
 seeds=build-fuzz/seeds
 rm -rf "$seeds" build-fuzz/corpus && ./build-fuzz/fuzz/tqkv-make-seeds "$seeds"

@@ -16,6 +16,15 @@ else
   echo "(real-data report skipped: no KV dump at $real; run: build/bench/tqkv-bench report --data DIR)"
 fi
 echo
+model=../shared/data/tq-ref-128
+if [ -f "$model/model.safetensors" ]; then
+  # What decides: the model's own predictions over held-out text with each cache (ΔNLL).
+  ./build/bench/tqkv-bench ppl --model "$model" --bytes 4096 \
+    --config fp32,q8_0,q4_0,kivi2,K4V4-raw,K3V3-raw,K4V3-w16,K3.5V2.5-w16,K3V2-w16,K2.5V1.5-w16
+else
+  echo "(end-to-end ΔNLL skipped: no model at $model; run: build/bench/tqkv-bench ppl --model DIR)"
+fi
+echo
 ./build/bench/tqkv-bench attend --tokens 4096,16384 --seconds 0.3
 echo
 ./build/bench/tqkv-bench encode --dim 128 --bits 4

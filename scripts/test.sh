@@ -20,12 +20,12 @@ step "native tests"
 ctest --test-dir build --output-on-failure -j"$jobs"
 
 step "AddressSanitizer + UBSan tests"
-cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTQKV_SANITIZE=ON -DTQKV_BUILD_BENCH=OFF >/dev/null
+cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTQKV_SANITIZE=ON -DTQKV_BUILD_BENCH=OFF -DTQKV_BUILD_TOOLS=OFF >/dev/null
 cmake --build build-asan -j"$jobs"
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ./build-asan/tests/tqkv_tests '~[stat]'
 
 step "ThreadSanitizer concurrency tests"
-cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTQKV_TSAN=ON -DTQKV_BUILD_BENCH=OFF >/dev/null
+cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTQKV_TSAN=ON -DTQKV_BUILD_BENCH=OFF -DTQKV_BUILD_TOOLS=OFF >/dev/null
 cmake --build build-tsan -j"$jobs"
 TSAN_OPTIONS=halt_on_error=1 ./build-tsan/tests/tqkv_tests '[threads]'
 
@@ -34,13 +34,13 @@ bash fuzz/run.sh
 
 step "ARM64 NEON tests under qemu-aarch64"
 cmake -S . -B build-arm64 -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake -DCMAKE_BUILD_TYPE=Release \
-  -DTQKV_BUILD_BENCH=OFF >/dev/null
+  -DTQKV_BUILD_BENCH=OFF -DTQKV_BUILD_TOOLS=OFF >/dev/null
 cmake --build build-arm64 -j"$jobs"
 # Everything but the long statistical tests (those check math, not the kernels, and run natively).
 qemu-aarch64 -L /usr/aarch64-linux-gnu build-arm64/tests/tqkv_tests '~[stat]'
 step "explorer: render every panel headless under Xvfb and check the PNGs"
 cmake -S . -B build-explorer -DCMAKE_BUILD_TYPE=Release -DTQKV_BUILD_EXPLORER=ON \
-  -DTQKV_BUILD_TESTS=OFF -DTQKV_BUILD_BENCH=OFF >/dev/null
+  -DTQKV_BUILD_TESTS=OFF -DTQKV_BUILD_BENCH=OFF -DTQKV_BUILD_TOOLS=OFF >/dev/null
 cmake --build build-explorer -j"$jobs" --target tqkv-explorer tqkv-explorer-pngcheck
 bash explorer/test.sh build-explorer
 

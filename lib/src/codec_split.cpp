@@ -81,15 +81,26 @@ std::vector<float> SplitCodec::gather(const float* x, size_t n, size_t stride, c
     return out;
 }
 
+namespace {
+// Per-thread scratch for the gathered channels of check_rows / encode_rows: a cache appending one
+// token at a time must not allocate per token.
+const float* gather_into(const float* x, size_t n, size_t stride, const std::vector<int>& ch) {
+    thread_local std::vector<float> buf;
+    if (buf.size() < n * ch.size()) buf.resize(n * ch.size());
+    for (size_t v = 0; v < n; ++v)
+        for (size_t j = 0; j < ch.size(); ++j) buf[v * ch.size() + j] = x[v * stride + ch[j]];
+    return buf.data();
+}
+}  // namespace
+
 void SplitCodec::check_rows(const float* x, size_t n, size_t x_stride) const {
-    hi_->check_rows(gather(x, n, x_stride, high_).data(), n, high_.size());
-    lo_->check_rows(gather(x, n, x_stride, low_).data(), n, low_.size());
+    hi_->check_rows(gather_into(x, n, x_stride, high_), n, high_.size());
+    lo_->check_rows(gather_into(x, n, x_stride, low_), n, low_.size());
 }
 
 void SplitCodec::encode_rows(const float* x, size_t n, size_t x_stride, uint8_t* out, size_t out_stride) const {
-    hi_->encode_rows(gather(x, n, x_stride, high_).data(), n, high_.size(), out, out_stride);
-    lo_->encode_rows(gather(x, n, x_stride, low_).data(), n, low_.size(), out + hi_->bytes_per_vector(),
-                     out_stride);
+    hi_->encode_rows(gather_into(x, n, x_stride, high_), n, high_.size(), out, out_stride);
+    lo_->encode_rows(gather_into(x, n, x_stride, low_), n, low_.size(), out + hi_->bytes_per_vector(), out_stride);
 }
 
 void SplitCodec::check_codes(const uint8_t* in, size_t in_stride, size_t n) const {

@@ -1,0 +1,411 @@
+// tqkv-bench ppl: what a user of a KV cache asks — does the model still predict the same text?
+// Runs a real Llama model (tqkv::LlamaRunner) over held-out text with the exact fp32 cache and
+// with each cache configuration, and reports the negative log-likelihood per byte, its change,
+// how often the argmax prediction matches the exact cache's, and the cache's bytes per token.
+// --frontier sweeps configurations and prints, per method, the fewest bits per coordinate that
+// keep ΔNLL within 0.5%, 1% and 3%.
+#include <algorithm>
+#include <atomic>
+#include <cctype>
+#include <cmath>
+#include <fstream>
+#include <iostream>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+#include "bench.hpp"
+#include "tqkv/model.hpp"
+#include "tqkv/tqkv.hpp"
+
+namespace bench {
+namespace {
+
+std::vector<uint8_t> read_bytes(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    if (!f) throw std::invalid_argument("cannot open " + path);
+    return std::vector<uint8_t>((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
+// The configurations of a plain run: every family at its rates. tqkv specs use the default
+// preconditioning (centered keys and values, debiased logits) unless "-raw" (plain TurboQuant).
+std::vector<std::string> default_configs() {
+    return {// baselines
+            "fp16", "q8_0", "q4_0", "kivi4", "kivi2",
+            // plain TurboQuant (no preconditioning, no window), K = V
+            "K4V4-raw", "K3.5V3.5-raw", "K3V3-raw", "K2.5V2.5-raw", "K2V2-raw",
+            // tqkv, mse keys: K = V, K > V, then with a recent window of 16 exact tokens
+            "K4V4", "K3.5V3.5", "K3V3", "K2.5V2.5", "K2V2", "K4V3", "K4V2", "K3.5V2.5", "K3V2", "K2.5V2",
+            "K4V3-w16", "K3.5V2.5-w16", "K3V2.5-w16", "K3V2-w16", "K2.5V1.5-w16", "K2V2-w16", "K3V3-w64",
+            // tqkv, prod keys
+            "K4V4-prod", "K3V3-prod", "K2.5V2.5-prod", "K3.5V2.5-prod-w16"};
+}
+
+// The --frontier sweep.
+std::vector<std::string> frontier_configs() {
+    std::vector<std::string> c = {"fp16", "q8_0", "q4_0", "kivi4", "kivi2"};
+    for (const char* b : {"2", "2.5", "3", "3.5", "4", "5"}) c.push_back(std::string("K") + b + "V" + b + "-raw");
+    for (const char* kv : {"K3V2", "K3V3", "K4V3", "K4V4", "K5V4", "K5V5"}) c.push_back(std::string(kv) + "-prod");
+    const char* kb[] = {"2", "2.5", "3", "3.5", "4"};
+    const char* vb[] = {"2", "2.5", "3", "3.5", "4"};
+    for (int k = 0; k < 5; ++k)
+        for (int v = 0; v <= k; ++v) c.push_back(std::string("K") + kb[k] + "V" + vb[v]);
+    for (const char* w : {"-w8", "-w16", "-w32"})
+        for (int k = 0; k < 5; ++k)
+            for (int v = 0; v <= std::min(k, 2); ++v) c.push_back(std::string("K") + kb[k] + "V" + vb[v] + w);
+    // Values below 2 bits, layer-adaptive rates (the last layer is the most sensitive one).
+    for (const char* x : {"K2V1.5-w16", "K2.5V1.5-w16", "K3V1.5-w16", "K2V2-w16-l5=K3V2", "K3V2-w16-l5=K4V3",
+                          "K3V2.5-w16-l5=K4V3"})
+        c.push_back(x);
+    return c;
+}
+
+// Families of the frontier table: a row can count for several.
+struct Family {
+    const char* name;
+    bool (*member)(const std::string& method, int window);
+};
+const Family kFamilies[] = {
+    {"tqkv (centered, debiased, recent window)", [](const std::string& m, int) { return m == "tqkv-mse"; }},
+    {"tqkv without window", [](const std::string& m, int w) { return m == "tqkv-mse" && w == 0; }},
+    {"TurboQuant plain (K=V, no window)", [](const std::string& m, int) { return m == "tqkv-mse-raw"; }},
+    {"tqkv-prod keys", [](const std::string& m, int) { return m == "tqkv-prod"; }},
+    {"q4_0", [](const std::string& m, int) { return m == "q4_0"; }},
+    {"q8_0", [](const std::string& m, int) { return m == "q8_0"; }},
+    {"kivi", [](const std::string& m, int) { return m == "kivi"; }},
+    {"fp16", [](const std::string& m, int) { return m == "fp16"; }},
+};
+
+struct Row {
+    std::string config, method;
+    double key_bits = 0, value_bits = 0;
+    int window = 0;
+    double bits_per_coord = 0, nll = 0, delta_pct = 0, argmax_agree = 0, bytes_per_token = 0, tokens_per_s = 0;
+    double memory_bytes = 0;
+    double delta_min = 0, delta_max = 0;  // over seeds
+    int seeds = 1;
+};
+
+// Family and nominal rates of a spec.
+void describe(const std::string& spec, Row& r) {
+    r.config = spec;
+    auto nominal = [&](const char* m, double b) {
+        r.method = m;
+        r.key_bits = r.value_bits = b;
+    };
+    if (spec == "fp32" || spec == "exact") return nominal("exact", 32);
+    if (spec == "fp16") return nominal("fp16", 16);
+    if (spec == "q8_0") return nominal("q8_0", 8);
+    if (spec == "q4_0") return nominal("q4_0", 4);
+    if (spec.rfind("kivi", 0) == 0) return nominal("kivi", std::stod(spec.substr(4)));
+    const size_t v = spec.find_first_of("Vv");
+    r.key_bits = std::stod(spec.substr(1, v - 1));
+    r.value_bits = std::stod(spec.substr(v + 1));
+    std::vector<std::string> opts;
+    std::stringstream ss(spec);
+    for (std::string p; std::getline(ss, p, '-');) opts.push_back(p);
+    bool prod = false, raw = false;
+    for (size_t i = 1; i < opts.size(); ++i) {
+        const std::string& p = opts[i];
+        if (p == "prod") prod = true;
+        else if (p == "raw") raw = true;
+        else if (p.size() > 1 && p[0] == 'w' && std::isdigit(static_cast<unsigned char>(p[1]))) r.window = std::stoi(p.substr(1));
+    }
+    r.method = std::string("tqkv-") + (prod ? "prod" : "mse") + (raw ? "-raw" : "");
+}
+
+// Forwards to a cache and times its attend() calls.
+class TimedCache final : public tqkv::AttentionCache {
+public:
+    explicit TimedCache(tqkv::AttentionCache& inner) : AttentionCache(inner.shape()), c_(inner) {}
+    std::string name() const override { return c_.name(); }
+    void append(int l, std::span<const float> k, std::span<const float> v) override {
+        const double t0 = now();
+        c_.append(l, k, v);
+        append_seconds += now() - t0;
+    }
+    void attend(int l, std::span<const float> q, std::span<float> o) override {
+        const double t0 = now();
+        c_.attend(l, q, o);
+        seconds += now() - t0;
+    }
+    size_t tokens(int l) const override { return c_.tokens(l); }
+    void clear() override { c_.clear(); }
+    void reserve(size_t n) override { c_.reserve(n); }
+    double format_bytes() const override { return c_.format_bytes(); }
+    size_t memory_bytes() const override { return c_.memory_bytes(); }
+    double seconds = 0, append_seconds = 0;  // in attend, in append
+
+private:
+    tqkv::AttentionCache& c_;
+};
+
+}  // namespace
+
+// tqkv-bench decode: tokens/s of token-by-token decode at a given context length, per cache.
+int cmd_decode(const Args& args) {
+    args.allow({"model", "context", "steps", "config", "json", "repeats"});
+    const std::string dir = args.get("model", "");
+    if (dir.empty()) throw std::invalid_argument("decode: --model DIR is required");
+    const tqkv::LlamaModel model = tqkv::LlamaModel::load(dir);
+    const tqkv::LlamaConfig& mc = model.config();
+    if (!mc.byte_vocab()) throw std::invalid_argument("decode: the model needs a byte vocabulary (vocab_size 256)");
+    const size_t ctx = size_t(args.get_int("context", mc.max_position_embeddings));
+    const size_t steps = size_t(args.get_int("steps", 64));
+    const int repeats = std::max(1, args.get_int("repeats", 3));
+    if (steps < 1 || steps >= ctx) throw std::invalid_argument("decode: need 1 <= --steps < --context");
+    const std::vector<uint8_t> text = read_bytes(dir + "/eval.txt");
+    if (text.size() < ctx + 8192) throw std::invalid_argument("decode: eval.txt is too short");
+    const std::vector<int32_t> tokens(text.begin(), text.begin() + long(ctx));
+    const std::vector<int32_t> calib(text.end() - 8192, text.end());
+    const tqkv::KVCalibration cal = tqkv::calibrate_kv(model, calib, size_t(mc.max_position_embeddings));
+    // Baseline formats (fp16, q8_0, q4_0, kivi) are emulated (exact attention over dequantized
+    // fp32), so their speed is not theirs: the default list times the exact and the tqkv caches.
+    const auto configs = args.list("config", "fp32,K4V4,K3.5V2.5-w16,K3V2-w16,K2.5V1.5-w16,K2V2-w16");
+    const bool json = args.flag("json");
+    Table t({"config", "decode tokens/s", "ms/token", "attend ms/token", "append ms/token", "bits/coord", "cache KiB"});
+    std::vector<float> logits(size_t(mc.vocab_size));
+    // All caches first, then the repeats interleaved over them, so that load from other
+    // processes spreads evenly over the configurations.
+    struct Run {
+        std::unique_ptr<tqkv::AttentionCache> inner;
+        std::unique_ptr<TimedCache> cache;
+        std::unique_ptr<tqkv::LlamaRunner> run;
+        std::vector<double> per, att, app;
+    };
+    std::vector<Run> runs;
+    for (const auto& spec : configs) {
+        Run r;
+        r.inner = spec == "fp32" ? tqkv::make_exact_cache(tqkv::CacheShape::of(mc))
+                                 : tqkv::make_cache(spec, tqkv::CacheShape::of(mc), &cal);
+        r.cache = std::make_unique<TimedCache>(*r.inner);
+        r.cache->reserve(ctx);
+        r.run = std::make_unique<tqkv::LlamaRunner>(model, *r.cache);
+        runs.push_back(std::move(r));
+    }
+    for (int rep = 0; rep < repeats; ++rep)
+        for (auto& r : runs) {
+            r.run->reset();
+            r.run->prefill(std::span(tokens).first(ctx - steps), logits);
+            r.cache->seconds = r.cache->append_seconds = 0;
+            const double t0 = now();
+            for (size_t i = ctx - steps; i < ctx; ++i) r.run->decode(tokens[i], logits);
+            r.per.push_back((now() - t0) / double(steps));
+            r.att.push_back(r.cache->seconds / double(steps));
+            r.app.push_back(r.cache->append_seconds / double(steps));
+        }
+    for (size_t i = 0; i < runs.size(); ++i) {
+        Run& r = runs[i];
+        const std::string& spec = configs[i];
+        auto median = [](std::vector<double> v) {
+            std::sort(v.begin(), v.end());
+            return v[v.size() / 2];
+        };
+        const double s = median(r.per), a = median(r.att), ap = median(r.app);
+        const TimedCache& cache = *r.cache;
+        if (json) {
+            Json j;
+            j.add("config", spec).add("context", ctx).add("steps", steps).add("decode_tokens_per_s", 1.0 / s)
+                .add("ms_per_token", s * 1e3).add("attend_ms_per_token", a * 1e3).add("append_ms_per_token", ap * 1e3)
+                .add("bits_per_coord", cache.bits_per_coord()).add("cache_bytes", cache.format_bytes())
+                .add("matmul", tqkv::matmul_kernel()).add("kernel", tqkv::default_kernel());
+            std::printf("%s\n", j.str().c_str());
+        } else {
+            t.row({spec, fmt("%.1f", 1.0 / s), fmt("%.3f", s * 1e3), fmt("%.3f", a * 1e3), fmt("%.3f", ap * 1e3),
+                   fmt("%.3f", cache.bits_per_coord()), fmt("%.1f", cache.format_bytes() / 1024.0)});
+        }
+    }
+    if (!json) {
+        std::printf("tqkv-bench decode — %s: %zu decode steps ending at context %zu (median of %d), one thread, matmul %s, "
+                    "attention kernel %s\n\n",
+                    dir.c_str(), steps, ctx, repeats, tqkv::matmul_kernel(), tqkv::default_kernel().c_str());
+        t.print();
+    }
+    return 0;
+}
+
+int cmd_ppl(const Args& args) {
+    args.allow({"model", "bytes", "offset", "ctx", "json", "frontier", "config", "calib-bytes", "text", "chunked",
+                "threads", "extra", "seeds"});
+    const std::string dir = args.get("model", "");
+    if (dir.empty()) throw std::invalid_argument("ppl: --model DIR is required");
+    const tqkv::LlamaModel model = tqkv::LlamaModel::load(dir);
+    const tqkv::LlamaConfig& mc = model.config();
+    if (!mc.byte_vocab()) throw std::invalid_argument("ppl: the model needs a byte vocabulary (vocab_size 256)");
+    const std::string text_path = args.get("text", dir + "/eval.txt");
+    const std::vector<uint8_t> text = read_bytes(text_path);
+    const size_t offset = size_t(args.get_int("offset", 0));
+    const size_t n_bytes = size_t(args.get_int("bytes", 4096));
+    const size_t ctx = size_t(args.get_int("ctx", mc.max_position_embeddings));
+    const size_t calib_bytes = size_t(args.get_int("calib-bytes", 8192));
+    if (offset + n_bytes > text.size())
+        throw std::invalid_argument("ppl: " + text_path + " has " + std::to_string(text.size()) + " bytes, fewer than offset + bytes");
+    if (calib_bytes + offset + n_bytes > text.size())
+        throw std::invalid_argument("ppl: the calibration text (the last --calib-bytes of the file) would overlap the evaluated bytes");
+    const bool sequential = !args.flag("chunked");
+    const bool json = args.flag("json"), frontier = args.flag("frontier");
+    const int threads = std::max(1, args.get_int("threads", 1));
+    // tqkv configurations average over this many rotation seeds (the default seed, then x1, x2, ...):
+    // one seed's ΔNLL varies by about ±0.3% at 3 bits on 4096 bytes.
+    const int seeds = std::max(1, args.get_int("seeds", 1));
+
+    std::vector<int32_t> tokens(text.begin() + long(offset), text.begin() + long(offset + n_bytes));
+    // Calibration (key/value means, query and o_proj statistics for the preconditioning, high
+    // channels): an exact pass over the last calib_bytes of the file, never over the evaluated text.
+    std::vector<int32_t> calib(text.end() - long(calib_bytes), text.end());
+    const double tc0 = now();
+    const tqkv::KVCalibration cal = tqkv::calibrate_kv(model, calib, ctx);
+    const double calib_s = now() - tc0;
+
+    std::vector<std::string> configs = args.flag("config") ? args.list("config", "")
+                                       : frontier             ? frontier_configs()
+                                                              : default_configs();
+    for (const auto& e : args.list("extra", "")) configs.push_back(e);
+    const tqkv::CacheShape shape = tqkv::CacheShape::of(mc);
+
+    auto exact_cache = tqkv::make_exact_cache(shape);
+    const tqkv::NllResult base = tqkv::evaluate_nll(model, *exact_cache, tokens, ctx, sequential);
+    Row exact;
+    describe("fp32", exact);
+    exact.nll = base.nll;
+    exact.argmax_agree = 1;
+    exact.bits_per_coord = base.bits_per_coord;
+    exact.bytes_per_token = base.bytes_per_token;
+    exact.memory_bytes = double(base.memory_bytes);
+    exact.tokens_per_s = double(base.scored) / base.seconds;
+
+    const std::string header = "tqkv-bench ppl — " + dir + ": " + std::to_string(mc.num_hidden_layers) + " layers, " +
+                               std::to_string(mc.num_attention_heads) + "/" + std::to_string(mc.num_key_value_heads) +
+                               " heads, d " + std::to_string(mc.head_dim) + "; " + std::to_string(n_bytes) + " bytes of " +
+                               text_path + " at offset " + std::to_string(offset) + ", context " + std::to_string(ctx) +
+                               ", " + (sequential ? "token-by-token attention (decode semantics)" : "chunked prefill") +
+                               "; calibration: last " + std::to_string(calib_bytes) + " bytes of the file";
+    if (json) {
+        Json h;
+        h.add("type", "header").add("model", dir).add("text", text_path).add("offset", offset).add("bytes", n_bytes)
+            .add("ctx", ctx).add("scored", base.scored).add("sequential", sequential).add("calib_bytes", calib_bytes)
+            .add("calib_seconds", calib_s).add("matmul", tqkv::matmul_kernel()).add("kernel", tqkv::default_kernel());
+        std::printf("%s\n", h.str().c_str());
+    } else {
+        std::printf("%s\nmatmul %s, attention kernel %s; exact NLL %.6f nats/byte over %zu positions\n\n", header.c_str(),
+                    tqkv::matmul_kernel(), tqkv::default_kernel().c_str(), base.nll, base.scored);
+    }
+
+    auto emit = [&](const Row& r) {
+        Json j;
+        j.add("method", r.method).add("config", r.config).add("key_bits", r.key_bits).add("value_bits", r.value_bits)
+            .add("window", r.window).add("bits_per_coord", r.bits_per_coord).add("nll", r.nll).add("delta_pct", r.delta_pct)
+            .add("argmax_agree", r.argmax_agree).add("bytes_per_token", r.bytes_per_token)
+            .add("tokens_per_s", r.tokens_per_s).add("memory_bytes", r.memory_bytes).add("seeds", r.seeds)
+            .add("delta_pct_min", r.delta_min).add("delta_pct_max", r.delta_max);
+        std::printf("%s\n", j.str().c_str());
+        std::fflush(stdout);
+    };
+    if (json) emit(exact);
+
+    std::vector<Row> rows(configs.size());
+    std::vector<std::string> errors(configs.size());
+    std::atomic<size_t> next{0};
+    std::mutex out_mu;
+    auto worker = [&] {
+        for (size_t i; (i = next++) < configs.size();) {
+            Row& r = rows[i];
+            try {
+                describe(configs[i], r);
+                const bool seeded = r.method.rfind("tqkv", 0) == 0;
+                const int runs = seeded ? seeds : 1;
+                double nll = 0, agree = 0, secs = 0, scored = 0;
+                r.delta_min = INFINITY, r.delta_max = -INFINITY;
+                for (int s = 0; s < runs; ++s) {
+                    const std::string spec = configs[i] + (s ? "-x" + std::to_string(s) : "");
+                    auto cache = tqkv::make_cache(spec, shape, &cal);
+                    const tqkv::NllResult res = tqkv::evaluate_nll(model, *cache, tokens, ctx, sequential);
+                    size_t a = 0;
+                    for (size_t t = 0; t < res.argmax.size(); ++t) a += res.argmax[t] == base.argmax[t];
+                    nll += res.nll;
+                    agree += double(a) / double(res.argmax.size());
+                    secs += res.seconds;
+                    scored += double(res.scored);
+                    const double dp = 100.0 * (res.nll / base.nll - 1.0);
+                    r.delta_min = std::min(r.delta_min, dp), r.delta_max = std::max(r.delta_max, dp);
+                    r.bits_per_coord = res.bits_per_coord;
+                    r.bytes_per_token = res.bytes_per_token;
+                    r.memory_bytes = double(res.memory_bytes);
+                }
+                r.nll = nll / runs;
+                r.delta_pct = 100.0 * (r.nll / base.nll - 1.0);
+                r.argmax_agree = agree / runs;
+                r.tokens_per_s = scored / secs;
+                r.seeds = runs;
+            } catch (const std::exception& e) {
+                errors[i] = e.what();
+            }
+            std::lock_guard<std::mutex> lock(out_mu);
+            if (!errors[i].empty()) std::fprintf(stderr, "ppl: %s: %s\n", configs[i].c_str(), errors[i].c_str());
+            else if (json) emit(r);
+            else std::fprintf(stderr, "  %-16s %+.3f%%\n", r.config.c_str(), r.delta_pct);
+        }
+    };
+    std::vector<std::thread> pool;
+    for (int t = 1; t < threads; ++t) pool.emplace_back(worker);
+    worker();
+    for (auto& t : pool) t.join();
+    for (const auto& e : errors)
+        if (!e.empty()) return 1;
+
+    if (!json) {
+        Table t({"config", "method", "K bits", "V bits", "window", "bits/coord", "NLL", "ΔNLL %", "seed range",
+                 "argmax agree", "bytes/token", "tokens/s"});
+        auto add = [&](const Row& r) {
+            t.row({r.config, r.method, fmt("%g", r.key_bits), fmt("%g", r.value_bits), std::to_string(r.window),
+                   fmt("%.3f", r.bits_per_coord), fmt("%.5f", r.nll), fmt("%+.3f", r.delta_pct),
+                   r.seeds > 1 ? fmt("%+.2f", r.delta_min) + ".." + fmt("%+.2f", r.delta_max) : std::string(""),
+                   fmt("%.4f", r.argmax_agree),
+                   fmt("%.0f", r.bytes_per_token), fmt("%.0f", r.tokens_per_s)});
+        };
+        add(exact);
+        for (const auto& r : rows) add(r);
+        t.print();
+        std::printf("\nΔNLL: change of the mean NLL per byte against the exact fp32 cache (tqkv rows: mean over %d rotation\n"
+                    "seed(s), range shown). argmax agree: share of positions whose most likely next byte matches the exact\n"
+                    "cache's. bits/coord, bytes/token: the cache at the end of a full context segment, keys and values, every\n"
+                    "norm, scale and zero point; window tokens and KIVI's fp16 residual counted at 16 bits. Baselines are\n"
+                    "emulated (quantize-dequantize each token, exact attention), so their tokens/s is not their speed.\n",
+                    seeds);
+    }
+
+    if (frontier) {
+        // Per family: the fewest bits per coordinate with ΔNLL within each threshold.
+        const double thresholds[] = {0.5, 1.0, 3.0};
+        Table t({"method", "ΔNLL ≤ 0.5%", "ΔNLL ≤ 1%", "ΔNLL ≤ 3%"});
+        for (const Family& f : kFamilies) {
+            bool any = false;
+            for (const auto& r : rows) any = any || f.member(r.method, r.window);
+            if (!any) continue;
+            std::vector<std::string> cells = {f.name};
+            for (double thr : thresholds) {
+                const Row* best = nullptr;
+                for (const auto& r : rows)
+                    if (f.member(r.method, r.window) && r.delta_pct <= thr && (!best || r.bits_per_coord < best->bits_per_coord))
+                        best = &r;
+                if (json) {
+                    Json j;
+                    j.add("type", "frontier").add("method", f.name).add("threshold_pct", thr);
+                    if (best) j.add("bits_per_coord", best->bits_per_coord).add("config", best->config).add("delta_pct", best->delta_pct);
+                    else j.add("bits_per_coord", NAN).add("config", "");
+                    std::printf("%s\n", j.str().c_str());
+                }
+                cells.push_back(best ? fmt("%.3f", best->bits_per_coord) + " (" + best->config + ", " + fmt("%+.2f%%", best->delta_pct) + ")"
+                                     : std::string("—"));
+            }
+            t.row(cells);
+        }
+        if (!json) {
+            std::printf("\nFrontier: fewest bits per coordinate (keys and values averaged, all side data) within each ΔNLL:\n");
+            t.print();
+        }
+    }
+    return 0;
+}
+
+}  // namespace bench

@@ -1,0 +1,264 @@
+// A small Llama runner: loads a Hugging Face Llama checkpoint (config.json + model.safetensors)
+// and runs prefill and token-by-token decode with its attention going through a swappable KV
+// cache — the exact fp32 cache, the tqkv compressed cache (tqkv::KVCache, the product path) or
+// emulations of the baseline formats (q8_0, q4_0, KIVI, fp16).
+//
+//   auto model = tqkv::LlamaModel::load("../shared/data/tq-ref-128");
+//   auto cache = tqkv::make_cache("K4V3", tqkv::CacheShape::of(model.config()));
+//   tqkv::LlamaRunner run(model, *cache);
+//   std::vector<float> logits(model.config().vocab_size);
+//   run.prefill(prompt_tokens, logits);        // logits of the last prompt token
+//   run.decode(next_token, logits);            // one token; no allocation per call
+//
+// Architecture: RMSNorm, RoPE (rotate_half convention, theta from config), grouped-query
+// attention, SwiGLU MLP, tied or untied embeddings. fp16 / bf16 / fp32 weights are converted to
+// fp32 at load; matrix products use AVX-512 or AVX2+FMA when the CPU has them (plain loops
+// otherwise). Keys and queries reach the cache after RoPE.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "tqkv/cache.hpp"
+
+namespace tqkv {
+
+// ---------------------------------------------------------------------------------------------
+// Checkpoint files
+
+// The LlamaConfig keys of config.json the runner needs. parse() rejects missing or mistyped keys,
+// inconsistent shapes and features it does not implement (rope_scaling, biases, other
+// activations) with std::invalid_argument naming the key.
+struct LlamaConfig {
+    int hidden_size = 0, num_hidden_layers = 0, num_attention_heads = 0, num_key_value_heads = 0;
+    int head_dim = 0;  // config "head_dim", or hidden_size / num_attention_heads when absent
+    int intermediate_size = 0, vocab_size = 0, max_position_embeddings = 0;
+    double rope_theta = 10000.0, rms_norm_eps = 1e-6;
+    bool tie_word_embeddings = false;
+    bool byte_vocab() const { return vocab_size == 256; }  // token = byte, no tokenizer
+
+    static LlamaConfig parse(std::string_view json_text);
+    static LlamaConfig load(const std::string& path);
+    void validate() const;
+};
+
+struct SafetensorInfo {
+    std::string name, dtype;       // dtype "F32", "F16" or "BF16" (others are rejected at parse)
+    std::vector<int64_t> shape;
+    size_t begin = 0, end = 0;     // byte range within the data section
+};
+
+// A parsed safetensors file: 8-byte little-endian header length, JSON header, raw tensors.
+// parse() checks the header length, the JSON, every dtype, shape and data range (in bounds,
+// size = elements * dtype size, no overlaps) and throws std::invalid_argument naming the problem.
+class Safetensors {
+public:
+    static Safetensors parse(std::vector<uint8_t> bytes, const std::string& what = "safetensors");
+    static Safetensors load(const std::string& path);
+    const std::vector<SafetensorInfo>& tensors() const { return tensors_; }
+    const SafetensorInfo* find(const std::string& name) const;
+    // The tensor converted to float32; throws if it is missing or its shape differs.
+    std::vector<float> to_float(const std::string& name, const std::vector<int64_t>& shape) const;
+
+private:
+    std::vector<uint8_t> bytes_;
+    size_t data_ = 0;
+    std::string what_;
+    std::vector<SafetensorInfo> tensors_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// The model
+
+struct LlamaLayer {
+    std::vector<float> attn_norm, mlp_norm;   // [hidden]
+    std::vector<float> wq, wk, wv, wo;        // [out][in] as in HF: q [heads*d][hidden], o [hidden][heads*d]
+    std::vector<float> w_gate, w_up, w_down;  // [inter][hidden], [inter][hidden], [hidden][inter]
+};
+
+class LlamaModel {
+public:
+    // config.json + model.safetensors of a directory.
+    static LlamaModel load(const std::string& dir);
+    // From parsed parts: every tensor must be present with the shape the config implies.
+    static LlamaModel from_parts(const LlamaConfig& cfg, const Safetensors& st);
+
+    const LlamaConfig& config() const { return cfg_; }
+    size_t parameters() const;
+    const std::vector<float>& embedding() const { return embed_; }       // [vocab][hidden]
+    const std::vector<float>& output_weight() const { return tied() ? embed_ : lm_head_; }
+    bool tied() const { return lm_head_.empty(); }
+    const std::vector<float>& final_norm() const { return norm_; }
+    const LlamaLayer& layer(int l) const { return layers_.at(size_t(l)); }
+
+private:
+    LlamaConfig cfg_;
+    std::vector<float> embed_, norm_, lm_head_;
+    std::vector<LlamaLayer> layers_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// KV caches the runner can attend through
+
+struct CacheShape {
+    int layers = 0, heads = 0, kv_heads = 0, head_dim = 0;
+    static CacheShape of(const LlamaConfig& c) {
+        return {c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, c.head_dim};
+    }
+};
+
+class AttentionCache {
+public:
+    virtual ~AttentionCache() = default;
+    virtual std::string name() const = 0;
+    const CacheShape& shape() const { return shape_; }
+    // n new tokens of one layer: keys (after RoPE) and values [n][kv_heads][head_dim].
+    virtual void append(int layer, std::span<const float> keys, std::span<const float> values) = 0;
+    // Attention of the m most recent tokens' queries [m][heads][head_dim] (after RoPE), causal:
+    // query i sees tokens 0 .. tokens(layer) - m + i. out has the same shape.
+    virtual void attend(int layer, std::span<const float> queries, std::span<float> out) = 0;
+    virtual size_t tokens(int layer) const = 0;
+    virtual void clear() = 0;
+    // Capacity hint: buffers for this many tokens are allocated now (no allocation later).
+    virtual void reserve(size_t tokens) { (void)tokens; }
+    // Storage the format needs for the tokens held (all layers, keys and values, every scale,
+    // norm and exact token; exact/window tokens counted as fp16).
+    virtual double format_bytes() const = 0;
+    // Memory the implementation holds (buffers, tables, capacity).
+    virtual size_t memory_bytes() const = 0;
+    double bits_per_coord() const;  // format_bytes() * 8 / coordinates held
+    double bytes_per_token() const;  // format_bytes() / tokens(0)
+    double fp16_bytes_per_token() const { return 4.0 * shape_.layers * shape_.kv_heads * shape_.head_dim; }
+
+protected:
+    explicit AttentionCache(const CacheShape& s) : shape_(s) {}
+    CacheShape shape_;
+};
+
+// Per-layer statistics of keys, values and queries from an exact-cache forward pass over some
+// calibration text, used to precondition the compressed cache (see TurboCacheOptions).
+// Arrays are [layer][kv_head][head_dim]; query_sq sums E[q_j^2] over the query heads that share
+// the KV head; out_weight[j] sums the squared o_proj columns those heads' channel j feeds.
+struct KVCalibration {
+    CacheShape shape;
+    size_t tokens = 0;
+    std::vector<double> key_mean, key_sq, value_mean, value_sq, query_sq, out_weight;  // key_sq/value_sq: E[x^2]
+    size_t index(int layer, int kv_head) const { return (size_t(layer) * shape.kv_heads + kv_head) * shape.head_dim; }
+};
+
+// Options of the tqkv cache (the product path: tqkv::KVCache per layer).
+struct TurboCacheOptions {
+    double key_bits = 4, value_bits = 4;  // 1..8, fractional rates code the high channels at +1 bit
+    Method key_method = Method::Mse;
+    int window = 0;                       // most recent tokens kept exact
+    // Per-layer overrides (empty = key_bits/value_bits everywhere).
+    std::vector<double> layer_key_bits, layer_value_bits;
+    // Preconditioning, all exact in infinite precision (softmax and attention output unchanged):
+    bool center_keys = true;     // store k - mean: q.mean is the same for every token, softmax ignores it
+    bool center_values = true;   // store v - mean, add mean back to the output (weights sum to 1)
+    bool scale_keys = false;     // k' = s*k, q' = q/s per channel, s^2 ~ sqrt(E q^2 / E k^2) (calibration)
+    bool scale_values = false;   // v' = s*v, out = out'/s, s^2 ~ sqrt(o_proj column energy / E v^2)
+    double logit_scale = 1.0;    // multiplies the attention scale (1 = exact softmax temperature)
+    bool debias_logits = true;   // mse keys: logits / (1 - D_b), undoing the codes' average shrinkage
+    uint64_t seed = 0x74716b76;
+    std::string kernel;          // "" = best available
+};
+
+// The exact fp32 cache (the reference every configuration is measured against).
+std::unique_ptr<AttentionCache> make_exact_cache(const CacheShape& shape);
+// The tqkv cache. Centering and scaling need calibration statistics; with calibration = nullptr
+// the cache is plain TurboQuant, and fractional rates pick their high channels from each layer's
+// first append (the prefill chunk).
+std::unique_ptr<AttentionCache> make_turbo_cache(const CacheShape& shape, const TurboCacheOptions& opt,
+                                                 const KVCalibration* calibration = nullptr);
+
+// A cache from a short spec (tqkv-run --cache, tqkv-bench ppl --config):
+//   fp32 | exact            exact fp32 cache
+//   fp16 | q8_0 | q4_0      per-token llama.cpp formats (quantize-dequantize on append)
+//   kivi2 | kivi4           KIVI, group 32, the last 128 tokens in fp16 (keys per channel)
+//   K<b>V<b>[-opt...]       tqkv, e.g. K3.5V2.5-w16 (the measured best trade-off), K4V3, K2V2-w16;
+//                           options:
+//        w<N>     recent window of N exact tokens    prod   keys with TurboQuant-prod
+//        raw      plain TurboQuant (no centering, no debiasing)
+//        nc / nck / ncv   no mean centering (both / keys / values)    nta  no logit debiasing
+//        sk / sv  query-aware key / value channel scaling (needs calibration; did not help)
+//        t<x>     logit scale x                      x<seed> rotation seed
+//        l<i>=K<b>V<b>  bits of layer i (layer-adaptive rates)
+//        s<N>     N attention-sink tokens kept exact (emulated path)
+//        emu      emulated path: quantize-dequantize each token with the same codecs and
+//                 preconditioning, then exact attention over the result
+// Throws std::invalid_argument with the grammar on a bad spec.
+std::unique_ptr<AttentionCache> make_cache(const std::string& spec, const CacheShape& shape,
+                                           const KVCalibration* calibration = nullptr);
+
+// ---------------------------------------------------------------------------------------------
+// The runner
+
+class LlamaRunner {
+public:
+    // max_chunk: tokens per forward step in prefill (buffers are sized for it once).
+    LlamaRunner(const LlamaModel& model, AttentionCache& cache, int max_chunk = 128);
+    ~LlamaRunner();
+    LlamaRunner(const LlamaRunner&) = delete;
+    LlamaRunner& operator=(const LlamaRunner&) = delete;
+
+    // Runs tokens at positions position() .. position() + n - 1. logits: n * vocab floats (every
+    // token's next-token logits) or vocab floats (the last token's only).
+    void prefill(std::span<const int32_t> tokens, std::span<float> logits);
+    // One token; logits: vocab floats.
+    void decode(int32_t token, std::span<float> logits);
+    size_t position() const { return pos_; }
+    void reset();  // empties the cache, position 0
+
+    // true (default): within a prefill chunk every token is appended and attended on its own —
+    // exactly what token-by-token decode computes, so prefill and decode give the same logits for
+    // every cache. false: the chunk is appended, then attended causally as one batch; a cache
+    // then compresses the chunk's own tokens before its queries see them, which defeats a recent
+    // window (tq-ref-128, K3.5V2.5-w16: ΔNLL +1.4% instead of +0.09%). The matrix products are
+    // batched over the chunk either way; the attention kernels work one query at a time anyway.
+    bool sequential_attention = true;
+    // Sees every layer's queries, keys (after RoPE) and values of each step: [n][heads|kv_heads][d].
+    std::function<void(int layer, size_t n, const float* q, const float* k, const float* v)> observer;
+
+    const LlamaModel& model() const { return model_; }
+    AttentionCache& cache() { return cache_; }
+
+private:
+    void forward(const int32_t* tokens, size_t n, float* logits, bool all_logits);
+    const LlamaModel& model_;
+    AttentionCache& cache_;
+    size_t pos_ = 0;
+    int max_chunk_;
+    struct Buffers;
+    std::unique_ptr<Buffers> buf_;
+};
+
+// Statistics for KVCalibration from an exact-cache pass over tokens, in segments of ctx tokens.
+KVCalibration calibrate_kv(const LlamaModel& model, std::span<const int32_t> tokens, size_t ctx = 1024);
+
+// Mean negative log-likelihood (nats per token) of tokens[1..] given the prefix, in segments of
+// ctx tokens (each with an empty cache). Optionally the argmax prediction of every scored
+// position and the per-position NLL.
+struct NllResult {
+    double nll = 0;
+    size_t scored = 0;
+    double seconds = 0;
+    // The cache at the end of the longest segment (the first one of ctx tokens).
+    double bits_per_coord = 0, bytes_per_token = 0;
+    size_t memory_bytes = 0;
+    std::vector<int32_t> argmax;
+    std::vector<float> token_nll;
+};
+NllResult evaluate_nll(const LlamaModel& model, AttentionCache& cache, std::span<const int32_t> tokens,
+                       size_t ctx, bool sequential_attention, int max_chunk = 128);
+
+// Matrix product used by the runner: Y[n][out] = X[n][in] * W[out][in]^T (AVX-512, AVX2+FMA or
+// plain loops, picked at run time; TQKV_KERNEL=scalar forces the plain loops).
+void matmul_f32(const float* X, size_t n, size_t in, const float* W, size_t out, float* Y);
+const char* matmul_kernel();
+
+}  // namespace tqkv

@@ -1,0 +1,268 @@
+// The Llama forward pass: prefill in chunks and token-by-token decode, attention through an
+// AttentionCache. All buffers are sized for max_chunk tokens when the runner is created.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+
+#include "tqkv/model.hpp"
+
+namespace tqkv {
+
+struct LlamaRunner::Buffers {
+    std::vector<float> x, h, q, k, v, att, o, gate, up, last;
+    std::vector<float> inv_freq, cs, sn;  // RoPE: [d/2], [chunk][d/2]
+};
+
+LlamaRunner::LlamaRunner(const LlamaModel& model, AttentionCache& cache, int max_chunk)
+    : model_(model), cache_(cache), max_chunk_(max_chunk), buf_(std::make_unique<Buffers>()) {
+    const LlamaConfig& c = model.config();
+    if (max_chunk < 1 || max_chunk > 65536) throw std::invalid_argument("LlamaRunner: max_chunk out of range [1, 65536]");
+    const CacheShape s = cache.shape();
+    if (s.layers != c.num_hidden_layers || s.heads != c.num_attention_heads || s.kv_heads != c.num_key_value_heads ||
+        s.head_dim != c.head_dim)
+        throw std::invalid_argument("LlamaRunner: the cache shape does not match the model");
+    const size_t n = size_t(max_chunk), H = size_t(c.hidden_size), d = size_t(c.head_dim);
+    Buffers& b = *buf_;
+    b.x.resize(n * H);
+    b.h.resize(n * H);
+    b.o.resize(n * H);
+    b.q.resize(n * c.num_attention_heads * d);
+    b.att.resize(b.q.size());
+    b.k.resize(n * c.num_key_value_heads * d);
+    b.v.resize(b.k.size());
+    b.gate.resize(n * size_t(c.intermediate_size));
+    b.up.resize(b.gate.size());
+    b.last.resize(size_t(c.vocab_size));
+    b.inv_freq.resize(d / 2);
+    for (size_t i = 0; i < d / 2; ++i) {  // as HF: 1 / theta^(2i/d) in float32
+        const float e = float(2 * i) / float(d);
+        b.inv_freq[i] = 1.0f / float(std::pow(double(float(c.rope_theta)), double(e)));
+    }
+    b.cs.resize(n * d / 2);
+    b.sn.resize(n * d / 2);
+}
+
+LlamaRunner::~LlamaRunner() = default;
+
+void LlamaRunner::reset() {
+    cache_.clear();
+    pos_ = 0;
+}
+
+namespace {
+
+double seconds_now() {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+void rmsnorm(const float* x, const float* w, size_t n, size_t H, double eps, float* out) {
+    for (size_t t = 0; t < n; ++t) {
+        const float* xr = x + t * H;
+        double ss = 0;
+        for (size_t j = 0; j < H; ++j) ss += double(xr[j]) * xr[j];
+        const float inv = float(1.0 / std::sqrt(ss / double(H) + eps));
+        for (size_t j = 0; j < H; ++j) out[t * H + j] = w[j] * (xr[j] * inv);
+    }
+}
+
+// HF rotate_half RoPE on [n][heads][d] rows, angles cs/sn [n][d/2].
+void rope(float* x, size_t n, int heads, int d, const float* cs, const float* sn) {
+    const int h2 = d / 2;
+    for (size_t t = 0; t < n; ++t)
+        for (int h = 0; h < heads; ++h) {
+            float* r = x + (t * heads + h) * size_t(d);
+            const float* c = cs + t * h2;
+            const float* s = sn + t * h2;
+            for (int i = 0; i < h2; ++i) {
+                const float a = r[i], b = r[i + h2];
+                r[i] = a * c[i] - b * s[i];
+                r[i + h2] = b * c[i] + a * s[i];
+            }
+        }
+}
+
+}  // namespace
+
+void LlamaRunner::forward(const int32_t* tokens, size_t n, float* logits, bool all_logits) {
+    const LlamaConfig& c = model_.config();
+    Buffers& b = *buf_;
+    const size_t H = size_t(c.hidden_size), d = size_t(c.head_dim), I = size_t(c.intermediate_size);
+    const int NH = c.num_attention_heads, KH = c.num_key_value_heads;
+    const size_t QD = size_t(NH) * d, KD = size_t(KH) * d, V = size_t(c.vocab_size);
+    for (size_t t = 0; t < n; ++t) {
+        if (tokens[t] < 0 || size_t(tokens[t]) >= V)
+            throw std::invalid_argument("LlamaRunner: token " + std::to_string(tokens[t]) + " outside the vocabulary");
+        std::memcpy(&b.x[t * H], &model_.embedding()[size_t(tokens[t]) * H], H * sizeof(float));
+        const float p = float(pos_ + t);
+        for (size_t i = 0; i < d / 2; ++i) {
+            const float ang = p * b.inv_freq[i];
+            b.cs[t * d / 2 + i] = float(std::cos(double(ang)));
+            b.sn[t * d / 2 + i] = float(std::sin(double(ang)));
+        }
+    }
+    for (int l = 0; l < c.num_hidden_layers; ++l) {
+        const LlamaLayer& L = model_.layer(l);
+        rmsnorm(b.x.data(), L.attn_norm.data(), n, H, c.rms_norm_eps, b.h.data());
+        matmul_f32(b.h.data(), n, H, L.wq.data(), QD, b.q.data());
+        matmul_f32(b.h.data(), n, H, L.wk.data(), KD, b.k.data());
+        matmul_f32(b.h.data(), n, H, L.wv.data(), KD, b.v.data());
+        rope(b.q.data(), n, NH, int(d), b.cs.data(), b.sn.data());
+        rope(b.k.data(), n, KH, int(d), b.cs.data(), b.sn.data());
+        if (observer) observer(l, n, b.q.data(), b.k.data(), b.v.data());
+        if (sequential_attention) {
+            for (size_t t = 0; t < n; ++t) {
+                cache_.append(l, std::span(&b.k[t * KD], KD), std::span(&b.v[t * KD], KD));
+                cache_.attend(l, std::span(&b.q[t * QD], QD), std::span(&b.att[t * QD], QD));
+            }
+        } else {
+            cache_.append(l, std::span(b.k.data(), n * KD), std::span(b.v.data(), n * KD));
+            cache_.attend(l, std::span(b.q.data(), n * QD), std::span(b.att.data(), n * QD));
+        }
+        matmul_f32(b.att.data(), n, QD, L.wo.data(), H, b.o.data());
+        for (size_t i = 0; i < n * H; ++i) b.x[i] += b.o[i];
+        rmsnorm(b.x.data(), L.mlp_norm.data(), n, H, c.rms_norm_eps, b.h.data());
+        matmul_f32(b.h.data(), n, H, L.w_gate.data(), I, b.gate.data());
+        matmul_f32(b.h.data(), n, H, L.w_up.data(), I, b.up.data());
+        for (size_t i = 0; i < n * I; ++i) {
+            const float g = b.gate[i];
+            b.gate[i] = g / (1.0f + std::exp(-g)) * b.up[i];
+        }
+        matmul_f32(b.gate.data(), n, I, L.w_down.data(), H, b.o.data());
+        for (size_t i = 0; i < n * H; ++i) b.x[i] += b.o[i];
+    }
+    if (all_logits) {
+        rmsnorm(b.x.data(), model_.final_norm().data(), n, H, c.rms_norm_eps, b.h.data());
+        matmul_f32(b.h.data(), n, H, model_.output_weight().data(), V, logits);
+    } else if (logits) {
+        rmsnorm(&b.x[(n - 1) * H], model_.final_norm().data(), 1, H, c.rms_norm_eps, b.h.data());
+        matmul_f32(b.h.data(), 1, H, model_.output_weight().data(), V, logits);
+    }
+    pos_ += n;
+}
+
+void LlamaRunner::prefill(std::span<const int32_t> tokens, std::span<float> logits) {
+    const size_t V = size_t(model_.config().vocab_size), n = tokens.size();
+    if (n == 0) throw std::invalid_argument("LlamaRunner::prefill: no tokens");
+    const bool all = logits.size() == n * V;
+    if (!all && logits.size() != V && !logits.empty())
+        throw std::invalid_argument("LlamaRunner::prefill: logits must hold n * vocab or vocab floats (or none)");
+    for (size_t t0 = 0; t0 < n; t0 += size_t(max_chunk_)) {
+        const size_t m = std::min(size_t(max_chunk_), n - t0);
+        const bool last = t0 + m == n;
+        if (all) forward(&tokens[t0], m, &logits[t0 * V], true);
+        else forward(&tokens[t0], m, last && !logits.empty() ? logits.data() : nullptr, false);
+    }
+}
+
+void LlamaRunner::decode(int32_t token, std::span<float> logits) {
+    if (logits.size() != size_t(model_.config().vocab_size))
+        throw std::invalid_argument("LlamaRunner::decode: logits must hold vocab floats");
+    forward(&token, 1, logits.data(), false);
+}
+
+// ---------------------------------------------------------------------------------------------
+
+KVCalibration calibrate_kv(const LlamaModel& model, std::span<const int32_t> tokens, size_t ctx) {
+    const LlamaConfig& c = model.config();
+    const CacheShape s = CacheShape::of(c);
+    auto cache = make_exact_cache(s);
+    LlamaRunner run(model, *cache);
+    KVCalibration cal;
+    cal.shape = s;
+    const size_t N = size_t(s.layers) * s.kv_heads * s.head_dim;
+    for (auto* v : {&cal.key_mean, &cal.key_sq, &cal.value_mean, &cal.value_sq, &cal.query_sq, &cal.out_weight}) v->assign(N, 0.0);
+    const int d = s.head_dim, KH = s.kv_heads, r = s.heads / KH;
+    size_t rows = 0;
+    run.observer = [&](int l, size_t n, const float* q, const float* k, const float* v) {
+        if (l == 0) rows += n;
+        for (size_t t = 0; t < n; ++t)
+            for (int h = 0; h < KH; ++h) {
+                const size_t base = cal.index(l, h);
+                for (int j = 0; j < d; ++j) {
+                    const double kx = k[(t * KH + h) * d + j], vx = v[(t * KH + h) * d + j];
+                    cal.key_mean[base + j] += kx, cal.key_sq[base + j] += kx * kx;
+                    cal.value_mean[base + j] += vx, cal.value_sq[base + j] += vx * vx;
+                    for (int g = 0; g < r; ++g) {
+                        const double qx = q[(t * s.heads + h * r + g) * d + j];
+                        cal.query_sq[base + j] += qx * qx;
+                    }
+                }
+            }
+    };
+    ctx = std::max<size_t>(ctx, 1);
+    for (size_t s0 = 0; s0 < tokens.size(); s0 += ctx) {
+        run.reset();
+        run.prefill(tokens.subspan(s0, std::min(ctx, tokens.size() - s0)), {});
+    }
+    cal.tokens = rows;
+    const double inv = rows ? 1.0 / double(rows) : 0.0;
+    for (auto* v : {&cal.key_mean, &cal.key_sq, &cal.value_mean, &cal.value_sq, &cal.query_sq})
+        for (double& x : *v) x *= inv;
+    // o_proj columns fed by each KV head's channels (through the r query heads sharing it).
+    const size_t QD = size_t(s.heads) * d, Hd = size_t(c.hidden_size);
+    for (int l = 0; l < s.layers; ++l) {
+        const auto& wo = model.layer(l).wo;  // [hidden][heads*d]
+        for (int h = 0; h < KH; ++h)
+            for (int g = 0; g < r; ++g)
+                for (int j = 0; j < d; ++j) {
+                    const size_t col = size_t(h * r + g) * d + j;
+                    double e = 0;
+                    for (size_t row = 0; row < Hd; ++row) e += double(wo[row * QD + col]) * wo[row * QD + col];
+                    cal.out_weight[cal.index(l, h) + j] += e;
+                }
+    }
+    return cal;
+}
+
+NllResult evaluate_nll(const LlamaModel& model, AttentionCache& cache, std::span<const int32_t> tokens, size_t ctx,
+                       bool sequential_attention, int max_chunk) {
+    const size_t V = size_t(model.config().vocab_size);
+    LlamaRunner run(model, cache, max_chunk);
+    run.sequential_attention = sequential_attention;
+    NllResult r;
+    ctx = std::max<size_t>(ctx, 2);
+    cache.reserve(std::min(ctx, tokens.size()));
+    std::vector<float> logits(size_t(max_chunk) * V);
+    double total = 0;
+    size_t longest = 0;
+    const double t0 = seconds_now();
+    for (size_t s0 = 0; s0 + 1 < tokens.size(); s0 += ctx) {
+        const size_t len = std::min(ctx, tokens.size() - s0);
+        if (len < 2) break;
+        run.reset();
+        for (size_t c0 = 0; c0 < len; c0 += size_t(max_chunk)) {
+            const size_t m = std::min(size_t(max_chunk), len - c0);
+            run.prefill(tokens.subspan(s0 + c0, m), std::span(logits.data(), m * V));
+            for (size_t i = 0; i < m; ++i) {
+                const size_t p = c0 + i;  // position within the segment
+                if (p + 1 >= len) break;
+                const float* lg = &logits[i * V];
+                const int32_t target = tokens[s0 + p + 1];
+                float mx = lg[0];
+                int32_t am = 0;
+                for (size_t v = 1; v < V; ++v)
+                    if (lg[v] > mx) mx = lg[v], am = int32_t(v);
+                double se = 0;
+                for (size_t v = 0; v < V; ++v) se += std::exp(double(lg[v]) - mx);
+                const double nll = std::log(se) + mx - double(lg[size_t(target)]);
+                total += nll;
+                r.argmax.push_back(am);
+                r.token_nll.push_back(float(nll));
+                ++r.scored;
+            }
+        }
+        if (len > longest) {
+            longest = len;
+            r.bits_per_coord = cache.bits_per_coord();
+            r.bytes_per_token = cache.bytes_per_token();
+            r.memory_bytes = cache.memory_bytes();
+        }
+    }
+    r.seconds = seconds_now() - t0;
+    r.nll = r.scored ? total / double(r.scored) : 0.0;
+    return r;
+}
+
+}  // namespace tqkv

@@ -1,0 +1,244 @@
+// Y[n][out] = X[n][in] * W[out][in]^T for the Llama runner. The library is built for the
+// baseline ISA, so the SIMD versions are compiled per function with target attributes and picked
+// at run time from CPUID (TQKV_KERNEL=scalar forces the plain loops, TQKV_KERNEL=avx2 caps at AVX2).
+//
+// Loop order: a block of 4 weight rows stays in L1 while every block of tokens streams past it,
+// so one pass over the weights serves a whole prefill chunk.
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "tqkv/model.hpp"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define TQKV_MATMUL_X86 1
+#include <cpuid.h>
+#include <immintrin.h>
+// GCC 12 reports its own _mm512_reduce_add_ps (an undefined pass-through operand) as uninitialized.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+namespace tqkv {
+namespace {
+
+// Plain loops: 8 independent partial sums per dot product, which compilers vectorize with the
+// baseline SIMD (SSE2 / NEON / simd128) without reassociating anything. (Sharing each input load
+// over 4 weight rows looks better on paper but GCC 12 stops vectorizing it: 4x slower.)
+void matmul_plain(const float* X, size_t n, size_t in, const float* W, size_t out, float* Y) {
+    const size_t in8 = in / 8 * 8;
+    for (size_t o = 0; o < out; ++o) {
+        const float* w = W + o * in;
+        for (size_t t = 0; t < n; ++t) {
+            const float* x = X + t * in;
+            float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            for (size_t i = 0; i < in8; i += 8)
+                for (int l = 0; l < 8; ++l) acc[l] += w[i + l] * x[i + l];
+            float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+            for (size_t i = in8; i < in; ++i) s += w[i] * x[i];
+            Y[t * out + o] = s;
+        }
+    }
+}
+
+#if TQKV_MATMUL_X86
+
+__attribute__((target("avx2,fma"))) inline float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+
+// AVX2: 4 rows x 2 tokens of accumulators (8 of 16 ymm registers).
+__attribute__((target("avx2,fma"))) void matmul_avx2(const float* X, size_t n, size_t in, const float* W, size_t out,
+                                                     float* Y) {
+    const size_t in8 = in / 8 * 8;
+    size_t o = 0;
+    for (; o + 4 <= out; o += 4) {
+        const float* w0 = W + o * in;
+        const float* w1 = w0 + in;
+        const float* w2 = w1 + in;
+        const float* w3 = w2 + in;
+        size_t t = 0;
+        for (; t + 2 <= n; t += 2) {
+            const float* x0 = X + t * in;
+            const float* x1 = x0 + in;
+            __m256 a00 = _mm256_setzero_ps(), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+            for (size_t i = 0; i < in8; i += 8) {
+                const __m256 v0 = _mm256_loadu_ps(x0 + i), v1 = _mm256_loadu_ps(x1 + i);
+                __m256 r = _mm256_loadu_ps(w0 + i);
+                a00 = _mm256_fmadd_ps(r, v0, a00);
+                a10 = _mm256_fmadd_ps(r, v1, a10);
+                r = _mm256_loadu_ps(w1 + i);
+                a01 = _mm256_fmadd_ps(r, v0, a01);
+                a11 = _mm256_fmadd_ps(r, v1, a11);
+                r = _mm256_loadu_ps(w2 + i);
+                a02 = _mm256_fmadd_ps(r, v0, a02);
+                a12 = _mm256_fmadd_ps(r, v1, a12);
+                r = _mm256_loadu_ps(w3 + i);
+                a03 = _mm256_fmadd_ps(r, v0, a03);
+                a13 = _mm256_fmadd_ps(r, v1, a13);
+            }
+            float s[8] = {hsum256(a00), hsum256(a01), hsum256(a02), hsum256(a03),
+                          hsum256(a10), hsum256(a11), hsum256(a12), hsum256(a13)};
+            for (size_t i = in8; i < in; ++i) {
+                s[0] += w0[i] * x0[i], s[1] += w1[i] * x0[i], s[2] += w2[i] * x0[i], s[3] += w3[i] * x0[i];
+                s[4] += w0[i] * x1[i], s[5] += w1[i] * x1[i], s[6] += w2[i] * x1[i], s[7] += w3[i] * x1[i];
+            }
+            std::memcpy(Y + t * out + o, s, 4 * sizeof(float));
+            std::memcpy(Y + (t + 1) * out + o, s + 4, 4 * sizeof(float));
+        }
+        for (; t < n; ++t) {
+            const float* x0 = X + t * in;
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            for (size_t i = 0; i < in8; i += 8) {
+                const __m256 v = _mm256_loadu_ps(x0 + i);
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(w0 + i), v, a0);
+                a1 = _mm256_fmadd_ps(_mm256_loadu_ps(w1 + i), v, a1);
+                a2 = _mm256_fmadd_ps(_mm256_loadu_ps(w2 + i), v, a2);
+                a3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + i), v, a3);
+            }
+            float s[4] = {hsum256(a0), hsum256(a1), hsum256(a2), hsum256(a3)};
+            for (size_t i = in8; i < in; ++i) s[0] += w0[i] * x0[i], s[1] += w1[i] * x0[i], s[2] += w2[i] * x0[i], s[3] += w3[i] * x0[i];
+            std::memcpy(Y + t * out + o, s, sizeof s);
+        }
+    }
+    if (o < out) {  // the last out % 4 rows
+        for (size_t t = 0; t < n; ++t)
+            for (size_t r = o; r < out; ++r) {
+                const float* w = W + r * in;
+                const float* x = X + t * in;
+                __m256 a = _mm256_setzero_ps();
+                for (size_t i = 0; i < in8; i += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a);
+                float s = hsum256(a);
+                for (size_t i = in8; i < in; ++i) s += w[i] * x[i];
+                Y[t * out + r] = s;
+            }
+    }
+}
+
+// AVX-512: 4 rows x 4 tokens of accumulators (16 of 32 zmm registers), masked tail.
+__attribute__((target("avx512f,avx512dq,avx2,fma"))) void matmul_avx512(const float* X, size_t n, size_t in,
+                                                                        const float* W, size_t out, float* Y) {
+    const size_t in16 = in / 16 * 16;
+    const __mmask16 tail = __mmask16((1u << (in - in16)) - 1u);
+    size_t o = 0;
+    for (; o + 4 <= out; o += 4) {
+        const float* w0 = W + o * in;
+        const float* w1 = w0 + in;
+        const float* w2 = w1 + in;
+        const float* w3 = w2 + in;
+        size_t t = 0;
+        for (; t + 4 <= n; t += 4) {
+            const float* x0 = X + t * in;
+            const float* x1 = x0 + in;
+            const float* x2 = x1 + in;
+            const float* x3 = x2 + in;
+            __m512 acc[4][4];
+            for (auto& row : acc)
+                for (auto& a : row) a = _mm512_setzero_ps();
+#define TQKV_MM_STEP(LOAD)                                                                        \
+    {                                                                                             \
+        const __m512 r0 = LOAD(w0), r1 = LOAD(w1), r2 = LOAD(w2), r3 = LOAD(w3);                  \
+        const __m512 xs[4] = {LOAD(x0), LOAD(x1), LOAD(x2), LOAD(x3)};                            \
+        for (int a = 0; a < 4; ++a) {                                                             \
+            acc[a][0] = _mm512_fmadd_ps(r0, xs[a], acc[a][0]);                                    \
+            acc[a][1] = _mm512_fmadd_ps(r1, xs[a], acc[a][1]);                                    \
+            acc[a][2] = _mm512_fmadd_ps(r2, xs[a], acc[a][2]);                                    \
+            acc[a][3] = _mm512_fmadd_ps(r3, xs[a], acc[a][3]);                                    \
+        }                                                                                         \
+    }
+            for (size_t i = 0; i < in16; i += 16) {
+#define TQKV_LOAD(p) _mm512_loadu_ps((p) + i)
+                TQKV_MM_STEP(TQKV_LOAD)
+#undef TQKV_LOAD
+            }
+            if (tail) {
+#define TQKV_LOAD(p) _mm512_maskz_loadu_ps(tail, (p) + in16)
+                TQKV_MM_STEP(TQKV_LOAD)
+#undef TQKV_LOAD
+            }
+#undef TQKV_MM_STEP
+            for (int a = 0; a < 4; ++a)
+                for (int b = 0; b < 4; ++b) Y[(t + a) * out + o + b] = _mm512_reduce_add_ps(acc[a][b]);
+        }
+        for (; t < n; ++t) {
+            const float* x0 = X + t * in;
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            for (size_t i = 0; i < in16; i += 16) {
+                const __m512 v = _mm512_loadu_ps(x0 + i);
+                a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w0 + i), v, a0);
+                a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w1 + i), v, a1);
+                a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w2 + i), v, a2);
+                a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w3 + i), v, a3);
+            }
+            if (tail) {
+                const __m512 v = _mm512_maskz_loadu_ps(tail, x0 + in16);
+                a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, w0 + in16), v, a0);
+                a1 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, w1 + in16), v, a1);
+                a2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, w2 + in16), v, a2);
+                a3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, w3 + in16), v, a3);
+            }
+            Y[t * out + o] = _mm512_reduce_add_ps(a0);
+            Y[t * out + o + 1] = _mm512_reduce_add_ps(a1);
+            Y[t * out + o + 2] = _mm512_reduce_add_ps(a2);
+            Y[t * out + o + 3] = _mm512_reduce_add_ps(a3);
+        }
+    }
+    for (; o < out; ++o)
+        for (size_t t = 0; t < n; ++t) {
+            const float* w = W + o * in;
+            const float* x = X + t * in;
+            __m512 a = _mm512_setzero_ps();
+            for (size_t i = 0; i < in16; i += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(w + i), _mm512_loadu_ps(x + i), a);
+            if (tail) a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, w + in16), _mm512_maskz_loadu_ps(tail, x + in16), a);
+            Y[t * out + o] = _mm512_reduce_add_ps(a);
+        }
+}
+
+bool has_avx2_fma() {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+bool has_avx512() {
+    if (!has_avx2_fma() || !__builtin_cpu_supports("avx512f")) return false;
+    unsigned a, b, c, d;  // AVX512DQ straight from CPUID (bit 17 of leaf 7 EBX)
+    return __get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & (1u << 17));
+}
+
+#endif  // TQKV_MATMUL_X86
+
+using MatmulFn = void (*)(const float*, size_t, size_t, const float*, size_t, float*);
+
+struct Choice {
+    MatmulFn fn;
+    const char* name;
+};
+
+Choice choose() {
+    const char* env = std::getenv("TQKV_KERNEL");
+    const std::string forced = env ? env : "";
+    if (forced == "scalar" || forced == "neon") return {matmul_plain, "plain"};
+#if TQKV_MATMUL_X86
+    if (forced != "avx2" && has_avx512()) return {matmul_avx512, "avx512"};
+    if (has_avx2_fma()) return {matmul_avx2, "avx2"};
+#endif
+    return {matmul_plain, "plain"};
+}
+
+const Choice& chosen() {
+    static const Choice c = choose();
+    return c;
+}
+
+}  // namespace
+
+void matmul_f32(const float* X, size_t n, size_t in, const float* W, size_t out, float* Y) {
+    if (n == 0 || out == 0) return;
+    chosen().fn(X, n, in, W, out, Y);
+}
+
+const char* matmul_kernel() { return chosen().name; }
+
+}  // namespace tqkv

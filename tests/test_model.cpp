@@ -1,0 +1,549 @@
+// The Llama runner: forward pass against a plain double-precision reference on a tiny random
+// model built in memory, prefill + decode against one full pass, the real model's NLL against
+// kv/meta.json, and the loaders' errors on malformed files.
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <new>
+#include <string>
+
+#include "tqkv/fp16.hpp"
+#include "tqkv/kvdump.hpp"
+#include "tqkv/model.hpp"
+#include "tqkv/rng.hpp"
+
+using namespace tqkv;
+
+// Counts heap allocations of this thread (the decode loop must make none). Every replaceable
+// form except the aligned ones (left to the runtime as a pair) goes through malloc/free, so
+// sanitizers see matching allocation and deallocation functions.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
+#endif
+namespace {
+thread_local size_t g_allocations = 0;
+void* counted_malloc(size_t n) noexcept {
+    ++g_allocations;
+    return std::malloc(n ? n : 1);
+}
+}  // namespace
+void* operator new(size_t n) {
+    if (void* p = counted_malloc(n)) return p;
+    throw std::bad_alloc();
+}
+void* operator new[](size_t n) {
+    if (void* p = counted_malloc(n)) return p;
+    throw std::bad_alloc();
+}
+void* operator new(size_t n, const std::nothrow_t&) noexcept { return counted_malloc(n); }
+void* operator new[](size_t n, const std::nothrow_t&) noexcept { return counted_malloc(n); }
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, size_t) noexcept { std::free(p); }
+void operator delete[](void* p, size_t) noexcept { std::free(p); }
+void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
+void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
+
+namespace {
+
+std::string model_dir() {
+    if (const char* env = std::getenv("TQKV_MODEL")) return env;
+    return TQKV_SHARED_DATA "/tq-ref-128";
+}
+
+bool have_model() {
+    const std::string d = model_dir();
+    if (std::filesystem::exists(d + "/model.safetensors") && std::filesystem::exists(d + "/config.json")) return true;
+    WARN("skipped: no model at " << d << " (set TQKV_MODEL to a directory with config.json + model.safetensors)");
+    return false;
+}
+
+// 8-byte little-endian header length, header, data (byte loops: GCC 12 misreads vector::insert here).
+std::vector<uint8_t> file_bytes(const std::string& header, const std::vector<uint8_t>& data) {
+    std::vector<uint8_t> out;
+    out.reserve(8 + header.size() + data.size());
+    for (int i = 0; i < 8; ++i) out.push_back(uint8_t(uint64_t(header.size()) >> (8 * i)));
+    for (char c : header) out.push_back(uint8_t(c));
+    for (uint8_t b : data) out.push_back(b);
+    return out;
+}
+
+struct Tensor {
+    std::vector<int64_t> shape;
+    std::vector<float> data;
+};
+
+// A safetensors file from named tensors (dtype "F16" or "F32"), header padded to 8 bytes.
+std::vector<uint8_t> make_safetensors(const std::map<std::string, Tensor>& ts, const std::string& dtype = "F16",
+                                      const std::string& extra_header = "") {
+    std::string header = "{";
+    std::vector<uint8_t> data;
+    const size_t es = dtype == "F32" ? 4 : 2;
+    for (const auto& [name, t] : ts) {
+        const size_t begin = data.size();
+        for (float x : t.data) {
+            if (es == 2) {
+                const uint16_t h = float_to_half(x);
+                data.push_back(uint8_t(h)), data.push_back(uint8_t(h >> 8));
+            } else {
+                uint32_t u;
+                std::memcpy(&u, &x, 4);
+                for (int i = 0; i < 4; ++i) data.push_back(uint8_t(u >> (8 * i)));
+            }
+        }
+        std::string shape;
+        for (size_t i = 0; i < t.shape.size(); ++i) shape += (i ? "," : "") + std::to_string(t.shape[i]);
+        if (header.size() > 1) header += ",";
+        header += "\"" + name + "\":{\"dtype\":\"" + dtype + "\",\"shape\":[" + shape + "],\"data_offsets\":[" +
+                  std::to_string(begin) + "," + std::to_string(data.size()) + "]}";
+    }
+    header += extra_header + "}";
+    while (header.size() % 8) header += ' ';
+    return file_bytes(header, data);
+}
+
+// A tiny Llama: hidden 64, 2 layers, 4 query heads / 2 KV heads of d 32, MLP 96, byte vocabulary.
+const char* kTinyConfig = R"({
+  "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+  "head_dim": 32, "intermediate_size": 96, "vocab_size": 256, "rope_theta": 500.0, "rms_norm_eps": 1e-5,
+  "tie_word_embeddings": false, "max_position_embeddings": 256, "model_type": "llama", "hidden_act": "silu"
+})";
+
+std::map<std::string, Tensor> tiny_tensors(uint64_t seed) {
+    Rng rng(seed);
+    auto mat = [&](int64_t r, int64_t c, double sd) {
+        Tensor t{{r, c}, std::vector<float>(size_t(r * c))};
+        for (auto& x : t.data) x = float(rng.normal() * sd);
+        return t;
+    };
+    auto norm = [&](int64_t n) {
+        Tensor t{{n}, std::vector<float>(size_t(n))};
+        for (auto& x : t.data) x = float(1.0 + 0.2 * rng.normal());
+        return t;
+    };
+    std::map<std::string, Tensor> ts;
+    ts["model.embed_tokens.weight"] = mat(256, 64, 1.0);
+    ts["lm_head.weight"] = mat(256, 64, 0.2);
+    ts["model.norm.weight"] = norm(64);
+    for (int l = 0; l < 2; ++l) {
+        const std::string p = "model.layers." + std::to_string(l) + ".";
+        ts[p + "input_layernorm.weight"] = norm(64);
+        ts[p + "post_attention_layernorm.weight"] = norm(64);
+        ts[p + "self_attn.q_proj.weight"] = mat(128, 64, 0.3);
+        ts[p + "self_attn.k_proj.weight"] = mat(64, 64, 0.3);
+        ts[p + "self_attn.v_proj.weight"] = mat(64, 64, 0.2);
+        ts[p + "self_attn.o_proj.weight"] = mat(64, 128, 0.1);
+        ts[p + "mlp.gate_proj.weight"] = mat(96, 64, 0.15);
+        ts[p + "mlp.up_proj.weight"] = mat(96, 64, 0.15);
+        ts[p + "mlp.down_proj.weight"] = mat(64, 96, 0.1);
+    }
+    return ts;
+}
+
+LlamaModel tiny_model(uint64_t seed = 7) {
+    return LlamaModel::from_parts(LlamaConfig::parse(kTinyConfig), Safetensors::parse(make_safetensors(tiny_tensors(seed))));
+}
+
+// The textbook forward pass in double precision: logits [n][vocab] for tokens at positions 0..n-1.
+std::vector<double> reference_logits(const LlamaModel& m, const std::vector<int32_t>& tokens) {
+    const LlamaConfig& c = m.config();
+    const int H = c.hidden_size, NH = c.num_attention_heads, KH = c.num_key_value_heads, d = c.head_dim;
+    const int I = c.intermediate_size, V = c.vocab_size;
+    const size_t n = tokens.size();
+    auto matvec = [](const std::vector<float>& W, const std::vector<double>& x, int out) {
+        std::vector<double> y(size_t(out), 0.0);
+        const size_t in = x.size();
+        for (int o = 0; o < out; ++o)
+            for (size_t i = 0; i < in; ++i) y[size_t(o)] += double(W[size_t(o) * in + i]) * x[i];
+        return y;
+    };
+    auto rms = [&](const std::vector<double>& x, const std::vector<float>& w) {
+        double ss = 0;
+        for (double v : x) ss += v * v;
+        const double inv = 1.0 / std::sqrt(ss / double(x.size()) + c.rms_norm_eps);
+        std::vector<double> y(x.size());
+        for (size_t j = 0; j < x.size(); ++j) y[j] = x[j] * inv * w[j];
+        return y;
+    };
+    auto rope = [&](std::vector<double>& v, int heads, size_t pos) {
+        for (int h = 0; h < heads; ++h)
+            for (int i = 0; i < d / 2; ++i) {
+                const double f = double(pos) * std::pow(c.rope_theta, -2.0 * i / d);
+                double& a = v[size_t(h * d + i)];
+                double& b = v[size_t(h * d + i + d / 2)];
+                const double a0 = a, b0 = b;
+                a = a0 * std::cos(f) - b0 * std::sin(f);
+                b = b0 * std::cos(f) + a0 * std::sin(f);
+            }
+    };
+    std::vector<std::vector<double>> x(n);
+    for (size_t t = 0; t < n; ++t)
+        x[t].assign(m.embedding().begin() + long(tokens[t]) * H, m.embedding().begin() + long(tokens[t] + 1) * H);
+    for (int l = 0; l < c.num_hidden_layers; ++l) {
+        const LlamaLayer& L = m.layer(l);
+        std::vector<std::vector<double>> q(n), k(n), v(n);
+        for (size_t t = 0; t < n; ++t) {
+            const auto h = rms(x[t], L.attn_norm);
+            q[t] = matvec(L.wq, h, NH * d);
+            k[t] = matvec(L.wk, h, KH * d);
+            v[t] = matvec(L.wv, h, KH * d);
+            rope(q[t], NH, t);
+            rope(k[t], KH, t);
+        }
+        for (size_t t = 0; t < n; ++t) {
+            std::vector<double> att(size_t(NH * d), 0.0);
+            for (int h = 0; h < NH; ++h) {
+                const int g = h / (NH / KH);
+                std::vector<double> s(t + 1);
+                double mx = -1e300, sum = 0;
+                for (size_t u = 0; u <= t; ++u) {
+                    double dot = 0;
+                    for (int j = 0; j < d; ++j) dot += q[t][size_t(h * d + j)] * k[u][size_t(g * d + j)];
+                    s[u] = dot / std::sqrt(double(d));
+                    mx = std::max(mx, s[u]);
+                }
+                for (auto& e : s) sum += (e = std::exp(e - mx));
+                for (size_t u = 0; u <= t; ++u)
+                    for (int j = 0; j < d; ++j) att[size_t(h * d + j)] += s[u] / sum * v[u][size_t(g * d + j)];
+            }
+            const auto o = matvec(L.wo, att, H);
+            for (int j = 0; j < H; ++j) x[t][size_t(j)] += o[size_t(j)];
+            const auto h2 = rms(x[t], L.mlp_norm);
+            auto gate = matvec(L.w_gate, h2, I);
+            const auto up = matvec(L.w_up, h2, I);
+            for (int j = 0; j < I; ++j) gate[size_t(j)] = gate[size_t(j)] / (1.0 + std::exp(-gate[size_t(j)])) * up[size_t(j)];
+            const auto down = matvec(L.w_down, gate, H);
+            for (int j = 0; j < H; ++j) x[t][size_t(j)] += down[size_t(j)];
+        }
+    }
+    std::vector<double> logits;
+    for (size_t t = 0; t < n; ++t) {
+        const auto lg = matvec(m.output_weight(), rms(x[t], m.final_norm()), V);
+        logits.insert(logits.end(), lg.begin(), lg.end());
+    }
+    return logits;
+}
+
+std::vector<int32_t> text_tokens(const std::string& s) {
+    std::vector<int32_t> t;
+    for (unsigned char ch : s) t.push_back(ch);
+    return t;
+}
+
+double max_abs_diff(const float* a, const float* b, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; ++i) m = std::max(m, std::abs(double(a[i]) - double(b[i])));
+    return m;
+}
+
+}  // namespace
+
+TEST_CASE("model: the forward pass matches a double-precision reference (tiny random Llama, untied)", "[model]") {
+    const LlamaModel m = tiny_model();
+    CHECK(!m.tied());
+    CHECK(m.parameters() == size_t(2 * 256 * 64 + 64 + 2 * (2 * 64 + 128 * 64 + 2 * 64 * 64 + 64 * 128 + 3 * 96 * 64)));
+    const auto tokens = text_tokens("Hello, tqkv! A small model, twelve dozen bytes of text.");
+    const auto ref = reference_logits(m, tokens);
+    auto cache = make_exact_cache(CacheShape::of(m.config()));
+    LlamaRunner run(m, *cache, 16);  // several chunks
+    std::vector<float> logits(tokens.size() * 256);
+    run.prefill(tokens, logits);
+    double worst = 0, scale = 0;
+    for (size_t i = 0; i < logits.size(); ++i) {
+        worst = std::max(worst, std::abs(double(logits[i]) - ref[i]));
+        scale = std::max(scale, std::abs(ref[i]));
+    }
+    INFO("max |logit - reference| = " << worst << ", max |logit| = " << scale);
+    CHECK(worst < 2e-4 * std::max(1.0, scale));
+}
+
+TEST_CASE("model: prefill + decode gives the logits of one full pass", "[model]") {
+    const LlamaModel m = tiny_model(3);
+    const auto tokens = text_tokens("The quick brown fox jumps over the lazy dog; then it decodes.");
+    const size_t n = tokens.size(), split = 21, V = 256;
+    for (const std::string spec : {"fp32", "K4V4", "K3V2-w8", "q4_0", "kivi2"}) {
+        INFO("cache " << spec);
+        auto full_cache = make_cache(spec, CacheShape::of(m.config()));
+        auto step_cache = make_cache(spec, CacheShape::of(m.config()));
+        LlamaRunner full(m, *full_cache, 64), step(m, *step_cache, 8);
+        // Token-by-token attention inside a chunk (the default) = what decode computes.
+        CHECK(full.sequential_attention);
+        std::vector<float> all(n * V), part(split * V), one(V);
+        full.prefill(tokens, all);
+        step.prefill(std::span(tokens).first(split), part);
+        CHECK(max_abs_diff(part.data(), all.data(), split * V) < 1e-4);
+        for (size_t t = split; t < n; ++t) {
+            step.decode(tokens[t], one);
+            INFO("position " << t);
+            REQUIRE(max_abs_diff(one.data(), &all[t * V], V) < 1e-4);
+        }
+        CHECK(step.position() == n);
+        CHECK(step_cache->tokens(0) == n);
+        // Without a window, chunked prefill (append the chunk, attend causally) is the same again.
+        if (spec == "fp32" || spec == "K4V4") {
+            auto c3 = make_cache(spec, CacheShape::of(m.config()));
+            LlamaRunner chunked(m, *c3, 64);
+            chunked.sequential_attention = false;
+            std::vector<float> lg(n * V);
+            chunked.prefill(tokens, lg);
+            CHECK(max_abs_diff(lg.data(), all.data(), n * V) < 1e-4);
+        }
+    }
+}
+
+TEST_CASE("model: caches report their storage", "[model]") {
+    const LlamaModel m = tiny_model(5);
+    const auto tokens = text_tokens(std::string(200, 'a') + "bcd");
+    struct Case {
+        const char* spec;
+        double bits;
+    };
+    // Fewer bits per coordinate down the list; every layer holds every token.
+    double prev = 1e9;
+    for (const char* spec : {"fp32", "fp16", "q8_0", "K4V4", "K3V3", "K2V2"}) {
+        auto cache = make_cache(spec, CacheShape::of(m.config()));
+        LlamaRunner run(m, *cache);
+        run.prefill(tokens, {});
+        INFO(spec << ": " << cache->bits_per_coord() << " bits/coord");
+        CHECK(cache->bits_per_coord() < prev);
+        CHECK(cache->tokens(1) == tokens.size());
+        CHECK(cache->bytes_per_token() * double(tokens.size()) == Approx(cache->format_bytes()));
+        prev = cache->bits_per_coord();
+    }
+    auto exact = make_cache("fp32", CacheShape::of(m.config()));
+    CHECK(exact->fp16_bytes_per_token() == 4.0 * 2 * 2 * 32);
+}
+
+// [stat]: a 19 M-parameter forward pass over 1024 tokens checks the math, not the kernels; it runs
+// natively (0.5 s) and is left out of the qemu and sanitizer runs.
+TEST_CASE("model: the real model reproduces kv/meta.json's exact-cache NLL", "[model][stat]") {
+    if (!have_model()) return;
+    const std::string dir = model_dir();
+    if (!std::filesystem::exists(dir + "/kv/tokens.npy") || !std::filesystem::exists(dir + "/kv/meta.json")) {
+        WARN("skipped: no kv/tokens.npy + kv/meta.json in " << dir);
+        return;
+    }
+    const LlamaModel m = LlamaModel::load(dir);
+    CHECK(m.config().num_hidden_layers == 6);
+    CHECK(m.tied());
+    CHECK(m.parameters() == 19012096);
+    // tokens.npy is int32, which the float .npy loader does not take: read it directly.
+    std::ifstream f(dir + "/kv/tokens.npy", std::ios::binary);
+    std::vector<uint8_t> b((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    REQUIRE(b.size() > 10);
+    const size_t hl = size_t(b[8]) | size_t(b[9]) << 8;
+    REQUIRE(std::string(b.begin() + 10, b.begin() + 10 + long(hl)).find("'<i4'") != std::string::npos);
+    std::vector<int32_t> tokens((b.size() - 10 - hl) / 4);
+    std::memcpy(tokens.data(), &b[10 + hl], tokens.size() * 4);
+    REQUIRE(tokens.size() == 1024);
+    std::ifstream mf(dir + "/kv/meta.json");
+    const std::string meta((std::istreambuf_iterator<char>(mf)), std::istreambuf_iterator<char>());
+    const auto key = meta.find("\"nll_nats_per_byte_fp32_cache\"");
+    REQUIRE(key != std::string::npos);
+    const double expected = std::stod(meta.substr(meta.find(':', key) + 1));
+
+    auto cache = make_exact_cache(CacheShape::of(m.config()));
+    const NllResult r = evaluate_nll(m, *cache, tokens, 1024, false);
+    CHECK(r.scored == 1023);
+    INFO("NLL " << r.nll << " nats/byte, meta.json " << expected);
+    CHECK(std::abs(r.nll - expected) < 2e-3);
+
+    // The first layer's keys after RoPE equal the dump's (fp16-rounded there).
+    const NpyArray keys = load_npy(dir + "/kv/keys.npy");  // [6][2][1024][128]
+    auto c2 = make_exact_cache(CacheShape::of(m.config()));
+    LlamaRunner run(m, *c2);
+    double worst = 0;
+    run.observer = [&](int layer, size_t n, const float*, const float* k, const float*) {
+        if (layer != 0) return;
+        for (size_t t = 0; t < n; ++t)
+            for (int h = 0; h < 2; ++h)
+                for (int j = 0; j < 128; ++j)
+                    worst = std::max(worst, std::abs(double(k[(t * 2 + h) * 128 + j]) -
+                                                     keys.data[((size_t(h) * 1024) + t) * 128 + size_t(j)]));
+    };
+    run.prefill(std::span(tokens).first(64), {});
+    INFO("max |k - dump| over 64 tokens of layer 0: " << worst);
+    CHECK(worst < 0.05);
+}
+
+TEST_CASE("model: config.json errors name the problem", "[model]") {
+    CHECK_NOTHROW(LlamaConfig::parse(kTinyConfig));
+    const LlamaConfig c = LlamaConfig::parse(kTinyConfig);
+    CHECK(c.head_dim == 32);
+    CHECK(c.rope_theta == 500.0);
+    CHECK(c.byte_vocab());
+    auto with = [](const std::string& from, const std::string& to) {
+        std::string s = kTinyConfig;
+        const auto p = s.find(from);
+        REQUIRE(p != std::string::npos);
+        return s.replace(p, from.size(), to);
+    };
+    CHECK_THROWS_WITH(LlamaConfig::parse(with("\"hidden_size\": 64,", "")), Catch::Contains("missing \"hidden_size\""));
+    CHECK_THROWS_WITH(LlamaConfig::parse(with("\"num_hidden_layers\": 2", "\"num_hidden_layers\": \"2\"")),
+                      Catch::Contains("\"num_hidden_layers\" must be an integer"));
+    CHECK_THROWS_WITH(LlamaConfig::parse(with("\"intermediate_size\": 96", "\"intermediate_size\": 96.5")),
+                      Catch::Contains("must be an integer"));
+    CHECK_THROWS_WITH(LlamaConfig::parse(with("\"num_key_value_heads\": 2", "\"num_key_value_heads\": 3")),
+                      Catch::Contains("not a multiple of num_key_value_heads"));
+    CHECK_THROWS_WITH(LlamaConfig::parse(with("\"head_dim\": 32", "\"head_dim\": 15")), Catch::Contains("must be even"));
+    CHECK_THROWS_WITH(LlamaConfig::parse(with("\"vocab_size\": 256", "\"vocab_size\": -1")), Catch::Contains("out of range"));
+    CHECK_THROWS_WITH(LlamaConfig::parse(with("\"silu\"", "\"gelu\"")), Catch::Contains("hidden_act \"gelu\""));
+    CHECK_THROWS_WITH(LlamaConfig::parse(with("\"rope_theta\": 500.0,", "\"rope_scaling\": {\"type\": \"linear\"},")),
+                      Catch::Contains("rope_scaling"));
+    CHECK_NOTHROW(LlamaConfig::parse(with("\"rope_theta\": 500.0,", "\"rope_scaling\": null,")));
+    CHECK_THROWS_WITH(LlamaConfig::parse(with("\"llama\"", "\"gpt2\"")), Catch::Contains("model_type \"gpt2\""));
+    CHECK_THROWS_WITH(LlamaConfig::parse(with("\"tie_word_embeddings\": false", "\"tie_word_embeddings\": 0")),
+                      Catch::Contains("true or false"));
+    CHECK_THROWS_WITH(LlamaConfig::parse(with("\"hidden_act\": \"silu\"", "\"attention_bias\": true")),
+                      Catch::Contains("biases"));
+    CHECK_THROWS_WITH(LlamaConfig::parse("{\"hidden_size\": 64,"), Catch::Contains("invalid JSON"));
+    CHECK_THROWS_WITH(LlamaConfig::parse("[1, 2]"), Catch::Contains("not a JSON object"));
+    CHECK_THROWS_WITH(LlamaConfig::parse(""), Catch::Contains("invalid JSON"));
+    CHECK_THROWS_WITH(LlamaConfig::parse(std::string(kTinyConfig) + "x"), Catch::Contains("trailing"));
+    CHECK_THROWS_WITH(LlamaConfig::parse(std::string(200, '[')), Catch::Contains("nesting"));
+    CHECK_THROWS_WITH(LlamaConfig::load("/nonexistent/config.json"), Catch::Contains("cannot open"));
+}
+
+TEST_CASE("model: safetensors errors name the problem", "[model]") {
+    const LlamaConfig cfg = LlamaConfig::parse(kTinyConfig);
+    const auto ts = tiny_tensors(1);
+    const auto good = make_safetensors(ts);
+    CHECK_NOTHROW(LlamaModel::from_parts(cfg, Safetensors::parse(good)));
+    CHECK_NOTHROW(LlamaModel::from_parts(cfg, Safetensors::parse(make_safetensors(ts, "F32"))));
+    CHECK_NOTHROW(Safetensors::parse(make_safetensors(ts, "F16", ",\"__metadata__\":{\"format\":\"pt\"}")));
+
+    // Header length.
+    auto bad_len = good;
+    bad_len[7] = 0x40;  // 2^62
+    CHECK_THROWS_WITH(Safetensors::parse(bad_len), Catch::Contains("bad header length"));
+    auto zero_len = good;
+    std::fill(zero_len.begin(), zero_len.begin() + 8, 0);
+    CHECK_THROWS_WITH(Safetensors::parse(zero_len), Catch::Contains("bad header length"));
+    CHECK_THROWS_WITH(Safetensors::parse(std::vector<uint8_t>(good.begin(), good.begin() + 5)), Catch::Contains("too short"));
+    CHECK_THROWS_WITH(Safetensors::parse(std::vector<uint8_t>(good.begin(), good.begin() + 40)), Catch::Contains("bad header length"));
+    auto bad_json = good;
+    bad_json[8] = '[';
+    CHECK_THROWS_WITH(Safetensors::parse(bad_json), Catch::Contains("invalid JSON"));
+
+    // Truncated data: the last tensor's range runs past the end.
+    auto cut = good;
+    cut.resize(cut.size() - 2);
+    CHECK_THROWS_WITH(Safetensors::parse(cut), Catch::Contains("past the end"));
+
+    // Unsupported dtype, size mismatch, overlap.
+    auto one = [](const std::string& entry, size_t data_bytes) {
+        std::string h = "{\"w\":" + entry + "}";
+        while (h.size() % 8) h += ' ';
+        return file_bytes(h, std::vector<uint8_t>(data_bytes, 0));
+    };
+    CHECK_NOTHROW(Safetensors::parse(one("{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,24]}", 24)));
+    CHECK_THROWS_WITH(Safetensors::parse(one("{\"dtype\":\"I8\",\"shape\":[2,3],\"data_offsets\":[0,6]}", 6)),
+                      Catch::Contains("unsupported dtype I8"));
+    CHECK_THROWS_WITH(Safetensors::parse(one("{\"dtype\":\"F64\",\"shape\":[2],\"data_offsets\":[0,16]}", 16)),
+                      Catch::Contains("unsupported dtype F64"));
+    CHECK_THROWS_WITH(Safetensors::parse(one("{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[0,20]}", 24)),
+                      Catch::Contains("needs 24"));
+    CHECK_THROWS_WITH(Safetensors::parse(one("{\"dtype\":\"F32\",\"shape\":[2,3],\"data_offsets\":[8,0]}", 24)),
+                      Catch::Contains("end < begin"));
+    CHECK_THROWS_WITH(Safetensors::parse(one("{\"dtype\":\"F32\",\"shape\":[2,-3],\"data_offsets\":[0,24]}", 24)),
+                      Catch::Contains("bad shape"));
+    CHECK_THROWS_WITH(Safetensors::parse(one("{\"shape\":[2,3],\"data_offsets\":[0,24]}", 24)), Catch::Contains("missing \"dtype\""));
+    CHECK_THROWS_WITH(Safetensors::parse(one("{\"dtype\":\"F32\",\"shape\":[6]}", 24)), Catch::Contains("data_offsets"));
+    {
+        std::string h = "{\"a\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]},"
+                        "\"b\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[8,24]}}";
+        while (h.size() % 8) h += ' ';
+        CHECK_THROWS_WITH(Safetensors::parse(file_bytes(h, std::vector<uint8_t>(24, 0))), Catch::Contains("overlap"));
+    }
+    // Non-finite weights.
+    {
+        auto nan_ts = ts;
+        nan_ts["model.norm.weight"].data[3] = NAN;
+        CHECK_THROWS_WITH(LlamaModel::from_parts(cfg, Safetensors::parse(make_safetensors(nan_ts))),
+                          Catch::Contains("non-finite"));
+    }
+
+    // Missing tensors and shapes that do not match the config.
+    auto missing = ts;
+    missing.erase("model.layers.1.mlp.up_proj.weight");
+    CHECK_THROWS_WITH(LlamaModel::from_parts(cfg, Safetensors::parse(make_safetensors(missing))),
+                      Catch::Contains("missing tensor \"model.layers.1.mlp.up_proj.weight\""));
+    auto no_head = ts;
+    no_head.erase("lm_head.weight");
+    CHECK_THROWS_WITH(LlamaModel::from_parts(cfg, Safetensors::parse(make_safetensors(no_head))), Catch::Contains("lm_head.weight"));
+    LlamaConfig tied = cfg;
+    tied.tie_word_embeddings = true;
+    CHECK(LlamaModel::from_parts(tied, Safetensors::parse(make_safetensors(no_head))).tied());
+    auto wrong = ts;
+    wrong["model.layers.0.self_attn.k_proj.weight"].shape = {32, 128};
+    CHECK_THROWS_WITH(LlamaModel::from_parts(cfg, Safetensors::parse(make_safetensors(wrong))),
+                      Catch::Contains("\"model.layers.0.self_attn.k_proj.weight\" has shape [32, 128], the config implies [64, 64]"));
+    LlamaConfig more_layers = cfg;
+    more_layers.num_hidden_layers = 3;
+    CHECK_THROWS_WITH(LlamaModel::from_parts(more_layers, Safetensors::parse(good)), Catch::Contains("model.layers.2."));
+    CHECK_THROWS_WITH(Safetensors::load("/nonexistent/model.safetensors"), Catch::Contains("cannot open"));
+    CHECK_THROWS_WITH(LlamaModel::load("/nonexistent"), Catch::Contains("cannot open"));
+}
+
+TEST_CASE("model: cache specs and runner arguments are validated", "[model]") {
+    const LlamaModel m = tiny_model();
+    const CacheShape s = CacheShape::of(m.config());
+    for (const char* good : {"fp32", "exact", "fp16", "q8_0", "q4_0", "kivi2", "kivi4", "K4V3", "K2.5V2-w32", "K3V3-prod",
+                             "K3V3-raw-w8", "K3V3-s4", "K4V4-l0=K8V8"})
+        CHECK_NOTHROW(make_cache(good, s));
+    for (const char* bad : {"", "q5_0", "K9V3", "K4", "KxV3", "K4V3-w", "K4V3-bogus", "K4V3-l7=K4V4", "K4V3-w-5"})
+        CHECK_THROWS_WITH(make_cache(bad, s), Catch::Contains("cache"));
+    CHECK_THROWS_WITH(make_cache("K4V3-sk", s), Catch::Contains("calibration"));
+    auto cache = make_exact_cache(s);
+    LlamaRunner run(m, *cache);
+    std::vector<float> logits(256), wrong(100);
+    const std::vector<int32_t> bad_token = {300};
+    CHECK_THROWS_WITH(run.prefill(bad_token, logits), Catch::Contains("outside the vocabulary"));
+    CHECK_THROWS_WITH(run.decode(65, wrong), Catch::Contains("vocab"));
+    auto other = make_exact_cache({3, 4, 2, 32});
+    CHECK_THROWS_WITH(LlamaRunner(m, *other), Catch::Contains("shape"));
+}
+
+TEST_CASE("model: calibration statistics and preconditioned caches stay exact in high precision", "[model]") {
+    const LlamaModel m = tiny_model(11);
+    const auto calib = text_tokens("Calibration text: the statistics of keys, values and queries of every layer.");
+    const KVCalibration cal = calibrate_kv(m, calib, 256);
+    CHECK(cal.tokens == calib.size());
+    CHECK(cal.key_mean.size() == size_t(2 * 2 * 32));
+    const auto tokens = text_tokens("Preconditioning must not change attention: shifts and scales cancel.");
+    auto exact = make_exact_cache(CacheShape::of(m.config()));
+    const NllResult ref = evaluate_nll(m, *exact, tokens, 256, true);
+    // 8-bit codes with centering and query-aware scaling: close to exact.
+    for (const char* spec : {"K8V8", "K8V8-sk-sv", "K8V8-nc", "K8V8-emu-s2"}) {
+        auto c = make_cache(spec, CacheShape::of(m.config()), &cal);
+        const NllResult r = evaluate_nll(m, *c, tokens, 256, true);
+        INFO(spec << ": NLL " << r.nll << " vs exact " << ref.nll);
+        CHECK(std::abs(r.nll - ref.nll) < 2e-3 * ref.nll);
+    }
+}
+
+TEST_CASE("model: token-by-token decode allocates nothing", "[model]") {
+    const LlamaModel m = tiny_model(13);
+    const auto calib = text_tokens("Some calibration text for the statistics of the tiny model's keys and values.");
+    const KVCalibration cal = calibrate_kv(m, calib, 256);
+    std::string text;
+    for (int i = 0; i < 8; ++i) text += "Decoding must not touch the allocator. ";
+    const auto tokens = text_tokens(text);
+    for (const char* spec : {"fp32", "K4V4", "K3V2-w16", "K2.5V2"}) {
+        INFO("cache " << spec);
+        auto cache = make_cache(spec, CacheShape::of(m.config()), &cal);
+        cache->reserve(256);
+        LlamaRunner run(m, *cache);
+        std::vector<float> logits(256);
+        run.prefill(std::span(tokens).first(81), logits);
+        run.decode(tokens[81], logits);  // warm-up: thread-local attention buffers
+        // Compressed tokens stay inside the second block of 64 (KVCache allocates a block per 64).
+        const size_t before = g_allocations;
+        for (size_t t = 82; t < 128; ++t) run.decode(tokens[t], logits);
+        CHECK(g_allocations - before == 0);
+    }
+}

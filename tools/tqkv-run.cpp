@@ -1,0 +1,220 @@
+// tqkv-run: text generation with a small Llama model (byte vocabulary) whose KV cache is
+// compressed by tqkv — or any other cache configuration, for comparison.
+//
+//   tqkv-run --model ../shared/data/tq-ref-128 --prompt "The " [--cache K3V3-w16] [--tokens 256]
+//            [--temperature 0] [--top-k 0] [--seed 1] [--calib FILE|none] [--json]
+//
+// The generated text goes to stdout as it is produced; the statistics (prefill and decode speed,
+// cache bytes against an fp16 cache) go to stderr at the end (or one JSON line with --json).
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "tqkv/kernels.hpp"
+#include "tqkv/model.hpp"
+#include "tqkv/rng.hpp"
+
+namespace {
+
+const char* kDefaultCache = "K3.5V2.5-w16";
+
+void usage() {
+    std::fprintf(stderr,
+                 "usage: tqkv-run --model DIR (--prompt TEXT | --prompt-file FILE) [options]\n"
+                 "  --cache SPEC        KV cache (default %s): fp32, fp16, q8_0, q4_0, kivi2, kivi4, or tqkv\n"
+                 "                      K<bits>V<bits>[-w<window>][-prod][-raw]..., e.g. K4V3, K2.5V2-w32\n"
+                 "  --tokens N          bytes to generate (default 256; stops at the model's context length)\n"
+                 "  --temperature T     0 = greedy (default); otherwise sample from softmax(logits / T)\n"
+                 "  --top-k K           sample among the K most likely bytes (0 = all)\n"
+                 "  --seed S            sampling seed (default 1)\n"
+                 "  --calib FILE|none   calibration text for the tqkv cache's preconditioning (key/value means,\n"
+                 "                      high channels; default: the last 2048 bytes of DIR/eval.txt when present,\n"
+                 "                      else the prompt)\n"
+                 "  --json              statistics as one JSON line on stderr\n",
+                 kDefaultCache);
+}
+
+std::string read_text(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    if (!f) throw std::invalid_argument("cannot open " + path);
+    return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
+double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    std::map<std::string, std::string> opt;
+    for (int i = 1; i < argc; ++i) {
+        std::string a = argv[i];
+        if (a == "-h" || a == "--help") {
+            usage();
+            return 0;
+        }
+        if (a.rfind("--", 0) != 0) {
+            std::fprintf(stderr, "tqkv-run: unexpected argument '%s'\n", a.c_str());
+            usage();
+            return 2;
+        }
+        a.erase(0, 2);
+        if (a == "json") {
+            opt[a].assign(1, '1');
+        } else if (const auto eq = a.find('='); eq != std::string::npos) {
+            opt[a.substr(0, eq)] = a.substr(eq + 1);
+        } else if (i + 1 < argc) {
+            opt[a] = argv[++i];
+        } else {
+            std::fprintf(stderr, "tqkv-run: --%s needs a value\n", a.c_str());
+            return 2;
+        }
+    }
+    for (const auto& [k, v] : opt) {
+        static const char* known[] = {"model", "prompt", "prompt-file", "cache", "tokens", "temperature", "top-k", "seed", "calib", "json"};
+        if (std::find_if(std::begin(known), std::end(known), [&](const char* n) { return k == n; }) == std::end(known)) {
+            std::fprintf(stderr, "tqkv-run: unknown option --%s\n", k.c_str());
+            usage();
+            return 2;
+        }
+    }
+    if (!opt.count("model") || (!opt.count("prompt") && !opt.count("prompt-file"))) {
+        usage();
+        return 2;
+    }
+    try {
+        const std::string dir = opt["model"];
+        const std::string prompt = opt.count("prompt-file") ? read_text(opt["prompt-file"]) : opt["prompt"];
+        const std::string spec = opt.count("cache") ? opt["cache"] : kDefaultCache;
+        const int n_new = opt.count("tokens") ? std::stoi(opt["tokens"]) : 256;
+        const double temperature = opt.count("temperature") ? std::stod(opt["temperature"]) : 0.0;
+        const int top_k = opt.count("top-k") ? std::stoi(opt["top-k"]) : 0;
+        tqkv::Rng rng(opt.count("seed") ? std::stoull(opt["seed"]) : 1);
+        if (prompt.empty()) throw std::invalid_argument("the prompt is empty");
+        if (n_new < 0) throw std::invalid_argument("--tokens must be >= 0");
+        if (!(temperature >= 0)) throw std::invalid_argument("--temperature must be >= 0");
+
+        const double t_load = now();
+        const tqkv::LlamaModel model = tqkv::LlamaModel::load(dir);
+        const tqkv::LlamaConfig& mc = model.config();
+        if (!mc.byte_vocab()) throw std::invalid_argument("tqkv-run needs a byte-vocabulary model (vocab_size 256)");
+        const double load_s = now() - t_load;
+        const size_t max_ctx = size_t(mc.max_position_embeddings);
+        std::vector<int32_t> tokens(prompt.begin(), prompt.end());
+        for (auto& t : tokens) t &= 0xff;
+        if (tokens.size() >= max_ctx)
+            throw std::invalid_argument("the prompt has " + std::to_string(tokens.size()) + " bytes, the model's context is " +
+                                        std::to_string(max_ctx));
+
+        // Calibration statistics for the tqkv cache's preconditioning (means, high channels).
+        const bool needs_cal = !spec.empty() && (spec[0] == 'K' || spec[0] == 'k');
+        tqkv::KVCalibration cal;
+        std::string cal_source = "none";
+        double cal_s = 0;
+        if (needs_cal && !(opt.count("calib") && opt.at("calib") == "none")) {
+            std::string text;
+            if (opt.count("calib")) {
+                text = read_text(opt["calib"]);
+                cal_source = opt["calib"];
+            } else if (std::ifstream(dir + "/eval.txt")) {
+                text = read_text(dir + "/eval.txt");
+                if (text.size() > 2048) text.erase(0, text.size() - 2048);
+                cal_source = dir + "/eval.txt (last 2048 bytes)";
+            } else {
+                text = prompt;
+                cal_source = "the prompt";
+            }
+            std::vector<int32_t> ct(text.begin(), text.end());
+            for (auto& t : ct) t &= 0xff;
+            const double t0 = now();
+            cal = tqkv::calibrate_kv(model, ct, max_ctx);
+            cal_s = now() - t0;
+        }
+        auto cache = tqkv::make_cache(spec, tqkv::CacheShape::of(mc), needs_cal && cal.tokens ? &cal : nullptr);
+        cache->reserve(max_ctx);
+        tqkv::LlamaRunner run(model, *cache);
+        std::vector<float> logits(size_t(mc.vocab_size)), probs(logits.size());
+        std::vector<int> order(logits.size());
+
+        std::fwrite(prompt.data(), 1, prompt.size(), stdout);
+        std::fflush(stdout);
+        const double t0 = now();
+        run.prefill(tokens, logits);
+        const double prefill_s = now() - t0;
+
+        auto pick = [&]() -> int32_t {
+            if (temperature == 0) return int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+            const float mx = *std::max_element(logits.begin(), logits.end());
+            for (size_t v = 0; v < logits.size(); ++v) probs[v] = float(std::exp((logits[v] - mx) / temperature));
+            if (top_k > 0 && size_t(top_k) < probs.size()) {
+                for (size_t v = 0; v < order.size(); ++v) order[v] = int(v);
+                std::nth_element(order.begin(), order.begin() + top_k, order.end(),
+                                 [&](int a, int b) { return probs[size_t(a)] > probs[size_t(b)]; });
+                for (size_t i = size_t(top_k); i < order.size(); ++i) probs[size_t(order[i])] = 0;
+            }
+            double sum = 0;
+            for (float p : probs) sum += p;
+            double u = rng.uniform() * sum;
+            for (size_t v = 0; v < probs.size(); ++v) {
+                u -= probs[v];
+                if (u < 0) return int32_t(v);
+            }
+            return int32_t(probs.size() - 1);
+        };
+
+        int generated = 0;
+        size_t decoded = 0;  // decode() calls, timed
+        bool hit_ctx = false;
+        const double t1 = now();
+        while (generated < n_new) {
+            const int32_t next = pick();
+            std::fputc(char(next), stdout);
+            std::fflush(stdout);
+            if (++generated == n_new) break;
+            if (run.position() >= max_ctx) {
+                hit_ctx = true;
+                break;
+            }
+            run.decode(next, logits);
+            ++decoded;
+        }
+        const double decode_s = now() - t1;
+        std::fputc('\n', stdout);
+        std::fflush(stdout);
+        const double tok_s = decode_s > 0 && decoded ? double(decoded) / decode_s : 0.0;
+        const double fp16_bytes = cache->fp16_bytes_per_token() * double(cache->tokens(0));
+        if (opt.count("json")) {
+            std::fprintf(stderr,
+                         "{\"cache\":\"%s\",\"prompt_tokens\":%zu,\"generated\":%d,\"context\":%zu,\"prefill_s\":%.6f,"
+                         "\"prefill_tokens_per_s\":%.2f,\"decode_tokens_per_s\":%.2f,\"cache_bytes\":%.0f,"
+                         "\"fp16_bytes\":%.0f,\"bits_per_coord\":%.4f,\"memory_bytes\":%zu,\"matmul\":\"%s\",\"kernel\":\"%s\"}\n",
+                         spec.c_str(), tokens.size(), generated, cache->tokens(0), prefill_s,
+                         double(tokens.size()) / prefill_s, tok_s, cache->format_bytes(), fp16_bytes,
+                         cache->bits_per_coord(), cache->memory_bytes(), tqkv::matmul_kernel(),
+                         tqkv::default_kernel().c_str());
+        } else {
+            std::fprintf(stderr, "\n--- %s cache, %zu prompt + %d generated bytes%s\n", spec.c_str(), tokens.size(), generated,
+                         hit_ctx ? " (stopped at the context length)" : "");
+            std::fprintf(stderr, "load %.2f s, calibration %.2f s (%s)\n", load_s, cal_s, cal_source.c_str());
+            std::fprintf(stderr, "prefill %.1f tokens/s, decode %.1f tokens/s (matmul %s, attention %s, one thread)\n",
+                         double(tokens.size()) / prefill_s, tok_s, tqkv::matmul_kernel(), tqkv::default_kernel().c_str());
+            const double ratio = cache->format_bytes() > 0 ? fp16_bytes / cache->format_bytes() : 0.0;
+            std::fprintf(stderr, "cache %.1f KiB for %zu tokens = %.3f bits/coord, %.2fx %s than an fp16 cache (%.1f KiB); "
+                         "memory held %.1f KiB\n",
+                         cache->format_bytes() / 1024.0, cache->tokens(0), cache->bits_per_coord(),
+                         ratio >= 1 ? ratio : 1.0 / ratio, ratio >= 1 ? "smaller" : "larger", fp16_bytes / 1024.0,
+                         double(cache->memory_bytes()) / 1024.0);
+        }
+        return 0;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "tqkv-run: %s\n", e.what());
+        return 1;
+    }
+}
