@@ -19,6 +19,13 @@ step() { echo "== $1 ($(( $(date +%s) - start ))s)"; }
 step "native tests"
 ctest --test-dir build --output-on-failure -j"$jobs"
 
+step "install + find_package(tqkv) from another CMake project"
+rm -rf build/install-test build/prefix
+cmake --install build --prefix build/prefix >/dev/null
+cmake -S tests/install -B build/install-test -DCMAKE_PREFIX_PATH="$PWD/build/prefix" >/dev/null
+cmake --build build/install-test -j"$jobs" >/dev/null
+./build/install-test/install_test
+
 step "AddressSanitizer + UBSan tests"
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTQKV_SANITIZE=ON -DTQKV_BUILD_BENCH=OFF -DTQKV_BUILD_TOOLS=OFF >/dev/null
 cmake --build build-asan -j"$jobs"
