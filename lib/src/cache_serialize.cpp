@@ -173,6 +173,14 @@ KVCache read_layer(Reader& r, const std::string& kernel) {
         bad("inconsistent token counts (" + std::to_string(tokens) + " tokens, " + std::to_string(compressed) +
             " compressed, window " + std::to_string(window) + ")");
     c.kernel = kernel;
+    // Cheap bound first: the exact window and, per compressed group of 32 tokens and KV head, at
+    // least the norms of keys and values and 1 bit per coordinate each. Hostile headers that
+    // promise more than the bytes present stop here, before any codec tables are built.
+    const uint64_t nb = norm == 0 ? 2 : 4;
+    const uint64_t min_groups = (compressed + detail::kGroupTokens - 1) / detail::kGroupTokens;
+    const uint64_t min_payload = uint64_t(kv_heads) * min_groups * (2 * detail::kGroupTokens * nb + 8 * uint64_t(head_dim)) +
+                                 2 * (tokens - compressed) * kv_heads * head_dim * 4;
+    if (min_payload > r.left()) bad("truncated data: the payload needs at least " + std::to_string(min_payload) + " bytes");
     // The config is validated by the constructor (which allocates nothing sized by tokens).
     auto impl = std::make_unique<KVCache::Impl>(c);
     KVCache::Impl& m = *impl;
