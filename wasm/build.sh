@@ -29,14 +29,16 @@ out_dir="$root/web/dist"
 obj_root="$root/build-wasm"
 mkdir -p "$out_dir" "$obj_root"
 
-# The library sources the C ABI needs (lib/CMakeLists.txt's list minus the .npy loader and the
-# baseline formats, which the package does not expose).
+# The library sources the C ABI needs: lib/CMakeLists.txt's list minus the .npy loader, plus the
+# Llama runner (every lib/src/model/*.cpp, as CMake globs them) with the baseline formats its
+# cache specs use (q8_0, q4_0, KIVI).
 core=(
   lib/src/codebook.cpp lib/src/rotation.cpp lib/src/packing.cpp lib/src/codec.cpp
   lib/src/codec_mse.cpp lib/src/codec_prod.cpp lib/src/codec_qjl.cpp lib/src/codec_split.cpp
   lib/src/kernels/dispatch.cpp lib/src/cache.cpp lib/src/cache_serialize.cpp lib/src/dense.cpp
-  lib/src/capi/c_api.cpp
+  lib/src/baselines/formats.cpp lib/src/capi/c_api.cpp
 )
+for src in lib/src/model/*.cpp; do core+=("$src"); done
 scalar_kernels=(lib/src/kernels/scalar/scalar.cpp lib/src/kernels/scalar/attention.cpp)
 simd_kernels=(lib/src/kernels/wasm/wasm128.cpp lib/src/kernels/wasm/attention.cpp)
 
@@ -105,7 +107,7 @@ if [ "${1:-}" = "tests" ]; then
   # The Catch2 suite (tests/*.cpp, Debian's header-only catch2) as WASI programs, run by
   # wasm/run-wasi.mjs under node: the kernel tests compare wasm128 with scalar bit for bit.
   tests=(tests/test_kernels.cpp tests/test_cache.cpp tests/test_codec.cpp tests/test_packing.cpp
-         tests/test_main.cpp tests/test_capi.cpp)
+         tests/test_main.cpp tests/test_capi.cpp tests/test_capi_model.cpp tests/test_model.cpp)
   # Only Catch2 from the system include directory (its other headers are glibc's).
   catch_hpp=/usr/include/catch2/catch.hpp
   if [ ! -f "$catch_hpp" ]; then echo "wasm/build.sh: $catch_hpp missing (apt-get install -y catch2)" >&2; exit 1; fi
@@ -114,7 +116,7 @@ if [ "${1:-}" = "tests" ]; then
   test_flags=(-Itests -I"$obj_root/include" -DCATCH_CONFIG_NO_POSIX_SIGNALS -DTQKV_SHARED_DATA=\"/nonexistent\")
   for variant in simd scalar; do
     vflags=()
-    srcs=("${core[@]}" "${scalar_kernels[@]}")
+    srcs=("${core[@]}" lib/src/kvdump.cpp "${scalar_kernels[@]}")
     if [ $variant = simd ]; then vflags=(-msimd128 -DTQKV_HAVE_WASM_KERNELS=1); srcs+=("${simd_kernels[@]}"); fi
     compile "$variant" "${vflags[@]}" -- "${srcs[@]}"
     compile "tests-$variant" "${vflags[@]}" "${test_flags[@]}" -- "${tests[@]}"

@@ -4,9 +4,13 @@
 #   1. build web/dist/tqkv.wasm (SIMD128) and tqkv-scalar.wasm, and the Catch2 suite as wasm
 #   2. run the Catch2 suite under Node's WASI, SIMD128 and scalar (kernel bit-identity vs scalar)
 #   3. npm ci + tsc in web/
-#   4. golden files from the native build (tests/test_capi.cpp [golden]), then node --test web/test:
+#   4. golden files from the native build (tests/test_capi.cpp and tests/test_capi_model.cpp
+#      [golden]; model.json needs ../shared/data/tq-ref-128 or TQKV_MODEL), then node --test web/test:
 #      API and error paths, SIMD == scalar, wasm == native both ways, memory growth failure,
-#      npm pack into a fresh directory, Chromium (playwright-core) with and without SIMD.
+#      npm pack into a fresh directory, Chromium (playwright-core) with and without SIMD, the Llama
+#      runner in wasm (tiny model; tq-ref-128: exact-cache NLL == native within 1e-4, greedy
+#      64 bytes == native) and the demo page web/demo/ in Chromium (exact cache == native, K4V4).
+#      The model tests skip with a message when the model is absent.
 # Uses the native test binary $TQKV_NATIVE_BUILD/tests/tqkv_tests (default build/, the tree of
 # scripts/build.sh; brought up to date here).
 set -euo pipefail
@@ -45,7 +49,7 @@ cd web
 if [ -f package-lock.json ]; then npm ci --no-audit --no-fund --loglevel=error; else npm install --no-audit --no-fund --loglevel=error; fi
 npx tsc -p tsconfig.json
 
-echo "== web: node --test (API, SIMD == scalar, wasm == native, memory, npm pack, Chromium)"
+echo "== web: node --test (API, SIMD == scalar, wasm == native, memory, npm pack, Chromium, model runner, demo page)"
 golden=$(mktemp -d)
 trap 'rm -rf "$golden"' EXIT
 TQKV_GOLDEN_DIR="$golden" "$native_tests" '[golden]' >/dev/null

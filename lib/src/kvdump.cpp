@@ -1,6 +1,8 @@
 #include "tqkv/kvdump.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -83,7 +85,9 @@ NpyArray parse_npy(std::span<const uint8_t> b, const std::string& what) {
             bad(what, "malformed shape " + shape);
         }
         if (used != item.find_last_not_of(' ') + 1) bad(what, "malformed shape " + shape);
-        if (v != 0 && count > (size_t(1) << 40) / v) bad(what, "shape " + shape + " is too large");
+        // At most 2^40 elements (and what size_t can address on 32-bit targets such as wasm32).
+        const uint64_t limit = std::min<uint64_t>(uint64_t(1) << 40, SIZE_MAX / 4);
+        if (v != 0 && uint64_t(count) > limit / v) bad(what, "shape " + shape + " is too large");
         count *= size_t(v);
         a.shape.push_back(size_t(v));
     }

@@ -52,7 +52,7 @@ test('npm pack tarball installs and runs in a fresh directory', () => {
   const tsc = join(web, 'node_modules', 'typescript', 'bin', 'tsc');
   if (existsSync(tsc)) {
     writeFileSync(join(app, 'check.ts'), `
-      import { Tqkv, KVCache, TqkvError, type CacheOptions } from 'tqkv';
+      import { Tqkv, KVCache, TqkvError, LlamaModel, Calibration, Runner, type CacheOptions, type ModelInfo, type RunnerStats } from 'tqkv';
       const opts: CacheOptions = { layers: 2, heads: 4, kvHeads: 2, headDim: 64, keyBits: 4, valueBits: 3 };
       export async function run(): Promise<number> {
         const t: Tqkv = await Tqkv.load({ simd: 'auto', maximumMemory: 1 << 30 });
@@ -65,6 +65,18 @@ test('npm pack tarball installs and runs in a fresh directory', () => {
         const codes: Uint8Array = t.createCodec({ dim: 64, bits: 4, method: 'mse' }).encode(new Float32Array(64));
         d.dispose(); c.dispose();
         return out[0] + codes.length + c.config.headDim + t.memoryBytes;
+      }
+      export async function generate(t: Tqkv): Promise<RunnerStats> {
+        const m: LlamaModel = await t.fetchModel('/models/tq-ref-128/', { onProgress: (n: number) => void n });
+        const cal: Calibration = m.calibrate('calibration text');
+        const r: Runner = m.createRunner('K4V4', { calibration: cal, maxChunk: 64 });
+        const info: ModelInfo = m.info;
+        for (const token of r.generate('The ', { maxTokens: info.context, temperature: 0.8, topK: 40, seed: 3 })) void token;
+        const logits = new Float32Array(info.vocab);
+        r.decode(r.prefill([1, 2, 3], logits), logits);
+        const { nll }: { nll: number } = r.nll('some text');
+        r.dispose(); cal.dispose(); m.dispose();
+        return { ...r.stats(), bitsPerCoord: nll };
       }
     `);
     execFileSync(process.execPath, [tsc, '--noEmit', '--strict', '--target', 'es2022', '--module', 'nodenext',

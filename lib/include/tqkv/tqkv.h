@@ -18,7 +18,7 @@
  *     output parameters other than the documented ones are untouched.
  *   - Handles are ids checked against a registry, never dereferenced: a null handle, a destroyed
  *     one (double destroy, use after destroy), or a codec passed where a cache is expected gives
- *     TQKV_ERR_INVALID_HANDLE. Ids are not reused (2^30 creations per kind before wrapping).
+ *     TQKV_ERR_INVALID_HANDLE. Ids are not reused (2^29 creations per kind before wrapping).
  *   - Buffer lengths are counts of elements (floats or bytes) and are checked against the
  *     configuration; a null pointer with a non-zero length is an error.
  *   - Thread safety: different handles may be used from different threads at once. On one cache,
@@ -180,6 +180,105 @@ TQKV_API tqkv_status tqkv_codec_dot(tqkv_codec codec, const float* query, size_t
 TQKV_API tqkv_status tqkv_dense_attention_f32(int32_t heads, int32_t kv_heads, int32_t head_dim, size_t tokens,
                                               const float* query, size_t n_query, const float* keys,
                                               const float* values, size_t n_kv, float* out, size_t n_out);
+
+/* ---------------------------------------------------------------------------------------------
+ * Llama models (tqkv::LlamaModel / tqkv::LlamaRunner of lib/include/tqkv/model.hpp): load a
+ * Hugging Face Llama checkpoint from memory, run prefill and token-by-token decode with the KV
+ * cache of a spec, score text. The WebAssembly build receives the files via fetch.
+ *
+ *   tqkv_model m;
+ *   tqkv_model_load(config_json, strlen(config_json), safetensors, n_bytes, &m);
+ *   tqkv_calibration cal = NULL;        // preconditioning statistics for the tqkv cache specs
+ *   tqkv_calibration_create(m, calib_tokens, n_calib, &cal);
+ *   tqkv_runner r;
+ *   tqkv_runner_create(m, "K3.5V2.5-w16", cal, 0, &r);
+ *   int32_t next;
+ *   tqkv_runner_prefill(r, prompt, n_prompt, NULL, 0, &next);    // greedy: next = argmax
+ *   for (i = 0; i < 64; ++i) { emit(next); tqkv_runner_decode(r, next, NULL, 0, &next); }
+ *   tqkv_runner_destroy(r); tqkv_calibration_destroy(cal); tqkv_model_destroy(m);
+ *
+ * Tokens are int32 ids in [0, vocab) (for a byte-vocabulary model, vocab 256: the bytes of the
+ * text). A runner keeps its model alive: destroying the model handle while runners exist only
+ * invalidates the handle. One runner needs exclusive access per call; different runners (and
+ * calibrations, models) may be used from different threads. Arguments are checked before
+ * anything runs; a prefill/decode that fails while running (out of memory) resets the runner to
+ * position 0. */
+typedef struct tqkv_model_s* tqkv_model;
+typedef struct tqkv_calibration_s* tqkv_calibration;
+typedef struct tqkv_runner_s* tqkv_runner;
+
+/* The shape of a loaded model (offsets fixed on every target; 48 bytes). */
+typedef struct tqkv_model_info {
+    uint32_t struct_size; /*  0: set by the caller to sizeof(tqkv_model_info) */
+    int32_t layers;       /*  4 */
+    int32_t hidden;       /*  8 */
+    int32_t heads;        /* 12: query heads */
+    int32_t kv_heads;     /* 16 */
+    int32_t head_dim;     /* 20 */
+    int32_t intermediate; /* 24 */
+    int32_t vocab;        /* 28: 256 = byte vocabulary (token = byte) */
+    int32_t context;      /* 32: max_position_embeddings, the runner's limit */
+    int32_t tied;         /* 36: 1 when the output layer is the embedding table */
+    uint64_t parameters;  /* 40 */
+} tqkv_model_info;
+
+/* The cache of a runner (offsets fixed; 48 bytes). */
+typedef struct tqkv_runner_stats {
+    uint32_t struct_size;  /*  0: set by the caller to sizeof(tqkv_runner_stats) */
+    int32_t reserved;      /*  4 */
+    uint64_t position;     /*  8: tokens run since the last reset (= tokens in the cache) */
+    double cache_bytes;    /* 16: storage the cache format needs for them (codes, norms, scales;
+                                  exact window tokens counted as fp16), all layers, keys + values */
+    double fp16_bytes;     /* 24: an fp16 cache of the same tokens */
+    double bits_per_coord; /* 32: cache_bytes * 8 / coordinates (0 when empty) */
+    uint64_t memory_bytes; /* 40: memory the cache holds (buffers reserved for the whole context) */
+} tqkv_runner_stats;
+
+/* A model from config.json text (HF LlamaConfig keys) and the bytes of model.safetensors (fp16,
+ * bf16 or fp32; converted to fp32, so the model needs 4 bytes per parameter). Both are copied;
+ * the caller may free them afterwards. Malformed files (bad header length, missing tensors,
+ * shapes that do not match the config, unsupported dtype, non-finite weights) give
+ * TQKV_ERR_BAD_DATA with the loader's message. */
+TQKV_API tqkv_status tqkv_model_load(const char* config_json, size_t config_len, const uint8_t* safetensors,
+                                     size_t n_bytes, tqkv_model* out);
+TQKV_API tqkv_status tqkv_model_destroy(tqkv_model model);
+TQKV_API tqkv_status tqkv_model_get_info(tqkv_model model, tqkv_model_info* info);
+/* The matrix-product kernel of the runner: "avx512", "avx2", "wasm128" or "plain". */
+TQKV_API const char* tqkv_matmul_kernel(void);
+
+/* Statistics of keys, values and queries from an exact-cache pass of the model over n tokens
+ * (in segments of the model's context), which the tqkv cache specs use to precondition keys
+ * and values (mean centering, high channels of fractional rates). n >= 1. */
+TQKV_API tqkv_status tqkv_calibration_create(tqkv_model model, const int32_t* tokens, size_t n_tokens,
+                                             tqkv_calibration* out);
+TQKV_API tqkv_status tqkv_calibration_destroy(tqkv_calibration cal);
+
+/* A runner over the model with a KV cache from a spec: "fp32" (exact), "fp16", "q8_0", "q4_0",
+ * "kivi2", "kivi4", or tqkv "K<bits>V<bits>[-w<window>][-prod][-raw]..." (e.g. "K4V4",
+ * "K3.5V2.5-w16", "K4V4-raw"; grammar in model.hpp). cal: calibration of the same model, used
+ * by the tqkv specs (NULL: plain TurboQuant without centering, high channels from the first
+ * prefill), ignored by the others. max_chunk: tokens per forward step of prefill, 0 = 128.
+ * The cache's buffers are reserved for the model's whole context here. */
+TQKV_API tqkv_status tqkv_runner_create(tqkv_model model, const char* cache_spec, tqkv_calibration cal,
+                                        int32_t max_chunk, tqkv_runner* out);
+TQKV_API tqkv_status tqkv_runner_destroy(tqkv_runner runner);
+/* Runs n >= 1 tokens at positions position .. position + n - 1 (TQKV_ERR_CAPACITY past the
+ * model's context). logits: n_logits = 0 (none), vocab (the last token's next-token logits) or
+ * n * vocab (every token's). next: when not NULL, the argmax of the last token's logits (the
+ * greedy next token; the lowest id among equal maxima). */
+TQKV_API tqkv_status tqkv_runner_prefill(tqkv_runner runner, const int32_t* tokens, size_t n_tokens, float* logits,
+                                         size_t n_logits, int32_t* next);
+/* One token: prefill of n = 1 (n_logits 0 or vocab). */
+TQKV_API tqkv_status tqkv_runner_decode(tqkv_runner runner, int32_t token, float* logits, size_t n_logits,
+                                        int32_t* next);
+/* Empties the cache: position 0. */
+TQKV_API tqkv_status tqkv_runner_reset(tqkv_runner runner);
+TQKV_API tqkv_status tqkv_runner_get_stats(tqkv_runner runner, tqkv_runner_stats* stats);
+/* Mean negative log-likelihood (nats per token) of tokens[1..] given the prefix, in segments of
+ * ctx tokens (0 = the model's context), each from an empty cache, attention token by token as in
+ * decode. n >= 2. The runner is reset before and after. scored may be NULL. */
+TQKV_API tqkv_status tqkv_runner_nll(tqkv_runner runner, const int32_t* tokens, size_t n_tokens, size_t ctx,
+                                     double* nll, size_t* scored);
 
 #ifdef __cplusplus
 }

@@ -3,6 +3,7 @@
 // the boundary.
 #include "tqkv/tqkv.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstring>
@@ -19,6 +20,7 @@
 #include "tqkv/codec.hpp"
 #include "tqkv/dense.hpp"
 #include "tqkv/kernels.hpp"
+#include "tqkv/model.hpp"
 
 namespace {
 
@@ -69,10 +71,22 @@ tqkv_status guard(F&& fn, tqkv_status invalid = TQKV_ERR_INVALID_ARGUMENT) noexc
 }
 
 // ---------------------------------------------------------------------------------------------
-// Handle registry: ids (kind in the low 2 bits, a counter above) mapped to shared objects. A
-// call holds a shared_ptr to its object, so a concurrent destroy cannot free it mid-call.
+// Handle registry: ids (kind in the low 3 bits, a 29-bit counter above: ids fit in 32 bits on
+// every target) mapped to shared objects. A call holds a shared_ptr to its object, so a
+// concurrent destroy cannot free it mid-call.
 
-enum Kind : uintptr_t { kCacheKind = 1, kCodecKind = 2 };
+enum Kind : uintptr_t { kCacheKind = 1, kCodecKind = 2, kModelKind = 3, kCalibrationKind = 4, kRunnerKind = 5 };
+
+const char* kind_name(uintptr_t k) {
+    switch (k) {
+        case kCacheKind: return "cache";
+        case kCodecKind: return "codec";
+        case kModelKind: return "model";
+        case kCalibrationKind: return "calibration";
+        case kRunnerKind: return "runner";
+        default: return "?";
+    }
+}
 
 struct CacheObj {
     explicit CacheObj(tqkv::ModelKVCache c) : cache(std::move(c)) {}
@@ -91,15 +105,31 @@ struct CodecObj {
     std::unique_ptr<tqkv::VectorCodec> codec;
 };
 
+struct ModelObj {
+    explicit ModelObj(tqkv::LlamaModel m) : model(std::move(m)) {}
+    tqkv::LlamaModel model;
+};
+
+struct CalibrationObj {
+    tqkv::KVCalibration cal;
+};
+
+struct RunnerObj {
+    std::shared_ptr<const ModelObj> model;  // the runner refers to the model: keep it alive
+    std::unique_ptr<tqkv::AttentionCache> cache;
+    std::unique_ptr<tqkv::LlamaRunner> run;
+    std::vector<float> logits;  // [vocab], when the caller passes none
+};
+
 template <class T, Kind K>
 class Registry {
 public:
     uintptr_t add(std::shared_ptr<T> obj) {
         std::lock_guard<std::mutex> lock(mu_);
         for (;;) {
-            next_ = (next_ + 1) & ((uintptr_t(1) << 30) - 1);
+            next_ = (next_ + 1) & ((uintptr_t(1) << 29) - 1);
             if (next_ == 0) continue;
-            const uintptr_t id = (next_ << 2) | K;
+            const uintptr_t id = (next_ << 3) | K;
             if (map_.count(id)) continue;
             map_.emplace(id, std::move(obj));
             return id;
@@ -107,9 +137,8 @@ public:
     }
     std::shared_ptr<T> get(uintptr_t id, const char* what) {
         if (id == 0) fail(TQKV_ERR_INVALID_HANDLE, std::string("tqkv: ") + what + ": null handle");
-        if ((id & 3) != K)
-            fail(TQKV_ERR_INVALID_HANDLE, std::string("tqkv: ") + what + ": not a " + (K == kCacheKind ? "cache" : "codec") +
-                                              " handle");
+        if ((id & 7) != K)
+            fail(TQKV_ERR_INVALID_HANDLE, std::string("tqkv: ") + what + ": not a " + kind_name(K) + " handle");
         std::lock_guard<std::mutex> lock(mu_);
         auto it = map_.find(id);
         if (it == map_.end())
@@ -136,6 +165,18 @@ Registry<CacheObj, kCacheKind>& caches() {
 }
 Registry<CodecObj, kCodecKind>& codecs() {
     static auto* r = new Registry<CodecObj, kCodecKind>;
+    return *r;
+}
+Registry<ModelObj, kModelKind>& models() {
+    static auto* r = new Registry<ModelObj, kModelKind>;
+    return *r;
+}
+Registry<CalibrationObj, kCalibrationKind>& calibrations() {
+    static auto* r = new Registry<CalibrationObj, kCalibrationKind>;
+    return *r;
+}
+Registry<RunnerObj, kRunnerKind>& runners() {
+    static auto* r = new Registry<RunnerObj, kRunnerKind>;
     return *r;
 }
 
@@ -251,6 +292,57 @@ static_assert(offsetof(tqkv_cache_config, kernel) == 80 + 2 * sizeof(void*));
 static_assert(offsetof(tqkv_codec_config, bits) == 8);
 static_assert(offsetof(tqkv_codec_config, seed) == 24);
 static_assert(offsetof(tqkv_codec_config, high_channels) == 40);
+static_assert(sizeof(tqkv_model_info) == 48 && offsetof(tqkv_model_info, parameters) == 40);
+static_assert(sizeof(tqkv_runner_stats) == 48 && offsetof(tqkv_runner_stats, position) == 8);
+static_assert(offsetof(tqkv_runner_stats, cache_bytes) == 16 && offsetof(tqkv_runner_stats, memory_bytes) == 40);
+
+// Every token in [0, vocab), checked before anything runs.
+void check_tokens(const int32_t* tokens, size_t n, int vocab, const char* what) {
+    for (size_t i = 0; i < n; ++i)
+        if (tokens[i] < 0 || tokens[i] >= vocab)
+            fail(TQKV_ERR_INVALID_ARGUMENT, std::string("tqkv: ") + what + ": token " + std::to_string(i) + " = " +
+                                                std::to_string(tokens[i]) + " outside the vocabulary [0, " +
+                                                std::to_string(vocab) + ")");
+}
+
+int32_t argmax(const float* x, size_t n) {
+    return int32_t(std::max_element(x, x + n) - x);  // the first of equal maxima
+}
+
+// Runs n tokens (validated); a failure while running leaves the runner inconsistent (some layers
+// appended), so it is reset before the error is reported.
+void run_tokens(RunnerObj& r, const int32_t* tokens, size_t n, float* logits, size_t n_logits, int32_t* next,
+                const char* what) {
+    const tqkv::LlamaConfig& c = r.model->model.config();
+    const size_t V = size_t(c.vocab_size);
+    const bool decode = what[0] == 'd';  // literal names: no allocation per token
+    need_buffer(tokens, n, decode ? "decode: tokens" : "prefill: tokens");
+    need_buffer(logits, n_logits, decode ? "decode: logits" : "prefill: logits");
+    if (n == 0) fail(TQKV_ERR_INVALID_ARGUMENT, std::string("tqkv: ") + what + ": no tokens");
+    if (n_logits != 0 && n_logits != V && (n_logits / V != n || n_logits % V != 0))
+        fail(TQKV_ERR_INVALID_ARGUMENT, std::string("tqkv: ") + what + ": logits has " + std::to_string(n_logits) +
+                                            " floats, expected 0, vocab = " + std::to_string(V) + " or n * vocab = " +
+                                            std::to_string(n * V));
+    check_tokens(tokens, n, c.vocab_size, what);
+    const size_t ctx = size_t(c.max_position_embeddings);
+    if (n > ctx - std::min(ctx, r.run->position()))
+        fail(TQKV_ERR_CAPACITY, std::string("tqkv: ") + what + ": " + std::to_string(n) + " tokens at position " +
+                                    std::to_string(r.run->position()) + " exceed the model's context of " +
+                                    std::to_string(ctx) + " tokens");
+    float* out = logits;
+    size_t n_out = n_logits;
+    if (n_logits == 0 && next) {  // the caller wants only the greedy token: our buffer
+        out = r.logits.data();
+        n_out = V;
+    }
+    try {
+        r.run->prefill({tokens, n}, {out, n_out});
+    } catch (...) {
+        r.run->reset();
+        throw;
+    }
+    if (next) *next = argmax(out + (n_out - V), V);
+}
 
 }  // namespace
 
@@ -575,6 +667,169 @@ tqkv_status tqkv_dense_attention_f32(int32_t heads, int32_t kv_heads, int32_t he
         need_ptr(out, "out");
         tqkv::DenseAttentionShape s{heads, kv_heads, head_dim, tokens, 0};
         tqkv::dense_attention_f32(s, query, keys, values, out);
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Llama models
+
+tqkv_status tqkv_model_load(const char* config_json, size_t config_len, const uint8_t* safetensors, size_t n_bytes,
+                            tqkv_model* out) {
+    return guard(
+        [&] {
+            need_ptr(out, "out");
+            need_buffer(config_json, config_len, "config_json");
+            need_buffer(safetensors, n_bytes, "safetensors");
+            const tqkv::LlamaConfig cfg = tqkv::LlamaConfig::parse(std::string_view(config_json, config_len));
+            auto obj = [&] {
+                const tqkv::Safetensors st =
+                    tqkv::Safetensors::parse(std::vector<uint8_t>(safetensors, safetensors + n_bytes), "model.safetensors");
+                return std::make_shared<ModelObj>(tqkv::LlamaModel::from_parts(cfg, st));
+            }();  // the file's bytes are freed here, before the handle exists
+            *out = reinterpret_cast<tqkv_model>(models().add(std::move(obj)));
+        },
+        TQKV_ERR_BAD_DATA);
+}
+
+tqkv_status tqkv_model_destroy(tqkv_model model) {
+    return guard([&] { models().remove(id_of(model), "tqkv_model_destroy"); });
+}
+
+tqkv_status tqkv_model_get_info(tqkv_model model, tqkv_model_info* info) {
+    return guard([&] {
+        auto obj = models().get(id_of(model), "model_get_info");
+        need_ptr(info, "info");
+        check_struct(info->struct_size, sizeof *info, "tqkv_model_info");
+        const tqkv::LlamaConfig& c = obj->model.config();
+        info->layers = c.num_hidden_layers;
+        info->hidden = c.hidden_size;
+        info->heads = c.num_attention_heads;
+        info->kv_heads = c.num_key_value_heads;
+        info->head_dim = c.head_dim;
+        info->intermediate = c.intermediate_size;
+        info->vocab = c.vocab_size;
+        info->context = c.max_position_embeddings;
+        info->tied = obj->model.tied() ? 1 : 0;
+        info->parameters = obj->model.parameters();
+    });
+}
+
+const char* tqkv_matmul_kernel(void) { return tqkv::matmul_kernel(); }
+
+tqkv_status tqkv_calibration_create(tqkv_model model, const int32_t* tokens, size_t n_tokens, tqkv_calibration* out) {
+    return guard([&] {
+        auto m = models().get(id_of(model), "calibration_create");
+        need_ptr(out, "out");
+        need_buffer(tokens, n_tokens, "calibration_create: tokens");
+        if (n_tokens == 0) fail(TQKV_ERR_INVALID_ARGUMENT, "tqkv: calibration_create: no tokens");
+        const tqkv::LlamaConfig& c = m->model.config();
+        check_tokens(tokens, n_tokens, c.vocab_size, "calibration_create");
+        auto obj = std::make_shared<CalibrationObj>();
+        obj->cal = tqkv::calibrate_kv(m->model, {tokens, n_tokens}, size_t(c.max_position_embeddings));
+        *out = reinterpret_cast<tqkv_calibration>(calibrations().add(std::move(obj)));
+    });
+}
+
+tqkv_status tqkv_calibration_destroy(tqkv_calibration cal) {
+    return guard([&] { calibrations().remove(id_of(cal), "tqkv_calibration_destroy"); });
+}
+
+tqkv_status tqkv_runner_create(tqkv_model model, const char* cache_spec, tqkv_calibration cal, int32_t max_chunk,
+                               tqkv_runner* out) {
+    return guard([&] {
+        auto m = models().get(id_of(model), "runner_create");
+        need_ptr(out, "out");
+        need_ptr(cache_spec, "cache_spec");
+        std::shared_ptr<CalibrationObj> c;
+        if (cal) c = calibrations().get(id_of(cal), "runner_create: calibration");
+        if (max_chunk < 0 || max_chunk > 4096)
+            fail(TQKV_ERR_INVALID_ARGUMENT, "tqkv: runner_create: max_chunk " + std::to_string(max_chunk) +
+                                                " out of range [0, 4096] (0 = 128)");
+        const tqkv::LlamaConfig& mc = m->model.config();
+        const tqkv::CacheShape shape = tqkv::CacheShape::of(mc);
+        if (c) {
+            const tqkv::CacheShape& s = c->cal.shape;
+            if (s.layers != shape.layers || s.heads != shape.heads || s.kv_heads != shape.kv_heads ||
+                s.head_dim != shape.head_dim)
+                fail(TQKV_ERR_INVALID_ARGUMENT, "tqkv: runner_create: the calibration is of a model of another shape");
+        }
+        auto obj = std::make_shared<RunnerObj>();
+        obj->model = m;
+        obj->cache = tqkv::make_cache(cache_spec, shape, c && c->cal.tokens ? &c->cal : nullptr);
+        obj->cache->reserve(size_t(mc.max_position_embeddings));
+        obj->run = std::make_unique<tqkv::LlamaRunner>(m->model, *obj->cache, max_chunk ? max_chunk : 128);
+        obj->logits.resize(size_t(mc.vocab_size));
+        *out = reinterpret_cast<tqkv_runner>(runners().add(std::move(obj)));
+    });
+}
+
+tqkv_status tqkv_runner_destroy(tqkv_runner runner) {
+    return guard([&] { runners().remove(id_of(runner), "tqkv_runner_destroy"); });
+}
+
+tqkv_status tqkv_runner_prefill(tqkv_runner runner, const int32_t* tokens, size_t n_tokens, float* logits,
+                                size_t n_logits, int32_t* next) {
+    return guard([&] {
+        auto r = runners().get(id_of(runner), "prefill");
+        run_tokens(*r, tokens, n_tokens, logits, n_logits, next, "prefill");
+    });
+}
+
+tqkv_status tqkv_runner_decode(tqkv_runner runner, int32_t token, float* logits, size_t n_logits, int32_t* next) {
+    return guard([&] {
+        auto r = runners().get(id_of(runner), "decode");
+        const size_t V = r->logits.size();
+        if (n_logits != 0 && n_logits != V)
+            fail(TQKV_ERR_INVALID_ARGUMENT, "tqkv: decode: logits has " + std::to_string(n_logits) +
+                                                " floats, expected 0 or vocab = " + std::to_string(V));
+        run_tokens(*r, &token, 1, logits, n_logits, next, "decode");
+    });
+}
+
+tqkv_status tqkv_runner_reset(tqkv_runner runner) {
+    return guard([&] { runners().get(id_of(runner), "reset")->run->reset(); });
+}
+
+tqkv_status tqkv_runner_get_stats(tqkv_runner runner, tqkv_runner_stats* stats) {
+    return guard([&] {
+        auto r = runners().get(id_of(runner), "get_stats");
+        need_ptr(stats, "stats");
+        check_struct(stats->struct_size, sizeof *stats, "tqkv_runner_stats");
+        const tqkv::AttentionCache& c = *r->cache;
+        stats->reserved = 0;
+        stats->position = r->run->position();
+        stats->cache_bytes = c.format_bytes();
+        stats->fp16_bytes = c.fp16_bytes_per_token() * double(c.tokens(0));
+        stats->bits_per_coord = c.bits_per_coord();
+        stats->memory_bytes = c.memory_bytes();
+    });
+}
+
+tqkv_status tqkv_runner_nll(tqkv_runner runner, const int32_t* tokens, size_t n_tokens, size_t ctx, double* nll,
+                            size_t* scored) {
+    return guard([&] {
+        auto r = runners().get(id_of(runner), "nll");
+        need_ptr(nll, "nll");
+        need_buffer(tokens, n_tokens, "nll: tokens");
+        if (n_tokens < 2) fail(TQKV_ERR_INVALID_ARGUMENT, "tqkv: nll: needs at least 2 tokens");
+        const tqkv::LlamaConfig& c = r->model->model.config();
+        check_tokens(tokens, n_tokens, c.vocab_size, "nll");
+        const size_t max_ctx = size_t(c.max_position_embeddings);
+        if (ctx == 0) ctx = max_ctx;
+        if (ctx < 2 || ctx > max_ctx)
+            fail(TQKV_ERR_INVALID_ARGUMENT, "tqkv: nll: ctx " + std::to_string(ctx) + " out of range [2, " +
+                                                std::to_string(max_ctx) + "] (0 = the model's context)");
+        r->run->reset();
+        tqkv::NllResult res;
+        try {
+            res = tqkv::evaluate_nll(r->model->model, *r->cache, {tokens, n_tokens}, ctx, true);
+        } catch (...) {
+            r->run->reset();
+            throw;
+        }
+        r->run->reset();
+        *nll = res.nll;
+        if (scored) *scored = res.scored;
     });
 }
 

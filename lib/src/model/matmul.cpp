@@ -1,6 +1,8 @@
 // Y[n][out] = X[n][in] * W[out][in]^T for the Llama runner. The library is built for the
 // baseline ISA, so the SIMD versions are compiled per function with target attributes and picked
 // at run time from CPUID (TQKV_KERNEL=scalar forces the plain loops, TQKV_KERNEL=avx2 caps at AVX2).
+// The WebAssembly build with -msimd128 has a SIMD128 version (f32x4 multiply + add: no FMA in
+// SIMD128), chosen at compile time: a wasm module either validates with SIMD or not at all.
 //
 // Loop order: a block of 4 weight rows stays in L1 while every block of tokens streams past it,
 // so one pass over the weights serves a whole prefill chunk.
@@ -10,12 +12,17 @@
 
 #include "tqkv/model.hpp"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#if defined(__x86_64__) && !defined(__wasm__) && (defined(__GNUC__) || defined(__clang__))
 #define TQKV_MATMUL_X86 1
 #include <cpuid.h>
 #include <immintrin.h>
 // GCC 12 reports its own _mm512_reduce_add_ps (an undefined pass-through operand) as uninitialized.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+#if defined(__wasm_simd128__)
+#define TQKV_MATMUL_WASM 1
+#include <wasm_simd128.h>
 #endif
 
 namespace tqkv {
@@ -209,6 +216,82 @@ bool has_avx512() {
 
 #endif  // TQKV_MATMUL_X86
 
+#if TQKV_MATMUL_WASM
+
+inline float hsum128(v128_t v) {
+    v = wasm_f32x4_add(v, wasm_i32x4_shuffle(v, v, 2, 3, 0, 1));
+    v = wasm_f32x4_add(v, wasm_i32x4_shuffle(v, v, 1, 0, 3, 2));
+    return wasm_f32x4_extract_lane(v, 0);
+}
+
+// SIMD128: 4 weight rows x 2 tokens of accumulators (8 + 6 operands: V8 keeps them in the 16 xmm
+// registers of x86-64). Each weight load serves both tokens; decode (n = 1) streams 4 rows at once.
+void matmul_wasm128(const float* X, size_t n, size_t in, const float* W, size_t out, float* Y) {
+    const size_t in4 = in / 4 * 4;
+    size_t o = 0;
+    for (; o + 4 <= out; o += 4) {
+        const float* w0 = W + o * in;
+        const float* w1 = w0 + in;
+        const float* w2 = w1 + in;
+        const float* w3 = w2 + in;
+        size_t t = 0;
+        for (; t + 2 <= n; t += 2) {
+            const float* x0 = X + t * in;
+            const float* x1 = x0 + in;
+            v128_t a00 = wasm_f32x4_splat(0), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+            for (size_t i = 0; i < in4; i += 4) {
+                const v128_t v0 = wasm_v128_load(x0 + i), v1 = wasm_v128_load(x1 + i);
+                v128_t r = wasm_v128_load(w0 + i);
+                a00 = wasm_f32x4_add(a00, wasm_f32x4_mul(r, v0));
+                a10 = wasm_f32x4_add(a10, wasm_f32x4_mul(r, v1));
+                r = wasm_v128_load(w1 + i);
+                a01 = wasm_f32x4_add(a01, wasm_f32x4_mul(r, v0));
+                a11 = wasm_f32x4_add(a11, wasm_f32x4_mul(r, v1));
+                r = wasm_v128_load(w2 + i);
+                a02 = wasm_f32x4_add(a02, wasm_f32x4_mul(r, v0));
+                a12 = wasm_f32x4_add(a12, wasm_f32x4_mul(r, v1));
+                r = wasm_v128_load(w3 + i);
+                a03 = wasm_f32x4_add(a03, wasm_f32x4_mul(r, v0));
+                a13 = wasm_f32x4_add(a13, wasm_f32x4_mul(r, v1));
+            }
+            float s[8] = {hsum128(a00), hsum128(a01), hsum128(a02), hsum128(a03),
+                          hsum128(a10), hsum128(a11), hsum128(a12), hsum128(a13)};
+            for (size_t i = in4; i < in; ++i) {
+                s[0] += w0[i] * x0[i], s[1] += w1[i] * x0[i], s[2] += w2[i] * x0[i], s[3] += w3[i] * x0[i];
+                s[4] += w0[i] * x1[i], s[5] += w1[i] * x1[i], s[6] += w2[i] * x1[i], s[7] += w3[i] * x1[i];
+            }
+            std::memcpy(Y + t * out + o, s, 4 * sizeof(float));
+            std::memcpy(Y + (t + 1) * out + o, s + 4, 4 * sizeof(float));
+        }
+        for (; t < n; ++t) {  // one token (decode; the same summation order as the pairs above)
+            const float* x0 = X + t * in;
+            v128_t a0 = wasm_f32x4_splat(0), a1 = a0, a2 = a0, a3 = a0;
+            for (size_t i = 0; i < in4; i += 4) {
+                const v128_t v = wasm_v128_load(x0 + i);
+                a0 = wasm_f32x4_add(a0, wasm_f32x4_mul(wasm_v128_load(w0 + i), v));
+                a1 = wasm_f32x4_add(a1, wasm_f32x4_mul(wasm_v128_load(w1 + i), v));
+                a2 = wasm_f32x4_add(a2, wasm_f32x4_mul(wasm_v128_load(w2 + i), v));
+                a3 = wasm_f32x4_add(a3, wasm_f32x4_mul(wasm_v128_load(w3 + i), v));
+            }
+            float s[4] = {hsum128(a0), hsum128(a1), hsum128(a2), hsum128(a3)};
+            for (size_t i = in4; i < in; ++i) s[0] += w0[i] * x0[i], s[1] += w1[i] * x0[i], s[2] += w2[i] * x0[i], s[3] += w3[i] * x0[i];
+            std::memcpy(Y + t * out + o, s, sizeof s);
+        }
+    }
+    for (; o < out; ++o)  // the last out % 4 rows
+        for (size_t t = 0; t < n; ++t) {
+            const float* w = W + o * in;
+            const float* x = X + t * in;
+            v128_t a = wasm_f32x4_splat(0);
+            for (size_t i = 0; i < in4; i += 4) a = wasm_f32x4_add(a, wasm_f32x4_mul(wasm_v128_load(w + i), wasm_v128_load(x + i)));
+            float s = hsum128(a);
+            for (size_t i = in4; i < in; ++i) s += w[i] * x[i];
+            Y[t * out + o] = s;
+        }
+}
+
+#endif  // TQKV_MATMUL_WASM
+
 using MatmulFn = void (*)(const float*, size_t, size_t, const float*, size_t, float*);
 
 struct Choice {
@@ -220,6 +303,9 @@ Choice choose() {
     const char* env = std::getenv("TQKV_KERNEL");
     const std::string forced = env ? env : "";
     if (forced == "scalar" || forced == "neon") return {matmul_plain, "plain"};
+#if TQKV_MATMUL_WASM
+    return {matmul_wasm128, "wasm128"};
+#endif
 #if TQKV_MATMUL_X86
     if (forced != "avx2" && has_avx512()) return {matmul_avx512, "avx512"};
     if (has_avx2_fma()) return {matmul_avx2, "avx2"};

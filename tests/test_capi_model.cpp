@@ -1,0 +1,538 @@
+// The C ABI of the Llama runner (tqkv.h: tqkv_model_*, tqkv_calibration_*, tqkv_runner_*): a tiny
+// random model built in memory against the C++ runner it wraps, every misuse giving an error code,
+// and the real model (../shared/data/tq-ref-128, skipped with a message when absent). With
+// TQKV_GOLDEN_DIR set it writes model.json for the wasm tests (web/test/model.test.mjs and
+// web/test/demo.browser.test.mjs): the native exact-cache NLL over the first 1024 bytes of
+// eval.txt and the greedy continuations the wasm runner must reproduce.
+#include <catch2/catch.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "tqkv/fp16.hpp"
+#include "tqkv/model.hpp"
+#include "tqkv/rng.hpp"
+#include "tqkv/tqkv.h"
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// A tiny Llama in memory (as tests/test_model.cpp builds it): hidden 64, 2 layers, 4 query heads /
+// 2 KV heads of d 32, MLP 96, byte vocabulary, context 256.
+
+const char* kTinyConfig = R"({
+  "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+  "head_dim": 32, "intermediate_size": 96, "vocab_size": 256, "rope_theta": 500.0, "rms_norm_eps": 1e-5,
+  "tie_word_embeddings": false, "max_position_embeddings": 256, "model_type": "llama", "hidden_act": "silu"
+})";
+
+struct Tensor {
+    std::vector<int64_t> shape;
+    std::vector<float> data;
+};
+
+std::vector<uint8_t> make_safetensors(const std::map<std::string, Tensor>& ts) {
+    std::string header = "{";
+    std::vector<uint8_t> data;
+    for (const auto& [name, t] : ts) {
+        const size_t begin = data.size();
+        for (float x : t.data) {
+            const uint16_t h = tqkv::float_to_half(x);
+            data.push_back(uint8_t(h));
+            data.push_back(uint8_t(h >> 8));
+        }
+        std::string shape;
+        for (size_t i = 0; i < t.shape.size(); ++i) shape += (i ? "," : "") + std::to_string(t.shape[i]);
+        if (header.size() > 1) header += ",";
+        header += "\"" + name + "\":{\"dtype\":\"F16\",\"shape\":[" + shape + "],\"data_offsets\":[" +
+                  std::to_string(begin) + "," + std::to_string(data.size()) + "]}";
+    }
+    header += "}";
+    while (header.size() % 8) header += ' ';
+    std::vector<uint8_t> out;
+    for (int i = 0; i < 8; ++i) out.push_back(uint8_t(uint64_t(header.size()) >> (8 * i)));
+    for (char c : header) out.push_back(uint8_t(c));
+    for (uint8_t b : data) out.push_back(b);
+    return out;
+}
+
+std::map<std::string, Tensor> tiny_tensors(uint64_t seed) {
+    tqkv::Rng rng(seed);
+    auto mat = [&](int64_t r, int64_t c, double sd) {
+        Tensor t{{r, c}, std::vector<float>(size_t(r * c))};
+        for (auto& x : t.data) x = float(rng.normal() * sd);
+        return t;
+    };
+    auto norm = [&](int64_t n) {
+        Tensor t{{n}, std::vector<float>(size_t(n))};
+        for (auto& x : t.data) x = float(1.0 + 0.2 * rng.normal());
+        return t;
+    };
+    std::map<std::string, Tensor> ts;
+    ts["model.embed_tokens.weight"] = mat(256, 64, 1.0);
+    ts["lm_head.weight"] = mat(256, 64, 0.2);
+    ts["model.norm.weight"] = norm(64);
+    for (int l = 0; l < 2; ++l) {
+        const std::string p = "model.layers." + std::to_string(l) + ".";
+        ts[p + "input_layernorm.weight"] = norm(64);
+        ts[p + "post_attention_layernorm.weight"] = norm(64);
+        ts[p + "self_attn.q_proj.weight"] = mat(128, 64, 0.3);
+        ts[p + "self_attn.k_proj.weight"] = mat(64, 64, 0.3);
+        ts[p + "self_attn.v_proj.weight"] = mat(64, 64, 0.2);
+        ts[p + "self_attn.o_proj.weight"] = mat(64, 128, 0.1);
+        ts[p + "mlp.gate_proj.weight"] = mat(96, 64, 0.15);
+        ts[p + "mlp.up_proj.weight"] = mat(96, 64, 0.15);
+        ts[p + "mlp.down_proj.weight"] = mat(64, 96, 0.1);
+    }
+    return ts;
+}
+
+std::vector<int32_t> text_tokens(const std::string& s) {
+    std::vector<int32_t> t;
+    for (unsigned char ch : s) t.push_back(ch);
+    return t;
+}
+
+bool contains(const char* s, const char* what) { return std::string(s).find(what) != std::string::npos; }
+
+// RAII holders for the handles.
+struct Model {
+    tqkv_model h = nullptr;
+    Model(const std::string& config, const std::vector<uint8_t>& st) {
+        const tqkv_status s = tqkv_model_load(config.data(), config.size(), st.data(), st.size(), &h);
+        INFO(tqkv_last_error());
+        REQUIRE(s == TQKV_OK);
+    }
+    ~Model() {
+        if (h) tqkv_model_destroy(h);
+    }
+};
+
+struct Runner {
+    tqkv_runner h = nullptr;
+    Runner(tqkv_model m, const char* spec, tqkv_calibration cal = nullptr, int chunk = 0) {
+        const tqkv_status s = tqkv_runner_create(m, spec, cal, chunk, &h);
+        INFO(spec << ": " << tqkv_last_error());
+        REQUIRE(s == TQKV_OK);
+    }
+    ~Runner() {
+        if (h) tqkv_runner_destroy(h);
+    }
+    size_t position() const {
+        tqkv_runner_stats st;
+        st.struct_size = sizeof st;
+        REQUIRE(tqkv_runner_get_stats(h, &st) == TQKV_OK);
+        return size_t(st.position);
+    }
+};
+
+double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+// Greedy continuation of a prompt through the C ABI (decode_s: the seconds of the n - 1 decode steps).
+std::vector<int32_t> greedy(tqkv_runner r, const std::vector<int32_t>& prompt, int n, double* decode_s = nullptr) {
+    std::vector<int32_t> out;
+    int32_t next = -1;
+    REQUIRE(tqkv_runner_prefill(r, prompt.data(), prompt.size(), nullptr, 0, &next) == TQKV_OK);
+    const double t0 = now();
+    for (int i = 0; i < n; ++i) {
+        out.push_back(next);
+        if (i + 1 < n) REQUIRE(tqkv_runner_decode(r, next, nullptr, 0, &next) == TQKV_OK);
+    }
+    if (decode_s) *decode_s = now() - t0;
+    return out;
+}
+
+// The same with the C++ runner.
+std::vector<int32_t> greedy_cpp(const tqkv::LlamaModel& m, tqkv::AttentionCache& cache, const std::vector<int32_t>& prompt,
+                                int n) {
+    tqkv::LlamaRunner run(m, cache);
+    std::vector<float> logits(size_t(m.config().vocab_size));
+    run.prefill(prompt, logits);
+    std::vector<int32_t> out;
+    for (int i = 0; i < n; ++i) {
+        const int32_t next = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+        out.push_back(next);
+        if (i + 1 < n) run.decode(next, logits);
+    }
+    return out;
+}
+
+std::string model_dir() {
+    if (const char* env = std::getenv("TQKV_MODEL")) return env;
+    return TQKV_SHARED_DATA "/tq-ref-128";
+}
+
+bool have_model() {
+    const std::string d = model_dir();
+    return std::filesystem::exists(d + "/model.safetensors") && std::filesystem::exists(d + "/config.json") &&
+           std::filesystem::exists(d + "/eval.txt");
+}
+
+std::vector<uint8_t> read_bytes(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    REQUIRE(f.good());
+    return std::vector<uint8_t>((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
+// What the wasm tests reproduce (keep in sync with web/test/model.test.mjs and web/demo/demo.js).
+const char* kPrompt = "The Python interpreter ";
+const size_t kNllBytes = 1024;   // the first 1024 bytes of eval.txt, one segment of the context
+const size_t kCalibBytes = 2048; // the demo's calibration = tqkv-run's default: the last 2048 bytes of eval.txt
+const int kGreedyBytes = 64;
+
+}  // namespace
+
+TEST_CASE("C ABI model: load, info, runner, greedy and logits equal the C++ runner", "[capi]") {
+    const auto st = make_safetensors(tiny_tensors(7));
+    Model m(kTinyConfig, st);
+    tqkv_model_info info;
+    info.struct_size = sizeof info;
+    REQUIRE(tqkv_model_get_info(m.h, &info) == TQKV_OK);
+    CHECK(info.layers == 2);
+    CHECK(info.hidden == 64);
+    CHECK(info.heads == 4);
+    CHECK(info.kv_heads == 2);
+    CHECK(info.head_dim == 32);
+    CHECK(info.intermediate == 96);
+    CHECK(info.vocab == 256);
+    CHECK(info.context == 256);
+    CHECK(info.tied == 0);
+    const tqkv::LlamaModel cpp =
+        tqkv::LlamaModel::from_parts(tqkv::LlamaConfig::parse(kTinyConfig), tqkv::Safetensors::parse(st));
+    CHECK(info.parameters == cpp.parameters());
+    CHECK(std::strlen(tqkv_matmul_kernel()) > 0);
+
+    const auto prompt = text_tokens("Hello, tiny model. ");
+    const auto tokens = text_tokens("A prompt of some bytes, scored and continued by the C ABI runner.");
+    for (const char* spec : {"fp32", "K4V4", "K3V2-w8", "q4_0", "kivi2"}) {
+        INFO("cache " << spec);
+        Runner r(m.h, spec);
+        // greedy == the C++ runner with the same cache
+        auto cache = tqkv::make_cache(spec, tqkv::CacheShape::of(cpp.config()));
+        CHECK(greedy(r.h, prompt, 40) == greedy_cpp(cpp, *cache, prompt, 40));
+        CHECK(r.position() == prompt.size() + 39);
+        // every token's logits: prefill(all) == the C++ runner's, bit for bit
+        REQUIRE(tqkv_runner_reset(r.h) == TQKV_OK);
+        CHECK(r.position() == 0);
+        std::vector<float> all(tokens.size() * 256), ref(all.size());
+        int32_t next = -1;
+        REQUIRE(tqkv_runner_prefill(r.h, tokens.data(), tokens.size(), all.data(), all.size(), &next) == TQKV_OK);
+        auto c2 = tqkv::make_cache(spec, tqkv::CacheShape::of(cpp.config()));
+        tqkv::LlamaRunner run(cpp, *c2);
+        run.prefill(tokens, ref);
+        CHECK(all == ref);
+        CHECK(next == int32_t(std::max_element(all.end() - 256, all.end()) - (all.end() - 256)));
+        // prefill of a prefix + decode gives the same logits (token-by-token attention)
+        REQUIRE(tqkv_runner_reset(r.h) == TQKV_OK);
+        std::vector<float> last(256);
+        REQUIRE(tqkv_runner_prefill(r.h, tokens.data(), 20, last.data(), last.size(), nullptr) == TQKV_OK);
+        for (size_t t = 20; t < tokens.size(); ++t)
+            REQUIRE(tqkv_runner_decode(r.h, tokens[t], last.data(), last.size(), nullptr) == TQKV_OK);
+        double worst = 0;
+        for (size_t v = 0; v < 256; ++v) worst = std::max(worst, std::abs(double(last[v]) - all[(tokens.size() - 1) * 256 + v]));
+        CHECK(worst < 1e-4);
+        // NLL == evaluate_nll over the same cache spec
+        double nll = 0;
+        size_t scored = 0;
+        REQUIRE(tqkv_runner_nll(r.h, tokens.data(), tokens.size(), 0, &nll, &scored) == TQKV_OK);
+        auto c3 = tqkv::make_cache(spec, tqkv::CacheShape::of(cpp.config()));
+        const tqkv::NllResult want = tqkv::evaluate_nll(cpp, *c3, tokens, 256, true);
+        CHECK(scored == tokens.size() - 1);
+        CHECK(nll == want.nll);
+        CHECK(r.position() == 0);  // nll resets the runner
+        // segments: ctx 16 scores 15 of every 16 tokens
+        REQUIRE(tqkv_runner_nll(r.h, tokens.data(), tokens.size(), 16, &nll, &scored) == TQKV_OK);
+        CHECK(scored == tokens.size() - (tokens.size() + 15) / 16);
+    }
+}
+
+TEST_CASE("C ABI model: stats, calibration, the runner outlives its model handle", "[capi]") {
+    const auto st = make_safetensors(tiny_tensors(3));
+    const tqkv::LlamaModel cpp =
+        tqkv::LlamaModel::from_parts(tqkv::LlamaConfig::parse(kTinyConfig), tqkv::Safetensors::parse(st));
+    auto m = std::make_unique<Model>(kTinyConfig, st);
+    const auto calib = text_tokens("Calibration text: statistics of the keys, values and queries of each layer.");
+    tqkv_calibration cal = nullptr;
+    REQUIRE(tqkv_calibration_create(m->h, calib.data(), calib.size(), &cal) == TQKV_OK);
+    const tqkv::KVCalibration ref_cal = tqkv::calibrate_kv(cpp, calib, 256);
+
+    const auto prompt = text_tokens("Stats of the cache: ");
+    std::map<std::string, double> bytes;
+    for (const char* spec : {"fp32", "fp16", "K4V4", "K3.5V2.5-w16"}) {
+        INFO(spec);
+        Runner r(m->h, spec, cal);
+        tqkv_runner_stats s;
+        s.struct_size = sizeof s;
+        REQUIRE(tqkv_runner_get_stats(r.h, &s) == TQKV_OK);
+        CHECK(s.position == 0);
+        CHECK(s.cache_bytes == 0);
+        CHECK(s.memory_bytes > 0);  // reserved for the context
+        const auto out = greedy(r.h, prompt, 30);
+        REQUIRE(tqkv_runner_get_stats(r.h, &s) == TQKV_OK);
+        CHECK(s.position == prompt.size() + 29);
+        CHECK(s.fp16_bytes == double(s.position) * 2 * 2 * 2 * 32 * 2);  // layers * (K+V) * kv_heads * d * 2 bytes
+        CHECK(s.bits_per_coord == Approx(s.cache_bytes * 8 / (double(s.position) * 2 * 2 * 2 * 32)));
+        bytes[spec] = s.cache_bytes;
+        // the calibrated cache == the C++ cache built with calibrate_kv's statistics
+        auto cache = tqkv::make_cache(spec, tqkv::CacheShape::of(cpp.config()), &ref_cal);
+        CHECK(out == greedy_cpp(cpp, *cache, prompt, 30));
+    }
+    CHECK(bytes["fp32"] == 2 * bytes["fp16"]);
+    CHECK(bytes["K4V4"] < bytes["fp16"] / 3);
+    CHECK(bytes["K3.5V2.5-w16"] < bytes["fp16"]);
+
+    // The runner keeps the model alive; the calibration is copied into the cache.
+    Runner r(m->h, "K4V4", cal);
+    m.reset();
+    REQUIRE(tqkv_calibration_destroy(cal) == TQKV_OK);
+    auto cache = tqkv::make_cache("K4V4", tqkv::CacheShape::of(cpp.config()), &ref_cal);
+    CHECK(greedy(r.h, prompt, 20) == greedy_cpp(cpp, *cache, prompt, 20));
+}
+
+TEST_CASE("C ABI model: malformed files, bad arguments and handles give error codes", "[capi][errors]") {
+    const auto ts = tiny_tensors(5);
+    const auto st = make_safetensors(ts);
+    const std::string cfg = kTinyConfig;
+    tqkv_model h = nullptr;
+    // config.json
+    CHECK(tqkv_model_load("{", 1, st.data(), st.size(), &h) == TQKV_ERR_BAD_DATA);
+    CHECK(contains(tqkv_last_error(), "config.json"));
+    {
+        std::string no_hidden = cfg;
+        no_hidden.replace(no_hidden.find("\"hidden_size\": 64,"), 18, "");
+        CHECK(tqkv_model_load(no_hidden.data(), no_hidden.size(), st.data(), st.size(), &h) == TQKV_ERR_BAD_DATA);
+        CHECK(contains(tqkv_last_error(), "missing \"hidden_size\""));
+    }
+    // safetensors: header length, truncation, missing tensor, shape, dtype
+    {
+        auto bad = st;
+        bad[7] = 0x40;
+        CHECK(tqkv_model_load(cfg.data(), cfg.size(), bad.data(), bad.size(), &h) == TQKV_ERR_BAD_DATA);
+        CHECK(contains(tqkv_last_error(), "bad header length"));
+        CHECK(tqkv_model_load(cfg.data(), cfg.size(), st.data(), 5, &h) == TQKV_ERR_BAD_DATA);
+        CHECK(contains(tqkv_last_error(), "too short"));
+        CHECK(tqkv_model_load(cfg.data(), cfg.size(), st.data(), st.size() - 2, &h) == TQKV_ERR_BAD_DATA);
+        CHECK(contains(tqkv_last_error(), "past the end"));
+        auto missing = ts;
+        missing.erase("model.layers.1.mlp.up_proj.weight");
+        const auto ms = make_safetensors(missing);
+        CHECK(tqkv_model_load(cfg.data(), cfg.size(), ms.data(), ms.size(), &h) == TQKV_ERR_BAD_DATA);
+        CHECK(contains(tqkv_last_error(), "missing tensor \"model.layers.1.mlp.up_proj.weight\""));
+        auto wrong = ts;
+        wrong["model.layers.0.self_attn.k_proj.weight"].shape = {32, 128};
+        const auto ws = make_safetensors(wrong);
+        CHECK(tqkv_model_load(cfg.data(), cfg.size(), ws.data(), ws.size(), &h) == TQKV_ERR_BAD_DATA);
+        CHECK(contains(tqkv_last_error(), "the config implies [64, 64]"));
+        std::string hdr = "{\"w\":{\"dtype\":\"I8\",\"shape\":[2],\"data_offsets\":[0,2]}}";
+        while (hdr.size() % 8) hdr += ' ';
+        std::vector<uint8_t> i8;
+        for (int i = 0; i < 8; ++i) i8.push_back(uint8_t(uint64_t(hdr.size()) >> (8 * i)));
+        for (char c : hdr) i8.push_back(uint8_t(c));
+        i8.push_back(1), i8.push_back(2);
+        CHECK(tqkv_model_load(cfg.data(), cfg.size(), i8.data(), i8.size(), &h) == TQKV_ERR_BAD_DATA);
+        CHECK(contains(tqkv_last_error(), "unsupported dtype I8"));
+    }
+    CHECK(h == nullptr);  // no handle was created by a failed load
+    CHECK(tqkv_model_load(nullptr, 3, st.data(), st.size(), &h) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_model_load(cfg.data(), cfg.size(), nullptr, 10, &h) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_model_load(cfg.data(), cfg.size(), st.data(), st.size(), nullptr) == TQKV_ERR_INVALID_ARGUMENT);
+
+    Model m(cfg, st);
+    tqkv_model_info info;
+    info.struct_size = 12;
+    CHECK(tqkv_model_get_info(m.h, &info) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(contains(tqkv_last_error(), "struct_size"));
+    CHECK(tqkv_model_get_info(m.h, nullptr) == TQKV_ERR_INVALID_ARGUMENT);
+
+    // runner_create: spec, chunk, handles
+    tqkv_runner r = nullptr;
+    CHECK(tqkv_runner_create(m.h, "K9V3", nullptr, 0, &r) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(contains(tqkv_last_error(), "cache spec"));
+    CHECK(tqkv_runner_create(m.h, "K4V3-sk", nullptr, 0, &r) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(contains(tqkv_last_error(), "calibration"));
+    CHECK(tqkv_runner_create(m.h, nullptr, nullptr, 0, &r) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_runner_create(m.h, "fp32", nullptr, -1, &r) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_runner_create(m.h, "fp32", nullptr, 0, nullptr) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_runner_create(nullptr, "fp32", nullptr, 0, &r) == TQKV_ERR_INVALID_HANDLE);
+    CHECK(r == nullptr);
+
+    // handles of the wrong kind, forged, destroyed
+    tqkv_cache_config cc;
+    tqkv_cache_config_init(&cc);
+    tqkv_cache cache = nullptr;
+    REQUIRE(tqkv_cache_create(&cc, &cache) == TQKV_OK);
+    CHECK(tqkv_runner_create(reinterpret_cast<tqkv_model>(cache), "fp32", nullptr, 0, &r) == TQKV_ERR_INVALID_HANDLE);
+    CHECK(contains(tqkv_last_error(), "not a model handle"));
+    CHECK(tqkv_runner_create(m.h, "fp32", reinterpret_cast<tqkv_calibration>(cache), 0, &r) == TQKV_ERR_INVALID_HANDLE);
+    CHECK(tqkv_cache_clear(reinterpret_cast<tqkv_cache>(m.h)) == TQKV_ERR_INVALID_HANDLE);
+    CHECK(tqkv_model_destroy(reinterpret_cast<tqkv_model>(uintptr_t(8 * 4321 + 3))) == TQKV_ERR_INVALID_HANDLE);
+    tqkv_cache_destroy(cache);
+
+    Runner run(m.h, "fp32");
+    CHECK(tqkv_runner_reset(reinterpret_cast<tqkv_runner>(m.h)) == TQKV_ERR_INVALID_HANDLE);
+    CHECK(tqkv_model_destroy(reinterpret_cast<tqkv_model>(run.h)) == TQKV_ERR_INVALID_HANDLE);
+    CHECK(tqkv_runner_decode(nullptr, 1, nullptr, 0, nullptr) == TQKV_ERR_INVALID_HANDLE);
+    CHECK(contains(tqkv_last_error(), "null handle"));
+
+    // calibration: empty, out-of-vocabulary tokens, another model's shape
+    tqkv_calibration cal = nullptr;
+    const std::vector<int32_t> oov = {1, 2, 256};
+    CHECK(tqkv_calibration_create(m.h, oov.data(), 0, &cal) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_calibration_create(m.h, oov.data(), oov.size(), &cal) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(contains(tqkv_last_error(), "outside the vocabulary"));
+    CHECK(cal == nullptr);
+    {
+        std::string cfg3 = cfg;
+        cfg3.replace(cfg3.find("\"num_hidden_layers\": 2"), 22, "\"num_hidden_layers\": 1");
+        Model m1(cfg3, st);  // the tensors of layer 1 are extra (ignored)
+        const auto tk = text_tokens("other model");
+        REQUIRE(tqkv_calibration_create(m1.h, tk.data(), tk.size(), &cal) == TQKV_OK);
+        CHECK(tqkv_runner_create(m.h, "K4V4", cal, 0, &r) == TQKV_ERR_INVALID_ARGUMENT);
+        CHECK(contains(tqkv_last_error(), "another shape"));
+        CHECK(tqkv_calibration_destroy(cal) == TQKV_OK);
+        CHECK(tqkv_calibration_destroy(cal) == TQKV_ERR_INVALID_HANDLE);  // double destroy
+    }
+
+    // prefill / decode / nll arguments: nothing runs, the position stays
+    const auto tokens = text_tokens("some tokens");
+    std::vector<float> logits(256);
+    REQUIRE(tqkv_runner_prefill(run.h, tokens.data(), tokens.size(), nullptr, 0, nullptr) == TQKV_OK);
+    CHECK(run.position() == tokens.size());
+    const std::vector<int32_t> bad = {65, 66, -1};
+    CHECK(tqkv_runner_prefill(run.h, bad.data(), bad.size(), nullptr, 0, nullptr) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(contains(tqkv_last_error(), "token 2 = -1 outside the vocabulary"));
+    CHECK(tqkv_runner_decode(run.h, 256, logits.data(), logits.size(), nullptr) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_runner_decode(run.h, 65, logits.data(), 255, nullptr) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_runner_prefill(run.h, tokens.data(), tokens.size(), logits.data(), 257, nullptr) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_runner_prefill(run.h, tokens.data(), 0, nullptr, 0, nullptr) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_runner_prefill(run.h, nullptr, 4, nullptr, 0, nullptr) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_runner_decode(run.h, 65, nullptr, 256, nullptr) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(run.position() == tokens.size());
+    // the context (256 tokens) is a capacity
+    const std::vector<int32_t> long_text(256 - tokens.size() + 1, 'a');
+    CHECK(tqkv_runner_prefill(run.h, long_text.data(), long_text.size(), nullptr, 0, nullptr) == TQKV_ERR_CAPACITY);
+    CHECK(contains(tqkv_last_error(), "context of 256 tokens"));
+    CHECK(run.position() == tokens.size());
+    REQUIRE(tqkv_runner_prefill(run.h, long_text.data(), long_text.size() - 1, nullptr, 0, nullptr) == TQKV_OK);
+    CHECK(run.position() == 256);
+    CHECK(tqkv_runner_decode(run.h, 65, nullptr, 0, nullptr) == TQKV_ERR_CAPACITY);
+    // the runner still works after the failures: the same logits as a fresh one
+    REQUIRE(tqkv_runner_reset(run.h) == TQKV_OK);
+    std::vector<float> a(256), b(256);
+    REQUIRE(tqkv_runner_prefill(run.h, tokens.data(), tokens.size(), a.data(), a.size(), nullptr) == TQKV_OK);
+    Runner fresh(m.h, "fp32");
+    REQUIRE(tqkv_runner_prefill(fresh.h, tokens.data(), tokens.size(), b.data(), b.size(), nullptr) == TQKV_OK);
+    CHECK(a == b);
+    double nll = 0;
+    CHECK(tqkv_runner_nll(run.h, tokens.data(), 1, 0, &nll, nullptr) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_runner_nll(run.h, tokens.data(), tokens.size(), 1, &nll, nullptr) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_runner_nll(run.h, tokens.data(), tokens.size(), 257, &nll, nullptr) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_runner_nll(run.h, tokens.data(), tokens.size(), 0, nullptr, nullptr) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_runner_nll(run.h, bad.data(), bad.size(), 0, &nll, nullptr) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(run.position() == tokens.size());
+    tqkv_runner_stats s;
+    s.struct_size = sizeof s - 8;
+    CHECK(tqkv_runner_get_stats(run.h, &s) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_runner_get_stats(run.h, nullptr) == TQKV_ERR_INVALID_ARGUMENT);
+    // destroy
+    tqkv_runner tmp = nullptr;
+    REQUIRE(tqkv_runner_create(m.h, "fp32", nullptr, 0, &tmp) == TQKV_OK);
+    CHECK(tqkv_runner_destroy(tmp) == TQKV_OK);
+    CHECK(tqkv_runner_destroy(tmp) == TQKV_ERR_INVALID_HANDLE);
+    CHECK(tqkv_runner_decode(tmp, 65, nullptr, 0, nullptr) == TQKV_ERR_INVALID_HANDLE);
+    CHECK(contains(tqkv_last_error(), "destroyed"));
+}
+
+// The real model through the C ABI, from bytes in memory as the wasm build receives them.
+// [stat]: 19 M parameters over 1024 tokens checks the math, not the kernels (left out of the
+// qemu, sanitizer and wasm Catch2 runs; the wasm side is web/test/model.test.mjs).
+TEST_CASE("C ABI model: the real model from memory: NLL and greedy text equal the C++ runner", "[capi][stat]") {
+    if (!have_model()) {
+        WARN("skipped: no model at " << model_dir() << " (config.json, model.safetensors, eval.txt)");
+        return;
+    }
+    const std::string dir = model_dir();
+    const auto cfg = read_bytes(dir + "/config.json");
+    const auto st = read_bytes(dir + "/model.safetensors");
+    const auto text = read_bytes(dir + "/eval.txt");
+    Model m(std::string(cfg.begin(), cfg.end()), st);
+    const tqkv::LlamaModel cpp = tqkv::LlamaModel::load(dir);
+    const std::vector<int32_t> tokens(text.begin(), text.begin() + long(kNllBytes));
+    Runner r(m.h, "fp32");
+    double nll = 0;
+    size_t scored = 0;
+    REQUIRE(tqkv_runner_nll(r.h, tokens.data(), tokens.size(), 0, &nll, &scored) == TQKV_OK);
+    auto exact = tqkv::make_exact_cache(tqkv::CacheShape::of(cpp.config()));
+    const tqkv::NllResult want = tqkv::evaluate_nll(cpp, *exact, tokens, 1024, true);
+    CHECK(scored == kNllBytes - 1);
+    CHECK(nll == want.nll);
+    CHECK(nll > 0.5);
+    CHECK(nll < 1.5);
+    const auto prompt = text_tokens(kPrompt);
+    auto exact2 = tqkv::make_exact_cache(tqkv::CacheShape::of(cpp.config()));
+    CHECK(greedy(r.h, prompt, kGreedyBytes) == greedy_cpp(cpp, *exact2, prompt, kGreedyBytes));
+}
+
+TEST_CASE("C ABI model: golden values for the wasm tests (TQKV_GOLDEN_DIR)", "[capi][golden]") {
+    const char* gdir = std::getenv("TQKV_GOLDEN_DIR");
+    if (!gdir || !*gdir) {
+        SUCCEED("TQKV_GOLDEN_DIR not set: nothing to write");
+        return;
+    }
+    if (!have_model()) {
+        WARN("skipped: no model at " << model_dir() << ": model.json not written (the wasm model tests skip)");
+        return;
+    }
+    const std::string dir = model_dir();
+    const auto cfg = read_bytes(dir + "/config.json");
+    const auto st = read_bytes(dir + "/model.safetensors");
+    const auto text = read_bytes(dir + "/eval.txt");
+    REQUIRE(text.size() >= kNllBytes + kCalibBytes);
+    Model m(std::string(cfg.begin(), cfg.end()), st);
+    const std::vector<int32_t> tokens(text.begin(), text.begin() + long(kNllBytes));
+    const std::vector<int32_t> calib(text.end() - long(kCalibBytes), text.end());
+    const auto prompt = text_tokens(kPrompt);
+
+    Runner exact(m.h, "fp32");
+    double nll = 0;
+    size_t scored = 0;
+    REQUIRE(tqkv_runner_nll(exact.h, tokens.data(), tokens.size(), 0, &nll, &scored) == TQKV_OK);
+    greedy(exact.h, prompt, kGreedyBytes);  // warm-up (first touch of the weights)
+    REQUIRE(tqkv_runner_reset(exact.h) == TQKV_OK);
+    double exact_s = 0, k4_s = 0;
+    const auto g_exact = greedy(exact.h, prompt, kGreedyBytes, &exact_s);
+    tqkv_calibration cal = nullptr;
+    REQUIRE(tqkv_calibration_create(m.h, calib.data(), calib.size(), &cal) == TQKV_OK);
+    Runner k4(m.h, "K4V4", cal);
+    const auto g_k4 = greedy(k4.h, prompt, kGreedyBytes, &k4_s);
+    tqkv_runner_stats s;
+    s.struct_size = sizeof s;
+    REQUIRE(tqkv_runner_get_stats(k4.h, &s) == TQKV_OK);
+    tqkv_calibration_destroy(cal);
+
+    auto list = [](const std::vector<int32_t>& v) {
+        std::string out = "[";
+        for (size_t i = 0; i < v.size(); ++i) out += (i ? "," : "") + std::to_string(v[i]);
+        return out + "]";
+    };
+    // Decode speed: the n - 1 decode steps after the prompt.
+    std::ofstream f(std::string(gdir) + "/model.json");
+    char num[64];
+    std::snprintf(num, sizeof num, "%.17g", nll);
+    f << "{\"model_dir\":\"" << std::filesystem::absolute(dir).string() << "\",\"prompt\":\"" << kPrompt
+      << "\",\"nll_bytes\":" << kNllBytes << ",\"nll_exact\":" << num << ",\"scored\":" << scored
+      << ",\"calib_bytes\":" << kCalibBytes << ",\"greedy_bytes\":" << kGreedyBytes
+      << ",\"greedy_exact\":" << list(g_exact) << ",\"greedy_K4V4\":" << list(g_k4)
+      << ",\"K4V4_cache_bytes\":" << s.cache_bytes << ",\"K4V4_fp16_bytes\":" << s.fp16_bytes
+      << ",\"native_decode_tokens_per_s_exact\":" << (kGreedyBytes - 1) / exact_s
+      << ",\"native_decode_tokens_per_s_K4V4\":" << (kGreedyBytes - 1) / k4_s
+      << ",\"matmul\":\"" << tqkv_matmul_kernel() << "\",\"kernel\":\"" << tqkv_default_kernel() << "\"}\n";
+    REQUIRE(f.good());
+}

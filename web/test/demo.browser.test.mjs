@@ -1,0 +1,149 @@
+// The demo page (web/demo/) in a real browser: Debian's Chromium driven by playwright-core loads
+// web/demo/index.html from the local static server of web/demo/serve.mjs, which serves the model
+// directory (../shared/data/tq-ref-128) at /model/. Like a person would, the test types the
+// prompt, picks the cache, sets 64 bytes and clicks Generate: once with the exact fp32 cache,
+// whose 64 greedy bytes must equal the native runner's (model.json, see helpers.mjs), once with
+// K4V4, which must produce 64 bytes in less memory than fp16. The page must show tokens/s and the
+// cache bytes against fp16 while it generates (sampled at animation frames), not only at the end.
+//
+// Skipped with a message without a browser (CHROMIUM, default /usr/bin/chromium), playwright-core
+// or the model.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { serve, web } from '../demo/serve.mjs';
+import { modelGolden } from './helpers.mjs';
+
+const chromiumPath = process.env.CHROMIUM || '/usr/bin/chromium';
+let chromium;
+try {
+  ({ chromium } = await import('playwright-core'));
+} catch {}
+const g = await modelGolden();
+const skip = !existsSync(chromiumPath)
+  ? `no browser at ${chromiumPath} (apt-get install chromium)`
+  : !chromium
+    ? 'playwright-core not installed (npm ci in web/)'
+    : g.skip ?? false;
+
+test('demo page in Chromium: exact-cache output equals the native runner, K4V4 generates, speed and memory shown live',
+  { skip, timeout: 180_000 }, async (t) => {
+    const { golden, modelDir } = g;
+    const server = await serve([['/model/', modelDir], ['/', web]]);
+    const base = `http://127.0.0.1:${server.address().port}/`;
+    const browser = await chromium.launch({
+      executablePath: chromiumPath,
+      headless: true,
+      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+        '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage'],
+    });
+    after(async () => {
+      await browser.close();
+      server.close();
+    });
+    const page = await browser.newPage();
+    const logs = [];
+    page.on('console', (m) => logs.push(m.text()));
+    page.on('pageerror', (e) => logs.push(String(e)));
+    const requested = [];
+    page.on('request', (r) => requested.push(new URL(r.url()).pathname));
+
+    const t0 = Date.now();
+    await page.goto(base + 'demo/');
+    await page.waitForFunction(() => ['ready', 'error'].includes(window.tqkvDemo?.state), null, { timeout: 120_000 });
+    const loaded = await page.evaluate(() => ({ state: window.tqkvDemo.state, error: window.tqkvDemo.error, model: window.tqkvDemo.model, kernel: window.tqkvDemo.kernel }));
+    assert.equal(loaded.state, 'ready', `the page did not load the model: ${loaded.error}\n${logs.join('\n')}`);
+    const loadMs = Date.now() - t0;
+    assert.equal(loaded.kernel, 'wasm128');
+    assert.equal(loaded.model.matmul, 'wasm128');
+    assert.equal(loaded.model.parameters, 19012096);
+    assert.ok(requested.includes('/model/config.json') && requested.includes('/model/model.safetensors'), requested.join(' '));
+    assert.ok(requested.includes('/dist/tqkv.wasm'));
+    assert.match(await page.textContent('#model-line'), /19\.0 M parameters, 6 layers/);
+    assert.match(await page.textContent('#status'), /^ready/);
+
+    async function generate(spec) {
+      await page.fill('#prompt', golden.prompt);
+      await page.selectOption('#cache', spec);
+      await page.fill('#tokens', String(golden.greedy_bytes));
+      await page.fill('#temperature', '0');
+      const runs = await page.evaluate(() => window.tqkvDemo.runs.length);
+      // Sample what a person sees: the displayed numbers at each animation frame while generating.
+      await page.evaluate(() => {
+        const seen = (window.__frames = []);
+        const tick = () => {
+          if (window.tqkvDemo.state === 'generating')
+            seen.push({ tps: document.getElementById('tps').textContent, cache: document.getElementById('cache-bytes').textContent,
+              position: document.getElementById('position').textContent, text: document.getElementById('out-text').textContent.length });
+          if (!window.__stopFrames) requestAnimationFrame(tick);
+        };
+        window.__stopFrames = false;
+        requestAnimationFrame(tick);
+      });
+      const t1 = Date.now();
+      await page.click('#generate');
+      await page.waitForFunction((n) => window.tqkvDemo.runs.length > n && window.tqkvDemo.state === 'ready', runs, { timeout: 120_000 });
+      const ms = Date.now() - t1;
+      const run = await page.evaluate(() => window.tqkvDemo.runs.at(-1));
+      const frames = await page.evaluate(() => { window.__stopFrames = true; return window.__frames; });
+      const shown = {
+        tps: await page.textContent('#tps'), cache: await page.textContent('#cache-bytes'), fp16: await page.textContent('#fp16-bytes'),
+        ratio: await page.textContent('#ratio'), bits: await page.textContent('#bits'), position: await page.textContent('#position'),
+        output: await page.textContent('#output'), status: await page.textContent('#status'),
+      };
+      assert.ok(!run.error, `${spec}: ${run.error}\n${logs.join('\n')}`);
+      return { run, frames, shown, ms };
+    }
+
+    const results = {};
+    await t.test('exact fp32 cache: 64 greedy bytes equal the native runner', async () => {
+      const { run, frames, shown, ms } = await generate('fp32');
+      assert.equal(run.cache, 'fp32');
+      assert.equal(run.tokens.length, 64);
+      assert.deepEqual(run.tokens, golden.greedy_exact,
+        `browser ${JSON.stringify(run.text)} vs native ${JSON.stringify(Buffer.from(golden.greedy_exact).toString())}`);
+      assert.equal(shown.output, golden.prompt + Buffer.from(golden.greedy_exact).toString());
+      const promptBytes = Buffer.byteLength(golden.prompt);
+      assert.equal(run.stats.position, promptBytes + 63);
+      assert.equal(run.stats.cacheBytes, 2 * run.stats.fp16Bytes, 'fp32 is twice fp16');
+      assert.match(shown.tps, /^\d+(\.\d)? tokens\/s$/);
+      assert.ok(run.decodeTokensPerSecond > 0);
+      assert.match(shown.ratio, /2\.00× larger/);
+      assert.equal(shown.position, String(run.stats.position));
+      assert.match(shown.status, /^done: 64 bytes with the fp32 cache/);
+      results.fp32 = { tokensPerSecond: +run.decodeTokensPerSecond.toFixed(1), prefillTokensPerSecond: Math.round(run.prefillTokensPerSecond), ms, frames: frames.length };
+      checkLive(frames, 'fp32');
+    });
+
+    await t.test('K4V4: 64 bytes, about 4x less memory than fp16', async () => {
+      const { run, frames, shown, ms } = await generate('K4V4');
+      assert.equal(run.cache, 'K4V4');
+      assert.equal(run.tokens.length, 64);
+      assert.ok(run.tokens.every((x) => Number.isInteger(x) && x >= 0 && x < 256));
+      assert.equal(run.stats.cacheBytes, golden.K4V4_cache_bytes);
+      assert.equal(run.stats.fp16Bytes, golden.K4V4_fp16_bytes);
+      assert.ok(run.stats.bitsPerCoord > 4 && run.stats.bitsPerCoord < 4.2, `${run.stats.bitsPerCoord}`);
+      assert.match(shown.ratio, /^3\.\d\d× smaller/);
+      assert.match(shown.bits, /^4\.1\d bits per coordinate$/);
+      assert.match(shown.cache, /KiB$/);
+      assert.match(shown.fp16, /KiB$/);
+      assert.match(shown.tps, /^\d+(\.\d)? tokens\/s$/);
+      assert.match(shown.status, /calibrated in [\d.]+ s on the last 2048 bytes of eval\.txt/);
+      const equal = run.tokens.every((x, i) => x === golden.greedy_K4V4[i]);
+      results.K4V4 = { tokensPerSecond: +run.decodeTokensPerSecond.toFixed(1), ms, frames: frames.length, equalsNative: equal, text: run.text };
+      checkLive(frames, 'K4V4');
+    });
+
+    console.log(`chromium demo (model load ${loadMs} ms): ${JSON.stringify(results)}`);
+  });
+
+// The numbers change while the text streams in: several animation frames saw partial output with
+// different positions, and a speed once decoding had started.
+function checkLive(frames, spec) {
+  const positions = new Set(frames.map((f) => f.position));
+  const partial = frames.filter((f) => f.text > 0 && f.text < 64);
+  assert.ok(positions.size >= 3 && partial.length >= 2,
+    `${spec}: the page did not update while generating (${frames.length} frames, positions ${[...positions].join(',')})`);
+  assert.ok(frames.some((f) => /tokens\/s$/.test(f.tps)), `${spec}: no tokens/s shown while generating`);
+  assert.ok(frames.some((f) => /(KiB|MiB|B)$/.test(f.cache)), `${spec}: no cache bytes shown while generating`);
+}
