@@ -32,7 +32,6 @@ constexpr double kPi = 3.14159265358979323846;
 [[noreturn]] void fail(const std::string& msg) { throw std::invalid_argument("tqkv baseline: " + msg); }
 
 inline float h2f(uint16_t h) { return half_to_float(h); }
-inline float to_half_value(float x) { return half_to_float(float_to_half(x)); }
 
 // b-bit codes (b divides 8) packed LSB first into a byte stream.
 inline void put_code(uint8_t* p, size_t i, int b, unsigned c) {

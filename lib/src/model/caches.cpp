@@ -130,7 +130,7 @@ public:
 // fp16, q8_0, q4_0: every token row quantized as it is appended.
 class RowFormatCache final : public DenseCache {
 public:
-    RowFormatCache(const CacheShape& s, BaselineKind kind) : DenseCache(s, ""), kind_(kind) {
+    RowFormatCache(const CacheShape& s, BaselineKind kind) : DenseCache(s, "") {
         BaselineConfig b;
         b.kind = kind;
         kf_ = BaselineFormat::make(b, s.head_dim, true);
@@ -163,7 +163,6 @@ private:
         f.decode(tmp_.data());
         std::memcpy(row, tmp_.data(), tmp_.size() * sizeof(float));
     }
-    BaselineKind kind_;
     std::unique_ptr<BaselineFormat> kf_, vf_;
     std::string name_;
     size_t row_bytes_ = 0;
