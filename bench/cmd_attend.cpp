@@ -77,23 +77,12 @@ int cmd_attend(const Args& args) {
             const size_t n = std::min(chunk, T - t);
             cache.append(std::span(K).subspan(t * KH * d, n * KH * d), std::span(V).subspan(t * KH * d, n * KH * d));
         }
-        // Dense caches, head-major [kv_head][token][dim].
-        std::vector<float> Kd(K.size()), Vd(V.size());
-        std::vector<uint16_t> Kh(K.size()), Vh(V.size());
-        for (int h = 0; h < KH; ++h)
-            for (size_t t = 0; t < T; ++t)
-                for (int j = 0; j < d; ++j) {
-                    const size_t src = (t * KH + h) * d + j, dst = (size_t(h) * T + t) * d + j;
-                    Kd[dst] = K[src];
-                    Vd[dst] = V[src];
-                    Kh[dst] = tqkv::float_to_half(K[src]);
-                    Vh[dst] = tqkv::float_to_half(V[src]);
-                }
+        const tqkv::DenseCache dense = tqkv::make_dense_cache(K.data(), V.data(), T, KH, d);
         tqkv::DenseAttentionShape shape{H, KH, d, T, 0};
         std::vector<float> out(q.size()), exact(q.size()), half(q.size());
         const double t_fused = ns_per_call([&] { cache.attend(q, out, false); }, budget);
-        const double t_f32 = ns_per_call([&] { tqkv::dense_attention_f32(shape, q.data(), Kd.data(), Vd.data(), exact.data(), kernel); }, budget);
-        const double t_f16 = ns_per_call([&] { tqkv::dense_attention_f16(shape, q.data(), Kh.data(), Vh.data(), half.data(), kernel); }, budget);
+        const double t_f32 = ns_per_call([&] { tqkv::dense_attention_f32(shape, q.data(), dense.keys.data(), dense.values.data(), exact.data(), kernel); }, budget);
+        const double t_f16 = ns_per_call([&] { tqkv::dense_attention_f16(shape, q.data(), dense.keys_f16.data(), dense.values_f16.data(), half.data(), kernel); }, budget);
         double cos = 0;
         for (int h = 0; h < H; ++h) {
             double dot = 0, n1 = 0, n2 = 0;

@@ -42,33 +42,6 @@ std::vector<MethodSpec> default_methods() {
             {"q4_0", 4, false},     {"q8_0", 8, false},      {"fp16", 16, false}};
 }
 
-// A VectorCodec as a matrix format (QJL keys: the generic score / weighted-sum path).
-class CodecFormat : public tqkv::BaselineFormat {
-public:
-    CodecFormat(const tqkv::CodecConfig& cfg, bool keys) : BaselineFormat(cfg.dim, keys), codec_(tqkv::make_codec(cfg)) {}
-    std::string name() const override { return codec_->name(); }
-    void encode(const float* x, size_t tokens) override {
-        tokens_ = tokens;
-        codes_ = codec_->encode(std::span(x, tokens * dim_));
-        decoded_ = codec_->decode(codes_);
-    }
-    void decode(float* out) const override { std::copy(decoded_.begin(), decoded_.end(), out); }
-    size_t bytes() const override { return codes_.size(); }
-    void scores(const float* q, float* s) const override {
-        codec_->dot(std::span(q, size_t(dim_)), codes_, std::span(s, tokens_));
-    }
-    void weighted_sum(const float* w, float* out) const override {
-        std::fill(out, out + dim_, 0.0f);
-        for (size_t t = 0; t < tokens_; ++t)
-            for (int j = 0; j < dim_; ++j) out[j] += w[t] * decoded_[t * dim_ + j];
-    }
-
-private:
-    std::unique_ptr<tqkv::VectorCodec> codec_;
-    std::vector<uint8_t> codes_;
-    std::vector<float> decoded_;
-};
-
 // ---------------------------------------------------------------------------------------------
 // One method on one layer: decoded keys/values, attention outputs of the evaluated queries, and
 // a function that runs one query's attention (all heads) for timing.
@@ -144,7 +117,7 @@ LayerRun run_format(const MethodSpec& m, const tqkv::KvDump& dump, int layer, si
             c.kernel = kernel;
             c.method = keys ? tqkv::Method::Qjl : tqkv::Method::Mse;
             c.bits = keys ? 1 : 2;  // QJL keys with 2-bit TurboQuant values
-            return std::make_unique<CodecFormat>(c, keys);
+            return std::make_unique<tqkv::CodecFormat>(c, keys);
         }
         tqkv::BaselineConfig b;
         b.bits = int(m.bits);

@@ -11,36 +11,6 @@
 namespace ex {
 namespace {
 
-// A VectorCodec as a per-head matrix format: scores through the codec's own estimator
-// (VectorCodec::dot — unbiased for prod and QJL), weighted sums over the decoded vectors.
-class CodecFormat : public tqkv::BaselineFormat {
-public:
-    CodecFormat(const tqkv::CodecConfig& cfg, bool keys) : BaselineFormat(cfg.dim, keys), codec_(tqkv::make_codec(cfg)) {}
-    std::string name() const override { return codec_->name(); }
-    void encode(const float* x, size_t tokens) override {
-        tokens_ = tokens;
-        codes_ = codec_->encode(std::span(x, tokens * size_t(dim_)));
-        decoded_ = codec_->decode(codes_);
-    }
-    void decode(float* out) const override { std::copy(decoded_.begin(), decoded_.end(), out); }
-    size_t bytes() const override { return codes_.size(); }
-    void scores(const float* q, float* s) const override {
-        codec_->dot(std::span(q, size_t(dim_)), codes_, std::span(s, tokens_));
-    }
-    void weighted_sum(const float* w, float* out) const override {
-        std::vector<double> acc(size_t(dim_), 0.0);
-        for (size_t t = 0; t < tokens_; ++t)
-            if (w[t] != 0)
-                for (int j = 0; j < dim_; ++j) acc[size_t(j)] += double(w[t]) * decoded_[t * dim_ + j];
-        for (int j = 0; j < dim_; ++j) out[j] = float(acc[size_t(j)]);
-    }
-
-private:
-    std::unique_ptr<tqkv::VectorCodec> codec_;
-    std::vector<uint8_t> codes_;
-    std::vector<float> decoded_;
-};
-
 std::unique_ptr<tqkv::BaselineFormat> codec_format(int d, double bits, tqkv::Method method, bool keys, const float* x,
                                                    size_t T) {
     tqkv::CodecConfig c;
@@ -54,7 +24,7 @@ std::unique_ptr<tqkv::BaselineFormat> codec_format(int d, double bits, tqkv::Met
         const size_t n = std::max<size_t>(1, T / 4);
         c.high_channels = tqkv::choose_high_channels(std::span(x, n * size_t(d)), d, count);
     }
-    return std::make_unique<CodecFormat>(c, keys);
+    return std::make_unique<tqkv::CodecFormat>(c, keys);
 }
 
 std::unique_ptr<tqkv::BaselineFormat> make_format(const MethodSpec& m, int d, bool keys, const float* x, size_t T) {
@@ -510,20 +480,10 @@ void Benchmark::run(BenchConfig cfg) {
             for (auto& v : K) v = float(rng.normal());
             for (auto& v : V) v = float(rng.normal());
             for (auto& v : q) v = float(rng.normal());
-            std::vector<float> Kd(K.size()), Vd(V.size());
-            std::vector<uint16_t> Kh(K.size()), Vh(V.size());
-            for (int h = 0; h < KH; ++h)
-                for (size_t t = 0; t < T; ++t)
-                    for (int j = 0; j < d; ++j) {
-                        const size_t src = (t * KH + h) * d + j, dst = (size_t(h) * T + t) * d + j;
-                        Kd[dst] = K[src];
-                        Vd[dst] = V[src];
-                        Kh[dst] = tqkv::float_to_half(K[src]);
-                        Vh[dst] = tqkv::float_to_half(V[src]);
-                    }
+            const tqkv::DenseCache dense = tqkv::make_dense_cache(K.data(), V.data(), T, KH, d);
             const tqkv::DenseAttentionShape shape{H, KH, d, T, 0};
             std::vector<float> exact(q.size()), out(q.size());
-            tqkv::dense_attention_f32(shape, q.data(), Kd.data(), Vd.data(), exact.data());
+            tqkv::dense_attention_f32(shape, q.data(), dense.keys.data(), dense.values.data(), exact.data());
             for (const auto& m : cfg.methods) {
                 if (cancel_) break;
                 set_status(m + " at " + std::to_string(T) + " tokens");
@@ -531,10 +491,10 @@ void Benchmark::run(BenchConfig cfg) {
                 std::unique_ptr<tqkv::KVCache> cache;
                 double bpt = 0;
                 if (m == "fp32") {
-                    fn = [&] { tqkv::dense_attention_f32(shape, q.data(), Kd.data(), Vd.data(), out.data()); };
+                    fn = [&] { tqkv::dense_attention_f32(shape, q.data(), dense.keys.data(), dense.values.data(), out.data()); };
                     bpt = 2.0 * KH * d * 4;
                 } else if (m == "fp16") {
-                    fn = [&] { tqkv::dense_attention_f16(shape, q.data(), Kh.data(), Vh.data(), out.data()); };
+                    fn = [&] { tqkv::dense_attention_f16(shape, q.data(), dense.keys_f16.data(), dense.values_f16.data(), out.data()); };
                     bpt = 2.0 * KH * d * 2;
                 } else {
                     tqkv::CacheConfig cc;

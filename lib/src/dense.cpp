@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "kernels/kernels.hpp"
+#include "tqkv/fp16.hpp"
 
 namespace tqkv {
 
@@ -70,6 +71,25 @@ void dense_attention_f16(const DenseAttentionShape& shape, const float* query, c
                          const uint16_t* values, float* out, const std::string& kernel) {
     dense_attention(shape, query, keys, values, out, kernel, &detail::AttentionKernels::dot_f16,
                     &detail::AttentionKernels::axpy_f16);
+}
+
+DenseCache make_dense_cache(const float* keys, const float* values, size_t tokens, int kv_heads, int head_dim) {
+    DenseCache c;
+    const size_t n = tokens * size_t(kv_heads) * head_dim;
+    c.keys.resize(n);
+    c.values.resize(n);
+    c.keys_f16.resize(n);
+    c.values_f16.resize(n);
+    for (int h = 0; h < kv_heads; ++h)
+        for (size_t t = 0; t < tokens; ++t)
+            for (int j = 0; j < head_dim; ++j) {
+                const size_t src = (t * kv_heads + h) * head_dim + j, dst = (size_t(h) * tokens + t) * head_dim + j;
+                c.keys[dst] = keys[src];
+                c.values[dst] = values[src];
+                c.keys_f16[dst] = float_to_half(keys[src]);
+                c.values_f16[dst] = float_to_half(values[src]);
+            }
+    return c;
 }
 
 }  // namespace tqkv

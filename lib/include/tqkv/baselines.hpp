@@ -15,6 +15,8 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+
+#include "tqkv/codec.hpp"
 #include <string>
 #include <vector>
 
@@ -57,6 +59,25 @@ protected:
     int dim_;
     bool keys_;
     size_t tokens_ = 0;
+};
+
+// tqkv's own codecs behind the same interface, for side-by-side comparisons (QJL keys in the
+// report, every codec in the explorer): scores through VectorCodec::dot (unbiased for prod and
+// QJL), weighted sums over the decoded vectors.
+class CodecFormat : public BaselineFormat {
+public:
+    CodecFormat(const CodecConfig& cfg, bool keys);
+    std::string name() const override;
+    void encode(const float* x, size_t tokens) override;
+    void decode(float* out) const override;
+    size_t bytes() const override { return codes_.size(); }
+    void scores(const float* q, float* scores) const override;
+    void weighted_sum(const float* w, float* out) const override;
+
+private:
+    std::unique_ptr<VectorCodec> codec_;
+    std::vector<uint8_t> codes_;
+    std::vector<float> decoded_;
 };
 
 }  // namespace tqkv

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace tqkv {
 
@@ -20,5 +21,13 @@ void dense_attention_f32(const DenseAttentionShape& shape, const float* query, c
                          const float* values, float* out, const std::string& kernel = "");
 void dense_attention_f16(const DenseAttentionShape& shape, const float* query, const uint16_t* keys,
                          const uint16_t* values, float* out, const std::string& kernel = "");
+
+// Token-major keys/values ([tokens][kv_heads][head_dim], the way a runtime appends them) laid
+// out head-major for the dense baselines, in fp32 and in fp16.
+struct DenseCache {
+    std::vector<float> keys, values;             // [kv_heads][tokens][head_dim]
+    std::vector<uint16_t> keys_f16, values_f16;  // the same, binary16
+};
+DenseCache make_dense_cache(const float* keys, const float* values, size_t tokens, int kv_heads, int head_dim);
 
 }  // namespace tqkv

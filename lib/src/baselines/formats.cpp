@@ -647,4 +647,30 @@ std::unique_ptr<BaselineFormat> BaselineFormat::make(const BaselineConfig& cfg, 
     fail("unknown baseline kind");
 }
 
+// ---------------------------------------------------------------------------------------------
+
+CodecFormat::CodecFormat(const CodecConfig& cfg, bool keys) : BaselineFormat(cfg.dim, keys), codec_(make_codec(cfg)) {}
+
+std::string CodecFormat::name() const { return codec_->name(); }
+
+void CodecFormat::encode(const float* x, size_t tokens) {
+    codes_ = codec_->encode(std::span(x, tokens * size_t(dim_)));
+    decoded_ = codec_->decode(codes_);
+    tokens_ = tokens;
+}
+
+void CodecFormat::decode(float* out) const { std::copy(decoded_.begin(), decoded_.end(), out); }
+
+void CodecFormat::scores(const float* q, float* s) const {
+    codec_->dot(std::span(q, size_t(dim_)), codes_, std::span(s, tokens_));
+}
+
+void CodecFormat::weighted_sum(const float* w, float* out) const {
+    std::vector<double> acc(size_t(dim_), 0.0);
+    for (size_t t = 0; t < tokens_; ++t)
+        if (w[t] != 0)
+            for (int j = 0; j < dim_; ++j) acc[size_t(j)] += double(w[t]) * decoded_[t * dim_ + j];
+    for (int j = 0; j < dim_; ++j) out[j] = float(acc[size_t(j)]);
+}
+
 }  // namespace tqkv
