@@ -71,5 +71,6 @@ int cmd_attend(const Args& args);
 int cmd_report(const Args& args);
 int cmd_ppl(const Args& args);
 int cmd_decode(const Args& args);
+int cmd_budget(const Args& args);
 
 }  // namespace bench

@@ -148,7 +148,11 @@ static void usage() {
                  "           NLL per byte vs the exact cache, argmax agreement, bytes per token; --frontier: the\n"
                  "           fewest bits per coordinate within ΔNLL 0.5/1/3% per method\n"
                  "  decode   --model DIR [--context 1024] [--steps 64] [--config fp32,K3V3-w16,...] [--json]\n"
-                 "           tokens/s of token-by-token decode ending at the context length, per cache\n";
+                 "           tokens/s of token-by-token decode ending at the context length, per cache\n"
+                 "  budget   --model DIR [--budget-mb X] [--policies tiered,h2o,snapkv,streaming,...] [--json]\n"
+                 "           [--bytes 4096] [--trials 4] [--depths 0.1,...] [--format repl|repl-digits|word|digits] [--threads 1]\n"
+                 "           a KV cache under a byte budget (default 1/6 of the fp16 cache at the model's context):\n"
+                 "           ΔNLL, passkey retrieval and speed of tqkv's tiered cache and H2O/SnapKV/StreamingLLM\n";
 }
 
 int main(int argc, char** argv) {
@@ -165,6 +169,7 @@ int main(int argc, char** argv) {
         if (cmd == "report") return bench::cmd_report(args);
         if (cmd == "ppl") return bench::cmd_ppl(args);
         if (cmd == "decode") return bench::cmd_decode(args);
+        if (cmd == "budget") return bench::cmd_budget(args);
         std::cerr << "tqkv-bench: unknown command '" << cmd << "'\n";
         usage();
         return 2;

@@ -150,15 +150,29 @@ KVCache::Impl::Impl(const CacheConfig& c) : cfg(c) {
 
     win_k.assign(size_t(cfg.window) * row(), 0.0f);
     win_v.assign(size_t(cfg.window) * row(), 0.0f);
-    stage_k.resize(size_t(cfg.block_tokens) * row());
-    stage_v.resize(size_t(cfg.block_tokens) * row());
-    seg_in.resize(size_t(cfg.block_tokens) * cfg.head_dim);
-    size_t max_codec = 0;
     for (auto* side : {&keys, &values})
-        for (auto& s : side->segs) max_codec = std::max(max_codec, s.codec_bytes);
-    seg_out.resize(size_t(cfg.block_tokens) * max_codec);
-    token_codes.resize(cfg.head_dim);
+        for (auto& s : side->segs) max_codec_bytes = std::max(max_codec_bytes, s.codec_bytes);
 }
+
+// Per-thread staging of append(): shared by every cache a thread appends to (a cache holding a
+// few tokens, e.g. one tier segment, must not carry tens of KB of buffers), grown to the largest
+// chunk seen and then reused, so appends allocate nothing once warm.
+namespace {
+struct Staging {
+    std::vector<float> k, v, seg_in;
+    std::vector<uint8_t> seg_out, token_codes;
+    template <class T>
+    static T* grow(std::vector<T>& v, size_t n) {
+        if (v.size() < n) v.resize(n);
+        return v.data();
+    }
+};
+
+Staging& staging() {
+    thread_local Staging s;
+    return s;
+}
+}  // namespace
 
 BlockPtr KVCache::Impl::new_block() const {
     const size_t bytes = (block_bytes + 63) / 64 * 64;
@@ -173,29 +187,33 @@ BlockPtr KVCache::Impl::new_block() const {
 // re-arranged here into the group layout.
 void KVCache::Impl::compress(const float* k_rows, const float* v_rows, size_t count, size_t first_token) {
     const int d = cfg.head_dim;
+    Staging& st = staging();
+    float* seg_in = Staging::grow(st.seg_in, count * size_t(d));
+    uint8_t* seg_out = Staging::grow(st.seg_out, count * max_codec_bytes);
+    uint8_t* token_codes = Staging::grow(st.token_codes, size_t(d));
     for (int h = 0; h < cfg.kv_heads; ++h)
         for (auto* side : {&keys, &values}) {
             const float* src = side == &keys ? k_rows : v_rows;
             for (auto& s : side->segs) {
                 for (size_t i = 0; i < count; ++i)
                     for (int j = 0; j < s.dim; ++j) seg_in[i * s.dim + j] = src[i * row() + size_t(h) * d + s.channels[j]];
-                s.codec->encode_rows(seg_in.data(), count, size_t(s.dim), seg_out.data(), s.codec_bytes);
+                s.codec->encode_rows(seg_in, count, size_t(s.dim), seg_out, s.codec_bytes);
                 for (size_t i = 0; i < count; ++i) {
                     const size_t t = first_token + i, slot = t % kGroupTokens;
                     uint8_t* g = group(h, t);
-                    const uint8_t* enc = seg_out.data() + i * s.codec_bytes;
+                    const uint8_t* enc = seg_out + i * s.codec_bytes;
                     std::memcpy(g + s.norm_off + slot * norm_bytes, enc, norm_bytes);
                     size_t pos = norm_bytes;
                     if (s.prod) {
                         std::memcpy(g + s.gamma_off + slot * norm_bytes, enc + pos, norm_bytes);
                         pos += norm_bytes;
                     }
-                    unpack_codes(enc + pos, size_t(s.dim), s.bits, token_codes.data());
-                    set_group_codes(g + s.codes_off, s.dim, s.bits, int(slot), token_codes.data());
+                    unpack_codes(enc + pos, size_t(s.dim), s.bits, token_codes);
+                    set_group_codes(g + s.codes_off, s.dim, s.bits, int(slot), token_codes);
                     if (s.prod) {
                         unpack_codes(enc + pos + packed_bytes(size_t(s.dim), s.bits), size_t(s.dim), 1,
-                                     token_codes.data());
-                        set_group_codes(g + s.signs_off, s.dim, 1, int(slot), token_codes.data());
+                                     token_codes);
+                        set_group_codes(g + s.signs_off, s.dim, 1, int(slot), token_codes);
                     }
                 }
             }
@@ -203,7 +221,7 @@ void KVCache::Impl::compress(const float* k_rows, const float* v_rows, size_t co
 }
 
 void KVCache::Impl::clear_tokens(size_t from, size_t to) {
-    std::fill(token_codes.begin(), token_codes.end(), 0);
+    const std::vector<uint8_t> token_codes(cfg.head_dim, 0);
     for (size_t t = from; t < to; ++t) {
         const int slot = int(t % kGroupTokens);
         for (int h = 0; h < cfg.kv_heads; ++h) {
@@ -267,14 +285,17 @@ void KVCache::append(std::span<const float> keys, std::span<const float> values)
     const size_t W = size_t(m.cfg.window);
     for (size_t t0 = m.n_compressed; t0 < target;) {
         const size_t count = std::min<size_t>(target - t0, size_t(m.cfg.block_tokens));
+        Staging& st = staging();
+        float* stage_k = Staging::grow(st.k, count * row);
+        float* stage_v = Staging::grow(st.v, count * row);
         for (size_t i = 0; i < count; ++i) {
             const size_t t = t0 + i;
             const float* ks = t < m.n_tokens ? &m.win_k[(t % W) * row] : &keys[(t - m.n_tokens) * row];
             const float* vs = t < m.n_tokens ? &m.win_v[(t % W) * row] : &values[(t - m.n_tokens) * row];
-            std::memcpy(&m.stage_k[i * row], ks, row * sizeof(float));
-            std::memcpy(&m.stage_v[i * row], vs, row * sizeof(float));
+            std::memcpy(&stage_k[i * row], ks, row * sizeof(float));
+            std::memcpy(&stage_v[i * row], vs, row * sizeof(float));
         }
-        m.compress(m.stage_k.data(), m.stage_v.data(), count, t0);
+        m.compress(stage_k, stage_v, count, t0);
         t0 += count;
     }
     // New tokens that stay exact go to the ring.
@@ -320,10 +341,8 @@ size_t KVCache::bytes_used() const {
     size_t tables = m.keys.codec->table_bytes() + m.values.codec->table_bytes();
     for (auto* side : {&m.keys, &m.values})
         for (auto& s : side->segs) tables += s.table.size() * sizeof(float) + s.channels.size() * sizeof(int);
-    const size_t staging = (m.stage_k.size() + m.stage_v.size() + m.seg_in.size()) * sizeof(float) +
-                           m.seg_out.size() + m.token_codes.size();
     return m.blocks.size() * m.block_bytes + m.blocks.capacity() * sizeof(BlockPtr) +
-           (m.win_k.size() + m.win_v.size()) * sizeof(float) + tables + staging;
+           (m.win_k.size() + m.win_v.size()) * sizeof(float) + tables;
 }
 
 double KVCache::bytes_per_token() const {

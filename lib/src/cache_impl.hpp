@@ -48,9 +48,7 @@ struct KVCache::Impl {
     std::vector<BlockPtr> blocks;
     size_t n_tokens = 0, n_compressed = 0;
     std::vector<float> win_k, win_v;  // ring of `window` tokens, each [kv_heads][head_dim]
-    // Staging for compression (append is exclusive, so one set per cache).
-    std::vector<float> stage_k, stage_v, seg_in;
-    std::vector<uint8_t> seg_out, token_codes;
+    size_t max_codec_bytes = 0;       // largest bytes_per_vector() of a segment codec
 
     explicit Impl(const CacheConfig& c);
     int group_size() const { return cfg.heads / cfg.kv_heads; }

@@ -1,0 +1,1051 @@
+// KV caches under a byte budget (tqkv/budget.hpp): the tiered cache (exact → tqkv tiers →
+// eviction, importance from the per-token logits of KVCache::attend_stats, one merged softmax) and
+// the eviction baselines H2O, SnapKV and StreamingLLM (exact tokens only).
+#include "tqkv/budget.hpp"
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <sstream>
+#include <stdexcept>
+
+#include "tqkv/codebook.hpp"
+#include "tqkv/rng.hpp"
+
+namespace tqkv {
+
+namespace {
+
+[[noreturn]] void fail(const std::string& m) { throw std::invalid_argument("tqkv budget cache: " + m); }
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+void check_shape(const CacheShape& s) {
+    if (s.layers < 1 || s.heads < 1 || s.kv_heads < 1 || s.head_dim < 1 || s.heads % s.kv_heads != 0)
+        fail("bad cache shape");
+}
+
+int high_count(double bits, int d) {
+    const double frac = bits - std::floor(bits);
+    return frac > 0 ? int(std::lround(frac * d)) : 0;
+}
+
+// E||u - û||^2 of a unit vector at this rate (fractional rates: the two parts by channel count),
+// the factor by which MSE codes shrink inner products on average is 1 - D.
+double distortion(double bits, int d) {
+    const int lo = int(std::floor(bits)), hc = high_count(bits, d);
+    double D = LloydMaxCodebook::get(d - hc, lo)->mse();
+    if (hc) D = (double(hc) * LloydMaxCodebook::get(hc, lo + 1)->mse() + double(d - hc) * D) / d;
+    return D;
+}
+
+// The `count` highest energies, ascending channel order.
+std::vector<int> top_channels(const std::vector<double>& energy, int count) {
+    std::vector<int> idx(energy.size());
+    std::iota(idx.begin(), idx.end(), 0);
+    std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return energy[size_t(a)] > energy[size_t(b)]; });
+    idx.resize(size_t(count));
+    std::sort(idx.begin(), idx.end());
+    return idx;
+}
+
+// Exact attention statistics of r query heads (q [r][d]) over n tokens (K, V [n][d]); tokens
+// whose position exceeds `limit` are masked. logits [r][n] (masked: -inf), m[r], l[r] and the
+// unnormalized acc[r][d] as KVCache::attend_stats.
+void exact_stats(const float* q, int r, int d, float scale, const float* K, const float* V, const int32_t* pos, size_t n,
+                 int64_t limit, float* logits, float* m, float* l, float* acc) {
+    for (int h = 0; h < r; ++h) {
+        const float* qh = q + size_t(h) * d;
+        float* lg = logits + size_t(h) * n;
+        float mx = kNegInf;
+        for (size_t t = 0; t < n; ++t) {
+            if (pos[t] > limit) {
+                lg[t] = kNegInf;
+                continue;
+            }
+            const float* k = K + t * size_t(d);
+            float s = 0;
+            for (int j = 0; j < d; ++j) s += qh[j] * k[j];
+            lg[t] = s * scale;
+            mx = std::max(mx, lg[t]);
+        }
+        float* a = acc + size_t(h) * d;
+        std::fill(a, a + d, 0.0f);
+        float sum = 0;
+        if (mx != kNegInf)
+            for (size_t t = 0; t < n; ++t) {
+                if (lg[t] == kNegInf) continue;
+                const float w = std::exp(lg[t] - mx);
+                sum += w;
+                const float* v = V + t * size_t(d);
+                for (int j = 0; j < d; ++j) a[j] += w * v[j];
+            }
+        m[h] = mx;
+        l[h] = sum;
+    }
+}
+
+void validate_append(const CacheShape& s, int layer, std::span<const float> keys, std::span<const float> values) {
+    const size_t row = size_t(s.kv_heads) * s.head_dim;
+    if (layer < 0 || layer >= s.layers) fail("layer out of range");
+    if (keys.empty() || keys.size() % row || values.size() != keys.size()) fail("append: bad key/value sizes");
+    for (size_t i = 0; i < keys.size(); ++i)
+        if (!std::isfinite(keys[i]) || !std::isfinite(values[i])) fail("append: non-finite key or value");
+}
+
+// Positions p in [0, total) with p < sinks or p >= total - recent.
+size_t protected_count(size_t total, size_t sinks, size_t recent) { return std::min(total, sinks + recent); }
+
+// Importance of a token: the decayed mean of its attention weight relative to a uniform share
+// (weight * visible tokens, averaged over the query heads of its KV head): score accumulates
+// decay * score + relative weight per query, norm accumulates decay * norm + 1, importance =
+// score / norm. Uniform attention gives 1 to every token whatever its age (a plain accumulated
+// sum would favour old tokens); a token no query has seen yet counts as 1.
+inline float importance(float score, float norm) { return norm > 0 ? score / norm : 1.0f; }
+
+// a is demoted before b: lower importance, or (within 1e-4 relative) older.
+inline bool demote_before(float ia, double pa, float ib, double pb) {
+    const float tol = 1e-4f * std::max(std::abs(ia), std::abs(ib));
+    if (ia < ib - tol) return true;
+    if (ib < ia - tol) return false;
+    return pa < pb;
+}
+
+}  // namespace
+
+BudgetCache::BudgetCache(const CacheShape& s, size_t budget) : AttentionCache(s), budget_(budget) {
+    check_shape(s);
+    share_ = budget / (size_t(s.layers) * size_t(s.kv_heads));
+}
+
+void BudgetCache::note_bytes() { peak_ = std::max(peak_, format_bytes()); }
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// The tiered cache
+
+class TieredCache final : public BudgetCache {
+public:
+    TieredCache(const CacheShape& s, const TieredOptions& o, const KVCalibration* cal, std::string name)
+        : BudgetCache(s, o.budget_bytes), o_(o), name_(std::move(name)) {
+        d_ = s.head_dim;
+        r_ = s.heads / s.kv_heads;
+        if (o.window < 0 || o.window > 65536) fail("window out of range [0, 65536]");
+        if (o.sinks < 0 || o.sinks > 65536) fail("sinks out of range [0, 65536]");
+        if (o.heavy < 0 || o.heavy > 65536) fail("heavy out of range [0, 65536]");
+        if (o.segment_tokens < 1 || o.segment_tokens > 4096) fail("segment_tokens out of range [1, 4096]");
+        if (o.last_tier_tokens < 1 || o.last_tier_tokens > 65536) fail("last_tier_tokens out of range [1, 65536]");
+        if (!(o.decay > 0 && o.decay <= 1)) fail("decay must be in (0, 1]");
+        if (o.tiers.size() > 8) fail("at most 8 quantized tiers");
+        if (cal) {
+            if (cal->shape.layers != s.layers || cal->shape.kv_heads != s.kv_heads || cal->shape.head_dim != s.head_dim)
+                fail("calibration shape does not match the cache");
+            cal_ = *cal;
+            has_cal_ = true;
+        }
+        if (protected_count(size_t(-1) / 2, size_t(o.sinks), size_t(std::max(o.window, 1))) * exact_bytes() > share_)
+            fail("budget of " + std::to_string(budget_) + " bytes (" + std::to_string(share_) +
+                 " per layer and KV head) cannot hold sinks + window = " + std::to_string(o.sinks + std::max(o.window, 1)) +
+                 " exact tokens (" + std::to_string(exact_bytes()) + " bytes each)");
+        const int KH = s.kv_heads, T = int(o.tiers.size());
+        scale_ = float(1.0 / std::sqrt(double(d_)));
+        // Per tier: bytes per token (one KV head, from a prototype cache) and the debias factors.
+        for (int t = 0; t < T; ++t) {
+            const TierRate& tr = o.tiers[size_t(t)];
+            for (double b : {tr.key_bits, tr.value_bits})
+                if (!(b >= 1 && b <= 8)) fail("tier bits must be in [1, 8]");
+            CacheConfig c = base_config(t, 0, 0);
+            if (int hc = high_count(tr.key_bits, d_)) c.key_high_channels = first_channels(hc);
+            if (int hc = high_count(tr.value_bits, d_)) c.value_high_channels = first_channels(hc);
+            KVCache proto(c);  // validates the rates
+            tier_bpt_.push_back(proto.compressed_bytes_per_token());
+            kdeb_.push_back(o.debias_keys ? 1.0 / (1.0 - distortion(tr.key_bits, d_)) : 1.0);
+            vdeb_.push_back(o.debias_values ? 1.0 / (1.0 - distortion(tr.value_bits, d_)) : 1.0);
+            dist_.push_back(0.5 * (distortion(tr.key_bits, d_) + distortion(tr.value_bits, d_)));
+        }
+        for (int t = 0; t < T; ++t) {
+            const double before_b = t ? tier_bpt_[size_t(t) - 1] : double(exact_bytes());
+            const double before_d = t ? dist_[size_t(t) - 1] : 0.0;
+            if (!(tier_bpt_[size_t(t)] < before_b))
+                fail("tier " + std::to_string(t + 1) + " does not take fewer bytes per token than the tier before it");
+            cost_.push_back(std::max(0.0, dist_[size_t(t)] - before_d) / (before_b - tier_bpt_[size_t(t)]));
+        }
+        max_factor_ = 1;
+        for (int t = 0; t < T; ++t) max_factor_ *= std::max(kdeb_[size_t(t)], vdeb_[size_t(t)]);
+        // Last-tier bins: at most last_tier_tokens, and at most 1/8 of a share (eviction granularity).
+        if (T > 0)
+            bin_limit_ = std::max(size_t(o.segment_tokens),
+                                  std::min(size_t(o.last_tier_tokens), size_t(double(share_) / (8.0 * tier_bpt_.back()))));
+        // Means stored away (calibration, centering on).
+        mk_.assign(size_t(s.layers) * KH * d_, 0.0f);
+        mv_ = mk_;
+        if (has_cal_ && o.center)
+            for (size_t i = 0; i < mk_.size(); ++i) mk_[i] = float(cal_.key_mean[i]), mv_[i] = float(cal_.value_mean[i]);
+        streams_.resize(size_t(s.layers) * KH);
+        for (auto& st : streams_) {
+            st.tiers.resize(size_t(T));
+            st.cfg.resize(size_t(T));
+            st.cfg_ready.assign(size_t(T), false);
+        }
+        next_pos_.assign(size_t(s.layers), 0);
+        last_chunk_.assign(size_t(s.layers), 0);
+        wM_.resize(size_t(r_));
+        wL_.resize(size_t(r_));
+    }
+
+    std::string name() const override { return name_; }
+    size_t tokens(int layer) const override { return next_pos_.at(size_t(layer)); }
+    size_t held_tokens(int layer, int kv_head) const override {
+        const Stream& st = stream(layer, kv_head);
+        size_t n = st.n;
+        for (const auto& tier : st.tiers)
+            for (const auto& g : tier) n += g.pos.size();
+        return n;
+    }
+    size_t evicted() const override { return evicted_; }
+
+    void clear() override {
+        for (auto& st : streams_) {
+            st.n = 0;
+            for (size_t t = 0; t < st.tiers.size(); ++t) {
+                for (auto& g : st.tiers[t]) release(st, int(t), std::move(g.cache));
+                st.tiers[t].clear();
+            }
+        }
+        std::fill(next_pos_.begin(), next_pos_.end(), 0);
+        std::fill(last_chunk_.begin(), last_chunk_.end(), 0);
+        evicted_ = 0;
+    }
+
+    double format_bytes() const override {
+        double b = 0;
+        for (const auto& st : streams_) b += stream_bytes(st);
+        return b;
+    }
+    size_t memory_bytes() const override {
+        size_t b = 0;
+        for (const auto& st : streams_) {
+            b += (st.k.capacity() + st.v.capacity() + st.score.capacity() + st.norm.capacity()) * sizeof(float) +
+                 st.pos.capacity() * sizeof(int32_t);
+            for (size_t t = 0; t < st.tiers.size(); ++t) {
+                for (const auto& g : st.tiers[t])
+                    b += g.cache->bytes_used() + g.pos.capacity() * sizeof(int32_t) +
+                         (g.score.capacity() + g.norm.capacity()) * sizeof(float);
+            }
+        }
+        return b;
+    }
+
+    void append(int layer, std::span<const float> keys, std::span<const float> values) override {
+        validate_append(shape_, layer, keys, values);
+        const int KH = shape_.kv_heads;
+        const size_t row = size_t(KH) * d_, n = keys.size() / row;
+        const size_t total = next_pos_[size_t(layer)] + n;
+        const size_t recent = std::max(size_t(o_.window), n);
+        if (protected_count(total, size_t(o_.sinks), recent) * exact_bytes() > share_)
+            fail("append: the budget share of " + std::to_string(share_) + " bytes cannot hold sinks + max(window, chunk of " +
+                 std::to_string(n) + ") exact tokens; append smaller chunks");
+        // Every token may be encoded later (fp16 norms, after centering and the debias factors of
+        // re-encoding): check now, so that a failing append changes nothing.
+        if (!o_.tiers.empty())
+            for (size_t i = 0; i < n; ++i)
+                for (int h = 0; h < KH; ++h) {
+                    const float* mk = &mk_[(size_t(layer) * KH + h) * d_];
+                    const float* mv = &mv_[(size_t(layer) * KH + h) * d_];
+                    double sk = 0, sv = 0;
+                    for (int j = 0; j < d_; ++j) {
+                        const double a = keys[(i * KH + h) * d_ + j] - mk[j], b = values[(i * KH + h) * d_ + j] - mv[j];
+                        sk += a * a, sv += b * b;
+                    }
+                    if (std::sqrt(std::max(sk, sv)) * max_factor_ > 60000.0)
+                        fail("append: a key or value norm is too large for fp16 norms (token " + std::to_string(i) + ")");
+                }
+        const size_t p0 = next_pos_[size_t(layer)];
+        for (int h = 0; h < KH; ++h) {
+            Stream& st = stream(layer, h);
+            const float* mk = &mk_[(size_t(layer) * KH + h) * d_];
+            const float* mv = &mv_[(size_t(layer) * KH + h) * d_];
+            reserve_exact(st, st.n + n);
+            for (size_t i = 0; i < n; ++i) {
+                float* k = &st.k[(st.n + i) * d_];
+                float* v = &st.v[(st.n + i) * d_];
+                for (int j = 0; j < d_; ++j) {
+                    k[j] = keys[(i * KH + h) * d_ + j] - mk[j];
+                    v[j] = values[(i * KH + h) * d_ + j] - mv[j];
+                }
+                st.pos[st.n + i] = int32_t(p0 + i);
+                st.score[st.n + i] = 0;
+                st.norm[st.n + i] = 0;
+            }
+            st.n += n;
+        }
+        next_pos_[size_t(layer)] = total;
+        last_chunk_[size_t(layer)] = n;
+        for (int h = 0; h < KH; ++h) enforce(layer, h);
+        note_bytes();
+    }
+
+    void attend(int layer, std::span<const float> queries, std::span<float> out) override {
+        const int KH = shape_.kv_heads, r = r_, d = d_;
+        const size_t qrow = size_t(shape_.heads) * d;
+        if (layer < 0 || layer >= shape_.layers) fail("attend: layer out of range");
+        if (queries.empty() || queries.size() % qrow || out.size() != queries.size()) fail("attend: bad query sizes");
+        const size_t m = queries.size() / qrow;
+        if (m > last_chunk_[size_t(layer)])
+            fail("attend: " + std::to_string(m) + " queries but the last append brought " +
+                 std::to_string(last_chunk_[size_t(layer)]) + " tokens (attend the tokens of the last append only)");
+        const size_t P0 = next_pos_[size_t(layer)] - m;
+        for (int h = 0; h < KH; ++h) {
+            Stream& st = stream(layer, h);
+            // Parts: the exact tier, then every segment.
+            size_t parts = 1, held = st.n;
+            for (const auto& tier : st.tiers)
+                for (const auto& g : tier) ++parts, held += g.pos.size();
+            grow(pm_, parts * r);
+            grow(pl_, parts * r);
+            grow(pacc_, parts * r * d);
+            grow(lg_, held * r);
+            const float* mv = &mv_[(size_t(layer) * KH + h) * d];
+            for (size_t i = 0; i < m; ++i) {
+                const float* q = &queries[i * qrow + size_t(h) * r * d];
+                float* o = &out[i * qrow + size_t(h) * r * d];
+                // 1. Statistics of every part; logits kept [part tokens][r] in lg_ order.
+                exact_stats(q, r, d, scale_, st.k.data(), st.v.data(), st.pos.data(), st.n, int64_t(P0 + i), lg_.data(),
+                            &pm_[0], &pl_[0], &pacc_[0]);
+                size_t part = 1, off = st.n * r;
+                for (size_t t = 0; t < st.tiers.size(); ++t)
+                    for (const auto& g : st.tiers[t]) {
+                        const size_t ng = g.pos.size();
+                        g.cache->attend_stats(std::span(q, size_t(r) * d), std::span(&pacc_[part * r * d], size_t(r) * d),
+                                              std::span(&pm_[part * r], size_t(r)), std::span(&pl_[part * r], size_t(r)),
+                                              std::span(&lg_[off], ng * r));
+                        if (vdeb_[t] != 1.0)
+                            for (size_t j = 0; j < size_t(r) * d; ++j) pacc_[part * r * d + j] *= float(vdeb_[t]);
+                        ++part, off += ng * r;
+                    }
+                // 2. One softmax: M = max m_i, out = sum exp(m_i - M) acc_i / sum exp(m_i - M) l_i.
+                for (int hh = 0; hh < r; ++hh) {
+                    float M = kNegInf;
+                    for (size_t p = 0; p < parts; ++p) M = std::max(M, pm_[p * r + hh]);
+                    double L = 0;
+                    float* oh = o + size_t(hh) * d;
+                    std::fill(oh, oh + d, 0.0f);
+                    for (size_t p = 0; p < parts; ++p) {
+                        const float mp = pm_[p * r + hh];
+                        if (mp == kNegInf) continue;
+                        const float c = std::exp(mp - M);
+                        L += double(c) * pl_[p * r + hh];
+                        const float* a = &pacc_[(p * r + hh) * d];
+                        for (int j = 0; j < d; ++j) oh[j] += c * a[j];
+                    }
+                    const float inv = float(1.0 / L);
+                    for (int j = 0; j < d; ++j) oh[j] = oh[j] * inv + mv[j];
+                    wM_[hh] = M;
+                    wL_[hh] = float(L);
+                }
+                // 3. Importance (see importance()): the weight relative to a uniform share over the
+                //    visible tokens, averaged over the r query heads, into a decayed mean.
+                const float decay = float(o_.decay);
+                size_t visible = held - st.n;
+                for (size_t t = 0; t < st.n; ++t) visible += size_t(int64_t(st.pos[t]) <= int64_t(P0 + i));
+                const float rel = float(visible) / float(r);
+                auto update = [&](const float* lg, size_t n_tok, float* score, float* norm) {  // lg: [r][n_tok]
+                    for (size_t t = 0; t < n_tok; ++t) {
+                        if (lg[t] == kNegInf) continue;  // masked (a later token of the chunk)
+                        float w = 0;
+                        for (int hh = 0; hh < r; ++hh) w += std::exp(lg[size_t(hh) * n_tok + t] - wM_[hh]) / wL_[hh];
+                        score[t] = decay * score[t] + rel * w;
+                        norm[t] = decay * norm[t] + 1.0f;
+                    }
+                };
+                update(&lg_[0], st.n, st.score.data(), st.norm.data());
+                off = st.n * r;
+                for (auto& tier : st.tiers)
+                    for (auto& g : tier) {
+                        const size_t ng = g.pos.size();
+                        update(&lg_[off], ng, g.score.data(), g.norm.data());
+                        off += ng * r;
+                    }
+            }
+        }
+    }
+
+    std::vector<HeldToken> held(int layer, int kv_head) const override {
+        const Stream& st = stream(layer, kv_head);
+        std::vector<HeldToken> out;
+        for (size_t t = 0; t < st.n; ++t) out.push_back({st.pos[t], 0, importance(st.score[t], st.norm[t])});
+        for (size_t t = 0; t < st.tiers.size(); ++t)
+            for (const auto& g : st.tiers[t])
+                for (size_t i = 0; i < g.pos.size(); ++i) out.push_back({g.pos[i], int(t) + 1, importance(g.score[i], g.norm[i])});
+        return out;
+    }
+
+    void dequantized(int layer, int kv_head, std::vector<float>& keys, std::vector<float>& values) const override {
+        const Stream& st = stream(layer, kv_head);
+        const int d = d_;
+        const float* mk = &mk_[(size_t(layer) * shape_.kv_heads + kv_head) * d];
+        const float* mv = &mv_[(size_t(layer) * shape_.kv_heads + kv_head) * d];
+        keys.clear(), values.clear();
+        auto add = [&](const float* k, const float* v, size_t n, double kf, double vf) {
+            for (size_t t = 0; t < n; ++t)
+                for (int j = 0; j < d; ++j) {
+                    keys.push_back(float(k[t * d + j] * kf) + mk[j]);
+                    values.push_back(float(v[t * d + j] * vf) + mv[j]);
+                }
+        };
+        add(st.k.data(), st.v.data(), st.n, 1.0, 1.0);
+        for (size_t t = 0; t < st.tiers.size(); ++t)
+            for (const auto& g : st.tiers[t]) {
+                const auto k = g.cache->decode_keys(0), v = g.cache->decode_values(0);
+                add(k.data(), v.data(), g.pos.size(), kdeb_[t], vdeb_[t]);
+            }
+    }
+
+private:
+    struct Segment {
+        std::unique_ptr<KVCache> cache;  // heads = r, kv_heads = 1
+        std::vector<int32_t> pos;
+        std::vector<float> score, norm;
+        float mean_importance() const {
+            double s = 0;
+            for (size_t i = 0; i < score.size(); ++i) s += importance(score[i], norm[i]);
+            return score.empty() ? 0.0f : float(s / double(score.size()));
+        }
+        double mean_position() const {
+            double s = 0;
+            for (int32_t p : pos) s += p;
+            return pos.empty() ? 0.0 : s / double(pos.size());
+        }
+    };
+    struct Stream {
+        std::vector<float> k, v, score, norm;  // exact tier: [n][d] stored (centered); unordered
+        std::vector<int32_t> pos;
+        size_t n = 0;
+        std::vector<std::vector<Segment>> tiers;
+        std::vector<CacheConfig> cfg;
+        std::vector<bool> cfg_ready;
+    };
+
+    size_t exact_bytes() const { return size_t(4) * size_t(shape_.head_dim); }  // K + V at fp16, one KV head
+    Stream& stream(int l, int h) { return streams_.at(size_t(l) * shape_.kv_heads + size_t(h)); }
+    const Stream& stream(int l, int h) const {
+        if (l < 0 || l >= shape_.layers || h < 0 || h >= shape_.kv_heads) fail("layer or KV head out of range");
+        return streams_[size_t(l) * shape_.kv_heads + size_t(h)];
+    }
+    static void grow(std::vector<float>& v, size_t n) {
+        if (v.size() < n) v.resize(n);
+    }
+    std::vector<int> first_channels(int n) const {
+        std::vector<int> c(static_cast<size_t>(n));
+        std::iota(c.begin(), c.end(), 0);
+        return c;
+    }
+    double stream_bytes(const Stream& st) const {
+        double b = double(st.n) * double(exact_bytes());
+        for (size_t t = 0; t < st.tiers.size(); ++t)
+            for (const auto& g : st.tiers[t]) b += double(g.pos.size()) * tier_bpt_[t];
+        return b;
+    }
+
+    CacheConfig base_config(int t, int layer, int h) const {
+        CacheConfig c;
+        c.heads = r_;
+        c.kv_heads = 1;
+        c.head_dim = d_;
+        c.key_bits = o_.tiers[size_t(t)].key_bits;
+        c.value_bits = o_.tiers[size_t(t)].value_bits;
+        c.block_tokens = 32;
+        c.window = 0;
+        c.scale = float(kdeb_.size() > size_t(t) ? kdeb_[size_t(t)] / std::sqrt(double(d_)) : 0.0);
+        c.seed = derive_seed(derive_seed(o_.seed, uint64_t(layer) * 4096 + uint64_t(h)), uint64_t(t) + 1);
+        c.kernel = o_.kernel;
+        return c;
+    }
+
+    // The codec settings of tier t for a stream: high channels of fractional rates by energy after
+    // centering (calibration statistics, or else the stream's exact tokens when first needed).
+    const CacheConfig& tier_config(Stream& st, int t, int layer, int h) {
+        if (st.cfg_ready[size_t(t)]) return st.cfg[size_t(t)];
+        CacheConfig c = base_config(t, layer, h);
+        const int hk = high_count(c.key_bits, d_), hv = high_count(c.value_bits, d_);
+        if (hk || hv) {
+            std::vector<double> ke(size_t(d_), 0.0), ve(size_t(d_), 0.0);
+            if (has_cal_) {
+                const size_t base = cal_.index(layer, h);
+                for (int j = 0; j < d_; ++j) {
+                    const double mk = mk_[base + j], mv = mv_[base + j];
+                    ke[size_t(j)] = cal_.key_sq[base + j] - 2 * mk * cal_.key_mean[base + j] + mk * mk;
+                    ve[size_t(j)] = cal_.value_sq[base + j] - 2 * mv * cal_.value_mean[base + j] + mv * mv;
+                }
+            } else {
+                for (size_t i = 0; i < st.n; ++i)
+                    for (int j = 0; j < d_; ++j) {
+                        ke[size_t(j)] += double(st.k[i * d_ + j]) * st.k[i * d_ + j];
+                        ve[size_t(j)] += double(st.v[i * d_ + j]) * st.v[i * d_ + j];
+                    }
+            }
+            if (hk) c.key_high_channels = top_channels(ke, hk);
+            if (hv) c.value_high_channels = top_channels(ve, hv);
+        }
+        st.cfg[size_t(t)] = c;
+        st.cfg_ready[size_t(t)] = true;
+        return st.cfg[size_t(t)];
+    }
+
+    Segment new_segment(Stream& st, int t, int layer, int h) {
+        Segment g;
+        g.cache = std::make_unique<KVCache>(tier_config(st, t, layer, h));
+        g.pos.reserve(size_t(o_.segment_tokens));
+        g.score.reserve(size_t(o_.segment_tokens));
+        g.norm.reserve(size_t(o_.segment_tokens));
+        return g;
+    }
+    // Caches are not kept for reuse: a KVCache carries staging buffers for a block (about 50 KB
+    // at head_dim 128) whatever it holds, and building one is cheap next to encoding a segment.
+    static void release(Stream&, int, std::unique_ptr<KVCache> c) { c.reset(); }
+
+    void reserve_exact(Stream& st, size_t n) {
+        if (st.pos.size() >= n) return;
+        const size_t cap = std::max(n, 2 * st.pos.size());
+        st.k.resize(cap * d_);
+        st.v.resize(cap * d_);
+        st.pos.resize(cap);
+        st.score.resize(cap);
+        st.norm.resize(cap);
+    }
+    void remove_exact(Stream& st, size_t i) {  // swap with the last
+        const size_t last = st.n - 1;
+        if (i != last) {
+            std::memcpy(&st.k[i * d_], &st.k[last * d_], d_ * sizeof(float));
+            std::memcpy(&st.v[i * d_], &st.v[last * d_], d_ * sizeof(float));
+            st.pos[i] = st.pos[last];
+            st.score[i] = st.score[last];
+            st.norm[i] = st.norm[last];
+        }
+        st.n = last;
+    }
+
+    // Demotion steps. Among the moves that keep the token (exact -> tier 1, tier t -> t+1) the
+    // cheapest: importance x (distortion after - before) / bytes saved, with a tier's distortion
+    // D = (D_key + D_value) / 2 (E||u - û||^2 of unit vectors) and 0 for exact tokens. Under
+    // uniform importance this is a cascade (exact -> tier 1 before tier 1 -> tier 2); an
+    // important segment keeps its bits while less important ones go down. Eviction (lowest
+    // importance segment of the last tier) only when no such move is left.
+    static constexpr double kNone = std::numeric_limits<double>::infinity();
+
+    // The unprotected exact token to demote next (lowest importance, then oldest); st.n if none
+    // (or if only `heavy` are left and allow_heavy is false).
+    size_t pick_exact(const Stream& st, int layer, bool allow_heavy) const {
+        const size_t total = next_pos_[size_t(layer)];
+        const size_t recent = std::max(size_t(o_.window), last_chunk_[size_t(layer)]);
+        const int64_t first_recent = int64_t(total) - int64_t(recent);
+        size_t best = st.n, count = 0;
+        for (size_t i = 0; i < st.n; ++i) {
+            if (st.pos[i] < o_.sinks || st.pos[i] >= first_recent) continue;
+            ++count;
+            if (best == st.n || demote_before(importance(st.score[i], st.norm[i]), st.pos[i],
+                                              importance(st.score[best], st.norm[best]), st.pos[best]))
+                best = i;
+        }
+        if (!allow_heavy && count <= size_t(o_.heavy)) return st.n;
+        return best;
+    }
+    void demote_exact(Stream& st, size_t best, int layer, int h) {
+        if (st.tiers.empty()) {
+            remove_exact(st, best);
+            ++evicted_;
+            return;
+        }
+        auto& segs = st.tiers[0];
+        if (segs.empty() || segs.back().pos.size() >= size_t(o_.segment_tokens)) segs.push_back(new_segment(st, 0, layer, h));
+        Segment& g = segs.back();
+        g.cache->append(std::span(&st.k[best * d_], size_t(d_)), std::span(&st.v[best * d_], size_t(d_)));
+        g.pos.push_back(st.pos[best]);
+        g.score.push_back(st.score[best]);
+        g.norm.push_back(st.norm[best]);
+        remove_exact(st, best);
+    }
+
+    // The segment of tier t with the lowest mean importance (ties: the oldest); the open segment
+    // of tier 1 only when allow_open. Returns the tier's size when there is none.
+    size_t pick_segment(const Stream& st, size_t t, bool allow_open) const {
+        const auto& segs = st.tiers[t];
+        size_t best = segs.size();
+        float bs = 0;
+        double bp = 0;
+        for (size_t i = 0; i < segs.size(); ++i) {
+            const bool open = t == 0 && i + 1 == segs.size() && segs[i].pos.size() < size_t(o_.segment_tokens);
+            if (open && !allow_open) continue;
+            const float s = segs[i].mean_importance();
+            const double p = segs[i].mean_position();
+            if (best == segs.size() || demote_before(s, p, bs, bp)) best = i, bs = s, bp = p;
+        }
+        return best;
+    }
+
+    // Segment i of tier t to tier t + 1 (t + 1 < T), re-encoded from what attention saw (the
+    // debiased decode).
+    void demote_segment(Stream& st, size_t t, size_t i, int layer, int h) {
+        Segment g = std::move(st.tiers[t][i]);
+        st.tiers[t].erase(st.tiers[t].begin() + long(i));
+        std::vector<float> k = g.cache->decode_keys(0), v = g.cache->decode_values(0);
+        if (kdeb_[t] != 1.0)
+            for (float& x : k) x = float(x * kdeb_[t]);
+        if (vdeb_[t] != 1.0)
+            for (float& x : v) x = float(x * vdeb_[t]);
+        release(st, int(t), std::move(g.cache));
+        // The last tier only waits for eviction: its segments are merged into bins of up to
+        // last_tier_tokens tokens (fewer attend_stats calls, each with its own query tables).
+        auto& next = st.tiers[t + 1];
+        if (t + 2 == st.tiers.size() && !next.empty() && next.back().pos.size() + g.pos.size() <= bin_limit_) {
+            Segment& bin = next.back();
+            bin.cache->append(k, v);
+            bin.pos.insert(bin.pos.end(), g.pos.begin(), g.pos.end());
+            bin.score.insert(bin.score.end(), g.score.begin(), g.score.end());
+            bin.norm.insert(bin.norm.end(), g.norm.begin(), g.norm.end());
+            return;
+        }
+        Segment ng = new_segment(st, int(t) + 1, layer, h);
+        ng.cache->append(k, v);
+        ng.pos = std::move(g.pos);
+        ng.score = std::move(g.score);
+        ng.norm = std::move(g.norm);
+        next.push_back(std::move(ng));
+    }
+
+    void evict_segment(Stream& st, size_t t, size_t i) {
+        evicted_ += st.tiers[t][i].pos.size();
+        release(st, int(t), std::move(st.tiers[t][i].cache));
+        st.tiers[t].erase(st.tiers[t].begin() + long(i));
+    }
+
+    // One step (the cheapest one); false when nothing can be demoted.
+    bool step(Stream& st, int layer, int h, bool last_resort) {
+        const size_t T = st.tiers.size();
+        double best = kNone;
+        int kind = -1;  // 0 exact, 1 segment demotion, 2 eviction
+        size_t bt = 0, bi = 0;
+        const size_t e = pick_exact(st, layer, last_resort);
+        if (e < st.n) {
+            best = importance(st.score[e], st.norm[e]) * (T ? cost_[0] : 0.0);
+            kind = 0, bi = e;
+        }
+        for (size_t t = 0; t + 1 < T; ++t) {
+            const size_t i = pick_segment(st, t, last_resort);
+            if (i == st.tiers[t].size()) continue;
+            const double c = st.tiers[t][i].mean_importance() * cost_[t + 1];
+            if (c < best) best = c, kind = 1, bt = t, bi = i;
+        }
+        // Eviction only when nothing can be demoted: importance before a question is asked does
+        // not predict what the question needs (a needle nobody attended to yet), and a demoted
+        // token can still be found, an evicted one cannot.
+        if (kind < 0 && T > 0) {
+            const size_t i = pick_segment(st, T - 1, last_resort);
+            if (i < st.tiers[T - 1].size()) kind = 2, bt = T - 1, bi = i;
+        }
+        if (kind < 0) return false;
+        if (kind == 0) demote_exact(st, bi, layer, h);
+        else if (kind == 1) demote_segment(st, bt, bi, layer, h);
+        else evict_segment(st, bt, bi);
+        return true;
+    }
+
+    void enforce(int layer, int h) {
+        Stream& st = stream(layer, h);
+        while (stream_bytes(st) > double(share_)) {
+            if (step(st, layer, h, false)) continue;
+            if (step(st, layer, h, true)) continue;  // the open segment of tier 1, heavy tokens
+            throw std::logic_error("tqkv budget cache: nothing left to demote (budget check missed a case)");
+        }
+    }
+
+    TieredOptions o_;
+    std::string name_;
+    KVCalibration cal_;
+    bool has_cal_ = false;
+    int d_ = 0, r_ = 1;
+    float scale_ = 1;
+    std::vector<double> tier_bpt_, kdeb_, vdeb_;
+    // Cost per unit of importance of each move: cost_[0] exact -> tier 1, cost_[t] tier t -> t+1;
+    // dist_[t]: the distortion of tier t+1.
+    std::vector<double> cost_, dist_;
+    size_t bin_limit_ = 0;
+    double max_factor_ = 1;  // the largest product of debias factors a re-encoded vector gets
+    std::vector<float> mk_, mv_;
+    std::vector<Stream> streams_;
+    std::vector<size_t> next_pos_, last_chunk_;
+    size_t evicted_ = 0;
+    std::vector<float> pm_, pl_, pacc_, lg_, wM_, wL_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Eviction baselines: exact tokens, a fixed number per (layer, KV head).
+
+class EvictionCache final : public BudgetCache {
+public:
+    EvictionCache(const CacheShape& s, const EvictionOptions& o, std::string name)
+        : BudgetCache(s, o.budget_bytes), o_(o), name_(std::move(name)) {
+        d_ = s.head_dim;
+        r_ = s.heads / s.kv_heads;
+        capacity_ = share_ / (size_t(4) * size_t(d_));
+        if (o.sinks < 0 || o.sinks > 65536) fail("sinks out of range");
+        if (!(o.recent_fraction >= 0 && o.recent_fraction <= 1)) fail("recent_fraction must be in [0, 1]");
+        if (o.observation < 1 || o.observation > 4096) fail("observation window out of range [1, 4096]");
+        if (o.pool < 1 || o.pool % 2 == 0 || o.pool > 255) fail("pool kernel must be odd, 1..255");
+        recent_ = o.policy == EvictionPolicy::H2O      ? size_t(std::floor(double(capacity_) * o.recent_fraction))
+                  : o.policy == EvictionPolicy::SnapKV ? size_t(o.observation)
+                                                       : 0;
+        sinks_ = o.policy == EvictionPolicy::StreamingLLM ? size_t(o.sinks) : 0;
+        if (capacity_ < std::max<size_t>(1, sinks_ + std::max<size_t>(recent_, 1)))
+            fail("budget of " + std::to_string(budget_) + " bytes holds " + std::to_string(capacity_) +
+                 " tokens per layer and KV head, fewer than the protected sinks + recent tokens");
+        streams_.resize(size_t(s.layers) * s.kv_heads);
+        next_pos_.assign(size_t(s.layers), 0);
+        last_chunk_.assign(size_t(s.layers), 0);
+        queries_.assign(size_t(s.layers), 0);
+        mx_.resize(size_t(r_));
+        l_.resize(size_t(r_));
+    }
+
+    std::string name() const override { return name_; }
+    size_t tokens(int layer) const override { return next_pos_.at(size_t(layer)); }
+    size_t held_tokens(int layer, int kv_head) const override { return stream(layer, kv_head).n; }
+    size_t evicted() const override { return evicted_; }
+    size_t capacity() const { return capacity_; }
+
+    void clear() override {
+        for (auto& st : streams_) st.n = 0;
+        std::fill(next_pos_.begin(), next_pos_.end(), 0);
+        std::fill(last_chunk_.begin(), last_chunk_.end(), 0);
+        std::fill(queries_.begin(), queries_.end(), 0);
+        evicted_ = 0;
+        prefill_done_ = false;
+    }
+    double format_bytes() const override {
+        double n = 0;
+        for (const auto& st : streams_) n += double(st.n);
+        return n * 4.0 * d_;
+    }
+    size_t memory_bytes() const override {
+        size_t b = 0;
+        for (const auto& st : streams_)
+            b += (st.k.capacity() + st.v.capacity() + st.score.capacity() + st.ring.capacity()) * sizeof(float) +
+                 st.pos.capacity() * sizeof(int32_t) + st.pinned.capacity();
+        return b;
+    }
+
+    void append(int layer, std::span<const float> keys, std::span<const float> values) override {
+        validate_append(shape_, layer, keys, values);
+        const int KH = shape_.kv_heads;
+        const size_t n = keys.size() / (size_t(KH) * d_);
+        const size_t total = next_pos_[size_t(layer)] + n;
+        if (!unbounded() && protected_count(total, sinks_, std::max(recent_, n)) > capacity_)
+            fail("append: " + std::to_string(capacity_) + " tokens per layer and KV head cannot hold the protected sinks + " +
+                 "max(recent, chunk of " + std::to_string(n) + ") tokens; append smaller chunks");
+        const size_t p0 = next_pos_[size_t(layer)];
+        const size_t ring = ring_width();
+        for (int h = 0; h < KH; ++h) {
+            Stream& st = stream(layer, h);
+            reserve(st, st.n + n);
+            for (size_t i = 0; i < n; ++i) {
+                const size_t s = st.n + i;
+                std::memcpy(&st.k[s * d_], &keys[(i * KH + h) * d_], d_ * sizeof(float));
+                std::memcpy(&st.v[s * d_], &values[(i * KH + h) * d_], d_ * sizeof(float));
+                st.pos[s] = int32_t(p0 + i);
+                st.score[s] = 0;
+                st.pinned[s] = 0;
+                std::fill_n(&st.ring[s * ring], ring, 0.0f);
+            }
+            st.n += n;
+        }
+        next_pos_[size_t(layer)] = total;
+        last_chunk_[size_t(layer)] = n;
+        if (!unbounded())
+            for (int h = 0; h < KH; ++h) {
+                Stream& st = stream(layer, h);
+                while (st.n > capacity_) evict_one(st, layer);
+            }
+        note_bytes();
+    }
+
+    void attend(int layer, std::span<const float> queries, std::span<float> out) override {
+        const int KH = shape_.kv_heads, r = r_, d = d_;
+        const size_t qrow = size_t(shape_.heads) * d;
+        if (layer < 0 || layer >= shape_.layers) fail("attend: layer out of range");
+        if (queries.empty() || queries.size() % qrow || out.size() != queries.size()) fail("attend: bad query sizes");
+        const size_t m = queries.size() / qrow;
+        if (m > last_chunk_[size_t(layer)]) fail("attend: more queries than tokens in the last append");
+        const size_t P0 = next_pos_[size_t(layer)] - m;
+        const float scale = float(1.0 / std::sqrt(double(d)));
+        const size_t ring = ring_width();
+        for (size_t i = 0; i < m; ++i) {
+            const size_t slot = queries_[size_t(layer)]++ % ring;
+            for (int h = 0; h < KH; ++h) {
+                Stream& st = stream(layer, h);
+                if (lg_.size() < st.n * r) lg_.resize(st.n * r);
+                float* mx = mx_.data();
+                float* l = l_.data();
+                const float* q = &queries[i * qrow + size_t(h) * r * d];
+                float* o = &out[i * qrow + size_t(h) * r * d];
+                exact_stats(q, r, d, scale, st.k.data(), st.v.data(), st.pos.data(), st.n, int64_t(P0 + i), lg_.data(), mx, l, o);
+                for (int hh = 0; hh < r; ++hh)
+                    for (int j = 0; j < d; ++j) o[size_t(hh) * d + j] /= l[hh];
+                if (o_.policy == EvictionPolicy::StreamingLLM) continue;
+                for (size_t t = 0; t < st.n; ++t) {
+                    float w = 0;
+                    for (int hh = 0; hh < r; ++hh) {
+                        const float s = lg_[size_t(hh) * st.n + t];
+                        if (s != kNegInf) w += std::exp(s - mx[hh]) / l[hh];
+                    }
+                    if (o_.policy == EvictionPolicy::H2O) {
+                        st.score[t] += w;
+                    } else {  // SnapKV: votes of the last `observation` queries, a ring per token
+                        float& cell = st.ring[t * ring + slot];
+                        st.score[t] += w - cell;
+                        cell = w;
+                    }
+                }
+            }
+        }
+    }
+
+    void end_prefill() override {
+        if (o_.policy != EvictionPolicy::SnapKV || !o_.prefill_unbounded || prefill_done_) return;
+        prefill_done_ = true;
+        for (int l = 0; l < shape_.layers; ++l)
+            for (int h = 0; h < shape_.kv_heads; ++h) {
+                Stream& st = stream(l, h);
+                const size_t total = next_pos_[size_t(l)];
+                const int64_t first_recent = int64_t(total) - int64_t(std::max(recent_, last_chunk_[size_t(l)]));
+                // Select capacity - recent prompt tokens by pooled votes; the recent ones stay unpinned.
+                const std::vector<float> pooled = pooled_votes(st);
+                std::vector<size_t> cand;
+                for (size_t i = 0; i < st.n; ++i)
+                    if (st.pos[i] < first_recent) cand.push_back(i);
+                const size_t recent_held = st.n - cand.size();
+                const size_t keep = capacity_ > recent_held ? capacity_ - recent_held : 0;
+                std::stable_sort(cand.begin(), cand.end(), [&](size_t a, size_t b) { return pooled[a] > pooled[b]; });
+                std::vector<uint8_t> drop(st.n, 0);
+                for (size_t c = 0; c < cand.size(); ++c) {
+                    if (c < keep) st.pinned[cand[c]] = 1;
+                    else drop[cand[c]] = 1;
+                }
+                for (size_t i = st.n; i-- > 0;)
+                    if (drop[i]) remove(st, i), ++evicted_;
+                while (st.n > capacity_) evict_one(st, l);
+            }
+        note_bytes();
+    }
+
+    std::vector<HeldToken> held(int layer, int kv_head) const override {
+        const Stream& st = stream(layer, kv_head);
+        std::vector<HeldToken> out;
+        for (size_t t = 0; t < st.n; ++t) out.push_back({st.pos[t], 0, st.score[t]});
+        return out;
+    }
+    void dequantized(int layer, int kv_head, std::vector<float>& keys, std::vector<float>& values) const override {
+        const Stream& st = stream(layer, kv_head);
+        keys.assign(st.k.begin(), st.k.begin() + long(st.n * d_));
+        values.assign(st.v.begin(), st.v.begin() + long(st.n * d_));
+    }
+
+private:
+    struct Stream {
+        std::vector<float> k, v, score, ring;  // ring: [slot][observation] (SnapKV)
+        std::vector<int32_t> pos;
+        std::vector<uint8_t> pinned;  // SnapKV-prefill: selected at the end of prefill
+        size_t n = 0;
+    };
+    bool unbounded() const {
+        return o_.policy == EvictionPolicy::SnapKV && o_.prefill_unbounded && !prefill_done_;
+    }
+    size_t ring_width() const { return o_.policy == EvictionPolicy::SnapKV ? size_t(o_.observation) : 1; }
+    Stream& stream(int l, int h) { return streams_.at(size_t(l) * shape_.kv_heads + size_t(h)); }
+    const Stream& stream(int l, int h) const {
+        if (l < 0 || l >= shape_.layers || h < 0 || h >= shape_.kv_heads) fail("layer or KV head out of range");
+        return streams_[size_t(l) * shape_.kv_heads + size_t(h)];
+    }
+    void reserve(Stream& st, size_t n) {
+        if (st.pos.size() >= n) return;
+        const size_t cap = std::max(n, 2 * st.pos.size());
+        st.k.resize(cap * d_);
+        st.v.resize(cap * d_);
+        st.pos.resize(cap);
+        st.score.resize(cap);
+        st.pinned.resize(cap);
+        st.ring.resize(cap * ring_width());
+    }
+    void remove(Stream& st, size_t i) {
+        const size_t last = st.n - 1, w = ring_width();
+        if (i != last) {
+            std::memcpy(&st.k[i * d_], &st.k[last * d_], d_ * sizeof(float));
+            std::memcpy(&st.v[i * d_], &st.v[last * d_], d_ * sizeof(float));
+            st.pos[i] = st.pos[last];
+            st.score[i] = st.score[last];
+            st.pinned[i] = st.pinned[last];
+            std::memcpy(&st.ring[i * w], &st.ring[last * w], w * sizeof(float));
+        }
+        st.n = last;
+    }
+    // SnapKV votes max-pooled over the `pool` nearest held positions (SnapKV's pooling keeps the
+    // neighbours of a selected token, so the selection holds whole phrases).
+    std::vector<float> pooled_votes(const Stream& st) const {
+        std::vector<size_t> order(st.n);
+        std::iota(order.begin(), order.end(), 0);
+        std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return st.pos[a] < st.pos[b]; });
+        std::vector<float> out(st.n);
+        const long half = o_.pool / 2, n = long(st.n);
+        for (long i = 0; i < n; ++i) {
+            float m = kNegInf;
+            for (long j = std::max(0L, i - half); j <= std::min(n - 1, i + half); ++j) m = std::max(m, st.score[order[size_t(j)]]);
+            out[order[size_t(i)]] = m;
+        }
+        return out;
+    }
+    void evict_one(Stream& st, int layer) {
+        const size_t total = next_pos_[size_t(layer)];
+        const size_t recent = std::max(recent_, last_chunk_[size_t(layer)]);
+        const int64_t first_recent = int64_t(total) - int64_t(recent);
+        size_t victim = st.n;
+        if (o_.policy == EvictionPolicy::StreamingLLM) {
+            for (size_t i = 0; i < st.n; ++i)
+                if (st.pos[i] >= int64_t(sinks_) && st.pos[i] < first_recent && (victim == st.n || st.pos[i] < st.pos[victim])) victim = i;
+        } else if (o_.policy == EvictionPolicy::H2O) {
+            for (size_t i = 0; i < st.n; ++i)
+                if (st.pos[i] < first_recent && (victim == st.n || st.score[i] < st.score[victim])) victim = i;
+        } else if (prefill_done_) {
+            // After the prefill selection: the unpinned tokens are a recent window.
+            const int64_t chunk_start = int64_t(total) - int64_t(last_chunk_[size_t(layer)]);
+            for (size_t i = 0; i < st.n; ++i)
+                if (!st.pinned[i] && st.pos[i] < chunk_start && (victim == st.n || st.pos[i] < st.pos[victim])) victim = i;
+            if (victim == st.n) {
+                const std::vector<float> pooled = pooled_votes(st);
+                for (size_t i = 0; i < st.n; ++i)
+                    if (st.pos[i] < chunk_start && (victim == st.n || pooled[i] < pooled[victim])) victim = i;
+            }
+        } else {
+            const std::vector<float> pooled = pooled_votes(st);
+            for (size_t i = 0; i < st.n; ++i)
+                if (st.pos[i] < first_recent && (victim == st.n || pooled[i] < pooled[victim])) victim = i;
+        }
+        if (victim == st.n) throw std::logic_error("tqkv eviction cache: no token to evict (budget check missed a case)");
+        remove(st, victim);
+        ++evicted_;
+    }
+
+    EvictionOptions o_;
+    std::string name_;
+    int d_ = 0, r_ = 1;
+    size_t capacity_ = 0, recent_ = 0, sinks_ = 0;
+    std::vector<Stream> streams_;
+    std::vector<size_t> next_pos_, last_chunk_, queries_;
+    size_t evicted_ = 0;
+    bool prefill_done_ = false;
+    std::vector<float> lg_, mx_, l_;
+};
+
+const char* kBudgetGrammar =
+    "budget cache spec: tiered[-K<b>V<b>...|-none][-w<N>][-s<N>][-h<N>][-g<N>][-m<N>][-d<decay>][-nvd][-nd][-nc][-x<seed>] | "
+    "h2o[-r<fraction>] | streaming[-s<N>] | snapkv[-o<N>][-p<N>][-prefill]; e.g. tiered-K4V4-K2V2-w16, h2o, snapkv-prefill";
+
+}  // namespace
+
+std::unique_ptr<BudgetCache> make_tiered_cache(const CacheShape& shape, const TieredOptions& opt,
+                                               const KVCalibration* calibration) {
+    check_shape(shape);
+    std::ostringstream name;
+    name << "tiered";
+    for (const auto& t : opt.tiers) name << "-K" << t.key_bits << "V" << t.value_bits;
+    name << "-w" << opt.window << "-s" << opt.sinks;
+    return std::make_unique<TieredCache>(shape, opt, calibration, name.str());
+}
+
+std::unique_ptr<BudgetCache> make_eviction_cache(const CacheShape& shape, const EvictionOptions& opt) {
+    check_shape(shape);
+    const char* n = opt.policy == EvictionPolicy::H2O      ? "h2o"
+                    : opt.policy == EvictionPolicy::SnapKV ? (opt.prefill_unbounded ? "snapkv-prefill" : "snapkv")
+                                                           : "streaming";
+    return std::make_unique<EvictionCache>(shape, opt, n);
+}
+
+std::unique_ptr<BudgetCache> make_budget_cache(const std::string& spec, const CacheShape& shape, size_t budget_bytes,
+                                               const KVCalibration* calibration) {
+    check_shape(shape);
+    std::vector<std::string> parts;
+    {
+        std::stringstream ss(spec);
+        for (std::string p; std::getline(ss, p, '-');) parts.push_back(p);
+    }
+    if (parts.empty()) fail("empty spec; " + std::string(kBudgetGrammar));
+    auto number = [&](const std::string& p, size_t from) {
+        size_t pos = 0;
+        double x = 0;
+        try {
+            x = std::stod(p.substr(from), &pos);
+        } catch (...) {
+            pos = std::string::npos;
+        }
+        if (p.size() <= from || pos != p.size() - from) fail("bad option '" + p + "' in '" + spec + "'; " + kBudgetGrammar);
+        return x;
+    };
+    auto integer = [&](const std::string& p, size_t from) {
+        const double x = number(p, from);
+        if (x != std::floor(x) || x < 0 || x > 1e9) fail("bad option '" + p + "' in '" + spec + "'; " + kBudgetGrammar);
+        return int(x);
+    };
+    const std::string& kind = parts[0];
+    if (kind == "tiered") {
+        TieredOptions o;
+        o.budget_bytes = budget_bytes;
+        std::vector<TierRate> tiers;
+        bool none = false;
+        for (size_t i = 1; i < parts.size(); ++i) {
+            const std::string& p = parts[i];
+            if (p.size() >= 4 && (p[0] == 'K' || p[0] == 'k') && p.find_first_of("Vv") != std::string::npos) {
+                const size_t v = p.find_first_of("Vv");
+                TierRate t;
+                t.key_bits = number(p.substr(0, v), 1);
+                t.value_bits = number(p.substr(v), 1);
+                tiers.push_back(t);
+            } else if (p == "none") none = true;
+            else if (p == "vd") o.debias_values = true;
+            else if (p == "nvd") o.debias_values = false;
+            else if (p == "nd") o.debias_keys = false;
+            else if (p == "nc") o.center = false;
+            else if (p.size() > 1 && p[0] == 'w') o.window = integer(p, 1);
+            else if (p.size() > 1 && p[0] == 's') o.sinks = integer(p, 1);
+            else if (p.size() > 1 && p[0] == 'h') o.heavy = integer(p, 1);
+            else if (p.size() > 1 && p[0] == 'g') o.segment_tokens = integer(p, 1);
+            else if (p.size() > 1 && p[0] == 'm') o.last_tier_tokens = integer(p, 1);
+            else if (p.size() > 1 && p[0] == 'd') o.decay = number(p, 1);
+            else if (p.size() > 1 && p[0] == 'x') o.seed = uint64_t(integer(p, 1));
+            else fail("unknown option '" + p + "' in '" + spec + "'; " + kBudgetGrammar);
+        }
+        if (none && !tiers.empty()) fail("'none' and tiers in '" + spec + "'");
+        if (none) o.tiers.clear();
+        else if (!tiers.empty()) o.tiers = tiers;
+        return std::make_unique<TieredCache>(shape, o, calibration, spec);
+    }
+    EvictionOptions o;
+    o.budget_bytes = budget_bytes;
+    if (kind == "h2o") o.policy = EvictionPolicy::H2O;
+    else if (kind == "snapkv") o.policy = EvictionPolicy::SnapKV;
+    else if (kind == "streaming" || kind == "streamingllm") o.policy = EvictionPolicy::StreamingLLM;
+    else fail("unknown policy '" + spec + "'; " + kBudgetGrammar);
+    for (size_t i = 1; i < parts.size(); ++i) {
+        const std::string& p = parts[i];
+        if (o.policy == EvictionPolicy::H2O && p.size() > 1 && p[0] == 'r') o.recent_fraction = number(p, 1);
+        else if (o.policy == EvictionPolicy::StreamingLLM && p.size() > 1 && p[0] == 's') o.sinks = integer(p, 1);
+        else if (o.policy == EvictionPolicy::SnapKV && p == "prefill") o.prefill_unbounded = true;
+        else if (o.policy == EvictionPolicy::SnapKV && p.size() > 1 && p[0] == 'o') o.observation = integer(p, 1);
+        else if (o.policy == EvictionPolicy::SnapKV && p.size() > 1 && p[0] == 'p') o.pool = integer(p, 1);
+        else fail("unknown option '" + p + "' in '" + spec + "'; " + kBudgetGrammar);
+    }
+    return std::make_unique<EvictionCache>(shape, o, spec);
+}
+
+}  // namespace tqkv
