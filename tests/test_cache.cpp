@@ -406,3 +406,96 @@ TEST_CASE("attend_stats: two caches merged into one softmax equal one cache over
     }
     CHECK_THROWS_WITH(first.attend_stats(std::span(q).first(10), a1, m1, l1), Catch::Contains("query"));
 }
+
+TEST_CASE("attend_stats over several caches equals one cache over all their tokens, on every kernel", "[cache][kernels]") {
+    // Four caches of 40, 0, 75 and 33 tokens (the empty one is skipped; the third has an exact
+    // window of 8): one query rotation and one set of tables must score them all as if they were
+    // one cache, up to float summation order; logits come out per cache, one after the other.
+    for (const std::string& kern : available_kernels()) {
+        CAPTURE(kern);
+        for (const double bits : {2.0, 4.0}) {
+            auto cfg = cache_config(4, 2, 64, bits, bits, 0);
+            cfg.kernel = kern;
+            const size_t sizes[] = {40, 0, 75, 33}, total = 148;
+            const auto K = tqkv_test::gaussian_vectors(total, 128, 11), V = tqkv_test::gaussian_vectors(total, 128, 12);
+            std::vector<KVCache> parts;
+            KVCache all(cfg);
+            all.append(K, V);
+            size_t t0 = 0;
+            for (size_t i = 0; i < 4; ++i) {
+                auto c = cfg;
+                c.window = i == 2 ? 8 : 0;  // windows may differ; the codes must not
+                parts.emplace_back(c);
+                if (sizes[i])
+                    parts.back().append(std::span(K).subspan(t0 * 128, sizes[i] * 128), std::span(V).subspan(t0 * 128, sizes[i] * 128));
+                t0 += sizes[i];
+            }
+            // The reference: the whole sequence with the same 8 tokens exact (positions 107..114)
+            // is not one KVCache, so compare against merging the single-cache statistics.
+            const auto q = tqkv_test::gaussian_vectors(1, 4 * 64, 13);
+            std::vector<const KVCache*> ptrs;
+            for (auto& p : parts) ptrs.push_back(&p);
+            std::vector<float> acc(q.size()), mx(4), sum(4), lg(4 * total);
+            KVCache::attend_stats(ptrs, q, acc, mx, sum, lg);
+            std::vector<float> M(4, -INFINITY), L(4, 0), A(q.size(), 0), lg_ref;
+            for (auto& p : parts) {
+                if (p.tokens() == 0) continue;
+                std::vector<float> a(q.size()), m(4), l(4), g(4 * p.tokens());
+                p.attend_stats(q, a, m, l, g);
+                lg_ref.insert(lg_ref.end(), g.begin(), g.end());
+                for (int h = 0; h < 4; ++h) {
+                    const float nm = std::max(M[h], m[h]), c_old = std::exp(M[h] - nm), c_new = std::exp(m[h] - nm);
+                    for (int j = 0; j < 64; ++j) A[h * 64 + j] = A[h * 64 + j] * c_old + a[h * 64 + j] * c_new;
+                    L[h] = L[h] * c_old + l[h] * c_new;
+                    M[h] = nm;
+                }
+            }
+            REQUIRE(lg.size() == lg_ref.size());
+            for (size_t i = 0; i < lg.size(); ++i) REQUIRE(lg[i] == Approx(lg_ref[i]).margin(1e-5));
+            for (int h = 0; h < 4; ++h) {
+                CHECK(mx[h] == Approx(M[h]).margin(1e-5));
+                CHECK(sum[h] == Approx(L[h]).epsilon(1e-5));
+                CHECK(rel_error(acc, A, h * 64, 64) < 1e-5);
+            }
+            // Without windows the parts are exactly the tokens of `all`: normalized outputs agree.
+            if (bits == 4.0) {
+                std::vector<const KVCache*> no_window = {&parts[0], &parts[3]};
+                std::vector<float> a(q.size()), m(4), l(4), expect(q.size());
+                KVCache::attend_stats(no_window, q, a, m, l);
+                KVCache both(cfg);
+                both.append(std::span(K).first(40 * 128), std::span(V).first(40 * 128));
+                both.append(std::span(K).subspan(115 * 128), std::span(V).subspan(115 * 128));
+                both.attend(q, expect, false);
+                for (int h = 0; h < 4; ++h) {
+                    for (int j = 0; j < 64; ++j) a[h * 64 + j] /= l[h];
+                    CHECK(rel_error(a, expect, h * 64, 64) < 1e-5);
+                }
+            }
+        }
+    }
+    // Errors: different codes, all empty, null, wrong sizes. None changes a cache.
+    auto cfg = cache_config(4, 2, 64, 4, 4, 0);
+    KVCache a(cfg), empty(cfg);
+    auto other = cfg;
+    other.seed ^= 1;
+    KVCache b(other);
+    const auto K = tqkv_test::gaussian_vectors(10, 128, 1);
+    a.append(K, K);
+    b.append(K, K);
+    const auto before = a.save();
+    const auto q = tqkv_test::gaussian_vectors(1, 4 * 64, 3);
+    std::vector<float> acc(q.size()), mx(4), sum(4);
+    std::vector<const KVCache*> differ = {&a, &b}, none = {&empty}, null = {&a, nullptr}, ok = {&a, &empty};
+    CHECK_FALSE(a.same_codes(b));
+    CHECK(a.same_codes(empty));
+    CHECK_THROWS_WITH(KVCache::attend_stats(differ, q, acc, mx, sum), Catch::Contains("differ"));
+    CHECK_THROWS_WITH(KVCache::attend_stats(none, q, acc, mx, sum), Catch::Contains("empty"));
+    CHECK_THROWS_WITH(KVCache::attend_stats(null, q, acc, mx, sum), Catch::Contains("null"));
+    CHECK_THROWS_WITH(KVCache::attend_stats({}, q, acc, mx, sum), Catch::Contains("no caches"));
+    std::vector<float> lg_bad(4 * 9);
+    CHECK_THROWS_WITH(KVCache::attend_stats(ok, q, acc, mx, sum, lg_bad), Catch::Contains("logits"));
+    std::vector<float> acc_bad(5);
+    CHECK_THROWS_WITH(KVCache::attend_stats(ok, q, acc_bad, mx, sum), Catch::Contains("acc"));
+    KVCache::attend_stats(ok, q, acc, mx, sum);
+    CHECK(a.save() == before);
+}

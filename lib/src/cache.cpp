@@ -380,25 +380,67 @@ void read_norms(const KernelTable& k, const uint8_t* p, size_t nb, float* out) {
 }  // namespace
 
 void KVCache::attend(std::span<const float> queries, std::span<float> out, bool causal) const {
-    attend_impl(queries, out, causal, nullptr, nullptr, {});
+    const Impl* self = impl_.get();
+    attend_impl(std::span(&self, 1), queries, out, causal, nullptr, nullptr, {});
 }
+
+namespace {
+void check_stats_sizes(const CacheConfig& c, size_t query, size_t acc, size_t max_logit, size_t sum_exp) {
+    if (query != size_t(c.heads) * c.head_dim)
+        fail("attend_stats: query has " + std::to_string(query) + " floats, expected heads * head_dim = " +
+             std::to_string(size_t(c.heads) * c.head_dim));
+    if (acc != query) fail("attend_stats: acc needs heads * head_dim floats");
+    if (max_logit != size_t(c.heads) || sum_exp != size_t(c.heads))
+        fail("attend_stats: max_logit and sum_exp need one float per query head");
+}
+}  // namespace
 
 void KVCache::attend_stats(std::span<const float> query, std::span<float> acc, std::span<float> max_logit,
                            std::span<float> sum_exp, std::span<float> logits) const {
     const CacheConfig& c = impl_->cfg;
-    if (query.size() != size_t(c.heads) * c.head_dim)
-        fail("attend_stats: query has " + std::to_string(query.size()) + " floats, expected heads * head_dim = " +
-             std::to_string(size_t(c.heads) * c.head_dim));
-    if (max_logit.size() != size_t(c.heads) || sum_exp.size() != size_t(c.heads))
-        fail("attend_stats: max_logit and sum_exp need one float per query head");
+    check_stats_sizes(c, query.size(), acc.size(), max_logit.size(), sum_exp.size());
     if (!logits.empty() && logits.size() != size_t(c.heads) * impl_->n_tokens)
         fail("attend_stats: logits need heads * tokens() floats (or none)");
-    attend_impl(query, acc, false, max_logit.data(), sum_exp.data(), logits);
+    if (impl_->n_tokens == 0) fail("attend: the cache is empty");
+    const Impl* self = impl_.get();
+    attend_impl(std::span(&self, 1), query, acc, false, max_logit.data(), sum_exp.data(), logits);
 }
 
-void KVCache::attend_impl(std::span<const float> queries, std::span<float> out, bool causal, float* stat_max,
-                          float* stat_sum, std::span<float> logits) const {
-    const Impl& m = *impl_;
+bool KVCache::same_codes(const KVCache& other) const {
+    const CacheConfig &a = impl_->cfg, &b = other.impl_->cfg;
+    return a.heads == b.heads && a.kv_heads == b.kv_heads && a.head_dim == b.head_dim && a.key_bits == b.key_bits &&
+           a.key_method == b.key_method && a.value_bits == b.value_bits && a.key_high_channels == b.key_high_channels &&
+           a.value_high_channels == b.value_high_channels && a.seed == b.seed && a.norm == b.norm &&
+           impl_->scale == other.impl_->scale && impl_->k == other.impl_->k && impl_->ak == other.impl_->ak;
+}
+
+void KVCache::attend_stats(std::span<const KVCache* const> caches, std::span<const float> query, std::span<float> acc,
+                           std::span<float> max_logit, std::span<float> sum_exp, std::span<float> logits) {
+    if (caches.empty()) fail("attend_stats: no caches");
+    std::vector<const Impl*> parts;
+    size_t total = 0;
+    for (const KVCache* cache : caches) {
+        if (!cache || !cache->impl_) fail("attend_stats: a null or moved-from cache");
+        if (!cache->same_codes(*caches[0]))
+            fail("attend_stats: the caches differ in configuration (shape, rates, high channels, seed, norms, scale or "
+                 "kernel); only caches with the same codes share one query rotation and look-up tables");
+        total += cache->impl_->n_tokens;
+        if (cache->impl_->n_tokens) parts.push_back(cache->impl_.get());  // empty caches add nothing
+    }
+    const CacheConfig& c = caches[0]->impl_->cfg;
+    check_stats_sizes(c, query.size(), acc.size(), max_logit.size(), sum_exp.size());
+    if (!logits.empty() && logits.size() != size_t(c.heads) * total)
+        fail("attend_stats: logits need heads * (sum of tokens()) floats (or none)");
+    if (parts.empty()) fail("attend: the caches are empty");
+    attend_impl(parts, query, acc, false, max_logit.data(), sum_exp.data(), logits);
+}
+
+// Attention of the queries over the tokens of `parts` in order, as one cache (several parts only
+// for attend_stats: one query, not causal). Parts share their codec configuration, so the query
+// rotation and look-up tables of parts[0] score the codes of every part.
+void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const float> queries, std::span<float> out,
+                          bool causal, float* stat_max, float* stat_sum, std::span<float> logits) {
+    const Impl& m = *parts[0];
     const CacheConfig& c = m.cfg;
     const int d = c.head_dim, r = m.group_size();
     const size_t qrow = size_t(c.heads) * d;
@@ -418,7 +460,8 @@ void KVCache::attend_impl(std::span<const float> queries, std::span<float> out, 
     const KernelTable& k = *m.k;
     Workspace& ws = workspace();
     const size_t chunk_tokens = size_t(kChunkGroups) * kGroupTokens;
-    const size_t score_cols = std::max(chunk_tokens, size_t(c.window));
+    size_t score_cols = chunk_tokens;
+    for (const Impl* part : parts) score_cols = std::max(score_cols, size_t(part->cfg.window));
     size_t lut_floats = 0, acc_floats = 0;
     for (auto& s : m.keys.segs) lut_floats += size_t(r) * s.dim * (s.table.size() + (s.prod ? 16 : 0));
     for (auto& s : m.values.segs) acc_floats += size_t(r) * s.dim * 16;
@@ -437,7 +480,6 @@ void KVCache::attend_impl(std::span<const float> queries, std::span<float> out, 
     Workspace::grow(ws.sq, padded);
     Workspace::grow(ws.norms, kGroupTokens);
     Workspace::grow(ws.gammas, kGroupTokens);
-    const size_t W = size_t(c.window);
     // The fused kernels cover the common layout: one segment, fp16 norms (stored little-endian,
     // and every supported target is little-endian), MSE keys.
     const bool f16 = c.norm == NormFormat::F16;
@@ -445,8 +487,6 @@ void KVCache::attend_impl(std::span<const float> queries, std::span<float> out, 
     const bool fused_values = ak.group_accumulate_normed && f16 && m.values.segs.size() == 1;
 
     for (size_t qi = 0; qi < n_q; ++qi) {
-        const size_t visible = causal ? m.n_tokens - n_q + qi + 1 : m.n_tokens;
-        const size_t visible_codes = std::min(visible, m.n_compressed);
         for (int kvh = 0; kvh < c.kv_heads; ++kvh) {
             const float* q0 = &queries[qi * qrow + size_t(kvh) * r * d];  // the r query heads of this KV head
             // 1. Rotate each query once per key segment and build its look-up tables:
@@ -500,111 +540,119 @@ void KVCache::attend_impl(std::span<const float> queries, std::span<float> out, 
                 }
             };
 
-            // 2. Compressed tokens, a chunk of groups at a time.
-            const size_t n_groups = (visible_codes + kGroupTokens - 1) / kGroupTokens;
-            const bool prefetch = n_groups * m.group_bytes > (size_t(4) << 20);
-            for (size_t g0 = 0; g0 < n_groups; g0 += kChunkGroups) {
-                const size_t ng = std::min<size_t>(kChunkGroups, n_groups - g0);
-                for (size_t gi = 0; gi < ng; ++gi) {
-                    const size_t t0 = (g0 + gi) * kGroupTokens;
-                    const uint8_t* g = m.group(kvh, t0);
-                    // Groups of one KV head are spread over separately allocated blocks, which the
-                    // hardware prefetcher cannot follow: when they come from DRAM (a KV head larger
-                    // than the L2/L3 share), fetch the next chunk's group into L2 while this one
-                    // computes.
-                    if (prefetch && g0 + kChunkGroups + gi < n_groups) {
-                        const uint8_t* next = m.group(kvh, (g0 + kChunkGroups + gi) * kGroupTokens);
-                        for (size_t off = 0; off < m.group_bytes; off += 64) __builtin_prefetch(next + off, 0, 1);
-                    }
-                    const size_t valid = std::min<size_t>(kGroupTokens, visible_codes - t0);
-                    if (fused_keys) {  // one call: scores * norms * scale, straight into the chunk
-                        const auto& s = m.keys.segs[0];
-                        ak.group_scores_normed(g + s.codes_off, s.dim, s.bits, ws.lut.data(), r,
-                                               reinterpret_cast<const uint16_t*>(g + s.norm_off), m.scale,
-                                               &ws.scores[gi * kGroupTokens], int(score_cols));
+            size_t logit_base = 0;  // logits: [heads][tokens] of each part, one part after the other
+            for (const Impl* part : parts) {
+                const Impl& P = *part;
+                const size_t visible = causal ? P.n_tokens - n_q + qi + 1 : P.n_tokens;
+                const size_t visible_codes = std::min(visible, P.n_compressed);
+                // 2. Compressed tokens, a chunk of groups at a time.
+                const size_t n_groups = (visible_codes + kGroupTokens - 1) / kGroupTokens;
+                const bool prefetch = n_groups * P.group_bytes > (size_t(4) << 20);
+                for (size_t g0 = 0; g0 < n_groups; g0 += kChunkGroups) {
+                    const size_t ng = std::min<size_t>(kChunkGroups, n_groups - g0);
+                    for (size_t gi = 0; gi < ng; ++gi) {
+                        const size_t t0 = (g0 + gi) * kGroupTokens;
+                        const uint8_t* g = P.group(kvh, t0);
+                        // Groups of one KV head are spread over separately allocated blocks, which the
+                        // hardware prefetcher cannot follow: when they come from DRAM (a KV head larger
+                        // than the L2/L3 share), fetch the next chunk's group into L2 while this one
+                        // computes.
+                        if (prefetch && g0 + kChunkGroups + gi < n_groups) {
+                            const uint8_t* next = P.group(kvh, (g0 + kChunkGroups + gi) * kGroupTokens);
+                            for (size_t off = 0; off < P.group_bytes; off += 64) __builtin_prefetch(next + off, 0, 1);
+                        }
+                        const size_t valid = std::min<size_t>(kGroupTokens, visible_codes - t0);
+                        if (fused_keys) {  // one call: scores * norms * scale, straight into the chunk
+                            const auto& s = m.keys.segs[0];
+                            ak.group_scores_normed(g + s.codes_off, s.dim, s.bits, ws.lut.data(), r,
+                                                   reinterpret_cast<const uint16_t*>(g + s.norm_off), m.scale,
+                                                   &ws.scores[gi * kGroupTokens], int(score_cols));
+                            for (int hh = 0; hh < r; ++hh)
+                                for (size_t t = valid; t < kGroupTokens; ++t)
+                                    ws.scores[size_t(hh) * score_cols + gi * kGroupTokens + t] = -std::numeric_limits<float>::infinity();
+                            continue;
+                        }
                         for (int hh = 0; hh < r; ++hh)
-                            for (size_t t = valid; t < kGroupTokens; ++t)
-                                ws.scores[size_t(hh) * score_cols + gi * kGroupTokens + t] = -std::numeric_limits<float>::infinity();
-                        continue;
-                    }
-                    for (int hh = 0; hh < r; ++hh)
-                        std::fill_n(&ws.scores[size_t(hh) * score_cols + gi * kGroupTokens], kGroupTokens, 0.0f);
-                    const float* klut = ws.lut.data();
-                    for (auto& s : m.keys.segs) {
-                        const int L = int(s.table.size());
-                        ak.group_scores(g + s.codes_off, s.dim, s.bits, klut, r, ws.raw.data());
-                        read_norms(k, g + s.norm_off, m.norm_bytes, ws.norms.data());
-                        if (s.prod) {
-                            ak.group_scores(g + s.signs_off, s.dim, 1, klut + size_t(r) * s.dim * L, r, ws.raw2.data());
-                            read_norms(k, g + s.gamma_off, m.norm_bytes, ws.gammas.data());
-                            const float qjl = float(std::sqrt(M_PI / 2.0) / s.dim);
-                            for (int t = 0; t < kGroupTokens; ++t) ws.gammas[t] *= qjl;
+                            std::fill_n(&ws.scores[size_t(hh) * score_cols + gi * kGroupTokens], kGroupTokens, 0.0f);
+                        const float* klut = ws.lut.data();
+                        for (auto& s : m.keys.segs) {
+                            const int L = int(s.table.size());
+                            ak.group_scores(g + s.codes_off, s.dim, s.bits, klut, r, ws.raw.data());
+                            read_norms(k, g + s.norm_off, m.norm_bytes, ws.norms.data());
+                            if (s.prod) {
+                                ak.group_scores(g + s.signs_off, s.dim, 1, klut + size_t(r) * s.dim * L, r, ws.raw2.data());
+                                read_norms(k, g + s.gamma_off, m.norm_bytes, ws.gammas.data());
+                                const float qjl = float(std::sqrt(M_PI / 2.0) / s.dim);
+                                for (int t = 0; t < kGroupTokens; ++t) ws.gammas[t] *= qjl;
+                            }
+                            for (int hh = 0; hh < r; ++hh) {
+                                float* sc = &ws.scores[size_t(hh) * score_cols + gi * kGroupTokens];
+                                const float* raw = &ws.raw[size_t(hh) * kGroupTokens];
+                                const float* raw2 = &ws.raw2[size_t(hh) * kGroupTokens];
+                                if (s.prod) {
+                                    for (int t = 0; t < kGroupTokens; ++t) sc[t] += ws.norms[t] * (raw[t] + ws.gammas[t] * raw2[t]);
+                                } else {
+                                    for (int t = 0; t < kGroupTokens; ++t) sc[t] += ws.norms[t] * raw[t];
+                                }
+                            }
+                            klut += size_t(r) * s.dim * (L + (s.prod ? 16 : 0));
                         }
                         for (int hh = 0; hh < r; ++hh) {
                             float* sc = &ws.scores[size_t(hh) * score_cols + gi * kGroupTokens];
-                            const float* raw = &ws.raw[size_t(hh) * kGroupTokens];
-                            const float* raw2 = &ws.raw2[size_t(hh) * kGroupTokens];
-                            if (s.prod) {
-                                for (int t = 0; t < kGroupTokens; ++t) sc[t] += ws.norms[t] * (raw[t] + ws.gammas[t] * raw2[t]);
-                            } else {
-                                for (int t = 0; t < kGroupTokens; ++t) sc[t] += ws.norms[t] * raw[t];
-                            }
+                            for (int t = 0; t < kGroupTokens; ++t) sc[t] *= m.scale;
+                            for (size_t t = valid; t < kGroupTokens; ++t) sc[t] = -std::numeric_limits<float>::infinity();
                         }
-                        klut += size_t(r) * s.dim * (L + (s.prod ? 16 : 0));
                     }
-                    for (int hh = 0; hh < r; ++hh) {
-                        float* sc = &ws.scores[size_t(hh) * score_cols + gi * kGroupTokens];
-                        for (int t = 0; t < kGroupTokens; ++t) sc[t] *= m.scale;
-                        for (size_t t = valid; t < kGroupTokens; ++t) sc[t] = -std::numeric_limits<float>::infinity();
-                    }
-                }
-                if (!logits.empty())
-                    for (int hh = 0; hh < r; ++hh) {
-                        const size_t n_valid = std::min(ng * kGroupTokens, visible_codes - g0 * kGroupTokens);
-                        std::copy_n(&ws.scores[size_t(hh) * score_cols], n_valid,
-                                    &logits[(size_t(kvh) * r + hh) * m.n_tokens + g0 * kGroupTokens]);
-                    }
-                softmax_chunk(ng * kGroupTokens);
-                for (size_t gi = 0; gi < ng; ++gi) {
-                    const uint8_t* g = m.group(kvh, (g0 + gi) * kGroupTokens);
-                    float* acc = ws.acc.data();
-                    if (fused_values) {
-                        const auto& s = m.values.segs[0];
-                        ak.group_accumulate_normed(g + s.codes_off, s.dim, s.bits, s.table.data(),
-                                                   &ws.scores[gi * kGroupTokens], int(score_cols),
-                                                   reinterpret_cast<const uint16_t*>(g + s.norm_off), r, acc);
-                        continue;
-                    }
-                    for (auto& s : m.values.segs) {
-                        read_norms(k, g + s.norm_off, m.norm_bytes, ws.norms.data());
-                        for (int hh = 0; hh < r; ++hh)
-                            for (int t = 0; t < kGroupTokens; ++t)
-                                ws.w[size_t(hh) * kGroupTokens + t] =
-                                    ws.scores[size_t(hh) * score_cols + gi * kGroupTokens + t] * ws.norms[t];
-                        ak.group_accumulate(g + s.codes_off, s.dim, s.bits, s.table.data(), ws.w.data(), r, acc);
-                        acc += size_t(r) * s.dim * 16;
+                    if (!logits.empty())
+                        for (int hh = 0; hh < r; ++hh) {
+                            const size_t n_valid = std::min(ng * kGroupTokens, visible_codes - g0 * kGroupTokens);
+                            std::copy_n(&ws.scores[size_t(hh) * score_cols], n_valid,
+                                        &logits[logit_base + (size_t(kvh) * r + hh) * P.n_tokens + g0 * kGroupTokens]);
+                        }
+                    softmax_chunk(ng * kGroupTokens);
+                    for (size_t gi = 0; gi < ng; ++gi) {
+                        const uint8_t* g = P.group(kvh, (g0 + gi) * kGroupTokens);
+                        float* acc = ws.acc.data();
+                        if (fused_values) {
+                            const auto& s = m.values.segs[0];
+                            ak.group_accumulate_normed(g + s.codes_off, s.dim, s.bits, s.table.data(),
+                                                       &ws.scores[gi * kGroupTokens], int(score_cols),
+                                                       reinterpret_cast<const uint16_t*>(g + s.norm_off), r, acc);
+                            continue;
+                        }
+                        for (auto& s : m.values.segs) {
+                            read_norms(k, g + s.norm_off, m.norm_bytes, ws.norms.data());
+                            for (int hh = 0; hh < r; ++hh)
+                                for (int t = 0; t < kGroupTokens; ++t)
+                                    ws.w[size_t(hh) * kGroupTokens + t] =
+                                        ws.scores[size_t(hh) * score_cols + gi * kGroupTokens + t] * ws.norms[t];
+                            ak.group_accumulate(g + s.codes_off, s.dim, s.bits, s.table.data(), ws.w.data(), r, acc);
+                            acc += size_t(r) * s.dim * 16;
+                        }
                     }
                 }
-            }
 
-            // 3. The exact recent window, in the same softmax.
-            if (visible > m.n_compressed) {
-                const size_t nw = visible - m.n_compressed;
-                for (size_t i = 0; i < nw; ++i) {
-                    const float* key = &m.win_k[((m.n_compressed + i) % W) * m.row() + size_t(kvh) * d];
-                    for (int hh = 0; hh < r; ++hh)
-                        ws.scores[size_t(hh) * score_cols + i] = ak.dot_f32(q0 + size_t(hh) * d, key, d) * m.scale;
+                // 3. The exact recent window, in the same softmax.
+                if (visible > P.n_compressed) {
+                    const size_t nw = visible - P.n_compressed;
+                    for (size_t i = 0; i < nw; ++i) {
+                        const float* key = &P.win_k[((P.n_compressed + i) % size_t(P.cfg.window)) * P.row() + size_t(kvh) * d];
+                        for (int hh = 0; hh < r; ++hh)
+                            ws.scores[size_t(hh) * score_cols + i] = ak.dot_f32(q0 + size_t(hh) * d, key, d) * m.scale;
+                    }
+                    if (!logits.empty())
+                        for (int hh = 0; hh < r; ++hh)
+                            std::copy_n(&ws.scores[size_t(hh) * score_cols], nw,
+                                        &logits[logit_base + (size_t(kvh) * r + hh) * P.n_tokens + P.n_compressed]);
+                    softmax_chunk(nw);
+                    for (size_t i = 0; i < nw; ++i) {
+                        const float* val = &P.win_v[((P.n_compressed + i) % size_t(P.cfg.window)) * P.row() + size_t(kvh) * d];
+                        for (int hh = 0; hh < r; ++hh)
+                            ak.axpy_f32(ws.scores[size_t(hh) * score_cols + i], val, &ws.acc_exact[size_t(hh) * d], d);
+                    }
                 }
-                if (!logits.empty())
-                    for (int hh = 0; hh < r; ++hh)
-                        std::copy_n(&ws.scores[size_t(hh) * score_cols], nw,
-                                    &logits[(size_t(kvh) * r + hh) * m.n_tokens + m.n_compressed]);
-                softmax_chunk(nw);
-                for (size_t i = 0; i < nw; ++i) {
-                    const float* val = &m.win_v[((m.n_compressed + i) % W) * m.row() + size_t(kvh) * d];
-                    for (int hh = 0; hh < r; ++hh)
-                        ak.axpy_f32(ws.scores[size_t(hh) * score_cols + i], val, &ws.acc_exact[size_t(hh) * d], d);
-                }
+
+                logit_base += size_t(c.heads) * P.n_tokens;
             }
 
             // 4. One inverse rotation per head and value segment, then normalize.

@@ -77,6 +77,18 @@ public:
     // out = sum_i exp(m_i - M) acc_i / sum_i exp(m_i - M) sum_exp_i.
     void attend_stats(std::span<const float> query, std::span<float> acc, std::span<float> max_logit,
                       std::span<float> sum_exp, std::span<float> logits = {}) const;
+    // The same statistics over several caches at once, as if their tokens were one cache (in the
+    // order given; logits [heads][tokens()] of each cache, one after the other). The caches must
+    // have the same codes (same_codes: e.g. the segments of one precision tier of a budgeted
+    // cache): the query is rotated and its look-up tables built once for all of them, which for
+    // many small caches costs less than the scoring itself. Empty caches are skipped; throws
+    // std::invalid_argument when they differ or all are empty.
+    static void attend_stats(std::span<const KVCache* const> caches, std::span<const float> query,
+                             std::span<float> acc, std::span<float> max_logit, std::span<float> sum_exp,
+                             std::span<float> logits = {});
+    // True when both caches code tokens identically (shape, methods, rates, high channels, seed,
+    // norm format, attention scale, kernel); block size, window and capacity may differ.
+    bool same_codes(const KVCache& other) const;
     // The same result computed the slow, obvious way: decode every key and value to floats, exact
     // softmax in double precision. The reference the fused kernels are tested against.
     void attend_reference(std::span<const float> queries, std::span<float> out, bool causal = true) const;
@@ -102,8 +114,8 @@ public:
     explicit KVCache(std::unique_ptr<Impl> impl);
 
 private:
-    void attend_impl(std::span<const float> queries, std::span<float> out, bool causal, float* stat_max,
-                     float* stat_sum, std::span<float> logits) const;
+    static void attend_impl(std::span<const Impl* const> parts, std::span<const float> queries, std::span<float> out,
+                            bool causal, float* stat_max, float* stat_sum, std::span<float> logits);
     std::unique_ptr<Impl> impl_;
     friend class ModelKVCache;
 };

@@ -302,9 +302,14 @@ public:
         for (int h = 0; h < KH; ++h) {
             Stream& st = stream(layer, h);
             // Parts: the exact tier, then every segment.
+            // Parts: the exact tier, then each tier's segments together (one query rotation and
+            // one set of look-up tables per tier: KVCache::attend_stats over several caches).
             size_t parts = 1, held = st.n;
-            for (const auto& tier : st.tiers)
-                for (const auto& g : tier) ++parts, held += g.pos.size();
+            for (const auto& tier : st.tiers) {
+                size_t n = 0;
+                for (const auto& g : tier) n += g.pos.size();
+                parts += n > 0, held += n;
+            }
             grow(pm_, parts * r);
             grow(pl_, parts * r);
             grow(pacc_, parts * r * d);
@@ -317,16 +322,22 @@ public:
                 exact_stats(q, r, d, scale_, st.k.data(), st.v.data(), st.pos.data(), st.n, int64_t(P0 + i), lg_.data(),
                             &pm_[0], &pl_[0], &pacc_[0]);
                 size_t part = 1, off = st.n * r;
-                for (size_t t = 0; t < st.tiers.size(); ++t)
+                for (size_t t = 0; t < st.tiers.size(); ++t) {
+                    size_t nt = 0;
+                    tier_caches_.clear();
                     for (const auto& g : st.tiers[t]) {
-                        const size_t ng = g.pos.size();
-                        g.cache->attend_stats(std::span(q, size_t(r) * d), std::span(&pacc_[part * r * d], size_t(r) * d),
-                                              std::span(&pm_[part * r], size_t(r)), std::span(&pl_[part * r], size_t(r)),
-                                              std::span(&lg_[off], ng * r));
-                        if (vdeb_[t] != 1.0)
-                            for (size_t j = 0; j < size_t(r) * d; ++j) pacc_[part * r * d + j] *= float(vdeb_[t]);
-                        ++part, off += ng * r;
+                        if (g.pos.empty()) continue;
+                        tier_caches_.push_back(g.cache.get());
+                        nt += g.pos.size();
                     }
+                    if (nt == 0) continue;
+                    KVCache::attend_stats(tier_caches_, std::span(q, size_t(r) * d),
+                                          std::span(&pacc_[part * r * d], size_t(r) * d), std::span(&pm_[part * r], size_t(r)),
+                                          std::span(&pl_[part * r], size_t(r)), std::span(&lg_[off], nt * r));
+                    if (vdeb_[t] != 1.0)
+                        for (size_t j = 0; j < size_t(r) * d; ++j) pacc_[part * r * d + j] *= float(vdeb_[t]);
+                    ++part, off += nt * r;
+                }
                 // 2. One softmax: M = max m_i, out = sum exp(m_i - M) acc_i / sum exp(m_i - M) l_i.
                 for (int hh = 0; hh < r; ++hh) {
                     float M = kNegInf;
@@ -680,6 +691,7 @@ private:
     std::vector<size_t> next_pos_, last_chunk_;
     size_t evicted_ = 0;
     std::vector<float> pm_, pl_, pacc_, lg_, wM_, wL_;
+    std::vector<const KVCache*> tier_caches_;
 };
 
 // ---------------------------------------------------------------------------------------------
