@@ -130,11 +130,14 @@ int cmd_quality(const Args& args) {
             for (size_t i = 0; i < truth.size(); ++i)
                 sxx += (truth[i] - mt) * (truth[i] - mt), sxy += (truth[i] - mt) * (est[i] - me);
             const double slope = sxy / sxx, icpt = me - slope * mt;
+            // Vectors coded with the same seed share one rotation, so errors are correlated within
+            // a seed: cluster by seed. One seed alone leaves no between-cluster variation (the
+            // least-squares residuals sum to zero), so fall back to per-vector (HC0) errors.
+            const size_t group = clusters >= 2 ? per : 1;
             double meat = 0;
-            for (size_t c = 0; c < clusters; ++c) {
+            for (size_t c0 = 0; c0 < truth.size(); c0 += group) {
                 double s = 0;
-                for (size_t i = c * per; i < (c + 1) * per; ++i)
-                    s += (truth[i] - mt) * (est[i] - icpt - slope * truth[i]);
+                for (size_t i = c0; i < c0 + group; ++i) s += (truth[i] - mt) * (est[i] - icpt - slope * truth[i]);
                 meat += s * s;
             }
             const double slope_se = std::sqrt(meat) / sxx;

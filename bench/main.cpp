@@ -92,8 +92,12 @@ Json& Json::add(const std::string& k, double value) {
     if (!std::isfinite(value)) {
         body_ += "null";
     } else {
+        // Whole numbers (bytes, counts) exactly; measurements to 7 significant digits.
         char buf[64];
-        std::snprintf(buf, sizeof buf, "%.6g", value);
+        if (value == std::floor(value) && std::fabs(value) < 9.007199254740992e15)
+            std::snprintf(buf, sizeof buf, "%.0f", value);
+        else
+            std::snprintf(buf, sizeof buf, "%.7g", value);
         body_ += buf;
     }
     return *this;
