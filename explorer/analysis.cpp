@@ -565,4 +565,134 @@ void Benchmark::run(BenchConfig cfg) {
     running_ = false;
 }
 
+// ---------------------------------------------------------------------------------------------
+
+const char* policy_spec(BudgetPolicy p) {
+    switch (p) {
+        case BudgetPolicy::Tiered: return "tiered";
+        case BudgetPolicy::H2O: return "h2o";
+        case BudgetPolicy::SnapKV: return "snapkv";
+        case BudgetPolicy::Streaming: return "streaming";
+    }
+    return "tiered";
+}
+
+const char* policy_help(BudgetPolicy p) {
+    switch (p) {
+        case BudgetPolicy::Tiered:
+            return "tqkv tiered: 4 sinks + the last 16 tokens exact; older tokens go to 4 then 2 bits, least important "
+                   "first; evicts only when everything else is at 2 bits";
+        case BudgetPolicy::H2O: return "H2O: half the capacity for heavy hitters by accumulated attention, half for the most recent tokens";
+        case BudgetPolicy::SnapKV: return "SnapKV (streaming): keeps the tokens the last 32 queries voted for, plus those 32";
+        case BudgetPolicy::Streaming: return "StreamingLLM: 4 sink tokens + the most recent ones";
+    }
+    return "";
+}
+
+TierResult simulate_budget(const tqkv::KvDump& D, const TierQuery& q, const std::atomic<bool>* cancel,
+                           std::atomic<float>* progress) {
+    TierResult r;
+    r.q = q;
+    r.layers = D.layers;
+    r.kv_heads = D.kv_heads;
+    r.tokens = D.tokens;
+    const tqkv::CacheShape shape{D.layers, D.heads, D.kv_heads, D.head_dim};
+    const int KH = D.kv_heads, H = D.heads, d = D.head_dim, group = H / std::max(1, KH);
+    r.fp16_bytes = double(tqkv::fp16_cache_bytes(shape, D.tokens));
+    r.budget_bytes = std::floor(r.fp16_bytes / std::max(1, q.budget_div));
+    // Calibration from the dump itself: only the per-channel means and energies matter here
+    // (centering, and the channel energies a fractional rate would pick from). A real deployment
+    // calibrates on other text; for where the tiers fall that makes no visible difference.
+    tqkv::KVCalibration cal;
+    cal.shape = shape;
+    cal.tokens = D.tokens;
+    const size_t N = size_t(D.layers) * KH * d;
+    cal.key_mean.assign(N, 0.0), cal.key_sq.assign(N, 0.0), cal.value_mean.assign(N, 0.0), cal.value_sq.assign(N, 0.0);
+    cal.query_sq.assign(N, 1.0), cal.out_weight.assign(N, 1.0);
+    for (int l = 0; l < D.layers; ++l)
+        for (int h = 0; h < KH; ++h) {
+            const size_t base = cal.index(l, h);
+            for (size_t t = 0; t < D.tokens; ++t) {
+                const float *k = D.key(l, h, t), *v = D.value(l, h, t);
+                for (int j = 0; j < d; ++j) {
+                    cal.key_mean[base + j] += k[j], cal.key_sq[base + j] += double(k[j]) * k[j];
+                    cal.value_mean[base + j] += v[j], cal.value_sq[base + j] += double(v[j]) * v[j];
+                }
+            }
+            for (int j = 0; j < d; ++j)
+                for (auto* a : {&cal.key_mean, &cal.key_sq, &cal.value_mean, &cal.value_sq}) (*a)[base + j] /= double(D.tokens);
+        }
+    r.synthetic_queries = D.queries.empty();
+    try {
+        auto cache = tqkv::make_budget_cache(policy_spec(q.policy), shape, size_t(r.budget_bytes), &cal);
+        r.name = cache->name();
+        std::vector<float> k(size_t(KH) * d), v(k.size()), qs(size_t(H) * d), out(qs.size());
+        const auto t0 = std::chrono::steady_clock::now();
+        for (size_t t = 0; t < D.tokens; ++t) {
+            if (cancel && *cancel) return r;
+            for (int l = 0; l < D.layers; ++l) {
+                for (int h = 0; h < KH; ++h) {
+                    std::copy_n(D.key(l, h, t), d, &k[size_t(h) * d]);
+                    std::copy_n(D.value(l, h, t), d, &v[size_t(h) * d]);
+                }
+                // Without queries, each query head asks with its KV head's new key: a query that
+                // resembles the token attends to similar tokens, which is enough to rank them.
+                for (int h = 0; h < H; ++h)
+                    std::copy_n(r.synthetic_queries ? D.key(l, h / group, t) : D.query(l, h, t), d, &qs[size_t(h) * d]);
+                cache->append(l, k, v);
+                cache->attend(l, qs, out);
+            }
+            if (progress) *progress = float(t + 1) / float(D.tokens);
+        }
+        r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        for (int l = 0; l < D.layers; ++l)
+            for (int h = 0; h < KH; ++h) r.held.push_back(cache->held(l, h));
+        r.format_bytes = cache->format_bytes();
+        r.peak_bytes = cache->peak_bytes();
+        r.evicted = cache->evicted();
+    } catch (const std::exception& e) {
+        r.error = e.what();  // e.g. the budget cannot hold the protected tokens of a short dump
+    }
+    return r;
+}
+
+TierSimulation::~TierSimulation() {
+    cancel();
+    if (thread_.joinable()) thread_.join();
+}
+
+void TierSimulation::cancel() { cancel_ = true; }
+
+void TierSimulation::start(const TierQuery& q, const tqkv::KvDump& dump) {
+    cancel();
+    if (thread_.joinable()) thread_.join();  // returns within one token's step
+    cancel_ = false;
+    running_ = true;
+    progress_ = 0;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        query_ = q;
+    }
+    // The thread reads its own copy (the UI may load other data meanwhile), made once per data set.
+    if (!dump_ || q.data_gen != dump_gen_) dump_ = std::make_shared<const tqkv::KvDump>(dump), dump_gen_ = q.data_gen;
+    thread_ = std::thread([this, q, copy = dump_] {
+        auto r = std::make_shared<const TierResult>(simulate_budget(*copy, q, &cancel_, &progress_));
+        if (!cancel_) {
+            std::lock_guard<std::mutex> lock(mutex_);
+            result_ = std::move(r);
+        }
+        running_ = false;
+    });
+}
+
+TierQuery TierSimulation::query() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return query_;
+}
+
+std::shared_ptr<const TierResult> TierSimulation::result() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return result_;
+}
+
 }  // namespace ex

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "tqkv/baselines.hpp"
+#include "tqkv/budget.hpp"
 #include "tqkv/tqkv.hpp"
 
 namespace ex {
@@ -185,6 +186,67 @@ private:
     std::vector<BenchRow> rows_;
     std::string status_ = "not run yet";
     BenchConfig cfg_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// A cache under a byte budget (tqkv/budget.hpp) fed the dump token by token, on a background
+// thread: which tier each position ends up in, and what the cache spent.
+
+enum class BudgetPolicy { Tiered, H2O, SnapKV, Streaming };
+constexpr int kBudgetPolicies = 4;
+const char* policy_spec(BudgetPolicy p);  // make_budget_cache spec: "tiered", "h2o", "snapkv", "streaming"
+const char* policy_help(BudgetPolicy p);  // one line: what it keeps
+
+struct TierQuery {
+    BudgetPolicy policy = BudgetPolicy::Tiered;
+    int budget_div = 6;  // budget = fp16 cache of the whole dump / budget_div
+    int data_gen = -1;
+    bool operator==(const TierQuery&) const = default;
+};
+
+struct TierResult {
+    TierQuery q;
+    std::string name;                               // the cache's name (spec with its options)
+    int layers = 0, kv_heads = 0;
+    size_t tokens = 0;
+    std::vector<std::vector<tqkv::HeldToken>> held;  // [layer * kv_heads + kv_head], after the last token
+    double budget_bytes = 0, format_bytes = 0, peak_bytes = 0, fp16_bytes = 0;  // all layers and KV heads
+    size_t evicted = 0;                             // all layers and KV heads
+    bool synthetic_queries = false;                 // the dump had no queries: each token's key stood in
+    double seconds = 0;                             // appends + attends, every layer
+    std::string error;
+};
+
+// Appends every token of every layer, then attends it with its own query (the attend calls are
+// what update the importance scores), as decode would; the cache is calibrated with the dump's
+// own per-channel means (the centering a calibrated cache would apply).
+TierResult simulate_budget(const tqkv::KvDump& dump, const TierQuery& q, const std::atomic<bool>* cancel = nullptr,
+                           std::atomic<float>* progress = nullptr);
+
+// One simulation at a time on its own thread; start() cancels (and joins) the one under way.
+class TierSimulation {
+public:
+    TierSimulation() = default;
+    ~TierSimulation();
+    TierSimulation(const TierSimulation&) = delete;
+    TierSimulation& operator=(const TierSimulation&) = delete;
+
+    void start(const TierQuery& q, const tqkv::KvDump& dump);  // dump: the data of q.data_gen
+    void cancel();
+    bool running() const { return running_; }
+    float progress() const { return progress_; }
+    TierQuery query() const;                          // of the last start()
+    std::shared_ptr<const TierResult> result() const;  // the last finished run (null before)
+
+private:
+    std::thread thread_;
+    std::atomic<bool> running_{false}, cancel_{false};
+    std::atomic<float> progress_{0};
+    mutable std::mutex mutex_;
+    TierQuery query_;
+    std::shared_ptr<const TierResult> result_;
+    std::shared_ptr<const tqkv::KvDump> dump_;  // the thread's copy of the data
+    int dump_gen_ = -1;
 };
 
 }  // namespace ex

@@ -34,6 +34,8 @@ void after_load(App& app) {
     app.att.layer = std::clamp(app.att.layer, 0, d.layers - 1);
     app.att.head = std::clamp(app.att.head, 0, d.heads - 1);
     app.att.pos = -1;
+    app.mem.tier_layer = std::clamp(app.mem.tier_layer, 0, d.layers - 1);
+    app.mem.tier_kv_head = std::clamp(app.mem.tier_kv_head, 0, d.kv_heads - 1);
     app.rot.q.layer = std::clamp(app.rot.q.layer, 0, d.layers - 1);
     app.rot.q.kv_head = std::clamp(app.rot.q.kv_head, 0, d.kv_heads - 1);
     if (app.rot.q.input == InputKind::RealKeys) app.rot.q.dim = d.head_dim;

@@ -90,6 +90,13 @@ struct App {
         bool methods_on[8] = {true, true, true, true, true, true, false, false};
         float seconds = 0.15f;
         int ctx_tokens = 32768;             // for the whole-model size column
+        // Budget tiers: a budgeted cache fed the whole dump (tier_sim reruns when policy, budget or
+        // data change; layer and KV head only pick what is drawn).
+        bool tiers_open = true;             // the section's state last frame (sizes the sections above)
+        BudgetPolicy tier_policy = BudgetPolicy::Tiered;
+        int tier_div = 6;                   // budget = fp16 cache of the dump / tier_div
+        int tier_layer = 0, tier_kv_head = 0;
+        TierSimulation tier_sim;
     } mem;
 };
 

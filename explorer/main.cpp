@@ -5,7 +5,7 @@
 //                 [--size 1600x1000] [--data DIR] [--hover X,Y] [--frames N] [--font-size PX]
 //
 // Headless mode renders a few frames (so the layout settles; the memory panel also runs its
-// benchmark to the end) into an offscreen framebuffer of exactly the requested size, writes the
+// budget-tier simulation and its benchmark to the end) into an offscreen framebuffer of exactly the requested size, writes the
 // last one as a PNG and exits. It needs an X display: run it under xvfb-run.
 #include <GLFW/glfw3.h>
 #include <imgui.h>
@@ -282,9 +282,13 @@ int main(int argc, char** argv) {
             glfwSwapBuffers(window);
             continue;
         }
-        // Headless: the memory panel first runs a short benchmark (in its background thread,
-        // the frames keep coming as they would on screen).
-        if (panel == ex::kMemory && !bench_started && frames == 2) {
+        // Headless: the memory panel first finishes the budget-tier simulation its first frame
+        // started, then runs a short benchmark (both in background threads, the frames keep
+        // coming as they would on screen; one after the other, so the simulation does not take
+        // cores from the timed runs).
+        const bool tiers_pending =
+            panel == ex::kMemory && (app->mem.tier_sim.running() || !app->mem.tier_sim.result());
+        if (panel == ex::kMemory && !bench_started && frames >= 2 && !tiers_pending) {
             ex::BenchConfig bc;
             bc.heads = app->dump.heads;
             bc.kv_heads = app->dump.kv_heads;
@@ -296,7 +300,7 @@ int main(int argc, char** argv) {
             app->mem.bench.start(bc);
             bench_started = true;
         }
-        const bool waiting = panel == ex::kMemory && (!bench_started || app->mem.bench.running());
+        const bool waiting = panel == ex::kMemory && (tiers_pending || !bench_started || app->mem.bench.running());
         if (waiting && ex::now_seconds() - t_start < opt.timeout) {
             std::this_thread::sleep_for(std::chrono::milliseconds(20));
             settled_from = frames + 2;  // draw the finished state twice more before capturing

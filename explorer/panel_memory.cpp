@@ -45,6 +45,196 @@ ImU32 bench_color(const std::string& m) {
     return plot::color(3);
 }
 
+// Budget tiers: colours from dark (most bits) to light (fewest), grey for evicted — sequential, so
+// the strip reads as "how much is left of each position" even in grey scale.
+constexpr int kTierKinds = 4;  // exact, 4-bit, 2-bit, evicted (index 3)
+ImU32 tier_color(int tier) {
+    static const ImU32 c[kTierKinds] = {plot::heat_color(0.05), plot::heat_color(0.5), plot::heat_color(0.9),
+                                        IM_COL32(205, 205, 205, 255)};
+    return c[std::clamp(tier, 0, kTierKinds - 1)];
+}
+
+std::string tier_name(int tier) {
+    if (tier == 0) return "exact (fp16)";
+    const auto tiers = tqkv::TieredOptions{}.tiers;  // the rates the "tiered" spec uses
+    if (tier <= int(tiers.size())) {
+        const auto& r = tiers[size_t(tier) - 1];
+        char buf[64];
+        std::snprintf(buf, sizeof buf, "%g-bit (K%gV%g)", r.key_bits, r.key_bits, r.value_bits);
+        return buf;
+    }
+    return "evicted";
+}
+
+const char* policy_label(BudgetPolicy p) {
+    static const char* l[kBudgetPolicies] = {"tiered (tqkv)", "H2O", "SnapKV", "StreamingLLM"};
+    return l[int(p)];
+}
+
+// Below the bytes and speed: which tier every position of one (layer, KV head) ends up in under
+// a byte budget, and the importance that decided it. Takes the rest of the panel's height.
+void budget_tiers(App& app) {
+    auto& M = app.mem;
+    const auto& D = app.dump;
+    M.tiers_open = ImGui::CollapsingHeader("Budget tiers: where a budgeted cache keeps its bits", ImGuiTreeNodeFlags_DefaultOpen);
+    if (!M.tiers_open) return;
+    // Policy, budget and data decide the run; layer and KV head only what is drawn of it.
+    const TierQuery want{M.tier_policy, M.tier_div, app.data_gen};
+    if (!(M.tier_sim.query() == want) || (!M.tier_sim.running() && !M.tier_sim.result())) M.tier_sim.start(want, D);
+    const auto R = M.tier_sim.result();
+    const bool stale = M.tier_sim.running() || !R || !(R->q == want);
+
+    help_text("The dump replayed token by token (append, then attend its query: attention sets each token's importance) into "
+              "a cache of a fixed fraction of fp16. Tiered: 4 sinks and the last 16 tokens stay exact; older ones drop to 4, "
+              "then 2 bits where importance × distortion per byte saved is least; eviction only once all else is at 2 bits. "
+              "The baselines keep tokens exact and evict.");
+    const float left_w = 390;
+    ImGui::BeginChild("tiers_left", ImVec2(left_w, 0), false);
+    ImGui::SetNextItemWidth(130);
+    if (ImGui::BeginCombo("policy", policy_label(M.tier_policy))) {
+        for (int p = 0; p < kBudgetPolicies; ++p) {
+            if (ImGui::Selectable(policy_label(BudgetPolicy(p)), BudgetPolicy(p) == M.tier_policy)) M.tier_policy = BudgetPolicy(p);
+            if (ImGui::IsItemHovered()) ImGui::SetTooltip("%s", policy_help(BudgetPolicy(p)));
+        }
+        ImGui::EndCombo();
+    }
+    if (ImGui::IsItemHovered()) ImGui::SetTooltip("%s", policy_help(M.tier_policy));
+    ImGui::SameLine();
+    ImGui::SetNextItemWidth(120);
+    ImGui::SliderInt("budget", &M.tier_div, 4, 16, "1/%d of fp16");
+    M.tier_div = std::clamp(M.tier_div, 2, 64);  // ctrl+click lets one type any value
+    layer_head_picker(app, &M.tier_layer, &M.tier_kv_head, true);
+
+    // Per tier: tokens of the chosen (layer, KV head) — the table doubles as the legend.
+    const size_t T = D.tokens;
+    std::vector<int> tier_at(T, kTierKinds - 1);  // evicted unless held
+    std::vector<float> score_at(T, 0.0f);
+    size_t count[kTierKinds] = {};
+    const std::vector<tqkv::HeldToken>* held = nullptr;
+    if (R && R->error.empty() && R->tokens == T && R->layers == D.layers && R->kv_heads == D.kv_heads)
+        held = &R->held[size_t(M.tier_layer) * R->kv_heads + M.tier_kv_head];
+    if (held)
+        for (const auto& h : *held) {
+            const size_t p = size_t(h.position);
+            if (p >= T) continue;
+            tier_at[p] = std::min(h.tier, kTierKinds - 2);
+            score_at[p] = h.score;
+        }
+    for (int t : tier_at) ++count[t];
+    if (ImGui::BeginTable("tiers", 3, ImGuiTableFlags_SizingFixedFit | ImGuiTableFlags_RowBg | ImGuiTableFlags_BordersInnerH)) {
+        ImGui::TableSetupColumn("tier (this layer and KV head)");
+        ImGui::TableSetupColumn("tokens");
+        ImGui::TableSetupColumn("of all");
+        ImGui::TableHeadersRow();
+        for (int t = 0; t < kTierKinds; ++t) {
+            ImGui::TableNextRow();
+            ImGui::TableNextColumn();
+            const float s = ImGui::GetTextLineHeight();
+            ImGui::PushID(t);
+            ImGui::ColorButton("##swatch", ImGui::ColorConvertU32ToFloat4(tier_color(t)),
+                               ImGuiColorEditFlags_NoTooltip | ImGuiColorEditFlags_NoDragDrop, ImVec2(s, s));
+            ImGui::PopID();
+            ImGui::SameLine();
+            ImGui::TextUnformatted(tier_name(t).c_str());
+            ImGui::TableNextColumn();
+            if (held) ImGui::Text("%zu", count[t]);
+            else ImGui::TextDisabled("—");
+            ImGui::TableNextColumn();
+            if (held) ImGui::Text("%.0f%%", 100.0 * double(count[t]) / double(std::max<size_t>(1, T)));
+        }
+        ImGui::EndTable();
+    }
+    if (R && R->error.empty()) {
+        // Totals are over every layer and KV head (the budget is), not just the one drawn.
+        ImGui::Text("budget %s = %s fp16 / %d", plotmath::format_bytes(R->budget_bytes).c_str(),
+                    plotmath::format_bytes(R->fp16_bytes).c_str(), R->q.budget_div);
+        ImGui::Text("used %s (%.1f%%), %zu evicted · %.2f s", plotmath::format_bytes(R->format_bytes).c_str(),
+                    100.0 * R->format_bytes / std::max(1.0, R->budget_bytes), R->evicted, R->seconds);
+        if (ImGui::IsItemHovered())
+            ImGui::SetTooltip("Over all %d layers × %d KV heads (each gets an equal share of the budget): fp16 would take %s for\n"
+                              "%zu tokens; the cache holds %s (peak %s) and evicted %zu tokens in all.\n"
+                              "%zu appends + attends of one token each took %.2f s%s.\ncache: %s",
+                              R->layers, R->kv_heads, plotmath::format_bytes(R->fp16_bytes).c_str(), R->tokens,
+                              plotmath::format_bytes(R->format_bytes).c_str(), plotmath::format_bytes(R->peak_bytes).c_str(),
+                              R->evicted, R->tokens * size_t(R->layers), R->seconds,
+                              R->synthetic_queries ? " (no queries in the dump: each token's key asked instead)" : "",
+                              R->name.c_str());
+    } else if (R) {
+        ImGui::PushStyleColor(ImGuiCol_Text, ImVec4(0.8f, 0.1f, 0.1f, 1));
+        ImGui::TextWrapped("%s", R->error.c_str());
+        ImGui::PopStyleColor();
+    }
+    ImGui::EndChild();
+    ImGui::SameLine();
+
+    // ---- the strip and the importance over position (same x axis) -----------------------------
+    ImGui::BeginChild("tiers_right", ImVec2(0, 0), false);
+    const float margin = 64;  // both plots: room for the importance plot's log tick labels
+    char title[160];
+    std::snprintf(title, sizeof title, "Tier of each position after all %zu tokens, layer %d, KV head %d (%s, 1/%d of fp16)", T,
+                  M.tier_layer, M.tier_kv_head, policy_label(M.tier_policy), M.tier_div);
+    plot::Spec ss;
+    ss.title = title;
+    ss.x = {0, double(std::max<size_t>(T, 1))};
+    ss.y = {0, 1};
+    ss.yticks = 0;
+    ss.margin_left = margin;
+    ss.legend = plot::Legend::None;
+    ss.hover = false;  // its own read-out below
+    ss.size = ImVec2(0, 62);
+    plot::begin("##tier_strip", ss);
+    if (held)
+        for (const auto& run : plotmath::runs(tier_at)) plot::xband(double(run.begin), double(run.end), tier_color(run.label));
+    if (stale) {
+        char msg[64];
+        std::snprintf(msg, sizeof msg, "simulating… %.0f%%", 100.0 * M.tier_sim.progress());
+        plot::corner_text(1, msg, IM_COL32(200, 30, 30, 255));
+    }
+    double mx = 0, my = 0;
+    if (held && plot::mouse(&mx, &my) && mx >= 0 && mx < double(T)) {
+        const size_t p = size_t(mx);
+        if (tier_at[p] == kTierKinds - 1) ImGui::SetTooltip("position %zu: evicted", p);
+        else ImGui::SetTooltip("position %zu: %s, importance %.3g", p, tier_name(tier_at[p]).c_str(), score_at[p]);
+    }
+    plot::end();
+
+    // Importance of every held token (the policy's own measure), coloured by tier.
+    const bool tiered = M.tier_policy == BudgetPolicy::Tiered;
+    std::vector<double> xs[kTierKinds - 1], ys[kTierKinds - 1];
+    double hi = 0;
+    for (size_t p = 0; p < T && held; ++p) hi = std::max(hi, double(score_at[p]));
+    const double lo_floor = hi * 1e-5;  // a few decades below the top: the rest is "never attended"
+    double lo = hi;
+    for (size_t p = 0; p < T && held; ++p)
+        if (tier_at[p] < kTierKinds - 1 && score_at[p] > 0) {
+            xs[tier_at[p]].push_back(double(p));
+            ys[tier_at[p]].push_back(std::max(double(score_at[p]), lo_floor));
+            lo = std::min(lo, ys[tier_at[p]].back());
+        }
+    plot::Spec is;
+    is.title = tiered ? "Importance over position (attention relative to a uniform share, decayed mean; 1 = average)"
+               : M.tier_policy == BudgetPolicy::H2O    ? "Accumulated attention over position (H2O's heavy-hitter score)"
+               : M.tier_policy == BudgetPolicy::SnapKV ? "Attention from the last 32 queries over position (SnapKV's votes)"
+                                                       : "Score over position";
+    is.xlabel = "position";
+    is.ylabel = tiered ? "importance (log)" : "score (log)";
+    is.x = ss.x;
+    is.ylog = true;
+    is.y = hi > 0 ? plotmath::nice_bounds({lo, hi}, 5, true) : plotmath::Range{0.1, 10};
+    is.margin_left = margin;
+    is.legend = plot::Legend::None;  // the table on the left is the legend
+    is.size = ImVec2(0, 0);
+    plot::begin("##tier_importance", is);
+    for (int t = 0; t < kTierKinds - 1; ++t)
+        plot::scatter(tier_name(t).c_str(), xs[t].data(), ys[t].data(), int(xs[t].size()), tier_color(t), 2.0f);
+    if (tiered) plot::hline(1.0, IM_COL32(90, 90, 90, 255), 1.0f, true);
+    if (held && hi <= 0)
+        plot::corner_text(0, "no scores: StreamingLLM keeps the sinks and the most recent tokens whatever they attract",
+                          IM_COL32(90, 90, 90, 255));
+    plot::end();
+    ImGui::EndChild();
+}
+
 }  // namespace
 
 void panel_memory(App& app) {
@@ -59,9 +249,13 @@ void panel_memory(App& app) {
     const ImVec2 avail = ImGui::GetContentRegionAvail();
     const float spx = ImGui::GetStyle().ItemSpacing.x;
     const float left_w = std::floor((avail.x - spx) * 0.46f);
+    // The budget-tier section below takes about 40% when open (its state of the last frame); the
+    // columns above keep room for their rows and scroll when the window is too short for both.
+    const float tiers_h = M.tiers_open ? std::clamp(avail.y * 0.42f, 260.0f, 340.0f) : ImGui::GetFrameHeightWithSpacing();
+    const float top_h = std::max(200.0f, avail.y - tiers_h - ImGui::GetStyle().ItemSpacing.y);
 
     // ---- memory -----------------------------------------------------------------------------
-    ImGui::BeginChild("mem_left", ImVec2(left_w, 0), false);
+    ImGui::BeginChild("mem_left", ImVec2(left_w, top_h), false);
     std::vector<MemRow> rows;
     const double fp32 = 2.0 * D.kv_heads * D.head_dim * 4;
     rows.push_back({"fp32", fp32, 32, IM_COL32(40, 40, 40, 255), "uncompressed single precision"});
@@ -115,7 +309,7 @@ void panel_memory(App& app) {
     bs.title = title;
     bs.xlabel = xlabel;
     bs.x = {0, fp32 * 1.02};
-    const float bar_h = std::max(200.0f, ImGui::GetContentRegionAvail().y - 180);
+    const float bar_h = std::max(60 + ImGui::GetTextLineHeight() * float(rows.size()), ImGui::GetContentRegionAvail().y - 180);
     bs.size = ImVec2(0, bar_h);
     plot::hbars("##bytes", labels, values, colors, bs, &texts, &tips);
     ImGui::SetNextItemWidth(160);
@@ -147,7 +341,7 @@ void panel_memory(App& app) {
     ImGui::SameLine();
 
     // ---- speed ------------------------------------------------------------------------------
-    ImGui::BeginChild("mem_right", ImVec2(0, 0), false);
+    ImGui::BeginChild("mem_right", ImVec2(0, top_h), false);
     auto& B = M.bench;
     const bool running = B.running();
     ImGui::BeginDisabled(running);
@@ -219,7 +413,7 @@ void panel_memory(App& app) {
         if (results.empty()) xlo = 1024, xhi = 16384, ylo = 1, yhi = 1000;
         s.x = plotmath::padded({xlo, xhi}, 0.08, true);
         s.y = plotmath::nice_bounds({ylo, yhi}, 5, true);
-        s.size = ImVec2(0, std::floor(ImGui::GetContentRegionAvail().y * 0.55f));
+        s.size = ImVec2(0, std::max(200.0f, std::floor(ImGui::GetContentRegionAvail().y * 0.55f)));
         s.legend = plot::Legend::TopLeft;
         plot::begin("##speed", s);
         for (const auto& m : order) {
@@ -241,7 +435,8 @@ void panel_memory(App& app) {
     const ImGuiTableFlags tf = ImGuiTableFlags_Borders | ImGuiTableFlags_RowBg | ImGuiTableFlags_ScrollY |
                                ImGuiTableFlags_SizingFixedFit;
     const float foot = 3 * ImGui::GetTextLineHeightWithSpacing() + 4;
-    if (ImGui::BeginTable("bench", 3 + int(Ts.size()), tf, ImVec2(0, ImGui::GetContentRegionAvail().y - foot))) {
+    const float table_h = std::max(5 * ImGui::GetFrameHeightWithSpacing(), ImGui::GetContentRegionAvail().y - foot);
+    if (ImGui::BeginTable("bench", 3 + int(Ts.size()), tf, ImVec2(0, table_h))) {
         ImGui::TableSetupScrollFreeze(0, 1);
         ImGui::TableSetupColumn("method");
         ImGui::TableSetupColumn("bytes/token");
@@ -279,6 +474,10 @@ void panel_memory(App& app) {
               "pay off most at long contexts. Gaussian data; the baselines (q4_0, KIVI, PolarQuant) only have reference "
               "loops here and are not timed — see tqkv-bench report.");
     ImGui::EndChild();
+
+    // ---- budget tiers -----------------------------------------------------------------------
+    budget_tiers(app);
 }
 
 }  // namespace ex
+

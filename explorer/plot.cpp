@@ -205,10 +205,11 @@ void begin(const char* id, const Spec& spec) {
 
     const float lh = ImGui::GetTextLineHeight();
     // Tick labels decide the margins; no more ticks than fit (about 80 px apart in x, 40 in y).
-    const int nyt = std::max(2, std::min(spec.yticks, int(size.y / 40)));
+    const int nyt = spec.yticks <= 0 ? 0 : std::max(2, std::min(spec.yticks, int(size.y / 40)));
     const int nxt = std::max(2, std::min(spec.xticks, int(size.x / 80)));
-    const auto yt = S.spec.ylog ? plotmath::log_ticks(S.spec.y.lo, S.spec.y.hi, nyt)
-                                : plotmath::linear_ticks(S.spec.y.lo, S.spec.y.hi, nyt);
+    const auto yt = nyt == 0        ? plotmath::Ticks{}
+                    : S.spec.ylog ? plotmath::log_ticks(S.spec.y.lo, S.spec.y.hi, nyt)
+                                  : plotmath::linear_ticks(S.spec.y.lo, S.spec.y.hi, nyt);
     const auto xt = S.spec.xlog ? plotmath::log_ticks(S.spec.x.lo, S.spec.x.hi, nxt)
                                 : plotmath::linear_ticks(S.spec.x.lo, S.spec.x.hi, nxt);
     std::vector<std::string> ylab, xlab;
@@ -219,7 +220,7 @@ void begin(const char* id, const Spec& spec) {
     }
     for (double v : xt.values) xlab.push_back(plotmath::format_tick(v, xt.decimals, S.spec.xlog));
 
-    const float left = 6 + (spec.ylabel ? lh + 4 : 0) + ywidth + 6;
+    const float left = spec.margin_left > 0 ? spec.margin_left : 6 + (spec.ylabel ? lh + 4 : 0) + ywidth + 6;
     const float bottom = lh + 6 + (spec.xlabel ? lh + 4 : 0);
     const float top = (spec.title ? lh + 8 : 6);
     float right = 12;

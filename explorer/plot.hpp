@@ -35,7 +35,8 @@ struct Spec {
     bool xlog = false, ylog = false;
     ImVec2 size{-1, 260};  // width <= 0: all available width (minus -width); height <= 0: likewise
     Legend legend = Legend::TopRight;
-    int xticks = 6, yticks = 5;
+    int xticks = 6, yticks = 5;  // yticks = 0: no y axis (a strip)
+    float margin_left = 0;  // > 0: this much room left of the plot area, so stacked plots share their x axis
     bool hover = true;     // tooltip of the nearest point
 };
 

@@ -263,6 +263,25 @@ inline int nearest_sorted(const double* xs, size_t n, double x) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Runs: the maximal stretches of equal labels, [begin, end) in index order — a categorical strip
+// (e.g. each position's cache tier) is drawn as one rectangle per run, not one per position.
+
+struct Run {
+    size_t begin = 0, end = 0;
+    int label = 0;
+};
+
+inline std::vector<Run> runs(const int* labels, size_t n) {
+    std::vector<Run> out;
+    for (size_t i = 0; i < n; ++i) {
+        if (out.empty() || out.back().label != labels[i]) out.push_back({i, i + 1, labels[i]});
+        else out.back().end = i + 1;
+    }
+    return out;
+}
+inline std::vector<Run> runs(const std::vector<int>& labels) { return runs(labels.data(), labels.size()); }
+
+// ---------------------------------------------------------------------------------------------
 // Colour map: viridis (perceptually uniform, readable in grey scale), t in [0, 1] -> RGB in [0, 1].
 
 inline std::array<float, 3> viridis(double t) {

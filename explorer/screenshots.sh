@@ -18,6 +18,9 @@ shot --screenshot docs/explorer-codebook.png --panel codebook
 shot --screenshot docs/explorer-tokens.png --panel tokens "${data[@]}"
 # The mouse over a token of the weights plot, to show a hover read-out.
 shot --screenshot docs/explorer-attention.png --panel attention --hover 800,300 "${data[@]}"
-shot --screenshot docs/explorer-memory.png --panel memory --bench-seconds 0.4 "${data[@]}"
-for p in rotation codebook tokens attention memory; do "$check" docs/explorer-$p.png 1200 750; done
+# The memory panel holds the speed benchmark and the budget tiers: a larger window.
+xvfb-run -a -s "-screen 0 1920x1200x24" "$exe" --size 1600x1000 --font-size 14 \
+  --screenshot docs/explorer-memory.png --panel memory --bench-seconds 0.4 "${data[@]}"
+for p in rotation codebook tokens attention; do "$check" docs/explorer-$p.png 1200 750; done
+"$check" docs/explorer-memory.png 1600 1000
 ls -l docs/explorer-*.png

@@ -205,3 +205,31 @@ TEST_CASE("plot: colour map ends and clamping", "[plot]") {
     CHECK(format_bytes(512) == "512 B");
     CHECK(format_bytes(66.0 * 1024) == "66.0 KiB");
 }
+
+TEST_CASE("plot: runs of equal labels cover every position once, in order", "[plot]") {
+    CHECK(runs(std::vector<int>{}).empty());
+    const std::vector<int> labels = {0, 0, 2, 2, 2, 1, 0, 0, 3};
+    const auto r = runs(labels);
+    REQUIRE(r.size() == 5);
+    CHECK((r[0].begin == 0 && r[0].end == 2 && r[0].label == 0));
+    CHECK((r[1].begin == 2 && r[1].end == 5 && r[1].label == 2));
+    CHECK((r[2].begin == 5 && r[2].end == 6 && r[2].label == 1));
+    CHECK((r[3].begin == 6 && r[3].end == 8 && r[3].label == 0));
+    CHECK((r[4].begin == 8 && r[4].end == 9 && r[4].label == 3));
+    // Property: on random labels, runs tile [0, n), neighbours differ, each run is constant.
+    uint64_t s = 12345;
+    for (int trial = 0; trial < 200; ++trial) {
+        std::vector<int> l(size_t(trial % 37));
+        for (auto& x : l) x = int((s = s * 6364136223846793005ULL + 1442695040888963407ULL) >> 62);
+        const auto rr = runs(l);
+        size_t pos = 0;
+        for (size_t i = 0; i < rr.size(); ++i) {
+            REQUIRE(rr[i].begin == pos);
+            REQUIRE(rr[i].end > rr[i].begin);
+            if (i) REQUIRE(rr[i].label != rr[i - 1].label);
+            for (size_t t = rr[i].begin; t < rr[i].end; ++t) REQUIRE(l[t] == rr[i].label);
+            pos = rr[i].end;
+        }
+        REQUIRE(pos == l.size());
+    }
+}
