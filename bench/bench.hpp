@@ -1,6 +1,7 @@
 // Shared plumbing of the tqkv-bench subcommands: argument parsing, JSON lines, tables, timing.
 #pragma once
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <map>
 #include <sstream>
@@ -64,6 +65,8 @@ private:
 };
 
 std::string fmt(const char* format, double v);
+// The whole file; throws std::invalid_argument naming the path when it cannot be opened.
+std::vector<uint8_t> read_file(const std::string& path);
 
 int cmd_quality(const Args& args);
 int cmd_encode(const Args& args);

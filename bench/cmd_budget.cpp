@@ -26,12 +26,6 @@
 namespace bench {
 namespace {
 
-std::vector<uint8_t> read_file(const std::string& path) {
-    std::ifstream f(path, std::ios::binary);
-    if (!f) throw std::invalid_argument("cannot open " + path);
-    return std::vector<uint8_t>((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-}
-
 // Keys of the word format: common words the filler does not make likely after the cue.
 const char* kWords[] = {"apple",  "river",  "silver", "garden", "candle", "tiger",  "winter", "orange",
                         "pencil", "castle", "violin", "rabbit", "copper", "forest", "marble", "pepper",

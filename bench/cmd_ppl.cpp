@@ -21,12 +21,6 @@
 namespace bench {
 namespace {
 
-std::vector<uint8_t> read_bytes(const std::string& path) {
-    std::ifstream f(path, std::ios::binary);
-    if (!f) throw std::invalid_argument("cannot open " + path);
-    return std::vector<uint8_t>((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-}
-
 // The configurations of a plain run: every family at its rates. tqkv specs use the default
 // preconditioning (centered keys and values, debiased logits) unless "-raw" (plain TurboQuant).
 std::vector<std::string> default_configs() {
@@ -154,7 +148,7 @@ int cmd_decode(const Args& args) {
     const size_t steps = size_t(args.get_int("steps", 64));
     const int repeats = std::max(1, args.get_int("repeats", 3));
     if (steps < 1 || steps >= ctx) throw std::invalid_argument("decode: need 1 <= --steps < --context");
-    const std::vector<uint8_t> text = read_bytes(dir + "/eval.txt");
+    const std::vector<uint8_t> text = read_file(dir + "/eval.txt");
     if (text.size() < ctx + 8192) throw std::invalid_argument("decode: eval.txt is too short");
     const std::vector<int32_t> tokens(text.begin(), text.begin() + long(ctx));
     const std::vector<int32_t> calib(text.end() - 8192, text.end());
@@ -233,7 +227,7 @@ int cmd_ppl(const Args& args) {
     const tqkv::LlamaConfig& mc = model.config();
     if (!mc.byte_vocab()) throw std::invalid_argument("ppl: the model needs a byte vocabulary (vocab_size 256)");
     const std::string text_path = args.get("text", dir + "/eval.txt");
-    const std::vector<uint8_t> text = read_bytes(text_path);
+    const std::vector<uint8_t> text = read_file(text_path);
     const size_t offset = size_t(args.get_int("offset", 0));
     const size_t n_bytes = size_t(args.get_int("bytes", 4096));
     const size_t ctx = size_t(args.get_int("ctx", mc.max_position_embeddings));

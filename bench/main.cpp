@@ -1,6 +1,7 @@
 // tqkv-bench: quality and speed of the tqkv codecs, measured against baselines in the same run.
 #include <cmath>
 #include <cstring>
+#include <fstream>
 #include <iostream>
 
 #include "bench.hpp"
@@ -107,6 +108,12 @@ Json& Json::add(const std::string& k, bool value) {
     key(k);
     body_ += value ? "true" : "false";
     return *this;
+}
+
+std::vector<uint8_t> read_file(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    if (!f) throw std::invalid_argument("cannot open " + path);
+    return std::vector<uint8_t>((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
 }
 
 std::string fmt(const char* format, double v) {

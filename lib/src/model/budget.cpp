@@ -14,10 +14,14 @@
 
 #include "tqkv/codebook.hpp"
 #include "tqkv/rng.hpp"
+#include "channels.hpp"
 
 namespace tqkv {
 
 namespace {
+
+using detail::high_count;
+using detail::top_channels;
 
 [[noreturn]] void fail(const std::string& m) { throw std::invalid_argument("tqkv budget cache: " + m); }
 
@@ -28,11 +32,6 @@ void check_shape(const CacheShape& s) {
         fail("bad cache shape");
 }
 
-int high_count(double bits, int d) {
-    const double frac = bits - std::floor(bits);
-    return frac > 0 ? int(std::lround(frac * d)) : 0;
-}
-
 // E||u - û||^2 of a unit vector at this rate (fractional rates: the two parts by channel count),
 // the factor by which MSE codes shrink inner products on average is 1 - D.
 double distortion(double bits, int d) {
@@ -40,16 +39,6 @@ double distortion(double bits, int d) {
     double D = LloydMaxCodebook::get(d - hc, lo)->mse();
     if (hc) D = (double(hc) * LloydMaxCodebook::get(hc, lo + 1)->mse() + double(d - hc) * D) / d;
     return D;
-}
-
-// The `count` highest energies, ascending channel order.
-std::vector<int> top_channels(const std::vector<double>& energy, int count) {
-    std::vector<int> idx(energy.size());
-    std::iota(idx.begin(), idx.end(), 0);
-    std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return energy[size_t(a)] > energy[size_t(b)]; });
-    idx.resize(size_t(count));
-    std::sort(idx.begin(), idx.end());
-    return idx;
 }
 
 // Exact attention statistics of r query heads (q [r][d]) over n tokens (K, V [n][d]); tokens

@@ -16,6 +16,7 @@
 #include "tqkv/fp16.hpp"
 #include "tqkv/model.hpp"
 #include "tqkv/rng.hpp"
+#include "channels.hpp"
 
 namespace tqkv {
 
@@ -27,6 +28,9 @@ double AttentionCache::bits_per_coord() const {
 double AttentionCache::bytes_per_token() const { return tokens(0) ? format_bytes() / double(tokens(0)) : 0.0; }
 
 namespace {
+
+using detail::high_count;
+using detail::top_channels;
 
 [[noreturn]] void fail(const std::string& m) { throw std::invalid_argument("tqkv cache: " + m); }
 
@@ -312,21 +316,6 @@ void balance(const double* a, const double* b, int d, float* s) {
     }
     mean /= d;
     for (int j = 0; j < d; ++j) s[j] = float(std::exp(std::clamp(ls[size_t(j)] - mean, -std::log(16.0), std::log(16.0))));
-}
-
-// The `count` highest of per-channel energies, ascending channel order.
-std::vector<int> top_channels(const std::vector<double>& energy, int count) {
-    std::vector<int> idx(energy.size());
-    std::iota(idx.begin(), idx.end(), 0);
-    std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return energy[size_t(a)] > energy[size_t(b)]; });
-    idx.resize(size_t(count));
-    std::sort(idx.begin(), idx.end());
-    return idx;
-}
-
-int high_count(double bits, int d) {
-    const double frac = bits - std::floor(bits);
-    return frac > 0 ? int(std::lround(frac * d)) : 0;
 }
 
 // Per-layer codec settings of the tqkv cache: preconditioning and high channels.
