@@ -129,13 +129,15 @@ void drive(AttentionCache& c, size_t n, size_t chunk, uint64_t seed, F&& check, 
 
 }  // namespace
 
-TEST_CASE("budget: tiered cache with room for everything equals the exact cache", "[budget]") {
+TEST_CASE("budget: tiered cache with room for everything equals the fp16 cache", "[budget]") {
+    // Exact tokens are held at fp16 (what the budget counts): with every token exact, the tiered
+    // cache is an fp16 cache, up to float summation order.
     for (size_t chunk : {size_t(1), size_t(16)}) {
         INFO("chunk " << chunk);
         TieredOptions o;
         o.budget_bytes = fp16_cache_bytes(kShape, 300);
         auto tiered = make_tiered_cache(kShape, o);
-        auto exact = make_exact_cache(kShape);
+        auto exact = make_cache("fp16", kShape);
         const size_t n = 240;
         const auto K = rows(n, 2, 32, 5, 1.0, 0.5), V = rows(n, 2, 32, 6), Q = rows(n, 4, 32, 7);
         double worst = 0;
@@ -499,19 +501,33 @@ TEST_CASE("budget: the Llama runner over budgeted caches (tiny random model)", "
     LlamaRunner ref(m, *exact, 64);
     std::vector<float> want(n * V), got(n * V);
     ref.prefill(tokens, want);
-    // A budget for everything: the same logits, in prefill (sequential) and decode.
-    {
-        auto c = make_budget_cache("tiered", shape, fp16_cache_bytes(shape, n));
-        LlamaRunner run(m, *c, 64);
-        run.prefill(std::span(tokens).first(300), std::span(got.data(), 300 * V));
+    // A budget for everything: every token stays exact, held at fp16 (what the budget counts),
+    // in prefill (sequential) and decode. Through the layers, float-order differences of 1e-7
+    // flip fp16 roundings now and then, so the logits are not bit-equal to an fp16 cache's; what
+    // holds is that the tiered cache is as far from exact fp32 as fp16 storage is (checked
+    // directly at the cache level to 1e-5 in the test above), and far closer than 4-bit codes.
+    auto worst_vs_exact = [&](AttentionCache& cache, bool decode_tail) {
+        LlamaRunner run(m, cache, 64);
+        const size_t pre = decode_tail ? 300 : n;
+        run.prefill(std::span(tokens).first(pre), std::span(got.data(), pre * V));
         std::vector<float> one(V);
-        double worst = 0;
-        for (size_t t = 300; t < n; ++t) {
+        for (size_t t = pre; t < n; ++t) {
             run.decode(tokens[t], one);
-            for (size_t v = 0; v < V; ++v) worst = std::max(worst, std::abs(double(one[v]) - want[t * V + v]));
+            std::copy(one.begin(), one.end(), &got[t * V]);
         }
-        for (size_t i = 0; i < 300 * V; ++i) worst = std::max(worst, std::abs(double(got[i]) - want[i]));
-        CHECK(worst < 1e-3);
+        double w = 0;
+        for (size_t i = 0; i < n * V; ++i) w = std::max(w, std::abs(double(got[i]) - want[i]));
+        return w;
+    };
+    {
+        auto half = make_cache("fp16", shape), k4 = make_cache("K4V4", shape);
+        auto c = make_budget_cache("tiered", shape, fp16_cache_bytes(shape, n));
+        const double w16 = worst_vs_exact(*half, false), w4 = worst_vs_exact(*k4, false);
+        const double wt = worst_vs_exact(*c, true);
+        INFO("max |logit - exact|: fp16 " << w16 << ", tiered " << wt << ", K4V4 " << w4);
+        CHECK(c->evicted() == 0);
+        CHECK(wt <= 1.5 * w16);
+        CHECK(w4 > 3 * w16);  // the check above can tell fp16 from 4-bit codes
     }
     // Tight budgets: sequential and chunked prefill run within budget, and the tiered cache
     // predicts the exact cache's next byte more often than StreamingLLM at the same budget.

@@ -15,6 +15,8 @@
 #include "tqkv/codebook.hpp"
 #include "tqkv/rng.hpp"
 #include "channels.hpp"
+#include "kernels/kernels.hpp"
+#include "tqkv/fp16.hpp"
 
 namespace tqkv {
 
@@ -123,6 +125,7 @@ public:
         : BudgetCache(s, o.budget_bytes), o_(o), name_(std::move(name)) {
         d_ = s.head_dim;
         r_ = s.heads / s.kv_heads;
+        kt_ = &detail::kernels_by_name(o.kernel.c_str());
         if (o.window < 0 || o.window > 65536) fail("window out of range [0, 65536]");
         if (o.sinks < 0 || o.sinks > 65536) fail("sinks out of range [0, 65536]");
         if (o.heavy < 0 || o.heavy > 65536) fail("heavy out of range [0, 65536]");
@@ -218,8 +221,8 @@ public:
     size_t memory_bytes() const override {
         size_t b = 0;
         for (const auto& st : streams_) {
-            b += (st.k.capacity() + st.v.capacity() + st.score.capacity() + st.norm.capacity()) * sizeof(float) +
-                 st.pos.capacity() * sizeof(int32_t);
+            b += (st.k.capacity() + st.v.capacity()) * sizeof(uint16_t) +
+                 (st.score.capacity() + st.norm.capacity()) * sizeof(float) + st.pos.capacity() * sizeof(int32_t);
             for (size_t t = 0; t < st.tiers.size(); ++t) {
                 for (const auto& g : st.tiers[t])
                     b += g.cache->bytes_used() + g.pos.capacity() * sizeof(int32_t) +
@@ -260,11 +263,11 @@ public:
             const float* mv = &mv_[(size_t(layer) * KH + h) * d_];
             reserve_exact(st, st.n + n);
             for (size_t i = 0; i < n; ++i) {
-                float* k = &st.k[(st.n + i) * d_];
-                float* v = &st.v[(st.n + i) * d_];
+                uint16_t* k = &st.k[(st.n + i) * d_];
+                uint16_t* v = &st.v[(st.n + i) * d_];
                 for (int j = 0; j < d_; ++j) {
-                    k[j] = keys[(i * KH + h) * d_ + j] - mk[j];
-                    v[j] = values[(i * KH + h) * d_ + j] - mv[j];
+                    k[j] = float_to_half(keys[(i * KH + h) * d_ + j] - mk[j]);
+                    v[j] = float_to_half(values[(i * KH + h) * d_ + j] - mv[j]);
                 }
                 st.pos[st.n + i] = int32_t(p0 + i);
                 st.score[st.n + i] = 0;
@@ -304,11 +307,15 @@ public:
             grow(pacc_, parts * r * d);
             grow(lg_, held * r);
             const float* mv = &mv_[(size_t(layer) * KH + h) * d];
+            grow(xk_, st.n * d);
+            grow(xv_, st.n * d);
+            kt_->from_half(st.k.data(), st.n * d, xk_.data());
+            kt_->from_half(st.v.data(), st.n * d, xv_.data());
             for (size_t i = 0; i < m; ++i) {
                 const float* q = &queries[i * qrow + size_t(h) * r * d];
                 float* o = &out[i * qrow + size_t(h) * r * d];
                 // 1. Statistics of every part; logits kept [part tokens][r] in lg_ order.
-                exact_stats(q, r, d, scale_, st.k.data(), st.v.data(), st.pos.data(), st.n, int64_t(P0 + i), lg_.data(),
+                exact_stats(q, r, d, scale_, xk_.data(), xv_.data(), st.pos.data(), st.n, int64_t(P0 + i), lg_.data(),
                             &pm_[0], &pl_[0], &pacc_[0]);
                 size_t part = 1, off = st.n * r;
                 for (size_t t = 0; t < st.tiers.size(); ++t) {
@@ -397,7 +404,9 @@ public:
                     values.push_back(float(v[t * d + j] * vf) + mv[j]);
                 }
         };
-        add(st.k.data(), st.v.data(), st.n, 1.0, 1.0);
+        std::vector<float> ek(st.n * size_t(d)), ev(ek.size());
+        for (size_t i = 0; i < ek.size(); ++i) ek[i] = half_to_float(st.k[i]), ev[i] = half_to_float(st.v[i]);
+        add(ek.data(), ev.data(), st.n, 1.0, 1.0);
         for (size_t t = 0; t < st.tiers.size(); ++t)
             for (const auto& g : st.tiers[t]) {
                 const auto k = g.cache->decode_keys(0), v = g.cache->decode_values(0);
@@ -422,7 +431,10 @@ private:
         }
     };
     struct Stream {
-        std::vector<float> k, v, score, norm;  // exact tier: [n][d] stored (centered); unordered
+        // Exact tier: [n][d] (centered), unordered. Held at fp16, as the budget counts it; attend
+        // widens the tier to fp32 once per call.
+        std::vector<uint16_t> k, v;
+        std::vector<float> score, norm;
         std::vector<int32_t> pos;
         size_t n = 0;
         std::vector<std::vector<Segment>> tiers;
@@ -484,8 +496,9 @@ private:
             } else {
                 for (size_t i = 0; i < st.n; ++i)
                     for (int j = 0; j < d_; ++j) {
-                        ke[size_t(j)] += double(st.k[i * d_ + j]) * st.k[i * d_ + j];
-                        ve[size_t(j)] += double(st.v[i * d_ + j]) * st.v[i * d_ + j];
+                        const double kx = half_to_float(st.k[i * d_ + j]), vx = half_to_float(st.v[i * d_ + j]);
+                        ke[size_t(j)] += kx * kx;
+                        ve[size_t(j)] += vx * vx;
                     }
             }
             if (hk) c.key_high_channels = top_channels(ke, hk);
@@ -520,8 +533,8 @@ private:
     void remove_exact(Stream& st, size_t i) {  // swap with the last
         const size_t last = st.n - 1;
         if (i != last) {
-            std::memcpy(&st.k[i * d_], &st.k[last * d_], d_ * sizeof(float));
-            std::memcpy(&st.v[i * d_], &st.v[last * d_], d_ * sizeof(float));
+            std::memcpy(&st.k[i * d_], &st.k[last * d_], d_ * sizeof(uint16_t));
+            std::memcpy(&st.v[i * d_], &st.v[last * d_], d_ * sizeof(uint16_t));
             st.pos[i] = st.pos[last];
             st.score[i] = st.score[last];
             st.norm[i] = st.norm[last];
@@ -563,7 +576,11 @@ private:
         auto& segs = st.tiers[0];
         if (segs.empty() || segs.back().pos.size() >= size_t(o_.segment_tokens)) segs.push_back(new_segment(st, 0, layer, h));
         Segment& g = segs.back();
-        g.cache->append(std::span(&st.k[best * d_], size_t(d_)), std::span(&st.v[best * d_], size_t(d_)));
+        grow(xk_, size_t(d_));
+        grow(xv_, size_t(d_));
+        kt_->from_half(&st.k[best * d_], size_t(d_), xk_.data());
+        kt_->from_half(&st.v[best * d_], size_t(d_), xv_.data());
+        g.cache->append(std::span(xk_.data(), size_t(d_)), std::span(xv_.data(), size_t(d_)));
         g.pos.push_back(st.pos[best]);
         g.score.push_back(st.score[best]);
         g.norm.push_back(st.norm[best]);
@@ -681,6 +698,8 @@ private:
     size_t evicted_ = 0;
     std::vector<float> pm_, pl_, pacc_, lg_, wM_, wL_;
     std::vector<const KVCache*> tier_caches_;
+    std::vector<float> xk_, xv_;  // the exact tier (or one token of it) widened to fp32
+    const detail::KernelTable* kt_ = nullptr;
 };
 
 // ---------------------------------------------------------------------------------------------
