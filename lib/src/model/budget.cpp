@@ -678,6 +678,15 @@ private:
             if (step(st, layer, h, true)) continue;  // the open segment of tier 1, heavy tokens
             throw std::logic_error("tqkv budget cache: nothing left to demote (budget check missed a case)");
         }
+        // Every token starts exact, so the exact tier peaks early (at the whole share) and then
+        // shrinks to sinks + window as tokens are demoted: give the peak's memory back.
+        const size_t cap = st.pos.size(), keep = 2 * std::max<size_t>(st.n, 32);
+        if (cap > 2 * keep) {
+            st.k.resize(keep * d_), st.v.resize(keep * d_), st.pos.resize(keep), st.score.resize(keep), st.norm.resize(keep);
+            for (auto* x : {&st.k, &st.v}) x->shrink_to_fit();
+            for (auto* x : {&st.score, &st.norm}) x->shrink_to_fit();
+            st.pos.shrink_to_fit();
+        }
     }
 
     TieredOptions o_;
