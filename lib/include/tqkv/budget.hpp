@@ -42,9 +42,10 @@
 // compound the error). All re-encoding happens in append(); attend() reads the tiers and updates
 // the scores.
 //
-// Attention: for each query, the exact tier (dense, fp32) and every segment (KVCache::attend_stats:
-// unnormalized output, max logit, sum of exp) are merged into one softmax, M = max m_i,
-// out = sum_i exp(m_i - M) acc_i / sum_i exp(m_i - M) l_i. Keys are stored after RoPE, so decode
+// Attention: for each query, the exact tier (held at fp16, attended in fp32) and each quantized
+// tier (KVCache::attend_stats over all its segments at once: unnormalized output, max logit, sum
+// of exp) are merged into one softmax, M = max m_i, out = sum_i exp(m_i - M) acc_i /
+// sum_i exp(m_i - M) l_i. Keys are stored after RoPE, so decode
 // needs no positions. Every token keeps its position: it decides protection (sinks, window) and,
 // in chunked prefill (LlamaRunner::sequential_attention = false: append a chunk, then attend its
 // queries causally), the causal mask of the exact tier — the whole chunk is protected until the
@@ -142,7 +143,7 @@ enum class EvictionPolicy {
                    // the observation window (Li et al. 2024)
 };
 
-// Exact tokens only (fp32 in memory, counted at fp16 like every exact token): a (layer, KV head)
+// Exact tokens only, held at fp16 (like the exact tier of the tiered cache): a (layer, KV head)
 // holds capacity = share / (4 * head_dim) tokens and evicts one per token beyond it.
 struct EvictionOptions {
     EvictionPolicy policy = EvictionPolicy::H2O;

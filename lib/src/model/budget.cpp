@@ -720,6 +720,7 @@ public:
         : BudgetCache(s, o.budget_bytes), o_(o), name_(std::move(name)) {
         d_ = s.head_dim;
         r_ = s.heads / s.kv_heads;
+        kt_ = &detail::kernels_by_name("");
         capacity_ = share_ / (size_t(4) * size_t(d_));
         if (o.sinks < 0 || o.sinks > 65536) fail("sinks out of range");
         if (!(o.recent_fraction >= 0 && o.recent_fraction <= 1)) fail("recent_fraction must be in [0, 1]");
@@ -762,7 +763,7 @@ public:
     size_t memory_bytes() const override {
         size_t b = 0;
         for (const auto& st : streams_)
-            b += (st.k.capacity() + st.v.capacity() + st.score.capacity() + st.ring.capacity()) * sizeof(float) +
+            b += (st.k.capacity() + st.v.capacity()) * sizeof(uint16_t) + (st.score.capacity() + st.ring.capacity()) * sizeof(float) +
                  st.pos.capacity() * sizeof(int32_t) + st.pinned.capacity();
         return b;
     }
@@ -782,8 +783,10 @@ public:
             reserve(st, st.n + n);
             for (size_t i = 0; i < n; ++i) {
                 const size_t s = st.n + i;
-                std::memcpy(&st.k[s * d_], &keys[(i * KH + h) * d_], d_ * sizeof(float));
-                std::memcpy(&st.v[s * d_], &values[(i * KH + h) * d_], d_ * sizeof(float));
+                for (int j = 0; j < d_; ++j) {
+                    st.k[s * d_ + j] = float_to_half(keys[(i * KH + h) * d_ + j]);
+                    st.v[s * d_ + j] = float_to_half(values[(i * KH + h) * d_ + j]);
+                }
                 st.pos[s] = int32_t(p0 + i);
                 st.score[s] = 0;
                 st.pinned[s] = 0;
@@ -811,6 +814,14 @@ public:
         const size_t P0 = next_pos_[size_t(layer)] - m;
         const float scale = float(1.0 / std::sqrt(double(d)));
         const size_t ring = ring_width();
+        // The held tokens widened from fp16 once per call (attend never evicts).
+        xk_.resize(size_t(KH)), xv_.resize(size_t(KH));
+        for (int h = 0; h < KH; ++h) {
+            const Stream& st = stream(layer, h);
+            xk_[size_t(h)].resize(st.n * d), xv_[size_t(h)].resize(st.n * d);
+            kt_->from_half(st.k.data(), st.n * d, xk_[size_t(h)].data());
+            kt_->from_half(st.v.data(), st.n * d, xv_[size_t(h)].data());
+        }
         for (size_t i = 0; i < m; ++i) {
             const size_t slot = queries_[size_t(layer)]++ % ring;
             for (int h = 0; h < KH; ++h) {
@@ -820,7 +831,8 @@ public:
                 float* l = l_.data();
                 const float* q = &queries[i * qrow + size_t(h) * r * d];
                 float* o = &out[i * qrow + size_t(h) * r * d];
-                exact_stats(q, r, d, scale, st.k.data(), st.v.data(), st.pos.data(), st.n, int64_t(P0 + i), lg_.data(), mx, l, o);
+                exact_stats(q, r, d, scale, xk_[size_t(h)].data(), xv_[size_t(h)].data(), st.pos.data(), st.n, int64_t(P0 + i),
+                            lg_.data(), mx, l, o);
                 for (int hh = 0; hh < r; ++hh)
                     for (int j = 0; j < d; ++j) o[size_t(hh) * d + j] /= l[hh];
                 if (o_.policy == EvictionPolicy::StreamingLLM) continue;
@@ -878,13 +890,14 @@ public:
     }
     void dequantized(int layer, int kv_head, std::vector<float>& keys, std::vector<float>& values) const override {
         const Stream& st = stream(layer, kv_head);
-        keys.assign(st.k.begin(), st.k.begin() + long(st.n * d_));
-        values.assign(st.v.begin(), st.v.begin() + long(st.n * d_));
+        keys.resize(st.n * d_), values.resize(st.n * d_);
+        for (size_t i = 0; i < st.n * d_; ++i) keys[i] = half_to_float(st.k[i]), values[i] = half_to_float(st.v[i]);
     }
 
 private:
     struct Stream {
-        std::vector<float> k, v, score, ring;  // ring: [slot][observation] (SnapKV)
+        std::vector<uint16_t> k, v;     // held tokens at fp16 (as the budget counts them): [n][d]
+        std::vector<float> score, ring;  // ring: [slot][observation] (SnapKV)
         std::vector<int32_t> pos;
         std::vector<uint8_t> pinned;  // SnapKV-prefill: selected at the end of prefill
         size_t n = 0;
@@ -911,8 +924,8 @@ private:
     void remove(Stream& st, size_t i) {
         const size_t last = st.n - 1, w = ring_width();
         if (i != last) {
-            std::memcpy(&st.k[i * d_], &st.k[last * d_], d_ * sizeof(float));
-            std::memcpy(&st.v[i * d_], &st.v[last * d_], d_ * sizeof(float));
+            std::memcpy(&st.k[i * d_], &st.k[last * d_], d_ * sizeof(uint16_t));
+            std::memcpy(&st.v[i * d_], &st.v[last * d_], d_ * sizeof(uint16_t));
             st.pos[i] = st.pos[last];
             st.score[i] = st.score[last];
             st.pinned[i] = st.pinned[last];
@@ -975,6 +988,8 @@ private:
     size_t evicted_ = 0;
     bool prefill_done_ = false;
     std::vector<float> lg_, mx_, l_;
+    std::vector<std::vector<float>> xk_, xv_;  // per KV head: the held tokens widened to fp32
+    const detail::KernelTable* kt_ = nullptr;
 };
 
 const char* kBudgetGrammar =
