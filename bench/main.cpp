@@ -79,12 +79,16 @@ std::string json_escape(const std::string& s) {
 
 void Json::key(const std::string& k) {
     if (!body_.empty()) body_ += ",";
-    body_ += "\"" + json_escape(k) + "\":";
+    body_ += '"';
+    body_ += json_escape(k);
+    body_ += "\":";
 }
 
 Json& Json::add(const std::string& k, const std::string& value) {
     key(k);
-    body_ += "\"" + json_escape(value) + "\"";
+    body_ += '"';
+    body_ += json_escape(value);
+    body_ += '"';
     return *this;
 }
 

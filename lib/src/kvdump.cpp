@@ -127,8 +127,10 @@ std::vector<uint8_t> make_npy(const std::vector<size_t>& shape, const float* dat
     header += "), }";
     while ((10 + header.size() + 1) % 64 != 0) header += ' ';
     header += '\n';
-    std::vector<uint8_t> out = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, uint8_t(header.size()), uint8_t(header.size() >> 8)};
-    out.insert(out.end(), header.begin(), header.end());
+    std::vector<uint8_t> out(10 + header.size());
+    const uint8_t magic[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, uint8_t(header.size()), uint8_t(header.size() >> 8)};
+    std::memcpy(out.data(), magic, sizeof magic);
+    std::memcpy(out.data() + sizeof magic, header.data(), header.size());
     for (size_t i = 0; i < count; ++i) {
         if (float16) {
             const uint16_t h = float_to_half(data[i]);
