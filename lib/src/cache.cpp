@@ -357,6 +357,7 @@ namespace {
 // Per-thread buffers of attend(): grown on first use, then reused (no allocation per call).
 struct Workspace {
     std::vector<float> lut, acc, acc_exact, scores, raw, raw2, w, m, l, buf, tmp, sq, norms, gammas;
+    std::vector<float> prepared;  // the key tables in the kernel's own format (prepare_scores)
     static void grow(std::vector<float>& v, size_t n) {
         if (v.size() < n) v.resize(n);
     }
@@ -485,6 +486,12 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
     const bool f16 = c.norm == NormFormat::F16;
     const bool fused_keys = ak.group_scores_normed && f16 && m.keys.segs.size() == 1 && !m.keys.segs[0].prod;
     const bool fused_values = ak.group_accumulate_normed && f16 && m.values.segs.size() == 1;
+    // Fused keys may also use tables the kernel prepares once per query (fixed point on wasm).
+    const bool may_prepare = fused_keys && ak.prepare_scores;
+    if (may_prepare) {
+        const auto& s = m.keys.segs[0];
+        Workspace::grow(ws.prepared, ak.scores_table_bytes(s.dim, s.bits, r) / sizeof(float) + 1);
+    }
 
     for (size_t qi = 0; qi < n_q; ++qi) {
         for (int kvh = 0; kvh < c.kv_heads; ++kvh) {
@@ -510,6 +517,8 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                 }
                 lut += size_t(r) * s.dim * (L + (s.prod ? 16 : 0));
             }
+            const bool prepared = may_prepare && ak.prepare_scores(ws.lut.data(), m.keys.segs[0].dim, m.keys.segs[0].bits,
+                                                                   r, ws.prepared.data());
             std::fill(ws.acc.begin(), ws.acc.begin() + acc_floats, 0.0f);
             std::fill(ws.acc_exact.begin(), ws.acc_exact.begin() + size_t(r) * d, 0.0f);
             std::fill(ws.m.begin(), ws.m.begin() + r, -std::numeric_limits<float>::infinity());
@@ -564,9 +573,13 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                         const size_t valid = std::min<size_t>(kGroupTokens, visible_codes - t0);
                         if (fused_keys) {  // one call: scores * norms * scale, straight into the chunk
                             const auto& s = m.keys.segs[0];
-                            ak.group_scores_normed(g + s.codes_off, s.dim, s.bits, ws.lut.data(), r,
-                                                   reinterpret_cast<const uint16_t*>(g + s.norm_off), m.scale,
-                                                   &ws.scores[gi * kGroupTokens], int(score_cols));
+                            const auto* norms = reinterpret_cast<const uint16_t*>(g + s.norm_off);
+                            if (prepared)
+                                ak.group_scores_prepared(g + s.codes_off, s.dim, s.bits, ws.prepared.data(), r, norms,
+                                                         m.scale, &ws.scores[gi * kGroupTokens], int(score_cols));
+                            else
+                                ak.group_scores_normed(g + s.codes_off, s.dim, s.bits, ws.lut.data(), r, norms, m.scale,
+                                                       &ws.scores[gi * kGroupTokens], int(score_cols));
                             for (int hh = 0; hh < r; ++hh)
                                 for (size_t t = valid; t < kGroupTokens; ++t)
                                     ws.scores[size_t(hh) * score_cols + gi * kGroupTokens + t] = -std::numeric_limits<float>::infinity();

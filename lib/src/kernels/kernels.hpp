@@ -84,9 +84,20 @@ struct AttentionKernels {
     //   out[h * out_stride + t] = scale * norm_t * (group_scores row h, token t)
     void (*group_scores_normed)(const uint8_t* codes, int dim, int bits, const float* lut, int heads,
                                 const uint16_t* norms, float scale, float* out, int out_stride);
-    //   group_accumulate with w[h][t] = p[h * p_stride + t] * norm_t
+    //   group_accumulate with w[h][t] = p[h * p_stride + t] * norm_t, except that the kernel may spread
+    //   each row's sum over the row's 16 lanes differently (the driver only scales rows and sums their
+    //   lanes).
     void (*group_accumulate_normed)(const uint8_t* codes, int dim, int bits, const float* table, const float* p,
                                     int p_stride, const uint16_t* norms, int heads, float* acc);
+    // Optional (nullptr = unused) key tables in a kernel's own format, built once per query:
+    // prepare_scores converts the float tables `lut` of `heads` heads (as group_scores reads them)
+    // into `table` (scores_table_bytes(dim, bits, heads) bytes) and returns false when it does not
+    // handle the case (the driver then uses group_scores_normed); group_scores_prepared is
+    // group_scores_normed reading that table.
+    size_t (*scores_table_bytes)(int dim, int bits, int heads);
+    bool (*prepare_scores)(const float* lut, int dim, int bits, int heads, void* table);
+    void (*group_scores_prepared)(const uint8_t* codes, int dim, int bits, const void* table, int heads,
+                                  const uint16_t* norms, float scale, float* out, int out_stride);
 };
 
 const KernelTable& scalar_kernels();

@@ -780,7 +780,7 @@ public:
         const size_t ring = ring_width();
         for (int h = 0; h < KH; ++h) {
             Stream& st = stream(layer, h);
-            reserve(st, st.n + n);
+            reserve_rows(st, st.n + n);
             for (size_t i = 0; i < n; ++i) {
                 const size_t s = st.n + i;
                 for (int j = 0; j < d_; ++j) {
@@ -911,7 +911,7 @@ private:
         if (l < 0 || l >= shape_.layers || h < 0 || h >= shape_.kv_heads) fail("layer or KV head out of range");
         return streams_[size_t(l) * shape_.kv_heads + size_t(h)];
     }
-    void reserve(Stream& st, size_t n) {
+    void reserve_rows(Stream& st, size_t n) {
         if (st.pos.size() >= n) return;
         const size_t cap = std::max(n, 2 * st.pos.size());
         st.k.resize(cap * d_);

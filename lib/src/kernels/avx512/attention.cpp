@@ -386,7 +386,8 @@ float sum_f32(const float* x, int n) {
 const AttentionKernels& avx512_attention() {
     static const AttentionKernels k = {group_scores, group_accumulate,    exp_nonpositive,     dot_f32,
                                        axpy_f32,     dot_f16,             axpy_f16,            max_f32,
-                                       sum_f32,      group_scores_normed, group_accumulate_normed};
+                                       sum_f32,      group_scores_normed, group_accumulate_normed,
+                                       nullptr,      nullptr,             nullptr};
     return k;
 }
 

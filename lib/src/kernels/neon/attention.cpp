@@ -388,7 +388,8 @@ float sum_f32(const float* x, int n) {
 
 const AttentionKernels& neon_attention() {
     static const AttentionKernels k = {group_scores, group_accumulate, exp_nonpositive, dot_f32, axpy_f32, dot_f16,
-                                       axpy_f16,     max_f32,          sum_f32,         nullptr, nullptr};
+                                       axpy_f16,     max_f32,          sum_f32,         nullptr, nullptr,
+                                       nullptr,      nullptr,          nullptr};
     return k;
 }
 

@@ -11,6 +11,12 @@
 // None of these kernels decides a code: they sum in their own order (SIMD128 has no FMA; the
 // products are rounded, then added); tests compare them with the scalar ones within a
 // tolerance. Codes of more than 4 bits use the scalar kernels.
+//
+// 4-bit codes, the common case, have faster paths (see "4-bit keys in fixed point" and "4-bit
+// values" below): V8 (x64) lowers each i8x16.swizzle to three instructions and rematerializes
+// every v128 constant at each use, so those paths keep to two or three swizzles per 16 look-ups,
+// read the code bytes with and / 16-bit shifts / narrowing instead of byte shuffles, and keep
+// their constants in locals.
 #include <wasm_simd128.h>
 
 #include <cmath>
@@ -19,6 +25,7 @@
 
 #include "cache_layout.hpp"
 #include "kernels/kernels.hpp"
+#include "tqkv/codebook.hpp"
 #include "tqkv/fp16.hpp"
 
 #define TQKV_ALWAYS_INLINE inline __attribute__((always_inline))
@@ -244,6 +251,285 @@ void group_accumulate(const uint8_t* codes, int dim, int bits, const float* tabl
 }
 
 // ---------------------------------------------------------------------------------------------
+// Helpers of the 4-bit paths
+
+// A splat the compiler cannot constant-fold: LLVM would emit a v128.const at every use, which V8
+// (x64) rebuilds each time (3-4 instructions); this way it is built once and kept in a local.
+TQKV_ALWAYS_INLINE v128_t splat_u8(int x) {
+    __asm__("" : "+r"(x));
+    return wasm_i8x16_splat(x);
+}
+TQKV_ALWAYS_INLINE v128_t splat_u16(int x) {
+    __asm__("" : "+r"(x));
+    return wasm_i16x8_splat(x);
+}
+
+// Byte interleaves (one punpck{l,h}bw each): bytes 0-7 / 8-15 of a and b as 16-bit lanes a + 256 b.
+TQKV_ALWAYS_INLINE v128_t interleave_lo8(v128_t a, v128_t b) {
+    return wasm_i8x16_shuffle(a, b, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+}
+TQKV_ALWAYS_INLINE v128_t interleave_hi8(v128_t a, v128_t b) {
+    return wasm_i8x16_shuffle(a, b, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4-bit keys in fixed point (prepare_scores / group_scores_prepared)
+//
+// A float look-up of 16 tokens takes four swizzles and eight interleaves; an int16 one takes two
+// swizzles and two interleaves. So each head's table entry lut[j][k] becomes an integer
+//   E[j][k] = round(lut[j][k] / delta)          (one delta > 0 per head and query)
+// split as E = 64 H + L, H = floor(E / 64) an int16 (two byte planes), L in [0, 64) (one byte
+// plane). A token's score is delta * sum_j E[j][code_j], the integer sum exact:
+//   - H is summed in int16 over blocks of 8 coordinates, then added to int32 sums. With
+//     a_j = max_k |lut[j][k]| and delta = max over blocks B of (sum_{j in B} a_j) / (64 * 32751),
+//     |H| <= |E| / 64 + 1 <= a_j / (64 delta) + 1 (|E| <= a_j / delta + 1/2), so a block sums to at
+//     most 32751 + 8 < 32767 in magnitude.
+//   - L is summed in uint8 over the 4 coordinates of a chunk (<= 4 * 63 = 252), then in uint16
+//     (<= 63 * dim <= 64512 for dim <= kMaxDim = 1024).
+//   - 64 * sum H + sum L < 2^28, so the int32 totals never overflow.
+// Error: E is rounded from the float entry times 1 / delta in double precision (|lut / delta| <
+// 2^22 and two roundings of 2^-53, so within 2^-30 of exact), hence |delta E - lut| <= 0.5 delta
+// (+ 2^-30 delta) per entry, and a score is off by at most
+//   dim * delta / 2 <= dim * 8 a_max / (2 * 64 * 32751) ~ 1.9e-6 dim a_max    (a_max = max_j a_j)
+// plus 2^-24 relative for each of the two float roundings of the total (int -> float, times
+// delta). Summing the same dim entries in float has the worst-case bound
+//   (dim - 1) 2^-24 sum_j |entry_j| <= (dim - 1) 6e-8 dim a_max,
+// larger from dim = 33 on (4x larger at dim = 128): in the worst case the fixed-point scores are
+// within the accuracy the float kernels are already held to. (Typical errors are larger than the float
+// ones, whose roundings mostly cancel: on the cases of the cache test "fused attention equals the
+// decode-then-exact reference", relative output errors reach ~6e-6 against ~1e-6 for the float
+// kernels, the tolerance being 1e-4.) Cases the bound does not cover fall back to the float path:
+// prepare_scores returns false for other code widths, dim > kMaxDim, a non-finite table, or a
+// delta that is not a normal float.
+//
+// Codes are read without byte shuffles: in a chunk (coordinates 4c .. 4c+3) word i holds the
+// 4-bit codes of token i in its low 16 bits and of token i + 16 in its high ones, byte 0 / 1 of
+// each half being slots 0-1 / 2-3. Masking the 16-bit halves of words 0-7 (and shifting them by
+// 8) and narrowing to bytes gives slots 0-1 (2-3) of tokens {0-7, 16-23} in one vector, in the
+// token order 0, 16, 1, 17, ..., 7, 23; words 8-15 give tokens {8-15, 24-31}. The sums are
+// computed in that order and put back in token order once per group.
+
+constexpr int kFixedBlock = 8;         // coordinates per int16 block of H
+constexpr int kFixedHLimit = 32751;    // 32767 - 2 * kFixedBlock
+constexpr int kFixedEntryBytes = 48;   // per coordinate: H low bytes, H high bytes, L
+constexpr size_t kFixedHeader = 16;    // per head: delta (float), padding
+
+int fixed_coords(int dim) { return (dim + 3) / 4 * 4; }  // whole chunks; padded tables are zero
+
+size_t scores_table_bytes(int dim, int bits, int heads) {
+    if (bits != 4) return 0;
+    return size_t(heads) * (kFixedHeader + size_t(fixed_coords(dim)) * kFixedEntryBytes);
+}
+
+// Entries 4k .. 4k+3 of a coordinate as E = round(x / delta), x * inv in double precision.
+TQKV_ALWAYS_INLINE v128_t fixed_entries(v128_t x, v128_t inv) {
+    const v128_t lo = wasm_f64x2_nearest(wasm_f64x2_mul(wasm_f64x2_promote_low_f32x4(x), inv));
+    const v128_t hi = wasm_f64x2_nearest(wasm_f64x2_mul(wasm_f64x2_promote_low_f32x4(wasm_i64x2_shuffle(x, x, 1, 0)), inv));
+    return wasm_i32x4_shuffle(wasm_i32x4_trunc_sat_f64x2_zero(lo), wasm_i32x4_trunc_sat_f64x2_zero(hi), 0, 1, 4, 5);
+}
+
+bool prepare_scores(const float* lut, int dim, int bits, int heads, void* table) {
+    if (bits != 4 || dim > kMaxDim) return false;
+    const int nj = fixed_coords(dim);
+    uint8_t* out = static_cast<uint8_t*>(table);
+    for (int h = 0; h < heads; ++h) {
+        const float* row = lut + size_t(h) * dim * 16;
+        // a_j = max_k |lut[j][k]|; a NaN or infinity anywhere fails the isfinite test below.
+        float a[kMaxDim + 4];
+        for (int j = 0; j < nj; ++j) {
+            if (j >= dim) {
+                a[j] = 0.0f;
+                continue;
+            }
+            const float* x = row + j * 16;
+            const v128_t m = wasm_f32x4_max(wasm_f32x4_max(wasm_f32x4_abs(load(x)), wasm_f32x4_abs(load(x + 4))),
+                                            wasm_f32x4_max(wasm_f32x4_abs(load(x + 8)), wasm_f32x4_abs(load(x + 12))));
+            const v128_t m2 = wasm_f32x4_max(m, wasm_i32x4_shuffle(m, m, 2, 3, 0, 1));
+            a[j] = std::fmax(wasm_f32x4_extract_lane(m2, 0), wasm_f32x4_extract_lane(m2, 1));
+            if (!std::isfinite(a[j])) return false;
+        }
+        double block_max = 0.0;
+        for (int j0 = 0; j0 < nj; j0 += kFixedBlock) {
+            double sum = 0.0;
+            for (int j = j0; j < nj && j < j0 + kFixedBlock; ++j) sum += a[j];
+            block_max = std::fmax(block_max, sum);
+        }
+        // Rounded up to a float so that the bound above holds for the delta actually used.
+        float delta = block_max > 0.0 ? float(block_max / (64.0 * kFixedHLimit)) : 1.0f;
+        if (double(delta) < block_max / (64.0 * kFixedHLimit)) delta = std::nextafter(delta, INFINITY);
+        if (!std::isnormal(delta)) return false;
+        std::memcpy(out, &delta, sizeof delta);
+        std::memset(out + sizeof delta, 0, kFixedHeader - sizeof delta);
+        uint8_t* e = out + kFixedHeader;
+        const v128_t inv = wasm_f64x2_splat(1.0 / double(delta));  // a multiply, not a division
+        const v128_t m00ff = wasm_i16x8_splat(0x00ff), m63 = wasm_i32x4_splat(63);
+        for (int j = 0; j < nj; ++j, e += kFixedEntryBytes) {
+            if (j >= dim) {
+                std::memset(e, 0, kFixedEntryBytes);
+                continue;
+            }
+            const float* x = row + j * 16;
+            v128_t q[4];
+            for (int k = 0; k < 4; ++k) q[k] = fixed_entries(load(x + 4 * k), inv);
+            // H = q >> 6 (floor: arithmetic shift) fits int16; its low bytes, its high bytes, L = q & 63.
+            const v128_t h0 = wasm_i16x8_narrow_i32x4(wasm_i32x4_shr(q[0], 6), wasm_i32x4_shr(q[1], 6));
+            const v128_t h1 = wasm_i16x8_narrow_i32x4(wasm_i32x4_shr(q[2], 6), wasm_i32x4_shr(q[3], 6));
+            store(e, wasm_u8x16_narrow_i16x8(wasm_v128_and(h0, m00ff), wasm_v128_and(h1, m00ff)));
+            store(e + 16, wasm_i8x16_narrow_i16x8(wasm_i16x8_shr(h0, 8), wasm_i16x8_shr(h1, 8)));
+            const v128_t l0 = wasm_i16x8_narrow_i32x4(wasm_v128_and(q[0], m63), wasm_v128_and(q[1], m63));
+            const v128_t l1 = wasm_i16x8_narrow_i32x4(wasm_v128_and(q[2], m63), wasm_v128_and(q[3], m63));
+            store(e + 32, wasm_u8x16_narrow_i16x8(l0, l1));
+        }
+        out = e;
+    }
+    return true;
+}
+
+// Adds the look-ups of one coordinate for 16 tokens: H to h16[0] (byte lanes 0-7) and h16[1]
+// (8-15), L to l8.
+TQKV_ALWAYS_INLINE void fixed_step(const uint8_t* t, v128_t idx, v128_t h16[2], v128_t& l8) {
+    const v128_t lo = wasm_i8x16_swizzle(load(t), idx), hi = wasm_i8x16_swizzle(load(t + 16), idx);
+    h16[0] = wasm_i16x8_add(h16[0], interleave_lo8(lo, hi));
+    h16[1] = wasm_i16x8_add(h16[1], interleave_hi8(lo, hi));
+    l8 = wasm_i8x16_add(l8, wasm_i8x16_swizzle(load(t + 32), idx));
+}
+
+// Integer scores of the 16 tokens of token set X (0: words 0-7 of each chunk, 1: words 8-15):
+// hs[0..3] (int32 sums of H) and ls[0..1] (uint16 sums of L), in the lane order above. They live
+// in memory: held in locals they would not fit V8's 16 registers next to the look-ups.
+TQKV_ALWAYS_INLINE void fixed_scores_set(const uint8_t* codes, int chunks, const uint8_t* tab, int X, int32_t* hs,
+                                         uint16_t* ls) {
+    const v128_t m0f = splat_u8(0x0f), m00ff = splat_u16(0x00ff), zero = wasm_i32x4_splat(0);
+    for (int k = 0; k < 16; k += 4) store(hs + k, zero);
+    store(ls, zero);
+    store(ls + 8, zero);
+    for (int c0 = 0; c0 < chunks; c0 += kFixedBlock / 4) {
+        v128_t h16[2] = {zero, zero};
+        const int c1 = chunks - c0 < kFixedBlock / 4 ? chunks : c0 + kFixedBlock / 4;
+        for (int c = c0; c < c1; ++c) {
+            const uint8_t* p = codes + size_t(c) * 64 + 32 * X;
+            const v128_t v0 = load(p), v1 = load(p + 16);
+            const v128_t s01 = wasm_u8x16_narrow_i16x8(wasm_v128_and(v0, m00ff), wasm_v128_and(v1, m00ff));
+            const v128_t s23 = wasm_u8x16_narrow_i16x8(wasm_u16x8_shr(v0, 8), wasm_u16x8_shr(v1, 8));
+            const uint8_t* t = tab + size_t(c) * 4 * kFixedEntryBytes;
+            v128_t l8 = zero;
+            // A 16-bit shift moves each byte's high nibble down; the mask drops what came from
+            // the neighbouring byte.
+            fixed_step(t, wasm_v128_and(s01, m0f), h16, l8);
+            fixed_step(t + kFixedEntryBytes, wasm_v128_and(wasm_u16x8_shr(s01, 4), m0f), h16, l8);
+            fixed_step(t + 2 * kFixedEntryBytes, wasm_v128_and(s23, m0f), h16, l8);
+            fixed_step(t + 3 * kFixedEntryBytes, wasm_v128_and(wasm_u16x8_shr(s23, 4), m0f), h16, l8);
+            store(ls, wasm_i16x8_add(load(ls), wasm_u16x8_extend_low_u8x16(l8)));
+            store(ls + 8, wasm_i16x8_add(load(ls + 8), wasm_u16x8_extend_high_u8x16(l8)));
+        }
+        store(hs, wasm_i32x4_add(load(hs), wasm_i32x4_extend_low_i16x8(h16[0])));
+        store(hs + 4, wasm_i32x4_add(load(hs + 4), wasm_i32x4_extend_high_i16x8(h16[0])));
+        store(hs + 8, wasm_i32x4_add(load(hs + 8), wasm_i32x4_extend_low_i16x8(h16[1])));
+        store(hs + 12, wasm_i32x4_add(load(hs + 12), wasm_i32x4_extend_high_i16x8(h16[1])));
+    }
+}
+
+// The opaque pointer keeps the sums in memory (see fixed_scores_set).
+__attribute__((noinline)) void fixed_scores_head(const uint8_t* codes, int dim, const uint8_t* tab, int32_t* hs,
+                                                 uint16_t* ls) {
+    const int chunks = fixed_coords(dim) / 4;
+    fixed_scores_set(codes, chunks, tab, 0, hs, ls);
+    fixed_scores_set(codes, chunks, tab, 1, hs + 16, ls + 16);
+}
+
+void group_scores_prepared(const uint8_t* codes, int dim, int bits, const void* table, int heads,
+                           const uint16_t* norms, float scale, float* out, int out_stride) {
+    (void)bits;  // 4: prepare_scores accepted nothing else
+    alignas(16) float n[kGroupTokens];
+    alignas(16) int32_t hs[32];
+    alignas(16) uint16_t ls[32];
+    wasm128_kernels().from_half(norms, kGroupTokens, n);
+    const v128_t vs = wasm_f32x4_splat(scale);
+    const uint8_t* tab = static_cast<const uint8_t*>(table);
+    const size_t head_bytes = kFixedHeader + size_t(fixed_coords(dim)) * kFixedEntryBytes;
+    for (int h = 0; h < heads; ++h, tab += head_bytes) {
+        float delta;
+        std::memcpy(&delta, tab, sizeof delta);
+        fixed_scores_head(codes, dim, tab + kFixedHeader, hs, ls);
+        const v128_t vd = wasm_f32x4_splat(delta);
+        float* o = out + size_t(h) * out_stride;
+        for (int X = 0; X < 2; ++X) {
+            // Lanes of set X: [t0 t16 t1 t17] [t2 t18 t3 t19] [t4 t20 t5 t21] [t6 t22 t7 t23] (+ 8X).
+            v128_t e[4];
+            for (int k = 0; k < 4; ++k) {
+                const v128_t l16 = load(ls + 16 * X + 8 * (k / 2));
+                const v128_t l = k % 2 ? wasm_u32x4_extend_high_u16x8(l16) : wasm_u32x4_extend_low_u16x8(l16);
+                e[k] = wasm_i32x4_add(wasm_i32x4_shl(load(hs + 16 * X + 4 * k), 6), l);
+            }
+            const int t0 = 8 * X;
+            const v128_t s[4] = {wasm_i32x4_shuffle(e[0], e[1], 0, 2, 4, 6), wasm_i32x4_shuffle(e[2], e[3], 0, 2, 4, 6),
+                                 wasm_i32x4_shuffle(e[0], e[1], 1, 3, 5, 7), wasm_i32x4_shuffle(e[2], e[3], 1, 3, 5, 7)};
+            const int at[4] = {t0, t0 + 4, t0 + 16, t0 + 20};
+            for (int k = 0; k < 4; ++k) {  // (norm * raw) * scale, as the driver computes it
+                const v128_t raw = wasm_f32x4_mul(wasm_f32x4_convert_i32x4(s[k]), vd);
+                store(o + at[k], wasm_f32x4_mul(wasm_f32x4_mul(load(n + at[k]), raw), vs));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4-bit values (group_accumulate_normed)
+//
+// The value table is the same for every coordinate, so an index vector may mix coordinates: the
+// 16 code bytes of words 4m .. 4m+3 of a chunk, masked to their low (high) nibbles, index slots
+// 0 and 2 (1 and 3) of tokens 4m+i and 4m+i+16 directly, with no decoding shuffles. Look-up
+// result i (4 floats) is then [slot 0 or 1 of token t, slot 2 or 3 of token t, the same of
+// token t + 16], t = 4m + i, and is multiplied by [w_t, w_t, w_t+16, w_t+16]. Lane 0 and 2 of
+// every product belong to one coordinate, lanes 1 and 3 to another, so a chunk's 32 tokens sum
+// in registers and reach the accumulators once per group: 4 of each row's 16 lanes.
+
+// Row updates of one nibble: lanes 0 and 2 of a0 and a1 belong to slot 0 (nibble 1: slot 1), lanes
+// 1 and 3 to slot 2 (3). r2 is null when that slot is past dim.
+TQKV_ALWAYS_INLINE void values4_rows(v128_t a0, v128_t a1, float* r0, float* r2) {
+    store(r0, wasm_f32x4_add(load(r0), wasm_i32x4_shuffle(a0, a1, 0, 2, 4, 6)));
+    if (r2) store(r2, wasm_f32x4_add(load(r2), wasm_i32x4_shuffle(a0, a1, 1, 3, 5, 7)));
+}
+
+// The weights of one head in the lane order of the look-ups: W[4m + i] = [w_t, w_t, w_t+16, w_t+16]
+// for t = 4m + i.
+TQKV_ALWAYS_INLINE void values4_weights(const float* w, v128_t W[16]) {
+    for (int q = 0; q < 4; ++q) {
+        const v128_t lo = load(w + 4 * q), hi = load(w + 16 + 4 * q);
+        W[4 * q + 0] = wasm_i32x4_shuffle(lo, hi, 0, 0, 4, 4);
+        W[4 * q + 1] = wasm_i32x4_shuffle(lo, hi, 1, 1, 5, 5);
+        W[4 * q + 2] = wasm_i32x4_shuffle(lo, hi, 2, 2, 6, 6);
+        W[4 * q + 3] = wasm_i32x4_shuffle(lo, hi, 3, 3, 7, 7);
+    }
+}
+
+// One head (several heads share the look-ups of group_accumulate better: its per-head work is
+// smaller, and this layout's would be spilled). The products are summed as they are looked up.
+void values4_one_head(const uint8_t* codes, int dim, const float* table, const float* w, float* acc) {
+    const Planes pl = table_planes<4>(table);
+    const v128_t m0f = splat_u8(0x0f);
+    alignas(16) v128_t W[16];
+    values4_weights(w, W);
+    for (int j0 = 0; j0 < dim; j0 += 4) {
+        const uint8_t* chunk = codes + size_t(j0 / 4) * 64;
+        for (int nibble = 0; nibble < 2 && j0 + nibble < dim; ++nibble) {
+            v128_t a0 = wasm_f32x4_splat(0.0f), a1 = a0;
+            // Not unrolled: unrolled, LLVM hoists all loads to the top and V8 then spills registers
+            // (V8 unrolls the loop itself, keeping each iteration's values local).
+#pragma clang loop unroll(disable)
+            for (int m = 0; m < 4; ++m) {
+                v128_t f[4];
+                lookup16(pl, wasm_v128_and(wasm_u16x8_shr(load(chunk + 16 * m), 4 * nibble), m0f), f);
+                a0 = wasm_f32x4_add(a0, wasm_f32x4_add(wasm_f32x4_mul(f[0], W[4 * m]), wasm_f32x4_mul(f[2], W[4 * m + 2])));
+                a1 = wasm_f32x4_add(a1, wasm_f32x4_add(wasm_f32x4_mul(f[1], W[4 * m + 1]), wasm_f32x4_mul(f[3], W[4 * m + 3])));
+            }
+            float* r = acc + size_t(j0 + nibble) * 16;
+            values4_rows(a0, a1, r, j0 + nibble + 2 < dim ? r + 32 : nullptr);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Fused forms (one segment, fp16 norms): the norms are converted and applied here, so the driver
 // makes one call per group instead of a call and three passes over the scores.
 
@@ -273,7 +559,10 @@ void group_accumulate_normed(const uint8_t* codes, int dim, int bits, const floa
             for (int t = 0; t < kGroupTokens; t += 4)
                 store(w + h * kGroupTokens + t, wasm_f32x4_mul(load(ph + t), load(n + t)));
         }
-        group_accumulate(codes, dim, bits, table, w, nh, acc + size_t(h0) * dim * 16);
+        if (bits == 4 && nh == 1)
+            values4_one_head(codes, dim, table, w, acc + size_t(h0) * dim * 16);
+        else
+            group_accumulate(codes, dim, bits, table, w, nh, acc + size_t(h0) * dim * 16);
     }
 }
 
@@ -418,7 +707,8 @@ float sum_f32(const float* x, int n) {
 const AttentionKernels& wasm128_attention() {
     static const AttentionKernels k = {group_scores, group_accumulate, exp_nonpositive, dot_f32, axpy_f32,
                                        dot_f16,      axpy_f16,         max_f32,         sum_f32,
-                                       group_scores_normed, group_accumulate_normed};
+                                       group_scores_normed, group_accumulate_normed,
+                                       scores_table_bytes,  prepare_scores,         group_scores_prepared};
     return k;
 }
 
