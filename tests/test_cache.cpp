@@ -98,6 +98,45 @@ TEST_CASE("fused attention equals the decode-then-exact reference on every kerne
         }
 }
 
+TEST_CASE("fused attention equals the reference on adversarial inputs, on every kernel", "[cache][kernels]") {
+    // The shapes of real caches that strain fixed-point or float tables: keys with 4 outlier
+    // channels 100x the rest (LLM keys), a query whose one coordinate is 1000x the others (one
+    // table entry dominates the scale), all-zero and tiny (1e-6) tokens among normal ones, and
+    // large magnitudes (1e3). The reference decodes the same codes, so only the arithmetic differs.
+    enum Kind { OutlierKeys, SpikyQuery, ZeroAndTiny, Large };
+    for (const auto& kernel : available_kernels())
+        for (Kind kind : {OutlierKeys, SpikyQuery, ZeroAndTiny, Large})
+            for (double bits : {2.0, 3.0, 4.0}) {
+                auto cfg = cache_config(4, 2, 128, bits, bits, 0);
+                cfg.kernel = kernel;
+                KVCache cache(cfg);
+                const size_t T = 300, row = 2 * 128;
+                auto K = tqkv_test::gaussian_vectors(T, int(row), 21), V = tqkv_test::gaussian_vectors(T, int(row), 22);
+                auto Q = tqkv_test::gaussian_vectors(2, 4 * 128, 23);
+                for (size_t t = 0; t < T; ++t)
+                    for (size_t j = 0; j < row; ++j) {
+                        float& k = K[t * row + j];
+                        float& v = V[t * row + j];
+                        if (kind == OutlierKeys && j % 128 < 4) k *= 100;
+                        if (kind == ZeroAndTiny && t % 5 == 0) k = v = 0;
+                        if (kind == ZeroAndTiny && t % 5 == 1) k *= 1e-6f, v *= 1e-6f;
+                        if (kind == Large) k *= 1e3f, v *= 1e3f;
+                    }
+                if (kind == SpikyQuery)
+                    for (size_t h = 0; h < 8; ++h) Q[h * 128 + 7] *= 1000;
+                if (kind == Large || kind == OutlierKeys)
+                    for (auto& q : Q) q *= 0.01f;  // keep the softmax from collapsing onto one token
+                cache.append(K, V);
+                std::vector<float> fused(Q.size()), ref(Q.size());
+                cache.attend(Q, fused, false);
+                cache.attend_reference(Q, ref, false);
+                for (size_t i = 0; i < 8; ++i) {
+                    INFO(kernel << " case " << int(kind) << " bits " << bits << " row " << i);
+                    CHECK(rel_error(fused, ref, i * 128, 128) < 1e-4);
+                }
+            }
+}
+
 TEST_CASE("fractional rates in the cache (K3.5 V2.5)", "[cache]") {
     const int d = 128;
     auto cfg = cache_config(4, 2, d, 3.5, 2.5, 8);
