@@ -213,6 +213,79 @@ TEST_CASE("SIMD kernels: dot_codes matches the scalar look-up-table sum", "[kern
     }
 }
 
+TEST_CASE("prepared (fixed-point) 4-bit key scores stay within their error bound, on every kernel", "[kernels]") {
+    // Kernels with prepare_scores (wasm, AVX2) score 4-bit keys from integer tables: the error is
+    // bounded by rounding each entry to a multiple of delta, which both kernels keep below
+    // 2e-6 dim a_max (a_max = max |lut|) up to kMaxDim; checked against double sums with a loose
+    // 6e-6 dim a_max, per head. Head dims cover a partial last chunk and R < 127 (AVX2, dim > 256);
+    // tables with a NaN or of denormal size must be refused (the driver then uses float tables).
+    const uint16_t half_norms[4] = {0x3c00, 0x4000, 0x3800, 0x3e00};  // 1, 2, 0.5, 1.5
+    const float scale = 0.125f;
+    for (const auto& name : available_kernels()) {
+        const auto& ak = detail::attention_for(detail::kernels_by_name(name.c_str()));
+        if (!ak.prepare_scores) continue;
+        for (int dim : {3, 66, 128, 257, 1024})
+            for (int heads : {1, 3})
+                for (int kind = 0; kind < 5; ++kind) {
+                    INFO(name << " dim " << dim << " heads " << heads << " kind " << kind);
+                    Rng rng(uint64_t(dim * 31 + heads * 7 + kind));
+                    const int chunks = (dim + 3) / 4;
+                    std::vector<uint8_t> codes(size_t(chunks) * 64);
+                    for (auto& c : codes) c = uint8_t(rng.next());
+                    auto code = [&](int t, int j) {
+                        uint32_t w;
+                        std::memcpy(&w, &codes[size_t(j / 4) * 64 + 4 * (t % 16)], 4);
+                        return int(w >> (4 * (j % 4) + (t >= 16 ? 16 : 0))) & 15;
+                    };
+                    for (int j = dim; j < chunks * 4; ++j)  // unused slots of the last chunk are zero
+                        for (int t = 0; t < 32; ++t) {
+                            uint8_t* w = &codes[size_t(j / 4) * 64 + 4 * (t % 16) + (t >= 16 ? 2 : 0)];
+                            const int bit = 4 * (j % 4);
+                            w[bit / 8] &= uint8_t(~(15 << (bit % 8)));
+                        }
+                    // lut[h][j][k] = q_j * c_k for a symmetric 16-level table c.
+                    float c[16];
+                    for (int k = 0; k < 8; ++k) {
+                        c[8 + k] = float(0.13 * (k + 1) + 0.01 * k * k);
+                        c[7 - k] = -c[8 + k];
+                    }
+                    std::vector<float> lut(size_t(heads) * dim * 16);
+                    for (int h = 0; h < heads; ++h)
+                        for (int j = 0; j < dim; ++j) {
+                            double q = rng.normal();
+                            if (kind == 1 && j == dim / 2) q *= 1e3;  // one spiky coordinate
+                            if (kind == 2) q = 0;                     // all zero
+                            if (kind == 3) q *= 1e-36;                // delta would not be normal
+                            for (int k = 0; k < 16; ++k) lut[(size_t(h) * dim + j) * 16 + k] = float(q) * c[k];
+                        }
+                    if (kind == 4) lut[lut.size() / 2] = std::numeric_limits<float>::quiet_NaN();
+                    std::vector<uint8_t> table(ak.scores_table_bytes(dim, 4, heads));
+                    const bool ok = ak.prepare_scores(lut.data(), dim, 4, heads, table.data());
+                    if (kind >= 3) {
+                        CHECK_FALSE(ok);
+                        continue;
+                    }
+                    REQUIRE(ok);
+                    uint16_t norms[32];
+                    for (int t = 0; t < 32; ++t) norms[t] = half_norms[t % 4];
+                    const int stride = 40;
+                    std::vector<float> out(size_t(heads) * stride, -1.0f);
+                    ak.group_scores_prepared(codes.data(), dim, 4, table.data(), heads, norms, scale, out.data(), stride);
+                    for (int h = 0; h < heads; ++h) {
+                        double a_max = 0;
+                        for (int i = 0; i < dim * 16; ++i) a_max = std::max(a_max, double(std::fabs(lut[size_t(h) * dim * 16 + i])));
+                        for (int t = 0; t < 32; ++t) {
+                            double raw = 0;
+                            for (int j = 0; j < dim; ++j) raw += lut[(size_t(h) * dim + j) * 16 + code(t, j)];
+                            const double f = (t % 4 == 0 ? 1.0 : t % 4 == 1 ? 2.0 : t % 4 == 2 ? 0.5 : 1.5) * scale;
+                            const double expect = raw * f;
+                            CHECK(std::fabs(out[size_t(h) * stride + t] - expect) <= f * 6e-6 * dim * a_max + 1e-6 * std::fabs(expect));
+                        }
+                    }
+                }
+    }
+}
+
 TEST_CASE("codecs give bit-identical bytes on every kernel", "[kernels][codec]") {
     const std::vector<std::string> simd = simd_kernels();
     for (int d : {64, 80, 96, 128, 256})

@@ -486,7 +486,7 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
     const bool f16 = c.norm == NormFormat::F16;
     const bool fused_keys = ak.group_scores_normed && f16 && m.keys.segs.size() == 1 && !m.keys.segs[0].prod;
     const bool fused_values = ak.group_accumulate_normed && f16 && m.values.segs.size() == 1;
-    // Fused keys may also use tables the kernel prepares once per query (fixed point on wasm).
+    // Fused keys may also use tables the kernel prepares once per query (fixed point on wasm and AVX2).
     const bool may_prepare = fused_keys && ak.prepare_scores;
     if (may_prepare) {
         const auto& s = m.keys.segs[0];

@@ -13,14 +13,22 @@
 // None of these kernels decides a code: they sum in their own order and use FMA; tests compare
 // them with the scalar ones within a tolerance. Codes of 5-8 bits (tables of 2^bits entries) use a
 // tree of vpermps + vblendvps (5, 6 bits) or gathers (7, 8 bits).
+//
+// 4-bit keys, the common case, are scored from fixed-point tables prepared once per query and
+// looked up with vpshufb (see "4-bit keys in fixed point"): three byte look-ups of 32 tokens per
+// coordinate instead of eight vpermps and four blends. Values stay float (the vpermps path above):
+// their per-coordinate cost is already mostly the four FMAs' operands, and fixed-point values or
+// weights would not keep the tests' 1e-4 tolerance by a bound.
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <type_traits>
 
 #include "cache_layout.hpp"
 #include "kernels/kernels.hpp"
+#include "tqkv/codebook.hpp"
 
 #define TQKV_ALWAYS_INLINE inline __attribute__((always_inline))
 
@@ -415,6 +423,193 @@ void group_scores_normed(const uint8_t* codes, int dim, int bits, const float* l
 }
 
 // ---------------------------------------------------------------------------------------------
+// 4-bit keys in fixed point (prepare_scores / group_scores_prepared)
+//
+// A float look-up of 8 tokens in a 16-entry table costs two vpermps, a blend and the shifts of the
+// index and of the blend mask: 20 instructions per coordinate for 32 tokens. A byte look-up of 32
+// tokens is one vpshufb (a 16-byte table per 128-bit lane, broadcast to both). So, as in the wasm kernels, each head's
+// table entry lut[j][k] becomes an integer
+//   E[j][k] = round(lut[j][k] / delta)                 (one delta > 0 per head and query)
+// written with three byte digits, E = 4096 A + 64 B + C, A = floor(E / 4096) in [-R, R), B and C in
+// [0, 64), and a coordinate takes three vpshufb for 32 tokens. A token's score is
+// delta * sum_j E[j][code_j], the integer sum exact:
+//   - A is stored biased, A' = A + R in [0, 2R), and every coordinate's 32 look-ups are added to
+//     uint16 sums right away: the odd bytes (shifted down) to one, the whole 16-bit lanes (even
+//     byte + 256 odd byte) to another, from which the even sums are recovered once per group
+//     (minus 256 times the odd sums, mod 2^16: exact, as they are below 2^16). With nj = dim
+//     rounded up to whole chunks (4 coordinates) and R = min(127, 65535 / (2 nj)), a sum is below
+//     2R nj <= 65535. R = 127 up to dim 256, 31 at kMaxDim = 1024.
+//   - B and C are added in uint8 over the 4 coordinates of a chunk (<= 4 * 63 = 252), then to
+//     uint16 sums the same way (<= 63 nj <= 64512).
+//   - The total 4096 (sum A' - R nj) + 64 sum B + sum C is below 4096 * 32768 + 65 * 64512 < 2^28
+//     in magnitude: int32, and exact as a float up to a rounding of 2^-24 relative.
+// delta = a_max / (4096 R - 2) (rounded up to a float), a_max = max_{j,k} |lut[j][k]|. E is
+// rounded to nearest from y = fl(lut * fl(1 / delta)) (two float roundings, and |lut / delta| <=
+// 4096 R - 2 < 2^19, so |y - lut / delta| <= 2^19 * 2^-23 = 2^-4 up to a term of 2^-29), hence
+// |delta E - lut| <= (1/2 + 2^-4) delta per entry and |E| <= 4096 R - 2 (an integer bound that
+// y exceeds by less than 1/2), i.e. A in [-R, R). A score is off by at most
+//   dim * 0.5625 delta ~ 1.1e-6 dim a_max (R = 127, dim <= 256; 4.4e-6 dim a_max at dim 1024)
+// plus 2^-24 relative for each of the two float roundings of the total (int -> float, times
+// delta). Summing the same dim entries in float has the worst-case bound (dim - 1) 2^-24 dim a_max
+// (6e-8 dim^2 a_max), larger for every dim >= 19 (7x larger at dim = 128, 14x at 1024): in the
+// worst case the fixed point is within the accuracy the float kernels are held to. (Typical errors
+// are larger than the float ones, whose roundings mostly cancel: on the cases of the cache test
+// "fused attention equals the decode-then-exact reference", relative output errors reach ~7e-6
+// against ~1e-6 for the float kernels, the tolerance being 1e-4.) Cases the bound does not cover fall
+// back to the float path: prepare_scores returns false for other code widths, dim > kMaxDim, a
+// non-finite table, or a delta that is not a normal float.
+//
+// Codes are read without index shifts per token block: in a chunk (coordinates 4c .. 4c+3) word i
+// holds the codes of token i (words 8-15: i + 8) in its low 16 bits and of token i + 16 in its high
+// ones, byte 0 / 1 of each half being slots 0-1 / 2-3. Masking (or shifting by 8) the 16-bit halves
+// of both 32-byte halves of the chunk and packing them to bytes gives slots 0-1 (2-3) of all 32
+// tokens in one vector, token t < 16 in an even byte and t + 16 in the odd byte after it; a nibble
+// mask (after a 16-bit shift by 4) then gives each coordinate's indexes. The even / odd split of the
+// sums is that of tokens 0-15 / 16-31, and widening the uint16 sums to int32 with vpunpck{l,h}wd
+// puts each half back in token order.
+
+constexpr size_t kFixedHeader = 16;   // per head: delta (float), R * nj (int32), padding
+constexpr int kFixedEntryBytes = 48;  // per coordinate: the 16 A', the 16 B, the 16 C
+
+int fixed_coords(int dim) { return (dim + 3) / 4 * 4; }  // whole chunks; padded coordinates have E = 0
+int fixed_range(int dim) { return std::min(127, 65535 / (2 * fixed_coords(dim))); }
+
+size_t scores_table_bytes(int dim, int bits, int heads) {
+    if (bits != 4) return 0;
+    return size_t(heads) * (kFixedHeader + size_t(fixed_coords(dim)) * kFixedEntryBytes);
+}
+
+// 16 int32 (e0: entries 0-7, e1: 8-15), each in [0, 255], as 16 bytes in order.
+TQKV_ALWAYS_INLINE void store_bytes16(uint8_t* p, __m256i e0, __m256i e1) {
+    const __m256i w = _mm256_permute4x64_epi64(_mm256_packus_epi32(e0, e1), 0xd8);  // 16 uint16 in order
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                     _mm_packus_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1)));
+}
+
+bool prepare_scores(const float* lut, int dim, int bits, int heads, void* table) {
+    if (bits != 4 || dim < 1 || dim > kMaxDim) return false;
+    const int nj = fixed_coords(dim), R = fixed_range(dim);
+    const float limit = float(4096 * R - 2);
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    uint8_t* out = static_cast<uint8_t*>(table);
+    for (int h = 0; h < heads; ++h) {
+        const float* row = lut + size_t(h) * dim * 16;
+        // a_max; bad collects the lanes that saw a NaN or an infinity (|x| <= FLT_MAX false).
+        const __m256 big = _mm256_set1_ps(3.4028235e38f);
+        __m256 m = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+        for (int i = 0; i < dim * 16; i += 8) {
+            const __m256 x = _mm256_and_ps(_mm256_loadu_ps(row + i), abs_mask);
+            bad = _mm256_or_ps(bad, _mm256_cmp_ps(x, big, _CMP_NLE_UQ));
+            m = _mm256_max_ps(x, m);
+        }
+        if (_mm256_movemask_ps(bad) != 0) return false;
+        alignas(32) float mv[8];
+        _mm256_store_ps(mv, m);
+        float a_max = 0.0f;
+        for (float v : mv) a_max = std::max(a_max, v);
+        // Rounded up so that |lut / delta| <= limit holds for the delta actually used.
+        float delta = a_max > 0.0f ? float(double(a_max) / limit) : 1.0f;
+        if (double(delta) * limit < double(a_max)) delta = std::nextafter(delta, 3.4028235e38f);
+        if (!std::isnormal(delta)) return false;
+        const int32_t bias = R * nj;
+        std::memcpy(out, &delta, sizeof delta);
+        std::memcpy(out + 4, &bias, sizeof bias);
+        std::memset(out + 8, 0, kFixedHeader - 8);
+        uint8_t* e = out + kFixedHeader;
+        const __m256 inv = _mm256_set1_ps(1.0f / delta);
+        const __m256i vR = _mm256_set1_epi32(R), m63 = _mm256_set1_epi32(63);
+        for (int j = 0; j < nj; ++j, e += kFixedEntryBytes) {
+            __m256i q[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+            if (j < dim)
+                for (int k = 0; k < 2; ++k) {
+                    const __m256 y = _mm256_mul_ps(_mm256_loadu_ps(row + j * 16 + 8 * k), inv);
+                    q[k] = _mm256_cvttps_epi32(_mm256_round_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+                }
+            // A' = (E >> 12) + R (floor: arithmetic shift), B = (E >> 6) & 63, C = E & 63.
+            store_bytes16(e, _mm256_add_epi32(_mm256_srai_epi32(q[0], 12), vR), _mm256_add_epi32(_mm256_srai_epi32(q[1], 12), vR));
+            store_bytes16(e + 16, _mm256_and_si256(_mm256_srai_epi32(q[0], 6), m63),
+                          _mm256_and_si256(_mm256_srai_epi32(q[1], 6), m63));
+            store_bytes16(e + 32, _mm256_and_si256(q[0], m63), _mm256_and_si256(q[1], m63));
+        }
+        out = e;
+    }
+    return true;
+}
+
+TQKV_ALWAYS_INLINE __m256i table16(const uint8_t* p) {
+    return _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+// Integer scores E of the 32 tokens of a group for one head, in token order (t[k]: tokens 8k .. 8k+7).
+__attribute__((noinline)) void fixed_scores_head(const uint8_t* codes, int dim, const uint8_t* tab, int32_t bias,
+                                                 __m256i t[4]) {
+    const __m256i m0f = _mm256_set1_epi8(0x0f), m00ff = _mm256_set1_epi16(0x00ff), zero = _mm256_setzero_si256();
+    // uint16 sums of A', B, C; o: tokens 16-31 (odd bytes), e: whole 16-bit lanes until the end of
+    // the loop, then tokens 0-15 (even bytes); lane order: see above.
+    __m256i ae = zero, ao = zero, be = zero, bo = zero, ce = zero, co = zero;
+    const int chunks = fixed_coords(dim) / 4;
+    for (int c = 0; c < chunks; ++c, codes += 64, tab += 4 * kFixedEntryBytes) {
+        const __m256i a = load8(codes), b = load8(codes + 32);
+        const __m256i s01 = _mm256_packus_epi16(_mm256_and_si256(a, m00ff), _mm256_and_si256(b, m00ff));
+        const __m256i s23 = _mm256_packus_epi16(_mm256_srli_epi16(a, 8), _mm256_srli_epi16(b, 8));
+        // A 16-bit shift moves each byte's high nibble down; the mask drops what came from the
+        // neighbouring byte.
+        const __m256i idx[4] = {_mm256_and_si256(s01, m0f), _mm256_and_si256(_mm256_srli_epi16(s01, 4), m0f),
+                                _mm256_and_si256(s23, m0f), _mm256_and_si256(_mm256_srli_epi16(s23, 4), m0f)};
+        __m256i b8 = zero, c8 = zero;
+        for (int s = 0; s < 4; ++s) {
+            const uint8_t* e = tab + s * kFixedEntryBytes;
+            const __m256i va = _mm256_shuffle_epi8(table16(e), idx[s]);
+            ae = _mm256_add_epi16(ae, va);
+            ao = _mm256_add_epi16(ao, _mm256_srli_epi16(va, 8));
+            b8 = _mm256_add_epi8(b8, _mm256_shuffle_epi8(table16(e + 16), idx[s]));
+            c8 = _mm256_add_epi8(c8, _mm256_shuffle_epi8(table16(e + 32), idx[s]));
+            // Opaque here, so the compiler does not hoist all 12 table loads of the chunk and spill.
+            asm("" : "+x"(ae), "+x"(ao), "+x"(b8), "+x"(c8));
+        }
+        be = _mm256_add_epi16(be, b8);
+        bo = _mm256_add_epi16(bo, _mm256_srli_epi16(b8, 8));
+        ce = _mm256_add_epi16(ce, c8);
+        co = _mm256_add_epi16(co, _mm256_srli_epi16(c8, 8));
+    }
+    // ae, be, ce summed whole 16-bit lanes (even byte + 256 odd byte), mod 2^16: minus 256 times
+    // the odd sums they are the even sums mod 2^16, which are below 2^16, so exact.
+    ae = _mm256_sub_epi16(ae, _mm256_slli_epi16(ao, 8));
+    be = _mm256_sub_epi16(be, _mm256_slli_epi16(bo, 8));
+    ce = _mm256_sub_epi16(ce, _mm256_slli_epi16(co, 8));
+    const __m256i vbias = _mm256_set1_epi32(bias);
+    auto total = [&](__m256i A, __m256i B, __m256i C) __attribute__((always_inline)) {
+        return _mm256_add_epi32(_mm256_slli_epi32(_mm256_sub_epi32(A, vbias), 12),
+                                _mm256_add_epi32(_mm256_slli_epi32(B, 6), C));
+    };
+    t[0] = total(_mm256_unpacklo_epi16(ae, zero), _mm256_unpacklo_epi16(be, zero), _mm256_unpacklo_epi16(ce, zero));
+    t[1] = total(_mm256_unpackhi_epi16(ae, zero), _mm256_unpackhi_epi16(be, zero), _mm256_unpackhi_epi16(ce, zero));
+    t[2] = total(_mm256_unpacklo_epi16(ao, zero), _mm256_unpacklo_epi16(bo, zero), _mm256_unpacklo_epi16(co, zero));
+    t[3] = total(_mm256_unpackhi_epi16(ao, zero), _mm256_unpackhi_epi16(bo, zero), _mm256_unpackhi_epi16(co, zero));
+}
+
+void group_scores_prepared(const uint8_t* codes, int dim, int bits, const void* table, int heads,
+                           const uint16_t* norms, float scale, float* out, int stride) {
+    (void)bits;  // 4: prepare_scores accepted nothing else
+    __m256 f[4];
+    load_norms(norms, f);
+    for (int k = 0; k < 4; ++k) f[k] = _mm256_mul_ps(f[k], _mm256_set1_ps(scale));
+    const uint8_t* tab = static_cast<const uint8_t*>(table);
+    const size_t head_bytes = kFixedHeader + size_t(fixed_coords(dim)) * kFixedEntryBytes;
+    for (int h = 0; h < heads; ++h, tab += head_bytes) {
+        float delta;
+        int32_t bias;
+        std::memcpy(&delta, tab, sizeof delta);
+        std::memcpy(&bias, tab + 4, sizeof bias);
+        __m256i t[4];
+        fixed_scores_head(codes, dim, tab + kFixedHeader, bias, t);
+        const __m256 vd = _mm256_set1_ps(delta);
+        for (int k = 0; k < 4; ++k)
+            _mm256_storeu_ps(out + size_t(h) * stride + 8 * k, _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(t[k]), vd), f[k]));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Weighted sums of values
 
 // Weights of H heads times the norms: w[h * w_stride + t] * n[t / 8][t % 8].
@@ -681,7 +876,7 @@ const AttentionKernels& avx2_attention() {
     static const AttentionKernels k = {group_scores, group_accumulate,    exp_nonpositive,     dot_f32,
                                        axpy_f32,     dot_f16,             axpy_f16,            max_f32,
                                        sum_f32,      group_scores_normed, group_accumulate_normed,
-                                       nullptr,      nullptr,             nullptr};
+                                       scores_table_bytes, prepare_scores,  group_scores_prepared};
     return k;
 }
 
