@@ -345,8 +345,10 @@ bool prepare_scores(const float* lut, int dim, int bits, int heads, void* table)
             const v128_t m = wasm_f32x4_max(wasm_f32x4_max(wasm_f32x4_abs(load(x)), wasm_f32x4_abs(load(x + 4))),
                                             wasm_f32x4_max(wasm_f32x4_abs(load(x + 8)), wasm_f32x4_abs(load(x + 12))));
             const v128_t m2 = wasm_f32x4_max(m, wasm_i32x4_shuffle(m, m, 2, 3, 0, 1));
-            a[j] = std::fmax(wasm_f32x4_extract_lane(m2, 0), wasm_f32x4_extract_lane(m2, 1));
-            if (!std::isfinite(a[j])) return false;
+            // f32x4.max propagates NaN; std::fmax would drop it, so test both lanes before it.
+            const float l0 = wasm_f32x4_extract_lane(m2, 0), l1 = wasm_f32x4_extract_lane(m2, 1);
+            if (!std::isfinite(l0) || !std::isfinite(l1)) return false;
+            a[j] = std::fmax(l0, l1);
         }
         double block_max = 0.0;
         for (int j0 = 0; j0 < nj; j0 += kFixedBlock) {
