@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <map>
 #include <sstream>
 #include <stdexcept>
@@ -65,6 +66,8 @@ private:
 };
 
 std::string fmt(const char* format, double v);
+// fn(0), ..., fn(n - 1), each once, on `threads` threads (the calling one included).
+void parallel_for(size_t n, int threads, const std::function<void(size_t)>& fn);
 // The whole file; throws std::invalid_argument naming the path when it cannot be opened.
 std::vector<uint8_t> read_file(const std::string& path);
 

@@ -8,14 +8,12 @@
 // report in /tmp/budget_status.md): tq-ref-128, a 19 M-parameter byte model, cannot copy digit
 // strings at all, even from the previous line, but copies a common word repeated a few times.
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <map>
 #include <mutex>
 #include <sstream>
-#include <thread>
 
 #include "bench.hpp"
 #include "tqkv/budget.hpp"
@@ -184,102 +182,95 @@ int cmd_budget(const Args& args) {
 
     std::vector<Row> rows(policies.size());
     std::vector<std::string> errors(policies.size());
-    std::atomic<size_t> next{0};
     std::mutex mu;
-    auto worker = [&] {
-        for (size_t i; (i = next++) < policies.size();) {
-            Row& r = rows[i];
-            r.policy = policies[i];
-            r.budget = double(budget);
+    parallel_for(policies.size(), threads, [&](size_t i) {
+        Row& r = rows[i];
+        r.policy = policies[i];
+        r.budget = double(budget);
+        try {
+            const bool exact = r.policy == "exact" || r.policy == "fp32" || r.policy == "no-needle";
+            // Budget policies by their spec; any other cache spec of make_cache (K2V2-w16, q4_0, ...)
+            // runs as an unbudgeted reference row.
+            const std::string kind = r.policy.substr(0, r.policy.find('-'));
+            const bool budgeted = kind == "tiered" || kind == "h2o" || kind == "snapkv" || kind == "streaming";
+            std::unique_ptr<tqkv::AttentionCache> cache;
             try {
-                const bool exact = r.policy == "exact" || r.policy == "fp32" || r.policy == "no-needle";
-                // Budget policies by their spec; any other cache spec of make_cache (K2V2-w16, q4_0, ...)
-                // runs as an unbudgeted reference row.
-                const std::string kind = r.policy.substr(0, r.policy.find('-'));
-                const bool budgeted = kind == "tiered" || kind == "h2o" || kind == "snapkv" || kind == "streaming";
-                std::unique_ptr<tqkv::AttentionCache> cache;
-                try {
-                    cache = exact      ? tqkv::make_exact_cache(shape)
-                            : budgeted ? std::unique_ptr<tqkv::AttentionCache>(tqkv::make_budget_cache(r.policy, shape, budget, &cal))
-                                       : tqkv::make_cache(r.policy, shape, &cal);
-                } catch (const std::invalid_argument& e) {
-                    if (budgeted || exact) throw;
-                    throw std::invalid_argument(std::string("not a policy (tiered..., h2o, snapkv, snapkv-prefill, streaming, exact, "
-                                                            "no-needle) nor a cache spec: ") + e.what());
-                }
-                if (!budgeted) r.budget = NAN;
-                auto* bc = dynamic_cast<tqkv::BudgetCache*>(cache.get());
-                size_t max_tokens = 0;
-                // SnapKV-prefill compresses at the end of a prompt; ΔNLL runs have none (it would hold
-                // every token): no ΔNLL for it.
-                r.no_nll = r.policy.find("prefill") != std::string::npos;
-                if (do_nll && !r.no_nll) {
-                    const tqkv::NllResult res = tqkv::evaluate_nll(model, *cache, tokens, ctx, true);
-                    r.nll = res.nll;
-                    r.delta_pct = 100.0 * (res.nll / base_nll - 1.0);
-                    r.tokens_per_s = double(res.scored) / res.seconds;
-                    max_tokens = std::min(ctx, tokens.size());
-                }
-                if (bc) r.evicted = bc->evicted();
-                tqkv::LlamaRunner run(model, *cache);
-                std::vector<float> logits(size_t(mc.vocab_size));
-                const bool no_needle = r.policy == "no-needle";
-                for (const Trial& t : trials) {
-                    run.reset();
-                    const std::string& prompt = no_needle ? t.no_needle : t.prompt;
-                    const std::vector<int32_t> p(prompt.begin(), prompt.end());
-                    run.prefill(p, logits);
-                    if (bc) {
-                        bc->end_prefill();
-                        r.bytes_after_prefill = std::max(r.bytes_after_prefill, bc->format_bytes());
-                    }
-                    // Teacher-forced key: the argmax at every step (greedy decoding's choice while
-                    // it follows the key) and the key's negative log-likelihood.
-                    std::string argmax;
-                    double nll = 0;
-                    for (size_t g = 0; g <= t.key.size(); ++g) {
-                        const auto top = std::max_element(logits.begin(), logits.end());
-                        argmax.push_back(char(top - logits.begin()));
-                        if (g == t.key.size()) break;
-                        const int32_t byte = static_cast<unsigned char>(t.key[g]);
-                        double se = 0;
-                        for (float x : logits) se += std::exp(double(x) - *top);
-                        nll += std::log(se) + *top - logits[size_t(byte)];
-                        run.decode(byte, logits);
-                    }
-                    const bool ok = retrieved(argmax, t, fmt_.digits);
-                    r.correct += ok;
-                    r.ok.push_back(ok);
-                    r.key_nll += nll / double(trials.size());
-                    ++r.trials;
-                    auto& d = r.by_depth[t.depth];
-                    d.first += ok, d.second += 1;
-                    r.generations.push_back(argmax);
-                    max_tokens = std::max(max_tokens, size_t(run.position()));
-                    if (bc) r.bytes_after_prefill = std::max(r.bytes_after_prefill, bc->format_bytes());
-                }
-                r.bytes_used = bc ? bc->peak_bytes()
-                               : exact ? double(tqkv::fp16_cache_bytes(shape, max_tokens))
-                                       : cache->bits_per_coord() / 16.0 * double(tqkv::fp16_cache_bytes(shape, max_tokens));
-                if (!bc) r.bytes_after_prefill = r.bytes_used;
-                r.memory = double(cache->memory_bytes());
-                if (bc) r.evicted = std::max(r.evicted, bc->evicted());
-            } catch (const std::exception& e) {
-                errors[i] = e.what();
+                cache = exact      ? tqkv::make_exact_cache(shape)
+                        : budgeted ? std::unique_ptr<tqkv::AttentionCache>(tqkv::make_budget_cache(r.policy, shape, budget, &cal))
+                                   : tqkv::make_cache(r.policy, shape, &cal);
+            } catch (const std::invalid_argument& e) {
+                if (budgeted || exact) throw;
+                throw std::invalid_argument(std::string("not a policy (tiered..., h2o, snapkv, snapkv-prefill, streaming, exact, "
+                                                        "no-needle) nor a cache spec: ") + e.what());
             }
-            std::lock_guard<std::mutex> lock(mu);
-            if (!errors[i].empty()) {
-                std::fprintf(stderr, "budget: %s: %s\n", r.policy.c_str(), errors[i].c_str());
-                continue;
+            if (!budgeted) r.budget = NAN;
+            auto* bc = dynamic_cast<tqkv::BudgetCache*>(cache.get());
+            size_t max_tokens = 0;
+            // SnapKV-prefill compresses at the end of a prompt; ΔNLL runs have none (it would hold
+            // every token): no ΔNLL for it.
+            r.no_nll = r.policy.find("prefill") != std::string::npos;
+            if (do_nll && !r.no_nll) {
+                const tqkv::NllResult res = tqkv::evaluate_nll(model, *cache, tokens, ctx, true);
+                r.nll = res.nll;
+                r.delta_pct = 100.0 * (res.nll / base_nll - 1.0);
+                r.tokens_per_s = double(res.scored) / res.seconds;
+                max_tokens = std::min(ctx, tokens.size());
             }
-            std::fprintf(stderr, "  %-20s ΔNLL %+.3f%%  passkey %d/%d\n", r.policy.c_str(), r.no_nll ? NAN : r.delta_pct, r.correct,
-                         r.trials);
+            if (bc) r.evicted = bc->evicted();
+            tqkv::LlamaRunner run(model, *cache);
+            std::vector<float> logits(size_t(mc.vocab_size));
+            const bool no_needle = r.policy == "no-needle";
+            for (const Trial& t : trials) {
+                run.reset();
+                const std::string& prompt = no_needle ? t.no_needle : t.prompt;
+                const std::vector<int32_t> p(prompt.begin(), prompt.end());
+                run.prefill(p, logits);
+                if (bc) {
+                    bc->end_prefill();
+                    r.bytes_after_prefill = std::max(r.bytes_after_prefill, bc->format_bytes());
+                }
+                // Teacher-forced key: the argmax at every step (greedy decoding's choice while
+                // it follows the key) and the key's negative log-likelihood.
+                std::string argmax;
+                double nll = 0;
+                for (size_t g = 0; g <= t.key.size(); ++g) {
+                    const auto top = std::max_element(logits.begin(), logits.end());
+                    argmax.push_back(char(top - logits.begin()));
+                    if (g == t.key.size()) break;
+                    const int32_t byte = static_cast<unsigned char>(t.key[g]);
+                    double se = 0;
+                    for (float x : logits) se += std::exp(double(x) - *top);
+                    nll += std::log(se) + *top - logits[size_t(byte)];
+                    run.decode(byte, logits);
+                }
+                const bool ok = retrieved(argmax, t, fmt_.digits);
+                r.correct += ok;
+                r.ok.push_back(ok);
+                r.key_nll += nll / double(trials.size());
+                ++r.trials;
+                auto& d = r.by_depth[t.depth];
+                d.first += ok, d.second += 1;
+                r.generations.push_back(argmax);
+                max_tokens = std::max(max_tokens, size_t(run.position()));
+                if (bc) r.bytes_after_prefill = std::max(r.bytes_after_prefill, bc->format_bytes());
+            }
+            r.bytes_used = bc ? bc->peak_bytes()
+                           : exact ? double(tqkv::fp16_cache_bytes(shape, max_tokens))
+                                   : cache->bits_per_coord() / 16.0 * double(tqkv::fp16_cache_bytes(shape, max_tokens));
+            if (!bc) r.bytes_after_prefill = r.bytes_used;
+            r.memory = double(cache->memory_bytes());
+            if (bc) r.evicted = std::max(r.evicted, bc->evicted());
+        } catch (const std::exception& e) {
+            errors[i] = e.what();
         }
-    };
-    std::vector<std::thread> pool;
-    for (int t = 1; t < threads; ++t) pool.emplace_back(worker);
-    worker();
-    for (auto& t : pool) t.join();
+        std::lock_guard<std::mutex> lock(mu);
+        if (!errors[i].empty()) {
+            std::fprintf(stderr, "budget: %s: %s\n", r.policy.c_str(), errors[i].c_str());
+            return;
+        }
+        std::fprintf(stderr, "  %-20s ΔNLL %+.3f%%  passkey %d/%d\n", r.policy.c_str(), r.no_nll ? NAN : r.delta_pct, r.correct,
+                     r.trials);
+    });
     for (const auto& e : errors)
         if (!e.empty()) return 1;
 

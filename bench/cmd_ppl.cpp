@@ -5,14 +5,12 @@
 // --frontier sweeps configurations and prints, per method, the fewest bits per coordinate that
 // keep ΔNLL within 0.5%, 1% and 3%.
 #include <algorithm>
-#include <atomic>
 #include <cctype>
 #include <cmath>
 #include <fstream>
 #include <iostream>
 #include <mutex>
 #include <sstream>
-#include <thread>
 
 #include "bench.hpp"
 #include "tqkv/model.hpp"
@@ -299,51 +297,44 @@ int cmd_ppl(const Args& args) {
 
     std::vector<Row> rows(configs.size());
     std::vector<std::string> errors(configs.size());
-    std::atomic<size_t> next{0};
     std::mutex out_mu;
-    auto worker = [&] {
-        for (size_t i; (i = next++) < configs.size();) {
-            Row& r = rows[i];
-            try {
-                describe(configs[i], r);
-                const bool seeded = r.method.rfind("tqkv", 0) == 0;
-                const int runs = seeded ? seeds : 1;
-                double nll = 0, agree = 0, secs = 0, scored = 0;
-                r.delta_min = INFINITY, r.delta_max = -INFINITY;
-                for (int s = 0; s < runs; ++s) {
-                    const std::string spec = configs[i] + (s ? "-x" + std::to_string(s) : "");
-                    auto cache = tqkv::make_cache(spec, shape, &cal);
-                    const tqkv::NllResult res = tqkv::evaluate_nll(model, *cache, tokens, ctx, sequential);
-                    size_t a = 0;
-                    for (size_t t = 0; t < res.argmax.size(); ++t) a += res.argmax[t] == base.argmax[t];
-                    nll += res.nll;
-                    agree += double(a) / double(res.argmax.size());
-                    secs += res.seconds;
-                    scored += double(res.scored);
-                    const double dp = 100.0 * (res.nll / base.nll - 1.0);
-                    r.delta_min = std::min(r.delta_min, dp), r.delta_max = std::max(r.delta_max, dp);
-                    r.bits_per_coord = res.bits_per_coord;
-                    r.bytes_per_token = res.bytes_per_token;
-                    r.memory_bytes = double(res.memory_bytes);
-                }
-                r.nll = nll / runs;
-                r.delta_pct = 100.0 * (r.nll / base.nll - 1.0);
-                r.argmax_agree = agree / runs;
-                r.tokens_per_s = scored / secs;
-                r.seeds = runs;
-            } catch (const std::exception& e) {
-                errors[i] = e.what();
+    parallel_for(configs.size(), threads, [&](size_t i) {
+        Row& r = rows[i];
+        try {
+            describe(configs[i], r);
+            const bool seeded = r.method.rfind("tqkv", 0) == 0;
+            const int runs = seeded ? seeds : 1;
+            double nll = 0, agree = 0, secs = 0, scored = 0;
+            r.delta_min = INFINITY, r.delta_max = -INFINITY;
+            for (int s = 0; s < runs; ++s) {
+                const std::string spec = configs[i] + (s ? "-x" + std::to_string(s) : "");
+                auto cache = tqkv::make_cache(spec, shape, &cal);
+                const tqkv::NllResult res = tqkv::evaluate_nll(model, *cache, tokens, ctx, sequential);
+                size_t a = 0;
+                for (size_t t = 0; t < res.argmax.size(); ++t) a += res.argmax[t] == base.argmax[t];
+                nll += res.nll;
+                agree += double(a) / double(res.argmax.size());
+                secs += res.seconds;
+                scored += double(res.scored);
+                const double dp = 100.0 * (res.nll / base.nll - 1.0);
+                r.delta_min = std::min(r.delta_min, dp), r.delta_max = std::max(r.delta_max, dp);
+                r.bits_per_coord = res.bits_per_coord;
+                r.bytes_per_token = res.bytes_per_token;
+                r.memory_bytes = double(res.memory_bytes);
             }
-            std::lock_guard<std::mutex> lock(out_mu);
-            if (!errors[i].empty()) std::fprintf(stderr, "ppl: %s: %s\n", configs[i].c_str(), errors[i].c_str());
-            else if (json) emit(r);
-            else std::fprintf(stderr, "  %-16s %+.3f%%\n", r.config.c_str(), r.delta_pct);
+            r.nll = nll / runs;
+            r.delta_pct = 100.0 * (r.nll / base.nll - 1.0);
+            r.argmax_agree = agree / runs;
+            r.tokens_per_s = scored / secs;
+            r.seeds = runs;
+        } catch (const std::exception& e) {
+            errors[i] = e.what();
         }
-    };
-    std::vector<std::thread> pool;
-    for (int t = 1; t < threads; ++t) pool.emplace_back(worker);
-    worker();
-    for (auto& t : pool) t.join();
+        std::lock_guard<std::mutex> lock(out_mu);
+        if (!errors[i].empty()) std::fprintf(stderr, "ppl: %s: %s\n", configs[i].c_str(), errors[i].c_str());
+        else if (json) emit(r);
+        else std::fprintf(stderr, "  %-16s %+.3f%%\n", r.config.c_str(), r.delta_pct);
+    });
     for (const auto& e : errors)
         if (!e.empty()) return 1;
 

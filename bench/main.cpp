@@ -1,8 +1,10 @@
 // tqkv-bench: quality and speed of the tqkv codecs, measured against baselines in the same run.
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <thread>
 
 #include "bench.hpp"
 
@@ -112,6 +114,17 @@ Json& Json::add(const std::string& k, bool value) {
     key(k);
     body_ += value ? "true" : "false";
     return *this;
+}
+
+void parallel_for(size_t n, int threads, const std::function<void(size_t)>& fn) {
+    std::atomic<size_t> next{0};
+    auto worker = [&] {
+        for (size_t i; (i = next++) < n;) fn(i);
+    };
+    std::vector<std::thread> pool;
+    for (int t = 1; t < threads; ++t) pool.emplace_back(worker);
+    worker();
+    for (auto& t : pool) t.join();
 }
 
 std::vector<uint8_t> read_file(const std::string& path) {
