@@ -1026,14 +1026,8 @@ std::unique_ptr<BudgetCache> make_budget_cache(const std::string& spec, const Ca
     }
     if (parts.empty()) fail("empty spec; " + std::string(kBudgetGrammar));
     auto number = [&](const std::string& p, size_t from) {
-        size_t pos = 0;
         double x = 0;
-        try {
-            x = std::stod(p.substr(from), &pos);
-        } catch (...) {
-            pos = std::string::npos;
-        }
-        if (p.size() <= from || pos != p.size() - from) fail("bad option '" + p + "' in '" + spec + "'; " + kBudgetGrammar);
+        if (!detail::spec_number(p, from, x)) fail("bad option '" + p + "' in '" + spec + "'; " + kBudgetGrammar);
         return x;
     };
     auto integer = [&](const std::string& p, size_t from) {

@@ -664,14 +664,8 @@ std::unique_ptr<AttentionCache> make_cache(const std::string& spec, const CacheS
     int sinks = 0;
     bool emu = false;
     auto number = [&](const std::string& p, size_t from) {
-        size_t pos = 0;
         double x = 0;
-        try {
-            x = std::stod(p.substr(from), &pos);
-        } catch (...) {
-            pos = std::string::npos;
-        }
-        if (pos != p.size() - from) fail("bad option '" + p + "' in '" + spec + "'; " + kGrammar);
+        if (!detail::spec_number(p, from, x)) fail("bad option '" + p + "' in '" + spec + "'; " + kGrammar);
         return x;
     };
     for (size_t i = 1; i < parts.size(); ++i) {

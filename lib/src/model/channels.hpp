@@ -1,8 +1,10 @@
-// Channel choices shared by the model's caches (caches.cpp) and the budgeted caches (budget.cpp).
+// Shared by the model's caches (caches.cpp) and the budgeted caches (budget.cpp): channel choices
+// and the numbers of their spec strings.
 #pragma once
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <string>
 #include <vector>
 
 namespace tqkv::detail {
@@ -21,6 +23,18 @@ inline std::vector<int> top_channels(const std::vector<double>& energy, int coun
     idx.resize(size_t(count));
     std::sort(idx.begin(), idx.end());
     return idx;
+}
+
+// The number s[from..] of a spec option such as "w16" or "d0.99": false unless all of it parses.
+inline bool spec_number(const std::string& s, size_t from, double& x) {
+    if (s.size() <= from) return false;
+    size_t pos = 0;
+    try {
+        x = std::stod(s.substr(from), &pos);
+    } catch (...) {
+        return false;
+    }
+    return pos == s.size() - from;
 }
 
 }  // namespace tqkv::detail
