@@ -87,6 +87,20 @@ void validate_append(const CacheShape& s, int layer, std::span<const float> keys
         if (!std::isfinite(keys[i]) || !std::isfinite(values[i])) fail("append: non-finite key or value");
 }
 
+// The number of query tokens of an attend() call, after checking its sizes: at most the tokens
+// of the layer's last append (the queries are those tokens).
+size_t validate_attend(const CacheShape& s, int layer, std::span<const float> queries, std::span<float> out,
+                       const std::vector<size_t>& last_chunk_of_layer) {
+    const size_t qrow = size_t(s.heads) * s.head_dim;
+    if (layer < 0 || layer >= s.layers) fail("attend: layer out of range");
+    if (queries.empty() || queries.size() % qrow || out.size() != queries.size()) fail("attend: bad query sizes");
+    const size_t m = queries.size() / qrow, last_chunk = last_chunk_of_layer[size_t(layer)];
+    if (m > last_chunk)
+        fail("attend: " + std::to_string(m) + " queries but the last append brought " + std::to_string(last_chunk) +
+             " tokens (attend the tokens of the last append only)");
+    return m;
+}
+
 // Positions p in [0, total) with p < sinks or p >= total - recent.
 size_t protected_count(size_t total, size_t sinks, size_t recent) { return std::min(total, sinks + recent); }
 
@@ -284,16 +298,10 @@ public:
     void attend(int layer, std::span<const float> queries, std::span<float> out) override {
         const int KH = shape_.kv_heads, r = r_, d = d_;
         const size_t qrow = size_t(shape_.heads) * d;
-        if (layer < 0 || layer >= shape_.layers) fail("attend: layer out of range");
-        if (queries.empty() || queries.size() % qrow || out.size() != queries.size()) fail("attend: bad query sizes");
-        const size_t m = queries.size() / qrow;
-        if (m > last_chunk_[size_t(layer)])
-            fail("attend: " + std::to_string(m) + " queries but the last append brought " +
-                 std::to_string(last_chunk_[size_t(layer)]) + " tokens (attend the tokens of the last append only)");
+        const size_t m = validate_attend(shape_, layer, queries, out, last_chunk_);
         const size_t P0 = next_pos_[size_t(layer)] - m;
         for (int h = 0; h < KH; ++h) {
             Stream& st = stream(layer, h);
-            // Parts: the exact tier, then every segment.
             // Parts: the exact tier, then each tier's segments together (one query rotation and
             // one set of look-up tables per tier: KVCache::attend_stats over several caches).
             size_t parts = 1, held = st.n;
@@ -807,10 +815,7 @@ public:
     void attend(int layer, std::span<const float> queries, std::span<float> out) override {
         const int KH = shape_.kv_heads, r = r_, d = d_;
         const size_t qrow = size_t(shape_.heads) * d;
-        if (layer < 0 || layer >= shape_.layers) fail("attend: layer out of range");
-        if (queries.empty() || queries.size() % qrow || out.size() != queries.size()) fail("attend: bad query sizes");
-        const size_t m = queries.size() / qrow;
-        if (m > last_chunk_[size_t(layer)]) fail("attend: more queries than tokens in the last append");
+        const size_t m = validate_attend(shape_, layer, queries, out, last_chunk_);
         const size_t P0 = next_pos_[size_t(layer)] - m;
         const float scale = float(1.0 / std::sqrt(double(d)));
         const size_t ring = ring_width();
