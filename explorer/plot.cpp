@@ -148,6 +148,17 @@ void draw_title(ImDrawList* dl, float x0, float alt_x0, float x1, float y, const
     if (m.x >= alt_x0 && m.x <= x1 && m.y >= y && m.y <= y + ImGui::GetTextLineHeight()) ImGui::SetTooltip("%s", title);
 }
 
+// The widget's rectangle at the cursor: a size <= 0 on an axis means "the space left, minus that
+// much" (at least 120 x 80 pixels). Claims it as one item, so hover and click are the widget's.
+ImVec2 claim_area(const char* id, ImVec2 size) {
+    const ImVec2 avail = ImGui::GetContentRegionAvail();
+    if (size.x <= 0) size.x = std::max(120.0f, avail.x + size.x);
+    if (size.y <= 0) size.y = std::max(80.0f, avail.y + size.y);
+    const ImVec2 o0 = ImGui::GetCursorScreenPos();
+    ImGui::InvisibleButton(id, size);
+    return ImVec2(o0.x + size.x, o0.y + size.y);
+}
+
 }  // namespace
 
 ImU32 color(int i, float alpha) {
@@ -193,15 +204,11 @@ void begin(const char* id, const Spec& spec) {
     if (!(S.spec.x.hi > S.spec.x.lo)) S.spec.x = plotmath::padded(S.spec.x, 0.05, S.spec.xlog);
     if (!(S.spec.y.hi > S.spec.y.lo)) S.spec.y = plotmath::padded(S.spec.y, 0.05, S.spec.ylog);
 
-    const ImVec2 avail = ImGui::GetContentRegionAvail();
-    ImVec2 size = spec.size;
-    if (size.x <= 0) size.x = std::max(120.0f, avail.x + size.x);
-    if (size.y <= 0) size.y = std::max(80.0f, avail.y + size.y);
     S.outer0 = ImGui::GetCursorScreenPos();
-    S.outer1 = ImVec2(S.outer0.x + size.x, S.outer0.y + size.y);
-    ImGui::InvisibleButton(id, size);
+    S.outer1 = claim_area(id, spec.size);
     S.clicked = ImGui::IsItemClicked();
     const bool item_hovered = ImGui::IsItemHovered();
+    const ImVec2 size(S.outer1.x - S.outer0.x, S.outer1.y - S.outer0.y);
 
     const float lh = ImGui::GetTextLineHeight();
     // Tick labels decide the margins; no more ticks than fit (about 80 px apart in x, 40 in y).
@@ -458,12 +465,7 @@ bool heatmap(const char* id, const double* values, int rows, int cols, const std
              const std::vector<std::string>& col_labels, const HeatSpec& spec, int* click_row, int* click_col,
              int sel_row, int sel_col) {
     ImDrawList* dl = ImGui::GetWindowDrawList();
-    const ImVec2 avail = ImGui::GetContentRegionAvail();
-    ImVec2 size = spec.size;
-    if (size.x <= 0) size.x = std::max(120.0f, avail.x + size.x);
-    if (size.y <= 0) size.y = std::max(80.0f, avail.y + size.y);
-    const ImVec2 o0 = ImGui::GetCursorScreenPos(), o1(o0.x + size.x, o0.y + size.y);
-    ImGui::InvisibleButton(id, size);
+    const ImVec2 o0 = ImGui::GetCursorScreenPos(), o1 = claim_area(id, spec.size);
     const bool hovered = ImGui::IsItemHovered();
     const bool clicked = ImGui::IsItemClicked();
     const float lh = ImGui::GetTextLineHeight();
@@ -560,12 +562,7 @@ void hbars(const char* id, const std::vector<std::string>& labels, const std::ve
            const std::vector<ImU32>& colors, const BarSpec& spec, const std::vector<std::string>* value_text,
            const std::vector<std::string>* tooltips) {
     ImDrawList* dl = ImGui::GetWindowDrawList();
-    const ImVec2 avail = ImGui::GetContentRegionAvail();
-    ImVec2 size = spec.size;
-    if (size.x <= 0) size.x = std::max(120.0f, avail.x + size.x);
-    if (size.y <= 0) size.y = std::max(80.0f, avail.y + size.y);
-    const ImVec2 o0 = ImGui::GetCursorScreenPos(), o1(o0.x + size.x, o0.y + size.y);
-    ImGui::InvisibleButton(id, size);
+    const ImVec2 o0 = ImGui::GetCursorScreenPos(), o1 = claim_area(id, spec.size);
     const bool hovered = ImGui::IsItemHovered();
     const float lh = ImGui::GetTextLineHeight();
     float lw = 0, vw = 0;
