@@ -172,6 +172,17 @@ constexpr bool score_mul() {
     return BITS == 2 || H == 1;
 }
 
+// out[h][t] = (sum of the U accumulator sets)[h][t] * f[t / 8], for the 32 tokens of a group.
+template <int U, int H>
+TQKV_ALWAYS_INLINE void store_scores(const __m256 (&acc)[U][H][4], float* out, int stride, const __m256* f) {
+    for (int h = 0; h < H; ++h)
+        for (int k = 0; k < 4; ++k) {
+            __m256 v = acc[0][h][k];
+            if constexpr (U == 2) v = _mm256_add_ps(v, acc[U - 1][h][k]);
+            _mm256_storeu_ps(out + h * stride + 8 * k, _mm256_mul_ps(v, f[k]));
+        }
+}
+
 // Each pass over the codes is its own function (noinline): one instance per bits x heads, each
 // with its accumulators in registers.
 template <int BITS, int H>
@@ -206,12 +217,7 @@ __attribute__((noinline)) void scores_heads(const uint8_t* codes, int dim, const
         else
             add(std::integral_constant<int, 0>{});
     });
-    for (int h = 0; h < H; ++h)
-        for (int k = 0; k < 4; ++k) {
-            __m256 v = acc[0][h][k];
-            if constexpr (U == 2) v = _mm256_add_ps(v, acc[U - 1][h][k]);
-            _mm256_storeu_ps(out + h * stride + 8 * k, _mm256_mul_ps(v, f[k]));
-        }
+    store_scores(acc, out, stride, f);
 }
 
 // 1-bit codes: three coordinates share one look-up. Bits s, s + 1, s + 2 of a chunk word hold
@@ -266,12 +272,7 @@ __attribute__((noinline)) void scores_heads_1bit(const uint8_t* codes, int dim, 
             }
         }
     }
-    for (int h = 0; h < H; ++h)
-        for (int k = 0; k < 4; ++k) {
-            __m256 v = acc[0][h][k];
-            if constexpr (U == 2) v = _mm256_add_ps(v, acc[U - 1][h][k]);
-            _mm256_storeu_ps(out + h * stride + 8 * k, _mm256_mul_ps(v, f[k]));
-        }
+    store_scores(acc, out, stride, f);
 }
 
 // 5-8 bit codes: a 4-bit low part plus a 1-, 2- or 4-bit high part (b = 5, 6, 8) or 2 + 1 bits
