@@ -1,4 +1,5 @@
 #include <catch2/catch.hpp>
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -337,6 +338,31 @@ TEST_CASE("hostile serialized caches: errors, never crashes", "[cache][fuzz]") {
     INFO("rejected " << rejected << " accepted " << accepted);
     CHECK(rejected > 11000);
     CHECK(KVCache::load(good).save() == good);
+}
+
+TEST_CASE("hostile bit rates in a serialized header: clear errors", "[cache][fuzz]") {
+    // Fuzz finding: a header whose key bits were 1.29e10 (fractional) reached a float-to-int
+    // conversion before any range check.
+    auto cfg = cache_config(4, 2, 64, 4, 3, 6, Method::Prod);
+    KVCache a(cfg);
+    const auto K = tqkv_test::gaussian_vectors(40, 128, 2);
+    a.append(K, K);
+    const auto good = a.save();
+    // The two f64 rates sit next to each other in the header: find them by value.
+    uint8_t pattern[16];
+    std::memcpy(pattern, &cfg.key_bits, 8);
+    std::memcpy(pattern + 8, &cfg.value_bits, 8);
+    const auto at = std::search(good.begin(), good.end(), pattern, pattern + 16);
+    REQUIRE(at != good.end());
+    const size_t pos = size_t(at - good.begin());
+    for (double hostile : {1.28849e10 + 0.5, 1.5e10, -1e300, 0.5, 8.5, 9.0, double(NAN), double(INFINITY)})
+        for (size_t field : {pos, pos + 8}) {
+            std::vector<uint8_t> b = good;
+            std::memcpy(&b[field], &hostile, 8);
+            fix_crc(b);
+            INFO("bits " << hostile << " at offset " << field);
+            CHECK_THROWS_WITH(KVCache::load(b), Catch::Contains("bits"));
+        }
 }
 
 TEST_CASE("errors leave the cache exactly as it was", "[cache][errors]") {

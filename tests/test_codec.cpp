@@ -227,6 +227,11 @@ TEST_CASE("bad input: clear errors, nothing written", "[codec][errors]") {
     CHECK_THROWS_WITH(make_codec(config(64, 1, Method::Prod)), Catch::Contains("prod bits"));
     CHECK_THROWS_WITH(make_codec(config(64, 2, Method::Qjl)), Catch::Contains("qjl"));
     CHECK_THROWS_WITH(make_codec(config(64, NAN)), Catch::Contains("finite"));
+    // Fractional and far out of int range (fuzz finding: a loaded cache header carried 1.29e10).
+    CHECK_THROWS_WITH(make_codec(config(64, 1.28849e10f + 0.5f)), Catch::Contains("bits"));
+    CHECK_THROWS_WITH(make_codec(config(64, 1.5e10f)), Catch::Contains("bits"));
+    CHECK_THROWS_WITH(make_codec(config(64, -3.5f)), Catch::Contains("bits"));
+    CHECK_THROWS_WITH(make_codec(config(64, 8.5f)), Catch::Contains("bits"));
     CHECK_NOTHROW(make_codec(config(80, 4, Method::Mse)));
     CodecConfig had = config(80, 4);
     had.rotation = RotationKind::Hadamard;

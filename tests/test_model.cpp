@@ -410,6 +410,14 @@ TEST_CASE("model: cache specs and runner arguments are validated", "[model]") {
     for (const char* bad : {"", "q5_0", "K9V3", "K4", "KxV3", "K4V3-w", "K4V3-bogus", "K4V3-l7=K4V4", "K4V3-w-5"})
         CHECK_THROWS_WITH(make_cache(bad, s), Catch::Contains("cache"));
     CHECK_THROWS_WITH(make_cache("K4V3-sk", s), Catch::Contains("calibration"));
+    for (double b : {1.28849e10 + 0.5, -2.5, 0.5, 8.5, double(NAN)}) {
+        TurboCacheOptions o;
+        o.key_bits = b;
+        CHECK_THROWS_WITH(make_turbo_cache(s, o), Catch::Contains("bits"));
+        o.key_bits = 4;
+        o.layer_value_bits.assign(size_t(s.layers), b);
+        CHECK_THROWS_WITH(make_turbo_cache(s, o), Catch::Contains("bits"));
+    }
     auto cache = make_exact_cache(s);
     LlamaRunner run(m, *cache);
     std::vector<float> logits(256), wrong(100);

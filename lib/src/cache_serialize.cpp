@@ -159,6 +159,9 @@ KVCache read_layer(Reader& r, const std::string& kernel) {
     c.norm = norm == 0 ? NormFormat::F16 : NormFormat::F32;
     c.key_bits = r.f64();
     c.value_bits = r.f64();
+    if (!(c.key_bits >= 1 && c.key_bits <= 8 && c.value_bits >= 1 && c.value_bits <= 8))
+        bad("bits out of range [1, 8] (keys " + std::to_string(c.key_bits) + ", values " +
+            std::to_string(c.value_bits) + ")");
     c.scale = r.f32();
     c.seed = r.u64();
     c.max_tokens = size_t(r.u64());

@@ -19,6 +19,13 @@ struct SplitPlan {
 
 SplitPlan plan_split(const CodecConfig& cfg) {
     if (cfg.method == Method::Qjl) throw std::invalid_argument("tqkv: qjl has no fractional rates");
+    // Range first: the float-to-int conversion below is undefined for huge bits (a hostile
+    // serialized cache can carry any float there).
+    if (!(cfg.bits > 1 && cfg.bits < 8)) {
+        std::ostringstream m;
+        m << "tqkv: fractional bits " << cfg.bits << " out of range (1, 8)";
+        throw std::invalid_argument(m.str());
+    }
     const int lo = int(std::floor(cfg.bits));
     const int min_bits = cfg.method == Method::Prod ? 2 : 1;
     if (cfg.high_extra_bits < 1 || cfg.high_extra_bits > 7)

@@ -421,6 +421,14 @@ public:
         }
         if (!o.layer_key_bits.empty() && o.layer_key_bits.size() != size_t(s.layers)) fail("layer_key_bits needs one entry per layer");
         if (!o.layer_value_bits.empty() && o.layer_value_bits.size() != size_t(s.layers)) fail("layer_value_bits needs one entry per layer");
+        // Checked here, not first in the codec: the debias plan converts bits to int before that.
+        auto check_bits = [](double b) {
+            if (!(b >= 1 && b <= 8)) fail("bits " + std::to_string(b) + " out of range [1, 8]");
+        };
+        check_bits(o.key_bits);
+        check_bits(o.value_bits);
+        for (double b : o.layer_key_bits) check_bits(b);
+        for (double b : o.layer_value_bits) check_bits(b);
         plans_.resize(size_t(s.layers));
         layers_.resize(size_t(s.layers));
         if (has_cal_)

@@ -17,7 +17,9 @@
 #include <cpuid.h>
 #include <immintrin.h>
 // GCC 12 reports its own _mm512_reduce_add_ps (an undefined pass-through operand) as uninitialized.
+#if !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #endif
 
 #if defined(__wasm_simd128__)
