@@ -364,6 +364,9 @@ TEST_CASE("model: safetensors errors name the problem", "[model]") {
     CHECK_THROWS_WITH(Safetensors::parse(one("{\"dtype\":\"F32\",\"shape\":[2,-3],\"data_offsets\":[0,24]}", 24)),
                       Catch::Contains("bad shape"));
     CHECK_THROWS_WITH(Safetensors::parse(one("{\"shape\":[2,3],\"data_offsets\":[0,24]}", 24)), Catch::Contains("missing \"dtype\""));
+    // Element counts past size_t (1e36 bytes): rejected with the count in the message, never converted.
+    CHECK_THROWS_WITH(Safetensors::parse(one("{\"dtype\":\"F32\",\"shape\":[1000000000000,1000000000000,1000000000000],\"data_offsets\":[0,24]}", 24)),
+                      Catch::Contains("needs 4e+36"));
     CHECK_THROWS_WITH(Safetensors::parse(one("{\"dtype\":\"F32\",\"shape\":[6]}", 24)), Catch::Contains("data_offsets"));
     {
         std::string h = "{\"a\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]},"

@@ -60,6 +60,14 @@ bool get_bool(const JsonValue& root, const char* key, bool fallback) {
     return v->b;
 }
 
+// A byte count for a message; it may exceed size_t (shapes of 1e12 x 1e12 are rejected, not computed).
+std::string json_number(double x) {
+    std::ostringstream o;
+    o.precision(15);  // byte counts up to 1e15 (the offsets limit) print exactly
+    o << x;
+    return o.str();
+}
+
 size_t dtype_size(const std::string& dt) {
     if (dt == "F32") return 4;
     if (dt == "F16" || dt == "BF16") return 2;
@@ -194,7 +202,7 @@ Safetensors Safetensors::parse(std::vector<uint8_t> bytes, const std::string& wh
                  ") past the end of the data (" + std::to_string(data_size) + " bytes)");
         if (double(info.end - info.begin) != elems * double(es))
             fail(t + ": " + std::to_string(info.end - info.begin) + " bytes for shape " + shape_str(info.shape) + " of " +
-                 info.dtype + " (needs " + std::to_string(size_t(elems * double(es))) + ")");
+                 info.dtype + " (needs " + json_number(elems * double(es)) + ")");
         st.tensors_.push_back(std::move(info));
     }
     // Overlapping tensors mean a corrupted header.
