@@ -580,3 +580,46 @@ TEST_CASE("budget: the real model at 1/6 of the fp16 cache (tq-ref-128)", "[budg
     CHECK(delta["tiered"] < 2.0);
     CHECK(delta["tiered"] < delta["streaming"]);
 }
+
+TEST_CASE("budget: a prefill's exact-tier peak is given back", "[budget]") {
+    // The prefill chunk is held exact until demoted (up to the whole share); afterwards memory
+    // follows the held tokens down. Bound, per (layer, KV head): the format bytes; room for at
+    // most 1.5 (1.25 n + 8) exact tokens (n held exact; shrink_exact) at 4 d + 12 bytes each; 12
+    // bytes of bookkeeping per quantized token, x2 for vector growth; the codec tables of each
+    // tier; and two partly filled 32-token blocks per tier (the open segment, the last bin).
+    // head_dim 128, one KV head: exact tokens (512 bytes) dominate what the bound leaves loose.
+    const CacheShape shape{1, 2, 1, 128};
+    const size_t exact_bytes = 4 * 128;
+    const size_t budget = fp16_cache_bytes(shape, 120);
+    auto c = make_budget_cache("tiered-K4V4-K2V2-w4-s2", shape, budget);
+    auto nothing = [](int, size_t, size_t, std::span<const float>, const std::vector<float>&) {};
+    drive(*c, 110, 110, 31, nothing);
+    const size_t after_prefill = c->memory_bytes();
+    drive(*c, 600, 1, 32, nothing);
+    size_t tables = 0, partial = 0;
+    for (int bits : {4, 2}) {
+        CacheConfig cfg;
+        cfg.heads = shape.heads / shape.kv_heads;
+        cfg.kv_heads = 1;
+        cfg.head_dim = shape.head_dim;
+        cfg.key_bits = cfg.value_bits = bits;
+        cfg.block_tokens = 32;
+        KVCache proto(cfg);
+        tables += proto.table_bytes();
+        partial += 2 * proto.block_bytes();
+    }
+    double bound = c->format_bytes();
+    size_t exact_held = 0;
+    for (int l = 0; l < shape.layers; ++l)
+        for (int h = 0; h < shape.kv_heads; ++h) {
+            size_t n = 0, quantized = 0;
+            for (const auto& t : c->held(l, h)) (t.tier == 0 ? n : quantized)++;
+            exact_held += n;
+            bound += (1.5 * (1.25 * double(n) + 8) - double(n)) * double(exact_bytes + 12) + 12.0 * double(n) +
+                     24.0 * double(quantized) + double(tables + partial);
+        }
+    INFO("memory after prefill " << after_prefill << ", at the end " << c->memory_bytes() << ", bound " << bound
+                                 << " (budget " << budget << ", exact tokens held " << exact_held << ")");
+    CHECK(exact_held < 110 / 2);  // most of the prefill was demoted
+    CHECK(double(c->memory_bytes()) <= bound);
+}

@@ -340,6 +340,36 @@ TEST_CASE("hostile serialized caches: errors, never crashes", "[cache][fuzz]") {
     CHECK(KVCache::load(good).save() == good);
 }
 
+TEST_CASE("empty_like shares the codecs and codes exactly as a fresh cache", "[cache]") {
+    for (double kb : {4.0, 2.5}) {
+        auto cfg = cache_config(4, 2, 64, kb, 3, 8, Method::Prod);
+        if (kb != std::floor(kb))
+            for (int j = 0; j < 32; ++j) cfg.key_high_channels.push_back(2 * j + 1);
+        KVCache a(cfg);
+        const auto K = tqkv_test::gaussian_vectors(70, 128, 3), V = tqkv_test::gaussian_vectors(70, 128, 4);
+        a.append(K, V);
+        KVCache b = a.empty_like(), fresh(a.config());
+        CHECK(b.tokens() == 0);
+        CHECK(b.same_codes(a));
+        CHECK(b.table_bytes() == fresh.table_bytes());
+        CHECK(b.table_bytes() > 0);
+        CHECK(b.bytes_used() == fresh.bytes_used());
+        b.append(K, V);
+        fresh.append(K, V);
+        CHECK(b.save() == fresh.save());
+        CHECK(b.save() == a.save());
+        // Independent storage: changing one leaves the other as it was.
+        const auto before = a.save();
+        b.truncate(10);
+        b.append(V, K);
+        CHECK(a.save() == before);
+        // The shared tables outlive the cache they came from.
+        KVCache c = KVCache(a.config()).empty_like();
+        c.append(K, V);
+        CHECK(c.save() == before);
+    }
+}
+
 TEST_CASE("hostile bit rates in a serialized header: clear errors", "[cache][fuzz]") {
     // Fuzz finding: a header whose key bits were 1.29e10 (fractional) reached a float-to-int
     // conversion before any range check.

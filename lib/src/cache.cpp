@@ -84,7 +84,58 @@ void check_finite(std::span<const float> x, const CacheConfig& c, int per_token_
 // ---------------------------------------------------------------------------------------------
 // Construction and storage
 
-KVCache::Impl::Impl(const CacheConfig& c) : cfg(c) {
+namespace {
+
+std::shared_ptr<const CacheCodecs> build_codecs(const CacheConfig& cfg, size_t norm_bytes) {
+    auto cc = std::make_shared<CacheCodecs>();
+    CodecConfig kc;
+    kc.dim = cfg.head_dim;
+    kc.bits = cfg.key_bits;
+    kc.method = cfg.key_method;
+    kc.seed = derive_seed(cfg.seed, 0x4b /* K */);
+    kc.norm = cfg.norm;
+    kc.high_channels = cfg.key_high_channels;
+    kc.kernel = cfg.kernel;
+    CodecConfig vc = kc;
+    vc.bits = cfg.value_bits;
+    vc.method = Method::Mse;
+    vc.seed = derive_seed(cfg.seed, 0x56 /* V */);
+    vc.high_channels = cfg.value_high_channels;
+    try {
+        cc->keys = make_side(kc);
+    } catch (const std::invalid_argument& e) {
+        fail(std::string("keys: ") + e.what());
+    }
+    try {
+        cc->values = make_side(vc);
+    } catch (const std::invalid_argument& e) {
+        fail(std::string("values: ") + e.what());
+    }
+    // Group layout: key segments, then value segments.
+    size_t off = 0;
+    for (auto* side : {&cc->keys, &cc->values})
+        for (auto& s : side->segs) {
+            s.norm_off = off;
+            off += kGroupTokens * norm_bytes;
+            if (s.prod) {
+                s.gamma_off = off;
+                off += kGroupTokens * norm_bytes;
+            }
+            s.codes_off = off;
+            off += group_code_bytes(s.dim, s.bits);
+            if (s.prod) {
+                s.signs_off = off;
+                off += group_code_bytes(s.dim, 1);
+            }
+            cc->max_codec_bytes = std::max(cc->max_codec_bytes, s.codec_bytes);
+        }
+    cc->group_bytes = off;
+    return cc;
+}
+
+}  // namespace
+
+KVCache::Impl::Impl(const CacheConfig& c, std::shared_ptr<const CacheCodecs> shared) : cfg(c) {
     if (cfg.heads < 1 || cfg.heads > 4096) fail("heads " + std::to_string(cfg.heads) + " out of range [1, 4096]");
     if (cfg.kv_heads < 1 || cfg.kv_heads > cfg.heads || cfg.heads % cfg.kv_heads != 0)
         fail("kv_heads " + std::to_string(cfg.kv_heads) + " must divide heads " + std::to_string(cfg.heads));
@@ -100,58 +151,17 @@ KVCache::Impl::Impl(const CacheConfig& c) : cfg(c) {
     capacity = cfg.max_tokens ? cfg.max_tokens : kMaxTokens;
     scale = cfg.scale > 0 ? cfg.scale : float(1.0 / std::sqrt(double(cfg.head_dim)));
 
-    CodecConfig kc;
-    kc.dim = cfg.head_dim;
-    kc.bits = cfg.key_bits;
-    kc.method = cfg.key_method;
-    kc.seed = derive_seed(cfg.seed, 0x4b /* K */);
-    kc.norm = cfg.norm;
-    kc.high_channels = cfg.key_high_channels;
-    kc.kernel = cfg.kernel;
-    CodecConfig vc = kc;
-    vc.bits = cfg.value_bits;
-    vc.method = Method::Mse;
-    vc.seed = derive_seed(cfg.seed, 0x56 /* V */);
-    vc.high_channels = cfg.value_high_channels;
-    try {
-        keys = make_side(kc);
-    } catch (const std::invalid_argument& e) {
-        fail(std::string("keys: ") + e.what());
-    }
-    try {
-        values = make_side(vc);
-    } catch (const std::invalid_argument& e) {
-        fail(std::string("values: ") + e.what());
-    }
     k = &kernels_by_name(cfg.kernel.c_str());
     ak = &attention_for(*k);
     norm_bytes = detail::norm_bytes(cfg.norm);
-
-    // Group layout: key segments, then value segments.
-    size_t off = 0;
-    for (auto* side : {&keys, &values})
-        for (auto& s : side->segs) {
-            s.norm_off = off;
-            off += kGroupTokens * norm_bytes;
-            if (s.prod) {
-                s.gamma_off = off;
-                off += kGroupTokens * norm_bytes;
-            }
-            s.codes_off = off;
-            off += group_code_bytes(s.dim, s.bits);
-            if (s.prod) {
-                s.signs_off = off;
-                off += group_code_bytes(s.dim, 1);
-            }
-        }
-    group_bytes = off;
+    codecs = shared ? std::move(shared) : build_codecs(cfg, norm_bytes);
+    group_bytes = codecs->group_bytes;
+    max_codec_bytes = codecs->max_codec_bytes;
     groups_per_block = size_t(cfg.block_tokens) / kGroupTokens;
     block_bytes = size_t(cfg.kv_heads) * groups_per_block * group_bytes;
 
     win_k.assign(size_t(cfg.window) * row(), 0.0f);
     win_v.assign(size_t(cfg.window) * row(), 0.0f);
-    for (auto* side : {&keys, &values})
-        for (auto& s : side->segs) max_codec_bytes = std::max(max_codec_bytes, s.codec_bytes);
 }
 
 // Per-thread staging of append(): shared by every cache a thread appends to (a cache holding a
@@ -192,8 +202,8 @@ void KVCache::Impl::compress(const float* k_rows, const float* v_rows, size_t co
     uint8_t* seg_out = Staging::grow(st.seg_out, count * max_codec_bytes);
     uint8_t* token_codes = Staging::grow(st.token_codes, size_t(d));
     for (int h = 0; h < cfg.kv_heads; ++h)
-        for (auto* side : {&keys, &values}) {
-            const float* src = side == &keys ? k_rows : v_rows;
+        for (auto* side : {&keys(), &values()}) {
+            const float* src = side == &keys() ? k_rows : v_rows;
             for (auto& s : side->segs) {
                 for (size_t i = 0; i < count; ++i)
                     for (int j = 0; j < s.dim; ++j) seg_in[i * s.dim + j] = src[i * row() + size_t(h) * d + s.channels[j]];
@@ -226,7 +236,7 @@ void KVCache::Impl::clear_tokens(size_t from, size_t to) {
         const int slot = int(t % kGroupTokens);
         for (int h = 0; h < cfg.kv_heads; ++h) {
             uint8_t* g = group(h, t);
-            for (auto* side : {&keys, &values})
+            for (auto* side : {&keys(), &values()})
                 for (auto& s : side->segs) {
                     std::memset(g + s.norm_off + slot * norm_bytes, 0, norm_bytes);
                     if (s.prod) std::memset(g + s.gamma_off + slot * norm_bytes, 0, norm_bytes);
@@ -264,8 +274,8 @@ void KVCache::append(std::span<const float> keys, std::span<const float> values)
     check_finite(values, m.cfg, m.cfg.kv_heads, "append: value");
     // Every appended token will be compressed one day: its norms must fit now.
     try {
-        m.keys.codec->check_rows(keys.data(), n * m.cfg.kv_heads, size_t(m.cfg.head_dim));
-        m.values.codec->check_rows(values.data(), n * m.cfg.kv_heads, size_t(m.cfg.head_dim));
+        m.keys().codec->check_rows(keys.data(), n * m.cfg.kv_heads, size_t(m.cfg.head_dim));
+        m.values().codec->check_rows(values.data(), n * m.cfg.kv_heads, size_t(m.cfg.head_dim));
     } catch (const std::invalid_argument& e) {
         fail(std::string("append: ") + e.what() + " (counting rows as token * kv_heads + head)");
     }
@@ -336,14 +346,21 @@ size_t KVCache::block_bytes() const { return impl_->block_bytes; }
 double KVCache::compressed_bytes_per_token() const { return double(impl_->block_bytes) / impl_->cfg.block_tokens; }
 size_t KVCache::fp16_bytes_per_token() const { return 2 * impl_->row() * 2; }
 
+size_t KVCache::table_bytes() const {
+    const Impl& m = *impl_;
+    size_t tables = m.keys().codec->table_bytes() + m.values().codec->table_bytes();
+    for (auto* side : {&m.keys(), &m.values()})
+        for (auto& s : side->segs) tables += s.table.size() * sizeof(float) + s.channels.size() * sizeof(int);
+    return tables;
+}
+
 size_t KVCache::bytes_used() const {
     const Impl& m = *impl_;
-    size_t tables = m.keys.codec->table_bytes() + m.values.codec->table_bytes();
-    for (auto* side : {&m.keys, &m.values})
-        for (auto& s : side->segs) tables += s.table.size() * sizeof(float) + s.channels.size() * sizeof(int);
     return m.blocks.size() * m.block_bytes + m.blocks.capacity() * sizeof(BlockPtr) +
-           (m.win_k.size() + m.win_v.size()) * sizeof(float) + tables;
+           (m.win_k.size() + m.win_v.size()) * sizeof(float) + table_bytes();
 }
+
+KVCache KVCache::empty_like() const { return KVCache(std::make_unique<Impl>(impl_->cfg, impl_->codecs)); }
 
 double KVCache::bytes_per_token() const {
     return impl_->n_tokens ? double(bytes_used()) / double(impl_->n_tokens) : 0.0;
@@ -464,8 +481,8 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
     size_t score_cols = chunk_tokens;
     for (const Impl* part : parts) score_cols = std::max(score_cols, size_t(part->cfg.window));
     size_t lut_floats = 0, acc_floats = 0;
-    for (auto& s : m.keys.segs) lut_floats += size_t(r) * s.dim * (s.table.size() + (s.prod ? 16 : 0));
-    for (auto& s : m.values.segs) acc_floats += size_t(r) * s.dim * 16;
+    for (auto& s : m.keys().segs) lut_floats += size_t(r) * s.dim * (s.table.size() + (s.prod ? 16 : 0));
+    for (auto& s : m.values().segs) acc_floats += size_t(r) * s.dim * 16;
     const int padded = pad_lanes(d);
     Workspace::grow(ws.lut, lut_floats);
     Workspace::grow(ws.acc, acc_floats);
@@ -484,12 +501,12 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
     // The fused kernels cover the common layout: one segment, fp16 norms (stored little-endian,
     // and every supported target is little-endian), MSE keys.
     const bool f16 = c.norm == NormFormat::F16;
-    const bool fused_keys = ak.group_scores_normed && f16 && m.keys.segs.size() == 1 && !m.keys.segs[0].prod;
-    const bool fused_values = ak.group_accumulate_normed && f16 && m.values.segs.size() == 1;
+    const bool fused_keys = ak.group_scores_normed && f16 && m.keys().segs.size() == 1 && !m.keys().segs[0].prod;
+    const bool fused_values = ak.group_accumulate_normed && f16 && m.values().segs.size() == 1;
     // Fused keys may also use tables the kernel prepares once per query (fixed point on wasm and AVX2).
     const bool may_prepare = fused_keys && ak.prepare_scores;
     if (may_prepare) {
-        const auto& s = m.keys.segs[0];
+        const auto& s = m.keys().segs[0];
         Workspace::grow(ws.prepared, ak.scores_table_bytes(s.dim, s.bits, r) / sizeof(float) + 1);
     }
 
@@ -499,7 +516,7 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
             // 1. Rotate each query once per key segment and build its look-up tables:
             //    lut[j][code] = q'_j * centroid[code]; for prod also the sketch table of S q'.
             float* lut = ws.lut.data();
-            for (auto& s : m.keys.segs) {
+            for (auto& s : m.keys().segs) {
                 const int sp = s.rot->padded_dim(), L = int(s.table.size());
                 for (int hh = 0; hh < r; ++hh) {
                     for (int j = 0; j < s.dim; ++j) ws.buf[j] = q0[size_t(hh) * d + s.channels[j]];
@@ -517,7 +534,7 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                 }
                 lut += size_t(r) * s.dim * (L + (s.prod ? 16 : 0));
             }
-            const bool prepared = may_prepare && ak.prepare_scores(ws.lut.data(), m.keys.segs[0].dim, m.keys.segs[0].bits,
+            const bool prepared = may_prepare && ak.prepare_scores(ws.lut.data(), m.keys().segs[0].dim, m.keys().segs[0].bits,
                                                                    r, ws.prepared.data());
             std::fill(ws.acc.begin(), ws.acc.begin() + acc_floats, 0.0f);
             std::fill(ws.acc_exact.begin(), ws.acc_exact.begin() + size_t(r) * d, 0.0f);
@@ -534,7 +551,7 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                         const float corr = std::exp(ws.m[hh] - cmax);  // 0 on the first chunk
                         ws.l[hh] *= corr;
                         float* acc = ws.acc.data();
-                        for (auto& vs : m.values.segs) {
+                        for (auto& vs : m.values().segs) {
                             k.scale(acc + size_t(hh) * vs.dim * 16, vs.dim * 16, corr);
                             acc += size_t(r) * vs.dim * 16;
                         }
@@ -573,7 +590,7 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                         }
                         const size_t valid = std::min<size_t>(kGroupTokens, visible_codes - t0);
                         if (fused_keys) {  // one call: scores * norms * scale, straight into the chunk
-                            const auto& s = m.keys.segs[0];
+                            const auto& s = m.keys().segs[0];
                             const auto* norms = reinterpret_cast<const uint16_t*>(g + s.norm_off);
                             if (prepared)
                                 ak.group_scores_prepared(g + s.codes_off, s.dim, s.bits, ws.prepared.data(), r, norms,
@@ -589,7 +606,7 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                         for (int hh = 0; hh < r; ++hh)
                             std::fill_n(&ws.scores[size_t(hh) * score_cols + gi * kGroupTokens], kGroupTokens, 0.0f);
                         const float* klut = ws.lut.data();
-                        for (auto& s : m.keys.segs) {
+                        for (auto& s : m.keys().segs) {
                             const int L = int(s.table.size());
                             ak.group_scores(g + s.codes_off, s.dim, s.bits, klut, r, ws.raw.data());
                             read_norms(k, g + s.norm_off, m.norm_bytes, ws.norms.data());
@@ -628,13 +645,13 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                         const uint8_t* g = P.group(kvh, (g0 + gi) * kGroupTokens);
                         float* acc = ws.acc.data();
                         if (fused_values) {
-                            const auto& s = m.values.segs[0];
+                            const auto& s = m.values().segs[0];
                             ak.group_accumulate_normed(g + s.codes_off, s.dim, s.bits, s.table.data(),
                                                        &ws.scores[gi * kGroupTokens], int(score_cols),
                                                        reinterpret_cast<const uint16_t*>(g + s.norm_off), r, acc);
                             continue;
                         }
-                        for (auto& s : m.values.segs) {
+                        for (auto& s : m.values().segs) {
                             read_norms(k, g + s.norm_off, m.norm_bytes, ws.norms.data());
                             for (int hh = 0; hh < r; ++hh)
                                 for (int t = 0; t < kGroupTokens; ++t)
@@ -679,7 +696,7 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                     stat_sum[size_t(kvh) * r + hh] = ws.l[hh];
                 }
                 const float* acc = ws.acc.data();
-                for (auto& s : m.values.segs) {
+                for (auto& s : m.values().segs) {
                     const int sp = s.rot->padded_dim();
                     const float* a = acc + size_t(hh) * s.dim * 16;
                     for (int j = 0; j < s.dim; ++j) {
@@ -740,12 +757,12 @@ std::vector<float> KVCache::Impl::decode_side(const CacheSide& side, bool is_key
 
 std::vector<float> KVCache::decode_keys(int kv_head) const {
     if (kv_head < 0 || kv_head >= impl_->cfg.kv_heads) fail("decode_keys: kv_head out of range");
-    return impl_->decode_side(impl_->keys, true, kv_head);
+    return impl_->decode_side(impl_->keys(), true, kv_head);
 }
 
 std::vector<float> KVCache::decode_values(int kv_head) const {
     if (kv_head < 0 || kv_head >= impl_->cfg.kv_heads) fail("decode_values: kv_head out of range");
-    return impl_->decode_side(impl_->values, false, kv_head);
+    return impl_->decode_side(impl_->values(), false, kv_head);
 }
 
 void KVCache::attend_reference(std::span<const float> queries, std::span<float> out, bool causal) const {

@@ -33,6 +33,15 @@ struct CacheSide {  // the keys or the values
     std::vector<CacheSegment> segs;
 };
 
+// Everything built from the config before a token arrives: codecs, kernel tables, the group
+// layout. Immutable once built, so caches made with empty_like() share it (a budget cache holds
+// hundreds of small caches with the same codecs).
+struct CacheCodecs {
+    CacheSide keys, values;
+    size_t group_bytes = 0;       // one 32-token group of one KV head: key segments, then value segments
+    size_t max_codec_bytes = 0;   // largest bytes_per_vector() of a segment codec
+};
+
 struct AlignedFree {
     void operator()(uint8_t* p) const { std::free(p); }
 };
@@ -42,7 +51,7 @@ struct KVCache::Impl {
     CacheConfig cfg;
     const detail::KernelTable* k = nullptr;
     const detail::AttentionKernels* ak = nullptr;
-    CacheSide keys, values;
+    std::shared_ptr<const CacheCodecs> codecs;
     size_t norm_bytes = 2, group_bytes = 0, groups_per_block = 0, block_bytes = 0, capacity = 0;
     float scale = 0;
     std::vector<BlockPtr> blocks;
@@ -50,7 +59,10 @@ struct KVCache::Impl {
     std::vector<float> win_k, win_v;  // ring of `window` tokens, each [kv_heads][head_dim]
     size_t max_codec_bytes = 0;       // largest bytes_per_vector() of a segment codec
 
-    explicit Impl(const CacheConfig& c);
+    // `shared`: codecs of a cache with the same config (empty_like), or null to build them.
+    explicit Impl(const CacheConfig& c, std::shared_ptr<const CacheCodecs> shared = nullptr);
+    const CacheSide& keys() const { return codecs->keys; }
+    const CacheSide& values() const { return codecs->values; }
     int group_size() const { return cfg.heads / cfg.kv_heads; }
     size_t row() const { return size_t(cfg.kv_heads) * cfg.head_dim; }  // floats of one token
     uint8_t* group(int kv_head, size_t token) const {

@@ -204,7 +204,7 @@ KVCache read_layer(Reader& r, const std::string& kernel) {
     for (uint32_t h = 0; h < kv_heads; ++h)
         for (size_t t = 0; t < m.n_compressed; ++t) {
             const uint8_t* g = m.group(int(h), t);
-            for (auto* side : {&m.keys, &m.values})
+            for (auto* side : {&m.keys(), &m.values()})
                 for (auto& s : side->segs) {
                     const size_t slot = t % detail::kGroupTokens;
                     if (!std::isfinite(detail::read_norm(g + s.norm_off + slot * m.norm_bytes, c.norm)) ||

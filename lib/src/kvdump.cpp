@@ -157,6 +157,7 @@ KvDump load_kv_dump(const std::string& dir) {
         bad(dir + "/queries.npy", "query heads must be a multiple of the KV heads");
     if (k.shape[0] == 0 || k.shape[2] == 0 || k.shape[3] < 3 || k.shape[3] > 1024)
         bad(dir + "/keys.npy", "empty dump or head_dim outside [3, 1024]");
+    if (k.shape[0] > 4096 || q.shape[1] > 4096) bad(dir, "more than 4096 layers or heads");
     d.layers = int(k.shape[0]);
     d.kv_heads = int(k.shape[1]);
     d.tokens = k.shape[2];

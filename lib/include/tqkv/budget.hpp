@@ -13,8 +13,8 @@
 // storage of the held tokens — codes and norms of quantized tokens, exact tokens at fp16 — summed
 // over layers and KV heads. Each (layer, KV head) gets an equal share, budget / (layers *
 // kv_heads), and never holds more after an append returns. Per-token bookkeeping (position and
-// importance, 12 bytes per token and KV head) and the codec tables and staging buffers of the
-// KVCache objects are memory_bytes(), not budget.
+// importance, 12 bytes per token and KV head) and the codec tables (one set per tier and (layer,
+// KV head), shared by the tier's segments: KVCache::empty_like) are memory_bytes(), not budget.
 //
 // Tiered cache, per (layer, KV head):
 //   exact tier   protected tokens: the first `sinks` positions (attention sinks: never demoted or

@@ -89,6 +89,11 @@ public:
     // True when both caches code tokens identically (shape, methods, rates, high channels, seed,
     // norm format, attention scale, kernel); block size, window and capacity may differ.
     bool same_codes(const KVCache& other) const;
+    // A new, empty cache with this config that shares this cache's codecs and kernel tables
+    // (immutable once built): the same codes as KVCache(config()) without building them again
+    // (a budgeted cache holds hundreds of small caches of one rate). The two are as independent
+    // as two separately built caches, also across threads.
+    KVCache empty_like() const;
     // The same result computed the slow, obvious way: decode every key and value to floats, exact
     // softmax in double precision. The reference the fused kernels are tested against.
     void attend_reference(std::span<const float> queries, std::span<float> out, bool causal = true) const;
@@ -100,6 +105,7 @@ public:
     void clear();
 
     size_t bytes_used() const;           // all memory the cache holds: blocks, window, tables
+    size_t table_bytes() const;          // of which codecs and kernel tables (shared with empty_like copies)
     double bytes_per_token() const;      // bytes_used() / tokens() (0 when empty)
     size_t block_bytes() const;          // one block of block_tokens tokens, all KV heads
     double compressed_bytes_per_token() const;  // block_bytes() / block_tokens

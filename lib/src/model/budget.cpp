@@ -194,8 +194,7 @@ public:
         streams_.resize(size_t(s.layers) * KH);
         for (auto& st : streams_) {
             st.tiers.resize(size_t(T));
-            st.cfg.resize(size_t(T));
-            st.cfg_ready.assign(size_t(T), false);
+            st.proto.resize(size_t(T));
         }
         next_pos_.assign(size_t(s.layers), 0);
         last_chunk_.assign(size_t(s.layers), 0);
@@ -238,8 +237,9 @@ public:
             b += (st.k.capacity() + st.v.capacity()) * sizeof(uint16_t) +
                  (st.score.capacity() + st.norm.capacity()) * sizeof(float) + st.pos.capacity() * sizeof(int32_t);
             for (size_t t = 0; t < st.tiers.size(); ++t) {
+                if (st.proto[t]) b += st.proto[t]->bytes_used();  // the tier's shared tables
                 for (const auto& g : st.tiers[t])
-                    b += g.cache->bytes_used() + g.pos.capacity() * sizeof(int32_t) +
+                    b += g.cache->bytes_used() - g.cache->table_bytes() + g.pos.capacity() * sizeof(int32_t) +
                          (g.score.capacity() + g.norm.capacity()) * sizeof(float);
             }
         }
@@ -291,7 +291,10 @@ public:
         }
         next_pos_[size_t(layer)] = total;
         last_chunk_[size_t(layer)] = n;
-        for (int h = 0; h < KH; ++h) enforce(layer, h);
+        for (int h = 0; h < KH; ++h) {
+            enforce(layer, h);
+            shrink_exact(stream(layer, h));
+        }
         note_bytes();
     }
 
@@ -446,8 +449,9 @@ private:
         std::vector<int32_t> pos;
         size_t n = 0;
         std::vector<std::vector<Segment>> tiers;
-        std::vector<CacheConfig> cfg;
-        std::vector<bool> cfg_ready;
+        // Per tier: an empty cache whose codecs and tables all segments of the tier share (built
+        // when the tier is first used).
+        std::vector<std::unique_ptr<KVCache>> proto;
     };
 
     size_t exact_bytes() const { return size_t(4) * size_t(shape_.head_dim); }  // K + V at fp16, one KV head
@@ -486,10 +490,10 @@ private:
         return c;
     }
 
-    // The codec settings of tier t for a stream: high channels of fractional rates by energy after
+    // The codecs of tier t for a stream: high channels of fractional rates by energy after
     // centering (calibration statistics, or else the stream's exact tokens when first needed).
-    const CacheConfig& tier_config(Stream& st, int t, int layer, int h) {
-        if (st.cfg_ready[size_t(t)]) return st.cfg[size_t(t)];
+    const KVCache& tier_proto(Stream& st, int t, int layer, int h) {
+        if (st.proto[size_t(t)]) return *st.proto[size_t(t)];
         CacheConfig c = base_config(t, layer, h);
         const int hk = high_count(c.key_bits, d_), hv = high_count(c.value_bits, d_);
         if (hk || hv) {
@@ -512,31 +516,43 @@ private:
             if (hk) c.key_high_channels = top_channels(ke, hk);
             if (hv) c.value_high_channels = top_channels(ve, hv);
         }
-        st.cfg[size_t(t)] = c;
-        st.cfg_ready[size_t(t)] = true;
-        return st.cfg[size_t(t)];
+        st.proto[size_t(t)] = std::make_unique<KVCache>(c);
+        return *st.proto[size_t(t)];
     }
 
     Segment new_segment(Stream& st, int t, int layer, int h) {
         Segment g;
-        g.cache = std::make_unique<KVCache>(tier_config(st, t, layer, h));
-        g.pos.reserve(size_t(o_.segment_tokens));
-        g.score.reserve(size_t(o_.segment_tokens));
-        g.norm.reserve(size_t(o_.segment_tokens));
+        g.cache = std::make_unique<KVCache>(tier_proto(st, t, layer, h).empty_like());
         return g;
     }
-    // Caches are not kept for reuse: a KVCache carries staging buffers for a block (about 50 KB
-    // at head_dim 128) whatever it holds, and building one is cheap next to encoding a segment.
+    // Caches are not kept for reuse: an empty one costs a few hundred bytes (the codecs are the
+    // tier prototype's), and building one is cheap next to encoding a segment.
     static void release(Stream&, int, std::unique_ptr<KVCache> c) { c.reset(); }
 
     void reserve_exact(Stream& st, size_t n) {
         if (st.pos.size() >= n) return;
-        const size_t cap = std::max(n, 2 * st.pos.size());
+        const size_t cap = std::max(n, st.pos.size() + st.pos.size() / 4 + 8);
         st.k.resize(cap * d_);
         st.v.resize(cap * d_);
         st.pos.resize(cap);
         st.score.resize(cap);
         st.norm.resize(cap);
+    }
+    // Once a large chunk (the prefill) has been demoted, give its room back: the exact tier of a
+    // long context is mostly sinks + window, and its peak could be most of the budget share.
+    // With the growth of reserve_exact, the room after an append is at most 1.5 (1.25 n + 8).
+    void shrink_exact(Stream& st) {
+        const size_t keep = st.n + st.n / 4 + 8;
+        if (2 * st.pos.size() <= 3 * keep) return;
+        auto shrink = [](auto& v, size_t n) {
+            v.resize(n);
+            v.shrink_to_fit();
+        };
+        shrink(st.k, keep * d_);
+        shrink(st.v, keep * d_);
+        shrink(st.pos, keep);
+        shrink(st.score, keep);
+        shrink(st.norm, keep);
     }
     void remove_exact(Stream& st, size_t i) {  // swap with the last
         const size_t last = st.n - 1;
@@ -918,7 +934,7 @@ private:
     }
     void reserve_rows(Stream& st, size_t n) {
         if (st.pos.size() >= n) return;
-        const size_t cap = std::max(n, 2 * st.pos.size());
+        const size_t cap = std::max(n, st.pos.size() + st.pos.size() / 4 + 8);
         st.k.resize(cap * d_);
         st.v.resize(cap * d_);
         st.pos.resize(cap);
