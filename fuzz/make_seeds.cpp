@@ -5,6 +5,7 @@
 #include <fstream>
 #include <string>
 
+#include "tiny_model.hpp"
 #include "tqkv/tqkv.hpp"
 
 namespace fs = std::filesystem;
@@ -19,6 +20,7 @@ int main(int argc, char** argv) {
     fs::create_directories(root / "cache");
     fs::create_directories(root / "npy");
     fs::create_directories(root / "kernels");
+    fs::create_directories(root / "model");
     tqkv::Rng rng(1);
     int i = 0;
     for (auto [heads, kv, dim, kb, vb, window, prod] :
@@ -56,5 +58,38 @@ int main(int argc, char** argv) {
     std::vector<uint8_t> k(300);
     for (auto& b : k) b = uint8_t(rng.next());
     write(root / "kernels" / "random", k);
+    // Models small enough for -max_len: hidden 8, 2 heads of 4 (1 KV head), MLP 8, vocab 16, one
+    // layer; tied and untied embeddings.
+    for (bool tied : {true, false}) {
+        const std::string config = std::string(R"({"hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
+ "num_key_value_heads": 1, "intermediate_size": 8, "vocab_size": 16, "max_position_embeddings": 32,
+ "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": )") + (tied ? "true}" : "false}");
+        std::map<std::string, tqkv_test::Tensor> ts;
+        auto mat = [&](int64_t r, int64_t c) {
+            tqkv_test::Tensor t{{r, c}, std::vector<float>(size_t(r * c))};
+            for (auto& x : t.data) x = float(0.3 * rng.normal());
+            return t;
+        };
+        ts["model.embed_tokens.weight"] = mat(16, 8);
+        if (!tied) ts["lm_head.weight"] = mat(16, 8);
+        ts["model.norm.weight"] = tqkv_test::Tensor{{8}, std::vector<float>(8, 1.0f)};
+        const std::string p = "model.layers.0.";
+        ts[p + "input_layernorm.weight"] = ts["model.norm.weight"];
+        ts[p + "post_attention_layernorm.weight"] = ts["model.norm.weight"];
+        ts[p + "self_attn.q_proj.weight"] = mat(8, 8);
+        ts[p + "self_attn.k_proj.weight"] = mat(4, 8);
+        ts[p + "self_attn.v_proj.weight"] = mat(4, 8);
+        ts[p + "self_attn.o_proj.weight"] = mat(8, 8);
+        ts[p + "mlp.gate_proj.weight"] = mat(8, 8);
+        ts[p + "mlp.up_proj.weight"] = mat(8, 8);
+        ts[p + "mlp.down_proj.weight"] = mat(8, 8);
+        // Checked here so that a seed that does not load fails the build step, not the fuzzer.
+        const auto st = tqkv_test::make_safetensors(ts);
+        tqkv::LlamaModel::from_parts(tqkv::LlamaConfig::parse(config), tqkv::Safetensors::parse(st));
+        std::vector<uint8_t> seed = {uint8_t(config.size()), uint8_t(config.size() >> 8)};
+        seed.insert(seed.end(), config.begin(), config.end());
+        seed.insert(seed.end(), st.begin(), st.end());
+        write(root / "model" / (tied ? "tied" : "untied"), seed);
+    }
     return 0;
 }
