@@ -46,8 +46,8 @@ double distortion(double bits, int d) {
 // Exact attention statistics of r query heads (q [r][d]) over n tokens (K, V [n][d]); tokens
 // whose position exceeds `limit` are masked. logits [r][n] (masked: -inf), m[r], l[r] and the
 // unnormalized acc[r][d] as KVCache::attend_stats.
-void exact_stats(const float* q, int r, int d, float scale, const float* K, const float* V, const int32_t* pos, size_t n,
-                 int64_t limit, float* logits, float* m, float* l, float* acc) {
+void exact_stats(const detail::AttentionKernels& ak, const float* q, int r, int d, float scale, const float* K,
+                 const float* V, const int32_t* pos, size_t n, int64_t limit, float* logits, float* m, float* l, float* acc) {
     for (int h = 0; h < r; ++h) {
         const float* qh = q + size_t(h) * d;
         float* lg = logits + size_t(h) * n;
@@ -57,10 +57,7 @@ void exact_stats(const float* q, int r, int d, float scale, const float* K, cons
                 lg[t] = kNegInf;
                 continue;
             }
-            const float* k = K + t * size_t(d);
-            float s = 0;
-            for (int j = 0; j < d; ++j) s += qh[j] * k[j];
-            lg[t] = s * scale;
+            lg[t] = ak.dot_f32(qh, K + t * size_t(d), d) * scale;
             mx = std::max(mx, lg[t]);
         }
         float* a = acc + size_t(h) * d;
@@ -71,8 +68,7 @@ void exact_stats(const float* q, int r, int d, float scale, const float* K, cons
                 if (lg[t] == kNegInf) continue;
                 const float w = std::exp(lg[t] - mx);
                 sum += w;
-                const float* v = V + t * size_t(d);
-                for (int j = 0; j < d; ++j) a[j] += w * v[j];
+                ak.axpy_f32(w, V + t * size_t(d), a, d);
             }
         m[h] = mx;
         l[h] = sum;
@@ -326,7 +322,7 @@ public:
                 const float* q = &queries[i * qrow + size_t(h) * r * d];
                 float* o = &out[i * qrow + size_t(h) * r * d];
                 // 1. Statistics of every part; logits kept [part tokens][r] in lg_ order.
-                exact_stats(q, r, d, scale_, xk_.data(), xv_.data(), st.pos.data(), st.n, int64_t(P0 + i), lg_.data(),
+                exact_stats(detail::attention_for(*kt_), q, r, d, scale_, xk_.data(), xv_.data(), st.pos.data(), st.n, int64_t(P0 + i), lg_.data(),
                             &pm_[0], &pl_[0], &pacc_[0]);
                 size_t part = 1, off = st.n * r;
                 for (size_t t = 0; t < st.tiers.size(); ++t) {
@@ -852,7 +848,7 @@ public:
                 float* l = l_.data();
                 const float* q = &queries[i * qrow + size_t(h) * r * d];
                 float* o = &out[i * qrow + size_t(h) * r * d];
-                exact_stats(q, r, d, scale, xk_[size_t(h)].data(), xv_[size_t(h)].data(), st.pos.data(), st.n, int64_t(P0 + i),
+                exact_stats(detail::attention_for(*kt_), q, r, d, scale, xk_[size_t(h)].data(), xv_[size_t(h)].data(), st.pos.data(), st.n, int64_t(P0 + i),
                             lg_.data(), mx, l, o);
                 for (int hh = 0; hh < r; ++hh)
                     for (int j = 0; j < d; ++j) o[size_t(hh) * d + j] /= l[hh];
