@@ -287,10 +287,7 @@ public:
         }
         next_pos_[size_t(layer)] = total;
         last_chunk_[size_t(layer)] = n;
-        for (int h = 0; h < KH; ++h) {
-            enforce(layer, h);
-            shrink_exact(stream(layer, h));
-        }
+        for (int h = 0; h < KH; ++h) enforce(layer, h);
         note_bytes();
     }
 
@@ -534,8 +531,8 @@ private:
         st.score.resize(cap);
         st.norm.resize(cap);
     }
-    // Once a large chunk (the prefill) has been demoted, give its room back: the exact tier of a
-    // long context is mostly sinks + window, and its peak could be most of the budget share.
+    // Every token starts exact, so the exact tier peaks early (at the whole share) and then
+    // shrinks to sinks + window as tokens are demoted: give the peak's memory back.
     // With the growth of reserve_exact, the room after an append is at most 1.5 (1.25 n + 8).
     void shrink_exact(Stream& st) {
         const size_t keep = st.n + st.n / 4 + 8;
@@ -698,15 +695,7 @@ private:
             if (step(st, layer, h, true)) continue;  // the open segment of tier 1, heavy tokens
             throw std::logic_error("tqkv budget cache: nothing left to demote (budget check missed a case)");
         }
-        // Every token starts exact, so the exact tier peaks early (at the whole share) and then
-        // shrinks to sinks + window as tokens are demoted: give the peak's memory back.
-        const size_t cap = st.pos.size(), keep = 2 * std::max<size_t>(st.n, 32);
-        if (cap > 2 * keep) {
-            st.k.resize(keep * d_), st.v.resize(keep * d_), st.pos.resize(keep), st.score.resize(keep), st.norm.resize(keep);
-            for (auto* x : {&st.k, &st.v}) x->shrink_to_fit();
-            for (auto* x : {&st.score, &st.norm}) x->shrink_to_fit();
-            st.pos.shrink_to_fit();
-        }
+        shrink_exact(st);
     }
 
     TieredOptions o_;
