@@ -4,6 +4,7 @@
 // (skipped when ../shared/data is absent) for a short ΔNLL comparison.
 #include <catch2/catch.hpp>
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -11,6 +12,7 @@
 #include <fstream>
 #include <map>
 #include <set>
+#include <thread>
 
 #include "test_util.hpp"
 #include "tqkv/budget.hpp"
@@ -168,11 +170,13 @@ TEST_CASE("budget: attention over all tiers is one softmax over what the cache h
         bool calibrated;
         size_t budget_tokens = 40, tokens = 400;
     };
-    for (const Case& k : {Case{"tiered", 1, false}, Case{"tiered-K4V4-K2V2-w4-s2-g32", 1, true},
-                          Case{"tiered-K4V4-K2V2-w8-s2-g32-nvd", 8, true}, Case{"tiered-K3V2.5-K2V2-w4-s1-g48", 1, true},
-                          Case{"tiered-K4V4-w4-s2-g32-nd-nvd", 4, false}, Case{"tiered-none-w8-s4", 1, false},
+    // -fg: demotion inside append, so that the state after attend is the state attend saw (the
+    // background worker demotes right after attend).
+    for (const Case& k : {Case{"tiered-fg", 1, false}, Case{"tiered-K4V4-K2V2-w4-s2-g32-fg", 1, true},
+                          Case{"tiered-K4V4-K2V2-w8-s2-g32-nvd-fg", 8, true}, Case{"tiered-K3V2.5-K2V2-w4-s1-g48-fg", 1, true},
+                          Case{"tiered-K4V4-w4-s2-g32-nd-nvd-fg", 4, false}, Case{"tiered-none-w8-s4-fg", 1, false},
                           // last-tier bins of 3 segments (share / 8 = 120 tokens at 2 bits)
-                          Case{"tiered-K4V4-K2V2-w8-s2-g32", 1, true, 150, 1500}}) {
+                          Case{"tiered-K4V4-K2V2-w8-s2-g32-fg", 1, true, 150, 1500}}) {
         INFO(k.spec << ", chunk " << k.chunk);
         // Tight: every (layer, KV head) passes tokens through all its tiers and evicts.
         auto c = make_budget_cache(k.spec, kShape, fp16_cache_bytes(kShape, k.budget_tokens), k.calibrated ? &cal : nullptr);
@@ -622,4 +626,35 @@ TEST_CASE("budget: a prefill's exact-tier peak is given back", "[budget]") {
                                  << " (budget " << budget << ", exact tokens held " << exact_held << ")");
     CHECK(exact_held < 110 / 2);  // most of the prefill was demoted
     CHECK(double(c->memory_bytes()) <= bound);
+}
+
+TEST_CASE("budget: background demotion gives the same results whatever its timing", "[budget][threads]") {
+    // The worker demotes layer l between attend(l) and the next append(l); what it does depends
+    // only on that state. Two runs, one of them with the caller stalling after each attend (the
+    // worker then finishes before the next layer starts), must agree bit for bit; and they hold
+    // what the budget allows after every append, as the foreground cache does.
+    const KVCalibration cal = fake_calibration(3);
+    for (const char* spec : {"tiered-K4V4-K2V2-w4-s2-g32", "tiered-K3V2.5-K2V2-w4-s1-g48"}) {
+        for (size_t chunk : {size_t(1), size_t(8)}) {
+            INFO(spec << ", chunk " << chunk);
+            const size_t budget = fp16_cache_bytes(kShape, 40);
+            std::vector<float> outs[2];
+            std::vector<size_t> evicted(2);
+            for (int run = 0; run < 2; ++run) {
+                auto c = make_budget_cache(spec, kShape, budget, &cal);
+                bool ok = true;
+                drive(*c, 400, chunk, 11, [&](int, size_t, size_t, std::span<const float>, const std::vector<float>& out) {
+                    outs[run].insert(outs[run].end(), out.begin(), out.end());
+                    if (run == 1) std::this_thread::sleep_for(std::chrono::microseconds(200));
+                    ok = ok && c->peak_bytes() <= double(budget);
+                });
+                CHECK(ok);
+                CHECK(c->format_bytes() <= double(budget));
+                evicted[size_t(run)] = c->evicted();
+            }
+            CHECK(outs[0] == outs[1]);
+            CHECK(evicted[0] == evicted[1]);
+            CHECK(evicted[0] > 0);
+        }
+    }
 }

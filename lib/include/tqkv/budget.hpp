@@ -129,6 +129,12 @@ struct TieredOptions {
                                  // cache's retrievals, ΔNLL unchanged)
     uint64_t seed = 0x74716b76;
     std::string kernel;        // "" = best available
+    // Demotion on a worker thread: after attend(layer), it re-encodes that layer's tokens to make
+    // room for the next chunk while the caller goes on; append(layer) waits for it (and demotes
+    // itself whatever is still needed: the budget holds after every append either way). Results
+    // do not depend on the worker's timing. false: demotion inside append only. Ignored (false)
+    // where there are no threads (the wasm build).
+    bool background = true;
 };
 
 // Throws std::invalid_argument when the options are inconsistent or the budget cannot hold the

@@ -4,13 +4,19 @@
 #include "tqkv/budget.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <cmath>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <exception>
 #include <limits>
+#include <mutex>
 #include <numeric>
 #include <sstream>
 #include <stdexcept>
+#include <thread>
 
 #include "tqkv/codebook.hpp"
 #include "tqkv/rng.hpp"
@@ -194,22 +200,33 @@ public:
         }
         next_pos_.assign(size_t(s.layers), 0);
         last_chunk_.assign(size_t(s.layers), 0);
+        appended_bytes_.assign(size_t(s.layers), 0.0);
         wM_.resize(size_t(r_));
         wL_.resize(size_t(r_));
+#if !defined(__wasm__) || defined(__EMSCRIPTEN_PTHREADS__)
+        if (o.background && !o.tiers.empty()) start_worker();
+#endif
     }
+    ~TieredCache() override { stop_worker(); }
 
     std::string name() const override { return name_; }
     size_t tokens(int layer) const override { return next_pos_.at(size_t(layer)); }
     size_t held_tokens(int layer, int kv_head) const override {
+        wait_all();
         const Stream& st = stream(layer, kv_head);
         size_t n = st.n;
         for (const auto& tier : st.tiers)
             for (const auto& g : tier) n += g.pos.size();
         return n;
     }
-    size_t evicted() const override { return evicted_; }
+    size_t evicted() const override {
+        wait_all();
+        return evicted_;
+    }
 
     void clear() override {
+        wait_all();
+        std::fill(appended_bytes_.begin(), appended_bytes_.end(), 0.0);
         for (auto& st : streams_) {
             st.n = 0;
             for (size_t t = 0; t < st.tiers.size(); ++t) {
@@ -223,11 +240,13 @@ public:
     }
 
     double format_bytes() const override {
+        wait_all();
         double b = 0;
         for (const auto& st : streams_) b += stream_bytes(st);
         return b;
     }
     size_t memory_bytes() const override {
+        wait_all();
         size_t b = 0;
         for (const auto& st : streams_) {
             b += (st.k.capacity() + st.v.capacity()) * sizeof(uint16_t) +
@@ -244,6 +263,7 @@ public:
 
     void append(int layer, std::span<const float> keys, std::span<const float> values) override {
         validate_append(shape_, layer, keys, values);
+        wait(layer);
         const int KH = shape_.kv_heads;
         const size_t row = size_t(KH) * d_, n = keys.size() / row;
         const size_t total = next_pos_[size_t(layer)] + n;
@@ -287,14 +307,26 @@ public:
         }
         next_pos_[size_t(layer)] = total;
         last_chunk_[size_t(layer)] = n;
-        for (int h = 0; h < KH; ++h) enforce(layer, h);
-        note_bytes();
+        // With the background worker there is usually nothing left to do here: it made room
+        // for this chunk after the layer's last attend.
+        double layer_bytes = 0;
+        for (int h = 0; h < KH; ++h) {
+            enforce(layer, h, double(share_), true);
+            layer_bytes += stream_bytes(stream(layer, h));
+        }
+        // The peak from each layer's bytes after its own append (the worker only lowers them
+        // later): the same number whatever the worker's timing.
+        appended_bytes_[size_t(layer)] = layer_bytes;
+        double total_bytes = 0;
+        for (double b : appended_bytes_) total_bytes += b;
+        peak_ = std::max(peak_, total_bytes);
     }
 
     void attend(int layer, std::span<const float> queries, std::span<float> out) override {
         const int KH = shape_.kv_heads, r = r_, d = d_;
         const size_t qrow = size_t(shape_.heads) * d;
         const size_t m = validate_attend(shape_, layer, queries, out, last_chunk_);
+        wait(layer);
         const size_t P0 = next_pos_[size_t(layer)] - m;
         for (int h = 0; h < KH; ++h) {
             Stream& st = stream(layer, h);
@@ -383,9 +415,11 @@ public:
                     }
             }
         }
+        if (bg_) submit(layer);
     }
 
     std::vector<HeldToken> held(int layer, int kv_head) const override {
+        wait_all();
         const Stream& st = stream(layer, kv_head);
         std::vector<HeldToken> out;
         for (size_t t = 0; t < st.n; ++t) out.push_back({st.pos[t], 0, importance(st.score[t], st.norm[t])});
@@ -396,6 +430,7 @@ public:
     }
 
     void dequantized(int layer, int kv_head, std::vector<float>& keys, std::vector<float>& values) const override {
+        wait_all();
         const Stream& st = stream(layer, kv_head);
         const int d = d_;
         const float* mk = &mk_[(size_t(layer) * shape_.kv_heads + kv_head) * d];
@@ -593,11 +628,14 @@ private:
         auto& segs = st.tiers[0];
         if (segs.empty() || segs.back().pos.size() >= size_t(o_.segment_tokens)) segs.push_back(new_segment(st, 0, layer, h));
         Segment& g = segs.back();
-        grow(xk_, size_t(d_));
-        grow(xv_, size_t(d_));
-        kt_->from_half(&st.k[best * d_], size_t(d_), xk_.data());
-        kt_->from_half(&st.v[best * d_], size_t(d_), xv_.data());
-        g.cache->append(std::span(xk_.data(), size_t(d_)), std::span(xv_.data(), size_t(d_)));
+        // Not the members attend widens into: the background worker demotes one layer while
+        // the caller attends another.
+        thread_local std::vector<float> k, v;
+        grow(k, size_t(d_));
+        grow(v, size_t(d_));
+        kt_->from_half(&st.k[best * d_], size_t(d_), k.data());
+        kt_->from_half(&st.v[best * d_], size_t(d_), v.data());
+        g.cache->append(std::span(k.data(), size_t(d_)), std::span(v.data(), size_t(d_)));
         g.pos.push_back(st.pos[best]);
         g.score.push_back(st.score[best]);
         g.norm.push_back(st.norm[best]);
@@ -688,15 +726,94 @@ private:
         return true;
     }
 
-    void enforce(int layer, int h) {
+    // Demotes until the stream holds at most `target` bytes. `must`: the budget itself (append
+    // checked that it can be met); otherwise the worker's room for the next chunk, best effort.
+    void enforce(int layer, int h, double target, bool must) {
         Stream& st = stream(layer, h);
-        while (stream_bytes(st) > double(share_)) {
+        while (stream_bytes(st) > target) {
             if (step(st, layer, h, false)) continue;
             if (step(st, layer, h, true)) continue;  // the open segment of tier 1, heavy tokens
+            if (!must) break;
             throw std::logic_error("tqkv budget cache: nothing left to demote (budget check missed a case)");
         }
         shrink_exact(st);
     }
+
+    // Background demotion (TieredOptions::background). After attend(layer), a worker thread
+    // demotes that layer's streams to make room for a chunk like the last one, while the caller
+    // goes on (the rest of its forward pass); append(layer) and attend(layer) wait for that
+    // layer's job first, the readers (format_bytes, held, ...) for all jobs. Between attend(l)
+    // and the next append(l) only the worker touches layer l's streams, and what it does depends
+    // only on their state after attend(l): results do not depend on the worker's timing.
+    struct Worker {
+        std::thread thread;
+        std::mutex mu;
+        std::condition_variable cv;
+        std::deque<int> queue;      // layers to work on
+        std::vector<char> pending;  // per layer: queued or running
+        std::exception_ptr error;   // from a job; rethrown by the next wait
+        bool stop = false;
+    };
+    void start_worker() {
+        bg_ = std::make_unique<Worker>();
+        bg_->pending.assign(size_t(shape_.layers), 0);
+        bg_->thread = std::thread([this] { work(); });
+    }
+    void stop_worker() {
+        if (!bg_) return;
+        {
+            std::lock_guard<std::mutex> lock(bg_->mu);
+            bg_->stop = true;
+        }
+        bg_->cv.notify_all();
+        bg_->thread.join();
+    }
+    void submit(int layer) {
+        {
+            std::lock_guard<std::mutex> lock(bg_->mu);
+            bg_->pending[size_t(layer)] = 1;
+            bg_->queue.push_back(layer);
+        }
+        bg_->cv.notify_all();
+    }
+    void work() {
+        Worker& w = *bg_;
+        std::unique_lock<std::mutex> lock(w.mu);
+        for (;;) {
+            w.cv.wait(lock, [&] { return w.stop || !w.queue.empty(); });
+            if (w.queue.empty()) return;  // stop, nothing left
+            const int layer = w.queue.front();
+            w.queue.pop_front();
+            lock.unlock();
+            std::exception_ptr error;
+            try {
+                const double room = double(last_chunk_[size_t(layer)]) * double(exact_bytes());
+                for (int h = 0; h < shape_.kv_heads; ++h) enforce(layer, h, double(share_) - room, false);
+            } catch (...) {
+                error = std::current_exception();
+            }
+            lock.lock();
+            if (error && !w.error) w.error = error;
+            w.pending[size_t(layer)] = 0;
+            w.cv.notify_all();
+        }
+    }
+    // Waits until the worker is done with `layer` (every layer when layer < 0).
+    void wait(int layer) const {
+        if (!bg_) return;
+        Worker& w = *bg_;
+        std::unique_lock<std::mutex> lock(w.mu);
+        w.cv.wait(lock, [&] {
+            if (layer >= 0) return !w.pending[size_t(layer)];
+            return std::none_of(w.pending.begin(), w.pending.end(), [](char p) { return p != 0; });
+        });
+        if (w.error) {
+            std::exception_ptr e = w.error;
+            w.error = nullptr;
+            std::rethrow_exception(e);
+        }
+    }
+    void wait_all() const { wait(-1); }
 
     TieredOptions o_;
     std::string name_;
@@ -713,7 +830,9 @@ private:
     std::vector<float> mk_, mv_;
     std::vector<Stream> streams_;
     std::vector<size_t> next_pos_, last_chunk_;
-    size_t evicted_ = 0;
+    std::vector<double> appended_bytes_;  // per layer: format bytes right after its last append
+    std::atomic<size_t> evicted_ = 0;     // the worker evicts too
+    std::unique_ptr<Worker> bg_;          // null: demotion inside append only
     std::vector<float> pm_, pl_, pacc_, lg_, wM_, wL_;
     std::vector<const KVCache*> tier_caches_;
     std::vector<float> xk_, xv_;  // the exact tier (or one token of it) widened to fp32
@@ -999,7 +1118,7 @@ private:
 };
 
 const char* kBudgetGrammar =
-    "budget cache spec: tiered[-K<b>V<b>...|-none][-w<N>][-s<N>][-h<N>][-g<N>][-m<N>][-d<decay>][-nvd][-nd][-nc][-x<seed>] | "
+    "budget cache spec: tiered[-K<b>V<b>...|-none][-w<N>][-s<N>][-h<N>][-g<N>][-m<N>][-d<decay>][-nvd][-nd][-nc][-fg][-x<seed>] | "
     "h2o[-r<fraction>] | streaming[-s<N>] | snapkv[-o<N>][-p<N>][-prefill]; e.g. tiered-K4V4-K2V2-w16, h2o, snapkv-prefill";
 
 }  // namespace
@@ -1060,6 +1179,7 @@ std::unique_ptr<BudgetCache> make_budget_cache(const std::string& spec, const Ca
             else if (p == "nvd") o.debias_values = false;
             else if (p == "nd") o.debias_keys = false;
             else if (p == "nc") o.center = false;
+            else if (p == "fg") o.background = false;
             else if (p.size() > 1 && p[0] == 'w') o.window = integer(p, 1);
             else if (p.size() > 1 && p[0] == 's') o.sinks = integer(p, 1);
             else if (p.size() > 1 && p[0] == 'h') o.heavy = integer(p, 1);
