@@ -39,8 +39,10 @@
 // and ties go to the oldest), from the per-token logits KVCache::attend_stats returns. Segments
 // move whole, so a token is re-encoded at most once per tier and never at the same rate (a
 // KVCache cannot drop a token from the middle without re-encoding the others, which would
-// compound the error). All re-encoding happens in append(); attend() reads the tiers and updates
-// the scores.
+// compound the error). Re-encoding never happens in attend(), which reads the tiers and updates
+// the scores: it runs on a background worker after attend(layer), making room for the layer's
+// next chunk while the caller goes on (TieredOptions::background), and in append() for whatever
+// is still needed.
 //
 // Attention: for each query, the exact tier (held at fp16, attended in fp32) and each quantized
 // tier (KVCache::attend_stats over all its segments at once: unnormalized output, max logit, sum
