@@ -3,6 +3,7 @@
 //
 //   tqkv-run --model ../shared/data/tq-ref-128 --prompt "The " [--cache K3V3-w16] [--tokens 256]
 //            [--temperature 0] [--top-k 0] [--seed 1] [--calib FILE|none] [--json]
+//   tqkv-run ... --budget-mb 0.5 [--cache tiered-K4V4-K2V2-w16]   (a cache that fits a byte budget)
 //
 // The generated text goes to stdout as it is produced; the statistics (prefill and decode speed,
 // cache bytes against an fp16 cache) go to stderr at the end (or one JSON line with --json).
@@ -18,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "tqkv/budget.hpp"
 #include "tqkv/kernels.hpp"
 #include "tqkv/model.hpp"
 #include "tqkv/rng.hpp"
@@ -31,6 +33,8 @@ void usage() {
                  "usage: tqkv-run --model DIR (--prompt TEXT | --prompt-file FILE) [options]\n"
                  "  --cache SPEC        KV cache (default %s): fp32, fp16, q8_0, q4_0, kivi2, kivi4, or tqkv\n"
                  "                      K<bits>V<bits>[-w<window>][-prod][-raw]..., e.g. K4V3, K2.5V2-w32\n"
+                 "  --budget-mb X       a cache that never holds more than X MiB (all layers): --cache is then a\n"
+                 "                      budget spec (default tiered; tiered-K4V4-K2V2-w16, h2o, snapkv, streaming, ...)\n"
                  "  --tokens N          bytes to generate (default 256; stops at the model's context length)\n"
                  "  --temperature T     0 = greedy (default); otherwise sample from softmax(logits / T)\n"
                  "  --top-k K           sample among the K most likely bytes (0 = all)\n"
@@ -78,7 +82,7 @@ int main(int argc, char** argv) {
         }
     }
     for (const auto& [k, v] : opt) {
-        static const char* known[] = {"model", "prompt", "prompt-file", "cache", "tokens", "temperature", "top-k", "seed", "calib", "json"};
+        static const char* known[] = {"model", "prompt", "prompt-file", "cache", "tokens", "temperature", "top-k", "seed", "calib", "json", "budget-mb"};
         if (std::find_if(std::begin(known), std::end(known), [&](const char* n) { return k == n; }) == std::end(known)) {
             std::fprintf(stderr, "tqkv-run: unknown option --%s\n", k.c_str());
             usage();
@@ -92,7 +96,10 @@ int main(int argc, char** argv) {
     try {
         const std::string dir = opt["model"];
         const std::string prompt = opt.count("prompt-file") ? read_text(opt["prompt-file"]) : opt["prompt"];
-        const std::string spec = opt.count("cache") ? opt["cache"] : kDefaultCache;
+        const bool budgeted = opt.count("budget-mb") > 0;
+        const double budget_mb = budgeted ? std::stod(opt["budget-mb"]) : 0.0;
+        if (budgeted && !(budget_mb > 0 && budget_mb < 1e6)) throw std::invalid_argument("--budget-mb must be in (0, 1e6)");
+        const std::string spec = opt.count("cache") ? opt["cache"] : budgeted ? "tiered" : kDefaultCache;
         const int n_new = opt.count("tokens") ? std::stoi(opt["tokens"]) : 256;
         const double temperature = opt.count("temperature") ? std::stod(opt["temperature"]) : 0.0;
         const int top_k = opt.count("top-k") ? std::stoi(opt["top-k"]) : 0;
@@ -114,7 +121,7 @@ int main(int argc, char** argv) {
                                         std::to_string(max_ctx));
 
         // Calibration statistics for the tqkv cache's preconditioning (means, high channels).
-        const bool needs_cal = !spec.empty() && (spec[0] == 'K' || spec[0] == 'k');
+        const bool needs_cal = !spec.empty() && (spec[0] == 'K' || spec[0] == 'k' || spec.rfind("tiered", 0) == 0);
         tqkv::KVCalibration cal;
         std::string cal_source = "none";
         double cal_s = 0;
@@ -137,7 +144,10 @@ int main(int argc, char** argv) {
             cal = tqkv::calibrate_kv(model, ct, max_ctx);
             cal_s = now() - t0;
         }
-        auto cache = tqkv::make_cache(spec, tqkv::CacheShape::of(mc), needs_cal && cal.tokens ? &cal : nullptr);
+        const tqkv::KVCalibration* calp = needs_cal && cal.tokens ? &cal : nullptr;
+        std::unique_ptr<tqkv::AttentionCache> cache =
+            budgeted ? tqkv::make_budget_cache(spec, tqkv::CacheShape::of(mc), size_t(budget_mb * 1048576.0), calp)
+                     : tqkv::make_cache(spec, tqkv::CacheShape::of(mc), calp);
         cache->reserve(max_ctx);
         tqkv::LlamaRunner run(model, *cache);
         std::vector<float> logits(size_t(mc.vocab_size)), probs(logits.size());
@@ -194,10 +204,10 @@ int main(int argc, char** argv) {
             std::fprintf(stderr,
                          "{\"cache\":\"%s\",\"prompt_tokens\":%zu,\"generated\":%d,\"context\":%zu,\"prefill_s\":%.6f,"
                          "\"prefill_tokens_per_s\":%.2f,\"decode_tokens_per_s\":%.2f,\"cache_bytes\":%.0f,"
-                         "\"fp16_bytes\":%.0f,\"bits_per_coord\":%.4f,\"memory_bytes\":%zu,\"matmul\":\"%s\",\"kernel\":\"%s\"}\n",
+                         "\"fp16_bytes\":%.0f,\"bits_per_coord\":%.4f,\"memory_bytes\":%zu,\"budget_bytes\":%.0f,\"matmul\":\"%s\",\"kernel\":\"%s\"}\n",
                          spec.c_str(), tokens.size(), generated, cache->tokens(0), prefill_s,
                          double(tokens.size()) / prefill_s, tok_s, cache->format_bytes(), fp16_bytes,
-                         cache->bits_per_coord(), cache->memory_bytes(), tqkv::matmul_kernel(),
+                         cache->bits_per_coord(), cache->memory_bytes(), budget_mb * 1048576.0, tqkv::matmul_kernel(),
                          tqkv::default_kernel().c_str());
         } else {
             std::fprintf(stderr, "\n--- %s cache, %zu prompt + %d generated bytes%s\n", spec.c_str(), tokens.size(), generated,

@@ -263,7 +263,7 @@ public:
 
     void append(int layer, std::span<const float> keys, std::span<const float> values) override {
         validate_append(shape_, layer, keys, values);
-        wait(layer);
+        before_layer(layer);
         const int KH = shape_.kv_heads;
         const size_t row = size_t(KH) * d_, n = keys.size() / row;
         const size_t total = next_pos_[size_t(layer)] + n;
@@ -326,7 +326,7 @@ public:
         const int KH = shape_.kv_heads, r = r_, d = d_;
         const size_t qrow = size_t(shape_.heads) * d;
         const size_t m = validate_attend(shape_, layer, queries, out, last_chunk_);
-        wait(layer);
+        before_layer(layer);
         const size_t P0 = next_pos_[size_t(layer)] - m;
         for (int h = 0; h < KH; ++h) {
             Stream& st = stream(layer, h);
@@ -415,7 +415,7 @@ public:
                     }
             }
         }
-        if (bg_) submit(layer);
+        if (bg_) defer(layer);
     }
 
     std::vector<HeldToken> held(int layer, int kv_head) const override {
@@ -739,12 +739,34 @@ private:
         shrink_exact(st);
     }
 
-    // Background demotion (TieredOptions::background). After attend(layer), a worker thread
-    // demotes that layer's streams to make room for a chunk like the last one, while the caller
-    // goes on (the rest of its forward pass); append(layer) and attend(layer) wait for that
-    // layer's job first, the readers (format_bytes, held, ...) for all jobs. Between attend(l)
-    // and the next append(l) only the worker touches layer l's streams, and what it does depends
-    // only on their state after attend(l): results do not depend on the worker's timing.
+    // Background demotion (TieredOptions::background). After attend(layer), a job demotes that
+    // layer's streams to make room for a chunk like the last one. It is handed to a worker
+    // thread when the caller moves on to another layer (decode: the job runs while the caller
+    // computes the next layers); when the caller comes back to the same layer first (token by
+    // token prefill), it runs the job itself at once, which costs no thread hand-off.
+    // append(layer) and attend(layer) wait for that layer's job, the readers (format_bytes,
+    // held, ...) for all jobs. Between attend(l) and the next append(l) only the job touches
+    // layer l's streams, and what it does depends only on their state after attend(l): results
+    // do not depend on who runs it or when.
+    void make_room(int layer) {
+        const double room = double(last_chunk_[size_t(layer)]) * double(exact_bytes());
+        for (int h = 0; h < shape_.kv_heads; ++h) enforce(layer, h, double(share_) - room, false);
+    }
+    void defer(int layer) {
+        if (deferred_ >= 0 && deferred_ != layer) submit(deferred_);
+        deferred_ = layer;
+    }
+    // Before append(layer) / attend(layer): layer's job done, any other deferred job handed over.
+    void before_layer(int layer) {
+        if (deferred_ == layer) {
+            deferred_ = -1;
+            make_room(layer);
+        } else if (deferred_ >= 0) {
+            submit(deferred_);
+            deferred_ = -1;
+        }
+        wait(layer);
+    }
     struct Worker {
         std::thread thread;
         std::mutex mu;
@@ -787,8 +809,7 @@ private:
             lock.unlock();
             std::exception_ptr error;
             try {
-                const double room = double(last_chunk_[size_t(layer)]) * double(exact_bytes());
-                for (int h = 0; h < shape_.kv_heads; ++h) enforce(layer, h, double(share_) - room, false);
+                make_room(layer);
             } catch (...) {
                 error = std::current_exception();
             }
@@ -798,9 +819,15 @@ private:
             w.cv.notify_all();
         }
     }
-    // Waits until the worker is done with `layer` (every layer when layer < 0).
+    // Waits until the worker is done with `layer` (every layer when layer < 0: the deferred job
+    // too, run here).
     void wait(int layer) const {
         if (!bg_) return;
+        if (layer < 0 && deferred_ >= 0) {
+            const int l = deferred_;
+            deferred_ = -1;
+            const_cast<TieredCache*>(this)->make_room(l);
+        }
         Worker& w = *bg_;
         std::unique_lock<std::mutex> lock(w.mu);
         w.cv.wait(lock, [&] {
@@ -833,6 +860,7 @@ private:
     std::vector<double> appended_bytes_;  // per layer: format bytes right after its last append
     std::atomic<size_t> evicted_ = 0;     // the worker evicts too
     std::unique_ptr<Worker> bg_;          // null: demotion inside append only
+    mutable int deferred_ = -1;           // the layer whose job waits for the caller to move on
     std::vector<float> pm_, pl_, pacc_, lg_, wM_, wL_;
     std::vector<const KVCache*> tier_caches_;
     std::vector<float> xk_, xv_;  // the exact tier (or one token of it) widened to fp32
