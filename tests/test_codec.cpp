@@ -2,6 +2,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "codec_util.hpp"
 #include "test_util.hpp"
 #include "tqkv/tqkv.hpp"
 
@@ -215,6 +216,30 @@ TEST_CASE("zero, denormal and large vectors", "[codec]") {
             } else {
                 // An fp16 norm underflows below 2^-24: such vectors decode to zero.
                 for (int j = 0; j < 64; ++j) CHECK(y[64 + j] == 0.0f);
+            }
+        }
+}
+
+TEST_CASE("max_abs_bits: the largest |x| as bits, NaN and Inf above every finite value", "[codec][errors]") {
+    // The validation pass before every encode: blocks of 16 lanes plus a tail, so every length
+    // and position matters.
+    tqkv::Rng rng(5);
+    for (size_t n : {size_t(1), size_t(3), size_t(15), size_t(16), size_t(17), size_t(31), size_t(32), size_t(47), size_t(128), size_t(130)})
+        for (size_t p = 0; p < n; ++p) {
+            std::vector<float> x(n);
+            for (auto& v : x) v = float(rng.normal());
+            for (float special : {-1000.0f, 1000.0f, INFINITY, -INFINITY, NAN}) {
+                std::vector<float> y = x;
+                y[p] = special;
+                float expect = 0;
+                for (float v : y) expect = std::isnan(v) ? v : std::max(expect, std::fabs(v));
+                uint32_t e;
+                const float ae = std::fabs(expect);
+                std::memcpy(&e, &ae, 4);
+                const uint32_t got = tqkv::detail::max_abs_bits(y.data(), n);
+                INFO("n " << n << ", position " << p << ", value " << special);
+                if (std::isfinite(special)) CHECK(got == e);
+                else CHECK(got >= 0x7f800000u);
             }
         }
 }

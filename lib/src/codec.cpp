@@ -86,13 +86,25 @@ uint32_t max_abs_bits(const float* x, size_t n) {
     // For finite floats, |x| orders like its bit pattern with the sign cleared; any bit pattern
     // at or above 0x7f800000 is Inf or NaN. Integer max vectorizes without -ffast-math.
     // Signed compares on the sign-cleared bits (< 2^31): SSE2 has those, not unsigned max.
-    int32_t m = 0;
-    for (size_t i = 0; i < n; ++i) {
+    // Blocks of 16 independent lanes: a fixed trip count the compiler vectorizes at -O2 (this
+    // check runs before every encode; a plain loop made it a fifth of AVX-512 encode time).
+    int32_t lanes[16] = {};
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; ++j) {
+            int32_t u;
+            std::memcpy(&u, x + i + size_t(j), 4);
+            u &= 0x7fffffff;
+            lanes[j] = u > lanes[j] ? u : lanes[j];
+        }
+    for (; i < n; ++i) {
         int32_t u;
         std::memcpy(&u, x + i, 4);
         u &= 0x7fffffff;
-        m = u > m ? u : m;
+        lanes[0] = u > lanes[0] ? u : lanes[0];
     }
+    int32_t m = 0;
+    for (int32_t v : lanes) m = v > m ? v : m;
     return uint32_t(m);
 }
 
