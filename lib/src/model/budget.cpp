@@ -263,7 +263,6 @@ public:
 
     void append(int layer, std::span<const float> keys, std::span<const float> values) override {
         validate_append(shape_, layer, keys, values);
-        before_layer(layer);
         const int KH = shape_.kv_heads;
         const size_t row = size_t(KH) * d_, n = keys.size() / row;
         const size_t total = next_pos_[size_t(layer)] + n;
@@ -286,6 +285,7 @@ public:
                     if (std::sqrt(std::max(sk, sv)) * max_factor_ > 60000.0)
                         fail("append: a key or value norm is too large for fp16 norms (token " + std::to_string(i) + ")");
                 }
+        before_layer(layer);  // after the checks: a failing append leaves even pending work alone
         const size_t p0 = next_pos_[size_t(layer)];
         for (int h = 0; h < KH; ++h) {
             Stream& st = stream(layer, h);
