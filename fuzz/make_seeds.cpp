@@ -1,6 +1,7 @@
 // Writes the seed corpora of the fuzz targets: valid serialized caches of several configurations
 // and valid .npy files, so the fuzzers start from deep inside the parsers. Generated at build /
 // test time, never committed.
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -21,6 +22,7 @@ int main(int argc, char** argv) {
     fs::create_directories(root / "npy");
     fs::create_directories(root / "kernels");
     fs::create_directories(root / "model");
+    fs::create_directories(root / "spec");
     tqkv::Rng rng(1);
     int i = 0;
     for (auto [heads, kv, dim, kb, vb, window, prod] :
@@ -58,6 +60,21 @@ int main(int argc, char** argv) {
     std::vector<uint8_t> k(300);
     for (auto& b : k) b = uint8_t(rng.next());
     write(root / "kernels" / "random", k);
+    // Cache specs (fuzz_spec: first byte even = make_cache, odd = make_budget_cache with that
+    // many KiB).
+    int si = 0;
+    for (const char* spec : {"K4V4", "K3.5V2.5-w16", "K3V3-prod-w8", "K4V4-l0=K8V8", "K3V3-s4", "K4V3-raw-x7", "fp16",
+                             "q4_0", "q8_0", "kivi2", "exact"}) {
+        std::vector<uint8_t> b = {0x40};
+        b.insert(b.end(), spec, spec + std::strlen(spec));
+        write(root / "spec" / ("seed" + std::to_string(si++)), b);
+    }
+    for (const char* spec : {"tiered", "tiered-K4V4-K2V2-w4-s2", "tiered-K3V2.5-K2V2-g48-fg", "tiered-none-w8", "h2o-r0.25",
+                             "snapkv-o8", "snapkv-prefill", "streaming-s4"}) {
+        std::vector<uint8_t> b = {0x41};
+        b.insert(b.end(), spec, spec + std::strlen(spec));
+        write(root / "spec" / ("seed" + std::to_string(si++)), b);
+    }
     // Models small enough for -max_len: hidden 8, 2 heads of 4 (1 KV head), MLP 8, vocab 16, one
     // layer; tied and untied embeddings.
     for (bool tied : {true, false}) {

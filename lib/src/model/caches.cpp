@@ -429,6 +429,7 @@ public:
         check_bits(o.value_bits);
         for (double b : o.layer_key_bits) check_bits(b);
         for (double b : o.layer_value_bits) check_bits(b);
+        if (!(o.logit_scale > 0 && o.logit_scale < 1e30)) fail("logit_scale must be in (0, 1e30)");
         plans_.resize(size_t(s.layers));
         layers_.resize(size_t(s.layers));
         if (has_cal_)
@@ -676,6 +677,12 @@ std::unique_ptr<AttentionCache> make_cache(const std::string& spec, const CacheS
         if (!detail::spec_number(p, from, x)) fail("bad option '" + p + "' in '" + spec + "'; " + kGrammar);
         return x;
     };
+    // Whole numbers in [0, max], checked before any conversion (a huge double does not fit an int).
+    auto integer = [&](const std::string& p, size_t from, double max) {
+        const double x = number(p, from);
+        if (x != std::floor(x) || x < 0 || x > max) fail("bad option '" + p + "' in '" + spec + "'; " + kGrammar);
+        return x;
+    };
     for (size_t i = 1; i < parts.size(); ++i) {
         const std::string& p = parts[i];
         if (p == "prod") o.key_method = Method::Prod;
@@ -689,13 +696,13 @@ std::unique_ptr<AttentionCache> make_cache(const std::string& spec, const CacheS
         else if (p == "ta") o.debias_logits = true;
         else if (p == "nta") o.debias_logits = false;
         else if (p == "emu") emu = true;
-        else if (p.size() > 1 && p[0] == 'x') o.seed = uint64_t(number(p, 1));
-        else if (p.size() > 1 && p[0] == 'w') o.window = int(number(p, 1));
-        else if (p.size() > 1 && p[0] == 's' && std::isdigit(static_cast<unsigned char>(p[1]))) sinks = int(number(p, 1));
+        else if (p.size() > 1 && p[0] == 'x') o.seed = uint64_t(integer(p, 1, 9007199254740992.0));
+        else if (p.size() > 1 && p[0] == 'w') o.window = int(integer(p, 1, 4096));
+        else if (p.size() > 1 && p[0] == 's' && std::isdigit(static_cast<unsigned char>(p[1]))) sinks = int(integer(p, 1, 4096));
         else if (p.size() > 1 && p[0] == 't') o.logit_scale = number(p, 1);
         else if (p.size() > 3 && p[0] == 'l' && p.find('=') != std::string::npos) {
             const size_t eq = p.find('=');
-            const int l = int(number(p.substr(0, eq), 1));
+            const int l = int(integer(p.substr(0, eq), 1, 1e6));
             if (l < 0 || l >= shape.layers) fail("layer " + std::to_string(l) + " out of range in '" + spec + "'");
             double kb, vb;
             if (!parse_kv(p.substr(eq + 1), spec, kb, vb)) fail("bad layer option '" + p + "'; " + kGrammar);
@@ -713,7 +720,7 @@ std::unique_ptr<AttentionCache> make_cache(const std::string& spec, const CacheS
     }
     if (o.window < 0 || o.window > 4096) fail("window out of range in '" + spec + "'");
     if (sinks < 0 || sinks > 4096) fail("sinks out of range in '" + spec + "'");
-    if (!(o.logit_scale > 0)) fail("logit scale must be positive in '" + spec + "'");
+    if (!(o.logit_scale > 0 && o.logit_scale < 1e30)) fail("logit scale must be in (0, 1e30) in '" + spec + "'");
     if ((o.scale_keys || o.scale_values) && !calibration)
         fail("'" + spec + "': sk/sv need calibration statistics (queries, o_proj)");
     if (sinks > 0 || emu) return std::make_unique<TurboEmuCache>(shape, o, calibration, sinks, spec);
