@@ -87,3 +87,54 @@ TEST_CASE("fp16 conversion is round-to-nearest-even", "[fp16]") {
         }
     }
 }
+
+#include "cache_layout.hpp"
+
+TEST_CASE("group layout: set_group_codes writes each part where the layout says, and nothing else", "[packing]") {
+    using namespace tqkv::detail;
+    Rng rng(11);
+    for (int b = 1; b <= 8; ++b)
+        for (int dim : {3, 5, 8, 17, 64, 80, 96, 128}) {
+            INFO("bits " << b << " dim " << dim);
+            const size_t bytes = group_code_bytes(dim, b);
+            std::vector<uint8_t> g(bytes), expect(bytes);
+            for (auto& x : g) x = uint8_t(rng.below(256));  // garbage around: must survive
+            expect = g;
+            std::vector<uint8_t> all(size_t(kGroupTokens) * dim);
+            std::vector<bool> written(kGroupTokens, false);
+            // Tokens in a random order, some written twice (the second value wins).
+            for (int round = 0; round < 40; ++round) {
+                const int t = int(rng.below(kGroupTokens));
+                std::vector<uint8_t> codes(static_cast<size_t>(dim));
+                for (auto& c : codes) c = uint8_t(rng.below(1u << b));
+                set_group_codes(g.data(), dim, b, t, codes.data());
+                // The same write through the documented positions (part_position), bit by bit.
+                int w[3], shift = 0;
+                size_t base = 0;
+                for (int p = 0, np = code_parts(b, w); p < np; ++p) {
+                    for (int j = 0; j < dim; ++j) {
+                        size_t byte;
+                        int bit;
+                        part_position(j, w[p], t, byte, bit);
+                        const int mask = (1 << w[p]) - 1;
+                        const int part = (codes[size_t(j)] >> shift) & mask;
+                        expect[base + byte] = uint8_t((expect[base + byte] & ~(mask << bit)) | (part << bit));
+                    }
+                    shift += w[p];
+                    base += part_bytes(dim, w[p]);
+                }
+                CHECK(g == expect);
+                std::copy(codes.begin(), codes.end(), all.begin() + size_t(t) * dim);
+                written[size_t(t)] = true;
+            }
+            std::vector<uint8_t> unpacked(size_t(kGroupTokens) * dim);
+            unpack_group(g.data(), dim, b, unpacked.data());
+            for (int t = 0; t < kGroupTokens; ++t) {
+                if (!written[size_t(t)]) continue;
+                for (int j = 0; j < dim; ++j) {
+                    CHECK(group_code(g.data(), dim, b, t, j) == all[size_t(t) * dim + j]);
+                    CHECK(unpacked[size_t(t) * dim + j] == all[size_t(t) * dim + j]);
+                }
+            }
+        }
+}

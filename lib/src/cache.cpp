@@ -69,6 +69,15 @@ CacheSide make_side(const CodecConfig& cc) {
 }
 
 void check_finite(std::span<const float> x, const CacheConfig& c, int per_token_heads, const char* what) {
+    // A branch-free count over the exponent bits first (it vectorizes; append runs it on every
+    // token), the search for the culprit only when there is one.
+    uint32_t bad = 0;
+    for (size_t i = 0; i < x.size(); ++i) {
+        uint32_t u;
+        std::memcpy(&u, &x[i], 4);
+        bad += (u & 0x7f800000u) == 0x7f800000u;
+    }
+    if (bad == 0) return;
     for (size_t i = 0; i < x.size(); ++i)
         if (!std::isfinite(x[i])) {
             const size_t per_head = size_t(c.head_dim), per_token = per_head * per_token_heads;
@@ -205,9 +214,13 @@ void KVCache::Impl::compress(const float* k_rows, const float* v_rows, size_t co
         for (auto* side : {&keys(), &values()}) {
             const float* src = side == &keys() ? k_rows : v_rows;
             for (auto& s : side->segs) {
-                for (size_t i = 0; i < count; ++i)
-                    for (int j = 0; j < s.dim; ++j) seg_in[i * s.dim + j] = src[i * row() + size_t(h) * d + s.channels[j]];
-                s.codec->encode_rows(seg_in, count, size_t(s.dim), seg_out, s.codec_bytes);
+                if (s.dim == d) {  // all channels in order: encode in place, no gather
+                    s.codec->encode_rows(src + size_t(h) * d, count, row(), seg_out, s.codec_bytes);
+                } else {
+                    for (size_t i = 0; i < count; ++i)
+                        for (int j = 0; j < s.dim; ++j) seg_in[i * s.dim + j] = src[i * row() + size_t(h) * d + s.channels[j]];
+                    s.codec->encode_rows(seg_in, count, size_t(s.dim), seg_out, s.codec_bytes);
+                }
                 for (size_t i = 0; i < count; ++i) {
                     const size_t t = first_token + i, slot = t % kGroupTokens;
                     uint8_t* g = group(h, t);

@@ -16,6 +16,7 @@
 // coordinate costs shifts and no shuffle. Storage is exactly b bits per code (plus padding of the
 // last chunk when 16/w does not divide dim).
 #pragma once
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 
@@ -68,21 +69,29 @@ inline int group_code(const uint8_t* codes, int dim, int bits, int token, int j)
     return code;
 }
 
-// Writes the codes of one token (dim codes) into a group.
+// Writes the codes of one token (dim codes) into a group. Walks the chunks in order (no division
+// per coordinate): this runs for every appended token and head, and part_position's divisions by a
+// run-time width made it most of append's cost.
 inline void set_group_codes(uint8_t* codes, int dim, int bits, int token, const uint8_t* token_codes) {
     int w[3], shift_in = 0;
     const int n = code_parts(bits, w);
+    const size_t word = size_t(token % 16) * 4;
+    const int half = token >= 16 ? 16 : 0;
     for (int p = 0; p < n; ++p) {
-        const int mask = (1 << w[p]) - 1;
-        for (int j = 0; j < dim; ++j) {
-            size_t byte;
-            int bit;
-            part_position(j, w[p], token, byte, bit);
-            const int part = (token_codes[j] >> shift_in) & mask;
-            codes[byte] = uint8_t((codes[byte] & ~(mask << bit)) | (part << bit));
+        const int width = w[p], per_chunk = 16 / width;
+        const uint32_t mask = (1u << width) - 1;
+        for (int j0 = 0, chunk = 0; j0 < dim; j0 += per_chunk, ++chunk) {
+            uint8_t* at = codes + size_t(chunk) * 64 + word;
+            uint32_t v = uint32_t(at[0]) | uint32_t(at[1]) << 8 | uint32_t(at[2]) << 16 | uint32_t(at[3]) << 24;
+            const int end = std::min(per_chunk, dim - j0);
+            for (int s = 0; s < end; ++s) {
+                const int bit = half + width * s;
+                v = (v & ~(mask << bit)) | ((uint32_t(token_codes[j0 + s]) >> shift_in & mask) << bit);
+            }
+            at[0] = uint8_t(v), at[1] = uint8_t(v >> 8), at[2] = uint8_t(v >> 16), at[3] = uint8_t(v >> 24);
         }
-        shift_in += w[p];
-        codes += part_bytes(dim, w[p]);
+        shift_in += width;
+        codes += part_bytes(dim, width);
     }
 }
 
