@@ -37,10 +37,13 @@ inline void for_each_coordinate(const uint8_t* codes, int dim, F&& f) {
             }
         }
     } else {  // 3 bits: a 2-bit part (bits 0-1) and a 1-bit part (bit 2); bit 3 of an index is garbage
+        // (the 16-entry tables repeat every 8). The 1-bit part is shifted straight to bit 2 and one
+        // vpternlogd takes bits 0-1 from the 2-bit part, the rest from it: three operations, not five.
         const uint8_t* ones = codes + part_bytes(dim, 2);
         const __m512i three = _mm512_set1_epi32(3);
         auto idx = [&](__m512i two, int s2, __m512i one, int s1) {
-            return _mm512_or_si512(_mm512_and_si512(shr(two, s2), three), _mm512_slli_epi32(shr(one, s1), 2));
+            const __m512i at2 = s1 >= 2 ? shr(one, s1 - 2) : _mm512_slli_epi32(one, unsigned(2 - s1));
+            return _mm512_ternarylogic_epi32(shr(two, s2), at2, three, 0xE4);  // three ? two : at2, bitwise
         };
         for (int j0 = 0; j0 < dim; j0 += 16) {
             const __m512i one = load_chunk(ones + size_t(j0 / 16) * 64);
