@@ -66,6 +66,9 @@ TEST_CASE("fused attention equals the decode-then-exact reference on every kerne
         // 9 query heads per KV head (the fused values kernel's batches of 8 + 1) and a head dim
         // that ends in a partial chunk of 4-bit codes (wasm: fixed-point key scores, 4-bit values).
         {9, 1, 66, 4, 4, Method::Mse, 0, 100, 2},
+        // GQA groups of 2 and 3 (the value kernels' remainder passes after batches of 4).
+        {4, 2, 128, 3, 2, Method::Mse, 16, 90, 3},   {6, 2, 64, 4, 3, Method::Mse, 0, 50, 2},
+        {7, 1, 128, 2, 1, Method::Mse, 0, 40, 1},
     };
     for (const auto& kernel : available_kernels())
         for (const auto& cs : cases) {

@@ -245,8 +245,14 @@ void accumulate_bits(const uint8_t* codes, int dim, const float* table, const fl
     int h = 0;
     for (; h + 4 <= heads; h += 4)
         accumulate_heads<BITS, 4>(codes, dim, t, w + h * w_stride, w_stride, n_lo, n_hi, acc + size_t(h) * dim * 16);
-    for (; h < heads; ++h)
-        accumulate_heads<BITS, 1>(codes, dim, t, w + h * w_stride, w_stride, n_lo, n_hi, acc + size_t(h) * dim * 16);
+    // The rest in one pass, so the indices are decoded once (GQA groups of 2 or 3 are common:
+    // one head at a time decoded them twice, and was most of the value cost at r = 2).
+    switch (heads - h) {
+        case 3: return accumulate_heads<BITS, 3>(codes, dim, t, w + h * w_stride, w_stride, n_lo, n_hi, acc + size_t(h) * dim * 16);
+        case 2: return accumulate_heads<BITS, 2>(codes, dim, t, w + h * w_stride, w_stride, n_lo, n_hi, acc + size_t(h) * dim * 16);
+        case 1: return accumulate_heads<BITS, 1>(codes, dim, t, w + h * w_stride, w_stride, n_lo, n_hi, acc + size_t(h) * dim * 16);
+        default: return;
+    }
 }
 
 void group_accumulate(const uint8_t* codes, int dim, int bits, const float* table, const float* w, int heads,
