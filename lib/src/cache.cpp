@@ -511,13 +511,17 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
     Workspace::grow(ws.sq, padded);
     Workspace::grow(ws.norms, kGroupTokens);
     Workspace::grow(ws.gammas, kGroupTokens);
-    // The fused kernels cover the common layout: one segment, fp16 norms (stored little-endian,
-    // and every supported target is little-endian), MSE keys.
+    // The fused kernels cover the common layouts: fp16 norms (stored little-endian, and every
+    // supported target is little-endian), MSE keys, one segment or the two of a fractional rate
+    // (one fused call per segment, the second added to the first).
     const bool f16 = c.norm == NormFormat::F16;
-    const bool fused_keys = ak.group_scores_normed && f16 && m.keys().segs.size() == 1 && !m.keys().segs[0].prod;
-    const bool fused_values = ak.group_accumulate_normed && f16 && m.values().segs.size() == 1;
-    // Fused keys may also use tables the kernel prepares once per query (fixed point on wasm and AVX2).
-    const bool may_prepare = fused_keys && ak.prepare_scores;
+    bool mse_keys = true;
+    for (const auto& s : m.keys().segs) mse_keys = mse_keys && !s.prod;
+    const bool fused_keys = ak.group_scores_normed && f16 && mse_keys;
+    const bool fused_values = ak.group_accumulate_normed && f16;
+    // One-segment fused keys may also use tables the kernel prepares once per query (fixed point
+    // on wasm and AVX2).
+    const bool may_prepare = fused_keys && m.keys().segs.size() == 1 && ak.prepare_scores;
     if (may_prepare) {
         const auto& s = m.keys().segs[0];
         Workspace::grow(ws.prepared, ak.scores_table_bytes(s.dim, s.bits, r) / sizeof(float) + 1);
@@ -602,15 +606,24 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                             for (size_t off = 0; off < P.group_bytes; off += 64) __builtin_prefetch(next + off, 0, 1);
                         }
                         const size_t valid = std::min<size_t>(kGroupTokens, visible_codes - t0);
-                        if (fused_keys) {  // one call: scores * norms * scale, straight into the chunk
-                            const auto& s = m.keys().segs[0];
-                            const auto* norms = reinterpret_cast<const uint16_t*>(g + s.norm_off);
-                            if (prepared)
-                                ak.group_scores_prepared(g + s.codes_off, s.dim, s.bits, ws.prepared.data(), r, norms,
-                                                         m.scale, &ws.scores[gi * kGroupTokens], int(score_cols));
-                            else
-                                ak.group_scores_normed(g + s.codes_off, s.dim, s.bits, ws.lut.data(), r, norms, m.scale,
-                                                       &ws.scores[gi * kGroupTokens], int(score_cols));
+                        if (fused_keys) {  // scores * norms * scale straight into the chunk, per segment
+                            const float* klut = ws.lut.data();
+                            for (size_t si = 0; si < m.keys().segs.size(); ++si) {
+                                const auto& s = m.keys().segs[si];
+                                const auto* norms = reinterpret_cast<const uint16_t*>(g + s.norm_off);
+                                float* dst = si == 0 ? &ws.scores[gi * kGroupTokens] : ws.raw.data();
+                                const int stride = si == 0 ? int(score_cols) : kGroupTokens;
+                                if (prepared)
+                                    ak.group_scores_prepared(g + s.codes_off, s.dim, s.bits, ws.prepared.data(), r, norms,
+                                                             m.scale, dst, stride);
+                                else
+                                    ak.group_scores_normed(g + s.codes_off, s.dim, s.bits, klut, r, norms, m.scale, dst, stride);
+                                if (si > 0)
+                                    for (int hh = 0; hh < r; ++hh)
+                                        ak.axpy_f32(1.0f, &ws.raw[size_t(hh) * kGroupTokens],
+                                                    &ws.scores[size_t(hh) * score_cols + gi * kGroupTokens], kGroupTokens);
+                                klut += size_t(r) * s.dim * s.table.size();
+                            }
                             for (int hh = 0; hh < r; ++hh)
                                 for (size_t t = valid; t < kGroupTokens; ++t)
                                     ws.scores[size_t(hh) * score_cols + gi * kGroupTokens + t] = -std::numeric_limits<float>::infinity();
@@ -658,10 +671,12 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                         const uint8_t* g = P.group(kvh, (g0 + gi) * kGroupTokens);
                         float* acc = ws.acc.data();
                         if (fused_values) {
-                            const auto& s = m.values().segs[0];
-                            ak.group_accumulate_normed(g + s.codes_off, s.dim, s.bits, s.table.data(),
-                                                       &ws.scores[gi * kGroupTokens], int(score_cols),
-                                                       reinterpret_cast<const uint16_t*>(g + s.norm_off), r, acc);
+                            for (auto& s : m.values().segs) {
+                                ak.group_accumulate_normed(g + s.codes_off, s.dim, s.bits, s.table.data(),
+                                                           &ws.scores[gi * kGroupTokens], int(score_cols),
+                                                           reinterpret_cast<const uint16_t*>(g + s.norm_off), r, acc);
+                                acc += size_t(r) * s.dim * 16;
+                            }
                             continue;
                         }
                         for (auto& s : m.values().segs) {
