@@ -209,7 +209,7 @@ void KVCache::Impl::compress(const float* k_rows, const float* v_rows, size_t co
     Staging& st = staging();
     float* seg_in = Staging::grow(st.seg_in, count * size_t(d));
     uint8_t* seg_out = Staging::grow(st.seg_out, count * max_codec_bytes);
-    uint8_t* token_codes = Staging::grow(st.token_codes, size_t(d));
+    uint8_t* token_codes = Staging::grow(st.token_codes, size_t(pad_lanes(d)));  // kernels may write whole lanes
     for (int h = 0; h < cfg.kv_heads; ++h)
         for (auto* side : {&keys(), &values()}) {
             const float* src = side == &keys() ? k_rows : v_rows;
@@ -231,11 +231,10 @@ void KVCache::Impl::compress(const float* k_rows, const float* v_rows, size_t co
                         std::memcpy(g + s.gamma_off + slot * norm_bytes, enc + pos, norm_bytes);
                         pos += norm_bytes;
                     }
-                    unpack_codes(enc + pos, size_t(s.dim), s.bits, token_codes);
+                    k->unpack(enc + pos, s.dim, s.bits, token_codes);
                     set_group_codes(g + s.codes_off, s.dim, s.bits, int(slot), token_codes);
                     if (s.prod) {
-                        unpack_codes(enc + pos + packed_bytes(size_t(s.dim), s.bits), size_t(s.dim), 1,
-                                     token_codes);
+                        k->unpack(enc + pos + packed_bytes(size_t(s.dim), s.bits), s.dim, 1, token_codes);
                         set_group_codes(g + s.signs_off, s.dim, 1, int(slot), token_codes);
                     }
                 }
