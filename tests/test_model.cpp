@@ -15,6 +15,7 @@
 #include "tqkv/kvdump.hpp"
 #include "tqkv/model.hpp"
 #include "tqkv/rng.hpp"
+#include "model/matmul.hpp"
 #include "tiny_model.hpp"
 
 using namespace tqkv;
@@ -71,7 +72,8 @@ std::vector<double> reference_logits(const LlamaModel& m, const std::vector<int3
     const int H = c.hidden_size, NH = c.num_attention_heads, KH = c.num_key_value_heads, d = c.head_dim;
     const int I = c.intermediate_size, V = c.vocab_size;
     const size_t n = tokens.size();
-    auto matvec = [](const std::vector<float>& W, const std::vector<double>& x, int out) {
+    auto matvec = [](const tqkv::WeightMatrix& M, const std::vector<double>& x, int out) {
+        const std::vector<float> W = M.to_float();
         std::vector<double> y(size_t(out), 0.0);
         const size_t in = x.size();
         for (int o = 0; o < out; ++o)
@@ -205,6 +207,82 @@ TEST_CASE("model: prefill + decode gives the logits of one full pass", "[model]"
             CHECK(max_abs_diff(lg.data(), all.data(), n * V) < 1e-4);
         }
     }
+}
+
+// The runner's matrix kernels: each ISA's fp16 widening is exact for every finite fp16, a product
+// over fp16 weights is bit-identical to the same kernel over the widened fp32 weights (blocks of
+// rows change nothing: rows are independent), and every kernel agrees with the plain loops to
+// float rounding (they sum in other orders).
+TEST_CASE("model: matmul kernels: exact fp16 widening, fp16 == fp32 weights, every ISA == plain", "[model][kernels]") {
+    const auto kernels = detail::matmul_kernels();
+    REQUIRE(!kernels.empty());
+    CHECK(std::string(kernels.front().name) == "plain");
+    std::vector<uint16_t> finite;
+    for (uint32_t h = 0; h < 0x10000; ++h)
+        if ((h & 0x7c00) != 0x7c00) finite.push_back(uint16_t(h));
+    for (const auto& k : kernels) {
+        INFO("kernel " << k.name);
+        std::vector<float> f(finite.size());
+        k.widen(finite.data(), finite.size(), f.data());
+        size_t bad = 0;
+        for (size_t i = 0; i < finite.size(); ++i) {
+            const float want = half_to_float(finite[i]);
+            bad += std::memcmp(&f[i], &want, 4) != 0;  // bitwise: -0 stays -0, subnormals exact
+        }
+        CHECK(bad == 0);
+    }
+    Rng rng(11);
+    // Adversarial weight values mixed in: zeros of both signs, fp16 subnormals, the largest finite.
+    const uint16_t special[] = {0x0000, 0x8000, 0x0001, 0x8001, 0x03ff, 0x0400, 0x7bff, 0xfbff, 0x3c00};
+    for (size_t in : {1, 3, 15, 16, 17, 33, 64, 100, 1030})
+        for (size_t out : {1, 3, 4, 5, 9, 17})
+            for (size_t n : {1, 2, 3, 4, 5, 9}) {
+                std::vector<uint16_t> w(out * in);
+                for (size_t i = 0; i < w.size(); ++i)
+                    w[i] = rng.uniform() < 0.1 ? special[i % 9] : float_to_half(float(rng.normal() * 0.5));
+                std::vector<float> wf(w.size()), x(n * in);
+                for (size_t i = 0; i < w.size(); ++i) wf[i] = half_to_float(w[i]);
+                for (auto& v : x) v = float(rng.normal());
+                std::vector<float> plain(n * out), y32(n * out), y16(n * out);
+                kernels.front().f32(x.data(), n, in, wf.data(), out, plain.data(), out);
+                for (const auto& k : kernels) {
+                    INFO("kernel " << k.name << ", in " << in << ", out " << out << ", n " << n);
+                    std::fill(y32.begin(), y32.end(), -1.f);
+                    std::fill(y16.begin(), y16.end(), -2.f);
+                    k.f32(x.data(), n, in, wf.data(), out, y32.data(), out);
+                    detail::matmul_f16_with(k, x.data(), n, in, w.data(), out, y16.data());
+                    REQUIRE(std::memcmp(y32.data(), y16.data(), y32.size() * 4) == 0);
+                    for (size_t t = 0; t < n; ++t)
+                        for (size_t o = 0; o < out; ++o) {
+                            double mag = 0;  // sum |w x|: the scale of the rounding error
+                            for (size_t i = 0; i < in; ++i) mag += std::abs(double(wf[o * in + i]) * x[t * in + i]);
+                            REQUIRE(std::abs(double(y32[t * out + o]) - plain[t * out + o]) <= 4e-7 * double(in) * mag + 1e-30);
+                        }
+                }
+            }
+}
+
+TEST_CASE("model: an fp16 checkpoint and an fp32 one of the same values give identical logits", "[model]") {
+    auto ts = tiny_tensors(17);
+    for (auto& [name, t] : ts)
+        for (auto& v : t.data) v = half_to_float(float_to_half(v));  // values fp16 can hold
+    const LlamaConfig cfg = LlamaConfig::parse(kTinyConfig);
+    const LlamaModel m16 = LlamaModel::from_parts(cfg, Safetensors::parse(make_safetensors(ts, "F16")));
+    const LlamaModel m32 = LlamaModel::from_parts(cfg, Safetensors::parse(make_safetensors(ts, "F32")));
+    CHECK(m16.layer(0).wq.is_f16());
+    CHECK(!m32.layer(0).wq.is_f16());
+    CHECK(m16.parameters() == m32.parameters());
+    CHECK(m16.weight_bytes() < m32.weight_bytes() * 0.6);  // matrices at 2 bytes, norms and embedding at 4
+    const auto tokens = text_tokens("Half the bytes, the same numbers.");
+    std::vector<float> a(tokens.size() * 256), b(a.size());
+    auto c16 = make_exact_cache(CacheShape::of(cfg)), c32 = make_exact_cache(CacheShape::of(cfg));
+    LlamaRunner r16(m16, *c16, 8), r32(m32, *c32, 8);
+    r16.prefill(tokens, a);
+    r32.prefill(tokens, b);
+    CHECK(std::memcmp(a.data(), b.data(), a.size() * 4) == 0);
+    r16.decode(tokens[3], std::span(a).first(256));
+    r32.decode(tokens[3], std::span(b).first(256));
+    CHECK(std::memcmp(a.data(), b.data(), 256 * 4) == 0);
 }
 
 TEST_CASE("model: caches report their storage", "[model]") {

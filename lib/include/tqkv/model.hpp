@@ -11,9 +11,11 @@
 //   run.decode(next_token, logits);            // one token; no allocation per call
 //
 // Architecture: RMSNorm, RoPE (rotate_half convention, theta from config), grouped-query
-// attention, SwiGLU MLP, tied or untied embeddings. fp16 / bf16 / fp32 weights are converted to
-// fp32 at load; matrix products use AVX-512 or AVX2+FMA when the CPU has them (plain loops
-// otherwise). Keys and queries reach the cache after RoPE.
+// attention, SwiGLU MLP, tied or untied embeddings. fp16 weight matrices stay fp16 in memory (a
+// decode step streams every weight once, so half the bytes is most of its time) and are widened
+// exactly to fp32 inside the matrix product; bf16 / fp32 ones are held as fp32. Matrix products use
+// AVX-512 or AVX2+FMA+F16C when the CPU has them (plain loops otherwise). Keys and queries reach
+// the cache after RoPE.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -46,6 +48,23 @@ struct LlamaConfig {
     void validate() const;
 };
 
+// A weight matrix [rows][cols] (HF layout [out][in]) in the checkpoint's precision: fp16 bits when
+// the checkpoint is fp16 (every fp16 value is exactly a float, so the products are the same as with
+// fp32 copies, at half the memory traffic), fp32 otherwise. Exactly one of the two is non-empty.
+struct WeightMatrix {
+    size_t rows = 0, cols = 0;
+    std::vector<uint16_t> f16;
+    std::vector<float> f32;
+
+    bool is_f16() const { return !f16.empty(); }
+    size_t size() const { return rows * cols; }
+    size_t bytes() const { return f16.size() * 2 + f32.size() * 4; }
+    float at(size_t r, size_t c) const;
+    std::vector<float> to_float() const;
+    static WeightMatrix from_f16(size_t rows, size_t cols, std::vector<uint16_t> bits);
+    static WeightMatrix from_f32(size_t rows, size_t cols, std::vector<float> values);
+};
+
 struct SafetensorInfo {
     std::string name, dtype;       // dtype "F32", "F16" or "BF16" (others are rejected at parse)
     std::vector<int64_t> shape;
@@ -61,8 +80,11 @@ public:
     static Safetensors load(const std::string& path);
     const std::vector<SafetensorInfo>& tensors() const { return tensors_; }
     const SafetensorInfo* find(const std::string& name) const;
-    // The tensor converted to float32; throws if it is missing or its shape differs.
+    // The tensor converted to float32; throws if it is missing, its shape differs or it holds a
+    // non-finite value.
     std::vector<float> to_float(const std::string& name, const std::vector<int64_t>& shape) const;
+    // A 2-D tensor as a WeightMatrix: F16 tensors keep their fp16 bits, others become fp32.
+    WeightMatrix to_matrix(const std::string& name, int64_t rows, int64_t cols) const;
 
 private:
     std::vector<uint8_t> bytes_;
@@ -76,8 +98,8 @@ private:
 
 struct LlamaLayer {
     std::vector<float> attn_norm, mlp_norm;   // [hidden]
-    std::vector<float> wq, wk, wv, wo;        // [out][in] as in HF: q [heads*d][hidden], o [hidden][heads*d]
-    std::vector<float> w_gate, w_up, w_down;  // [inter][hidden], [inter][hidden], [hidden][inter]
+    WeightMatrix wq, wk, wv, wo;              // [out][in] as in HF: q [heads*d][hidden], o [hidden][heads*d]
+    WeightMatrix w_gate, w_up, w_down;        // [inter][hidden], [inter][hidden], [hidden][inter]
 };
 
 class LlamaModel {
@@ -89,15 +111,17 @@ public:
 
     const LlamaConfig& config() const { return cfg_; }
     size_t parameters() const;
-    const std::vector<float>& embedding() const { return embed_; }       // [vocab][hidden]
-    const std::vector<float>& output_weight() const { return tied() ? embed_ : lm_head_; }
-    bool tied() const { return lm_head_.empty(); }
+    const std::vector<float>& embedding() const { return embed_; }   // [vocab][hidden], fp32 for lookup
+    const WeightMatrix& output_weight() const { return output_; }    // the embedding again when tied
+    bool tied() const { return cfg_.tie_word_embeddings; }
+    size_t weight_bytes() const;                                      // what the weights hold in memory
     const std::vector<float>& final_norm() const { return norm_; }
     const LlamaLayer& layer(int l) const { return layers_.at(size_t(l)); }
 
 private:
     LlamaConfig cfg_;
-    std::vector<float> embed_, norm_, lm_head_;
+    std::vector<float> embed_, norm_;
+    WeightMatrix output_;
     std::vector<LlamaLayer> layers_;
 };
 
@@ -259,6 +283,11 @@ NllResult evaluate_nll(const LlamaModel& model, AttentionCache& cache, std::span
 // Matrix product used by the runner: Y[n][out] = X[n][in] * W[out][in]^T (AVX-512, AVX2+FMA or
 // plain loops, picked at run time; TQKV_KERNEL=scalar forces the plain loops).
 void matmul_f32(const float* X, size_t n, size_t in, const float* W, size_t out, float* Y);
+// The same with W[out][in] as fp16 bits (finite values), widened exactly: bit-identical to
+// matmul_f32 over the widened weights.
+void matmul_f16(const float* X, size_t n, size_t in, const uint16_t* W, size_t out, float* Y);
+// Y[n][W.rows] = X[n][W.cols] * W^T in W's precision.
+void matmul(const float* X, size_t n, const WeightMatrix& W, float* Y);
 const char* matmul_kernel();
 
 }  // namespace tqkv

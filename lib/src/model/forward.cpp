@@ -105,9 +105,9 @@ void LlamaRunner::forward(const int32_t* tokens, size_t n, float* logits, bool a
     for (int l = 0; l < c.num_hidden_layers; ++l) {
         const LlamaLayer& L = model_.layer(l);
         rmsnorm(b.x.data(), L.attn_norm.data(), n, H, c.rms_norm_eps, b.h.data());
-        matmul_f32(b.h.data(), n, H, L.wq.data(), QD, b.q.data());
-        matmul_f32(b.h.data(), n, H, L.wk.data(), KD, b.k.data());
-        matmul_f32(b.h.data(), n, H, L.wv.data(), KD, b.v.data());
+        matmul(b.h.data(), n, L.wq, b.q.data());
+        matmul(b.h.data(), n, L.wk, b.k.data());
+        matmul(b.h.data(), n, L.wv, b.v.data());
         rope(b.q.data(), n, NH, int(d), b.cs.data(), b.sn.data());
         rope(b.k.data(), n, KH, int(d), b.cs.data(), b.sn.data());
         if (observer) observer(l, n, b.q.data(), b.k.data(), b.v.data());
@@ -120,24 +120,24 @@ void LlamaRunner::forward(const int32_t* tokens, size_t n, float* logits, bool a
             cache_.append(l, std::span(b.k.data(), n * KD), std::span(b.v.data(), n * KD));
             cache_.attend(l, std::span(b.q.data(), n * QD), std::span(b.att.data(), n * QD));
         }
-        matmul_f32(b.att.data(), n, QD, L.wo.data(), H, b.o.data());
+        matmul(b.att.data(), n, L.wo, b.o.data());
         for (size_t i = 0; i < n * H; ++i) b.x[i] += b.o[i];
         rmsnorm(b.x.data(), L.mlp_norm.data(), n, H, c.rms_norm_eps, b.h.data());
-        matmul_f32(b.h.data(), n, H, L.w_gate.data(), I, b.gate.data());
-        matmul_f32(b.h.data(), n, H, L.w_up.data(), I, b.up.data());
+        matmul(b.h.data(), n, L.w_gate, b.gate.data());
+        matmul(b.h.data(), n, L.w_up, b.up.data());
         for (size_t i = 0; i < n * I; ++i) {
             const float g = b.gate[i];
             b.gate[i] = g / (1.0f + std::exp(-g)) * b.up[i];
         }
-        matmul_f32(b.gate.data(), n, I, L.w_down.data(), H, b.o.data());
+        matmul(b.gate.data(), n, L.w_down, b.o.data());
         for (size_t i = 0; i < n * H; ++i) b.x[i] += b.o[i];
     }
     if (all_logits) {
         rmsnorm(b.x.data(), model_.final_norm().data(), n, H, c.rms_norm_eps, b.h.data());
-        matmul_f32(b.h.data(), n, H, model_.output_weight().data(), V, logits);
+        matmul(b.h.data(), n, model_.output_weight(), logits);
     } else if (logits) {
         rmsnorm(&b.x[(n - 1) * H], model_.final_norm().data(), 1, H, c.rms_norm_eps, b.h.data());
-        matmul_f32(b.h.data(), 1, H, model_.output_weight().data(), V, logits);
+        matmul(b.h.data(), 1, model_.output_weight(), logits);
     }
     pos_ += n;
 }
@@ -201,7 +201,7 @@ KVCalibration calibrate_kv(const LlamaModel& model, std::span<const int32_t> tok
     for (auto* v : {&cal.key_mean, &cal.key_sq, &cal.value_mean, &cal.value_sq, &cal.query_sq})
         for (double& x : *v) x *= inv;
     // o_proj columns fed by each KV head's channels (through the r query heads sharing it).
-    const size_t QD = size_t(s.heads) * d, Hd = size_t(c.hidden_size);
+    const size_t Hd = size_t(c.hidden_size);
     for (int l = 0; l < s.layers; ++l) {
         const auto& wo = model.layer(l).wo;  // [hidden][heads*d]
         for (int h = 0; h < KH; ++h)
@@ -209,7 +209,7 @@ KVCalibration calibrate_kv(const LlamaModel& model, std::span<const int32_t> tok
                 for (int j = 0; j < d; ++j) {
                     const size_t col = size_t(h * r + g) * d + j;
                     double e = 0;
-                    for (size_t row = 0; row < Hd; ++row) e += double(wo[row * QD + col]) * wo[row * QD + col];
+                    for (size_t row = 0; row < Hd; ++row) e += double(wo.at(row, col)) * wo.at(row, col);
                     cal.out_weight[cal.index(l, h) + j] += e;
                 }
     }

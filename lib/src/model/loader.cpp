@@ -254,6 +254,56 @@ std::vector<float> Safetensors::to_float(const std::string& name, const std::vec
     return out;
 }
 
+WeightMatrix Safetensors::to_matrix(const std::string& name, int64_t rows, int64_t cols) const {
+    const SafetensorInfo* t = find(name);
+    if (!t || t->dtype != "F16") return WeightMatrix::from_f32(size_t(rows), size_t(cols), to_float(name, {rows, cols}));
+    if (t->shape != std::vector<int64_t>{rows, cols})
+        throw std::invalid_argument(what_ + ": tensor \"" + name + "\" has shape " + shape_str(t->shape) +
+                                    ", the config implies " + shape_str({rows, cols}));
+    const uint8_t* p = bytes_.data() + data_ + t->begin;
+    std::vector<uint16_t> bits(size_t(rows) * size_t(cols));
+    for (size_t i = 0; i < bits.size(); ++i) {
+        bits[i] = uint16_t(p[2 * i] | p[2 * i + 1] << 8);
+        if ((bits[i] & 0x7c00) == 0x7c00)
+            throw std::invalid_argument(what_ + ": tensor \"" + name + "\" holds a non-finite value at element " +
+                                        std::to_string(i));
+    }
+    return WeightMatrix::from_f16(size_t(rows), size_t(cols), std::move(bits));
+}
+
+// ---------------------------------------------------------------------------------------------
+// WeightMatrix
+
+WeightMatrix WeightMatrix::from_f16(size_t rows, size_t cols, std::vector<uint16_t> bits) {
+    if (bits.size() != rows * cols || bits.empty()) throw std::invalid_argument("WeightMatrix: size is not rows * cols");
+    for (uint16_t h : bits)
+        if ((h & 0x7c00) == 0x7c00) throw std::invalid_argument("WeightMatrix: non-finite fp16 weight");
+    WeightMatrix m;
+    m.rows = rows, m.cols = cols, m.f16 = std::move(bits);
+    return m;
+}
+
+WeightMatrix WeightMatrix::from_f32(size_t rows, size_t cols, std::vector<float> values) {
+    if (values.size() != rows * cols || values.empty()) throw std::invalid_argument("WeightMatrix: size is not rows * cols");
+    for (float v : values)
+        if (!std::isfinite(v)) throw std::invalid_argument("WeightMatrix: non-finite weight");
+    WeightMatrix m;
+    m.rows = rows, m.cols = cols, m.f32 = std::move(values);
+    return m;
+}
+
+float WeightMatrix::at(size_t r, size_t c) const {
+    const size_t i = r * cols + c;
+    return is_f16() ? half_to_float(f16[i]) : f32[i];
+}
+
+std::vector<float> WeightMatrix::to_float() const {
+    if (!is_f16()) return f32;
+    std::vector<float> out(f16.size());
+    for (size_t i = 0; i < out.size(); ++i) out[i] = half_to_float(f16[i]);
+    return out;
+}
+
 // ---------------------------------------------------------------------------------------------
 // LlamaModel
 
@@ -270,20 +320,22 @@ LlamaModel LlamaModel::from_parts(const LlamaConfig& cfg, const Safetensors& st)
     if (!cfg.tie_word_embeddings) {
         if (!st.find("lm_head.weight"))
             throw std::invalid_argument("safetensors: missing tensor \"lm_head.weight\" (tie_word_embeddings is false)");
-        m.lm_head_ = st.to_float("lm_head.weight", {V, H});
+        m.output_ = st.to_matrix("lm_head.weight", V, H);
+    } else {
+        m.output_ = st.to_matrix("model.embed_tokens.weight", V, H);
     }
     for (int l = 0; l < cfg.num_hidden_layers; ++l) {
         const std::string p = "model.layers." + std::to_string(l) + ".";
         LlamaLayer L;
         L.attn_norm = st.to_float(p + "input_layernorm.weight", {H});
         L.mlp_norm = st.to_float(p + "post_attention_layernorm.weight", {H});
-        L.wq = st.to_float(p + "self_attn.q_proj.weight", {QD, H});
-        L.wk = st.to_float(p + "self_attn.k_proj.weight", {KD, H});
-        L.wv = st.to_float(p + "self_attn.v_proj.weight", {KD, H});
-        L.wo = st.to_float(p + "self_attn.o_proj.weight", {H, QD});
-        L.w_gate = st.to_float(p + "mlp.gate_proj.weight", {I, H});
-        L.w_up = st.to_float(p + "mlp.up_proj.weight", {I, H});
-        L.w_down = st.to_float(p + "mlp.down_proj.weight", {H, I});
+        L.wq = st.to_matrix(p + "self_attn.q_proj.weight", QD, H);
+        L.wk = st.to_matrix(p + "self_attn.k_proj.weight", KD, H);
+        L.wv = st.to_matrix(p + "self_attn.v_proj.weight", KD, H);
+        L.wo = st.to_matrix(p + "self_attn.o_proj.weight", H, QD);
+        L.w_gate = st.to_matrix(p + "mlp.gate_proj.weight", I, H);
+        L.w_up = st.to_matrix(p + "mlp.up_proj.weight", I, H);
+        L.w_down = st.to_matrix(p + "mlp.down_proj.weight", H, I);
         m.layers_.push_back(std::move(L));
     }
     return m;
@@ -296,10 +348,18 @@ LlamaModel LlamaModel::load(const std::string& dir) {
 }
 
 size_t LlamaModel::parameters() const {
-    size_t n = embed_.size() + norm_.size() + lm_head_.size();
+    size_t n = embed_.size() + norm_.size() + (tied() ? 0 : output_.size());
     for (const auto& L : layers_)
         n += L.attn_norm.size() + L.mlp_norm.size() + L.wq.size() + L.wk.size() + L.wv.size() + L.wo.size() +
              L.w_gate.size() + L.w_up.size() + L.w_down.size();
+    return n;
+}
+
+size_t LlamaModel::weight_bytes() const {
+    size_t n = (embed_.size() + norm_.size()) * sizeof(float) + output_.bytes();
+    for (const auto& L : layers_)
+        n += (L.attn_norm.size() + L.mlp_norm.size()) * sizeof(float) + L.wq.bytes() + L.wk.bytes() + L.wv.bytes() +
+             L.wo.bytes() + L.w_gate.bytes() + L.w_up.bytes() + L.w_down.bytes();
     return n;
 }
 

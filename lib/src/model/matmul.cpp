@@ -6,10 +6,14 @@
 //
 // Loop order: a block of 4 weight rows stays in L1 while every block of tokens streams past it,
 // so one pass over the weights serves a whole prefill chunk.
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <vector>
 
+#include "model/matmul.hpp"
+#include "tqkv/fp16.hpp"
 #include "tqkv/model.hpp"
 
 #if defined(__x86_64__) && !defined(__wasm__) && (defined(__GNUC__) || defined(__clang__))
@@ -22,6 +26,11 @@
 #endif
 #endif
 
+#if defined(__aarch64__) && defined(__ARM_NEON)
+#define TQKV_MATMUL_NEON 1
+#include <arm_neon.h>
+#endif
+
 #if defined(__wasm_simd128__)
 #define TQKV_MATMUL_WASM 1
 #include <wasm_simd128.h>
@@ -30,10 +39,12 @@
 namespace tqkv {
 namespace {
 
+using Choice = detail::MatmulKernel;
+
 // Plain loops: 8 independent partial sums per dot product, which compilers vectorize with the
 // baseline SIMD (SSE2 / NEON / simd128) without reassociating anything. (Sharing each input load
 // over 4 weight rows looks better on paper but GCC 12 stops vectorizing it: 4x slower.)
-void matmul_plain(const float* X, size_t n, size_t in, const float* W, size_t out, float* Y) {
+void matmul_plain(const float* X, size_t n, size_t in, const float* W, size_t out, float* Y, size_t ldy) {
     const size_t in8 = in / 8 * 8;
     for (size_t o = 0; o < out; ++o) {
         const float* w = W + o * in;
@@ -44,12 +55,39 @@ void matmul_plain(const float* X, size_t n, size_t in, const float* W, size_t ou
                 for (int l = 0; l < 8; ++l) acc[l] += w[i + l] * x[i + l];
             float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
             for (size_t i = in8; i < in; ++i) s += w[i] * x[i];
-            Y[t * out + o] = s;
+            Y[t * ldy + o] = s;
         }
     }
 }
 
+// fp16 -> fp32 for one block of weight rows. Exact for every finite fp16 (the loader rejects the
+// others), so a product over widened fp16 weights equals the same product over fp32 weights.
+void widen_plain(const uint16_t* h, size_t n, float* f) {
+    for (size_t i = 0; i < n; ++i) f[i] = half_to_float(h[i]);
+}
+
+#if TQKV_MATMUL_NEON
+void widen_neon(const uint16_t* h, size_t n, float* f) {
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) vst1q_f32(f + i, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h + i))));
+    for (; i < n; ++i) f[i] = half_to_float(h[i]);
+}
+#endif
+
 #if TQKV_MATMUL_X86
+
+__attribute__((target("avx2,f16c"))) void widen_f16c(const uint16_t* h, size_t n, float* f) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(f + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + i))));
+    for (; i < n; ++i) f[i] = half_to_float(h[i]);
+}
+
+__attribute__((target("avx512f"))) void widen_avx512(const uint16_t* h, size_t n, float* f) {
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(f + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + i))));
+    for (; i < n; ++i) f[i] = half_to_float(h[i]);
+}
 
 __attribute__((target("avx2,fma"))) inline float hsum256(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -60,7 +98,7 @@ __attribute__((target("avx2,fma"))) inline float hsum256(__m256 v) {
 
 // AVX2: 4 rows x 2 tokens of accumulators (8 of 16 ymm registers).
 __attribute__((target("avx2,fma"))) void matmul_avx2(const float* X, size_t n, size_t in, const float* W, size_t out,
-                                                     float* Y) {
+                                                     float* Y, size_t ldy) {
     const size_t in8 = in / 8 * 8;
     size_t o = 0;
     for (; o + 4 <= out; o += 4) {
@@ -94,8 +132,8 @@ __attribute__((target("avx2,fma"))) void matmul_avx2(const float* X, size_t n, s
                 s[0] += w0[i] * x0[i], s[1] += w1[i] * x0[i], s[2] += w2[i] * x0[i], s[3] += w3[i] * x0[i];
                 s[4] += w0[i] * x1[i], s[5] += w1[i] * x1[i], s[6] += w2[i] * x1[i], s[7] += w3[i] * x1[i];
             }
-            std::memcpy(Y + t * out + o, s, 4 * sizeof(float));
-            std::memcpy(Y + (t + 1) * out + o, s + 4, 4 * sizeof(float));
+            std::memcpy(Y + t * ldy + o, s, 4 * sizeof(float));
+            std::memcpy(Y + (t + 1) * ldy + o, s + 4, 4 * sizeof(float));
         }
         for (; t < n; ++t) {
             const float* x0 = X + t * in;
@@ -109,7 +147,7 @@ __attribute__((target("avx2,fma"))) void matmul_avx2(const float* X, size_t n, s
             }
             float s[4] = {hsum256(a0), hsum256(a1), hsum256(a2), hsum256(a3)};
             for (size_t i = in8; i < in; ++i) s[0] += w0[i] * x0[i], s[1] += w1[i] * x0[i], s[2] += w2[i] * x0[i], s[3] += w3[i] * x0[i];
-            std::memcpy(Y + t * out + o, s, sizeof s);
+            std::memcpy(Y + t * ldy + o, s, sizeof s);
         }
     }
     if (o < out) {  // the last out % 4 rows
@@ -121,14 +159,14 @@ __attribute__((target("avx2,fma"))) void matmul_avx2(const float* X, size_t n, s
                 for (size_t i = 0; i < in8; i += 8) a = _mm256_fmadd_ps(_mm256_loadu_ps(w + i), _mm256_loadu_ps(x + i), a);
                 float s = hsum256(a);
                 for (size_t i = in8; i < in; ++i) s += w[i] * x[i];
-                Y[t * out + r] = s;
+                Y[t * ldy + r] = s;
             }
     }
 }
 
 // AVX-512: 4 rows x 4 tokens of accumulators (16 of 32 zmm registers), masked tail.
 __attribute__((target("avx512f,avx512dq,avx2,fma"))) void matmul_avx512(const float* X, size_t n, size_t in,
-                                                                        const float* W, size_t out, float* Y) {
+                                                                        const float* W, size_t out, float* Y, size_t ldy) {
     const size_t in16 = in / 16 * 16;
     const __mmask16 tail = __mmask16((1u << (in - in16)) - 1u);
     size_t o = 0;
@@ -169,7 +207,7 @@ __attribute__((target("avx512f,avx512dq,avx2,fma"))) void matmul_avx512(const fl
             }
 #undef TQKV_MM_STEP
             for (int a = 0; a < 4; ++a)
-                for (int b = 0; b < 4; ++b) Y[(t + a) * out + o + b] = _mm512_reduce_add_ps(acc[a][b]);
+                for (int b = 0; b < 4; ++b) Y[(t + a) * ldy + o + b] = _mm512_reduce_add_ps(acc[a][b]);
         }
         for (; t < n; ++t) {
             const float* x0 = X + t * in;
@@ -188,10 +226,10 @@ __attribute__((target("avx512f,avx512dq,avx2,fma"))) void matmul_avx512(const fl
                 a2 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, w2 + in16), v, a2);
                 a3 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, w3 + in16), v, a3);
             }
-            Y[t * out + o] = _mm512_reduce_add_ps(a0);
-            Y[t * out + o + 1] = _mm512_reduce_add_ps(a1);
-            Y[t * out + o + 2] = _mm512_reduce_add_ps(a2);
-            Y[t * out + o + 3] = _mm512_reduce_add_ps(a3);
+            Y[t * ldy + o] = _mm512_reduce_add_ps(a0);
+            Y[t * ldy + o + 1] = _mm512_reduce_add_ps(a1);
+            Y[t * ldy + o + 2] = _mm512_reduce_add_ps(a2);
+            Y[t * ldy + o + 3] = _mm512_reduce_add_ps(a3);
         }
     }
     for (; o < out; ++o)
@@ -201,13 +239,15 @@ __attribute__((target("avx512f,avx512dq,avx2,fma"))) void matmul_avx512(const fl
             __m512 a = _mm512_setzero_ps();
             for (size_t i = 0; i < in16; i += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(w + i), _mm512_loadu_ps(x + i), a);
             if (tail) a = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, w + in16), _mm512_maskz_loadu_ps(tail, x + in16), a);
-            Y[t * out + o] = _mm512_reduce_add_ps(a);
+            Y[t * ldy + o] = _mm512_reduce_add_ps(a);
         }
 }
 
 bool has_avx2_fma() {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return false;
+    unsigned a, b, c, d;  // F16C (bit 29 of leaf 1 ECX): every AVX2 CPU has it, but check
+    return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
 }
 
 bool has_avx512() {
@@ -228,7 +268,7 @@ inline float hsum128(v128_t v) {
 
 // SIMD128: 4 weight rows x 2 tokens of accumulators (8 + 6 operands: V8 keeps them in the 16 xmm
 // registers of x86-64). Each weight load serves both tokens; decode (n = 1) streams 4 rows at once.
-void matmul_wasm128(const float* X, size_t n, size_t in, const float* W, size_t out, float* Y) {
+void matmul_wasm128(const float* X, size_t n, size_t in, const float* W, size_t out, float* Y, size_t ldy) {
     const size_t in4 = in / 4 * 4;
     size_t o = 0;
     for (; o + 4 <= out; o += 4) {
@@ -262,8 +302,8 @@ void matmul_wasm128(const float* X, size_t n, size_t in, const float* W, size_t 
                 s[0] += w0[i] * x0[i], s[1] += w1[i] * x0[i], s[2] += w2[i] * x0[i], s[3] += w3[i] * x0[i];
                 s[4] += w0[i] * x1[i], s[5] += w1[i] * x1[i], s[6] += w2[i] * x1[i], s[7] += w3[i] * x1[i];
             }
-            std::memcpy(Y + t * out + o, s, 4 * sizeof(float));
-            std::memcpy(Y + (t + 1) * out + o, s + 4, 4 * sizeof(float));
+            std::memcpy(Y + t * ldy + o, s, 4 * sizeof(float));
+            std::memcpy(Y + (t + 1) * ldy + o, s + 4, 4 * sizeof(float));
         }
         for (; t < n; ++t) {  // one token (decode; the same summation order as the pairs above)
             const float* x0 = X + t * in;
@@ -277,7 +317,7 @@ void matmul_wasm128(const float* X, size_t n, size_t in, const float* W, size_t 
             }
             float s[4] = {hsum128(a0), hsum128(a1), hsum128(a2), hsum128(a3)};
             for (size_t i = in4; i < in; ++i) s[0] += w0[i] * x0[i], s[1] += w1[i] * x0[i], s[2] += w2[i] * x0[i], s[3] += w3[i] * x0[i];
-            std::memcpy(Y + t * out + o, s, sizeof s);
+            std::memcpy(Y + t * ldy + o, s, sizeof s);
         }
     }
     for (; o < out; ++o)  // the last out % 4 rows
@@ -288,31 +328,35 @@ void matmul_wasm128(const float* X, size_t n, size_t in, const float* W, size_t 
             for (size_t i = 0; i < in4; i += 4) a = wasm_f32x4_add(a, wasm_f32x4_mul(wasm_v128_load(w + i), wasm_v128_load(x + i)));
             float s = hsum128(a);
             for (size_t i = in4; i < in; ++i) s += w[i] * x[i];
-            Y[t * out + o] = s;
+            Y[t * ldy + o] = s;
         }
+}
+
+// No fp16 conversion in SIMD128: the fp16 magnitude bits shifted into a float's exponent and
+// mantissa read as value * 2^-112 (fp16 subnormals land on float subnormals, exactly), so one
+// multiply by 2^112 rescales; the sign bit goes back on last.
+void widen_wasm128(const uint16_t* h, size_t n, float* f) {
+    const v128_t mag = wasm_i32x4_splat(0x7fff), sign = wasm_i32x4_splat(0x8000), scale = wasm_f32x4_splat(0x1p112f);
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+        const v128_t u = wasm_u32x4_load16x4(h + i);
+        const v128_t v = wasm_f32x4_mul(wasm_i32x4_shl(wasm_v128_and(u, mag), 13), scale);
+        wasm_v128_store(f + i, wasm_v128_or(v, wasm_i32x4_shl(wasm_v128_and(u, sign), 16)));
+    }
+    for (; i < n; ++i) f[i] = half_to_float(h[i]);
 }
 
 #endif  // TQKV_MATMUL_WASM
 
-using MatmulFn = void (*)(const float*, size_t, size_t, const float*, size_t, float*);
-
-struct Choice {
-    MatmulFn fn;
-    const char* name;
-};
-
 Choice choose() {
     const char* env = std::getenv("TQKV_KERNEL");
     const std::string forced = env ? env : "";
-    if (forced == "scalar" || forced == "neon") return {matmul_plain, "plain"};
-#if TQKV_MATMUL_WASM
-    return {matmul_wasm128, "wasm128"};
-#endif
-#if TQKV_MATMUL_X86
-    if (forced != "avx2" && has_avx512()) return {matmul_avx512, "avx512"};
-    if (has_avx2_fma()) return {matmul_avx2, "avx2"};
-#endif
-    return {matmul_plain, "plain"};
+    const auto all = detail::matmul_kernels();
+    if (forced == "scalar" || forced == "neon") return all.front();
+    if (forced == "avx2")
+        for (const auto& k : all)
+            if (std::string(k.name) == "avx2") return k;
+    return all.back();
 }
 
 const Choice& chosen() {
@@ -320,11 +364,59 @@ const Choice& chosen() {
     return c;
 }
 
+// fp16 weights: a block of rows widened into a small fp32 buffer that stays in L1 while the tokens
+// stream past it, then the fp32 kernel on that block. Each output is computed exactly as by the
+// fp32 kernel (rows are independent), and the weights cross memory at 2 bytes each.
+void f16_blocks(const Choice& k, const float* X, size_t n, size_t in, const uint16_t* W, size_t out, float* Y) {
+    if (n == 0 || out == 0) return;
+    const size_t rows = std::max<size_t>(4, 4096 / std::max<size_t>(in, 1) / 4 * 4);  // ~16 KiB of fp32
+    thread_local std::vector<float> block;
+    if (block.size() < rows * in) block.resize(rows * in);
+    for (size_t o = 0; o < out; o += rows) {
+        const size_t r = std::min(rows, out - o);
+        k.widen(W + o * in, r * in, block.data());
+        k.f32(X, n, in, block.data(), r, Y + o, out);
+    }
+}
+
 }  // namespace
+
+namespace detail {
+
+std::vector<MatmulKernel> matmul_kernels() {
+#if TQKV_MATMUL_NEON
+    std::vector<MatmulKernel> k{{"plain", matmul_plain, widen_neon}};
+#else
+    std::vector<MatmulKernel> k{{"plain", matmul_plain, widen_plain}};
+#endif
+#if TQKV_MATMUL_WASM
+    k.push_back({"wasm128", matmul_wasm128, widen_wasm128});
+#endif
+#if TQKV_MATMUL_X86
+    if (has_avx2_fma()) k.push_back({"avx2", matmul_avx2, widen_f16c});
+    if (has_avx512()) k.push_back({"avx512", matmul_avx512, widen_avx512});
+#endif
+    return k;
+}
+
+void matmul_f16_with(const MatmulKernel& k, const float* X, size_t n, size_t in, const uint16_t* W, size_t out, float* Y) {
+    f16_blocks(k, X, n, in, W, out, Y);
+}
+
+}  // namespace detail
 
 void matmul_f32(const float* X, size_t n, size_t in, const float* W, size_t out, float* Y) {
     if (n == 0 || out == 0) return;
-    chosen().fn(X, n, in, W, out, Y);
+    chosen().f32(X, n, in, W, out, Y, out);
+}
+
+void matmul_f16(const float* X, size_t n, size_t in, const uint16_t* W, size_t out, float* Y) {
+    f16_blocks(chosen(), X, n, in, W, out, Y);
+}
+
+void matmul(const float* X, size_t n, const WeightMatrix& W, float* Y) {
+    if (W.is_f16()) matmul_f16(X, n, W.cols, W.f16.data(), W.rows, Y);
+    else matmul_f32(X, n, W.cols, W.f32.data(), W.rows, Y);
 }
 
 const char* matmul_kernel() { return chosen().name; }
