@@ -576,11 +576,13 @@ TEST_CASE("attend_stats over several caches equals one cache over all their toke
             }
         }
     }
-    // Errors: different codes, all empty, null, wrong sizes. None changes a cache.
+    // Errors: different shapes, all empty, null, wrong sizes. None changes a cache.
     auto cfg = cache_config(4, 2, 64, 4, 4, 0);
     KVCache a(cfg), empty(cfg);
     auto other = cfg;
     other.seed ^= 1;
+    other.head_dim = 32;
+    other.heads = 8;  // the same floats per token, another shape
     KVCache b(other);
     const auto K = tqkv_test::gaussian_vectors(10, 128, 1);
     a.append(K, K);
@@ -592,6 +594,11 @@ TEST_CASE("attend_stats over several caches equals one cache over all their toke
     CHECK_FALSE(a.same_codes(b));
     CHECK(a.same_codes(empty));
     CHECK_THROWS_WITH(KVCache::attend_stats(differ, q, acc, mx, sum), Catch::Contains("differ"));
+    const float bad_scales[] = {1.0f, NAN}, two_scales[] = {1.0f, 2.0f}, one_scale[] = {1.0f};
+    CHECK_THROWS_WITH(KVCache::attend_stats(ok, q, acc, mx, sum, {}, bad_scales), Catch::Contains("value scale"));
+    CHECK_THROWS_WITH(KVCache::attend_stats(ok, q, acc, mx, sum, {}, one_scale), Catch::Contains("value_scales"));
+    std::fill(mx.begin(), mx.end(), NAN);
+    CHECK_THROWS_WITH(KVCache::attend_stats(ok, q, acc, mx, sum, {}, two_scales, true), Catch::Contains("continue"));
     CHECK_THROWS_WITH(KVCache::attend_stats(none, q, acc, mx, sum), Catch::Contains("empty"));
     CHECK_THROWS_WITH(KVCache::attend_stats(null, q, acc, mx, sum), Catch::Contains("null"));
     CHECK_THROWS_WITH(KVCache::attend_stats({}, q, acc, mx, sum), Catch::Contains("no caches"));
@@ -601,4 +608,100 @@ TEST_CASE("attend_stats over several caches equals one cache over all their toke
     CHECK_THROWS_WITH(KVCache::attend_stats(ok, q, acc_bad, mx, sum), Catch::Contains("acc"));
     KVCache::attend_stats(ok, q, acc, mx, sum);
     CHECK(a.save() == before);
+}
+
+// The tiers of a budgeted cache: caches of different bit widths (integer, fractional with high
+// channels, prod keys), seeds, scales and norm formats, scored in one online softmax that starts
+// from statistics computed elsewhere, each cache's values times its own factor. The reference merges
+// each cache's own single-cache statistics by hand.
+TEST_CASE("attend_stats over caches of mixed bit widths: one online softmax, value scales, continued statistics", "[cache][kernels]") {
+    const int H = 4, KH = 1, D = 64, r = H / KH;
+    const auto K = tqkv_test::gaussian_vectors(300, KH * D, 21), V = tqkv_test::gaussian_vectors(300, KH * D, 22);
+    const auto q = tqkv_test::gaussian_vectors(1, H * D, 23);
+    for (const std::string& kern : available_kernels()) {
+        CAPTURE(kern);
+        struct Part {
+            double kb, vb;
+            Method km;
+            int window;
+            float scale, vscale;
+            NormFormat norm;
+            uint64_t seed;
+            size_t tokens;
+        };
+        const Part spec[] = {
+            {4, 4, Method::Mse, 0, 0.f, 1.0f, NormFormat::F16, 1, 70},      // tier 1
+            {4, 4, Method::Mse, 0, 0.f, 1.0f, NormFormat::F16, 1, 33},      // tier 1 again: shares its tables
+            {3.5, 2.5, Method::Mse, 0, 0.14f, 1.1f, NormFormat::F16, 2, 64},  // fractional: two segments per side
+            {2, 2, Method::Mse, 8, 0.15f, 1.3f, NormFormat::F16, 3, 45},    // with an exact window
+            {3, 1, Method::Prod, 0, 0.f, 1.2f, NormFormat::F32, 4, 40},     // prod keys, fp32 norms
+            {2, 2, Method::Mse, 0, 0.15f, 1.3f, NormFormat::F16, 3, 0},     // empty: skipped
+            {1, 3, Method::Mse, 0, 0.f, 0.9f, NormFormat::F16, 5, 48},
+        };
+        std::vector<KVCache> caches;
+        std::vector<float> vscales;
+        size_t t0 = 0, total = 0;
+        for (const Part& p : spec) {
+            auto c = cache_config(H, KH, D, p.kb, p.vb, p.window, p.km);
+            c.scale = p.scale;
+            c.norm = p.norm;
+            c.seed = p.seed;
+            c.kernel = kern;
+            if (p.kb != std::floor(p.kb)) c.key_high_channels = {0, 5, 9, 10, 11, 20, 30, 31, 40, 41, 50, 52, 60, 61, 62, 63,
+                                                                 1, 2, 3, 4, 6, 7, 8, 12, 13, 14, 15, 16, 17, 18, 19, 21};
+            if (p.vb != std::floor(p.vb)) c.value_high_channels = {63, 62, 61, 60, 59, 58, 57, 56, 55, 54, 53, 51, 49, 48, 47, 46,
+                                                                   45, 44, 43, 42, 39, 38, 37, 36, 35, 34, 33, 32, 29, 28, 27, 26};
+            caches.emplace_back(c);
+            if (p.tokens)
+                caches.back().append(std::span(K).subspan(t0 * D, p.tokens * D), std::span(V).subspan(t0 * D, p.tokens * D));
+            t0 += p.tokens, total += p.tokens;
+            vscales.push_back(p.vscale);
+        }
+        // Statistics of 5 "exact" tokens attended elsewhere, to continue from.
+        std::vector<float> A0(size_t(r) * D, 0.f), M0(r), L0(r, 0.f);
+        for (int h = 0; h < r; ++h) {
+            M0[h] = -1e30f;
+            std::vector<float> s(5);
+            for (int t = 0; t < 5; ++t) {
+                double dot = 0;
+                for (int j = 0; j < D; ++j) dot += double(q[size_t(h) * D + j]) * K[(295 + t) * D + j];
+                s[t] = float(dot / 8.0);
+                M0[h] = std::max(M0[h], s[t]);
+            }
+            for (int t = 0; t < 5; ++t) {
+                const float w = std::exp(s[t] - M0[h]);
+                L0[h] += w;
+                for (int j = 0; j < D; ++j) A0[size_t(h) * D + j] += w * V[(295 + t) * D + j];
+            }
+        }
+        std::vector<const KVCache*> ptrs;
+        for (auto& c : caches) ptrs.push_back(&c);
+        for (const bool cont : {false, true}) {
+            CAPTURE(cont);
+            std::vector<float> acc = A0, mx = M0, sum = L0, lg(size_t(r) * total);
+            if (!cont) std::fill(acc.begin(), acc.end(), 0.f), std::fill(mx.begin(), mx.end(), -INFINITY), std::fill(sum.begin(), sum.end(), 0.f);
+            std::vector<float> M = mx, L = sum, A = acc, lg_ref;
+            KVCache::attend_stats(ptrs, q, acc, mx, sum, lg, vscales, cont);
+            for (size_t i = 0; i < caches.size(); ++i) {
+                const KVCache& p = caches[i];
+                if (p.tokens() == 0) continue;
+                std::vector<float> a(q.size()), m(r), l(r), g(size_t(r) * p.tokens());
+                p.attend_stats(q, a, m, l, g);
+                lg_ref.insert(lg_ref.end(), g.begin(), g.end());
+                for (int h = 0; h < r; ++h) {
+                    const float nm = std::max(M[h], m[h]), c_old = std::exp(M[h] - nm), c_new = std::exp(m[h] - nm);
+                    for (int j = 0; j < D; ++j) A[h * D + j] = A[h * D + j] * c_old + vscales[i] * a[h * D + j] * c_new;
+                    L[h] = L[h] * c_old + l[h] * c_new;
+                    M[h] = nm;
+                }
+            }
+            REQUIRE(lg.size() == lg_ref.size());
+            for (size_t i = 0; i < lg.size(); ++i) REQUIRE(lg[i] == Approx(lg_ref[i]).margin(1e-5));
+            for (int h = 0; h < r; ++h) {
+                CHECK(mx[h] == Approx(M[h]).margin(1e-5));
+                CHECK(sum[h] == Approx(L[h]).epsilon(1e-5));
+                CHECK(rel_error(acc, A, size_t(h) * D, D) < 1e-5);
+            }
+        }
+    }
 }

@@ -78,14 +78,21 @@ public:
     void attend_stats(std::span<const float> query, std::span<float> acc, std::span<float> max_logit,
                       std::span<float> sum_exp, std::span<float> logits = {}) const;
     // The same statistics over several caches at once, as if their tokens were one cache (in the
-    // order given; logits [heads][tokens()] of each cache, one after the other). The caches must
-    // have the same codes (same_codes: e.g. the segments of one precision tier of a budgeted
-    // cache): the query is rotated and its look-up tables built once for all of them, which for
-    // many small caches costs less than the scoring itself. Empty caches are skipped; throws
-    // std::invalid_argument when they differ or all are empty.
+    // order given; logits [heads][tokens()] of each cache, one after the other), in one online
+    // softmax. The caches may differ in rates, methods, high channels, seed, norm format and scale
+    // (e.g. the precision tiers of a budgeted cache) but must share heads, kv_heads, head_dim and
+    // kernel: caches with the same codes (same_codes, e.g. made by empty_like) share one query
+    // rotation, one set of look-up tables and one set of value accumulators, and every block of 32
+    // tokens is scored and accumulated by the kernels of its own cache's bit widths.
+    // value_scales: one factor per cache on its values (empty: 1; e.g. a tier's debias factor).
+    // continue_stats: acc / max_logit / sum_exp hold on entry the statistics of tokens attended
+    // elsewhere (e.g. an exact tier; -inf, 0 and zeros for none), and the online softmax goes on
+    // from them. Empty caches are skipped; throws std::invalid_argument on bad sizes, when the
+    // caches differ in shape or kernel, or all are empty.
     static void attend_stats(std::span<const KVCache* const> caches, std::span<const float> query,
                              std::span<float> acc, std::span<float> max_logit, std::span<float> sum_exp,
-                             std::span<float> logits = {});
+                             std::span<float> logits = {}, std::span<const float> value_scales = {},
+                             bool continue_stats = false);
     // True when both caches code tokens identically (shape, methods, rates, high channels, seed,
     // norm format, attention scale, kernel); block size, window and capacity may differ.
     bool same_codes(const KVCache& other) const;
@@ -120,8 +127,9 @@ public:
     explicit KVCache(std::unique_ptr<Impl> impl);
 
 private:
-    static void attend_impl(std::span<const Impl* const> parts, std::span<const float> queries, std::span<float> out,
-                            bool causal, float* stat_max, float* stat_sum, std::span<float> logits);
+    static void attend_impl(std::span<const Impl* const> parts, std::span<const float> value_scales,
+                            std::span<const float> queries, std::span<float> out, bool causal, float* stat_max,
+                            float* stat_sum, std::span<float> logits, bool continue_stats);
     std::unique_ptr<Impl> impl_;
     friend class ModelKVCache;
 };

@@ -330,17 +330,23 @@ public:
         const size_t P0 = next_pos_[size_t(layer)] - m;
         for (int h = 0; h < KH; ++h) {
             Stream& st = stream(layer, h);
-            // Parts: the exact tier, then each tier's segments together (one query rotation and
-            // one set of look-up tables per tier: KVCache::attend_stats over several caches).
-            size_t parts = 1, held = st.n;
-            for (const auto& tier : st.tiers) {
-                size_t n = 0;
-                for (const auto& g : tier) n += g.pos.size();
-                parts += n > 0, held += n;
-            }
-            grow(pm_, parts * r);
-            grow(pl_, parts * r);
-            grow(pacc_, parts * r * d);
+            // The quantized tiers' segments, in tier order, each with its tier's value debias
+            // factor: one KVCache::attend_stats call scores them all in one online softmax that
+            // starts from the exact tier's statistics (each tier with its own query tables and bit
+            // widths, segments of a tier sharing them).
+            size_t held = st.n;
+            tier_caches_.clear();
+            tier_scales_.clear();
+            for (size_t t = 0; t < st.tiers.size(); ++t)
+                for (const auto& g : st.tiers[t]) {
+                    if (g.pos.empty()) continue;
+                    tier_caches_.push_back(g.cache.get());
+                    tier_scales_.push_back(float(vdeb_[t]));
+                    held += g.pos.size();
+                }
+            grow(pm_, r);
+            grow(pl_, r);
+            grow(pacc_, size_t(r) * d);
             grow(lg_, held * r);
             const float* mv = &mv_[(size_t(layer) * KH + h) * d];
             grow(xk_, st.n * d);
@@ -350,45 +356,22 @@ public:
             for (size_t i = 0; i < m; ++i) {
                 const float* q = &queries[i * qrow + size_t(h) * r * d];
                 float* o = &out[i * qrow + size_t(h) * r * d];
-                // 1. Statistics of every part; logits kept [part tokens][r] in lg_ order.
-                exact_stats(detail::attention_for(*kt_), q, r, d, scale_, xk_.data(), xv_.data(), st.pos.data(), st.n, int64_t(P0 + i), lg_.data(),
-                            &pm_[0], &pl_[0], &pacc_[0]);
-                size_t part = 1, off = st.n * r;
-                for (size_t t = 0; t < st.tiers.size(); ++t) {
-                    size_t nt = 0;
-                    tier_caches_.clear();
-                    for (const auto& g : st.tiers[t]) {
-                        if (g.pos.empty()) continue;
-                        tier_caches_.push_back(g.cache.get());
-                        nt += g.pos.size();
-                    }
-                    if (nt == 0) continue;
-                    KVCache::attend_stats(tier_caches_, std::span(q, size_t(r) * d),
-                                          std::span(&pacc_[part * r * d], size_t(r) * d), std::span(&pm_[part * r], size_t(r)),
-                                          std::span(&pl_[part * r], size_t(r)), std::span(&lg_[off], nt * r));
-                    if (vdeb_[t] != 1.0)
-                        for (size_t j = 0; j < size_t(r) * d; ++j) pacc_[part * r * d + j] *= float(vdeb_[t]);
-                    ++part, off += nt * r;
-                }
-                // 2. One softmax: M = max m_i, out = sum exp(m_i - M) acc_i / sum exp(m_i - M) l_i.
+                // 1. The exact tier's statistics, then every quantized tier in the same softmax;
+                //    logits kept [part tokens][r] in lg_ order (the exact tier, then each segment).
+                exact_stats(detail::attention_for(*kt_), q, r, d, scale_, xk_.data(), xv_.data(), st.pos.data(), st.n,
+                            int64_t(P0 + i), lg_.data(), pm_.data(), pl_.data(), pacc_.data());
+                if (!tier_caches_.empty())
+                    KVCache::attend_stats(tier_caches_, std::span(q, size_t(r) * d), std::span(pacc_.data(), size_t(r) * d),
+                                          std::span(pm_.data(), size_t(r)), std::span(pl_.data(), size_t(r)),
+                                          std::span(&lg_[st.n * r], (held - st.n) * r), tier_scales_, true);
+                // 2. Normalize: out = acc / sum_exp, plus the mean stored away.
                 for (int hh = 0; hh < r; ++hh) {
-                    float M = kNegInf;
-                    for (size_t p = 0; p < parts; ++p) M = std::max(M, pm_[p * r + hh]);
-                    double L = 0;
+                    const float inv = 1.0f / pl_[hh];
                     float* oh = o + size_t(hh) * d;
-                    std::fill(oh, oh + d, 0.0f);
-                    for (size_t p = 0; p < parts; ++p) {
-                        const float mp = pm_[p * r + hh];
-                        if (mp == kNegInf) continue;
-                        const float c = std::exp(mp - M);
-                        L += double(c) * pl_[p * r + hh];
-                        const float* a = &pacc_[(p * r + hh) * d];
-                        for (int j = 0; j < d; ++j) oh[j] += c * a[j];
-                    }
-                    const float inv = float(1.0 / L);
-                    for (int j = 0; j < d; ++j) oh[j] = oh[j] * inv + mv[j];
-                    wM_[hh] = M;
-                    wL_[hh] = float(L);
+                    const float* a = &pacc_[size_t(hh) * d];
+                    for (int j = 0; j < d; ++j) oh[j] = a[j] * inv + mv[j];
+                    wM_[hh] = pm_[hh];
+                    wL_[hh] = pl_[hh];
                 }
                 // 3. Importance (see importance()): the weight relative to a uniform share over the
                 //    visible tokens, averaged over the r query heads, into a decayed mean.
@@ -406,7 +389,7 @@ public:
                     }
                 };
                 update(&lg_[0], st.n, st.score.data(), st.norm.data());
-                off = st.n * r;
+                size_t off = st.n * r;
                 for (auto& tier : st.tiers)
                     for (auto& g : tier) {
                         const size_t ng = g.pos.size();
@@ -863,6 +846,7 @@ private:
     mutable int deferred_ = -1;           // the layer whose job waits for the caller to move on
     std::vector<float> pm_, pl_, pacc_, lg_, wM_, wL_;
     std::vector<const KVCache*> tier_caches_;
+    std::vector<float> tier_scales_;  // the value debias factor of each of tier_caches_
     std::vector<float> xk_, xv_;  // the exact tier (or one token of it) widened to fp32
     const detail::KernelTable* kt_ = nullptr;
 };
