@@ -155,7 +155,8 @@ int cmd_decode(const Args& args) {
     // fp32), so their speed is not theirs: the default list times the exact and the tqkv caches.
     const auto configs = args.list("config", "fp32,K4V4,K3.5V2.5-w16,K3V2-w16,K2.5V1.5-w16,K2V2-w16");
     const bool json = args.flag("json");
-    Table t({"config", "decode tokens/s", "ms/token", "attend ms/token", "append ms/token", "bits/coord", "cache KiB"});
+    Table t({"config", "decode tokens/s", "vs fp32 (min)", "ms/token", "attend ms/token", "append ms/token", "bits/coord",
+             "cache KiB"});
     std::vector<float> logits(size_t(mc.vocab_size));
     // All caches first, then the repeats interleaved over them, so that load from other
     // processes spreads evenly over the configurations.
@@ -175,17 +176,35 @@ int cmd_decode(const Args& args) {
         r.run = std::make_unique<tqkv::LlamaRunner>(model, *r.cache);
         runs.push_back(std::move(r));
     }
-    for (int rep = 0; rep < repeats; ++rep)
-        for (auto& r : runs) {
+    // Every cache is prefilled, then the decode steps go round-robin over the caches, one token
+    // each: load from other processes (a shared VM drifts by 10% over seconds) falls on all of
+    // them alike, and the ratio to the fp32 cache within each repeat is a paired comparison.
+    std::vector<double> step_seconds(runs.size());
+    for (int rep = 0; rep < repeats; ++rep) {
+        for (size_t k = 0; k < runs.size(); ++k) {
+            Run& r = runs[k];
             r.run->reset();
             r.run->prefill(std::span(tokens).first(ctx - steps), logits);
             r.cache->seconds = r.cache->append_seconds = 0;
-            const double t0 = now();
-            for (size_t i = ctx - steps; i < ctx; ++i) r.run->decode(tokens[i], logits);
-            r.per.push_back((now() - t0) / double(steps));
+            step_seconds[k] = 0;
+        }
+        for (size_t i = ctx - steps; i < ctx; ++i)
+            for (size_t k = 0; k < runs.size(); ++k) {
+                const double t0 = now();
+                runs[k].run->decode(tokens[i], logits);
+                step_seconds[k] += now() - t0;
+            }
+        for (size_t k = 0; k < runs.size(); ++k) {
+            Run& r = runs[k];
+            r.per.push_back(step_seconds[k] / double(steps));
             r.att.push_back(r.cache->seconds / double(steps));
             r.app.push_back(r.cache->append_seconds / double(steps));
         }
+    }
+    // The paired speed-up against the fp32 cache (when it is in the list): median over repeats of
+    // fp32 time / this cache's time, and the smallest of them.
+    const auto fp32_it = std::find(configs.begin(), configs.end(), std::string("fp32"));
+    const Run* fp32_run = fp32_it == configs.end() ? nullptr : &runs[size_t(fp32_it - configs.begin())];
     for (size_t i = 0; i < runs.size(); ++i) {
         Run& r = runs[i];
         const std::string& spec = configs[i];
@@ -195,22 +214,33 @@ int cmd_decode(const Args& args) {
         };
         const double s = median(r.per), a = median(r.att), ap = median(r.app);
         const TimedCache& cache = *r.cache;
+        double speedup = 0, speedup_min = 0;
+        if (fp32_run) {
+            std::vector<double> ratio;
+            for (size_t k = 0; k < r.per.size(); ++k) ratio.push_back(fp32_run->per[k] / r.per[k]);
+            speedup = median(ratio);
+            speedup_min = *std::min_element(ratio.begin(), ratio.end());
+        }
         if (json) {
             Json j;
             j.add("config", spec).add("context", ctx).add("steps", steps).add("decode_tokens_per_s", 1.0 / s)
                 .add("ms_per_token", s * 1e3).add("attend_ms_per_token", a * 1e3).add("append_ms_per_token", ap * 1e3)
                 .add("bits_per_coord", cache.bits_per_coord()).add("cache_bytes", cache.format_bytes())
                 .add("matmul", tqkv::matmul_kernel()).add("kernel", tqkv::default_kernel());
+            if (fp32_run) j.add("speedup_vs_fp32", speedup).add("speedup_vs_fp32_min", speedup_min);
             std::printf("%s\n", j.str().c_str());
         } else {
-            t.row({spec, fmt("%.1f", 1.0 / s), fmt("%.3f", s * 1e3), fmt("%.3f", a * 1e3), fmt("%.3f", ap * 1e3),
+            t.row({spec, fmt("%.1f", 1.0 / s), fp32_run ? fmt("%.3fx", speedup) + " (" + fmt("%.3fx", speedup_min) + ")" : std::string("-"),
+                   fmt("%.3f", s * 1e3), fmt("%.3f", a * 1e3), fmt("%.3f", ap * 1e3),
                    fmt("%.3f", cache.bits_per_coord()), fmt("%.1f", cache.format_bytes() / 1024.0)});
         }
     }
     if (!json) {
-        std::printf("tqkv-bench decode — %s: %zu decode steps ending at context %zu (median of %d), one thread, matmul %s, "
-                    "attention kernel %s\n\n",
-                    dir.c_str(), steps, ctx, repeats, tqkv::matmul_kernel(), tqkv::default_kernel().c_str());
+        std::printf("tqkv-bench decode — %s: %zu decode steps ending at context %zu (median of %d repeats; the caches take "
+                    "turns token by token), one thread, matmul %s, attention kernel %s, weights %.1f MB\n"
+                    "vs fp32: median over repeats of (fp32 cache time / this cache's time), smallest in brackets\n\n",
+                    dir.c_str(), steps, ctx, repeats, tqkv::matmul_kernel(), tqkv::default_kernel().c_str(),
+                    double(model.weight_bytes()) / 1e6);
         t.print();
     }
     return 0;

@@ -15,11 +15,16 @@ namespace detail {
 namespace {
 
 #if defined(TQKV_HAVE_X86_KERNELS)
-// F16C and BMI2 straight from CPUID (clang's __builtin_cpu_supports knows neither name).
+// F16C and BMI2 straight from CPUID (clang's __builtin_cpu_supports knows neither name), asked
+// once: in a virtual machine every CPUID instruction traps to the hypervisor (microseconds), and
+// kernels_by_name runs on every dense_attention call.
 bool has_f16c_bmi2() {
-    unsigned a, b, c, d;
-    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 29))) return false;  // F16C
-    return __get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & (1u << 8));      // BMI2
+    static const bool yes = [] {
+        unsigned a, b, c, d;
+        if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 29))) return false;  // F16C
+        return __get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & (1u << 8));      // BMI2
+    }();
+    return yes;
 }
 #endif
 

@@ -250,7 +250,7 @@ bool has_avx2_fma() {
     return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
 }
 
-bool has_avx512() {
+bool has_avx512() {  // asked once per process (by chosen(); the tests list kernels a few times)
     if (!has_avx2_fma() || !__builtin_cpu_supports("avx512f")) return false;
     unsigned a, b, c, d;  // AVX512DQ straight from CPUID (bit 17 of leaf 7 EBX)
     return __get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & (1u << 17));
