@@ -162,7 +162,7 @@ TEST_CASE("budget: tiered cache with room for everything equals the fp16 cache",
     }
 }
 
-TEST_CASE("budget: attention over all tiers is one softmax over what the cache holds", "[budget]") {
+TEST_CASE("budget: attention over all tiers is one softmax over what the cache holds", "[budget][heavy]") {
     const KVCalibration cal = fake_calibration(3);
     struct Case {
         const char* spec;

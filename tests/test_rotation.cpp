@@ -87,7 +87,7 @@ TEST_CASE("rotations are orthogonal: norm kept, inverse recovers the input", "[r
 }
 
 TEST_CASE("rotations bring adversarial inputs to the exact coordinate density; defaults chosen from it",
-          "[rotation][ks]") {
+          "[rotation][ks][heavy]") {
     // Pooled over S = 64 independent rotations, n = 64 d coordinates. For a Haar rotation the
     // coordinates of one vector are exchangeable and only weakly (negatively) dependent, so the
     // KS distance stays below the 99.9% Kolmogorov quantile 1.95 / sqrt(n) of i.i.d. samples.
