@@ -460,8 +460,12 @@ void KVCache::attend_stats(std::span<const KVCache* const> caches, std::span<con
     if (caches.empty()) fail("attend_stats: no caches");
     if (!value_scales.empty() && value_scales.size() != caches.size())
         fail("attend_stats: value_scales needs one factor per cache (or none)");
-    std::vector<const Impl*> parts;
-    std::vector<float> scales;
+    // Per-thread lists: a budgeted cache calls this for every query and KV head (no allocation
+    // once they have grown).
+    thread_local std::vector<const Impl*> parts;
+    thread_local std::vector<float> scales;
+    parts.clear();
+    scales.clear();
     size_t total = 0;
     for (size_t i = 0; i < caches.size(); ++i) {
         const KVCache* cache = caches[i];
