@@ -458,6 +458,13 @@ TEST_CASE("model: safetensors errors name the problem", "[model]") {
         nan_ts["model.norm.weight"].data[3] = NAN;
         CHECK_THROWS_WITH(LlamaModel::from_parts(cfg, Safetensors::parse(make_safetensors(nan_ts))),
                           Catch::Contains("non-finite"));
+        // In a weight matrix: fp16 (kept as fp16 bits) and fp32.
+        auto inf_ts = ts;
+        inf_ts["model.layers.1.self_attn.k_proj.weight"].data[77] = -INFINITY;
+        CHECK_THROWS_WITH(LlamaModel::from_parts(cfg, Safetensors::parse(make_safetensors(inf_ts))),
+                          Catch::Contains("k_proj.weight\" holds a non-finite value at element 77"));
+        CHECK_THROWS_WITH(LlamaModel::from_parts(cfg, Safetensors::parse(make_safetensors(inf_ts, "F32"))),
+                          Catch::Contains("non-finite"));
     }
 
     // Missing tensors and shapes that do not match the config.
