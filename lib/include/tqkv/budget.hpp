@@ -44,10 +44,12 @@
 // next chunk while the caller goes on (TieredOptions::background), and in append() for whatever
 // is still needed.
 //
-// Attention: for each query, the exact tier (held at fp16, attended in fp32) and each quantized
-// tier (KVCache::attend_stats over all its segments at once: unnormalized output, max logit, sum
-// of exp) are merged into one softmax, M = max m_i, out = sum_i exp(m_i - M) acc_i /
-// sum_i exp(m_i - M) l_i. Keys are stored after RoPE, so decode
+// Attention: for each query, one online softmax over every tier: the exact tier (held at fp16,
+// attended in fp32) gives the starting statistics (max logit, sum of exp, unnormalized output),
+// then one KVCache::attend_stats call over the segments of all quantized tiers continues from
+// them, each 32-token block scored and accumulated by the fused kernels of its own tier's bit
+// widths (one query rotation and table set per tier) and each tier's values times its debias
+// factor. Keys are stored after RoPE, so decode
 // needs no positions. Every token keeps its position: it decides protection (sinks, window) and,
 // in chunked prefill (LlamaRunner::sequential_attention = false: append a chunk, then attend its
 // queries causally), the causal mask of the exact tier — the whole chunk is protected until the

@@ -1,5 +1,5 @@
 // KV caches under a byte budget (tqkv/budget.hpp): the tiered cache (exact → tqkv tiers →
-// eviction, importance from the per-token logits of KVCache::attend_stats, one merged softmax) and
+// eviction, importance from the per-token logits of KVCache::attend_stats, one online softmax) and
 // the eviction baselines H2O, SnapKV and StreamingLLM (exact tokens only).
 #include "tqkv/budget.hpp"
 
