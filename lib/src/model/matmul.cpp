@@ -1,6 +1,7 @@
 // Y[n][out] = X[n][in] * W[out][in]^T for the Llama runner. The library is built for the
 // baseline ISA, so the SIMD versions are compiled per function with target attributes and picked
-// at run time from CPUID (TQKV_KERNEL=scalar forces the plain loops, TQKV_KERNEL=avx2 caps at AVX2).
+// by the library's kernel dispatch (default_kernel(): the best the CPU runs, or TQKV_KERNEL;
+// scalar and neon use the plain loops).
 // The WebAssembly build with -msimd128 has a SIMD128 version (f32x4 multiply + add: no FMA in
 // SIMD128), chosen at compile time: a wasm module either validates with SIMD or not at all.
 //
@@ -13,22 +14,17 @@
 #include <vector>
 
 #include "model/matmul.hpp"
-#include "tqkv/fp16.hpp"
+#include "kernels/kernels.hpp"
+#include "tqkv/kernels.hpp"
 #include "tqkv/model.hpp"
 
 #if defined(__x86_64__) && !defined(__wasm__) && (defined(__GNUC__) || defined(__clang__))
 #define TQKV_MATMUL_X86 1
-#include <cpuid.h>
 #include <immintrin.h>
 // GCC 12 reports its own _mm512_reduce_add_ps (an undefined pass-through operand) as uninitialized.
 #if !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
-#endif
-
-#if defined(__aarch64__) && defined(__ARM_NEON)
-#define TQKV_MATMUL_NEON 1
-#include <arm_neon.h>
 #endif
 
 #if defined(__wasm_simd128__)
@@ -60,34 +56,7 @@ void matmul_plain(const float* X, size_t n, size_t in, const float* W, size_t ou
     }
 }
 
-// fp16 -> fp32 for one block of weight rows. Exact for every finite fp16 (the loader rejects the
-// others), so a product over widened fp16 weights equals the same product over fp32 weights.
-void widen_plain(const uint16_t* h, size_t n, float* f) {
-    for (size_t i = 0; i < n; ++i) f[i] = half_to_float(h[i]);
-}
-
-#if TQKV_MATMUL_NEON
-void widen_neon(const uint16_t* h, size_t n, float* f) {
-    size_t i = 0;
-    for (; i + 4 <= n; i += 4) vst1q_f32(f + i, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h + i))));
-    for (; i < n; ++i) f[i] = half_to_float(h[i]);
-}
-#endif
-
 #if TQKV_MATMUL_X86
-
-__attribute__((target("avx2,f16c"))) void widen_f16c(const uint16_t* h, size_t n, float* f) {
-    size_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(f + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h + i))));
-    for (; i < n; ++i) f[i] = half_to_float(h[i]);
-}
-
-__attribute__((target("avx512f"))) void widen_avx512(const uint16_t* h, size_t n, float* f) {
-    size_t i = 0;
-    for (; i + 16 <= n; i += 16)
-        _mm512_storeu_ps(f + i, _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + i))));
-    for (; i < n; ++i) f[i] = half_to_float(h[i]);
-}
 
 __attribute__((target("avx2,fma"))) inline float hsum256(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -243,19 +212,6 @@ __attribute__((target("avx512f,avx512dq,avx2,fma"))) void matmul_avx512(const fl
         }
 }
 
-bool has_avx2_fma() {
-    __builtin_cpu_init();
-    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return false;
-    unsigned a, b, c, d;  // F16C (bit 29 of leaf 1 ECX): every AVX2 CPU has it, but check
-    return __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
-}
-
-bool has_avx512() {  // asked once per process (by chosen(); the tests list kernels a few times)
-    if (!has_avx2_fma() || !__builtin_cpu_supports("avx512f")) return false;
-    unsigned a, b, c, d;  // AVX512DQ straight from CPUID (bit 17 of leaf 7 EBX)
-    return __get_cpuid_count(7, 0, &a, &b, &c, &d) && (b & (1u << 17));
-}
-
 #endif  // TQKV_MATMUL_X86
 
 #if TQKV_MATMUL_WASM
@@ -332,42 +288,34 @@ void matmul_wasm128(const float* X, size_t n, size_t in, const float* W, size_t 
         }
 }
 
-// No fp16 conversion in SIMD128: the fp16 magnitude bits shifted into a float's exponent and
-// mantissa read as value * 2^-112 (fp16 subnormals land on float subnormals, exactly), so one
-// multiply by 2^112 rescales; the sign bit goes back on last.
-void widen_wasm128(const uint16_t* h, size_t n, float* f) {
-    const v128_t mag = wasm_i32x4_splat(0x7fff), sign = wasm_i32x4_splat(0x8000), scale = wasm_f32x4_splat(0x1p112f);
-    size_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-        const v128_t u = wasm_u32x4_load16x4(h + i);
-        const v128_t v = wasm_f32x4_mul(wasm_i32x4_shl(wasm_v128_and(u, mag), 13), scale);
-        wasm_v128_store(f + i, wasm_v128_or(v, wasm_i32x4_shl(wasm_v128_and(u, sign), 16)));
-    }
-    for (; i < n; ++i) f[i] = half_to_float(h[i]);
-}
-
 #endif  // TQKV_MATMUL_WASM
 
-Choice choose() {
-    const char* env = std::getenv("TQKV_KERNEL");
-    const std::string forced = env ? env : "";
-    const auto all = detail::matmul_kernels();
-    if (forced == "scalar" || forced == "neon") return all.front();
-    if (forced == "avx2")
-        for (const auto& k : all)
-            if (std::string(k.name) == "avx2") return k;
-    return all.back();
-}
+}  // namespace
 
-const Choice& chosen() {
-    static const Choice c = choose();
-    return c;
+namespace detail {
+
+// The kernels follow the library's dispatch (available_kernels(), TQKV_KERNEL): the matrix loops
+// of the same ISA, and the kernel table's from_half to widen fp16 weights.
+std::vector<MatmulKernel> matmul_kernels() {
+    std::vector<MatmulKernel> out;
+    for (const std::string& name : available_kernels()) {  // best first, scalar last
+        MatmulKernel m{"plain", matmul_plain, kernels_by_name(name.c_str()).from_half};
+#if TQKV_MATMUL_X86
+        if (name == "avx512") m.name = "avx512", m.f32 = matmul_avx512;
+        if (name == "avx2") m.name = "avx2", m.f32 = matmul_avx2;
+#endif
+#if TQKV_MATMUL_WASM
+        if (name == "wasm128") m.name = "wasm128", m.f32 = matmul_wasm128;
+#endif
+        out.insert(out.begin(), m);  // plain loops first
+    }
+    return out;
 }
 
 // fp16 weights: a block of rows widened into a small fp32 buffer that stays in L1 while the tokens
 // stream past it, then the fp32 kernel on that block. Each output is computed exactly as by the
 // fp32 kernel (rows are independent), and the weights cross memory at 2 bytes each.
-void f16_blocks(const Choice& k, const float* X, size_t n, size_t in, const uint16_t* W, size_t out, float* Y) {
+void matmul_f16_with(const MatmulKernel& k, const float* X, size_t n, size_t in, const uint16_t* W, size_t out, float* Y) {
     if (n == 0 || out == 0) return;
     const size_t rows = std::max<size_t>(4, 4096 / std::max<size_t>(in, 1) / 4 * 4);  // ~16 KiB of fp32
     thread_local std::vector<float> block;
@@ -379,31 +327,24 @@ void f16_blocks(const Choice& k, const float* X, size_t n, size_t in, const uint
     }
 }
 
-}  // namespace
-
-namespace detail {
-
-std::vector<MatmulKernel> matmul_kernels() {
-#if TQKV_MATMUL_NEON
-    std::vector<MatmulKernel> k{{"plain", matmul_plain, widen_neon}};
-#else
-    std::vector<MatmulKernel> k{{"plain", matmul_plain, widen_plain}};
-#endif
-#if TQKV_MATMUL_WASM
-    k.push_back({"wasm128", matmul_wasm128, widen_wasm128});
-#endif
-#if TQKV_MATMUL_X86
-    if (has_avx2_fma()) k.push_back({"avx2", matmul_avx2, widen_f16c});
-    if (has_avx512()) k.push_back({"avx512", matmul_avx512, widen_avx512});
-#endif
-    return k;
-}
-
-void matmul_f16_with(const MatmulKernel& k, const float* X, size_t n, size_t in, const uint16_t* W, size_t out, float* Y) {
-    f16_blocks(k, X, n, in, W, out, Y);
-}
-
 }  // namespace detail
+
+namespace {
+
+// The kernel of default_kernel() (the best this CPU runs, or TQKV_KERNEL's).
+const Choice& chosen() {
+    static const Choice c = [] {
+        const std::string want = default_kernel();
+        const auto all = detail::matmul_kernels();
+        const std::string loops = want == "avx512" || want == "avx2" || want == "wasm128" ? want : "plain";
+        for (const auto& k : all)
+            if (loops == k.name) return k;
+        return all.front();
+    }();
+    return c;
+}
+
+}  // namespace
 
 void matmul_f32(const float* X, size_t n, size_t in, const float* W, size_t out, float* Y) {
     if (n == 0 || out == 0) return;
@@ -411,7 +352,7 @@ void matmul_f32(const float* X, size_t n, size_t in, const float* W, size_t out,
 }
 
 void matmul_f16(const float* X, size_t n, size_t in, const uint16_t* W, size_t out, float* Y) {
-    f16_blocks(chosen(), X, n, in, W, out, Y);
+    detail::matmul_f16_with(chosen(), X, n, in, W, out, Y);
 }
 
 void matmul(const float* X, size_t n, const WeightMatrix& W, float* Y) {
