@@ -61,8 +61,6 @@ struct WeightMatrix {
     size_t bytes() const { return f16.size() * 2 + f32.size() * 4; }
     float at(size_t r, size_t c) const;
     std::vector<float> to_float() const;
-    static WeightMatrix from_f16(size_t rows, size_t cols, std::vector<uint16_t> bits);
-    static WeightMatrix from_f32(size_t rows, size_t cols, std::vector<float> values);
 };
 
 struct SafetensorInfo {
@@ -87,6 +85,8 @@ public:
     WeightMatrix to_matrix(const std::string& name, int64_t rows, int64_t cols) const;
 
 private:
+    // The tensor's entry; throws if it is missing or its shape differs.
+    const SafetensorInfo& checked(const std::string& name, const std::vector<int64_t>& shape) const;
     std::vector<uint8_t> bytes_;
     size_t data_ = 0;
     std::string what_;

@@ -224,12 +224,17 @@ const SafetensorInfo* Safetensors::find(const std::string& name) const {
     return nullptr;
 }
 
-std::vector<float> Safetensors::to_float(const std::string& name, const std::vector<int64_t>& shape) const {
+const SafetensorInfo& Safetensors::checked(const std::string& name, const std::vector<int64_t>& shape) const {
     const SafetensorInfo* t = find(name);
     if (!t) throw std::invalid_argument(what_ + ": missing tensor \"" + name + "\"");
     if (t->shape != shape)
         throw std::invalid_argument(what_ + ": tensor \"" + name + "\" has shape " + shape_str(t->shape) +
                                     ", the config implies " + shape_str(shape));
+    return *t;
+}
+
+std::vector<float> Safetensors::to_float(const std::string& name, const std::vector<int64_t>& shape) const {
+    const SafetensorInfo* t = &checked(name, shape);
     const uint8_t* p = bytes_.data() + data_ + t->begin;
     const size_t es = dtype_size(t->dtype), n = (t->end - t->begin) / es;
     std::vector<float> out(n);
@@ -255,42 +260,26 @@ std::vector<float> Safetensors::to_float(const std::string& name, const std::vec
 }
 
 WeightMatrix Safetensors::to_matrix(const std::string& name, int64_t rows, int64_t cols) const {
-    const SafetensorInfo* t = find(name);
-    if (!t || t->dtype != "F16") return WeightMatrix::from_f32(size_t(rows), size_t(cols), to_float(name, {rows, cols}));
-    if (t->shape != std::vector<int64_t>{rows, cols})
-        throw std::invalid_argument(what_ + ": tensor \"" + name + "\" has shape " + shape_str(t->shape) +
-                                    ", the config implies " + shape_str({rows, cols}));
-    const uint8_t* p = bytes_.data() + data_ + t->begin;
-    std::vector<uint16_t> bits(size_t(rows) * size_t(cols));
-    for (size_t i = 0; i < bits.size(); ++i) {
-        bits[i] = uint16_t(p[2 * i] | p[2 * i + 1] << 8);
-        if ((bits[i] & 0x7c00) == 0x7c00)
+    const SafetensorInfo& t = checked(name, {rows, cols});
+    WeightMatrix m;
+    m.rows = size_t(rows), m.cols = size_t(cols);
+    if (t.dtype != "F16") {
+        m.f32 = to_float(name, {rows, cols});
+        return m;
+    }
+    const uint8_t* p = bytes_.data() + data_ + t.begin;
+    m.f16.resize(m.rows * m.cols);
+    for (size_t i = 0; i < m.f16.size(); ++i) {
+        m.f16[i] = uint16_t(p[2 * i] | p[2 * i + 1] << 8);
+        if ((m.f16[i] & 0x7c00) == 0x7c00)  // exponent all ones: inf or NaN
             throw std::invalid_argument(what_ + ": tensor \"" + name + "\" holds a non-finite value at element " +
                                         std::to_string(i));
     }
-    return WeightMatrix::from_f16(size_t(rows), size_t(cols), std::move(bits));
+    return m;
 }
 
 // ---------------------------------------------------------------------------------------------
 // WeightMatrix
-
-WeightMatrix WeightMatrix::from_f16(size_t rows, size_t cols, std::vector<uint16_t> bits) {
-    if (bits.size() != rows * cols || bits.empty()) throw std::invalid_argument("WeightMatrix: size is not rows * cols");
-    for (uint16_t h : bits)
-        if ((h & 0x7c00) == 0x7c00) throw std::invalid_argument("WeightMatrix: non-finite fp16 weight");
-    WeightMatrix m;
-    m.rows = rows, m.cols = cols, m.f16 = std::move(bits);
-    return m;
-}
-
-WeightMatrix WeightMatrix::from_f32(size_t rows, size_t cols, std::vector<float> values) {
-    if (values.size() != rows * cols || values.empty()) throw std::invalid_argument("WeightMatrix: size is not rows * cols");
-    for (float v : values)
-        if (!std::isfinite(v)) throw std::invalid_argument("WeightMatrix: non-finite weight");
-    WeightMatrix m;
-    m.rows = rows, m.cols = cols, m.f32 = std::move(values);
-    return m;
-}
 
 float WeightMatrix::at(size_t r, size_t c) const {
     const size_t i = r * cols + c;
