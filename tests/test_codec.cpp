@@ -2,7 +2,7 @@
 #include <cmath>
 #include <cstring>
 
-#include "codec_util.hpp"
+#include "codec/shared.hpp"
 #include "test_util.hpp"
 #include "tqkv/tqkv.hpp"
 

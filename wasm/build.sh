@@ -33,8 +33,8 @@ mkdir -p "$out_dir" "$obj_root"
 # Llama runner (every lib/src/model/*.cpp, as CMake globs them) with the baseline formats its
 # cache specs use (q8_0, q4_0, KIVI).
 core=(
-  lib/src/codebook.cpp lib/src/rotation.cpp lib/src/packing.cpp lib/src/codec.cpp
-  lib/src/codec_mse.cpp lib/src/codec_prod.cpp lib/src/codec_qjl.cpp lib/src/codec_split.cpp
+  lib/src/codec/codebook.cpp lib/src/codec/rotation.cpp lib/src/codec/packing.cpp lib/src/codec/codec.cpp
+  lib/src/codec/mse.cpp lib/src/codec/prod.cpp lib/src/codec/qjl.cpp lib/src/codec/split.cpp
   lib/src/kernels/dispatch.cpp lib/src/cache.cpp lib/src/cache_serialize.cpp lib/src/dense.cpp
   lib/src/baselines/formats.cpp lib/src/capi/c_api.cpp
 )

@@ -7,7 +7,7 @@
 #include <stdexcept>
 
 #include "cache_impl.hpp"
-#include "codec_util.hpp"
+#include "codec/shared.hpp"
 #include "tqkv/packing.hpp"
 #include "tqkv/rng.hpp"
 

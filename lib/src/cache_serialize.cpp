@@ -17,7 +17,7 @@
 #include <stdexcept>
 
 #include "cache_impl.hpp"
-#include "codec_util.hpp"
+#include "codec/shared.hpp"
 
 namespace tqkv {
 

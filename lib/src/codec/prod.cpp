@@ -1,7 +1,7 @@
 #include <cmath>
 #include <stdexcept>
 
-#include "codec_util.hpp"
+#include "codec/shared.hpp"
 #include "tqkv/codebook.hpp"
 #include "tqkv/packing.hpp"
 #include "tqkv/rng.hpp"

@@ -3,7 +3,7 @@
 #include <sstream>
 #include <stdexcept>
 
-#include "codec_util.hpp"
+#include "codec/shared.hpp"
 #include "tqkv/codebook.hpp"
 #include "tqkv/rng.hpp"
 
