@@ -88,7 +88,7 @@ TEST_CASE("fp16 conversion is round-to-nearest-even", "[fp16]") {
     }
 }
 
-#include "cache_layout.hpp"
+#include "cache/layout.hpp"
 
 TEST_CASE("group layout: set_group_codes writes each part where the layout says, and nothing else", "[packing]") {
     using namespace tqkv::detail;

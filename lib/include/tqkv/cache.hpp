@@ -8,7 +8,7 @@
 //
 // Tokens older than the recent window are stored as TurboQuant codes in blocks of block_tokens
 // tokens (codes of 32 tokens interleaved so SIMD table look-ups score 16 tokens at once, see
-// lib/src/cache_layout.hpp); the most recent `window` tokens are kept exactly in fp32 and take
+// lib/src/cache/layout.hpp); the most recent `window` tokens are kept exactly in fp32 and take
 // part in the same softmax.
 //
 // Thread safety: const member functions (attend, save, bytes_used, ...) may run concurrently
@@ -123,7 +123,7 @@ public:
     std::vector<uint8_t> save() const;
     static KVCache load(std::span<const uint8_t> bytes, const std::string& kernel = "");
 
-    struct Impl;  // internal (lib/src/cache_impl.hpp)
+    struct Impl;  // internal (lib/src/cache/impl.hpp)
     explicit KVCache(std::unique_ptr<Impl> impl);
 
 private:

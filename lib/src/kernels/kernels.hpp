@@ -54,7 +54,7 @@ struct KernelTable {
     void (*from_half)(const uint16_t* h, size_t n, float* out);
 };
 
-// Kernels of the fused attention over the compressed cache (cache_layout.hpp describes the group
+// Kernels of the fused attention over the compressed cache (cache/layout.hpp describes the group
 // layout they read). None of these decides a code, so each ISA may sum in its own order; tests
 // compare them with the scalar ones within a tolerance.
 struct AttentionKernels {

@@ -1,4 +1,4 @@
-// AVX2 attention kernels (see kernels.hpp for the contract and cache_layout.hpp for the group
+// AVX2 attention kernels (see kernels.hpp for the contract and cache/layout.hpp for the group
 // layout of the codes).
 //
 // A 64-byte chunk of a group is two 256-bit halves: words 0-7 carry tokens 0-7 (low half-words)
@@ -26,7 +26,7 @@
 #include <cstring>
 #include <type_traits>
 
-#include "cache_layout.hpp"
+#include "cache/layout.hpp"
 #include "kernels/kernels.hpp"
 #include "tqkv/codebook.hpp"
 

@@ -1,5 +1,5 @@
 // AVX-512 attention kernels. One vpermps looks up a 16-entry float table for 16 tokens at once:
-// a 64-byte chunk of a group (cache_layout.hpp) loaded as 16 lanes and shifted right by the
+// a 64-byte chunk of a group (cache/layout.hpp) loaded as 16 lanes and shifted right by the
 // coordinate's slot indexes the table for tokens 0-15, shifted 16 bits further for tokens 16-31.
 // vpermps reads only the low 4 bits of each index, so decoding a coordinate is two shifts.
 // (GCC 12's AVX-512 headers trip -Wmaybe-uninitialized, GCC bug 105593.)
@@ -12,7 +12,7 @@
 #include <algorithm>
 #include <type_traits>
 
-#include "cache_layout.hpp"
+#include "cache/layout.hpp"
 #include "kernels/kernels.hpp"
 
 namespace tqkv::detail {

@@ -1,4 +1,4 @@
-// ARM64 NEON attention kernels (see kernels.hpp for the contract and cache_layout.hpp for the
+// ARM64 NEON attention kernels (see kernels.hpp for the contract and cache/layout.hpp for the
 // group layout of the codes).
 //
 // Table look-ups of floats with byte shuffles: vld4q_u8 of a 16-float table (64 bytes) splits it
@@ -14,7 +14,7 @@
 #include <cstring>
 #include <utility>
 
-#include "cache_layout.hpp"
+#include "cache/layout.hpp"
 #include "kernels/kernels.hpp"
 #include "tqkv/fp16.hpp"
 

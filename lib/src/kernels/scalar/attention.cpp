@@ -1,7 +1,7 @@
 // Reference attention kernels: one token and one coordinate at a time.
 #include <cmath>
 
-#include "cache_layout.hpp"
+#include "cache/layout.hpp"
 #include "kernels/kernels.hpp"
 #include "tqkv/codebook.hpp"
 #include "tqkv/fp16.hpp"

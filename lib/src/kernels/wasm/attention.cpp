@@ -1,4 +1,4 @@
-// WebAssembly SIMD128 attention kernels (see kernels.hpp for the contract and cache_layout.hpp
+// WebAssembly SIMD128 attention kernels (see kernels.hpp for the contract and cache/layout.hpp
 // for the group layout of the codes).
 //
 // Float table look-ups with byte shuffles, as in the NEON kernels: a 16-float table (64 bytes)
@@ -23,7 +23,7 @@
 #include <cstring>
 #include <utility>
 
-#include "cache_layout.hpp"
+#include "cache/layout.hpp"
 #include "kernels/kernels.hpp"
 #include "tqkv/codebook.hpp"
 #include "tqkv/fp16.hpp"

@@ -7,7 +7,7 @@
 //              f64 key_bits, value_bits  f32 scale  u64 seed, max_tokens
 //              u32 n_key_high, n_key_high x u32   u32 n_value_high, n_value_high x u32
 //     state:   u64 tokens, compressed
-//     groups:  per KV head, the ceil(compressed / 32) groups of 32 tokens (cache_layout.hpp)
+//     groups:  per KV head, the ceil(compressed / 32) groups of 32 tokens (cache/layout.hpp)
 //     window:  tokens compressed..tokens-1: keys [kv_heads][head_dim] f32, then values likewise
 //   u32 CRC-32 (IEEE 802.3) of every byte before it.
 // A KVCache is saved as a one-layer file. The same appends give the same bytes on every target.
@@ -16,7 +16,7 @@
 #include <cstring>
 #include <stdexcept>
 
-#include "cache_impl.hpp"
+#include "cache/impl.hpp"
 #include "codec/shared.hpp"
 
 namespace tqkv {

@@ -6,7 +6,7 @@
 #include <sstream>
 #include <stdexcept>
 
-#include "cache_impl.hpp"
+#include "cache/impl.hpp"
 #include "codec/shared.hpp"
 #include "tqkv/packing.hpp"
 #include "tqkv/rng.hpp"

@@ -1,11 +1,11 @@
-// Internals of KVCache shared by cache.cpp (storage, append, attention) and
-// cache_serialize.cpp (save/load).
+// Internals of KVCache shared by cache/storage.cpp (storage, append, attention) and
+// cache/serialize.cpp (save/load).
 #pragma once
 #include <cstdlib>
 #include <memory>
 #include <vector>
 
-#include "cache_layout.hpp"
+#include "cache/layout.hpp"
 #include "kernels/kernels.hpp"
 #include "tqkv/cache.hpp"
 #include "tqkv/codebook.hpp"
