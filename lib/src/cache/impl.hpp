@@ -1,8 +1,10 @@
-// Internals of KVCache shared by cache/storage.cpp (storage, append, attention) and
-// cache/serialize.cpp (save/load).
+// Internals of KVCache shared by cache/storage.cpp (construction, append, truncate, sizes),
+// cache/attention.cpp (fused attention, reference path) and cache/serialize.cpp (save/load).
 #pragma once
 #include <cstdlib>
 #include <memory>
+#include <span>
+#include <string>
 #include <vector>
 
 #include "cache/layout.hpp"
@@ -46,6 +48,14 @@ struct AlignedFree {
     void operator()(uint8_t* p) const { std::free(p); }
 };
 using BlockPtr = std::unique_ptr<uint8_t, AlignedFree>;
+
+namespace detail {
+// Argument errors of the cache (defined in cache/storage.cpp): std::invalid_argument("tqkv: " + msg).
+[[noreturn]] void fail(const std::string& msg);
+// Throws (fail) naming the token, head and channel of the first NaN or Inf in x, rows of
+// per_token_heads x head_dim floats; `what` names the argument.
+void check_finite(std::span<const float> x, const CacheConfig& c, int per_token_heads, const char* what);
+}  // namespace detail
 
 struct KVCache::Impl {
     CacheConfig cfg;
