@@ -1,4 +1,4 @@
-// Shared by the model's caches (caches.cpp) and the budgeted caches (budget.cpp): channel choices
+// Shared by the model's caches (model/caches.cpp) and the budgeted caches (budget/budget.cpp): channel choices
 // and the numbers of their spec strings.
 #pragma once
 #include <algorithm>

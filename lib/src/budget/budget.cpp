@@ -20,7 +20,7 @@
 
 #include "tqkv/codebook.hpp"
 #include "tqkv/rng.hpp"
-#include "channels.hpp"
+#include "model/channels.hpp"
 #include "kernels/kernels.hpp"
 #include "tqkv/fp16.hpp"
 
