@@ -117,7 +117,7 @@ if [ "${1:-}" = "tests" ]; then
   test_flags=(-Itests -I"$obj_root/include" -DCATCH_CONFIG_NO_POSIX_SIGNALS -DTQKV_SHARED_DATA=\"/nonexistent\")
   for variant in simd scalar; do
     vflags=()
-    srcs=("${core[@]}" lib/src/kvdump.cpp "${scalar_kernels[@]}")
+    srcs=("${core[@]}" lib/src/data/kvdump.cpp "${scalar_kernels[@]}")
     if [ $variant = simd ]; then vflags=(-msimd128 -DTQKV_HAVE_WASM_KERNELS=1); srcs+=("${simd_kernels[@]}"); fi
     compile "$variant" "${vflags[@]}" -- "${srcs[@]}"
     compile "tests-$variant" "${vflags[@]}" "${test_flags[@]}" -- "${tests[@]}"
