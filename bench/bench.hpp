@@ -71,12 +71,4 @@ void parallel_for(size_t n, int threads, const std::function<void(size_t)>& fn);
 // The whole file; throws std::invalid_argument naming the path when it cannot be opened.
 std::vector<uint8_t> read_file(const std::string& path);
 
-int cmd_quality(const Args& args);
-int cmd_encode(const Args& args);
-int cmd_attend(const Args& args);
-int cmd_report(const Args& args);
-int cmd_ppl(const Args& args);
-int cmd_decode(const Args& args);
-int cmd_budget(const Args& args);
-
 }  // namespace bench

@@ -15,7 +15,7 @@
 #include <mutex>
 #include <sstream>
 
-#include "bench.hpp"
+#include "commands.hpp"
 #include "tqkv/budget.hpp"
 #include "tqkv/kernels.hpp"
 #include "tqkv/model.hpp"

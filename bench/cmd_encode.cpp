@@ -3,7 +3,7 @@
 #include <cmath>
 #include <iostream>
 
-#include "bench.hpp"
+#include "commands.hpp"
 #include "tqkv/tqkv.hpp"
 
 namespace bench {

@@ -12,7 +12,7 @@
 #include <mutex>
 #include <sstream>
 
-#include "bench.hpp"
+#include "commands.hpp"
 #include "tqkv/model.hpp"
 #include "tqkv/tqkv.hpp"
 

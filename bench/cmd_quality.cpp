@@ -4,7 +4,7 @@
 #include <iostream>
 #include <span>
 
-#include "bench.hpp"
+#include "commands.hpp"
 #include "tqkv/tqkv.hpp"
 
 namespace bench {

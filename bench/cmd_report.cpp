@@ -12,7 +12,7 @@
 #include <numeric>
 #include <sstream>
 
-#include "bench.hpp"
+#include "commands.hpp"
 #include "tqkv/baselines.hpp"
 #include "tqkv/tqkv.hpp"
 

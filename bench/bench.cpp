@@ -1,0 +1,159 @@
+// Shared plumbing of the tqkv-bench subcommands (bench.hpp): arguments, JSON, tables, threads, files.
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <thread>
+
+#include "bench.hpp"
+
+namespace bench {
+
+Args::Args(int argc, char** argv, int first) {
+    for (int i = first; i < argc; ++i) {
+        std::string a = argv[i];
+        if (a.rfind("--", 0) != 0) throw std::invalid_argument("unexpected argument '" + a + "'");
+        a = a.substr(2);
+        const auto eq = a.find('=');
+        if (eq != std::string::npos) {
+            values_[a.substr(0, eq)] = a.substr(eq + 1);
+        } else if (i + 1 < argc && std::strncmp(argv[i + 1], "--", 2) != 0) {
+            values_[a] = argv[++i];
+        } else {
+            values_[a] = "";
+        }
+    }
+}
+
+std::string Args::get(const std::string& name, const std::string& fallback) const {
+    auto it = values_.find(name);
+    return it == values_.end() ? fallback : it->second;
+}
+
+int Args::get_int(const std::string& name, int fallback) const {
+    const std::string v = get(name, "");
+    if (v.empty()) return fallback;
+    size_t pos;
+    const long r = std::stol(v, &pos);
+    if (pos != v.size()) throw std::invalid_argument("--" + name + " expects an integer, got '" + v + "'");
+    return int(r);
+}
+
+double Args::get_double(const std::string& name, double fallback) const {
+    const std::string v = get(name, "");
+    if (v.empty()) return fallback;
+    size_t pos;
+    const double r = std::stod(v, &pos);
+    if (pos != v.size()) throw std::invalid_argument("--" + name + " expects a number, got '" + v + "'");
+    return r;
+}
+
+std::vector<std::string> Args::list(const std::string& name, const std::string& fallback) const {
+    std::vector<std::string> out;
+    std::stringstream ss(get(name, fallback));
+    std::string item;
+    while (std::getline(ss, item, ','))
+        if (!item.empty()) out.push_back(item);
+    return out;
+}
+
+void Args::allow(const std::vector<std::string>& known) const {
+    for (const auto& [k, v] : values_) {
+        bool ok = false;
+        for (const auto& n : known) ok = ok || n == k;
+        if (!ok) throw std::invalid_argument("unknown option --" + k);
+    }
+}
+
+std::string json_escape(const std::string& s) {
+    std::string out;
+    for (char c : s) {
+        if (c == '"' || c == '\\') {
+            out.push_back('\\');
+            out.push_back(c);
+        } else {
+            out.push_back(static_cast<unsigned char>(c) < 0x20 ? ' ' : c);
+        }
+    }
+    return out;
+}
+
+void Json::key(const std::string& k) {
+    if (!body_.empty()) body_ += ",";
+    body_ += '"';
+    body_ += json_escape(k);
+    body_ += "\":";
+}
+
+Json& Json::add(const std::string& k, const std::string& value) {
+    key(k);
+    body_ += '"';
+    body_ += json_escape(value);
+    body_ += '"';
+    return *this;
+}
+
+Json& Json::add(const std::string& k, double value) {
+    key(k);
+    if (!std::isfinite(value)) {
+        body_ += "null";
+    } else {
+        // Whole numbers (bytes, counts) exactly; measurements to 7 significant digits.
+        char buf[64];
+        if (value == std::floor(value) && std::fabs(value) < 9.007199254740992e15)
+            std::snprintf(buf, sizeof buf, "%.0f", value);
+        else
+            std::snprintf(buf, sizeof buf, "%.7g", value);
+        body_ += buf;
+    }
+    return *this;
+}
+
+Json& Json::add(const std::string& k, bool value) {
+    key(k);
+    body_ += value ? "true" : "false";
+    return *this;
+}
+
+void parallel_for(size_t n, int threads, const std::function<void(size_t)>& fn) {
+    std::atomic<size_t> next{0};
+    auto worker = [&] {
+        for (size_t i; (i = next++) < n;) fn(i);
+    };
+    std::vector<std::thread> pool;
+    for (int t = 1; t < threads; ++t) pool.emplace_back(worker);
+    worker();
+    for (auto& t : pool) t.join();
+}
+
+std::vector<uint8_t> read_file(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    if (!f) throw std::invalid_argument("cannot open " + path);
+    return std::vector<uint8_t>((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
+std::string fmt(const char* format, double v) {
+    char buf[64];
+    std::snprintf(buf, sizeof buf, format, v);
+    return buf;
+}
+
+void Table::print(FILE* out) const {
+    std::vector<size_t> w(header_.size(), 0);
+    for (size_t i = 0; i < header_.size(); ++i) w[i] = header_[i].size();
+    for (const auto& r : rows_)
+        for (size_t i = 0; i < r.size() && i < w.size(); ++i) w[i] = std::max(w[i], r[i].size());
+    auto line = [&](const std::vector<std::string>& cells) {
+        for (size_t i = 0; i < w.size(); ++i)
+            std::fprintf(out, "%s%*s", i ? "  " : "", int(w[i]), i < cells.size() ? cells[i].c_str() : "");
+        std::fprintf(out, "\n");
+    };
+    line(header_);
+    std::string rule;
+    for (size_t i = 0; i < w.size(); ++i) rule += std::string(w[i] + (i ? 2 : 0), '-');
+    std::fprintf(out, "%s\n", rule.c_str());
+    for (const auto& r : rows_) line(r);
+}
+
+}  // namespace bench
