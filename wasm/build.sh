@@ -5,7 +5,7 @@
 #   web/dist/tqkv-scalar.wasm  no SIMD (scalar kernels only), for engines without SIMD128
 # Both are standalone modules (-sSTANDALONE_WASM, no Emscripten JS glue): they export the C ABI
 # of lib/include/tqkv/tqkv.h plus malloc/free, import their memory (env.memory, so the loader
-# chooses the maximum) and need only three tiny imports (see web/src/index.ts). C++ exceptions
+# chooses the maximum) and need only three tiny imports (see web/src/loader.ts). C++ exceptions
 # use WebAssembly exception handling (-fwasm-exceptions): none crosses the C ABI.
 #
 #   bash wasm/build.sh            # both modules

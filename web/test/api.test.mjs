@@ -1,7 +1,7 @@
 // Every API call and every error path, on the SIMD128 build and the scalar build.
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { Tqkv, TqkvError, Status, simdSupported } from '../dist/index.js';
+import { Tqkv, TqkvError, Status, simdSupported } from '../dist/node.js';
 import { builds, stream, bytesEqual, worstRowRelError } from './helpers.mjs';
 
 const H = 4, KH = 2, D = 64, ROW = KH * D, Q = H * D;

@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve, extname, normalize } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { Tqkv } from '../dist/index.js';
+import { Tqkv } from '../dist/node.js';
 import { stream, worstRowRelError } from './helpers.mjs';
 
 const web = resolve(fileURLToPath(new URL('.', import.meta.url)), '..');
@@ -112,15 +112,37 @@ test('Chromium runs the packed package: SIMD128, forced scalar, and fallback wit
     return { result, requested, status };
   }
 
-  await t.test('SIMD128 (auto-detected)', async () => {
+  const relaxedPacked = existsSync(join(pkg, 'dist', 'tqkv-relaxed.wasm'));
+  await t.test('auto: relaxed SIMD when packaged, else SIMD128', async () => {
     const { result, requested, status } = await run('index.html');
     assert.equal(result.simdSupported, true);
+    assert.equal(result.relaxedSimdSupported, true, 'Chromium validates relaxed SIMD');
     assert.equal(result.simd, true);
-    assert.equal(result.kernel, 'wasm128');
-    assert.ok(requested.includes('/node_modules/tqkv/dist/tqkv.wasm'));
     assert.ok(!requested.includes('/node_modules/tqkv/dist/tqkv-scalar.wasm'));
+    assert.ok(requested.includes('/node_modules/tqkv/dist/tqkv-relaxed.wasm'), 'relaxed is tried first');
+    if (relaxedPacked) {
+      assert.equal(result.variant, 'relaxed');
+      assert.deepEqual(result.fallbacks, []);
+      assert.ok(!requested.includes('/node_modules/tqkv/dist/tqkv.wasm'));
+      console.log(`# chromium relaxed: ${Math.round(result.nsPerQuery)} ns/query (8 heads, 2 KV heads, d=128, 1000 tokens)`);
+    } else {
+      assert.equal(result.variant, 'simd128');
+      assert.match(result.fallbacks[0], /^relaxed: tqkv: cannot fetch .*tqkv-relaxed\.wasm: 404/);
+      assert.equal(result.kernel, 'wasm128');
+      assert.ok(requested.includes('/node_modules/tqkv/dist/tqkv.wasm'));
+      t.diagnostic('relaxed build NOT tested in Chromium: the package has no dist/tqkv-relaxed.wasm (fell back to SIMD128)');
+      console.log('# relaxed build NOT tested in Chromium: the package has no dist/tqkv-relaxed.wasm (fell back to SIMD128)');
+    }
     check(result, want.simd);
-    assert.match(status, /^ok: wasm128, 1000 tokens/);
+    assert.match(status, new RegExp(`^ok: ${result.kernel}, 1000 tokens`));
+  });
+
+  await t.test('SIMD128 forced (?simd=simd128)', async () => {
+    const { result, requested } = await run('index.html?simd=simd128');
+    assert.equal(result.variant, 'simd128');
+    assert.equal(result.kernel, 'wasm128');
+    assert.ok(!requested.includes('/node_modules/tqkv/dist/tqkv-relaxed.wasm'));
+    check(result, want.simd);
     console.log(`# chromium simd128: ${Math.round(result.nsPerQuery)} ns/query (8 heads, 2 KV heads, d=128, 1000 tokens)`);
   });
 
@@ -135,8 +157,11 @@ test('Chromium runs the packed package: SIMD128, forced scalar, and fallback wit
   await t.test('engine without SIMD128: the loader falls back to the scalar build', async () => {
     const { result, requested } = await run('index.html', { noSimd: true });
     assert.equal(result.simdSupported, false);
+    assert.equal(result.relaxedSimdSupported, false);
+    assert.equal(result.variant, 'scalar');
     assert.equal(result.kernel, 'scalar');
     assert.ok(!requested.includes('/node_modules/tqkv/dist/tqkv.wasm'), 'the SIMD module was not even fetched');
+    assert.ok(!requested.includes('/node_modules/tqkv/dist/tqkv-relaxed.wasm'));
     check(result, want.scalar);
   });
 });

@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { Tqkv } from '../dist/index.js';
+import { Tqkv } from '../dist/node.js';
 import { stream, bytesEqual, worstRowRelError } from './helpers.mjs';
 
 const here = fileURLToPath(new URL('.', import.meta.url));

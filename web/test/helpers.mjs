@@ -1,5 +1,5 @@
 // Shared by the node tests: loading both builds, deterministic inputs, comparisons.
-import { Tqkv } from '../dist/index.js';
+import { Tqkv } from '../dist/node.js';
 
 export { Tqkv };
 export const builds = [
@@ -33,6 +33,38 @@ export function worstRowRelError(a, b, d) {
     worst = Math.max(worst, Math.sqrt(num / Math.max(den, 1e-30)));
   }
   return worst;
+}
+
+// Cache configurations every build must code identically (parity.test.mjs, variants.test.mjs).
+export const parityConfigs = [
+  { heads: 4, kvHeads: 4, headDim: 128, keyBits: 4, valueBits: 4, tokens: 300 },
+  { heads: 8, kvHeads: 2, headDim: 64, keyBits: 3, valueBits: 2, window: 16, blockTokens: 32, tokens: 200 },
+  { heads: 2, kvHeads: 1, headDim: 96, keyBits: 2, valueBits: 1, keyMethod: 'prod', tokens: 150 },
+  { heads: 2, kvHeads: 2, headDim: 80, keyBits: 1, valueBits: 3, tokens: 97 },
+  { heads: 4, kvHeads: 2, headDim: 128, keyBits: 6, valueBits: 5, normFormat: 'f32', tokens: 130 },
+  { heads: 2, kvHeads: 1, headDim: 64, keyBits: 3.5, valueBits: 2.5, keyHighChannels: [...Array(32).keys()],
+    valueHighChannels: [...Array(32).keys()], tokens: 100 },
+];
+
+// Codecs every build must encode identically: [method, bits, dim], and their input.
+export const parityCodecs = [['mse', 4, 128], ['mse', 3, 100], ['prod', 3, 64], ['qjl', 1, 128], ['mse', 8, 48], ['mse', 2, 256]];
+export function parityCodecInput(dim, bits) {
+  const x = stream(50 * dim, dim + bits);
+  x[0] = 0; // also a zero coordinate and extreme magnitudes
+  x[dim] = 1e-30;
+  x[2 * dim + 1] = 1000;
+  return x;
+}
+
+// Appends `tokens` tokens to layer 0 of each cache in uneven chunks (window and block boundaries
+// fall inside chunks), the same inputs for config index i everywhere.
+export function appendParityTokens(caches, cfg, tokens, i) {
+  const row = cfg.kvHeads * cfg.headDim;
+  for (let t0 = 0, step = 1; t0 < tokens; t0 += step, step = step * 3 + 1) {
+    const n = Math.min(step, tokens - t0);
+    const k = stream(n * row, 100 + i * 10 + t0), v = stream(n * row, 200 + i * 10 + t0);
+    for (const c of caches) c.append(0, k, v);
+  }
 }
 
 export function bytesEqual(a, b) {

@@ -2,7 +2,7 @@
 // cannot grow (a small maximumMemory) calls fail with 'out of memory' and change nothing.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Tqkv, TqkvError } from '../dist/index.js';
+import { Tqkv, TqkvError } from '../dist/node.js';
 import { stream, bytesEqual } from './helpers.mjs';
 
 for (const simd of [true, false]) {

@@ -9,7 +9,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { Tqkv, TqkvError, LlamaModel, Runner, Calibration } from '../dist/index.js';
+import { Tqkv, TqkvError, LlamaModel, Runner, Calibration } from '../dist/node.js';
 import { modelGolden, tinyModel } from './helpers.mjs';
 
 const throwsTqkv = (fn, code, message) =>

@@ -2,18 +2,8 @@
 // bytes bit for bit) and attention outputs within 1e-4 relative.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Tqkv } from '../dist/index.js';
-import { stream, bytesEqual, worstRowRelError } from './helpers.mjs';
-
-const configs = [
-  { heads: 4, kvHeads: 4, headDim: 128, keyBits: 4, valueBits: 4, tokens: 300 },
-  { heads: 8, kvHeads: 2, headDim: 64, keyBits: 3, valueBits: 2, window: 16, blockTokens: 32, tokens: 200 },
-  { heads: 2, kvHeads: 1, headDim: 96, keyBits: 2, valueBits: 1, keyMethod: 'prod', tokens: 150 },
-  { heads: 2, kvHeads: 2, headDim: 80, keyBits: 1, valueBits: 3, tokens: 97 },
-  { heads: 4, kvHeads: 2, headDim: 128, keyBits: 6, valueBits: 5, normFormat: 'f32', tokens: 130 },
-  { heads: 2, kvHeads: 1, headDim: 64, keyBits: 3.5, valueBits: 2.5, keyHighChannels: [...Array(32).keys()],
-    valueHighChannels: [...Array(32).keys()], tokens: 100 },
-];
+import { Tqkv } from '../dist/node.js';
+import { stream, bytesEqual, worstRowRelError, parityConfigs as configs, appendParityTokens, parityCodecs, parityCodecInput } from './helpers.mjs';
 
 test('SIMD128 build == scalar build: codes bit for bit, attention within 1e-4', async () => {
   const simd = await Tqkv.load({ simd: true });
@@ -21,15 +11,9 @@ test('SIMD128 build == scalar build: codes bit for bit, attention within 1e-4', 
   assert.equal(simd.kernel, 'wasm128');
   assert.equal(scalar.kernel, 'scalar');
   for (const [i, { tokens, ...cfg }] of configs.entries()) {
-    const row = cfg.kvHeads * cfg.headDim, q = cfg.heads * cfg.headDim;
+    const q = cfg.heads * cfg.headDim;
     const a = simd.createCache(cfg), b = scalar.createCache(cfg);
-    // appended in uneven chunks (the window and block boundaries fall inside chunks)
-    for (let t0 = 0, step = 1; t0 < tokens; t0 += step, step = step * 3 + 1) {
-      const n = Math.min(step, tokens - t0);
-      const k = stream(n * row, 100 + i * 10 + t0), v = stream(n * row, 200 + i * 10 + t0);
-      a.append(0, k, v);
-      b.append(0, k, v);
-    }
+    appendParityTokens([a, b], cfg, tokens, i);
     assert.ok(bytesEqual(a.serialize(), b.serialize()), `config ${i}: serialized caches differ`);
     const qs = stream(5 * q, 300 + i);
     const oa = a.attend(0, qs), ob = b.attend(0, qs);
@@ -39,11 +23,8 @@ test('SIMD128 build == scalar build: codes bit for bit, attention within 1e-4', 
     b.dispose();
   }
   // codec bytes
-  for (const [method, bits, dim] of [['mse', 4, 128], ['mse', 3, 100], ['prod', 3, 64], ['qjl', 1, 128], ['mse', 8, 48], ['mse', 2, 256]]) {
-    const x = stream(50 * dim, dim + bits);
-    x[0] = 0; // also a zero coordinate and extreme magnitudes
-    x[dim] = 1e-30;
-    x[2 * dim + 1] = 1000;
+  for (const [method, bits, dim] of parityCodecs) {
+    const x = parityCodecInput(dim, bits);
     const ca = simd.createCodec({ dim, bits, method }), cb = scalar.createCodec({ dim, bits, method });
     const codes = ca.encode(x);
     assert.ok(bytesEqual(codes, cb.encode(x)), `${method}${bits} d=${dim}: codes differ`);

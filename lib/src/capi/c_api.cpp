@@ -281,7 +281,7 @@ void check_kernel(const std::string& k) {
     }
 }
 
-// Layout guarantees the bindings rely on (web/src/index.ts writes the structs by offset).
+// Layout guarantees the bindings rely on (web/src/cache.ts, codec.ts, model.ts write the structs by offset; sizes in web/src/abi.ts).
 static_assert(offsetof(tqkv_cache_config, key_bits) == 24);
 static_assert(offsetof(tqkv_cache_config, block_tokens) == 40);
 static_assert(offsetof(tqkv_cache_config, max_tokens) == 56);

@@ -1,0 +1,410 @@
+// Llama models in wasm memory (the C ABI's tqkv_model_* / tqkv_calibration_* / tqkv_runner_*):
+// LlamaModel, Calibration (the runner's key/value statistics), Runner (prefill, decode, NLL,
+// generation through a KV cache of a spec), and loading checkpoints from bytes or URLs.
+import { MODEL_INFO_SIZE, RUNNER_STATS_SIZE } from './abi.js';
+import { disposedError, Status, TqkvError } from './errors.js';
+import { asFloat32, asInt } from './input.js';
+import { FetchError, readUrl, toUrl } from './platform.js';
+import type { Tqkv } from './tqkv.js';
+
+/** The shape of a loaded model. */
+export interface ModelInfo {
+  layers: number;
+  hidden: number;
+  heads: number;
+  kvHeads: number;
+  headDim: number;
+  intermediate: number;
+  /** 256 = byte vocabulary: a token is a byte of UTF-8 text. */
+  vocab: number;
+  /** The longest sequence the runner accepts (max_position_embeddings). */
+  context: number;
+  tied: boolean;
+  parameters: number;
+}
+
+/** The KV cache of a runner ({@link Runner.stats}). */
+export interface RunnerStats {
+  /** Tokens run since the last reset (= tokens in the cache). */
+  position: number;
+  /** Storage the cache format needs for them: codes, norms, scales, exact window tokens (as fp16);
+   *  all layers, keys and values. */
+  cacheBytes: number;
+  /** An fp16 cache of the same tokens. */
+  fp16Bytes: number;
+  bitsPerCoord: number;
+  /** Memory the cache holds (buffers reserved for the whole context). */
+  memoryBytes: number;
+}
+
+/** Tokens for the runner: a string (its UTF-8 bytes, byte-vocabulary models) or token ids. */
+export type TokenInput = string | Uint8Array | Int32Array | ArrayLike<number>;
+
+/** Options of {@link Runner.generate}. */
+export interface GenerateOptions {
+  /** Tokens to generate (default 256); generation also stops at the model's context. */
+  maxTokens?: number;
+  /** 0 (default) = greedy; otherwise sample from softmax(logits / temperature). */
+  temperature?: number;
+  /** Sample among the topK most likely tokens (0 = all). */
+  topK?: number;
+  /** Seed of the sampler (a deterministic xorshift; default 1). */
+  seed?: number;
+}
+
+type Handle = number;
+const encoder = /* @__PURE__ */ new TextEncoder();
+
+/** A Llama model in wasm memory ({@link Tqkv.loadModel}, {@link Tqkv.fetchModel}). */
+export class LlamaModel {
+  /** @internal */ handle: Handle;
+  readonly tqkv: Tqkv;
+  readonly info: ModelInfo;
+
+  /** @internal */
+  constructor(t: Tqkv, handle: Handle) {
+    this.tqkv = t;
+    this.handle = handle;
+    const p = t.structPtr;
+    t.view().setUint32(p, MODEL_INFO_SIZE, true);
+    t.check(t._x.tqkv_model_get_info(handle, p));
+    const d = t.view();
+    this.info = {
+      layers: d.getInt32(p + 4, true),
+      hidden: d.getInt32(p + 8, true),
+      heads: d.getInt32(p + 12, true),
+      kvHeads: d.getInt32(p + 16, true),
+      headDim: d.getInt32(p + 20, true),
+      intermediate: d.getInt32(p + 24, true),
+      vocab: d.getInt32(p + 28, true),
+      context: d.getInt32(p + 32, true),
+      tied: d.getInt32(p + 36, true) !== 0,
+      parameters: Number(d.getBigUint64(p + 40, true)),
+    };
+    t._modelFinalizer?.register(this, { destroy: t._x.tqkv_model_destroy, h: handle }, this);
+  }
+
+  /** @internal */ h(): Handle {
+    if (!this.handle) throw disposedError('model');
+    return this.handle;
+  }
+
+  get disposed(): boolean {
+    return this.handle === 0;
+  }
+
+  /** Token ids of a string (UTF-8 bytes; byte-vocabulary models only) or of an array of ids. */
+  tokens(input: TokenInput): Int32Array {
+    if (typeof input === 'string') {
+      if (this.info.vocab !== 256) throw new TypeError('tqkv: text needs a byte-vocabulary model (vocab 256); pass token ids');
+      return Int32Array.from(encoder.encode(input));
+    }
+    if (input instanceof Int32Array) return input;
+    if (input && typeof (input as ArrayLike<number>).length === 'number') return Int32Array.from(input as ArrayLike<number>);
+    throw new TypeError('tqkv: tokens must be a string, a Uint8Array, an Int32Array or an array of numbers');
+  }
+
+  /**
+   * Statistics of keys, values and queries from an exact-cache pass over `text`: the tqkv cache
+   * specs (K4V4, K3.5V2.5-w16, ...) precondition with them (tqkv-run uses the last 2048 bytes of
+   * eval.txt). Costs one forward pass over the text.
+   */
+  calibrate(text: TokenInput): Calibration {
+    const t = this.tqkv;
+    const h = this.h();
+    const tokens = this.tokens(text);
+    const p = t.scratchPtr(4 * tokens.length + 16);
+    new Int32Array(t._memory.buffer, p, tokens.length).set(tokens);
+    t.check(t._x.tqkv_calibration_create(h, p, tokens.length, t.slot));
+    return new Calibration(t, t.u32(t.slot));
+  }
+
+  /**
+   * A runner with a KV cache from a spec: 'fp32' (exact), 'fp16', 'q8_0', 'q4_0', 'kivi2',
+   * 'kivi4', or tqkv 'K<bits>V<bits>[-w<window>][-prod][-raw]...' ('K4V4', 'K3.5V2.5-w16',
+   * 'K4V4-raw'). The tqkv specs use `calibration` when given (without: plain TurboQuant with no
+   * mean centering).
+   */
+  createRunner(cache = 'fp32', options: { calibration?: Calibration; maxChunk?: number } = {}): Runner {
+    const t = this.tqkv;
+    const h = this.h();
+    if (typeof cache !== 'string' || cache.length > 200) throw new TypeError('tqkv: the cache spec must be a string');
+    const spec = encoder.encode(cache);
+    const cal = options.calibration ? options.calibration.h() : 0;
+    const maxChunk = asInt(options.maxChunk ?? 0, 'maxChunk', 0, 4096);
+    const p = t.scratchPtr(spec.length + 1);
+    const u8 = t.bytes();
+    u8.set(spec, p);
+    u8[p + spec.length] = 0;
+    t.check(t._x.tqkv_runner_create(h, p, cal, maxChunk, t.slot));
+    return new Runner(this, t.u32(t.slot), cache);
+  }
+
+  /** Frees the model's wasm memory once no runner uses it; later calls throw. */
+  dispose(): void {
+    if (!this.handle) return;
+    const h = this.handle;
+    this.handle = 0;
+    this.tqkv._modelFinalizer?.unregister(this);
+    this.tqkv.check(this.tqkv._x.tqkv_model_destroy(h));
+  }
+}
+
+/** Calibration statistics of a model ({@link LlamaModel.calibrate}); reusable by many runners. */
+export class Calibration {
+  /** @internal */ handle: Handle;
+  private readonly t: Tqkv;
+  /** @internal */
+  constructor(t: Tqkv, handle: Handle) {
+    this.t = t;
+    this.handle = handle;
+    t._modelFinalizer?.register(this, { destroy: t._x.tqkv_calibration_destroy, h: handle }, this);
+  }
+  /** @internal */ h(): Handle {
+    if (!this.handle) throw disposedError('calibration');
+    return this.handle;
+  }
+  dispose(): void {
+    if (!this.handle) return;
+    const h = this.handle;
+    this.handle = 0;
+    this.t._modelFinalizer?.unregister(this);
+    this.t.check(this.t._x.tqkv_calibration_destroy(h));
+  }
+}
+
+/** Prefill, decode and scoring of one sequence through a KV cache. */
+export class Runner {
+  private handle: Handle;
+  private readonly t: Tqkv;
+  readonly model: LlamaModel;
+  /** The cache spec. */
+  readonly cache: string;
+
+  /** @internal */
+  constructor(model: LlamaModel, handle: Handle, cache: string) {
+    this.model = model;
+    this.t = model.tqkv;
+    this.handle = handle;
+    this.cache = cache;
+    this.t._modelFinalizer?.register(this, { destroy: this.t._x.tqkv_runner_destroy, h: handle }, this);
+  }
+
+  private h(): Handle {
+    if (!this.handle) throw disposedError('runner');
+    return this.handle;
+  }
+
+  get disposed(): boolean {
+    return this.handle === 0;
+  }
+
+  /**
+   * Runs tokens at the current position and returns the greedy next token (argmax of the last
+   * token's logits). `logits`: vocab floats (the last token's) or n * vocab (every token's).
+   */
+  prefill(input: TokenInput, logits?: Float32Array): number {
+    const h = this.h();
+    const t = this.t;
+    const tokens = this.model.tokens(input);
+    const nl = logits ? asFloat32(logits, 'logits').length : 0;
+    const p = t.scratchPtr(4 * tokens.length + 4 * nl + 16);
+    const pl = p + 4 * tokens.length;
+    new Int32Array(t._memory.buffer, p, tokens.length).set(tokens);
+    t.check(t._x.tqkv_runner_prefill(h, p, tokens.length, nl ? pl : 0, nl, t.slot));
+    if (logits) {
+      t.refresh();
+      t.copyOut(pl, logits);
+    }
+    return t.view().getInt32(t.slot, true);
+  }
+
+  /** Runs one token; returns the greedy next token. `logits` (vocab floats) receives the logits. */
+  decode(token: number, logits?: Float32Array): number {
+    const h = this.h();
+    const t = this.t;
+    asInt(token, 'token');
+    const nl = logits ? asFloat32(logits, 'logits').length : 0;
+    const pl = nl ? t.scratchPtr(4 * nl) : 0;
+    t.check(t._x.tqkv_runner_decode(h, token, pl, nl, t.slot));
+    if (logits) {
+      t.refresh();
+      t.copyOut(pl, logits);
+    }
+    return t.view().getInt32(t.slot, true);
+  }
+
+  /** Empties the cache (position 0). */
+  reset(): void {
+    this.t.check(this.t._x.tqkv_runner_reset(this.h()));
+  }
+
+  /** Tokens run since the last reset. */
+  get position(): number {
+    return this.stats().position;
+  }
+
+  /** The cache: bytes of its format vs an fp16 cache, bits per coordinate, memory held. */
+  stats(): RunnerStats {
+    const h = this.h();
+    const t = this.t;
+    const p = t.structPtr;
+    t.view().setUint32(p, RUNNER_STATS_SIZE, true);
+    t.check(t._x.tqkv_runner_get_stats(h, p));
+    const d = t.view();
+    return {
+      position: Number(d.getBigUint64(p + 8, true)),
+      cacheBytes: d.getFloat64(p + 16, true),
+      fp16Bytes: d.getFloat64(p + 24, true),
+      bitsPerCoord: d.getFloat64(p + 32, true),
+      memoryBytes: Number(d.getBigUint64(p + 40, true)),
+    };
+  }
+
+  /**
+   * Mean negative log-likelihood (nats per token) of tokens[1..] given the prefix, in segments
+   * of `ctx` tokens (0 = the model's context), token-by-token attention as in decode. Resets the
+   * runner before and after.
+   */
+  nll(input: TokenInput, ctx = 0): { nll: number; scored: number } {
+    const h = this.h();
+    const t = this.t;
+    const tokens = this.model.tokens(input);
+    asInt(ctx, 'ctx', 0, 0x7fffffff);
+    const p = t.scratchPtr(4 * tokens.length + 32);
+    const out = (p + 4 * tokens.length + 7) & ~7;
+    new Int32Array(t._memory.buffer, p, tokens.length).set(tokens);
+    t.check(t._x.tqkv_runner_nll(h, p, tokens.length, ctx, out, out + 8));
+    const d = t.view();
+    return { nll: d.getFloat64(out, true), scored: d.getUint32(out + 8, true) };
+  }
+
+  /**
+   * Generates up to maxTokens tokens after `prompt` (run from the current position; reset() first
+   * for a fresh sequence), yielding each as it is chosen. Greedy unless temperature > 0. The
+   * consumer may stop early (break); the runner then holds everything yielded but the last token.
+   */
+  *generate(prompt: TokenInput, options: GenerateOptions = {}): Generator<number, void, void> {
+    const maxTokens = asInt(options.maxTokens ?? 256, 'maxTokens', 0, 0x7fffffff);
+    const temperature = options.temperature ?? 0;
+    if (typeof temperature !== 'number' || !(temperature >= 0)) throw new TypeError('tqkv: temperature must be >= 0');
+    const topK = asInt(options.topK ?? 0, 'topK', 0, 0x7fffffff);
+    let s = (asInt(options.seed ?? 1, 'seed') >>> 0) || 1;
+    const uniform = () => {
+      s ^= s << 13;
+      s >>>= 0;
+      s ^= s >>> 17;
+      s ^= s << 5;
+      s >>>= 0;
+      return s / 4294967296;
+    };
+    const V = this.model.info.vocab, context = this.model.info.context;
+    const logits = temperature > 0 ? new Float32Array(V) : undefined;
+    const probs = temperature > 0 ? new Float64Array(V) : undefined;
+    const pick = (greedy: number): number => {
+      if (!logits || !probs) return greedy;
+      let mx = -Infinity;
+      for (let v = 0; v < V; v++) mx = Math.max(mx, logits[v]);
+      for (let v = 0; v < V; v++) probs[v] = Math.exp((logits[v] - mx) / temperature);
+      if (topK > 0 && topK < V) {
+        const kth = Array.from(probs).sort((a, b) => b - a)[topK - 1];
+        let kept = 0;
+        for (let v = 0; v < V; v++) if (probs[v] < kth || (probs[v] === kth && kept >= topK)) probs[v] = 0; else kept++;
+      }
+      let sum = 0;
+      for (let v = 0; v < V; v++) sum += probs[v];
+      let u = uniform() * sum;
+      for (let v = 0; v < V; v++) if ((u -= probs[v]) < 0) return v;
+      return V - 1;
+    };
+    if (maxTokens === 0) return;
+    let next = pick(this.prefill(prompt, logits));
+    for (let i = 0; i < maxTokens; i++) {
+      yield next;
+      if (i + 1 === maxTokens || this.position >= context) return;
+      next = pick(this.decode(next, logits));
+    }
+  }
+
+  /** Frees the runner (its cache); a second dispose does nothing. */
+  dispose(): void {
+    if (!this.handle) return;
+    const h = this.handle;
+    this.handle = 0;
+    this.t._modelFinalizer?.unregister(this);
+    this.t.check(this.t._x.tqkv_runner_destroy(h));
+  }
+}
+
+
+// -------------------------------------------------------------------------------------------------
+// Loading checkpoints
+
+/** @internal Tqkv.loadModel. */
+export function loadModelFrom(t: Tqkv, config: string | Uint8Array | object, weights: Uint8Array | ArrayBuffer): LlamaModel {
+  const w = weights instanceof ArrayBuffer ? new Uint8Array(weights) : weights;
+  if (!(w instanceof Uint8Array)) throw new TypeError('tqkv: loadModel: weights must be a Uint8Array or ArrayBuffer');
+  const p = t.mallocCopy(w, 'the model weights');
+  try {
+    return loadModelAt(t, config, p, w.length);
+  } finally {
+    t._x.free(p);
+  }
+}
+
+function loadModelAt(t: Tqkv, config: string | Uint8Array | object, p: number, n: number): LlamaModel {
+  const text =
+    typeof config === 'string' ? config : config instanceof Uint8Array ? new TextDecoder().decode(config) : JSON.stringify(config);
+  const cfg = encoder.encode(text);
+  const pc = t.mallocCopy(cfg, 'config.json');
+  try {
+    t.check(t._x.tqkv_model_load(pc, cfg.length, p, n, t.slot));
+  } finally {
+    t._x.free(pc);
+  }
+  return new LlamaModel(t, t.u32(t.slot));
+}
+
+/** @internal Tqkv.fetchModel. */
+export async function fetchModel(
+  t: Tqkv,
+  url: string | URL,
+  options: { onProgress?: (loaded: number, total: number | undefined) => void; signal?: AbortSignal } = {},
+): Promise<LlamaModel> {
+  let base = toUrl(url);
+  if (!base.pathname.endsWith('/')) base = new URL(base.href + '/');
+  const configUrl = new URL('config.json', base), weightsUrl = new URL('model.safetensors', base);
+  const config = new TextDecoder().decode(await readUrl(configUrl, options.signal));
+  if (weightsUrl.protocol === 'file:') {
+    const bytes = await readUrl(weightsUrl, options.signal);
+    options.onProgress?.(bytes.length, bytes.length);
+    return loadModelFrom(t, config, bytes);
+  }
+  const res = await fetch(weightsUrl, { signal: options.signal });
+  if (!res.ok) throw new FetchError(weightsUrl, res);
+  const total = Number(res.headers.get('content-length') ?? NaN);
+  const identity = !res.headers.get('content-encoding') || res.headers.get('content-encoding') === 'identity';
+  if (!res.body || !(total > 0) || !identity) {
+    const bytes = new Uint8Array(await res.arrayBuffer());
+    options.onProgress?.(bytes.length, bytes.length);
+    return loadModelFrom(t, config, bytes);
+  }
+  // Stream into a block of wasm memory (no second copy of 38+ MB in JavaScript).
+  const p = t.malloc(total, 'the model weights');
+  try {
+    const reader = res.body.getReader();
+    let loaded = 0;
+    for (;;) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      if (loaded + value.length > total) throw new Error(`tqkv: ${weightsUrl.href}: more bytes than its content-length`);
+      t.bytes().set(value, p + loaded);
+      loaded += value.length;
+      options.onProgress?.(loaded, total);
+    }
+    if (loaded !== total) throw new Error(`tqkv: ${weightsUrl.href}: ${loaded} of ${total} bytes received`);
+    return loadModelAt(t, config, p, total);
+  } finally {
+    t._x.free(p);
+  }
+}

@@ -1,0 +1,8 @@
+// The two Node built-ins platform-node.ts uses, declared here so the package builds without
+// @types/node (its published typings never mention them).
+declare module 'node:fs/promises' {
+  export function readFile(url: URL): Promise<Uint8Array>;
+}
+declare module 'node:url' {
+  export function pathToFileURL(path: string): URL;
+}
