@@ -7,7 +7,10 @@
 #   4. golden files from the native build (tests/test_capi.cpp and tests/test_capi_model.cpp
 #      [golden]; model.json needs ../shared/data/tq-ref-128 or TQKV_MODEL), then node --test web/test:
 #      API and error paths, SIMD == scalar, wasm == native both ways, memory growth failure,
-#      npm pack into a fresh directory, Chromium (playwright-core) with and without SIMD, the Llama
+#      npm pack into a fresh directory (and refused without a build output), the module builds
+#      (relaxed -> SIMD128 -> scalar; relaxed in a child with --experimental-wasm-relaxed-simd),
+#      Vite / esbuild / webpack production builds of a tiny app run in Chromium, Chromium
+#      (playwright-core) with and without SIMD, the Llama
 #      runner in wasm (tiny model; tq-ref-128: exact-cache NLL == native within 1e-4, greedy
 #      64 bytes == native) and the demo page web/demo/ in Chromium (exact cache == native, K4V4).
 #      The model tests skip with a message when the model is absent.
@@ -48,6 +51,8 @@ echo "== web: npm ci + tsc"
 cd web
 if [ -f package-lock.json ]; then npm ci --no-audit --no-fund --loglevel=error; else npm install --no-audit --no-fund --loglevel=error; fi
 npx tsc -p tsconfig.json
+# The bundlers of test/bundlers.test.mjs (Vite, esbuild, webpack; ~20 s to install, lockfile pinned).
+(cd test/bundlers && npm ci --no-audit --no-fund --loglevel=error)
 
 echo "== web: node --test (API, SIMD == scalar, wasm == native, memory, npm pack, Chromium, model runner, demo page)"
 golden=$(mktemp -d)

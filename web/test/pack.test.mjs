@@ -2,10 +2,10 @@
 // the package has no dependencies).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync, readdirSync, existsSync } from 'node:fs';
+import { cpSync, mkdtempSync, writeFileSync, readdirSync, readFileSync, existsSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
 const web = resolve(fileURLToPath(new URL('.', import.meta.url)), '..');
@@ -19,7 +19,7 @@ test('npm pack tarball installs and runs in a fresh directory', () => {
   const listing = execFileSync('tar', ['-tzf', tarball], { encoding: 'utf8' }).split('\n').filter(Boolean).sort();
   const code = readdirSync(join(web, 'dist')).filter((f) => /\.(js|d\.ts)$/.test(f)).map((f) => `package/dist/${f}`);
   const wasm = ['tqkv.wasm', 'tqkv-scalar.wasm', 'tqkv-relaxed.wasm'].filter((f) => existsSync(join(web, 'dist', f))).map((f) => `package/dist/${f}`);
-  assert.deepEqual(listing, [...code, ...wasm, 'package/README.md', 'package/package.json'].sort());
+  assert.deepEqual(listing, [...code, ...wasm, 'package/LICENSE', 'package/README.md', 'package/package.json', 'package/require.cjs'].sort());
   assert.ok(code.includes('package/dist/index.js') && code.includes('package/dist/node.js') && code.includes('package/dist/index.d.ts'));
   const app = join(work, 'app');
   execFileSync('mkdir', ['-p', app]);
@@ -42,6 +42,20 @@ test('npm pack tarball installs and runs in a fresh directory', () => {
     console.log(JSON.stringify(results));
   `);
   const res = JSON.parse(execFileSync(process.execPath, ['main.mjs'], { cwd: app, encoding: 'utf8' }));
+  // require('tqkv') (the 'node' + 'require' condition): the same ES module instance through require(esm)
+  writeFileSync(join(app, 'main.cjs'), `
+    const tqkv = require('tqkv');
+    tqkv.Tqkv.load().then((t) => console.log(JSON.stringify({ variant: t.variant, same: tqkv.default === tqkv.Tqkv,
+      error: new tqkv.TqkvError('x', 1).code })));
+  `);
+  const cjs = spawnSync(process.execPath, ['main.cjs'], { cwd: app, encoding: 'utf8' });
+  const major = +process.versions.node.split('.')[0], minor = +process.versions.node.split('.')[1];
+  if (process.features.require_module || major > 22 || (major === 22 && minor >= 12) || (major === 20 && minor >= 19)) {
+    assert.equal(cjs.status, 0, cjs.stderr);
+    assert.deepEqual(JSON.parse(cjs.stdout), { variant: 'simd128', same: true, error: 'invalid argument' });
+  } else {
+    assert.match(cjs.stderr, /tqkv is an ES module: require\('tqkv'\) needs Node >= 20\.19/);
+  }
   assert.deepEqual(Object.keys(res).sort(), ['scalar', 'wasm128']);
   for (const r of Object.values(res)) {
     assert.equal(r.tokens, 100);
@@ -84,4 +98,35 @@ test('npm pack tarball installs and runs in a fresh directory', () => {
     execFileSync(process.execPath, [tsc, '--noEmit', '--strict', '--target', 'es2022', '--module', 'nodenext',
       '--moduleResolution', 'nodenext', '--lib', 'es2022,dom', 'check.ts'], { cwd: app, encoding: 'utf8' });
   }
+});
+
+test('the browser entry (dist/index.js) never imports a node: module; the Node entry does', () => {
+  const seen = new Set();
+  const visit = (file) => {
+    if (seen.has(file)) return;
+    seen.add(file);
+    const text = readFileSync(join(web, 'dist', file), 'utf8');
+    assert.doesNotMatch(text, /from\s*['"]node:|import\(\s*['"]node:/, `${file} imports a node: module`);
+    for (const [, dep] of text.matchAll(/(?:from|import)\s*['"]\.\/([^'"]+)['"]/g)) visit(dep);
+  };
+  visit('index.js');
+  assert.ok(seen.has('loader.js') && seen.has('tqkv.js') && !seen.has('platform-node.js'), [...seen].join(' '));
+  assert.match(readFileSync(join(web, 'dist', 'platform-node.js'), 'utf8'), /from 'node:fs\/promises'/);
+});
+
+test('npm pack refuses a package with a missing build output, naming it', () => {
+  const copy = mkdtempSync(join(tmpdir(), 'tqkv-prepack-'));
+  for (const f of ['package.json', 'README.md', 'LICENSE', 'require.cjs', 'scripts', 'src', 'dist'])
+    cpSync(join(web, f), join(copy, f), { recursive: true, preserveTimestamps: true });
+  const pack = () => spawnSync(npm, ['pack', '--dry-run'], { cwd: copy, encoding: 'utf8' });
+  assert.equal(pack().status, 0, pack().stderr);
+  rmSync(join(copy, 'dist', 'tqkv.wasm'));
+  let r = pack();
+  assert.notEqual(r.status, 0, 'npm pack without dist/tqkv.wasm must fail');
+  assert.match(r.stderr, /refusing to pack an incomplete package:\s+dist\/tqkv\.wasm: missing/);
+  cpSync(join(web, 'dist', 'tqkv.wasm'), join(copy, 'dist', 'tqkv.wasm'));
+  rmSync(join(copy, 'dist', 'cache.d.ts'));
+  r = pack();
+  assert.notEqual(r.status, 0);
+  assert.match(r.stderr, /dist\/cache\.d\.ts: missing \(built from src\/cache\.ts\)/);
 });
