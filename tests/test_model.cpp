@@ -383,13 +383,13 @@ TEST_CASE("model: config.json errors name the problem", "[model]") {
     CHECK_THROWS_WITH(LlamaConfig::parse(with("\"vocab_size\": 256", "\"vocab_size\": -1")), Catch::Contains("out of range"));
     CHECK_THROWS_WITH(LlamaConfig::parse(with("\"silu\"", "\"gelu\"")), Catch::Contains("hidden_act \"gelu\""));
     CHECK_THROWS_WITH(LlamaConfig::parse(with("\"rope_theta\": 500.0,", "\"rope_scaling\": {\"type\": \"linear\"},")),
-                      Catch::Contains("rope_scaling"));
+                      Catch::Contains("missing \"rope_scaling.factor\""));
     CHECK_NOTHROW(LlamaConfig::parse(with("\"rope_theta\": 500.0,", "\"rope_scaling\": null,")));
     CHECK_THROWS_WITH(LlamaConfig::parse(with("\"llama\"", "\"gpt2\"")), Catch::Contains("model_type \"gpt2\""));
     CHECK_THROWS_WITH(LlamaConfig::parse(with("\"tie_word_embeddings\": false", "\"tie_word_embeddings\": 0")),
                       Catch::Contains("true or false"));
-    CHECK_THROWS_WITH(LlamaConfig::parse(with("\"hidden_act\": \"silu\"", "\"attention_bias\": true")),
-                      Catch::Contains("biases"));
+    CHECK_THROWS_WITH(LlamaConfig::parse(with("\"hidden_act\": \"silu\"", "\"attention_bias\": 1")),
+                      Catch::Contains("\"attention_bias\" must be true or false"));
     CHECK_THROWS_WITH(LlamaConfig::parse("{\"hidden_size\": 64,"), Catch::Contains("invalid JSON"));
     CHECK_THROWS_WITH(LlamaConfig::parse("[1, 2]"), Catch::Contains("not a JSON object"));
     CHECK_THROWS_WITH(LlamaConfig::parse(""), Catch::Contains("invalid JSON"));

@@ -1,4 +1,5 @@
-// A small Llama runner: loads a Hugging Face Llama checkpoint (config.json + model.safetensors)
+// A small Llama runner: loads a Hugging Face checkpoint of the Llama family (Llama 1-3.x,
+// TinyLlama, SmolLM, Mistral, Qwen2/2.5: config.json + model.safetensors or sharded safetensors)
 // and runs prefill and token-by-token decode with its attention going through a swappable KV
 // cache — the exact fp32 cache, the tqkv compressed cache (tqkv::KVCache, the product path) or
 // emulations of the baseline formats (q8_0, q4_0, KIVI, fp16).
@@ -10,8 +11,9 @@
 //   run.prefill(prompt_tokens, logits);        // logits of the last prompt token
 //   run.decode(next_token, logits);            // one token; no allocation per call
 //
-// Architecture: RMSNorm, RoPE (rotate_half convention, theta from config), grouped-query
-// attention, SwiGLU MLP, tied or untied embeddings. fp16 weight matrices stay fp16 in memory (a
+// Architecture: RMSNorm, RoPE (rotate_half convention, theta and linear / llama3 scaling from
+// config), grouped-query attention with optional q/k/v/o biases and Mistral's sliding window,
+// SwiGLU MLP (optional biases), tied or untied embeddings. fp16 weight matrices stay fp16 in memory (a
 // decode step streams every weight once, so half the bytes is most of its time) and are widened
 // exactly to fp32 inside the matrix product; bf16 / fp32 ones are held as fp32. Matrix products use
 // AVX-512 or AVX2+FMA+F16C when the CPU has them (plain loops otherwise). Keys and queries reach
@@ -32,20 +34,49 @@ namespace tqkv {
 // ---------------------------------------------------------------------------------------------
 // Checkpoint files
 
-// The LlamaConfig keys of config.json the runner needs. parse() rejects missing or mistyped keys,
-// inconsistent shapes and features it does not implement (rope_scaling, biases, other
-// activations) with std::invalid_argument naming the key.
+// RoPE frequency scaling (config "rope_scaling" in transformers 4.x, "rope_parameters" in 5.x),
+// as transformers' modeling_rope_utils computes it: "default" (plain RoPE), "linear" (every
+// inverse frequency divided by factor) or "llama3" (Llama 3.1: low frequencies divided by factor,
+// high ones kept, a smooth ramp between). Other types are refused by name.
+struct RopeScaling {
+    std::string type = "default";
+    double factor = 1.0;
+    double low_freq_factor = 1.0, high_freq_factor = 4.0;     // llama3
+    double original_max_position_embeddings = 8192;           // llama3
+};
+
+// The keys of config.json the runner needs, for the Llama family of Hugging Face checkpoints:
+// model_type "llama" (Llama 1-3.x, TinyLlama, SmolLM), "mistral" and "qwen2" (Qwen2 / Qwen2.5).
+// Both spellings are read: transformers 4.x (rope_theta + rope_scaling, torch_dtype) and 5.x
+// (rope_parameters {rope_type, rope_theta, factor, ...}, dtype). parse() rejects missing or
+// mistyped keys and inconsistent shapes with std::invalid_argument naming the key, and anything it
+// does not implement (other model types, mixture of experts, latent attention, other activations,
+// rope types, quantized weights, ...) with "unsupported: <field>", never a silently wrong model.
 struct LlamaConfig {
+    std::string model_type = "llama";  // "llama", "mistral" or "qwen2"
     int hidden_size = 0, num_hidden_layers = 0, num_attention_heads = 0, num_key_value_heads = 0;
     int head_dim = 0;  // config "head_dim", or hidden_size / num_attention_heads when absent
     int intermediate_size = 0, vocab_size = 0, max_position_embeddings = 0;
     double rope_theta = 10000.0, rms_norm_eps = 1e-6;
+    RopeScaling rope_scaling;
     bool tie_word_embeddings = false;
+    bool attention_bias = false;  // biases on q, k, v and o (Llama "attention_bias")
+    bool qkv_bias = false;        // biases on q, k and v only (Qwen2, always)
+    bool mlp_bias = false;        // biases on gate, up and down (Llama "mlp_bias")
+    // Mistral's sliding-window attention: a query at position p sees only positions
+    // p - sliding_window + 1 .. p (transformers: kv_idx > q_idx - sliding_window). 0 = no window.
+    int sliding_window = 0;
+    std::string dtype;            // torch_dtype / dtype as written ("" when absent); tensors carry their own
+    int bos_token_id = -1;        // -1 = none given
+    std::vector<int> eos_token_ids;
     bool byte_vocab() const { return vocab_size == 256; }  // token = byte, no tokenizer
 
     static LlamaConfig parse(std::string_view json_text);
     static LlamaConfig load(const std::string& path);
     void validate() const;
+    // The head_dim / 2 RoPE inverse frequencies after scaling, in float32 as transformers
+    // computes them (1 / theta^(2i/d), then the rope_scaling rule).
+    std::vector<float> rope_inv_freq() const;
 };
 
 // A weight matrix [rows][cols] (HF layout [out][in]) in the checkpoint's precision: fp16 bits when
@@ -100,14 +131,19 @@ struct LlamaLayer {
     std::vector<float> attn_norm, mlp_norm;   // [hidden]
     WeightMatrix wq, wk, wv, wo;              // [out][in] as in HF: q [heads*d][hidden], o [hidden][heads*d]
     WeightMatrix w_gate, w_up, w_down;        // [inter][hidden], [inter][hidden], [hidden][inter]
+    // Biases [out] of the same projections; empty when the config has none.
+    std::vector<float> bq, bk, bv, bo, b_gate, b_up, b_down;
 };
 
 class LlamaModel {
 public:
-    // config.json + model.safetensors of a directory.
+    // config.json + model.safetensors of a directory, or the shards model.safetensors.index.json
+    // lists (its weight_map names a file in the directory for every tensor).
     static LlamaModel load(const std::string& dir);
-    // From parsed parts: every tensor must be present with the shape the config implies.
+    // From parsed parts: every tensor must be present with the shape the config implies. With
+    // several shards each tensor is looked up in all of them (a name in two shards is an error).
     static LlamaModel from_parts(const LlamaConfig& cfg, const Safetensors& st);
+    static LlamaModel from_parts(const LlamaConfig& cfg, std::span<const Safetensors> shards);
 
     const LlamaConfig& config() const { return cfg_; }
     size_t parameters() const;
@@ -154,6 +190,11 @@ public:
     virtual double format_bytes() const = 0;
     // Memory the implementation holds (buffers, tables, capacity).
     virtual size_t memory_bytes() const = 0;
+    // Sliding-window attention (LlamaConfig::sliding_window): with window > 0 a query at position
+    // p attends only to positions p - window + 1 .. p. A cache that implements it returns true;
+    // the default refuses (false), and the runner then refuses to run a sliding-window model past
+    // its window rather than attend to tokens the model never sees.
+    virtual bool set_attention_window(size_t window) { return window == 0; }
     double bits_per_coord() const;  // format_bytes() * 8 / coordinates held
     double bytes_per_token() const;  // format_bytes() / tokens(0)
     double fp16_bytes_per_token() const { return 4.0 * shape_.layers * shape_.kv_heads * shape_.head_dim; }
@@ -253,10 +294,12 @@ public:
 
 private:
     void forward(const int32_t* tokens, size_t n, float* logits, bool all_logits);
+    void check_window(size_t n) const;  // throws when n more tokens would pass a window the cache cannot honour
     const LlamaModel& model_;
     AttentionCache& cache_;
     size_t pos_ = 0;
     int max_chunk_;
+    bool window_ok_ = true;  // the cache honours the model's sliding window (or there is none)
     struct Buffers;
     std::unique_ptr<Buffers> buf_;
 };

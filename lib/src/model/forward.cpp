@@ -35,11 +35,10 @@ LlamaRunner::LlamaRunner(const LlamaModel& model, AttentionCache& cache, int max
     b.gate.resize(n * size_t(c.intermediate_size));
     b.up.resize(b.gate.size());
     b.last.resize(size_t(c.vocab_size));
-    b.inv_freq.resize(d / 2);
-    for (size_t i = 0; i < d / 2; ++i) {  // as HF: 1 / theta^(2i/d) in float32
-        const float e = float(2 * i) / float(d);
-        b.inv_freq[i] = 1.0f / float(std::pow(double(float(c.rope_theta)), double(e)));
-    }
+    b.inv_freq = c.rope_inv_freq();  // as HF, with rope scaling
+    // Sliding-window models need a cache that drops what leaves the window from attention; with
+    // one that cannot, forward() refuses to go past the window.
+    window_ok_ = cache.set_attention_window(size_t(c.sliding_window));
     b.cs.resize(n * d / 2);
     b.sn.resize(n * d / 2);
 }
@@ -52,6 +51,13 @@ void LlamaRunner::reset() {
 }
 
 namespace {
+
+void add_bias(float* y, size_t n, const std::vector<float>& bias) {
+    if (bias.empty()) return;
+    const size_t m = bias.size();
+    for (size_t t = 0; t < n; ++t)
+        for (size_t j = 0; j < m; ++j) y[t * m + j] += bias[j];
+}
 
 double seconds_now() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
@@ -91,6 +97,7 @@ void LlamaRunner::forward(const int32_t* tokens, size_t n, float* logits, bool a
     const size_t H = size_t(c.hidden_size), d = size_t(c.head_dim), I = size_t(c.intermediate_size);
     const int NH = c.num_attention_heads, KH = c.num_key_value_heads;
     const size_t QD = size_t(NH) * d, KD = size_t(KH) * d, V = size_t(c.vocab_size);
+    check_window(n);
     for (size_t t = 0; t < n; ++t) {
         if (tokens[t] < 0 || size_t(tokens[t]) >= V)
             throw std::invalid_argument("LlamaRunner: token " + std::to_string(tokens[t]) + " outside the vocabulary");
@@ -108,6 +115,9 @@ void LlamaRunner::forward(const int32_t* tokens, size_t n, float* logits, bool a
         matmul(b.h.data(), n, L.wq, b.q.data());
         matmul(b.h.data(), n, L.wk, b.k.data());
         matmul(b.h.data(), n, L.wv, b.v.data());
+        add_bias(b.q.data(), n, L.bq);
+        add_bias(b.k.data(), n, L.bk);
+        add_bias(b.v.data(), n, L.bv);
         rope(b.q.data(), n, NH, int(d), b.cs.data(), b.sn.data());
         rope(b.k.data(), n, KH, int(d), b.cs.data(), b.sn.data());
         if (observer) observer(l, n, b.q.data(), b.k.data(), b.v.data());
@@ -121,15 +131,19 @@ void LlamaRunner::forward(const int32_t* tokens, size_t n, float* logits, bool a
             cache_.attend(l, std::span(b.q.data(), n * QD), std::span(b.att.data(), n * QD));
         }
         matmul(b.att.data(), n, L.wo, b.o.data());
+        add_bias(b.o.data(), n, L.bo);
         for (size_t i = 0; i < n * H; ++i) b.x[i] += b.o[i];
         rmsnorm(b.x.data(), L.mlp_norm.data(), n, H, c.rms_norm_eps, b.h.data());
         matmul(b.h.data(), n, L.w_gate, b.gate.data());
         matmul(b.h.data(), n, L.w_up, b.up.data());
+        add_bias(b.gate.data(), n, L.b_gate);
+        add_bias(b.up.data(), n, L.b_up);
         for (size_t i = 0; i < n * I; ++i) {
             const float g = b.gate[i];
             b.gate[i] = g / (1.0f + std::exp(-g)) * b.up[i];
         }
         matmul(b.gate.data(), n, L.w_down, b.o.data());
+        add_bias(b.o.data(), n, L.b_down);
         for (size_t i = 0; i < n * H; ++i) b.x[i] += b.o[i];
     }
     if (all_logits) {
@@ -142,9 +156,19 @@ void LlamaRunner::forward(const int32_t* tokens, size_t n, float* logits, bool a
     pos_ += n;
 }
 
+void LlamaRunner::check_window(size_t n) const {
+    const int w = model_.config().sliding_window;
+    if (w > 0 && !window_ok_ && pos_ + n > size_t(w))
+        throw std::invalid_argument("LlamaRunner: the model attends over a sliding window of " + std::to_string(w) +
+                                    " tokens and the cache \"" + cache_.name() +
+                                    "\" cannot drop older tokens from attention yet; context " +
+                                    std::to_string(pos_ + n) + " > " + std::to_string(w) + " is refused");
+}
+
 void LlamaRunner::prefill(std::span<const int32_t> tokens, std::span<float> logits) {
     const size_t V = size_t(model_.config().vocab_size), n = tokens.size();
     if (n == 0) throw std::invalid_argument("LlamaRunner::prefill: no tokens");
+    check_window(n);
     const bool all = logits.size() == n * V;
     if (!all && logits.size() != V && !logits.empty())
         throw std::invalid_argument("LlamaRunner::prefill: logits must hold n * vocab or vocab floats (or none)");

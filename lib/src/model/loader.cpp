@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <span>
 #include <sstream>
 #include <stdexcept>
 
@@ -85,14 +86,77 @@ std::string shape_str(const std::vector<int64_t>& s) {
 // ---------------------------------------------------------------------------------------------
 // config.json
 
+namespace {
+
+[[noreturn]] void unsupported(const std::string& what) { cfg_fail("unsupported: " + what); }
+
+const JsonValue* present(const JsonValue& root, const char* key) {
+    const JsonValue* v = root.find(key);
+    return v && v->type != JsonValue::Type::Null ? v : nullptr;
+}
+
+std::string get_string(const JsonValue& root, const char* key, const std::string& fallback) {
+    const JsonValue* v = present(root, key);
+    if (!v) return fallback;
+    if (v->type != JsonValue::Type::String)
+        cfg_fail(std::string("\"") + key + "\" must be a string, got " + JsonValue::type_name(v->type));
+    return v->str;
+}
+
+// rope_scaling (4.x) or rope_parameters (5.x): {"rope_type" (or the older "type"), "factor", ...}.
+RopeScaling parse_rope(const JsonValue& rs, const std::string& field) {
+    if (!rs.is_object()) cfg_fail("\"" + field + "\" must be an object");
+    RopeScaling r;
+    r.type = get_string(rs, "rope_type", get_string(rs, "type", "default"));
+    auto number = [&](const char* key, bool required, double fallback) {
+        const JsonValue* v = present(rs, key);
+        if (!v) {
+            if (required) cfg_fail("missing \"" + field + "." + key + "\" (needed by rope_type \"" + r.type + "\")");
+            return fallback;
+        }
+        if (v->type != JsonValue::Type::Number)
+            cfg_fail("\"" + field + "." + key + "\" must be a number, got " + JsonValue::type_name(v->type));
+        return v->num;
+    };
+    if (r.type == "default") return r;
+    if (r.type == "linear") {
+        r.factor = number("factor", true, 1.0);
+    } else if (r.type == "llama3") {
+        r.factor = number("factor", true, 1.0);
+        r.low_freq_factor = number("low_freq_factor", true, 1.0);
+        r.high_freq_factor = number("high_freq_factor", true, 4.0);
+        r.original_max_position_embeddings = number("original_max_position_embeddings", true, 8192);
+    } else {
+        unsupported(field + ".rope_type \"" + r.type + "\" (default, linear and llama3 are implemented)");
+    }
+    return r;
+}
+
+}  // namespace
+
 LlamaConfig LlamaConfig::parse(std::string_view text) {
     const JsonValue root = detail::parse_json(text, "config.json");
     if (!root.is_object()) cfg_fail("the document is not a JSON object");
     LlamaConfig c;
-    if (const JsonValue* mt = root.find("model_type")) {
-        if (mt->type != JsonValue::Type::String) cfg_fail("\"model_type\" must be a string");
-        if (mt->str != "llama") cfg_fail("model_type \"" + mt->str + "\" is not supported (llama only)");
-    }
+    c.model_type = get_string(root, "model_type", "llama");
+    if (c.model_type != "llama" && c.model_type != "mistral" && c.model_type != "qwen2")
+        unsupported("model_type \"" + c.model_type + "\" (llama, mistral and qwen2 are implemented)");
+    // Features of other architectures that would silently change the numbers if ignored.
+    for (const char* key : {"num_local_experts", "num_experts", "n_routed_experts", "moe_intermediate_size",
+                            "num_experts_per_tok"})
+        if (const JsonValue* v = present(root, key); v && !(v->type == JsonValue::Type::Number && v->num == 0))
+            unsupported(std::string(key) + " (mixture of experts)");
+    for (const char* key : {"kv_lora_rank", "q_lora_rank"})
+        if (present(root, key)) unsupported(std::string(key) + " (multi-head latent attention)");
+    for (const char* key : {"quantization_config", "attn_logit_softcapping", "final_logit_softcapping",
+                            "query_pre_attn_scalar", "hidden_activation", "use_qk_norm", "qk_layernorm",
+                            "embedding_multiplier", "logits_scaling", "residual_multiplier", "attention_multiplier"})
+        if (const JsonValue* v = present(root, key); v && !(v->type == JsonValue::Type::Bool && !v->b))
+            unsupported(key);
+    if (const JsonValue* v = present(root, "partial_rotary_factor");
+        v && !(v->type == JsonValue::Type::Number && v->num == 1.0))
+        unsupported("partial_rotary_factor (RoPE on every channel only)");
+
     c.hidden_size = get_int(root, "hidden_size", true);
     c.num_hidden_layers = get_int(root, "num_hidden_layers", true);
     c.num_attention_heads = get_int(root, "num_attention_heads", true);
@@ -100,23 +164,115 @@ LlamaConfig LlamaConfig::parse(std::string_view text) {
     c.intermediate_size = get_int(root, "intermediate_size", true);
     c.vocab_size = get_int(root, "vocab_size", true);
     c.max_position_embeddings = get_int(root, "max_position_embeddings", false, 2048);
-    if (c.hidden_size % c.num_attention_heads != 0 && !root.find("head_dim"))
+    if (c.hidden_size % c.num_attention_heads != 0 && !present(root, "head_dim"))
         cfg_fail("hidden_size " + std::to_string(c.hidden_size) + " is not a multiple of num_attention_heads " +
                  std::to_string(c.num_attention_heads) + " and there is no \"head_dim\"");
     c.head_dim = get_int(root, "head_dim", false, c.hidden_size / c.num_attention_heads);
-    c.rope_theta = get_double(root, "rope_theta", 10000.0);
     c.rms_norm_eps = get_double(root, "rms_norm_eps", 1e-6);
     c.tie_word_embeddings = get_bool(root, "tie_word_embeddings", false);
-    if (const JsonValue* act = root.find("hidden_act")) {
-        if (act->type != JsonValue::Type::String) cfg_fail("\"hidden_act\" must be a string");
-        if (act->str != "silu") cfg_fail("hidden_act \"" + act->str + "\" is not supported (silu only)");
+    const std::string act = get_string(root, "hidden_act", "silu");
+    if (act != "silu" && act != "swish") unsupported("hidden_act \"" + act + "\" (silu only)");
+
+    // RoPE: 4.x writes rope_theta + rope_scaling, 5.x rope_parameters holding both.
+    c.rope_theta = get_double(root, "rope_theta", 10000.0);
+    const JsonValue* rs = present(root, "rope_scaling");
+    const JsonValue* rp = present(root, "rope_parameters");
+    if (rs) c.rope_scaling = parse_rope(*rs, "rope_scaling");
+    if (rp) {
+        if (!rp->is_object()) cfg_fail("\"rope_parameters\" must be an object");
+        if (rp->find("full_attention") || rp->find("sliding_attention"))
+            unsupported("rope_parameters per layer type");
+        const RopeScaling r = parse_rope(*rp, "rope_parameters");
+        if (rs && r.type != c.rope_scaling.type)
+            cfg_fail("rope_scaling type \"" + c.rope_scaling.type + "\" and rope_parameters type \"" + r.type + "\" disagree");
+        c.rope_scaling = r;
+        const double theta = get_double(*rp, "rope_theta", c.rope_theta);
+        if (present(root, "rope_theta") && theta != c.rope_theta)
+            cfg_fail("rope_theta " + json_number(c.rope_theta) + " and rope_parameters.rope_theta " + json_number(theta) +
+                     " disagree");
+        c.rope_theta = theta;
     }
-    if (const JsonValue* rs = root.find("rope_scaling"); rs && rs->type != JsonValue::Type::Null)
-        cfg_fail("\"rope_scaling\" is not supported (plain RoPE only)");
-    for (const char* key : {"attention_bias", "mlp_bias"})
-        if (get_bool(root, key, false)) cfg_fail(std::string("\"") + key + "\": biases are not supported");
+
+    // Biases: Llama's attention_bias (q, k, v, o) and mlp_bias; Qwen2 always has q, k, v biases.
+    c.attention_bias = get_bool(root, "attention_bias", false);
+    c.mlp_bias = get_bool(root, "mlp_bias", false);
+    if (c.model_type == "qwen2") {
+        c.qkv_bias = true;
+        c.attention_bias = false;  // Qwen2's o_proj has no bias whatever the key says
+        c.mlp_bias = false;
+    }
+    if (c.model_type != "llama" && get_bool(root, "mlp_bias", false)) unsupported("mlp_bias for " + c.model_type);
+
+    // Sliding window: Mistral applies it to every layer; Qwen2 only with use_sliding_window (per layer,
+    // from max_window_layers on), which no released Qwen2 checkpoint enables.
+    if (c.model_type == "mistral") {
+        if (const JsonValue* sw = present(root, "sliding_window")) {
+            if (sw->type != JsonValue::Type::Number || !sw->integral || sw->num < 1 || sw->num > 1e9)
+                cfg_fail("\"sliding_window\" must be a positive integer or null");
+            c.sliding_window = int(sw->num);
+        }
+    } else if (c.model_type == "qwen2" && get_bool(root, "use_sliding_window", false)) {
+        unsupported("use_sliding_window (Qwen2 per-layer sliding windows)");
+    }
+    if (const JsonValue* lt = present(root, "layer_types")) {
+        if (lt->type != JsonValue::Type::Array) cfg_fail("\"layer_types\" must be an array");
+        for (const auto& t : lt->arr) {
+            const bool full = t.type == JsonValue::Type::String && t.str == "full_attention";
+            const bool sliding = t.type == JsonValue::Type::String && t.str == "sliding_attention";
+            if (!full && !(sliding && c.sliding_window > 0))
+                unsupported("layer_types entry " + (t.type == JsonValue::Type::String ? "\"" + t.str + "\"" : "") +
+                            " (full_attention, or sliding_attention on a model with sliding_window)");
+            if (full && c.sliding_window > 0) unsupported("layer_types mixing full and sliding attention");
+        }
+    }
+
+    // Precision of the checkpoint as written (tensors carry their own dtype; this only refuses formats
+    // the loader cannot read).
+    c.dtype = get_string(root, "dtype", get_string(root, "torch_dtype", ""));
+    if (!c.dtype.empty() && c.dtype != "float32" && c.dtype != "float16" && c.dtype != "bfloat16" && c.dtype != "auto")
+        unsupported("dtype \"" + c.dtype + "\" (float32, float16, bfloat16)");
+
+    // Token ids the tokenizer and the generation loop use.
+    if (const JsonValue* b = present(root, "bos_token_id"); b && b->type == JsonValue::Type::Number && b->integral)
+        c.bos_token_id = int(b->num);
+    if (const JsonValue* e = present(root, "eos_token_id")) {
+        if (e->type == JsonValue::Type::Number && e->integral) c.eos_token_ids.push_back(int(e->num));
+        else if (e->type == JsonValue::Type::Array)
+            for (const auto& x : e->arr)
+                if (x.type == JsonValue::Type::Number && x.integral) c.eos_token_ids.push_back(int(x.num));
+    }
     c.validate();
     return c;
+}
+
+std::vector<float> LlamaConfig::rope_inv_freq() const {
+    const int d = head_dim;
+    std::vector<float> inv(size_t(d / 2));
+    // transformers: 1.0 / (base ** (torch.arange(0, dim, 2).float() / dim)) in float32.
+    for (int i = 0; i < d / 2; ++i) {
+        const float e = float(2 * i) / float(d);
+        inv[size_t(i)] = 1.0f / float(std::pow(double(float(rope_theta)), double(e)));
+    }
+    const RopeScaling& r = rope_scaling;
+    if (r.type == "linear") {
+        for (float& f : inv) f = f / float(r.factor);
+    } else if (r.type == "llama3") {
+        // _compute_llama3_parameters: wavelengths above original/low_freq_factor are divided by
+        // factor, below original/high_freq_factor kept, and in between interpolated smoothly.
+        const float factor = float(r.factor), lo = float(r.low_freq_factor), hi = float(r.high_freq_factor);
+        const float old_len = float(r.original_max_position_embeddings);
+        const float low_freq_wavelen = old_len / lo, high_freq_wavelen = old_len / hi;
+        for (float& f : inv) {
+            const float wavelen = float(2 * 3.141592653589793) / f;
+            if (wavelen > low_freq_wavelen) {
+                f = f / factor;
+            } else if (!(wavelen < high_freq_wavelen)) {
+                const float smooth = (old_len / wavelen - lo) / (hi - lo);
+                f = (1 - smooth) * f / factor + smooth * f;
+            }
+        }
+    }
+    return inv;
 }
 
 LlamaConfig LlamaConfig::load(const std::string& path) {
@@ -142,6 +298,15 @@ void LlamaConfig::validate() const {
     if (head_dim % 2 != 0) cfg_fail("head_dim " + std::to_string(head_dim) + " must be even (RoPE pairs)");
     if (head_dim < 3 || head_dim > 1024) cfg_fail("head_dim " + std::to_string(head_dim) + " out of range [4, 1024]");
     if (!(rope_theta > 0) || !std::isfinite(rope_theta)) cfg_fail("rope_theta must be positive");
+    const RopeScaling& r = rope_scaling;
+    if (r.type != "default" && r.type != "linear" && r.type != "llama3")
+        unsupported("rope_type \"" + r.type + "\" (default, linear and llama3 are implemented)");
+    if (!(r.factor > 0) || !std::isfinite(r.factor) || r.factor > 1e6) cfg_fail("rope scaling factor must be in (0, 1e6]");
+    if (r.type == "llama3" &&
+        (!(r.low_freq_factor > 0) || !(r.high_freq_factor > r.low_freq_factor) || !std::isfinite(r.high_freq_factor) ||
+         !(r.original_max_position_embeddings >= 1) || !std::isfinite(r.original_max_position_embeddings)))
+        cfg_fail("llama3 rope scaling needs 0 < low_freq_factor < high_freq_factor and original_max_position_embeddings >= 1");
+    if (sliding_window < 0) cfg_fail("sliding_window must be positive or absent");
     if (!(rms_norm_eps > 0) || !std::isfinite(rms_norm_eps)) cfg_fail("rms_norm_eps must be positive");
     const double params = double(hidden_size) * (double(num_attention_heads + 2 * num_key_value_heads) * head_dim +
                                                  double(num_attention_heads) * head_dim + 3.0 * intermediate_size) *
@@ -296,59 +461,152 @@ std::vector<float> WeightMatrix::to_float() const {
 // ---------------------------------------------------------------------------------------------
 // LlamaModel
 
+namespace {
+
+// The tensors of one checkpoint, in one file or in several shards.
+class TensorSet {
+public:
+    explicit TensorSet(std::span<const Safetensors> shards) : shards_(shards) {
+        if (shards.empty()) throw std::invalid_argument("safetensors: no checkpoint file");
+    }
+    const Safetensors* holder(const std::string& name) const {
+        const Safetensors* found = nullptr;
+        for (const auto& s : shards_)
+            if (s.find(name)) {
+                if (found) throw std::invalid_argument("safetensors: tensor \"" + name + "\" is in two shards");
+                found = &s;
+            }
+        return found;
+    }
+    const Safetensors& at(const std::string& name) const {
+        const Safetensors* s = holder(name);
+        return s ? *s : shards_.front();  // the front one then reports the missing tensor by name
+    }
+    std::vector<float> vec(const std::string& name, int64_t n) const { return at(name).to_float(name, {n}); }
+    WeightMatrix mat(const std::string& name, int64_t rows, int64_t cols) const { return at(name).to_matrix(name, rows, cols); }
+
+private:
+    std::span<const Safetensors> shards_;
+};
+
+}  // namespace
+
 LlamaModel LlamaModel::from_parts(const LlamaConfig& cfg, const Safetensors& st) {
+    return from_parts(cfg, std::span<const Safetensors>(&st, 1));
+}
+
+LlamaModel LlamaModel::from_parts(const LlamaConfig& cfg, std::span<const Safetensors> shards) {
     cfg.validate();
+    const TensorSet st(shards);
     LlamaModel m;
     m.cfg_ = cfg;
     const int64_t H = cfg.hidden_size, V = cfg.vocab_size, I = cfg.intermediate_size;
     const int64_t QD = int64_t(cfg.num_attention_heads) * cfg.head_dim, KD = int64_t(cfg.num_key_value_heads) * cfg.head_dim;
-    m.embed_ = st.to_float("model.embed_tokens.weight", {V, H});
-    m.norm_ = st.to_float("model.norm.weight", {H});
+    m.embed_ = st.at("model.embed_tokens.weight").to_float("model.embed_tokens.weight", {V, H});
+    m.norm_ = st.vec("model.norm.weight", H);
     // Tied embeddings (as Hugging Face ties them): the output layer is the embedding table, a
     // stored lm_head.weight is ignored.
     if (!cfg.tie_word_embeddings) {
-        if (!st.find("lm_head.weight"))
+        if (!st.holder("lm_head.weight"))
             throw std::invalid_argument("safetensors: missing tensor \"lm_head.weight\" (tie_word_embeddings is false)");
-        m.output_ = st.to_matrix("lm_head.weight", V, H);
+        m.output_ = st.mat("lm_head.weight", V, H);
     } else {
-        m.output_ = st.to_matrix("model.embed_tokens.weight", V, H);
+        m.output_ = st.mat("model.embed_tokens.weight", V, H);
     }
+    const bool qkv_bias = cfg.attention_bias || cfg.qkv_bias;
     for (int l = 0; l < cfg.num_hidden_layers; ++l) {
         const std::string p = "model.layers." + std::to_string(l) + ".";
         LlamaLayer L;
-        L.attn_norm = st.to_float(p + "input_layernorm.weight", {H});
-        L.mlp_norm = st.to_float(p + "post_attention_layernorm.weight", {H});
-        L.wq = st.to_matrix(p + "self_attn.q_proj.weight", QD, H);
-        L.wk = st.to_matrix(p + "self_attn.k_proj.weight", KD, H);
-        L.wv = st.to_matrix(p + "self_attn.v_proj.weight", KD, H);
-        L.wo = st.to_matrix(p + "self_attn.o_proj.weight", H, QD);
-        L.w_gate = st.to_matrix(p + "mlp.gate_proj.weight", I, H);
-        L.w_up = st.to_matrix(p + "mlp.up_proj.weight", I, H);
-        L.w_down = st.to_matrix(p + "mlp.down_proj.weight", H, I);
+        L.attn_norm = st.vec(p + "input_layernorm.weight", H);
+        L.mlp_norm = st.vec(p + "post_attention_layernorm.weight", H);
+        L.wq = st.mat(p + "self_attn.q_proj.weight", QD, H);
+        L.wk = st.mat(p + "self_attn.k_proj.weight", KD, H);
+        L.wv = st.mat(p + "self_attn.v_proj.weight", KD, H);
+        L.wo = st.mat(p + "self_attn.o_proj.weight", H, QD);
+        L.w_gate = st.mat(p + "mlp.gate_proj.weight", I, H);
+        L.w_up = st.mat(p + "mlp.up_proj.weight", I, H);
+        L.w_down = st.mat(p + "mlp.down_proj.weight", H, I);
+        if (qkv_bias) {
+            L.bq = st.vec(p + "self_attn.q_proj.bias", QD);
+            L.bk = st.vec(p + "self_attn.k_proj.bias", KD);
+            L.bv = st.vec(p + "self_attn.v_proj.bias", KD);
+        }
+        if (cfg.attention_bias) L.bo = st.vec(p + "self_attn.o_proj.bias", H);
+        if (cfg.mlp_bias) {
+            L.b_gate = st.vec(p + "mlp.gate_proj.bias", I);
+            L.b_up = st.vec(p + "mlp.up_proj.bias", I);
+            L.b_down = st.vec(p + "mlp.down_proj.bias", H);
+        }
+        // A bias the config does not announce would be silently dropped: refuse it.
+        for (const char* b : {"self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias",
+                              "self_attn.o_proj.bias", "mlp.gate_proj.bias", "mlp.up_proj.bias", "mlp.down_proj.bias"}) {
+            const bool expected = std::string(b).rfind("mlp.", 0) == 0 ? cfg.mlp_bias
+                                  : std::string(b) == "self_attn.o_proj.bias" ? cfg.attention_bias
+                                                                              : qkv_bias;
+            if (!expected && st.holder(p + b))
+                throw std::invalid_argument("safetensors: tensor \"" + p + b +
+                                            "\" is present but config.json announces no such bias (unsupported: "
+                                            "biases the config does not declare)");
+        }
         m.layers_.push_back(std::move(L));
     }
     return m;
 }
 
+namespace {
+
+bool file_exists(const std::string& path) { return std::ifstream(path, std::ios::binary).good(); }
+
+// model.safetensors.index.json: {"metadata": {...}, "weight_map": {"tensor name": "file name"}}.
+// Returns the distinct file names in order of first appearance.
+std::vector<std::string> shard_files(const std::string& index_path) {
+    const auto bytes = read_file(index_path, "model.safetensors.index.json");
+    const JsonValue root = detail::parse_json(
+        std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()), index_path);
+    const JsonValue* wm = root.find("weight_map");
+    if (!wm || !wm->is_object()) throw std::invalid_argument(index_path + ": missing object \"weight_map\"");
+    std::vector<std::string> files;
+    for (const auto& v : wm->values) {
+        if (v.type != JsonValue::Type::String) throw std::invalid_argument(index_path + ": weight_map values must be file names");
+        // Only plain file names in the checkpoint's directory.
+        if (v.str.empty() || v.str.find('/') != std::string::npos || v.str.find('\\') != std::string::npos ||
+            v.str == "." || v.str == "..")
+            throw std::invalid_argument(index_path + ": weight_map file \"" + v.str + "\" is not a plain file name");
+        if (std::find(files.begin(), files.end(), v.str) == files.end()) files.push_back(v.str);
+    }
+    if (files.empty()) throw std::invalid_argument(index_path + ": empty weight_map");
+    if (files.size() > 4096) throw std::invalid_argument(index_path + ": more than 4096 shard files");
+    return files;
+}
+
+}  // namespace
+
 LlamaModel LlamaModel::load(const std::string& dir) {
     const LlamaConfig cfg = LlamaConfig::load(dir + "/config.json");
-    const Safetensors st = Safetensors::load(dir + "/model.safetensors");
-    return from_parts(cfg, st);
+    if (file_exists(dir + "/model.safetensors") || !file_exists(dir + "/model.safetensors.index.json")) {
+        const Safetensors st = Safetensors::load(dir + "/model.safetensors");
+        return from_parts(cfg, st);
+    }
+    std::vector<Safetensors> shards;
+    for (const auto& f : shard_files(dir + "/model.safetensors.index.json")) shards.push_back(Safetensors::load(dir + "/" + f));
+    return from_parts(cfg, shards);
 }
 
 size_t LlamaModel::parameters() const {
     size_t n = embed_.size() + norm_.size() + (tied() ? 0 : output_.size());
     for (const auto& L : layers_)
         n += L.attn_norm.size() + L.mlp_norm.size() + L.wq.size() + L.wk.size() + L.wv.size() + L.wo.size() +
-             L.w_gate.size() + L.w_up.size() + L.w_down.size();
+             L.w_gate.size() + L.w_up.size() + L.w_down.size() + L.bq.size() + L.bk.size() + L.bv.size() +
+             L.bo.size() + L.b_gate.size() + L.b_up.size() + L.b_down.size();
     return n;
 }
 
 size_t LlamaModel::weight_bytes() const {
     size_t n = (embed_.size() + norm_.size()) * sizeof(float) + output_.bytes();
     for (const auto& L : layers_)
-        n += (L.attn_norm.size() + L.mlp_norm.size()) * sizeof(float) + L.wq.bytes() + L.wk.bytes() + L.wv.bytes() +
-             L.wo.bytes() + L.w_gate.bytes() + L.w_up.bytes() + L.w_down.bytes();
+        n += (L.attn_norm.size() + L.mlp_norm.size() + L.bq.size() + L.bk.size() + L.bv.size() + L.bo.size() +
+              L.b_gate.size() + L.b_up.size() + L.b_down.size()) * sizeof(float) +
+             L.wq.bytes() + L.wk.bytes() + L.wv.bytes() + L.wo.bytes() + L.w_gate.bytes() + L.w_up.bytes() + L.w_down.bytes();
     return n;
 }
 
