@@ -6,7 +6,9 @@ packages=(build-essential cmake catch2 pkg-config
           clang libclang-rt-14-dev                          # libFuzzer targets
           libimgui-dev libglfw3-dev libgl-dev libstb-dev    # the explorer
           xvfb xauth libgl1-mesa-dri fonts-dejavu-core      # its headless screenshots
-          emscripten chromium)                              # the wasm build, the browser test
+          emscripten chromium                               # the wasm build, the browser test
+          libsentencepiece-dev                              # tokenizer.model files (native tools)
+          unicode-data)                                     # tests: the tokenizer's Unicode table vs Unicode's files
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

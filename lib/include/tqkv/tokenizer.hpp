@@ -1,0 +1,78 @@
+// Tokenizers of Hugging Face checkpoints, for the Llama runner's tools:
+//  - tokenizer.json with a BPE model: byte-level BPE (GPT-2, Llama 3, Qwen2, SmolLM: ByteLevel and
+//    Split-regex pre-tokenizers, Digits, ByteLevel decoder) and SentencePiece-style BPE as
+//    transformers converts Llama 2 / Mistral / TinyLlama (Metaspace or Prepend+Replace
+//    normalizers, byte fallback, Replace/ByteFallback/Fuse/Strip decoders); merges in both
+//    spellings ("a b" and ["a", "b"]), added and special tokens (lstrip, rstrip, single_word),
+//    ignore_merges.
+//  - tokenizer.model (SentencePiece) through Debian's libsentencepiece, in native builds that
+//    have it (TQKV_HAVE_SENTENCEPIECE); elsewhere loading one throws, naming tokenizer.json as
+//    the alternative every transformers checkpoint directory ships.
+// Components a tokenizer.json may name but this implementation does not have (WordPiece /
+// Unigram models, NFKC, BERT pre-tokenizers, ...) are refused at load with
+// "unsupported: <field>", never approximated. The NFC normalizer (Qwen2) passes text that is
+// already in NFC through and refuses text that is not (full NFC composition is not implemented).
+//
+//   auto tok = tqkv::Tokenizer::load("model-dir/tokenizer.json");   // or a directory
+//   std::vector<int32_t> ids = tok.encode("Hello world", /*add_special=*/true);
+//   std::string text = tok.decode(ids);
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace tqkv {
+
+class Tokenizer {
+public:
+    // path: a tokenizer.json, a tokenizer.model, or a directory holding one (tokenizer.json
+    // preferred). A tokenizer_config.json beside it decides BOS/EOS (add_bos_token,
+    // add_eos_token) when it says; otherwise tokenizer.json's TemplateProcessing does.
+    static Tokenizer load(const std::string& path);
+    // From the text of a tokenizer.json (and optionally of a tokenizer_config.json).
+    static Tokenizer from_json(std::string_view tokenizer_json, std::string_view tokenizer_config = {});
+    // From the bytes of a SentencePiece model (throws where libsentencepiece is not built in).
+    static Tokenizer from_sentencepiece(const std::string& model_bytes, std::string_view tokenizer_config = {});
+    static bool sentencepiece_available();
+
+    Tokenizer(Tokenizer&&) noexcept;
+    Tokenizer& operator=(Tokenizer&&) noexcept;
+    ~Tokenizer();
+
+    // Token ids of UTF-8 text (invalid UTF-8 bytes are kept as bytes where the model can hold
+    // them: byte-level and byte-fallback vocabularies). Added / special tokens written in the text
+    // are recognized, as Hugging Face does by default. add_special: BOS/EOS as configured.
+    std::vector<int32_t> encode(std::string_view text, bool add_special = false) const;
+    // Text of ids (special tokens included as their text). Throws on an id outside the vocabulary.
+    std::string decode(const std::vector<int32_t>& ids) const;
+    // The text of one id as the decoder would append it after the others: decode(prefix + [id])
+    // minus decode(prefix) for streaming output; see TokenStream.
+    size_t vocab_size() const;
+    int32_t bos_id() const;                    // -1 when none
+    int32_t eos_id() const;                    // -1 when none
+    int32_t token_id(std::string_view token) const;  // -1 when absent
+    std::string kind() const;                  // "bpe", "byte-level bpe", "sentencepiece"
+
+    struct Impl;
+
+private:
+    explicit Tokenizer(std::unique_ptr<Impl> impl);
+    std::unique_ptr<Impl> impl_;
+};
+
+// Streaming decode for generation: feed ids one at a time, get the text that became final (UTF-8
+// sequences split across tokens are held back until complete).
+class TokenStream {
+public:
+    explicit TokenStream(const Tokenizer& tok) : tok_(tok) {}
+    std::string push(int32_t id);
+
+private:
+    const Tokenizer& tok_;
+    std::vector<int32_t> ids_;
+    size_t emitted_ = 0;  // bytes of decode(ids_) already returned
+};
+
+}  // namespace tqkv

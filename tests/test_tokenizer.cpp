@@ -1,0 +1,396 @@
+// Tokenizers: the Unicode tables against Debian's unicode-data, the pre-tokenizer regexes, small
+// tokenizer.json files (byte-level BPE in GPT-2 / Llama 3 / SmolLM style, SentencePiece-style BPE
+// with byte fallback) against ids derived by hand, round trips, and the real tq-bpe-64 tokenizer
+// against the ids Hugging Face tokenizers produced (kv/tokens.npy).
+#include <catch2/catch.hpp>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "model/regex.hpp"
+#include "model/unicode.hpp"
+#include "tqkv/tokenizer.hpp"
+
+using namespace tqkv;
+using detail::PretokenRegex;
+
+namespace {
+
+std::string read_text(const std::string& path) {
+    std::ifstream f(path, std::ios::binary);
+    return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
+std::vector<std::string> pieces(const std::string& pattern, const std::string& text) {
+    const auto re = PretokenRegex::compile(pattern);
+    std::vector<uint32_t> cps;
+    std::vector<size_t> at;
+    for (size_t i = 0; i < text.size();) {
+        size_t len;
+        cps.push_back(detail::decode_utf8(text.data() + i, text.size() - i, len));
+        at.push_back(i);
+        i += len;
+    }
+    at.push_back(text.size());
+    std::vector<std::string> out;
+    size_t pos = 0, b, e, last = 0;
+    while (re.find(cps.data(), cps.size(), pos, b, e)) {
+        if (at[b] > last) out.push_back("<gap:" + text.substr(last, at[b] - last) + ">");
+        out.push_back(text.substr(at[b], at[e] - at[b]));
+        pos = e, last = at[e];
+    }
+    if (last < text.size()) out.push_back("<gap:" + text.substr(last) + ">");
+    return out;
+}
+
+const char* kGpt2 = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+const char* kLlama3 =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+
+std::string json_escape(const std::string& s) {
+    std::string o;
+    for (unsigned char c : s) {
+        if (c == '"' || c == '\\') o += '\\', o += char(c);
+        else if (c < 0x20) {
+            char b[8];
+            std::snprintf(b, sizeof b, "\\u%04x", c);
+            o += b;
+        } else o += char(c);
+    }
+    return o;
+}
+
+// GPT-2's byte -> character map, written out here independently of the library.
+std::string byte_char(int b) {
+    int n = 0, cp = -1;
+    for (int x = 0; x < 256; ++x) {
+        const bool keep = (x >= 33 && x <= 126) || (x >= 161 && x <= 172) || (x >= 174 && x <= 255);
+        const int c = keep ? x : 256 + n++;
+        if (x == b) cp = c;
+    }
+    std::string s;
+    if (cp < 0x80) s += char(cp);
+    else s += char(0xc0 | (cp >> 6)), s += char(0x80 | (cp & 0x3f));
+    return s;
+}
+
+// A byte-level BPE tokenizer.json: ids 0..255 are the bytes (id = byte value), then the merges'
+// results in order, then <|endoftext|>.
+struct Merge {
+    std::string a, b;
+};
+std::string byte_level_json(const std::string& pre_tokenizer, const std::vector<Merge>& merges, bool pair_spelling) {
+    std::string vocab, m;
+    for (int b = 0; b < 256; ++b) vocab += (b ? ",\"" : "\"") + json_escape(byte_char(b)) + "\":" + std::to_string(b);
+    int id = 256;
+    for (const auto& x : merges) {
+        vocab += ",\"" + json_escape(x.a + x.b) + "\":" + std::to_string(id++);
+        if (!m.empty()) m += ",";
+        m += pair_spelling ? "[\"" + json_escape(x.a) + "\",\"" + json_escape(x.b) + "\"]" : "\"" + json_escape(x.a + " " + x.b) + "\"";
+    }
+    return R"({"version":"1.0","added_tokens":[{"id":)" + std::to_string(id) +
+           R"(,"content":"<|endoftext|>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}],
+      "normalizer":null,"pre_tokenizer":)" + pre_tokenizer + R"(,"post_processor":{"type":"ByteLevel","add_prefix_space":true,"trim_offsets":false,"use_regex":true},
+      "decoder":{"type":"ByteLevel","add_prefix_space":true,"trim_offsets":true,"use_regex":true},
+      "model":{"type":"BPE","dropout":null,"unk_token":null,"continuing_subword_prefix":null,"end_of_word_suffix":null,
+      "fuse_unk":false,"byte_fallback":false,"ignore_merges":false,"vocab":{)" + vocab + "},\"merges\":[" + m + "]}}";
+}
+
+// ids: 256 Ġt, 257 he, 258 Ġthe, 259 12, 260 ĠĠ, 261 n', 262 't, 263 'S, then <|endoftext|> 264.
+const std::vector<Merge> kMerges = {{"\xc4\xa0", "t"}, {"h", "e"}, {"\xc4\xa0t", "he"}, {"1", "2"},
+                                    {"\xc4\xa0", "\xc4\xa0"}, {"n", "'"}, {"'", "t"}, {"'", "S"}};
+const char* kGpt2Pre = R"({"type":"ByteLevel","add_prefix_space":false,"trim_offsets":true,"use_regex":true})";
+
+std::vector<int32_t> ids(std::initializer_list<int32_t> l) { return l; }
+
+}  // namespace
+
+TEST_CASE("tokenizer: Unicode tables equal Debian's unicode-data", "[tokenizer]") {
+    const std::string dir = "/usr/share/unicode";
+    if (!std::filesystem::exists(dir + "/UnicodeData.txt")) {
+        WARN("skipped: " << dir << "/UnicodeData.txt absent (apt-get install unicode-data)");
+        return;
+    }
+    static const char* names[] = {"Cn", "Cc", "Cf", "Co", "Cs", "Lu", "Ll", "Lt", "Lm", "Lo", "Mn", "Mc", "Me", "Nd", "Nl",
+                                  "No", "Pc", "Pd", "Ps", "Pe", "Pi", "Pf", "Po", "Sm", "Sc", "Sk", "So", "Zs", "Zl", "Zp"};
+    std::vector<std::string> want(0x110000, "Cn");
+    std::istringstream in(read_text(dir + "/UnicodeData.txt"));
+    std::string line;
+    uint32_t first = 0;
+    while (std::getline(in, line)) {
+        std::vector<std::string> f;
+        std::stringstream ls(line);
+        for (std::string x; std::getline(ls, x, ';');) f.push_back(x);
+        const uint32_t cp = uint32_t(std::stoul(f[0], nullptr, 16));
+        if (f[1].find(", First>") != std::string::npos) first = cp;
+        else if (f[1].find(", Last>") != std::string::npos)
+            for (uint32_t c = first; c <= cp; ++c) want[c] = f[2];
+        else want[cp] = f[2];
+    }
+    size_t bad = 0;
+    for (uint32_t cp = 0; cp < 0x110000; ++cp) bad += want[cp] != names[int(detail::general_category(cp))];
+    CHECK(bad == 0);
+    // White_Space (PropList.txt) and the NFC quick check (DerivedNormalizationProps.txt).
+    auto ranges = [&](const std::string& file, const std::string& prop) {
+        std::vector<bool> in_prop(0x110000, false);
+        std::istringstream s(read_text(dir + "/" + file));
+        while (std::getline(s, line)) {
+            if (line.empty() || line[0] == '#') continue;
+            const auto semi = line.find(';');
+            if (semi == std::string::npos) continue;
+            std::string name = line.substr(semi + 1, line.find_first_of(";#", semi + 1) - semi - 1);
+            name.erase(0, name.find_first_not_of(' '));
+            name.erase(name.find_last_not_of(' ') + 1);
+            if (name != prop) continue;  // exactly (not Pattern_White_Space)
+            std::string r = line.substr(0, semi);
+            r.erase(r.find_last_not_of(' ') + 1);
+            const auto dots = r.find("..");
+            const uint32_t lo = uint32_t(std::stoul(r.substr(0, dots), nullptr, 16));
+            const uint32_t hi = dots == std::string::npos ? lo : uint32_t(std::stoul(r.substr(dots + 2), nullptr, 16));
+            for (uint32_t c = lo; c <= hi; ++c) in_prop[c] = true;
+        }
+        return in_prop;
+    };
+    const auto ws = ranges("PropList.txt", "White_Space");
+    const auto nfc = ranges("DerivedNormalizationProps.txt", "NFC_QC");
+    size_t bad_ws = 0, bad_nfc = 0;
+    for (uint32_t cp = 0; cp < 0x110000; ++cp) {
+        bad_ws += ws[cp] != detail::is_white_space(cp);
+        bad_nfc += nfc[cp] == detail::nfc_quick_check_yes(cp);
+    }
+    CHECK(bad_ws == 0);
+    CHECK(bad_nfc == 0);
+}
+
+TEST_CASE("tokenizer: UTF-8 decoding keeps every byte, invalid ones as units of their own", "[tokenizer]") {
+    const std::string s = "a\xc3\xa9\xe6\x97\xa5\xf0\x9f\x99\x82\xff\xc3(\xed\xa0\x80";
+    std::vector<uint32_t> cps;
+    std::string back;
+    for (size_t i = 0; i < s.size();) {
+        size_t len;
+        cps.push_back(detail::decode_utf8(s.data() + i, s.size() - i, len));
+        detail::append_utf8(back, cps.back());
+        i += len;
+    }
+    CHECK(back == s);
+    CHECK(cps[0] == 'a');
+    CHECK(cps[1] == 0xe9);
+    CHECK(cps[2] == 0x65e5);
+    CHECK(cps[3] == 0x1f642);
+    CHECK(cps[4] == detail::kInvalidByteBase + 0xff);
+    CHECK(cps[5] == detail::kInvalidByteBase + 0xc3);  // truncated sequence
+    CHECK(cps[6] == '(');
+    CHECK(cps[7] == detail::kInvalidByteBase + 0xed);  // a surrogate is not UTF-8
+}
+
+TEST_CASE("tokenizer: pre-tokenizer regexes split as Oniguruma does", "[tokenizer]") {
+    using V = std::vector<std::string>;
+    // GPT-2: contractions, optional leading space, whitespace runs keep their last space for the next word.
+    CHECK(pieces(kGpt2, "Hello world's  123 !!\n\n  x") ==
+          V{"Hello", " world", "'s", " ", " 123", " !!", "\n\n ", " x"});
+    CHECK(pieces(kGpt2, "a    b") == V{"a", "   ", " b"});
+    CHECK(pieces(kGpt2, "\n\n x") == V{"\n\n", " x"});
+    CHECK(pieces(kGpt2, "end  ") == V{"end", "  "});
+    CHECK(pieces(kGpt2, "don't") == V{"don", "'t"});
+    CHECK(pieces(kGpt2, "h\xc3\xa9llo \xe6\x97\xa5\xe6\x9c\xac") == V{"h\xc3\xa9llo", " \xe6\x97\xa5\xe6\x9c\xac"});
+    CHECK(pieces(kGpt2, "x\xc2\xb2\xe2\x85\xa7") == V{"x", "\xc2\xb2\xe2\x85\xa7"});  // ² (No) and Ⅷ (Nl) are \p{N}
+    // Llama 3: digits in threes, case-insensitive contractions, punctuation keeps its newlines.
+    CHECK(pieces(kLlama3, "12345 IT'S ok?!\n\nyes") == V{"123", "45", " IT", "'S", " ok", "?!\n\n", "yes"});
+    CHECK(pieces(kLlama3, "  \n  x") == V{"  \n", " ", " x"});
+    CHECK(pieces(kLlama3, "I'LL") == V{"I", "'LL"});
+    // Character classes with ranges and escapes, counted repetition, lookahead.
+    CHECK(pieces(R"([a-c\d]{2,3}|x(?=y)|\.)", "abcd12.xyxz") == V{"abc", "<gap:d>", "12", ".", "x", "<gap:yxz>"});
+    CHECK(pieces(R"(\u0041+|[^\x00-\x7f]+)", "AAb\xc3\xa9\xc3\xa9") == V{"AA", "<gap:b>", "\xc3\xa9\xc3\xa9"});
+    // What is not implemented is refused, not guessed.
+    for (const char* bad : {"(?<=a)b", "a*?", "a++", "(a)\\1", "^a", "a$", "a*", "(?:a|)", "\\p{Greek}", "[[:alpha:]]",
+                            "(?P<x>a)", "a{2,1}", "(a", "a)", "[a", "\\", "x{1001}", "\\bx"}) {
+        INFO(bad);
+        CHECK_THROWS_WITH(PretokenRegex::compile(bad), Catch::Contains("unsupported regex"));
+    }
+    // A pathological pattern on a long text ends with an error instead of running for ever.
+    const auto re = PretokenRegex::compile("(?:a|aa|aaa)+b|c");
+    std::vector<uint32_t> text(3000, 'a');
+    size_t b, e;
+    CHECK_THROWS_WITH(re.find(text.data(), text.size(), 0, b, e), Catch::Contains("backtracking limit"));
+}
+
+TEST_CASE("tokenizer: byte-level BPE (GPT-2 style) gives the ids derived by hand", "[tokenizer]") {
+    for (bool pair_spelling : {false, true}) {
+        INFO("merges as " << (pair_spelling ? "[a, b] pairs" : "\"a b\" strings"));
+        const Tokenizer tok = Tokenizer::from_json(byte_level_json(kGpt2Pre, kMerges, pair_spelling));
+        CHECK(tok.kind() == "byte-level bpe");
+        CHECK(tok.vocab_size() == 265);
+        // " the": Ġ t h e -> (Ġ,t) rank 0 -> (h,e) rank 1 -> (Ġt,he) rank 2.
+        CHECK(tok.encode(" the") == ids({258}));
+        CHECK(tok.encode("the the") == ids({116, 257, 258}));
+        CHECK(tok.encode("12 12345") == ids({259, 32, 259, 51, 52, 53}));
+        // Four spaces before a word: "   " | " b" (the last space goes with the word); ĠĠĠ merges leftmost.
+        CHECK(tok.encode("a    b") == ids({97, 260, 32, 32, 98}));
+        CHECK(tok.encode("\n\n x") == ids({10, 10, 32, 120}));
+        // "don't" splits as don | 't before merging, so (n,') never applies.
+        CHECK(tok.encode("don't") == ids({100, 111, 110, 262}));
+        // Special tokens in the text; UTF-8 as its bytes.
+        CHECK(tok.encode("a<|endoftext|>b") == ids({97, 264, 98}));
+        CHECK(tok.encode("h\xc3\xa9") == ids({104, 195, 169}));
+        CHECK(tok.token_id("<|endoftext|>") == 264);
+        CHECK(tok.encode("") .empty());
+    }
+}
+
+TEST_CASE("tokenizer: Llama 3 and SmolLM pre-tokenizer pipelines", "[tokenizer]") {
+    // Llama 3: Split(regex, Isolated) then ByteLevel without its own regex.
+    const std::string llama3 = std::string(R"({"type":"Sequence","pretokenizers":[{"type":"Split","pattern":{"Regex":")") +
+                               json_escape(kLlama3) +
+                               R"("},"behavior":"Isolated","invert":false},{"type":"ByteLevel","add_prefix_space":false,"trim_offsets":true,"use_regex":false}]})";
+    const Tokenizer t3 = Tokenizer::from_json(byte_level_json(llama3, kMerges, true));
+    CHECK(t3.encode("12345") == ids({259, 51, 52, 53}));         // 123 | 45
+    CHECK(t3.encode("IT'S") == ids({73, 84, 263}));              // IT | 'S
+    CHECK(t3.encode(" the") == ids({258}));
+    // SmolLM: Digits(individual) then ByteLevel with the GPT-2 regex: no digit merges possible.
+    const std::string smol = R"({"type":"Sequence","pretokenizers":[{"type":"Digits","individual_digits":true},)"
+                             R"({"type":"ByteLevel","add_prefix_space":false,"trim_offsets":true,"use_regex":true}]})";
+    const Tokenizer ts = Tokenizer::from_json(byte_level_json(smol, kMerges, false));
+    CHECK(ts.encode("12 12345") == ids({49, 50, 32, 49, 50, 51, 52, 53}));
+    // add_prefix_space: a space before the first word.
+    const Tokenizer tp = Tokenizer::from_json(
+        byte_level_json(R"({"type":"ByteLevel","add_prefix_space":true,"use_regex":true})", kMerges, false));
+    CHECK(tp.encode("the") == ids({258}));
+}
+
+TEST_CASE("tokenizer: byte-level round trips are exact on any text", "[tokenizer]") {
+    const Tokenizer tok = Tokenizer::from_json(byte_level_json(kGpt2Pre, kMerges, false));
+    for (const std::string s :
+         {std::string("The quick brown fox"), std::string("h\xc3\xa9llo w\xc3\xb6rld \xe6\x97\xa5\xe6\x9c\xac\xe8\xaa\x9e \xf0\x9f\x99\x82"),
+          std::string("a   b\t\t\n\n c  \r\n"), std::string("   leading and trailing   "), std::string("0123456789 3.14159 1e-9"),
+          std::string("<|endoftext|><|endoftext|>x<|endoftext"), std::string("invalid \xff\xfe utf-8 \xc3"),
+          std::string(1, '\0') + "nul", std::string(5000, ' ') + "x"}) {
+        INFO(s.substr(0, 60));
+        CHECK(tok.decode(tok.encode(s)) == s);
+    }
+    CHECK_THROWS_WITH(tok.decode({0, 265}), Catch::Contains("outside the vocabulary"));
+    CHECK_THROWS_WITH(tok.decode({-1}), Catch::Contains("outside the vocabulary"));
+}
+
+TEST_CASE("tokenizer: SentencePiece-style BPE with byte fallback (Llama 2 / Mistral tokenizer.json)", "[tokenizer]") {
+    // 0 <unk>, 1 <s>, 2 </s>, 3..258 <0x00>..<0xFF>, 259 ▁, 260 h, 261 i, 262 ▁h, 263 ▁hi, 264 !
+    std::string vocab = R"("<unk>":0,"<s>":1,"</s>":2)";
+    for (int b = 0; b < 256; ++b) {
+        char t[16];
+        std::snprintf(t, sizeof t, "<0x%02X>", b);
+        vocab += ",\"" + std::string(t) + "\":" + std::to_string(3 + b);
+    }
+    vocab += R"(,"▁":259,"h":260,"i":261,"▁h":262,"▁hi":263,"!":264)";
+    const std::string added =
+        R"([{"id":0,"content":"<unk>","special":true},{"id":1,"content":"<s>","special":true},{"id":2,"content":"</s>","special":true}])";
+    const std::string json = R"({"added_tokens":)" + added +
+        R"(,"normalizer":{"type":"Sequence","normalizers":[{"type":"Prepend","prepend":"▁"},{"type":"Replace","pattern":{"String":" "},"content":"▁"}]},
+        "pre_tokenizer":null,
+        "post_processor":{"type":"TemplateProcessing","single":[{"SpecialToken":{"id":"<s>","type_id":0}},{"Sequence":{"id":"A","type_id":0}}],
+          "pair":[],"special_tokens":{"<s>":{"id":"<s>","ids":[1],"tokens":["<s>"]}}},
+        "decoder":{"type":"Sequence","decoders":[{"type":"Replace","pattern":{"String":"▁"},"content":" "},{"type":"ByteFallback"},
+          {"type":"Fuse"},{"type":"Strip","content":" ","start":1,"stop":0}]},
+        "model":{"type":"BPE","unk_token":"<unk>","fuse_unk":true,"byte_fallback":true,"vocab":{)" + vocab +
+        R"(},"merges":["▁ h","▁h i"]}})";
+    const Tokenizer tok = Tokenizer::from_json(json);
+    CHECK(tok.kind() == "bpe");
+    // "hi hi!" -> "▁hi▁hi!" -> (▁,h) twice, leftmost first, then (▁h,i) twice.
+    CHECK(tok.encode("hi hi!") == ids({263, 263, 264}));
+    CHECK(tok.encode("hi hi!", true) == ids({1, 263, 263, 264}));
+    CHECK(tok.bos_id() == 1);  // no tokenizer_config.json: the template's BOS
+    // é is not in the vocabulary: its UTF-8 bytes C3 A9 as byte tokens; x likewise.
+    CHECK(tok.encode("h\xc3\xa9x") == ids({262, 3 + 0xc3, 3 + 0xa9, 3 + 'x'}));
+    for (const std::string s : {"hi hi!", "h\xc3\xa9x", "  two  spaces ", "\xe6\x97\xa5\xe6\x9c\xac hi"}) {
+        INFO(s);
+        CHECK(tok.decode(tok.encode(s)) == s);
+    }
+    // tokenizer_config.json decides BOS/EOS when it says.
+    const Tokenizer cfg = Tokenizer::from_json(json, R"({"add_bos_token": false, "add_eos_token": true, "bos_token": "<s>",
+        "eos_token": {"content": "</s>"}})");
+    CHECK(cfg.encode("hi", true) == ids({263, 2}));
+    CHECK(cfg.bos_id() == 1);
+    CHECK(cfg.eos_id() == 2);
+    // Streaming decode holds back a character split over byte tokens.
+    TokenStream stream(tok);
+    std::string streamed;
+    const auto e = tok.encode("hi \xe6\x97\xa5!");
+    for (size_t i = 0; i < e.size(); ++i) {
+        const std::string part = stream.push(e[i]);
+        if (!part.empty()) CHECK((static_cast<unsigned char>(part.back()) < 0x80 || part.size() >= 3));
+        streamed += part;
+    }
+    CHECK(streamed == "hi \xe6\x97\xa5!");
+}
+
+TEST_CASE("tokenizer: Metaspace pre-tokenizer (older SentencePiece conversions)", "[tokenizer]") {
+    const std::string json = R"({"added_tokens":[],"normalizer":null,
+        "pre_tokenizer":{"type":"Metaspace","replacement":"▁","prepend_scheme":"first","split":true},
+        "decoder":{"type":"Metaspace","replacement":"▁","prepend_scheme":"first","split":true},
+        "model":{"type":"BPE","unk_token":"<unk>","vocab":{"<unk>":0,"▁":1,"a":2,"b":3,"▁a":4,"▁b":5},"merges":[["▁","a"],["▁","b"]]}})";
+    const Tokenizer tok = Tokenizer::from_json(json);
+    CHECK(tok.encode("a b ba") == ids({4, 5, 5, 2}));  // ▁a | ▁b | ▁b a
+    CHECK(tok.decode(tok.encode("a b ba")) == "a b ba");
+    CHECK(tok.encode("c") == ids({1, 0}));  // ▁c: c is not in the vocabulary and there is no byte fallback: <unk>
+}
+
+TEST_CASE("tokenizer: what is not implemented is refused by name", "[tokenizer]") {
+    const std::string good = byte_level_json(kGpt2Pre, kMerges, false);
+    auto with = [&](const std::string& from, const std::string& to) {
+        std::string s = good;
+        const auto p = s.find(from);
+        REQUIRE(p != std::string::npos);
+        return s.replace(p, from.size(), to);
+    };
+    auto refused = [](const std::string& j, const std::string& what) {
+        INFO(what);
+        CHECK_THROWS_WITH(Tokenizer::from_json(j), Catch::Contains(what));
+    };
+    refused(with("\"type\":\"BPE\"", "\"type\":\"WordPiece\""), "unsupported: model.type \"WordPiece\"");
+    refused(with("\"type\":\"BPE\"", "\"type\":\"Unigram\""), "unsupported: model.type \"Unigram\"");
+    refused(with("\"normalizer\":null", "\"normalizer\":{\"type\":\"NFKC\"}"), "unsupported: normalizer.type \"NFKC\"");
+    refused(with("\"normalizer\":null", "\"normalizer\":{\"type\":\"Lowercase\"}"), "unsupported: normalizer.type \"Lowercase\"");
+    refused(with(kGpt2Pre, R"({"type":"BertPreTokenizer"})"), "unsupported: pre_tokenizer.type \"BertPreTokenizer\"");
+    refused(with(kGpt2Pre, R"({"type":"Split","pattern":{"Regex":"(?<=a)b"},"behavior":"Isolated","invert":false})"),
+            "unsupported: pre_tokenizer.pattern");
+    refused(with(kGpt2Pre, R"({"type":"Split","pattern":{"Regex":"a"},"behavior":"Isolated","invert":true})"),
+            "unsupported: pre_tokenizer.invert");
+    refused(with("\"continuing_subword_prefix\":null", "\"continuing_subword_prefix\":\"##\""),
+            "unsupported: model.continuing_subword_prefix");
+    refused(with("\"dropout\":null", "\"dropout\":0.1"), "unsupported: model.dropout");
+    refused(with("{\"type\":\"ByteLevel\",\"add_prefix_space\":true,\"trim_offsets\":false",
+                 "{\"type\":\"RobertaProcessing\",\"add_prefix_space\":true,\"trim_offsets\":false"),
+            "unsupported: post_processor.type \"RobertaProcessing\"");
+    refused(with("\"merges\":[\"", "\"merges\":[\"zz q\",\""), "names a token not in the vocabulary");
+    refused(with("\"merges\":[\"", "\"merges\":[7,\""), "must be \"left right\"");
+    refused("[]", "not a JSON object");
+    refused("{\"model\":", "invalid JSON");
+    // NFC: text already in NFC passes; text that NFC would change is refused, naming the character.
+    const Tokenizer nfc = Tokenizer::from_json(with("\"normalizer\":null", "\"normalizer\":{\"type\":\"NFC\"}"));
+    CHECK(nfc.encode("h\xc3\xa9") == ids({104, 195, 169}));
+    CHECK_THROWS_WITH(nfc.encode("he\xcc\x81"), Catch::Contains("U+0301"));
+}
+
+TEST_CASE("tokenizer: tq-bpe-64 gives the ids of Hugging Face tokenizers (kv/tokens.npy)", "[tokenizer]") {
+    const std::string dir = TQKV_SHARED_DATA "/tq-bpe-64";
+    if (!std::filesystem::exists(dir + "/tokenizer.json") || !std::filesystem::exists(dir + "/kv/tokens.npy")) {
+        WARN("skipped: no " << dir << "/tokenizer.json + kv/tokens.npy");
+        return;
+    }
+    const Tokenizer tok = Tokenizer::load(dir);
+    CHECK(tok.kind() == "byte-level bpe");
+    CHECK(tok.vocab_size() == 8192);
+    CHECK(tok.eos_id() == 0);  // tokenizer_config.json: <|endoftext|>
+    CHECK(tok.bos_id() == -1);
+    // kv/tokens.npy holds tokens 2048..3071 of eval.txt; its first 20000 bytes cover them (BPE
+    // pieces never cross a word, so the cut changes only the last ids).
+    const std::string eval = read_text(dir + "/eval.txt");
+    const auto npy = read_text(dir + "/kv/tokens.npy");
+    const size_t hl = size_t(uint8_t(npy[8])) | size_t(uint8_t(npy[9])) << 8;
+    std::vector<int32_t> want((npy.size() - 10 - hl) / 4);
+    std::memcpy(want.data(), npy.data() + 10 + hl, want.size() * 4);
+    REQUIRE(want.size() == 1024);
+    const auto got = tok.encode(eval.substr(0, 20000));
+    REQUIRE(got.size() > 3072 + 100);
+    CHECK(std::vector<int32_t>(got.begin() + 2048, got.begin() + 3072) == want);
+    CHECK(tok.decode(got) == eval.substr(0, 20000));
+}
