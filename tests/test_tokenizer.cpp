@@ -394,3 +394,49 @@ TEST_CASE("tokenizer: tq-bpe-64 gives the ids of Hugging Face tokenizers (kv/tok
     CHECK(std::vector<int32_t>(got.begin() + 2048, got.begin() + 3072) == want);
     CHECK(tok.decode(got) == eval.substr(0, 20000));
 }
+
+#if defined(TQKV_HAVE_SENTENCEPIECE)
+#include <sentencepiece_trainer.h>
+#include <unistd.h>
+
+TEST_CASE("tokenizer: tokenizer.model through libsentencepiece", "[tokenizer]") {
+    REQUIRE(Tokenizer::sentencepiece_available());
+    // A small BPE SentencePiece model trained here on generated text.
+    const auto dir = std::filesystem::temp_directory_path() / ("tqkv_sp_" + std::to_string(::getpid()));
+    std::filesystem::create_directories(dir);
+    {
+        std::ofstream f(dir / "train.txt");
+        const char* words[] = {"the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "caf\xc3\xa9", "na\xc3\xafve"};
+        for (int i = 0; i < 400; ++i) f << words[i % 10] << ' ' << words[(i * 7) % 10] << ' ' << i << '\n';
+    }
+    const auto status = sentencepiece::SentencePieceTrainer::Train(
+        "--input=" + (dir / "train.txt").string() + " --model_prefix=" + (dir / "sp").string() +
+        " --vocab_size=320 --model_type=bpe --character_coverage=1.0 --byte_fallback=true --minloglevel=2");
+    INFO(status.ToString());
+    REQUIRE(status.ok());
+    const Tokenizer tok = Tokenizer::load((dir / "sp.model").string());
+    CHECK(tok.kind() == "sentencepiece");
+    CHECK(tok.vocab_size() == 320);
+    CHECK(tok.bos_id() == 1);
+    CHECK(tok.eos_id() == 2);
+    for (const std::string s : {"the quick brown fox", "caf\xc3\xa9 na\xc3\xafve 123", "unseen \xe6\x97\xa5\xe6\x9c\xac words"}) {
+        INFO(s);
+        const auto ids = tok.encode(s);
+        CHECK(tok.decode(ids) == s);
+        const auto with = tok.encode(s, true);  // BOS, as Llama's tokenizers add it
+        REQUIRE(with.size() == ids.size() + 1);
+        CHECK(with[0] == 1);
+    }
+    CHECK(tok.token_id("t") >= 0);
+    CHECK(tok.token_id("not-a-piece") == -1);
+    CHECK_THROWS_WITH(tok.decode({320}), Catch::Contains("outside the vocabulary"));
+    std::ofstream(dir / "tokenizer_config.json") << R"({"add_bos_token": false, "add_eos_token": true})";
+    const Tokenizer cfg = Tokenizer::load((dir / "sp.model").string());
+    const auto e = cfg.encode("the fox", true);
+    CHECK(e.back() == 2);
+    CHECK(e.front() != 1);
+    std::ofstream(dir / "bad.model") << "not a model";
+    CHECK_THROWS_WITH(Tokenizer::load((dir / "bad.model").string()), Catch::Contains("tokenizer.model"));
+    std::filesystem::remove_all(dir);
+}
+#endif
