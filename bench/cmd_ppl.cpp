@@ -70,6 +70,7 @@ const Family kFamilies[] = {
 
 struct Row {
     std::string config, method;
+    std::string prefill = "sequential";  // how prefill chunks attend: "sequential" (token by token) or "chunked"
     double key_bits = 0, value_bits = 0;
     int window = 0;
     double bits_per_coord = 0, nll = 0, delta_pct = 0, argmax_agree = 0, bytes_per_token = 0, tokens_per_s = 0;
@@ -248,7 +249,7 @@ int cmd_decode(const Args& args) {
 
 int cmd_ppl(const Args& args) {
     args.allow({"model", "bytes", "offset", "ctx", "json", "frontier", "config", "calib-bytes", "text", "chunked",
-                "threads", "extra", "seeds"});
+                "prefill", "threads", "extra", "seeds"});
     const std::string dir = args.get("model", "");
     if (dir.empty()) throw std::invalid_argument("ppl: --model DIR is required");
     const tqkv::LlamaModel model = tqkv::LlamaModel::load(dir);
@@ -264,7 +265,15 @@ int cmd_ppl(const Args& args) {
         throw std::invalid_argument("ppl: " + text_path + " has " + std::to_string(text.size()) + " bytes, fewer than offset + bytes");
     if (calib_bytes + offset + n_bytes > text.size())
         throw std::invalid_argument("ppl: the calibration text (the last --calib-bytes of the file) would overlap the evaluated bytes");
-    const bool sequential = !args.flag("chunked");
+    // Prefill attention: token by token inside each chunk (decode semantics), the chunk appended
+    // and attended causally as one batch (what a runtime does), or both (rows for each).
+    const std::string prefill = args.get("prefill", args.flag("chunked") ? "chunked" : "sequential");
+    if (prefill != "sequential" && prefill != "chunked" && prefill != "both")
+        throw std::invalid_argument("ppl: --prefill must be sequential, chunked or both");
+    std::vector<std::string> modes;
+    if (prefill != "chunked") modes.push_back("sequential");
+    if (prefill != "sequential") modes.push_back("chunked");
+    const bool sequential = modes[0] == "sequential";  // of the header and the frontier
     const bool json = args.flag("json"), frontier = args.flag("frontier");
     const int threads = std::max(1, args.get_int("threads", 1));
     // tqkv configurations average over this many rotation seeds (the default seed, then x1, x2, ...):
@@ -285,27 +294,40 @@ int cmd_ppl(const Args& args) {
     for (const auto& e : args.list("extra", "")) configs.push_back(e);
     const tqkv::CacheShape shape = tqkv::CacheShape::of(mc);
 
-    auto exact_cache = tqkv::make_exact_cache(shape);
-    const tqkv::NllResult base = tqkv::evaluate_nll(model, *exact_cache, tokens, ctx, sequential);
-    Row exact;
-    describe("fp32", exact);
-    exact.nll = base.nll;
-    exact.argmax_agree = 1;
-    exact.bits_per_coord = base.bits_per_coord;
-    exact.bytes_per_token = base.bytes_per_token;
-    exact.memory_bytes = double(base.memory_bytes);
-    exact.tokens_per_s = double(base.scored) / base.seconds;
+    // The exact cache per prefill mode (the same numbers up to float rounding: exact attention does
+    // not depend on how the chunk attends).
+    std::vector<tqkv::NllResult> bases;
+    std::vector<Row> exacts;
+    for (const auto& mode : modes) {
+        auto exact_cache = tqkv::make_exact_cache(shape);
+        bases.push_back(tqkv::evaluate_nll(model, *exact_cache, tokens, ctx, mode == "sequential"));
+        const tqkv::NllResult& b = bases.back();
+        Row exact;
+        describe("fp32", exact);
+        exact.prefill = mode;
+        exact.nll = b.nll;
+        exact.argmax_agree = 1;
+        exact.bits_per_coord = b.bits_per_coord;
+        exact.bytes_per_token = b.bytes_per_token;
+        exact.memory_bytes = double(b.memory_bytes);
+        exact.tokens_per_s = double(b.scored) / b.seconds;
+        exacts.push_back(exact);
+    }
+    const tqkv::NllResult& base = bases[0];
 
     const std::string header = "tqkv-bench ppl — " + dir + ": " + std::to_string(mc.num_hidden_layers) + " layers, " +
                                std::to_string(mc.num_attention_heads) + "/" + std::to_string(mc.num_key_value_heads) +
                                " heads, d " + std::to_string(mc.head_dim) + "; " + std::to_string(n_bytes) + " bytes of " +
                                text_path + " at offset " + std::to_string(offset) + ", context " + std::to_string(ctx) +
-                               ", " + (sequential ? "token-by-token attention (decode semantics)" : "chunked prefill") +
+                               ", " + (prefill == "both" ? "prefill attention token by token (decode semantics) and chunked"
+                                       : sequential         ? "token-by-token attention (decode semantics)"
+                                                            : "chunked prefill") +
                                "; calibration: last " + std::to_string(calib_bytes) + " bytes of the file";
     if (json) {
         Json h;
         h.add("type", "header").add("model", dir).add("text", text_path).add("offset", offset).add("bytes", n_bytes)
-            .add("ctx", ctx).add("scored", base.scored).add("sequential", sequential).add("calib_bytes", calib_bytes)
+            .add("ctx", ctx).add("scored", base.scored).add("sequential", sequential).add("prefill", prefill)
+            .add("calib_bytes", calib_bytes)
             .add("calib_seconds", calib_s).add("matmul", tqkv::matmul_kernel()).add("kernel", tqkv::default_kernel());
         std::printf("%s\n", h.str().c_str());
     } else {
@@ -315,7 +337,7 @@ int cmd_ppl(const Args& args) {
 
     auto emit = [&](const Row& r) {
         Json j;
-        j.add("method", r.method).add("config", r.config).add("key_bits", r.key_bits).add("value_bits", r.value_bits)
+        j.add("method", r.method).add("config", r.config).add("prefill", r.prefill).add("key_bits", r.key_bits).add("value_bits", r.value_bits)
             .add("window", r.window).add("bits_per_coord", r.bits_per_coord).add("nll", r.nll).add("delta_pct", r.delta_pct)
             .add("argmax_agree", r.argmax_agree).add("bytes_per_token", r.bytes_per_token)
             .add("tokens_per_s", r.tokens_per_s).add("memory_bytes", r.memory_bytes).add("seeds", r.seeds)
@@ -323,15 +345,23 @@ int cmd_ppl(const Args& args) {
         std::printf("%s\n", j.str().c_str());
         std::fflush(stdout);
     };
-    if (json) emit(exact);
+    if (json)
+        for (const Row& e : exacts) emit(e);
 
-    std::vector<Row> rows(configs.size());
-    std::vector<std::string> errors(configs.size());
+    // One job per configuration and prefill mode (rows: the configurations of the first mode, then
+    // of the second).
+    const size_t jobs = configs.size() * modes.size();
+    std::vector<Row> rows(jobs);
+    std::vector<std::string> errors(jobs);
     std::mutex out_mu;
-    parallel_for(configs.size(), threads, [&](size_t i) {
-        Row& r = rows[i];
+    parallel_for(jobs, threads, [&](size_t job) {
+        const size_t i = job % configs.size(), mode = job / configs.size();
+        const bool seq = modes[mode] == "sequential";
+        const tqkv::NllResult& base = bases[mode];
+        Row& r = rows[job];
         try {
             describe(configs[i], r);
+            r.prefill = modes[mode];
             const bool seeded = r.method.rfind("tqkv", 0) == 0;
             const int runs = seeded ? seeds : 1;
             double nll = 0, agree = 0, secs = 0, scored = 0;
@@ -339,7 +369,7 @@ int cmd_ppl(const Args& args) {
             for (int s = 0; s < runs; ++s) {
                 const std::string spec = configs[i] + (s ? "-x" + std::to_string(s) : "");
                 auto cache = tqkv::make_cache(spec, shape, &cal);
-                const tqkv::NllResult res = tqkv::evaluate_nll(model, *cache, tokens, ctx, sequential);
+                const tqkv::NllResult res = tqkv::evaluate_nll(model, *cache, tokens, ctx, seq);
                 size_t a = 0;
                 for (size_t t = 0; t < res.argmax.size(); ++t) a += res.argmax[t] == base.argmax[t];
                 nll += res.nll;
@@ -358,28 +388,34 @@ int cmd_ppl(const Args& args) {
             r.tokens_per_s = scored / secs;
             r.seeds = runs;
         } catch (const std::exception& e) {
-            errors[i] = e.what();
+            errors[job] = e.what();
         }
         std::lock_guard<std::mutex> lock(out_mu);
-        if (!errors[i].empty()) std::fprintf(stderr, "ppl: %s: %s\n", configs[i].c_str(), errors[i].c_str());
+        if (!errors[job].empty()) std::fprintf(stderr, "ppl: %s: %s\n", configs[i].c_str(), errors[job].c_str());
         else if (json) emit(r);
-        else std::fprintf(stderr, "  %-16s %+.3f%%\n", r.config.c_str(), r.delta_pct);
+        else std::fprintf(stderr, "  %-16s %-10s %+.3f%%\n", r.config.c_str(), r.prefill.c_str(), r.delta_pct);
     });
     for (const auto& e : errors)
         if (!e.empty()) return 1;
 
     if (!json) {
-        Table t({"config", "method", "K bits", "V bits", "window", "bits/coord", "NLL", "ΔNLL %", "seed range",
-                 "argmax agree", "bytes/token", "tokens/s"});
+        std::vector<std::string> head = {"config", "method", "K bits", "V bits", "window", "bits/coord", "NLL", "ΔNLL %",
+                                         "seed range", "argmax agree", "bytes/token", "tokens/s"};
+        if (modes.size() > 1) head.insert(head.begin() + 1, "prefill");
+        Table t(head);
         auto add = [&](const Row& r) {
-            t.row({r.config, r.method, fmt("%g", r.key_bits), fmt("%g", r.value_bits), std::to_string(r.window),
+            std::vector<std::string> cells = {r.config, r.method, fmt("%g", r.key_bits), fmt("%g", r.value_bits), std::to_string(r.window),
                    fmt("%.3f", r.bits_per_coord), fmt("%.5f", r.nll), fmt("%+.3f", r.delta_pct),
                    r.seeds > 1 ? fmt("%+.2f", r.delta_min) + ".." + fmt("%+.2f", r.delta_max) : std::string(""),
                    fmt("%.4f", r.argmax_agree),
-                   fmt("%.0f", r.bytes_per_token), fmt("%.0f", r.tokens_per_s)});
+                   fmt("%.0f", r.bytes_per_token), fmt("%.0f", r.tokens_per_s)};
+            if (modes.size() > 1) cells.insert(cells.begin() + 1, r.prefill);
+            t.row(cells);
         };
-        add(exact);
-        for (const auto& r : rows) add(r);
+        for (size_t mode = 0; mode < modes.size(); ++mode) {
+            add(exacts[mode]);
+            for (size_t i = 0; i < configs.size(); ++i) add(rows[mode * configs.size() + i]);
+        }
         t.print();
         std::printf("\nΔNLL: change of the mean NLL per byte against the exact fp32 cache (tqkv rows: mean over %d rotation\n"
                     "seed(s), range shown). argmax agree: share of positions whose most likely next byte matches the exact\n"
@@ -390,17 +426,19 @@ int cmd_ppl(const Args& args) {
     }
 
     if (frontier) {
-        // Per family: the fewest bits per coordinate with ΔNLL within each threshold.
+        // Per family: the fewest bits per coordinate with ΔNLL within each threshold (rows of the
+        // first prefill mode).
+        const std::span<const Row> first(rows.data(), configs.size());
         const double thresholds[] = {0.5, 1.0, 3.0};
         Table t({"method", "ΔNLL ≤ 0.5%", "ΔNLL ≤ 1%", "ΔNLL ≤ 3%"});
         for (const Family& f : kFamilies) {
             bool any = false;
-            for (const auto& r : rows) any = any || f.member(r.method, r.window);
+            for (const auto& r : first) any = any || f.member(r.method, r.window);
             if (!any) continue;
             std::vector<std::string> cells = {f.name};
             for (double thr : thresholds) {
                 const Row* best = nullptr;
-                for (const auto& r : rows)
+                for (const auto& r : first)
                     if (f.member(r.method, r.window) && r.delta_pct <= thr && (!best || r.bits_per_coord < best->bits_per_coord))
                         best = &r;
                 if (json) {

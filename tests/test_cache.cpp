@@ -245,13 +245,17 @@ TEST_CASE("bytes per token follow the layout arithmetic", "[cache]") {
     c.append(std::span(K).first(16 * 512), std::span(K).first(16 * 512));  // all 16 in the window
     CHECK(c.bytes_used() == empty);
     CHECK(c.compressed_tokens() == 0);
+    // A chunk of 64: one block, and the exact rows of the chunk (and the window before it) until
+    // the next append, for the chunk's own queries.
+    const size_t exact_row = 2 * 4 * 128 * sizeof(float);  // one token's exact key and value
     c.append(std::span(K).subspan(16 * 512, 64 * 512), std::span(K).subspan(16 * 512, 64 * 512));
     CHECK(c.compressed_tokens() == 64);
     const size_t one_block = c.bytes_used();
-    CHECK(one_block - empty >= c.block_bytes());
-    CHECK(one_block - empty <= c.block_bytes() + 64);  // + the block table's slot
+    CHECK(one_block - empty >= c.block_bytes() + 64 * exact_row);
+    CHECK(one_block - empty <= c.block_bytes() + 64 * exact_row + 64);  // + the block table's slot
+    // One token: a second block; the ring shrinks back to window + 1 rows.
     c.append(std::span(K).subspan(80 * 512, 512), std::span(K).subspan(80 * 512, 512));
-    CHECK(c.bytes_used() - one_block == c.block_bytes() + sizeof(void*));  // + one block-table slot
+    CHECK(c.bytes_used() + 63 * exact_row - one_block == c.block_bytes() + sizeof(void*));  // + one block-table slot
     CHECK(c.bytes_per_token() == Approx(double(c.bytes_used()) / 81));
 }
 
@@ -263,14 +267,21 @@ TEST_CASE("serialization round-trips bit-exactly and loads on any kernel", "[cac
     a.append(K, V);
     const auto bytes = a.save();
     const auto Q = tqkv_test::gaussian_vectors(2, 4 * 96, 3);
-    std::vector<float> o1(Q.size()), o2(Q.size());
-    a.attend(Q, o1);
+    std::vector<float> o1(Q.size()), o2(Q.size()), o3(Q.size()), o4(Q.size());
+    a.attend(Q, o1, false);
+    // Continuing after a load is the same as continuing the original (the exact rows of the last
+    // chunk are not saved, so the saved chunk's own causal queries are compared non-causally).
+    a.append(std::span(K).first(3 * 192), std::span(V).first(3 * 192));
+    a.attend(Q, o3);
     for (const auto& kernel : available_kernels()) {
         KVCache b = KVCache::load(bytes, kernel);
         CHECK(b.save() == bytes);
         CHECK(b.tokens() == 77);
-        b.attend(Q, o2);
+        b.attend(Q, o2, false);
         for (size_t i = 0; i < 8; ++i) CHECK(rel_error(o2, o1, i * 96, 96) < 1e-5);
+        b.append(std::span(K).first(3 * 192), std::span(V).first(3 * 192));
+        b.attend(Q, o4);
+        for (size_t i = 0; i < 8; ++i) CHECK(rel_error(o4, o3, i * 96, 96) < 1e-5);
         // Appending the same tokens on another kernel gives the same bytes.
         cfg.kernel = kernel;
         KVCache c(cfg);
@@ -461,13 +472,25 @@ TEST_CASE("truncate rolls back; appending again gives the same cache as never ha
         std::vector<float> oa(Q.size()), ob(Q.size());
         a.attend(Q, oa);
         b.attend(Q, ob);
-        if (window == 0) {
-            CHECK(a.save() == b.save());
-            CHECK(oa == ob);
-        } else {
-            // The rolled-back window restarts empty: tokens 37..44 stay compressed in a.
-            CHECK(a.compressed_tokens() == 45);
-            CHECK(rel_error(oa, ob, 0, 128) < 0.2);
+        // Rolled back within the last appended chunk: the cache still holds the exact rows of
+        // tokens 37..44, which go back into the window.
+        CHECK(a.compressed_tokens() == b.compressed_tokens());
+        CHECK(a.save() == b.save());
+        CHECK(oa == ob);
+        if (window > 0) {
+            // Rolled back past the last chunk (99 tokens, then 1): tokens 37..44 are codes only now;
+            // the window restarts empty and refills with the next appends.
+            KVCache c(cfg);
+            c.append(std::span(K).first(99 * 64), std::span(V).first(99 * 64));
+            c.append(std::span(K).subspan(99 * 64), std::span(V).subspan(99 * 64));
+            c.truncate(45);
+            CHECK(c.compressed_tokens() == 45);
+            std::vector<float> oc(Q.size());
+            c.attend(Q, oc);
+            CHECK(rel_error(oc, ob, 0, 128) < 0.2);
+            CHECK(rel_error(oc, ob, 0, 128) > 1e-4);
+            c.append(std::span(K).subspan(45 * 64, 10 * 64), std::span(V).subspan(45 * 64, 10 * 64));
+            CHECK(c.compressed_tokens() == 47);  // 55 tokens, 8 in the window
         }
         a.clear();
         CHECK(a.tokens() == 0);
@@ -475,6 +498,86 @@ TEST_CASE("truncate rolls back; appending again gives the same cache as never ha
         a.attend(Q, oa);
         CHECK(oa == ob);
     }
+}
+
+TEST_CASE("chunked prefill: each query sees what token-by-token decode would", "[cache][prefill]") {
+    // Cache a gets the tokens in chunks and attends each chunk's queries causally; cache b gets them
+    // one at a time and attends each query right after its token (decode). Query i of a chunk must
+    // see the window before its position exactly even where appending the chunk already compressed
+    // it. The queries point at recent keys (attention peaked on the window), so reading those
+    // tokens as codes instead shows up as a relative error of ~1e-2, against float rounding here.
+    struct Case {
+        int heads, kv_heads, dim;
+        double kb, vb;
+        Method km;
+        int window;
+        std::vector<size_t> chunks;
+    };
+    const Case cases[] = {
+        {4, 2, 64, 3, 2, Method::Mse, 8, {5, 40, 1, 1, 70, 3}},     // chunks longer and shorter than the window
+        {2, 1, 128, 4, 4, Method::Mse, 1, {33, 2, 64}},             // window of one token
+        {4, 4, 96, 3, 3, Method::Prod, 16, {100, 16, 17, 1}},       // prod keys, chunk == window
+        {8, 2, 64, 2.5, 3.5, Method::Mse, 40, {20, 300, 1, 64}},    // fractional rates, chunk > 256 (exact rows in chunks)
+        {2, 2, 64, 4, 4, Method::Mse, 0, {50, 7}},                  // no window: codes only, both ways
+    };
+    for (const auto& kernel : available_kernels())
+        for (const auto& cs : cases) {
+            CacheConfig cfg = cache_config(cs.heads, cs.kv_heads, cs.dim, cs.kb, cs.vb, cs.window, cs.km);
+            auto high = [&](double bits) {
+                std::vector<int> h(size_t(std::lround((bits - std::floor(bits)) * cs.dim)));
+                for (size_t i = 0; i < h.size(); ++i) h[i] = int(3 * i % cs.dim);
+                return h;
+            };
+            if (cs.kb != std::floor(cs.kb)) cfg.key_high_channels = high(cs.kb);
+            if (cs.vb != std::floor(cs.vb)) cfg.value_high_channels = high(cs.vb);
+            cfg.kernel = kernel;
+            cfg.block_tokens = 64;
+            KVCache a(cfg), b(cfg);
+            size_t total = 0;
+            for (size_t n : cs.chunks) total += n;
+            const size_t row = size_t(cs.kv_heads) * cs.dim, qrow = size_t(cs.heads) * cs.dim;
+            const auto K = tqkv_test::gaussian_vectors(total, int(row), 1);
+            const auto V = tqkv_test::gaussian_vectors(total, int(row), 2);
+            auto Q = tqkv_test::gaussian_vectors(total, int(qrow), 3);
+            const int r = cs.heads / cs.kv_heads;
+            for (size_t t = 0; t < total; ++t)  // query head h of token t points at the key of token t - 1 - h % 5
+                for (int h = 0; h < cs.heads; ++h) {
+                    const size_t src = t >= size_t(1 + h % 5) ? t - 1 - h % 5 : 0;
+                    for (int j = 0; j < cs.dim; ++j)
+                        Q[t * qrow + size_t(h) * cs.dim + j] = 0.3f * Q[t * qrow + size_t(h) * cs.dim + j] +
+                                                               2.0f * K[src * row + size_t(h / r) * cs.dim + j];
+                }
+            size_t t0 = 0;
+            double worst = 0;
+            for (size_t n : cs.chunks) {
+                a.append(std::span(K).subspan(t0 * row, n * row), std::span(V).subspan(t0 * row, n * row));
+                std::vector<float> chunk_out(n * qrow), ref(n * qrow);
+                a.attend(std::span(Q).subspan(t0 * qrow, n * qrow), chunk_out, true);
+                a.attend_reference(std::span(Q).subspan(t0 * qrow, n * qrow), ref, true);
+                for (size_t i = 0; i < n; ++i) {
+                    const size_t t = t0 + i;
+                    b.append(std::span(K).subspan(t * row, row), std::span(V).subspan(t * row, row));
+                    std::vector<float> one(qrow);
+                    b.attend(std::span(Q).subspan(t * qrow, qrow), one, true);
+                    for (int h = 0; h < cs.heads; ++h) {
+                        INFO(kernel << " case W=" << cs.window << " d=" << cs.dim << " token " << t << " head " << h);
+                        std::vector<float> x(chunk_out.begin() + long(i * qrow + size_t(h) * cs.dim),
+                                             chunk_out.begin() + long(i * qrow + size_t(h + 1) * cs.dim));
+                        std::vector<float> y(one.begin() + long(size_t(h) * cs.dim), one.begin() + long(size_t(h + 1) * cs.dim));
+                        std::vector<float> z(ref.begin() + long(i * qrow + size_t(h) * cs.dim),
+                                             ref.begin() + long(i * qrow + size_t(h + 1) * cs.dim));
+                        const double err = rel_error(x, y, 0, size_t(cs.dim));
+                        worst = std::max(worst, err);
+                        CHECK(rel_error(x, z, 0, size_t(cs.dim)) < 1e-4);  // the reference reads the same rows
+                    }
+                }
+                t0 += n;
+            }
+            CHECK(a.tokens() == b.tokens());
+            CHECK(a.compressed_tokens() == b.compressed_tokens());
+            CHECK(a.save() == b.save());  // codes do not depend on the chunking
+            CHECK(worst < 2e-5);  // measured: 0 (the same operations in the same order)
+        }
 }
 
 TEST_CASE("attend_stats: two caches merged into one softmax equal one cache over all tokens", "[cache]") {

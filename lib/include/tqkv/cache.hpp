@@ -62,12 +62,17 @@ public:
     size_t compressed_tokens() const;  // tokens stored as codes
     const char* kernel() const;
 
-    // Appends n tokens; keys and values are [n][kv_heads][head_dim] floats.
+    // Appends n tokens; keys and values are [n][kv_heads][head_dim] floats. With a window, the
+    // exact rows of the last n + window tokens are kept until the next append (see attend).
     void append(std::span<const float> keys, std::span<const float> values);
     // Attention for m = queries.size() / (heads * head_dim) new queries, [m][heads][head_dim],
-    // into out (same shape). Query i sits at position tokens() - m + i and, with causal = true,
-    // sees tokens 0..that position (chunked prefill after appending the chunk); with
-    // causal = false every query sees all tokens.
+    // into out (same shape). Query i sits at position p = tokens() - m + i and, with causal = true,
+    // sees tokens 0..p (chunked prefill after appending the chunk); with causal = false every
+    // query sees all tokens. Like token-by-token decode, a query at p sees the `window` tokens up
+    // to p exactly and older ones as codes: append keeps the exact rows of the chunk it compresses
+    // (and of the window before it) until the next append, so the queries of the last appended
+    // chunk get exactly what decode would have computed. Queries further back read tokens whose
+    // exact rows are gone as codes.
     void attend(std::span<const float> queries, std::span<float> out, bool causal = true) const;
     // Attention statistics of one query token ([heads][head_dim]) over all tokens, for merging
     // several caches into one softmax (tiers, eviction policies): per query head h,
@@ -108,7 +113,10 @@ public:
     std::vector<float> decode_keys(int kv_head) const;
     std::vector<float> decode_values(int kv_head) const;
 
-    void truncate(size_t n_tokens);  // keep the first n_tokens (speculative-decoding rollback)
+    // Keeps the first n_tokens (speculative-decoding rollback). Tokens that return to the window
+    // get their exact rows back when the cache still holds them (a rollback within the last
+    // appended chunk: the same cache as never having gone further); otherwise they stay codes.
+    void truncate(size_t n_tokens);
     void clear();
 
     size_t bytes_used() const;           // all memory the cache holds: blocks, window, tables

@@ -281,10 +281,12 @@ public:
 
     // true (default): within a prefill chunk every token is appended and attended on its own —
     // exactly what token-by-token decode computes, so prefill and decode give the same logits for
-    // every cache. false: the chunk is appended, then attended causally as one batch; a cache
-    // then compresses the chunk's own tokens before its queries see them, which defeats a recent
-    // window (tq-ref-128, K3.5V2.5-w16: ΔNLL +1.4% instead of +0.09%). The matrix products are
-    // batched over the chunk either way; the attention kernels work one query at a time anyway.
+    // every cache. false: the chunk is appended, then attended causally as one batch. The tqkv
+    // cache (KVCache) keeps the exact rows of the chunk until the next append, so each query still
+    // sees the window before its position exactly: the same logits as decode within float rounding.
+    // Emulated formats that compress by position (kivi, the `emu` tqkv path) compress the chunk's
+    // own tokens before its queries see them. The matrix products are batched over the chunk
+    // either way; the attention kernels work one query at a time anyway.
     bool sequential_attention = true;
     // Sees every layer's queries, keys (after RoPE) and values of each step: [n][heads|kv_heads][d].
     std::function<void(int layer, size_t n, const float* q, const float* k, const float* v)> observer;

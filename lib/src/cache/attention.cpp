@@ -167,8 +167,7 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
     const KernelTable& k = *m.k;
     Workspace& ws = workspace();
     const size_t chunk_tokens = size_t(kChunkGroups) * kGroupTokens;
-    size_t score_cols = chunk_tokens;
-    for (const Impl* part : parts) score_cols = std::max(score_cols, size_t(part->cfg.window));
+    const size_t score_cols = chunk_tokens;
 
     // The classes, their tables and accumulators laid out one after the other in the workspace.
     // The fused kernels cover the common layouts: fp16 norms (stored little-endian, and every
@@ -298,7 +297,7 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                 const AttendClass& cl = ws.classes[ws.part_class[pi]];
                 const Impl& C = *cl.codes;  // the class's codecs, tables and scale
                 const size_t visible = causal ? P.n_tokens - n_q + qi + 1 : P.n_tokens;
-                const size_t visible_codes = std::min(visible, P.n_compressed);
+                const size_t visible_codes = P.codes_end(visible);  // then exact rows up to visible
                 // 2. Compressed tokens, a chunk of groups at a time.
                 const size_t n_groups = (visible_codes + kGroupTokens - 1) / kGroupTokens;
                 const bool prefetch = n_groups * P.group_bytes > (size_t(4) << 20);
@@ -402,21 +401,22 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                     }
                 }
 
-                // 3. The exact recent window, in the same softmax (its values times the part's value scale).
-                if (visible > P.n_compressed) {
-                    const size_t nw = visible - P.n_compressed;
-                    for (size_t i = 0; i < nw; ++i) {
-                        const float* key = &P.win_k[((P.n_compressed + i) % size_t(P.cfg.window)) * P.row() + size_t(kvh) * d];
+                // 3. The exact recent tokens, in the same softmax (their values times the part's
+                //    value scale), a chunk at a time.
+                for (size_t e0 = visible_codes; e0 < visible; e0 += chunk_tokens) {
+                    const size_t ne = std::min(chunk_tokens, visible - e0);
+                    for (size_t i = 0; i < ne; ++i) {
+                        const float* key = P.exact_key(e0 + i) + size_t(kvh) * d;
                         for (int hh = 0; hh < r; ++hh)
                             ws.scores[size_t(hh) * score_cols + i] = ak.dot_f32(q0 + size_t(hh) * d, key, d) * P.scale;
                     }
                     if (!logits.empty())
                         for (int hh = 0; hh < r; ++hh)
-                            std::copy_n(&ws.scores[size_t(hh) * score_cols], nw,
-                                        &logits[logit_base + (size_t(kvh) * r + hh) * P.n_tokens + P.n_compressed]);
-                    softmax_chunk(nw);
-                    for (size_t i = 0; i < nw; ++i) {
-                        const float* val = &P.win_v[((P.n_compressed + i) % size_t(P.cfg.window)) * P.row() + size_t(kvh) * d];
+                            std::copy_n(&ws.scores[size_t(hh) * score_cols], ne,
+                                        &logits[logit_base + (size_t(kvh) * r + hh) * P.n_tokens + e0]);
+                    softmax_chunk(ne);
+                    for (size_t i = 0; i < ne; ++i) {
+                        const float* val = P.exact_value(e0 + i) + size_t(kvh) * d;
                         for (int hh = 0; hh < r; ++hh)
                             ak.axpy_f32(ws.scores[size_t(hh) * score_cols + i] * cl.value_scale, val,
                                         &ws.acc_exact[size_t(hh) * d], d);
@@ -492,9 +492,8 @@ std::vector<float> KVCache::Impl::decode_side(const CacheSide& side, bool is_key
         for (size_t t = 0; t < n_compressed; ++t)
             for (int j = 0; j < s.dim; ++j) out[t * d + s.channels[j]] = dec[t * s.dim + j];
     }
-    const std::vector<float>& win = is_key ? win_k : win_v;
     for (size_t t = n_compressed; t < n_tokens; ++t)
-        std::memcpy(&out[t * d], &win[(t % cfg.window) * row() + size_t(kv_head) * d], sizeof(float) * d);
+        std::memcpy(&out[t * d], (is_key ? exact_key(t) : exact_value(t)) + size_t(kv_head) * d, sizeof(float) * d);
     return out;
 }
 
@@ -523,12 +522,18 @@ void KVCache::attend_reference(std::span<const float> queries, std::span<float> 
         const std::vector<float> K = decode_keys(kvh), V = decode_values(kvh);
         for (size_t qi = 0; qi < n_q; ++qi) {
             const size_t visible = causal ? m.n_tokens - n_q + qi + 1 : m.n_tokens;
+            // Decoded codes before codes_end, exact rows from there (compressed tokens of the last
+            // appended chunk too).
+            const size_t codes_end = m.codes_end(visible);
+            auto key = [&](size_t t) { return t >= codes_end && t < m.n_compressed ? m.exact_key(t) + size_t(kvh) * d : &K[t * d]; };
+            auto value = [&](size_t t) { return t >= codes_end && t < m.n_compressed ? m.exact_value(t) + size_t(kvh) * d : &V[t * d]; };
             for (int hh = 0; hh < r; ++hh) {
                 const float* q = &queries[qi * qrow + (size_t(kvh) * r + hh) * d];
                 double mx = -1e300, sum = 0;
                 for (size_t t = 0; t < visible; ++t) {
                     double s = 0;
-                    for (int j = 0; j < d; ++j) s += double(q[j]) * K[t * d + j];
+                    const float* kt = key(t);
+                    for (int j = 0; j < d; ++j) s += double(q[j]) * kt[j];
                     p[t] = s * m.scale;
                     mx = std::max(mx, p[t]);
                 }
@@ -536,7 +541,7 @@ void KVCache::attend_reference(std::span<const float> queries, std::span<float> 
                 float* o = &out[qi * qrow + (size_t(kvh) * r + hh) * d];
                 for (int j = 0; j < d; ++j) {
                     double a = 0;
-                    for (size_t t = 0; t < visible; ++t) a += p[t] * V[t * d + j];
+                    for (size_t t = 0; t < visible; ++t) a += p[t] * value(t)[j];
                     o[j] = float(a / sum);
                 }
             }

@@ -66,7 +66,12 @@ struct KVCache::Impl {
     float scale = 0;
     std::vector<BlockPtr> blocks;
     size_t n_tokens = 0, n_compressed = 0;
-    std::vector<float> win_k, win_v;  // ring of `window` tokens, each [kv_heads][head_dim]
+    // Exact rows ([kv_heads][head_dim] floats per token) of tokens [exact_from, n_tokens) in a ring
+    // of ring_rows tokens (token t in slot t % ring_rows): the recent window [n_compressed, n_tokens)
+    // and, with a window, the tokens the last append compressed (its chunk and the window before it),
+    // so that the chunk's own queries still see them exactly (codes_end). Empty without a window.
+    std::vector<float> exact_k, exact_v;
+    size_t ring_rows = 0, exact_from = 0;
     size_t max_codec_bytes = 0;       // largest bytes_per_vector() of a segment codec
 
     // `shared`: codecs of a cache with the same config (empty_like), or null to build them.
@@ -78,6 +83,17 @@ struct KVCache::Impl {
     uint8_t* group(int kv_head, size_t token) const {
         return blocks[token / cfg.block_tokens].get() +
                (size_t(kv_head) * groups_per_block + (token % cfg.block_tokens) / detail::kGroupTokens) * group_bytes;
+    }
+    const float* exact_key(size_t t) const { return &exact_k[(t % ring_rows) * row()]; }
+    const float* exact_value(size_t t) const { return &exact_v[(t % ring_rows) * row()]; }
+    // A query that sees tokens [0, visible) reads tokens [0, codes_end(visible)) as codes and the
+    // rest exactly. Token-by-token decode would have held the last `window` of them exactly and
+    // the older ones as codes; that is what a query gets whenever the cache still holds the exact
+    // rows (always for the queries of the last appended chunk, see append); older tokens without
+    // an exact row are read as codes.
+    size_t codes_end(size_t visible) const {
+        const size_t W = size_t(cfg.window), decode_codes = visible > W ? visible - W : 0;
+        return std::min(std::min(visible, n_compressed), std::max(decode_codes, exact_from));
     }
     BlockPtr new_block() const;
     void compress(const float* k_rows, const float* v_rows, size_t count, size_t first_token);

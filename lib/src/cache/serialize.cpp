@@ -134,8 +134,8 @@ void write_layer(Writer& w, const KVCache::Impl& m) {
     const size_t groups = (m.n_compressed + detail::kGroupTokens - 1) / detail::kGroupTokens;
     for (int h = 0; h < c.kv_heads; ++h)
         for (size_t g = 0; g < groups; ++g) w.bytes(m.group(h, g * detail::kGroupTokens), m.group_bytes);
-    for (const auto* win : {&m.win_k, &m.win_v})
-        for (size_t t = m.n_compressed; t < m.n_tokens; ++t) w.floats(&(*win)[(t % c.window) * m.row()], m.row());
+    for (size_t t = m.n_compressed; t < m.n_tokens; ++t) w.floats(m.exact_key(t), m.row());
+    for (size_t t = m.n_compressed; t < m.n_tokens; ++t) w.floats(m.exact_value(t), m.row());
 }
 
 // Reads one layer; every size is checked against the bytes that are actually there before
@@ -196,9 +196,9 @@ KVCache read_layer(Reader& r, const std::string& kernel) {
         for (size_t g = 0; g < groups; ++g)
             std::memcpy(m.group(int(h), g * detail::kGroupTokens), r.take(m.group_bytes), m.group_bytes);
     m.n_tokens = size_t(tokens);
-    m.n_compressed = size_t(compressed);
-    for (auto* win : {&m.win_k, &m.win_v})
-        for (size_t t = m.n_compressed; t < m.n_tokens; ++t) r.floats(&(*win)[(t % c.window) * m.row()], m.row());
+    m.n_compressed = m.exact_from = size_t(compressed);  // the exact rows of the last chunk are not saved
+    for (auto* ring : {&m.exact_k, &m.exact_v})
+        for (size_t t = m.n_compressed; t < m.n_tokens; ++t) r.floats(&(*ring)[(t % m.ring_rows) * m.row()], m.row());
     // Hostile codes can only produce wrong numbers, never out-of-range reads; norms that are not
     // finite would poison attention, so reject them.
     for (uint32_t h = 0; h < kv_heads; ++h)
@@ -212,8 +212,8 @@ KVCache read_layer(Reader& r, const std::string& kernel) {
                         bad("non-finite norm for token " + std::to_string(t));
                 }
         }
-    for (auto* win : {&m.win_k, &m.win_v})
-        for (float v : *win)
+    for (auto* ring : {&m.exact_k, &m.exact_v})
+        for (float v : *ring)
             if (!std::isfinite(v)) bad("non-finite value in the exact window");
     return KVCache(std::move(impl));
 }

@@ -174,8 +174,9 @@ KVCache::Impl::Impl(const CacheConfig& c, std::shared_ptr<const CacheCodecs> sha
     groups_per_block = size_t(cfg.block_tokens) / kGroupTokens;
     block_bytes = size_t(cfg.kv_heads) * groups_per_block * group_bytes;
 
-    win_k.assign(size_t(cfg.window) * row(), 0.0f);
-    win_v.assign(size_t(cfg.window) * row(), 0.0f);
+    ring_rows = size_t(cfg.window);
+    exact_k.assign(ring_rows * row(), 0.0f);
+    exact_v.assign(ring_rows * row(), 0.0f);
 }
 
 // Per-thread staging of append(): shared by every cache a thread appends to (a cache holding a
@@ -299,6 +300,11 @@ void KVCache::append(std::span<const float> keys, std::span<const float> values)
 
     const size_t total = m.n_tokens + n, in_window = std::min<size_t>(m.cfg.window, total);
     const size_t target = total - in_window;  // tokens compressed after this call
+    // Exact rows held after this call: the window before it and the new chunk (none without a
+    // window), so that the chunk's causal queries see what token-by-token decode would have seen
+    // (Impl::codes_end): the window before each query's position exactly, even where this call
+    // compresses it. At most window + chunk rows, released with the next append.
+    const size_t W = size_t(m.cfg.window), keep_from = W ? m.n_compressed : total, keep_rows = total - keep_from;
     // Allocate first: if that fails, nothing has changed.
     const size_t need_blocks = (target + m.cfg.block_tokens - 1) / m.cfg.block_tokens;
     if (need_blocks > m.blocks.size()) {
@@ -307,9 +313,20 @@ void KVCache::append(std::span<const float> keys, std::span<const float> values)
         if (m.blocks.capacity() < need_blocks) m.blocks.reserve(std::max(need_blocks, 2 * m.blocks.capacity()));
         for (auto& b : fresh) m.blocks.push_back(std::move(b));
     }
+    // The ring grows to the rows kept, and shrinks back when a chunk needs less than half of it
+    // (decode after a long prefill chunk); decode steps of one size reallocate nothing.
+    if (W && (keep_rows > m.ring_rows || keep_rows * 2 < m.ring_rows)) {
+        std::vector<float> ring_k(keep_rows * row), ring_v(keep_rows * row);
+        for (size_t t = m.n_compressed; t < m.n_tokens; ++t) {  // the window moves to its new slots
+            std::memcpy(&ring_k[(t % keep_rows) * row], m.exact_key(t), row * sizeof(float));
+            std::memcpy(&ring_v[(t % keep_rows) * row], m.exact_value(t), row * sizeof(float));
+        }
+        m.exact_k.swap(ring_k);
+        m.exact_v.swap(ring_v);
+        m.ring_rows = keep_rows;
+    }
 
     // Compress tokens [n_compressed, target): the oldest window tokens first, then new tokens.
-    const size_t W = size_t(m.cfg.window);
     for (size_t t0 = m.n_compressed; t0 < target;) {
         const size_t count = std::min<size_t>(target - t0, size_t(m.cfg.block_tokens));
         Staging& st = staging();
@@ -317,19 +334,21 @@ void KVCache::append(std::span<const float> keys, std::span<const float> values)
         float* stage_v = Staging::grow(st.v, count * row);
         for (size_t i = 0; i < count; ++i) {
             const size_t t = t0 + i;
-            const float* ks = t < m.n_tokens ? &m.win_k[(t % W) * row] : &keys[(t - m.n_tokens) * row];
-            const float* vs = t < m.n_tokens ? &m.win_v[(t % W) * row] : &values[(t - m.n_tokens) * row];
+            const float* ks = t < m.n_tokens ? m.exact_key(t) : &keys[(t - m.n_tokens) * row];
+            const float* vs = t < m.n_tokens ? m.exact_value(t) : &values[(t - m.n_tokens) * row];
             std::memcpy(&stage_k[i * row], ks, row * sizeof(float));
             std::memcpy(&stage_v[i * row], vs, row * sizeof(float));
         }
         m.compress(stage_k, stage_v, count, t0);
         t0 += count;
     }
-    // New tokens that stay exact go to the ring.
-    for (size_t t = std::max(m.n_tokens, target); t < total; ++t) {
-        std::memcpy(&m.win_k[(t % W) * row], &keys[(t - m.n_tokens) * row], row * sizeof(float));
-        std::memcpy(&m.win_v[(t % W) * row], &values[(t - m.n_tokens) * row], row * sizeof(float));
+    // The new tokens' exact rows go to the ring (the ring holds keep_rows >= window + n tokens,
+    // so they overwrite none of the rows kept).
+    for (size_t t = keep_from > m.n_tokens ? keep_from : m.n_tokens; t < total; ++t) {
+        std::memcpy(&m.exact_k[(t % m.ring_rows) * row], &keys[(t - m.n_tokens) * row], row * sizeof(float));
+        std::memcpy(&m.exact_v[(t % m.ring_rows) * row], &values[(t - m.n_tokens) * row], row * sizeof(float));
     }
+    m.exact_from = keep_from;
     m.n_compressed = target;
     m.n_tokens = total;
 }
@@ -340,23 +359,28 @@ void KVCache::truncate(size_t n_tokens) {
         fail("truncate: " + std::to_string(n_tokens) + " tokens requested, the cache holds " +
              std::to_string(m.n_tokens));
     if (n_tokens < m.n_compressed) {
-        // The window would need tokens that are only held as codes now: it restarts empty and
-        // refills with the next appends.
-        const size_t group_end = std::min(m.n_compressed, (n_tokens + kGroupTokens - 1) / kGroupTokens * kGroupTokens);
-        m.clear_tokens(n_tokens, group_end);
-        const size_t keep_blocks = (n_tokens + m.cfg.block_tokens - 1) / m.cfg.block_tokens;
+        // Tokens that go back into the window: those whose exact rows the cache still holds (after
+        // a rollback within the last appended chunk, all of the window: the same cache as never
+        // having gone further). Older ones stay codes; the window then holds fewer tokens than it
+        // could and refills with the next appends.
+        const size_t W = size_t(m.cfg.window), decode_codes = n_tokens > W ? n_tokens - W : 0;
+        const size_t keep = std::min(n_tokens, std::max(decode_codes, m.exact_from));  // tokens still coded
+        const size_t group_end = std::min(m.n_compressed, (keep + kGroupTokens - 1) / kGroupTokens * kGroupTokens);
+        m.clear_tokens(keep, group_end);
+        const size_t keep_blocks = (keep + m.cfg.block_tokens - 1) / m.cfg.block_tokens;
         // Groups past the last kept token inside the last kept block.
         for (size_t t = group_end; t < std::min(m.n_compressed, keep_blocks * m.cfg.block_tokens); t += kGroupTokens)
             for (int h = 0; h < m.cfg.kv_heads; ++h) std::memset(m.group(h, t), 0, m.group_bytes);
         m.blocks.resize(keep_blocks);
-        m.n_compressed = n_tokens;
+        m.n_compressed = keep;
+        m.exact_from = std::min(m.exact_from, keep);
     }
     m.n_tokens = n_tokens;
 }
 
 void KVCache::clear() {
     impl_->blocks.clear();
-    impl_->n_tokens = impl_->n_compressed = 0;
+    impl_->n_tokens = impl_->n_compressed = impl_->exact_from = 0;
 }
 
 size_t KVCache::block_bytes() const { return impl_->block_bytes; }
@@ -374,7 +398,7 @@ size_t KVCache::table_bytes() const {
 size_t KVCache::bytes_used() const {
     const Impl& m = *impl_;
     return m.blocks.size() * m.block_bytes + m.blocks.capacity() * sizeof(BlockPtr) +
-           (m.win_k.size() + m.win_v.size()) * sizeof(float) + table_bytes();
+           (m.exact_k.size() + m.exact_v.size()) * sizeof(float) + table_bytes();
 }
 
 KVCache KVCache::empty_like() const { return KVCache(std::make_unique<Impl>(impl_->cfg, impl_->codecs)); }
