@@ -315,7 +315,10 @@ NeedleRun needle_run(BudgetCache& c, size_t n, const std::set<int>& needles, flo
     std::vector<float> u(static_cast<size_t>(d));
     Rng rng(99);
     double ss = 0;
-    for (auto& x : u) ss += double(x = float(rng.normal())) * x;
+    for (auto& x : u) {
+        x = float(rng.normal());
+        ss += double(x) * x;
+    }
     for (auto& x : u) x = float(x / std::sqrt(ss));
     const auto noise_k = rows(n, s.kv_heads, d, 7, 0.3), V = rows(n, s.kv_heads, d, 8), noise_q = rows(n, s.heads, d, 9, 0.3);
     std::vector<float> k(size_t(s.kv_heads) * d), q(size_t(s.heads) * d), out(q.size());
@@ -462,7 +465,10 @@ LlamaModel tiny_model(uint64_t seed) {
             data.insert(data.end(), b, b + 4);
         }
         std::string sh;
-        for (size_t i = 0; i < shape.size(); ++i) sh += (i ? "," : "") + std::to_string(shape[i]);
+        for (size_t i = 0; i < shape.size(); ++i) {
+            if (i) sh += ',';
+            sh += std::to_string(shape[i]);
+        }
         if (header.size() > 1) header += ",";
         header += "\"" + name + "\":{\"dtype\":\"F32\",\"shape\":[" + sh + "],\"data_offsets\":[" + std::to_string(begin) +
                   "," + std::to_string(data.size()) + "]}";

@@ -450,7 +450,10 @@ TEST_CASE("C ABI model: golden values for the wasm tests (TQKV_GOLDEN_DIR)", "[c
 
     auto list = [](const std::vector<int32_t>& v) {
         std::string out = "[";
-        for (size_t i = 0; i < v.size(); ++i) out += (i ? "," : "") + std::to_string(v[i]);
+        for (size_t i = 0; i < v.size(); ++i) {
+            if (i) out += ',';
+            out += std::to_string(v[i]);
+        }
         return out + "]";
     };
     // Decode speed: the n - 1 decode steps after the prompt.

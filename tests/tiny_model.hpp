@@ -49,7 +49,10 @@ inline std::vector<uint8_t> make_safetensors(const std::map<std::string, Tensor>
             }
         }
         std::string shape;
-        for (size_t i = 0; i < t.shape.size(); ++i) shape += (i ? "," : "") + std::to_string(t.shape[i]);
+        for (size_t i = 0; i < t.shape.size(); ++i) {
+            if (i) shape += ',';
+            shape += std::to_string(t.shape[i]);
+        }
         if (header.size() > 1) header += ",";
         header += "\"" + name + "\":{\"dtype\":\"" + dtype + "\",\"shape\":[" + shape + "],\"data_offsets\":[" +
                   std::to_string(begin) + "," + std::to_string(data.size()) + "]}";

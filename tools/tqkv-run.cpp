@@ -81,7 +81,8 @@ int main(int argc, char** argv) {
             return 2;
         }
     }
-    for (const auto& [k, v] : opt) {
+    for (const auto& entry : opt) {
+        const std::string& k = entry.first;  // not a structured binding: clang < 16 cannot capture those
         static const char* known[] = {"model", "prompt", "prompt-file", "cache", "tokens", "temperature", "top-k", "seed", "calib", "json", "budget-mb"};
         if (std::find_if(std::begin(known), std::end(known), [&](const char* n) { return k == n; }) == std::end(known)) {
             std::fprintf(stderr, "tqkv-run: unknown option --%s\n", k.c_str());
