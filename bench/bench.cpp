@@ -66,15 +66,43 @@ void Args::allow(const std::vector<std::string>& known) const {
     }
 }
 
+// JSON string contents: quotes, backslashes and control characters escaped, invalid UTF-8 bytes
+// written as U+FFFD (JSON text must be UTF-8).
 std::string json_escape(const std::string& s) {
     std::string out;
-    for (char c : s) {
+    const auto* u = reinterpret_cast<const unsigned char*>(s.data());
+    for (size_t i = 0; i < s.size();) {
+        const unsigned char c = u[i];
         if (c == '"' || c == '\\') {
-            out.push_back('\\');
-            out.push_back(c);
+            out += '\\';
+            out += char(c);
+        } else if (c == '\n') {
+            out += "\\n";
+        } else if (c == '\t') {
+            out += "\\t";
+        } else if (c == '\r') {
+            out += "\\r";
+        } else if (c < 0x20 || c == 0x7f) {
+            char b[8];
+            std::snprintf(b, sizeof b, "\\u%04x", c);
+            out += b;
+        } else if (c < 0x80) {
+            out += char(c);
         } else {
-            out.push_back(static_cast<unsigned char>(c) < 0x20 ? ' ' : c);
+            // A well-formed UTF-8 sequence passes; anything else becomes U+FFFD.
+            const size_t need = c >= 0xf0 && c < 0xf5 ? 4 : c >= 0xe0 && c < 0xf0 ? 3 : c >= 0xc2 && c < 0xe0 ? 2 : 0;
+            bool ok = need > 0 && i + need <= s.size();
+            for (size_t k = 1; ok && k < need; ++k) ok = (u[i + k] & 0xc0) == 0x80;
+            if (ok && need == 3) ok = !(c == 0xe0 && u[i + 1] < 0xa0) && !(c == 0xed && u[i + 1] >= 0xa0);
+            if (ok && need == 4) ok = !(c == 0xf0 && u[i + 1] < 0x90) && !(c == 0xf4 && u[i + 1] >= 0x90);
+            if (ok) {
+                out.append(s, i, need);
+                i += need;
+                continue;
+            }
+            out += "\xef\xbf\xbd";
         }
+        ++i;
     }
     return out;
 }

@@ -13,7 +13,9 @@
 #include <sstream>
 
 #include "commands.hpp"
+#include "tqkv/kvdump.hpp"
 #include "tqkv/model.hpp"
+#include "tqkv/tokenizer.hpp"
 #include "tqkv/tqkv.hpp"
 
 namespace bench {
@@ -117,6 +119,7 @@ public:
         c_.append(l, k, v);
         append_seconds += now() - t0;
     }
+    bool set_attention_window(size_t w) override { return c_.set_attention_window(w); }
     void attend(int l, std::span<const float> q, std::span<float> o) override {
         const double t0 = now();
         c_.attend(l, q, o);
@@ -137,20 +140,23 @@ private:
 
 // tqkv-bench decode: tokens/s of token-by-token decode at a given context length, per cache.
 int cmd_decode(const Args& args) {
-    args.allow({"model", "context", "steps", "config", "json", "repeats"});
+    args.allow({"model", "context", "steps", "config", "json", "repeats", "tokenizer"});
     const std::string dir = args.get("model", "");
     if (dir.empty()) throw std::invalid_argument("decode: --model DIR is required");
     const tqkv::LlamaModel model = tqkv::LlamaModel::load(dir);
     const tqkv::LlamaConfig& mc = model.config();
-    if (!mc.byte_vocab()) throw std::invalid_argument("decode: the model needs a byte vocabulary (vocab_size 256)");
+    const tqkv::Tokenizer tok = tqkv::Tokenizer::for_model(dir, size_t(mc.vocab_size), args.get("tokenizer", ""));
     const size_t ctx = size_t(args.get_int("context", mc.max_position_embeddings));
     const size_t steps = size_t(args.get_int("steps", 64));
     const int repeats = std::max(1, args.get_int("repeats", 3));
     if (steps < 1 || steps >= ctx) throw std::invalid_argument("decode: need 1 <= --steps < --context");
-    const std::vector<uint8_t> text = read_file(dir + "/eval.txt");
-    if (text.size() < ctx + 8192) throw std::invalid_argument("decode: eval.txt is too short");
-    const std::vector<int32_t> tokens(text.begin(), text.begin() + long(ctx));
-    const std::vector<int32_t> calib(text.end() - 8192, text.end());
+    const std::vector<uint8_t> bytes = read_file(dir + "/eval.txt");
+    const std::string_view text(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+    if (text.size() < 8192) throw std::invalid_argument("decode: eval.txt is too short");
+    std::vector<int32_t> tokens = tok.encode(text.substr(0, text.size() - 8192));
+    if (tokens.size() < ctx) throw std::invalid_argument("decode: eval.txt is too short for the context");
+    tokens.resize(ctx);
+    const std::vector<int32_t> calib = tok.encode(text.substr(text.size() - 8192));
     const tqkv::KVCalibration cal = tqkv::calibrate_kv(model, calib, size_t(mc.max_position_embeddings));
     // Baseline formats (fp16, q8_0, q4_0, kivi) are emulated (exact attention over dequantized
     // fp32), so their speed is not theirs: the default list times the exact and the tqkv caches.
@@ -249,12 +255,14 @@ int cmd_decode(const Args& args) {
 
 int cmd_ppl(const Args& args) {
     args.allow({"model", "bytes", "offset", "ctx", "json", "frontier", "config", "calib-bytes", "text", "chunked",
-                "prefill", "threads", "extra", "seeds"});
+                "prefill", "threads", "extra", "seeds", "tokenizer", "tokens"});
     const std::string dir = args.get("model", "");
     if (dir.empty()) throw std::invalid_argument("ppl: --model DIR is required");
     const tqkv::LlamaModel model = tqkv::LlamaModel::load(dir);
     const tqkv::LlamaConfig& mc = model.config();
-    if (!mc.byte_vocab()) throw std::invalid_argument("ppl: the model needs a byte vocabulary (vocab_size 256)");
+    // The model's tokenizer (DIR's tokenizer.json / tokenizer.model, --tokenizer, or bytes for a
+    // byte vocabulary): --bytes of text become however many tokens it makes.
+    const tqkv::Tokenizer tok = tqkv::Tokenizer::for_model(dir, size_t(mc.vocab_size), args.get("tokenizer", ""));
     const std::string text_path = args.get("text", dir + "/eval.txt");
     const std::vector<uint8_t> text = read_file(text_path);
     const size_t offset = size_t(args.get_int("offset", 0));
@@ -280,10 +288,36 @@ int cmd_ppl(const Args& args) {
     // one seed's ΔNLL varies by about ±0.3% at 3 bits on 4096 bytes.
     const int seeds = std::max(1, args.get_int("seeds", 1));
 
-    std::vector<int32_t> tokens(text.begin() + long(offset), text.begin() + long(offset + n_bytes));
+    auto encode = [&](size_t from, size_t n) {
+        std::vector<int32_t> t = tok.encode(std::string_view(reinterpret_cast<const char*>(text.data()) + from, n));
+        if (tok.bos_id() >= 0) t.insert(t.begin(), tok.bos_id());  // as the model saw documents begin
+        return t;
+    };
+    // --tokens IDS.npy: exactly these token ids (int32/int64 [T]) instead of --bytes of the text.
+    std::vector<int32_t> tokens;
+    if (args.flag("tokens")) {
+        const tqkv::NpyArray ids = tqkv::load_npy(args.get("tokens", ""));
+        if (ids.dtype != "<i4" && ids.dtype != "<i8") throw std::invalid_argument("ppl: --tokens must hold int32 or int64 ids");
+        for (float x : ids.data) {
+            if (x < 0 || x >= float(mc.vocab_size)) throw std::invalid_argument("ppl: --tokens holds an id outside the vocabulary");
+            tokens.push_back(int32_t(x));
+        }
+    } else {
+        tokens = encode(offset, n_bytes);
+    }
+    // NLL per byte = NLL per token x scored tokens / bytes of text they cover (each context segment's
+    // first token is not scored). Byte vocabulary: the same number.
+    size_t scored_tokens = 0, scored_bytes = 0;
+    for (size_t s0 = 0; s0 + 1 < tokens.size(); s0 += std::max<size_t>(ctx, 2)) {
+        const size_t len = std::min(std::max<size_t>(ctx, 2), tokens.size() - s0);
+        if (len < 2) break;
+        scored_tokens += len - 1;
+        scored_bytes += tok.decode(std::vector<int32_t>(tokens.begin() + long(s0 + 1), tokens.begin() + long(s0 + len))).size();
+    }
+    const double per_byte = scored_bytes ? double(scored_tokens) / double(scored_bytes) : 1.0;
     // Calibration (key/value means, query and o_proj statistics for the preconditioning, high
     // channels): an exact pass over the last calib_bytes of the file, never over the evaluated text.
-    std::vector<int32_t> calib(text.end() - long(calib_bytes), text.end());
+    const std::vector<int32_t> calib = encode(text.size() - calib_bytes, calib_bytes);
     const double tc0 = now();
     const tqkv::KVCalibration cal = tqkv::calibrate_kv(model, calib, ctx);
     const double calib_s = now() - tc0;
@@ -305,7 +339,7 @@ int cmd_ppl(const Args& args) {
         Row exact;
         describe("fp32", exact);
         exact.prefill = mode;
-        exact.nll = b.nll;
+        exact.nll = b.nll * per_byte;
         exact.argmax_agree = 1;
         exact.bits_per_coord = b.bits_per_coord;
         exact.bytes_per_token = b.bytes_per_token;
@@ -328,17 +362,21 @@ int cmd_ppl(const Args& args) {
         h.add("type", "header").add("model", dir).add("text", text_path).add("offset", offset).add("bytes", n_bytes)
             .add("ctx", ctx).add("scored", base.scored).add("sequential", sequential).add("prefill", prefill)
             .add("calib_bytes", calib_bytes)
-            .add("calib_seconds", calib_s).add("matmul", tqkv::matmul_kernel()).add("kernel", tqkv::default_kernel());
+            .add("calib_seconds", calib_s).add("matmul", tqkv::matmul_kernel()).add("kernel", tqkv::default_kernel())
+            .add("tokenizer", tok.kind()).add("tokens", tokens.size()).add("scored_bytes", scored_bytes)
+            .add("nll_per_token", base.nll).add("nll_per_byte", base.nll * per_byte);
         std::printf("%s\n", h.str().c_str());
     } else {
-        std::printf("%s\nmatmul %s, attention kernel %s; exact NLL %.6f nats/byte over %zu positions\n\n", header.c_str(),
-                    tqkv::matmul_kernel(), tqkv::default_kernel().c_str(), base.nll, base.scored);
+        std::printf("%s\nmatmul %s, attention kernel %s; tokenizer %s: %zu tokens; exact NLL %.6f nats/token, %.6f nats/byte\n"
+                    "over %zu positions (%zu bytes)\n\n", header.c_str(), tqkv::matmul_kernel(), tqkv::default_kernel().c_str(),
+                    tok.kind().c_str(), tokens.size(), base.nll, base.nll * per_byte, base.scored, scored_bytes);
     }
 
     auto emit = [&](const Row& r) {
         Json j;
         j.add("method", r.method).add("config", r.config).add("prefill", r.prefill).add("key_bits", r.key_bits).add("value_bits", r.value_bits)
-            .add("window", r.window).add("bits_per_coord", r.bits_per_coord).add("nll", r.nll).add("delta_pct", r.delta_pct)
+            .add("window", r.window).add("bits_per_coord", r.bits_per_coord).add("nll", r.nll)
+            .add("nll_per_token", r.nll / per_byte).add("delta_pct", r.delta_pct)
             .add("argmax_agree", r.argmax_agree).add("bytes_per_token", r.bytes_per_token)
             .add("tokens_per_s", r.tokens_per_s).add("memory_bytes", r.memory_bytes).add("seeds", r.seeds)
             .add("delta_pct_min", r.delta_min).add("delta_pct_max", r.delta_max);
@@ -382,8 +420,8 @@ int cmd_ppl(const Args& args) {
                 r.bytes_per_token = res.bytes_per_token;
                 r.memory_bytes = double(res.memory_bytes);
             }
-            r.nll = nll / runs;
-            r.delta_pct = 100.0 * (r.nll / base.nll - 1.0);
+            r.nll = nll / runs * per_byte;
+            r.delta_pct = 100.0 * (nll / runs / base.nll - 1.0);
             r.argmax_agree = agree / runs;
             r.tokens_per_s = scored / secs;
             r.seeds = runs;

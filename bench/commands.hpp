@@ -11,5 +11,7 @@ int cmd_report(const Args& args);
 int cmd_ppl(const Args& args);
 int cmd_decode(const Args& args);
 int cmd_budget(const Args& args);
+int cmd_logits(const Args& args);
+int cmd_tokenize(const Args& args);
 
 }  // namespace bench

@@ -20,17 +20,26 @@ static void usage() {
                  "           fused attention over the compressed cache vs dense fp32/fp16 attention\n"
                  "  ppl      --model DIR [--bytes 4096] [--config K4V3,q4_0,...] [--frontier] [--json] [--ctx N]\n"
                  "           [--offset 0] [--calib-bytes 8192] [--prefill sequential|chunked|both] [--threads 1]\n"
-                 "           a Llama model over held-out text (DIR/eval.txt) with each KV-cache configuration:\n"
-                 "           NLL per byte vs the exact cache, argmax agreement, bytes per token; --frontier: the\n"
-                 "           fewest bits per coordinate within ΔNLL 0.5/1/3% per method; --prefill: prefill chunks\n"
-                 "           attend token by token (default) or as one causal batch (--chunked = --prefill chunked)\n"
+                 "           [--tokenizer FILE] [--tokens IDS.npy]\n"
+                 "           a Llama model over held-out text (DIR/eval.txt, through DIR's tokenizer.json /\n"
+                 "           tokenizer.model, bytes for a byte vocabulary; or the token ids of --tokens) with each\n"
+                 "           KV-cache configuration: NLL per byte (and per token) vs the exact cache, argmax agreement,\n"
+                 "           bytes per token; --frontier: the fewest bits per coordinate within ΔNLL 0.5/1/3% per\n"
+                 "           method; --prefill: prefill chunks attend token by token (default) or as one causal batch\n"
+                 "           (--chunked = --prefill chunked)\n"
                  "  decode   --model DIR [--context 1024] [--steps 64] [--repeats 3] [--config fp32,K3V3-w16,...] [--json]\n"
                  "           tokens/s of token-by-token decode ending at the context length, per cache (the caches\n"
                  "           take turns token by token), and the paired speed-up against the fp32 cache\n"
                  "  budget   --model DIR [--budget-mb X] [--policies tiered,h2o,snapkv,streaming,...] [--json]\n"
                  "           [--bytes 4096] [--trials 4] [--depths 0.1,...] [--format repl|repl-digits|word|digits] [--threads 1]\n"
                  "           a KV cache under a byte budget (default 1/6 of the fp16 cache at the model's context):\n"
-                 "           ΔNLL, passkey retrieval and speed of tqkv's tiered cache and H2O/SnapKV/StreamingLLM\n";
+                 "           ΔNLL, passkey retrieval and speed of tqkv's tiered cache and H2O/SnapKV/StreamingLLM\n"
+                 "  logits   --model DIR --tokens IDS.npy --out LOGITS.npy [--cache SPEC] [--json]\n"
+                 "           fp32 logits [T, vocab] of one forward pass over int32/int64 token ids [T] (exact cache\n"
+                 "           unless --cache), to compare with transformers on the same checkpoint\n"
+                 "  tokenize --tokenizer FILE|DIR [--special] [--bench]\n"
+                 "           UTF-8 text on stdin -> one JSON line {\"ids\": [...], \"decoded\": \"...\"} (BOS/EOS only with\n"
+                 "           --special); --bench: encode throughput (MB/s, one core) and round trip instead\n";
 }
 
 int main(int argc, char** argv) {
@@ -48,6 +57,8 @@ int main(int argc, char** argv) {
         if (cmd == "ppl") return bench::cmd_ppl(args);
         if (cmd == "decode") return bench::cmd_decode(args);
         if (cmd == "budget") return bench::cmd_budget(args);
+        if (cmd == "logits") return bench::cmd_logits(args);
+        if (cmd == "tokenize") return bench::cmd_tokenize(args);
         std::cerr << "tqkv-bench: unknown command '" << cmd << "'\n";
         usage();
         return 2;

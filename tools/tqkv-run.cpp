@@ -1,7 +1,9 @@
-// tqkv-run: text generation with a small Llama model (byte vocabulary) whose KV cache is
-// compressed by tqkv — or any other cache configuration, for comparison.
+// tqkv-run: text generation with a Llama-family model (a Hugging Face directory: Llama, Mistral,
+// Qwen2, SmolLM, TinyLlama, or tqkv's byte-vocabulary models) whose KV cache is compressed by
+// tqkv — or any other cache configuration, for comparison.
 //
 //   tqkv-run --model ../shared/data/tq-ref-128 --prompt "The " [--cache K3V3-w16] [--tokens 256]
+//            [--tokenizer FILE]
 //            [--temperature 0] [--top-k 0] [--seed 1] [--calib FILE|none] [--json]
 //   tqkv-run ... --budget-mb 0.5 [--cache tiered-K4V4-K2V2-w16]   (a cache that fits a byte budget)
 //
@@ -23,6 +25,7 @@
 #include "tqkv/kernels.hpp"
 #include "tqkv/model.hpp"
 #include "tqkv/rng.hpp"
+#include "tqkv/tokenizer.hpp"
 
 namespace {
 
@@ -35,9 +38,12 @@ void usage() {
                  "                      K<bits>V<bits>[-w<window>][-prod][-raw]..., e.g. K4V3, K2.5V2-w32\n"
                  "  --budget-mb X       a cache that never holds more than X MiB (all layers): --cache is then a\n"
                  "                      budget spec (default tiered; tiered-K4V4-K2V2-w16, h2o, snapkv, streaming, ...)\n"
-                 "  --tokens N          bytes to generate (default 256; stops at the model's context length)\n"
+                 "  --tokens N          tokens to generate (default 256; stops at an end-of-sequence token or the\n"
+                 "                      model's context length)\n"
+                 "  --tokenizer FILE    tokenizer.json or tokenizer.model (default: the one in DIR; bytes for a\n"
+                 "                      byte-vocabulary model)\n"
                  "  --temperature T     0 = greedy (default); otherwise sample from softmax(logits / T)\n"
-                 "  --top-k K           sample among the K most likely bytes (0 = all)\n"
+                 "  --top-k K           sample among the K most likely tokens (0 = all)\n"
                  "  --seed S            sampling seed (default 1)\n"
                  "  --calib FILE|none   calibration text for the tqkv cache's preconditioning (key/value means,\n"
                  "                      high channels; default: the last 2048 bytes of DIR/eval.txt when present,\n"
@@ -83,7 +89,7 @@ int main(int argc, char** argv) {
     }
     for (const auto& entry : opt) {
         const std::string& k = entry.first;  // not a structured binding: clang < 16 cannot capture those
-        static const char* known[] = {"model", "prompt", "prompt-file", "cache", "tokens", "temperature", "top-k", "seed", "calib", "json", "budget-mb"};
+        static const char* known[] = {"model", "prompt", "prompt-file", "cache", "tokens", "temperature", "top-k", "seed", "calib", "json", "budget-mb", "tokenizer"};
         if (std::find_if(std::begin(known), std::end(known), [&](const char* n) { return k == n; }) == std::end(known)) {
             std::fprintf(stderr, "tqkv-run: unknown option --%s\n", k.c_str());
             usage();
@@ -112,14 +118,22 @@ int main(int argc, char** argv) {
         const double t_load = now();
         const tqkv::LlamaModel model = tqkv::LlamaModel::load(dir);
         const tqkv::LlamaConfig& mc = model.config();
-        if (!mc.byte_vocab()) throw std::invalid_argument("tqkv-run needs a byte-vocabulary model (vocab_size 256)");
+        const tqkv::Tokenizer tok =
+            tqkv::Tokenizer::for_model(dir, size_t(mc.vocab_size), opt.count("tokenizer") ? opt["tokenizer"] : "");
         const double load_s = now() - t_load;
+        // A sliding-window model runs up to its window with caches that cannot drop old tokens yet.
         const size_t max_ctx = size_t(mc.max_position_embeddings);
-        std::vector<int32_t> tokens(prompt.begin(), prompt.end());
-        for (auto& t : tokens) t &= 0xff;
+        const std::vector<int32_t> tokens = tok.encode(prompt, true);  // BOS as the tokenizer config says
         if (tokens.size() >= max_ctx)
-            throw std::invalid_argument("the prompt has " + std::to_string(tokens.size()) + " bytes, the model's context is " +
+            throw std::invalid_argument("the prompt has " + std::to_string(tokens.size()) + " tokens, the model's context is " +
                                         std::to_string(max_ctx));
+        // End of sequence: the config's eos_token_id(s) and the tokenizer's (not for a byte vocabulary,
+        // where every id is a byte of text).
+        std::vector<int32_t> eos;
+        if (tok.kind() != "bytes") {
+            eos.assign(mc.eos_token_ids.begin(), mc.eos_token_ids.end());
+            if (tok.eos_id() >= 0) eos.push_back(tok.eos_id());
+        }
 
         // Calibration statistics for the tqkv cache's preconditioning (means, high channels).
         const bool needs_cal = !spec.empty() && (spec[0] == 'K' || spec[0] == 'k' || spec.rfind("tiered", 0) == 0);
@@ -139,8 +153,7 @@ int main(int argc, char** argv) {
                 text = prompt;
                 cal_source = "the prompt";
             }
-            std::vector<int32_t> ct(text.begin(), text.end());
-            for (auto& t : ct) t &= 0xff;
+            const std::vector<int32_t> ct = tok.encode(text);
             const double t0 = now();
             cal = tqkv::calibrate_kv(model, ct, max_ctx);
             cal_s = now() - t0;
@@ -182,11 +195,17 @@ int main(int argc, char** argv) {
 
         int generated = 0;
         size_t decoded = 0;  // decode() calls, timed
-        bool hit_ctx = false;
+        bool hit_ctx = false, hit_eos = false;
+        tqkv::TokenStream stream(tok);
         const double t1 = now();
         while (generated < n_new) {
             const int32_t next = pick();
-            std::fputc(char(next), stdout);
+            if (std::find(eos.begin(), eos.end(), next) != eos.end()) {
+                hit_eos = true;
+                break;
+            }
+            const std::string piece = stream.push(next);
+            std::fwrite(piece.data(), 1, piece.size(), stdout);
             std::fflush(stdout);
             if (++generated == n_new) break;
             if (run.position() >= max_ctx) {
@@ -211,8 +230,9 @@ int main(int argc, char** argv) {
                          cache->bits_per_coord(), cache->memory_bytes(), budget_mb * 1048576.0, tqkv::matmul_kernel(),
                          tqkv::default_kernel().c_str());
         } else {
-            std::fprintf(stderr, "\n--- %s cache, %zu prompt + %d generated bytes%s\n", spec.c_str(), tokens.size(), generated,
-                         hit_ctx ? " (stopped at the context length)" : "");
+            std::fprintf(stderr, "\n--- %s cache, %zu prompt + %d generated tokens (%s tokenizer)%s\n", spec.c_str(),
+                         tokens.size(), generated, tok.kind().c_str(),
+                         hit_ctx ? " (stopped at the context length)" : hit_eos ? " (stopped at end of sequence)" : "");
             std::fprintf(stderr, "load %.2f s, calibration %.2f s (%s)\n", load_s, cal_s, cal_source.c_str());
             std::fprintf(stderr, "prefill %.1f tokens/s, decode %.1f tokens/s (matmul %s, attention %s, one thread)\n",
                          double(tokens.size()) / prefill_s, tok_s, tqkv::matmul_kernel(), tqkv::default_kernel().c_str());

@@ -16,11 +16,11 @@ namespace tqkv {
 struct NpyArray {
     std::vector<size_t> shape;
     std::vector<float> data;  // converted to float32, C order
-    std::string dtype;        // "<f4" or "<f2" as stored
+    std::string dtype;        // "<f4", "<f2", "<i4" or "<i8" as stored (integers up to 2^24 in magnitude)
 };
 
-// Parses .npy bytes (format versions 1.0, 2.0, 3.0). Accepts little-endian float32 / float16 in
-// C order; anything else (bad magic or header, other dtype, Fortran order, a size that does not
+// Parses .npy bytes (format versions 1.0, 2.0, 3.0). Accepts little-endian float32 / float16 (and
+// int32 / int64 of magnitude up to 2^24, e.g. token ids, held exactly as floats) in C order; anything else (bad magic or header, other dtype, Fortran order, a size that does not
 // match the shape, truncation) throws std::invalid_argument naming the problem.
 NpyArray parse_npy(std::span<const uint8_t> bytes, const std::string& what = "npy");
 NpyArray load_npy(const std::string& path);

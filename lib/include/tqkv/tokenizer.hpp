@@ -36,6 +36,12 @@ public:
     // From the bytes of a SentencePiece model (throws where libsentencepiece is not built in).
     static Tokenizer from_sentencepiece(const std::string& model_bytes, std::string_view tokenizer_config = {});
     static bool sentencepiece_available();
+    // Token = byte (models with a 256-token byte vocabulary, such as tq-ref-128).
+    static Tokenizer bytes();
+    // The tokenizer of a model directory: `file` when given, else DIR's tokenizer.json /
+    // tokenizer.model, else bytes() for a byte-vocabulary model (vocab_size 256). Throws when
+    // there is none or when its ids do not fit the model's vocabulary.
+    static Tokenizer for_model(const std::string& dir, size_t model_vocab_size, const std::string& file = "");
 
     Tokenizer(Tokenizer&&) noexcept;
     Tokenizer& operator=(Tokenizer&&) noexcept;
@@ -47,13 +53,11 @@ public:
     std::vector<int32_t> encode(std::string_view text, bool add_special = false) const;
     // Text of ids (special tokens included as their text). Throws on an id outside the vocabulary.
     std::string decode(const std::vector<int32_t>& ids) const;
-    // The text of one id as the decoder would append it after the others: decode(prefix + [id])
-    // minus decode(prefix) for streaming output; see TokenStream.
     size_t vocab_size() const;
     int32_t bos_id() const;                    // -1 when none
     int32_t eos_id() const;                    // -1 when none
     int32_t token_id(std::string_view token) const;  // -1 when absent
-    std::string kind() const;                  // "bpe", "byte-level bpe", "sentencepiece"
+    std::string kind() const;                  // "bytes", "bpe", "byte-level bpe", "sentencepiece"
 
     struct Impl;
 

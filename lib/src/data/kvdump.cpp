@@ -65,7 +65,9 @@ NpyArray parse_npy(std::span<const uint8_t> b, const std::string& what) {
     descr = descr.substr(1, descr.size() - 2);
     if (descr == "<f4" || descr == "=f4") a.dtype = "<f4";
     else if (descr == "<f2" || descr == "=f2") a.dtype = "<f2";
-    else bad(what, "dtype " + descr + " not supported (float32 or float16, little-endian)");
+    else if (descr == "<i4" || descr == "=i4") a.dtype = "<i4";
+    else if (descr == "<i8" || descr == "=i8") a.dtype = "<i8";
+    else bad(what, "dtype " + descr + " not supported (float32, float16, int32 or int64, little-endian)");
     const std::string fortran = dict_value(header, "fortran_order", what);
     if (fortran != "False") bad(what, "Fortran-order arrays are not supported (save C order)");
     const std::string shape = dict_value(header, "shape", what);
@@ -91,14 +93,20 @@ NpyArray parse_npy(std::span<const uint8_t> b, const std::string& what) {
         count *= size_t(v);
         a.shape.push_back(size_t(v));
     }
-    const size_t item_bytes = a.dtype == "<f4" ? 4 : 2;
+    const size_t item_bytes = a.dtype == "<i8" ? 8 : a.dtype == "<f4" || a.dtype == "<i4" ? 4 : 2;
     if (b.size() - offset != count * item_bytes)
         bad(what, "data has " + std::to_string(b.size() - offset) + " bytes, shape " + shape + " needs " +
                       std::to_string(count * item_bytes));
     a.data.resize(count);
     const uint8_t* p = b.data() + offset;
     for (size_t i = 0; i < count; ++i) {
-        if (item_bytes == 4) {
+        if (a.dtype == "<i4" || a.dtype == "<i8") {  // integers (token ids): exact in float32 below 2^24
+            uint64_t u = 0;
+            for (size_t k = 0; k < item_bytes; ++k) u |= uint64_t(p[item_bytes * i + k]) << (8 * k);
+            const int64_t v = item_bytes == 4 ? int64_t(int32_t(uint32_t(u))) : int64_t(u);
+            if (v > (1 << 24) || v < -(1 << 24)) bad(what, "integer " + std::to_string(v) + " is beyond 2^24 (not exact as float)");
+            a.data[i] = float(v);
+        } else if (item_bytes == 4) {
             const uint32_t u = uint32_t(p[4 * i]) | uint32_t(p[4 * i + 1]) << 8 | uint32_t(p[4 * i + 2]) << 16 |
                                uint32_t(p[4 * i + 3]) << 24;
             std::memcpy(&a.data[i], &u, 4);

@@ -475,7 +475,38 @@ PretokenRegex PretokenRegex::compile(std::string_view pattern) {
         throw std::invalid_argument("unsupported regex /" + std::string(pattern) + "/: it can match the empty string");
     Compiler(re.prog_).emit(*tree);
     re.prog_.push_back({Op::Match, false, 0, 0});
+    re.compute_first_sets();
     return re;
+}
+
+void PretokenRegex::compute_first_sets() {
+    first_.assign(prog_.size(), First{});
+    // Depth first from each instruction; a loop back to an instruction being visited adds nothing.
+    std::vector<int> state(prog_.size(), 0);  // 0 = not done, 1 = in progress, 2 = done
+    auto visit = [&](auto&& self, int pc) -> const First& {
+        First& f = first_[size_t(pc)];
+        if (state[size_t(pc)]) return f;
+        state[size_t(pc)] = 1;
+        const Inst& in = prog_[size_t(pc)];
+        auto merge = [&](const First& o) {
+            f.ascii[0] |= o.ascii[0], f.ascii[1] |= o.ascii[1], f.other = f.other || o.other;
+        };
+        switch (in.op) {
+            case Op::Char: {
+                const Class& c = classes_[size_t(in.x)];
+                f.ascii[0] = c.ascii[0], f.ascii[1] = c.ascii[1];
+                f.other = true;  // non-ASCII code points are not tracked
+                break;
+            }
+            case Op::Split: merge(self(self, in.x)), merge(self(self, in.y)); break;
+            case Op::Jmp: merge(self(self, in.x)); break;
+            case Op::Match:
+            case Op::Look: f.ascii[0] = f.ascii[1] = ~uint64_t(0), f.other = true; break;
+        }
+        state[size_t(pc)] = 2;
+        return f;
+    };
+    for (size_t pc = 0; pc < prog_.size(); ++pc) visit(visit, int(pc));
 }
 
 bool PretokenRegex::run(int pc, const uint32_t* cps, size_t n, size_t pos, size_t& end, size_t& budget,
@@ -491,10 +522,15 @@ bool PretokenRegex::run(int pc, const uint32_t* cps, size_t n, size_t pos, size_
                 if (pos < n && classes_[size_t(in.x)].test(cps[pos])) ++pc, ++pos;
                 else ok = false;
                 break;
-            case Op::Split:
-                stack.emplace_back(in.y, pos);
-                pc = in.x;
+            case Op::Split: {
+                const uint32_t cp = pos < n ? cps[pos] : 0x110000;  // past the end: nothing to prune on
+                const bool x_ok = pos >= n || can_start(in.x, cp), y_ok = pos >= n || can_start(in.y, cp);
+                if (x_ok && y_ok) stack.emplace_back(in.y, pos), pc = in.x;
+                else if (x_ok) pc = in.x;
+                else if (y_ok) pc = in.y;
+                else ok = false;
                 break;
+            }
             case Op::Jmp: pc = in.x; break;
             case Op::Match: end = pos; return true;
             case Op::Look: {

@@ -54,8 +54,22 @@ private:
     using Stack = std::vector<std::pair<int, size_t>>;  // backtracking points: (instruction, position)
     bool run(int pc, const uint32_t* cps, size_t n, size_t pos, size_t& end, size_t& budget, Stack& stack,
              int depth) const;
+    void compute_first_sets();
     std::vector<Class> classes_;
     std::vector<Inst> prog_;
+    // Per instruction: the ASCII characters a match continuing from it can begin with (bit set) and
+    // whether it can begin otherwise (non-ASCII, empty, lookahead: never pruned). At a Split, a
+    // branch that cannot begin with the next ASCII character is skipped, which spares trying the
+    // many alternatives of a pre-tokenizer pattern one by one.
+    struct First {
+        uint64_t ascii[2] = {0, 0};
+        bool other = false;
+    };
+    std::vector<First> first_;
+    bool can_start(int pc, uint32_t cp) const {
+        const First& f = first_[size_t(pc)];
+        return cp < 128 ? ((f.ascii[cp >> 6] >> (cp & 63)) & 1) != 0 : f.other;
+    }
 };
 
 }  // namespace tqkv::detail

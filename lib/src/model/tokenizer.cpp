@@ -835,6 +835,44 @@ bool readable(const std::string& path, std::string* bytes) {
 
 }  // namespace
 
+namespace {
+
+class ByteTokenizer final : public Tokenizer::Impl {
+public:
+    std::vector<int32_t> encode(std::string_view text, bool) const override {
+        return std::vector<int32_t>(reinterpret_cast<const uint8_t*>(text.data()),
+                                    reinterpret_cast<const uint8_t*>(text.data()) + text.size());
+    }
+    std::string decode(const std::vector<int32_t>& ids) const override {
+        std::string out;
+        for (int32_t id : ids) {
+            if (id < 0 || id > 255) throw std::invalid_argument("tokenizer: id " + std::to_string(id) + " is not a byte");
+            out += char(id);
+        }
+        return out;
+    }
+    size_t vocab_size() const override { return 256; }
+    int32_t token_id(std::string_view t) const override { return t.size() == 1 ? int32_t(uint8_t(t[0])) : -1; }
+    std::string kind() const override { return "bytes"; }
+};
+
+}  // namespace
+
+Tokenizer Tokenizer::bytes() { return Tokenizer(std::make_unique<ByteTokenizer>()); }
+
+Tokenizer Tokenizer::for_model(const std::string& dir, size_t model_vocab, const std::string& file) {
+    const bool has_own = !file.empty() || readable(dir + "/tokenizer.json", nullptr) || readable(dir + "/tokenizer.model", nullptr);
+    if (!has_own) {
+        if (model_vocab == 256) return bytes();
+        throw std::invalid_argument("tokenizer: " + dir + " has no tokenizer.json or tokenizer.model (pass one with --tokenizer)");
+    }
+    Tokenizer t = load(file.empty() ? dir : file);
+    if (t.vocab_size() > model_vocab)
+        throw std::invalid_argument("tokenizer: its " + std::to_string(t.vocab_size()) + " tokens do not fit the model's vocabulary of " +
+                                    std::to_string(model_vocab));
+    return t;
+}
+
 Tokenizer Tokenizer::from_json(std::string_view json, std::string_view config) {
     return Tokenizer(std::make_unique<JsonTokenizer>(json, config));
 }
