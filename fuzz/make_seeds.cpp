@@ -6,7 +6,9 @@
 #include <fstream>
 #include <string>
 
+#include "hf_checkpoint.hpp"
 #include "tiny_model.hpp"
+#include "tokenizer_json.hpp"
 #include "tqkv/tqkv.hpp"
 
 namespace fs = std::filesystem;
@@ -23,6 +25,7 @@ int main(int argc, char** argv) {
     fs::create_directories(root / "kernels");
     fs::create_directories(root / "model");
     fs::create_directories(root / "spec");
+    fs::create_directories(root / "tokenizer");
     tqkv::Rng rng(1);
     int i = 0;
     for (auto [heads, kv, dim, kb, vb, window, prod] :
@@ -107,6 +110,60 @@ int main(int argc, char** argv) {
         seed.insert(seed.end(), config.begin(), config.end());
         seed.insert(seed.end(), st.begin(), st.end());
         write(root / "model" / (tied ? "tied" : "untied"), seed);
+    }
+    // Hugging Face conventions on the same tiny shape: llama3 rope scaling in both config spellings
+    // with attention and MLP biases, linear scaling, Qwen2 q/k/v biases, Mistral's sliding window.
+    const std::string shape = R"("hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
+ "num_key_value_heads": 1, "intermediate_size": 8, "vocab_size": 16, "max_position_embeddings": 64, "rms_norm_eps": 1e-5, )";
+    const struct {
+        const char* name;
+        std::string config;
+        bool qkv_bias, o_bias, mlp_bias;
+    } hf[] = {
+        {"llama3", shape + R"("model_type": "llama", "tie_word_embeddings": true, "attention_bias": true, "mlp_bias": true,
+ "rope_theta": 500000.0, "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+ "high_freq_factor": 4.0, "original_max_position_embeddings": 16}, "torch_dtype": "bfloat16"})", true, true, true},
+        {"llama3v5", shape + R"("model_type": "llama", "tie_word_embeddings": true, "dtype": "float16",
+ "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+ "high_freq_factor": 4.0, "original_max_position_embeddings": 16}})", false, false, false},
+        {"linear", shape + R"("model_type": "llama", "tie_word_embeddings": true, "head_dim": 4,
+ "rope_scaling": {"type": "linear", "factor": 2.0}})", false, false, false},
+        {"qwen2", shape + R"("model_type": "qwen2", "tie_word_embeddings": true, "use_sliding_window": false,
+ "sliding_window": 4096, "rope_theta": 1000000.0})", true, false, false},
+        {"mistral", shape + R"("model_type": "mistral", "tie_word_embeddings": true, "sliding_window": 8})", false, false, false},
+    };
+    for (const auto& h : hf) {
+        tqkv_test::HfCheckpoint c;
+        c.hidden = 8, c.layers = 1, c.heads = 2, c.kv_heads = 1, c.head_dim = 4, c.inter = 8, c.vocab = 16, c.tied = true;
+        c.qkv_bias = h.qkv_bias, c.o_bias = h.o_bias, c.mlp_bias = h.mlp_bias;
+        tqkv_test::fill_tensors(c, 3);
+        const auto st = tqkv_test::write_safetensors(c.tensors, "BF16");
+        tqkv::LlamaModel::from_parts(tqkv::LlamaConfig::parse("{" + h.config), tqkv::Safetensors::parse(st));
+        const std::string config = "{" + h.config;
+        std::vector<uint8_t> seed = {uint8_t(config.size()), uint8_t(config.size() >> 8)};
+        seed.insert(seed.end(), config.begin(), config.end());
+        seed.insert(seed.end(), st.begin(), st.end());
+        write(root / "model" / h.name, seed);
+    }
+    // Tokenizers (fuzz_tokenizer: 2-byte length, tokenizer.json, then the text to encode).
+    const std::string llama3_pre = std::string(R"({"type":"Sequence","pretokenizers":[{"type":"Split","pattern":{"Regex":")") +
+                                   tqkv_test::json_escape(tqkv_test::kLlama3) +
+                                   R"("},"behavior":"Isolated","invert":false},{"type":"ByteLevel","add_prefix_space":false,"use_regex":false}]})";
+    const std::string smol_pre = R"({"type":"Sequence","pretokenizers":[{"type":"Digits","individual_digits":true},)"
+                                 R"({"type":"ByteLevel","add_prefix_space":false,"use_regex":true}]})";
+    const std::string texts[] = {"Hello world's  123 !!\n\n  x<|endoftext|>", "h\xc3\xa9llo \xe6\x97\xa5\xe6\x9c\xac 12345 IT'S",
+                                 "hi hi! \xff\xfe\t\r\n"};
+    int ti = 0;
+    for (const std::string& json : {tqkv_test::byte_level_json(tqkv_test::kGpt2Pre, tqkv_test::kMerges, false),
+                                    tqkv_test::byte_level_json(llama3_pre, tqkv_test::kMerges, true),
+                                    tqkv_test::byte_level_json(smol_pre, tqkv_test::kMerges, false), tqkv_test::sentencepiece_json()}) {
+        tqkv::Tokenizer::from_json(json);  // a seed that does not load fails here
+        for (const std::string& text : texts) {
+            std::vector<uint8_t> seed = {uint8_t(json.size()), uint8_t(json.size() >> 8)};
+            seed.insert(seed.end(), json.begin(), json.end());
+            seed.insert(seed.end(), text.begin(), text.end());
+            write(root / "tokenizer" / ("seed" + std::to_string(ti++)), seed);
+        }
     }
     return 0;
 }

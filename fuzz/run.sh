@@ -14,12 +14,13 @@ CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo 
 cmake --build build-fuzz -j"$(nproc)"
 seeds=build-fuzz/seeds
 rm -rf "$seeds" build-fuzz/corpus && ./build-fuzz/fuzz/tqkv-make-seeds "$seeds"
-for t in cache_load:cache npy:npy kernels:kernels model:model spec:spec; do
+for t in cache_load:cache npy:npy kernels:kernels model:model spec:spec tokenizer:tokenizer; do
   name=${t%%:*}; dir=${t##*:}
   runs=$RUNS
   [ "$name" = kernels ] && runs=$((RUNS / 20))   # each input builds codecs for every kernel: slower
   [ "$name" = model ] && runs=$((RUNS / 2))      # each input that loads runs the model
   [ "$name" = spec ] && runs=$((RUNS / 5))       # each input that parses builds and runs a cache
+  [ "$name" = tokenizer ] && runs=$((RUNS / 5))  # each input parses a vocabulary of hundreds of tokens
   mkdir -p "build-fuzz/corpus/$name"
   echo "== fuzz_$name: $runs executions"
   log=build-fuzz/fuzz_$name.log
