@@ -4,6 +4,7 @@
 // web/test/golden.test.mjs): native-coded caches and codec outputs the wasm build must match.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "tqkv/cache.hpp"
+#include "tqkv/fp16.hpp"
 #include "tqkv/rng.hpp"
 #include "tqkv/tqkv.h"
 
@@ -543,4 +545,112 @@ TEST_CASE("C ABI: caches serialized by the wasm build load natively (TQKV_GOLDEN
         ++checked;
     }
     CHECK(checked == 4);
+}
+
+// The block of input formats and attention statistics (tqkv.h, end): fp16 input == the widened
+// floats bit for bit, head-major == token-major, attend_stats merged == attend, dot_many == dot.
+TEST_CASE("C ABI: fp16 and head-major append, attend_ex, attend_stats, codec_dot_many", "[capi]") {
+    const tqkv_cache_config cfg = small_config();
+    const size_t row = 2 * 64, q = 4 * 64, n = 45;
+    std::vector<uint16_t> kh(n * row), vh(n * row);
+    tqkv::Rng rng(5);
+    for (auto* h : {&kh, &vh})
+        for (auto& x : *h) x = uint16_t(rng.below(0x7c00)) | uint16_t(rng.below(2) << 15);  // finite halves, subnormals too
+    auto widen = [](const std::vector<uint16_t>& h) {
+        std::vector<float> f(h.size());
+        for (size_t i = 0; i < h.size(); ++i) f[i] = tqkv::half_to_float(h[i]);
+        return f;
+    };
+    // keys only up to ~|65504|: scale so the fp16 norm of a vector stays finite
+    for (auto* h : {&kh, &vh})
+        for (auto& x : *h) x = tqkv::float_to_half(tqkv::half_to_float(x) * 1e-3f);
+    const auto kf = widen(kh), vf = widen(vh);
+    auto heads_major = [&](const std::vector<float>& x, size_t tokens, size_t heads, size_t dim) {
+        std::vector<float> out(x.size());
+        for (size_t t = 0; t < tokens; ++t)
+            for (size_t h = 0; h < heads; ++h)
+                std::copy_n(x.begin() + (t * heads + h) * dim, dim, out.begin() + (h * tokens + t) * dim);
+        return out;
+    };
+    Cache a(cfg), b(cfg), c(cfg);
+    REQUIRE(tqkv_cache_append(a.h, 1, kf.data(), kf.size(), vf.data(), vf.size()) == TQKV_OK);
+    REQUIRE(tqkv_cache_append_ex(b.h, 1, kh.data(), kh.size(), vh.data(), vh.size(), TQKV_DTYPE_F16, TQKV_LAYOUT_TOKENS) ==
+            TQKV_OK);
+    const auto kt = heads_major(kf, n, 2, 64), vt = heads_major(vf, n, 2, 64);
+    REQUIRE(tqkv_cache_append_ex(c.h, 1, kt.data(), kt.size(), vt.data(), vt.size(), TQKV_DTYPE_F32, TQKV_LAYOUT_HEADS) ==
+            TQKV_OK);
+    CHECK(save(a.h) == save(b.h));
+    CHECK(save(a.h) == save(c.h));
+    // errors: unknown dtype / layout, a head-major length that is not whole tokens; nothing changes
+    CHECK(tqkv_cache_append_ex(b.h, 1, kh.data(), row, vh.data(), row, 7, TQKV_LAYOUT_TOKENS) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(contains(tqkv_last_error(), "unknown dtype 7"));
+    CHECK(tqkv_cache_append_ex(b.h, 1, kh.data(), row, vh.data(), row, TQKV_DTYPE_F16, 9) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_cache_append_ex(c.h, 1, kt.data(), row - 1, vt.data(), row - 1, TQKV_DTYPE_F32, TQKV_LAYOUT_HEADS) ==
+          TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(contains(tqkv_last_error(), "kv_heads * head_dim = 128"));
+    std::vector<uint16_t> inf(kh.begin(), kh.begin() + row);
+    inf[3] = 0x7c00;
+    CHECK(tqkv_cache_append_ex(b.h, 1, inf.data(), row, vh.data(), row, TQKV_DTYPE_F16, TQKV_LAYOUT_TOKENS) ==
+          TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(contains(tqkv_last_error(), "not finite"));
+    CHECK(tokens(b.h, 1) == n);
+    CHECK(save(a.h) == save(b.h));
+
+    // attend_ex head-major == attend token-major (transposed)
+    const size_t m = 2;
+    const auto qs = gauss(m * q, 6);
+    std::vector<float> o1(m * q), o2(m * q);
+    REQUIRE(tqkv_cache_attend(a.h, 1, qs.data(), qs.size(), o1.data(), o1.size(), 1) == TQKV_OK);
+    const auto qt = heads_major(qs, m, 4, 64);
+    REQUIRE(tqkv_cache_attend_ex(a.h, 1, qt.data(), qt.size(), o2.data(), o2.size(), 1, TQKV_LAYOUT_HEADS) == TQKV_OK);
+    CHECK(heads_major(o1, m, 4, 64) == o2);
+
+    // attend_stats over two caches (tokens split at 20) merged == attend (non-causal) over all
+    tqkv_cache_config cfg0 = cfg;
+    cfg0.window = 0;
+    Cache all(cfg0), first(cfg0), rest(cfg0);
+    const size_t n1 = 20;
+    REQUIRE(tqkv_cache_append(all.h, 0, kf.data(), kf.size(), vf.data(), vf.size()) == TQKV_OK);
+    REQUIRE(tqkv_cache_append(first.h, 0, kf.data(), n1 * row, vf.data(), n1 * row) == TQKV_OK);
+    REQUIRE(tqkv_cache_append(rest.h, 0, kf.data() + n1 * row, (n - n1) * row, vf.data() + n1 * row, (n - n1) * row) ==
+            TQKV_OK);
+    std::vector<float> want(m * q), acc1(m * q), acc2(m * q), m1(m * 4), m2(m * 4), s1(m * 4), s2(m * 4);
+    REQUIRE(tqkv_cache_attend(all.h, 0, qs.data(), qs.size(), want.data(), want.size(), 0) == TQKV_OK);
+    REQUIRE(tqkv_cache_attend_stats(first.h, 0, qs.data(), qs.size(), TQKV_LAYOUT_TOKENS, acc1.data(), acc1.size(),
+                                    m1.data(), m1.size(), s1.data(), s1.size()) == TQKV_OK);
+    REQUIRE(tqkv_cache_attend_stats(rest.h, 0, qs.data(), qs.size(), TQKV_LAYOUT_TOKENS, acc2.data(), acc2.size(),
+                                    m2.data(), m2.size(), s2.data(), s2.size()) == TQKV_OK);
+    for (size_t i = 0; i < m * 4; ++i) {
+        const float X = std::max(m1[i], m2[i]);
+        const double w1 = std::exp(double(m1[i] - X)), w2 = std::exp(double(m2[i] - X));
+        for (size_t j = 0; j < 64; ++j) {
+            const double merged = (w1 * acc1[i * 64 + j] + w2 * acc2[i * 64 + j]) / (w1 * s1[i] + w2 * s2[i]);
+            CHECK(merged == Approx(want[i * 64 + j]).margin(1e-5).epsilon(1e-4));
+        }
+    }
+    std::vector<float> small(3);
+    CHECK(tqkv_cache_attend_stats(first.h, 0, qs.data(), qs.size(), TQKV_LAYOUT_TOKENS, small.data(), small.size(),
+                                  m1.data(), m1.size(), s1.data(), s1.size()) == TQKV_ERR_INVALID_ARGUMENT);
+
+    // dot_many == dot per query
+    tqkv_codec_config cc;
+    REQUIRE(tqkv_codec_config_init(&cc) == TQKV_OK);
+    cc.dim = 64;
+    tqkv_codec codec;
+    REQUIRE(tqkv_codec_create(&cc, &codec) == TQKV_OK);
+    size_t bpv = 0;
+    REQUIRE(tqkv_codec_bytes_per_vector(codec, &bpv) == TQKV_OK);
+    const size_t nv = 30;
+    std::vector<uint8_t> codes(nv * bpv);
+    REQUIRE(tqkv_codec_encode(codec, kf.data(), nv * 64, codes.data(), codes.size()) == TQKV_OK);
+    const auto qq = gauss(3 * 64, 7);
+    std::vector<float> many(3 * nv), one(nv);
+    REQUIRE(tqkv_codec_dot_many(codec, qq.data(), qq.size(), codes.data(), codes.size(), many.data(), many.size()) == TQKV_OK);
+    for (size_t i = 0; i < 3; ++i) {
+        REQUIRE(tqkv_codec_dot(codec, qq.data() + i * 64, 64, codes.data(), codes.size(), one.data(), one.size()) == TQKV_OK);
+        CHECK(std::equal(one.begin(), one.end(), many.begin() + i * nv));
+    }
+    CHECK(tqkv_codec_dot_many(codec, qq.data(), qq.size(), codes.data(), codes.size(), many.data(), nv) ==
+          TQKV_ERR_INVALID_ARGUMENT);
+    tqkv_codec_destroy(codec);
 }

@@ -6,14 +6,20 @@
 //    "key_bits", "value_bits", "ns_per_query", "dense_fp32_ns_per_query", ...}
 // then one {"target":"ratio", ...} line per token count with the speed ratios.
 //
+// Then Codec.dot rows: 4 queries over 4096 4-bit codes (d = 128), one call per query and one
+// call for all four, against a plain JavaScript fp32 dot loop over the uncompressed vectors:
+//   {"target":"codec-dot", "variant", "queries", "vectors", "dim", "bits", "per_query_calls_ns",
+//    "one_call_ns", "js_fp32_ns", "speedup_vs_js_fp32"}
+//
 //   node bench.mjs [--tokens 4096,16384] [--seconds 0.5] [--heads 4] [--kv-heads 4] [--dim 128]
-//                  [--key-bits 4] [--value-bits 4]
+//                  [--key-bits 4] [--value-bits 4] [--only codec] [--dist DIR (another build of dist/)]
 // TQKV_BENCH=path/to/tqkv-bench overrides the native binary.
 import { existsSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { resolve } from 'node:path';
-import { Tqkv } from './dist/node.js';
+const argvDist = process.argv.indexOf('--dist');
+const { Tqkv } = await import(argvDist > 0 ? new URL(`file://${process.argv[argvDist + 1]}/node.js`).href : './dist/node.js');
 
 const args = Object.fromEntries(
   process.argv.slice(2).reduce((acc, a, i, all) => (a.startsWith('--') ? [...acc, [a.slice(2), all[i + 1]]] : acc), []),
@@ -137,6 +143,44 @@ function nativeTarget(kernel) {
   return rows;
 }
 
+// Codec.dot: the teaching-page path (VectorCodec::dot through the C ABI), not the cache's fused one.
+async function codecDot(simd) {
+  const t = await Tqkv.load({ simd });
+  const d = 128, n = 4096, m = 4;
+  const x = gaussian(n * d, 11), q = gaussian(m * d, 12);
+  const codec = t.createCodec({ dim: d, bits: 4 });
+  const codes = codec.encode(x);
+  const out = new Float32Array(m * n);
+  const perQuery = nsPerCall(() => {
+    for (let i = 0; i < m; i++) codec.dot(q.subarray(i * d, (i + 1) * d), codes, out.subarray(i * n, (i + 1) * n));
+  });
+  let oneCall = null;
+  try {
+    codec.dot(q, codes, out);
+    oneCall = Math.round(nsPerCall(() => codec.dot(q, codes, out)));
+  } catch {} // a build before several queries per call
+  const js = nsPerCall(() => {
+    for (let i = 0; i < m; i++)
+      for (let v = 0; v < n; v++) {
+        let acc = 0;
+        for (let j = 0; j < d; j++) acc += q[i * d + j] * x[v * d + j];
+        out[i * n + v] = acc;
+      }
+  });
+  const best = Math.min(perQuery, oneCall ?? Infinity);
+  const line = { target: 'codec-dot', variant: t.variant ?? (simd ? 'simd128' : 'scalar'), kernel: t.kernel, queries: m, vectors: n, dim: d,
+    bits: 4, per_query_calls_ns: Math.round(perQuery), one_call_ns: oneCall, js_fp32_ns: Math.round(js),
+    speedup_vs_js_fp32: +(js / best).toFixed(3) };
+  codec.dispose();
+  console.log(JSON.stringify(line));
+}
+
+if (args.only === 'codec') {
+  await codecDot(true);
+  await codecDot(false);
+  process.exit(0);
+}
+
 const simd = await wasmTarget(true);
 const scalar = await wasmTarget(false);
 const native = nativeTarget('');
@@ -150,3 +194,5 @@ for (const T of tokenList) {
   if (a && a !== n) ratio.wasm_simd_slowdown_vs_native_avx2 = +(s.ns_per_query / a.ns_per_query).toFixed(3);
   console.log(JSON.stringify(ratio));
 }
+await codecDot(true);
+await codecDot(false);

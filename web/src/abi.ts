@@ -47,6 +47,12 @@ export interface Exports {
   tqkv_runner_reset(h: number): number;
   tqkv_runner_get_stats(h: number, stats: number): number;
   tqkv_runner_nll(h: number, tokens: number, n: number, ctx: number, nll: number, scored: number): number;
+  // input formats and attention statistics (tqkv.h, the block at the end)
+  tqkv_cache_append_ex(h: number, layer: number, k: number, nk: number, v: number, nv: number, dtype: number, layout: number): number;
+  tqkv_cache_attend_ex(h: number, layer: number, q: number, nq: number, o: number, no: number, causal: number, layout: number): number;
+  tqkv_cache_attend_stats(h: number, layer: number, q: number, nq: number, layout: number, acc: number, nAcc: number,
+                          max: number, nMax: number, sum: number, nSum: number): number;
+  tqkv_codec_dot_many(h: number, q: number, nq: number, c: number, nc: number, s: number, ns: number): number;
 }
 
 /** @internal TQKV_ABI_VERSION the bindings were written for. */

@@ -3,6 +3,7 @@
 import { CACHE_CFG_SIZE } from './abi.js';
 import { disposedError, Status } from './errors.js';
 import { asFloat32, asInt, asNumber } from './input.js';
+import type { ModuleVariant } from './loader.js';
 import type { Tqkv } from './tqkv.js';
 
 /** Configuration of a cache (the C++ tqkv::CacheConfig, plus the number of layers). */
@@ -38,6 +39,53 @@ export interface CacheOptions {
   valueHighChannels?: ArrayLike<number>;
   /** Kernel table: '' (best: 'wasm128' in the SIMD build) or 'scalar'. */
   kernel?: string;
+  /** Default layout of the tensors given to append / attend / attendStats: 'token-major'
+   *  ([n][heads][headDim], the default) or 'head-major' ([heads][n][headDim]). */
+  layout?: TensorLayout;
+}
+
+/** How a tensor of n tokens is laid out: 'token-major' [n][heads][headDim] or 'head-major'
+ *  [heads][n][headDim] (heads = kvHeads for keys and values, query heads for queries). */
+export type TensorLayout = 'token-major' | 'head-major';
+
+/** Keys and values: fp32, or IEEE half bits (Uint16Array, or Float16Array where the engine has
+ *  it), widened exactly inside the module. */
+export type KVTensor = Float32Array | Uint16Array | Float16ArrayLike;
+/** Float16Array (ES2025), where the engine has it. */
+export interface Float16ArrayLike extends ArrayBufferView {
+  readonly length: number;
+  readonly [Symbol.toStringTag]: 'Float16Array';
+}
+
+/** Options of {@link KVCache.append}. */
+export interface AppendOptions {
+  /** Layout of keys and values (default: the cache's `layout`). */
+  layout?: TensorLayout;
+  /** head-major only: append tokens [start, start + count) of a [kvHeads][seq][headDim] tensor
+   *  holding seq = length / (kvHeads * headDim) tokens (e.g. the new tokens of a runtime's
+   *  present-KV tensor); default all of them. Each head's rows are copied as they are. */
+  start?: number;
+  count?: number;
+}
+
+/** Options of {@link KVCache.attend}. */
+export interface AttendOptions {
+  /** See attend's `causal`; default true. */
+  causal?: boolean;
+  /** Layout of queries and out (default: the cache's `layout`). */
+  layout?: TensorLayout;
+}
+
+/** Softmax statistics of queries over a layer ({@link KVCache.attendStats}), per query token and
+ *  head: maxLogit M, sumExp S = sum_t exp(s_t - M), acc A = sum_t exp(s_t - M) v_t (unnormalised),
+ *  with s_t = scale * <q, k_t>. */
+export interface AttentionStats {
+  /** [m][heads][headDim] (token-major) or [heads][m][headDim]. */
+  acc: Float32Array;
+  /** [m][heads] or [heads][m]. */
+  maxLogit: Float32Array;
+  /** [m][heads] or [heads][m]. */
+  sumExp: Float32Array;
 }
 
 /** The configuration a cache reports (see {@link KVCache.config}). */
@@ -56,11 +104,50 @@ export interface CacheConfig {
   /** Layer 0's seed (layer l codes with a seed derived from the configured one). */
   seed: bigint;
   normFormat: 'f16' | 'f32';
+  /** The kernel table the cache uses ('wasm128', 'scalar', ...). */
+  kernel: string;
+  /** The module build of the instance ('relaxed', 'simd128' or 'scalar'). */
+  variant: ModuleVariant;
+  /** Channels with one more bit for a fractional keyBits / valueBits (counts). */
+  keyHighChannels: number;
+  valueHighChannels: number;
+  /** Default layout of append / attend tensors. */
+  layout: TensorLayout;
+}
+
+const CACHE_OPTION_KEYS = ['layers', 'heads', 'kvHeads', 'headDim', 'keyBits', 'valueBits', 'keyMethod', 'window',
+  'blockTokens', 'scale', 'maxTokens', 'seed', 'normFormat', 'keyHighChannels', 'valueHighChannels', 'kernel', 'layout'];
+const LAYOUTS = { 'token-major': 0, 'head-major': 1 } as const;
+const DTYPE_F32 = 0, DTYPE_F16 = 1;
+
+/** @internal Throws a TypeError naming the first unknown key of an options object. */
+export function checkKeys(options: object, accepted: readonly string[], what: string): void {
+  for (const k of Object.keys(options))
+    if (!accepted.includes(k)) throw new TypeError(`tqkv: ${what}: unknown option '${k}' (accepted: ${accepted.join(', ')})`);
+}
+
+function layoutOf(x: unknown, what: string): TensorLayout {
+  if (x !== 'token-major' && x !== 'head-major') throw new TypeError(`tqkv: ${what} must be 'token-major' or 'head-major', got ${String(x)}`);
+  return x;
+}
+
+const hasFloat16 = typeof (globalThis as { Float16Array?: unknown }).Float16Array === 'function';
+/** @internal The element type and the bits of a key/value tensor. */
+export function kvBits(x: unknown, what: string): { dtype: number; f32?: Float32Array; u16?: Uint16Array } {
+  if (x instanceof Float32Array) return { dtype: DTYPE_F32, f32: x };
+  if (x instanceof Uint16Array) return { dtype: DTYPE_F16, u16: x };
+  if (hasFloat16 && x instanceof (globalThis as unknown as { Float16Array: new () => ArrayBufferView }).Float16Array) {
+    const v = x as ArrayBufferView & { length: number };
+    return { dtype: DTYPE_F16, u16: new Uint16Array(v.buffer, v.byteOffset, v.length) };
+  }
+  throw new TypeError(`tqkv: ${what} must be a Float32Array, a Uint16Array (fp16 bits) or a Float16Array`);
 }
 
 /** @internal Tqkv.createCache. */
 export function createCache(t: Tqkv, options: CacheOptions): KVCache {
   if (typeof options !== 'object' || options === null) throw new TypeError('tqkv: createCache needs an options object');
+  checkKeys(options, CACHE_OPTION_KEYS, 'createCache');
+  const layout = layoutOf(options.layout ?? 'token-major', 'layout');
   const x = t._x;
   const cfg = t.structPtr;
   t.check(x.tqkv_cache_config_init(cfg));
@@ -104,7 +191,7 @@ export function createCache(t: Tqkv, options: CacheOptions): KVCache {
     if (kp) x.free(kp);
     if (vp) x.free(vp);
   }
-  return new KVCache(t, t.u32(t.slot));
+  return new KVCache(t, t.u32(t.slot), layout);
 }
 
 /** @internal A malloc'd int32 array of channel indices (freed by the caller), or [0, 0]. */
@@ -121,18 +208,18 @@ export function writeChannels(t: Tqkv, list: ArrayLike<number> | undefined, what
   return [p, list.length];
 }
 
-/** A compressed KV cache of one or more layers. Free it with {@link KVCache.dispose} (or let the
- *  garbage collector do it). A call that throws leaves the cache as it was. */
+/** A compressed KV cache of one or more layers. Free it with {@link KVCache.dispose} (or `using`,
+ *  or let the garbage collector do it). A call that throws leaves the cache as it was. */
 export class KVCache {
   private handle: number;
   private readonly t: Tqkv;
   private readonly cfg: CacheConfig;
 
   /** @internal */
-  constructor(t: Tqkv, handle: number) {
+  constructor(t: Tqkv, handle: number, layout: TensorLayout = 'token-major') {
     this.t = t;
     this.handle = handle;
-    this.cfg = this.readConfig();
+    this.cfg = this.readConfig(layout);
     t._finalizer?.register(this, handle, this);
   }
 
@@ -141,30 +228,38 @@ export class KVCache {
     return this.handle;
   }
 
-  private readConfig(): CacheConfig {
+  private readConfig(layout: TensorLayout): CacheConfig {
     const t = this.t;
     const p = t.scratchPtr(128);
     t.view().setUint32(p, CACHE_CFG_SIZE, true);
     t.check(t._x.tqkv_cache_get_config(this.handle, p));
     const d = t.view();
-    return {
+    const headDim = d.getInt32(p + 16, true);
+    const scale = d.getFloat32(p + 48, true);
+    const maxTokens = Number(d.getBigUint64(p + 56, true));
+    const cfg = {
       layers: d.getInt32(p + 4, true),
       heads: d.getInt32(p + 8, true),
       kvHeads: d.getInt32(p + 12, true),
-      headDim: d.getInt32(p + 16, true),
+      headDim,
       keyMethod: d.getInt32(p + 20, true) === 1 ? 'prod' : 'mse',
       keyBits: d.getFloat64(p + 24, true),
       valueBits: d.getFloat64(p + 32, true),
       blockTokens: d.getInt32(p + 40, true),
       window: d.getInt32(p + 44, true),
-      scale: d.getFloat32(p + 48, true),
+      // the effective values: 0 means 1/sqrt(headDim) (as float(1 / sqrt(double)) in C++) and unbounded (2^28)
+      scale: scale > 0 ? scale : Math.fround(1 / Math.sqrt(headDim)),
       normFormat: d.getInt32(p + 52, true) === 1 ? 'f32' : 'f16',
-      maxTokens: Number(d.getBigUint64(p + 56, true)),
+      maxTokens: maxTokens || 2 ** 28,
       seed: d.getBigUint64(p + 64, true),
-    };
+      keyHighChannels: d.getInt32(p + 72, true),
+      valueHighChannels: d.getInt32(p + 76, true),
+    } as const;
+    return { ...cfg, kernel: t.cstr(t._x.tqkv_cache_kernel(this.handle)), variant: t.variant, layout };
   }
 
-  /** The configuration (a copy). */
+  /** The configuration with effective values (a copy): scale 1/sqrt(headDim) when none was given,
+   *  maxTokens 2^28 when unbounded, the kernel and module build in use. */
   get config(): CacheConfig {
     return { ...this.cfg };
   }
@@ -179,35 +274,120 @@ export class KVCache {
     return this.handle === 0;
   }
 
-  /** Appends n tokens to a layer: keys and values are Float32Array [n][kvHeads][headDim]. */
-  append(layer: number, keys: Float32Array, values: Float32Array): void {
+  /**
+   * Appends n tokens to a layer. keys and values: Float32Array, or fp16 as Uint16Array (IEEE half
+   * bits) or Float16Array, widened exactly inside the module (the same codes as appending the
+   * widened floats); token-major [n][kvHeads][headDim] or, with layout 'head-major',
+   * [kvHeads][n][headDim] (reordered inside the module; `start`/`count` select tokens of a
+   * longer head-major tensor).
+   */
+  append(layer: number, keys: KVTensor, values: KVTensor, options: AppendOptions = {}): void {
     const h = this.h();
-    asFloat32(keys, 'keys');
-    asFloat32(values, 'values');
+    const k = kvBits(keys, 'keys'), v = kvBits(values, 'values');
+    if (k.dtype !== v.dtype) throw new TypeError('tqkv: keys and values must have the same element type');
     if (layer !== (layer | 0)) throw new TypeError('tqkv: layer must be an integer');
+    if (typeof options !== 'object' || options === null) throw new TypeError('tqkv: append options must be an object');
+    checkKeys(options, ['layout', 'start', 'count'], 'append');
+    const layout = LAYOUTS[layoutOf(options.layout ?? this.cfg.layout, 'layout')];
     const t = this.t;
-    const p = t.scratchPtr(4 * (keys.length + values.length));
-    t.copyIn(keys, p);
-    t.copyIn(values, p + 4 * keys.length);
-    t.check(t._x.tqkv_cache_append(h, layer, p, keys.length, p + 4 * keys.length, values.length));
+    const x = t._x;
+    if (k.dtype === DTYPE_F32 && layout === 0 && options.start === undefined && options.count === undefined) {
+      const kf = k.f32!, vf = v.f32!;
+      const p = t.scratchPtr(4 * (kf.length + vf.length));
+      t.copyIn(kf, p);
+      t.copyIn(vf, p + 4 * kf.length);
+      t.check(x.tqkv_cache_append(h, layer, p, kf.length, p + 4 * kf.length, vf.length));
+      return;
+    }
+    const ka: ArrayLike<number> & { subarray(a: number, b: number): Float32Array | Uint16Array } = (k.f32 ?? k.u16)!;
+    const va: typeof ka = (v.f32 ?? v.u16)!;
+    const size = k.dtype === DTYPE_F32 ? 4 : 2;
+    let rows: Array<[number, number]> = [[0, ka.length]]; // [offset, length] element ranges copied one after the other
+    let vrows = [[0, va.length]];
+    if (options.start !== undefined || options.count !== undefined) {
+      if (layout !== 1) throw new TypeError("tqkv: append: start/count need layout 'head-major'");
+      const H = this.cfg.kvHeads, D = this.cfg.headDim;
+      const seq = Math.floor(ka.length / (H * D));
+      if (ka.length !== seq * H * D || va.length !== ka.length)
+        throw new TypeError(`tqkv: append: keys and values must both hold kvHeads * seq * headDim elements (kvHeads * headDim = ${H * D})`);
+      const start = asInt(options.start ?? 0, 'start', 0, seq);
+      const count = asInt(options.count ?? seq - start, 'count', 0, seq - start);
+      rows = Array.from({ length: H }, (_, hh): [number, number] => [(hh * seq + start) * D, count * D]);
+      vrows = rows;
+    }
+    const n = rows.reduce((a, r) => a + r[1], 0), nv = vrows.reduce((a, r) => a + r[1], 0);
+    const p = t.scratchPtr(size * (n + nv) + 16);
+    const pv = (p + size * n + 3) & ~3;
+    const copy = (src: typeof ka, ranges: number[][], ptr: number) => {
+      const len = ranges.reduce((a, r) => a + r[1], 0);
+      const view = size === 4 ? new Float32Array(t._memory.buffer, ptr, len) : new Uint16Array(t._memory.buffer, ptr, len);
+      let o = 0;
+      for (const [off, len] of ranges) {
+        view.set(src.subarray(off, off + len), o);
+        o += len;
+      }
+    };
+    copy(ka, rows, p);
+    copy(va, vrows, pv);
+    t.check(x.tqkv_cache_append_ex(h, layer, p, n, pv, nv, k.dtype, layout));
   }
 
   /** Attention of m queries [m][heads][headDim] over a layer into `out` (same shape; a new array
    *  when omitted). causal (default): query i sits at position tokens - m + i and sees the tokens
-   *  up to it (chunked prefill after appending the chunk); otherwise every query sees every token. */
-  attend(layer: number, queries: Float32Array, out?: Float32Array, causal = true): Float32Array {
+   *  up to it (chunked prefill after appending the chunk); otherwise every query sees every token.
+   *  The fourth argument may also be `{ causal, layout }` (layout 'head-major': queries and out
+   *  are [heads][m][headDim]). */
+  attend(layer: number, queries: Float32Array, out?: Float32Array, causal: boolean | AttendOptions = true): Float32Array {
     const h = this.h();
     asFloat32(queries, 'queries');
     if (layer !== (layer | 0)) throw new TypeError('tqkv: layer must be an integer');
     const o = out === undefined ? new Float32Array(queries.length) : asFloat32(out, 'out');
+    let isCausal = true, layout = LAYOUTS[this.cfg.layout];
+    if (typeof causal === 'boolean') isCausal = causal;
+    else if (typeof causal === 'object' && causal !== null) {
+      checkKeys(causal, ['causal', 'layout'], 'attend');
+      isCausal = causal.causal ?? true;
+      if (typeof isCausal !== 'boolean') throw new TypeError('tqkv: attend: causal must be a boolean');
+      if (causal.layout !== undefined) layout = LAYOUTS[layoutOf(causal.layout, 'layout')];
+    } else throw new TypeError('tqkv: attend: the fourth argument must be a boolean (causal) or { causal, layout }');
     const t = this.t;
     const p = t.scratchPtr(4 * (queries.length + o.length));
     t.copyIn(queries, p);
     const po = p + 4 * queries.length;
-    t.check(t._x.tqkv_cache_attend(h, layer, p, queries.length, po, o.length, causal ? 1 : 0));
+    t.check(t._x.tqkv_cache_attend_ex(h, layer, p, queries.length, po, o.length, isCausal ? 1 : 0, layout));
     t.refresh();
     t.copyOut(po, o);
     return o;
+  }
+
+  /**
+   * Softmax statistics of m queries over every token of a layer (no causal mask: for merging the
+   * cache's part of attention with attention over tokens held elsewhere, e.g. the exact current
+   * chunk): per query token and head, maxLogit M, sumExp S and the unnormalised output acc A (see
+   * {@link AttentionStats}). Attention over the union of the cache's tokens and other tokens with
+   * statistics (M', S', A'): X = max(M, M'), out = (e^(M-X) A + e^(M'-X) A') / (e^(M-X) S + e^(M'-X) S').
+   * `into` receives the results when given (each the right length).
+   */
+  attendStats(layer: number, queries: Float32Array, into?: Partial<AttentionStats>, options: { layout?: TensorLayout } = {}): AttentionStats {
+    const h = this.h();
+    asFloat32(queries, 'queries');
+    if (layer !== (layer | 0)) throw new TypeError('tqkv: layer must be an integer');
+    checkKeys(options, ['layout'], 'attendStats');
+    const layout = LAYOUTS[layoutOf(options.layout ?? this.cfg.layout, 'layout')];
+    const m = Math.floor(queries.length / (this.cfg.heads * this.cfg.headDim));
+    const acc = into?.acc === undefined ? new Float32Array(queries.length) : asFloat32(into.acc, 'acc');
+    const maxLogit = into?.maxLogit === undefined ? new Float32Array(m * this.cfg.heads) : asFloat32(into.maxLogit, 'maxLogit');
+    const sumExp = into?.sumExp === undefined ? new Float32Array(m * this.cfg.heads) : asFloat32(into.sumExp, 'sumExp');
+    const t = this.t;
+    const p = t.scratchPtr(4 * (queries.length + acc.length + maxLogit.length + sumExp.length));
+    const pa = p + 4 * queries.length, pm = pa + 4 * acc.length, ps = pm + 4 * maxLogit.length;
+    t.copyIn(queries, p);
+    t.check(t._x.tqkv_cache_attend_stats(h, layer, p, queries.length, layout, pa, acc.length, pm, maxLogit.length, ps, sumExp.length));
+    t.refresh();
+    t.copyOut(pa, acc);
+    t.copyOut(pm, maxLogit);
+    t.copyOut(ps, sumExp);
+    return { acc, maxLogit, sumExp };
   }
 
   /** Keeps the first n tokens of every layer (speculative-decoding rollback). */
@@ -257,5 +437,10 @@ export class KVCache {
     this.handle = 0;
     this.t._finalizer?.unregister(this);
     this.t.check(this.t._x.tqkv_cache_destroy(h));
+  }
+
+  /** dispose(), for `using cache = tqkv.createCache(...)`. */
+  [Symbol.dispose](): void {
+    this.dispose();
   }
 }

@@ -118,20 +118,21 @@ export class Codec {
     return o;
   }
 
-  /** scores[v] = estimate of <query, x_v> for each encoded vector, from the codes. */
+  /** scores[v] = estimate of <query, x_v> for each encoded vector, from the codes. Several
+   *  queries at once (query.length = m * dim): scores [m][n], the codes copied and checked once. */
   dot(query: Float32Array, codes: Uint8Array, out?: Float32Array): Float32Array {
     const h = this.h();
     asFloat32(query, 'query');
     if (!(codes instanceof Uint8Array)) throw new TypeError('tqkv: codes must be a Uint8Array');
-    const n = Math.floor(codes.length / this.bytesPerVector);
-    const o = out === undefined ? new Float32Array(n) : asFloat32(out, 'out');
+    const n = Math.floor(codes.length / this.bytesPerVector), m = Math.max(1, Math.floor(query.length / this.dim));
+    const o = out === undefined ? new Float32Array(m * n) : asFloat32(out, 'out');
     const t = this.t;
     const pq = t.scratchPtr(4 * query.length + codes.length + 4 * o.length + 32);
     const pc = pq + 4 * query.length;
     const po = (pc + codes.length + 15) & ~15;
     t.copyIn(query, pq);
     t.bytes().set(codes, pc);
-    t.check(t._x.tqkv_codec_dot(h, pq, query.length, pc, codes.length, po, o.length));
+    t.check(t._x.tqkv_codec_dot_many(h, pq, query.length, pc, codes.length, po, o.length));
     t.refresh();
     t.copyOut(po, o);
     return o;
@@ -143,5 +144,10 @@ export class Codec {
     this.handle = 0;
     this.t._codecFinalizer?.unregister(this);
     this.t.check(this.t._x.tqkv_codec_destroy(h));
+  }
+
+  /** dispose(), for `using`. */
+  [Symbol.dispose](): void {
+    this.dispose();
   }
 }

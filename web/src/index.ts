@@ -25,6 +25,7 @@
 //   tqkv.ts      Tqkv: one instance and its memory, shared helpers
 //   cache.ts     KVCache        codec.ts  Codec        model.ts  LlamaModel, Calibration, Runner
 //   errors.ts    TqkvError, Status           abi.ts  the C ABI's exports and struct layouts
+//   persist.ts   saving serialized caches in IndexedDB
 // This file is the browser-safe entry point (no `node:` import); node.ts adds file access.
 
 export { Status, TqkvError } from './errors.js';
@@ -38,7 +39,17 @@ export {
   type WasmSource,
 } from './loader.js';
 export { Tqkv } from './tqkv.js';
-export { KVCache, type CacheConfig, type CacheOptions } from './cache.js';
+export {
+  KVCache,
+  type AppendOptions,
+  type AttendOptions,
+  type AttentionStats,
+  type CacheConfig,
+  type CacheOptions,
+  type Float16ArrayLike,
+  type KVTensor,
+  type TensorLayout,
+} from './cache.js';
 export { Codec, type CodecOptions } from './codec.js';
 export {
   Calibration,
@@ -49,6 +60,8 @@ export {
   type RunnerStats,
   type TokenInput,
 } from './model.js';
+
+export { loadFromIndexedDB, removeFromIndexedDB, saveToIndexedDB, type IndexedDBOptions } from './persist.js';
 
 import { Tqkv } from './tqkv.js';
 export default Tqkv;

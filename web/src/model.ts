@@ -148,6 +148,11 @@ export class LlamaModel {
     this.tqkv._modelFinalizer?.unregister(this);
     this.tqkv.check(this.tqkv._x.tqkv_model_destroy(h));
   }
+
+  /** dispose(), for `using`. */
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
 }
 
 /** Calibration statistics of a model ({@link LlamaModel.calibrate}); reusable by many runners. */
@@ -170,6 +175,11 @@ export class Calibration {
     this.handle = 0;
     this.t._modelFinalizer?.unregister(this);
     this.t.check(this.t._x.tqkv_calibration_destroy(h));
+  }
+
+  /** dispose(), for `using`. */
+  [Symbol.dispose](): void {
+    this.dispose();
   }
 }
 
@@ -333,6 +343,11 @@ export class Runner {
     this.handle = 0;
     this.t._modelFinalizer?.unregister(this);
     this.t.check(this.t._x.tqkv_runner_destroy(h));
+  }
+
+  /** dispose(), for `using`. */
+  [Symbol.dispose](): void {
+    this.dispose();
   }
 }
 

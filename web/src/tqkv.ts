@@ -278,7 +278,9 @@ export class Tqkv {
   /** @internal */ copyOut(ptr: number, dst: Float32Array): void {
     const f = this.f32;
     const base = ptr >>> 2;
-    for (let i = 0, n = dst.length; i < n; i++) dst[i] = f[base + i];
+    const n = dst.length;
+    if (n > 64) dst.set(f.subarray(base, base + n)); // a memcpy; the view object costs less than the loop
+    else for (let i = 0; i < n; i++) dst[i] = f[base + i];
   }
   /** @internal */ u32(ptr: number): number {
     this.refresh();

@@ -61,7 +61,7 @@ function serve(mounts) {
   return new Promise((ok) => server.listen(0, '127.0.0.1', () => ok(server)));
 }
 
-test('Chromium runs the packed package: SIMD128, forced scalar, and fallback without SIMD', { skip, timeout: 180_000 }, async (t) => {
+test('Chromium runs the packed package: builds, fallback without SIMD, IndexedDB persistence', { skip, timeout: 180_000 }, async (t) => {
   // The package as installed from the tarball.
   const work = mkdtempSync(join(tmpdir(), 'tqkv-browser-'));
   const packed = execFileSync('npm', ['pack', '--silent', '--pack-destination', work], { cwd: web, encoding: 'utf8' }).trim().split('\n').pop();
@@ -152,6 +152,36 @@ test('Chromium runs the packed package: SIMD128, forced scalar, and fallback wit
     assert.equal(result.kernel, 'scalar');
     assert.ok(requested.includes('/node_modules/tqkv/dist/tqkv-scalar.wasm'));
     check(result, want.scalar);
+  });
+
+  await t.test('IndexedDB: a saved cache restores after a reload and continues exactly; using; Float16Array', async () => {
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    const logs = [];
+    page.on('console', (m) => logs.push(m.text()));
+    page.on('pageerror', (e) => logs.push(String(e)));
+    const get = async () => {
+      await page.waitForFunction(() => window.__tqkvResult !== undefined, null, { timeout: 60_000 });
+      const r = await page.evaluate(() => window.__tqkvResult);
+      assert.ok(r.ok, `${r.phase}: ${r.error}\n${logs.join('\n')}`);
+      return r;
+    };
+    await page.goto(base + 'persist.html?phase=save');
+    const saved = await get();
+    await page.goto(base + 'persist.html?phase=restore'); // a new page load: only IndexedDB carries the cache
+    const restored = await get();
+    await context.close();
+    assert.equal(restored.loadedBytes, saved.savedBytes);
+    assert.ok(saved.savedBytes < saved.fp16Bytes / 3, `${saved.savedBytes} bytes vs fp16 ${saved.fp16Bytes}`);
+    assert.deepEqual(restored.outA, saved.outA, 'attend after the restore == before the save, bit for bit');
+    assert.deepEqual(restored.outB, saved.outB, 'appending after the restore continues identically');
+    assert.equal(restored.hashB, saved.hashB, 'the same bytes after continuing');
+    assert.equal(restored.tokens, 340);
+    assert.equal(restored.afterRemove, true);
+    assert.equal(saved.usingDisposed, true, '`using` disposed the cache');
+    assert.equal(saved.float16, true, 'Chromium has Float16Array');
+    assert.equal(saved.float16Equal, true, 'Float16Array input == its Uint16Array bits');
+    console.log(`# IndexedDB round trip: ${saved.savedBytes} bytes (fp16 would be ${saved.fp16Bytes}), ${saved.variant}`);
   });
 
   await t.test('engine without SIMD128: the loader falls back to the scalar build', async () => {

@@ -280,6 +280,39 @@ TQKV_API tqkv_status tqkv_runner_get_stats(tqkv_runner runner, tqkv_runner_stats
 TQKV_API tqkv_status tqkv_runner_nll(tqkv_runner runner, const int32_t* tokens, size_t n_tokens, size_t ctx,
                                      double* nll, size_t* scored);
 
+
+/* ---------------------------------------------------------------------------------------------
+ * Input formats and attention statistics for runtimes (used by the npm package, web/src/cache.ts
+ * and codec.ts): fp16 keys/values widened inside the library, head-major tensors, the softmax
+ * statistics that merge with attention computed elsewhere, many queries per codec call.
+ */
+enum { TQKV_DTYPE_F32 = 0, TQKV_DTYPE_F16 = 1 /* IEEE 754 binary16 bits (uint16_t) */ };
+enum {
+    TQKV_LAYOUT_TOKENS = 0, /* token-major [n][heads][head_dim] (what tqkv_cache_append/attend take) */
+    TQKV_LAYOUT_HEADS = 1   /* head-major [heads][n][head_dim] (e.g. a [kv_heads][seq][head_dim] KV tensor) */
+};
+
+/* tqkv_cache_append with keys/values of element type dtype in layout (heads = kv_heads);
+ * n_keys = n_values = n * kv_heads * head_dim elements. fp16 elements are widened exactly (the
+ * same bits as appending the widened floats); a head-major tensor is reordered inside. */
+TQKV_API tqkv_status tqkv_cache_append_ex(tqkv_cache cache, int32_t layer, const void* keys, size_t n_keys,
+                                          const void* values, size_t n_values, int32_t dtype, int32_t layout);
+/* tqkv_cache_attend with queries and out in layout (heads = query heads). */
+TQKV_API tqkv_status tqkv_cache_attend_ex(tqkv_cache cache, int32_t layer, const float* queries, size_t n_queries,
+                                          float* out, size_t n_out, int32_t causal, int32_t layout);
+/* Softmax statistics of m queries over all tokens of a layer (every query sees every token), per
+ * query token and head (KVCache::attend_stats): max_logit = M = max_t s_t, sum_exp = sum_t exp(s_t - M),
+ * acc = sum_t exp(s_t - M) v_t (unnormalized), s_t = scale * q.k_t. Layout of queries and acc as
+ * given ([m][heads][head_dim] or [heads][m][head_dim]); max_logit and sum_exp are [m][heads] or
+ * [heads][m]. n_acc = n_queries, n_max = n_sum = m * heads. Merging with statistics (M', S', A')
+ * of other tokens: out = (e^(M-X) acc + e^(M'-X) A') / (e^(M-X) sum_exp + e^(M'-X) S'), X = max(M, M'). */
+TQKV_API tqkv_status tqkv_cache_attend_stats(tqkv_cache cache, int32_t layer, const float* queries, size_t n_queries,
+                                             int32_t layout, float* acc, size_t n_acc, float* max_logit, size_t n_max,
+                                             float* sum_exp, size_t n_sum);
+/* tqkv_codec_dot for m queries (n_queries = m * dim) over the same codes: scores [m][n_vectors]. */
+TQKV_API tqkv_status tqkv_codec_dot_many(tqkv_codec codec, const float* queries, size_t n_queries, const uint8_t* codes,
+                                         size_t n_codes, float* scores, size_t n_scores);
+
 #ifdef __cplusplus
 }
 #endif

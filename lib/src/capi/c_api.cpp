@@ -642,7 +642,7 @@ tqkv_status tqkv_codec_dot(tqkv_codec codec, const float* query, size_t n_query,
             if (!std::isfinite(query[i]))
                 fail(TQKV_ERR_INVALID_ARGUMENT, "tqkv: dot: query channel " + std::to_string(i) + " is not finite");
         c.check_codes(codes, b, n_codes / b);
-        c.dot({query, n_query}, {codes, n_codes}, {scores, n_scores});
+        c.dot_rows(query, codes, b, n_codes / b, scores);  // checked above: VectorCodec::dot would check again
     });
 }
 
@@ -830,6 +830,183 @@ tqkv_status tqkv_runner_nll(tqkv_runner runner, const int32_t* tokens, size_t n_
         r->run->reset();
         *nll = res.nll;
         if (scored) *scored = res.scored;
+    });
+}
+
+}  // extern "C"
+
+// =============================================================================================
+// Input formats and attention statistics for runtimes (tqkv.h: fp16 input, head-major layouts,
+// attend_stats, dot_many). Kept together: the npm package's additions to the C ABI.
+
+namespace {
+
+void check_dtype(int32_t dtype, const char* what) {
+    if (dtype != TQKV_DTYPE_F32 && dtype != TQKV_DTYPE_F16)
+        fail(TQKV_ERR_INVALID_ARGUMENT, std::string("tqkv: ") + what + ": unknown dtype " + std::to_string(dtype) +
+                                            " (0 f32, 1 f16)");
+}
+void check_layout(int32_t layout, const char* what) {
+    if (layout != TQKV_LAYOUT_TOKENS && layout != TQKV_LAYOUT_HEADS)
+        fail(TQKV_ERR_INVALID_ARGUMENT, std::string("tqkv: ") + what + ": unknown layout " + std::to_string(layout) +
+                                            " (0 tokens [n][heads][head_dim], 1 heads [heads][n][head_dim])");
+}
+// n_elements must be a positive multiple of a row (heads * dim elements), else the message says so.
+size_t rows_of(size_t n_elements, size_t row, const char* what, const char* row_name) {
+    if (n_elements == 0 || n_elements % row != 0)
+        fail(TQKV_ERR_INVALID_ARGUMENT, std::string("tqkv: ") + what + " has " + std::to_string(n_elements) +
+                                            " elements, expected a positive multiple of " + row_name + " = " +
+                                            std::to_string(row));
+    return n_elements / row;
+}
+
+// [heads][n][dim] -> [n][heads][dim] (to_heads = false), or the reverse.
+template <class T>
+void reorder(const T* in, size_t n, size_t heads, size_t dim, T* out, bool to_heads) {
+    for (size_t h = 0; h < heads; ++h)
+        for (size_t t = 0; t < n; ++t) {
+            const T* a = to_heads ? in + (t * heads + h) * dim : in + (h * n + t) * dim;
+            T* b = to_heads ? out + (h * n + t) * dim : out + (t * heads + h) * dim;
+            std::copy(a, a + dim, b);
+        }
+}
+
+// One operand of append_ex as token-major floats: `src` itself when it already is, else widened
+// (the kernel table's exact from_half) and/or reordered into buf.
+const float* token_major_floats(const tqkv::KVCache& l, const void* src, size_t n, int32_t dtype, int32_t layout,
+                                std::vector<float>& buf, const char* what) {
+    if (dtype == TQKV_DTYPE_F32 && layout == TQKV_LAYOUT_TOKENS) return static_cast<const float*>(src);
+    const auto& c = l.config();
+    const size_t heads = size_t(c.kv_heads), dim = size_t(c.head_dim);
+    const size_t tokens = rows_of(n, heads * dim, what, "kv_heads * head_dim");
+    std::vector<float> widened;
+    const float* f = static_cast<const float*>(src);
+    if (dtype == TQKV_DTYPE_F16) {
+        widened.resize(n);
+        tqkv::detail::kernels_by_name(l.kernel()).from_half(static_cast<const uint16_t*>(src), n, widened.data());
+        f = widened.data();
+    }
+    if (layout == TQKV_LAYOUT_TOKENS) {
+        buf = std::move(widened);
+        return buf.data();
+    }
+    buf.resize(n);
+    reorder(f, tokens, heads, dim, buf.data(), false);
+    return buf.data();
+}
+
+}  // namespace
+
+extern "C" {
+
+tqkv_status tqkv_cache_append_ex(tqkv_cache cache, int32_t layer, const void* keys, size_t n_keys, const void* values,
+                                 size_t n_values, int32_t dtype, int32_t layout) {
+    std::vector<float> kbuf, vbuf;
+    const float* k = nullptr;
+    const float* v = nullptr;
+    const tqkv_status st = guard([&] {
+        auto obj = caches().get(id_of(cache), "append");
+        const tqkv::KVCache& l = layer_of(*obj, layer, "append");
+        need_buffer(keys, n_keys, "append: keys");
+        need_buffer(values, n_values, "append: values");
+        check_dtype(dtype, "append");
+        check_layout(layout, "append");
+        k = token_major_floats(l, keys, n_keys, dtype, layout, kbuf, "append: keys");
+        v = token_major_floats(l, values, n_values, dtype, layout, vbuf, "append: values");
+    });
+    if (st != TQKV_OK) return st;
+    return tqkv_cache_append(cache, layer, k, n_keys, v, n_values);  // the checks and status mapping of append
+}
+
+tqkv_status tqkv_cache_attend_ex(tqkv_cache cache, int32_t layer, const float* queries, size_t n_queries, float* out,
+                                 size_t n_out, int32_t causal, int32_t layout) {
+    if (layout == TQKV_LAYOUT_TOKENS) return tqkv_cache_attend(cache, layer, queries, n_queries, out, n_out, causal);
+    std::vector<float> q, o;
+    size_t heads = 0, dim = 0, m = 0;
+    tqkv_status st = guard([&] {
+        auto obj = caches().get(id_of(cache), "attend");
+        const auto& c = layer_of(*obj, layer, "attend").config();
+        need_buffer(queries, n_queries, "attend: queries");
+        need_buffer(out, n_out, "attend: out");
+        check_layout(layout, "attend");
+        heads = size_t(c.heads);
+        dim = size_t(c.head_dim);
+        m = rows_of(n_queries, heads * dim, "attend: queries", "heads * head_dim");
+        if (n_out != n_queries)
+            fail(TQKV_ERR_INVALID_ARGUMENT, "tqkv: attend: out has " + std::to_string(n_out) + " floats, expected " +
+                                                std::to_string(n_queries));
+        q.resize(n_queries);
+        o.resize(n_out);
+        reorder(queries, m, heads, dim, q.data(), false);
+    });
+    if (st != TQKV_OK) return st;
+    st = tqkv_cache_attend(cache, layer, q.data(), q.size(), o.data(), o.size(), causal);
+    if (st == TQKV_OK) reorder(o.data(), m, heads, dim, out, true);
+    return st;
+}
+
+tqkv_status tqkv_cache_attend_stats(tqkv_cache cache, int32_t layer, const float* queries, size_t n_queries,
+                                    int32_t layout, float* acc, size_t n_acc, float* max_logit, size_t n_max,
+                                    float* sum_exp, size_t n_sum) {
+    return guard([&] {
+        auto obj = caches().get(id_of(cache), "attend_stats");
+        const tqkv::KVCache& l = layer_of(*obj, layer, "attend_stats");
+        need_buffer(queries, n_queries, "attend_stats: queries");
+        need_buffer(acc, n_acc, "attend_stats: acc");
+        need_buffer(max_logit, n_max, "attend_stats: max_logit");
+        need_buffer(sum_exp, n_sum, "attend_stats: sum_exp");
+        check_layout(layout, "attend_stats");
+        const size_t heads = size_t(l.config().heads), dim = size_t(l.config().head_dim), row = heads * dim;
+        const size_t m = rows_of(n_queries, row, "attend_stats: queries", "heads * head_dim");
+        if (n_acc != n_queries || n_max != m * heads || n_sum != m * heads)
+            fail(TQKV_ERR_INVALID_ARGUMENT, "tqkv: attend_stats: acc has " + std::to_string(n_acc) + " floats, max_logit " +
+                                                std::to_string(n_max) + ", sum_exp " + std::to_string(n_sum) +
+                                                "; expected " + std::to_string(n_queries) + ", " +
+                                                std::to_string(m * heads) + ", " + std::to_string(m * heads));
+        std::vector<float> q;
+        const float* qp = queries;
+        if (layout == TQKV_LAYOUT_HEADS) {
+            q.resize(n_queries);
+            reorder(queries, m, heads, dim, q.data(), false);
+            qp = q.data();
+        }
+        // Computed aside and copied at the end: a failure (NaN in query i) leaves the outputs untouched.
+        std::vector<float> a(n_acc), mx(n_max), sm(n_sum);
+        for (size_t i = 0; i < m; ++i)
+            l.attend_stats({qp + i * row, row}, {a.data() + i * row, row}, {mx.data() + i * heads, heads},
+                           {sm.data() + i * heads, heads});
+        if (layout == TQKV_LAYOUT_HEADS) {
+            reorder(a.data(), m, heads, dim, acc, true);
+            reorder(mx.data(), m, heads, 1, max_logit, true);
+            reorder(sm.data(), m, heads, 1, sum_exp, true);
+        } else {
+            std::copy(a.begin(), a.end(), acc);
+            std::copy(mx.begin(), mx.end(), max_logit);
+            std::copy(sm.begin(), sm.end(), sum_exp);
+        }
+    });
+}
+
+tqkv_status tqkv_codec_dot_many(tqkv_codec codec, const float* queries, size_t n_queries, const uint8_t* codes,
+                                size_t n_codes, float* scores, size_t n_scores) {
+    return guard([&] {
+        auto obj = codecs().get(id_of(codec), "dot");
+        const auto& c = *obj->codec;
+        need_buffer(queries, n_queries, "dot: queries");
+        need_buffer(codes, n_codes, "dot: codes");
+        need_buffer(scores, n_scores, "dot: scores");
+        const size_t d = size_t(c.dim()), b = c.bytes_per_vector();
+        const size_t m = rows_of(n_queries, d, "dot: queries", "dim");
+        const size_t n = rows_of(n_codes, b, "dot: codes", "bytes_per_vector");
+        if (n_scores != m * n)
+            fail(TQKV_ERR_INVALID_ARGUMENT, "tqkv: dot: scores has " + std::to_string(n_scores) + " floats, expected " +
+                                                std::to_string(m) + " queries * " + std::to_string(n) + " vectors");
+        for (size_t i = 0; i < n_queries; ++i)
+            if (!std::isfinite(queries[i]))
+                fail(TQKV_ERR_INVALID_ARGUMENT, "tqkv: dot: query " + std::to_string(i / d) + " channel " +
+                                                    std::to_string(i % d) + " is not finite");
+        c.check_codes(codes, b, n);  // once for all queries
+        for (size_t i = 0; i < m; ++i) c.dot_rows(queries + i * d, codes, b, n, scores + i * n);
     });
 }
 

@@ -304,10 +304,25 @@ void lookup(const uint8_t* codes, int n, const float* table, float* out) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Packing: the portable reference (integer-exact).
+// Packing: the portable reference (integer-exact), and a vector unpack of 4-bit codes (two per
+// byte, the even code in the low nibble): 32 codes per step, the same bytes as the reference.
+// The scalar bit loop cost ~250 ns per 128-coordinate vector, most of Codec.dot's time.
 
 void pack(const uint8_t* codes, int n, int bits, uint8_t* out) { pack_codes(codes, size_t(n), bits, out); }
-void unpack(const uint8_t* in, int n, int bits, uint8_t* codes) { unpack_codes(in, size_t(n), bits, codes); }
+void unpack(const uint8_t* in, int n, int bits, uint8_t* codes) {
+    int i = 0;
+    if (bits == 4) {
+        const v128_t low = wasm_i8x16_splat(0x0f);
+        for (; i + 32 <= n; i += 32) {
+            const v128_t b = wasm_v128_load(in + i / 2);
+            const v128_t lo = wasm_v128_and(b, low), hi = wasm_u8x16_shr(b, 4);
+            wasm_v128_store(codes + i, wasm_i8x16_shuffle(lo, hi, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23));
+            wasm_v128_store(codes + i + 16,
+                            wasm_i8x16_shuffle(lo, hi, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31));
+        }
+    }
+    unpack_codes(in + size_t(i) * size_t(bits) / 8, size_t(n - i), bits, codes + i);  // the rest (byte-aligned)
+}
 
 // ---------------------------------------------------------------------------------------------
 // dot_codes: out[v] = sum_i q[i] * table[code_vi], own summation order (16 lanes, no FMA).
@@ -324,7 +339,7 @@ void dot_codes(const float* q, int n, const float* table, int bits, const uint8_
     if (small) std::memcpy(t, table, sizeof(float) * size_t(1 << bits));
     const Planes p = planes_of(t);
     for (size_t v = 0; v < count; ++v) {
-        unpack_codes(packed + v * stride, size_t(n), bits, cbuf);
+        unpack(packed + v * stride, n, bits, cbuf);
         int i = 0;
         if (small)
             for (; i + 16 <= n; i += 16) {
