@@ -52,8 +52,8 @@ test('wasm codes == native codes bit for bit; native caches load in wasm and att
       const err = worstRowRelError(out, nativeOut, cfg.headDim);
       assert.ok(err < 1e-4, `${name} (${t.kernel}): attention differs from native by ${err}`);
       // 2. the same appends in wasm give the native bytes
-      const { seed, maxTokens, scale, normFormat, ...shape } = cfg;
-      const fresh = t.createCache(shape);
+      const { layers, heads, kvHeads, headDim, keyBits, valueBits, keyMethod, window, blockTokens } = cfg;
+      const fresh = t.createCache({ layers, heads, kvHeads, headDim, keyBits, valueBits, keyMethod, window, blockTokens });
       for (let l = 0; l < cfg.layers; l++) {
         const n = loaded.tokens(l);
         fresh.append(l, stream(n * row, 1000 + 2 * l), stream(n * row, 1001 + 2 * l));

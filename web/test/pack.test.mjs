@@ -68,7 +68,8 @@ test('npm pack tarball installs and runs in a fresh directory', () => {
   const tsc = join(web, 'node_modules', 'typescript', 'bin', 'tsc');
   if (existsSync(tsc)) {
     writeFileSync(join(app, 'check.ts'), `
-      import { Tqkv, KVCache, TqkvError, LlamaModel, Calibration, Runner, type CacheOptions, type ModelInfo, type RunnerStats } from 'tqkv';
+      import { Tqkv, KVCache, TqkvError, LlamaModel, Calibration, Runner, saveToIndexedDB, loadFromIndexedDB, supportedVariants,
+        type CacheOptions, type ModelInfo, type RunnerStats, type AttentionStats, type ModuleVariant } from 'tqkv';
       const opts: CacheOptions = { layers: 2, heads: 4, kvHeads: 2, headDim: 64, keyBits: 4, valueBits: 3 };
       export async function run(): Promise<number> {
         const t: Tqkv = await Tqkv.load({ simd: 'auto', maximumMemory: 1 << 30 });
@@ -79,8 +80,14 @@ test('npm pack tarball installs and runs in a fresh directory', () => {
         const d: KVCache = Tqkv.deserialize(bytes);
         try { c.truncate(5); } catch (e) { if (e instanceof TqkvError) console.log(e.code, e.status); }
         const codes: Uint8Array = t.createCodec({ dim: 64, bits: 4, method: 'mse' }).encode(new Float32Array(64));
-        d.dispose(); c.dispose();
-        return out[0] + codes.length + c.config.headDim + t.memoryBytes;
+        c.append(0, new Uint16Array(128), new Uint16Array(128), { layout: 'head-major' });
+        const stats: AttentionStats = c.attendStats(0, new Float32Array(256));
+        const v: ModuleVariant = t.variant;
+        const saved: number = await saveToIndexedDB('k', c);
+        const back: Uint8Array | undefined = await loadFromIndexedDB('k');
+        { using e = t.createCache(opts); void e; }
+        d[Symbol.dispose](); c.dispose();
+        return out[0] + codes.length + c.config.headDim + t.memoryBytes + stats.sumExp[0] + saved + (back?.length ?? 0) + v.length + supportedVariants().length;
       }
       export async function generate(t: Tqkv): Promise<RunnerStats> {
         const m: LlamaModel = await t.fetchModel('/models/tq-ref-128/', { onProgress: (n: number) => void n });
@@ -96,7 +103,7 @@ test('npm pack tarball installs and runs in a fresh directory', () => {
       }
     `);
     execFileSync(process.execPath, [tsc, '--noEmit', '--strict', '--target', 'es2022', '--module', 'nodenext',
-      '--moduleResolution', 'nodenext', '--lib', 'es2022,dom', 'check.ts'], { cwd: app, encoding: 'utf8' });
+      '--moduleResolution', 'nodenext', '--lib', 'es2022,dom,esnext.disposable', 'check.ts'], { cwd: app, encoding: 'utf8' });
   }
 });
 
