@@ -531,7 +531,9 @@ TEST_CASE("C ABI: caches serialized by the wasm build load natively (TQKV_GOLDEN
         INFO(name);
         CHECK(wasm == native);
         tqkv_cache h = nullptr;
-        REQUIRE(tqkv_cache_load(wasm.data(), wasm.size(), nullptr, &h) == TQKV_OK);
+        // The golden attention was computed with the scalar kernel (the AVX2 default uses fixed-point
+        // key tables and differs by more than this tolerance).
+        REQUIRE(tqkv_cache_load(wasm.data(), wasm.size(), "scalar", &h) == TQKV_OK);
         tqkv_cache_config cfg;
         cfg.struct_size = sizeof cfg;
         REQUIRE(tqkv_cache_get_config(h, &cfg) == TQKV_OK);
@@ -540,7 +542,10 @@ TEST_CASE("C ABI: caches serialized by the wasm build load natively (TQKV_GOLDEN
         std::vector<float> out(4 * q), want(4 * q);
         std::memcpy(want.data(), attend.data(), want.size() * 4);
         REQUIRE(tqkv_cache_attend(h, cfg.layers - 1, qs.data(), qs.size(), out.data(), out.size(), 1) == TQKV_OK);
-        for (size_t i = 0; i < out.size(); ++i) CHECK(out[i] == Approx(want[i]).margin(1e-6).epsilon(1e-5));
+        // With a window, the golden attend saw the exact rows of the appended chunk, which the bytes
+        // do not keep: only the last query (the next decode step) reads the same tokens exactly.
+        const size_t from = cfg.window > 0 ? 3 * q : 0;
+        for (size_t i = from; i < out.size(); ++i) CHECK(out[i] == Approx(want[i]).margin(1e-6).epsilon(1e-5));
         tqkv_cache_destroy(h);
         ++checked;
     }

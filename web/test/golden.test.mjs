@@ -49,7 +49,11 @@ test('wasm codes == native codes bit for bit; native caches load in wasm and att
       const q = cfg.heads * cfg.headDim, row = cfg.kvHeads * cfg.headDim;
       const qs = stream(4 * q, 77);
       const out = loaded.attend(cfg.layers - 1, qs);
-      const err = worstRowRelError(out, nativeOut, cfg.headDim);
+      // The native cache attended right after its append, with the exact rows of that chunk, which
+      // serialization does not keep: with a window, only the last query (the next decode step)
+      // reads the same tokens exactly from the loaded bytes.
+      const from = cfg.window > 0 ? 3 * q : 0;
+      const err = worstRowRelError(out.subarray(from), nativeOut.subarray(from), cfg.headDim);
       assert.ok(err < 1e-4, `${name} (${t.kernel}): attention differs from native by ${err}`);
       // 2. the same appends in wasm give the native bytes
       const { layers, heads, kvHeads, headDim, keyBits, valueBits, keyMethod, window, blockTokens } = cfg;
