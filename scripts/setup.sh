@@ -7,6 +7,7 @@ packages=(build-essential cmake catch2 pkg-config
           libimgui-dev libglfw3-dev libgl-dev libstb-dev    # the explorer
           xvfb xauth libgl1-mesa-dri fonts-dejavu-core      # its headless screenshots
           emscripten chromium                               # the wasm build, the browser test
+          clang-16                                          # relaxed-SIMD wasm kernels (tqkv-relaxed.wasm)
           libsentencepiece-dev                              # tokenizer.model files (native tools)
           unicode-data)                                     # tests: the tokenizer's Unicode table vs Unicode's files
 missing=()

@@ -9,7 +9,7 @@
 # use WebAssembly exception handling (-fwasm-exceptions): none crosses the C ABI.
 #
 #   bash wasm/build.sh            # both modules
-#   bash wasm/build.sh tests      # also build/wasm/tqkv_tests-{simd,scalar}.wasm (the Catch2 suite)
+#   bash wasm/build.sh tests      # also build-wasm/tqkv_tests-{relaxed,simd,scalar}.wasm (the Catch2 suite)
 # Installs nothing. Objects go to build-wasm/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +23,12 @@ fi
 export NODE_PATH=/usr/share/nodejs${NODE_PATH:+:$NODE_PATH}
 # Keep Emscripten's cache where Debian put it (prebuilt, frozen system libraries).
 export EM_CACHE=${EM_CACHE:-/usr/share/emscripten/cache}
+# The compiler of the relaxed-SIMD kernels: any clang >= 16 (the final relaxed opcodes).
+relaxed_cxx=${TQKV_RELAXED_CXX:-clang++-16}
+if ! command -v "$relaxed_cxx" >/dev/null 2>&1; then
+  echo "wasm/build.sh: $relaxed_cxx not found (the relaxed-SIMD module needs it): apt-get install -y clang-16" >&2
+  exit 1
+fi
 
 jobs=$(nproc 2>/dev/null || echo 2)
 out_dir="$root/web/dist"
@@ -46,10 +52,11 @@ simd_kernels=(lib/src/kernels/wasm/wasm128.cpp lib/src/kernels/wasm/attention.cp
 common=(-std=c++20 -O3 -ffp-contract=off -fno-fast-math -fwasm-exceptions -Wall -Wextra
         -Ilib/include -Ilib/src -DNDEBUG)
 
-# compile VARIANT FLAGS... -- SOURCES...: objects in build-wasm/VARIANT/, rebuilt when the source
-# or any lib header is newer.
+# compile VARIANT FLAGS... -- SOURCES...: objects in build-wasm/VARIANT/ compiled by em++ (or by
+# $CXX_OF_VARIANT when set), rebuilt when the source or any lib header is newer.
 compile() {
   local variant=$1; shift
+  local cxx=${CXX_OF_VARIANT:-em++}
   local flags=()
   while [ "$1" != "--" ]; do flags+=("$1"); shift; done
   shift
@@ -65,14 +72,23 @@ compile() {
     fi
   done
   [ ${#todo[@]} -eq 0 ] && return 0
-  echo "  em++ [$variant] ${#todo[@]} file(s)" >&2
-  printf '%s\n' "${todo[@]}" | xargs -P "$jobs" -I{} sh -c '
+  echo "  ${cxx%% *} [$variant] ${#todo[@]} file(s)" >&2
+  printf '%s\n' "${todo[@]}" | CXX="$cxx" xargs -P "$jobs" -I{} sh -c '
     src="$1"; shift; obj="$0/$(echo "$src" | tr / _).o"
     extra=""
     case "$src" in
       lib/src/kernels/scalar/*) extra="-fno-vectorize -fno-slp-vectorize" ;;  # keep the reference scalar
     esac
-    em++ "$@" $extra -c "$src" -o "$obj"' "$dir" {} "${common[@]}" "${flags[@]}"
+    $CXX "$@" $extra -c "$src" -o "$obj"' "$dir" {} "${common[@]}" "${flags[@]}"
+}
+
+# The relaxed-SIMD kernels: clang-16 with the exact flags em++ gives its own clang (target, sysroot,
+# defines; `em++ --cflags`), plus -mrelaxed-simd (which defines __wasm_relaxed_simd__, the switch of
+# the relaxed variants in lib/src/kernels/wasm).
+relaxed_flags=(-msimd128 -DTQKV_HAVE_WASM_KERNELS=1)
+compile_relaxed() {
+  CXX_OF_VARIANT="$relaxed_cxx $(em++ -msimd128 -fwasm-exceptions --cflags)" \
+    compile relaxed "${relaxed_flags[@]}" -mrelaxed-simd -- "${simd_kernels[@]}"
 }
 
 objects() {  # objects VARIANT SOURCES...
@@ -84,9 +100,17 @@ objects() {  # objects VARIANT SOURCES...
 exports=$(grep -o '^TQKV_API [^(]*(' lib/include/tqkv/tqkv.h | sed -E 's/.*[ *]([a-z0-9_]+)\($/_\1/' | sort -u | tr '\n' ',')
 exports="${exports}_malloc,_free"
 
-link_flags=(-O3 -fwasm-exceptions -sSTANDALONE_WASM --no-entry -sIMPORTED_MEMORY=1 -sALLOW_MEMORY_GROWTH=1
+link_flags=(-fwasm-exceptions -sSTANDALONE_WASM --no-entry -sIMPORTED_MEMORY=1 -sALLOW_MEMORY_GROWTH=1
             -sINITIAL_MEMORY=4MB -sMAXIMUM_MEMORY=4GB -sTOTAL_STACK=1MB -sERROR_ON_UNDEFINED_SYMBOLS=1
             -sEXPORTED_FUNCTIONS="$exports")
+
+# The relaxed module is linked without optimizing (-O0) so that emscripten runs no wasm-opt: Debian's
+# binaryen 108 cannot parse relaxed opcodes (see ../shared/WASM-TOOLCHAIN.md); -sWASM_BIGINT and
+# -sERROR_ON_WASM_CHANGES_AFTER_LINK make sure nothing else rewrites the module after wasm-ld, and
+# the objects themselves are -O3. -O0 would add a stack-overflow check, assertions and a name
+# section; they are turned off so the module's imports and exports are those of tqkv.wasm.
+relaxed_link=(-O0 -sERROR_ON_WASM_CHANGES_AFTER_LINK -sWASM_BIGINT -sASSERTIONS=0 -sSTACK_OVERFLOW_CHECK=0
+              -Wl,--strip-all)
 
 build_variant() {  # build_variant NAME OUTPUT FLAGS... -- SOURCES...
   local variant=$1 output=$2; shift 2
@@ -95,14 +119,20 @@ build_variant() {  # build_variant NAME OUTPUT FLAGS... -- SOURCES...
   shift
   compile "$variant" "${flags[@]}" -- "$@"
   # shellcheck disable=SC2046
-  em++ "${link_flags[@]}" "${flags[@]}" $(objects "$variant" "$@") -o "$output"
+  em++ -O3 "${link_flags[@]}" "${flags[@]}" $(objects "$variant" "$@") -o "$output"
   echo "  built ${output#$root/} ($(wc -c <"$output") bytes)" >&2
 }
 
-echo "wasm/build.sh: $(em++ --version | head -1)" >&2
+echo "wasm/build.sh: $(em++ --version | head -1); relaxed kernels: $("$relaxed_cxx" --version | head -1)" >&2
 build_variant simd "$out_dir/tqkv.wasm" -msimd128 -DTQKV_HAVE_WASM_KERNELS=1 -- \
   "${core[@]}" "${scalar_kernels[@]}" "${simd_kernels[@]}"
 build_variant scalar "$out_dir/tqkv-scalar.wasm" -- "${core[@]}" "${scalar_kernels[@]}"
+# Relaxed: the objects of tqkv.wasm, but the SIMD kernels from build-wasm/relaxed/.
+compile_relaxed
+# shellcheck disable=SC2046
+em++ "${link_flags[@]}" "${relaxed_link[@]}" "${relaxed_flags[@]}" $(objects simd "${core[@]}" "${scalar_kernels[@]}") \
+  $(objects relaxed "${simd_kernels[@]}") -o "$out_dir/tqkv-relaxed.wasm"
+echo "  built web/dist/tqkv-relaxed.wasm ($(wc -c <"$out_dir/tqkv-relaxed.wasm") bytes)" >&2
 
 if [ "${1:-}" = "tests" ]; then
   # The Catch2 suite (tests/*.cpp, Debian's header-only catch2) as WASI programs, run by
@@ -127,4 +157,10 @@ if [ "${1:-}" = "tests" ]; then
       -o "$root/build-wasm/tqkv_tests-$variant.wasm"
     echo "  built build-wasm/tqkv_tests-$variant.wasm" >&2
   done
+  # Relaxed: the SIMD build's objects with the relaxed kernels, linked as the relaxed module is.
+  # shellcheck disable=SC2046
+  em++ "${relaxed_link[@]}" -fwasm-exceptions -sSTANDALONE_WASM -sALLOW_MEMORY_GROWTH=1 -sINITIAL_MEMORY=64MB \
+    -sTOTAL_STACK=4MB "${relaxed_flags[@]}" $(objects simd "${core[@]}" lib/src/kvdump.cpp "${scalar_kernels[@]}") \
+    $(objects relaxed "${simd_kernels[@]}") $(objects tests-simd "${tests[@]}") -o "$root/build-wasm/tqkv_tests-relaxed.wasm"
+  echo "  built build-wasm/tqkv_tests-relaxed.wasm" >&2
 fi

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Everything of the WebAssembly side, once the Debian packages are present
-# (emscripten, chromium, nodejs/npm, catch2, plus the native toolchain):
-#   1. build web/dist/tqkv.wasm (SIMD128) and tqkv-scalar.wasm, and the Catch2 suite as wasm
-#   2. run the Catch2 suite under Node's WASI, SIMD128 and scalar (kernel bit-identity vs scalar)
+# (emscripten, clang-16, chromium, nodejs/npm, catch2, plus the native toolchain):
+#   1. build web/dist/tqkv.wasm (SIMD128), tqkv-relaxed.wasm and tqkv-scalar.wasm, and the Catch2
+#      suite as wasm
+#   2. run the Catch2 suite under Node's WASI, SIMD128 and scalar (kernel bit-identity vs scalar),
+#      and its kernel and cache tests in the relaxed-SIMD build
 #   3. npm ci + tsc in web/
 #   4. golden files from the native build (tests/test_capi.cpp and tests/test_capi_model.cpp
 #      [golden]; model.json needs ../shared/data/tq-ref-128 or TQKV_MODEL), then node --test web/test:
@@ -37,6 +39,13 @@ echo "== wasm: Catch2 suite under node WASI (SIMD128, then scalar)"
 for v in simd scalar; do
   node --no-warnings wasm/run-wasi.mjs "build-wasm/tqkv_tests-$v.wasm" '~[stat]'
 done
+echo "== wasm: kernel and cache tests in the relaxed-SIMD build (~10 s)"
+# The relaxed build differs from the SIMD128 one only in lib/src/kernels/wasm: its kernel tests
+# (codes == scalar bit for bit) and cache tests (attention within tolerance) are what can differ.
+# Node 20 runs relaxed SIMD behind a flag; later versions may not know the flag.
+relaxed_flag=()
+if node --experimental-wasm-relaxed-simd -e 0 >/dev/null 2>&1; then relaxed_flag=(--experimental-wasm-relaxed-simd); fi
+node "${relaxed_flag[@]}" --no-warnings wasm/run-wasi.mjs build-wasm/tqkv_tests-relaxed.wasm '[kernels],[cache]~[stat]'
 
 echo "== native test binary (writes the golden files)"
 if [ -f "$native_build/CMakeCache.txt" ]; then
