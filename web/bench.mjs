@@ -1,10 +1,14 @@
 // npm run bench: the fused attention of `tqkv-bench attend` (same shape: 4 heads, 4 KV heads,
 // d = 128, K4 V4, one query token over all tokens, non-causal), timed in this Node process for
-// the SIMD128 and the scalar wasm builds, and natively by running ../build/bench/tqkv-bench in
-// the same script run (its best kernel, and AVX2 when the CPU has it). One JSON object per line:
-//   {"target":"wasm-simd128"|"wasm-scalar"|"native", "heads", "kv_heads", "dim", "tokens",
-//    "key_bits", "value_bits", "ns_per_query", "dense_fp32_ns_per_query", ...}
-// then one {"target":"ratio", ...} line per token count with the speed ratios.
+// the relaxed-SIMD, SIMD128 and scalar wasm builds, and natively by running
+// ../build/bench/tqkv-bench in the same script run (its best kernel, and AVX2 when the CPU has it).
+// One JSON object per line:
+//   {"target":"wasm-relaxed"|"wasm-simd128"|"wasm-scalar"|"native", "heads", "kv_heads", "dim",
+//    "tokens", "key_bits", "value_bits", "ns_per_query", "dense_fp32_ns_per_query", ...}
+// then one {"target":"ratio", ...} line per token count with the speed ratios. Node 20 runs the
+// relaxed module only with V8's --experimental-wasm-relaxed-simd, which this script turns on
+// itself when the engine rejects a relaxed instruction (a {"target":"wasm-relaxed","error"} line
+// when that does not help).
 //
 // Then Codec.dot rows: 4 queries over 4096 4-bit codes (d = 128), one call per query and one
 // call for all four, against a plain JavaScript fp32 dot loop over the uncompressed vectors:
@@ -18,8 +22,9 @@ import { existsSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { resolve } from 'node:path';
+import v8 from 'node:v8';
 const argvDist = process.argv.indexOf('--dist');
-const { Tqkv } = await import(argvDist > 0 ? new URL(`file://${process.argv[argvDist + 1]}/node.js`).href : './dist/node.js');
+const { Tqkv, relaxedSimdSupported } = await import(argvDist > 0 ? new URL(`file://${process.argv[argvDist + 1]}/node.js`).href : './dist/node.js');
 
 const args = Object.fromEntries(
   process.argv.slice(2).reduce((acc, a, i, all) => (a.startsWith('--') ? [...acc, [a.slice(2), all[i + 1]]] : acc), []),
@@ -68,8 +73,18 @@ function gaussian(n, seed) {
   return out;
 }
 
-async function wasmTarget(simd) {
-  const t = await Tqkv.load({ simd });
+// Node 20 validates relaxed SIMD only with this V8 flag (set before any relaxed module is compiled).
+if (!relaxedSimdSupported()) v8.setFlagsFromString('--experimental-wasm-relaxed-simd');
+
+// variant: 'relaxed' (dist/tqkv-relaxed.wasm), 'simd128' (dist/tqkv.wasm) or 'scalar'.
+async function wasmTarget(variant) {
+  let t;
+  try {
+    t = await Tqkv.load({ simd: variant });
+  } catch (e) {
+    console.log(JSON.stringify({ target: `wasm-${variant}`, error: String(e.message ?? e) }));
+    return [];
+  }
   const rows = [];
   for (const T of tokenList) {
     const row = kvHeads * dim;
@@ -111,10 +126,10 @@ async function wasmTarget(simd) {
     }
     for (const p of [pk, pv, pq, po]) x.free(p);
     const line = {
-      target: simd ? 'wasm-simd128' : 'wasm-scalar', kernel: cache.kernel, heads, kv_heads: kvHeads, dim, tokens: T,
+      target: `wasm-${variant}`, kernel: cache.kernel, heads, kv_heads: kvHeads, dim, tokens: T,
       key_bits: keyBits, value_bits: valueBits, ns_per_query: Math.round(fused), dense_fp32_ns_per_query: Math.round(dense),
       speedup_vs_dense_fp32: +(dense / fused).toFixed(4), cosine_vs_exact: +cos.toFixed(6),
-      bytes_used: cache.bytesUsed(), engine: `node ${process.versions.node} (V8 ${process.versions.v8})`,
+      bytes_used: cache.bytesUsed(), variant: t.variant, engine: `node ${process.versions.node} (V8 ${process.versions.v8})`,
     };
     cache.dispose();
     console.log(JSON.stringify(line));
@@ -145,7 +160,13 @@ function nativeTarget(kernel) {
 
 // Codec.dot: the teaching-page path (VectorCodec::dot through the C ABI), not the cache's fused one.
 async function codecDot(simd) {
-  const t = await Tqkv.load({ simd });
+  let t;
+  try {
+    t = await Tqkv.load({ simd });
+  } catch (e) {
+    console.log(JSON.stringify({ target: 'codec-dot', variant: String(simd), error: String(e.message ?? e) }));
+    return;
+  }
   const d = 128, n = 4096, m = 4;
   const x = gaussian(n * d, 11), q = gaussian(m * d, 12);
   const codec = t.createCodec({ dim: d, bits: 4 });
@@ -176,23 +197,32 @@ async function codecDot(simd) {
 }
 
 if (args.only === 'codec') {
+  await codecDot('relaxed');
   await codecDot(true);
   await codecDot(false);
   process.exit(0);
 }
 
-const simd = await wasmTarget(true);
-const scalar = await wasmTarget(false);
+const relaxed = await wasmTarget('relaxed');
+const simd = await wasmTarget('simd128');
+const scalar = await wasmTarget('scalar');
 const native = nativeTarget('');
 const nativeKernel = native[0]?.kernel;
 const avx2 = nativeKernel && nativeKernel !== 'avx2' ? nativeTarget('avx2') : native;
 for (const T of tokenList) {
   const s = simd.find((r) => r.tokens === T), c = scalar.find((r) => r.tokens === T);
+  const x = relaxed.find((r) => r.tokens === T);
   const n = native.find((r) => r.tokens === T), a = avx2.find((r) => r.tokens === T);
   const ratio = { target: 'ratio', tokens: T, wasm_simd_speedup_vs_wasm_scalar: +(c.ns_per_query / s.ns_per_query).toFixed(3) };
   if (n) ratio[`wasm_simd_slowdown_vs_native_${n.kernel}`] = +(s.ns_per_query / n.ns_per_query).toFixed(3);
   if (a && a !== n) ratio.wasm_simd_slowdown_vs_native_avx2 = +(s.ns_per_query / a.ns_per_query).toFixed(3);
+  if (x) {
+    ratio.wasm_relaxed_speedup_vs_wasm_simd = +(s.ns_per_query / x.ns_per_query).toFixed(3);
+    if (n) ratio[`wasm_relaxed_slowdown_vs_native_${n.kernel}`] = +(x.ns_per_query / n.ns_per_query).toFixed(3);
+    if (a && a !== n) ratio.wasm_relaxed_slowdown_vs_native_avx2 = +(x.ns_per_query / a.ns_per_query).toFixed(3);
+  }
   console.log(JSON.stringify(ratio));
 }
+await codecDot('relaxed');
 await codecDot(true);
 await codecDot(false);
