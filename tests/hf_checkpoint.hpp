@@ -232,7 +232,10 @@ inline std::vector<uint8_t> write_safetensors(const std::map<std::string, Tensor
             data.push_back(uint8_t(b)), data.push_back(uint8_t(b >> 8));
         }
         std::string shape;
-        for (size_t i = 0; i < t.shape.size(); ++i) shape += (i ? "," : "") + std::to_string(t.shape[i]);
+        for (size_t i = 0; i < t.shape.size(); ++i) {
+            if (i) shape += ',';
+            shape += std::to_string(t.shape[i]);
+        }
         if (header.size() > 1) header += ",";
         header += "\"" + name + "\":{\"dtype\":\"BF16\",\"shape\":[" + shape + "],\"data_offsets\":[" +
                   std::to_string(begin) + "," + std::to_string(data.size()) + "]}";

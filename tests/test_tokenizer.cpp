@@ -204,7 +204,7 @@ TEST_CASE("tokenizer: Llama 3 and SmolLM pre-tokenizer pipelines", "[tokenizer]"
 
 TEST_CASE("tokenizer: byte-level round trips are exact on any text", "[tokenizer]") {
     const Tokenizer tok = Tokenizer::from_json(byte_level_json(kGpt2Pre, kMerges, false));
-    for (const std::string s :
+    for (const std::string& s :
          {std::string("The quick brown fox"), std::string("h\xc3\xa9llo w\xc3\xb6rld \xe6\x97\xa5\xe6\x9c\xac\xe8\xaa\x9e \xf0\x9f\x99\x82"),
           std::string("a   b\t\t\n\n c  \r\n"), std::string("   leading and trailing   "), std::string("0123456789 3.14159 1e-9"),
           std::string("<|endoftext|><|endoftext|>x<|endoftext"), std::string("invalid \xff\xfe utf-8 \xc3"),

@@ -52,7 +52,12 @@ inline std::string byte_level_json(const std::string& pre_tokenizer, const std::
     for (const auto& x : merges) {
         vocab += ",\"" + json_escape(x.a + x.b) + "\":" + std::to_string(id++);
         if (!m.empty()) m += ",";
-        m += pair_spelling ? "[\"" + json_escape(x.a) + "\",\"" + json_escape(x.b) + "\"]" : "\"" + json_escape(x.a + " " + x.b) + "\"";
+        if (pair_spelling) {
+            m += "[\"" + json_escape(x.a) + "\",\"" + json_escape(x.b) + "\"]";
+        } else {
+            m += '"';  // a separate append: GCC 12 warns falsely (-Wrestrict) on "\"" + std::string&&
+            m += json_escape(x.a + " " + x.b) + "\"";
+        }
     }
     return R"({"version":"1.0","added_tokens":[{"id":)" + std::to_string(id) +
            R"(,"content":"<|endoftext|>","single_word":false,"lstrip":false,"rstrip":false,"normalized":false,"special":true}],
