@@ -170,7 +170,7 @@ async function main() {
     $('model-line').textContent =
       `Model ${modelUrl.pathname}: Llama, ${(i.parameters / 1e6).toFixed(1)} M parameters, ${i.layers} layers, ` +
       `${i.heads} query / ${i.kvHeads} KV heads of ${i.headDim}, context ${i.context}` +
-      `${i.vocab === 256 ? ', byte vocabulary' : ''}. WebAssembly ${tqkv.simd ? 'SIMD128' : 'scalar'} (matmul ${tqkv.matmulKernel}, attention ${tqkv.kernel}).`;
+      `${i.vocab === 256 ? ', byte vocabulary' : ''}. WebAssembly ${({ relaxed: 'relaxed SIMD', simd128: 'SIMD128', scalar: 'scalar' })[tqkv.variant]} (matmul ${tqkv.matmulKernel}, attention ${tqkv.kernel}).`;
     if (i.vocab !== 256) throw new Error('this page needs a byte-vocabulary model (vocab_size 256)');
     showStats({ position: 0, cacheBytes: 0, fp16Bytes: 0, bitsPerCoord: 0 }, i.context);
     setState('ready', `ready: model loaded in ${(loadMs / 1000).toFixed(1)} s (wasm memory ${mb(tqkv.memoryBytes)}). Type a prompt, pick a cache, Generate.`);

@@ -58,7 +58,10 @@ test('demo page in Chromium: exact-cache output equals the native runner, K4V4 g
     assert.equal(loaded.model.matmul, 'wasm128');
     assert.equal(loaded.model.parameters, 19012096);
     assert.ok(requested.includes('/model/config.json') && requested.includes('/model/model.safetensors'), requested.join(' '));
-    assert.ok(requested.includes('/dist/tqkv.wasm'));
+    // Chromium validates relaxed SIMD: the relaxed build when it is there, else SIMD128
+    const relaxed = existsSync(new URL('../dist/tqkv-relaxed.wasm', import.meta.url));
+    assert.ok(requested.includes(relaxed ? '/dist/tqkv-relaxed.wasm' : '/dist/tqkv.wasm'), requested.join(' '));
+    assert.match(await page.textContent('#model-line'), relaxed ? /WebAssembly relaxed SIMD/ : /WebAssembly SIMD128/);
     assert.match(await page.textContent('#model-line'), /19\.0 M parameters, 6 layers/);
     assert.match(await page.textContent('#status'), /^ready/);
 
