@@ -21,6 +21,7 @@
 #include "tqkv/rng.hpp"
 #include "tqkv/tqkv.h"
 #include "tiny_model.hpp"
+#include "tokenizer_json.hpp"
 
 namespace {
 
@@ -469,4 +470,44 @@ TEST_CASE("C ABI model: golden values for the wasm tests (TQKV_GOLDEN_DIR)", "[c
       << ",\"native_decode_tokens_per_s_K4V4\":" << (kGreedyBytes - 1) / k4_s
       << ",\"matmul\":\"" << tqkv_matmul_kernel() << "\",\"kernel\":\"" << tqkv_default_kernel() << "\"}\n";
     REQUIRE(f.good());
+}
+
+TEST_CASE("C ABI tokenizer: load, encode, decode, capacity and errors", "[capi]") {
+    const std::string json = tqkv_test::byte_level_json(tqkv_test::kGpt2Pre, tqkv_test::kMerges, false);
+    tqkv_tokenizer tok = nullptr;
+    REQUIRE(tqkv_tokenizer_load(json.data(), json.size(), nullptr, 0, &tok) == TQKV_OK);
+    int32_t vocab = 0, bos = 0, eos = 0;
+    REQUIRE(tqkv_tokenizer_get_info(tok, &vocab, &bos, &eos) == TQKV_OK);
+    CHECK(vocab == 265);
+    CHECK(bos == -1);
+    CHECK(eos == -1);
+    const std::string text = "the the<|endoftext|> h\xc3\xa9";
+    int32_t ids[64];
+    size_t n = 0;
+    REQUIRE(tqkv_tokenizer_encode(tok, text.data(), text.size(), 0, ids, 64, &n) == TQKV_OK);
+    // the | " the" | <|endoftext|> | " hé"  (ids derived in test_tokenizer.cpp)
+    CHECK(std::vector<int32_t>(ids, ids + n) == std::vector<int32_t>{116, 257, 258, 264, 32, 104, 195, 169});
+    size_t need = 0;
+    CHECK(tqkv_tokenizer_encode(tok, text.data(), text.size(), 0, ids, 3, &need) == TQKV_ERR_CAPACITY);
+    CHECK(need == n);
+    char buf[64];
+    size_t nb = 0;
+    REQUIRE(tqkv_tokenizer_decode(tok, ids, n, buf, sizeof buf, &nb) == TQKV_OK);
+    CHECK(std::string(buf, nb) == text);
+    CHECK(tqkv_tokenizer_decode(tok, ids, n, buf, 4, &nb) == TQKV_ERR_CAPACITY);
+    CHECK(nb == text.size());
+    const int32_t bad = 265;
+    CHECK(tqkv_tokenizer_decode(tok, &bad, 1, buf, sizeof buf, &nb) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(std::string(tqkv_last_error()).find("outside the vocabulary") != std::string::npos);
+    REQUIRE(tqkv_tokenizer_destroy(tok) == TQKV_OK);
+    CHECK(tqkv_tokenizer_encode(tok, text.data(), text.size(), 0, ids, 64, &n) == TQKV_ERR_INVALID_HANDLE);
+    const std::string unsupported = "{\"model\": {\"type\": \"WordPiece\", \"vocab\": {}}}";
+    CHECK(tqkv_tokenizer_load(unsupported.data(), unsupported.size(), nullptr, 0, &tok) == TQKV_ERR_BAD_DATA);
+    CHECK(std::string(tqkv_last_error()).find("unsupported: model.type \"WordPiece\"") != std::string::npos);
+    // The SentencePiece-style one with a tokenizer_config.json: BOS from the config.
+    const std::string sp = tqkv_test::sentencepiece_json(), cfg = R"({"add_bos_token": true, "bos_token": "<s>"})";
+    REQUIRE(tqkv_tokenizer_load(sp.data(), sp.size(), cfg.data(), cfg.size(), &tok) == TQKV_OK);
+    REQUIRE(tqkv_tokenizer_encode(tok, "hi hi!", 6, 1, ids, 64, &n) == TQKV_OK);
+    CHECK(std::vector<int32_t>(ids, ids + n) == std::vector<int32_t>{1, 263, 263, 264});
+    REQUIRE(tqkv_tokenizer_destroy(tok) == TQKV_OK);
 }

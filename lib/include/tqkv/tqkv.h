@@ -313,6 +313,38 @@ TQKV_API tqkv_status tqkv_cache_attend_stats(tqkv_cache cache, int32_t layer, co
 TQKV_API tqkv_status tqkv_codec_dot_many(tqkv_codec codec, const float* queries, size_t n_queries, const uint8_t* codes,
                                          size_t n_codes, float* scores, size_t n_scores);
 
+/* ---------------------------------------------------------------------------------------------
+ * Tokenizers (tqkv::Tokenizer of lib/include/tqkv/tokenizer.hpp): a Hugging Face tokenizer.json
+ * (byte-level BPE as GPT-2 / Llama 3 / Qwen2 / SmolLM, SentencePiece-style BPE with byte fallback
+ * as Llama 2 / Mistral / TinyLlama), the same C++ in native and WebAssembly builds. What it does
+ * not implement is refused at load (TQKV_ERR_BAD_DATA, "unsupported: <field>").
+ *
+ *   tqkv_tokenizer tok;
+ *   tqkv_tokenizer_load(json, json_len, config_json, config_len, &tok);   // config: may be NULL, 0
+ *   size_t n;
+ *   tqkv_tokenizer_encode(tok, text, text_len, 1, ids, capacity, &n);    // 1: BOS/EOS as configured
+ *   tqkv_tokenizer_decode(tok, ids, n, buf, buf_size, &n_bytes);
+ *   tqkv_tokenizer_destroy(tok); */
+typedef struct tqkv_tokenizer_s* tqkv_tokenizer;
+
+/* The text of tokenizer.json and (optionally, config_json NULL / 0 for none) tokenizer_config.json,
+ * which decides BOS/EOS (add_bos_token, add_eos_token, bos_token, eos_token). Both copied. */
+TQKV_API tqkv_status tqkv_tokenizer_load(const char* json, size_t json_len, const char* config_json, size_t config_len,
+                                         tqkv_tokenizer* out);
+TQKV_API tqkv_status tqkv_tokenizer_destroy(tqkv_tokenizer tok);
+/* Token ids of UTF-8 text (special tokens written in the text are recognized; add_special != 0 adds
+ * BOS/EOS). *n_ids receives the count; when it exceeds capacity nothing is written and the call
+ * returns TQKV_ERR_CAPACITY (*n_ids is then the capacity needed). text_len + 8 ids always suffice. */
+TQKV_API tqkv_status tqkv_tokenizer_encode(tqkv_tokenizer tok, const char* text, size_t text_len, int32_t add_special,
+                                           int32_t* ids, size_t capacity, size_t* n_ids);
+/* The text of ids (UTF-8 bytes, special tokens as their text). *n_bytes receives its length;
+ * TQKV_ERR_CAPACITY with the length needed when it exceeds capacity. An id outside the
+ * vocabulary: TQKV_ERR_INVALID_ARGUMENT. */
+TQKV_API tqkv_status tqkv_tokenizer_decode(tqkv_tokenizer tok, const int32_t* ids, size_t n_ids, char* text,
+                                           size_t capacity, size_t* n_bytes);
+/* Vocabulary size (added tokens included) and the BOS / EOS ids (-1 when none). Any pointer may be NULL. */
+TQKV_API tqkv_status tqkv_tokenizer_get_info(tqkv_tokenizer tok, int32_t* vocab, int32_t* bos, int32_t* eos);
+
 #ifdef __cplusplus
 }
 #endif

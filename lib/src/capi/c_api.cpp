@@ -21,6 +21,7 @@
 #include "tqkv/dense.hpp"
 #include "tqkv/kernels.hpp"
 #include "tqkv/model.hpp"
+#include "tqkv/tokenizer.hpp"
 
 namespace {
 
@@ -75,13 +76,14 @@ tqkv_status guard(F&& fn, tqkv_status invalid = TQKV_ERR_INVALID_ARGUMENT) noexc
 // every target) mapped to shared objects. A call holds a shared_ptr to its object, so a
 // concurrent destroy cannot free it mid-call.
 
-enum Kind : uintptr_t { kCacheKind = 1, kCodecKind = 2, kModelKind = 3, kCalibrationKind = 4, kRunnerKind = 5 };
+enum Kind : uintptr_t { kCacheKind = 1, kCodecKind = 2, kModelKind = 3, kCalibrationKind = 4, kRunnerKind = 5, kTokenizerKind = 6 };
 
 const char* kind_name(uintptr_t k) {
     switch (k) {
         case kCacheKind: return "cache";
         case kCodecKind: return "codec";
         case kModelKind: return "model";
+        case kTokenizerKind: return "tokenizer";
         case kCalibrationKind: return "calibration";
         case kRunnerKind: return "runner";
         default: return "?";
@@ -108,6 +110,11 @@ struct CodecObj {
 struct ModelObj {
     explicit ModelObj(tqkv::LlamaModel m) : model(std::move(m)) {}
     tqkv::LlamaModel model;
+};
+
+struct TokenizerObj {
+    explicit TokenizerObj(tqkv::Tokenizer t) : tok(std::move(t)) {}
+    tqkv::Tokenizer tok;
 };
 
 struct CalibrationObj {
@@ -173,6 +180,10 @@ Registry<ModelObj, kModelKind>& models() {
 }
 Registry<CalibrationObj, kCalibrationKind>& calibrations() {
     static auto* r = new Registry<CalibrationObj, kCalibrationKind>;
+    return *r;
+}
+Registry<TokenizerObj, kTokenizerKind>& tokenizers() {
+    static auto* r = new Registry<TokenizerObj, kTokenizerKind>;
     return *r;
 }
 Registry<RunnerObj, kRunnerKind>& runners() {
@@ -830,6 +841,67 @@ tqkv_status tqkv_runner_nll(tqkv_runner runner, const int32_t* tokens, size_t n_
         r->run->reset();
         *nll = res.nll;
         if (scored) *scored = res.scored;
+    });
+}
+
+
+// ---------------------------------------------------------------------------------------------
+// Tokenizers
+
+tqkv_status tqkv_tokenizer_load(const char* json, size_t json_len, const char* config_json, size_t config_len,
+                                tqkv_tokenizer* out) {
+    return guard(
+        [&] {
+            need_ptr(out, "out");
+            need_buffer(json, json_len, "json");
+            need_buffer(config_json, config_len, "config_json");
+            auto obj = std::make_shared<TokenizerObj>(tqkv::Tokenizer::from_json(
+                std::string_view(json, json_len), config_json ? std::string_view(config_json, config_len) : std::string_view()));
+            *out = reinterpret_cast<tqkv_tokenizer>(tokenizers().add(std::move(obj)));
+        },
+        TQKV_ERR_BAD_DATA);
+}
+
+tqkv_status tqkv_tokenizer_destroy(tqkv_tokenizer tok) {
+    return guard([&] { tokenizers().remove(id_of(tok), "tqkv_tokenizer_destroy"); });
+}
+
+tqkv_status tqkv_tokenizer_encode(tqkv_tokenizer tok, const char* text, size_t text_len, int32_t add_special, int32_t* ids,
+                                  size_t capacity, size_t* n_ids) {
+    return guard([&] {
+        auto obj = tokenizers().get(id_of(tok), "tokenizer_encode");
+        need_buffer(text, text_len, "text");
+        need_buffer(ids, capacity, "ids");
+        need_ptr(n_ids, "n_ids");
+        const std::vector<int32_t> v = obj->tok.encode(std::string_view(text, text_len), add_special != 0);
+        *n_ids = v.size();
+        if (v.size() > capacity)
+            fail(TQKV_ERR_CAPACITY, "tqkv: tokenizer_encode: " + std::to_string(v.size()) + " ids, capacity " + std::to_string(capacity));
+        if (!v.empty()) std::memcpy(ids, v.data(), v.size() * sizeof(int32_t));
+    });
+}
+
+tqkv_status tqkv_tokenizer_decode(tqkv_tokenizer tok, const int32_t* ids, size_t n_ids, char* text, size_t capacity,
+                                  size_t* n_bytes) {
+    return guard([&] {
+        auto obj = tokenizers().get(id_of(tok), "tokenizer_decode");
+        need_buffer(ids, n_ids, "ids");
+        need_buffer(text, capacity, "text");
+        need_ptr(n_bytes, "n_bytes");
+        const std::string s = obj->tok.decode(std::vector<int32_t>(ids, ids + n_ids));
+        *n_bytes = s.size();
+        if (s.size() > capacity)
+            fail(TQKV_ERR_CAPACITY, "tqkv: tokenizer_decode: " + std::to_string(s.size()) + " bytes, capacity " + std::to_string(capacity));
+        if (!s.empty()) std::memcpy(text, s.data(), s.size());
+    });
+}
+
+tqkv_status tqkv_tokenizer_get_info(tqkv_tokenizer tok, int32_t* vocab, int32_t* bos, int32_t* eos) {
+    return guard([&] {
+        auto obj = tokenizers().get(id_of(tok), "tokenizer_get_info");
+        if (vocab) *vocab = int32_t(obj->tok.vocab_size());
+        if (bos) *bos = obj->tok.bos_id();
+        if (eos) *eos = obj->tok.eos_id();
     });
 }
 
