@@ -72,7 +72,10 @@ async function generate() {
   const promptText = $('prompt').value;
   const maxTokens = Math.max(1, Math.min(100000, Math.floor(Number($('tokens').value) || 1)));
   const temperature = Math.max(0, Number($('temperature').value) || 0);
-  const prompt = new TextEncoder().encode(promptText);
+  // A model with a tokenizer.json takes its token ids (BOS as its config says); a byte-vocabulary
+  // model the UTF-8 bytes.
+  const tok = model.tokenizer;
+  const prompt = tok ? tok.encode(promptText, { special: true }) : new TextEncoder().encode(promptText);
   if (prompt.length === 0) {
     setState('ready', 'type a prompt first');
     return;
@@ -88,9 +91,9 @@ async function generate() {
     if (/^k/i.test(spec) && !calibration) {
       setState('calibrating', 'calibrating the tqkv cache (once per page: an exact-cache pass over 2048 bytes)…');
       await yieldToBrowser();
-      const { bytes, source } = await calibrationText(prompt);
+      const { bytes, source } = await calibrationText(new TextEncoder().encode(promptText));
       const t0 = performance.now();
-      calibration = model.calibrate(bytes);
+      calibration = model.calibrate(tok ? tok.encode(new TextDecoder().decode(bytes)) : bytes);
       calibrationMs = performance.now() - t0;
       calibrationSource = source;
     }
@@ -108,7 +111,9 @@ async function generate() {
     const tokens = runner.generate(prompt, { maxTokens, temperature, seed: 1 });
     const t0 = performance.now();
     let first = true, tDecode = 0, decoded = 0, sliceStart = performance.now();
+    let shown = '';  // with a tokenizer: the decoded text so far (pieces of a character wait for the rest)
     for (const token of tokens) {
+      if (tok && token === tok.eos) break;
       const now = performance.now();
       if (first) {
         run.prefillTokensPerSecond = prompt.length / ((now - t0) / 1000);
@@ -119,7 +124,15 @@ async function generate() {
         decoded++;
       }
       run.tokens.push(token);
-      const piece = decoder.decode(new Uint8Array([token]), { stream: true });
+      let piece;
+      if (tok) {
+        const all = tok.decode(run.tokens);
+        const complete = all.endsWith('\ufffd') ? all.slice(0, all.lastIndexOf('\ufffd')) : all;
+        piece = complete.startsWith(shown) ? complete.slice(shown.length) : '';
+        shown += piece;
+      } else {
+        piece = decoder.decode(new Uint8Array([token]), { stream: true });
+      }
       run.text += piece;
       $('out-text').textContent += piece;
       if (decoded > 0) {
@@ -137,7 +150,7 @@ async function generate() {
         break;
       }
     }
-    const tail = decoder.decode();
+    const tail = tok ? tok.decode(run.tokens).slice(shown.length) : decoder.decode();
     run.text += tail;
     $('out-text').textContent += tail;
     run.stats = runner.stats();
@@ -145,7 +158,7 @@ async function generate() {
     if (decoded === 0) $('tps').textContent = 'n/a (1 token)';
     const cal = calibrationMs ? `; calibrated in ${(calibrationMs / 1000).toFixed(1)} s on ${calibrationSource}` : '';
     demo.runs.push(run);
-    setState('ready', `${run.stopped ? 'stopped' : 'done'}: ${run.tokens.length} bytes with the ${spec} cache${run.tokens.length < maxTokens && !run.stopped ? ' (the context is full)' : ''}${cal}`);
+    setState('ready', `${run.stopped ? 'stopped' : 'done'}: ${run.tokens.length} ${tok ? 'tokens' : 'bytes'} with the ${spec} cache${run.tokens.length < maxTokens && !run.stopped ? ' (the context is full)' : ''}${cal}`);
   } catch (e) {
     run.error = String(e?.message ?? e);
     demo.runs.push(run);

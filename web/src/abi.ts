@@ -53,6 +53,11 @@ export interface Exports {
   tqkv_cache_attend_stats(h: number, layer: number, q: number, nq: number, layout: number, acc: number, nAcc: number,
                           max: number, nMax: number, sum: number, nSum: number): number;
   tqkv_codec_dot_many(h: number, q: number, nq: number, c: number, nc: number, s: number, ns: number): number;
+  tqkv_tokenizer_load(json: number, njson: number, cfg: number, ncfg: number, out: number): number;
+  tqkv_tokenizer_destroy(h: number): number;
+  tqkv_tokenizer_encode(h: number, text: number, n: number, special: number, ids: number, cap: number, nOut: number): number;
+  tqkv_tokenizer_decode(h: number, ids: number, n: number, text: number, cap: number, nOut: number): number;
+  tqkv_tokenizer_get_info(h: number, vocab: number, bos: number, eos: number): number;
 }
 
 /** @internal TQKV_ABI_VERSION the bindings were written for. */

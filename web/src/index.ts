@@ -13,6 +13,7 @@
 //   cache.dispose();
 //
 //   const model = await tqkv.fetchModel('/models/tq-ref-128/');  // config.json + model.safetensors
+//                                                         // (+ tokenizer.json: model.tokenizer)
 //   const runner = model.createRunner('K4V4', { calibration: model.calibrate(someText) });
 //   for (const token of runner.generate('The ', { maxTokens: 64 })) ...   // greedy by default
 //   runner.stats();                                       // cache bytes vs fp16, position
@@ -24,6 +25,7 @@
 //   platform.ts  fetch vs the file system (platform-node.ts, installed by the Node entry node.ts)
 //   tqkv.ts      Tqkv: one instance and its memory, shared helpers
 //   cache.ts     KVCache        codec.ts  Codec        model.ts  LlamaModel, Calibration, Runner
+//   tokenizer.ts Tokenizer (tokenizer.json, the same C++ as the native tools)
 //   errors.ts    TqkvError, Status           abi.ts  the C ABI's exports and struct layouts
 //   persist.ts   saving serialized caches in IndexedDB
 // This file is the browser-safe entry point (no `node:` import); node.ts adds file access.
@@ -60,6 +62,7 @@ export {
   type RunnerStats,
   type TokenInput,
 } from './model.js';
+export { Tokenizer } from './tokenizer.js';
 
 export { loadFromIndexedDB, removeFromIndexedDB, saveToIndexedDB, type IndexedDBOptions } from './persist.js';
 

@@ -5,6 +5,7 @@ import { MODEL_INFO_SIZE, RUNNER_STATS_SIZE } from './abi.js';
 import { disposedError, Status, TqkvError } from './errors.js';
 import { asFloat32, asInt } from './input.js';
 import { FetchError, readUrl, toUrl } from './platform.js';
+import { fetchTokenizer, type Tokenizer } from './tokenizer.js';
 import type { Tqkv } from './tqkv.js';
 
 /** The shape of a loaded model. */
@@ -93,10 +94,17 @@ export class LlamaModel {
     return this.handle === 0;
   }
 
-  /** Token ids of a string (UTF-8 bytes; byte-vocabulary models only) or of an array of ids. */
+  /** The model's tokenizer (fetchModel loads DIR/tokenizer.json when there is one); text goes
+   *  through it. Without one, text is read as UTF-8 bytes (byte-vocabulary models). */
+  tokenizer: Tokenizer | undefined;
+
+  /** Token ids of a string (through the tokenizer, or its UTF-8 bytes for a byte-vocabulary
+   *  model) or of an array of ids. */
   tokens(input: TokenInput): Int32Array {
     if (typeof input === 'string') {
-      if (this.info.vocab !== 256) throw new TypeError('tqkv: text needs a byte-vocabulary model (vocab 256); pass token ids');
+      if (this.tokenizer) return this.tokenizer.encode(input);
+      if (this.info.vocab !== 256)
+        throw new TypeError('tqkv: text needs a tokenizer (model.tokenizer = tqkv.loadTokenizer(...)) or a byte-vocabulary model; pass token ids');
       return Int32Array.from(encoder.encode(input));
     }
     if (input instanceof Int32Array) return input;
@@ -390,6 +398,26 @@ export async function fetchModel(
   if (!base.pathname.endsWith('/')) base = new URL(base.href + '/');
   const configUrl = new URL('config.json', base), weightsUrl = new URL('model.safetensors', base);
   const config = new TextDecoder().decode(await readUrl(configUrl, options.signal));
+  const model = await fetchWeights(t, config, weightsUrl, options);
+  // A tokenizer.json beside the weights becomes model.tokenizer (none: byte vocabulary, or ids).
+  try {
+    model.tokenizer = await fetchTokenizer(t, base, options.signal);
+  } catch (e) {
+    const missing = (e instanceof FetchError && e.status === 404) || (e as { code?: string })?.code === 'ENOENT';
+    if (!missing) {
+      model.dispose();
+      throw e;
+    }
+  }
+  return model;
+}
+
+async function fetchWeights(
+  t: Tqkv,
+  config: string,
+  weightsUrl: URL,
+  options: { onProgress?: (loaded: number, total: number | undefined) => void; signal?: AbortSignal },
+): Promise<LlamaModel> {
   if (weightsUrl.protocol === 'file:') {
     const bytes = await readUrl(weightsUrl, options.signal);
     options.onProgress?.(bytes.length, bytes.length);

@@ -8,6 +8,7 @@ import { Status, STATUS_NAMES, TqkvError } from './errors.js';
 import { asFloat32 } from './input.js';
 import { instantiate, type LoadOptions, type ModuleVariant } from './loader.js';
 import { fetchModel, loadModelFrom, type LlamaModel } from './model.js';
+import { fetchTokenizer, loadTokenizerFrom, type Tokenizer } from './tokenizer.js';
 
 let defaultInstance: Tqkv | undefined;
 let defaultLoading: Promise<Tqkv> | undefined;
@@ -183,6 +184,20 @@ export class Tqkv {
     options: { onProgress?: (loaded: number, total: number | undefined) => void; signal?: AbortSignal } = {},
   ): Promise<LlamaModel> {
     return fetchModel(this, url, options);
+  }
+
+  /**
+   * A tokenizer from the text (or bytes) of a Hugging Face tokenizer.json and, optionally, its
+   * tokenizer_config.json (BOS/EOS). What it does not implement throws a 'bad data' TqkvError
+   * naming it ("unsupported: model.type \"WordPiece\"").
+   */
+  loadTokenizer(json: string | Uint8Array, config?: string | Uint8Array): Tokenizer {
+    return loadTokenizerFrom(this, json, config);
+  }
+
+  /** Fetches `url`tokenizer.json (and `url`tokenizer_config.json when there is one). */
+  fetchTokenizer(url: string | URL, options: { signal?: AbortSignal } = {}): Promise<Tokenizer> {
+    return fetchTokenizer(this, url, options.signal);
   }
 
   // ---------------------------------------------------------------------------------------------

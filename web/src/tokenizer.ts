@@ -1,0 +1,116 @@
+// Tokenizer: a Hugging Face tokenizer.json (byte-level BPE as GPT-2 / Llama 3 / Qwen2 / SmolLM,
+// SentencePiece-style BPE with byte fallback as Llama 2 / Mistral / TinyLlama) run by the same
+// C++ as the native tools (lib/src/model/tokenizer.cpp, through tqkv_tokenizer_* of the C ABI).
+// SentencePiece .model files are not read in the browser: every transformers checkpoint of such a
+// model also ships its tokenizer.json.
+import { FetchError, readUrl, toUrl } from './platform.js';
+import { disposedError } from './errors.js';
+import type { Tqkv } from './tqkv.js';
+
+const encoder = /* @__PURE__ */ new TextEncoder();
+const decoder = /* @__PURE__ */ new TextDecoder();
+
+export class Tokenizer {
+  /** @internal */ handle: number;
+  readonly tqkv: Tqkv;
+  /** Number of token ids (added tokens included). */
+  readonly vocab: number;
+  /** Beginning / end of sequence ids as tokenizer.json and tokenizer_config.json say (-1: none). */
+  readonly bos: number;
+  readonly eos: number;
+
+  /** @internal */
+  constructor(t: Tqkv, handle: number) {
+    this.tqkv = t;
+    this.handle = handle;
+    const p = t.slot;
+    t.check(t._x.tqkv_tokenizer_get_info(handle, p, p + 4, p + 8));
+    const d = t.view();
+    this.vocab = d.getInt32(p, true);
+    this.bos = d.getInt32(p + 4, true);
+    this.eos = d.getInt32(p + 8, true);
+  }
+
+  private h(): number {
+    if (!this.handle) throw disposedError('tokenizer');
+    return this.handle;
+  }
+
+  /** Token ids of text (special tokens written in it are recognized); special: add BOS/EOS. */
+  encode(text: string, options: { special?: boolean } = {}): Int32Array {
+    const t = this.tqkv;
+    const h = this.h();
+    const bytes = encoder.encode(text);
+    const capacity = bytes.length + 8;  // never more ids than bytes, plus BOS/EOS and a prepended marker
+    const p = t.scratchPtr(bytes.length + 4 * capacity + 32);
+    const ids = (p + bytes.length + 15) & ~15;
+    t.bytes().set(bytes, p);
+    t.check(t._x.tqkv_tokenizer_encode(h, p, bytes.length, options.special ? 1 : 0, ids, capacity, t.slot));
+    const n = t.u32(t.slot);
+    return new Int32Array(t.bytes().buffer.slice(ids, ids + 4 * n));
+  }
+
+  /** Text of token ids (special tokens as their text; invalid UTF-8 becomes U+FFFD). */
+  decode(ids: ArrayLike<number>): string {
+    const t = this.tqkv;
+    const h = this.h();
+    let capacity = 16 * ids.length + 64;
+    for (;;) {
+      const p = t.scratchPtr(4 * ids.length + capacity + 32);
+      new Int32Array(t.bytes().buffer, p, ids.length).set(ids);
+      const out = p + 4 * ids.length;
+      const status = t._x.tqkv_tokenizer_decode(h, p, ids.length, out, capacity, t.slot);
+      const n = t.u32(t.slot);
+      if (status === 0) return decoder.decode(t.bytes().subarray(out, out + n));
+      if (n > capacity) {
+        capacity = n;  // TQKV_ERR_CAPACITY: the length it needs
+        continue;
+      }
+      t.check(status);
+    }
+  }
+
+  get disposed(): boolean {
+    return this.handle === 0;
+  }
+
+  /** Frees the tokenizer; later calls throw. */
+  dispose(): void {
+    if (!this.handle) return;
+    const h = this.handle;
+    this.handle = 0;
+    this.tqkv.check(this.tqkv._x.tqkv_tokenizer_destroy(h));
+  }
+}
+
+/** @internal Tqkv.loadTokenizer. */
+export function loadTokenizerFrom(t: Tqkv, json: string | Uint8Array, config?: string | Uint8Array): Tokenizer {
+  if (!t._x.tqkv_tokenizer_load) throw new Error('tqkv: this .wasm build has no tokenizer');
+  const j = typeof json === 'string' ? encoder.encode(json) : json;
+  const c = config === undefined ? undefined : typeof config === 'string' ? encoder.encode(config) : config;
+  const pj = t.mallocCopy(j, 'tokenizer.json');
+  const pc = c ? t.mallocCopy(c, 'tokenizer_config.json') : 0;
+  try {
+    t.check(t._x.tqkv_tokenizer_load(pj, j.length, pc, c ? c.length : 0, t.slot));
+  } finally {
+    t._x.free(pj);
+    if (pc) t._x.free(pc);
+  }
+  return new Tokenizer(t, t.u32(t.slot));
+}
+
+/** @internal Tqkv.fetchTokenizer: `url`tokenizer.json and, when present, `url`tokenizer_config.json. */
+export async function fetchTokenizer(t: Tqkv, url: string | URL, signal?: AbortSignal): Promise<Tokenizer> {
+  let base = toUrl(url);
+  if (!base.pathname.endsWith('/')) base = new URL(base.href + '/');
+  const json = await readUrl(new URL('tokenizer.json', base), signal);
+  let config: Uint8Array | undefined;
+  try {
+    config = await readUrl(new URL('tokenizer_config.json', base), signal);
+  } catch (e) {
+    // Optional file: absent (HTTP 404, or no such file on disk) means none.
+    const missing = (e instanceof FetchError && e.status === 404) || (e as { code?: string })?.code === 'ENOENT';
+    if (!missing) throw e;
+  }
+  return loadTokenizerFrom(t, json, config);
+}
