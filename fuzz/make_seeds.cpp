@@ -9,6 +9,7 @@
 #include "hf_checkpoint.hpp"
 #include "tiny_model.hpp"
 #include "tokenizer_json.hpp"
+#include "tqkv/tokenizer.hpp"
 #include "tqkv/tqkv.hpp"
 
 namespace fs = std::filesystem;

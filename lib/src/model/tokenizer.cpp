@@ -666,8 +666,9 @@ void JsonTokenizer::bpe(std::string_view piece, std::vector<int32_t>& out, WordC
             };
             std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> heap;
             auto push = [&](int i) {
+                if (i < 0) return;
                 const int j = next[size_t(i)];
-                if (i < 0 || j < 0) return;
+                if (j < 0) return;
                 const auto m = merges_.find(pair_key(word[size_t(i)], word[size_t(j)]));
                 if (m != merges_.end()) heap.push({m->second.first, i, word[size_t(i)], word[size_t(j)]});
             };
