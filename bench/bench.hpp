@@ -1,6 +1,7 @@
 // Shared plumbing of the tqkv-bench subcommands: argument parsing, JSON lines, tables, timing.
 #pragma once
 #include <chrono>
+#include <ctime>
 #include <cstdint>
 #include <cstdio>
 #include <functional>
@@ -51,6 +52,14 @@ std::string json_escape(const std::string& s);
 // Seconds of a steady clock.
 inline double now() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Seconds of CPU time of this process (all its threads). On a shared machine the wall time of a
+// single-threaded loop includes the time other processes had the core; its CPU time does not.
+inline double cpu_now() {
+    timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return double(ts.tv_sec) + 1e-9 * double(ts.tv_nsec);
 }
 
 // A fixed-width text table printed to stdout.

@@ -11,9 +11,10 @@
 namespace bench {
 namespace {
 
-// Median over batches of the time per call, each batch at least ~20 ms.
+// Median over batches of the wall time per call, each batch at least ~20 ms; `cpu` receives the
+// median CPU time per call of the process over the same batches.
 template <class F>
-double ns_per_call(F&& fn, double budget_s) {
+double ns_per_call(F&& fn, double budget_s, double* cpu = nullptr) {
     fn();  // warm-up
     int reps = 1;
     for (;;) {
@@ -22,14 +23,17 @@ double ns_per_call(F&& fn, double budget_s) {
         if (now() - t0 > 0.02) break;
         reps *= 2;
     }
-    std::vector<double> per;
+    std::vector<double> per, per_cpu;
     const double start = now();
     while (per.size() < 3 || (now() - start < budget_s && per.size() < 15)) {
-        const double t0 = now();
+        const double t0 = now(), c0 = cpu_now();
         for (int i = 0; i < reps; ++i) fn();
+        per_cpu.push_back((cpu_now() - c0) / reps * 1e9);
         per.push_back((now() - t0) / reps * 1e9);
     }
     std::sort(per.begin(), per.end());
+    std::sort(per_cpu.begin(), per_cpu.end());
+    if (cpu) *cpu = per_cpu[per_cpu.size() / 2];
     return per[per.size() / 2];
 }
 
@@ -62,7 +66,7 @@ int cmd_attend(const Args& args) {
 
     Table table({"tokens", "tqkv ns/query", "dense fp32", "dense fp16", "vs fp32", "vs fp16", "cosine", "bytes/token",
                  "fp16 bytes/token", "append ns/token"});
-    for (const auto& tstr : args.list("tokens", "1024,4096,16384,65536")) {
+    for (const auto& tstr : args.list("tokens", "1024,4096,16384,65536,131072")) {
         const size_t T = size_t(std::stoll(tstr));
         // Gaussian keys, values and query (speed does not depend on the values; fidelity on
         // structured data is the job of `tqkv-bench report`).
@@ -95,7 +99,8 @@ int cmd_attend(const Args& args) {
         const tqkv::DenseCache dense = tqkv::make_dense_cache(K.data(), V.data(), T, KH, d);
         tqkv::DenseAttentionShape shape{H, KH, d, T, 0};
         std::vector<float> out(q.size()), exact(q.size()), half(q.size());
-        const double t_fused = ns_per_call([&] { cache.attend(q, out, false); }, budget);
+        double c_fused = 0;
+        const double t_fused = ns_per_call([&] { cache.attend(q, out, false); }, budget, &c_fused);
         const double t_f32 = ns_per_call([&] { tqkv::dense_attention_f32(shape, q.data(), dense.keys.data(), dense.values.data(), exact.data(), kernel); }, budget);
         const double t_f16 = ns_per_call([&] { tqkv::dense_attention_f16(shape, q.data(), dense.keys_f16.data(), dense.values_f16.data(), half.data(), kernel); }, budget);
         double cos = 0;
@@ -117,7 +122,9 @@ int cmd_attend(const Args& args) {
                 .add("dense_fp16_ns_per_query", t_f16).add("speedup_vs_dense_fp32", t_f32 / t_fused)
                 .add("speedup_vs_dense_fp16", t_f16 / t_fused).add("cosine_vs_exact", cos)
                 .add("bytes_per_token", bpt).add("fp16_bytes_per_token", cache.fp16_bytes_per_token())
-                .add("bytes_used", cache.bytes_used()).add("append_ns_per_token", t_append);
+                .add("bytes_used", cache.bytes_used()).add("append_ns_per_token", t_append)
+                .add("cpu_ns_per_query", c_fused).add("ns_per_token", t_fused / double(T))
+                .add("cpu_ns_per_token", c_fused / double(T));
             std::cout << j.str() << std::endl;
         } else {
             table.row({std::to_string(T), fmt("%.0f", t_fused), fmt("%.0f", t_f32), fmt("%.0f", t_f16),

@@ -15,7 +15,7 @@ static void usage() {
                  "           distortion and inner-product fidelity of the codecs on random unit vectors\n"
                  "  encode   --dim 128 --bits 4 [--method mse] [--vectors 200000] [--json]\n"
                  "           encode/decode throughput of the best kernel vs the scalar kernel, one core\n"
-                 "  attend   --heads 4 --kv-heads 4 --dim 128 --tokens 1024,4096,16384,65536 --key-bits 4\n"
+                 "  attend   --heads 4 --kv-heads 4 --dim 128 --tokens 1024,4096,16384,65536,131072 --key-bits 4\n"
                  "           --value-bits 4 [--key-method mse|prod] [--window 0] [--json]\n"
                  "           fused attention over the compressed cache vs dense fp32/fp16 attention\n"
                  "  ppl      --model DIR [--bytes 4096] [--config K4V3,q4_0,...] [--frontier] [--json] [--ctx N]\n"
