@@ -8,8 +8,9 @@
 //
 // Tokens older than the recent window are stored as TurboQuant codes in blocks of block_tokens
 // tokens (codes of 32 tokens interleaved so SIMD table look-ups score 16 tokens at once, see
-// lib/src/cache/layout.hpp); the most recent `window` tokens are kept exactly in fp32 and take
-// part in the same softmax.
+// lib/src/cache/layout.hpp), carved from large per-KV-head arenas so that attention streams each
+// head's codes from contiguous memory; the most recent `window` tokens are kept exactly in fp32
+// and take part in the same softmax.
 //
 // Thread safety: const member functions (attend, save, bytes_used, ...) may run concurrently
 // with each other; anything that changes the cache (append, truncate, clear) needs exclusive
@@ -42,7 +43,8 @@ struct CacheConfig {
     int block_tokens = 64;     // tokens per block: a multiple of 32, at most 4096
     int window = 0;            // most recent tokens kept exactly (fp32); 0 = none
     float scale = 0;           // attention scale; 0 = 1/sqrt(head_dim)
-    size_t max_tokens = 0;     // capacity; 0 = unbounded (up to 2^28). Blocks for it are allocated up front.
+    size_t max_tokens = 0;     // capacity; 0 = unbounded (up to 2^28). Its blocks are allocated at once
+                               // (one arena) when the first token is compressed.
     uint64_t seed = 0x74716b76;
     NormFormat norm = NormFormat::F16;
     std::string kernel;        // "" = best available (or TQKV_KERNEL)
@@ -140,6 +142,7 @@ private:
                             float* stat_sum, std::span<float> logits, bool continue_stats);
     std::unique_ptr<Impl> impl_;
     friend class ModelKVCache;
+    friend struct CacheInternals;  // tests of the storage layout (lib/src/cache/impl.hpp)
 };
 
 // L layers with one configuration; layer l uses seed derive_seed(cfg.seed, l).

@@ -306,11 +306,11 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                     for (size_t gi = 0; gi < ng; ++gi) {
                         const size_t t0 = (g0 + gi) * kGroupTokens;
                         const uint8_t* g = P.group(kvh, t0);
-                        // Groups of one KV head are spread over separately allocated blocks, which the
-                        // hardware prefetcher cannot follow: when they come from DRAM (a KV head larger
-                        // than the L2/L3 share), fetch the group two chunks ahead into L2 while this
-                        // one computes (at 64k tokens: 3.0-3.2 ms per query against 3.7-4.0 ms one
-                        // chunk ahead; 4 was no better, 16 worse).
+                        // When a KV head's groups come from DRAM (larger than the L2/L3 share), fetch
+                        // the group two chunks ahead into L2 while this one computes: hardware
+                        // prefetchers stop at 4 KiB pages (measured with one allocation per block, on
+                        // AVX-512 at 64k tokens: 3.0-3.2 ms per query against 3.7-4.0 ms one chunk
+                        // ahead; 4 was no better, 16 worse). Groups are contiguous per arena now.
                         if (prefetch && g0 + 2 * kChunkGroups + gi < n_groups) {
                             const uint8_t* next = P.group(kvh, (g0 + 2 * kChunkGroups + gi) * kGroupTokens);
                             for (size_t off = 0; off < P.group_bytes; off += 64) __builtin_prefetch(next + off, 0, 1);

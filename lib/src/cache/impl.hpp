@@ -64,7 +64,19 @@ struct KVCache::Impl {
     std::shared_ptr<const CacheCodecs> codecs;
     size_t norm_bytes = 2, group_bytes = 0, groups_per_block = 0, block_bytes = 0, capacity = 0;
     float scale = 0;
-    std::vector<BlockPtr> blocks;
+    // Storage. Blocks of block_tokens tokens are the logical unit (growth adds blocks, truncate
+    // releases them); their codes live in arenas, each one allocation holding, per KV head, a run of
+    // consecutive blocks: one KV head's groups are contiguous over a whole arena, so the attention
+    // streams them in address order. Arenas grow with the cache (an eighth of the blocks held, at
+    // least what an append needs: O(log) allocations, no copy of old codes, at most 1/8 unused).
+    // block_heads[b * kv_heads + h] = the first group of block b for KV head h, for every block
+    // of every arena (blocks past the compressed tokens are zero).
+    struct Arena {
+        BlockPtr mem;
+        size_t first_block = 0, blocks = 0;
+    };
+    std::vector<Arena> arenas;
+    std::vector<uint8_t*> block_heads;
     size_t n_tokens = 0, n_compressed = 0;
     // Exact rows ([kv_heads][head_dim] floats per token) of tokens [exact_from, n_tokens) in a ring
     // of ring_rows tokens (token t in slot t % ring_rows): the recent window [n_compressed, n_tokens)
@@ -81,9 +93,10 @@ struct KVCache::Impl {
     int group_size() const { return cfg.heads / cfg.kv_heads; }
     size_t row() const { return size_t(cfg.kv_heads) * cfg.head_dim; }  // floats of one token
     uint8_t* group(int kv_head, size_t token) const {
-        return blocks[token / cfg.block_tokens].get() +
-               (size_t(kv_head) * groups_per_block + (token % cfg.block_tokens) / detail::kGroupTokens) * group_bytes;
+        return block_heads[token / cfg.block_tokens * cfg.kv_heads + kv_head] +
+               (token % cfg.block_tokens) / detail::kGroupTokens * group_bytes;
     }
+    size_t allocated_blocks() const { return block_heads.size() / cfg.kv_heads; }
     const float* exact_key(size_t t) const { return &exact_k[(t % ring_rows) * row()]; }
     const float* exact_value(size_t t) const { return &exact_v[(t % ring_rows) * row()]; }
     // A query that sees tokens [0, visible) reads tokens [0, codes_end(visible)) as codes and the
@@ -95,10 +108,19 @@ struct KVCache::Impl {
         const size_t W = size_t(cfg.window), decode_codes = visible > W ? visible - W : 0;
         return std::min(std::min(visible, n_compressed), std::max(decode_codes, exact_from));
     }
-    BlockPtr new_block() const;
+    // Makes room for `blocks` blocks (a new arena when needed); throws std::bad_alloc with the
+    // cache unchanged. exact = true: an arena of exactly the missing blocks (load).
+    void reserve_blocks(size_t blocks, bool exact = false);
+    // Keeps the arenas holding blocks [0, blocks) and releases the others.
+    void release_blocks(size_t blocks);
     void compress(const float* k_rows, const float* v_rows, size_t count, size_t first_token);
     void clear_tokens(size_t from, size_t to);  // zero the codes of compressed tokens [from, to)
     std::vector<float> decode_side(const CacheSide& side, bool is_key, int kv_head) const;
+};
+
+// Read access to a cache's internals for tests of the storage layout.
+struct CacheInternals {
+    static const KVCache::Impl& impl(const KVCache& c) { return *c.impl_; }
 };
 
 }  // namespace tqkv

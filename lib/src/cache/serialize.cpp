@@ -191,7 +191,7 @@ KVCache read_layer(Reader& r, const std::string& kernel) {
     const size_t payload = size_t(kv_heads) * groups * m.group_bytes + 2 * size_t(tokens - compressed) * m.row() * 4;
     if (payload > r.left()) bad("truncated data: the payload needs " + std::to_string(payload) + " bytes");
     const size_t n_blocks = (size_t(compressed) + block - 1) / block;
-    for (size_t b = 0; b < n_blocks; ++b) m.blocks.push_back(m.new_block());
+    m.reserve_blocks(n_blocks, true);
     for (uint32_t h = 0; h < kv_heads; ++h)
         for (size_t g = 0; g < groups; ++g)
             std::memcpy(m.group(int(h), g * detail::kGroupTokens), r.take(m.group_bytes), m.group_bytes);

@@ -199,12 +199,32 @@ Staging& staging() {
 }
 }  // namespace
 
-BlockPtr KVCache::Impl::new_block() const {
-    const size_t bytes = (block_bytes + 63) / 64 * 64;
-    auto* p = static_cast<uint8_t*>(std::aligned_alloc(64, bytes));
+void KVCache::Impl::reserve_blocks(size_t blocks, bool exact) {
+    const size_t have = allocated_blocks();
+    if (blocks <= have) return;
+    const size_t max_blocks = (capacity + cfg.block_tokens - 1) / cfg.block_tokens;
+    // With a capacity, all of it at once (one arena); otherwise an eighth of what is held, at least
+    // what is missing.
+    const size_t n = exact            ? blocks - have
+                     : cfg.max_tokens ? max_blocks - have
+                                      : std::min(std::max(blocks - have, have / 8), max_blocks - have);
+    const size_t head_run = n * groups_per_block * group_bytes;  // a multiple of 64: groups are
+    const size_t bytes = size_t(cfg.kv_heads) * head_run;
+    auto* p = static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
     if (!p) throw std::bad_alloc();
+    BlockPtr mem(p);
+    // Both tables grow before anything changes (their reserve may throw too).
+    if (arenas.capacity() == arenas.size()) arenas.reserve(2 * arenas.size() + 1);
+    block_heads.reserve(std::max(block_heads.capacity(), (have + n) * cfg.kv_heads));
     std::memset(p, 0, bytes);
-    return BlockPtr(p);
+    for (size_t b = 0; b < n; ++b)
+        for (int h = 0; h < cfg.kv_heads; ++h) block_heads.push_back(p + size_t(h) * head_run + b * groups_per_block * group_bytes);
+    arenas.push_back(Arena{std::move(mem), have, n});
+}
+
+void KVCache::Impl::release_blocks(size_t blocks) {
+    while (!arenas.empty() && arenas.back().first_block >= blocks) arenas.pop_back();
+    block_heads.resize(arenas.empty() ? 0 : (arenas.back().first_block + arenas.back().blocks) * cfg.kv_heads);
 }
 
 // Encodes `count` tokens (rows of kv_heads x head_dim floats) into the groups of tokens
@@ -306,13 +326,7 @@ void KVCache::append(std::span<const float> keys, std::span<const float> values)
     // compresses it. At most window + chunk rows, released with the next append.
     const size_t W = size_t(m.cfg.window), keep_from = W ? m.n_compressed : total, keep_rows = total - keep_from;
     // Allocate first: if that fails, nothing has changed.
-    const size_t need_blocks = (target + m.cfg.block_tokens - 1) / m.cfg.block_tokens;
-    if (need_blocks > m.blocks.size()) {
-        std::vector<BlockPtr> fresh;
-        for (size_t b = m.blocks.size(); b < need_blocks; ++b) fresh.push_back(m.new_block());
-        if (m.blocks.capacity() < need_blocks) m.blocks.reserve(std::max(need_blocks, 2 * m.blocks.capacity()));
-        for (auto& b : fresh) m.blocks.push_back(std::move(b));
-    }
+    m.reserve_blocks((target + m.cfg.block_tokens - 1) / m.cfg.block_tokens);
     // The ring grows to the rows kept, and shrinks back when a chunk needs less than half of it
     // (decode after a long prefill chunk); decode steps of one size reallocate nothing.
     if (W && (keep_rows > m.ring_rows || keep_rows * 2 < m.ring_rows)) {
@@ -367,11 +381,11 @@ void KVCache::truncate(size_t n_tokens) {
         const size_t keep = std::min(n_tokens, std::max(decode_codes, m.exact_from));  // tokens still coded
         const size_t group_end = std::min(m.n_compressed, (keep + kGroupTokens - 1) / kGroupTokens * kGroupTokens);
         m.clear_tokens(keep, group_end);
-        const size_t keep_blocks = (keep + m.cfg.block_tokens - 1) / m.cfg.block_tokens;
-        // Groups past the last kept token inside the last kept block.
-        for (size_t t = group_end; t < std::min(m.n_compressed, keep_blocks * m.cfg.block_tokens); t += kGroupTokens)
+        // Arenas past the kept blocks go; groups past the last kept token in the arenas that stay
+        // are zeroed (the next appends and save() expect zeros there).
+        m.release_blocks((keep + m.cfg.block_tokens - 1) / m.cfg.block_tokens);
+        for (size_t t = group_end; t < std::min(m.n_compressed, m.allocated_blocks() * m.cfg.block_tokens); t += kGroupTokens)
             for (int h = 0; h < m.cfg.kv_heads; ++h) std::memset(m.group(h, t), 0, m.group_bytes);
-        m.blocks.resize(keep_blocks);
         m.n_compressed = keep;
         m.exact_from = std::min(m.exact_from, keep);
     }
@@ -379,7 +393,7 @@ void KVCache::truncate(size_t n_tokens) {
 }
 
 void KVCache::clear() {
-    impl_->blocks.clear();
+    impl_->release_blocks(0);
     impl_->n_tokens = impl_->n_compressed = impl_->exact_from = 0;
 }
 
@@ -397,7 +411,8 @@ size_t KVCache::table_bytes() const {
 
 size_t KVCache::bytes_used() const {
     const Impl& m = *impl_;
-    return m.blocks.size() * m.block_bytes + m.blocks.capacity() * sizeof(BlockPtr) +
+    return m.allocated_blocks() * m.block_bytes + m.block_heads.capacity() * sizeof(uint8_t*) +
+           m.arenas.capacity() * sizeof(Impl::Arena) +
            (m.exact_k.size() + m.exact_v.size()) * sizeof(float) + table_bytes();
 }
 
