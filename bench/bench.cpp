@@ -144,17 +144,6 @@ Json& Json::add(const std::string& k, bool value) {
     return *this;
 }
 
-void parallel_for(size_t n, int threads, const std::function<void(size_t)>& fn) {
-    std::atomic<size_t> next{0};
-    auto worker = [&] {
-        for (size_t i; (i = next++) < n;) fn(i);
-    };
-    std::vector<std::thread> pool;
-    for (int t = 1; t < threads; ++t) pool.emplace_back(worker);
-    worker();
-    for (auto& t : pool) t.join();
-}
-
 std::vector<uint8_t> read_file(const std::string& path) {
     std::ifstream f(path, std::ios::binary);
     if (!f) throw std::invalid_argument("cannot open " + path);

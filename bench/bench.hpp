@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "tqkv/threads.hpp"
+
 namespace bench {
 
 // --name value / --flag arguments after the subcommand.
@@ -75,8 +77,8 @@ private:
 };
 
 std::string fmt(const char* format, double v);
-// fn(0), ..., fn(n - 1), each once, on `threads` threads (the calling one included).
-void parallel_for(size_t n, int threads, const std::function<void(size_t)>& fn);
+// fn(0), ..., fn(n - 1), each once, on `threads` threads (the calling one included): the library's pool.
+using tqkv::parallel_for;
 // The whole file; throws std::invalid_argument naming the path when it cannot be opened.
 std::vector<uint8_t> read_file(const std::string& path);
 

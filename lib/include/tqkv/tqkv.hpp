@@ -10,3 +10,4 @@
 #include "tqkv/packing.hpp"
 #include "tqkv/rng.hpp"
 #include "tqkv/rotation.hpp"
+#include "tqkv/threads.hpp"
