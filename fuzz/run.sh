@@ -20,7 +20,7 @@ for t in cache_load:cache npy:npy kernels:kernels model:model spec:spec tokenize
   [ "$name" = kernels ] && runs=$((RUNS / 20))   # each input builds codecs for every kernel: slower
   [ "$name" = model ] && runs=$((RUNS / 2))      # each input that loads runs the model
   [ "$name" = spec ] && runs=$((RUNS / 5))       # each input that parses builds and runs a cache
-  [ "$name" = tokenizer ] && runs=$((RUNS / 5))  # each input parses a vocabulary of hundreds of tokens
+  [ "$name" = tokenizer ] && runs=$((RUNS / 10)) # each input parses a vocabulary of hundreds of tokens (~20 s)
   mkdir -p "build-fuzz/corpus/$name"
   echo "== fuzz_$name: $runs executions"
   log=build-fuzz/fuzz_$name.log
