@@ -19,11 +19,14 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "tqkv/calibration.hpp"
 #include "tqkv/codec.hpp"
+#include "tqkv/spec.hpp"
 
 namespace tqkv {
 
@@ -31,6 +34,13 @@ namespace detail {
 struct KernelTable;
 struct AttentionKernels;
 }
+struct LlamaConfig;
+
+// The attention shape of a model: layers, query heads, KV heads, head dimension.
+struct CacheShape {
+    int layers = 0, heads = 0, kv_heads = 0, head_dim = 0;
+    static CacheShape of(const LlamaConfig& c);  // tqkv/model.hpp
+};
 
 struct CacheConfig {
     int heads = 4;             // query heads
@@ -48,6 +58,21 @@ struct CacheConfig {
     uint64_t seed = 0x74716b76;
     NormFormat norm = NormFormat::F16;
     std::string kernel;        // "" = best available (or TQKV_KERNEL)
+
+    // Preconditioning (from a Calibration, see layer_config()); every part of it is exact in
+    // infinite precision, and attend() / attend_stats() return what an uncentred cache would:
+    //   key_mean    [kv_heads][head_dim] or empty: keys are stored minus it. Logits shift by
+    //               q.mean for every token of a query, which softmax ignores (attend_stats and its
+    //               logits add the shift back, so caches with different means merge exactly).
+    //   value_mean  likewise for values: stored minus it, added back to the output (weights sum to 1).
+    //   debias_keys    MSE keys: logits of coded tokens divided by (1 - D_b), D_b the codebook's
+    //                  distortion of a unit vector: MSE codes shrink inner products by that factor
+    //                  on average (README "What the codecs do"). Exact window tokens are not scaled.
+    //   debias_values  coded values divided by (1 - D_b): the codes shrink a vector by the same
+    //                  factor in every direction on average, and a softmax-weighted sum of many
+    //                  tokens keeps the shrink while their noise averages out.
+    std::vector<float> key_mean, value_mean;
+    bool debias_keys = false, debias_values = false;
 };
 
 class KVCache {
@@ -60,6 +85,11 @@ public:
     KVCache& operator=(const KVCache&) = delete;
 
     const CacheConfig& config() const;
+    float scale() const;               // the effective attention scale (config().scale, or 1/sqrt(head_dim))
+    double key_debias() const;         // the factor on logits of coded keys (1 without debias_keys)
+    double value_debias() const;       // the factor on coded values (1 without debias_values)
+    const VectorCodec& key_codec() const;    // the codecs the tokens are coded with
+    const VectorCodec& value_codec() const;
     size_t tokens() const;             // tokens held (compressed + window)
     size_t compressed_tokens() const;  // tokens stored as codes
     const char* kernel() const;
@@ -122,6 +152,9 @@ public:
     void clear();
 
     size_t bytes_used() const;           // all memory the cache holds: blocks, window, tables
+    // Storage the format needs for the tokens held: codes and norms of compressed tokens, exact
+    // window tokens counted at fp16 (the convention of every cache in tqkv/model.hpp).
+    double format_bytes() const;
     size_t table_bytes() const;          // of which codecs and kernel tables (shared with empty_like copies)
     double bytes_per_token() const;      // bytes_used() / tokens() (0 when empty)
     size_t block_bytes() const;          // one block of block_tokens tokens, all KV heads
@@ -145,28 +178,51 @@ private:
     friend struct CacheInternals;  // tests of the storage layout (lib/src/cache/impl.hpp)
 };
 
-// L layers with one configuration; layer l uses seed derive_seed(cfg.seed, l).
+// The configuration of layer `layer` of a model's tqkv cache from a spec (tqkv formats only) and a
+// calibration of the same shape: rates after the spec's layer overrides; with the calibration the
+// channel means (when the spec centres) and the high channels of fractional rates, chosen by
+// energy about the stored offset; without one, the high channels from `first_keys` /
+// `first_values` ([n][kv_heads][head_dim], the layer's first append; required for fractional
+// rates then); debias flags, window, scale and seed derive_seed(spec.seed, layer). base supplies
+// what a spec does not say (block_tokens, max_tokens, norm, kernel). Throws
+// std::invalid_argument on a shape mismatch or a spec that is not a tqkv format.
+CacheConfig layer_config(const CacheSpec& spec, const CacheShape& shape, int layer, const Calibration* calibration,
+                         const CacheConfig& base = {}, std::span<const float> first_keys = {},
+                         std::span<const float> first_values = {});
+
+// The caches of all layers of a model.
 class ModelKVCache {
 public:
+    // L layers with one configuration; layer l uses seed derive_seed(cfg.seed, l).
     ModelKVCache(int layers, const CacheConfig& cfg);
+    // From a spec and an optional calibration (layer_config() per layer). Without a calibration,
+    // layers whose fractional rates need high channels are built at their first append.
+    ModelKVCache(const CacheShape& shape, const CacheSpec& spec, const Calibration* calibration = nullptr,
+                 const CacheConfig& base = {});
     int layers() const { return int(layers_.size()); }
+    // Throws std::invalid_argument if the layer is not built yet (see above).
     KVCache& layer(int l);
     const KVCache& layer(int l) const;
-    void append(int layer, std::span<const float> keys, std::span<const float> values) {
-        this->layer(layer).append(keys, values);
-    }
+    bool built(int l) const;
+    size_t tokens(int layer) const;  // 0 for a layer not built yet
+    void append(int layer, std::span<const float> keys, std::span<const float> values);
     void attend(int layer, std::span<const float> queries, std::span<float> out, bool causal = true) const {
         this->layer(layer).attend(queries, out, causal);
     }
     void truncate(size_t n_tokens);
     void clear();
     size_t bytes_used() const;
+    double format_bytes() const;  // KVCache::format_bytes of every layer
     std::vector<uint8_t> save() const;
     static ModelKVCache load(std::span<const uint8_t> bytes, const std::string& kernel = "");
 
 private:
     ModelKVCache() = default;
-    std::vector<KVCache> layers_;
+    std::vector<std::optional<KVCache>> layers_;
+    // Layers built at their first append (spec without calibration).
+    std::optional<CacheSpec> spec_;
+    CacheShape shape_;
+    CacheConfig base_;
 };
 
 }  // namespace tqkv

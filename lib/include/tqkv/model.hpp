@@ -28,6 +28,8 @@
 #include <vector>
 
 #include "tqkv/cache.hpp"
+#include "tqkv/calibration.hpp"
+#include "tqkv/spec.hpp"
 
 namespace tqkv {
 
@@ -164,13 +166,6 @@ private:
 // ---------------------------------------------------------------------------------------------
 // KV caches the runner can attend through
 
-struct CacheShape {
-    int layers = 0, heads = 0, kv_heads = 0, head_dim = 0;
-    static CacheShape of(const LlamaConfig& c) {
-        return {c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, c.head_dim};
-    }
-};
-
 class AttentionCache {
 public:
     virtual ~AttentionCache() = default;
@@ -204,61 +199,19 @@ protected:
     CacheShape shape_;
 };
 
-// Per-layer statistics of keys, values and queries from an exact-cache forward pass over some
-// calibration text, used to precondition the compressed cache (see TurboCacheOptions).
-// Arrays are [layer][kv_head][head_dim]; query_sq sums E[q_j^2] over the query heads that share
-// the KV head; out_weight[j] sums the squared o_proj columns those heads' channel j feeds.
-struct KVCalibration {
-    CacheShape shape;
-    size_t tokens = 0;
-    std::vector<double> key_mean, key_sq, value_mean, value_sq, query_sq, out_weight;  // key_sq/value_sq: E[x^2]
-    size_t index(int layer, int kv_head) const { return (size_t(layer) * shape.kv_heads + kv_head) * shape.head_dim; }
-};
-
-// Options of the tqkv cache (the product path: tqkv::KVCache per layer).
-struct TurboCacheOptions {
-    double key_bits = 4, value_bits = 4;  // 1..8, fractional rates code the high channels at +1 bit
-    Method key_method = Method::Mse;
-    int window = 0;                       // most recent tokens kept exact
-    // Per-layer overrides (empty = key_bits/value_bits everywhere).
-    std::vector<double> layer_key_bits, layer_value_bits;
-    // Preconditioning, all exact in infinite precision (softmax and attention output unchanged):
-    bool center_keys = true;     // store k - mean: q.mean is the same for every token, softmax ignores it
-    bool center_values = true;   // store v - mean, add mean back to the output (weights sum to 1)
-    bool scale_keys = false;     // k' = s*k, q' = q/s per channel, s^2 ~ sqrt(E q^2 / E k^2) (calibration)
-    bool scale_values = false;   // v' = s*v, out = out'/s, s^2 ~ sqrt(o_proj column energy / E v^2)
-    double logit_scale = 1.0;    // multiplies the attention scale (1 = exact softmax temperature)
-    bool debias_logits = true;   // mse keys: logits / (1 - D_b), undoing the codes' average shrinkage
-    uint64_t seed = 0x74716b76;
-    std::string kernel;          // "" = best available
-};
-
 // The exact fp32 cache (the reference every configuration is measured against).
 std::unique_ptr<AttentionCache> make_exact_cache(const CacheShape& shape);
-// The tqkv cache. Centering and scaling need calibration statistics; with calibration = nullptr
-// the cache is plain TurboQuant, and fractional rates pick their high channels from each layer's
-// first append (the prefill chunk).
-std::unique_ptr<AttentionCache> make_turbo_cache(const CacheShape& shape, const TurboCacheOptions& opt,
-                                                 const KVCalibration* calibration = nullptr);
 
-// A cache from a short spec (tqkv-run --cache, tqkv-bench ppl --config):
-//   fp32 | exact            exact fp32 cache
-//   fp16 | q8_0 | q4_0      per-token llama.cpp formats (quantize-dequantize on append)
-//   kivi2 | kivi4           KIVI, group 32, the last 128 tokens in fp16 (keys per channel)
-//   K<b>V<b>[-opt...]       tqkv, e.g. K3.5V2.5-w16 (the measured best trade-off), K4V3, K2V2-w16;
-//                           options:
-//        w<N>     recent window of N exact tokens    prod   keys with TurboQuant-prod
-//        raw      plain TurboQuant (no centering, no debiasing)
-//        nc / nck / ncv   no mean centering (both / keys / values)    nta  no logit debiasing
-//        sk / sv  query-aware key / value channel scaling (needs calibration; did not help)
-//        t<x>     logit scale x                      x<seed> rotation seed
-//        l<i>=K<b>V<b>  bits of layer i (layer-adaptive rates)
-//        s<N>     N attention-sink tokens kept exact (emulated path)
-//        emu      emulated path: quantize-dequantize each token with the same codecs and
-//                 preconditioning, then exact attention over the result
-// Throws std::invalid_argument with the grammar on a bad spec.
+// A cache from a spec (tqkv/spec.hpp: fp32, fp16, q8_0, q4_0, kivi2, kivi4, K<b>V<b>[-opt...] or a
+// preset name). The baselines are emulated (quantize-dequantize per token with the format's
+// rules, exact attention over the result); tqkv specs are a tqkv::ModelKVCache (fused attention on
+// the codes) with the calibration's centring and high channels (nullptr: plain TurboQuant, high
+// channels of fractional rates from each layer's first append), or with sinks / `emu` the
+// emulated tqkv path. Throws std::invalid_argument with the grammar on a bad spec.
+std::unique_ptr<AttentionCache> make_cache(const CacheSpec& spec, const CacheShape& shape,
+                                           const Calibration* calibration = nullptr);
 std::unique_ptr<AttentionCache> make_cache(const std::string& spec, const CacheShape& shape,
-                                           const KVCalibration* calibration = nullptr);
+                                           const Calibration* calibration = nullptr);
 
 // ---------------------------------------------------------------------------------------------
 // The runner
@@ -306,8 +259,9 @@ private:
     std::unique_ptr<Buffers> buf_;
 };
 
-// Statistics for KVCalibration from an exact-cache pass over tokens, in segments of ctx tokens.
-KVCalibration calibrate_kv(const LlamaModel& model, std::span<const int32_t> tokens, size_t ctx = 1024);
+// A Calibration (keys, values and queries of every layer) from an exact-cache pass of the model
+// over tokens, in segments of ctx tokens.
+Calibration calibrate_kv(const LlamaModel& model, std::span<const int32_t> tokens, size_t ctx = 1024);
 
 // Mean negative log-likelihood (nats per token) of tokens[1..] given the prefix, in segments of
 // ctx tokens (each with an empty cache). Optionally the argmax prediction of every scored

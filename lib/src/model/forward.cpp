@@ -188,54 +188,24 @@ void LlamaRunner::decode(int32_t token, std::span<float> logits) {
 
 // ---------------------------------------------------------------------------------------------
 
-KVCalibration calibrate_kv(const LlamaModel& model, std::span<const int32_t> tokens, size_t ctx) {
-    const LlamaConfig& c = model.config();
-    const CacheShape s = CacheShape::of(c);
+CacheShape CacheShape::of(const LlamaConfig& c) {
+    return {c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, c.head_dim};
+}
+
+Calibration calibrate_kv(const LlamaModel& model, std::span<const int32_t> tokens, size_t ctx) {
+    const CacheShape s = CacheShape::of(model.config());
     auto cache = make_exact_cache(s);
     LlamaRunner run(model, *cache);
-    KVCalibration cal;
-    cal.shape = s;
-    const size_t N = size_t(s.layers) * s.kv_heads * s.head_dim;
-    for (auto* v : {&cal.key_mean, &cal.key_sq, &cal.value_mean, &cal.value_sq, &cal.query_sq, &cal.out_weight}) v->assign(N, 0.0);
-    const int d = s.head_dim, KH = s.kv_heads, r = s.heads / KH;
-    size_t rows = 0;
+    Calibration cal(s.layers, s.kv_heads, s.head_dim);
+    const size_t kv_row = size_t(s.kv_heads) * s.head_dim, q_row = size_t(s.heads) * s.head_dim;
     run.observer = [&](int l, size_t n, const float* q, const float* k, const float* v) {
-        if (l == 0) rows += n;
-        for (size_t t = 0; t < n; ++t)
-            for (int h = 0; h < KH; ++h) {
-                const size_t base = cal.index(l, h);
-                for (int j = 0; j < d; ++j) {
-                    const double kx = k[(t * KH + h) * d + j], vx = v[(t * KH + h) * d + j];
-                    cal.key_mean[base + j] += kx, cal.key_sq[base + j] += kx * kx;
-                    cal.value_mean[base + j] += vx, cal.value_sq[base + j] += vx * vx;
-                    for (int g = 0; g < r; ++g) {
-                        const double qx = q[(t * s.heads + h * r + g) * d + j];
-                        cal.query_sq[base + j] += qx * qx;
-                    }
-                }
-            }
+        cal.add(l, {k, n * kv_row}, {v, n * kv_row});
+        cal.add_queries(l, s.heads, {q, n * q_row});
     };
     ctx = std::max<size_t>(ctx, 1);
     for (size_t s0 = 0; s0 < tokens.size(); s0 += ctx) {
         run.reset();
         run.prefill(tokens.subspan(s0, std::min(ctx, tokens.size() - s0)), {});
-    }
-    cal.tokens = rows;
-    const double inv = rows ? 1.0 / double(rows) : 0.0;
-    for (auto* v : {&cal.key_mean, &cal.key_sq, &cal.value_mean, &cal.value_sq, &cal.query_sq})
-        for (double& x : *v) x *= inv;
-    // o_proj columns fed by each KV head's channels (through the r query heads sharing it).
-    const size_t Hd = size_t(c.hidden_size);
-    for (int l = 0; l < s.layers; ++l) {
-        const auto& wo = model.layer(l).wo;  // [hidden][heads*d]
-        for (int h = 0; h < KH; ++h)
-            for (int g = 0; g < r; ++g)
-                for (int j = 0; j < d; ++j) {
-                    const size_t col = size_t(h * r + g) * d + j;
-                    double e = 0;
-                    for (size_t row = 0; row < Hd; ++row) e += double(wo.at(row, col)) * wo.at(row, col);
-                    cal.out_weight[cal.index(l, h) + j] += e;
-                }
     }
     return cal;
 }

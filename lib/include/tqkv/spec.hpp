@@ -1,0 +1,75 @@
+// Cache specs: the one short grammar every caller uses to name a KV cache (tqkv-run --cache,
+// tqkv-bench --config, the C ABI's tqkv_cache_create_spec and tqkv_runner_create, npm
+// createCache({ spec }) / createCache({ preset })).
+//
+//   fp32 | exact              exact fp32 cache (the Llama runner's reference)
+//   fp16 | q8_0 | q4_0        per-token llama.cpp formats (the runner's emulated baselines)
+//   kivi2 | kivi4             KIVI, group 32, the last 128 tokens in fp16
+//   K<b>V<b>[-opt...]         tqkv: key and value bits (1..8, fractional rates code the channels
+//                             with the most calibration energy at one bit more), options:
+//       w<N>    the N most recent tokens kept exact          prod   keys with TurboQuant-prod
+//       raw     plain TurboQuant: no centring, no debiasing  nc / nck / ncv  no centring (both / keys / values)
+//       nta     no logit debiasing    nvd  no value debiasing
+//       t<x>    logit scale x         x<seed>  rotation seed
+//       l<i>=K<b>V<b>   bits of layer i (layer-adaptive rates)
+//       s<N>    N attention-sink tokens kept exact (emulated path)
+//       emu     emulated path: quantize-dequantize each token, exact attention over the result
+//   or a preset name (presets()), e.g. "default" = K3.5V2.5-w16.
+//
+// With a Calibration (tqkv/calibration.hpp) a tqkv cache stores keys and values minus their
+// channel means and codes the high channels of fractional rates; without one it is plain
+// TurboQuant (fractional rates then pick their high channels from each layer's first append).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "tqkv/codec.hpp"
+
+namespace tqkv {
+
+struct CacheSpec {
+    enum class Format { Exact, Fp16, Q8_0, Q4_0, Kivi2, Kivi4, Tqkv };
+    Format format = Format::Tqkv;
+    std::string text;  // as given (a preset name stays the name)
+
+    // Format::Tqkv
+    double key_bits = 4, value_bits = 4;
+    Method key_method = Method::Mse;
+    int window = 0;               // most recent tokens kept exact
+    int sinks = 0;                // first tokens kept exact (emulated path)
+    bool center_keys = true;      // with a calibration: store k - mean (softmax ignores q.mean)
+    bool center_values = true;    // with a calibration: store v - mean, added back to the output
+    bool debias_keys = true;      // MSE keys: coded logits / (1 - D_b), D_b the codebook's distortion
+    bool debias_values = true;    // coded values / (1 - D_b) (the same shrink, see cache.hpp)
+    double logit_scale = 1.0;     // multiplies the attention scale
+    uint64_t seed = 0x74716b76;
+    bool emulate = false;         // quantize-dequantize + exact attention (research path)
+    struct LayerRate {
+        int layer = 0;
+        double key_bits = 4, value_bits = 4;
+    };
+    std::vector<LayerRate> layer_rates;  // overrides, in the order given
+
+    // Throws std::invalid_argument naming the bad part and giving the grammar.
+    static CacheSpec parse(const std::string& spec);
+    bool is_tqkv() const { return format == Format::Tqkv; }
+    // Rates of layer l after the overrides.
+    double layer_key_bits(int layer) const;
+    double layer_value_bits(int layer) const;
+    // Throws std::invalid_argument if a layer override names a layer outside [0, layers).
+    void check_layers(int layers) const;
+};
+
+// Named specs: what a user picks without knowing the grammar. ΔNLL figures in README.md.
+struct CachePreset {
+    const char* name;
+    const char* spec;
+    const char* summary;
+};
+const std::vector<CachePreset>& presets();
+
+// The grammar, for error messages and usage texts.
+const char* cache_spec_grammar();
+
+}  // namespace tqkv

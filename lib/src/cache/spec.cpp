@@ -1,0 +1,159 @@
+// The cache spec grammar (tqkv/spec.hpp): parsing and presets.
+#include "tqkv/spec.hpp"
+
+#include <cctype>
+#include <cmath>
+#include <sstream>
+#include <stdexcept>
+
+namespace tqkv {
+
+namespace {
+
+const char* kGrammar =
+    "cache spec: fp32 | exact | fp16 | q8_0 | q4_0 | kivi2 | kivi4 | K<bits>V<bits>[-opt...] (bits 1..8, e.g. K4V3, "
+    "K3.5V2.5-w16) with options w<N> (exact recent window), prod, raw, nc, nck, ncv, nta, nvd, t<x> (logit scale), "
+    "x<seed>, l<i>=K<b>V<b> (rates of layer i), s<N> (sinks, emulated), emu; or a preset: default, quality, balanced, "
+    "compact, smallest, plain4, plain3";
+
+[[noreturn]] void fail(const std::string& m) { throw std::invalid_argument("tqkv cache spec: " + m + "; " + kGrammar); }
+
+// The number s[from..]: false unless all of it parses (no exceptions escape, no partial reads).
+bool number_at(const std::string& s, size_t from, double& x) {
+    if (s.size() <= from) return false;
+    const std::string t = s.substr(from);
+    // Only plain decimal numbers: strtod would also take hex, "inf" and "nan".
+    for (char c : t)
+        if (!(std::isdigit(static_cast<unsigned char>(c)) || c == '.' || c == 'e' || c == 'E' || c == '-' || c == '+'))
+            return false;
+    std::istringstream in(t);
+    in.imbue(std::locale::classic());
+    in >> x;
+    return in && in.peek() == std::char_traits<char>::eof() && std::isfinite(x);
+}
+
+double parse_bits(const std::string& s, const std::string& spec) {
+    double b = 0;
+    if (!number_at(s, 0, b) || !(b >= 1 && b <= 8)) fail("bad bits '" + s + "' in '" + spec + "' (1..8)");
+    return b;
+}
+
+// "K4V3" -> (4, 3); false when s does not look like K<b>V<b> at all.
+bool parse_kv(const std::string& s, const std::string& spec, double& kb, double& vb) {
+    if (s.size() < 4 || (s[0] != 'K' && s[0] != 'k')) return false;
+    const size_t vpos = s.find_first_of("Vv");
+    if (vpos == std::string::npos || vpos < 2) return false;
+    kb = parse_bits(s.substr(1, vpos - 1), spec);
+    vb = parse_bits(s.substr(vpos + 1), spec);
+    return true;
+}
+
+const std::vector<CachePreset> kPresets = {
+    {"default", "K3.5V2.5-w16", "3.45 b/coord; the best trade-off measured on tq-ref-128 (+0.09% ΔNLL)"},
+    {"quality", "K4V3-w16", "3.82 b/coord; ΔNLL within noise of the exact cache on tq-ref-128"},
+    {"balanced", "K3V2.5-w16", "3.14 b/coord"},
+    {"compact", "K3V2-w16", "2.83 b/coord"},
+    {"smallest", "K2.5V1.5-w16", "2.47 b/coord"},
+    {"plain4", "K4V4-raw", "plain TurboQuant, 4 bits, no calibration used"},
+    {"plain3", "K3V3-raw", "plain TurboQuant, 3 bits, no calibration used"},
+};
+
+}  // namespace
+
+const char* cache_spec_grammar() { return kGrammar; }
+
+const std::vector<CachePreset>& presets() { return kPresets; }
+
+CacheSpec CacheSpec::parse(const std::string& spec) {
+    for (const auto& p : kPresets)
+        if (spec == p.name) {
+            CacheSpec s = parse(p.spec);
+            s.text = spec;
+            return s;
+        }
+    CacheSpec o;
+    o.text = spec;
+    if (spec == "fp32" || spec == "exact") return o.format = Format::Exact, o;
+    if (spec == "fp16") return o.format = Format::Fp16, o;
+    if (spec == "q8_0") return o.format = Format::Q8_0, o;
+    if (spec == "q4_0") return o.format = Format::Q4_0, o;
+    if (spec == "kivi2") return o.format = Format::Kivi2, o;
+    if (spec == "kivi4") return o.format = Format::Kivi4, o;
+    if (spec.empty()) fail("empty spec");
+    if (spec.size() > 4096) fail("spec longer than 4096 characters");
+    std::vector<std::string> parts;
+    {
+        std::stringstream ss(spec);
+        std::string p;
+        while (std::getline(ss, p, '-')) parts.push_back(p);
+    }
+    if (parts.empty() || !parse_kv(parts[0], spec, o.key_bits, o.value_bits)) fail("unknown '" + spec + "'");
+    auto number = [&](const std::string& p, size_t from) {
+        double x = 0;
+        if (!number_at(p, from, x)) fail("bad option '" + p + "' in '" + spec + "'");
+        return x;
+    };
+    // Whole numbers in [0, max], checked before any conversion (a huge double does not fit an int).
+    auto integer = [&](const std::string& p, size_t from, double max) {
+        const double x = number(p, from);
+        if (x != std::floor(x) || x < 0 || x > max)
+            fail("option '" + p + "' in '" + spec + "' needs a whole number in [0, " + std::to_string(uint64_t(max)) + "]");
+        return x;
+    };
+    for (size_t i = 1; i < parts.size(); ++i) {
+        const std::string& p = parts[i];
+        if (p == "prod") o.key_method = Method::Prod;
+        else if (p == "mse") o.key_method = Method::Mse;
+        else if (p == "raw") o.center_keys = o.center_values = o.debias_keys = o.debias_values = false;
+        else if (p == "nc") o.center_keys = o.center_values = false;
+        else if (p == "nck") o.center_keys = false;
+        else if (p == "ncv") o.center_values = false;
+        else if (p == "ta") o.debias_keys = true;
+        else if (p == "nta") o.debias_keys = false;
+        else if (p == "vd") o.debias_values = true;
+        else if (p == "nvd") o.debias_values = false;
+        else if (p == "emu") o.emulate = true;
+        else if (p.size() > 1 && p[0] == 'x') o.seed = uint64_t(integer(p, 1, 9007199254740992.0));
+        else if (p.size() > 1 && p[0] == 'w') o.window = int(integer(p, 1, 4096));
+        else if (p.size() > 1 && p[0] == 's' && std::isdigit(static_cast<unsigned char>(p[1]))) o.sinks = int(integer(p, 1, 4096));
+        else if (p.size() > 1 && p[0] == 't') {
+            o.logit_scale = number(p, 1);
+            if (!(o.logit_scale > 0 && o.logit_scale < 1e30)) fail("logit scale must be in (0, 1e30) in '" + spec + "'");
+        } else if (p.size() > 3 && p[0] == 'l' && p.find('=') != std::string::npos) {
+            const size_t eq = p.find('=');
+            LayerRate lr;
+            lr.layer = int(integer(p.substr(0, eq), 1, 1023));
+            if (!parse_kv(p.substr(eq + 1), spec, lr.key_bits, lr.value_bits)) fail("bad layer option '" + p + "' in '" + spec + "'");
+            o.layer_rates.push_back(lr);
+        } else {
+            fail("unknown option '" + p + "' in '" + spec + "'");
+        }
+    }
+    if (o.key_method == Method::Prod && o.key_bits < 2) fail("prod keys need at least 2 bits in '" + spec + "'");
+    for (const auto& lr : o.layer_rates)
+        if (o.key_method == Method::Prod && lr.key_bits < 2) fail("prod keys need at least 2 bits in '" + spec + "'");
+    return o;
+}
+
+double CacheSpec::layer_key_bits(int layer) const {
+    double b = key_bits;
+    for (const auto& lr : layer_rates)
+        if (lr.layer == layer) b = lr.key_bits;
+    return b;
+}
+
+double CacheSpec::layer_value_bits(int layer) const {
+    double b = value_bits;
+    for (const auto& lr : layer_rates)
+        if (lr.layer == layer) b = lr.value_bits;
+    return b;
+}
+
+void CacheSpec::check_layers(int layers) const {
+    for (const auto& lr : layer_rates)
+        if (lr.layer < 0 || lr.layer >= layers)
+            fail("layer " + std::to_string(lr.layer) + " out of range in '" + text + "' (the model has " +
+                 std::to_string(layers) + " layers)");
+}
+
+}  // namespace tqkv
