@@ -172,7 +172,7 @@ int cmd_budget(const Args& args) {
 
     const std::vector<int32_t> tokens(text.begin() + long(offset), text.begin() + long(offset + n_bytes));
     const std::vector<int32_t> calib(text.end() - long(calib_bytes), text.end());
-    const tqkv::KVCalibration cal = tqkv::calibrate_kv(model, calib, ctx);
+    const tqkv::Calibration cal = tqkv::calibrate_kv(model, calib, ctx);
     // The exact cache's NLL: the reference of every ΔNLL.
     double base_nll = 0;
     if (do_nll) {

@@ -157,7 +157,7 @@ int cmd_decode(const Args& args) {
     if (tokens.size() < ctx) throw std::invalid_argument("decode: eval.txt is too short for the context");
     tokens.resize(ctx);
     const std::vector<int32_t> calib = tok.encode(text.substr(text.size() - 8192));
-    const tqkv::KVCalibration cal = tqkv::calibrate_kv(model, calib, size_t(mc.max_position_embeddings));
+    const tqkv::Calibration cal = tqkv::calibrate_kv(model, calib, size_t(mc.max_position_embeddings));
     // Baseline formats (fp16, q8_0, q4_0, kivi) are emulated (exact attention over dequantized
     // fp32), so their speed is not theirs: the default list times the exact and the tqkv caches.
     const auto configs = args.list("config", "fp32,K4V4,K3.5V2.5-w16,K3V2-w16,K2.5V1.5-w16,K2V2-w16");
@@ -319,7 +319,7 @@ int cmd_ppl(const Args& args) {
     // channels): an exact pass over the last calib_bytes of the file, never over the evaluated text.
     const std::vector<int32_t> calib = encode(text.size() - calib_bytes, calib_bytes);
     const double tc0 = now();
-    const tqkv::KVCalibration cal = tqkv::calibrate_kv(model, calib, ctx);
+    const tqkv::Calibration cal = tqkv::calibrate_kv(model, calib, ctx);
     const double calib_s = now() - tc0;
 
     std::vector<std::string> configs = args.flag("config") ? args.list("config", "")

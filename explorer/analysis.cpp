@@ -603,25 +603,18 @@ TierResult simulate_budget(const tqkv::KvDump& D, const TierQuery& q, const std:
     // Calibration from the dump itself: only the per-channel means and energies matter here
     // (centering, and the channel energies a fractional rate would pick from). A real deployment
     // calibrates on other text; for where the tiers fall that makes no visible difference.
-    tqkv::KVCalibration cal;
-    cal.shape = shape;
-    cal.tokens = D.tokens;
-    const size_t N = size_t(D.layers) * KH * d;
-    cal.key_mean.assign(N, 0.0), cal.key_sq.assign(N, 0.0), cal.value_mean.assign(N, 0.0), cal.value_sq.assign(N, 0.0);
-    cal.query_sq.assign(N, 1.0), cal.out_weight.assign(N, 1.0);
-    for (int l = 0; l < D.layers; ++l)
-        for (int h = 0; h < KH; ++h) {
-            const size_t base = cal.index(l, h);
-            for (size_t t = 0; t < D.tokens; ++t) {
-                const float *k = D.key(l, h, t), *v = D.value(l, h, t);
-                for (int j = 0; j < d; ++j) {
-                    cal.key_mean[base + j] += k[j], cal.key_sq[base + j] += double(k[j]) * k[j];
-                    cal.value_mean[base + j] += v[j], cal.value_sq[base + j] += double(v[j]) * v[j];
+    tqkv::Calibration cal(D.layers, KH, d);
+    {
+        std::vector<float> k(D.tokens * size_t(KH) * d), v(k.size());
+        for (int l = 0; l < D.layers; ++l) {
+            for (size_t t = 0; t < D.tokens; ++t)
+                for (int h = 0; h < KH; ++h) {
+                    std::copy_n(D.key(l, h, t), d, &k[(t * KH + h) * d]);
+                    std::copy_n(D.value(l, h, t), d, &v[(t * KH + h) * d]);
                 }
-            }
-            for (int j = 0; j < d; ++j)
-                for (auto* a : {&cal.key_mean, &cal.key_sq, &cal.value_mean, &cal.value_sq}) (*a)[base + j] /= double(D.tokens);
+            cal.add(l, k, v);
         }
+    }
     r.synthetic_queries = D.queries.empty();
     try {
         auto cache = tqkv::make_budget_cache(policy_spec(q.policy), shape, size_t(r.budget_bytes), &cal);

@@ -90,21 +90,23 @@ double share_used(const BudgetCache& c, int l, int h) {
     return b;
 }
 
-KVCalibration fake_calibration(uint64_t seed) {
-    KVCalibration cal;
-    cal.shape = kShape;
-    const size_t N = size_t(kShape.layers) * kShape.kv_heads * kShape.head_dim;
+// A calibration with given statistics: per channel, two samples mean +- sd give exactly that mean
+// and mean square mean^2 + sd^2.
+Calibration fake_calibration(uint64_t seed) {
+    Calibration cal(kShape.layers, kShape.kv_heads, kShape.head_dim);
+    const size_t row = size_t(kShape.kv_heads) * kShape.head_dim;
     Rng rng(seed);
-    for (auto* v : {&cal.key_mean, &cal.value_mean}) {
-        v->resize(N);
-        for (double& x : *v) x = rng.normal();
+    for (int l = 0; l < kShape.layers; ++l) {
+        std::vector<float> k(2 * row), v(2 * row);
+        for (size_t i = 0; i < row; ++i) {
+            const size_t c = size_t(l) * row + i;
+            const float km = float(rng.normal()), vm = float(rng.normal());
+            const float ks = float(std::sqrt(1.0 + double(c % 7))), vs = float(std::sqrt(1.0 + double(c % 5)));
+            k[i] = km + ks, k[row + i] = km - ks;
+            v[i] = vm + vs, v[row + i] = vm - vs;
+        }
+        cal.add(l, k, v);
     }
-    cal.key_sq.resize(N), cal.value_sq.resize(N), cal.query_sq.assign(N, 1.0), cal.out_weight.assign(N, 1.0);
-    for (size_t i = 0; i < N; ++i) {
-        cal.key_sq[i] = cal.key_mean[i] * cal.key_mean[i] + 1.0 + double(i % 7);
-        cal.value_sq[i] = cal.value_mean[i] * cal.value_mean[i] + 1.0 + double(i % 5);
-    }
-    cal.tokens = 100;
     return cal;
 }
 
@@ -163,7 +165,7 @@ TEST_CASE("budget: tiered cache with room for everything equals the fp16 cache",
 }
 
 TEST_CASE("budget: attention over all tiers is one softmax over what the cache holds", "[budget][heavy]") {
-    const KVCalibration cal = fake_calibration(3);
+    const Calibration cal = fake_calibration(3);
     struct Case {
         const char* spec;
         size_t chunk;
@@ -576,7 +578,7 @@ TEST_CASE("budget: the real model at 1/6 of the fp16 cache (tq-ref-128)", "[budg
     const std::vector<int32_t> tokens(text.begin(), text.begin() + 512);
     const std::vector<int32_t> calib(text.end() - 4096, text.end());
     const CacheShape shape = CacheShape::of(m.config());
-    const KVCalibration cal = calibrate_kv(m, calib, 1024);
+    const Calibration cal = calibrate_kv(m, calib, 1024);
     auto exact = make_exact_cache(shape);
     const double base = evaluate_nll(m, *exact, tokens, 512, true).nll;
     const size_t budget = fp16_cache_bytes(shape, 512) / 6;
@@ -639,7 +641,7 @@ TEST_CASE("budget: background demotion gives the same results whatever its timin
     // only on that state. Two runs, one of them with the caller stalling after each attend (the
     // worker then finishes before the next layer starts), must agree bit for bit; and they hold
     // what the budget allows after every append, as the foreground cache does.
-    const KVCalibration cal = fake_calibration(3);
+    const Calibration cal = fake_calibration(3);
     for (const char* spec : {"tiered-K4V4-K2V2-w4-s2-g32", "tiered-K3V2.5-K2V2-w4-s1-g48"}) {
         for (size_t chunk : {size_t(1), size_t(8)}) {
             INFO(spec << ", chunk " << chunk);

@@ -501,14 +501,16 @@ TEST_CASE("model: cache specs and runner arguments are validated", "[model]") {
                             "K3.5V2.5-w1888888888888888888888888888888888888888888888888883", "K4V4-s1e40", "K4V4-w2.5",
                             "K4V4-x-1", "K4V4-x1e300", "K4V4-l1e30=K4V4", "K4V4-t1e300", "K4V4-tinf", "K4V4-t0"})
         CHECK_THROWS_WITH(make_cache(bad, s), Catch::Contains("cache"));
-    CHECK_THROWS_WITH(make_cache("K4V3-sk", s), Catch::Contains("calibration"));
+    // Query-aware channel scaling (sk/sv) did not help and is gone: an unknown option now.
+    CHECK_THROWS_WITH(make_cache("K4V3-sk", s), Catch::Contains("unknown option 'sk'"));
+    // Rates set directly on a spec are checked when the cache is built.
     for (double b : {1.28849e10 + 0.5, -2.5, 0.5, 8.5, double(NAN)}) {
-        TurboCacheOptions o;
-        o.key_bits = b;
-        CHECK_THROWS_WITH(make_turbo_cache(s, o), Catch::Contains("bits"));
-        o.key_bits = 4;
-        o.layer_value_bits.assign(size_t(s.layers), b);
-        CHECK_THROWS_WITH(make_turbo_cache(s, o), Catch::Contains("bits"));
+        CacheSpec spec = CacheSpec::parse("K4V4");
+        spec.key_bits = b;
+        CHECK_THROWS_WITH(make_cache(spec, s), Catch::Contains("bits"));
+        spec.key_bits = 4;
+        spec.layer_rates.push_back({1, 4, b});
+        CHECK_THROWS_WITH(make_cache(spec, s), Catch::Contains("bits"));
     }
     auto cache = make_exact_cache(s);
     LlamaRunner run(m, *cache);
@@ -523,14 +525,15 @@ TEST_CASE("model: cache specs and runner arguments are validated", "[model]") {
 TEST_CASE("model: calibration statistics and preconditioned caches stay exact in high precision", "[model]") {
     const LlamaModel m = tiny_model(11);
     const auto calib = text_tokens("Calibration text: the statistics of keys, values and queries of every layer.");
-    const KVCalibration cal = calibrate_kv(m, calib, 256);
-    CHECK(cal.tokens == calib.size());
-    CHECK(cal.key_mean.size() == size_t(2 * 2 * 32));
+    const Calibration cal = calibrate_kv(m, calib, 256);
+    CHECK(cal.tokens(0) == calib.size());
+    CHECK(cal.query_tokens(1) == calib.size());
+    CHECK(cal.key_mean(1, 1).size() == size_t(32));
     const auto tokens = text_tokens("Preconditioning must not change attention: shifts and scales cancel.");
     auto exact = make_exact_cache(CacheShape::of(m.config()));
     const NllResult ref = evaluate_nll(m, *exact, tokens, 256, true);
-    // 8-bit codes with centering and query-aware scaling: close to exact.
-    for (const char* spec : {"K8V8", "K8V8-sk-sv", "K8V8-nc", "K8V8-emu-s2"}) {
+    // 8-bit codes with centring and debiasing: close to exact.
+    for (const char* spec : {"K8V8", "K8V8-nc", "K8V8-emu-s2", "K7.5V7.5-w4"}) {
         auto c = make_cache(spec, CacheShape::of(m.config()), &cal);
         const NllResult r = evaluate_nll(m, *c, tokens, 256, true);
         INFO(spec << ": NLL " << r.nll << " vs exact " << ref.nll);
@@ -541,7 +544,7 @@ TEST_CASE("model: calibration statistics and preconditioned caches stay exact in
 TEST_CASE("model: token-by-token decode allocates nothing", "[model]") {
     const LlamaModel m = tiny_model(13);
     const auto calib = text_tokens("Some calibration text for the statistics of the tiny model's keys and values.");
-    const KVCalibration cal = calibrate_kv(m, calib, 256);
+    const Calibration cal = calibrate_kv(m, calib, 256);
     std::string text;
     for (int i = 0; i < 8; ++i) text += "Decoding must not touch the allocator. ";
     const auto tokens = text_tokens(text);

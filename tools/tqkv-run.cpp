@@ -137,8 +137,8 @@ int main(int argc, char** argv) {
         }
 
         // Calibration statistics for the tqkv cache's preconditioning (means, high channels).
-        const bool needs_cal = !spec.empty() && (spec[0] == 'K' || spec[0] == 'k' || spec.rfind("tiered", 0) == 0);
-        tqkv::KVCalibration cal;
+        const bool needs_cal = budgeted || tqkv::CacheSpec::parse(spec).is_tqkv();
+        tqkv::Calibration cal;
         std::string cal_source = "none";
         double cal_s = 0;
         if (needs_cal && !(opt.count("calib") && opt.at("calib") == "none")) {
@@ -159,7 +159,7 @@ int main(int argc, char** argv) {
             cal = tqkv::calibrate_kv(model, ct, max_ctx);
             cal_s = now() - t0;
         }
-        const tqkv::KVCalibration* calp = needs_cal && cal.tokens ? &cal : nullptr;
+        const tqkv::Calibration* calp = needs_cal && !cal.empty() ? &cal : nullptr;
         std::unique_ptr<tqkv::AttentionCache> cache =
             budgeted ? tqkv::make_budget_cache(spec, tqkv::CacheShape::of(mc), size_t(budget_mb * 1048576.0), calp)
                      : tqkv::make_cache(spec, tqkv::CacheShape::of(mc), calp);

@@ -144,7 +144,7 @@ struct TieredOptions {
 // Throws std::invalid_argument when the options are inconsistent or the budget cannot hold the
 // protected exact tokens (sinks + window) of every (layer, KV head).
 std::unique_ptr<BudgetCache> make_tiered_cache(const CacheShape& shape, const TieredOptions& opt,
-                                               const KVCalibration* calibration = nullptr);
+                                               const Calibration* calibration = nullptr);
 
 enum class EvictionPolicy {
     StreamingLLM,  // the first `sinks` tokens + the most recent ones (Xiao et al. 2023)
@@ -180,7 +180,7 @@ std::unique_ptr<BudgetCache> make_eviction_cache(const CacheShape& shape, const 
 //   h2o[-r<fraction>]   streaming[-s<N>]   snapkv[-o<N>][-p<N>][-prefill]
 // Throws std::invalid_argument with the grammar on a bad spec.
 std::unique_ptr<BudgetCache> make_budget_cache(const std::string& spec, const CacheShape& shape, size_t budget_bytes,
-                                               const KVCalibration* calibration = nullptr);
+                                               const Calibration* calibration = nullptr);
 
 // Bytes of an fp16 cache (keys and values, every layer and KV head) holding `tokens` tokens.
 inline size_t fp16_cache_bytes(const CacheShape& s, size_t tokens) {

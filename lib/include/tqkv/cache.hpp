@@ -141,7 +141,8 @@ public:
     // The same result computed the slow, obvious way: decode every key and value to floats, exact
     // softmax in double precision. The reference the fused kernels are tested against.
     void attend_reference(std::span<const float> queries, std::span<float> out, bool causal = true) const;
-    // Decoded keys/values of one KV head: tokens() x head_dim floats (window tokens exact).
+    // Keys/values of one KV head as attention sees them: tokens() x head_dim floats; coded tokens
+    // decoded and times the debias factor, window tokens exact, every token plus the mean.
     std::vector<float> decode_keys(int kv_head) const;
     std::vector<float> decode_values(int kv_head) const;
 

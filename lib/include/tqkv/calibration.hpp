@@ -57,10 +57,11 @@ public:
     std::vector<double> query_mean_square(int layer, int kv_head) const;
     uint64_t query_tokens(int layer) const;
 
-    // The `count` channels of a layer with the most energy E[(x - offset)^2] summed over KV heads,
-    // offset = the channel mean when `centred`, else 0 (what a fractional rate codes at +1 bit;
-    // ascending channel order, ties to the lower channel). keys: key channels, else value channels.
-    std::vector<int> high_channels(int layer, bool keys, int count, bool centred) const;
+    // The `count` channels of a layer with the most energy E[(x - offset)^2], summed over KV heads
+    // (kv_head = -1: one choice for the layer, as one codec per side codes all heads) or of one KV
+    // head; offset = the channel mean when `centred`, else 0. What a fractional rate codes at +1
+    // bit; ascending channel order, ties to the lower channel. keys: key channels, else values.
+    std::vector<int> high_channels(int layer, bool keys, int count, bool centred, int kv_head = -1) const;
 
     // Serialization: "TQKVCALI", u32 version, shape, per-layer token counts, the sums as f64, CRC-32
     // (little-endian). load() checks every size against the bytes present before allocating, the

@@ -85,4 +85,11 @@ private:
 double gaussian_limit_mse(int bits);
 inline double shannon_bound(int bits) { return 1.0 / double(1ull << (2 * bits)); }
 
+// E||u - û||^2 of a unit vector coded by TurboQuant-MSE at `bits` per coordinate in dimension
+// `dim` (Lloyd–Max on the exact coordinate density); for a fractional rate, the channel-count mix
+// of its two parts (round(frac * dim) channels at floor(bits) + 1 bits, the rest at floor(bits)),
+// as SplitCodec codes them. MSE codes shrink inner products by (1 - this) on average: the cache's
+// debias factor is 1 / (1 - mse_distortion(bits, dim)).
+double mse_distortion(double bits, int dim);
+
 }  // namespace tqkv

@@ -59,6 +59,7 @@ typedef enum tqkv_status {
 /* Opaque handles. Their values are registry ids, not addresses. */
 typedef struct tqkv_cache_s* tqkv_cache;
 typedef struct tqkv_codec_s* tqkv_codec;
+typedef struct tqkv_calibration_s* tqkv_calibration;
 
 enum { TQKV_METHOD_MSE = 0, TQKV_METHOD_PROD = 1, TQKV_METHOD_QJL = 2 };
 enum { TQKV_NORM_F16 = 0, TQKV_NORM_F32 = 1 };
@@ -127,7 +128,8 @@ TQKV_API tqkv_status tqkv_cache_clear(tqkv_cache cache);
 TQKV_API tqkv_status tqkv_cache_tokens(tqkv_cache cache, int32_t layer, size_t* out);
 /* All memory the cache holds (blocks, windows, tables), all layers. */
 TQKV_API tqkv_status tqkv_cache_bytes_used(tqkv_cache cache, size_t* out);
-/* The configuration (layer 0's seed; the pointers are set to NULL). cfg->struct_size must be set. */
+/* The configuration of layer 0 (its seed; scale: the effective scale, 1/sqrt(head_dim) unless set;
+ * the pointers are set to NULL). cfg->struct_size must be set. */
 TQKV_API tqkv_status tqkv_cache_get_config(tqkv_cache cache, tqkv_cache_config* cfg);
 /* Name of the kernel table the cache uses (static string), or NULL for a bad handle. */
 TQKV_API const char* tqkv_cache_kernel(tqkv_cache cache);
@@ -141,6 +143,58 @@ TQKV_API tqkv_status tqkv_cache_save(tqkv_cache cache, uint8_t* buf, size_t capa
 /* A new cache from serialized bytes; kernel as in the config (NULL = best). Every layer must
  * have the same shape. Bad bytes give TQKV_ERR_BAD_DATA. */
 TQKV_API tqkv_status tqkv_cache_load(const uint8_t* bytes, size_t n_bytes, const char* kernel, tqkv_cache* out);
+
+/* ---------------------------------------------------------------------------------------------
+ * Calibrated caches from specs (tqkv/spec.hpp, tqkv/calibration.hpp): the cache that wins end to end.
+ *
+ *   tqkv_calibration cal;
+ *   tqkv_calibration_new(layers, kv_heads, head_dim, &cal);
+ *   for (l = 0; l < layers; ++l)                   // e.g. the K/V of a first prefill
+ *       tqkv_calibration_add(cal, l, keys[l], n * kv_heads * head_dim, values[l], n * kv_heads * head_dim);
+ *   tqkv_cache_config base;
+ *   tqkv_cache_config_init(&base);                  // shape, max_tokens, block_tokens, kernel
+ *   base.layers = layers; base.heads = heads; base.kv_heads = kv_heads; base.head_dim = head_dim;
+ *   tqkv_cache cache;
+ *   tqkv_cache_create_spec("K3.5V2.5-w16", &base, cal, &cache);   // or a preset name: "default"
+ *   // ... tqkv_cache_append / attend / save as any cache; the calibration may be destroyed now.
+ *
+ * A calibration holds per (layer, KV head) channel sums of keys and values (and optionally
+ * queries); tqkv_calibration_create (below, with a model) makes the same object from an exact
+ * forward pass. A calibration needs exclusive access while it is added to; anything else may read
+ * it concurrently. */
+
+/* An empty calibration: layers 1..1024, kv_heads 1..4096, head_dim 3..1024. */
+TQKV_API tqkv_status tqkv_calibration_new(int32_t layers, int32_t kv_heads, int32_t head_dim, tqkv_calibration* out);
+/* Adds n tokens of one layer: keys and values [n][kv_heads][head_dim] (keys after RoPE), n_keys =
+ * n_values = n * kv_heads * head_dim, n >= 1, finite values. */
+TQKV_API tqkv_status tqkv_calibration_add(tqkv_calibration cal, int32_t layer, const float* keys, size_t n_keys,
+                                          const float* values, size_t n_values);
+/* Optional: queries [n][heads][head_dim] of the same tokens (heads a multiple of kv_heads). */
+TQKV_API tqkv_status tqkv_calibration_add_queries(tqkv_calibration cal, int32_t layer, int32_t heads,
+                                                  const float* queries, size_t n_queries);
+/* Shape and the fewest tokens added to any layer (0: some layer has none; a cache needs >= 1). */
+TQKV_API tqkv_status tqkv_calibration_get_info(tqkv_calibration cal, int32_t* layers, int32_t* kv_heads,
+                                               int32_t* head_dim, uint64_t* min_tokens);
+/* Serialization ("TQKVCALI", version, sums, CRC-32), with the size-query convention of
+ * tqkv_cache_save. load: bad bytes give TQKV_ERR_BAD_DATA. */
+TQKV_API tqkv_status tqkv_calibration_save(tqkv_calibration cal, uint8_t* buf, size_t capacity, size_t* size);
+TQKV_API tqkv_status tqkv_calibration_load(const uint8_t* bytes, size_t n_bytes, tqkv_calibration* out);
+
+/* A cache from a spec or preset name (tqkv formats: "K<b>V<b>[-opt...]"; grammar in
+ * tqkv_cache_spec_grammar()) with a calibration of the same shape (NULL: plain TurboQuant;
+ * fractional rates then need a calibration to choose their high channels). base gives the shape
+ * (layers, heads, kv_heads, head_dim) and what a spec does not say (block_tokens, max_tokens,
+ * norm_format, kernel); its bits, method, window, scale, seed and channel fields are ignored. The
+ * cache is self-contained: save/load keep the calibration's means. */
+TQKV_API tqkv_status tqkv_cache_create_spec(const char* spec, const tqkv_cache_config* base, tqkv_calibration cal,
+                                            tqkv_cache* out);
+/* The grammar of specs (static string). */
+TQKV_API const char* tqkv_cache_spec_grammar(void);
+/* Presets: index 0 .. count-1; name, spec and a one-line summary (static strings; NULL out of range). */
+TQKV_API int32_t tqkv_preset_count(void);
+TQKV_API const char* tqkv_preset_name(int32_t index);
+TQKV_API const char* tqkv_preset_spec(int32_t index);
+TQKV_API const char* tqkv_preset_summary(int32_t index);
 
 /* ---------------------------------------------------------------------------------------------
  * Vector codecs (encode / decode / score single vectors; for teaching pages and tools).
@@ -204,7 +258,6 @@ TQKV_API tqkv_status tqkv_dense_attention_f32(int32_t heads, int32_t kv_heads, i
  * anything runs; a prefill/decode that fails while running (out of memory) resets the runner to
  * position 0. */
 typedef struct tqkv_model_s* tqkv_model;
-typedef struct tqkv_calibration_s* tqkv_calibration;
 typedef struct tqkv_runner_s* tqkv_runner;
 
 /* The shape of a loaded model (offsets fixed on every target; 48 bytes). */

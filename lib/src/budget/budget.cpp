@@ -40,14 +40,7 @@ void check_shape(const CacheShape& s) {
         fail("bad cache shape");
 }
 
-// E||u - û||^2 of a unit vector at this rate (fractional rates: the two parts by channel count),
-// the factor by which MSE codes shrink inner products on average is 1 - D.
-double distortion(double bits, int d) {
-    const int lo = int(std::floor(bits)), hc = high_count(bits, d);
-    double D = LloydMaxCodebook::get(d - hc, lo)->mse();
-    if (hc) D = (double(hc) * LloydMaxCodebook::get(hc, lo + 1)->mse() + double(d - hc) * D) / d;
-    return D;
-}
+double distortion(double bits, int d) { return mse_distortion(bits, d); }
 
 // Exact attention statistics of r query heads (q [r][d]) over n tokens (K, V [n][d]); tokens
 // whose position exceeds `limit` are masked. logits [r][n] (masked: -inf), m[r], l[r] and the
@@ -137,7 +130,7 @@ namespace {
 
 class TieredCache final : public BudgetCache {
 public:
-    TieredCache(const CacheShape& s, const TieredOptions& o, const KVCalibration* cal, std::string name)
+    TieredCache(const CacheShape& s, const TieredOptions& o, const Calibration* cal, std::string name)
         : BudgetCache(s, o.budget_bytes), o_(o), name_(std::move(name)) {
         d_ = s.head_dim;
         r_ = s.heads / s.kv_heads;
@@ -150,8 +143,9 @@ public:
         if (!(o.decay > 0 && o.decay <= 1)) fail("decay must be in (0, 1]");
         if (o.tiers.size() > 8) fail("at most 8 quantized tiers");
         if (cal) {
-            if (cal->shape.layers != s.layers || cal->shape.kv_heads != s.kv_heads || cal->shape.head_dim != s.head_dim)
+            if (cal->layers() != s.layers || cal->kv_heads() != s.kv_heads || cal->head_dim() != s.head_dim)
                 fail("calibration shape does not match the cache");
+            if (!cal->complete()) fail("the calibration has layers without tokens");
             cal_ = *cal;
             has_cal_ = true;
         }
@@ -192,7 +186,14 @@ public:
         mk_.assign(size_t(s.layers) * KH * d_, 0.0f);
         mv_ = mk_;
         if (has_cal_ && o.center)
-            for (size_t i = 0; i < mk_.size(); ++i) mk_[i] = float(cal_.key_mean[i]), mv_[i] = float(cal_.value_mean[i]);
+            for (int l = 0; l < s.layers; ++l)
+                for (int h = 0; h < KH; ++h) {
+                    const auto km = cal_.key_mean(l, h), vm = cal_.value_mean(l, h);
+                    for (int j = 0; j < d_; ++j) {
+                        const size_t i = (size_t(l) * KH + h) * d_ + j;
+                        mk_[i] = float(km[size_t(j)]), mv_[i] = float(vm[size_t(j)]);
+                    }
+                }
         streams_.resize(size_t(s.layers) * KH);
         for (auto& st : streams_) {
             st.tiers.resize(size_t(T));
@@ -507,16 +508,14 @@ private:
         if (st.proto[size_t(t)]) return *st.proto[size_t(t)];
         CacheConfig c = base_config(t, layer, h);
         const int hk = high_count(c.key_bits, d_), hv = high_count(c.value_bits, d_);
-        if (hk || hv) {
+        if ((hk || hv) && has_cal_) {
+            // Energy about the stored offset of this stream's channels.
+            const bool centred = o_.center;
+            if (hk) c.key_high_channels = cal_.high_channels(layer, true, hk, centred, h);
+            if (hv) c.value_high_channels = cal_.high_channels(layer, false, hv, centred, h);
+        } else if (hk || hv) {
             std::vector<double> ke(size_t(d_), 0.0), ve(size_t(d_), 0.0);
-            if (has_cal_) {
-                const size_t base = cal_.index(layer, h);
-                for (int j = 0; j < d_; ++j) {
-                    const double mk = mk_[base + j], mv = mv_[base + j];
-                    ke[size_t(j)] = cal_.key_sq[base + j] - 2 * mk * cal_.key_mean[base + j] + mk * mk;
-                    ve[size_t(j)] = cal_.value_sq[base + j] - 2 * mv * cal_.value_mean[base + j] + mv * mv;
-                }
-            } else {
+            {
                 for (size_t i = 0; i < st.n; ++i)
                     for (int j = 0; j < d_; ++j) {
                         const double kx = half_to_float(st.k[i * d_ + j]), vx = half_to_float(st.v[i * d_ + j]);
@@ -827,7 +826,7 @@ private:
 
     TieredOptions o_;
     std::string name_;
-    KVCalibration cal_;
+    Calibration cal_;
     bool has_cal_ = false;
     int d_ = 0, r_ = 1;
     float scale_ = 1;
@@ -1136,7 +1135,7 @@ const char* kBudgetGrammar =
 }  // namespace
 
 std::unique_ptr<BudgetCache> make_tiered_cache(const CacheShape& shape, const TieredOptions& opt,
-                                               const KVCalibration* calibration) {
+                                               const Calibration* calibration) {
     check_shape(shape);
     std::ostringstream name;
     name << "tiered";
@@ -1154,7 +1153,7 @@ std::unique_ptr<BudgetCache> make_eviction_cache(const CacheShape& shape, const 
 }
 
 std::unique_ptr<BudgetCache> make_budget_cache(const std::string& spec, const CacheShape& shape, size_t budget_bytes,
-                                               const KVCalibration* calibration) {
+                                               const Calibration* calibration) {
     check_shape(shape);
     std::vector<std::string> parts;
     {

@@ -32,11 +32,15 @@ struct AttendClass {
     const KVCache::Impl* codes = nullptr;  // the first part of the class
     float value_scale = 1;
     size_t lut_off = 0, acc_off = 0, prep_off = 0;  // floats into Workspace::lut / acc / prepared
+    size_t index = 0;                                // this class's rows of Workspace::lc / shift
     bool fused_keys = false, fused_values = false, may_prepare = false, prepared = false;
 };
 
 struct Workspace {
     std::vector<float> lut, acc, acc_exact, scores, raw, raw2, w, m, l, buf, tmp, sq, norms, gammas;
+    // Per class and query head: the class's share of the softmax sum (its value mean is added
+    // back with that weight) and the logit shift scale * q.key_mean (see CacheConfig).
+    std::vector<float> lc, shift;
     std::vector<float> prepared;  // the key tables in the kernel's own format (prepare_scores)
     std::vector<AttendClass> classes;
     std::vector<uint32_t> part_class;
@@ -188,6 +192,7 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
         AttendClass cl;
         cl.codes = &P;
         cl.value_scale = vs;
+        cl.index = ws.classes.size();
         cl.lut_off = lut_floats, cl.acc_off = acc_floats, cl.prep_off = prep_floats;
         for (auto& s : P.keys().segs) lut_floats += size_t(r) * s.dim * (s.table.size() + (s.prod ? 16 : 0));
         for (auto& s : P.values().segs) acc_floats += size_t(r) * s.dim * 16;
@@ -221,6 +226,11 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
     Workspace::grow(ws.norms, kGroupTokens);
     Workspace::grow(ws.gammas, kGroupTokens);
     Workspace::grow(ws.prepared, prep_floats + 1);
+    Workspace::grow(ws.lc, ws.classes.size() * size_t(r));
+    Workspace::grow(ws.shift, ws.classes.size() * size_t(r));
+    // Centred keys shift every logit of a query by scale * q.key_mean, which one softmax over one
+    // cache ignores; statistics, logits and several caches in one softmax need it added back.
+    const bool add_shift = stat_max || !logits.empty() || parts.size() > 1;
 
     for (size_t qi = 0; qi < n_q; ++qi) {
         for (int kvh = 0; kvh < c.kv_heads; ++kvh) {
@@ -252,6 +262,15 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                               ak.prepare_scores(ws.lut.data() + cl.lut_off, s0.dim, s0.bits, r, ws.prepared.data() + cl.prep_off);
             }
             std::fill(ws.acc.begin(), ws.acc.begin() + acc_floats, 0.0f);
+            std::fill(ws.lc.begin(), ws.lc.begin() + ws.classes.size() * size_t(r), 0.0f);
+            for (const AttendClass& cl : ws.classes) {
+                const auto& mean = cl.codes->codecs->key_mean;
+                for (int hh = 0; hh < r; ++hh)
+                    ws.shift[cl.index * r + hh] =
+                        add_shift && !mean.empty()
+                            ? ak.dot_f32(q0 + size_t(hh) * d, &mean[size_t(kvh) * d], d) * cl.codes->scale
+                            : 0.0f;
+            }
             const size_t sbase = size_t(kvh) * r;  // this KV head's query heads in the statistics
             if (continue_stats) {
                 std::copy_n(&out[qi * qrow + size_t(kvh) * r * d], size_t(r) * d, ws.acc_exact.begin());
@@ -263,10 +282,10 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                 std::fill(ws.l.begin(), ws.l.begin() + r, 0.0f);
             }
 
-            // Folds one chunk of scores (r rows of `cols`, row stride score_cols) into the running
-            // max and sum, rescaling every class's accumulators when the max grows; leaves
+            // Folds one chunk of scores of class cl (r rows of `cols`, row stride score_cols) into the
+            // running max and sum, rescaling every class's accumulators when the max grows; leaves
             // exp(s - m) in place.
-            auto softmax_chunk = [&](size_t cols) {
+            auto softmax_chunk = [&](size_t cols, const AttendClass& owner) {
                 for (int hh = 0; hh < r; ++hh) {
                     float* s = &ws.scores[size_t(hh) * score_cols];
                     const float cmax = ak.max_f32(s, int(cols));
@@ -274,6 +293,7 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                         const float corr = std::exp(ws.m[hh] - cmax);  // 0 on the first chunk
                         ws.l[hh] *= corr;
                         for (const AttendClass& cl : ws.classes) {
+                            ws.lc[cl.index * r + hh] *= corr;
                             float* acc = ws.acc.data() + cl.acc_off;
                             for (auto& vs : cl.codes->values().segs) {
                                 k.scale(acc + size_t(hh) * vs.dim * 16, vs.dim * 16, corr);
@@ -288,6 +308,7 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                     ak.exp_nonpositive(s, int(cols));
                     const float sum = ak.sum_f32(s, int(cols));
                     ws.l[hh] += sum;
+                    ws.lc[owner.index * r + hh] += sum;
                 }
             };
 
@@ -325,9 +346,9 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                                 const int stride = si == 0 ? int(score_cols) : kGroupTokens;
                                 if (cl.prepared)
                                     ak.group_scores_prepared(g + s.codes_off, s.dim, s.bits, ws.prepared.data() + cl.prep_off, r,
-                                                             norms, C.scale, dst, stride);
+                                                             norms, C.code_scale, dst, stride);
                                 else
-                                    ak.group_scores_normed(g + s.codes_off, s.dim, s.bits, klut, r, norms, C.scale, dst, stride);
+                                    ak.group_scores_normed(g + s.codes_off, s.dim, s.bits, klut, r, norms, C.code_scale, dst, stride);
                                 if (si > 0)
                                     for (int hh = 0; hh < r; ++hh)
                                         ak.axpy_f32(1.0f, &ws.raw[size_t(hh) * kGroupTokens],
@@ -366,17 +387,20 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                         }
                         for (int hh = 0; hh < r; ++hh) {
                             float* sc = &ws.scores[size_t(hh) * score_cols + gi * kGroupTokens];
-                            for (int t = 0; t < kGroupTokens; ++t) sc[t] *= C.scale;
+                            for (int t = 0; t < kGroupTokens; ++t) sc[t] *= C.code_scale;
                             for (size_t t = valid; t < kGroupTokens; ++t) sc[t] = -std::numeric_limits<float>::infinity();
                         }
                     }
+                    for (int hh = 0; hh < r; ++hh)
+                        if (const float sh = ws.shift[cl.index * r + hh]; sh != 0.0f)
+                            for (size_t t = 0; t < ng * kGroupTokens; ++t) ws.scores[size_t(hh) * score_cols + t] += sh;
                     if (!logits.empty())
                         for (int hh = 0; hh < r; ++hh) {
                             const size_t n_valid = std::min(ng * kGroupTokens, visible_codes - g0 * kGroupTokens);
                             std::copy_n(&ws.scores[size_t(hh) * score_cols], n_valid,
                                         &logits[logit_base + (size_t(kvh) * r + hh) * P.n_tokens + g0 * kGroupTokens]);
                         }
-                    softmax_chunk(ng * kGroupTokens);
+                    softmax_chunk(ng * kGroupTokens, cl);
                     for (size_t gi = 0; gi < ng; ++gi) {
                         const uint8_t* g = P.group(kvh, (g0 + gi) * kGroupTokens);
                         float* acc = ws.acc.data() + cl.acc_off;
@@ -408,13 +432,14 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                     for (size_t i = 0; i < ne; ++i) {
                         const float* key = P.exact_key(e0 + i) + size_t(kvh) * d;
                         for (int hh = 0; hh < r; ++hh)
-                            ws.scores[size_t(hh) * score_cols + i] = ak.dot_f32(q0 + size_t(hh) * d, key, d) * P.scale;
+                            ws.scores[size_t(hh) * score_cols + i] =
+                                ak.dot_f32(q0 + size_t(hh) * d, key, d) * P.scale + ws.shift[cl.index * r + hh];
                     }
                     if (!logits.empty())
                         for (int hh = 0; hh < r; ++hh)
                             std::copy_n(&ws.scores[size_t(hh) * score_cols], ne,
                                         &logits[logit_base + (size_t(kvh) * r + hh) * P.n_tokens + e0]);
-                    softmax_chunk(ne);
+                    softmax_chunk(ne, cl);
                     for (size_t i = 0; i < ne; ++i) {
                         const float* val = P.exact_value(e0 + i) + size_t(kvh) * d;
                         for (int hh = 0; hh < r; ++hh)
@@ -448,12 +473,16 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                         }
                         std::fill(ws.buf.begin() + s.dim, ws.buf.begin() + sp, 0.0f);
                         s.rot->inverse_unscaled(ws.buf.data(), ws.tmp.data(), k);
-                        const float f = float(1.0 / s.rot->gain()) * inv_l * cl.value_scale;
+                        const float f = float(1.0 / s.rot->gain()) * inv_l * cl.value_scale * cl.codes->codecs->value_factor;
                         for (int j = 0; j < s.dim; ++j) o[s.channels[j]] += ws.buf[j] * f;
                         acc += size_t(r) * s.dim * 16;
                     }
                 }
                 for (int j = 0; j < d; ++j) o[j] += ws.acc_exact[size_t(hh) * d + j] * inv_l;
+                // The value means, each with its class's share of the softmax weight.
+                for (const AttendClass& cl : ws.classes)
+                    if (const auto& mean = cl.codes->codecs->value_mean; !mean.empty())
+                        ak.axpy_f32(ws.lc[cl.index * r + hh] * inv_l, &mean[size_t(kvh) * d], o, d);
             }
         }
     }
@@ -494,6 +523,15 @@ std::vector<float> KVCache::Impl::decode_side(const CacheSide& side, bool is_key
     }
     for (size_t t = n_compressed; t < n_tokens; ++t)
         std::memcpy(&out[t * d], (is_key ? exact_key(t) : exact_value(t)) + size_t(kv_head) * d, sizeof(float) * d);
+    // What attention sees: coded tokens times the debias factor, every token plus the mean.
+    const float f = is_key ? codecs->key_factor : codecs->value_factor;
+    const std::vector<float>& mean = is_key ? codecs->key_mean : codecs->value_mean;
+    for (size_t t = 0; t < n_tokens; ++t)
+        for (int j = 0; j < d; ++j) {
+            float& x = out[t * d + j];
+            if (t < n_compressed) x *= f;
+            if (!mean.empty()) x += mean[size_t(kv_head) * d + j];
+        }
     return out;
 }
 

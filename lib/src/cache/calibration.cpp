@@ -100,7 +100,7 @@ std::vector<double> Calibration::average(const std::vector<double>& sums, int la
     check_layer(layer, "statistics");
     if (kv_head < 0 || kv_head >= kv_heads_)
         fail("kv head " + std::to_string(kv_head) + " out of range [0, " + std::to_string(kv_heads_) + ")");
-    std::vector<double> out(size_t(head_dim_), 0.0);
+    std::vector<double> out(static_cast<size_t>(head_dim_), 0.0);
     if (n == 0) return out;
     const size_t base = index(layer, kv_head);
     for (int j = 0; j < head_dim_; ++j) out[size_t(j)] = sums[base + size_t(j)] / double(n);
@@ -123,13 +123,16 @@ std::vector<double> Calibration::query_mean_square(int layer, int kv_head) const
     return average(query_sq_, layer, kv_head, layers_ ? query_tokens(layer) : 0);
 }
 
-std::vector<int> Calibration::high_channels(int layer, bool keys, int count, bool centred) const {
+std::vector<int> Calibration::high_channels(int layer, bool keys, int count, bool centred, int kv_head) const {
     check_layer(layer, "high_channels");
     if (count < 0 || count > head_dim_)
         fail("high_channels: count " + std::to_string(count) + " out of range [0, " + std::to_string(head_dim_) + "]");
     // E[(x - m)^2] = E[x^2] - 2 m E[x] + m^2 with m the stored offset (the mean, or 0).
-    std::vector<double> energy(size_t(head_dim_), 0.0);
+    std::vector<double> energy(static_cast<size_t>(head_dim_), 0.0);
+    if (kv_head < -1 || kv_head >= kv_heads_)
+        fail("high_channels: kv head " + std::to_string(kv_head) + " out of range [-1, " + std::to_string(kv_heads_) + ")");
     for (int h = 0; h < kv_heads_; ++h) {
+        if (kv_head >= 0 && h != kv_head) continue;
         const auto mean = keys ? key_mean(layer, h) : value_mean(layer, h);
         const auto sq = keys ? key_mean_square(layer, h) : value_mean_square(layer, h);
         for (int j = 0; j < head_dim_; ++j) {
@@ -137,7 +140,7 @@ std::vector<int> Calibration::high_channels(int layer, bool keys, int count, boo
             energy[size_t(j)] += std::max(0.0, sq[size_t(j)] - 2 * m * mean[size_t(j)] + m * m);
         }
     }
-    std::vector<int> idx(size_t(head_dim_));
+    std::vector<int> idx(static_cast<size_t>(head_dim_));
     std::iota(idx.begin(), idx.end(), 0);
     std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return energy[size_t(a)] > energy[size_t(b)]; });
     idx.resize(size_t(count));
@@ -190,7 +193,7 @@ Calibration Calibration::load(std::span<const uint8_t> bytes) {
     const uint64_t need = uint64_t(layers) * 16 + 5 * n * 8;
     if (need != r.left())
         fail("load: the payload has " + std::to_string(r.left()) + " bytes, the shape needs " + std::to_string(need));
-    Calibration c(int(layers), int(kv_heads), int(head_dim));
+    Calibration c(static_cast<int>(layers), static_cast<int>(kv_heads), static_cast<int>(head_dim));
     for (uint32_t l = 0; l < layers; ++l) {
         c.tokens_[l] = r.u64();
         c.query_tokens_[l] = r.u64();

@@ -42,6 +42,10 @@ struct CacheCodecs {
     CacheSide keys, values;
     size_t group_bytes = 0;       // one 32-token group of one KV head: key segments, then value segments
     size_t max_codec_bytes = 0;   // largest bytes_per_vector() of a segment codec
+    // Preconditioning of CacheConfig: means subtracted on append ([kv_heads][head_dim] or empty),
+    // factors on the logits and values of coded tokens (1 without debiasing).
+    std::vector<float> key_mean, value_mean;
+    float key_factor = 1, value_factor = 1;
 };
 
 struct AlignedFree {
@@ -63,7 +67,8 @@ struct KVCache::Impl {
     const detail::AttentionKernels* ak = nullptr;
     std::shared_ptr<const CacheCodecs> codecs;
     size_t norm_bytes = 2, group_bytes = 0, groups_per_block = 0, block_bytes = 0, capacity = 0;
-    float scale = 0;
+    float scale = 0;       // attention scale (exact window tokens)
+    float code_scale = 0;  // scale * key debias factor (coded tokens)
     // Storage. Blocks of block_tokens tokens are the logical unit (growth adds blocks, truncate
     // releases them); their codes live in arenas, each one allocation holding, per KV head, a run of
     // consecutive blocks: one KV head's groups are contiguous over a whole arena, so the attention

@@ -38,7 +38,6 @@ CacheConfig layer_config(const CacheSpec& spec, const CacheShape& shape, int lay
              ", kv_heads " + std::to_string(shape.kv_heads) + ", head_dim " + std::to_string(shape.head_dim) + ")");
     if (layer < 0 || layer >= shape.layers) fail("layer " + std::to_string(layer) + " out of range");
     spec.check_layers(shape.layers);
-    if (spec.sinks > 0) fail("'" + spec.text + "': attention sinks need the emulated path (emu)");
     if (cal) {
         if (cal->layers() != shape.layers || cal->kv_heads() != shape.kv_heads || cal->head_dim() != shape.head_dim)
             fail("the calibration is of another shape (layers " + std::to_string(cal->layers()) + ", kv_heads " +
@@ -102,6 +101,8 @@ ModelKVCache::ModelKVCache(int layers, const CacheConfig& cfg) {
 ModelKVCache::ModelKVCache(const CacheShape& shape, const CacheSpec& spec, const Calibration* cal, const CacheConfig& base)
     : shape_(shape), base_(base) {
     if (shape.layers < 1 || shape.layers > 1024) fail("layers " + std::to_string(shape.layers) + " out of range [1, 1024]");
+    if (spec.sinks > 0 || spec.emulate)
+        fail("'" + spec.text + "': attention sinks and 'emu' are the Llama runner's emulated path (tqkv::make_cache)");
     layers_.resize(size_t(shape.layers));
     const bool lazy = !cal && (high_count(spec.key_bits, shape.head_dim) || high_count(spec.value_bits, shape.head_dim) ||
                                [&] {
@@ -111,8 +112,9 @@ ModelKVCache::ModelKVCache(const CacheShape& shape, const CacheSpec& spec, const
                                    return false;
                                }());
     if (lazy) {
-        layer_config(spec, shape, 0, nullptr, base, std::vector<float>(size_t(shape.kv_heads) * shape.head_dim, 1.0f),
-                     std::vector<float>(size_t(shape.kv_heads) * shape.head_dim, 1.0f));  // validates now
+        // Validates the spec and rates now (a throw-away layer with arbitrary channels).
+        const std::vector<float> ones(size_t(shape.kv_heads) * shape.head_dim, 1.0f);
+        for (int l = 0; l < shape.layers; ++l) KVCache probe(layer_config(spec, shape, l, nullptr, base, ones, ones));
         spec_ = spec;
         return;
     }

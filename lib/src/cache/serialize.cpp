@@ -1,11 +1,13 @@
 // KVCache / ModelKVCache serialization.
 //
 // Format (all integers little-endian, floats IEEE 754 little-endian):
-//   "TQKVCACH"  u32 version (1)  u32 layers
+//   "TQKVCACH"  u32 version (2; 1 is read too)  u32 layers
 //   per layer:
 //     config:  u32 heads, kv_heads, head_dim, key_method, block_tokens, window, norm_format
 //              f64 key_bits, value_bits  f32 scale  u64 seed, max_tokens
 //              u32 n_key_high, n_key_high x u32   u32 n_value_high, n_value_high x u32
+//              version 2: u32 flags (1 debias_keys, 2 debias_values)
+//                         u32 n, n x f32 key_mean   u32 n, n x f32 value_mean   (n = 0 or kv_heads * head_dim)
 //     state:   u64 tokens, compressed
 //     groups:  per KV head, the ceil(compressed / 32) groups of 32 tokens (cache/layout.hpp)
 //     window:  tokens compressed..tokens-1: keys [kv_heads][head_dim] f32, then values likewise
@@ -17,6 +19,7 @@
 #include <stdexcept>
 
 #include "cache/impl.hpp"
+#include "util/binary_io.hpp"
 #include "codec/shared.hpp"
 
 namespace tqkv {
@@ -24,96 +27,13 @@ namespace tqkv {
 namespace {
 
 constexpr char kMagic[8] = {'T', 'Q', 'K', 'V', 'C', 'A', 'C', 'H'};
-constexpr uint32_t kVersion = 1;
+// Version 2 added the preconditioning (means, debias flags); version 1 files still load.
+constexpr uint32_t kVersion = 2;
 
 [[noreturn]] void bad(const std::string& msg) { throw std::invalid_argument("tqkv: load: " + msg); }
 
-uint32_t crc32(const uint8_t* p, size_t n) {
-    static const auto table = [] {
-        std::array<uint32_t, 256> t{};
-        for (uint32_t i = 0; i < 256; ++i) {
-            uint32_t c = i;
-            for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xedb88320u ^ (c >> 1) : c >> 1;
-            t[i] = c;
-        }
-        return t;
-    }();
-    uint32_t c = 0xffffffffu;
-    for (size_t i = 0; i < n; ++i) c = table[(c ^ p[i]) & 0xff] ^ (c >> 8);
-    return c ^ 0xffffffffu;
-}
-
-class Writer {
-public:
-    std::vector<uint8_t> out;
-    void bytes(const void* p, size_t n) {
-        const auto* b = static_cast<const uint8_t*>(p);
-        out.insert(out.end(), b, b + n);
-    }
-    void u32(uint32_t v) {
-        for (int i = 0; i < 4; ++i) out.push_back(uint8_t(v >> (8 * i)));
-    }
-    void u64(uint64_t v) {
-        for (int i = 0; i < 8; ++i) out.push_back(uint8_t(v >> (8 * i)));
-    }
-    void f32(float v) {
-        uint32_t u;
-        std::memcpy(&u, &v, 4);
-        u32(u);
-    }
-    void f64(double v) {
-        uint64_t u;
-        std::memcpy(&u, &v, 8);
-        u64(u);
-    }
-    void floats(const float* p, size_t n) {
-        for (size_t i = 0; i < n; ++i) f32(p[i]);
-    }
-};
-
-class Reader {
-public:
-    Reader(const uint8_t* p, size_t n) : p_(p), n_(n) {}
-    size_t left() const { return n_ - pos_; }
-    const uint8_t* take(size_t n) {
-        if (n > left()) bad("truncated data");
-        const uint8_t* r = p_ + pos_;
-        pos_ += n;
-        return r;
-    }
-    uint32_t u32() {
-        const uint8_t* b = take(4);
-        return uint32_t(b[0]) | uint32_t(b[1]) << 8 | uint32_t(b[2]) << 16 | uint32_t(b[3]) << 24;
-    }
-    uint64_t u64() {
-        const uint64_t lo = u32();
-        return lo | uint64_t(u32()) << 32;
-    }
-    float f32() {
-        const uint32_t u = u32();
-        float v;
-        std::memcpy(&v, &u, 4);
-        return v;
-    }
-    double f64() {
-        const uint64_t u = u64();
-        double v;
-        std::memcpy(&v, &u, 8);
-        return v;
-    }
-    void floats(float* dst, size_t n) {
-        const uint8_t* b = take(n * 4);
-        for (size_t i = 0; i < n; ++i) {
-            const uint32_t u = uint32_t(b[4 * i]) | uint32_t(b[4 * i + 1]) << 8 | uint32_t(b[4 * i + 2]) << 16 |
-                               uint32_t(b[4 * i + 3]) << 24;
-            std::memcpy(&dst[i], &u, 4);
-        }
-    }
-
-private:
-    const uint8_t* p_;
-    size_t n_, pos_ = 0;
-};
+using Writer = detail::ByteWriter;
+using Reader = detail::ByteReader;
 
 void write_layer(Writer& w, const KVCache::Impl& m) {
     const CacheConfig& c = m.cfg;
@@ -129,6 +49,11 @@ void write_layer(Writer& w, const KVCache::Impl& m) {
         w.u32(uint32_t(ch->size()));
         for (int v : *ch) w.u32(uint32_t(v));
     }
+    w.u32(uint32_t(c.debias_keys) | uint32_t(c.debias_values) << 1);
+    for (auto* mean : {&c.key_mean, &c.value_mean}) {
+        w.u32(uint32_t(mean->size()));
+        w.floats(mean->data(), mean->size());
+    }
     w.u64(m.n_tokens);
     w.u64(m.n_compressed);
     const size_t groups = (m.n_compressed + detail::kGroupTokens - 1) / detail::kGroupTokens;
@@ -140,7 +65,7 @@ void write_layer(Writer& w, const KVCache::Impl& m) {
 
 // Reads one layer; every size is checked against the bytes that are actually there before
 // anything is allocated from it.
-KVCache read_layer(Reader& r, const std::string& kernel) {
+KVCache read_layer(Reader& r, const std::string& kernel, uint32_t version) {
     CacheConfig c;
     const uint32_t heads = r.u32(), kv_heads = r.u32(), head_dim = r.u32(), method = r.u32(), block = r.u32(),
                    window = r.u32(), norm = r.u32();
@@ -169,6 +94,20 @@ KVCache read_layer(Reader& r, const std::string& kernel) {
         const uint32_t n = r.u32();
         if (n > head_dim) bad("more high channels than head_dim");
         for (uint32_t i = 0; i < n; ++i) ch->push_back(int(r.u32()));
+    }
+    if (version >= 2) {
+        const uint32_t flags = r.u32();
+        if (flags > 3) bad("unknown preconditioning flags " + std::to_string(flags));
+        c.debias_keys = flags & 1;
+        c.debias_values = (flags >> 1) & 1;
+        for (auto* mean : {&c.key_mean, &c.value_mean}) {
+            const uint32_t n = r.u32();
+            if (n != 0 && n != kv_heads * head_dim)
+                bad("a channel mean of " + std::to_string(n) + " floats (expected 0 or kv_heads * head_dim)");
+            if (uint64_t(n) * 4 > r.left()) bad("truncated data (channel means)");
+            mean->resize(n);
+            r.floats(mean->data(), n);
+        }
     }
     const uint64_t tokens = r.u64(), compressed = r.u64();
     if (tokens > (uint64_t(1) << 28) || compressed > tokens || tokens - compressed > window ||
@@ -224,19 +163,20 @@ std::vector<uint8_t> save_layers(const std::vector<const KVCache::Impl*>& layers
     w.u32(kVersion);
     w.u32(uint32_t(layers.size()));
     for (auto* m : layers) write_layer(w, *m);
-    w.u32(crc32(w.out.data(), w.out.size()));
+    w.crc();
     return std::move(w.out);
 }
 
-Reader open(std::span<const uint8_t> bytes, uint32_t& layers) {
+Reader open(std::span<const uint8_t> bytes, uint32_t& layers, uint32_t& version) {
     if (bytes.size() < 20) bad("truncated data (" + std::to_string(bytes.size()) + " bytes)");
     if (std::memcmp(bytes.data(), kMagic, 8) != 0) bad("not a tqkv cache (bad magic)");
-    Reader r(bytes.data(), bytes.size() - 4);
+    Reader r(bytes.data(), bytes.size() - 4, "tqkv: load: ");
     r.take(8);
-    const uint32_t version = r.u32();
-    if (version != kVersion) bad("unsupported format version " + std::to_string(version));
-    Reader tail(bytes.data() + bytes.size() - 4, 4);
-    if (tail.u32() != crc32(bytes.data(), bytes.size() - 4)) bad("CRC mismatch: the data is corrupted");
+    version = r.u32();
+    if (version < 1 || version > kVersion)
+        bad("unsupported format version " + std::to_string(version) + " (this build reads 1.." + std::to_string(kVersion) + ")");
+    Reader tail(bytes.data() + bytes.size() - 4, 4, "tqkv: load: ");
+    if (tail.u32() != detail::crc32(bytes.data(), bytes.size() - 4)) bad("CRC mismatch: the data is corrupted");
     layers = r.u32();
     if (layers < 1 || layers > 1024) bad("implausible layer count " + std::to_string(layers));
     return r;
@@ -247,25 +187,25 @@ Reader open(std::span<const uint8_t> bytes, uint32_t& layers) {
 std::vector<uint8_t> KVCache::save() const { return save_layers({impl_.get()}); }
 
 KVCache KVCache::load(std::span<const uint8_t> bytes, const std::string& kernel) {
-    uint32_t layers;
-    Reader r = open(bytes, layers);
+    uint32_t layers, version;
+    Reader r = open(bytes, layers, version);
     if (layers != 1) bad("this file holds " + std::to_string(layers) + " layers; use ModelKVCache::load");
-    KVCache c = read_layer(r, kernel);
+    KVCache c = read_layer(r, kernel, version);
     if (r.left() != 0) bad("trailing bytes after the cache");
     return c;
 }
 
 std::vector<uint8_t> ModelKVCache::save() const {
     std::vector<const KVCache::Impl*> impls;
-    for (auto& l : layers_) impls.push_back(l.impl_.get());
+    for (int l = 0; l < layers(); ++l) impls.push_back(layer(l).impl_.get());
     return save_layers(impls);
 }
 
 ModelKVCache ModelKVCache::load(std::span<const uint8_t> bytes, const std::string& kernel) {
-    uint32_t layers;
-    Reader r = open(bytes, layers);
+    uint32_t layers, version;
+    Reader r = open(bytes, layers, version);
     ModelKVCache m;
-    for (uint32_t l = 0; l < layers; ++l) m.layers_.push_back(read_layer(r, kernel));
+    for (uint32_t l = 0; l < layers; ++l) m.layers_.emplace_back(read_layer(r, kernel, version));
     if (r.left() != 0) bad("trailing bytes after the cache");
     return m;
 }

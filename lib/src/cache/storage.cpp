@@ -1,5 +1,5 @@
-// KVCache and ModelKVCache: construction from the config, append (encode into 32-token groups),
-// truncate/clear, sizes. Attention over the codes is in cache/attention.cpp.
+// KVCache: construction from the config, append (encode into 32-token groups), truncate/clear,
+// sizes. Attention over the codes is in cache/attention.cpp, ModelKVCache in cache/model_cache.cpp.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -10,6 +10,7 @@
 
 #include "cache/impl.hpp"
 #include "codec/shared.hpp"
+#include "tqkv/codebook.hpp"
 #include "tqkv/packing.hpp"
 #include "tqkv/rng.hpp"
 
@@ -144,6 +145,11 @@ std::shared_ptr<const CacheCodecs> build_codecs(const CacheConfig& cfg, size_t n
             cc->max_codec_bytes = std::max(cc->max_codec_bytes, s.codec_bytes);
         }
     cc->group_bytes = off;
+    // Preconditioning (CacheConfig): shared with empty_like copies like the codecs.
+    cc->key_mean = cfg.key_mean;
+    cc->value_mean = cfg.value_mean;
+    if (cfg.debias_keys) cc->key_factor = float(1.0 / (1.0 - mse_distortion(cfg.key_bits, cfg.head_dim)));
+    if (cfg.debias_values) cc->value_factor = float(1.0 / (1.0 - mse_distortion(cfg.value_bits, cfg.head_dim)));
     return cc;
 }
 
@@ -162,6 +168,15 @@ KVCache::Impl::Impl(const CacheConfig& c, std::shared_ptr<const CacheCodecs> sha
     if (!std::isfinite(cfg.scale) || cfg.scale < 0) fail("scale must be finite and >= 0 (0 = 1/sqrt(head_dim))");
     if (cfg.key_method == Method::Qjl) fail("key_method must be mse or prod");
     if (cfg.max_tokens > kMaxTokens) fail("max_tokens above 2^28");
+    for (auto [mean, what] : {std::pair{&cfg.key_mean, "key_mean"}, std::pair{&cfg.value_mean, "value_mean"}}) {
+        if (!mean->empty() && mean->size() != row())
+            fail(std::string(what) + " has " + std::to_string(mean->size()) + " floats, expected 0 or kv_heads * head_dim = " +
+                 std::to_string(row()));
+        for (float x : *mean)
+            if (!std::isfinite(x)) fail(std::string(what) + " holds a non-finite value");
+    }
+    if (cfg.debias_keys && cfg.key_method != Method::Mse)
+        fail("debias_keys needs mse keys (prod inner products are unbiased already)");
     capacity = cfg.max_tokens ? cfg.max_tokens : kMaxTokens;
     scale = cfg.scale > 0 ? cfg.scale : float(1.0 / std::sqrt(double(cfg.head_dim)));
 
@@ -170,6 +185,7 @@ KVCache::Impl::Impl(const CacheConfig& c, std::shared_ptr<const CacheCodecs> sha
     norm_bytes = detail::norm_bytes(cfg.norm);
     codecs = shared ? std::move(shared) : build_codecs(cfg, norm_bytes);
     group_bytes = codecs->group_bytes;
+    code_scale = scale * codecs->key_factor;
     max_codec_bytes = codecs->max_codec_bytes;
     groups_per_block = size_t(cfg.block_tokens) / kGroupTokens;
     block_bytes = size_t(cfg.kv_heads) * groups_per_block * group_bytes;
@@ -184,7 +200,7 @@ KVCache::Impl::Impl(const CacheConfig& c, std::shared_ptr<const CacheCodecs> sha
 // chunk seen and then reused, so appends allocate nothing once warm.
 namespace {
 struct Staging {
-    std::vector<float> k, v, seg_in;
+    std::vector<float> k, v, seg_in, centred_k, centred_v;
     std::vector<uint8_t> seg_out, token_codes;
     template <class T>
     static T* grow(std::vector<T>& v, size_t n) {
@@ -295,6 +311,16 @@ const CacheConfig& KVCache::config() const { return impl_->cfg; }
 size_t KVCache::tokens() const { return impl_->n_tokens; }
 size_t KVCache::compressed_tokens() const { return impl_->n_compressed; }
 const char* KVCache::kernel() const { return impl_->k->name; }
+float KVCache::scale() const { return impl_->scale; }
+double KVCache::key_debias() const { return impl_->codecs->key_factor; }
+double KVCache::value_debias() const { return impl_->codecs->value_factor; }
+const VectorCodec& KVCache::key_codec() const { return *impl_->keys().codec; }
+const VectorCodec& KVCache::value_codec() const { return *impl_->values().codec; }
+
+double KVCache::format_bytes() const {
+    const Impl& m = *impl_;
+    return compressed_bytes_per_token() * double(m.n_compressed) + double(m.n_tokens - m.n_compressed) * 2.0 * double(m.row()) * 2.0;
+}
 
 void KVCache::append(std::span<const float> keys, std::span<const float> values) {
     Impl& m = *impl_;
@@ -310,6 +336,14 @@ void KVCache::append(std::span<const float> keys, std::span<const float> values)
              " tokens (" + std::to_string(m.n_tokens) + " held)");
     check_finite(keys, m.cfg, m.cfg.kv_heads, "append: key");
     check_finite(values, m.cfg, m.cfg.kv_heads, "append: value");
+    // Centring: from here on the cache holds k - key_mean and v - value_mean (exact window too).
+    for (auto [x, mean, buf] : {std::tuple{&keys, &m.codecs->key_mean, &staging().centred_k},
+                                std::tuple{&values, &m.codecs->value_mean, &staging().centred_v}}) {
+        if (mean->empty()) continue;
+        float* c = Staging::grow(*buf, x->size());
+        for (size_t i = 0; i < x->size(); ++i) c[i] = (*x)[i] - (*mean)[i % row];
+        *x = std::span<const float>(c, x->size());
+    }
     // Every appended token will be compressed one day: its norms must fit now.
     try {
         m.keys().codec->check_rows(keys.data(), n * m.cfg.kv_heads, size_t(m.cfg.head_dim));
@@ -420,43 +454,6 @@ KVCache KVCache::empty_like() const { return KVCache(std::make_unique<Impl>(impl
 
 double KVCache::bytes_per_token() const {
     return impl_->n_tokens ? double(bytes_used()) / double(impl_->n_tokens) : 0.0;
-}
-
-// ---------------------------------------------------------------------------------------------
-
-ModelKVCache::ModelKVCache(int layers, const CacheConfig& cfg) {
-    if (layers < 1 || layers > 1024) fail("layers " + std::to_string(layers) + " out of range [1, 1024]");
-    for (int l = 0; l < layers; ++l) {
-        CacheConfig c = cfg;
-        c.seed = derive_seed(cfg.seed, uint64_t(l));
-        layers_.emplace_back(c);
-    }
-}
-
-KVCache& ModelKVCache::layer(int l) {
-    if (l < 0 || l >= layers()) fail("layer " + std::to_string(l) + " out of range");
-    return layers_[l];
-}
-
-const KVCache& ModelKVCache::layer(int l) const {
-    if (l < 0 || l >= layers()) fail("layer " + std::to_string(l) + " out of range");
-    return layers_[l];
-}
-
-void ModelKVCache::truncate(size_t n_tokens) {
-    for (auto& l : layers_)
-        if (n_tokens > l.tokens()) fail("truncate: a layer holds fewer than " + std::to_string(n_tokens) + " tokens");
-    for (auto& l : layers_) l.truncate(n_tokens);
-}
-
-void ModelKVCache::clear() {
-    for (auto& l : layers_) l.clear();
-}
-
-size_t ModelKVCache::bytes_used() const {
-    size_t b = 0;
-    for (auto& l : layers_) b += l.bytes_used();
-    return b;
 }
 
 }  // namespace tqkv

@@ -118,7 +118,7 @@ struct TokenizerObj {
 };
 
 struct CalibrationObj {
-    tqkv::KVCalibration cal;
+    tqkv::Calibration cal;
 };
 
 struct RunnerObj {
@@ -481,7 +481,9 @@ tqkv_status tqkv_cache_get_config(tqkv_cache cache, tqkv_cache_config* cfg) {
         auto obj = caches().get(id_of(cache), "get_config");
         need_ptr(cfg, "cfg");
         check_struct(cfg->struct_size, sizeof *cfg, "tqkv_cache_config");
-        from_cpp(obj->cache.layer(0).config(), obj->cache.layers(), *cfg);
+        const tqkv::KVCache& l0 = obj->cache.layer(0);
+        from_cpp(l0.config(), obj->cache.layers(), *cfg);
+        cfg->scale = l0.scale();  // the effective scale
     });
 }
 
@@ -539,6 +541,125 @@ tqkv_status tqkv_cache_load(const uint8_t* bytes, size_t n_bytes, const char* ke
         auto obj = std::make_shared<CacheObj>(std::move(m));
         *out = reinterpret_cast<tqkv_cache>(caches().add(std::move(obj)));
     });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Calibrations and caches from specs
+
+tqkv_status tqkv_calibration_new(int32_t layers, int32_t kv_heads, int32_t head_dim, tqkv_calibration* out) {
+    return guard([&] {
+        need_ptr(out, "out");
+        auto obj = std::make_shared<CalibrationObj>();
+        obj->cal = tqkv::Calibration(layers, kv_heads, head_dim);
+        *out = reinterpret_cast<tqkv_calibration>(calibrations().add(std::move(obj)));
+    });
+}
+
+tqkv_status tqkv_calibration_add(tqkv_calibration cal, int32_t layer, const float* keys, size_t n_keys,
+                                 const float* values, size_t n_values) {
+    return guard([&] {
+        auto obj = calibrations().get(id_of(cal), "calibration_add");
+        need_buffer(keys, n_keys, "calibration_add: keys");
+        need_buffer(values, n_values, "calibration_add: values");
+        obj->cal.add(layer, {keys, n_keys}, {values, n_values});
+    });
+}
+
+tqkv_status tqkv_calibration_add_queries(tqkv_calibration cal, int32_t layer, int32_t heads, const float* queries,
+                                         size_t n_queries) {
+    return guard([&] {
+        auto obj = calibrations().get(id_of(cal), "calibration_add_queries");
+        need_buffer(queries, n_queries, "calibration_add_queries: queries");
+        obj->cal.add_queries(layer, heads, {queries, n_queries});
+    });
+}
+
+tqkv_status tqkv_calibration_get_info(tqkv_calibration cal, int32_t* layers, int32_t* kv_heads, int32_t* head_dim,
+                                      uint64_t* min_tokens) {
+    return guard([&] {
+        auto obj = calibrations().get(id_of(cal), "calibration_get_info");
+        const tqkv::Calibration& c = obj->cal;
+        uint64_t mn = UINT64_MAX;
+        for (int l = 0; l < c.layers(); ++l) mn = std::min(mn, c.tokens(l));
+        if (layers) *layers = c.layers();
+        if (kv_heads) *kv_heads = c.kv_heads();
+        if (head_dim) *head_dim = c.head_dim();
+        if (min_tokens) *min_tokens = c.layers() ? mn : 0;
+    });
+}
+
+tqkv_status tqkv_calibration_save(tqkv_calibration cal, uint8_t* buf, size_t capacity, size_t* size) {
+    tqkv_status result = TQKV_OK;
+    const tqkv_status st = guard([&] {
+        auto obj = calibrations().get(id_of(cal), "calibration_save");
+        need_ptr(size, "size");
+        const std::vector<uint8_t> bytes = obj->cal.save();
+        *size = bytes.size();
+        if (!buf || capacity < bytes.size()) {
+            result = set_error(TQKV_ERR_BUFFER_TOO_SMALL, ("tqkv: calibration_save: the calibration needs " +
+                                                           std::to_string(bytes.size()) + " bytes, the buffer has " +
+                                                           std::to_string(buf ? capacity : 0))
+                                                              .c_str());
+            return;
+        }
+        std::memcpy(buf, bytes.data(), bytes.size());
+    });
+    return st != TQKV_OK ? st : result;
+}
+
+tqkv_status tqkv_calibration_load(const uint8_t* bytes, size_t n_bytes, tqkv_calibration* out) {
+    return guard(
+        [&] {
+            need_ptr(out, "out");
+            need_buffer(bytes, n_bytes, "bytes");
+            auto obj = std::make_shared<CalibrationObj>();
+            obj->cal = tqkv::Calibration::load({bytes, n_bytes});
+            *out = reinterpret_cast<tqkv_calibration>(calibrations().add(std::move(obj)));
+        },
+        TQKV_ERR_BAD_DATA);
+}
+
+tqkv_status tqkv_cache_create_spec(const char* spec, const tqkv_cache_config* base, tqkv_calibration cal, tqkv_cache* out) {
+    return guard([&] {
+        need_ptr(spec, "spec");
+        need_ptr(base, "base");
+        need_ptr(out, "out");
+        check_struct(base->struct_size, sizeof *base, "tqkv_cache_config");
+        std::shared_ptr<CalibrationObj> c;
+        if (cal) c = calibrations().get(id_of(cal), "cache_create_spec: calibration");
+        const tqkv::CacheSpec sp = tqkv::CacheSpec::parse(spec);
+        if (!sp.is_tqkv())
+            fail(TQKV_ERR_INVALID_ARGUMENT, std::string("tqkv: cache_create_spec: '") + spec +
+                                                "' is one of the Llama runner's baseline formats; a tqkv cache needs "
+                                                "K<bits>V<bits>[-opt...] or a preset");
+        tqkv_cache_config b = *base;  // the shape and storage fields; rates come from the spec
+        b.key_method = TQKV_METHOD_MSE;
+        b.key_bits = b.value_bits = 4;
+        b.n_key_high_channels = b.n_value_high_channels = 0;
+        b.key_high_channels = b.value_high_channels = nullptr;
+        const tqkv::CacheConfig cpp = to_cpp(b);
+        const tqkv::CacheShape shape{base->layers, base->heads, base->kv_heads, base->head_dim};
+        tqkv::ModelKVCache m(shape, sp, c ? &c->cal : nullptr, cpp);
+        if (!m.built(0))
+            fail(TQKV_ERR_INVALID_ARGUMENT, std::string("tqkv: cache_create_spec: '") + spec +
+                                                "' has fractional rates: it needs a calibration to choose their high "
+                                                "channels (tqkv_calibration_new / tqkv_calibration_add)");
+        auto obj = std::make_shared<CacheObj>(std::move(m));
+        *out = reinterpret_cast<tqkv_cache>(caches().add(std::move(obj)));
+    });
+}
+
+const char* tqkv_cache_spec_grammar(void) { return tqkv::cache_spec_grammar(); }
+
+int32_t tqkv_preset_count(void) { return int32_t(tqkv::presets().size()); }
+const char* tqkv_preset_name(int32_t i) {
+    return i >= 0 && size_t(i) < tqkv::presets().size() ? tqkv::presets()[size_t(i)].name : nullptr;
+}
+const char* tqkv_preset_spec(int32_t i) {
+    return i >= 0 && size_t(i) < tqkv::presets().size() ? tqkv::presets()[size_t(i)].spec : nullptr;
+}
+const char* tqkv_preset_summary(int32_t i) {
+    return i >= 0 && size_t(i) < tqkv::presets().size() ? tqkv::presets()[size_t(i)].summary : nullptr;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -758,15 +879,11 @@ tqkv_status tqkv_runner_create(tqkv_model model, const char* cache_spec, tqkv_ca
                                                 " out of range [0, 4096] (0 = 128)");
         const tqkv::LlamaConfig& mc = m->model.config();
         const tqkv::CacheShape shape = tqkv::CacheShape::of(mc);
-        if (c) {
-            const tqkv::CacheShape& s = c->cal.shape;
-            if (s.layers != shape.layers || s.heads != shape.heads || s.kv_heads != shape.kv_heads ||
-                s.head_dim != shape.head_dim)
-                fail(TQKV_ERR_INVALID_ARGUMENT, "tqkv: runner_create: the calibration is of a model of another shape");
-        }
+        if (c && (c->cal.layers() != shape.layers || c->cal.kv_heads() != shape.kv_heads || c->cal.head_dim() != shape.head_dim))
+            fail(TQKV_ERR_INVALID_ARGUMENT, "tqkv: runner_create: the calibration is of a model of another shape");
         auto obj = std::make_shared<RunnerObj>();
         obj->model = m;
-        obj->cache = tqkv::make_cache(cache_spec, shape, c && c->cal.tokens ? &c->cal : nullptr);
+        obj->cache = tqkv::make_cache(cache_spec, shape, c ? &c->cal : nullptr);
         obj->cache->reserve(size_t(mc.max_position_embeddings));
         obj->run = std::make_unique<tqkv::LlamaRunner>(m->model, *obj->cache, max_chunk ? max_chunk : 128);
         obj->logits.resize(size_t(mc.vocab_size));

@@ -206,4 +206,15 @@ double gaussian_limit_mse(int bits) {
     return table[bits - 1];
 }
 
+double mse_distortion(double bits, int dim) {
+    if (!(bits >= 1 && bits <= 8) || dim < 2)
+        throw std::invalid_argument("mse_distortion: bits must be in [1, 8] and dim >= 2");
+    const int lo = int(std::floor(bits));
+    const double frac = bits - lo;
+    const int hc = frac > 0 ? int(std::lround(frac * dim)) : 0;
+    if (hc == 0 || lo == 8) return LloydMaxCodebook::get(dim, lo)->mse();
+    const double low = dim - hc > 0 ? LloydMaxCodebook::get(dim - hc, lo)->mse() : 0.0;
+    return (double(hc) * LloydMaxCodebook::get(hc, lo + 1)->mse() + double(dim - hc) * low) / dim;
+}
+
 }  // namespace tqkv
