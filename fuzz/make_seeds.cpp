@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
     fs::create_directories(root / "model");
     fs::create_directories(root / "spec");
     fs::create_directories(root / "tokenizer");
+    fs::create_directories(root / "calibration");
     tqkv::Rng rng(1);
     int i = 0;
     for (auto [heads, kv, dim, kb, vb, window, prod] :
@@ -55,6 +56,18 @@ int main(int argc, char** argv) {
         model.append(0, std::span(k).first(size_t(kv) * dim * 5), std::span(v).first(size_t(kv) * dim * 5));
         model.append(1, std::span(k).first(size_t(kv) * dim * 3), std::span(v).first(size_t(kv) * dim * 3));
         write(root / "cache" / ("seed" + std::to_string(i++)), model.save());
+    }
+    // Calibrations, and caches built with them (means and debias flags in the header).
+    for (auto [layers, kv, dim] : {std::tuple{1, 1, 8}, {2, 2, 16}, {2, 1, 32}}) {
+        tqkv::Calibration cal(layers, kv, dim);
+        std::vector<float> k(size_t(kv) * dim * 6), v(k.size());
+        for (auto& x : k) x = float(rng.normal() + 2.0);
+        for (auto& x : v) x = float(rng.normal() - 1.0);
+        for (int l = 0; l < layers; ++l) cal.add(l, k, v);
+        write(root / "calibration" / ("seed" + std::to_string(i++)), cal.save());
+        tqkv::ModelKVCache m({layers, kv, kv, dim}, tqkv::CacheSpec::parse("K3.5V2.5-w2"), &cal);
+        for (int l = 0; l < layers; ++l) m.append(l, k, v);
+        write(root / "cache" / ("seed" + std::to_string(i++)), m.save());
     }
     std::vector<float> x(2 * 3 * 8);
     for (auto& f : x) f = float(rng.normal());

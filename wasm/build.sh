@@ -138,7 +138,8 @@ if [ "${1:-}" = "tests" ]; then
   # The Catch2 suite (tests/*.cpp, Debian's header-only catch2) as WASI programs, run by
   # wasm/run-wasi.mjs under node: the kernel tests compare wasm128 with scalar bit for bit.
   tests=(tests/test_kernels.cpp tests/test_cache.cpp tests/test_codec.cpp tests/test_packing.cpp
-         tests/test_main.cpp tests/test_capi.cpp tests/test_capi_model.cpp tests/test_model.cpp tests/test_tokenizer.cpp)
+         tests/test_main.cpp tests/test_capi.cpp tests/test_capi_model.cpp tests/test_model.cpp tests/test_tokenizer.cpp
+         tests/test_calibration.cpp)
   # Only Catch2 from the system include directory (its other headers are glibc's).
   catch_hpp=/usr/include/catch2/catch.hpp
   if [ ! -f "$catch_hpp" ]; then echo "wasm/build.sh: $catch_hpp missing (apt-get install -y catch2)" >&2; exit 1; fi
