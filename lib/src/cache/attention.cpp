@@ -563,8 +563,19 @@ void KVCache::attend_reference(std::span<const float> queries, std::span<float> 
             // Decoded codes before codes_end, exact rows from there (compressed tokens of the last
             // appended chunk too).
             const size_t codes_end = m.codes_end(visible);
-            auto key = [&](size_t t) { return t >= codes_end && t < m.n_compressed ? m.exact_key(t) + size_t(kvh) * d : &K[t * d]; };
-            auto value = [&](size_t t) { return t >= codes_end && t < m.n_compressed ? m.exact_value(t) + size_t(kvh) * d : &V[t * d]; };
+            // (exact rows are stored centred: the means come back as in decode_keys/values)
+            std::vector<float> xk(static_cast<size_t>(d)), xv(static_cast<size_t>(d));
+            auto exact = [&](const float* row, const std::vector<float>& mean, std::vector<float>& buf) {
+                for (int j = 0; j < d; ++j) buf[size_t(j)] = row[j] + (mean.empty() ? 0.0f : mean[size_t(kvh) * d + j]);
+                return buf.data();
+            };
+            auto key = [&](size_t t) {
+                return t >= codes_end && t < m.n_compressed ? exact(m.exact_key(t) + size_t(kvh) * d, m.codecs->key_mean, xk) : &K[t * d];
+            };
+            auto value = [&](size_t t) {
+                return t >= codes_end && t < m.n_compressed ? exact(m.exact_value(t) + size_t(kvh) * d, m.codecs->value_mean, xv)
+                                                            : &V[t * d];
+            };
             for (int hh = 0; hh < r; ++hh) {
                 const float* q = &queries[qi * qrow + (size_t(kvh) * r + hh) * d];
                 double mx = -1e300, sum = 0;
