@@ -160,10 +160,9 @@ TEST_CASE("hf: logits of each convention match the reference within 1e-3 (fp32 w
         const double diff = max_diff(got, ref);
         INFO("max |logit - reference| = " << diff);
         CHECK(diff < 1e-3);
-        if (c.window == 0) {  // the library's exact cache gives the same
-            auto exact = make_exact_cache(CacheShape::of(m.config()));
-            CHECK(max_diff(runner_logits(m, *exact, tokens), ref) < 1e-3);
-        }
+        // The library's exact cache gives the same (it honours the sliding window too).
+        auto exact = make_exact_cache(CacheShape::of(m.config()));
+        CHECK(max_diff(runner_logits(m, *exact, tokens), ref) < 1e-3);
     }
     // The features matter: dropping the biases, the rope scaling or the window changes the logits.
     const auto tokens = some_tokens(23, 300, 5);
@@ -185,7 +184,7 @@ TEST_CASE("hf: a sliding-window model refuses to pass its window with a cache th
     const HfCheckpoint c = hf_checkpoint("mistral", 3);
     const LlamaModel m = model_of(c);
     const auto tokens = some_tokens(8, c.vocab, 2);
-    for (const std::string spec : {"fp32", "K4V4", "fp16"}) {
+    for (const std::string spec : {"K4V4"}) {  // (the dense and emulated caches honour the window)
         INFO(spec);
         auto cache = make_cache(spec, CacheShape::of(m.config()));
         LlamaRunner run(m, *cache, 4);

@@ -54,6 +54,11 @@ public:
         if (tokens > cap_) grow(tokens);
     }
     size_t memory_bytes() const override { return (K_.capacity() + V_.capacity()) * sizeof(float); }
+    // Sliding-window attention (Mistral): tokens stay stored (emulated formats), only the mask moves.
+    bool set_attention_window(size_t window) override {
+        window_ = window;
+        return true;
+    }
     double format_bytes() const override {
         size_t n = 0;
         for (size_t t : n_) n += t;
@@ -83,9 +88,12 @@ public:
         const size_t m = queries.size() / qrow;
         if (m > T) fail("attend: more queries than cached tokens");
         for (size_t i = 0; i < m; ++i) {
-            const DenseAttentionShape sh{r, 1, d, T - m + i + 1, scales_.empty() ? 0.0f : scales_[size_t(layer)]};
+            // Query i sits at position T - m + i and sees the last `window_` positions up to it (all
+            // of them without a sliding window).
+            const size_t end = T - m + i + 1, first = window_ && end > window_ ? end - window_ : 0;
+            const DenseAttentionShape sh{r, 1, d, end - first, scales_.empty() ? 0.0f : scales_[size_t(layer)]};
             for (int h = 0; h < KH; ++h)
-                dense_attention_f32(sh, &queries[i * qrow + size_t(h) * r * d], k(layer, h, 0), v(layer, h, 0),
+                dense_attention_f32(sh, &queries[i * qrow + size_t(h) * r * d], k(layer, h, first), v(layer, h, first),
                                     &out[i * qrow + size_t(h) * r * d]);
         }
     }
@@ -98,6 +106,7 @@ protected:
     virtual void on_clear() {}
     size_t held(int layer) const { return n_[size_t(layer)]; }
     std::vector<float> scales_;  // attention scale per layer (empty: 1/sqrt(head_dim))
+    size_t window_ = 0;          // sliding attention window (0: none)
 
 private:
     void grow(size_t cap) {
