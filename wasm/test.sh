@@ -46,6 +46,20 @@ echo "== wasm: kernel and cache tests in the relaxed-SIMD build (~10 s)"
 relaxed_flag=()
 if node --experimental-wasm-relaxed-simd -e 0 >/dev/null 2>&1; then relaxed_flag=(--experimental-wasm-relaxed-simd); fi
 node "${relaxed_flag[@]}" --no-warnings wasm/run-wasi.mjs build-wasm/tqkv_tests-relaxed.wasm '[kernels],[cache]~[stat]'
+# ... and the module really holds relaxed instructions (else it would be tqkv.wasm under another
+# name): an engine with relaxed SIMD switched off must reject it, and accept tqkv.wasm.
+if node --no-experimental-wasm-relaxed-simd -e 0 >/dev/null 2>&1; then
+  node --no-experimental-wasm-relaxed-simd -e '
+    const { readFileSync } = require("node:fs");
+    const ok = (f) => WebAssembly.validate(readFileSync(f));
+    if (ok("web/dist/tqkv-relaxed.wasm") || !ok("web/dist/tqkv.wasm")) {
+      console.error("wasm/test.sh: web/dist/tqkv-relaxed.wasm has no relaxed-SIMD instruction (or tqkv.wasm does)");
+      process.exit(1);
+    }
+    console.log("tqkv-relaxed.wasm uses relaxed SIMD (rejected without it); tqkv.wasm does not");'
+else
+  echo "wasm/test.sh: this node cannot switch relaxed SIMD off: not checking that tqkv-relaxed.wasm uses it"
+fi
 
 echo "== native test binary (writes the golden files)"
 if [ -f "$native_build/CMakeCache.txt" ]; then

@@ -17,6 +17,11 @@
 // every v128 constant at each use, so those paths keep to two or three swizzles per 16 look-ups,
 // read the code bytes with and / 16-bit shifts / narrowing instead of byte shuffles, and keep
 // their constants in locals.
+//
+// Relaxed SIMD (web/dist/tqkv-relaxed.wasm, see relaxed.hpp): every table look-up uses
+// relaxed_swizzle (exact: the indices are < 16), and the value sums, the dense dot products and
+// axpy, and exp's polynomial use relaxed_madd (fused where the engine fuses: results differ in
+// the last bits, within the tolerance these kernels are tested to).
 #include <wasm_simd128.h>
 
 #include <cmath>
@@ -25,6 +30,7 @@
 
 #include "cache/layout.hpp"
 #include "kernels/kernels.hpp"
+#include "kernels/wasm/relaxed.hpp"
 #include "tqkv/codebook.hpp"
 #include "tqkv/fp16.hpp"
 
@@ -33,6 +39,10 @@
 
 namespace tqkv::detail {
 namespace {
+
+using wasm::add_products;
+using wasm::madd;
+using wasm::swizzle16;
 
 TQKV_ALWAYS_INLINE v128_t load(const void* p) { return wasm_v128_load(p); }
 TQKV_ALWAYS_INLINE void store(void* p, v128_t v) { wasm_v128_store(p, v); }
@@ -86,8 +96,8 @@ TQKV_ALWAYS_INLINE Planes table_planes(const float* t) {
 
 // f[k] = table[idx[4k .. 4k+3]] for 16 indices < 16.
 TQKV_ALWAYS_INLINE void lookup16(const Planes& t, v128_t idx, v128_t f[4]) {
-    const v128_t b0 = wasm_i8x16_swizzle(t.p[0], idx), b1 = wasm_i8x16_swizzle(t.p[1], idx);
-    const v128_t b2 = wasm_i8x16_swizzle(t.p[2], idx), b3 = wasm_i8x16_swizzle(t.p[3], idx);
+    const v128_t b0 = swizzle16(t.p[0], idx), b1 = swizzle16(t.p[1], idx);
+    const v128_t b2 = swizzle16(t.p[2], idx), b3 = swizzle16(t.p[3], idx);
     const v128_t l01 = wasm_i8x16_shuffle(b0, b1, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     const v128_t h01 = wasm_i8x16_shuffle(b0, b1, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
     const v128_t l23 = wasm_i8x16_shuffle(b2, b3, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
@@ -220,8 +230,7 @@ void accumulate_bits(const uint8_t* codes, int dim, const float* table, const fl
             lookup16(pl, hi, vh);
             float* a = acc + size_t(j) * 16;
             for (int k = 0; k < 4; ++k)
-                store(a + 4 * k, wasm_f32x4_add(load(a + 4 * k), wasm_f32x4_add(wasm_f32x4_mul(wl[k], vl[k]),
-                                                                                 wasm_f32x4_mul(wh[k], vh[k]))));
+                store(a + 4 * k, add_products(load(a + 4 * k), wl[k], vl[k], wh[k], vh[k]));
         });
         return;
     }
@@ -233,8 +242,7 @@ void accumulate_bits(const uint8_t* codes, int dim, const float* table, const fl
             const float* wp = w + h * kGroupTokens;
             float* a = acc + (size_t(h) * dim + j) * 16;
             for (int k = 0; k < 4; ++k)
-                store(a + 4 * k, wasm_f32x4_add(load(a + 4 * k), wasm_f32x4_add(wasm_f32x4_mul(load(wp + 4 * k), vl[k]),
-                                                                                 wasm_f32x4_mul(load(wp + 16 + 4 * k), vh[k]))));
+                store(a + 4 * k, add_products(load(a + 4 * k), load(wp + 4 * k), vl[k], load(wp + 16 + 4 * k), vh[k]));
         }
     });
 }
@@ -390,10 +398,10 @@ bool prepare_scores(const float* lut, int dim, int bits, int heads, void* table)
 // Adds the look-ups of one coordinate for 16 tokens: H to h16[0] (byte lanes 0-7) and h16[1]
 // (8-15), L to l8.
 TQKV_ALWAYS_INLINE void fixed_step(const uint8_t* t, v128_t idx, v128_t h16[2], v128_t& l8) {
-    const v128_t lo = wasm_i8x16_swizzle(load(t), idx), hi = wasm_i8x16_swizzle(load(t + 16), idx);
+    const v128_t lo = swizzle16(load(t), idx), hi = swizzle16(load(t + 16), idx);
     h16[0] = wasm_i16x8_add(h16[0], interleave_lo8(lo, hi));
     h16[1] = wasm_i16x8_add(h16[1], interleave_hi8(lo, hi));
-    l8 = wasm_i8x16_add(l8, wasm_i8x16_swizzle(load(t + 32), idx));
+    l8 = wasm_i8x16_add(l8, swizzle16(load(t + 32), idx));
 }
 
 // Integer scores of the 16 tokens of token set X (0: words 0-7 of each chunk, 1: words 8-15):
@@ -522,8 +530,8 @@ void values4_one_head(const uint8_t* codes, int dim, const float* table, const f
             for (int m = 0; m < 4; ++m) {
                 v128_t f[4];
                 lookup16(pl, wasm_v128_and(wasm_u16x8_shr(load(chunk + 16 * m), 4 * nibble), m0f), f);
-                a0 = wasm_f32x4_add(a0, wasm_f32x4_add(wasm_f32x4_mul(f[0], W[4 * m]), wasm_f32x4_mul(f[2], W[4 * m + 2])));
-                a1 = wasm_f32x4_add(a1, wasm_f32x4_add(wasm_f32x4_mul(f[1], W[4 * m + 1]), wasm_f32x4_mul(f[3], W[4 * m + 3])));
+                a0 = add_products(a0, f[0], W[4 * m], f[2], W[4 * m + 2]);
+                a1 = add_products(a1, f[1], W[4 * m + 1], f[3], W[4 * m + 3]);
             }
             float* r = acc + size_t(j0 + nibble) * 16;
             values4_rows(a0, a1, r, j0 + nibble + 2 < dim ? r + 32 : nullptr);
@@ -580,11 +588,11 @@ TQKV_ALWAYS_INLINE v128_t exp4(v128_t x) {
     v128_t r = wasm_f32x4_sub(x, wasm_f32x4_mul(nf, wasm_f32x4_splat(0.693359375f)));
     r = wasm_f32x4_sub(r, wasm_f32x4_mul(nf, wasm_f32x4_splat(-2.12194440e-4f)));
     v128_t p = wasm_f32x4_splat(1.989098091e-04f);
-    p = wasm_f32x4_add(wasm_f32x4_splat(1.393364160e-03f), wasm_f32x4_mul(p, r));
-    p = wasm_f32x4_add(wasm_f32x4_splat(8.333310485e-03f), wasm_f32x4_mul(p, r));
-    p = wasm_f32x4_add(wasm_f32x4_splat(4.166646674e-02f), wasm_f32x4_mul(p, r));
-    p = wasm_f32x4_add(wasm_f32x4_splat(1.666666716e-01f), wasm_f32x4_mul(p, r));
-    p = wasm_f32x4_add(wasm_f32x4_splat(0.5f), wasm_f32x4_mul(p, r));
+    p = madd(p, r, wasm_f32x4_splat(1.393364160e-03f));
+    p = madd(p, r, wasm_f32x4_splat(8.333310485e-03f));
+    p = madd(p, r, wasm_f32x4_splat(4.166646674e-02f));
+    p = madd(p, r, wasm_f32x4_splat(1.666666716e-01f));
+    p = madd(p, r, wasm_f32x4_splat(0.5f));
     p = wasm_f32x4_add(wasm_f32x4_add(r, wasm_f32x4_mul(p, wasm_f32x4_mul(r, r))), wasm_f32x4_splat(1.0f));
     const v128_t n1 = wasm_i32x4_shr(n, 1), n2 = wasm_i32x4_sub(n, n1);  // both in [-76, 64]
     const v128_t bias = wasm_i32x4_splat(127);
@@ -620,12 +628,12 @@ float dot_f32(const float* a, const float* b, int n) {
     v128_t s0 = wasm_f32x4_splat(0.0f), s1 = s0, s2 = s0, s3 = s0;
     int i = 0;
     for (; i + 16 <= n; i += 16) {
-        s0 = wasm_f32x4_add(s0, wasm_f32x4_mul(load(a + i), load(b + i)));
-        s1 = wasm_f32x4_add(s1, wasm_f32x4_mul(load(a + i + 4), load(b + i + 4)));
-        s2 = wasm_f32x4_add(s2, wasm_f32x4_mul(load(a + i + 8), load(b + i + 8)));
-        s3 = wasm_f32x4_add(s3, wasm_f32x4_mul(load(a + i + 12), load(b + i + 12)));
+        s0 = madd(load(a + i), load(b + i), s0);
+        s1 = madd(load(a + i + 4), load(b + i + 4), s1);
+        s2 = madd(load(a + i + 8), load(b + i + 8), s2);
+        s3 = madd(load(a + i + 12), load(b + i + 12), s3);
     }
-    for (; i + 4 <= n; i += 4) s0 = wasm_f32x4_add(s0, wasm_f32x4_mul(load(a + i), load(b + i)));
+    for (; i + 4 <= n; i += 4) s0 = madd(load(a + i), load(b + i), s0);
     float s = hsum(wasm_f32x4_add(wasm_f32x4_add(s0, s1), wasm_f32x4_add(s2, s3)));
     for (; i < n; ++i) s += a[i] * b[i];
     return s;
@@ -636,8 +644,8 @@ void axpy_f32(float a, const float* x, float* y, int n) {
     int i = 0;
     for (; i + 16 <= n; i += 16)
         for (int k = 0; k < 16; k += 4)
-            store(y + i + k, wasm_f32x4_add(load(y + i + k), wasm_f32x4_mul(va, load(x + i + k))));
-    for (; i + 4 <= n; i += 4) store(y + i, wasm_f32x4_add(load(y + i), wasm_f32x4_mul(va, load(x + i))));
+            store(y + i + k, madd(va, load(x + i + k), load(y + i + k)));
+    for (; i + 4 <= n; i += 4) store(y + i, madd(va, load(x + i), load(y + i)));
     for (; i < n; ++i) y[i] += a * x[i];
 }
 
