@@ -77,8 +77,8 @@ function gaussian(n, seed) {
 if (!relaxedSimdSupported()) v8.setFlagsFromString('--experimental-wasm-relaxed-simd');
 // Every module compiled by the optimizing tier up front: with V8's default dynamic tiering, code
 // starts in the baseline compiler (Liftoff) and a hot function is recompiled in the background;
-// on a busy machine that took seconds, and the first variant timed (relaxed) was measured 2-3x
-// slower at 4096 tokens than at 16384. The time of compiling is not what this measures.
+// on a busy machine that took seconds, and the first variant timed (relaxed) took as long per
+// query at 4096 tokens as at 16384 (9-10 vs 10-12 ms). The time of compiling is not measured here.
 v8.setFlagsFromString('--no-liftoff');
 
 // variant: 'relaxed' (dist/tqkv-relaxed.wasm), 'simd128' (dist/tqkv.wasm) or 'scalar'.
