@@ -146,9 +146,10 @@ if [ "${1:-}" = "tests" ]; then
   mkdir -p "$obj_root/include/catch2"
   ln -sf "$catch_hpp" "$obj_root/include/catch2/catch.hpp"
   test_flags=(-Itests -I"$obj_root/include" -DCATCH_CONFIG_NO_POSIX_SIGNALS -DTQKV_SHARED_DATA=\"/nonexistent\")
+  lib_srcs=("${core[@]}" lib/src/data/kvdump.cpp "${scalar_kernels[@]}")  # what the tests link besides the kernels
   for variant in simd scalar; do
     vflags=()
-    srcs=("${core[@]}" lib/src/data/kvdump.cpp "${scalar_kernels[@]}")
+    srcs=("${lib_srcs[@]}")
     if [ $variant = simd ]; then vflags=(-msimd128 -DTQKV_HAVE_WASM_KERNELS=1); srcs+=("${simd_kernels[@]}"); fi
     compile "$variant" "${vflags[@]}" -- "${srcs[@]}"
     compile "tests-$variant" "${vflags[@]}" "${test_flags[@]}" -- "${tests[@]}"
@@ -161,7 +162,7 @@ if [ "${1:-}" = "tests" ]; then
   # Relaxed: the SIMD build's objects with the relaxed kernels, linked as the relaxed module is.
   # shellcheck disable=SC2046
   em++ "${relaxed_link[@]}" -fwasm-exceptions -sSTANDALONE_WASM -sALLOW_MEMORY_GROWTH=1 -sINITIAL_MEMORY=64MB \
-    -sTOTAL_STACK=4MB "${relaxed_flags[@]}" $(objects simd "${core[@]}" lib/src/kvdump.cpp "${scalar_kernels[@]}") \
+    -sTOTAL_STACK=4MB "${relaxed_flags[@]}" $(objects simd "${lib_srcs[@]}") \
     $(objects relaxed "${simd_kernels[@]}") $(objects tests-simd "${tests[@]}") -o "$root/build-wasm/tqkv_tests-relaxed.wasm"
   echo "  built build-wasm/tqkv_tests-relaxed.wasm" >&2
 fi
