@@ -54,6 +54,8 @@ struct KernelTable {
     void (*from_half)(const uint16_t* h, size_t n, float* out);
 };
 
+struct FastValueTable;  // below
+
 // Kernels of the fused attention over the compressed cache (cache/layout.hpp describes the group
 // layout they read). None of these decides a code, so each ISA may sum in its own order; tests
 // compare them with the scalar ones within a tolerance.
@@ -98,7 +100,34 @@ struct AttentionKernels {
     bool (*prepare_scores)(const float* lut, int dim, int bits, int heads, void* table);
     void (*group_scores_prepared)(const uint8_t* codes, int dim, int bits, const void* table, int heads,
                                   const uint16_t* norms, float scale, float* out, int out_stride);
+
+    // The bounded-error fast path (CacheConfig::precision = fast), codes of 1-4 bits, fp16 norms;
+    // formats, arithmetic and error bounds in kernels/simd/fast_attention.hpp. Optional (nullptr =
+    // not provided). Integer sums are exact, so every ISA gives the same bits as the scalar
+    // reference (scalar_attention()'s entries).
+    //   fast_prepare_scores: integer key tables of `heads` heads from the float tables `lut` (as
+    //   group_scores reads them), attention scale folded in, into fast_scores_table_bytes(dim, bits,
+    //   heads) bytes; false when it does not handle the case (bits, a non-finite table).
+    //   fast_group_scores: group_scores_normed from those tables.
+    //   fast_group_accumulate: group_accumulate_normed with int8 centroids and int16 weights.
+    size_t (*fast_scores_table_bytes)(int dim, int bits, int heads);
+    bool (*fast_prepare_scores)(const float* lut, int dim, int bits, int heads, float scale, void* table);
+    void (*fast_group_scores)(const uint8_t* codes, int dim, int bits, const void* table, int heads,
+                              const uint16_t* norms, float* out, int out_stride);
+    void (*fast_group_accumulate)(const uint8_t* codes, int dim, int bits, const FastValueTable& table,
+                                  const float* p, int p_stride, const uint16_t* norms, int heads, float* acc);
 };
+
+// The int8 centroids the fast value kernels read, built once per codebook (make_fast_values).
+struct FastValueTable {
+    int8_t c[16] = {};       // round(centroid * s), s = 1 / inv_scale, entries as in the float table
+    float inv_scale = 0;     // 1 / s
+    float max_error = 0;     // max over entries of |c[k] * inv_scale - centroid_k| (exact)
+    float max_abs = 0;       // max over entries of |centroid_k|
+};
+// From a float value table of 16 entries (codes of 1-4 bits, replicated as kernel tables are);
+// s is chosen in [63.5, 127] / max_abs to make max_error small.
+FastValueTable make_fast_values(const float* table16);
 
 const KernelTable& scalar_kernels();
 const AttentionKernels& scalar_attention();
@@ -112,6 +141,27 @@ const AttentionKernels& neon_attention();
 #if defined(TQKV_HAVE_WASM_KERNELS)
 const AttentionKernels& wasm128_attention();
 #endif
+// The fast-path entries of each ISA's AttentionKernels (kernels/<isa>/fast.cpp; the scalar ones
+// are the reference, kernels/scalar/fast.cpp). AVX-512 uses the AVX2 ones.
+size_t fast_scores_table_bytes(int dim, int bits, int heads);
+#define TQKV_DECLARE_FAST_KERNELS(isa)                                                                           \
+    bool isa##_fast_prepare_scores(const float* lut, int dim, int bits, int heads, float scale, void* table);   \
+    void isa##_fast_group_scores(const uint8_t* codes, int dim, int bits, const void* table, int heads,        \
+                                 const uint16_t* norms, float* out, int out_stride);                           \
+    void isa##_fast_group_accumulate(const uint8_t* codes, int dim, int bits, const FastValueTable& table,     \
+                                     const float* p, int p_stride, const uint16_t* norms, int heads, float* acc);
+TQKV_DECLARE_FAST_KERNELS(scalar)
+#if defined(TQKV_HAVE_X86_KERNELS)
+TQKV_DECLARE_FAST_KERNELS(avx2)
+#endif
+#if defined(TQKV_HAVE_NEON_KERNELS)
+TQKV_DECLARE_FAST_KERNELS(neon)
+#endif
+#if defined(TQKV_HAVE_WASM_KERNELS)
+TQKV_DECLARE_FAST_KERNELS(wasm128)
+#endif
+#undef TQKV_DECLARE_FAST_KERNELS
+
 // The attention kernels that go with a kernel table (same ISA).
 const AttentionKernels& attention_for(const KernelTable& k);
 #if defined(TQKV_HAVE_X86_KERNELS)

@@ -877,7 +877,9 @@ const AttentionKernels& avx2_attention() {
     static const AttentionKernels k = {group_scores, group_accumulate,    exp_nonpositive,     dot_f32,
                                        axpy_f32,     dot_f16,             axpy_f16,            max_f32,
                                        sum_f32,      group_scores_normed, group_accumulate_normed,
-                                       scores_table_bytes, prepare_scores,  group_scores_prepared};
+                                       scores_table_bytes, prepare_scores,  group_scores_prepared,
+                                       fast_scores_table_bytes, avx2_fast_prepare_scores, avx2_fast_group_scores,
+                                       avx2_fast_group_accumulate};
     return k;
 }
 

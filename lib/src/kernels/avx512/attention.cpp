@@ -396,7 +396,10 @@ const AttentionKernels& avx512_attention() {
     static const AttentionKernels k = {group_scores, group_accumulate,    exp_nonpositive,     dot_f32,
                                        axpy_f32,     dot_f16,             axpy_f16,            max_f32,
                                        sum_f32,      group_scores_normed, group_accumulate_normed,
-                                       nullptr,      nullptr,             nullptr};
+                                       nullptr,      nullptr,             nullptr,
+                                       // the fast path: the AVX2 kernels (kernels/avx2/fast.cpp)
+                                       fast_scores_table_bytes, avx2_fast_prepare_scores, avx2_fast_group_scores,
+                                       avx2_fast_group_accumulate};
     return k;
 }
 

@@ -79,7 +79,10 @@ const AttentionKernels& scalar_attention() {
     // No fused forms: the driver composes them, which is the reference behaviour.
     static const AttentionKernels k = {group_scores, group_accumulate, exp_nonpositive, dot_f32, axpy_f32, dot_f16,
                                        axpy_f16,     max_f32,          sum_f32,         nullptr, nullptr,
-                                       nullptr,      nullptr,          nullptr};
+                                       nullptr,      nullptr,          nullptr,
+                                       // the fast path's reference (kernels/scalar/fast.cpp)
+                                       fast_scores_table_bytes, scalar_fast_prepare_scores, scalar_fast_group_scores,
+                                       scalar_fast_group_accumulate};
     return k;
 }
 

@@ -718,7 +718,9 @@ const AttentionKernels& wasm128_attention() {
     static const AttentionKernels k = {group_scores, group_accumulate, exp_nonpositive, dot_f32, axpy_f32,
                                        dot_f16,      axpy_f16,         max_f32,         sum_f32,
                                        group_scores_normed, group_accumulate_normed,
-                                       scores_table_bytes,  prepare_scores,         group_scores_prepared};
+                                       scores_table_bytes,  prepare_scores,         group_scores_prepared,
+                                       fast_scores_table_bytes, wasm128_fast_prepare_scores, wasm128_fast_group_scores,
+                                       wasm128_fast_group_accumulate};
     return k;
 }
 

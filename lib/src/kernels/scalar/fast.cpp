@@ -1,0 +1,97 @@
+// Reference of the bounded-error fast path (formats, arithmetic and error bounds in
+// kernels/simd/fast_attention.hpp): one token and one unit at a time, the same integer tables and
+// the same float operations, so the SIMD versions must match it bit for bit.
+#include <algorithm>
+#include <cmath>
+
+#include "cache/layout.hpp"
+#include "kernels/kernels.hpp"
+#include "kernels/simd/emulated.hpp"
+#include "kernels/simd/fast_attention.hpp"
+#include "tqkv/fp16.hpp"
+
+namespace tqkv::detail {
+
+size_t fast_scores_table_bytes(int dim, int bits, int heads) { return fast::scores_table_bytes(dim, bits, heads); }
+
+FastValueTable make_fast_values(const float* table16) {
+    FastValueTable t;
+    double max_abs = 0;
+    for (int k = 0; k < 16; ++k) max_abs = std::max(max_abs, double(std::fabs(table16[k])));
+    if (!(max_abs > 0) || !std::isfinite(max_abs)) return t;  // all zero (or not a table): contributes 0
+    // The scale with the smallest worst entry error, over [63.5, 127] / max_abs (so |c| <= 127).
+    double best_err = 1e300, best_s = 0;
+    float best_inv = 0;
+    for (int i = 0; i <= 1024; ++i) {
+        const double s = 127.0 / max_abs * (1.0 - i / 2048.0);
+        const float inv = float(1.0 / s);
+        double err = 0;
+        for (int k = 0; k < 16; ++k)
+            err = std::max(err, std::fabs(std::nearbyint(double(table16[k]) * s) * double(inv) - double(table16[k])));
+        if (err < best_err) best_err = err, best_s = s, best_inv = inv;
+    }
+    for (int k = 0; k < 16; ++k) t.c[k] = int8_t(std::nearbyint(double(table16[k]) * best_s));
+    t.inv_scale = best_inv;
+    t.max_error = std::nextafter(float(best_err), 1.0f);  // rounded up: a bound
+    t.max_abs = float(max_abs);
+    return t;
+}
+
+bool scalar_fast_prepare_scores(const float* lut, int dim, int bits, int heads, float scale, void* table) {
+    return fast::prepare_scores<simd::Emulated>(lut, dim, bits, heads, scale, table);
+}
+
+void scalar_fast_group_scores(const uint8_t* codes, int dim, int bits, const void* table, int heads,
+                              const uint16_t* norms, float* out, int out_stride) {
+    if (bits < 1 || bits > 4) return;
+    uint8_t c[kGroupTokens * kMaxDim];
+    unpack_group(codes, dim, bits, c);
+    const int units = fast::score_units(dim, bits), per = fast::unit_coords(bits);
+    const uint8_t* tab = static_cast<const uint8_t*>(table);
+    for (int h = 0; h < heads; ++h) {
+        fast::ScoresHeader hd;
+        std::memcpy(&hd, tab, sizeof hd);
+        const uint8_t* planes = tab + sizeof hd;
+        for (int t = 0; t < kGroupTokens; ++t) {
+            int32_t S = 0;
+            for (int u = 0; u < units; ++u) {
+                int idx = 0;  // the unit's coordinates' codes, coordinate i at bits [bits * i, bits * (i + 1))
+                for (int i = 0; i < per && u * per + i < dim; ++i) idx |= c[t * dim + u * per + i] << (bits * i);
+                const uint8_t* unit = planes + size_t(u) * hd.planes * 32;  // each plane: 16 bytes, twice
+                S += hd.planes == 1 ? unit[idx] : 16 * unit[idx] + unit[32 + idx];
+            }
+            out[size_t(h) * out_stride + t] = ((float(S) * hd.D) + hd.B) * half_to_float(norms[t]);
+        }
+        tab = planes + size_t(units) * hd.planes * 32;
+    }
+}
+
+void scalar_fast_group_accumulate(const uint8_t* codes, int dim, int bits, const FastValueTable& vt, const float* p,
+                                  int p_stride, const uint16_t* norms, int heads, float* acc) {
+    if (bits < 1 || bits > 4) return;
+    uint8_t c[kGroupTokens * kMaxDim];
+    unpack_group(codes, dim, bits, c);
+    // Lane l of a coordinate's sums takes tokens b, b + 1, b + 16, b + 17 (the vpmaddwd order).
+    static const int base[8] = {0, 2, 8, 10, 4, 6, 12, 14};
+    for (int h = 0; h < heads; ++h) {
+        float w[kGroupTokens], M = 0.0f;
+        for (int t = 0; t < kGroupTokens; ++t) {
+            w[t] = p[size_t(h) * p_stride + t] * half_to_float(norms[t]);
+            M = w[t] > M ? w[t] : M;
+        }
+        if (!(M > 0x1p-100f)) continue;  // negligible weights (see fast_attention.hpp)
+        const float inv = 32767.0f / M;
+        int32_t W[kGroupTokens];
+        for (int t = 0; t < kGroupTokens; ++t) W[t] = std::clamp(int32_t(std::nearbyint(w[t] * inv)), -32768, 32767);
+        const float f = (M * (1.0f / 32767.0f)) * vt.inv_scale;
+        for (int j = 0; j < dim; ++j)
+            for (int l = 0; l < 8; ++l) {
+                int32_t I = 0;
+                for (int t : {base[l], base[l] + 1, base[l] + 16, base[l] + 17}) I += W[t] * vt.c[c[t * dim + j]];
+                float& a = acc[(size_t(h) * dim + j) * 16 + l];
+                a = a + float(I) * f;
+            }
+    }
+}
+
+}  // namespace tqkv::detail

@@ -1,0 +1,482 @@
+// The bounded-error fast path of the fused attention (CacheConfig::precision = fast), written once
+// against the SIMD layer (simd.hpp) and instantiated per instruction set in kernels/<isa>/fast.cpp.
+// Integer tables and integer sums, FAISS fast-scan style; every sum is exact, so all backends
+// give the bits of the scalar reference (kernels/scalar/fast.cpp), which the tests check.
+//
+// ---------------------------------------------------------------------------------------------
+// Keys: integer look-up tables
+//
+// The driver builds per query head the float tables lut[j][k] = q'_j * centroid_k (q' the rotated
+// query). Here consecutive coordinates are merged into "units" that one 4-bit index addresses:
+// bits 4 and 3: one coordinate per unit; bits 2: two (the nibble of a 16-bit half-word holds
+// slots 2u, 2u+1); bits 1: four. Unit u's entry e is x_u[e] = sum of its coordinates' entries
+// (field i of e = code of coordinate i, summed in float in order i = 0, 1, ...; coordinates past
+// dim add nothing). With n_u units, m_u = min_e x_u[e], R = max_u (max_e x_u[e] - m_u) and
+// L = 2^12 levels for 4-bit codes, 2^8 otherwise:
+//   delta = fl(R / (L - 1)),  E_u[e] = round(fl(fl(x_u[e] - m_u) * fl((L - 1) / R)))  in [0, L - 1]
+// (round: to nearest, ties to even)
+//   score = ((float(S) * D) + B) * norm,  S = sum_u E_u[e_u] (exact integer),
+//   D = fl(delta * scale),  B = fl(scale * sum_u m_u)  (sum in double, in unit order).
+// Why 12 bits for 4-bit codes: on the tq-ref-128 dump, one 8-bit table (one scale per head, an
+// offset per coordinate) adds a logit RMS error of 0.16 of the K4 codec's own (0.06 for K3, 0.02
+// for K2), above the 1/10 the fast path may add; 12 bits take it to 0.01. E = 16 A + B is stored
+// as two byte planes: A = E >> 4 in [0, 255] and B = E & 15, so a unit costs two byte look-ups.
+//
+// Sums (32 tokens per look-up; token t and t + 16 in the even and odd byte of a 16-bit lane):
+//   - A is added to two uint16 sums, the whole lanes (even + 256 odd, mod 2^16) and the odd bytes
+//     (shifted down); even = whole - 256 odd (mod 2^16) is exact because both true sums are at
+//     most 255 * 256 < 2^16 over a block of 256 units. Each block is widened to int32.
+//   - B (at most 15) is added in uint8 over 16 units (<= 240), then to uint16 sums as A.
+//   - S <= 4095 * 1024 < 2^24: float(S) is exact.
+//
+// Worst-case error (what kernel_score_bound stores in the table and the tests check). Let
+// t_u = (x_u[e] - m_u) / delta (real). The rounded operand y satisfies |y / t_u - 1| <= 4 u
+// (u = 2^-24: the subtraction, the division R / (L - 1) behind delta, the division (L - 1) / R and
+// the product), and t_u <= L - 1 + 2^-11, so |y - t_u| < 4096 * 4 u < 1e-3 and
+// |E_u - t_u| <= 0.501: rounding to an integer, never clamped. Hence
+//   |sum_u E_u delta - sum_u (x_u[e_u] - m_u)| <= 0.501 n_u delta,
+// and the float epilogue (product, rounding of D and B, the add: 4 roundings, each <= u times a
+// value below n_u (L - 1) delta + sum_u max_e |x_u[e]|) adds at most 2^-21 times that sum. For
+// units of several coordinates the float sum x_u[e] is itself within 2^-22 sum_j max_k |lut[j][k]|
+// (j in the unit) of the exact one. So with A_max = sum_j max_k |lut[j][k]|,
+//   |score / norm - scale * sum_j lut[j][code_j]| <= |scale| (0.501 n_u delta
+//                                                   + 2^-21 (n_u (L - 1) delta + sum_u max_e |x_u[e]| + A_max))
+// (plus the final product by the norm, one more rounding). RMS: the rounding errors of the entries
+// a token meets are independent and uniform on [-delta/2, delta/2]: |scale| delta sqrt(n_u / 12).
+//
+// ---------------------------------------------------------------------------------------------
+// Values: int8 centroids, int16 weights, int32 sums
+//
+// Per group and query head, w_t = fl(p_t * norm_t) (p the softmax numerators), M = max_t w_t,
+//   W_t = round(fl(w_t * fl(32767 / M)))  in [0, 32767] (int16),
+// and per coordinate the int32 lanes l = 0..7 of sum_t W_t c8[code_tj] (tokens {b, b+1, b+16,
+// b+17}, b = 0, 2, 8, 10, 4, 6, 12, 14 for l = 0..7: the order vpmaddwd leaves them in) are added
+// to the driver's float accumulators as fl(float(I_l) * f), f = fl(fl(M * fl(1 / 32767)) *
+// inv_scale) (c8, inv_scale: FastValueTable). |W_t c8| <= 32767 * 127 and four tokens per lane
+// stay below 2^24: exact in int32 and in float.
+//
+// Worst-case error of one group's contribution G_j = sum_l float(I_l) f against the exact
+// sum_t w_t c[code_tj]: with ws = M / 32767, |W_t ws - w_t| <= 0.501 ws (the rounding to an
+// integer plus 3 u relative from the float product and quotient, times 32767 < 2^15), and
+// |c8 inv_scale - c| <= e_c (FastValueTable::max_error), so
+//   |G_j - sum_t w_t c_t| <= n_w 0.501 ws (c_max + e_c) + e_c sum_t w_t + 2^-21 |G_j|
+// (n_w = tokens with w_t > 0, c_max = FastValueTable::max_abs; the last term: the roundings of f
+// and of the product, and ws against M * fl(1 / 32767)). A group whose weights are all below
+// 2^-100 adds nothing (at most 32 * 2^-100 * c_max dropped; softmax numerators are relative to the
+// running maximum's 1). The RMS part of the first term is
+// ws c_rms sqrt(n_w / 12); the centroid part is systematic but small: e_c is about 1/600 of c_max
+// for the 4-bit codebook (make_fast_values picks the scale).
+#pragma once
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <utility>
+
+#include "cache/layout.hpp"
+#include "kernels/kernels.hpp"
+#include "kernels/simd/simd.hpp"
+#include "tqkv/codebook.hpp"
+
+namespace tqkv::detail::fast {
+
+// ---------------------------------------------------------------------------------------------
+// Key table format: per head a 32-byte header, then per unit its byte planes, each 16 bytes
+// stored twice (32 bytes: a 256-bit backend loads both copies at once instead of broadcasting).
+
+struct ScoresHeader {
+    float D, B;        // score = ((float(S) * D) + B) * norm
+    float bound;       // worst-case |score / norm - scale * sum_j lut[j][code_j]| (see above)
+    float rms;         // the RMS model of that error: |scale| delta sqrt(n_u / 12)
+    int32_t units, planes, levels, reserved;
+};
+static_assert(sizeof(ScoresHeader) == 32);
+
+constexpr int score_planes(int bits) { return bits == 4 ? 2 : 1; }
+constexpr int score_levels(int bits) { return bits == 4 ? 4096 : 256; }
+constexpr int unit_coords(int bits) { return bits == 3 ? 1 : 4 / bits; }
+// Units of a segment: whole chunks for 4, 2 and 1 bits (4 units per chunk), dim for 3 bits.
+constexpr int score_units(int dim, int bits) {
+    if (bits == 3) return dim;
+    const int per_chunk = 16 / bits;
+    return (dim + per_chunk - 1) / per_chunk * 4;
+}
+constexpr size_t scores_table_bytes(int dim, int bits, int heads) {
+    if (bits < 1 || bits > 4 || dim < 1 || dim > kMaxDim) return 0;
+    return size_t(heads) * (sizeof(ScoresHeader) + size_t(score_units(dim, bits)) * score_planes(bits) * 32);
+}
+
+// Builds the tables (see the top of this file). Element-wise IEEE operations and exact min / max
+// only, so the bytes are the same on every backend.
+template <class S>
+bool prepare_scores(const float* lut, int dim, int bits, int heads, float scale, void* table) {
+    using F = typename S::F;
+    if (bits < 1 || bits > 4 || dim < 1 || dim > kMaxDim || !std::isfinite(scale)) return false;
+    const int units = score_units(dim, bits), planes = score_planes(bits), L = score_levels(bits);
+    const int per = unit_coords(bits), mask = (1 << bits) - 1;
+    uint8_t* out = static_cast<uint8_t*>(table);
+    alignas(32) float mins[kMaxDim];
+    alignas(32) static const float zeros[16] = {};
+    for (int h = 0; h < heads; ++h) {
+        const float* row = lut + size_t(h) * dim * 16;
+        // Unit u's 16 entries: the row itself for one coordinate per unit, else summed into buf.
+        alignas(32) float buf[16];
+        auto entries = [&](int u) -> const float* {
+            if (per == 1) return u < dim ? row + size_t(u) * 16 : zeros;
+            for (int e = 0; e < 16; ++e) buf[e] = 0.0f;
+            for (int i = 0; i < per && u * per + i < dim; ++i) {
+                const float* r = row + size_t(u * per + i) * 16;
+                for (int e = 0; e < 16; ++e) buf[e] += r[(e >> (bits * i)) & mask];
+            }
+            return buf;
+        };
+        F bad = S::fset(0.0f);  // x - x summed: NaN when an entry is NaN or infinite
+        float R = 0.0f;
+        double x_abs = 0;  // sum_u max_e |x_u[e]|
+        for (int u = 0; u < units; ++u) {
+            const float* x = entries(u);
+            const F a = S::fload(x), b = S::fload(x + 8);
+            bad = S::fadd(bad, S::fadd(S::fsub(a, a), S::fsub(b, b)));
+            const float lo = S::hmin(S::fmin(a, b)), hi = S::hmax(S::fmax(a, b));
+            mins[u] = lo;
+            R = std::fmax(R, hi - lo);
+            x_abs += std::fmax(std::fabs(lo), std::fabs(hi));
+        }
+        alignas(32) float bad_lanes[8];
+        S::fstore(bad_lanes, bad);
+        for (float b : bad_lanes)
+            if (b != 0.0f) return false;  // NaN or infinity in the table
+        if (!std::isfinite(R)) return false;  // finite entries whose range overflows
+        const float delta = R / float(L - 1), inv = R > 0.0f ? float(L - 1) / R : 0.0f;
+        if (!std::isfinite(inv)) return false;  // a range of denormal size
+        double a_max = x_abs;  // sum_j max_k |lut[j][k]|: the same as x_abs for one coordinate per unit
+        if (per > 1) {
+            a_max = 0;
+            for (int j = 0; j < dim; ++j) {
+                float m = 0.0f;
+                for (int e = 0; e < 16; ++e) m = std::fmax(m, std::fabs(row[size_t(j) * 16 + e]));
+                a_max += m;
+            }
+        }
+        double bias = 0;
+        for (int u = 0; u < units; ++u) bias += mins[u];
+        ScoresHeader hd{};
+        hd.D = delta * scale;
+        hd.B = float(bias * double(scale));
+        const double d = delta, n_u = units;
+        hd.bound = float(std::fabs(double(scale)) * (0.501 * n_u * d + std::ldexp(n_u * (L - 1) * d + x_abs + a_max, -21)) *
+                         (1 + 1e-6));
+        hd.rms = float(std::fabs(double(scale)) * d * std::sqrt(n_u / 12.0));
+        hd.units = units, hd.planes = planes, hd.levels = L;
+        std::memcpy(out, &hd, sizeof hd);
+        out += sizeof hd;
+        // E = round((x - m) * inv) to nearest even; never above L - 1 (see above).
+        const F vinv = S::fset(inv);
+        const auto m15 = S::set32(15);
+        for (int u = 0; u < units; ++u, out += 32 * planes) {
+            const float* x = entries(u);
+            const F m = S::fset(mins[u]);
+            const auto E0 = S::round_to_int(S::fmul(S::fsub(S::fload(x), m), vinv));
+            const auto E1 = S::round_to_int(S::fmul(S::fsub(S::fload(x + 8), m), vinv));
+            if (planes == 1) {
+                S::store_u8x16(out, E0, E1);
+            } else {
+                S::store_u8x16(out, S::template srl32<4>(E0), S::template srl32<4>(E1));
+                S::store_u8x16(out + 32, S::and_(E0, m15), S::and_(E1, m15));
+            }
+            for (int p = 0; p < planes; ++p) std::memcpy(out + 32 * p + 16, out + 32 * p, 16);
+        }
+    }
+    return true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoding a group's codes into 4-bit indexes of 32 tokens (the order of cache/layout.hpp)
+//
+// A 64-byte chunk loaded as two V (words 0-7, 8-15): each 32-bit word i holds token i (i + 8 for
+// the second) in its low 16 bits and token i + 16 in its high ones. Packing the low bytes of the
+// 16-bit lanes of both (and then the high bytes) gives, per half, 16 bytes whose even bytes belong
+// to tokens < 16 and odd bytes to the same token + 16: s01 holds bits 0-7 of each token's half-word
+// (slots 0-1 of a 4-bit part), s23 bits 8-15. A 16-bit shift and a byte mask then give any field.
+
+template <class S>
+struct Chunk {
+    typename S::V s01, s23;
+    static TQKV_SIMD_INLINE Chunk load(const uint8_t* p, typename S::V m00ff) {
+        const typename S::V a = S::load(p), b = S::load(p + 32);
+        return {S::packus16(S::and_(a, m00ff), S::and_(b, m00ff)),
+                S::packus16(S::template srl16<8>(a), S::template srl16<8>(b))};
+    }
+};
+
+// The W-bit field in slot `Slot` (of 16 / W) of a chunk's tokens, masked to W bits.
+template <class S, int W, int Slot>
+TQKV_SIMD_INLINE typename S::V field(const Chunk<S>& c, typename S::V mask) {
+    constexpr int bit = W * Slot;
+    const typename S::V x = bit < 8 ? c.s01 : c.s23;
+    return S::and_(S::template srl16<bit % 8>(x), mask);
+}
+
+// Calls f(j, idx) for each coordinate j < dim in order, idx its code (bits 1-4, no garbage).
+template <class S, int BITS, class Fn>
+TQKV_SIMD_INLINE void for_each_coordinate(const uint8_t* codes, int dim, Fn&& f) {
+    using V = typename S::V;
+    const V m00ff = S::set16(0x00ff);
+    if constexpr (BITS == 3) {
+        // The 2-bit part (bits 0-1) in chunks of 8 coordinates, the 1-bit part (bit 2) in chunks of 16.
+        const uint8_t* ones = codes + part_bytes(dim, 2);
+        const V m3 = S::set8(3), m4 = S::set8(4);
+        for (int j0 = 0; j0 < dim; j0 += 16) {
+            const Chunk<S> one = Chunk<S>::load(ones + size_t(j0 / 16) * 64, m00ff);
+            for (int q = 0; q < 2 && j0 + 8 * q < dim; ++q) {
+                const Chunk<S> two = Chunk<S>::load(codes + size_t(j0 / 8 + q) * 64, m00ff);
+                const V y = q == 0 ? one.s01 : one.s23;  // bit s of each byte: coordinate j0 + 8q + s
+                auto coord = [&](auto sc) TQKV_SIMD_LAMBDA {
+                    constexpr int s = decltype(sc)::value;
+                    const V lo = field<S, 2, s>(two, m3);
+                    V hi;
+                    if constexpr (s >= 2)
+                        hi = S::and_(S::template srl16<s - 2>(y), m4);
+                    else
+                        hi = S::and_(S::template sll16<2 - s>(y), m4);
+                    f(j0 + 8 * q + s, S::or_(lo, hi));
+                };
+                if (j0 + 8 * q + 8 <= dim) {
+                    [&]<int... s>(std::integer_sequence<int, s...>) TQKV_SIMD_LAMBDA {
+                        (coord(std::integral_constant<int, s>{}), ...);
+                    }(std::make_integer_sequence<int, 8>{});
+                } else {
+                    [&]<int... s>(std::integer_sequence<int, s...>) TQKV_SIMD_LAMBDA {
+                        ((j0 + 8 * q + s < dim ? coord(std::integral_constant<int, s>{}) : void()), ...);
+                    }(std::make_integer_sequence<int, 8>{});
+                }
+            }
+        }
+    } else {
+        constexpr int per = 16 / BITS;
+        const V mask = S::set8((1 << BITS) - 1);
+        for (int j0 = 0; j0 < dim; j0 += per) {
+            const Chunk<S> c = Chunk<S>::load(codes + size_t(j0 / per) * 64, m00ff);
+            auto coord = [&](auto sc) TQKV_SIMD_LAMBDA {
+                constexpr int s = decltype(sc)::value;
+                f(j0 + s, field<S, BITS, s>(c, mask));
+            };
+            if (j0 + per <= dim) {
+                [&]<int... s>(std::integer_sequence<int, s...>) TQKV_SIMD_LAMBDA {
+                    (coord(std::integral_constant<int, s>{}), ...);
+                }(std::make_integer_sequence<int, per>{});
+            } else {
+                [&]<int... s>(std::integer_sequence<int, s...>) TQKV_SIMD_LAMBDA {
+                    ((j0 + s < dim ? coord(std::integral_constant<int, s>{}) : void()), ...);
+                }(std::make_integer_sequence<int, per>{});
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Key scores
+
+// uint16 sums of one head (see the top of this file): whole lanes and odd bytes of plane A and B.
+template <class S, int PLANES>
+struct KeySums {
+    using V = typename S::V;
+    V aw, ao, bw, bo, b8;
+    TQKV_SIMD_INLINE void clear() { aw = ao = bw = bo = b8 = S::zero(); }
+    TQKV_SIMD_INLINE void add(const uint8_t* t, V idx) {
+        const V a = S::lookup(S::table(t), idx);
+        aw = S::add16(aw, a);
+        ao = S::add16(ao, S::template srl16<8>(a));
+        if constexpr (PLANES == 2) b8 = S::add8(b8, S::lookup(S::table(t + 32), idx));
+    }
+    // After at most 16 units since the last call: plane B's bytes into its uint16 sums.
+    TQKV_SIMD_INLINE void end16() {
+        if constexpr (PLANES == 2) {
+            bw = S::add16(bw, b8);
+            bo = S::add16(bo, S::template srl16<8>(b8));
+            b8 = S::zero();
+        }
+    }
+    // After at most 256 units: into the int32 totals (tokens 0-7, 8-15, 16-23, 24-31), then clear.
+    TQKV_SIMD_INLINE void fold(V tot[4]) {
+        end16();
+        const V z = S::zero();
+        const V ae = S::sub16(aw, S::template sll16<8>(ao));
+        V t[4] = {S::unpacklo16(ae, z), S::unpackhi16(ae, z), S::unpacklo16(ao, z), S::unpackhi16(ao, z)};
+        if constexpr (PLANES == 2) {
+            const V be = S::sub16(bw, S::template sll16<8>(bo));
+            const V u[4] = {S::unpacklo16(be, z), S::unpackhi16(be, z), S::unpacklo16(bo, z), S::unpackhi16(bo, z)};
+            for (int k = 0; k < 4; ++k) t[k] = S::add32(S::template sll32<4>(t[k]), u[k]);
+        }
+        for (int k = 0; k < 4; ++k) tot[k] = S::add32(tot[k], t[k]);
+        clear();
+    }
+};
+
+// Integer scores S of H heads (tables tab[h], after the header) for the 32 tokens of a group.
+template <class S, int BITS, int H>
+__attribute__((noinline)) void key_sums(const uint8_t* codes, int dim, const uint8_t* const* tab,
+                                        typename S::V (*tot)[4]) {
+    using V = typename S::V;
+    constexpr int P = score_planes(BITS), stride = 32 * P;
+    KeySums<S, P> acc[H];
+    for (int h = 0; h < H; ++h) {
+        acc[h].clear();
+        for (int k = 0; k < 4; ++k) tot[h][k] = S::zero();
+    }
+    if constexpr (BITS == 3) {
+        // One unit per coordinate; a block of 256 units is 16 iterations of the decoder's 16.
+        for_each_coordinate<S, 3>(codes, dim, [&](int j, V idx) TQKV_SIMD_LAMBDA {
+            for (int h = 0; h < H; ++h) acc[h].add(tab[h] + size_t(j) * stride, idx);
+            if ((j & 255) == 255)
+                for (int h = 0; h < H; ++h) acc[h].fold(tot[h]);
+        });
+    } else {
+        // Nibble units, four per chunk (see Chunk): one coordinate (4 bits), two (2) or four (1).
+        const V m00ff = S::set16(0x00ff), m0f = S::set8(0x0f);
+        const int chunks = score_units(dim, BITS) / 4;
+        for (int c = 0; c < chunks; ++c) {
+            const Chunk<S> ch = Chunk<S>::load(codes + size_t(c) * 64, m00ff);
+            const V idx[4] = {S::and_(ch.s01, m0f), S::and_(S::template srl16<4>(ch.s01), m0f), S::and_(ch.s23, m0f),
+                              S::and_(S::template srl16<4>(ch.s23), m0f)};
+            for (int k = 0; k < 4; ++k)
+                for (int h = 0; h < H; ++h) acc[h].add(tab[h] + size_t(4 * c + k) * stride, idx[k]);
+            if ((c & 3) == 3)
+                for (int h = 0; h < H; ++h) acc[h].end16();
+            if ((c & 63) == 63)
+                for (int h = 0; h < H; ++h) acc[h].fold(tot[h]);
+        }
+    }
+    for (int h = 0; h < H; ++h) acc[h].fold(tot[h]);
+}
+
+template <class S, int BITS>
+void group_scores_bits(const uint8_t* codes, int dim, const uint8_t* table, int heads, const float* n, float* out,
+                       int out_stride) {
+    using V = typename S::V;
+    constexpr int HP = S::kHeadsPerPass;
+    const size_t head_bytes = scores_table_bytes(dim, BITS, 1);
+    for (int h0 = 0; h0 < heads;) {
+        const int hn = heads - h0 >= HP ? HP : 1;  // passes of HP heads, then one at a time
+        const uint8_t* tab[HP];
+        ScoresHeader hd[HP];
+        for (int h = 0; h < hn; ++h) {
+            const uint8_t* p = table + size_t(h0 + h) * head_bytes;
+            std::memcpy(&hd[h], p, sizeof(ScoresHeader));
+            tab[h] = p + sizeof(ScoresHeader);
+        }
+        V tot[HP][4];
+        if (hn == HP)
+            key_sums<S, BITS, HP>(codes, dim, tab, tot);
+        else
+            key_sums<S, BITS, 1>(codes, dim, tab, tot);
+        for (int h = 0; h < hn; ++h) {
+            const typename S::F D = S::fset(hd[h].D), B = S::fset(hd[h].B);
+            float* o = out + size_t(h0 + h) * out_stride;
+            for (int k = 0; k < 4; ++k)
+                S::fstore(o + 8 * k, S::fmul(S::fadd(S::fmul(S::to_float(tot[h][k]), D), B), S::fload(n + 8 * k)));
+        }
+        h0 += hn;
+    }
+}
+
+template <class S>
+void group_scores(const uint8_t* codes, int dim, int bits, const void* table, int heads, const uint16_t* norms,
+                  float* out, int out_stride) {
+    alignas(32) float n[kGroupTokens];
+    S::halves_to_float(norms, n, kGroupTokens);
+    const uint8_t* t = static_cast<const uint8_t*>(table);
+    switch (bits) {
+        case 1: return group_scores_bits<S, 1>(codes, dim, t, heads, n, out, out_stride);
+        case 2: return group_scores_bits<S, 2>(codes, dim, t, heads, n, out, out_stride);
+        case 3: return group_scores_bits<S, 3>(codes, dim, t, heads, n, out, out_stride);
+        case 4: return group_scores_bits<S, 4>(codes, dim, t, heads, n, out, out_stride);
+        default: return;  // prepare_scores refused other widths
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Values
+
+// int16 weights of one head in the byte order of a looked-up index vector (even bytes: tokens
+// 0-3, 8-11 | 4-7, 12-15 of the two halves; odd bytes: the same + 16), and the factor f back to
+// floats; false when every weight is zero.
+template <class S>
+TQKV_SIMD_INLINE bool value_weights(const float* p, const float* n, float inv_scale, typename S::V& even,
+                                    typename S::V& odd, typename S::F& f) {
+    using F = typename S::F;
+    F w[4];
+    for (int k = 0; k < 4; ++k) w[k] = S::fmul(S::fload(p + 8 * k), S::fload(n + 8 * k));
+    const float M = S::hmax(S::fmax(S::fmax(w[0], w[1]), S::fmax(w[2], w[3])));
+    if (!(M > 0x1p-100f)) return false;  // (a group of negligible weights: 32767 / M must stay finite)
+    const F inv = S::fset(32767.0f / M);
+    typename S::V W[4];
+    for (int k = 0; k < 4; ++k) W[k] = S::round_to_int(S::fmul(w[k], inv));
+    even = S::packs32(W[0], W[1]);
+    odd = S::packs32(W[2], W[3]);
+    f = S::fset((M * (1.0f / 32767.0f)) * inv_scale);
+    return true;
+}
+
+// One pass over the codes for H heads with weights (we, wo, f) and accumulator rows a[h].
+template <class S, int BITS, int H>
+__attribute__((noinline)) void accumulate_heads(const uint8_t* codes, int dim, const FastValueTable& vt,
+                                                const typename S::V* we_in, const typename S::V* wo_in,
+                                                const typename S::F* f_in, float* const* a_in) {
+    using V = typename S::V;
+    using F = typename S::F;
+    // Local copies: the stores to the accumulators could alias the arrays behind the pointers.
+    V we[H], wo[H];
+    F f[H];
+    float* a[H];
+    for (int h = 0; h < H; ++h) we[h] = we_in[h], wo[h] = wo_in[h], f[h] = f_in[h], a[h] = a_in[h];
+    const V ct = S::broadcast16(reinterpret_cast<const uint8_t*>(vt.c));
+    for_each_coordinate<S, BITS>(codes, dim, [&](int j, V idx) TQKV_SIMD_LAMBDA {
+        const V v = S::lookup(ct, idx);
+        // int8 centroids of tokens < 16 (even bytes) and >= 16 (odd bytes), sign-extended.
+        const V ev = S::template sra16<8>(S::template sll16<8>(v)), od = S::template sra16<8>(v);
+        for (int h = 0; h < H; ++h) {
+            const V I = S::add32(S::madd16(ev, we[h]), S::madd16(od, wo[h]));
+            float* r = a[h] + size_t(j) * 16;
+            S::fstore(r, S::fadd(S::fload(r), S::fmul(S::to_float(I), f[h])));
+        }
+    });
+}
+
+template <class S, int BITS>
+void group_accumulate_bits(const uint8_t* codes, int dim, const FastValueTable& vt, const float* p, int p_stride,
+                           const float* n, int heads, float* acc) {
+    using V = typename S::V;
+    using F = typename S::F;
+    constexpr int HP = S::kHeadsPerPass, kBatch = 16;
+    V we[kBatch], wo[kBatch];
+    F f[kBatch];
+    float* a[kBatch];
+    for (int b0 = 0; b0 < heads; b0 += kBatch) {
+        // The heads with a nonzero weight in this group (the others' rows stay as they are).
+        int active = 0;
+        for (int h = b0; h < heads && h < b0 + kBatch; ++h)
+            if (value_weights<S>(p + size_t(h) * p_stride, n, vt.inv_scale, we[active], wo[active], f[active]))
+                a[active++] = acc + size_t(h) * dim * 16;
+        int i = 0;
+        for (; i + HP <= active; i += HP) accumulate_heads<S, BITS, HP>(codes, dim, vt, we + i, wo + i, f + i, a + i);
+        for (; i < active; ++i) accumulate_heads<S, BITS, 1>(codes, dim, vt, we + i, wo + i, f + i, a + i);
+    }
+}
+
+template <class S>
+void group_accumulate(const uint8_t* codes, int dim, int bits, const FastValueTable& vt, const float* p, int p_stride,
+                      const uint16_t* norms, int heads, float* acc) {
+    alignas(32) float n[kGroupTokens];
+    S::halves_to_float(norms, n, kGroupTokens);
+    switch (bits) {
+        case 1: return group_accumulate_bits<S, 1>(codes, dim, vt, p, p_stride, n, heads, acc);
+        case 2: return group_accumulate_bits<S, 2>(codes, dim, vt, p, p_stride, n, heads, acc);
+        case 3: return group_accumulate_bits<S, 3>(codes, dim, vt, p, p_stride, n, heads, acc);
+        case 4: return group_accumulate_bits<S, 4>(codes, dim, vt, p, p_stride, n, heads, acc);
+        default: return;  // the driver uses the exact kernels above 4 bits
+    }
+}
+
+// The entries of AttentionKernels this backend provides.
+}  // namespace tqkv::detail::fast
