@@ -46,8 +46,8 @@ core=(
   lib/src/baselines/formats.cpp lib/src/capi/c_api.cpp
 )
 for src in lib/src/model/*.cpp; do core+=("$src"); done
-scalar_kernels=(lib/src/kernels/scalar/scalar.cpp lib/src/kernels/scalar/attention.cpp)
-simd_kernels=(lib/src/kernels/wasm/wasm128.cpp lib/src/kernels/wasm/attention.cpp)
+scalar_kernels=(lib/src/kernels/scalar/scalar.cpp lib/src/kernels/scalar/attention.cpp lib/src/kernels/scalar/fast.cpp)
+simd_kernels=(lib/src/kernels/wasm/wasm128.cpp lib/src/kernels/wasm/attention.cpp lib/src/kernels/wasm/fast.cpp)
 
 common=(-std=c++20 -O3 -ffp-contract=off -fno-fast-math -fwasm-exceptions -Wall -Wextra
         -Ilib/include -Ilib/src -DNDEBUG)
@@ -137,7 +137,7 @@ echo "  built web/dist/tqkv-relaxed.wasm ($(wc -c <"$out_dir/tqkv-relaxed.wasm")
 if [ "${1:-}" = "tests" ]; then
   # The Catch2 suite (tests/*.cpp, Debian's header-only catch2) as WASI programs, run by
   # wasm/run-wasi.mjs under node: the kernel tests compare wasm128 with scalar bit for bit.
-  tests=(tests/test_kernels.cpp tests/test_cache.cpp tests/test_codec.cpp tests/test_packing.cpp
+  tests=(tests/test_kernels.cpp tests/test_fast_kernels.cpp tests/test_cache.cpp tests/test_codec.cpp tests/test_packing.cpp
          tests/test_main.cpp tests/test_capi.cpp tests/test_capi_model.cpp tests/test_model.cpp tests/test_tokenizer.cpp
          tests/test_calibration.cpp)
   # Only Catch2 from the system include directory (its other headers are glibc's).

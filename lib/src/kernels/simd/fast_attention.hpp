@@ -137,7 +137,8 @@ bool prepare_scores(const float* lut, int dim, int bits, int heads, float scale,
             const float* x = entries(u);
             const F a = S::fload(x), b = S::fload(x + 8);
             bad = S::fadd(bad, S::fadd(S::fsub(a, a), S::fsub(b, b)));
-            const float lo = S::hmin(S::fmin(a, b)), hi = S::hmax(S::fmax(a, b));
+            // (+ 0: -0 becomes +0, so the result does not depend on which zero a reduction kept.)
+            const float lo = S::hmin(S::fmin(a, b)) + 0.0f, hi = S::hmax(S::fmax(a, b)) + 0.0f;
             mins[u] = lo;
             R = std::fmax(R, hi - lo);
             x_abs += std::fmax(std::fabs(lo), std::fabs(hi));

@@ -19,7 +19,7 @@
 //   srl16<N>, sll16<N>, sra16<N>  shifts of 16-bit lanes (logical right / left / arithmetic right)
 //   sll32<N>, srl32<N>, set32(x)  32-bit lanes
 //   store_u8x16(p, lo, hi)        the 8 int32 lanes of lo, then of hi, as 16 bytes in order
-//                                 (saturated to [0, 255])
+//                                 (inputs in [0, 32767], saturated to 255)
 //   add8, add16, sub16, add32     wrapping adds / subtracts
 //   packus16(a, b)                per half: the 8 int16 lanes of a, then those of b, as uint8 with
 //                                 unsigned saturation (vpackuswb)

@@ -1,0 +1,142 @@
+// WebAssembly SIMD128 backend of the SIMD layer (see simd.hpp): a V is two v128 (the halves).
+// Include only from files compiled with -msimd128 (kernels/wasm/). With -mrelaxed-simd the byte
+// look-up is i8x16.relaxed_swizzle (one pshufb in V8 on x86, against pshufb plus a saturating add
+// for i8x16.swizzle); the indexes are always below 16, where both give the same bytes.
+#pragma once
+#include <wasm_simd128.h>
+
+#include <cstdint>
+
+#include "kernels/kernels.hpp"
+#include "kernels/simd/simd.hpp"
+
+namespace tqkv::detail::simd {
+
+struct Wasm128 {
+    struct V {
+        v128_t l, h;
+    };
+    struct F {
+        v128_t l, h;
+    };
+    static constexpr int kHeadsPerPass = 1;
+
+  private:
+    // A constant the compiler cannot fold: LLVM would emit a v128.const at every use, which V8
+    // (x64) rebuilds each time; this way it is built once and kept in a local.
+    static TQKV_SIMD_INLINE int opaque(int x) {
+        __asm__("" : "+r"(x));
+        return x;
+    }
+    template <class Op>
+    static TQKV_SIMD_INLINE V map(V a, V b, Op op) {
+        return {op(a.l, b.l), op(a.h, b.h)};
+    }
+
+  public:
+    static TQKV_SIMD_INLINE V load(const void* p) {
+        const uint8_t* b = static_cast<const uint8_t*>(p);
+        return {wasm_v128_load(b), wasm_v128_load(b + 16)};
+    }
+    static TQKV_SIMD_INLINE void store(void* p, V v) {
+        uint8_t* b = static_cast<uint8_t*>(p);
+        wasm_v128_store(b, v.l);
+        wasm_v128_store(b + 16, v.h);
+    }
+    static TQKV_SIMD_INLINE V table(const uint8_t* p) {  // the first of the two copies serves both halves
+        const v128_t t = wasm_v128_load(p);
+        return {t, t};
+    }
+    static TQKV_SIMD_INLINE V broadcast16(const uint8_t* p) { return table(p); }
+    static TQKV_SIMD_INLINE V zero() {
+        const v128_t z = wasm_i32x4_splat(opaque(0));
+        return {z, z};
+    }
+    static TQKV_SIMD_INLINE V set8(int x) {
+        const v128_t v = wasm_i8x16_splat(opaque(x));
+        return {v, v};
+    }
+    static TQKV_SIMD_INLINE V set16(int x) {
+        const v128_t v = wasm_i16x8_splat(opaque(x));
+        return {v, v};
+    }
+    static TQKV_SIMD_INLINE V set32(int x) {
+        const v128_t v = wasm_i32x4_splat(opaque(x));
+        return {v, v};
+    }
+    static TQKV_SIMD_INLINE V and_(V a, V b) { return {wasm_v128_and(a.l, b.l), wasm_v128_and(a.h, b.h)}; }
+    static TQKV_SIMD_INLINE V or_(V a, V b) { return {wasm_v128_or(a.l, b.l), wasm_v128_or(a.h, b.h)}; }
+    template <int N> static TQKV_SIMD_INLINE V srl16(V a) { return {wasm_u16x8_shr(a.l, N), wasm_u16x8_shr(a.h, N)}; }
+    template <int N> static TQKV_SIMD_INLINE V sll16(V a) { return {wasm_i16x8_shl(a.l, N), wasm_i16x8_shl(a.h, N)}; }
+    template <int N> static TQKV_SIMD_INLINE V sra16(V a) { return {wasm_i16x8_shr(a.l, N), wasm_i16x8_shr(a.h, N)}; }
+    template <int N> static TQKV_SIMD_INLINE V sll32(V a) { return {wasm_i32x4_shl(a.l, N), wasm_i32x4_shl(a.h, N)}; }
+    template <int N> static TQKV_SIMD_INLINE V srl32(V a) { return {wasm_u32x4_shr(a.l, N), wasm_u32x4_shr(a.h, N)}; }
+    static TQKV_SIMD_INLINE V add8(V a, V b) { return {wasm_i8x16_add(a.l, b.l), wasm_i8x16_add(a.h, b.h)}; }
+    static TQKV_SIMD_INLINE V add16(V a, V b) { return {wasm_i16x8_add(a.l, b.l), wasm_i16x8_add(a.h, b.h)}; }
+    static TQKV_SIMD_INLINE V sub16(V a, V b) { return {wasm_i16x8_sub(a.l, b.l), wasm_i16x8_sub(a.h, b.h)}; }
+    static TQKV_SIMD_INLINE V add32(V a, V b) { return {wasm_i32x4_add(a.l, b.l), wasm_i32x4_add(a.h, b.h)}; }
+    static TQKV_SIMD_INLINE V packus16(V a, V b) {
+        return {wasm_u8x16_narrow_i16x8(a.l, b.l), wasm_u8x16_narrow_i16x8(a.h, b.h)};
+    }
+    static TQKV_SIMD_INLINE V packs32(V a, V b) {
+        return {wasm_i16x8_narrow_i32x4(a.l, b.l), wasm_i16x8_narrow_i32x4(a.h, b.h)};
+    }
+    static TQKV_SIMD_INLINE v128_t swizzle(v128_t t, v128_t idx) {
+#if defined(__wasm_relaxed_simd__)
+        return __builtin_wasm_relaxed_swizzle_i8x16(t, idx);
+#else
+        return wasm_i8x16_swizzle(t, idx);
+#endif
+    }
+    static TQKV_SIMD_INLINE V lookup(V t, V idx) { return {swizzle(t.l, idx.l), swizzle(t.h, idx.h)}; }
+    static TQKV_SIMD_INLINE V unpacklo16(V a, V b) {
+        return {wasm_i16x8_shuffle(a.l, b.l, 0, 8, 1, 9, 2, 10, 3, 11), wasm_i16x8_shuffle(a.h, b.h, 0, 8, 1, 9, 2, 10, 3, 11)};
+    }
+    static TQKV_SIMD_INLINE V unpackhi16(V a, V b) {
+        return {wasm_i16x8_shuffle(a.l, b.l, 4, 12, 5, 13, 6, 14, 7, 15),
+                wasm_i16x8_shuffle(a.h, b.h, 4, 12, 5, 13, 6, 14, 7, 15)};
+    }
+    static TQKV_SIMD_INLINE V madd16(V a, V b) { return {wasm_i32x4_dot_i16x8(a.l, b.l), wasm_i32x4_dot_i16x8(a.h, b.h)}; }
+    static TQKV_SIMD_INLINE void store_u8x16(uint8_t* p, V lo, V hi) {
+        wasm_v128_store(p, wasm_u8x16_narrow_i16x8(wasm_u16x8_narrow_i32x4(lo.l, lo.h), wasm_u16x8_narrow_i32x4(hi.l, hi.h)));
+    }
+
+    static TQKV_SIMD_INLINE F to_float(V a) { return {wasm_f32x4_convert_i32x4(a.l), wasm_f32x4_convert_i32x4(a.h)}; }
+    static TQKV_SIMD_INLINE V round_to_int(F a) {
+        return {wasm_i32x4_trunc_sat_f32x4(wasm_f32x4_nearest(a.l)), wasm_i32x4_trunc_sat_f32x4(wasm_f32x4_nearest(a.h))};
+    }
+    static TQKV_SIMD_INLINE F fload(const float* p) { return {wasm_v128_load(p), wasm_v128_load(p + 4)}; }
+    static TQKV_SIMD_INLINE void fstore(float* p, F a) {
+        wasm_v128_store(p, a.l);
+        wasm_v128_store(p + 4, a.h);
+    }
+    static TQKV_SIMD_INLINE F fset(float x) {
+        const v128_t v = wasm_f32x4_splat(x);
+        return {v, v};
+    }
+    static TQKV_SIMD_INLINE F fadd(F a, F b) { return {wasm_f32x4_add(a.l, b.l), wasm_f32x4_add(a.h, b.h)}; }
+    static TQKV_SIMD_INLINE F fsub(F a, F b) { return {wasm_f32x4_sub(a.l, b.l), wasm_f32x4_sub(a.h, b.h)}; }
+    static TQKV_SIMD_INLINE F fmul(F a, F b) { return {wasm_f32x4_mul(a.l, b.l), wasm_f32x4_mul(a.h, b.h)}; }
+    // a < b ? a : b and a > b ? a : b, as minps / maxps (pmin(x, y) = y < x ? y : x).
+    static TQKV_SIMD_INLINE v128_t min4(v128_t a, v128_t b) { return wasm_f32x4_pmin(b, a); }
+    static TQKV_SIMD_INLINE v128_t max4(v128_t a, v128_t b) { return wasm_f32x4_pmax(b, a); }
+    static TQKV_SIMD_INLINE F fmin(F a, F b) { return {min4(a.l, b.l), min4(a.h, b.h)}; }
+    static TQKV_SIMD_INLINE F fmax(F a, F b) { return {max4(a.l, b.l), max4(a.h, b.h)}; }
+    static TQKV_SIMD_INLINE float hmin(F a) {
+        v128_t m = min4(a.l, a.h);
+        m = min4(m, wasm_i32x4_shuffle(m, m, 2, 3, 0, 1));
+        m = min4(m, wasm_i32x4_shuffle(m, m, 1, 0, 3, 2));
+        return wasm_f32x4_extract_lane(m, 0);
+    }
+    static TQKV_SIMD_INLINE float hmax(F a) {
+        v128_t m = max4(a.l, a.h);
+        m = max4(m, wasm_i32x4_shuffle(m, m, 2, 3, 0, 1));
+        m = max4(m, wasm_i32x4_shuffle(m, m, 1, 0, 3, 2));
+        return wasm_f32x4_extract_lane(m, 0);
+    }
+    static TQKV_SIMD_INLINE void halves_to_float(const uint16_t* h, float* out, int n) {
+        wasm128_kernels().from_half(h, size_t(n), out);
+    }
+};
+
+}  // namespace tqkv::detail::simd

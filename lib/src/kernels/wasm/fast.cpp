@@ -1,0 +1,23 @@
+// The fast-path kernels (kernels/simd/fast_attention.hpp) on the SIMD128 backend (relaxed swizzle when built with -mrelaxed-simd).
+#include "kernels/simd/wasm128.hpp"
+#include "kernels/simd/fast_attention.hpp"
+
+namespace tqkv::detail {
+
+using Backend = simd::Wasm128;
+
+bool wasm128_fast_prepare_scores(const float* lut, int dim, int bits, int heads, float scale, void* table) {
+    return fast::prepare_scores<Backend>(lut, dim, bits, heads, scale, table);
+}
+
+void wasm128_fast_group_scores(const uint8_t* codes, int dim, int bits, const void* table, int heads, const uint16_t* norms,
+                            float* out, int out_stride) {
+    fast::group_scores<Backend>(codes, dim, bits, table, heads, norms, out, out_stride);
+}
+
+void wasm128_fast_group_accumulate(const uint8_t* codes, int dim, int bits, const FastValueTable& table, const float* p,
+                                int p_stride, const uint16_t* norms, int heads, float* acc) {
+    fast::group_accumulate<Backend>(codes, dim, bits, table, p, p_stride, norms, heads, acc);
+}
+
+}  // namespace tqkv::detail
