@@ -138,6 +138,12 @@ Json& Json::add(const std::string& k, double value) {
     return *this;
 }
 
+Json& Json::raw(const std::string& k, const std::string& json) {
+    key(k);
+    body_ += json;
+    return *this;
+}
+
 Json& Json::add(const std::string& k, bool value) {
     key(k);
     body_ += value ? "true" : "false";

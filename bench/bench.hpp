@@ -42,6 +42,8 @@ public:
     Json& add(const std::string& key, long value) { return add(key, double(value)); }
     Json& add(const std::string& key, size_t value) { return add(key, double(value)); }
     Json& add(const std::string& key, bool value);
+    // A value that is JSON already (an object or array), inserted as it is.
+    Json& raw(const std::string& key, const std::string& json);
     std::string str() const { return "{" + body_ + "}"; }
 
 private:

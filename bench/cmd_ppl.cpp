@@ -79,34 +79,37 @@ struct Row {
     double memory_bytes = 0;
     double delta_min = 0, delta_max = 0;  // over seeds
     int seeds = 1;
+    std::string preset;  // a preset name or auto spec
+    std::string plan;    // auto specs: the per-layer rates (RatePlan::json)
 };
 
-// Family and nominal rates of a spec.
+// Family and nominal rates of a spec (the library's parser: a bad spec throws with the grammar).
 void describe(const std::string& spec, Row& r) {
     r.config = spec;
+    const tqkv::CacheSpec cs = tqkv::CacheSpec::parse(spec);
     auto nominal = [&](const char* m, double b) {
         r.method = m;
         r.key_bits = r.value_bits = b;
     };
-    if (spec == "fp32" || spec == "exact") return nominal("exact", 32);
-    if (spec == "fp16") return nominal("fp16", 16);
-    if (spec == "q8_0") return nominal("q8_0", 8);
-    if (spec == "q4_0") return nominal("q4_0", 4);
-    if (spec.rfind("kivi", 0) == 0) return nominal("kivi", std::stod(spec.substr(4)));
-    const size_t v = spec.find_first_of("Vv");
-    r.key_bits = std::stod(spec.substr(1, v - 1));
-    r.value_bits = std::stod(spec.substr(v + 1));
-    std::vector<std::string> opts;
-    std::stringstream ss(spec);
-    for (std::string p; std::getline(ss, p, '-');) opts.push_back(p);
-    bool prod = false, raw = false;
-    for (size_t i = 1; i < opts.size(); ++i) {
-        const std::string& p = opts[i];
-        if (p == "prod") prod = true;
-        else if (p == "raw") raw = true;
-        else if (p.size() > 1 && p[0] == 'w' && std::isdigit(static_cast<unsigned char>(p[1]))) r.window = std::stoi(p.substr(1));
+    using F = tqkv::CacheSpec::Format;
+    switch (cs.format) {
+        case F::Exact: return nominal("exact", 32);
+        case F::Fp16: return nominal("fp16", 16);
+        case F::Q8_0: return nominal("q8_0", 8);
+        case F::Q4_0: return nominal("q4_0", 4);
+        case F::Kivi2: return nominal("kivi", 2);
+        case F::Kivi4: return nominal("kivi", 4);
+        case F::Tqkv: break;
     }
-    r.method = std::string("tqkv-") + (prod ? "prod" : "mse") + (raw ? "-raw" : "");
+    r.key_bits = cs.key_bits;
+    r.value_bits = cs.value_bits;
+    r.window = cs.window;
+    const bool raw = !cs.center_keys && !cs.center_values && !cs.debias_keys && !cs.debias_values;
+    r.method = std::string("tqkv-") + (cs.key_method == tqkv::Method::Prod ? "prod" : "mse") + (raw ? "-raw" : "") +
+               (cs.auto_bits > 0 ? "-auto" : "");
+    if (spec != cs.text || cs.auto_bits > 0) r.preset = spec;
+    for (const auto& p : tqkv::presets())
+        if (spec == p.name) r.preset = spec;
 }
 
 // Forwards to a cache and times its attend() calls.
@@ -319,14 +322,26 @@ int cmd_ppl(const Args& args) {
     // channels): an exact pass over the last calib_bytes of the file, never over the evaluated text.
     const std::vector<int32_t> calib = encode(text.size() - calib_bytes, calib_bytes);
     const double tc0 = now();
-    const tqkv::Calibration cal = tqkv::calibrate_kv(model, calib, ctx);
+    tqkv::Calibration cal = tqkv::calibrate_kv(model, calib, ctx);
     const double calib_s = now() - tc0;
 
     std::vector<std::string> configs = args.flag("config") ? args.list("config", "")
                                        : frontier             ? frontier_configs()
                                                               : default_configs();
     for (const auto& e : args.list("extra", "")) configs.push_back(e);
-    const tqkv::CacheShape shape = tqkv::CacheShape::of(mc);
+    tqkv::CacheShape shape = tqkv::CacheShape::of(mc);
+    shape.context = ctx;  // auto budgets count the window over the evaluated context
+    // Every spec is checked before anything runs (a bad one stops the run with the grammar).
+    bool any_auto = false;
+    for (const auto& c : configs) any_auto = any_auto || tqkv::CacheSpec::parse(c).auto_bits > 0;
+    // Auto rates need the model's layer sensitivities: a probe on the calibration text (never the
+    // evaluated text).
+    double sens_s = 0;
+    if (any_auto) {
+        const double t0 = now();
+        tqkv::measure_sensitivity(model, cal, std::span(calib).first(std::min(calib.size(), ctx * 4)), ctx);
+        sens_s = now() - t0;
+    }
 
     // The exact cache per prefill mode (the same numbers up to float rounding: exact attention does
     // not depend on how the chunk attends).
@@ -362,7 +377,7 @@ int cmd_ppl(const Args& args) {
         h.add("type", "header").add("model", dir).add("text", text_path).add("offset", offset).add("bytes", n_bytes)
             .add("ctx", ctx).add("scored", base.scored).add("sequential", sequential).add("prefill", prefill)
             .add("calib_bytes", calib_bytes)
-            .add("calib_seconds", calib_s).add("matmul", tqkv::matmul_kernel()).add("kernel", tqkv::default_kernel())
+            .add("calib_seconds", calib_s).add("sensitivity_seconds", sens_s).add("matmul", tqkv::matmul_kernel()).add("kernel", tqkv::default_kernel())
             .add("tokenizer", tok.kind()).add("tokens", tokens.size()).add("scored_bytes", scored_bytes)
             .add("nll_per_token", base.nll).add("nll_per_byte", base.nll * per_byte);
         std::printf("%s\n", h.str().c_str());
@@ -380,6 +395,8 @@ int cmd_ppl(const Args& args) {
             .add("argmax_agree", r.argmax_agree).add("bytes_per_token", r.bytes_per_token)
             .add("tokens_per_s", r.tokens_per_s).add("memory_bytes", r.memory_bytes).add("seeds", r.seeds)
             .add("delta_pct_min", r.delta_min).add("delta_pct_max", r.delta_max);
+        if (!r.preset.empty()) j.add("preset", r.preset);
+        if (!r.plan.empty()) j.raw("plan", r.plan);
         std::printf("%s\n", j.str().c_str());
         std::fflush(stdout);
     };
@@ -425,6 +442,8 @@ int cmd_ppl(const Args& args) {
             r.argmax_agree = agree / runs;
             r.tokens_per_s = scored / secs;
             r.seeds = runs;
+            if (const tqkv::CacheSpec cs = tqkv::CacheSpec::parse(configs[i]); cs.auto_bits > 0)
+                r.plan = tqkv::plan_rates(cs, shape, cal).json();
         } catch (const std::exception& e) {
             errors[job] = e.what();
         }

@@ -406,3 +406,56 @@ TEST_CASE("debiasing: coded logits and values are unbiased with it, shrunk by (1
     CHECK(fit("K2V2", true) == Approx(1.0).margin(0.01));
     CHECK(fit("K2V2-nvd", true) == Approx(1 - D2).margin(0.01));
 }
+
+TEST_CASE("auto rates: the plan meets the budget, follows the sensitivities, and is deterministic", "[calibration][auto]") {
+    const int L = 4, KH = 2, d = 64;
+    const auto K = offset_rows(64, KH, d, 61, 1.0), V = offset_rows(64, KH, d, 62, 1.0);
+    Calibration cal = calibration_of(K, V, L, KH, d);
+    const CacheShape shape{L, 4, KH, d, 1024};
+    const CacheSpec spec = CacheSpec::parse("auto-3");
+    CHECK(spec.auto_bits == 3);
+    CHECK(spec.window == 16);
+    // Without sensitivities there is nothing to allocate by: a clear error, not a guess.
+    CHECK_THROWS_WITH(plan_rates(spec, shape, cal), Catch::Contains("sensitivities"));
+    CHECK_THROWS_WITH(KVCache(layer_config(spec, shape, 0, &cal)), Catch::Contains("sensitivities"));
+    CHECK_THROWS_WITH(layer_config(spec, shape, 0, nullptr), Catch::Contains("calibration"));
+    // Layer 2's keys matter 20x more than anything else; values of layer 0 not at all.
+    for (int l = 0; l < L; ++l) cal.set_sensitivity(l, l == 2 ? 20.0 : 1.0, l == 0 ? 0.0 : 1.0);
+    const RatePlan p = plan_rates(spec, shape, cal);
+    REQUIRE(p.layers.size() == size_t(L));
+    CHECK(p.bits_per_coord <= 3.0 + 1e-9);
+    CHECK(p.bits_per_coord > 2.8);  // the budget is spent
+    for (int l = 0; l < L; ++l)
+        if (l != 2) CHECK(p.layers[2].key_bits > p.layers[size_t(l)].key_bits);
+    CHECK(p.layers[0].value_bits == 1.5);
+    CHECK(plan_rates(spec, shape, cal).json() == p.json());
+    // The plan is what the cache builds, and what it stores matches the plan's count.
+    ModelKVCache cache(shape, spec, &cal);
+    for (int l = 0; l < L; ++l) {
+        CHECK(cache.layer(l).config().key_bits == p.layers[size_t(l)].key_bits);
+        CHECK(cache.layer(l).config().value_bits == p.layers[size_t(l)].value_bits);
+    }
+    // A larger budget never lowers a rate; an impossible one is refused.
+    const RatePlan q = plan_rates(CacheSpec::parse("auto-4"), shape, cal);
+    for (int l = 0; l < L; ++l) CHECK(q.layers[size_t(l)].key_bits >= p.layers[size_t(l)].key_bits);
+    CHECK(q.predicted < p.predicted);
+    CHECK_THROWS_WITH(plan_rates(CacheSpec::parse("auto-1.5"), shape, cal), Catch::Contains("exceeds the budget"));
+    for (const char* bad : {"auto", "auto-x", "auto-1", "auto-9", "auto-3-prod", "auto-3-l0=K4V4", "auto-3-emu"})
+        CHECK_THROWS_WITH(CacheSpec::parse(bad), Catch::Contains("cache spec"));
+    // Sensitivities survive save/load; version-1 files (none) still load.
+    const Calibration back = Calibration::load(cal.save());
+    CHECK(back.key_sensitivity(2) == 20.0);
+    CHECK(plan_rates(spec, shape, back).json() == p.json());
+    Calibration plain = calibration_of(K, V, L, KH, d);
+    auto v2 = plain.save();
+    std::vector<uint8_t> v1(v2.begin(), v2.end() - 8);  // without the flag word and the CRC
+    v1[8] = 1;
+    uint32_t c = 0xffffffffu;
+    for (uint8_t byte : v1) {
+        c ^= byte;
+        for (int j = 0; j < 8; ++j) c = (c & 1) ? 0xedb88320u ^ (c >> 1) : c >> 1;
+    }
+    c = ~c;
+    for (int i = 0; i < 4; ++i) v1.push_back(uint8_t(c >> (8 * i)));
+    CHECK(Calibration::load(v1) == plain);
+}

@@ -562,3 +562,29 @@ TEST_CASE("model: token-by-token decode allocates nothing", "[model]") {
         CHECK(g_allocations - before == 0);
     }
 }
+
+TEST_CASE("model: the sensitivity probe fills the calibration and auto specs run through the runner", "[model][auto]") {
+    const LlamaModel m = tiny_model(17);
+    std::string text;
+    for (int i = 0; i < 6; ++i) text += "Calibration text for the probe: keys and values of every layer. ";
+    const auto calib = text_tokens(text);
+    Calibration cal = calibrate_kv(m, calib, 256);
+    CHECK_FALSE(cal.has_sensitivity());
+    measure_sensitivity(m, cal, calib, 256);
+    REQUIRE(cal.has_sensitivity());
+    double total = 0;
+    for (int l = 0; l < m.config().num_hidden_layers; ++l) {
+        CHECK(std::isfinite(cal.key_sensitivity(l)));
+        CHECK(cal.key_sensitivity(l) > 0);  // floored at a tenth of the mean: never starved on noise
+        CHECK(cal.value_sensitivity(l) > 0);
+        total += cal.key_sensitivity(l) + cal.value_sensitivity(l);
+    }
+    CHECK(total > 0);
+    const auto tokens = text_tokens("Auto rates follow the probe; the runner does not care how they were chosen.");
+    auto exact = make_exact_cache(CacheShape::of(m.config()));
+    const NllResult ref = evaluate_nll(m, *exact, tokens, 256, true);
+    auto c = make_cache("auto-6", CacheShape::of(m.config()), &cal);
+    const NllResult r = evaluate_nll(m, *c, tokens, 256, true);
+    CHECK(std::abs(r.nll - ref.nll) < 1e-2 * ref.nll);
+    CHECK_THROWS_WITH(make_cache("auto-3", CacheShape::of(m.config())), Catch::Contains("calibration"));
+}

@@ -42,7 +42,7 @@ core=(
   lib/src/codec/codebook.cpp lib/src/codec/rotation.cpp lib/src/codec/packing.cpp lib/src/codec/codec.cpp
   lib/src/codec/mse.cpp lib/src/codec/prod.cpp lib/src/codec/qjl.cpp lib/src/codec/split.cpp
   lib/src/kernels/dispatch.cpp lib/src/cache/storage.cpp lib/src/cache/attention.cpp
-  lib/src/cache/serialize.cpp lib/src/cache/calibration.cpp lib/src/cache/spec.cpp lib/src/cache/model_cache.cpp lib/src/budget/budget.cpp lib/src/util/thread_pool.cpp lib/src/baselines/dense.cpp
+  lib/src/cache/serialize.cpp lib/src/cache/calibration.cpp lib/src/cache/spec.cpp lib/src/cache/model_cache.cpp lib/src/cache/rate_plan.cpp lib/src/budget/budget.cpp lib/src/util/thread_pool.cpp lib/src/baselines/dense.cpp
   lib/src/baselines/formats.cpp lib/src/capi/c_api.cpp
 )
 for src in lib/src/model/*.cpp; do core+=("$src"); done

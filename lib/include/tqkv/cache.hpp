@@ -39,6 +39,7 @@ struct LlamaConfig;
 // The attention shape of a model: layers, query heads, KV heads, head dimension.
 struct CacheShape {
     int layers = 0, heads = 0, kv_heads = 0, head_dim = 0;
+    size_t context = 0;  // the model's context (auto rate budgets count the exact window over it); 0 = 4096
     static CacheShape of(const LlamaConfig& c);  // tqkv/model.hpp
 };
 
@@ -190,6 +191,25 @@ private:
 CacheConfig layer_config(const CacheSpec& spec, const CacheShape& shape, int layer, const Calibration* calibration,
                          const CacheConfig& base = {}, std::span<const float> first_keys = {},
                          std::span<const float> first_values = {});
+
+// The rates of an auto spec (CacheSpec::auto_bits) per layer. The calibration's sensitivities
+// (ΔNLL per unit of g = D / (1 - D) for each layer's keys and values, measured by a probe with the
+// model: measure_sensitivity in tqkv/model.hpp) predict the loss of a plan as
+//   Σ_l  s_key[l] g(D(kb_l)) + s_value[l] g(D(vb_l)),
+// which is minimised over rates in {1.5, 2, 2.5, ..., 5, 6} within the budget: codes and norms of
+// every layer, plus the exact window counted at 16 bits over the model's context, averaged, at most
+// auto_bits per coordinate. Solved by a Lagrange multiplier (each layer and side independently
+// picks its best rate for a price per bit; bisection on the price), then greedy upgrades by loss
+// saved per bit while the budget allows. Deterministic; microseconds. Throws std::invalid_argument
+// without sensitivities or when even the lowest rates exceed the budget.
+struct RatePlan {
+    std::vector<CacheSpec::LayerRate> layers;  // one per layer, in order
+    double bits_per_coord = 0;  // of the plan, as the budget counts it
+    double predicted = 0;       // the minimised proxy (nats per token)
+    std::string json() const;   // {"budget":..,"bits_per_coord":..,"predicted_dnll":..,"layers":[{"k":..,"v":..},..]}
+    double budget = 0;
+};
+RatePlan plan_rates(const CacheSpec& spec, const CacheShape& shape, const Calibration& calibration);
 
 // The caches of all layers of a model.
 class ModelKVCache {

@@ -63,6 +63,16 @@ public:
     // bit; ascending channel order, ties to the lower channel. keys: key channels, else values.
     std::vector<int> high_channels(int layer, bool keys, int count, bool centred, int kv_head = -1) const;
 
+    // Optional, per layer: how much the model's loss grows with the coding error of this layer's
+    // keys and of its values — ΔNLL (nats per token) per unit of g = D / (1 - D), the relative
+    // error variance of debiased MSE codes (D = mse_distortion). Measured by a short probe with the
+    // model (tqkv::measure_sensitivity, tqkv/model.hpp); auto rate specs (CacheSpec "auto-<bits>")
+    // allocate bits by it. Empty when not measured.
+    void set_sensitivity(int layer, double keys, double values);
+    bool has_sensitivity() const { return !key_sens_.empty(); }
+    double key_sensitivity(int layer) const;
+    double value_sensitivity(int layer) const;
+
     // Serialization: "TQKVCALI", u32 version, shape, per-layer token counts, the sums as f64, CRC-32
     // (little-endian). load() checks every size against the bytes present before allocating, the
     // CRC, and that every statistic is finite and consistent; throws std::invalid_argument.
@@ -79,6 +89,7 @@ private:
     std::vector<uint64_t> tokens_, query_tokens_;  // [layer]
     // Sums over tokens, [layer][kv_head][head_dim].
     std::vector<double> key_sum_, key_sq_, value_sum_, value_sq_, query_sq_;
+    std::vector<double> key_sens_, value_sens_;  // [layer] or empty
 };
 
 }  // namespace tqkv

@@ -263,6 +263,16 @@ private:
 // over tokens, in segments of ctx tokens.
 Calibration calibrate_kv(const LlamaModel& model, std::span<const int32_t> tokens, size_t ctx = 1024);
 
+// Measures how the model's loss grows with coding errors of each layer's keys and of its values,
+// into the calibration (Calibration::set_sensitivity; what auto rate specs allocate bits by): the
+// ΔNLL (nats per token) over `tokens` (chunked prefill in segments of ctx) with only that layer's
+// keys coded at 2 bits (values at 8), then only its values, against the exact cache, each divided
+// by g = D / (1 - D) of 2-bit codes. 2 * layers + 1 forward passes: pass calibration text, never
+// evaluated text. A probe below the noise (ΔNLL under a tenth of its side's mean) counts as that
+// tenth, so no layer is starved on noise.
+void measure_sensitivity(const LlamaModel& model, Calibration& calibration, std::span<const int32_t> tokens,
+                         size_t ctx = 1024);
+
 // Mean negative log-likelihood (nats per token) of tokens[1..] given the prefix, in segments of
 // ctx tokens (each with an empty cache). Optionally the argmax prediction of every scored
 // position and the per-position NLL.

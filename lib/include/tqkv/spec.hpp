@@ -14,6 +14,9 @@
 //       l<i>=K<b>V<b>   bits of layer i (layer-adaptive rates)
 //       s<N>    N attention-sink tokens kept exact (emulated path)
 //       emu     emulated path: quantize-dequantize each token, exact attention over the result
+//   auto-<b>[-opt...]         tqkv with rates chosen per layer by the calibration (plan_rates in
+//                             tqkv/cache.hpp) within b bits per coordinate (codes, norms and the exact
+//                             window at the model's context); window 16 unless w<N> says otherwise
 //   or a preset name (presets()), e.g. "default" = K3.5V2.5-w16.
 //
 // With a Calibration (tqkv/calibration.hpp) a tqkv cache stores keys and values minus their
@@ -50,6 +53,7 @@ struct CacheSpec {
         double key_bits = 4, value_bits = 4;
     };
     std::vector<LayerRate> layer_rates;  // overrides, in the order given
+    double auto_bits = 0;         // auto-<b>: the budget in bits per coordinate (0: fixed rates)
 
     // Throws std::invalid_argument naming the bad part and giving the grammar.
     static CacheSpec parse(const std::string& spec);

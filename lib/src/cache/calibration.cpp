@@ -14,7 +14,8 @@ namespace tqkv {
 namespace {
 
 constexpr char kMagic[8] = {'T', 'Q', 'K', 'V', 'C', 'A', 'L', 'I'};
-constexpr uint32_t kVersion = 1;
+// Version 2 added the sensitivities; version 1 files still load.
+constexpr uint32_t kVersion = 2;
 
 [[noreturn]] void fail(const std::string& m) { throw std::invalid_argument("tqkv calibration: " + m); }
 
@@ -123,6 +124,25 @@ std::vector<double> Calibration::query_mean_square(int layer, int kv_head) const
     return average(query_sq_, layer, kv_head, layers_ ? query_tokens(layer) : 0);
 }
 
+void Calibration::set_sensitivity(int layer, double keys, double values) {
+    check_layer(layer, "set_sensitivity");
+    if (!std::isfinite(keys) || !std::isfinite(values) || keys < 0 || values < 0)
+        fail("set_sensitivity: sensitivities must be finite and >= 0");
+    if (key_sens_.empty()) key_sens_.assign(size_t(layers_), 0.0), value_sens_.assign(size_t(layers_), 0.0);
+    key_sens_[size_t(layer)] = keys;
+    value_sens_[size_t(layer)] = values;
+}
+
+double Calibration::key_sensitivity(int layer) const {
+    check_layer(layer, "key_sensitivity");
+    return key_sens_.empty() ? 0.0 : key_sens_[size_t(layer)];
+}
+
+double Calibration::value_sensitivity(int layer) const {
+    check_layer(layer, "value_sensitivity");
+    return value_sens_.empty() ? 0.0 : value_sens_[size_t(layer)];
+}
+
 std::vector<int> Calibration::high_channels(int layer, bool keys, int count, bool centred, int kv_head) const {
     check_layer(layer, "high_channels");
     if (count < 0 || count > head_dim_)
@@ -152,6 +172,7 @@ std::vector<int> Calibration::high_channels(int layer, bool keys, int count, boo
 // Format (little-endian): "TQKVCALI" u32 version (1) u32 layers, kv_heads, head_dim
 //   per layer: u64 tokens, u64 query tokens
 //   f64 [layers][kv_heads][head_dim] x 5: key sums, key squares, value sums, value squares, query squares
+//   version 2: u32 has sensitivities (0/1), then f64 [layers] key and value sensitivities if 1
 //   u32 CRC-32 of every byte before it.
 
 std::vector<uint8_t> Calibration::save() const {
@@ -168,6 +189,9 @@ std::vector<uint8_t> Calibration::save() const {
     }
     for (const auto* v : {&key_sum_, &key_sq_, &value_sum_, &value_sq_, &query_sq_})
         for (double x : *v) w.f64(x);
+    w.u32(has_sensitivity() ? 1 : 0);
+    for (const auto* v : {&key_sens_, &value_sens_})
+        for (double x : *v) w.f64(x);
     w.crc();
     return std::move(w.out);
 }
@@ -179,8 +203,8 @@ Calibration Calibration::load(std::span<const uint8_t> bytes) {
     detail::ByteReader r(bytes.data(), bytes.size() - 4, prefix);
     r.take(8);
     const uint32_t version = r.u32();
-    if (version != kVersion)
-        fail("load: unsupported format version " + std::to_string(version) + " (this build reads version " +
+    if (version < 1 || version > kVersion)
+        fail("load: unsupported format version " + std::to_string(version) + " (this build reads versions 1.." +
              std::to_string(kVersion) + ")");
     detail::ByteReader tail(bytes.data() + bytes.size() - 4, 4, prefix);
     if (tail.u32() != detail::crc32(bytes.data(), bytes.size() - 4)) fail("load: CRC mismatch: the data is corrupted");
@@ -190,8 +214,8 @@ Calibration Calibration::load(std::span<const uint8_t> bytes) {
              ", head_dim " + std::to_string(head_dim) + ")");
     // Every size is checked against the bytes present before anything is allocated from it.
     const uint64_t n = uint64_t(layers) * kv_heads * head_dim;
-    const uint64_t need = uint64_t(layers) * 16 + 5 * n * 8;
-    if (need != r.left())
+    const uint64_t need = uint64_t(layers) * 16 + 5 * n * 8 + (version >= 2 ? 4 : 0);
+    if (need != r.left() && !(version >= 2 && need + 16 * uint64_t(layers) == r.left()))
         fail("load: the payload has " + std::to_string(r.left()) + " bytes, the shape needs " + std::to_string(need));
     Calibration c(static_cast<int>(layers), static_cast<int>(kv_heads), static_cast<int>(head_dim));
     for (uint32_t l = 0; l < layers; ++l) {
@@ -205,6 +229,18 @@ Calibration Calibration::load(std::span<const uint8_t> bytes) {
             x = r.f64();
             if (!std::isfinite(x)) fail("load: non-finite statistic");
         }
+    if (version >= 2) {
+        const uint32_t has = r.u32();
+        if (has > 1) fail("load: bad sensitivity flag " + std::to_string(has));
+        if ((has == 1) != (r.left() == 16 * uint64_t(layers))) fail("load: the sensitivities do not match their flag");
+        if (has) {
+            std::vector<double> ks(layers), vs(layers);
+            for (auto* v : {&ks, &vs})
+                for (double& x : *v)
+                    if (x = r.f64(); !std::isfinite(x) || x < 0) fail("load: a sensitivity is negative or not finite");
+            for (uint32_t l = 0; l < layers; ++l) c.set_sensitivity(int(l), ks[l], vs[l]);
+        }
+    }
     for (size_t i = 0; i < size_t(n); ++i) {
         const size_t l = i / (size_t(kv_heads) * head_dim);
         const auto nt = double(c.tokens_[l]);

@@ -52,6 +52,12 @@ CacheConfig layer_config(const CacheSpec& spec, const CacheShape& shape, int lay
     c.head_dim = d;
     c.key_bits = spec.layer_key_bits(layer);
     c.value_bits = spec.layer_value_bits(layer);
+    if (spec.auto_bits > 0) {  // rates from the calibration's sensitivities
+        if (!cal) fail("'" + spec.text + "': auto rates need a calibration (with the model's layer sensitivities)");
+        const RatePlan plan = plan_rates(spec, shape, *cal);
+        c.key_bits = plan.layers[size_t(layer)].key_bits;
+        c.value_bits = plan.layers[size_t(layer)].value_bits;
+    }
     c.key_method = spec.key_method;
     c.window = spec.window;
     c.seed = derive_seed(spec.seed, uint64_t(layer));  // as ModelKVCache(layers, cfg)

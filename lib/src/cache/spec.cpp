@@ -13,7 +13,7 @@ namespace {
 const char* kGrammar =
     "cache spec: fp32 | exact | fp16 | q8_0 | q4_0 | kivi2 | kivi4 | K<bits>V<bits>[-opt...] (bits 1..8, e.g. K4V3, "
     "K3.5V2.5-w16) with options w<N> (exact recent window), prod, raw, nc, nck, ncv, nta, nvd, t<x> (logit scale), "
-    "x<seed>, l<i>=K<b>V<b> (rates of layer i), s<N> (sinks, emulated), emu; or a preset: default, quality, balanced, "
+    "x<seed>, l<i>=K<b>V<b> (rates of layer i), s<N> (sinks, emulated), emu; auto-<bits>[-w<N>] (rates per layer from the calibration); or a preset: default, quality, balanced, "
     "compact, smallest, plain4, plain3";
 
 [[noreturn]] void fail(const std::string& m) { throw std::invalid_argument("tqkv cache spec: " + m + "; " + kGrammar); }
@@ -54,6 +54,8 @@ const std::vector<CachePreset> kPresets = {
     {"balanced", "K3V2.5-w16", "3.14 b/coord"},
     {"compact", "K3V2-w16", "2.83 b/coord"},
     {"smallest", "K2.5V1.5-w16", "2.47 b/coord"},
+    {"auto-3.5", "auto-3.5", "rates per layer chosen by the calibration within 3.5 b/coord"},
+    {"auto-2.5", "auto-2.5", "rates per layer chosen by the calibration within 2.5 b/coord"},
     {"plain4", "K4V4-raw", "plain TurboQuant, 4 bits, no calibration used"},
     {"plain3", "K3V3-raw", "plain TurboQuant, 3 bits, no calibration used"},
 };
@@ -66,7 +68,7 @@ const std::vector<CachePreset>& presets() { return kPresets; }
 
 CacheSpec CacheSpec::parse(const std::string& spec) {
     for (const auto& p : kPresets)
-        if (spec == p.name) {
+        if (spec == p.name && spec != p.spec) {
             CacheSpec s = parse(p.spec);
             s.text = spec;
             return s;
@@ -87,7 +89,17 @@ CacheSpec CacheSpec::parse(const std::string& spec) {
         std::string p;
         while (std::getline(ss, p, '-')) parts.push_back(p);
     }
-    if (parts.empty() || !parse_kv(parts[0], spec, o.key_bits, o.value_bits)) fail("unknown '" + spec + "'");
+    size_t first_option = 1;
+    if (!parts.empty() && parts[0] == "auto") {
+        // auto-<b>: K and V rates per layer from the calibration; b covers codes, norms and window.
+        if (parts.size() < 2 || !number_at(parts[1], 0, o.auto_bits) || !(o.auto_bits >= 1.5 && o.auto_bits <= 8))
+            fail("'" + spec + "': auto needs a budget in bits per coordinate in [1.5, 8], e.g. auto-3.5");
+        o.key_bits = o.value_bits = o.auto_bits;
+        o.window = 16;
+        first_option = 2;
+    } else if (parts.empty() || !parse_kv(parts[0], spec, o.key_bits, o.value_bits)) {
+        fail("unknown '" + spec + "'");
+    }
     auto number = [&](const std::string& p, size_t from) {
         double x = 0;
         if (!number_at(p, from, x)) fail("bad option '" + p + "' in '" + spec + "'");
@@ -100,7 +112,7 @@ CacheSpec CacheSpec::parse(const std::string& spec) {
             fail("option '" + p + "' in '" + spec + "' needs a whole number in [0, " + std::to_string(uint64_t(max)) + "]");
         return x;
     };
-    for (size_t i = 1; i < parts.size(); ++i) {
+    for (size_t i = first_option; i < parts.size(); ++i) {
         const std::string& p = parts[i];
         if (p == "prod") o.key_method = Method::Prod;
         else if (p == "mse") o.key_method = Method::Mse;
@@ -130,6 +142,8 @@ CacheSpec CacheSpec::parse(const std::string& spec) {
         }
     }
     if (o.key_method == Method::Prod && o.key_bits < 2) fail("prod keys need at least 2 bits in '" + spec + "'");
+    if (o.auto_bits > 0 && (o.key_method != Method::Mse || !o.layer_rates.empty() || o.emulate || o.sinks))
+        fail("'" + spec + "': auto rates take window, seed, centring and debias options only");
     for (const auto& lr : o.layer_rates)
         if (o.key_method == Method::Prod && lr.key_bits < 2) fail("prod keys need at least 2 bits in '" + spec + "'");
     return o;

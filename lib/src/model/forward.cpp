@@ -6,6 +6,7 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "tqkv/codebook.hpp"
 #include "tqkv/model.hpp"
 
 namespace tqkv {
@@ -189,13 +190,14 @@ void LlamaRunner::decode(int32_t token, std::span<float> logits) {
 // ---------------------------------------------------------------------------------------------
 
 CacheShape CacheShape::of(const LlamaConfig& c) {
-    return {c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, c.head_dim};
+    return {c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, c.head_dim, size_t(c.max_position_embeddings)};
 }
 
 Calibration calibrate_kv(const LlamaModel& model, std::span<const int32_t> tokens, size_t ctx) {
     const CacheShape s = CacheShape::of(model.config());
     auto cache = make_exact_cache(s);
     LlamaRunner run(model, *cache);
+    run.sequential_attention = false;  // the exact cache: chunks compute what token by token does
     Calibration cal(s.layers, s.kv_heads, s.head_dim);
     const size_t kv_row = size_t(s.kv_heads) * s.head_dim, q_row = size_t(s.heads) * s.head_dim;
     run.observer = [&](int l, size_t n, const float* q, const float* k, const float* v) {
@@ -208,6 +210,52 @@ Calibration calibrate_kv(const LlamaModel& model, std::span<const int32_t> token
         run.prefill(tokens.subspan(s0, std::min(ctx, tokens.size() - s0)), {});
     }
     return cal;
+}
+
+namespace {
+
+// The exact cache for every layer but one, which a tqkv cache holds (the sensitivity probe).
+class OneLayerCache final : public AttentionCache {
+public:
+    OneLayerCache(const CacheShape& s, int layer, std::unique_ptr<AttentionCache> coded)
+        : AttentionCache(s), layer_(layer), exact_(make_exact_cache(s)), coded_(std::move(coded)) {}
+    std::string name() const override { return "probe"; }
+    void append(int l, std::span<const float> k, std::span<const float> v) override { at(l).append(l, k, v); }
+    void attend(int l, std::span<const float> q, std::span<float> out) override { at(l).attend(l, q, out); }
+    size_t tokens(int l) const override { return l == layer_ ? coded_->tokens(l) : exact_->tokens(l); }
+    void clear() override { exact_->clear(), coded_->clear(); }
+    double format_bytes() const override { return exact_->format_bytes(); }
+    size_t memory_bytes() const override { return exact_->memory_bytes() + coded_->memory_bytes(); }
+
+private:
+    AttentionCache& at(int l) { return l == layer_ ? *coded_ : *exact_; }
+    int layer_;
+    std::unique_ptr<AttentionCache> exact_, coded_;
+};
+
+}  // namespace
+
+void measure_sensitivity(const LlamaModel& model, Calibration& cal, std::span<const int32_t> tokens, size_t ctx) {
+    const CacheShape s = CacheShape::of(model.config());
+    if (tokens.size() < 2) throw std::invalid_argument("measure_sensitivity: needs at least 2 tokens");
+    auto exact = make_exact_cache(s);
+    const double base = evaluate_nll(model, *exact, tokens, ctx, false).nll;
+    const double g2 = [&] {
+        const double D = mse_distortion(2, s.head_dim);
+        return D / (1 - D);
+    }();
+    std::vector<double> dk(static_cast<size_t>(s.layers)), dv(static_cast<size_t>(s.layers));
+    for (int l = 0; l < s.layers; ++l)
+        for (int side = 0; side < 2; ++side) {
+            OneLayerCache probe(s, l, make_cache(side == 0 ? "K2V8-w16" : "K8V2-w16", s, &cal));
+            (side == 0 ? dk : dv)[size_t(l)] = std::max(0.0, evaluate_nll(model, probe, tokens, ctx, false).nll - base);
+        }
+    for (auto* d : {&dk, &dv}) {
+        double mean = 0;
+        for (double x : *d) mean += x / double(d->size());
+        for (double& x : *d) x = std::max(x, 0.1 * mean);
+    }
+    for (int l = 0; l < s.layers; ++l) cal.set_sensitivity(l, dk[size_t(l)] / g2, dv[size_t(l)] / g2);
 }
 
 NllResult evaluate_nll(const LlamaModel& model, AttentionCache& cache, std::span<const int32_t> tokens, size_t ctx,
