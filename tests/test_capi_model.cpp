@@ -511,3 +511,88 @@ TEST_CASE("C ABI tokenizer: load, encode, decode, capacity and errors", "[capi]"
     CHECK(std::vector<int32_t>(ids, ids + n) == std::vector<int32_t>{1, 263, 263, 264});
     REQUIRE(tqkv_tokenizer_destroy(tok) == TQKV_OK);
 }
+
+TEST_CASE("C ABI model: sensitivity probe, rate plans, auto specs; calibrations from samples and their bytes", "[capi][auto]") {
+    const auto st = make_safetensors(tiny_tensors(5));
+    const tqkv::LlamaModel cpp =
+        tqkv::LlamaModel::from_parts(tqkv::LlamaConfig::parse(kTinyConfig), tqkv::Safetensors::parse(st));
+    auto m = std::make_unique<Model>(kTinyConfig, st);
+    std::string text;
+    for (int i = 0; i < 4; ++i) text += "Calibration text: statistics of the keys, values and queries of each layer. ";
+    const auto calib = text_tokens(text);
+    tqkv_calibration cal = nullptr;
+    REQUIRE(tqkv_calibration_create(m->h, calib.data(), calib.size(), &cal) == TQKV_OK);
+    tqkv_cache_config base;
+    tqkv_cache_config_init(&base);
+    base.layers = 2, base.heads = 4, base.kv_heads = 2, base.head_dim = 32, base.max_tokens = 256;
+    char json[512];
+    size_t size = 0;
+    // No sensitivities yet: a clear error.
+    CHECK(tqkv_rate_plan("auto-4", &base, cal, json, sizeof json, &size) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(contains(tqkv_last_error(), "sensitivities"));
+    CHECK(tqkv_calibration_measure_sensitivity(cal, m->h, calib.data(), 1) == TQKV_ERR_INVALID_ARGUMENT);
+    REQUIRE(tqkv_calibration_measure_sensitivity(cal, m->h, calib.data(), calib.size()) == TQKV_OK);
+    tqkv::Calibration ref = tqkv::calibrate_kv(cpp, calib, 256);
+    tqkv::measure_sensitivity(cpp, ref, calib, 256);
+    tqkv::CacheShape shape = tqkv::CacheShape::of(cpp.config());
+    const std::string want = tqkv::plan_rates(tqkv::CacheSpec::parse("auto-4"), shape, ref).json();
+    REQUIRE(tqkv_rate_plan("auto-4", &base, cal, nullptr, 0, &size) == TQKV_ERR_BUFFER_TOO_SMALL);
+    CHECK(size == want.size() + 1);
+    REQUIRE(tqkv_rate_plan("auto-4", &base, cal, json, sizeof json, &size) == TQKV_OK);
+    CHECK(std::string(json) == want);
+    // The calibration's bytes carry the sensitivities; a cache from the spec uses the plan's rates.
+    size_t n = 0;
+    REQUIRE(tqkv_calibration_save(cal, nullptr, 0, &n) == TQKV_ERR_BUFFER_TOO_SMALL);
+    std::vector<uint8_t> bytes(n);
+    REQUIRE(tqkv_calibration_save(cal, bytes.data(), n, &n) == TQKV_OK);
+    CHECK(bytes == ref.save());
+    tqkv_calibration back = nullptr;
+    REQUIRE(tqkv_calibration_load(bytes.data(), bytes.size(), &back) == TQKV_OK);
+    tqkv_cache c = nullptr;
+    REQUIRE(tqkv_cache_create_spec("auto-4", &base, back, &c) == TQKV_OK);
+    tqkv_cache_config got;
+    got.struct_size = sizeof got;
+    REQUIRE(tqkv_cache_get_config(c, &got) == TQKV_OK);
+    CHECK(got.key_bits == tqkv::plan_rates(tqkv::CacheSpec::parse("auto-4"), shape, ref).layers[0].key_bits);
+    tqkv_cache_destroy(c);
+    // Runners take auto specs with a calibration that has sensitivities.
+    Runner r(m->h, "auto-5", cal);
+    auto cache = tqkv::make_cache("auto-5", shape, &ref);
+    const auto prompt = text_tokens("Auto: ");
+    CHECK(greedy(r.h, prompt, 12) == greedy_cpp(cpp, *cache, prompt, 12));
+    // Hostile calibration bytes: BAD_DATA, nothing created.
+    bytes[20] ^= 0xff;
+    tqkv_calibration bad = nullptr;
+    CHECK(tqkv_calibration_load(bytes.data(), bytes.size(), &bad) == TQKV_ERR_BAD_DATA);
+    CHECK(bad == nullptr);
+    // Samples: a calibration from K/V the caller has, then a spec cache; fractional rates need it.
+    tqkv_calibration s = nullptr;
+    REQUIRE(tqkv_calibration_new(2, 2, 32, &s) == TQKV_OK);
+    std::vector<float> k(3 * 2 * 32, 0.5f), v(k.size(), -1.0f);
+    k[5] = 2.0f;
+    for (int l = 0; l < 2; ++l) REQUIRE(tqkv_calibration_add(s, l, k.data(), k.size(), v.data(), v.size()) == TQKV_OK);
+    CHECK(tqkv_calibration_add(s, 2, k.data(), k.size(), v.data(), v.size()) == TQKV_ERR_INVALID_ARGUMENT);
+    k[0] = std::nanf("");
+    CHECK(tqkv_calibration_add(s, 0, k.data(), k.size(), v.data(), v.size()) == TQKV_ERR_INVALID_ARGUMENT);
+    int32_t L = 0, KH = 0, D = 0;
+    uint64_t mn = 0;
+    REQUIRE(tqkv_calibration_get_info(s, &L, &KH, &D, &mn) == TQKV_OK);
+    CHECK((L == 2 && KH == 2 && D == 32 && mn == 3));
+    CHECK(tqkv_cache_create_spec("K3.5V2.5-w16", &base, nullptr, &c) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(contains(tqkv_last_error(), "calibration"));
+    CHECK(tqkv_cache_create_spec("q4_0", &base, s, &c) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_cache_create_spec("K4V3-bogus", &base, s, &c) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(contains(tqkv_last_error(), "unknown option 'bogus'"));
+    REQUIRE(tqkv_cache_create_spec("default", &base, s, &c) == TQKV_OK);
+    REQUIRE(tqkv_cache_get_config(c, &got) == TQKV_OK);
+    CHECK(got.key_bits == 3.5);
+    CHECK(got.window == 16);
+    CHECK(got.scale == Approx(1 / std::sqrt(32.0)));
+    tqkv_cache_destroy(c);
+    CHECK(tqkv_preset_count() >= 5);
+    CHECK(std::string(tqkv_preset_name(0)) == "default");
+    CHECK(std::string(tqkv_preset_spec(0)) == "K3.5V2.5-w16");
+    CHECK(tqkv_preset_name(-1) == nullptr);
+    CHECK(tqkv_preset_name(tqkv_preset_count()) == nullptr);
+    for (auto* h : {cal, back, s}) tqkv_calibration_destroy(h);
+}

@@ -157,6 +157,8 @@ int main(int argc, char** argv) {
             const std::vector<int32_t> ct = tok.encode(text);
             const double t0 = now();
             cal = tqkv::calibrate_kv(model, ct, max_ctx);
+            // Auto rates: the layer sensitivities, probed on the same calibration text.
+            if (!budgeted && tqkv::CacheSpec::parse(spec).auto_bits > 0) tqkv::measure_sensitivity(model, cal, ct, max_ctx);
             cal_s = now() - t0;
         }
         const tqkv::Calibration* calp = needs_cal && !cal.empty() ? &cal : nullptr;

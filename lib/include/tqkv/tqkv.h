@@ -60,6 +60,7 @@ typedef enum tqkv_status {
 typedef struct tqkv_cache_s* tqkv_cache;
 typedef struct tqkv_codec_s* tqkv_codec;
 typedef struct tqkv_calibration_s* tqkv_calibration;
+typedef struct tqkv_model_s* tqkv_model;
 
 enum { TQKV_METHOD_MSE = 0, TQKV_METHOD_PROD = 1, TQKV_METHOD_QJL = 2 };
 enum { TQKV_NORM_F16 = 0, TQKV_NORM_F32 = 1 };
@@ -180,6 +181,19 @@ TQKV_API tqkv_status tqkv_calibration_get_info(tqkv_calibration cal, int32_t* la
 TQKV_API tqkv_status tqkv_calibration_save(tqkv_calibration cal, uint8_t* buf, size_t capacity, size_t* size);
 TQKV_API tqkv_status tqkv_calibration_load(const uint8_t* bytes, size_t n_bytes, tqkv_calibration* out);
 
+/* Auto rate specs ("auto-3.5") allocate bits per layer by the model's layer sensitivities, which a
+ * short probe with the model measures into the calibration (tokens: calibration text, never
+ * evaluated text; 2 * layers + 1 chunked forward passes over them, in segments of the model's
+ * context). The model must have the calibration's shape. */
+TQKV_API tqkv_status tqkv_calibration_measure_sensitivity(tqkv_calibration cal, tqkv_model model, const int32_t* tokens,
+                                                          size_t n_tokens);
+/* The per-layer rates an auto spec gets from a calibration, as JSON ({"budget":..,"bits_per_coord":..,
+ * "predicted_dnll":..,"layers":[{"k":..,"v":..},...]}), with the size-query convention of
+ * tqkv_cache_save (the size includes the terminating NUL). base: the shape as for
+ * tqkv_cache_create_spec; base->max_tokens is the context the window is counted over (0 = 4096). */
+TQKV_API tqkv_status tqkv_rate_plan(const char* spec, const tqkv_cache_config* base, tqkv_calibration cal, char* buf,
+                                    size_t capacity, size_t* size);
+
 /* A cache from a spec or preset name (tqkv formats: "K<b>V<b>[-opt...]"; grammar in
  * tqkv_cache_spec_grammar()) with a calibration of the same shape (NULL: plain TurboQuant;
  * fractional rates then need a calibration to choose their high channels). base gives the shape
@@ -257,7 +271,6 @@ TQKV_API tqkv_status tqkv_dense_attention_f32(int32_t heads, int32_t kv_heads, i
  * calibrations, models) may be used from different threads. Arguments are checked before
  * anything runs; a prefill/decode that fails while running (out of memory) resets the runner to
  * position 0. */
-typedef struct tqkv_model_s* tqkv_model;
 typedef struct tqkv_runner_s* tqkv_runner;
 
 /* The shape of a loaded model (offsets fixed on every target; 48 bytes). */

@@ -619,6 +619,47 @@ tqkv_status tqkv_calibration_load(const uint8_t* bytes, size_t n_bytes, tqkv_cal
         TQKV_ERR_BAD_DATA);
 }
 
+tqkv_status tqkv_calibration_measure_sensitivity(tqkv_calibration cal, tqkv_model model, const int32_t* tokens,
+                                                 size_t n_tokens) {
+    return guard([&] {
+        auto c = calibrations().get(id_of(cal), "calibration_measure_sensitivity");
+        auto m = models().get(id_of(model), "calibration_measure_sensitivity: model");
+        need_buffer(tokens, n_tokens, "calibration_measure_sensitivity: tokens");
+        if (n_tokens < 2) fail(TQKV_ERR_INVALID_ARGUMENT, "tqkv: calibration_measure_sensitivity: needs at least 2 tokens");
+        const tqkv::LlamaConfig& mc = m->model.config();
+        check_tokens(tokens, n_tokens, mc.vocab_size, "calibration_measure_sensitivity");
+        if (c->cal.layers() != mc.num_hidden_layers || c->cal.kv_heads() != mc.num_key_value_heads ||
+            c->cal.head_dim() != mc.head_dim)
+            fail(TQKV_ERR_INVALID_ARGUMENT, "tqkv: calibration_measure_sensitivity: the calibration is of another shape");
+        tqkv::Calibration work = c->cal;  // on a copy: a failure leaves the calibration as it was
+        tqkv::measure_sensitivity(m->model, work, {tokens, n_tokens}, size_t(mc.max_position_embeddings));
+        c->cal = std::move(work);
+    });
+}
+
+tqkv_status tqkv_rate_plan(const char* spec, const tqkv_cache_config* base, tqkv_calibration cal, char* buf,
+                           size_t capacity, size_t* size) {
+    tqkv_status result = TQKV_OK;
+    const tqkv_status st = guard([&] {
+        need_ptr(spec, "spec");
+        need_ptr(base, "base");
+        need_ptr(size, "size");
+        check_struct(base->struct_size, sizeof *base, "tqkv_cache_config");
+        auto c = calibrations().get(id_of(cal), "rate_plan: calibration");
+        const tqkv::CacheShape shape{base->layers, base->heads, base->kv_heads, base->head_dim, size_t(base->max_tokens)};
+        const std::string json = tqkv::plan_rates(tqkv::CacheSpec::parse(spec), shape, c->cal).json();
+        *size = json.size() + 1;
+        if (!buf || capacity < json.size() + 1) {
+            result = set_error(TQKV_ERR_BUFFER_TOO_SMALL, ("tqkv: rate_plan: the plan needs " + std::to_string(json.size() + 1) +
+                                                           " bytes, the buffer has " + std::to_string(buf ? capacity : 0))
+                                                              .c_str());
+            return;
+        }
+        std::memcpy(buf, json.c_str(), json.size() + 1);
+    });
+    return st != TQKV_OK ? st : result;
+}
+
 tqkv_status tqkv_cache_create_spec(const char* spec, const tqkv_cache_config* base, tqkv_calibration cal, tqkv_cache* out) {
     return guard([&] {
         need_ptr(spec, "spec");
@@ -638,7 +679,7 @@ tqkv_status tqkv_cache_create_spec(const char* spec, const tqkv_cache_config* ba
         b.n_key_high_channels = b.n_value_high_channels = 0;
         b.key_high_channels = b.value_high_channels = nullptr;
         const tqkv::CacheConfig cpp = to_cpp(b);
-        const tqkv::CacheShape shape{base->layers, base->heads, base->kv_heads, base->head_dim};
+        const tqkv::CacheShape shape{base->layers, base->heads, base->kv_heads, base->head_dim, size_t(base->max_tokens)};
         tqkv::ModelKVCache m(shape, sp, c ? &c->cal : nullptr, cpp);
         if (!m.built(0))
             fail(TQKV_ERR_INVALID_ARGUMENT, std::string("tqkv: cache_create_spec: '") + spec +
