@@ -481,6 +481,54 @@ TEST_CASE("C ABI: golden files for the wasm tests (TQKV_GOLDEN_DIR)", "[capi][go
         REQUIRE(tqkv_cache_attend(cache.h, c.layers - 1, qs.data(), qs.size(), out.data(), out.size(), 1) == TQKV_OK);
         write_file(std::string(dir) + "/" + c.name + ".attend.f32", out.data(), out.size() * 4);
     }
+    {
+        // A calibrated cache from a spec (the npm package's createCache({ spec, calibration })): keys
+        // and values with channel offsets (what centring removes), the calibration from other
+        // tokens of the same kind. Files: the calibration's bytes, the cache's bytes and the
+        // attention of 4 queries (kernel scalar). Keep in sync with web/test/golden.test.mjs.
+        const int layers = 2, heads = 4, kv_heads = 2, dim = 128, tokens = 150, calib_tokens = 200;
+        const size_t row = size_t(kv_heads) * dim, q = size_t(heads) * dim;
+        auto offset_kv = [&](uint32_t seed, size_t n) {
+            auto k = js_stream(n * row, seed), v = js_stream(n * row, seed + 1);
+            for (size_t i = 0; i < k.size(); ++i) {  // float sums: one rounding, as in JavaScript
+                k[i] += float(int(i % row % 7) - 3);
+                v[i] += float(int(i % row % 5) - 2) * 0.5f;
+            }
+            return std::pair{k, v};
+        };
+        tqkv_calibration cal = nullptr;
+        REQUIRE(tqkv_calibration_new(layers, kv_heads, dim, &cal) == TQKV_OK);
+        for (int l = 0; l < layers; ++l) {
+            const auto [k, v] = offset_kv(3000 + 2 * l, calib_tokens);
+            REQUIRE(tqkv_calibration_add(cal, l, k.data(), k.size(), v.data(), v.size()) == TQKV_OK);
+        }
+        size_t n = 0;
+        REQUIRE(tqkv_calibration_save(cal, nullptr, 0, &n) == TQKV_ERR_BUFFER_TOO_SMALL);
+        std::vector<uint8_t> cal_bytes(n);
+        REQUIRE(tqkv_calibration_save(cal, cal_bytes.data(), n, &n) == TQKV_OK);
+        write_file(std::string(dir) + "/k35v25w16.calibration", cal_bytes.data(), n);
+        tqkv_cache_config base;
+        tqkv_cache_config_init(&base);
+        base.layers = layers;
+        base.heads = heads;
+        base.kv_heads = kv_heads;
+        base.head_dim = dim;
+        base.kernel = "scalar";
+        tqkv_cache h = nullptr;
+        REQUIRE(tqkv_cache_create_spec("K3.5V2.5-w16", &base, cal, &h) == TQKV_OK);
+        tqkv_calibration_destroy(cal);
+        for (int l = 0; l < layers; ++l) {
+            const auto [k, v] = offset_kv(1000 + 2 * l, tokens);
+            REQUIRE(tqkv_cache_append(h, l, k.data(), k.size(), v.data(), v.size()) == TQKV_OK);
+        }
+        const auto bytes = save(h);
+        write_file(std::string(dir) + "/k35v25w16.calibrated.tqkv", bytes.data(), bytes.size());
+        const auto qs = js_stream(4 * q, 77);
+        std::vector<float> out(4 * q);
+        REQUIRE(tqkv_cache_attend(h, layers - 1, qs.data(), qs.size(), out.data(), out.size(), 1) == TQKV_OK);
+        write_file(std::string(dir) + "/k35v25w16.calibrated.attend.f32", out.data(), out.size() * 4);
+        tqkv_cache_destroy(h);
+    }
     // Codec outputs: mse 4-bit d=128, prod 3-bit d=64, qjl d=100.
     struct CodecCase {
         const char* name;

@@ -118,6 +118,7 @@ const char* kPrompt = "The Python interpreter ";
 const size_t kNllBytes = 1024;   // the first 1024 bytes of eval.txt, one segment of the context
 const size_t kCalibBytes = 2048; // the demo's calibration = tqkv-run's default: the last 2048 bytes of eval.txt
 const int kGreedyBytes = 64;
+const char* kDefaultSpec = "K3.5V2.5-w16";  // the calibrated default cache, NLL compared in wasm
 
 }  // namespace
 
@@ -447,6 +448,12 @@ TEST_CASE("C ABI model: golden values for the wasm tests (TQKV_GOLDEN_DIR)", "[c
     tqkv_runner_stats s;
     s.struct_size = sizeof s;
     REQUIRE(tqkv_runner_get_stats(k4.h, &s) == TQKV_OK);
+    // The default cache with the same calibration: its NLL over the same bytes, what
+    // `tqkv-bench ppl --bytes 1024 --calib-bytes 2048 --config K3.5V2.5-w16` reports (the same
+    // calibrate_kv and evaluate_nll, token by token).
+    Runner kd(m.h, kDefaultSpec, cal);
+    double nll_default = 0;
+    REQUIRE(tqkv_runner_nll(kd.h, tokens.data(), tokens.size(), 0, &nll_default, &scored) == TQKV_OK);
     tqkv_calibration_destroy(cal);
 
     auto list = [](const std::vector<int32_t>& v) {
@@ -459,10 +466,12 @@ TEST_CASE("C ABI model: golden values for the wasm tests (TQKV_GOLDEN_DIR)", "[c
     };
     // Decode speed: the n - 1 decode steps after the prompt.
     std::ofstream f(std::string(gdir) + "/model.json");
-    char num[64];
+    char num[64], num_default[64];
     std::snprintf(num, sizeof num, "%.17g", nll);
+    std::snprintf(num_default, sizeof num_default, "%.17g", nll_default);
     f << "{\"model_dir\":\"" << std::filesystem::absolute(dir).string() << "\",\"prompt\":\"" << kPrompt
       << "\",\"nll_bytes\":" << kNllBytes << ",\"nll_exact\":" << num << ",\"scored\":" << scored
+      << ",\"default_spec\":\"" << kDefaultSpec << "\",\"nll_default\":" << num_default
       << ",\"calib_bytes\":" << kCalibBytes << ",\"greedy_bytes\":" << kGreedyBytes
       << ",\"greedy_exact\":" << list(g_exact) << ",\"greedy_K4V4\":" << list(g_k4)
       << ",\"K4V4_cache_bytes\":" << s.cache_bytes << ",\"K4V4_fp16_bytes\":" << s.fp16_bytes

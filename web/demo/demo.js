@@ -6,7 +6,7 @@
 // state: 'loading' | 'ready' | 'calibrating' | 'generating' | 'error' (also <body data-state>).
 // Each run: { cache, prompt, tokens: [ids], text, decodeTokensPerSecond, prefillTokensPerSecond,
 //             stats: { position, cacheBytes, fp16Bytes, bitsPerCoord, memoryBytes }, stopped }.
-import { Tqkv } from 'tqkv';
+import { Tqkv, saveToIndexedDB, loadFromIndexedDB } from 'tqkv';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -89,13 +89,23 @@ async function generate() {
   try {
     let calibrationMs = 0;
     if (/^k/i.test(spec) && !calibration) {
-      setState('calibrating', 'calibrating the tqkv cache (once per page: an exact-cache pass over 2048 bytes)…');
-      await yieldToBrowser();
-      const { bytes, source } = await calibrationText(new TextEncoder().encode(promptText));
-      const t0 = performance.now();
-      calibration = model.calibrate(tok ? tok.encode(new TextDecoder().decode(bytes)) : bytes);
-      calibrationMs = performance.now() - t0;
-      calibrationSource = source;
+      // A calibration saved by an earlier visit (IndexedDB) saves the exact-cache pass.
+      const key = `calibration:${modelUrl.href}:${model.info.parameters}`;
+      const saved = await loadFromIndexedDB(key, { store: 'calibrations' }).catch(() => undefined);
+      if (saved) {
+        calibration = tqkv.loadCalibration(saved);
+        calibrationSource = `a calibration restored from IndexedDB (${mb(saved.length)})`;
+        demo.calibrationRestored = saved.length;
+      } else {
+        setState('calibrating', 'calibrating the tqkv cache (once: an exact-cache pass over 2048 bytes, then kept in IndexedDB)…');
+        await yieldToBrowser();
+        const { bytes, source } = await calibrationText(new TextEncoder().encode(promptText));
+        const t0 = performance.now();
+        calibration = model.calibrate(tok ? tok.encode(new TextDecoder().decode(bytes)) : bytes);
+        calibrationMs = performance.now() - t0;
+        calibrationSource = source;
+        demo.calibrationSaved = await saveToIndexedDB(key, calibration.serialize(), { store: 'calibrations' }).catch(() => 0);
+      }
     }
     runner?.dispose();
     runner = model.createRunner(spec, { calibration: /^k/i.test(spec) ? calibration : undefined });
@@ -156,7 +166,8 @@ async function generate() {
     run.stats = runner.stats();
     showStats(run.stats, model.info.context);
     if (decoded === 0) $('tps').textContent = 'n/a (1 token)';
-    const cal = calibrationMs ? `; calibrated in ${(calibrationMs / 1000).toFixed(1)} s on ${calibrationSource}` : '';
+    const cal = calibrationMs ? `; calibrated in ${(calibrationMs / 1000).toFixed(1)} s on ${calibrationSource}`
+      : demo.calibrationRestored && /^k/i.test(spec) ? `; ${calibrationSource}` : '';
     demo.runs.push(run);
     setState('ready', `${run.stopped ? 'stopped' : 'done'}: ${run.tokens.length} ${tok ? 'tokens' : 'bytes'} with the ${spec} cache${run.tokens.length < maxTokens && !run.stopped ? ' (the context is full)' : ''}${cal}`);
   } catch (e) {

@@ -47,6 +47,19 @@ export interface Exports {
   tqkv_runner_reset(h: number): number;
   tqkv_runner_get_stats(h: number, stats: number): number;
   tqkv_runner_nll(h: number, tokens: number, n: number, ctx: number, nll: number, scored: number): number;
+  // calibrations and caches from specs
+  tqkv_calibration_new(layers: number, kvHeads: number, dim: number, out: number): number;
+  tqkv_calibration_add(h: number, layer: number, k: number, nk: number, v: number, nv: number): number;
+  tqkv_calibration_add_queries(h: number, layer: number, heads: number, q: number, nq: number): number;
+  tqkv_calibration_get_info(h: number, layers: number, kvHeads: number, dim: number, minTokens: number): number;
+  tqkv_calibration_save(h: number, buf: number, cap: number, size: number): number;
+  tqkv_calibration_load(bytes: number, n: number, out: number): number;
+  tqkv_cache_create_spec(spec: number, base: number, cal: number, out: number): number;
+  tqkv_cache_spec_grammar(): number;
+  tqkv_preset_count(): number;
+  tqkv_preset_name(i: number): number;
+  tqkv_preset_spec(i: number): number;
+  tqkv_preset_summary(i: number): number;
   // input formats and attention statistics (tqkv.h, the block at the end)
   tqkv_cache_append_ex(h: number, layer: number, k: number, nk: number, v: number, nv: number, dtype: number, layout: number): number;
   tqkv_cache_attend_ex(h: number, layer: number, q: number, nq: number, o: number, no: number, causal: number, layout: number): number;

@@ -3,6 +3,7 @@
 import { CACHE_CFG_SIZE } from './abi.js';
 import { disposedError, Status } from './errors.js';
 import { asFloat32, asInt, asNumber } from './input.js';
+import { Calibration } from './calibration.js';
 import type { ModuleVariant } from './loader.js';
 import type { Tqkv } from './tqkv.js';
 
@@ -42,6 +43,17 @@ export interface CacheOptions {
   /** Default layout of the tensors given to append / attend / attendStats: 'token-major'
    *  ([n][heads][headDim], the default) or 'head-major' ([heads][n][headDim]). */
   layout?: TensorLayout;
+  /** A cache spec as `tqkv-run --cache` takes for tqkv formats, e.g. 'K3.5V2.5-w16', 'K4V4',
+   *  'K3V2-w16-prod' (grammar: {@link Tqkv.specGrammar}); sets the rates, method, window, scale and
+   *  seed, so those options may not be given with it. */
+  spec?: string;
+  /** A preset name ({@link Tqkv.presets}, e.g. 'default'); like `spec`. */
+  preset?: string;
+  /** Statistics of this model's keys and values ({@link Tqkv.calibrate}): with `spec`/`preset`,
+   *  keys and values are mean-centred, logits and values debiased, and fractional rates take
+   *  their high channels from it. Without it a spec gives plain TurboQuant (fractional rates
+   *  then need one). The cache keeps what it needs: the calibration may be disposed after. */
+  calibration?: Calibration;
 }
 
 /** How a tensor of n tokens is laid out: 'token-major' [n][heads][headDim] or 'head-major'
@@ -116,7 +128,10 @@ export interface CacheConfig {
 }
 
 const CACHE_OPTION_KEYS = ['layers', 'heads', 'kvHeads', 'headDim', 'keyBits', 'valueBits', 'keyMethod', 'window',
-  'blockTokens', 'scale', 'maxTokens', 'seed', 'normFormat', 'keyHighChannels', 'valueHighChannels', 'kernel', 'layout'];
+  'blockTokens', 'scale', 'maxTokens', 'seed', 'normFormat', 'keyHighChannels', 'valueHighChannels', 'kernel', 'layout',
+  'spec', 'preset', 'calibration'];
+// What a spec decides: not accepted beside spec / preset.
+const SPEC_SETS = ['keyBits', 'valueBits', 'keyMethod', 'window', 'scale', 'seed', 'keyHighChannels', 'valueHighChannels'];
 const LAYOUTS = { 'token-major': 0, 'head-major': 1 } as const;
 const DTYPE_F32 = 0, DTYPE_F16 = 1;
 
@@ -176,6 +191,24 @@ export function createCache(t: Tqkv, options: CacheOptions): KVCache {
   const kernel = options.kernel ?? '';
   t.writeString(cfg + CACHE_CFG_SIZE, kernel, 64);
   t.view().setUint32(cfg + 88, kernel ? cfg + CACHE_CFG_SIZE : 0, true);
+  const spec = options.spec ?? options.preset;
+  if (options.spec !== undefined && options.preset !== undefined) throw new TypeError('tqkv: createCache: give spec or preset, not both');
+  if (spec !== undefined || options.calibration !== undefined) {
+    if (spec === undefined) throw new TypeError('tqkv: createCache: calibration needs a spec or preset (e.g. { preset: \'default\' })');
+    if (typeof spec !== 'string' || spec.length === 0 || spec.length > 200) throw new TypeError('tqkv: createCache: spec/preset must be a non-empty string');
+    for (const k of SPEC_SETS)
+      if ((options as unknown as Record<string, unknown>)[k] !== undefined)
+        throw new TypeError(`tqkv: createCache: '${k}' is decided by the spec '${spec}' (give one or the other)`);
+    if (options.calibration !== undefined && !(options.calibration instanceof Calibration))
+      throw new TypeError('tqkv: createCache: calibration must be a Calibration (Tqkv.calibrate, loadCalibration, LlamaModel.calibrate)');
+    const cal = options.calibration ? options.calibration.h() : 0;
+    const bytes = new TextEncoder().encode(spec);
+    const p = t.scratchPtr(bytes.length + 1);
+    t.bytes().set(bytes, p);
+    t.bytes()[p + bytes.length] = 0;
+    t.check(x.tqkv_cache_create_spec(p, cfg, cal, t.slot));
+    return new KVCache(t, t.u32(t.slot), layout);
+  }
   const [kp, kn] = writeChannels(t, options.keyHighChannels, 'keyHighChannels');
   let vp = 0;
   try {

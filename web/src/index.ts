@@ -28,6 +28,7 @@
 //   tokenizer.ts Tokenizer (tokenizer.json, the same C++ as the native tools)
 //   errors.ts    TqkvError, Status           abi.ts  the C ABI's exports and struct layouts
 //   persist.ts   saving serialized caches in IndexedDB
+//   calibration.ts  Calibration (key/value statistics for calibrated caches from specs and presets)
 // This file is the browser-safe entry point (no `node:` import); node.ts adds file access.
 
 export { Status, TqkvError } from './errors.js';
@@ -53,8 +54,8 @@ export {
   type TensorLayout,
 } from './cache.js';
 export { Codec, type CodecOptions } from './codec.js';
+export { Calibration, type CachePreset, type CalibrationSample, type CalibrationShape } from './calibration.js';
 export {
-  Calibration,
   LlamaModel,
   Runner,
   type GenerateOptions,

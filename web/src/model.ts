@@ -5,6 +5,7 @@ import { MODEL_INFO_SIZE, RUNNER_STATS_SIZE } from './abi.js';
 import { disposedError, Status, TqkvError } from './errors.js';
 import { asFloat32, asInt } from './input.js';
 import { FetchError, readUrl, toUrl } from './platform.js';
+import { Calibration } from './calibration.js';
 import { fetchTokenizer, type Tokenizer } from './tokenizer.js';
 import type { Tqkv } from './tqkv.js';
 
@@ -155,34 +156,6 @@ export class LlamaModel {
     this.handle = 0;
     this.tqkv._modelFinalizer?.unregister(this);
     this.tqkv.check(this.tqkv._x.tqkv_model_destroy(h));
-  }
-
-  /** dispose(), for `using`. */
-  [Symbol.dispose](): void {
-    this.dispose();
-  }
-}
-
-/** Calibration statistics of a model ({@link LlamaModel.calibrate}); reusable by many runners. */
-export class Calibration {
-  /** @internal */ handle: Handle;
-  private readonly t: Tqkv;
-  /** @internal */
-  constructor(t: Tqkv, handle: Handle) {
-    this.t = t;
-    this.handle = handle;
-    t._modelFinalizer?.register(this, { destroy: t._x.tqkv_calibration_destroy, h: handle }, this);
-  }
-  /** @internal */ h(): Handle {
-    if (!this.handle) throw disposedError('calibration');
-    return this.handle;
-  }
-  dispose(): void {
-    if (!this.handle) return;
-    const h = this.handle;
-    this.handle = 0;
-    this.t._modelFinalizer?.unregister(this);
-    this.t.check(this.t._x.tqkv_calibration_destroy(h));
   }
 
   /** dispose(), for `using`. */

@@ -3,6 +3,15 @@
 // wasm memory: a reusable staging buffer, views refreshed after the memory grew, the status check.
 import { ABI_VERSION, CACHE_CFG_SIZE, CODEC_CFG_SIZE, type Exports } from './abi.js';
 import { createCache, KVCache, type CacheOptions } from './cache.js';
+import {
+  Calibration,
+  createCalibration,
+  loadCalibration,
+  presets,
+  type CachePreset,
+  type CalibrationSample,
+  type CalibrationShape,
+} from './calibration.js';
 import { Codec, createCodec, type CodecOptions } from './codec.js';
 import { Status, STATUS_NAMES, TqkvError } from './errors.js';
 import { asFloat32 } from './input.js';
@@ -130,6 +139,56 @@ export class Tqkv {
     }
     this.check(this._x.tqkv_cache_load(p, bytes.length, kptr, this.slots));
     return new KVCache(this, this.u32(this.slots));
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Calibrations and specs (calibration.ts)
+
+  /** An empty calibration of a model's shape; add samples with {@link Calibration.add}. */
+  createCalibration(shape: CalibrationShape): Calibration {
+    return createCalibration(this, shape);
+  }
+
+  /**
+   * A calibration from samples a runtime already has, one entry per layer (e.g. the keys and
+   * values of its first prefill: keys after RoPE, [n][kvHeads][headDim]); optional queries.
+   * Then `createCache({ preset: 'default', calibration, ... })`.
+   */
+  calibrate(shape: CalibrationShape, samples: ArrayLike<CalibrationSample>): Calibration {
+    if (!samples || typeof samples.length !== 'number') throw new TypeError('tqkv: calibrate: samples must be an array, one entry per layer');
+    const cal = createCalibration(this, shape);
+    try {
+      if (samples.length !== shape.layers)
+        throw new TypeError(`tqkv: calibrate: ${samples.length} samples for ${shape.layers} layers (one entry per layer)`);
+      for (let l = 0; l < samples.length; l++) {
+        const s = samples[l];
+        if (typeof s !== 'object' || s === null) throw new TypeError(`tqkv: calibrate: samples[${l}] must be { keys, values }`);
+        for (const k of Object.keys(s))
+          if (!['keys', 'values', 'queries', 'heads'].includes(k))
+            throw new TypeError(`tqkv: calibrate: samples[${l}]: unknown key '${k}' (accepted: keys, values, queries, heads)`);
+        cal.add(l, s.keys, s.values);
+        if (s.queries !== undefined) cal.addQueries(l, s.heads ?? NaN, s.queries);
+      }
+      return cal;
+    } catch (e) {
+      cal.dispose();
+      throw e;
+    }
+  }
+
+  /** A calibration from {@link Calibration.serialize}'s bytes (hostile bytes: a 'bad data' TqkvError). */
+  loadCalibration(bytes: Uint8Array): Calibration {
+    return loadCalibration(this, bytes);
+  }
+
+  /** The named presets of `createCache({ preset })`, with their specs and a one-line summary. */
+  get presets(): CachePreset[] {
+    return presets(this);
+  }
+
+  /** The grammar of cache specs (text). */
+  get specGrammar(): string {
+    return this.cstr(this._x.tqkv_cache_spec_grammar());
   }
 
   /** A vector codec (encode / decode / score plain vectors: teaching pages, tools). */

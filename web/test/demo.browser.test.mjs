@@ -3,8 +3,9 @@
 // directory (../shared/data/tq-ref-128) at /model/. Like a person would, the test types the
 // prompt, picks the cache, sets 64 bytes and clicks Generate: once with the exact fp32 cache,
 // whose 64 greedy bytes must equal the native runner's (model.json, see helpers.mjs), once with
-// K4V4, which must produce 64 bytes in less memory than fp16. The page must show tokens/s and the
-// cache bytes against fp16 while it generates (sampled at animation frames), not only at the end.
+// K4V4, which must produce 64 bytes in less memory than fp16; then a reload, after which the
+// calibration comes back from IndexedDB and K4V4 gives the same bytes. The page must show tokens/s
+// and the cache bytes against fp16 while it generates (sampled at animation frames), not only at the end.
 //
 // Skipped with a message without a browser (CHROMIUM, default /usr/bin/chromium), playwright-core
 // or the model.
@@ -133,8 +134,20 @@ test('demo page in Chromium: exact-cache output equals the native runner, K4V4 g
       assert.match(shown.tps, /^\d+(\.\d)? tokens\/s$/);
       assert.match(shown.status, /calibrated in [\d.]+ s on the last 2048 bytes of eval\.txt/);
       const equal = run.tokens.every((x, i) => x === golden.greedy_K4V4[i]);
-      results.K4V4 = { tokensPerSecond: +run.decodeTokensPerSecond.toFixed(1), ms, frames: frames.length, equalsNative: equal, text: run.text };
+      results.K4V4 = { tokensPerSecond: +run.decodeTokensPerSecond.toFixed(1), ms, frames: frames.length, equalsNative: equal, text: run.text,
+        tokens: run.tokens };
       checkLive(frames, 'K4V4');
+    });
+
+    await t.test('reload: the calibration comes back from IndexedDB, K4V4 generates the same bytes', async () => {
+      await page.reload();
+      await page.waitForFunction(() => ['ready', 'error'].includes(window.tqkvDemo?.state), null, { timeout: 120_000 });
+      const { run, shown } = await generate('K4V4');
+      const restored = await page.evaluate(() => window.tqkvDemo.calibrationRestored);
+      assert.ok(restored > 0, 'a calibration was restored');
+      assert.match(shown.status, /a calibration restored from IndexedDB \([\d.]+ (KiB|MiB|B)\)/);
+      assert.deepEqual(run.tokens, results.K4V4.tokens, 'the same bytes as with the calibration computed before the reload');
+      results.reload = { calibrationBytes: restored };
     });
 
     console.log(`chromium demo (model load ${loadMs} ms): ${JSON.stringify(results)}`);

@@ -1,7 +1,8 @@
 // wasm == native, bit for bit: golden files written by the native build in this test run
 // (tests/test_capi.cpp, tag [golden], with TQKV_GOLDEN_DIR), compared with what both wasm builds
 // produce from the same inputs; then the reverse: caches serialized by wasm load natively
-// (tag [golden-load]).
+// (tag [golden-load]); and a calibrated K3.5V2.5-w16 cache: calibration bytes, cache bytes and
+// attention of the native build recomputed in wasm from the same keys and values.
 //
 // TQKV_GOLDEN_DIR: a directory with the golden files (wasm/test.sh makes it); otherwise the
 // native test binary (TQKV_NATIVE_TESTS, default ../build/tests/tqkv_tests) writes them to a
@@ -34,7 +35,8 @@ if (!dir) {
 
 test('wasm codes == native codes bit for bit; native caches load in wasm and attend within 1e-4', { skip }, async () => {
   const files = readdirSync(dir);
-  const caches = files.filter((f) => f.endsWith('.tqkv') && !f.endsWith('.wasm.tqkv')).map((f) => f.slice(0, -5));
+  const caches = files.filter((f) => f.endsWith('.tqkv') && !f.endsWith('.wasm.tqkv') && !f.endsWith('.calibrated.tqkv'))
+    .map((f) => f.slice(0, -5));
   const codecs = files.filter((f) => f.endsWith('.codes')).map((f) => f.slice(0, -6));
   assert.ok(caches.length >= 4 && codecs.length >= 3, `golden files missing in ${dir}: ${files}`);
   for (const simd of [true, false]) {
@@ -85,4 +87,52 @@ test('caches serialized by wasm load natively (native [golden-load])', { skip: s
   const r = spawnSync(nativeTests, ['[golden-load]'], { env: { ...process.env, TQKV_GOLDEN_DIR: dir }, encoding: 'utf8' });
   assert.equal(r.status, 0, `${r.stdout}\n${r.stderr}`);
   assert.match(r.stdout, /All tests passed/);
+});
+
+// Keys and values with channel offsets (what centring removes), as offset_kv() in tests/test_capi.cpp
+// writes them: the stream plus an integer (keys) or half-integer (values) per channel, one float
+// rounding, the same in both languages.
+function offsetKV(seed, n, row) {
+  const keys = stream(n * row, seed), values = stream(n * row, seed + 1);
+  for (let i = 0; i < keys.length; i++) {
+    keys[i] += ((i % row) % 7) - 3;
+    values[i] += (((i % row) % 5) - 2) * 0.5;
+  }
+  return { keys, values };
+}
+
+test('calibrated K3.5V2.5-w16: wasm calibration and cache bytes == native; attention within 1e-4', { skip }, async () => {
+  const read = (f) => new Uint8Array(readFileSync(join(dir, f)));
+  assert.ok(existsSync(join(dir, 'k35v25w16.calibration')), `no calibrated golden files in ${dir} (native tests too old?)`);
+  const nativeCal = read('k35v25w16.calibration'), nativeCache = read('k35v25w16.calibrated.tqkv');
+  const nativeOut = new Float32Array(read('k35v25w16.calibrated.attend.f32').buffer);
+  const layers = 2, heads = 4, kvHeads = 2, headDim = 128, row = kvHeads * headDim, q = heads * headDim;
+  const shape = { layers, heads, kvHeads, headDim };
+  const qs = stream(4 * q, 77);
+  for (const simd of [true, false]) {
+    const t = await Tqkv.load({ simd });
+    const cal = t.calibrate({ layers, kvHeads, headDim }, [offsetKV(3000, 200, row), offsetKV(3002, 200, row)]);
+    assert.ok(bytesEqual(cal.serialize(), nativeCal), `${t.kernel}: calibration bytes differ from native`);
+    for (const c of [cal, t.loadCalibration(nativeCal)]) {
+      const cache = t.createCache({ ...shape, spec: 'K3.5V2.5-w16', calibration: c });
+      for (let l = 0; l < layers; l++) {
+        const { keys, values } = offsetKV(1000 + 2 * l, 150, row);
+        cache.append(l, keys, values);
+      }
+      assert.ok(bytesEqual(cache.serialize(), nativeCache), `${t.kernel}: calibrated cache bytes differ from native`);
+      // Right after the append, as the native cache attended: every query within the tolerance.
+      const err = worstRowRelError(cache.attend(layers - 1, qs), nativeOut, headDim);
+      assert.ok(err < 1e-4, `${t.kernel}: calibrated attention differs from native by ${err}`);
+      cache.dispose();
+      c.dispose();
+    }
+    // The native bytes load (means, channels, debias flags included) and attend like native for
+    // the next decode step (the last query: the chunk's exact rows are not serialized).
+    const loaded = t.deserialize(nativeCache);
+    assert.ok(bytesEqual(loaded.serialize(), nativeCache));
+    assert.deepEqual([loaded.config.keyBits, loaded.config.valueBits, loaded.config.window], [3.5, 2.5, 16]);
+    const err = worstRowRelError(loaded.attend(layers - 1, qs).subarray(3 * q), nativeOut.subarray(3 * q), headDim);
+    assert.ok(err < 1e-4, `${t.kernel}: loaded calibrated cache attends ${err} from native`);
+    loaded.dispose();
+  }
 });

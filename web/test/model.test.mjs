@@ -4,7 +4,8 @@
 //   - the real model (../shared/data/tq-ref-128; skipped with a message when absent): the exact-
 //     cache NLL over the first 1024 bytes of eval.txt equals the native runner's within 1e-4, and
 //     64 greedy bytes with the exact cache equal the native runner's (model.json from the native
-//     test binary, see helpers.mjs); K4V4 generates 64 bytes.
+//     test binary, see helpers.mjs); K4V4 generates 64 bytes; the calibrated default cache
+//     (K3.5V2.5-w16) gives the native NLL within 1e-4 over the same bytes (the same ΔNLL).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
@@ -211,6 +212,20 @@ test('tq-ref-128 in wasm: exact-cache NLL and greedy text equal the native runne
       r.k4TokensPerSecond = +gk.tokensPerSecond.toFixed(1);
       r.k4EqualsNative = gk.out.every((x, i) => x === golden.greedy_K4V4[i]);
       r.k4Text = Buffer.from(gk.out).toString();
+      // The calibrated default cache over the same bytes with the same calibration: the native
+      // runner's NLL (what `tqkv-bench ppl --bytes 1024 --calib-bytes 2048 --config K3.5V2.5-w16`
+      // reports), i.e. the same ΔNLL against the exact cache.
+      assert.ok(golden.nll_default !== undefined, 'model.json has no nll_default (native tests too old: rebuild)');
+      const kd = m.createRunner(golden.default_spec, { calibration: cal });
+      const t4 = performance.now();
+      const d = kd.nll(eval_.subarray(0, golden.nll_bytes));
+      r.defaultNllMs = Math.round(performance.now() - t4);
+      r.defaultDeltaPct = +(100 * (d.nll / nll - 1)).toFixed(4);
+      r.nativeDefaultDeltaPct = +(100 * (golden.nll_default / golden.nll_exact - 1)).toFixed(4);
+      r.defaultNllDiff = Math.abs(d.nll - golden.nll_default);
+      assert.equal(d.scored, golden.scored);
+      assert.ok(r.defaultNllDiff <= 1e-4, `${golden.default_spec}: wasm NLL ${d.nll} vs native ${golden.nll_default}`);
+      kd.dispose();
       k4.dispose();
       cal.dispose();
     }
