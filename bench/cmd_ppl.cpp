@@ -24,8 +24,9 @@ namespace {
 // The configurations of a plain run: every family at its rates. tqkv specs use the default
 // preconditioning (centered keys and values, debiased logits) unless "-raw" (plain TurboQuant).
 std::vector<std::string> default_configs() {
-    return {// baselines
-            "fp16", "q8_0", "q4_0", "kivi4", "kivi2",
+    return {// baselines: llama.cpp's formats as they were and as llama.cpp runs them today (rotated),
+            // KIVI, TurboQuant+'s cache types
+            "fp16", "q8_0", "q4_0", "q8_0-rot", "q4_0-rot", "q8_0-rots", "q4_0-rots", "kivi4", "kivi2", "turbo4", "turbo3",
             // plain TurboQuant (no preconditioning, no window), K = V
             "K4V4-raw", "K3.5V3.5-raw", "K3V3-raw", "K2.5V2.5-raw", "K2V2-raw",
             // tqkv, mse keys: K = V, K > V, then with a recent window of 16 exact tokens
@@ -37,7 +38,8 @@ std::vector<std::string> default_configs() {
 
 // The --frontier sweep.
 std::vector<std::string> frontier_configs() {
-    std::vector<std::string> c = {"fp16", "q8_0", "q4_0", "kivi4", "kivi2"};
+    std::vector<std::string> c = {"fp16",  "q8_0",   "q4_0",   "q8_0-rot", "q4_0-rot", "q8_0-rots", "q4_0-rots",
+                                  "kivi4", "kivi2", "turbo4", "turbo3",   "turbo2"};
     for (const char* b : {"2", "2.5", "3", "3.5", "4", "5"}) c.push_back(std::string("K") + b + "V" + b + "-raw");
     for (const char* kv : {"K3V2", "K3V3", "K4V3", "K4V4", "K5V4", "K5V5"}) c.push_back(std::string(kv) + "-prod");
     const char* kb[] = {"2", "2.5", "3", "3.5", "4"};
@@ -65,13 +67,19 @@ const Family kFamilies[] = {
     {"TurboQuant plain (K=V, no window)", [](const std::string& m, int) { return m == "tqkv-mse-raw"; }},
     {"tqkv-prod keys", [](const std::string& m, int) { return m == "tqkv-prod"; }},
     {"q4_0", [](const std::string& m, int) { return m == "q4_0"; }},
+    {"q4_0-rot (llama.cpp's Hadamard rotation)", [](const std::string& m, int) { return m == "q4_0-rot"; }},
+    {"q4_0-rots (rotation with random signs)", [](const std::string& m, int) { return m == "q4_0-rots"; }},
     {"q8_0", [](const std::string& m, int) { return m == "q8_0"; }},
+    {"q8_0-rot", [](const std::string& m, int) { return m == "q8_0-rot"; }},
+    {"q8_0-rots", [](const std::string& m, int) { return m == "q8_0-rots"; }},
+    {"turbo (TurboQuant+ turbo2/3/4)", [](const std::string& m, int) { return m == "turbo"; }},
     {"kivi", [](const std::string& m, int) { return m == "kivi"; }},
     {"fp16", [](const std::string& m, int) { return m == "fp16"; }},
 };
 
 struct Row {
     std::string config, method;
+    std::string preset;                  // the preset name when config is one
     std::string prefill = "sequential";  // how prefill chunks attend: "sequential" (token by token) or "chunked"
     double key_bits = 0, value_bits = 0;
     int window = 0;
@@ -83,34 +91,47 @@ struct Row {
     std::string plan;    // auto specs: the per-layer rates (RatePlan::json)
 };
 
-// Family and nominal rates of a spec (the library's parser: a bad spec throws with the grammar).
-void describe(const std::string& spec, Row& r) {
-    r.config = spec;
-    const tqkv::CacheSpec cs = tqkv::CacheSpec::parse(spec);
-    auto nominal = [&](const char* m, double b) {
+// Family and nominal rates of a spec (or preset), from the one spec parser.
+void describe(const std::string& config, Row& r) {
+    using F = tqkv::CacheSpec::Format;
+    r.config = config;
+    for (const auto& p : tqkv::presets())
+        if (config == p.name) r.preset = p.name;
+    const tqkv::CacheSpec s = tqkv::CacheSpec::parse(config);
+    auto nominal = [&](const std::string& m, double b) {
         r.method = m;
         r.key_bits = r.value_bits = b;
     };
-    using F = tqkv::CacheSpec::Format;
-    switch (cs.format) {
+    const char* rot = s.rotation == tqkv::BaselineRotation::Hadamard        ? "-rot"
+                      : s.rotation == tqkv::BaselineRotation::HadamardSigns ? "-rots"
+                                                                            : "";
+    switch (s.format) {
         case F::Exact: return nominal("exact", 32);
         case F::Fp16: return nominal("fp16", 16);
-        case F::Q8_0: return nominal("q8_0", 8);
-        case F::Q4_0: return nominal("q4_0", 4);
+        case F::Q8_0: return nominal(std::string("q8_0") + rot, 8);
+        case F::Q4_0: return nominal(std::string("q4_0") + rot, 4);
         case F::Kivi2: return nominal("kivi", 2);
         case F::Kivi4: return nominal("kivi", 4);
+        case F::Turbo: return nominal("turbo", s.key_bits);
         case F::Tqkv: break;
     }
-    r.key_bits = cs.key_bits;
-    r.value_bits = cs.value_bits;
-    r.window = cs.window;
-    const bool raw = !cs.center_keys && !cs.center_values && !cs.debias_keys && !cs.debias_values;
-    r.method = std::string("tqkv-") + (cs.key_method == tqkv::Method::Prod ? "prod" : "mse") + (raw ? "-raw" : "") +
-               (cs.auto_bits > 0 ? "-auto" : "");
-    if (spec != cs.text || cs.auto_bits > 0) r.preset = spec;
-    for (const auto& p : tqkv::presets())
-        if (spec == p.name) r.preset = spec;
+    r.key_bits = s.key_bits;
+    r.value_bits = s.value_bits;
+    r.window = s.window;
+    const bool raw = !s.center_keys && !s.center_values && !s.debias_keys && !s.debias_values;
+    r.method = std::string("tqkv-") + (s.key_method == tqkv::Method::Prod ? "prod" : "mse") + (raw ? "-raw" : "") +
+               (s.auto_bits > 0 ? "-auto" : "");
+    if (s.auto_bits > 0) r.preset = config;
 }
+
+// Configurations whose caches draw something random from the spec's seed (rotations, signs):
+// averaged over --seeds.
+bool seeded(const Row& r) {
+    return r.method.rfind("tqkv", 0) == 0 || r.method == "turbo" || r.method.ends_with("-rots");
+}
+
+// ours: tqkv rows; a baseline: everything else but the exact cache.
+bool is_tqkv(const Row& r) { return r.method.rfind("tqkv", 0) == 0; }
 
 // Forwards to a cache and times its attend() calls.
 class TimedCache final : public tqkv::AttentionCache {
@@ -417,12 +438,12 @@ int cmd_ppl(const Args& args) {
         try {
             describe(configs[i], r);
             r.prefill = modes[mode];
-            const bool seeded = r.method.rfind("tqkv", 0) == 0;
-            const int runs = seeded ? seeds : 1;
+            const int runs = seeded(r) ? seeds : 1;
             double nll = 0, agree = 0, secs = 0, scored = 0;
             r.delta_min = INFINITY, r.delta_max = -INFINITY;
             for (int s = 0; s < runs; ++s) {
-                const std::string spec = configs[i] + (s ? "-x" + std::to_string(s) : "");
+                tqkv::CacheSpec spec = tqkv::CacheSpec::parse(configs[i]);
+                if (s) spec.seed = uint64_t(s);  // as the spec option x<s>
                 auto cache = tqkv::make_cache(spec, shape, &cal);
                 const tqkv::NllResult res = tqkv::evaluate_nll(model, *cache, tokens, ctx, seq);
                 size_t a = 0;
@@ -480,6 +501,37 @@ int cmd_ppl(const Args& args) {
                     "norm, scale and zero point; window tokens and KIVI's fp16 residual counted at 16 bits. Baselines are\n"
                     "emulated (quantize-dequantize each token, exact attention), so their tokens/s is not their speed.\n",
                     seeds);
+    }
+
+    // Verdicts: against each baseline (first prefill mode), the tqkv row with the lowest ΔNLL at
+    // equal or fewer bits per coordinate; losses printed like wins.
+    {
+        const std::span<const Row> first(rows.data(), configs.size());
+        bool header_done = false;
+        for (const Row& b : first) {
+            if (is_tqkv(b)) continue;
+            const Row* best = nullptr;
+            for (const Row& t : first)
+                if (is_tqkv(t) && t.bits_per_coord <= b.bits_per_coord + 1e-9 && (!best || t.delta_pct < best->delta_pct)) best = &t;
+            const bool wins = best && best->delta_pct < b.delta_pct;
+            if (json) {
+                Json j;
+                j.add("type", "verdict").add("baseline", b.config).add("baseline_bits_per_coord", b.bits_per_coord)
+                    .add("baseline_delta_pct", b.delta_pct).add("tqkv", best ? best->config : std::string())
+                    .add("tqkv_bits_per_coord", best ? best->bits_per_coord : NAN)
+                    .add("tqkv_delta_pct", best ? best->delta_pct : NAN).add("tqkv_wins", wins);
+                std::printf("%s\n", j.str().c_str());
+                continue;
+            }
+            if (!header_done)
+                std::printf("\nAgainst each baseline, the tqkv row with the lowest ΔNLL at equal or fewer bits per coordinate:\n");
+            header_done = true;
+            std::printf("  %-10s (%.3g b, %+.3f%%): ", b.config.c_str(), b.bits_per_coord, b.delta_pct);
+            if (!best) std::printf("no tqkv row at <= %.3g bits\n", b.bits_per_coord);
+            else
+                std::printf("tqkv %s: %s (%.3g b) ΔNLL %+.3f%% vs %+.3f%%\n", wins ? "wins" : "loses", best->config.c_str(),
+                            best->bits_per_coord, best->delta_pct, b.delta_pct);
+        }
     }
 
     if (frontier) {

@@ -23,23 +23,42 @@ namespace {
 // Methods
 
 struct MethodSpec {
-    std::string name;   // family: tqkv-mse, tqkv-prod, qjl, polar, kivi, q4_0, q8_0, fp16
+    std::string name;   // family: tqkv-mse, tqkv-prod, tqkv-cal, qjl, polar, kivi, turbo, q4_0, q4_0-rot,
+                        // q4_0-rots, q8_0, q8_0-rot, q8_0-rots, fp16
     double bits;        // nominal bits of the family's own parameter
     bool tqkv;          // one of ours (the rows baselines are compared against)
+    std::string spec;   // tqkv-cal: the cache spec (tqkv/spec.hpp)
+    std::string preset; // tqkv-cal: the preset it comes from, if any
+    MethodSpec(std::string n, double b, bool ours, std::string sp = "", std::string pr = "")
+        : name(std::move(n)), bits(b), tqkv(ours), spec(std::move(sp)), preset(std::move(pr)) {}
     std::string label() const {
+        if (name == "tqkv-cal") return name + "-" + spec;
+        if (name.rfind("q4_0", 0) == 0 || name.rfind("q8_0", 0) == 0 || name == "fp16" || name == "qjl") return name;
+        if (name == "turbo") return name + std::to_string(int(bits));  // the fork's own names: turbo3, turbo4
         std::ostringstream s;
-        s << name;
-        if (name != "q4_0" && name != "q8_0" && name != "fp16" && name != "qjl") s << "-" << bits;
+        s << name << "-" << bits;
         return s.str();
     }
 };
 
 std::vector<MethodSpec> default_methods() {
-    return {{"tqkv-mse", 2, true},  {"tqkv-mse", 2.5, true}, {"tqkv-mse", 3, true},  {"tqkv-mse", 3.5, true},
-            {"tqkv-mse", 4, true},  {"tqkv-mse", 5, true},   {"tqkv-mse", 6, true},  {"tqkv-mse", 8, true},
-            {"tqkv-prod", 2, true},  {"tqkv-prod", 3, true}, {"tqkv-prod", 4, true},
-            {"qjl", 1, true},       {"polar", 4, false},     {"kivi", 2, false},     {"kivi", 4, false},
-            {"q4_0", 4, false},     {"q8_0", 8, false},      {"fp16", 16, false}};
+    std::vector<MethodSpec> m = {
+        {"tqkv-mse", 2, true},   {"tqkv-mse", 2.5, true},  {"tqkv-mse", 3, true},  {"tqkv-mse", 3.5, true},
+        {"tqkv-mse", 4, true},   {"tqkv-mse", 5, true},    {"tqkv-mse", 6, true},  {"tqkv-mse", 8, true},
+        {"tqkv-prod", 2, true},  {"tqkv-prod", 3, true},   {"tqkv-prod", 4, true}, {"qjl", 1, true}};
+    // The calibrated cache of the presets (channel means and high channels from the dump's first
+    // half of tokens; what tqkv-run and the npm package build): every preset that uses a calibration.
+    for (const auto& p : tqkv::presets()) {
+        const tqkv::CacheSpec s = tqkv::CacheSpec::parse(p.spec);
+        if (s.center_keys || s.center_values || s.debias_keys || s.debias_values)
+            m.push_back({"tqkv-cal", (s.key_bits + s.value_bits) / 2, true, p.spec, p.name});
+    }
+    for (MethodSpec b : std::vector<MethodSpec>{
+             {"polar", 4, false},    {"kivi", 2, false},      {"kivi", 4, false},      {"turbo", 3, false},
+             {"turbo", 4, false},    {"q4_0", 4, false},      {"q4_0-rot", 4, false},  {"q4_0-rots", 4, false},
+             {"q8_0", 8, false},     {"q8_0-rot", 8, false},  {"q8_0-rots", 8, false}, {"fp16", 16, false}})
+        m.push_back(b);
+    return m;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -107,6 +126,64 @@ LayerRun run_tqkv(const MethodSpec& m, const tqkv::KvDump& dump, int layer, size
     return r;
 }
 
+// The calibrated cache of a spec, as a runtime builds it: tqkv::layer_config from a Calibration of
+// the dump's first half of tokens, tokens appended one at a time, and each evaluated query attended
+// right after its own token was appended (what decode computes: its exact window included).
+LayerRun run_calibrated(const MethodSpec& m, const tqkv::KvDump& dump, int layer, size_t n_eval,
+                        const std::string& kernel, const tqkv::Calibration& cal) {
+    const int d = dump.head_dim, KH = dump.kv_heads, H = dump.heads;
+    const size_t T = dump.tokens;
+    const tqkv::CacheShape shape{dump.layers, H, KH, d};
+    tqkv::CacheConfig base;
+    base.kernel = kernel;
+    auto cache = std::make_shared<tqkv::KVCache>(tqkv::layer_config(tqkv::CacheSpec::parse(m.spec), shape, layer, &cal, base));
+    LayerRun r;
+    r.out.resize(n_eval * H * size_t(d));
+    std::vector<float> kt(KH * size_t(d)), vt(kt.size()), q(H * size_t(d));
+    for (size_t t = 0; t < T; ++t) {
+        for (int h = 0; h < KH; ++h) {
+            std::copy_n(dump.key(layer, h, t), d, &kt[size_t(h) * d]);
+            std::copy_n(dump.value(layer, h, t), d, &vt[size_t(h) * d]);
+        }
+        cache->append(kt, vt);
+        if (t + n_eval >= T) {
+            for (int h = 0; h < H; ++h) std::copy_n(dump.query(layer, h, t), d, &q[size_t(h) * d]);
+            cache->attend(q, std::span(r.out).subspan((t + n_eval - T) * H * size_t(d), H * size_t(d)), true);
+        }
+    }
+    for (int h = 0; h < KH; ++h) {
+        const auto k = cache->decode_keys(h), v = cache->decode_values(h);
+        r.keys.insert(r.keys.end(), k.begin(), k.end());
+        r.values.insert(r.values.end(), v.begin(), v.end());
+    }
+    // Everything stored, the exact window counted at fp16 (the convention of tqkv-bench ppl).
+    r.bits_per_coord = cache->format_bytes() * 8.0 / (2.0 * double(T) * KH * d);
+    auto last = std::make_shared<std::vector<float>>(q);
+    auto out1 = std::make_shared<std::vector<float>>(H * size_t(d));
+    r.attend_one = [cache, last, out1] { cache->attend(*last, *out1, false); };
+    r.keep = cache;
+    return r;
+}
+
+// The calibration of every layer from the dump's first `tokens` tokens (keys, values, queries).
+tqkv::Calibration calibrate_dump(const tqkv::KvDump& dump, size_t tokens) {
+    const int d = dump.head_dim, KH = dump.kv_heads, H = dump.heads;
+    tqkv::Calibration cal(dump.layers, KH, d);
+    for (int l = 0; l < dump.layers; ++l) {
+        std::vector<float> K(tokens * KH * size_t(d)), V(K.size()), Q(tokens * H * size_t(d));
+        for (size_t t = 0; t < tokens; ++t) {
+            for (int h = 0; h < KH; ++h) {
+                std::copy_n(dump.key(l, h, t), d, &K[(t * KH + h) * d]);
+                std::copy_n(dump.value(l, h, t), d, &V[(t * KH + h) * d]);
+            }
+            for (int h = 0; h < H; ++h) std::copy_n(dump.query(l, h, t), d, &Q[(t * H + h) * d]);
+        }
+        cal.add(l, K, V);
+        cal.add_queries(l, H, Q);
+    }
+    return cal;
+}
+
 LayerRun run_format(const MethodSpec& m, const tqkv::KvDump& dump, int layer, size_t n_eval, const std::string& kernel) {
     const int d = dump.head_dim, KH = dump.kv_heads, H = dump.heads, G = H / KH;
     const size_t T = dump.tokens;
@@ -122,10 +199,13 @@ LayerRun run_format(const MethodSpec& m, const tqkv::KvDump& dump, int layer, si
         tqkv::BaselineConfig b;
         b.bits = int(m.bits);
         if (m.name == "fp16") b.kind = tqkv::BaselineKind::Fp16;
-        else if (m.name == "q8_0") b.kind = tqkv::BaselineKind::Q8_0;
-        else if (m.name == "q4_0") b.kind = tqkv::BaselineKind::Q4_0;
+        else if (m.name.rfind("q8_0", 0) == 0) b.kind = tqkv::BaselineKind::Q8_0;
+        else if (m.name.rfind("q4_0", 0) == 0) b.kind = tqkv::BaselineKind::Q4_0;
         else if (m.name == "kivi") b.kind = tqkv::BaselineKind::Kivi;
+        else if (m.name == "turbo") b.kind = tqkv::BaselineKind::Turbo;
         else b.kind = tqkv::BaselineKind::Polar;
+        if (m.name.ends_with("-rot")) b.rotation = tqkv::BaselineRotation::Hadamard;
+        if (m.name.ends_with("-rots")) b.rotation = tqkv::BaselineRotation::HadamardSigns;
         return tqkv::BaselineFormat::make(b, d, keys);
     };
     auto formats = std::make_shared<std::vector<std::unique_ptr<tqkv::BaselineFormat>>>();
@@ -297,7 +377,12 @@ struct Row {
     bool tqkv;
     std::string layer;  // number or "all"
     Metrics m;
+    std::string spec, preset;  // tqkv-cal rows
 };
+
+Row make_row(const MethodSpec& m, std::string layer, const Metrics& metrics) {
+    return {m.name, m.label(), m.bits, m.tqkv, std::move(layer), metrics, m.spec, m.preset};
+}
 
 Json row_json(const Row& r) {
     Json j;
@@ -306,6 +391,8 @@ Json row_json(const Row& r) {
         .add("score_corr", r.m.score_corr).add("attn_cosine", r.m.attn_cosine).add("top1", r.m.top1)
         .add("top5", r.m.top5).add("top10", r.m.top10).add("ns_per_query", r.m.ns_per_query)
         .add("dense_fp32_ns_per_query", r.m.dense_ns).add("tqkv", r.tqkv);
+    if (!r.spec.empty()) j.add("spec", r.spec);
+    if (!r.preset.empty()) j.add("preset", r.preset);
     return j;
 }
 
@@ -315,14 +402,15 @@ struct Verdict {
     bool found, wins;
 };
 
-// For each baseline: the best tqkv row (by attention-output cosine) at equal or fewer bits.
-std::vector<Verdict> verdicts(const std::vector<Row>& all) {
+// For each baseline: the best tqkv row (by attention-output cosine) at equal or fewer bits, among
+// the tqkv rows `among` accepts.
+std::vector<Verdict> verdicts(const std::vector<Row>& all, const std::function<bool(const Row&)>& among) {
     std::vector<Verdict> out;
     for (const auto& b : all) {
         if (b.tqkv) continue;
         Verdict v{b.label, "", b.m.bits_per_coord, 0, b.m.attn_cosine, 0, false, false};
         for (const auto& t : all)
-            if (t.tqkv && t.m.bits_per_coord <= b.m.bits_per_coord + 1e-9 && (!v.found || t.m.attn_cosine > v.tqkv_cos)) {
+            if (t.tqkv && among(t) && t.m.bits_per_coord <= b.m.bits_per_coord + 1e-9 && (!v.found || t.m.attn_cosine > v.tqkv_cos)) {
                 v.found = true;
                 v.tqkv = t.label;
                 v.tqkv_bits = t.m.bits_per_coord;
@@ -388,6 +476,12 @@ int cmd_report(const Args& args) {
         });
     }
     const std::string kname = kernel.empty() ? tqkv::default_kernel() : kernel;
+    // Calibrated rows: statistics of the first half of the tokens; the evaluated queries are the
+    // last ones (disjoint as long as queries <= tokens / 2).
+    const size_t n_cal = std::max<size_t>(1, dump.tokens / 2);
+    tqkv::Calibration cal;
+    if (std::any_of(methods.begin(), methods.end(), [](const MethodSpec& m) { return m.name == "tqkv-cal"; }))
+        cal = calibrate_dump(dump, n_cal);
 
     const bool progress = isatty(2);
     const size_t total = methods.size() * dump.layers;
@@ -409,8 +503,10 @@ int cmd_report(const Args& args) {
                              total, l, m.label().c_str());
                 std::fflush(stderr);
             }
-            LayerRun r = m.tqkv && m.name != "qjl" ? run_tqkv(m, dump, l, n_eval, kernel) : run_format(m, dump, l, n_eval, kernel);
-            Row row{m.name, m.label(), m.bits, m.tqkv, std::to_string(l), measure(r, dump, l, n_eval)};
+            LayerRun r = m.name == "tqkv-cal"          ? run_calibrated(m, dump, l, n_eval, kernel, cal)
+                         : m.tqkv && m.name != "qjl" ? run_tqkv(m, dump, l, n_eval, kernel)
+                                                     : run_format(m, dump, l, n_eval, kernel);
+            Row row = make_row(m, std::to_string(l), measure(r, dump, l, n_eval));
             // fp16 is timed on the dense fp16 kernel (what an fp16 cache runs), the rest on their own path.
             row.m.ns_per_query = m.name == "fp16"
                                      ? time_ns([&] { tqkv::dense_attention_f16(shape, q1.data(), Kh.data(), Vh.data(), o1.data(), kname); }, budget)
@@ -425,7 +521,7 @@ int cmd_report(const Args& args) {
     // Aggregate over layers: means (key_mse pooled as the mean of per-layer relative errors).
     std::vector<Row> all;
     for (const auto& m : methods) {
-        Row a{m.name, m.label(), m.bits, m.tqkv, "all", {}};
+        Row a = make_row(m, "all", {});
         int n = 0;
         for (const auto& r : rows)
             if (r.label == m.label()) {
@@ -440,12 +536,15 @@ int cmd_report(const Args& args) {
             *x /= n;
         all.push_back(a);
     }
-    const auto vs = verdicts(all);
+    const auto vs = verdicts(all, [](const Row&) { return true; });
+    const auto vs_cal = verdicts(all, [](const Row& r) { return r.method == "tqkv-cal"; });
+    const bool any_cal = std::any_of(all.begin(), all.end(), [](const Row& r) { return r.method == "tqkv-cal"; });
 
     std::ostringstream data_desc;
     data_desc << dump.source << "; " << dump.layers << " layers, " << dump.heads << " query heads / " << dump.kv_heads
               << " KV heads, head_dim " << dump.head_dim << ", " << dump.tokens << " tokens; metrics over the last "
               << n_eval << " queries of each head (causal)";
+    if (any_cal) data_desc << "; tqkv-cal rows calibrated on the first " << n_cal << " tokens";
     Table table({"method", "bits/coord", "key mse", "ip rmse", "score corr", "attn cos", "top1", "top5", "top10",
                  "ns/query", "vs fp32"});
     for (const auto& a : all)
@@ -457,7 +556,12 @@ int cmd_report(const Args& args) {
                 cpu_name().c_str());
     table.print();
     std::printf("\nAgainst each baseline, the best tqkv row at equal or fewer bits per coordinate (attention-output cosine):\n");
-    for (const auto& v : vs) std::printf("  %-8s (%.3g b): %s\n", v.baseline.c_str(), v.baseline_bits, verdict_text(v).c_str());
+    for (const auto& v : vs) std::printf("  %-9s (%.3g b): %s\n", v.baseline.c_str(), v.baseline_bits, verdict_text(v).c_str());
+    if (any_cal) {
+        std::printf("\nThe calibrated cache (tqkv-cal rows) against each baseline, at equal or fewer bits per coordinate:\n");
+        for (const auto& v : vs_cal)
+            std::printf("  %-9s (%.3g b): %s\n", v.baseline.c_str(), v.baseline_bits, verdict_text(v).c_str());
+    }
 
     if (args.flag("json")) {
         std::ofstream f(args.get("json", "report.json"));
@@ -469,12 +573,16 @@ int cmd_report(const Args& args) {
         f << h.str() << "\n";
         for (const auto& r : rows) f << row_json(r).str() << "\n";
         for (const auto& a : all) f << row_json(a).str() << "\n";
-        for (const auto& v : vs) {
-            Json j;
-            j.add("type", "verdict").add("baseline", v.baseline).add("baseline_bits_per_coord", v.baseline_bits)
-                .add("baseline_attn_cosine", v.baseline_cos).add("tqkv", v.tqkv).add("tqkv_bits_per_coord", v.tqkv_bits)
-                .add("tqkv_attn_cosine", v.tqkv_cos).add("tqkv_wins", v.wins);
-            f << j.str() << "\n";
+        for (const auto* set : {&vs, &vs_cal}) {
+            if (set == &vs_cal && !any_cal) break;
+            for (const auto& v : *set) {
+                Json j;
+                j.add("type", "verdict").add("baseline", v.baseline).add("baseline_bits_per_coord", v.baseline_bits)
+                    .add("baseline_attn_cosine", v.baseline_cos).add("tqkv", v.tqkv).add("tqkv_bits_per_coord", v.tqkv_bits)
+                    .add("tqkv_attn_cosine", v.tqkv_cos).add("tqkv_wins", v.wins)
+                    .add("among", set == &vs ? "tqkv" : "tqkv-cal");
+                f << j.str() << "\n";
+            }
         }
         if (!f) throw std::runtime_error("cannot write " + args.get("json", ""));
     }
@@ -490,6 +598,11 @@ int cmd_report(const Args& args) {
         f << "\n## tqkv against each baseline\n\nThe best tqkv configuration at equal or fewer bits per coordinate, by "
              "attention-output cosine:\n\n";
         for (const auto& v : vs) f << "- **" << v.baseline << "** (" << fmt("%.3g", v.baseline_bits) << " bits): " << verdict_text(v) << "\n";
+        if (any_cal) {
+            f << "\nThe calibrated cache (tqkv-cal rows) alone:\n\n";
+            for (const auto& v : vs_cal)
+                f << "- **" << v.baseline << "** (" << fmt("%.3g", v.baseline_bits) << " bits): " << verdict_text(v) << "\n";
+        }
         f << "\n## Attention-output cosine per layer\n\n| method |";
         for (int l = 0; l < dump.layers; ++l) f << " layer " << l << " |";
         f << "\n|---|";
@@ -508,7 +621,13 @@ int cmd_report(const Args& args) {
              "- topK: overlap of the K highest attention weights.\n- ns/query: one query token, all heads, over all tokens, "
              "on the method's own attention path (tqkv: fused kernels, SIMD for 1-4 bit codes and scalar above; baselines: "
              "plain reference loops over their formats, not optimized kernels; fp16: the dense fp16 kernel); vs dense "
-             "fp32: speed relative to dense fp32 attention in the same run.\n";
+             "fp32: speed relative to dense fp32 attention in the same run.\n"
+             "- tqkv-cal-SPEC: the calibrated cache of a preset (tqkv::Calibration of the first half of the tokens: channel "
+             "means, high channels; debiased logits and values; exact recent window counted at fp16 in bits/coord), tokens "
+             "appended one by one and each evaluated query attended right after its token (decode).\n"
+             "- q4_0-rot, q8_0-rot: llama.cpp's Hadamard rotation (ggml-org/llama.cpp#21038; keys and queries over blocks of "
+             "the largest power of two dividing head_dim, values over blocks of 64, output rotated back); -rots: random signs "
+             "first. turbo-B: TurboQuant+'s turboB cache type (tqkv/baselines.hpp).\n";
         if (!f) throw std::runtime_error("cannot write " + args.get("markdown", ""));
     }
     return 0;

@@ -37,8 +37,13 @@ std::unique_ptr<tqkv::BaselineFormat> make_format(const MethodSpec& m, int d, bo
             return keys ? codec_format(d, 1, tqkv::Method::Qjl, keys, x, T) : codec_format(d, m.bits, tqkv::Method::Mse, keys, x, T);
         case Family::Polar: b.kind = tqkv::BaselineKind::Polar; break;
         case Family::Kivi: b.kind = tqkv::BaselineKind::Kivi; break;
+        case Family::Turbo: b.kind = tqkv::BaselineKind::Turbo; break;
         case Family::Q4_0: b.kind = tqkv::BaselineKind::Q4_0; break;
+        case Family::Q4_0Rot: b.kind = tqkv::BaselineKind::Q4_0, b.rotation = tqkv::BaselineRotation::Hadamard; break;
+        case Family::Q4_0Rots: b.kind = tqkv::BaselineKind::Q4_0, b.rotation = tqkv::BaselineRotation::HadamardSigns; break;
         case Family::Q8_0: b.kind = tqkv::BaselineKind::Q8_0; break;
+        case Family::Q8_0Rot: b.kind = tqkv::BaselineKind::Q8_0, b.rotation = tqkv::BaselineRotation::Hadamard; break;
+        case Family::Q8_0Rots: b.kind = tqkv::BaselineKind::Q8_0, b.rotation = tqkv::BaselineRotation::HadamardSigns; break;
         case Family::Fp16: b.kind = tqkv::BaselineKind::Fp16; break;
     }
     b.bits = int(m.bits);
@@ -93,8 +98,13 @@ const char* family_name(Family f) {
         case Family::Qjl: return "qjl";
         case Family::Polar: return "polar";
         case Family::Kivi: return "kivi";
+        case Family::Turbo: return "turbo";
         case Family::Q4_0: return "q4_0";
+        case Family::Q4_0Rot: return "q4_0-rot";
+        case Family::Q4_0Rots: return "q4_0-rots";
         case Family::Q8_0: return "q8_0";
+        case Family::Q8_0Rot: return "q8_0-rot";
+        case Family::Q8_0Rots: return "q8_0-rots";
         case Family::Fp16: return "fp16";
     }
     return "?";
@@ -107,8 +117,13 @@ const char* family_help(Family f) {
         case Family::Qjl: return "QJL keys: signs of a Gaussian projection + norm (1 bit); values tqkv-mse at the chosen bits";
         case Family::Polar: return "PolarQuant: rotation, recursive polar transform, quantized angles + fp16 block radius";
         case Family::Kivi: return "KIVI: uniform int per channel (keys) / per token (values), fp16 scale+zero; last 128 tokens fp16";
+        case Family::Turbo: return "TurboQuant+ turbo2/3/4 (llama.cpp fork): rotation, Lloyd-Max codes, one fp16 norm per vector, norm-corrected";
         case Family::Q4_0: return "llama.cpp q4_0: blocks of 32 values, 4-bit ints, one fp16 scale";
+        case Family::Q4_0Rot: return "llama.cpp q4_0 as llama.cpp runs it today: Hadamard-rotated keys/queries and values (PR #21038)";
+        case Family::Q4_0Rots: return "q4_0 after a Hadamard rotation with random signs (QuaRot-style; not llama.cpp's)";
         case Family::Q8_0: return "llama.cpp q8_0: blocks of 32 values, 8-bit ints, one fp16 scale";
+        case Family::Q8_0Rot: return "llama.cpp q8_0 as llama.cpp runs it today: Hadamard-rotated keys/queries and values (PR #21038)";
+        case Family::Q8_0Rots: return "q8_0 after a Hadamard rotation with random signs (QuaRot-style; not llama.cpp's)";
         case Family::Fp16: return "IEEE half precision";
     }
     return "";
@@ -121,8 +136,13 @@ std::vector<double> bit_choices(Family f) {
         case Family::Qjl: return {2, 3, 4};  // value bits (keys are always 1-bit QJL)
         case Family::Polar: return {2, 3, 4, 5, 6};
         case Family::Kivi: return {2, 4};
-        case Family::Q4_0: return {4};
-        case Family::Q8_0: return {8};
+        case Family::Turbo: return {2, 3, 4};
+        case Family::Q4_0:
+        case Family::Q4_0Rot:
+        case Family::Q4_0Rots: return {4};
+        case Family::Q8_0:
+        case Family::Q8_0Rot:
+        case Family::Q8_0Rots: return {8};
         case Family::Fp16: return {16};
     }
     return {4};
@@ -135,8 +155,13 @@ double default_bits(Family f) {
         case Family::Qjl: return 2;
         case Family::Polar: return 4;
         case Family::Kivi: return 4;
-        case Family::Q4_0: return 4;
-        case Family::Q8_0: return 8;
+        case Family::Turbo: return 3;
+        case Family::Q4_0:
+        case Family::Q4_0Rot:
+        case Family::Q4_0Rots: return 4;
+        case Family::Q8_0:
+        case Family::Q8_0Rot:
+        case Family::Q8_0Rots: return 8;
         case Family::Fp16: return 16;
     }
     return 4;
@@ -147,7 +172,11 @@ std::string MethodSpec::label() const {
     s << family_name(family);
     switch (family) {
         case Family::Q4_0:
+        case Family::Q4_0Rot:
+        case Family::Q4_0Rots:
         case Family::Q8_0:
+        case Family::Q8_0Rot:
+        case Family::Q8_0Rots:
         case Family::Fp16: break;
         case Family::Qjl: s << " (V mse-" << bits << ")"; break;
         default: s << "-" << bits;

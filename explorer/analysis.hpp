@@ -21,9 +21,11 @@ namespace ex {
 // ---------------------------------------------------------------------------------------------
 // Methods: the tqkv codecs and the formats they are compared against.
 
-enum class Family { TqMse, TqProd, Qjl, Polar, Kivi, Q4_0, Q8_0, Fp16 };
-constexpr int kFamilies = 8;
-const char* family_name(Family f);   // "tqkv-mse", "tqkv-prod", "qjl", "polar", "kivi", "q4_0", "q8_0", "fp16"
+// Q4_0Rot / Q8_0Rot: llama.cpp's Hadamard rotation (what llama.cpp runs since ggml-org/llama.cpp#21038),
+// *Rots with random signs; Turbo: TurboQuant+'s turbo2/3/4 (tqkv/baselines.hpp).
+enum class Family { TqMse, TqProd, Qjl, Polar, Kivi, Turbo, Q4_0, Q4_0Rot, Q4_0Rots, Q8_0, Q8_0Rot, Q8_0Rots, Fp16 };
+constexpr int kFamilies = 13;
+const char* family_name(Family f);   // "tqkv-mse", "tqkv-prod", "qjl", "polar", "kivi", "turbo", "q4_0", "q4_0-rot", ...
 const char* family_help(Family f);   // one line: what it stores
 std::vector<double> bit_choices(Family f);
 double default_bits(Family f);

@@ -14,7 +14,9 @@ namespace {
 std::vector<MethodSpec> comparison_methods() {
     return {{Family::TqMse, 2},  {Family::TqMse, 3},  {Family::TqMse, 3.5}, {Family::TqMse, 4},
             {Family::TqProd, 3}, {Family::TqProd, 4}, {Family::Qjl, 2},     {Family::Polar, 4},
-            {Family::Kivi, 2},   {Family::Kivi, 4},   {Family::Q4_0, 4},    {Family::Q8_0, 8}};
+            {Family::Kivi, 2},   {Family::Kivi, 4},   {Family::Turbo, 3},   {Family::Turbo, 4},
+            {Family::Q4_0, 4},   {Family::Q4_0Rot, 4}, {Family::Q4_0Rots, 4}, {Family::Q8_0, 8},
+            {Family::Q8_0Rot, 8}};
 }
 
 }  // namespace

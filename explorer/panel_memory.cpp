@@ -27,8 +27,13 @@ ImU32 family_color(Family f) {
         case Family::Qjl: return plot::color(4);
         case Family::Polar: return plot::color(2);
         case Family::Kivi: return plot::color(1);
+        case Family::Turbo: return plot::color(3);
         case Family::Q4_0:
-        case Family::Q8_0: return plot::color(5);
+        case Family::Q4_0Rot:
+        case Family::Q4_0Rots:
+        case Family::Q8_0:
+        case Family::Q8_0Rot:
+        case Family::Q8_0Rots: return plot::color(5);
         case Family::Fp16: return plot::color(7);
     }
     return plot::color(7);
@@ -259,7 +264,9 @@ void panel_memory(App& app) {
     std::vector<MemRow> rows;
     const double fp32 = 2.0 * D.kv_heads * D.head_dim * 4;
     rows.push_back({"fp32", fp32, 32, IM_COL32(40, 40, 40, 255), "uncompressed single precision"});
+    // q4_0-rot / q8_0-rot store exactly q4_0 / q8_0 (the rotation costs no bytes): not repeated here.
     const std::vector<MethodSpec> methods = {{Family::Fp16, 16}, {Family::Q8_0, 8},   {Family::Kivi, 4},   {Family::Q4_0, 4},
+                                             {Family::Turbo, 4}, {Family::Turbo, 3},
                                              {Family::Polar, 4}, {Family::Kivi, 2},   {Family::TqMse, 4},  {Family::TqProd, 4},
                                              {Family::TqMse, 3.5}, {Family::TqMse, 3}, {Family::TqMse, 2.5}, {Family::TqMse, 2},
                                              {Family::Qjl, 2}};

@@ -512,3 +512,217 @@ TEST_CASE("bad baseline configurations throw std::invalid_argument", "[baselines
         CHECK(std::string(e.what()).find("multiple of 32") != std::string::npos);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// llama.cpp's Hadamard rotation (-rot, -rots) and TurboQuant+ (turbo2/3/4).
+
+namespace {
+
+BaselineConfig rotated(BaselineKind kind, BaselineRotation r, uint64_t seed = 1) {
+    BaselineConfig c = cfg_of(kind, kind == BaselineKind::Q8_0 ? 8 : 4);
+    c.rotation = r;
+    c.seed = seed;
+    return c;
+}
+
+// The orthonormal Walsh–Hadamard matrix of size n (row-major) built the way llama.cpp's
+// ggml_gen_hadamard builds it: H_1 = 1/sqrt(n), then [[H, H], [H, -H]] doubling up to n.
+std::vector<double> ggml_hadamard(int n) {
+    std::vector<double> h(size_t(n) * n, 0.0);
+    h[0] = 1.0 / std::sqrt(double(n));
+    for (int s = 1; s < n; s *= 2)
+        for (int i = 0; i < s; ++i)
+            for (int j = 0; j < s; ++j) {
+                const double v = h[size_t(i) * n + j];
+                h[size_t(i + s) * n + j] = v;
+                h[size_t(i) * n + j + s] = v;
+                h[size_t(i + s) * n + j + s] = -v;
+            }
+    return h;
+}
+
+// y = H_block x on each block of `block` coordinates of each row.
+std::vector<float> block_rotate(const std::vector<float>& x, int dim, int block) {
+    const std::vector<double> h = ggml_hadamard(block);
+    std::vector<float> y(x.size());
+    for (size_t r = 0; r < x.size() / dim; ++r)
+        for (int b0 = 0; b0 < dim; b0 += block)
+            for (int i = 0; i < block; ++i) {
+                double s = 0;
+                for (int j = 0; j < block; ++j) s += h[size_t(i) * block + j] * x[r * dim + b0 + j];
+                y[r * dim + b0 + i] = float(s);
+            }
+    return y;
+}
+
+}  // namespace
+
+TEST_CASE("hadamard rotation: llama.cpp's block sizes", "[baselines][rotation]") {
+    // Keys: the largest power of two dividing head_dim (from 64 up); values: 64; none unless 64 | dim.
+    CHECK(hadamard_key_block(64) == 64);
+    CHECK(hadamard_key_block(128) == 128);
+    CHECK(hadamard_key_block(192) == 64);
+    CHECK(hadamard_key_block(256) == 256);
+    CHECK(hadamard_key_block(320) == 64);
+    CHECK(hadamard_key_block(96) == 0);
+    CHECK(hadamard_key_block(32) == 0);
+    CHECK(hadamard_value_block(128) == 64);
+    CHECK(hadamard_value_block(64) == 64);
+    CHECK(hadamard_value_block(96) == 0);
+    CHECK(BaselineFormat::make(rotated(BaselineKind::Q4_0, BaselineRotation::Hadamard), 128, true)->name() == "q4_0-rot");
+    CHECK(BaselineFormat::make(rotated(BaselineKind::Q8_0, BaselineRotation::HadamardSigns), 128, false)->name() == "q8_0-rots");
+    CHECK(BaselineFormat::make(cfg_of(BaselineKind::Turbo, 3), 128, true)->name() == "turbo3");
+}
+
+TEST_CASE("q4_0-rot / q8_0-rot store the plain format of H x and decode to H (decoded)", "[baselines][rotation]") {
+    const size_t n = 200;
+    for (int dim : {64, 128, 192})
+        for (auto kind : {BaselineKind::Q4_0, BaselineKind::Q8_0})
+            for (bool keys : {true, false}) {
+                const int block = keys ? hadamard_key_block(dim) : hadamard_value_block(dim);
+                auto x = varied_data(n, dim, 40 + dim);
+                auto rot = BaselineFormat::make(rotated(kind, BaselineRotation::Hadamard), dim, keys);
+                auto plain = BaselineFormat::make(cfg_of(kind, kind == BaselineKind::Q8_0 ? 8 : 4), dim, keys);
+                const auto y = roundtrip(*rot, x, n);
+                // The plain format of the rotated rows, rotated back with the explicit matrix (H^T = H).
+                const auto hx = block_rotate(x, dim, block);
+                const auto expect = block_rotate(roundtrip(*plain, hx, n), dim, block);
+                INFO(rot->name() << " dim " << dim << " keys " << keys << " block " << block);
+                CHECK(rot->bytes() == plain->bytes());
+                CHECK(rot->bits_per_coord() == plain->bits_per_coord());
+                double worst = 0, scale = 0;
+                for (size_t i = 0; i < y.size(); ++i) {
+                    worst = std::max(worst, std::fabs(double(y[i]) - expect[i]));
+                    scale = std::max(scale, std::fabs(double(expect[i])));
+                }
+                // Float rounding of two transforms; a code off by one step would be ~1e-2 of scale.
+                CHECK(worst <= 2e-5 * scale);
+            }
+}
+
+TEST_CASE("hadamard rotation spreads outlier channels: q4_0-rot beats q4_0", "[baselines][rotation]") {
+    // Keys with a few channels 20x the others (as RoPE'd keys have): a q4_0 block holding an outlier
+    // spends its scale on it; after the rotation the energy is spread over the block.
+    const size_t n = 512;
+    const int dim = 128;
+    auto x = tqkv_test::gaussian_vectors(n, dim, 50);
+    for (size_t t = 0; t < n; ++t)
+        for (int j : {3, 40, 77, 100}) x[t * dim + j] *= 20.0f;
+    for (auto kind : {BaselineKind::Q4_0, BaselineKind::Q8_0}) {
+        auto plain = BaselineFormat::make(cfg_of(kind, kind == BaselineKind::Q8_0 ? 8 : 4), dim, true);
+        auto rot = BaselineFormat::make(rotated(kind, BaselineRotation::Hadamard), dim, true);
+        auto rots = BaselineFormat::make(rotated(kind, BaselineRotation::HadamardSigns), dim, true);
+        const double e_plain = mse(roundtrip(*plain, x, n), x), e_rot = mse(roundtrip(*rot, x, n), x),
+                     e_rots = mse(roundtrip(*rots, x, n), x);
+        INFO(plain->name() << ": plain " << e_plain << ", rot " << e_rot << ", rots " << e_rots);
+        CHECK(e_rot < 0.5 * e_plain);
+        CHECK(e_rots < 0.5 * e_plain);
+    }
+}
+
+TEST_CASE("-rots: the signs come from the seed, and the round trip stays within the format's error", "[baselines][rotation]") {
+    const size_t n = 100;
+    const int dim = 128;
+    auto x = varied_data(n, dim, 60);
+    auto a = BaselineFormat::make(rotated(BaselineKind::Q8_0, BaselineRotation::HadamardSigns, 1), dim, true);
+    auto a2 = BaselineFormat::make(rotated(BaselineKind::Q8_0, BaselineRotation::HadamardSigns, 1), dim, true);
+    auto b = BaselineFormat::make(rotated(BaselineKind::Q8_0, BaselineRotation::HadamardSigns, 2), dim, true);
+    auto r = BaselineFormat::make(rotated(BaselineKind::Q8_0, BaselineRotation::Hadamard), dim, true);
+    const auto ya = roundtrip(*a, x, n), ya2 = roundtrip(*a2, x, n), yb = roundtrip(*b, x, n), yr = roundtrip(*r, x, n);
+    CHECK(ya == ya2);
+    CHECK(ya != yb);
+    CHECK(ya != yr);
+    // q8_0 of an orthonormal transform: relative error ~ 1/254 per block, far below 1e-4 in MSE terms.
+    for (const auto* y : {&ya, &yb, &yr}) CHECK(mse(*y, x) < 1e-4 * mean_square(x));
+}
+
+TEST_CASE("rotated formats and turbo: scores() and weighted_sum() equal the same computations on decode()",
+          "[baselines][rotation]") {
+    const size_t n = 300;
+    BaselineConfig turbo = cfg_of(BaselineKind::Turbo, 3);
+    const std::vector<BaselineConfig> cfgs = {rotated(BaselineKind::Q4_0, BaselineRotation::Hadamard),
+                                              rotated(BaselineKind::Q8_0, BaselineRotation::Hadamard),
+                                              rotated(BaselineKind::Q4_0, BaselineRotation::HadamardSigns), turbo,
+                                              cfg_of(BaselineKind::Turbo, 2), cfg_of(BaselineKind::Turbo, 4)};
+    for (int dim : {64, 128})
+        for (const auto& c : cfgs)
+            for (bool keys : {true, false}) {
+                auto x = varied_data(n, dim, 70 + dim);
+                auto f = BaselineFormat::make(c, dim, keys);
+                auto y = roundtrip(*f, x, n);
+                auto q = tqkv_test::gaussian_vectors(1, dim, 71);
+                std::vector<float> w(n);
+                Rng rng(72);
+                for (auto& v : w) v = float(rng.normal());
+                std::vector<float> s(n), o(dim);
+                f->scores(q.data(), s.data());
+                f->weighted_sum(w.data(), o.data());
+                INFO(f->name() << " dim " << dim << " keys " << keys);
+                const double qn = std::sqrt(tqkv_test::dot(q.data(), q.data(), dim));
+                for (size_t t = 0; t < n; ++t) {
+                    const float* yt = &y[t * dim];
+                    REQUIRE(std::fabs(s[t] - tqkv_test::dot(q.data(), yt, dim)) <= 1e-5 * qn * std::sqrt(tqkv_test::dot(yt, yt, dim)));
+                }
+                for (int j = 0; j < dim; ++j) {
+                    double ref = 0, scale = 0;
+                    for (size_t t = 0; t < n; ++t) {
+                        ref += double(w[t]) * y[t * dim + j];
+                        scale += std::fabs(double(w[t]) * y[t * dim + j]);
+                    }
+                    REQUIRE(std::fabs(o[j] - ref) <= 1e-5 * scale);
+                }
+            }
+}
+
+TEST_CASE("turbo: tqkv's MSE codes with the norm corrected so decoded vectors keep their length", "[baselines][rotation]") {
+    const size_t n = 400;
+    for (int dim : {64, 128})
+        for (int bits : {2, 3, 4}) {
+            auto x = varied_data(n, dim, 80 + bits);
+            BaselineConfig c = cfg_of(BaselineKind::Turbo, bits);
+            c.seed = 9;
+            auto f = BaselineFormat::make(c, dim, true);
+            const auto y = roundtrip(*f, x, n);
+            INFO("turbo" << bits << " dim " << dim);
+            // One fp16 norm per vector: turbo3 at d = 128 is 3.125 bits per coordinate, as the fork's block_turbo3_0.
+            CHECK(f->bytes() == n * (2 + size_t(dim) * bits / 8));
+            // The same codes as tqkv's codec with the same seed; only the norm field differs.
+            CodecConfig cc;
+            cc.dim = dim;
+            cc.bits = bits;
+            cc.seed = 9;
+            const auto codec = make_codec(cc);
+            const auto plain = codec->decode(codec->encode(x));
+            double worst_len = 0, plain_len_err = 0;
+            for (size_t t = 0; t < n; ++t) {
+                const double nx = std::sqrt(tqkv_test::dot(&x[t * dim], &x[t * dim], dim));
+                const double ny = std::sqrt(tqkv_test::dot(&y[t * dim], &y[t * dim], dim));
+                const double np = std::sqrt(tqkv_test::dot(&plain[t * dim], &plain[t * dim], dim));
+                worst_len = std::max(worst_len, std::fabs(ny / nx - 1));
+                plain_len_err += 1 - np / nx;
+                // Same direction as the plain codec's reconstruction (same codes).
+                const double cosv = tqkv_test::dot(&y[t * dim], &plain[t * dim], dim) / (ny * np);
+                REQUIRE(cosv > 1 - 1e-5);
+            }
+            CHECK(worst_len < 1.5e-3);          // fp16 rounding of the corrected norm (2^-11) + float sums
+            CHECK(plain_len_err / n > 2e-3);    // the plain codec's reconstructions are shorter (MSE shrink)
+        }
+}
+
+TEST_CASE("bad rotation and turbo configurations throw std::invalid_argument", "[baselines][rotation]") {
+    for (auto kind : {BaselineKind::Fp16, BaselineKind::Kivi, BaselineKind::Polar, BaselineKind::Turbo}) {
+        BaselineConfig c = cfg_of(kind, kind == BaselineKind::Turbo ? 3 : 4);
+        c.rotation = BaselineRotation::Hadamard;
+        CHECK_THROWS_WITH(BaselineFormat::make(c, 128, true), Catch::Contains("q8_0 and q4_0 only"));
+    }
+    CHECK_THROWS_WITH(BaselineFormat::make(rotated(BaselineKind::Q4_0, BaselineRotation::Hadamard), 96, true),
+                      Catch::Contains("multiple of 64"));
+    CHECK_THROWS_WITH(BaselineFormat::make(rotated(BaselineKind::Q8_0, BaselineRotation::HadamardSigns), 32, false),
+                      Catch::Contains("multiple of 64"));
+    for (int bits : {1, 5}) CHECK_THROWS_WITH(BaselineFormat::make(cfg_of(BaselineKind::Turbo, bits), 128, true), Catch::Contains("turbo"));
+    CHECK_THROWS_AS(BaselineFormat::make(cfg_of(BaselineKind::Turbo, 3), 2, true), std::invalid_argument);
+    // A norm fp16 cannot hold: the codec's error, nothing stored.
+    auto f = BaselineFormat::make(cfg_of(BaselineKind::Turbo, 3), 64, true);
+    std::vector<float> big(64, 1e5f);
+    CHECK_THROWS_AS(f->encode(big.data(), 1), std::invalid_argument);
+}

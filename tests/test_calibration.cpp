@@ -191,6 +191,32 @@ TEST_CASE("cache specs: grammar, presets, errors", "[calibration][spec]") {
     CHECK_THROWS_WITH(CacheSpec::parse("K4V4-l5=K4V4").check_layers(4), Catch::Contains("layer 5 out of range"));
 }
 
+TEST_CASE("cache specs: llama.cpp's rotated formats and TurboQuant+", "[calibration][spec]") {
+    CHECK(CacheSpec::parse("q4_0").rotation == BaselineRotation::None);
+    const CacheSpec r = CacheSpec::parse("q4_0-rot");
+    CHECK(r.format == CacheSpec::Format::Q4_0);
+    CHECK(r.rotation == BaselineRotation::Hadamard);
+    CHECK(r.text == "q4_0-rot");
+    CHECK_FALSE(r.is_tqkv());
+    CHECK(CacheSpec::parse("q8_0-rot").format == CacheSpec::Format::Q8_0);
+    const CacheSpec rs = CacheSpec::parse("q8_0-rots-x5");
+    CHECK(rs.rotation == BaselineRotation::HadamardSigns);
+    CHECK(rs.seed == 5);
+    const CacheSpec t = CacheSpec::parse("turbo3");
+    CHECK(t.format == CacheSpec::Format::Turbo);
+    CHECK(t.key_bits == 3);
+    CHECK(t.value_bits == 3);
+    CHECK(CacheSpec::parse("turbo2-x3").seed == 3);
+    CHECK(CacheSpec::parse("turbo4").key_bits == 4);
+    for (const char* bad : {"q4_0-rot-rot", "q4_0-rot-rots", "q4_0-bogus", "q4_0-rot-x1", "q4_0-x1", "turbo3-rot", "turbo5",
+                            "turbo1", "turbo3-x", "turbo3-x-1", "turbo3-x1-x2", "q5_0-rot", "fp16-rot", "kivi2-rot",
+                            "q4_0--rot"}) {
+        INFO(bad);
+        CHECK_THROWS_WITH(CacheSpec::parse(bad), Catch::Contains("cache spec"));
+    }
+    CHECK_THROWS_WITH(CacheSpec::parse("turbo3-rot"), Catch::Contains("turbo3 takes x<seed>"));
+}
+
 TEST_CASE("calibrated cache: fused attention equals the reference with means and debiasing, on every kernel",
           "[calibration][cache][kernels]") {
     struct Case {

@@ -286,6 +286,53 @@ TEST_CASE("model: an fp16 checkpoint and an fp32 one of the same values give ide
     CHECK(std::memcmp(a.data(), b.data(), 256 * 4) == 0);
 }
 
+TEST_CASE("model: llama.cpp's rotated caches and TurboQuant+ as emulated caches", "[model]") {
+    // d = 64 (llama.cpp rotates only multiples of 64): keys with outlier channels, where the
+    // rotation matters. Attention of one query over 300 tokens against the exact cache.
+    const CacheShape s{2, 4, 2, 64};
+    const size_t n = 300, row = size_t(s.kv_heads) * s.head_dim;
+    Rng rng(5);
+    std::vector<float> K(n * row), V(n * row), q(size_t(s.heads) * s.head_dim);
+    for (size_t i = 0; i < K.size(); ++i) {
+        K[i] = float(rng.normal()) * ((i % 64) % 21 == 5 ? 12.0f : 1.0f);
+        V[i] = float(rng.normal());
+    }
+    for (auto& x : q) x = float(rng.normal()) * 0.3f;
+    auto attend = [&](const std::string& spec, double* bits) {
+        auto c = make_cache(spec, s);
+        for (int l = 0; l < s.layers; ++l) c->append(l, K, V);
+        std::vector<float> out(q.size());
+        c->attend(1, q, out);
+        if (bits) *bits = c->bits_per_coord();
+        CHECK(c->name() == spec);
+        return out;
+    };
+    const auto exact = attend("fp32", nullptr);
+    auto err = [&](const std::vector<float>& o) {
+        double e = 0, r = 0;
+        for (size_t i = 0; i < o.size(); ++i) e += (o[i] - exact[i]) * double(o[i] - exact[i]), r += exact[i] * double(exact[i]);
+        return std::sqrt(e / r);
+    };
+    double b_plain = 0, b_rot = 0, b_rots = 0, b_turbo = 0;
+    const double e_plain = err(attend("q4_0", &b_plain)), e_rot = err(attend("q4_0-rot", &b_rot)),
+                 e_rots = err(attend("q4_0-rots", &b_rots)), e_q8 = err(attend("q8_0-rot", nullptr)),
+                 e_turbo = err(attend("turbo4", &b_turbo));
+    INFO("relative attention error: q4_0 " << e_plain << ", q4_0-rot " << e_rot << ", q4_0-rots " << e_rots << ", q8_0-rot "
+                                           << e_q8 << ", turbo4 " << e_turbo);
+    CHECK(e_rot < 0.8 * e_plain);
+    CHECK(e_rots < 0.8 * e_plain);
+    CHECK(e_q8 < 0.1 * e_rot);
+    CHECK(e_turbo < e_plain);
+    CHECK(b_rot == b_plain);  // the rotation costs no storage
+    CHECK(b_rots == Approx(4.5));
+    CHECK(b_turbo == Approx(4.25));  // 4-bit codes + one fp16 norm per 64 values
+    // Different seeds of -rots and turbo, different results; the same seed, the same.
+    CHECK(attend("q4_0-rots-x3", nullptr) != attend("q4_0-rots", nullptr));
+    CHECK(attend("turbo4-x3", nullptr) == attend("turbo4-x3", nullptr));
+    // The tiny model's d = 32: llama.cpp would not rotate; the cache says why it cannot.
+    CHECK_THROWS_WITH(make_cache("q4_0-rot", CacheShape{2, 4, 2, 32}), Catch::Contains("multiple of 64"));
+}
+
 TEST_CASE("model: caches report their storage", "[model]") {
     const LlamaModel m = tiny_model(5);
     const auto tokens = text_tokens(std::string(200, 'a') + "bcd");
@@ -493,7 +540,7 @@ TEST_CASE("model: safetensors errors name the problem", "[model]") {
 TEST_CASE("model: cache specs and runner arguments are validated", "[model]") {
     const LlamaModel m = tiny_model();
     const CacheShape s = CacheShape::of(m.config());
-    for (const char* good : {"fp32", "exact", "fp16", "q8_0", "q4_0", "kivi2", "kivi4", "K4V3", "K2.5V2-w32", "K3V3-prod",
+    for (const char* good : {"fp32", "exact", "fp16", "q8_0", "q4_0", "kivi2", "kivi4", "turbo3", "K4V3", "K2.5V2-w32", "K3V3-prod",
                              "K3V3-raw-w8", "K3V3-s4", "K4V4-l0=K8V8"})
         CHECK_NOTHROW(make_cache(good, s));
     // (Fuzz finding: numbers past int range were converted before the range checks.)

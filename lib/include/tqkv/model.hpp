@@ -2,7 +2,8 @@
 // TinyLlama, SmolLM, Mistral, Qwen2/2.5: config.json + model.safetensors or sharded safetensors)
 // and runs prefill and token-by-token decode with its attention going through a swappable KV
 // cache — the exact fp32 cache, the tqkv compressed cache (tqkv::KVCache, the product path) or
-// emulations of the baseline formats (q8_0, q4_0, KIVI, fp16).
+// emulations of the baseline formats (q8_0, q4_0 with and without llama.cpp's rotation, KIVI,
+// TurboQuant+, fp16).
 //
 //   auto model = tqkv::LlamaModel::load("../shared/data/tq-ref-128");
 //   auto cache = tqkv::make_cache("K4V3", tqkv::CacheShape::of(model.config()));
@@ -202,8 +203,8 @@ protected:
 // The exact fp32 cache (the reference every configuration is measured against).
 std::unique_ptr<AttentionCache> make_exact_cache(const CacheShape& shape);
 
-// A cache from a spec (tqkv/spec.hpp: fp32, fp16, q8_0, q4_0, kivi2, kivi4, K<b>V<b>[-opt...] or a
-// preset name). The baselines are emulated (quantize-dequantize per token with the format's
+// A cache from a spec (tqkv/spec.hpp: fp32, fp16, q8_0, q4_0, q4_0-rot, turbo3, kivi2, kivi4,
+// K<b>V<b>[-opt...] or a preset name). The baselines are emulated (quantize-dequantize per token with the format's
 // rules, exact attention over the result); tqkv specs are a tqkv::ModelKVCache (fused attention on
 // the codes) with the calibration's centring and high channels (nullptr: plain TurboQuant, high
 // channels of fractional rates from each layer's first append), or with sinks / `emu` the

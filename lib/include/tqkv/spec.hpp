@@ -4,6 +4,12 @@
 //
 //   fp32 | exact              exact fp32 cache (the Llama runner's reference)
 //   fp16 | q8_0 | q4_0        per-token llama.cpp formats (the runner's emulated baselines)
+//   q8_0-rot | q4_0-rot       the same with llama.cpp's Hadamard rotation (ggml-org/llama.cpp#21038:
+//                             keys and queries over blocks of the largest power of two dividing
+//                             head_dim, values over blocks of 64, output rotated back; no signs)
+//   q8_0-rots | q4_0-rots     with random signs before the Hadamard transform (x<seed> optional)
+//   turbo2 | turbo3 | turbo4  TurboQuant+'s cache types (one fp16 norm per head vector, norm
+//                             corrected; tqkv/baselines.hpp), x<seed> optional
 //   kivi2 | kivi4             KIVI, group 32, the last 128 tokens in fp16
 //   K<b>V<b>[-opt...]         tqkv: key and value bits (1..8, fractional rates code the channels
 //                             with the most calibration energy at one bit more), options:
@@ -27,16 +33,18 @@
 #include <string>
 #include <vector>
 
+#include "tqkv/baselines.hpp"
 #include "tqkv/codec.hpp"
 
 namespace tqkv {
 
 struct CacheSpec {
-    enum class Format { Exact, Fp16, Q8_0, Q4_0, Kivi2, Kivi4, Tqkv };
+    enum class Format { Exact, Fp16, Q8_0, Q4_0, Kivi2, Kivi4, Turbo, Tqkv };
     Format format = Format::Tqkv;
     std::string text;  // as given (a preset name stays the name)
+    BaselineRotation rotation = BaselineRotation::None;  // Q8_0, Q4_0: "-rot" / "-rots"
 
-    // Format::Tqkv
+    // Format::Tqkv (Format::Turbo: its bits, key_bits = value_bits)
     double key_bits = 4, value_bits = 4;
     Method key_method = Method::Mse;
     int window = 0;               // most recent tokens kept exact
@@ -46,7 +54,7 @@ struct CacheSpec {
     bool debias_keys = true;      // MSE keys: coded logits / (1 - D_b), D_b the codebook's distortion
     bool debias_values = true;    // coded values / (1 - D_b) (the same shrink, see cache.hpp)
     double logit_scale = 1.0;     // multiplies the attention scale
-    uint64_t seed = 0x74716b76;
+    uint64_t seed = 0x74716b76;   // also of Turbo's rotation and the signs of "-rots"
     bool emulate = false;         // quantize-dequantize + exact attention (research path)
     struct LayerRate {
         int layer = 0;

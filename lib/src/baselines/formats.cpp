@@ -7,6 +7,9 @@
 //                with an fp16 scale and zero point per group and an fp16 window of recent tokens.
 //   polar        PolarQuant (Han et al., arXiv:2502.02617): random rotation, recursive polar
 //                transform of blocks of 2^levels coordinates, per-level angle codebooks.
+//   turbo        TurboQuant+'s turbo2/3/4: tqkv's TurboQuant-MSE codes with the stored norm replaced
+//                by ||x|| / ||code|| (the fork's norm correction).
+//   -rot, -rots  llama.cpp's Hadamard rotation (ggml-org/llama.cpp#21038) around q8_0 / q4_0.
 //
 // scores() / weighted_sum() work from the stored codes (block scales factored out of the inner
 // loops, as the formats' own kernels do); PolarQuant rotates the query once and decodes each token
@@ -20,7 +23,9 @@
 #include <string>
 #include <vector>
 
+#include "kernels/kernels.hpp"
 #include "tqkv/fp16.hpp"
+#include "tqkv/rng.hpp"
 #include "tqkv/rotation.hpp"
 
 namespace tqkv {
@@ -609,10 +614,139 @@ private:
     std::vector<uint16_t> radius_;
 };
 
+// ---------------------------------------------------------------------------------------------
+// TurboQuant+ (turbo2/3/4): one TurboQuant-MSE codec per head vector; after encoding, each vector's
+// fp16 norm field (the first 2 bytes of its codes, little-endian, codec.hpp) is rewritten to
+// ||x|| / ||c||, c the unit-norm reconstruction, so the decoded vector has the input's length.
+// ||c|| = ||decode|| / stored norm (the rotation is orthogonal).
+
+class TurboFormat final : public BaselineFormat {
+public:
+    TurboFormat(int dim, bool keys, int bits, uint64_t seed) : BaselineFormat(dim, keys), bits_(bits) {
+        CodecConfig c;
+        c.dim = dim;
+        c.bits = bits;
+        c.method = Method::Mse;
+        c.seed = seed;
+        codec_ = make_codec(c);
+    }
+    std::string name() const override { return "turbo" + std::to_string(bits_); }
+
+    void encode(const float* x, size_t tokens) override {
+        const size_t D = size_t(dim_), bpv = codec_->bytes_per_vector();
+        std::vector<uint8_t> codes = codec_->encode(std::span(x, tokens * D));
+        std::vector<float> dec = codec_->decode(codes);
+        for (size_t t = 0; t < tokens; ++t) {
+            uint8_t* p = &codes[t * bpv];
+            const float stored = h2f(uint16_t(p[0] | (p[1] << 8)));
+            double xx = 0, dd = 0;
+            for (size_t j = 0; j < D; ++j) xx += double(x[t * D + j]) * x[t * D + j], dd += double(dec[t * D + j]) * dec[t * D + j];
+            if (stored == 0.0f || dd == 0.0) continue;  // a (near-)zero vector decodes to zero either way
+            const float corrected = float(std::sqrt(xx) * stored / std::sqrt(dd));
+            const uint16_t h = float_to_half(corrected);
+            if (!std::isfinite(h2f(h)))
+                fail(name() + ": vector " + std::to_string(t) + "'s corrected norm does not fit fp16");
+            p[0] = uint8_t(h & 0xff), p[1] = uint8_t(h >> 8);
+        }
+        codes_ = std::move(codes);
+        decoded_ = codec_->decode(codes_);
+        tokens_ = tokens;
+    }
+    void decode(float* out) const override { std::copy(decoded_.begin(), decoded_.end(), out); }
+    size_t bytes() const override { return codes_.size(); }
+    void scores(const float* q, float* s) const override { codec_->dot(std::span(q, size_t(dim_)), codes_, std::span(s, tokens_)); }
+    void weighted_sum(const float* w, float* out) const override {
+        std::vector<double> acc(size_t(dim_), 0.0);
+        for (size_t t = 0; t < tokens_; ++t)
+            for (int j = 0; j < dim_; ++j) acc[size_t(j)] += double(w[t]) * decoded_[t * dim_ + j];
+        for (int j = 0; j < dim_; ++j) out[j] = float(acc[size_t(j)]);
+    }
+
+private:
+    int bits_;
+    std::unique_ptr<VectorCodec> codec_;
+    std::vector<uint8_t> codes_;
+    std::vector<float> decoded_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// llama.cpp's rotation around a row format. Keys: the format stores H x; scores(q) = the format's
+// scores of H q (<H q, H x> = <q, x>). Values: the format stores H x; the weighted sum of the
+// stored rows is rotated back once (H H = I). decode() rotates every row back. With signs,
+// H becomes H D (D = diag(±1)) and its inverse D H.
+
+class RotatedFormat final : public BaselineFormat {
+public:
+    RotatedFormat(std::unique_ptr<BaselineFormat> inner, bool keys, int block, bool signs, uint64_t seed)
+        : BaselineFormat(inner->dim(), keys),
+          inner_(std::move(inner)),
+          block_(block),
+          norm_(float(1.0 / std::sqrt(double(block)))),
+          fwht_(detail::kernels_by_name("").fwht) {
+        if (signs) {
+            Rng rng(seed);
+            for (int j = 0; j < dim_; ++j) signs_.push_back(rng.next() >> 63 ? -1.0f : 1.0f);
+        }
+    }
+    std::string name() const override { return inner_->name() + (signs_.empty() ? "-rot" : "-rots"); }
+
+    void encode(const float* x, size_t tokens) override {
+        std::vector<float> y(x, x + tokens * size_t(dim_));
+        for (size_t t = 0; t < tokens; ++t) forward(&y[t * dim_]);
+        inner_->encode(y.data(), tokens);
+        tokens_ = tokens;
+    }
+    void decode(float* out) const override {
+        inner_->decode(out);
+        for (size_t t = 0; t < tokens_; ++t) inverse(out + t * dim_);
+    }
+    size_t bytes() const override { return inner_->bytes(); }
+    void scores(const float* q, float* s) const override {
+        std::vector<float> qr(q, q + dim_);
+        forward(qr.data());
+        inner_->scores(qr.data(), s);
+    }
+    void weighted_sum(const float* w, float* out) const override {
+        inner_->weighted_sum(w, out);
+        inverse(out);
+    }
+
+private:
+    // Unnormalized butterflies (kernels.hpp fwht: the Sylvester matrix, symmetric), then 1/sqrt(n).
+    void hadamard(float* x) const {
+        fwht_(x, dim_, block_);
+        for (int j = 0; j < dim_; ++j) x[j] *= norm_;
+    }
+    void forward(float* x) const {
+        for (size_t j = 0; j < signs_.size(); ++j) x[j] *= signs_[j];
+        hadamard(x);
+    }
+    void inverse(float* x) const {
+        hadamard(x);
+        for (size_t j = 0; j < signs_.size(); ++j) x[j] *= signs_[j];
+    }
+
+    std::unique_ptr<BaselineFormat> inner_;
+    int block_;
+    float norm_;
+    void (*fwht_)(float*, int, int);
+    std::vector<float> signs_;  // empty: no signs
+};
+
 }  // namespace
 
-std::unique_ptr<BaselineFormat> BaselineFormat::make(const BaselineConfig& cfg, int dim, bool keys) {
-    if (dim <= 0) fail("dimension must be positive, got " + std::to_string(dim));
+int hadamard_key_block(int dim) {
+    if (dim <= 0 || dim % 64 != 0) return 0;
+    int n = 64;
+    while (dim % (2 * n) == 0) n *= 2;
+    return n;
+}
+
+int hadamard_value_block(int dim) { return dim > 0 && dim % 64 == 0 ? 64 : 0; }
+
+namespace {
+
+std::unique_ptr<BaselineFormat> make_unrotated(const BaselineConfig& cfg, int dim, bool keys) {
     switch (cfg.kind) {
         case BaselineKind::Fp16:
             return std::make_unique<Fp16Format>(dim, keys);
@@ -643,8 +777,27 @@ std::unique_ptr<BaselineFormat> BaselineFormat::make(const BaselineConfig& cfg, 
             if (dim < 3 || dim > 1024) fail("polar dimension must be in [3, 1024] (rotation), got " + std::to_string(dim));
             return std::make_unique<PolarFormat>(dim, keys, cfg.bits, cfg.levels, cfg.seed);
         }
+        case BaselineKind::Turbo:
+            if (cfg.bits < 2 || cfg.bits > 4) fail("turbo supports 2, 3 or 4 bits (turbo2/3/4), got " + std::to_string(cfg.bits));
+            if (dim < 3 || dim > 1024) fail("turbo dimension must be in [3, 1024] (rotation), got " + std::to_string(dim));
+            return std::make_unique<TurboFormat>(dim, keys, cfg.bits, cfg.seed);
     }
     fail("unknown baseline kind");
+}
+
+}  // namespace
+
+std::unique_ptr<BaselineFormat> BaselineFormat::make(const BaselineConfig& cfg, int dim, bool keys) {
+    if (dim <= 0) fail("dimension must be positive, got " + std::to_string(dim));
+    if (cfg.rotation == BaselineRotation::None) return make_unrotated(cfg, dim, keys);
+    if (cfg.kind != BaselineKind::Q8_0 && cfg.kind != BaselineKind::Q4_0)
+        fail("the Hadamard rotation (-rot, -rots) applies to q8_0 and q4_0 only");
+    const int block = keys ? hadamard_key_block(dim) : hadamard_value_block(dim);
+    if (block == 0)
+        fail("the Hadamard rotation needs a head dimension that is a multiple of 64 (llama.cpp rotates only then), got " +
+             std::to_string(dim));
+    return std::make_unique<RotatedFormat>(make_unrotated(cfg, dim, keys), keys, block,
+                                           cfg.rotation == BaselineRotation::HadamardSigns, derive_seed(cfg.seed, keys ? 1 : 2));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -11,10 +11,11 @@ namespace tqkv {
 namespace {
 
 const char* kGrammar =
-    "cache spec: fp32 | exact | fp16 | q8_0 | q4_0 | kivi2 | kivi4 | K<bits>V<bits>[-opt...] (bits 1..8, e.g. K4V3, "
+    "cache spec: fp32 | exact | fp16 | q8_0 | q4_0 | q8_0-rot | q4_0-rot | q8_0-rots | q4_0-rots | turbo2 | turbo3 | "
+    "turbo4 | kivi2 | kivi4 | K<bits>V<bits>[-opt...] (bits 1..8, e.g. K4V3, "
     "K3.5V2.5-w16) with options w<N> (exact recent window), prod, raw, nc, nck, ncv, nta, nvd, t<x> (logit scale), "
     "x<seed>, l<i>=K<b>V<b> (rates of layer i), s<N> (sinks, emulated), emu; auto-<bits>[-w<N>] (rates per layer from the calibration); or a preset: default, quality, balanced, "
-    "compact, smallest, plain4, plain3";
+    "compact, smallest, plain4, plain3, auto-3.5, auto-2.5";
 
 [[noreturn]] void fail(const std::string& m) { throw std::invalid_argument("tqkv cache spec: " + m + "; " + kGrammar); }
 
@@ -77,8 +78,6 @@ CacheSpec CacheSpec::parse(const std::string& spec) {
     o.text = spec;
     if (spec == "fp32" || spec == "exact") return o.format = Format::Exact, o;
     if (spec == "fp16") return o.format = Format::Fp16, o;
-    if (spec == "q8_0") return o.format = Format::Q8_0, o;
-    if (spec == "q4_0") return o.format = Format::Q4_0, o;
     if (spec == "kivi2") return o.format = Format::Kivi2, o;
     if (spec == "kivi4") return o.format = Format::Kivi4, o;
     if (spec.empty()) fail("empty spec");
@@ -89,17 +88,7 @@ CacheSpec CacheSpec::parse(const std::string& spec) {
         std::string p;
         while (std::getline(ss, p, '-')) parts.push_back(p);
     }
-    size_t first_option = 1;
-    if (!parts.empty() && parts[0] == "auto") {
-        // auto-<b>: K and V rates per layer from the calibration; b covers codes, norms and window.
-        if (parts.size() < 2 || !number_at(parts[1], 0, o.auto_bits) || !(o.auto_bits >= 1.5 && o.auto_bits <= 8))
-            fail("'" + spec + "': auto needs a budget in bits per coordinate in [1.5, 8], e.g. auto-3.5");
-        o.key_bits = o.value_bits = o.auto_bits;
-        o.window = 16;
-        first_option = 2;
-    } else if (parts.empty() || !parse_kv(parts[0], spec, o.key_bits, o.value_bits)) {
-        fail("unknown '" + spec + "'");
-    }
+    if (parts.empty()) fail("unknown '" + spec + "'");
     auto number = [&](const std::string& p, size_t from) {
         double x = 0;
         if (!number_at(p, from, x)) fail("bad option '" + p + "' in '" + spec + "'");
@@ -112,6 +101,35 @@ CacheSpec CacheSpec::parse(const std::string& spec) {
             fail("option '" + p + "' in '" + spec + "' needs a whole number in [0, " + std::to_string(uint64_t(max)) + "]");
         return x;
     };
+    // The llama.cpp formats with a rotation, TurboQuant+: the name, then rot / rots / x<seed>.
+    const std::string& head = parts[0];
+    if (head == "q8_0" || head == "q4_0" || head == "turbo2" || head == "turbo3" || head == "turbo4") {
+        const bool q = head[0] == 'q';
+        if (q) o.format = head == "q8_0" ? Format::Q8_0 : Format::Q4_0;
+        else o.format = Format::Turbo, o.key_bits = o.value_bits = head[5] - '0';
+        bool seeded = false;
+        for (size_t i = 1; i < parts.size(); ++i) {
+            const std::string& p = parts[i];
+            if (q && (p == "rot" || p == "rots") && o.rotation == BaselineRotation::None)
+                o.rotation = p == "rot" ? BaselineRotation::Hadamard : BaselineRotation::HadamardSigns;
+            else if (p.size() > 1 && p[0] == 'x' && !seeded) o.seed = uint64_t(integer(p, 1, 9007199254740992.0)), seeded = true;
+            else fail("unknown option '" + p + "' in '" + spec + "' (" + head + " takes " + (q ? "rot, rots, x<seed>" : "x<seed>") + ")");
+        }
+        if (seeded && q && o.rotation != BaselineRotation::HadamardSigns)
+            fail("x<seed> in '" + spec + "': only the random signs of -rots (and turbo) have a seed");
+        return o;
+    }
+    size_t first_option = 1;
+    if (head == "auto") {
+        // auto-<b>: K and V rates per layer from the calibration; b covers codes, norms and window.
+        if (parts.size() < 2 || !number_at(parts[1], 0, o.auto_bits) || !(o.auto_bits >= 1.5 && o.auto_bits <= 8))
+            fail("'" + spec + "': auto needs a budget in bits per coordinate in [1.5, 8], e.g. auto-3.5");
+        o.key_bits = o.value_bits = o.auto_bits;
+        o.window = 16;
+        first_option = 2;
+    } else if (!parse_kv(head, spec, o.key_bits, o.value_bits)) {
+        fail("unknown '" + spec + "'");
+    }
     for (size_t i = first_option; i < parts.size(); ++i) {
         const std::string& p = parts[i];
         if (p == "prod") o.key_method = Method::Prod;

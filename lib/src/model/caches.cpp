@@ -136,12 +136,12 @@ public:
     explicit ExactCache(const CacheShape& s) : DenseCache(s, "fp32") {}
 };
 
-// fp16, q8_0, q4_0: every token row quantized as it is appended.
+// fp16, q8_0, q4_0 (also rotated as llama.cpp does), TurboQuant+: every token row quantized as
+// it is appended (rotated formats: rotated, quantized, rotated back; exact attention over the
+// result equals attention in the rotated space, the rotation being orthogonal).
 class RowFormatCache final : public DenseCache {
 public:
-    RowFormatCache(const CacheShape& s, BaselineKind kind) : DenseCache(s, "") {
-        BaselineConfig b;
-        b.kind = kind;
+    RowFormatCache(const CacheShape& s, const BaselineConfig& b) : DenseCache(s, "") {
         kf_ = BaselineFormat::make(b, s.head_dim, true);
         vf_ = BaselineFormat::make(b, s.head_dim, false);
         name_ = kf_->name();
@@ -151,6 +151,7 @@ public:
         tmp_.resize(size_t(s.head_dim));
     }
     std::string name() const override { return name_; }
+    void rename(std::string name) { name_ = std::move(name); }
     double format_bytes() const override {
         size_t n = 0;
         for (int l = 0; l < shape_.layers; ++l) n += held(l);
@@ -370,9 +371,22 @@ std::unique_ptr<AttentionCache> make_cache(const CacheSpec& spec, const CacheSha
     check_shape(shape);
     switch (spec.format) {
         case CacheSpec::Format::Exact: return make_exact_cache(shape);
-        case CacheSpec::Format::Fp16: return std::make_unique<RowFormatCache>(shape, BaselineKind::Fp16);
-        case CacheSpec::Format::Q8_0: return std::make_unique<RowFormatCache>(shape, BaselineKind::Q8_0);
-        case CacheSpec::Format::Q4_0: return std::make_unique<RowFormatCache>(shape, BaselineKind::Q4_0);
+        case CacheSpec::Format::Fp16:
+        case CacheSpec::Format::Q8_0:
+        case CacheSpec::Format::Q4_0:
+        case CacheSpec::Format::Turbo: {
+            BaselineConfig b;
+            b.kind = spec.format == CacheSpec::Format::Fp16   ? BaselineKind::Fp16
+                     : spec.format == CacheSpec::Format::Q8_0 ? BaselineKind::Q8_0
+                     : spec.format == CacheSpec::Format::Q4_0 ? BaselineKind::Q4_0
+                                                              : BaselineKind::Turbo;
+            b.bits = int(spec.key_bits);
+            b.seed = spec.seed;
+            b.rotation = spec.rotation;
+            auto c = std::make_unique<RowFormatCache>(shape, b);
+            c->rename(spec.text);
+            return c;
+        }
         case CacheSpec::Format::Kivi2: return std::make_unique<KiviCache>(shape, 2, 32, 128);
         case CacheSpec::Format::Kivi4: return std::make_unique<KiviCache>(shape, 4, 32, 128);
         case CacheSpec::Format::Tqkv: break;
