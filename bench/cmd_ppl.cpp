@@ -87,7 +87,6 @@ struct Row {
     double memory_bytes = 0;
     double delta_min = 0, delta_max = 0;  // over seeds
     int seeds = 1;
-    std::string preset;  // a preset name or auto spec
     std::string plan;    // auto specs: the per-layer rates (RatePlan::json)
 };
 
