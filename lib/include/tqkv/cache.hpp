@@ -59,6 +59,7 @@ struct CacheConfig {
     uint64_t seed = 0x74716b76;
     NormFormat norm = NormFormat::F16;
     std::string kernel;        // "" = best available (or TQKV_KERNEL)
+    Precision precision = Precision::Exact;  // attention arithmetic (tqkv/spec.hpp); not part of the codes
 
     // Preconditioning (from a Calibration, see layer_config()); every part of it is exact in
     // infinite precision, and attend() / attend_stats() return what an uncentred cache would:
@@ -94,6 +95,9 @@ public:
     size_t tokens() const;             // tokens held (compressed + window)
     size_t compressed_tokens() const;  // tokens stored as codes
     const char* kernel() const;
+    // The attention arithmetic (CacheConfig::precision); not stored by save(): the same codes are
+    // attended either way, so a loaded cache takes the default until this is called.
+    void set_precision(Precision p);
 
     // Appends n tokens; keys and values are [n][kv_heads][head_dim] floats. With a window, the
     // exact rows of the last n + window tokens are kept until the next append (see attend).
@@ -186,7 +190,7 @@ private:
 // energy about the stored offset; without one, the high channels from `first_keys` /
 // `first_values` ([n][kv_heads][head_dim], the layer's first append; required for fractional
 // rates then); debias flags, window, scale and seed derive_seed(spec.seed, layer). base supplies
-// what a spec does not say (block_tokens, max_tokens, norm, kernel). Throws
+// what a spec does not say (block_tokens, max_tokens, norm, kernel, precision). Throws
 // std::invalid_argument on a shape mismatch or a spec that is not a tqkv format.
 CacheConfig layer_config(const CacheSpec& spec, const CacheShape& shape, int layer, const Calibration* calibration,
                          const CacheConfig& base = {}, std::span<const float> first_keys = {},
@@ -236,6 +240,7 @@ public:
     double format_bytes() const;  // KVCache::format_bytes of every layer
     std::vector<uint8_t> save() const;
     static ModelKVCache load(std::span<const uint8_t> bytes, const std::string& kernel = "");
+    void set_precision(Precision p);  // of every layer, built or not (KVCache::set_precision)
 
 private:
     ModelKVCache() = default;

@@ -20,6 +20,7 @@
 //       l<i>=K<b>V<b>   bits of layer i (layer-adaptive rates)
 //       s<N>    N attention-sink tokens kept exact (emulated path)
 //       emu     emulated path: quantize-dequantize each token, exact attention over the result
+//       exact / fast   attention arithmetic (Precision below)
 //   auto-<b>[-opt...]         tqkv with rates chosen per layer by the calibration (plan_rates in
 //                             tqkv/cache.hpp) within b bits per coordinate (codes, norms and the exact
 //                             window at the model's context); window 16 unless w<N> says otherwise
@@ -30,6 +31,7 @@
 // TurboQuant (fractional rates then pick their high channels from each layer's first append).
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -37,6 +39,16 @@
 #include "tqkv/codec.hpp"
 
 namespace tqkv {
+
+// Arithmetic of attention over the codes (CacheConfig::precision, spec options exact / fast).
+// Exact: float look-up tables (within 1e-4 of the decode-then-exact reference). Fast: integer
+// tables (12-bit key tables for 4-bit codes, 8-bit below; int8 centroids times int16 weights for
+// values) for codes of 1-4 bits (wider ones use the exact kernels); its error is bounded
+// (lib/src/kernels/simd/fast_attention.hpp derives the bound), and its RMS stays below 1/10 of
+// the codec's own error (tests/test_fast_kernels.cpp, on synthetic data and the real dump).
+enum class Precision { Exact, Fast };
+const char* to_string(Precision p);
+Precision precision_from_string(const std::string& name);  // "exact", "fast"; throws std::invalid_argument
 
 struct CacheSpec {
     enum class Format { Exact, Fp16, Q8_0, Q4_0, Kivi2, Kivi4, Turbo, Tqkv };
@@ -56,6 +68,7 @@ struct CacheSpec {
     double logit_scale = 1.0;     // multiplies the attention scale
     uint64_t seed = 0x74716b76;   // also of Turbo's rotation and the signs of "-rots"
     bool emulate = false;         // quantize-dequantize + exact attention (research path)
+    std::optional<Precision> precision;  // options exact / fast; none: CacheConfig's default
     struct LayerRate {
         int layer = 0;
         double key_bits = 4, value_bits = 4;

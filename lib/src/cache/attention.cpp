@@ -34,6 +34,10 @@ struct AttendClass {
     size_t lut_off = 0, acc_off = 0, prep_off = 0;  // floats into Workspace::lut / acc / prepared
     size_t index = 0;                                // this class's rows of Workspace::lc / shift
     bool fused_keys = false, fused_values = false, may_prepare = false, prepared = false;
+    // precision = fast: integer key tables of every key segment at prepared + fast_off (fast_keys:
+    // wanted, fast_prepared: built for this query), int8 / int16 values (fast_values).
+    size_t fast_off = 0;
+    bool fast_keys = false, fast_prepared = false, fast_values = false;
 };
 
 struct Workspace {
@@ -52,6 +56,11 @@ struct Workspace {
 Workspace& workspace() {
     thread_local Workspace ws;
     return ws;
+}
+
+// Floats of a key segment's fast tables in the workspace (64-byte multiples, as the prepared ones).
+size_t fast_table_floats(const AttentionKernels& ak, const CacheSegment& s, int heads) {
+    return (ak.fast_scores_table_bytes(s.dim, s.bits, heads) / sizeof(float) + 16) / 16 * 16;
 }
 
 void read_norms(const KernelTable& k, const uint8_t* p, size_t nb, float* out) {
@@ -185,7 +194,8 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
         const float vs = value_scales.empty() ? 1.0f : value_scales[p];
         size_t ci = 0;
         while (ci < ws.classes.size() &&
-               !(ws.classes[ci].codes->codecs == P.codecs && ws.classes[ci].codes->scale == P.scale && ws.classes[ci].value_scale == vs))
+               !(ws.classes[ci].codes->codecs == P.codecs && ws.classes[ci].codes->scale == P.scale && ws.classes[ci].value_scale == vs &&
+                 ws.classes[ci].codes->cfg.precision == P.cfg.precision))
             ++ci;
         ws.part_class[p] = uint32_t(ci);
         if (ci < ws.classes.size()) continue;
@@ -201,9 +211,21 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
         for (const auto& s : P.keys().segs) mse_keys = mse_keys && !s.prod;
         cl.fused_keys = ak.group_scores_normed && f16 && mse_keys;
         cl.fused_values = ak.group_accumulate_normed && f16;
+        bool small_keys = true, small_values = true;  // codes of 1-4 bits: the fast kernels' range
+        for (const auto& s : P.keys().segs) small_keys = small_keys && s.bits <= 4;
+        for (const auto& s : P.values().segs) small_values = small_values && s.bits <= 4;
+        const bool fast = P.cfg.precision == Precision::Fast;
+        // (not tied to the float fused forms: the scalar table has none, and its fast entries are
+        // the reference every ISA's match)
+        cl.fast_keys = fast && f16 && mse_keys && small_keys && ak.fast_prepare_scores;
+        cl.fast_values = fast && f16 && small_values && ak.fast_group_accumulate;
+        if (cl.fast_keys) {
+            cl.fast_off = prep_floats;
+            for (const auto& s : P.keys().segs) prep_floats += fast_table_floats(ak, s, r);
+        }
         // One-segment fused keys may also use tables the kernel prepares once per query (fixed
         // point on wasm and AVX2), 64-byte multiples apart.
-        cl.may_prepare = cl.fused_keys && P.keys().segs.size() == 1 && ak.prepare_scores;
+        cl.may_prepare = !cl.fast_keys && cl.fused_keys && P.keys().segs.size() == 1 && ak.prepare_scores;
         if (cl.may_prepare) {
             const auto& s = P.keys().segs[0];
             prep_floats += (ak.scores_table_bytes(s.dim, s.bits, r) / sizeof(float) + 16) / 16 * 16;
@@ -260,6 +282,16 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                 const auto& s0 = cl.codes->keys().segs[0];
                 cl.prepared = cl.may_prepare &&
                               ak.prepare_scores(ws.lut.data() + cl.lut_off, s0.dim, s0.bits, r, ws.prepared.data() + cl.prep_off);
+                cl.fast_prepared = cl.fast_keys;  // (false for a table it refuses: the float kernels then)
+                if (cl.fast_keys) {
+                    float* ft = ws.prepared.data() + cl.fast_off;
+                    const float* fl = ws.lut.data() + cl.lut_off;
+                    for (const auto& s : cl.codes->keys().segs) {
+                        cl.fast_prepared = cl.fast_prepared && ak.fast_prepare_scores(fl, s.dim, s.bits, r, cl.codes->code_scale, ft);
+                        ft += fast_table_floats(ak, s, r);
+                        fl += size_t(r) * s.dim * s.table.size();
+                    }
+                }
             }
             std::fill(ws.acc.begin(), ws.acc.begin() + acc_floats, 0.0f);
             std::fill(ws.lc.begin(), ws.lc.begin() + ws.classes.size() * size_t(r), 0.0f);
@@ -337,14 +369,18 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                             for (size_t off = 0; off < P.group_bytes; off += 64) __builtin_prefetch(next + off, 0, 1);
                         }
                         const size_t valid = std::min<size_t>(kGroupTokens, visible_codes - t0);
-                        if (cl.fused_keys) {  // scores * norms * scale straight into the chunk, per segment
+                        if (cl.fused_keys || cl.fast_prepared) {  // scores * norms * scale straight into the chunk, per segment
                             const float* klut = ws.lut.data() + cl.lut_off;
+                            const float* ftab = ws.prepared.data() + cl.fast_off;
                             for (size_t si = 0; si < C.keys().segs.size(); ++si) {
                                 const auto& s = C.keys().segs[si];
                                 const auto* norms = reinterpret_cast<const uint16_t*>(g + s.norm_off);
                                 float* dst = si == 0 ? &ws.scores[gi * kGroupTokens] : ws.raw.data();
                                 const int stride = si == 0 ? int(score_cols) : kGroupTokens;
-                                if (cl.prepared)
+                                if (cl.fast_prepared) {
+                                    ak.fast_group_scores(g + s.codes_off, s.dim, s.bits, ftab, r, norms, dst, stride);
+                                    ftab += fast_table_floats(ak, s, r);
+                                } else if (cl.prepared)
                                     ak.group_scores_prepared(g + s.codes_off, s.dim, s.bits, ws.prepared.data() + cl.prep_off, r,
                                                              norms, C.code_scale, dst, stride);
                                 else
@@ -404,11 +440,15 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                     for (size_t gi = 0; gi < ng; ++gi) {
                         const uint8_t* g = P.group(kvh, (g0 + gi) * kGroupTokens);
                         float* acc = ws.acc.data() + cl.acc_off;
-                        if (cl.fused_values) {
+                        if (cl.fused_values || cl.fast_values) {
                             for (auto& s : C.values().segs) {
-                                ak.group_accumulate_normed(g + s.codes_off, s.dim, s.bits, s.table.data(),
-                                                           &ws.scores[gi * kGroupTokens], int(score_cols),
-                                                           reinterpret_cast<const uint16_t*>(g + s.norm_off), r, acc);
+                                const auto* norms = reinterpret_cast<const uint16_t*>(g + s.norm_off);
+                                if (cl.fast_values)
+                                    ak.fast_group_accumulate(g + s.codes_off, s.dim, s.bits, s.fast_values,
+                                                             &ws.scores[gi * kGroupTokens], int(score_cols), norms, r, acc);
+                                else
+                                    ak.group_accumulate_normed(g + s.codes_off, s.dim, s.bits, s.table.data(),
+                                                               &ws.scores[gi * kGroupTokens], int(score_cols), norms, r, acc);
                                 acc += size_t(r) * s.dim * 16;
                             }
                             continue;

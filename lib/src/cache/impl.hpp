@@ -28,6 +28,7 @@ struct CacheSegment {
     std::vector<float> table;         // centroids as the kernels read them (16 replicated, or 2^bits)
     size_t codec_bytes = 0;           // bytes of one vector in the codec's own layout
     size_t norm_off = 0, gamma_off = 0, codes_off = 0, signs_off = 0;
+    detail::FastValueTable fast_values;  // int8 centroids of the fast value kernels (bits <= 4)
 };
 
 struct CacheSide {  // the keys or the values

@@ -64,6 +64,7 @@ CacheConfig layer_config(const CacheSpec& spec, const CacheShape& shape, int lay
     c.scale = spec.logit_scale == 1.0 ? 0.0f : float(spec.logit_scale / std::sqrt(double(d)));
     c.debias_keys = spec.debias_keys && spec.key_method == Method::Mse;
     c.debias_values = spec.debias_values;
+    if (spec.precision) c.precision = *spec.precision;
     c.key_mean.clear();
     c.value_mean.clear();
     c.key_high_channels.clear();
@@ -169,6 +170,13 @@ void ModelKVCache::truncate(size_t n_tokens) {
         if (n_tokens > tokens(l)) fail("truncate: a layer holds fewer than " + std::to_string(n_tokens) + " tokens");
     for (auto& l : layers_)
         if (l) l->truncate(n_tokens);
+}
+
+void ModelKVCache::set_precision(Precision p) {
+    for (auto& l : layers_)
+        if (l) l->set_precision(p);
+    base_.precision = p;
+    if (spec_) spec_->precision = p;
 }
 
 void ModelKVCache::clear() {

@@ -13,6 +13,9 @@
 //     window:  tokens compressed..tokens-1: keys [kv_heads][head_dim] f32, then values likewise
 //   u32 CRC-32 (IEEE 802.3) of every byte before it.
 // A KVCache is saved as a one-layer file. The same appends give the same bytes on every target.
+// Not stored: the kernel and the precision (CacheConfig::precision), which say how this process
+// computes attention, not what the codes are; a file attends the same either way, and old files
+// need no new version. load() takes the kernel, set_precision() the precision.
 #include <array>
 #include <cmath>
 #include <cstring>

@@ -14,7 +14,7 @@ const char* kGrammar =
     "cache spec: fp32 | exact | fp16 | q8_0 | q4_0 | q8_0-rot | q4_0-rot | q8_0-rots | q4_0-rots | turbo2 | turbo3 | "
     "turbo4 | kivi2 | kivi4 | K<bits>V<bits>[-opt...] (bits 1..8, e.g. K4V3, "
     "K3.5V2.5-w16) with options w<N> (exact recent window), prod, raw, nc, nck, ncv, nta, nvd, t<x> (logit scale), "
-    "x<seed>, l<i>=K<b>V<b> (rates of layer i), s<N> (sinks, emulated), emu; auto-<bits>[-w<N>] (rates per layer from the calibration); or a preset: default, quality, balanced, "
+    "x<seed>, l<i>=K<b>V<b> (rates of layer i), s<N> (sinks, emulated), emu, exact | fast (attention arithmetic); auto-<bits>[-w<N>] (rates per layer from the calibration); or a preset: default, quality, balanced, "
     "compact, smallest, plain4, plain3, auto-3.5, auto-2.5";
 
 [[noreturn]] void fail(const std::string& m) { throw std::invalid_argument("tqkv cache spec: " + m + "; " + kGrammar); }
@@ -64,6 +64,14 @@ const std::vector<CachePreset> kPresets = {
 }  // namespace
 
 const char* cache_spec_grammar() { return kGrammar; }
+
+const char* to_string(Precision p) { return p == Precision::Fast ? "fast" : "exact"; }
+
+Precision precision_from_string(const std::string& name) {
+    if (name == "exact") return Precision::Exact;
+    if (name == "fast") return Precision::Fast;
+    throw std::invalid_argument("tqkv: unknown precision '" + name + "' (exact, fast)");
+}
 
 const std::vector<CachePreset>& presets() { return kPresets; }
 
@@ -143,6 +151,8 @@ CacheSpec CacheSpec::parse(const std::string& spec) {
         else if (p == "vd") o.debias_values = true;
         else if (p == "nvd") o.debias_values = false;
         else if (p == "emu") o.emulate = true;
+        else if (p == "exact") o.precision = Precision::Exact;
+        else if (p == "fast") o.precision = Precision::Fast;
         else if (p.size() > 1 && p[0] == 'x') o.seed = uint64_t(integer(p, 1, 9007199254740992.0));
         else if (p.size() > 1 && p[0] == 'w') o.window = int(integer(p, 1, 4096));
         else if (p.size() > 1 && p[0] == 's' && std::isdigit(static_cast<unsigned char>(p[1]))) o.sinks = int(integer(p, 1, 4096));
@@ -161,7 +171,7 @@ CacheSpec CacheSpec::parse(const std::string& spec) {
     }
     if (o.key_method == Method::Prod && o.key_bits < 2) fail("prod keys need at least 2 bits in '" + spec + "'");
     if (o.auto_bits > 0 && (o.key_method != Method::Mse || !o.layer_rates.empty() || o.emulate || o.sinks))
-        fail("'" + spec + "': auto rates take window, seed, centring and debias options only");
+        fail("'" + spec + "': auto rates take window, seed, centring, debias and precision options only");
     for (const auto& lr : o.layer_rates)
         if (o.key_method == Method::Prod && lr.key_bits < 2) fail("prod keys need at least 2 bits in '" + spec + "'");
     return o;

@@ -55,6 +55,7 @@ CacheSide make_side(const CodecConfig& cc) {
             fail("the cache supports mse and prod codecs only");
         }
         s.table = kernel_table(s.cb->centroids_f(), s.bits);
+        if (s.bits <= 4) s.fast_values = detail::make_fast_values(s.table.data());
         side.segs.push_back(std::move(s));
     };
     if (auto* sp = dynamic_cast<const SplitCodec*>(side.codec.get())) {
@@ -311,6 +312,7 @@ const CacheConfig& KVCache::config() const { return impl_->cfg; }
 size_t KVCache::tokens() const { return impl_->n_tokens; }
 size_t KVCache::compressed_tokens() const { return impl_->n_compressed; }
 const char* KVCache::kernel() const { return impl_->k->name; }
+void KVCache::set_precision(Precision p) { impl_->cfg.precision = p; }
 float KVCache::scale() const { return impl_->scale; }
 double KVCache::key_debias() const { return impl_->codecs->key_factor; }
 double KVCache::value_debias() const { return impl_->codecs->value_factor; }
