@@ -41,7 +41,7 @@ double ns_per_call(F&& fn, double budget_s, double* cpu = nullptr) {
 
 int cmd_attend(const Args& args) {
     args.allow({"heads", "kv-heads", "dim", "tokens", "key-bits", "value-bits", "key-method", "window", "json",
-                "kernel", "seconds", "block-tokens"});
+                "kernel", "seconds", "block-tokens", "precision"});
     tqkv::CacheConfig cfg;
     cfg.heads = args.get_int("heads", 4);
     cfg.kv_heads = args.get_int("kv-heads", cfg.heads);
@@ -52,6 +52,7 @@ int cmd_attend(const Args& args) {
     cfg.window = args.get_int("window", 0);
     cfg.block_tokens = args.get_int("block-tokens", 64);
     cfg.kernel = args.get("kernel", "");
+    cfg.precision = tqkv::precision_from_string(args.get("precision", tqkv::to_string(cfg.precision)));
     const double budget = args.get_double("seconds", 0.5);
     const int d = cfg.head_dim, H = cfg.heads, KH = cfg.kv_heads;
     auto fractional = [&](double bits) {
@@ -101,8 +102,21 @@ int cmd_attend(const Args& args) {
         std::vector<float> out(q.size()), exact(q.size()), half(q.size());
         double c_fused = 0;
         const double t_fused = ns_per_call([&] { cache.attend(q, out, false); }, budget, &c_fused);
-        const double t_f32 = ns_per_call([&] { tqkv::dense_attention_f32(shape, q.data(), dense.keys.data(), dense.values.data(), exact.data(), kernel); }, budget);
+        double c_f32 = 0;  // CPU time too: wall times on a loaded machine include waiting
+        const double t_f32 = ns_per_call([&] { tqkv::dense_attention_f32(shape, q.data(), dense.keys.data(), dense.values.data(), exact.data(), kernel); }, budget, &c_f32);
         const double t_f16 = ns_per_call([&] { tqkv::dense_attention_f16(shape, q.data(), dense.keys_f16.data(), dense.values_f16.data(), half.data(), kernel); }, budget);
+        // precision fast: the exact kernels on the same codes too (same process, same cache), and
+        // the output deviation fast vs exact.
+        double t_exact = 0, c_exact = 0, dev_exact = 0;
+        if (cfg.precision == tqkv::Precision::Fast) {
+            std::vector<float> out_exact(q.size());
+            cache.set_precision(tqkv::Precision::Exact);
+            t_exact = ns_per_call([&] { cache.attend(q, out_exact, false); }, budget, &c_exact);
+            cache.set_precision(cfg.precision);
+            double e = 0, n = 0;
+            for (size_t i = 0; i < q.size(); ++i) e += (out[i] - out_exact[i]) * (out[i] - out_exact[i]), n += out_exact[i] * out_exact[i];
+            dev_exact = std::sqrt(e / n);
+        }
         double cos = 0;
         for (int h = 0; h < H; ++h) {
             double dot = 0, n1 = 0, n2 = 0;
@@ -115,7 +129,7 @@ int cmd_attend(const Args& args) {
         const double bpt = cache.compressed_bytes_per_token();
         if (json) {
             Json j;
-            j.add("kernel", kernel).add("heads", H).add("kv_heads", KH).add("dim", d).add("tokens", T)
+            j.add("kernel", kernel).add("precision", tqkv::to_string(cfg.precision)).add("heads", H).add("kv_heads", KH).add("dim", d).add("tokens", T)
                 .add("key_bits", cfg.key_bits).add("value_bits", cfg.value_bits)
                 .add("key_method", args.get("key-method", "mse")).add("window", cfg.window)
                 .add("ns_per_query", t_fused).add("dense_fp32_ns_per_query", t_f32)
@@ -124,7 +138,12 @@ int cmd_attend(const Args& args) {
                 .add("bytes_per_token", bpt).add("fp16_bytes_per_token", cache.fp16_bytes_per_token())
                 .add("bytes_used", cache.bytes_used()).add("append_ns_per_token", t_append)
                 .add("cpu_ns_per_query", c_fused).add("ns_per_token", t_fused / double(T))
-                .add("cpu_ns_per_token", c_fused / double(T));
+                .add("cpu_ns_per_token", c_fused / double(T)).add("dense_fp32_cpu_ns_per_query", c_f32)
+                .add("cpu_speedup_vs_dense_fp32", c_f32 / c_fused);
+            if (t_exact > 0)  // precision fast only
+                j.add("exact_ns_per_query", t_exact).add("speedup_vs_exact", t_exact / t_fused)
+                    .add("exact_cpu_ns_per_query", c_exact).add("cpu_speedup_vs_exact", c_exact / c_fused)
+                    .add("relative_deviation_vs_exact", dev_exact);
             std::cout << j.str() << std::endl;
         } else {
             table.row({std::to_string(T), fmt("%.0f", t_fused), fmt("%.0f", t_f32), fmt("%.0f", t_f16),
@@ -133,9 +152,9 @@ int cmd_attend(const Args& args) {
         }
     }
     if (!json) {
-        std::printf("tqkv-bench attend: %d heads / %d KV heads, d=%d, K%g%s V%g, window %d, kernel %s, one thread\n",
+        std::printf("tqkv-bench attend: %d heads / %d KV heads, d=%d, K%g%s V%g, window %d, kernel %s, precision %s, one thread\n",
                     H, KH, d, cfg.key_bits, cfg.key_method == tqkv::Method::Prod ? "prod" : "", cfg.value_bits,
-                    cfg.window, kernel.c_str());
+                    cfg.window, kernel.c_str(), tqkv::to_string(cfg.precision));
         table.print();
         std::printf("ns per query token for all heads (median of batches); dense = exact attention over an fp32 /\n"
                     "fp16 cache with the same kernels; cosine = attention output vs dense fp32; append = one token\n"

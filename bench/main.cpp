@@ -18,7 +18,7 @@ static void usage() {
                  "  encode   --dim 128 --bits 4 [--method mse] [--vectors 200000] [--json]\n"
                  "           encode/decode throughput of the best kernel vs the scalar kernel, one core\n"
                  "  attend   --heads 4 --kv-heads 4 --dim 128 --tokens 1024,4096,16384,65536,131072 --key-bits 4\n"
-                 "           --value-bits 4 [--key-method mse|prod] [--window 0] [--json]\n"
+                 "           --value-bits 4 [--key-method mse|prod] [--window 0] [--precision exact|fast] [--json]\n"
                  "           fused attention over the compressed cache vs dense fp32/fp16 attention\n"
                  "  ppl      --model DIR [--bytes 4096] [--config K4V3,q4_0,...] [--frontier] [--json] [--ctx N]\n"
                  "           [--offset 0] [--calib-bytes 8192] [--prefill sequential|chunked|both] [--threads 1]\n"
