@@ -200,7 +200,9 @@ CacheConfig layer_config(const CacheSpec& spec, const CacheShape& shape, int lay
 // (ΔNLL per unit of g = D / (1 - D) for each layer's keys and values, measured by a probe with the
 // model: measure_sensitivity in tqkv/model.hpp) predict the loss of a plan as
 //   Σ_l  s_key[l] g(D(kb_l)) + s_value[l] g(D(vb_l)),
-// which is minimised over rates in {1.5, 2, 2.5, ..., 5, 6} within the budget: codes and norms of
+// which is minimised over rates in {1.5, 2, 2.5, ..., 5, 6}, within one bit of the uniform rate the
+// budget affords (the probes measure one layer at a time; far from uniform the additive model
+// extrapolates), within the budget: codes and norms of
 // every layer, plus the exact window counted at 16 bits over the model's context, averaged, at most
 // auto_bits per coordinate. Solved by a Lagrange multiplier (each layer and side independently
 // picks its best rate for a price per bit; bisection on the price), then greedy upgrades by loss

@@ -61,6 +61,15 @@ RatePlan plan_rates(const CacheSpec& spec, const CacheShape& shape, const Calibr
         for (int p : pick) s += c[size_t(p)];
         return s / n;
     };
+    // Trust region: rates within one bit of the uniform rate the budget affords. The sensitivities
+    // come from probes of one layer at a time (the rest exact), so the additive model is a
+    // first-order one; a plan far from uniform (2-bit keys in a layer, 5 bits elsewhere) leans on
+    // it where cross-layer effects (errors of early layers feeding later ones) are largest.
+    const double uniform = budget_codes - 16.0 / d;
+    int rlo = 0, rhi = kNumRates - 1;
+    while (rlo + 1 < kNumRates && kRates[rlo] < uniform - 1.0 - 1e-9) ++rlo;
+    while (rhi > rlo && kRates[rhi] > uniform + 1.0 + 1e-9) --rhi;
+    if (c[size_t(rlo)] > budget_codes + 1e-12) rlo = 0;
     if (c[0] > budget_codes + 1e-12)
         fail("'" + spec.text + "': even " + std::to_string(kRates[0]) + " bits everywhere exceeds the budget (codes may take " +
              std::to_string(budget_codes) + " bits per coordinate after the window)");
@@ -68,8 +77,8 @@ RatePlan plan_rates(const CacheSpec& spec, const CacheShape& shape, const Calibr
     auto choose = [&](double lambda) {
         std::vector<int> pick(static_cast<size_t>(n));
         for (int i = 0; i < n; ++i) {
-            int best = 0;
-            for (int r = 1; r < kNumRates; ++r)
+            int best = rlo;
+            for (int r = rlo + 1; r <= rhi; ++r)
                 if (w[size_t(i)] * g[size_t(r)] + lambda * c[size_t(r)] < w[size_t(i)] * g[size_t(best)] + lambda * c[size_t(best)])
                     best = r;
             pick[size_t(i)] = best;
@@ -89,7 +98,7 @@ RatePlan plan_rates(const CacheSpec& spec, const CacheShape& shape, const Calibr
         double best_gain = 0;
         for (int i = 0; i < n; ++i) {
             const int r = pick[size_t(i)];
-            if (r + 1 >= kNumRates) continue;
+            if (r + 1 > rhi) continue;
             const double extra = (c[size_t(r + 1)] - c[size_t(r)]) / n;
             if (mean_cost(pick) + extra > budget_codes + 1e-12) continue;
             const double gain = w[size_t(i)] * (g[size_t(r)] - g[size_t(r + 1)]) / (c[size_t(r + 1)] - c[size_t(r)]);
