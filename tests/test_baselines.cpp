@@ -620,7 +620,7 @@ TEST_CASE("hadamard rotation spreads outlier channels: q4_0-rot beats q4_0", "[b
     }
 }
 
-TEST_CASE("-rots: the signs come from the seed, and the round trip stays within the format's error", "[baselines][rotation]") {
+TEST_CASE("rotated baselines with random signs (-rots): the signs come from the seed, and the round trip stays within the format's error", "[baselines][rotation]") {
     const size_t n = 100;
     const int dim = 128;
     auto x = varied_data(n, dim, 60);
