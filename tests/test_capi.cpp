@@ -84,6 +84,7 @@ TEST_CASE("C ABI: status names, version, default kernel, config init", "[capi]")
     CHECK(cfg.key_bits == 4);
     CHECK(cfg.block_tokens == 64);
     CHECK(cfg.kernel == nullptr);
+    CHECK(cfg.precision == (tqkv::CacheConfig{}.precision == tqkv::Precision::Fast ? TQKV_PRECISION_FAST : TQKV_PRECISION_EXACT));
     CHECK(tqkv_cache_config_init(nullptr) == TQKV_ERR_INVALID_ARGUMENT);
     tqkv_codec_config cc;
     REQUIRE(tqkv_codec_config_init(&cc) == TQKV_OK);
@@ -263,6 +264,68 @@ TEST_CASE("C ABI: wrong lengths, NaN, capacity leave the cache unchanged", "[cap
     // Capacity is per layer: 14 more tokens fit, then nothing.
     REQUIRE(tqkv_cache_append(c.h, 0, k.data(), 14 * row, v.data(), 14 * row) == TQKV_OK);
     CHECK(tqkv_cache_append(c.h, 0, k.data(), row, v.data(), row) == TQKV_ERR_CAPACITY);
+}
+
+TEST_CASE("C ABI: precision (config field, spec option, set_precision on a loaded cache)", "[capi][fast]") {
+    tqkv_cache_config cfg = small_config();
+    cfg.precision = TQKV_PRECISION_EXACT;
+    const size_t row = 2 * 64, q = 4 * 64;
+    const auto k = gauss(90 * row, 40), v = gauss(90 * row, 41), qs = gauss(q, 42);
+    std::vector<float> exact(q), fast(q), out(q);
+    Cache e(cfg);
+    cfg.precision = TQKV_PRECISION_FAST;
+    Cache f(cfg);
+    for (tqkv_cache h : {e.h, f.h}) REQUIRE(tqkv_cache_append(h, 0, k.data(), k.size(), v.data(), v.size()) == TQKV_OK);
+    REQUIRE(tqkv_cache_attend(e.h, 0, qs.data(), q, exact.data(), q, 1) == TQKV_OK);
+    REQUIRE(tqkv_cache_attend(f.h, 0, qs.data(), q, fast.data(), q, 1) == TQKV_OK);
+    CHECK(fast != exact);  // the fast kernels ran
+    double err = 0, norm = 0;
+    for (size_t i = 0; i < q; ++i) err += (fast[i] - exact[i]) * (fast[i] - exact[i]), norm += exact[i] * exact[i];
+    CHECK(std::sqrt(err / norm) < 0.05);
+    tqkv_cache_config got;
+    REQUIRE(tqkv_cache_config_init(&got) == TQKV_OK);
+    REQUIRE(tqkv_cache_get_config(f.h, &got) == TQKV_OK);
+    CHECK(got.precision == TQKV_PRECISION_FAST);
+
+    // Not saved: a loaded cache has the default until set_precision, then each precision's bits.
+    const auto bytes = save(f.h);
+    tqkv_cache h = nullptr;
+    REQUIRE(tqkv_cache_load(bytes.data(), bytes.size(), nullptr, &h) == TQKV_OK);
+    REQUIRE(tqkv_cache_get_config(h, &got) == TQKV_OK);
+    CHECK(got.precision == small_config().precision);
+    REQUIRE(tqkv_cache_set_precision(h, TQKV_PRECISION_EXACT) == TQKV_OK);
+    REQUIRE(tqkv_cache_attend(h, 0, qs.data(), q, out.data(), q, 1) == TQKV_OK);
+    CHECK(out == exact);
+    REQUIRE(tqkv_cache_set_precision(h, TQKV_PRECISION_FAST) == TQKV_OK);
+    REQUIRE(tqkv_cache_attend(h, 0, qs.data(), q, out.data(), q, 1) == TQKV_OK);
+    CHECK(out == fast);
+    CHECK(tqkv_cache_set_precision(h, 2) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(contains(tqkv_last_error(), "0 exact, 1 fast"));
+    CHECK(tqkv_cache_destroy(h) == TQKV_OK);
+    CHECK(tqkv_cache_set_precision(h, TQKV_PRECISION_FAST) == TQKV_ERR_INVALID_HANDLE);
+
+    // Out of range in the struct: rejected, nothing created.
+    cfg.precision = -1;
+    tqkv_cache bad = nullptr;
+    CHECK(tqkv_cache_create(&cfg, &bad) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(bad == nullptr);
+
+    // Specs: the base's precision unless the spec says exact / fast.
+    tqkv_cache_config base = small_config();
+    base.precision = TQKV_PRECISION_FAST;
+    for (const auto& [spec, want] : {std::pair{"K4V3", TQKV_PRECISION_FAST}, std::pair{"K4V3-exact", TQKV_PRECISION_EXACT}}) {
+        tqkv_cache s = nullptr;
+        REQUIRE(tqkv_cache_create_spec(spec, &base, nullptr, &s) == TQKV_OK);
+        REQUIRE(tqkv_cache_get_config(s, &got) == TQKV_OK);
+        CHECK(got.precision == want);
+        CHECK(tqkv_cache_destroy(s) == TQKV_OK);
+    }
+    base.precision = TQKV_PRECISION_EXACT;
+    tqkv_cache s = nullptr;
+    REQUIRE(tqkv_cache_create_spec("K4V3-fast", &base, nullptr, &s) == TQKV_OK);
+    REQUIRE(tqkv_cache_get_config(s, &got) == TQKV_OK);
+    CHECK(got.precision == TQKV_PRECISION_FAST);
+    CHECK(tqkv_cache_destroy(s) == TQKV_OK);
 }
 
 TEST_CASE("C ABI: save and load round-trip; bad bytes are rejected", "[capi][errors]") {

@@ -64,6 +64,9 @@ typedef struct tqkv_model_s* tqkv_model;
 
 enum { TQKV_METHOD_MSE = 0, TQKV_METHOD_PROD = 1, TQKV_METHOD_QJL = 2 };
 enum { TQKV_NORM_F16 = 0, TQKV_NORM_F32 = 1 };
+/* Attention arithmetic (tqkv::Precision, tqkv/spec.hpp): exact float tables, or the bounded-error
+ * integer fast path (codes of 1-4 bits; the error bound is derived in lib/src/kernels/simd/fast_attention.hpp). */
+enum { TQKV_PRECISION_EXACT = 0, TQKV_PRECISION_FAST = 1 };
 
 /* The message of the last failed call on this thread ("" if none); valid until the next failing
  * call on this thread. Successful calls do not clear it. */
@@ -79,7 +82,9 @@ TQKV_API const char* tqkv_default_kernel(void);
  * KV cache: `layers` layers of one configuration (layer l is coded with seed derive(seed, l)).
  *
  * Field offsets are fixed (wasm32 / 64-bit): everything up to offset 80 is the same on every
- * target; the three pointers follow (80/84/88 on wasm32, 80/88/96 on 64-bit targets). */
+ * target; the three pointers follow (80/84/88 on wasm32, 80/88/96 on 64-bit targets), then
+ * precision (92 on wasm32, where the struct had 4 bytes of padding: its size stays 96; 104 on
+ * 64-bit targets, size 112). */
 typedef struct tqkv_cache_config {
     uint32_t struct_size;          /*  0: sizeof(tqkv_cache_config); set by tqkv_cache_config_init */
     int32_t layers;                /*  4: 1..1024 */
@@ -100,6 +105,8 @@ typedef struct tqkv_cache_config {
     const int32_t* key_high_channels;   /* 80: channel indices (NULL when n = 0) */
     const int32_t* value_high_channels;
     const char* kernel;            /* NULL or "" = best available; "scalar", "avx2", ... */
+    int32_t precision;             /* TQKV_PRECISION_EXACT or _FAST; tqkv_cache_create_spec: a spec's
+                                      exact / fast option wins over it */
 } tqkv_cache_config;
 
 /* Fills the defaults: struct_size, 1 layer, 4 heads, 4 KV heads, d = 128, mse K4 V4, blocks of 64
@@ -134,6 +141,9 @@ TQKV_API tqkv_status tqkv_cache_bytes_used(tqkv_cache cache, size_t* out);
 TQKV_API tqkv_status tqkv_cache_get_config(tqkv_cache cache, tqkv_cache_config* cfg);
 /* Name of the kernel table the cache uses (static string), or NULL for a bad handle. */
 TQKV_API const char* tqkv_cache_kernel(tqkv_cache cache);
+/* Sets the attention arithmetic of every layer (TQKV_PRECISION_*). Not saved with the cache (the
+ * codes are the same either way): a loaded cache has the default until this is called. */
+TQKV_API tqkv_status tqkv_cache_set_precision(tqkv_cache cache, int32_t precision);
 
 /* Serialization (magic, version, config, little-endian payload, CRC32; the same bytes on every
  * target). *size is always set to the serialized size; if buf is NULL or capacity < *size the

@@ -225,6 +225,12 @@ tqkv::NormFormat norm_of(int32_t f) {
     fail(TQKV_ERR_INVALID_ARGUMENT, "tqkv: unknown norm format " + std::to_string(f) + " (0 fp16, 1 fp32)");
 }
 
+tqkv::Precision precision_of(int32_t p) {
+    if (p == TQKV_PRECISION_EXACT) return tqkv::Precision::Exact;
+    if (p == TQKV_PRECISION_FAST) return tqkv::Precision::Fast;
+    fail(TQKV_ERR_INVALID_ARGUMENT, "tqkv: unknown precision " + std::to_string(p) + " (0 exact, 1 fast)");
+}
+
 void check_struct(uint32_t got, size_t want, const char* what) {
     if (got != want)
         fail(TQKV_ERR_INVALID_ARGUMENT, std::string("tqkv: ") + what + ".struct_size is " + std::to_string(got) +
@@ -251,6 +257,7 @@ tqkv::CacheConfig to_cpp(const tqkv_cache_config& c) {
     cfg.key_high_channels = channels(c.key_high_channels, c.n_key_high_channels, "key_high_channels");
     cfg.value_high_channels = channels(c.value_high_channels, c.n_value_high_channels, "value_high_channels");
     cfg.kernel = kernel_name(c.kernel);
+    cfg.precision = precision_of(c.precision);
     return cfg;
 }
 
@@ -273,6 +280,7 @@ void from_cpp(const tqkv::CacheConfig& c, int layers, tqkv_cache_config& out) {
     out.key_high_channels = nullptr;
     out.value_high_channels = nullptr;
     out.kernel = nullptr;
+    out.precision = c.precision == tqkv::Precision::Fast ? TQKV_PRECISION_FAST : TQKV_PRECISION_EXACT;
 }
 
 tqkv::KVCache& layer_of(CacheObj& obj, int32_t layer, const char* what) {
@@ -300,6 +308,8 @@ static_assert(offsetof(tqkv_cache_config, seed) == 64);
 static_assert(offsetof(tqkv_cache_config, n_value_high_channels) == 76);
 static_assert(offsetof(tqkv_cache_config, key_high_channels) == 80);
 static_assert(offsetof(tqkv_cache_config, kernel) == 80 + 2 * sizeof(void*));
+static_assert(offsetof(tqkv_cache_config, precision) == 80 + 3 * sizeof(void*));
+static_assert(sizeof(void*) != 4 || sizeof(tqkv_cache_config) == 96);  // wasm32: web/src/abi.ts CACHE_CFG_SIZE
 static_assert(offsetof(tqkv_codec_config, bits) == 8);
 static_assert(offsetof(tqkv_codec_config, seed) == 24);
 static_assert(offsetof(tqkv_codec_config, high_channels) == 40);
@@ -473,6 +483,13 @@ tqkv_status tqkv_cache_bytes_used(tqkv_cache cache, size_t* out) {
         auto obj = caches().get(id_of(cache), "bytes_used");
         need_ptr(out, "out");
         *out = obj->cache.bytes_used();
+    });
+}
+
+tqkv_status tqkv_cache_set_precision(tqkv_cache cache, int32_t precision) {
+    return guard([&] {
+        auto obj = caches().get(id_of(cache), "set_precision");
+        obj->cache.set_precision(precision_of(precision));
     });
 }
 
