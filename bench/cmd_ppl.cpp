@@ -144,6 +144,7 @@ public:
     }
     bool set_attention_window(size_t w) override { return c_.set_attention_window(w); }
     void attend(int l, std::span<const float> q, std::span<float> o) override {
+        c_.set_attend_options(attend_options());  // what the runner asked of this cache
         const double t0 = now();
         c_.attend(l, q, o);
         seconds += now() - t0;
@@ -163,7 +164,7 @@ private:
 
 // tqkv-bench decode: tokens/s of token-by-token decode at a given context length, per cache.
 int cmd_decode(const Args& args) {
-    args.allow({"model", "context", "steps", "config", "json", "repeats", "tokenizer"});
+    args.allow({"model", "context", "steps", "config", "json", "repeats", "tokenizer", "threads", "skip"});
     const std::string dir = args.get("model", "");
     if (dir.empty()) throw std::invalid_argument("decode: --model DIR is required");
     const tqkv::LlamaModel model = tqkv::LlamaModel::load(dir);
@@ -172,6 +173,9 @@ int cmd_decode(const Args& args) {
     const size_t ctx = size_t(args.get_int("context", mc.max_position_embeddings));
     const size_t steps = size_t(args.get_int("steps", 64));
     const int repeats = std::max(1, args.get_int("repeats", 3));
+    const int threads = args.get_int("threads", 1);  // of the runner: matrix products and attention
+    tqkv::AttendOptions attend_opt;
+    attend_opt.skip_values = float(args.get_double("skip", tqkv::kDefaultSkipValues));
     if (steps < 1 || steps >= ctx) throw std::invalid_argument("decode: need 1 <= --steps < --context");
     const std::vector<uint8_t> bytes = read_file(dir + "/eval.txt");
     const std::string_view text(reinterpret_cast<const char*>(bytes.data()), bytes.size());
@@ -203,7 +207,9 @@ int cmd_decode(const Args& args) {
                                  : tqkv::make_cache(spec, tqkv::CacheShape::of(mc), &cal);
         r.cache = std::make_unique<TimedCache>(*r.inner);
         r.cache->reserve(ctx);
+        r.cache->set_attend_options(attend_opt);
         r.run = std::make_unique<tqkv::LlamaRunner>(model, *r.cache);
+        r.run->threads = threads;
         runs.push_back(std::move(r));
     }
     // Every cache is prefilled, then the decode steps go round-robin over the caches, one token
@@ -256,7 +262,8 @@ int cmd_decode(const Args& args) {
             j.add("config", spec).add("context", ctx).add("steps", steps).add("decode_tokens_per_s", 1.0 / s)
                 .add("ms_per_token", s * 1e3).add("attend_ms_per_token", a * 1e3).add("append_ms_per_token", ap * 1e3)
                 .add("bits_per_coord", cache.bits_per_coord()).add("cache_bytes", cache.format_bytes())
-                .add("matmul", tqkv::matmul_kernel()).add("kernel", tqkv::default_kernel());
+                .add("matmul", tqkv::matmul_kernel()).add("kernel", tqkv::default_kernel()).add("threads", threads)
+                .add("skip_values", double(attend_opt.skip_values));
             if (fp32_run) j.add("speedup_vs_fp32", speedup).add("speedup_vs_fp32_min", speedup_min);
             std::printf("%s\n", j.str().c_str());
         } else {
@@ -267,9 +274,9 @@ int cmd_decode(const Args& args) {
     }
     if (!json) {
         std::printf("tqkv-bench decode — %s: %zu decode steps ending at context %zu (median of %d repeats; the caches take "
-                    "turns token by token), one thread, matmul %s, attention kernel %s, weights %.1f MB\n"
+                    "turns token by token), %d thread(s), matmul %s, attention kernel %s, weights %.1f MB\n"
                     "vs fp32: median over repeats of (fp32 cache time / this cache's time), smallest in brackets\n\n",
-                    dir.c_str(), steps, ctx, repeats, tqkv::matmul_kernel(), tqkv::default_kernel().c_str(),
+                    dir.c_str(), steps, ctx, repeats, threads, tqkv::matmul_kernel(), tqkv::default_kernel().c_str(),
                     double(model.weight_bytes()) / 1e6);
         t.print();
     }
@@ -278,7 +285,7 @@ int cmd_decode(const Args& args) {
 
 int cmd_ppl(const Args& args) {
     args.allow({"model", "bytes", "offset", "ctx", "json", "frontier", "config", "calib-bytes", "text", "chunked",
-                "prefill", "threads", "extra", "seeds", "tokenizer", "tokens"});
+                "prefill", "threads", "extra", "seeds", "tokenizer", "tokens", "skip"});
     const std::string dir = args.get("model", "");
     if (dir.empty()) throw std::invalid_argument("ppl: --model DIR is required");
     const tqkv::LlamaModel model = tqkv::LlamaModel::load(dir);
@@ -310,6 +317,9 @@ int cmd_ppl(const Args& args) {
     // tqkv configurations average over this many rotation seeds (the default seed, then x1, x2, ...):
     // one seed's ΔNLL varies by about ±0.3% at 3 bits on 4096 bytes.
     const int seeds = std::max(1, args.get_int("seeds", 1));
+    // Skipped values of the tqkv caches (AttendOptions::skip_values; 0 = none).
+    tqkv::AttendOptions attend_opt;
+    attend_opt.skip_values = float(args.get_double("skip", tqkv::kDefaultSkipValues));
 
     auto encode = [&](size_t from, size_t n) {
         std::vector<int32_t> t = tok.encode(std::string_view(reinterpret_cast<const char*>(text.data()) + from, n));
@@ -395,7 +405,7 @@ int cmd_ppl(const Args& args) {
     if (json) {
         Json h;
         h.add("type", "header").add("model", dir).add("text", text_path).add("offset", offset).add("bytes", n_bytes)
-            .add("ctx", ctx).add("scored", base.scored).add("sequential", sequential).add("prefill", prefill)
+            .add("ctx", ctx).add("scored", base.scored).add("sequential", sequential).add("prefill", prefill).add("skip_values", double(attend_opt.skip_values))
             .add("calib_bytes", calib_bytes)
             .add("calib_seconds", calib_s).add("sensitivity_seconds", sens_s).add("matmul", tqkv::matmul_kernel()).add("kernel", tqkv::default_kernel())
             .add("tokenizer", tok.kind()).add("tokens", tokens.size()).add("scored_bytes", scored_bytes)
@@ -444,6 +454,7 @@ int cmd_ppl(const Args& args) {
                 tqkv::CacheSpec spec = tqkv::CacheSpec::parse(configs[i]);
                 if (s) spec.seed = uint64_t(s);  // as the spec option x<s>
                 auto cache = tqkv::make_cache(spec, shape, &cal);
+                cache->set_attend_options(attend_opt);
                 const tqkv::NllResult res = tqkv::evaluate_nll(model, *cache, tokens, ctx, seq);
                 size_t a = 0;
                 for (size_t t = 0; t < res.argmax.size(); ++t) a += res.argmax[t] == base.argmax[t];

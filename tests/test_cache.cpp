@@ -628,6 +628,102 @@ TEST_CASE("chunked prefill: each query sees what token-by-token decode would", "
         }
 }
 
+TEST_CASE("skipped values: groups of negligible weight are skipped, within the derived bound", "[cache][skip]") {
+    // cache/attention.cpp derives: a skipped token's final softmax weight p_t is below ε, so the
+    // output moves by at most sum over skipped tokens of p_t |v_t| < ε |S| max |v|. Checked here
+    // per channel against the exact weights (attend_stats' logits, no skipping) and the decoded
+    // values: the change must be explained by tokens of groups whose weights are all below ε.
+    for (const auto& kernel : available_kernels()) {
+        INFO("kernel " << kernel);
+        auto cfg = cache_config(2, 1, 64, 4, 4);
+        cfg.kernel = kernel;
+        KVCache cache(cfg);
+        const size_t T = 4200;  // three units (2048 tokens each, the last one short)
+        const uint64_t groups = (T + 31) / 32;  // per query and KV head: 132
+        const auto K = tqkv_test::gaussian_vectors(T, 64, 1), V = tqkv_test::gaussian_vectors(T, 64, 2);
+        cache.append(K, V);
+        const std::vector<float> Vd = cache.decode_values(0);
+        std::vector<float> q(2 * 64);
+        auto attend = [&](float eps, std::vector<float>& out, AttendCounters& counters) {
+            AttendOptions o;
+            o.skip_values = eps;
+            o.counters = &counters;
+            cache.attend(q, out, false, o);
+        };
+        // 1. A query that points at token 100 (an attention sink, in the first unit): every other
+        // group's weights are far below 1e-6 of the sum, so nearly every group is skipped, in the
+        // later units too (they compare with the first unit's floor). Skipping switched off: none.
+        for (int j = 0; j < 64; ++j) q[j] = q[64 + j] = 8.0f * K[100 * 64 + j];
+        std::vector<float> skip(q.size()), full(q.size()), ref(q.size());
+        AttendCounters on, off;
+        attend(1e-6f, skip, on);
+        attend(0, full, off);
+        cache.attend_reference(q, ref, false);
+        CHECK(on.value_groups == groups);
+        CHECK(off.value_groups == groups);
+        CHECK(off.skipped_value_groups == 0);
+        CHECK(on.skipped_value_groups >= groups - 4);  // all but the group of token 100 and a few at unit starts
+        for (size_t i = 0; i < q.size(); ++i) CHECK(std::abs(full[i] - ref[i]) < 1e-3);
+
+        // 2. A moderately peaked query and a large ε: the skipped weight is far from negligible,
+        // and the change must stay within what the groups of small weight can explain.
+        for (float eps : {1e-4f, 1e-3f}) {
+            INFO("eps " << eps);
+            for (int j = 0; j < 64; ++j) q[j] = 2.0f * K[100 * 64 + j], q[64 + j] = 1.5f * K[4100 * 64 + j];
+            AttendCounters c1, c0;
+            attend(eps, skip, c1);
+            attend(0, full, c0);
+            REQUIRE(c1.skipped_value_groups > 0);
+            // Exact final weights per head, from the logits of one unskipped pass.
+            std::vector<float> acc(q.size()), mx(2), sum(2), lg(2 * T);
+            AttendOptions o;
+            o.skip_values = 0;
+            cache.attend_stats(q, acc, mx, sum, lg, o);
+            std::vector<double> bound(q.size(), 0.0);
+            size_t small_groups = 0;
+            double vmax = 0;
+            for (size_t g = 0; g < groups; ++g) {
+                const size_t t0 = g * 32, t1 = std::min(T, t0 + 32);
+                bool small = true;
+                for (int h = 0; h < 2; ++h)
+                    for (size_t t = t0; t < t1; ++t) small = small && std::exp(double(lg[h * T + t]) - mx[h]) / sum[h] < eps;
+                if (!small) continue;
+                ++small_groups;
+                for (int h = 0; h < 2; ++h)
+                    for (size_t t = t0; t < t1; ++t) {
+                        const double p = std::exp(double(lg[h * T + t]) - mx[h]) / sum[h];
+                        for (int j = 0; j < 64; ++j) bound[h * 64 + j] += p * std::abs(Vd[t * 64 + j]);
+                    }
+            }
+            for (float v : Vd) vmax = std::max(vmax, double(std::abs(v)));
+            CHECK(c1.skipped_value_groups <= small_groups);  // only groups whose final weights are all < ε
+            double moved = 0;
+            for (size_t i = 0; i < q.size(); ++i) {
+                const double delta = std::abs(double(skip[i]) - full[i]);
+                moved = std::max(moved, delta);
+                CHECK(delta <= bound[i] * 1.001 + 1e-6);                                // per channel
+                CHECK(delta <= eps * 32.0 * double(c1.skipped_value_groups) * vmax + 1e-6);  // the stated bound
+            }
+            CHECK(moved > 1e-6);  // the case really drops weight (else it tests nothing)
+        }
+
+        // 3. Nearly uniform attention: no weight is below 1e-6 of the sum, nothing is skipped.
+        for (float& x : q) x *= 1e-3f;
+        AttendCounters flat;
+        attend(1e-6f, skip, flat);
+        CHECK(flat.skipped_value_groups == 0);
+        // Bad options are rejected.
+        AttendOptions o;
+        o.skip_values = 1.0f;
+        CHECK_THROWS_WITH(cache.attend(q, skip, false, o), Catch::Contains("skip_values"));
+        o.skip_values = std::nanf("");
+        CHECK_THROWS_WITH(cache.attend(q, skip, false, o), Catch::Contains("skip_values"));
+        o.skip_values = 0;
+        o.threads = 0;
+        CHECK_THROWS_WITH(cache.attend(q, skip, false, o), Catch::Contains("threads"));
+    }
+}
+
 TEST_CASE("attend_stats: two caches merged into one softmax equal one cache over all tokens", "[cache]") {
     // Tokens 0..59 in one cache (split at 40 into two caches): with the same codes (same seed,
     // same config), merging the statistics of the two halves must reproduce attention over all.

@@ -8,9 +8,11 @@
 #include <thread>
 
 #include "test_util.hpp"
+#include "tiny_model.hpp"
 #include "tqkv/tqkv.hpp"
 
 using namespace tqkv;
+using namespace tqkv_test;
 
 TEST_CASE("concurrent attend on a shared cache gives the single-threaded results", "[threads]") {
     CacheConfig cfg;
@@ -86,4 +88,120 @@ TEST_CASE("parallel_for runs every piece once, in parallel, nested and from seve
                           Catch::Contains("piece"));
         CHECK(ran.load() == 20);
     }
+}
+
+// attend split over threads: KV heads x fixed token ranges, merged in a fixed order, so any thread
+// count gives the same bits; also attend_stats over several caches and a ModelKVCache layer.
+TEST_CASE("attend on several threads gives the one-thread bits", "[threads]") {
+    CacheConfig cfg;
+    cfg.heads = 4;
+    cfg.kv_heads = 2;
+    cfg.head_dim = 64;
+    cfg.key_bits = 3;
+    cfg.value_bits = 2;
+    cfg.window = 16;
+    KVCache cache(cfg);
+    const size_t T = 5000;  // three token ranges of 2048 per KV head
+    const auto K = tqkv_test::gaussian_vectors(T, 2 * 64, 1), V = tqkv_test::gaussian_vectors(T, 2 * 64, 2);
+    cache.append(std::span(K).first((T - 40) * 128), std::span(V).first((T - 40) * 128));
+    cache.append(std::span(K).subspan((T - 40) * 128), std::span(V).subspan((T - 40) * 128));  // a chunk of 40
+    const auto Q = tqkv_test::gaussian_vectors(40, 4 * 64, 3);
+    std::vector<float> one(Q.size()), many(Q.size());
+    AttendOptions o;
+    cache.attend(Q, one, true, o);
+    for (int threads : {2, 3, 4, 8}) {
+        o.threads = threads;
+        cache.attend(Q, many, true, o);
+        CHECK(many == one);
+    }
+    // Skipped values decide per unit against the first unit's floor: the same groups, the same
+    // bits on any thread count (queries peaked at a token each, so that many groups are skipped).
+    auto peaked = Q;
+    for (size_t i = 0; i < 40; ++i)
+        for (int h = 0; h < 4; ++h)
+            for (int j = 0; j < 64; ++j) peaked[(i * 4 + h) * 64 + j] = 6.0f * K[((i * 97) % T * 2 + h / 2) * 64 + j];
+    AttendCounters c1, cn;
+    o.threads = 1;
+    o.skip_values = 1e-4f;
+    o.counters = &c1;
+    cache.attend(peaked, one, true, o);
+    CHECK(c1.skipped_value_groups > c1.value_groups / 2);
+    for (int threads : {2, 5}) {
+        cn = {};
+        o.threads = threads;
+        o.counters = &cn;
+        cache.attend(peaked, many, true, o);
+        CHECK(many == one);
+        CHECK(cn.skipped_value_groups == c1.skipped_value_groups);
+    }
+    o = AttendOptions{};
+    // precision fast (integer key tables built per thread): the same bits on any thread count too.
+    cache.set_precision(Precision::Fast);
+    cache.attend(Q, one, true, o);
+    o.threads = 3;
+    cache.attend(Q, many, true, o);
+    CHECK(many == one);
+    cache.set_precision(Precision::Exact);
+    o = AttendOptions{};
+    // attend_stats over three caches (a tier split) with logits, continued from given statistics.
+    KVCache a(cfg), b = cache.empty_like(), c2 = cache.empty_like();
+    a.append(std::span(K).first(3000 * 128), std::span(V).first(3000 * 128));
+    b.append(std::span(K).subspan(3000 * 128, 100 * 128), std::span(V).subspan(3000 * 128, 100 * 128));
+    c2.append(std::span(K).subspan(3100 * 128, 1900 * 128), std::span(V).subspan(3100 * 128, 1900 * 128));
+    const KVCache* caches[] = {&a, &b, &c2};
+    const float scales[] = {1.0f, 0.5f, 1.0f};
+    const auto q1 = tqkv_test::gaussian_vectors(1, 4 * 64, 4);
+    std::vector<float> acc1(256, 0.1f), mx1(4, 0.5f), sum1(4, 2.0f), lg1(4 * T), acc2, mx2, sum2, lg2(4 * T);
+    acc2 = acc1, mx2 = mx1, sum2 = sum1;
+    o.threads = 1;
+    KVCache::attend_stats(caches, q1, acc1, mx1, sum1, lg1, scales, true, o);
+    o.threads = 4;
+    KVCache::attend_stats(caches, q1, acc2, mx2, sum2, lg2, scales, true, o);
+    CHECK(acc1 == acc2);
+    CHECK(mx1 == mx2);
+    CHECK(sum1 == sum2);
+    CHECK(lg1 == lg2);
+}
+
+TEST_CASE("model: the runner on several threads gives the one-thread logits", "[threads]") {
+    // Matrix products split over output rows (large enough ones only: 2^18 multiply-adds) and
+    // attention split over KV heads and token ranges: the same bits for any thread count.
+    tqkv::Rng rng(5);
+    for (bool f16 : {false, true}) {
+        WeightMatrix W;
+        W.rows = 1000 + 7, W.cols = 300;  // rows not a multiple of the pieces
+        std::vector<float> w(W.rows * W.cols);
+        for (auto& x : w) x = float(rng.normal());
+        if (f16) {
+            W.f16.resize(w.size());
+            for (size_t i = 0; i < w.size(); ++i) W.f16[i] = float_to_half(w[i]);
+        } else {
+            W.f32 = w;
+        }
+        std::vector<float> X(3 * W.cols), y1(3 * W.rows), y3(3 * W.rows);
+        for (auto& x : X) x = float(rng.normal());
+        matmul(X.data(), 3, W, y1.data(), 1);
+        matmul(X.data(), 3, W, y3.data(), 3);
+        CHECK(y1 == y3);
+    }
+    const LlamaModel m = tiny_model(3);
+    const auto tokens = text_tokens("The quick brown fox jumps over the lazy dog; then it decodes.");
+    for (const std::string spec : {"fp32", "K3V2-w8"}) {
+        INFO("cache " << spec);
+        auto c1 = make_cache(spec, CacheShape::of(m.config()));
+        auto c3 = make_cache(spec, CacheShape::of(m.config()));
+        LlamaRunner one(m, *c1, 16), three(m, *c3, 16);
+        one.sequential_attention = three.sequential_attention = false;
+        three.threads = 3;
+        std::vector<float> a(tokens.size() * 256), b(a.size());
+        one.prefill(tokens, a);
+        three.prefill(tokens, b);
+        CHECK(a == b);
+        CHECK(c3->attend_options().threads == 3);
+    }
+    auto c = make_cache("fp32", CacheShape::of(m.config()));
+    LlamaRunner bad(m, *c);
+    bad.threads = 0;
+    std::vector<float> lg(256);
+    CHECK_THROWS_WITH(bad.prefill(std::span(tokens).first(3), lg), Catch::Contains("threads"));
 }

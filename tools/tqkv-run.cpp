@@ -4,7 +4,7 @@
 //
 //   tqkv-run --model ../shared/data/tq-ref-128 --prompt "The " [--cache K3V3-w16] [--tokens 256]
 //            [--tokenizer FILE]
-//            [--temperature 0] [--top-k 0] [--seed 1] [--calib FILE|none] [--json]
+//            [--temperature 0] [--top-k 0] [--seed 1] [--calib FILE|none] [--threads 1] [--json]
 //   tqkv-run ... --budget-mb 0.5 [--cache tiered-K4V4-K2V2-w16]   (a cache that fits a byte budget)
 //
 // The generated text goes to stdout as it is produced; the statistics (prefill and decode speed,
@@ -49,6 +49,8 @@ void usage() {
                  "  --calib FILE|none   calibration text for the tqkv cache's preconditioning (key/value means,\n"
                  "                      high channels; default: the last 2048 bytes of DIR/eval.txt when present,\n"
                  "                      else the prompt)\n"
+                 "  --threads N         threads for the matrix products and the cache's attention (default 1;\n"
+                 "                      the same tokens for any count)\n"
                  "  --json              statistics as one JSON line on stderr\n",
                  kDefaultCache);
 }
@@ -90,7 +92,7 @@ int main(int argc, char** argv) {
     }
     for (const auto& entry : opt) {
         const std::string& k = entry.first;  // not a structured binding: clang < 16 cannot capture those
-        static const char* known[] = {"model", "prompt", "prompt-file", "cache", "tokens", "temperature", "top-k", "seed", "calib", "json", "budget-mb", "tokenizer"};
+        static const char* known[] = {"model", "prompt", "prompt-file", "cache", "tokens", "temperature", "top-k", "seed", "calib", "json", "budget-mb", "tokenizer", "threads"};
         if (std::find_if(std::begin(known), std::end(known), [&](const char* n) { return k == n; }) == std::end(known)) {
             std::fprintf(stderr, "tqkv-run: unknown option --%s\n", k.c_str());
             usage();
@@ -111,6 +113,7 @@ int main(int argc, char** argv) {
         const int n_new = opt.count("tokens") ? std::stoi(opt["tokens"]) : 256;
         const double temperature = opt.count("temperature") ? std::stod(opt["temperature"]) : 0.0;
         const int top_k = opt.count("top-k") ? std::stoi(opt["top-k"]) : 0;
+        const int threads = opt.count("threads") ? std::stoi(opt["threads"]) : 1;  // the runner checks the range
         tqkv::Rng rng(opt.count("seed") ? std::stoull(opt["seed"]) : 1);
         if (prompt.empty()) throw std::invalid_argument("the prompt is empty");
         if (n_new < 0) throw std::invalid_argument("--tokens must be >= 0");
@@ -167,6 +170,7 @@ int main(int argc, char** argv) {
                      : tqkv::make_cache(spec, tqkv::CacheShape::of(mc), calp);
         cache->reserve(max_ctx);
         tqkv::LlamaRunner run(model, *cache);
+        run.threads = threads;
         std::vector<float> logits(size_t(mc.vocab_size)), probs(logits.size());
         std::vector<int> order(logits.size());
 

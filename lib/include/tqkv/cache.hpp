@@ -77,6 +77,31 @@ struct CacheConfig {
     bool debias_keys = false, debias_values = false;
 };
 
+// Counts of the fused attention's work, added to by the attend calls given them
+// (AttendOptions::counters), e.g. to report the share of skipped values.
+struct AttendCounters {
+    uint64_t value_groups = 0;          // groups of 32 coded tokens whose values were due, per query and KV head
+    uint64_t skipped_value_groups = 0;  // of which skipped (AttendOptions::skip_values)
+};
+
+// The default ε of skipped values (AttendOptions::skip_values).
+inline constexpr float kDefaultSkipValues = 1e-6f;
+
+// How one attend call runs.
+struct AttendOptions {
+    // Threads of the library's pool (tqkv/threads.hpp) the call may use, the caller's included,
+    // 1..kMaxThreads. Work is split into KV heads x token ranges of fixed size, so the result is
+    // the same for every thread count.
+    int threads = 1;
+    // Skipped values: the values of a group of 32 coded tokens are not decoded when every softmax
+    // weight in it is below skip_values times the running sum (the denominator stays exact). Each
+    // skipped token's final attention weight is then below skip_values, so the output moves by
+    // less than skip_values x (skipped tokens) x the largest |value| (derived in
+    // cache/attention.cpp). 0 = never skip; in [0, 1).
+    float skip_values = kDefaultSkipValues;
+    AttendCounters* counters = nullptr;  // when given, the call adds its counts
+};
+
 class KVCache {
 public:
     explicit KVCache(const CacheConfig& cfg);  // throws std::invalid_argument on a bad config
@@ -110,7 +135,8 @@ public:
     // (and of the window before it) until the next append, so the queries of the last appended
     // chunk get exactly what decode would have computed. Queries further back read tokens whose
     // exact rows are gone as codes.
-    void attend(std::span<const float> queries, std::span<float> out, bool causal = true) const;
+    void attend(std::span<const float> queries, std::span<float> out, bool causal = true,
+                const AttendOptions& options = {}) const;
     // Attention statistics of one query token ([heads][head_dim]) over all tokens, for merging
     // several caches into one softmax (tiers, eviction policies): per query head h,
     // max_logit[h] = m = max_t s_t and sum_exp[h] = sum_t exp(s_t - m), with s_t = scale q.k_t;
@@ -118,7 +144,7 @@ public:
     // ([heads][tokens()]), receive every s_t. Merge caches i with M = max m_i:
     // out = sum_i exp(m_i - M) acc_i / sum_i exp(m_i - M) sum_exp_i.
     void attend_stats(std::span<const float> query, std::span<float> acc, std::span<float> max_logit,
-                      std::span<float> sum_exp, std::span<float> logits = {}) const;
+                      std::span<float> sum_exp, std::span<float> logits = {}, const AttendOptions& options = {}) const;
     // The same statistics over several caches at once, as if their tokens were one cache (in the
     // order given; logits [heads][tokens()] of each cache, one after the other), in one online
     // softmax. The caches may differ in rates, methods, high channels, seed, norm format and scale
@@ -134,7 +160,7 @@ public:
     static void attend_stats(std::span<const KVCache* const> caches, std::span<const float> query,
                              std::span<float> acc, std::span<float> max_logit, std::span<float> sum_exp,
                              std::span<float> logits = {}, std::span<const float> value_scales = {},
-                             bool continue_stats = false);
+                             bool continue_stats = false, const AttendOptions& options = {});
     // True when both caches code tokens identically (shape, methods, rates, high channels, seed,
     // norm format, attention scale, kernel); block size, window and capacity may differ.
     bool same_codes(const KVCache& other) const;
@@ -178,7 +204,7 @@ public:
 private:
     static void attend_impl(std::span<const Impl* const> parts, std::span<const float> value_scales,
                             std::span<const float> queries, std::span<float> out, bool causal, float* stat_max,
-                            float* stat_sum, std::span<float> logits, bool continue_stats);
+                            float* stat_sum, std::span<float> logits, bool continue_stats, const AttendOptions& options);
     std::unique_ptr<Impl> impl_;
     friend class ModelKVCache;
     friend struct CacheInternals;  // tests of the storage layout (lib/src/cache/impl.hpp)
@@ -233,8 +259,9 @@ public:
     bool built(int l) const;
     size_t tokens(int layer) const;  // 0 for a layer not built yet
     void append(int layer, std::span<const float> keys, std::span<const float> values);
-    void attend(int layer, std::span<const float> queries, std::span<float> out, bool causal = true) const {
-        this->layer(layer).attend(queries, out, causal);
+    void attend(int layer, std::span<const float> queries, std::span<float> out, bool causal = true,
+                const AttendOptions& options = {}) const {
+        this->layer(layer).attend(queries, out, causal, options);
     }
     void truncate(size_t n_tokens);
     void clear();

@@ -191,6 +191,10 @@ public:
     // the default refuses (false), and the runner then refuses to run a sliding-window model past
     // its window rather than attend to tokens the model never sees.
     virtual bool set_attention_window(size_t window) { return window == 0; }
+    // How attend() runs (tqkv/cache.hpp AttendOptions): threads of the library's pool for the tqkv
+    // cache and the dense caches' exact attention; skipped values for the tqkv cache.
+    void set_attend_options(const AttendOptions& o) { attend_options_ = o; }
+    const AttendOptions& attend_options() const { return attend_options_; }
     double bits_per_coord() const;  // format_bytes() * 8 / coordinates held
     double bytes_per_token() const;  // format_bytes() / tokens(0)
     double fp16_bytes_per_token() const { return 4.0 * shape_.layers * shape_.kv_heads * shape_.head_dim; }
@@ -198,6 +202,7 @@ public:
 protected:
     explicit AttentionCache(const CacheShape& s) : shape_(s) {}
     CacheShape shape_;
+    AttendOptions attend_options_;
 };
 
 // The exact fp32 cache (the reference every configuration is measured against).
@@ -242,6 +247,10 @@ public:
     // own tokens before its queries see them. The matrix products are batched over the chunk
     // either way; the attention kernels work one query at a time anyway.
     bool sequential_attention = true;
+    // Threads of the library's pool (tqkv/threads.hpp) the matrix products and the cache's
+    // attention (AttentionCache::set_attend_options) may use, 1..kMaxThreads: the same logits for
+    // every count.
+    int threads = 1;
     // Sees every layer's queries, keys (after RoPE) and values of each step: [n][heads|kv_heads][d].
     std::function<void(int layer, size_t n, const float* q, const float* k, const float* v)> observer;
 
@@ -297,7 +306,8 @@ void matmul_f32(const float* X, size_t n, size_t in, const float* W, size_t out,
 // matmul_f32 over the widened weights.
 void matmul_f16(const float* X, size_t n, size_t in, const uint16_t* W, size_t out, float* Y);
 // Y[n][W.rows] = X[n][W.cols] * W^T in W's precision.
-void matmul(const float* X, size_t n, const WeightMatrix& W, float* Y);
+// threads > 1: output rows split over the library's pool (tqkv/threads.hpp); the same bits.
+void matmul(const float* X, size_t n, const WeightMatrix& W, float* Y, int threads = 1);
 const char* matmul_kernel();
 
 }  // namespace tqkv

@@ -364,7 +364,7 @@ public:
                 if (!tier_caches_.empty())
                     KVCache::attend_stats(tier_caches_, std::span(q, size_t(r) * d), std::span(pacc_.data(), size_t(r) * d),
                                           std::span(pm_.data(), size_t(r)), std::span(pl_.data(), size_t(r)),
-                                          std::span(&lg_[st.n * r], (held - st.n) * r), tier_scales_, true);
+                                          std::span(&lg_[st.n * r], (held - st.n) * r), tier_scales_, true, attend_options_);
                 // 2. Normalize: out = acc / sum_exp, plus the mean stored away.
                 for (int hh = 0; hh < r; ++hh) {
                     const float inv = 1.0f / pl_[hh];

@@ -2,6 +2,7 @@
 // tables, the kernels of kernels.hpp, online softmax over chunks), and the reference path
 // (decode_keys / decode_values, attend_reference: exact attention in double precision).
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -10,44 +11,89 @@
 #include "cache/impl.hpp"
 #include "codec/shared.hpp"
 #include "tqkv/packing.hpp"
+#include "tqkv/threads.hpp"
 
 namespace tqkv {
 
 using namespace detail;
 
-namespace {
-
-constexpr int kChunkGroups = 8;      // online softmax: one max/rescale per 256 tokens
-
-}  // namespace
-
 // ---------------------------------------------------------------------------------------------
 // Attention
+//
+// One call attends each query over the tokens of its parts (one cache, or the caches of
+// attend_stats in order). The tokens are cut into work units of kUnitTokens tokens (cut at
+// fixed token counts, never by the thread count); each (query, KV head, unit) runs its own online
+// softmax into a partial result (running max m, sum l, value accumulators), and the partials of a
+// (query, KV head) are merged in unit order before the inverse rotation. Units run on up to
+// AttendOptions::threads threads of the library's pool: results are the same bits for any thread
+// count.
 
 namespace {
 
-// Per-thread buffers of attend(): grown on first use, then reused (no allocation per call).
-// A set of parts with the same codes within one attention call (see attend_impl).
+constexpr int kChunkGroups = 8;                // online softmax: one max/rescale per 256 tokens
+constexpr size_t kChunkTokens = size_t(kChunkGroups) * kGroupTokens;
+constexpr size_t kUnitTokens = 8 * kChunkTokens;  // 2048 tokens per work unit
+constexpr size_t kMaxBatchUnits = 64;          // units of a batch of queries (bounds the partials' memory)
+constexpr int kMaxLimitHeads = 64;             // skipped values: query heads per KV head it handles
+
+// A set of parts with the same codes within one attention call (see attend_impl): one query
+// rotation, one set of look-up tables, one set of value accumulators.
 struct AttendClass {
     const KVCache::Impl* codes = nullptr;  // the first part of the class
     float value_scale = 1;
-    size_t lut_off = 0, acc_off = 0, prep_off = 0;  // floats into Workspace::lut / acc / prepared
-    size_t index = 0;                                // this class's rows of Workspace::lc / shift
-    bool fused_keys = false, fused_values = false, may_prepare = false, prepared = false;
-    // precision = fast: integer key tables of every key segment at prepared + fast_off (fast_keys:
-    // wanted, fast_prepared: built for this query), int8 / int16 values (fast_values).
+    size_t lut_off = 0, acc_off = 0, prep_off = 0;  // floats into Workspace::lut / Partial acc / Workspace::prepared
+    size_t index = 0;                                // this class's rows of a partial's lc and Workspace::shift
+    bool fused_keys = false, fused_values = false, may_prepare = false;
+    // precision = fast: integer key tables of every key segment at Workspace::prepared + fast_off
+    // (fast_keys: wanted; Workspace::fast_ok: built for this query), int8 / int16 values (fast_values).
     size_t fast_off = 0;
-    bool fast_keys = false, fast_prepared = false, fast_values = false;
+    bool fast_keys = false, fast_values = false;
 };
 
-struct Workspace {
-    std::vector<float> lut, acc, acc_exact, scores, raw, raw2, w, m, l, buf, tmp, sq, norms, gammas;
-    // Per class and query head: the class's share of the softmax sum (its value mean is added
-    // back with that weight) and the logit shift scale * q.key_mean (see CacheConfig).
-    std::vector<float> lc, shift;
-    std::vector<float> prepared;  // the key tables in the kernel's own format (prepare_scores)
+// Tokens [t0, t1) of one part: codes (t0 a multiple of 32) or exact rows.
+struct Span {
+    uint32_t part = 0;
+    bool exact = false;
+    size_t t0 = 0, t1 = 0;
+};
+
+// A unit: spans [span0, span1) of query qi's span list, for one KV head.
+struct Unit {
+    uint32_t qi = 0, kvh = 0, span0 = 0, span1 = 0;
+    uint32_t head = 0;  // the (query, KV head) of the batch it belongs to: index into first_unit / floor
+};
+
+// What every thread of a call reads: the classes and the units of the current batch of queries.
+struct CallPlan {
     std::vector<AttendClass> classes;
     std::vector<uint32_t> part_class;
+    std::vector<size_t> logit_base;  // per part: where its logits start
+    size_t lut_floats = 0, acc_floats = 0, prep_floats = 0;
+    // One unit's partial: m [r], l [r], lc [classes][r], acc [acc_floats], acc_exact [r][d]. lc: each
+    // class's share of l (its value mean is added back with that weight).
+    size_t partial_floats = 0;
+    std::vector<Span> spans;
+    std::vector<Unit> units;
+    std::vector<uint32_t> first_unit;  // per (query of the batch, KV head): its first unit; then the end
+    std::vector<float> partials;       // units x partial_floats
+    std::vector<uint64_t> unit_groups, unit_skipped;  // per unit: value groups due / skipped
+    // Skipped values: the anchor units (the first of each (query, KV head)) run first; their max and
+    // sum per query head ([head][r]) is the floor the other units compare with.
+    std::vector<uint32_t> anchors, others;
+    std::vector<float> floor_m, floor_l;
+    uint64_t id = 0;                   // tells the look-up tables of one call from the next
+};
+
+// Per-thread buffers: grown on first use, then reused (no allocation per call).
+struct Workspace {
+    std::vector<float> lut, scores, raw, raw2, w, buf, tmp, sq, norms, gammas;
+    std::vector<float> prepared;     // the key tables in the kernel's own format (prepare_scores)
+    std::vector<char> prepared_ok;   // per class: prepared holds its tables
+    std::vector<char> fast_ok;       // per class: prepared holds its fast key tables (precision fast)
+    std::vector<float> shift;        // per class and query head: the logit shift scale * q.key_mean (CacheConfig)
+    uint64_t lut_call = 0;           // the tables in lut/prepared are for this call, query and KV head
+    size_t lut_query = 0;
+    uint32_t lut_kvh = 0;
     static void grow(std::vector<float>& v, size_t n) {
         if (v.size() < n) v.resize(n);
     }
@@ -57,6 +103,8 @@ Workspace& workspace() {
     thread_local Workspace ws;
     return ws;
 }
+
+std::atomic<uint64_t> g_call_id{0};
 
 // Floats of a key segment's fast tables in the workspace (64-byte multiples, as the prepared ones).
 size_t fast_table_floats(const AttentionKernels& ak, const CacheSegment& s, int heads) {
@@ -73,11 +121,18 @@ void read_norms(const KernelTable& k, const uint8_t* p, size_t nb, float* out) {
     }
 }
 
+void check_options(const AttendOptions& o) {
+    if (o.threads < 1 || o.threads > kMaxThreads)
+        fail("attend: threads " + std::to_string(o.threads) + " out of range [1, " + std::to_string(kMaxThreads) + "]");
+    if (!(o.skip_values >= 0 && o.skip_values < 1))
+        fail("attend: skip_values " + std::to_string(o.skip_values) + " out of range [0, 1)");
+}
+
 }  // namespace
 
-void KVCache::attend(std::span<const float> queries, std::span<float> out, bool causal) const {
+void KVCache::attend(std::span<const float> queries, std::span<float> out, bool causal, const AttendOptions& options) const {
     const Impl* self = impl_.get();
-    attend_impl(std::span(&self, 1), {}, queries, out, causal, nullptr, nullptr, {}, false);
+    attend_impl(std::span(&self, 1), {}, queries, out, causal, nullptr, nullptr, {}, false, options);
 }
 
 namespace {
@@ -92,14 +147,14 @@ void check_stats_sizes(const CacheConfig& c, size_t query, size_t acc, size_t ma
 }  // namespace
 
 void KVCache::attend_stats(std::span<const float> query, std::span<float> acc, std::span<float> max_logit,
-                           std::span<float> sum_exp, std::span<float> logits) const {
+                           std::span<float> sum_exp, std::span<float> logits, const AttendOptions& options) const {
     const CacheConfig& c = impl_->cfg;
     check_stats_sizes(c, query.size(), acc.size(), max_logit.size(), sum_exp.size());
     if (!logits.empty() && logits.size() != size_t(c.heads) * impl_->n_tokens)
         fail("attend_stats: logits need heads * tokens() floats (or none)");
     if (impl_->n_tokens == 0) fail("attend: the cache is empty");
     const Impl* self = impl_.get();
-    attend_impl(std::span(&self, 1), {}, query, acc, false, max_logit.data(), sum_exp.data(), logits, false);
+    attend_impl(std::span(&self, 1), {}, query, acc, false, max_logit.data(), sum_exp.data(), logits, false, options);
 }
 
 bool KVCache::same_codes(const KVCache& other) const {
@@ -112,7 +167,7 @@ bool KVCache::same_codes(const KVCache& other) const {
 
 void KVCache::attend_stats(std::span<const KVCache* const> caches, std::span<const float> query, std::span<float> acc,
                            std::span<float> max_logit, std::span<float> sum_exp, std::span<float> logits,
-                           std::span<const float> value_scales, bool continue_stats) {
+                           std::span<const float> value_scales, bool continue_stats, const AttendOptions& options) {
     if (caches.empty()) fail("attend_stats: no caches");
     if (!value_scales.empty() && value_scales.size() != caches.size())
         fail("attend_stats: value_scales needs one factor per cache (or none)");
@@ -147,19 +202,41 @@ void KVCache::attend_stats(std::span<const KVCache* const> caches, std::span<con
         for (float x : acc)
             if (!std::isfinite(x)) fail("attend_stats: the acc to continue from is not finite");
     }
-    attend_impl(parts, scales, query, acc, false, max_logit.data(), sum_exp.data(), logits, continue_stats);
+    attend_impl(parts, scales, query, acc, false, max_logit.data(), sum_exp.data(), logits, continue_stats, options);
 }
 
-// Attention of the queries over the tokens of `parts` in order, as one cache, in one online
-// softmax (several parts only for attend_stats: one query, not causal). Parts with the same codes
-// (shared codecs and scale: the segments of one tier of a budgeted cache) form a class that has one
-// query rotation, one set of look-up tables and one set of value accumulators; each part is scored
-// and accumulated with its own class's kernels and bit widths. value_scales: one factor per part
-// on its values (empty: 1). continue_stats: out / stat_max / stat_sum hold on entry the statistics
-// of tokens attended elsewhere (acc unnormalized), which the online softmax starts from.
+// Attention of the queries over the tokens of `parts` in order, as one cache, in one softmax
+// (several parts only for attend_stats: one query, not causal). Parts with the same codes (shared
+// codecs and scale: the segments of one tier of a budgeted cache) form a class that has one query
+// rotation, one set of look-up tables and one set of value accumulators; each part is scored and
+// accumulated with its own class's kernels and bit widths. value_scales: one factor per part on
+// its values (empty: 1). continue_stats: out / stat_max / stat_sum hold on entry the statistics of
+// tokens attended elsewhere (acc unnormalized), which the softmax starts from.
+//
+// Skipped values (options.skip_values = ε > 0). Units compare with a floor: the first unit of a
+// (query, KV head) runs first (it holds the early tokens, where attention sinks are), and its max
+// m_f and sum l_f are known to the other units. Within a unit, after a chunk of scores is folded
+// into the unit's running max m and sum l (l includes the chunk), the values of a 32-token group
+// are neither decoded nor accumulated when every weight w_t = exp(s_t - m) in it, for every query
+// head of the KV head, is below ε (l + F), F = l_f exp(m_f - m) for the other units and 0 for the
+// first; its weights stay in l, so the denominator is exact.
+// The bound. Write Σ_X = sum_{t in X} e^{s_t} for a set of tokens X, and Σ for all tokens the
+// final softmax sees (every unit, and the statistics continued from); p_t = e^{s_t} / Σ.
+// At the test, l e^m = Σ over the tokens of unit u seen so far <= Σ_u, and l_f e^{m_f} = Σ_f (the
+// first unit is finished). So a skipped token has
+//     e^{s_t} = w_t e^m < ε (l e^m + F e^m) <= ε (Σ_u + Σ_f) <= ε Σ    (u != f: disjoint tokens;
+//                                                                       u == f: F = 0),
+// i.e. its final weight p_t < ε: whatever the thread count, unit size or floor. The output is
+// sum_t p_t v_t (v_t: the decoded, debiased, value-scaled value; the value means and the exact
+// rows are never skipped), so dropping the skipped tokens S moves it, per channel, by
+//     |Δout_j| = |sum_{t in S} p_t v_tj| < ε |S| max_{t in S} |v_tj| <= ε n max_t |v_tj|,
+// n the tokens attended (|S| = 32 x the skipped groups, counted in options.counters); up to the
+// float rounding of l and exp (relative ~1e-6). attend_stats' unnormalized acc moves by Σ-scaled
+// the same. Without the floor the middle units of a long context could not skip at all (on
+// their own, their largest weight is 1 however small it is in the whole softmax).
 void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const float> value_scales,
                           std::span<const float> queries, std::span<float> out, bool causal, float* stat_max,
-                          float* stat_sum, std::span<float> logits, bool continue_stats) {
+                          float* stat_sum, std::span<float> logits, bool continue_stats, const AttendOptions& options) {
     const Impl& m = *parts[0];
     const CacheConfig& c = m.cfg;
     const int d = c.head_dim, r = m.group_size();
@@ -175,34 +252,41 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
         fail("attend: " + std::to_string(n_q) + " causal queries but only " + std::to_string(m.n_tokens) +
              " tokens (append the chunk's keys and values first)");
     check_finite(queries, c, c.heads, "attend: query");
+    check_options(options);
 
     const AttentionKernels& ak = *m.ak;  // the same kernel tables for every part (checked by the callers)
     const KernelTable& k = *m.k;
-    Workspace& ws = workspace();
-    const size_t chunk_tokens = size_t(kChunkGroups) * kGroupTokens;
-    const size_t score_cols = chunk_tokens;
+    const float eps = options.skip_values;
+    const size_t score_cols = kChunkTokens;
+    // The caller's plan (thread-local: a call from a worker thread, e.g. nested in a parallel
+    // benchmark, has its own); the call's threads only read it.
+    thread_local CallPlan plan_storage;
+    CallPlan& plan = plan_storage;
+    plan.id = ++g_call_id;
 
-    // The classes, their tables and accumulators laid out one after the other in the workspace.
-    // The fused kernels cover the common layouts: fp16 norms (stored little-endian, and every
-    // supported target is little-endian), MSE keys, one segment or the two of a fractional rate
-    // (one fused call per segment, the second added to the first).
-    ws.classes.clear();
-    ws.part_class.resize(parts.size());
+    // The classes, their tables and accumulators laid out one after the other. The fused kernels
+    // cover the common layouts: fp16 norms (stored little-endian, and every supported target is
+    // little-endian), MSE keys, one segment or the two of a fractional rate (one fused call per
+    // segment, the second added to the first).
+    plan.classes.clear();
+    plan.part_class.resize(parts.size());
+    plan.logit_base.resize(parts.size());
+    for (size_t p = 0, base = 0; p < parts.size(); base += size_t(c.heads) * parts[p]->n_tokens, ++p) plan.logit_base[p] = base;
     size_t lut_floats = 0, acc_floats = 0, prep_floats = 0;
     for (size_t p = 0; p < parts.size(); ++p) {
         const Impl& P = *parts[p];
         const float vs = value_scales.empty() ? 1.0f : value_scales[p];
         size_t ci = 0;
-        while (ci < ws.classes.size() &&
-               !(ws.classes[ci].codes->codecs == P.codecs && ws.classes[ci].codes->scale == P.scale && ws.classes[ci].value_scale == vs &&
-                 ws.classes[ci].codes->cfg.precision == P.cfg.precision))
+        while (ci < plan.classes.size() &&
+               !(plan.classes[ci].codes->codecs == P.codecs && plan.classes[ci].codes->scale == P.scale &&
+                 plan.classes[ci].value_scale == vs && plan.classes[ci].codes->cfg.precision == P.cfg.precision))
             ++ci;
-        ws.part_class[p] = uint32_t(ci);
-        if (ci < ws.classes.size()) continue;
+        plan.part_class[p] = uint32_t(ci);
+        if (ci < plan.classes.size()) continue;
         AttendClass cl;
         cl.codes = &P;
         cl.value_scale = vs;
-        cl.index = ws.classes.size();
+        cl.index = plan.classes.size();
         cl.lut_off = lut_floats, cl.acc_off = acc_floats, cl.prep_off = prep_floats;
         for (auto& s : P.keys().segs) lut_floats += size_t(r) * s.dim * (s.table.size() + (s.prod ? 16 : 0));
         for (auto& s : P.values().segs) acc_floats += size_t(r) * s.dim * 16;
@@ -230,301 +314,472 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
             const auto& s = P.keys().segs[0];
             prep_floats += (ak.scores_table_bytes(s.dim, s.bits, r) / sizeof(float) + 16) / 16 * 16;
         }
-        ws.classes.push_back(cl);
+        plan.classes.push_back(cl);
     }
-    const int padded = pad_lanes(d);
-    Workspace::grow(ws.lut, lut_floats);
-    Workspace::grow(ws.acc, acc_floats);
-    Workspace::grow(ws.acc_exact, size_t(r) * d);
-    Workspace::grow(ws.scores, size_t(r) * score_cols);
-    Workspace::grow(ws.raw, size_t(r) * kGroupTokens);
-    Workspace::grow(ws.raw2, size_t(r) * kGroupTokens);
-    Workspace::grow(ws.w, size_t(r) * kGroupTokens);
-    Workspace::grow(ws.m, r);
-    Workspace::grow(ws.l, r);
-    Workspace::grow(ws.buf, padded);
-    Workspace::grow(ws.tmp, padded);
-    Workspace::grow(ws.sq, padded);
-    Workspace::grow(ws.norms, kGroupTokens);
-    Workspace::grow(ws.gammas, kGroupTokens);
-    Workspace::grow(ws.prepared, prep_floats + 1);
-    Workspace::grow(ws.lc, ws.classes.size() * size_t(r));
-    Workspace::grow(ws.shift, ws.classes.size() * size_t(r));
+    plan.lut_floats = lut_floats, plan.acc_floats = acc_floats, plan.prep_floats = prep_floats;
+    // Partials: m and l [r], lc [classes][r], the class accumulators, then the exact tokens'
+    // accumulator [r][d].
+    const size_t n_classes = plan.classes.size();
+    const size_t off_l = size_t(r), off_lc = 2 * size_t(r), off_acc = off_lc + n_classes * r, off_exact = off_acc + acc_floats;
+    plan.partial_floats = (off_exact + size_t(r) * d + 15) / 16 * 16;
     // Centred keys shift every logit of a query by scale * q.key_mean, which one softmax over one
     // cache ignores; statistics, logits and several caches in one softmax need it added back.
     const bool add_shift = stat_max || !logits.empty() || parts.size() > 1;
 
-    for (size_t qi = 0; qi < n_q; ++qi) {
-        for (int kvh = 0; kvh < c.kv_heads; ++kvh) {
-            const float* q0 = &queries[qi * qrow + size_t(kvh) * r * d];  // the r query heads of this KV head
-            // 1. Per class: rotate each query once per key segment and build its look-up tables,
-            //    lut[j][code] = q'_j * centroid[code]; for prod also the sketch table of S q'.
-            for (AttendClass& cl : ws.classes) {
-                float* lut = ws.lut.data() + cl.lut_off;
-                for (auto& s : cl.codes->keys().segs) {
-                    const int sp = s.rot->padded_dim(), L = int(s.table.size());
-                    for (int hh = 0; hh < r; ++hh) {
-                        for (int j = 0; j < s.dim; ++j) ws.buf[j] = q0[size_t(hh) * d + s.channels[j]];
-                        std::fill(ws.buf.begin() + s.dim, ws.buf.begin() + sp, 0.0f);
-                        s.rot->forward_unscaled(ws.buf.data(), ws.tmp.data(), k);
-                        k.scale(ws.buf.data(), sp, float(1.0 / s.rot->gain()));
-                        for (int j = 0; j < s.dim; ++j)
-                            for (int e = 0; e < L; ++e) lut[(size_t(hh) * s.dim + j) * L + e] = ws.buf[j] * s.table[e];
-                        if (s.prod) {
-                            float* sk = lut + size_t(r) * s.dim * L;
-                            k.matvec(s.qjl, sp, s.dim, ws.buf.data(), ws.sq.data());
-                            for (int j = 0; j < s.dim; ++j)
-                                for (int e = 0; e < 16; ++e) sk[(size_t(hh) * s.dim + j) * 16 + e] = (e & 1) ? ws.sq[j] : -ws.sq[j];
-                        }
-                    }
-                    lut += size_t(r) * s.dim * (L + (s.prod ? 16 : 0));
-                }
-                const auto& s0 = cl.codes->keys().segs[0];
-                cl.prepared = cl.may_prepare &&
-                              ak.prepare_scores(ws.lut.data() + cl.lut_off, s0.dim, s0.bits, r, ws.prepared.data() + cl.prep_off);
-                cl.fast_prepared = cl.fast_keys;  // (false for a table it refuses: the float kernels then)
-                if (cl.fast_keys) {
-                    float* ft = ws.prepared.data() + cl.fast_off;
-                    const float* fl = ws.lut.data() + cl.lut_off;
-                    for (const auto& s : cl.codes->keys().segs) {
-                        cl.fast_prepared = cl.fast_prepared && ak.fast_prepare_scores(fl, s.dim, s.bits, r, cl.codes->code_scale, ft);
-                        ft += fast_table_floats(ak, s, r);
-                        fl += size_t(r) * s.dim * s.table.size();
-                    }
-                }
-            }
-            std::fill(ws.acc.begin(), ws.acc.begin() + acc_floats, 0.0f);
-            std::fill(ws.lc.begin(), ws.lc.begin() + ws.classes.size() * size_t(r), 0.0f);
-            for (const AttendClass& cl : ws.classes) {
-                const auto& mean = cl.codes->codecs->key_mean;
-                for (int hh = 0; hh < r; ++hh)
-                    ws.shift[cl.index * r + hh] =
-                        add_shift && !mean.empty()
-                            ? ak.dot_f32(q0 + size_t(hh) * d, &mean[size_t(kvh) * d], d) * cl.codes->scale
-                            : 0.0f;
-            }
-            const size_t sbase = size_t(kvh) * r;  // this KV head's query heads in the statistics
-            if (continue_stats) {
-                std::copy_n(&out[qi * qrow + size_t(kvh) * r * d], size_t(r) * d, ws.acc_exact.begin());
-                std::copy_n(stat_max + sbase, r, ws.m.begin());
-                std::copy_n(stat_sum + sbase, r, ws.l.begin());
-            } else {
-                std::fill(ws.acc_exact.begin(), ws.acc_exact.begin() + size_t(r) * d, 0.0f);
-                std::fill(ws.m.begin(), ws.m.begin() + r, -std::numeric_limits<float>::infinity());
-                std::fill(ws.l.begin(), ws.l.begin() + r, 0.0f);
-            }
-
-            // Folds one chunk of scores of class cl (r rows of `cols`, row stride score_cols) into the
-            // running max and sum, rescaling every class's accumulators when the max grows; leaves
-            // exp(s - m) in place.
-            auto softmax_chunk = [&](size_t cols, const AttendClass& owner) {
+    // Builds the look-up tables of query qi and KV head kvh for every class in this thread's
+    // workspace (unless they are there already): rotate each query once per key segment,
+    // lut[j][code] = q'_j * centroid[code]; for prod also the sketch table of S q'.
+    auto build_tables = [&](Workspace& ws, size_t qi, uint32_t kvh) {
+        if (ws.lut_call == plan.id && ws.lut_query == qi && ws.lut_kvh == kvh) return;
+        const int padded = pad_lanes(d);
+        Workspace::grow(ws.lut, plan.lut_floats);
+        Workspace::grow(ws.prepared, plan.prep_floats + 1);
+        Workspace::grow(ws.buf, padded);
+        Workspace::grow(ws.tmp, padded);
+        Workspace::grow(ws.sq, padded);
+        ws.prepared_ok.resize(plan.classes.size());
+        ws.fast_ok.resize(plan.classes.size());
+        Workspace::grow(ws.shift, plan.classes.size() * r);
+        const float* q0 = &queries[qi * qrow + size_t(kvh) * r * d];  // the r query heads of this KV head
+        for (size_t ci = 0; ci < plan.classes.size(); ++ci) {
+            const AttendClass& cl = plan.classes[ci];
+            const auto& mean = cl.codes->codecs->key_mean;
+            for (int hh = 0; hh < r; ++hh)
+                ws.shift[ci * r + hh] =
+                    add_shift && !mean.empty() ? ak.dot_f32(q0 + size_t(hh) * d, &mean[size_t(kvh) * d], d) * cl.codes->scale : 0.0f;
+            float* lut = ws.lut.data() + cl.lut_off;
+            for (auto& s : cl.codes->keys().segs) {
+                const int sp = s.rot->padded_dim(), L = int(s.table.size());
                 for (int hh = 0; hh < r; ++hh) {
-                    float* s = &ws.scores[size_t(hh) * score_cols];
-                    const float cmax = ak.max_f32(s, int(cols));
-                    if (cmax > ws.m[hh]) {
-                        const float corr = std::exp(ws.m[hh] - cmax);  // 0 on the first chunk
-                        ws.l[hh] *= corr;
-                        for (const AttendClass& cl : ws.classes) {
-                            ws.lc[cl.index * r + hh] *= corr;
-                            float* acc = ws.acc.data() + cl.acc_off;
-                            for (auto& vs : cl.codes->values().segs) {
-                                k.scale(acc + size_t(hh) * vs.dim * 16, vs.dim * 16, corr);
-                                acc += size_t(r) * vs.dim * 16;
-                            }
-                        }
-                        for (int j = 0; j < d; ++j) ws.acc_exact[size_t(hh) * d + j] *= corr;
-                        ws.m[hh] = cmax;
-                    }
-                    const float mx = ws.m[hh];
-                    for (size_t t = 0; t < cols; ++t) s[t] -= mx;
-                    ak.exp_nonpositive(s, int(cols));
-                    const float sum = ak.sum_f32(s, int(cols));
-                    ws.l[hh] += sum;
-                    ws.lc[owner.index * r + hh] += sum;
-                }
-            };
-
-            size_t logit_base = 0;  // logits: [heads][tokens] of each part, one part after the other
-            for (size_t pi = 0; pi < parts.size(); ++pi) {
-                const Impl& P = *parts[pi];
-                const AttendClass& cl = ws.classes[ws.part_class[pi]];
-                const Impl& C = *cl.codes;  // the class's codecs, tables and scale
-                const size_t visible = causal ? P.n_tokens - n_q + qi + 1 : P.n_tokens;
-                const size_t visible_codes = P.codes_end(visible);  // then exact rows up to visible
-                // 2. Compressed tokens, a chunk of groups at a time.
-                const size_t n_groups = (visible_codes + kGroupTokens - 1) / kGroupTokens;
-                const bool prefetch = n_groups * P.group_bytes > (size_t(4) << 20);
-                for (size_t g0 = 0; g0 < n_groups; g0 += kChunkGroups) {
-                    const size_t ng = std::min<size_t>(kChunkGroups, n_groups - g0);
-                    for (size_t gi = 0; gi < ng; ++gi) {
-                        const size_t t0 = (g0 + gi) * kGroupTokens;
-                        const uint8_t* g = P.group(kvh, t0);
-                        // When a KV head's groups come from DRAM (larger than the L2/L3 share), fetch
-                        // the group two chunks ahead into L2 while this one computes: hardware
-                        // prefetchers stop at 4 KiB pages (measured with one allocation per block, on
-                        // AVX-512 at 64k tokens: 3.0-3.2 ms per query against 3.7-4.0 ms one chunk
-                        // ahead; 4 was no better, 16 worse). Groups are contiguous per arena now.
-                        if (prefetch && g0 + 2 * kChunkGroups + gi < n_groups) {
-                            const uint8_t* next = P.group(kvh, (g0 + 2 * kChunkGroups + gi) * kGroupTokens);
-                            for (size_t off = 0; off < P.group_bytes; off += 64) __builtin_prefetch(next + off, 0, 1);
-                        }
-                        const size_t valid = std::min<size_t>(kGroupTokens, visible_codes - t0);
-                        if (cl.fused_keys || cl.fast_prepared) {  // scores * norms * scale straight into the chunk, per segment
-                            const float* klut = ws.lut.data() + cl.lut_off;
-                            const float* ftab = ws.prepared.data() + cl.fast_off;
-                            for (size_t si = 0; si < C.keys().segs.size(); ++si) {
-                                const auto& s = C.keys().segs[si];
-                                const auto* norms = reinterpret_cast<const uint16_t*>(g + s.norm_off);
-                                float* dst = si == 0 ? &ws.scores[gi * kGroupTokens] : ws.raw.data();
-                                const int stride = si == 0 ? int(score_cols) : kGroupTokens;
-                                if (cl.fast_prepared) {
-                                    ak.fast_group_scores(g + s.codes_off, s.dim, s.bits, ftab, r, norms, dst, stride);
-                                    ftab += fast_table_floats(ak, s, r);
-                                } else if (cl.prepared)
-                                    ak.group_scores_prepared(g + s.codes_off, s.dim, s.bits, ws.prepared.data() + cl.prep_off, r,
-                                                             norms, C.code_scale, dst, stride);
-                                else
-                                    ak.group_scores_normed(g + s.codes_off, s.dim, s.bits, klut, r, norms, C.code_scale, dst, stride);
-                                if (si > 0)
-                                    for (int hh = 0; hh < r; ++hh)
-                                        ak.axpy_f32(1.0f, &ws.raw[size_t(hh) * kGroupTokens],
-                                                    &ws.scores[size_t(hh) * score_cols + gi * kGroupTokens], kGroupTokens);
-                                klut += size_t(r) * s.dim * s.table.size();
-                            }
-                            for (int hh = 0; hh < r; ++hh)
-                                for (size_t t = valid; t < kGroupTokens; ++t)
-                                    ws.scores[size_t(hh) * score_cols + gi * kGroupTokens + t] = -std::numeric_limits<float>::infinity();
-                            continue;
-                        }
-                        for (int hh = 0; hh < r; ++hh)
-                            std::fill_n(&ws.scores[size_t(hh) * score_cols + gi * kGroupTokens], kGroupTokens, 0.0f);
-                        const float* klut = ws.lut.data() + cl.lut_off;
-                        for (auto& s : C.keys().segs) {
-                            const int L = int(s.table.size());
-                            ak.group_scores(g + s.codes_off, s.dim, s.bits, klut, r, ws.raw.data());
-                            read_norms(k, g + s.norm_off, C.norm_bytes, ws.norms.data());
-                            if (s.prod) {
-                                ak.group_scores(g + s.signs_off, s.dim, 1, klut + size_t(r) * s.dim * L, r, ws.raw2.data());
-                                read_norms(k, g + s.gamma_off, C.norm_bytes, ws.gammas.data());
-                                const float qjl = float(std::sqrt(M_PI / 2.0) / s.dim);
-                                for (int t = 0; t < kGroupTokens; ++t) ws.gammas[t] *= qjl;
-                            }
-                            for (int hh = 0; hh < r; ++hh) {
-                                float* sc = &ws.scores[size_t(hh) * score_cols + gi * kGroupTokens];
-                                const float* raw = &ws.raw[size_t(hh) * kGroupTokens];
-                                const float* raw2 = &ws.raw2[size_t(hh) * kGroupTokens];
-                                if (s.prod) {
-                                    for (int t = 0; t < kGroupTokens; ++t) sc[t] += ws.norms[t] * (raw[t] + ws.gammas[t] * raw2[t]);
-                                } else {
-                                    for (int t = 0; t < kGroupTokens; ++t) sc[t] += ws.norms[t] * raw[t];
-                                }
-                            }
-                            klut += size_t(r) * s.dim * (L + (s.prod ? 16 : 0));
-                        }
-                        for (int hh = 0; hh < r; ++hh) {
-                            float* sc = &ws.scores[size_t(hh) * score_cols + gi * kGroupTokens];
-                            for (int t = 0; t < kGroupTokens; ++t) sc[t] *= C.code_scale;
-                            for (size_t t = valid; t < kGroupTokens; ++t) sc[t] = -std::numeric_limits<float>::infinity();
-                        }
-                    }
-                    for (int hh = 0; hh < r; ++hh)
-                        if (const float sh = ws.shift[cl.index * r + hh]; sh != 0.0f)
-                            for (size_t t = 0; t < ng * kGroupTokens; ++t) ws.scores[size_t(hh) * score_cols + t] += sh;
-                    if (!logits.empty())
-                        for (int hh = 0; hh < r; ++hh) {
-                            const size_t n_valid = std::min(ng * kGroupTokens, visible_codes - g0 * kGroupTokens);
-                            std::copy_n(&ws.scores[size_t(hh) * score_cols], n_valid,
-                                        &logits[logit_base + (size_t(kvh) * r + hh) * P.n_tokens + g0 * kGroupTokens]);
-                        }
-                    softmax_chunk(ng * kGroupTokens, cl);
-                    for (size_t gi = 0; gi < ng; ++gi) {
-                        const uint8_t* g = P.group(kvh, (g0 + gi) * kGroupTokens);
-                        float* acc = ws.acc.data() + cl.acc_off;
-                        if (cl.fused_values || cl.fast_values) {
-                            for (auto& s : C.values().segs) {
-                                const auto* norms = reinterpret_cast<const uint16_t*>(g + s.norm_off);
-                                if (cl.fast_values)
-                                    ak.fast_group_accumulate(g + s.codes_off, s.dim, s.bits, s.fast_values,
-                                                             &ws.scores[gi * kGroupTokens], int(score_cols), norms, r, acc);
-                                else
-                                    ak.group_accumulate_normed(g + s.codes_off, s.dim, s.bits, s.table.data(),
-                                                               &ws.scores[gi * kGroupTokens], int(score_cols), norms, r, acc);
-                                acc += size_t(r) * s.dim * 16;
-                            }
-                            continue;
-                        }
-                        for (auto& s : C.values().segs) {
-                            read_norms(k, g + s.norm_off, C.norm_bytes, ws.norms.data());
-                            for (int hh = 0; hh < r; ++hh)
-                                for (int t = 0; t < kGroupTokens; ++t)
-                                    ws.w[size_t(hh) * kGroupTokens + t] =
-                                        ws.scores[size_t(hh) * score_cols + gi * kGroupTokens + t] * ws.norms[t];
-                            ak.group_accumulate(g + s.codes_off, s.dim, s.bits, s.table.data(), ws.w.data(), r, acc);
-                            acc += size_t(r) * s.dim * 16;
-                        }
+                    for (int j = 0; j < s.dim; ++j) ws.buf[j] = q0[size_t(hh) * d + s.channels[j]];
+                    std::fill(ws.buf.begin() + s.dim, ws.buf.begin() + sp, 0.0f);
+                    s.rot->forward_unscaled(ws.buf.data(), ws.tmp.data(), k);
+                    k.scale(ws.buf.data(), sp, float(1.0 / s.rot->gain()));
+                    for (int j = 0; j < s.dim; ++j)
+                        for (int e = 0; e < L; ++e) lut[(size_t(hh) * s.dim + j) * L + e] = ws.buf[j] * s.table[e];
+                    if (s.prod) {
+                        float* sk = lut + size_t(r) * s.dim * L;
+                        k.matvec(s.qjl, sp, s.dim, ws.buf.data(), ws.sq.data());
+                        for (int j = 0; j < s.dim; ++j)
+                            for (int e = 0; e < 16; ++e) sk[(size_t(hh) * s.dim + j) * 16 + e] = (e & 1) ? ws.sq[j] : -ws.sq[j];
                     }
                 }
+                lut += size_t(r) * s.dim * (L + (s.prod ? 16 : 0));
+            }
+            const auto& s0 = cl.codes->keys().segs[0];
+            ws.prepared_ok[ci] = cl.may_prepare &&
+                                 ak.prepare_scores(ws.lut.data() + cl.lut_off, s0.dim, s0.bits, r, ws.prepared.data() + cl.prep_off);
+            bool fast_ok = cl.fast_keys;  // (false for a table the kernel refuses: the float kernels then)
+            if (cl.fast_keys) {
+                float* ft = ws.prepared.data() + cl.fast_off;
+                const float* fl = ws.lut.data() + cl.lut_off;
+                for (const auto& s : cl.codes->keys().segs) {
+                    fast_ok = fast_ok && ak.fast_prepare_scores(fl, s.dim, s.bits, r, cl.codes->code_scale, ft);
+                    ft += fast_table_floats(ak, s, r);
+                    fl += size_t(r) * s.dim * s.table.size();
+                }
+            }
+            ws.fast_ok[ci] = fast_ok;
+        }
+        ws.lut_call = plan.id, ws.lut_query = qi, ws.lut_kvh = kvh;
+    };
 
-                // 3. The exact recent tokens, in the same softmax (their values times the part's
-                //    value scale), a chunk at a time.
-                for (size_t e0 = visible_codes; e0 < visible; e0 += chunk_tokens) {
-                    const size_t ne = std::min(chunk_tokens, visible - e0);
+    // One unit: its spans in one online softmax into its partial.
+    auto run_unit = [&](size_t u, bool use_floor) {
+        const Unit& unit = plan.units[u];
+        const size_t qi = unit.qi;
+        const uint32_t kvh = unit.kvh;
+        Workspace& ws = workspace();
+        build_tables(ws, qi, kvh);
+        Workspace::grow(ws.scores, size_t(r) * score_cols);
+        Workspace::grow(ws.raw, size_t(r) * kGroupTokens);
+        Workspace::grow(ws.raw2, size_t(r) * kGroupTokens);
+        Workspace::grow(ws.w, size_t(r) * kGroupTokens);
+        Workspace::grow(ws.norms, kGroupTokens);
+        Workspace::grow(ws.gammas, kGroupTokens);
+        const float* q0 = &queries[qi * qrow + size_t(kvh) * r * d];
+        float* part = &plan.partials[u * plan.partial_floats];
+        float* pm = part;
+        float* pl = part + off_l;
+        float* plc = part + off_lc;
+        float* pacc = part + off_acc;
+        float* pexact = part + off_exact;
+        std::fill(pm, pm + r, -std::numeric_limits<float>::infinity());
+        std::fill(pl, pl + n_classes * r + plan.acc_floats + size_t(r) * d + r, 0.0f);  // l, lc, acc, acc_exact
+        uint64_t groups = 0, skipped = 0;
+
+        // Folds one chunk of scores of class `owner` (r rows of `cols`, row stride score_cols) into
+        // the running max and sum, rescaling every class's accumulators when the max grows; leaves
+        // exp(s - m) in place.
+        auto softmax_chunk = [&](size_t cols, const AttendClass& owner) {
+            for (int hh = 0; hh < r; ++hh) {
+                float* s = &ws.scores[size_t(hh) * score_cols];
+                const float cmax = ak.max_f32(s, int(cols));
+                if (cmax > pm[hh]) {
+                    const float corr = std::exp(pm[hh] - cmax);  // 0 on the first chunk
+                    pl[hh] *= corr;
+                    for (const AttendClass& cl : plan.classes) {
+                        plc[cl.index * r + hh] *= corr;
+                        float* acc = pacc + cl.acc_off;
+                        for (auto& vs : cl.codes->values().segs) {
+                            k.scale(acc + size_t(hh) * vs.dim * 16, vs.dim * 16, corr);
+                            acc += size_t(r) * vs.dim * 16;
+                        }
+                    }
+                    for (int j = 0; j < d; ++j) pexact[size_t(hh) * d + j] *= corr;
+                    pm[hh] = cmax;
+                }
+                const float mx = pm[hh];
+                for (size_t t = 0; t < cols; ++t) s[t] -= mx;
+                ak.exp_nonpositive(s, int(cols));
+                const float sum = ak.sum_f32(s, int(cols));
+                pl[hh] += sum;
+                plc[owner.index * r + hh] += sum;
+            }
+        };
+
+        // logits: [heads][tokens] of each part, one part after the other.
+        auto logit_row = [&](const Span& sp, int hh) {
+            return &logits[plan.logit_base[sp.part] + (size_t(kvh) * r + hh) * parts[sp.part]->n_tokens];
+        };
+
+        for (uint32_t si = unit.span0; si < unit.span1; ++si) {
+            const Span& sp = plan.spans[si];
+            const Impl& P = *parts[sp.part];
+            const AttendClass& cl = plan.classes[plan.part_class[sp.part]];
+            const Impl& C = *cl.codes;  // the class's codecs, tables and scale
+            const size_t ci = plan.part_class[sp.part];
+            if (sp.exact) {
+                // The exact recent tokens, in the same softmax (their values times the part's
+                // value scale), a chunk at a time.
+                for (size_t e0 = sp.t0; e0 < sp.t1; e0 += kChunkTokens) {
+                    const size_t ne = std::min(kChunkTokens, sp.t1 - e0);
                     for (size_t i = 0; i < ne; ++i) {
                         const float* key = P.exact_key(e0 + i) + size_t(kvh) * d;
                         for (int hh = 0; hh < r; ++hh)
                             ws.scores[size_t(hh) * score_cols + i] =
-                                ak.dot_f32(q0 + size_t(hh) * d, key, d) * P.scale + ws.shift[cl.index * r + hh];
+                                ak.dot_f32(q0 + size_t(hh) * d, key, d) * P.scale + ws.shift[ci * r + hh];
                     }
                     if (!logits.empty())
-                        for (int hh = 0; hh < r; ++hh)
-                            std::copy_n(&ws.scores[size_t(hh) * score_cols], ne,
-                                        &logits[logit_base + (size_t(kvh) * r + hh) * P.n_tokens + e0]);
+                        for (int hh = 0; hh < r; ++hh) std::copy_n(&ws.scores[size_t(hh) * score_cols], ne, logit_row(sp, hh) + e0);
                     softmax_chunk(ne, cl);
                     for (size_t i = 0; i < ne; ++i) {
                         const float* val = P.exact_value(e0 + i) + size_t(kvh) * d;
                         for (int hh = 0; hh < r; ++hh)
-                            ak.axpy_f32(ws.scores[size_t(hh) * score_cols + i] * cl.value_scale, val,
-                                        &ws.acc_exact[size_t(hh) * d], d);
+                            ak.axpy_f32(ws.scores[size_t(hh) * score_cols + i] * cl.value_scale, val, &pexact[size_t(hh) * d], d);
                     }
                 }
-
-                logit_base += size_t(c.heads) * P.n_tokens;
+                continue;
             }
-
-            // 4. Per class, one inverse rotation per head and value segment; then normalize.
-            for (int hh = 0; hh < r; ++hh) {
-                float* o = &out[qi * qrow + (size_t(kvh) * r + hh) * d];
-                // attend(): normalized output. attend_stats(): the unnormalized sum and its statistics.
-                const float inv_l = stat_max ? 1.0f : 1.0f / ws.l[hh];
-                if (stat_max) {
-                    stat_max[sbase + hh] = ws.m[hh];
-                    stat_sum[sbase + hh] = ws.l[hh];
-                }
-                std::fill(o, o + d, 0.0f);
-                for (const AttendClass& cl : ws.classes) {
-                    const float* acc = ws.acc.data() + cl.acc_off;
-                    for (auto& s : cl.codes->values().segs) {
-                        const int sp = s.rot->padded_dim();
-                        const float* a = acc + size_t(hh) * s.dim * 16;
-                        for (int j = 0; j < s.dim; ++j) {
-                            float sum = 0;
-                            for (int lane = 0; lane < 16; ++lane) sum += a[size_t(j) * 16 + lane];
-                            ws.buf[j] = sum;
+            // Compressed tokens, a chunk of groups at a time.
+            const size_t n_groups = (sp.t1 - sp.t0 + kGroupTokens - 1) / kGroupTokens;
+            const bool prefetch = P.n_compressed * P.group_bytes / kGroupTokens > (size_t(4) << 20);
+            for (size_t g0 = 0; g0 < n_groups; g0 += kChunkGroups) {
+                const size_t ng = std::min<size_t>(kChunkGroups, n_groups - g0);
+                for (size_t gi = 0; gi < ng; ++gi) {
+                    const size_t t0 = sp.t0 + (g0 + gi) * kGroupTokens;
+                    const uint8_t* g = P.group(kvh, t0);
+                    // When a KV head's groups come from DRAM (larger than the L2/L3 share), fetch
+                    // the group two chunks ahead into L2 while this one computes: hardware
+                    // prefetchers stop at 4 KiB pages (measured with one allocation per block, on
+                    // AVX-512 at 64k tokens: 3.0-3.2 ms per query against 3.7-4.0 ms one chunk
+                    // ahead; 4 was no better, 16 worse). Groups are contiguous per arena now.
+                    if (prefetch && g0 + 2 * kChunkGroups + gi < n_groups) {
+                        const uint8_t* next = P.group(kvh, t0 + 2 * kChunkTokens);
+                        for (size_t off = 0; off < P.group_bytes; off += 64) __builtin_prefetch(next + off, 0, 1);
+                    }
+                    const size_t valid = std::min<size_t>(kGroupTokens, sp.t1 - t0);
+                    const bool fast_keys = ws.fast_ok[ci];
+                    if (cl.fused_keys || fast_keys) {  // scores * norms * scale straight into the chunk, per segment
+                        const float* klut = ws.lut.data() + cl.lut_off;
+                        const float* ftab = ws.prepared.data() + cl.fast_off;
+                        for (size_t si2 = 0; si2 < C.keys().segs.size(); ++si2) {
+                            const auto& s = C.keys().segs[si2];
+                            const auto* norms = reinterpret_cast<const uint16_t*>(g + s.norm_off);
+                            float* dst = si2 == 0 ? &ws.scores[gi * kGroupTokens] : ws.raw.data();
+                            const int stride = si2 == 0 ? int(score_cols) : kGroupTokens;
+                            if (fast_keys) {
+                                ak.fast_group_scores(g + s.codes_off, s.dim, s.bits, ftab, r, norms, dst, stride);
+                                ftab += fast_table_floats(ak, s, r);
+                            } else if (ws.prepared_ok[ci])
+                                ak.group_scores_prepared(g + s.codes_off, s.dim, s.bits, ws.prepared.data() + cl.prep_off, r,
+                                                         norms, C.code_scale, dst, stride);
+                            else
+                                ak.group_scores_normed(g + s.codes_off, s.dim, s.bits, klut, r, norms, C.code_scale, dst, stride);
+                            if (si2 > 0)
+                                for (int hh = 0; hh < r; ++hh)
+                                    ak.axpy_f32(1.0f, &ws.raw[size_t(hh) * kGroupTokens],
+                                                &ws.scores[size_t(hh) * score_cols + gi * kGroupTokens], kGroupTokens);
+                            klut += size_t(r) * s.dim * s.table.size();
                         }
-                        std::fill(ws.buf.begin() + s.dim, ws.buf.begin() + sp, 0.0f);
-                        s.rot->inverse_unscaled(ws.buf.data(), ws.tmp.data(), k);
-                        const float f = float(1.0 / s.rot->gain()) * inv_l * cl.value_scale * cl.codes->codecs->value_factor;
-                        for (int j = 0; j < s.dim; ++j) o[s.channels[j]] += ws.buf[j] * f;
+                        for (int hh = 0; hh < r; ++hh)
+                            for (size_t t = valid; t < kGroupTokens; ++t)
+                                ws.scores[size_t(hh) * score_cols + gi * kGroupTokens + t] = -std::numeric_limits<float>::infinity();
+                        continue;
+                    }
+                    for (int hh = 0; hh < r; ++hh) std::fill_n(&ws.scores[size_t(hh) * score_cols + gi * kGroupTokens], kGroupTokens, 0.0f);
+                    const float* klut = ws.lut.data() + cl.lut_off;
+                    for (auto& s : C.keys().segs) {
+                        const int L = int(s.table.size());
+                        ak.group_scores(g + s.codes_off, s.dim, s.bits, klut, r, ws.raw.data());
+                        read_norms(k, g + s.norm_off, C.norm_bytes, ws.norms.data());
+                        if (s.prod) {
+                            ak.group_scores(g + s.signs_off, s.dim, 1, klut + size_t(r) * s.dim * L, r, ws.raw2.data());
+                            read_norms(k, g + s.gamma_off, C.norm_bytes, ws.gammas.data());
+                            const float qjl = float(std::sqrt(M_PI / 2.0) / s.dim);
+                            for (int t = 0; t < kGroupTokens; ++t) ws.gammas[t] *= qjl;
+                        }
+                        for (int hh = 0; hh < r; ++hh) {
+                            float* sc = &ws.scores[size_t(hh) * score_cols + gi * kGroupTokens];
+                            const float* raw = &ws.raw[size_t(hh) * kGroupTokens];
+                            const float* raw2 = &ws.raw2[size_t(hh) * kGroupTokens];
+                            if (s.prod) {
+                                for (int t = 0; t < kGroupTokens; ++t) sc[t] += ws.norms[t] * (raw[t] + ws.gammas[t] * raw2[t]);
+                            } else {
+                                for (int t = 0; t < kGroupTokens; ++t) sc[t] += ws.norms[t] * raw[t];
+                            }
+                        }
+                        klut += size_t(r) * s.dim * (L + (s.prod ? 16 : 0));
+                    }
+                    for (int hh = 0; hh < r; ++hh) {
+                        float* sc = &ws.scores[size_t(hh) * score_cols + gi * kGroupTokens];
+                        for (int t = 0; t < kGroupTokens; ++t) sc[t] *= C.code_scale;
+                        for (size_t t = valid; t < kGroupTokens; ++t) sc[t] = -std::numeric_limits<float>::infinity();
+                    }
+                }
+                const size_t chunk_t0 = sp.t0 + g0 * kGroupTokens;
+                for (int hh = 0; hh < r; ++hh)
+                    if (const float sh = ws.shift[ci * r + hh]; sh != 0.0f)
+                        for (size_t t = 0; t < ng * kGroupTokens; ++t) ws.scores[size_t(hh) * score_cols + t] += sh;
+                if (!logits.empty())
+                    for (int hh = 0; hh < r; ++hh)
+                        std::copy_n(&ws.scores[size_t(hh) * score_cols], std::min(ng * kGroupTokens, sp.t1 - chunk_t0),
+                                    logit_row(sp, hh) + chunk_t0);
+                softmax_chunk(ng * kGroupTokens, cl);
+                // Skipped values (see above): the threshold relative to this unit's max, ε (l + the
+                // floor's sum at this max).
+                float limit[kMaxLimitHeads];
+                const bool skipping = eps > 0 && r <= kMaxLimitHeads;
+                if (skipping)
+                    for (int hh = 0; hh < r; ++hh) {
+                        const float fm = use_floor ? plan.floor_m[size_t(unit.head) * r + hh] : -std::numeric_limits<float>::infinity();
+                        const float fl = use_floor ? plan.floor_l[size_t(unit.head) * r + hh] : 0.0f;
+                        limit[hh] = eps * (pl[hh] + (fl > 0 ? fl * std::exp(fm - pm[hh]) : 0.0f));
+                    }
+                for (size_t gi = 0; gi < ng; ++gi) {
+                    ++groups;
+                    if (skipping) {
+                        bool small = true;
+                        for (int hh = 0; hh < r && small; ++hh)
+                            small = ak.max_f32(&ws.scores[size_t(hh) * score_cols + gi * kGroupTokens], kGroupTokens) < limit[hh];
+                        if (small) {
+                            ++skipped;
+                            continue;
+                        }
+                    }
+                    const uint8_t* g = P.group(kvh, chunk_t0 + gi * kGroupTokens);
+                    float* acc = pacc + cl.acc_off;
+                    if (cl.fused_values || cl.fast_values) {
+                        for (auto& s : C.values().segs) {
+                            const auto* norms = reinterpret_cast<const uint16_t*>(g + s.norm_off);
+                            if (cl.fast_values)
+                                ak.fast_group_accumulate(g + s.codes_off, s.dim, s.bits, s.fast_values, &ws.scores[gi * kGroupTokens],
+                                                         int(score_cols), norms, r, acc);
+                            else
+                                ak.group_accumulate_normed(g + s.codes_off, s.dim, s.bits, s.table.data(), &ws.scores[gi * kGroupTokens],
+                                                           int(score_cols), norms, r, acc);
+                            acc += size_t(r) * s.dim * 16;
+                        }
+                        continue;
+                    }
+                    for (auto& s : C.values().segs) {
+                        read_norms(k, g + s.norm_off, C.norm_bytes, ws.norms.data());
+                        for (int hh = 0; hh < r; ++hh)
+                            for (int t = 0; t < kGroupTokens; ++t)
+                                ws.w[size_t(hh) * kGroupTokens + t] = ws.scores[size_t(hh) * score_cols + gi * kGroupTokens + t] * ws.norms[t];
+                        ak.group_accumulate(g + s.codes_off, s.dim, s.bits, s.table.data(), ws.w.data(), r, acc);
                         acc += size_t(r) * s.dim * 16;
                     }
                 }
-                for (int j = 0; j < d; ++j) o[j] += ws.acc_exact[size_t(hh) * d + j] * inv_l;
-                // The value means, each with its class's share of the softmax weight.
-                for (const AttendClass& cl : ws.classes)
-                    if (const auto& mean = cl.codes->codecs->value_mean; !mean.empty())
-                        ak.axpy_f32(ws.lc[cl.index * r + hh] * inv_l, &mean[size_t(kvh) * d], o, d);
             }
         }
+        plan.unit_groups[u] = groups;
+        plan.unit_skipped[u] = skipped;
+    };
+
+    // Merges the partials of (query qi, KV head kvh) — units [u0, u1) — in unit order into the
+    // first one, then per class one inverse rotation per head and value segment, and normalizes.
+    auto finish = [&](size_t qi, uint32_t kvh, size_t u0, size_t u1) {
+        Workspace& ws = workspace();
+        const int padded = pad_lanes(d);
+        Workspace::grow(ws.buf, padded);
+        Workspace::grow(ws.tmp, padded);
+        float* first = &plan.partials[u0 * plan.partial_floats];
+        float* pm = first;
+        float* pl = first + off_l;
+        float* plc = first + off_lc;
+        float* pacc = first + off_acc;
+        float* pexact = first + off_exact;
+        const size_t sbase = size_t(kvh) * r;  // this KV head's query heads in the statistics
+        float* o_all = &out[qi * qrow + size_t(kvh) * r * d];
+        for (int hh = 0; hh < r; ++hh) {
+            // The largest max over the units (and the statistics continued from).
+            float M = pm[hh];
+            for (size_t u = u0 + 1; u < u1; ++u) M = std::max(M, plan.partials[u * plan.partial_floats + hh]);
+            if (continue_stats) M = std::max(M, stat_max[sbase + hh]);
+            auto factor = [&](float mu) { return mu == -std::numeric_limits<float>::infinity() ? 0.0f : std::exp(mu - M); };
+            const float f0 = factor(pm[hh]);
+            float l = pl[hh] * f0;
+            for (const AttendClass& cl : plan.classes) {
+                plc[cl.index * r + hh] *= f0;
+                float* acc = pacc + cl.acc_off;
+                for (auto& vs : cl.codes->values().segs) {
+                    if (f0 != 1.0f) k.scale(acc + size_t(hh) * vs.dim * 16, vs.dim * 16, f0);
+                    acc += size_t(r) * vs.dim * 16;
+                }
+            }
+            float* ex = pexact + size_t(hh) * d;
+            if (f0 != 1.0f)
+                for (int j = 0; j < d; ++j) ex[j] *= f0;
+            for (size_t u = u0 + 1; u < u1; ++u) {
+                const float* part = &plan.partials[u * plan.partial_floats];
+                const float f = factor(part[hh]);
+                if (f == 0.0f) continue;
+                l += part[off_l + hh] * f;
+                for (const AttendClass& cl : plan.classes) {
+                    plc[cl.index * r + hh] += part[off_lc + cl.index * r + hh] * f;
+                    float* acc = pacc + cl.acc_off;
+                    const float* src = part + off_acc + cl.acc_off;
+                    for (auto& vs : cl.codes->values().segs) {
+                        ak.axpy_f32(f, src + size_t(hh) * vs.dim * 16, acc + size_t(hh) * vs.dim * 16, vs.dim * 16);
+                        acc += size_t(r) * vs.dim * 16;
+                        src += size_t(r) * vs.dim * 16;
+                    }
+                }
+                ak.axpy_f32(f, part + off_exact + size_t(hh) * d, ex, d);
+            }
+            float* o = o_all + size_t(hh) * d;
+            if (continue_stats) {  // the statistics of tokens attended elsewhere (acc in out, unnormalized)
+                const float f = factor(stat_max[sbase + hh]);
+                l += stat_sum[sbase + hh] * f;
+                for (int j = 0; j < d; ++j) ex[j] += o[j] * f;
+            }
+            // attend(): normalized output. attend_stats(): the unnormalized sum and its statistics.
+            const float inv_l = stat_max ? 1.0f : 1.0f / l;
+            if (stat_max) {
+                stat_max[sbase + hh] = M;
+                stat_sum[sbase + hh] = l;
+            }
+            std::fill(o, o + d, 0.0f);
+            for (const AttendClass& cl : plan.classes) {
+                const float* acc = pacc + cl.acc_off;
+                for (auto& s : cl.codes->values().segs) {
+                    const int sp = s.rot->padded_dim();
+                    const float* a = acc + size_t(hh) * s.dim * 16;
+                    for (int j = 0; j < s.dim; ++j) {
+                        float sum = 0;
+                        for (int lane = 0; lane < 16; ++lane) sum += a[size_t(j) * 16 + lane];
+                        ws.buf[j] = sum;
+                    }
+                    std::fill(ws.buf.begin() + s.dim, ws.buf.begin() + sp, 0.0f);
+                    s.rot->inverse_unscaled(ws.buf.data(), ws.tmp.data(), k);
+                    const float f = float(1.0 / s.rot->gain()) * inv_l * cl.value_scale * cl.codes->codecs->value_factor;
+                    for (int j = 0; j < s.dim; ++j) o[s.channels[j]] += ws.buf[j] * f;
+                    acc += size_t(r) * s.dim * 16;
+                }
+            }
+            for (int j = 0; j < d; ++j) o[j] += ex[j] * inv_l;
+            // The value means, each with its class's share of the softmax weight.
+            for (const AttendClass& cl : plan.classes)
+                if (const auto& mean = cl.codes->codecs->value_mean; !mean.empty())
+                    ak.axpy_f32(plc[cl.index * r + hh] * inv_l, &mean[size_t(kvh) * d], o, d);
+        }
+    };
+
+    // Batches of queries: per query its spans (the same for every KV head), cut into units of
+    // kUnitTokens tokens counted over the parts in order; every unit of the batch in one parallel
+    // call, then the merges.
+    uint64_t total_groups = 0, total_skipped = 0;
+    thread_local std::vector<uint32_t> unit_starts;
+    for (size_t qb = 0; qb < n_q;) {
+        plan.spans.clear();
+        plan.units.clear();
+        plan.first_unit.clear();
+        size_t qe = qb;
+        while (qe < n_q && (qe == qb || plan.units.size() < kMaxBatchUnits)) {
+            // Spans of this query, cut at unit boundaries; unit_starts: the span each unit starts at.
+            const uint32_t span_begin = uint32_t(plan.spans.size());
+            size_t unit_fill = 0;  // tokens in the unit being cut
+            unit_starts.clear();
+            unit_starts.push_back(span_begin);
+            auto add = [&](uint32_t part, bool exact, size_t t0, size_t t1) {
+                while (t0 < t1) {
+                    const size_t take = std::min(t1 - t0, kUnitTokens - unit_fill);
+                    plan.spans.push_back(Span{part, exact, t0, t0 + take});
+                    t0 += take;
+                    unit_fill += take;
+                    if (unit_fill == kUnitTokens) {
+                        unit_starts.push_back(uint32_t(plan.spans.size()));
+                        unit_fill = 0;
+                    }
+                }
+            };
+            for (size_t pi = 0; pi < parts.size(); ++pi) {
+                const Impl& P = *parts[pi];
+                const size_t visible = causal ? P.n_tokens - n_q + qe + 1 : P.n_tokens;
+                const size_t visible_codes = P.codes_end(visible);  // then exact rows up to visible
+                add(uint32_t(pi), false, 0, visible_codes);
+                add(uint32_t(pi), true, visible_codes, visible);
+            }
+            if (unit_starts.back() != plan.spans.size()) unit_starts.push_back(uint32_t(plan.spans.size()));
+            for (uint32_t kvh = 0; kvh < uint32_t(c.kv_heads); ++kvh) {  // (every query sees a token: >= 1 unit)
+                plan.first_unit.push_back(uint32_t(plan.units.size()));
+                for (size_t i = 0; i + 1 < unit_starts.size(); ++i)
+                    plan.units.push_back(
+                        Unit{uint32_t(qe), kvh, unit_starts[i], unit_starts[i + 1], uint32_t(plan.first_unit.size() - 1)});
+            }
+            ++qe;
+        }
+        plan.first_unit.push_back(uint32_t(plan.units.size()));
+        const size_t n_units = plan.units.size();
+        if (plan.partials.size() < n_units * plan.partial_floats) plan.partials.resize(n_units * plan.partial_floats);
+        plan.unit_groups.resize(n_units);
+        plan.unit_skipped.resize(n_units);
+        const size_t heads_of_batch = plan.first_unit.size() - 1;
+        // (std::function holds a lambda of one reference without allocating: decode allocates nothing)
+        if (eps == 0) {
+            parallel_for(n_units, options.threads, [&run_unit](size_t u) { run_unit(u, false); });
+        } else {
+            // The first unit of each (query, KV head) first (it holds the early tokens, where the
+            // attention sinks are), then the others against its max and sum.
+            plan.anchors.clear();
+            plan.others.clear();
+            for (size_t i = 0; i < heads_of_batch; ++i)
+                for (uint32_t u = plan.first_unit[i]; u < plan.first_unit[i + 1]; ++u)
+                    (u == plan.first_unit[i] ? plan.anchors : plan.others).push_back(u);
+            auto run_anchor = [&](size_t i) { run_unit(plan.anchors[i], false); };
+            parallel_for(plan.anchors.size(), options.threads, [&run_anchor](size_t i) { run_anchor(i); });
+            if (!plan.others.empty()) {
+                plan.floor_m.resize(heads_of_batch * r);
+                plan.floor_l.resize(heads_of_batch * r);
+                for (size_t i = 0; i < heads_of_batch; ++i) {
+                    const float* a = &plan.partials[size_t(plan.first_unit[i]) * plan.partial_floats];
+                    for (int hh = 0; hh < r; ++hh) plan.floor_m[i * r + hh] = a[hh], plan.floor_l[i * r + hh] = a[off_l + hh];
+                }
+                auto run_other = [&](size_t i) { run_unit(plan.others[i], true); };
+                parallel_for(plan.others.size(), options.threads, [&run_other](size_t i) { run_other(i); });
+            }
+        }
+        auto finish_head = [&](size_t i) {
+            finish(qb + i / c.kv_heads, uint32_t(i % c.kv_heads), plan.first_unit[i], plan.first_unit[i + 1]);
+        };
+        parallel_for(heads_of_batch, options.threads, [&finish_head](size_t i) { finish_head(i); });
+        for (size_t u = 0; u < n_units; ++u) total_groups += plan.unit_groups[u], total_skipped += plan.unit_skipped[u];
+        qb = qe;
+    }
+    if (options.counters) {
+        options.counters->value_groups += total_groups;
+        options.counters->skipped_value_groups += total_skipped;
     }
 }
 

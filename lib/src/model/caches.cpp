@@ -15,6 +15,7 @@
 #include "tqkv/dense.hpp"
 #include "tqkv/fp16.hpp"
 #include "tqkv/model.hpp"
+#include "tqkv/threads.hpp"
 #include "tqkv/rng.hpp"
 
 namespace tqkv {
@@ -87,15 +88,18 @@ public:
         if (queries.empty() || queries.size() % qrow || out.size() != queries.size()) fail("attend: bad query sizes");
         const size_t m = queries.size() / qrow;
         if (m > T) fail("attend: more queries than cached tokens");
-        for (size_t i = 0; i < m; ++i) {
+        // One piece per query and KV head, on the threads of attend_options().
+        auto piece = [&](size_t p) {
+            const size_t i = p / size_t(KH);
+            const int h = int(p % size_t(KH));
             // Query i sits at position T - m + i and sees the last `window_` positions up to it (all
             // of them without a sliding window).
             const size_t end = T - m + i + 1, first = window_ && end > window_ ? end - window_ : 0;
             const DenseAttentionShape sh{r, 1, d, end - first, scales_.empty() ? 0.0f : scales_[size_t(layer)]};
-            for (int h = 0; h < KH; ++h)
-                dense_attention_f32(sh, &queries[i * qrow + size_t(h) * r * d], k(layer, h, first), v(layer, h, first),
-                                    &out[i * qrow + size_t(h) * r * d]);
-        }
+            dense_attention_f32(sh, &queries[i * qrow + size_t(h) * r * d], k(layer, h, first), v(layer, h, first),
+                                &out[i * qrow + size_t(h) * r * d]);
+        };
+        parallel_for(m * size_t(KH), attend_options_.threads, [&piece](size_t p) { piece(p); });
     }
 
 protected:
@@ -255,7 +259,7 @@ public:
         cache_.append(layer, keys, values);
     }
     void attend(int layer, std::span<const float> queries, std::span<float> out) override {
-        cache_.attend(layer, queries, out, true);
+        cache_.attend(layer, queries, out, true, attend_options_);
     }
 
 private:

@@ -8,6 +8,7 @@
 
 #include "tqkv/codebook.hpp"
 #include "tqkv/model.hpp"
+#include "tqkv/threads.hpp"
 
 namespace tqkv {
 
@@ -110,12 +111,20 @@ void LlamaRunner::forward(const int32_t* tokens, size_t n, float* logits, bool a
             b.sn[t * d / 2 + i] = float(std::sin(double(ang)));
         }
     }
+    if (threads < 1 || threads > kMaxThreads)
+        throw std::invalid_argument("LlamaRunner: threads " + std::to_string(threads) + " out of range [1, " +
+                                    std::to_string(kMaxThreads) + "]");
+    if (cache_.attend_options().threads != threads) {  // attention on the runner's threads too
+        AttendOptions o = cache_.attend_options();
+        o.threads = threads;
+        cache_.set_attend_options(o);
+    }
     for (int l = 0; l < c.num_hidden_layers; ++l) {
         const LlamaLayer& L = model_.layer(l);
         rmsnorm(b.x.data(), L.attn_norm.data(), n, H, c.rms_norm_eps, b.h.data());
-        matmul(b.h.data(), n, L.wq, b.q.data());
-        matmul(b.h.data(), n, L.wk, b.k.data());
-        matmul(b.h.data(), n, L.wv, b.v.data());
+        matmul(b.h.data(), n, L.wq, b.q.data(), threads);
+        matmul(b.h.data(), n, L.wk, b.k.data(), threads);
+        matmul(b.h.data(), n, L.wv, b.v.data(), threads);
         add_bias(b.q.data(), n, L.bq);
         add_bias(b.k.data(), n, L.bk);
         add_bias(b.v.data(), n, L.bv);
@@ -131,28 +140,28 @@ void LlamaRunner::forward(const int32_t* tokens, size_t n, float* logits, bool a
             cache_.append(l, std::span(b.k.data(), n * KD), std::span(b.v.data(), n * KD));
             cache_.attend(l, std::span(b.q.data(), n * QD), std::span(b.att.data(), n * QD));
         }
-        matmul(b.att.data(), n, L.wo, b.o.data());
+        matmul(b.att.data(), n, L.wo, b.o.data(), threads);
         add_bias(b.o.data(), n, L.bo);
         for (size_t i = 0; i < n * H; ++i) b.x[i] += b.o[i];
         rmsnorm(b.x.data(), L.mlp_norm.data(), n, H, c.rms_norm_eps, b.h.data());
-        matmul(b.h.data(), n, L.w_gate, b.gate.data());
-        matmul(b.h.data(), n, L.w_up, b.up.data());
+        matmul(b.h.data(), n, L.w_gate, b.gate.data(), threads);
+        matmul(b.h.data(), n, L.w_up, b.up.data(), threads);
         add_bias(b.gate.data(), n, L.b_gate);
         add_bias(b.up.data(), n, L.b_up);
         for (size_t i = 0; i < n * I; ++i) {
             const float g = b.gate[i];
             b.gate[i] = g / (1.0f + std::exp(-g)) * b.up[i];
         }
-        matmul(b.gate.data(), n, L.w_down, b.o.data());
+        matmul(b.gate.data(), n, L.w_down, b.o.data(), threads);
         add_bias(b.o.data(), n, L.b_down);
         for (size_t i = 0; i < n * H; ++i) b.x[i] += b.o[i];
     }
     if (all_logits) {
         rmsnorm(b.x.data(), model_.final_norm().data(), n, H, c.rms_norm_eps, b.h.data());
-        matmul(b.h.data(), n, model_.output_weight(), logits);
+        matmul(b.h.data(), n, model_.output_weight(), logits, threads);
     } else if (logits) {
         rmsnorm(&b.x[(n - 1) * H], model_.final_norm().data(), 1, H, c.rms_norm_eps, b.h.data());
-        matmul(b.h.data(), 1, model_.output_weight(), logits);
+        matmul(b.h.data(), 1, model_.output_weight(), logits, threads);
     }
     pos_ += n;
 }

@@ -17,6 +17,7 @@
 #include "kernels/kernels.hpp"
 #include "tqkv/kernels.hpp"
 #include "tqkv/model.hpp"
+#include "tqkv/threads.hpp"
 
 #if defined(__x86_64__) && !defined(__wasm__) && (defined(__GNUC__) || defined(__clang__))
 #define TQKV_MATMUL_X86 1
@@ -315,15 +316,17 @@ std::vector<MatmulKernel> matmul_kernels() {
 // fp16 weights: a block of rows widened into a small fp32 buffer that stays in L1 while the tokens
 // stream past it, then the fp32 kernel on that block. Each output is computed exactly as by the
 // fp32 kernel (rows are independent), and the weights cross memory at 2 bytes each.
-void matmul_f16_with(const MatmulKernel& k, const float* X, size_t n, size_t in, const uint16_t* W, size_t out, float* Y) {
+void matmul_f16_with(const MatmulKernel& k, const float* X, size_t n, size_t in, const uint16_t* W, size_t out, float* Y,
+                     size_t ldy) {
     if (n == 0 || out == 0) return;
+    if (ldy == 0) ldy = out;
     const size_t rows = std::max<size_t>(4, 4096 / std::max<size_t>(in, 1) / 4 * 4);  // ~16 KiB of fp32
     thread_local std::vector<float> block;
     if (block.size() < rows * in) block.resize(rows * in);
     for (size_t o = 0; o < out; o += rows) {
         const size_t r = std::min(rows, out - o);
         k.widen(W + o * in, r * in, block.data());
-        k.f32(X, n, in, block.data(), r, Y + o, out);
+        k.f32(X, n, in, block.data(), r, Y + o, ldy);
     }
 }
 
@@ -355,9 +358,25 @@ void matmul_f16(const float* X, size_t n, size_t in, const uint16_t* W, size_t o
     detail::matmul_f16_with(chosen(), X, n, in, W, out, Y);
 }
 
-void matmul(const float* X, size_t n, const WeightMatrix& W, float* Y) {
-    if (W.is_f16()) matmul_f16(X, n, W.cols, W.f16.data(), W.rows, Y);
-    else matmul_f32(X, n, W.cols, W.f32.data(), W.rows, Y);
+void matmul(const float* X, size_t n, const WeightMatrix& W, float* Y, int threads) {
+    // On several threads: ranges of output rows (multiples of 16, so every row goes through the
+    // same loop of the kernel as on one thread: the same bits), when the product is large enough
+    // to pay for the hand-off (2^18 multiply-adds: tens of microseconds).
+    const size_t rows = W.rows, cols = W.cols;
+    const size_t pieces = threads > 1 && n * rows * cols >= (size_t(1) << 18) ? size_t(threads) : 1;
+    const size_t per = (rows + pieces - 1) / pieces, piece_rows = (per + 15) / 16 * 16;
+    if (pieces == 1 || piece_rows >= rows) {
+        if (W.is_f16()) matmul_f16(X, n, cols, W.f16.data(), rows, Y);
+        else matmul_f32(X, n, cols, W.f32.data(), rows, Y);
+        return;
+    }
+    auto piece = [&](size_t p) {
+        const size_t o = p * piece_rows, r = std::min(piece_rows, rows - o);
+        if (n == 0 || r == 0) return;
+        if (W.is_f16()) detail::matmul_f16_with(chosen(), X, n, cols, W.f16.data() + o * cols, r, Y + o, rows);
+        else chosen().f32(X, n, cols, W.f32.data() + o * cols, r, Y + o, rows);
+    };
+    parallel_for((rows + piece_rows - 1) / piece_rows, threads, [&piece](size_t p) { piece(p); });
 }
 
 const char* matmul_kernel() { return chosen().name; }

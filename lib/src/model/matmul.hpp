@@ -17,6 +17,8 @@ struct MatmulKernel {
 
 // One per kernel of available_kernels() (the scalar one first, whose loops are the plain ones).
 std::vector<MatmulKernel> matmul_kernels();
-void matmul_f16_with(const MatmulKernel& k, const float* X, size_t n, size_t in, const uint16_t* W, size_t out, float* Y);
+// ldy: row stride of Y (0 = out).
+void matmul_f16_with(const MatmulKernel& k, const float* X, size_t n, size_t in, const uint16_t* W, size_t out, float* Y,
+                     size_t ldy = 0);
 
 }  // namespace tqkv::detail
