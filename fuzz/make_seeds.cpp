@@ -7,6 +7,7 @@
 #include <string>
 
 #include "hf_checkpoint.hpp"
+#include "runner_model.hpp"
 #include "tiny_model.hpp"
 #include "tokenizer_json.hpp"
 #include "tqkv/tokenizer.hpp"
@@ -28,6 +29,7 @@ int main(int argc, char** argv) {
     fs::create_directories(root / "spec");
     fs::create_directories(root / "tokenizer");
     fs::create_directories(root / "calibration");
+    fs::create_directories(root / "runner");
     tqkv::Rng rng(1);
     int i = 0;
     for (auto [heads, kv, dim, kb, vb, window, prod] :
@@ -178,6 +180,26 @@ int main(int argc, char** argv) {
             seed.insert(seed.end(), text.begin(), text.end());
             write(root / "tokenizer" / ("seed" + std::to_string(ti++)), seed);
         }
+    }
+    // Saved runners (fuzz_runner_load: byte 0 picks the runner of runner_model.hpp, then its bytes)
+    // after 0, 3 and 9 tokens, for each runner whose cache can be saved.
+    {
+        tqkv_fuzz::RunnerFixture fx;
+        std::vector<float> logits(16);
+        for (size_t k = 0; k < fx.runners.size(); ++k)
+            for (size_t n : {0, 3, 9}) {
+                tqkv::LlamaRunner& run = *fx.runners[k];
+                run.reset();
+                for (size_t t = 0; t < n; ++t) run.decode(int32_t((t * 5 + k) % 16), logits);
+                std::vector<uint8_t> seed = {uint8_t(k)};
+                try {
+                    const std::vector<uint8_t> b = run.save();
+                    seed.insert(seed.end(), b.begin(), b.end());
+                } catch (const std::invalid_argument&) {
+                    continue;  // fp32: cannot be saved
+                }
+                write(root / "runner" / ("seed" + std::to_string(k) + "_" + std::to_string(n)), seed);
+            }
     }
     return 0;
 }

@@ -14,7 +14,8 @@ CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo 
 cmake --build build-fuzz -j"$(nproc)"
 seeds=build-fuzz/seeds
 rm -rf "$seeds" build-fuzz/corpus && ./build-fuzz/fuzz/tqkv-make-seeds "$seeds"
-for t in cache_load:cache npy:npy kernels:kernels model:model spec:spec tokenizer:tokenizer calibration:calibration; do
+for t in cache_load:cache npy:npy kernels:kernels model:model spec:spec tokenizer:tokenizer calibration:calibration \
+         runner_load:runner; do
   name=${t%%:*}; dir=${t##*:}
   runs=$RUNS
   [ "$name" = kernels ] && runs=$((RUNS / 20))   # each input builds codecs for every kernel: slower
@@ -22,6 +23,7 @@ for t in cache_load:cache npy:npy kernels:kernels model:model spec:spec tokenize
   [ "$name" = spec ] && runs=$((RUNS / 5))       # each input that parses builds and runs a cache
   [ "$name" = tokenizer ] && runs=$((RUNS / 10)) # each input parses a vocabulary of hundreds of tokens (~20 s)
   [ "$name" = calibration ] && runs=$((RUNS / 5))  # each input that loads builds and runs a cache
+  [ "$name" = runner_load ] && runs=$((RUNS / 10)) # each input that loads decodes a token (CI is at its limit)
   mkdir -p "build-fuzz/corpus/$name"
   echo "== fuzz_$name: $runs executions"
   log=build-fuzz/fuzz_$name.log

@@ -481,6 +481,135 @@ TEST_CASE("C ABI model: golden values for the wasm tests (TQKV_GOLDEN_DIR)", "[c
     REQUIRE(f.good());
 }
 
+namespace {
+
+std::vector<uint8_t> save_runner(tqkv_runner r) {
+    size_t n = 0;
+    REQUIRE(tqkv_runner_save(r, nullptr, 0, &n) == TQKV_ERR_BUFFER_TOO_SMALL);
+    std::vector<uint8_t> b(n);
+    size_t n2 = 0;
+    REQUIRE(tqkv_runner_save(r, b.data(), b.size() - 1, &n2) == TQKV_ERR_BUFFER_TOO_SMALL);
+    CHECK(n2 == n);
+    REQUIRE(tqkv_runner_save(r, b.data(), b.size(), &n2) == TQKV_OK);
+    CHECK(n2 == n);
+    return b;
+}
+
+// The logits of decoding `tokens` one by one (all of them, concatenated).
+std::vector<float> decode_logits(tqkv_runner r, const std::vector<int32_t>& tokens) {
+    std::vector<float> out(tokens.size() * 256);
+    for (size_t i = 0; i < tokens.size(); ++i)
+        REQUIRE(tqkv_runner_decode(r, tokens[i], out.data() + i * 256, 256, nullptr) == TQKV_OK);
+    return out;
+}
+
+}  // namespace
+
+// tqkv_runner_save / tqkv_runner_load (the block at the end of tqkv.h): a restored runner decodes
+// exactly as the saved one would have (logits bit for bit), for every tqkv cache; everything
+// else is refused with the runner unchanged.
+TEST_CASE("C ABI model: a saved runner restores and continues bit for bit; bad bytes are refused", "[capi][runner-state]") {
+    const auto st = make_safetensors(tiny_tensors(11));
+    Model m(kTinyConfig, st);
+    const auto calib = text_tokens("Calibration text for saving runners: keys, values and queries of each layer.");
+    tqkv_calibration cal = nullptr, cal2 = nullptr;
+    REQUIRE(tqkv_calibration_create(m.h, calib.data(), calib.size(), &cal) == TQKV_OK);
+    const auto calib2 = text_tokens("Another calibration text, other statistics, other means and channels.");
+    REQUIRE(tqkv_calibration_create(m.h, calib2.data(), calib2.size(), &cal2) == TQKV_OK);
+    const auto prompt = text_tokens("A conversation that goes on after a reload: ");
+    const auto more = text_tokens("and continues here, the same as before.");
+    struct Case {
+        const char* spec;
+        tqkv_calibration cal;
+    };
+    // K3.5V2.5 without a calibration: the restoring runner's layers are not built yet (lazy).
+    for (const Case& c : {Case{"K4V4", nullptr}, Case{"K3V2-w8", cal},
+                          Case{"K3.5V2.5-w16", cal}, Case{"default", cal}, Case{"K3.5V2.5", nullptr}}) {
+        INFO(c.spec);
+        Runner a(m.h, c.spec, c.cal), b(m.h, c.spec, c.cal);
+        int32_t next = -1;
+        REQUIRE(tqkv_runner_prefill(a.h, prompt.data(), prompt.size(), nullptr, 0, &next) == TQKV_OK);
+        REQUIRE(tqkv_runner_decode(a.h, next, nullptr, 0, &next) == TQKV_OK);
+        const auto bytes = save_runner(a.h);
+        CHECK(save_runner(a.h) == bytes);  // saving changes nothing
+        REQUIRE(tqkv_runner_load(b.h, bytes.data(), bytes.size()) == TQKV_OK);
+        CHECK(b.position() == prompt.size() + 1);
+        CHECK(save_runner(b.h) == bytes);
+        tqkv_runner_stats sa, sb;
+        sa.struct_size = sb.struct_size = sizeof sa;
+        REQUIRE(tqkv_runner_get_stats(a.h, &sa) == TQKV_OK);
+        REQUIRE(tqkv_runner_get_stats(b.h, &sb) == TQKV_OK);
+        CHECK(sa.cache_bytes == sb.cache_bytes);
+        const auto la = decode_logits(a.h, more), lb = decode_logits(b.h, more);
+        CHECK(std::memcmp(la.data(), lb.data(), la.size() * 4) == 0);
+        CHECK(save_runner(a.h) == save_runner(b.h));
+        // a tqkv cache's bytes: codes (and a window of fp32 rows), less than the fp32 rows
+        CHECK(bytes.size() < size_t(prompt.size() + 1) * 2 * 2 * 2 * 32 * 4);
+    }
+
+    Runner a(m.h, "K3.5V2.5-w16", cal);
+    int32_t next = -1;
+    REQUIRE(tqkv_runner_prefill(a.h, prompt.data(), prompt.size(), nullptr, 0, &next) == TQKV_OK);
+    const auto bytes = save_runner(a.h);
+    // A runner that refuses keeps its own state: the same logits as an untouched twin afterwards.
+    Runner r(m.h, "K3.5V2.5-w16", cal), twin(m.h, "K3.5V2.5-w16", cal);
+    const auto other = text_tokens("Something else entirely. ");
+    for (tqkv_runner x : {r.h, twin.h}) REQUIRE(tqkv_runner_prefill(x, other.data(), other.size(), nullptr, 0, nullptr) == TQKV_OK);
+    auto refused = [&](const std::vector<uint8_t>& b, const char* what) {
+        INFO(what);
+        CHECK(tqkv_runner_load(r.h, b.data(), b.size()) == TQKV_ERR_BAD_DATA);
+        INFO(tqkv_last_error());
+        CHECK(r.position() == other.size());
+    };
+    auto flipped = bytes;
+    flipped[bytes.size() / 2] ^= 0x10;
+    refused(flipped, "a flipped byte");
+    refused(std::vector<uint8_t>(bytes.begin(), bytes.end() - 1), "truncated");
+    refused(std::vector<uint8_t>(bytes.begin(), bytes.begin() + 20), "header only");
+    refused(std::vector<uint8_t>(100, 0x41), "not a saved runner");
+    CHECK(contains(tqkv_last_error(), "TQKVRUNR"));
+    {
+        Runner c2(m.h, "K3.5V2.5-w16", cal2), k4(m.h, "K4V4", cal), f(m.h, "fp32");
+        for (tqkv_runner x : {c2.h, k4.h}) {  // another calibration, another spec
+            CHECK(tqkv_runner_load(x, bytes.data(), bytes.size()) == TQKV_ERR_BAD_DATA);
+            CHECK(contains(tqkv_last_error(), "coded differently"));
+        }
+        CHECK(tqkv_runner_load(f.h, bytes.data(), bytes.size()) == TQKV_ERR_BAD_DATA);
+        CHECK(contains(tqkv_last_error(), "cannot be restored"));
+        CHECK(f.position() == 0);
+    }
+    {   // a model of another shape (3 layers)
+        std::string cfg3 = kTinyConfig;
+        cfg3.replace(cfg3.find("\"num_hidden_layers\": 2"), 22, "\"num_hidden_layers\": 3");
+        auto ts3 = tiny_tensors(11);
+        for (const auto& [name, t] : tiny_tensors(12))
+            if (name.rfind("model.layers.1.", 0) == 0) ts3["model.layers.2." + name.substr(15)] = t;
+        Model m3(cfg3, make_safetensors(ts3));
+        Runner r3(m3.h, "K3.5V2.5-w16");
+        CHECK(tqkv_runner_load(r3.h, bytes.data(), bytes.size()) == TQKV_ERR_BAD_DATA);
+        CHECK(contains(tqkv_last_error(), "another model"));
+    }
+    const auto want = decode_logits(twin.h, more), got = decode_logits(r.h, more);
+    CHECK(std::memcmp(want.data(), got.data(), want.size() * 4) == 0);
+    // Caches that cannot be saved; arguments.
+    size_t n = 0;
+    for (const char* spec : {"kivi2", "fp32", "q8_0"}) {
+        INFO(spec);
+        Runner x(m.h, spec);
+        REQUIRE(tqkv_runner_prefill(x.h, prompt.data(), prompt.size(), nullptr, 0, nullptr) == TQKV_OK);
+        CHECK(tqkv_runner_save(x.h, nullptr, 0, &n) == TQKV_ERR_INVALID_ARGUMENT);
+        CHECK(contains(tqkv_last_error(), "cannot be saved"));
+        CHECK(tqkv_runner_load(x.h, bytes.data(), bytes.size()) == TQKV_ERR_BAD_DATA);
+        CHECK(x.position() == prompt.size());
+    }
+    CHECK(tqkv_runner_save(a.h, nullptr, 0, nullptr) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_runner_load(a.h, nullptr, 5) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_runner_load(nullptr, bytes.data(), bytes.size()) == TQKV_ERR_INVALID_HANDLE);
+    CHECK(tqkv_runner_save(nullptr, nullptr, 0, &n) == TQKV_ERR_INVALID_HANDLE);
+    tqkv_calibration_destroy(cal);
+    tqkv_calibration_destroy(cal2);
+}
+
 TEST_CASE("C ABI tokenizer: load, encode, decode, capacity and errors", "[capi]") {
     const std::string json = tqkv_test::byte_level_json(tqkv_test::kGpt2Pre, tqkv_test::kMerges, false);
     tqkv_tokenizer tok = nullptr;

@@ -1,12 +1,15 @@
 // The demo page: load a Llama model from a local URL into the tqkv WebAssembly module, generate
 // text token by token through the KV cache the user picks, show the cache's bytes against an fp16
-// cache and the decode speed as they change.
+// cache and the decode speed as they change. After every run the session (the runner's position
+// and cache, Runner.serialize) is kept in IndexedDB; a reload restores it and Continue goes on
+// exactly where it stopped.
 //
-// State for tests and curious people: window.tqkvDemo = { state, runs: [...], model, error }.
-// state: 'loading' | 'ready' | 'calibrating' | 'generating' | 'error' (also <body data-state>).
-// Each run: { cache, prompt, tokens: [ids], text, decodeTokensPerSecond, prefillTokensPerSecond,
-//             stats: { position, cacheBytes, fp16Bytes, bitsPerCoord, memoryBytes }, stopped }.
-import { Tqkv, saveToIndexedDB, loadFromIndexedDB } from 'tqkv';
+// State for tests and curious people: window.tqkvDemo = { state, runs: [...], model, error,
+// saved, restored }. state: 'loading' | 'ready' | 'calibrating' | 'generating' | 'error' (also
+// <body data-state>). Each run: { cache, prompt, tokens: [ids], text, decodeTokensPerSecond,
+// prefillTokensPerSecond, stats: { position, cacheBytes, fp16Bytes, bitsPerCoord, memoryBytes },
+// stopped, continued }. saved / restored: { spec, position, bytes, fp16Bytes, tokens }.
+import { Tqkv, saveToIndexedDB, loadFromIndexedDB, removeFromIndexedDB } from 'tqkv';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -26,6 +29,8 @@ function setState(state, message, isError = false) {
   }
   const busy = state !== 'ready';
   $('generate').disabled = busy;
+  $('continue').disabled = busy || !session;
+  $('forget').disabled = busy || !demo.saved;
   $('stop').disabled = state !== 'generating';
   $('cache').disabled = busy;
 }
@@ -54,6 +59,12 @@ channel.port1.onmessage = () => pending.shift()?.();
 const yieldToBrowser = () => new Promise((resolve) => { pending.push(resolve); channel.port2.postMessage(0); });
 
 let tqkv, model, calibration, calibrationSource, runner, stopRequested = false;
+// The sequence the runner holds: { spec, prompt (text), tokens (generated ids), text, last (the
+// last generated token: not run yet, the next input) }; null before the first run.
+let session = null;
+const isTqkv = (spec) => /^k/i.test(spec);
+const sessionKey = () => `session:${modelUrl.href}:${model.info.parameters}`;
+const STORE = { store: 'sessions' };
 
 async function calibrationText(promptBytes) {
   try {
@@ -87,94 +98,200 @@ async function generate() {
   stopRequested = false;
   const run = { cache: spec, prompt: promptText, tokens: [], text: '', decodeTokensPerSecond: 0, prefillTokensPerSecond: 0, stats: null, stopped: false };
   try {
-    let calibrationMs = 0;
-    if (/^k/i.test(spec) && !calibration) {
-      // A calibration saved by an earlier visit (IndexedDB) saves the exact-cache pass.
-      const key = `calibration:${modelUrl.href}:${model.info.parameters}`;
-      const saved = await loadFromIndexedDB(key, { store: 'calibrations' }).catch(() => undefined);
-      if (saved) {
-        calibration = tqkv.loadCalibration(saved);
-        calibrationSource = `a calibration restored from IndexedDB (${mb(saved.length)})`;
-        demo.calibrationRestored = saved.length;
-      } else {
-        setState('calibrating', 'calibrating the tqkv cache (once: an exact-cache pass over 2048 bytes, then kept in IndexedDB)…');
-        await yieldToBrowser();
-        const { bytes, source } = await calibrationText(new TextEncoder().encode(promptText));
-        const t0 = performance.now();
-        calibration = model.calibrate(tok ? tok.encode(new TextDecoder().decode(bytes)) : bytes);
-        calibrationMs = performance.now() - t0;
-        calibrationSource = source;
-        demo.calibrationSaved = await saveToIndexedDB(key, calibration.serialize(), { store: 'calibrations' }).catch(() => 0);
-      }
-    }
+    const calibrationMs = isTqkv(spec) ? await ensureCalibration(promptText) : 0;
     runner?.dispose();
-    runner = model.createRunner(spec, { calibration: /^k/i.test(spec) ? calibration : undefined });
-    setState('generating', `generating with the ${spec} cache…`);
+    runner = model.createRunner(spec, { calibration: isTqkv(spec) ? calibration : undefined });
+    session = { spec, prompt: promptText, tokens: [], text: '', last: -1 };
     $('out-prompt').textContent = promptText;
     $('out-text').textContent = '';
-    $('tps').textContent = '–';
-    $('prefill').textContent = '\u00a0';
-    showStats(runner.stats(), model.info.context);
-    await yieldToBrowser();
-
-    const decoder = new TextDecoder('utf-8');
-    const tokens = runner.generate(prompt, { maxTokens, temperature, seed: 1 });
-    const t0 = performance.now();
-    let first = true, tDecode = 0, decoded = 0, sliceStart = performance.now();
-    let shown = '';  // with a tokenizer: the decoded text so far (pieces of a character wait for the rest)
-    for (const token of tokens) {
-      if (tok && token === tok.eos) break;
-      const now = performance.now();
-      if (first) {
-        run.prefillTokensPerSecond = prompt.length / ((now - t0) / 1000);
-        $('prefill').textContent = `prefill ${run.prefillTokensPerSecond.toFixed(0)} tokens/s (${prompt.length} tokens)`;
-        tDecode = now;
-        first = false;
-      } else {
-        decoded++;
-      }
-      run.tokens.push(token);
-      let piece;
-      if (tok) {
-        const all = tok.decode(run.tokens);
-        const complete = all.endsWith('\ufffd') ? all.slice(0, all.lastIndexOf('\ufffd')) : all;
-        piece = complete.startsWith(shown) ? complete.slice(shown.length) : '';
-        shown += piece;
-      } else {
-        piece = decoder.decode(new Uint8Array([token]), { stream: true });
-      }
-      run.text += piece;
-      $('out-text').textContent += piece;
-      if (decoded > 0) {
-        run.decodeTokensPerSecond = decoded / ((now - tDecode) / 1000);
-        $('tps').textContent = `${run.decodeTokensPerSecond.toFixed(1)} tokens/s`;
-      }
-      run.stats = runner.stats();
-      showStats(run.stats, model.info.context);
-      if (now - sliceStart > 30) {  // let the page render about 30 times a second
-        await yieldToBrowser();
-        sliceStart = performance.now();
-      }
-      if (stopRequested) {
-        run.stopped = true;
-        break;
-      }
-    }
-    const tail = tok ? tok.decode(run.tokens).slice(shown.length) : decoder.decode();
-    run.text += tail;
-    $('out-text').textContent += tail;
-    run.stats = runner.stats();
-    showStats(run.stats, model.info.context);
-    if (decoded === 0) $('tps').textContent = 'n/a (1 token)';
-    const cal = calibrationMs ? `; calibrated in ${(calibrationMs / 1000).toFixed(1)} s on ${calibrationSource}`
-      : demo.calibrationRestored && /^k/i.test(spec) ? `; ${calibrationSource}` : '';
-    demo.runs.push(run);
-    setState('ready', `${run.stopped ? 'stopped' : 'done'}: ${run.tokens.length} ${tok ? 'tokens' : 'bytes'} with the ${spec} cache${run.tokens.length < maxTokens && !run.stopped ? ' (the context is full)' : ''}${cal}`);
+    await runTokens(run, prompt, maxTokens, temperature, calibrationMs);
   } catch (e) {
     run.error = String(e?.message ?? e);
     demo.runs.push(run);
     setState('ready', `failed: ${run.error}`, true);
   }
+}
+
+// The calibration of the tqkv caches: from IndexedDB when an earlier visit kept one, else an
+// exact-cache pass (kept for the next visit). Returns the milliseconds spent calibrating (0 when
+// restored or already there).
+async function ensureCalibration(promptText) {
+  if (calibration) return 0;
+  const tok = model.tokenizer;
+  const key = `calibration:${modelUrl.href}:${model.info.parameters}`;
+  const saved = await loadFromIndexedDB(key, { store: 'calibrations' }).catch(() => undefined);
+  if (saved) {
+    calibration = tqkv.loadCalibration(saved);
+    calibrationSource = `a calibration restored from IndexedDB (${mb(saved.length)})`;
+    demo.calibrationRestored = saved.length;
+    return 0;
+  }
+  setState('calibrating', 'calibrating the tqkv cache (once: an exact-cache pass over 2048 bytes, then kept in IndexedDB)…');
+  await yieldToBrowser();
+  const { bytes, source } = await calibrationText(new TextEncoder().encode(promptText));
+  const t0 = performance.now();
+  calibration = model.calibrate(tok ? tok.encode(new TextDecoder().decode(bytes)) : bytes);
+  const ms = performance.now() - t0;
+  calibrationSource = source;
+  demo.calibrationSaved = await saveToIndexedDB(key, calibration.serialize(), { store: 'calibrations' }).catch(() => 0);
+  return ms;
+}
+
+// Continue: the same runner (or one restored from IndexedDB) goes on from the last token.
+async function continueSession() {
+  if (demo.state !== 'ready' || !session || !runner) return;
+  if (session.last < 0 || runner.position >= model.info.context) {
+    setState('ready', 'nothing to continue: the context is full', true);
+    return;
+  }
+  stopRequested = false;
+  const maxTokens = Math.max(1, Math.min(100000, Math.floor(Number($('tokens').value) || 1)));
+  const temperature = Math.max(0, Number($('temperature').value) || 0);
+  const run = { cache: session.spec, prompt: session.prompt, tokens: [], text: '', decodeTokensPerSecond: 0, prefillTokensPerSecond: 0,
+    stats: null, stopped: false, continued: true };
+  try {
+    await runTokens(run, [session.last], maxTokens, temperature, 0);
+  } catch (e) {
+    run.error = String(e?.message ?? e);
+    demo.runs.push(run);
+    setState('ready', `failed: ${run.error}`, true);
+  }
+}
+
+// Generates through `runner` from `input` (the prompt, or the last token when continuing), shows
+// the text and the numbers as they change, then saves the session.
+async function runTokens(run, input, maxTokens, temperature, calibrationMs) {
+  const spec = session.spec;
+  const tok = model.tokenizer;
+  setState('generating', `generating with the ${spec} cache…`);
+  $('tps').textContent = '–';
+  $('prefill').textContent = '\u00a0';
+  showStats(runner.stats(), model.info.context);
+  await yieldToBrowser();
+
+  const decoder = new TextDecoder('utf-8');
+  const prompt = input;
+  const tokens = runner.generate(input, { maxTokens, temperature, seed: 1 });
+  const t0 = performance.now();
+  let first = true, tDecode = 0, decoded = 0, sliceStart = performance.now();
+  let shown = tok ? session.text : '';  // with a tokenizer: the decoded text so far (pieces of a character wait for the rest)
+  for (const token of tokens) {
+    if (tok && token === tok.eos) {
+      session.last = token;  // yielded, not run: the next input if the user continues
+      break;
+    }
+    const now = performance.now();
+    if (first) {
+      run.prefillTokensPerSecond = prompt.length / ((now - t0) / 1000);
+      if (!run.continued) $('prefill').textContent = `prefill ${run.prefillTokensPerSecond.toFixed(0)} tokens/s (${prompt.length} tokens)`;
+      tDecode = now;
+      first = false;
+    } else {
+      decoded++;
+    }
+    run.tokens.push(token);
+    session.tokens.push(token);
+    session.last = token;
+    let piece;
+    if (tok) {
+      const all = tok.decode(session.tokens);
+      const complete = all.endsWith('\ufffd') ? all.slice(0, all.lastIndexOf('\ufffd')) : all;
+      piece = complete.startsWith(shown) ? complete.slice(shown.length) : '';
+      shown += piece;
+    } else {
+      piece = decoder.decode(new Uint8Array([token]), { stream: true });
+    }
+    run.text += piece;
+    $('out-text').textContent += piece;
+    if (decoded > 0) {
+      run.decodeTokensPerSecond = decoded / ((now - tDecode) / 1000);
+      $('tps').textContent = `${run.decodeTokensPerSecond.toFixed(1)} tokens/s`;
+    }
+    run.stats = runner.stats();
+    showStats(run.stats, model.info.context);
+    if (now - sliceStart > 30) {  // let the page render about 30 times a second
+      await yieldToBrowser();
+      sliceStart = performance.now();
+    }
+    if (stopRequested) {
+      run.stopped = true;
+      break;
+    }
+  }
+  const tail = tok ? tok.decode(session.tokens).slice(shown.length) : decoder.decode();
+  run.text += tail;
+  session.text += run.text;
+  $('out-text').textContent += tail;
+  run.stats = runner.stats();
+  showStats(run.stats, model.info.context);
+  if (decoded === 0) $('tps').textContent = 'n/a (1 token)';
+  const cal = calibrationMs ? `; calibrated in ${(calibrationMs / 1000).toFixed(1)} s on ${calibrationSource}`
+    : demo.calibrationRestored && isTqkv(spec) ? `; ${calibrationSource}` : '';
+  const saved = await saveSession();
+  demo.runs.push(run);
+  setState('ready', `${run.stopped ? 'stopped' : 'done'}: ${run.tokens.length} ${tok ? 'tokens' : 'bytes'} with the ${spec} cache${run.tokens.length < maxTokens && !run.stopped ? ' (the context is full)' : ''}${cal}${saved}`);
+}
+
+// The session in IndexedDB: the runner's bytes (position + cache) and what the page shows.
+async function saveSession() {
+  try {
+    const bytes = runner.serialize();
+    const stats = runner.stats();
+    const meta = { ...session, position: stats.position, fp16Bytes: stats.fp16Bytes, cacheBytes: stats.cacheBytes };
+    await saveToIndexedDB(`${sessionKey()}:runner`, bytes, STORE);
+    await saveToIndexedDB(`${sessionKey()}:meta`, new TextEncoder().encode(JSON.stringify(meta)), STORE);
+    demo.saved = { spec: session.spec, position: stats.position, bytes: bytes.length, fp16Bytes: stats.fp16Bytes, tokens: session.tokens.length };
+    showSaved(`saved in IndexedDB: ${mb(bytes.length)} for ${stats.position} tokens (an fp16 cache: ${mb(stats.fp16Bytes)})`);
+    return `; session saved (${mb(bytes.length)})`;
+  } catch (e) {  // kivi and the emulated tqkv path cannot be saved; or no IndexedDB
+    demo.saved = null;
+    showSaved(`not saved: ${e?.message ?? e}`);
+    return '';
+  }
+}
+
+function showSaved(text) {
+  $('saved').textContent = text;
+  $('forget').disabled = demo.state !== 'ready' || !demo.saved;
+}
+
+// After a reload: the saved session's runner, restored (its calibration from IndexedDB too).
+async function restoreSession() {
+  const [metaBytes, bytes] = await Promise.all([loadFromIndexedDB(`${sessionKey()}:meta`, STORE), loadFromIndexedDB(`${sessionKey()}:runner`, STORE)])
+    .catch(() => [undefined, undefined]);
+  if (!metaBytes || !bytes) return '';
+  try {
+    const meta = JSON.parse(new TextDecoder().decode(metaBytes));
+    if (isTqkv(meta.spec)) await ensureCalibration(meta.prompt);
+    const r = model.createRunner(meta.spec, { calibration: isTqkv(meta.spec) ? calibration : undefined });
+    try {
+      r.restore(bytes);
+    } catch (e) {
+      r.dispose();
+      throw e;
+    }
+    runner = r;
+    session = { spec: meta.spec, prompt: meta.prompt, tokens: meta.tokens, text: meta.text, last: meta.last };
+    $('cache').value = meta.spec;
+    $('prompt').value = meta.prompt;
+    $('out-prompt').textContent = meta.prompt;
+    $('out-text').textContent = meta.text;
+    const stats = runner.stats();
+    showStats(stats, model.info.context);
+    demo.restored = { spec: meta.spec, position: stats.position, bytes: bytes.length, fp16Bytes: stats.fp16Bytes, tokens: meta.tokens.length };
+    demo.saved = demo.restored;
+    showSaved(`restored from IndexedDB: ${mb(bytes.length)} for ${stats.position} tokens (an fp16 cache: ${mb(stats.fp16Bytes)})`);
+    return ` Restored the saved ${meta.spec} session (${stats.position} tokens, ${mb(bytes.length)}): Continue goes on from there.`;
+  } catch (e) {
+    return ` (the saved session could not be restored: ${e?.message ?? e})`;
+  }
+}
+
+async function forgetSession() {
+  await removeFromIndexedDB(`${sessionKey()}:runner`, STORE).catch(() => {});
+  await removeFromIndexedDB(`${sessionKey()}:meta`, STORE).catch(() => {});
+  demo.saved = null;
+  showSaved('nothing saved');
 }
 
 async function main() {
@@ -197,7 +314,8 @@ async function main() {
       `${i.vocab === 256 ? ', byte vocabulary' : ''}. WebAssembly ${({ relaxed: 'relaxed SIMD', simd128: 'SIMD128', scalar: 'scalar' })[tqkv.variant]} (matmul ${tqkv.matmulKernel}, attention ${tqkv.kernel}).`;
     if (i.vocab !== 256) throw new Error('this page needs a byte-vocabulary model (vocab_size 256)');
     showStats({ position: 0, cacheBytes: 0, fp16Bytes: 0, bitsPerCoord: 0 }, i.context);
-    setState('ready', `ready: model loaded in ${(loadMs / 1000).toFixed(1)} s (wasm memory ${mb(tqkv.memoryBytes)}). Type a prompt, pick a cache, Generate.`);
+    const restored = await restoreSession();
+    setState('ready', `ready: model loaded in ${(loadMs / 1000).toFixed(1)} s (wasm memory ${mb(tqkv.memoryBytes)}). Type a prompt, pick a cache, Generate.${restored}`);
   } catch (e) {
     demo.error = String(e?.message ?? e);
     setState('error', `cannot load the model from ${modelUrl.href}: ${demo.error}. Serve a model directory ` +
@@ -207,5 +325,7 @@ async function main() {
 
 $('generate').addEventListener('click', (e) => { e.preventDefault(); generate(); });
 $('stop').addEventListener('click', (e) => { e.preventDefault(); stopRequested = true; });
+$('continue').addEventListener('click', (e) => { e.preventDefault(); continueSession(); });
+$('forget').addEventListener('click', (e) => { e.preventDefault(); forgetSession(); });
 $('prompt').addEventListener('keydown', (e) => { if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) generate(); });
 main();

@@ -47,6 +47,8 @@ export interface Exports {
   tqkv_runner_reset(h: number): number;
   tqkv_runner_get_stats(h: number, stats: number): number;
   tqkv_runner_nll(h: number, tokens: number, n: number, ctx: number, nll: number, scored: number): number;
+  tqkv_runner_save(h: number, buf: number, cap: number, size: number): number;
+  tqkv_runner_load(h: number, bytes: number, n: number): number;
   // calibrations and caches from specs
   tqkv_calibration_new(layers: number, kvHeads: number, dim: number, out: number): number;
   tqkv_calibration_add(h: number, layer: number, k: number, nk: number, v: number, nv: number): number;

@@ -27,7 +27,7 @@
 //   cache.ts     KVCache        codec.ts  Codec        model.ts  LlamaModel, Calibration, Runner
 //   tokenizer.ts Tokenizer (tokenizer.json, the same C++ as the native tools)
 //   errors.ts    TqkvError, Status           abi.ts  the C ABI's exports and struct layouts
-//   persist.ts   saving serialized caches in IndexedDB
+//   persist.ts   saving serialized caches, runners and calibrations in IndexedDB
 //   calibration.ts  Calibration (key/value statistics for calibrated caches from specs and presets)
 // This file is the browser-safe entry point (no `node:` import); node.ts adds file access.
 
@@ -65,7 +65,7 @@ export {
 } from './model.js';
 export { Tokenizer } from './tokenizer.js';
 
-export { loadFromIndexedDB, removeFromIndexedDB, saveToIndexedDB, type IndexedDBOptions } from './persist.js';
+export { loadFromIndexedDB, removeFromIndexedDB, saveToIndexedDB, type IndexedDBOptions, type Serializable } from './persist.js';
 
 import { Tqkv } from './tqkv.js';
 export default Tqkv;

@@ -225,6 +225,47 @@ export class Runner {
     return t.view().getInt32(t.slot, true);
   }
 
+  /**
+   * The runner's state as bytes ("TQKVRUNR": the model's shape, the position and the cache; CRC-
+   * checked): keep them (e.g. {@link saveToIndexedDB}) and {@link Runner.restore} them into a
+   * runner of the same model, cache spec and calibration after a reload; decoding then continues
+   * exactly as this runner would have. Only the tqkv caches can be saved (their codes and exact
+   * window: about {@link RunnerStats.cacheBytes}); the others (fp32, fp16, q8_0, q4_0, kivi, the
+   * emulated tqkv path) throw 'invalid argument': keep their tokens and prefill them again.
+   */
+  serialize(): Uint8Array {
+    const h = this.h();
+    const t = this.t;
+    const st = t._x.tqkv_runner_save(h, 0, 0, t.slot);
+    if (st !== Status.BUFFER_TOO_SMALL) t.check(st);
+    const size = t.u32(t.slot);
+    const p = t.malloc(size, 'the saved runner');
+    try {
+      t.check(t._x.tqkv_runner_save(h, p, size, t.slot));
+      return t.bytes().slice(p, p + size);
+    } finally {
+      t._x.free(p);
+    }
+  }
+
+  /**
+   * Restores {@link Runner.serialize}'s bytes: position and cache. Bytes of another model shape,
+   * cache spec or calibration, or damaged bytes, throw a 'bad data' TqkvError and leave the runner
+   * as it was. Returns the runner; the next token to feed is the last one generated before saving.
+   */
+  restore(bytes: Uint8Array): this {
+    const h = this.h();
+    if (!(bytes instanceof Uint8Array)) throw new TypeError('tqkv: Runner.restore needs a Uint8Array');
+    const t = this.t;
+    const p = t.mallocCopy(bytes, 'the saved runner');
+    try {
+      t.check(t._x.tqkv_runner_load(h, p, bytes.length));
+    } finally {
+      t._x.free(p);
+    }
+    return this;
+  }
+
   /** Empties the cache (position 0). */
   reset(): void {
     this.t.check(this.t._x.tqkv_runner_reset(this.h()));

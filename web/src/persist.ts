@@ -1,12 +1,12 @@
 // Keeping serialized caches in the browser's IndexedDB, so a page can restore its KV cache after a
 // reload and continue exactly where it was (the bytes are KVCache.serialize()'s: magic, version,
-// config, payload, CRC32; Tqkv.deserialize checks them).
+// config, payload, CRC32; Tqkv.deserialize checks them). A Runner (its position and cache) and a
+// Calibration serialize the same way (Runner.restore, Tqkv.loadCalibration read them back).
 //
-//   await saveToIndexedDB('chat-1', cache);                  // or any Uint8Array
+//   await saveToIndexedDB('chat-1', cache);                  // or a runner, a calibration, any Uint8Array
 //   const bytes = await loadFromIndexedDB('chat-1');         // undefined when absent
 //   const cache = bytes && tqkv.deserialize(bytes);
 //   await removeFromIndexedDB('chat-1');
-import type { KVCache } from './cache.js';
 
 /** Where the bytes go: database and object store names (defaults 'tqkv' and 'caches'). */
 export interface IndexedDBOptions {
@@ -51,9 +51,16 @@ async function run<T>(options: IndexedDBOptions, mode: IDBTransactionMode, fn: (
   }
 }
 
-/** Stores a cache (serialized now) or serialized bytes under `key`; resolves to the byte count. */
-export async function saveToIndexedDB(key: string, data: KVCache | Uint8Array, options: IndexedDBOptions = {}): Promise<number> {
+/** Anything with a serialize() to bytes: KVCache, Runner, Calibration. */
+export interface Serializable {
+  serialize(): Uint8Array;
+}
+
+/** Stores a cache, runner or calibration (serialized now) or bytes under `key`; resolves to the byte count. */
+export async function saveToIndexedDB(key: string, data: Serializable | Uint8Array, options: IndexedDBOptions = {}): Promise<number> {
   if (typeof key !== 'string') throw new TypeError('tqkv: saveToIndexedDB: key must be a string');
+  if (!(data instanceof Uint8Array) && typeof (data as Serializable)?.serialize !== 'function')
+    throw new TypeError('tqkv: saveToIndexedDB: data must be a Uint8Array or have serialize() (KVCache, Runner, Calibration)');
   const bytes = data instanceof Uint8Array ? data : data.serialize();
   // An ArrayBuffer of exactly these bytes (not a view into a larger buffer, e.g. wasm memory).
   const copy = bytes.slice().buffer;

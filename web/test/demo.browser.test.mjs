@@ -6,6 +6,10 @@
 // K4V4, which must produce 64 bytes in less memory than fp16; then a reload, after which the
 // calibration comes back from IndexedDB and K4V4 gives the same bytes. The page must show tokens/s
 // and the cache bytes against fp16 while it generates (sampled at animation frames), not only at the end.
+// Then the default cache (K3.5V2.5-w16): 48 bytes in one run; 32 bytes, whose session (runner
+// position + cache) the page saves in IndexedDB; a reload restores it and Continue gives bytes
+// 32..47 of the uninterrupted run (~5 s in all: short runs, one reload). Prints decode tokens/s
+// with the default and the exact cache.
 //
 // Skipped with a message without a browser (CHROMIUM, default /usr/bin/chromium), playwright-core
 // or the model.
@@ -64,12 +68,15 @@ test('demo page in Chromium: exact-cache output equals the native runner, K4V4 g
     assert.ok(requested.includes(relaxed ? '/dist/tqkv-relaxed.wasm' : '/dist/tqkv.wasm'), requested.join(' '));
     assert.match(await page.textContent('#model-line'), relaxed ? /WebAssembly relaxed SIMD/ : /WebAssembly SIMD128/);
     assert.match(await page.textContent('#model-line'), /19\.0 M parameters, 6 layers/);
+    const tqkvVariant = relaxed ? 'relaxed SIMD' : 'SIMD128';
     assert.match(await page.textContent('#status'), /^ready/);
 
-    async function generate(spec) {
-      await page.fill('#prompt', golden.prompt);
-      await page.selectOption('#cache', spec);
-      await page.fill('#tokens', String(golden.greedy_bytes));
+    async function generate(spec, n = golden.greedy_bytes, button = '#generate') {
+      if (button === '#generate') {
+        await page.fill('#prompt', golden.prompt);
+        await page.selectOption('#cache', spec);
+      }
+      await page.fill('#tokens', String(n));
       await page.fill('#temperature', '0');
       const runs = await page.evaluate(() => window.tqkvDemo.runs.length);
       // Sample what a person sees: the displayed numbers at each animation frame while generating.
@@ -85,7 +92,7 @@ test('demo page in Chromium: exact-cache output equals the native runner, K4V4 g
         requestAnimationFrame(tick);
       });
       const t1 = Date.now();
-      await page.click('#generate');
+      await page.click(button);
       await page.waitForFunction((n) => window.tqkvDemo.runs.length > n && window.tqkvDemo.state === 'ready', runs, { timeout: 120_000 });
       const ms = Date.now() - t1;
       const run = await page.evaluate(() => window.tqkvDemo.runs.at(-1));
@@ -150,7 +157,54 @@ test('demo page in Chromium: exact-cache output equals the native runner, K4V4 g
       results.reload = { calibrationBytes: restored };
     });
 
+    await t.test('default cache: the session is saved in IndexedDB, restored after a reload, and continues exactly', async () => {
+      const spec = 'K3.5V2.5-w16';
+      const full = await generate(spec, 48);
+      assert.equal(full.run.tokens.length, 48);
+      const { run, shown, ms } = await generate(spec, 32);
+      results.default = { tokensPerSecond: +run.decodeTokensPerSecond.toFixed(1), ms };
+      assert.deepEqual(run.tokens, full.run.tokens.slice(0, 32), 'greedy: the first 32 bytes of the 48-byte run');
+      const saved = await page.evaluate(() => window.tqkvDemo.saved);
+      const promptBytes = Buffer.byteLength(golden.prompt);
+      assert.equal(saved?.spec, spec);
+      assert.equal(saved.position, promptBytes + 31);
+      assert.ok(saved.bytes > 0 && saved.bytes < saved.fp16Bytes, `saved ${saved.bytes} bytes, fp16 cache ${saved.fp16Bytes}`);
+      assert.match(shown.status, /session saved \([\d.]+ KiB\)/);
+      assert.match(await page.textContent('#saved'), /^saved in IndexedDB: [\d.]+ KiB for \d+ tokens \(an fp16 cache: [\d.]+ KiB\)$/);
+      await page.reload();
+      await page.waitForFunction(() => ['ready', 'error'].includes(window.tqkvDemo?.state), null, { timeout: 120_000 });
+      const restored = await page.evaluate(() => window.tqkvDemo.restored);
+      assert.deepEqual(restored, saved, 'the restored session is the saved one');
+      assert.match(await page.textContent('#status'), new RegExp(`Restored the saved ${spec.replace('.', '\\.')} session \\(${saved.position} tokens`));
+      assert.equal(await page.textContent('#output'), golden.prompt + run.text);
+      assert.equal(await page.textContent('#position'), String(saved.position));
+      const more = await generate(spec, 16, '#continue');
+      assert.equal(more.run.continued, true);
+      assert.deepEqual(more.run.tokens, full.run.tokens.slice(32, 48), 'after the reload: bytes 32..47 of the uninterrupted run');
+      assert.equal(more.run.stats.position, promptBytes + 47);
+      assert.equal(await page.textContent('#output'), golden.prompt + full.run.text);
+      results.persisted = { savedBytes: saved.bytes, fp16Bytes: saved.fp16Bytes, position: saved.position };
+      // Forget removes the session from IndexedDB (a reload would find nothing; not reloaded again: CI time).
+      await page.click('#forget');
+      await page.waitForFunction(() => window.tqkvDemo.saved === null);
+      assert.equal(await page.textContent('#saved'), 'nothing saved');
+      const left = await page.evaluate(() => new Promise((resolve, reject) => {
+        const open = indexedDB.open('tqkv');
+        open.onerror = () => reject(open.error);
+        open.onsuccess = () => {
+          const db = open.result;
+          if (!db.objectStoreNames.contains('sessions')) return resolve(0);
+          const req = db.transaction('sessions').objectStore('sessions').count();
+          req.onsuccess = () => resolve(req.result);
+          req.onerror = () => reject(req.error);
+        };
+      }));
+      assert.equal(left, 0, 'no session left in IndexedDB');
+    });
+
     console.log(`chromium demo (model load ${loadMs} ms): ${JSON.stringify(results)}`);
+    console.log(`chromium decode tokens/s, tq-ref-128 (${tqkvVariant}): default K3.5V2.5-w16 ${results.default?.tokensPerSecond} ` +
+      `(32 bytes after the prompt), exact fp32 ${results.fp32?.tokensPerSecond} (64 bytes)`);
   });
 
 // The numbers change while the text streams in: several animation frames saw partial output with

@@ -78,6 +78,24 @@ for (const simd of [true, false]) {
     const b = [...k.generate('Hello', { maxTokens: 10 })];
     assert.equal(b.length, 10);
     assert.ok(k.stats().cacheBytes < k.stats().fp16Bytes / 3);
+    // serialize / restore: a runner of the same model, spec and calibration continues exactly
+    // (logits bit for bit); damaged bytes and caches that cannot be saved throw, nothing changes
+    const saved = k.serialize();
+    const k2 = m.createRunner('K4V4', { calibration: cal }).restore(saved);
+    assert.equal(k2.position, k.position);
+    assert.deepEqual(k2.serialize(), saved);
+    const la = new Float32Array(256), lb = new Float32Array(256);
+    k.decode(b.at(-1), la);
+    k2.decode(b.at(-1), lb);
+    assert.deepEqual(lb, la);
+    throwsTqkv(() => r.serialize(), 'invalid argument', /cannot be saved/);
+    const damaged = saved.slice();
+    damaged[damaged.length >> 1] ^= 1;
+    throwsTqkv(() => k2.restore(damaged), 'bad data', /CRC/);
+    throwsTqkv(() => r.restore(saved), 'bad data', /cannot be restored/);
+    assert.equal(k2.position, k.position);
+    assert.throws(() => k2.restore('bytes'), TypeError);
+    k2.dispose();
     // sampling: deterministic for a seed, different tokens from greedy at a high temperature
     r.reset();
     const s1 = [...r.generate('Hello', { maxTokens: 30, temperature: 1.5, seed: 7 })];

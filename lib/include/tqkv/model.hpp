@@ -195,6 +195,16 @@ public:
     // cache and the dense caches' exact attention; skipped values for the tqkv cache.
     void set_attend_options(const AttendOptions& o) { attend_options_ = o; }
     const AttendOptions& attend_options() const { return attend_options_; }
+    // The cache's contents as bytes, for LlamaRunner::save / load (e.g. restoring a chat after a
+    // page reload). load_state() restores them into a cache of the same kind and configuration
+    // (same spec, shape and calibration) whose every layer must then hold `tokens` tokens; the
+    // restored cache behaves exactly as the saved one. Malformed bytes, bytes of another cache or
+    // another token count throw std::invalid_argument and change nothing. The tqkv caches save
+    // their ModelKVCache (codes and exact window, tqkv/cache.hpp: the bytes of the cache's own
+    // size); the others (fp32, fp16, q8_0, q4_0, kivi, the emulated tqkv path) throw: re-prefill
+    // their tokens instead.
+    virtual std::vector<uint8_t> save_state() const;
+    virtual void load_state(std::span<const uint8_t> bytes, size_t tokens);
     double bits_per_coord() const;  // format_bytes() * 8 / coordinates held
     double bytes_per_token() const;  // format_bytes() / tokens(0)
     double fp16_bytes_per_token() const { return 4.0 * shape_.layers * shape_.kv_heads * shape_.head_dim; }
@@ -256,6 +266,15 @@ public:
 
     const LlamaModel& model() const { return model_; }
     AttentionCache& cache() { return cache_; }
+
+    // The runner's state as bytes: "TQKVRUNR", version, the model's shape and vocabulary, the
+    // position and the cache's state (AttentionCache::save_state), CRC-32. load() restores it into
+    // a runner over the same model with a cache of the same spec and calibration: decode then
+    // continues exactly as the saved runner would have (the model's identity beyond its shape is
+    // the caller's to keep). Malformed bytes, another shape or another cache throw
+    // std::invalid_argument and change nothing.
+    std::vector<uint8_t> save() const;
+    void load(std::span<const uint8_t> bytes);
 
 private:
     void forward(const int32_t* tokens, size_t n, float* logits, bool all_logits);

@@ -421,6 +421,28 @@ TQKV_API tqkv_status tqkv_tokenizer_decode(tqkv_tokenizer tok, const int32_t* id
 /* Vocabulary size (added tokens included) and the BOS / EOS ids (-1 when none). Any pointer may be NULL. */
 TQKV_API tqkv_status tqkv_tokenizer_get_info(tqkv_tokenizer tok, int32_t* vocab, int32_t* bos, int32_t* eos);
 
+/* ---------------------------------------------------------------------------------------------
+ * Saving and restoring a runner (its position and its cache), e.g. to continue a conversation
+ * after a page reload:
+ *
+ *   size_t n;
+ *   tqkv_runner_save(r, NULL, 0, &n);           // TQKV_ERR_BUFFER_TOO_SMALL, n = the size
+ *   tqkv_runner_save(r, buf, n, &n);
+ *   ... later, a runner of the same model, cache spec and calibration:
+ *   tqkv_runner_load(r2, buf, n);               // r2 now decodes exactly as r would have
+ *
+ * Bytes: "TQKVRUNR", version, the model's shape, the position, the cache's state, CRC-32. Only the
+ * tqkv specs can be saved (their serialized cache: codes, exact window and the calibration's
+ * means; about the cache's own size); the others (fp32, fp16, q8_0, q4_0, kivi, the emulated tqkv
+ * path: sinks, emu) give TQKV_ERR_INVALID_ARGUMENT: re-prefill their tokens instead. Each size
+ * query serializes the runner again (no copy is kept between the calls). */
+
+/* Size-query convention of tqkv_cache_save (*size always receives the size). */
+TQKV_API tqkv_status tqkv_runner_save(tqkv_runner runner, uint8_t* buf, size_t capacity, size_t* size);
+/* Restores saved bytes. TQKV_ERR_BAD_DATA, runner unchanged: malformed bytes, a model of another
+ * shape, a cache of another spec or calibration, or a cache that cannot be restored. */
+TQKV_API tqkv_status tqkv_runner_load(tqkv_runner runner, const uint8_t* bytes, size_t n_bytes);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1257,4 +1257,37 @@ tqkv_status tqkv_codec_dot_many(tqkv_codec codec, const float* queries, size_t n
     });
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// Saving and restoring runners (tqkv.h, the block at the end; tqkv::LlamaRunner::save / load)
+
+tqkv_status tqkv_runner_save(tqkv_runner runner, uint8_t* buf, size_t capacity, size_t* size) {
+    tqkv_status result = TQKV_OK;
+    const tqkv_status st = guard([&] {
+        auto r = runners().get(id_of(runner), "runner_save");
+        need_ptr(size, "size");
+        const std::vector<uint8_t> bytes = r->run->save();  // as calibration_save: no copy kept between the calls
+        *size = bytes.size();
+        if (!buf || capacity < bytes.size()) {
+            result = set_error(TQKV_ERR_BUFFER_TOO_SMALL, ("tqkv: runner_save: the saved runner needs " +
+                                                           std::to_string(bytes.size()) + " bytes, the buffer has " +
+                                                           std::to_string(buf ? capacity : 0))
+                                                              .c_str());
+            return;
+        }
+        std::memcpy(buf, bytes.data(), bytes.size());
+    });
+    return st != TQKV_OK ? st : result;
+}
+
+tqkv_status tqkv_runner_load(tqkv_runner runner, const uint8_t* bytes, size_t n_bytes) {
+    return guard(
+        [&] {
+            auto r = runners().get(id_of(runner), "runner_load");
+            need_buffer(bytes, n_bytes, "runner_load: bytes");
+            r->run->load({bytes, n_bytes});
+        },
+        TQKV_ERR_BAD_DATA);
+}
+
 }  // extern "C"

@@ -27,6 +27,16 @@ double AttentionCache::bits_per_coord() const {
 
 double AttentionCache::bytes_per_token() const { return tokens(0) ? format_bytes() / double(tokens(0)) : 0.0; }
 
+std::vector<uint8_t> AttentionCache::save_state() const {
+    throw std::invalid_argument("tqkv runner: the " + name() + " cache cannot be saved (the tqkv specs without sinks "
+                                "or emu can; re-prefill the tokens instead)");
+}
+
+void AttentionCache::load_state(std::span<const uint8_t>, size_t) {
+    throw std::invalid_argument("tqkv runner: the " + name() + " cache cannot be restored (the tqkv specs without "
+                                "sinks or emu can)");
+}
+
 namespace {
 
 [[noreturn]] void fail(const std::string& m) { throw std::invalid_argument("tqkv cache: " + m); }
@@ -249,8 +259,8 @@ private:
 class TurboCache final : public AttentionCache {
 public:
     TurboCache(const CacheShape& s, const CacheSpec& spec, const Calibration* cal)
-        : AttentionCache(s), cache_(s, spec, cal), name_(spec.text) {}
-    std::string name() const override { return name_; }
+        : AttentionCache(s), cache_(s, spec, cal), spec_(spec) {}
+    std::string name() const override { return spec_.text; }
     size_t tokens(int layer) const override { return cache_.tokens(layer); }
     void clear() override { cache_.clear(); }
     double format_bytes() const override { return cache_.format_bytes(); }
@@ -261,10 +271,55 @@ public:
     void attend(int layer, std::span<const float> queries, std::span<float> out) override {
         cache_.attend(layer, queries, out, true, attend_options_);
     }
+    // The ModelKVCache's bytes (self-contained: configs with the calibration's means and channels).
+    std::vector<uint8_t> save_state() const override {
+        if (!cache_.built(0))
+            throw std::invalid_argument("tqkv runner: save: the " + spec_.text + " cache holds no tokens yet");
+        return cache_.save();
+    }
+    // Restores only bytes coded exactly as this cache codes (same spec and calibration: the
+    // configurations must agree in everything but the kernel), so that the runner's cache stays
+    // the one it was created with. Layers not built yet (fractional rates without a calibration
+    // choose their high channels at the first append) take the saved channels.
+    void load_state(std::span<const uint8_t> bytes, size_t tokens) override {
+        const std::string kernel = cache_.built(0) ? cache_.layer(0).config().kernel : std::string();
+        ModelKVCache saved = [&] {
+            try {
+                return ModelKVCache::load(bytes, kernel);
+            } catch (const std::invalid_argument& e) {
+                throw std::invalid_argument(std::string("tqkv runner: ") + e.what());
+            }
+        }();
+        if (saved.layers() != shape_.layers)
+            fail("load: the saved cache has " + std::to_string(saved.layers()) + " layers, this runner's " +
+                 std::to_string(shape_.layers));
+        const std::vector<float> ones(size_t(shape_.kv_heads) * shape_.head_dim, 1.0f);
+        for (int l = 0; l < shape_.layers; ++l) {
+            const CacheConfig& got = saved.layer(l).config();
+            if (saved.tokens(l) != tokens)
+                fail("load: layer " + std::to_string(l) + " holds " + std::to_string(saved.tokens(l)) +
+                     " tokens, the runner's position is " + std::to_string(tokens));
+            const bool built = cache_.built(l);
+            const CacheConfig want = built ? cache_.layer(l).config() : layer_config(spec_, shape_, l, nullptr, {}, ones, ones);
+            if (!same_coding(got, want, built))
+                fail("load: layer " + std::to_string(l) + " of the saved cache is coded differently from this runner's '" +
+                     spec_.text + "' cache (another spec, calibration or model)");
+        }
+        cache_ = std::move(saved);
+    }
 
 private:
+    // Everything that decides codes and attention (the kernel only changes rounding).
+    static bool same_coding(const CacheConfig& a, const CacheConfig& b, bool channels) {
+        return a.heads == b.heads && a.kv_heads == b.kv_heads && a.head_dim == b.head_dim && a.key_bits == b.key_bits &&
+               a.key_method == b.key_method && a.value_bits == b.value_bits && a.block_tokens == b.block_tokens &&
+               a.window == b.window && a.scale == b.scale && a.max_tokens == b.max_tokens && a.seed == b.seed &&
+               a.norm == b.norm && a.key_mean == b.key_mean && a.value_mean == b.value_mean &&
+               a.debias_keys == b.debias_keys && a.debias_values == b.debias_values &&
+               (!channels || (a.key_high_channels == b.key_high_channels && a.value_high_channels == b.value_high_channels));
+    }
     ModelKVCache cache_;
-    std::string name_;
+    CacheSpec spec_;
 };
 
 // ---------------------------------------------------------------------------------------------
