@@ -524,7 +524,8 @@ TEST_CASE("C ABI model: a saved runner restores and continues bit for bit; bad b
     };
     // K3.5V2.5 without a calibration: the restoring runner's layers are not built yet (lazy).
     for (const Case& c : {Case{"K4V4", nullptr}, Case{"K3V2-w8", cal},
-                          Case{"K3.5V2.5-w16", cal}, Case{"default", cal}, Case{"K3.5V2.5", nullptr}}) {
+                          Case{"K3.5V2.5-w16", cal}, Case{"default", cal}, Case{"K3.5V2.5", nullptr},
+                          Case{"K3.5V2.5-w16-fast", cal}}) {
         INFO(c.spec);
         Runner a(m.h, c.spec, c.cal), b(m.h, c.spec, c.cal);
         int32_t next = -1;

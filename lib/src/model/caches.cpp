@@ -305,6 +305,11 @@ public:
                 fail("load: layer " + std::to_string(l) + " of the saved cache is coded differently from this runner's '" +
                      spec_.text + "' cache (another spec, calibration or model)");
         }
+        // The precision (exact / fast) is not in the bytes: the runner's own, as its spec says.
+        if (cache_.built(0))
+            saved.set_precision(cache_.layer(0).config().precision);
+        else if (spec_.precision)
+            saved.set_precision(*spec_.precision);
         cache_ = std::move(saved);
     }
 
