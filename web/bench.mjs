@@ -4,8 +4,16 @@
 // ../build/bench/tqkv-bench in the same script run (its best kernel, and AVX2 when the CPU has it).
 // One JSON object per line:
 //   {"target":"wasm-relaxed"|"wasm-simd128"|"wasm-scalar"|"native", "heads", "kv_heads", "dim",
-//    "tokens", "key_bits", "value_bits", "ns_per_query", "dense_fp32_ns_per_query", ...}
-// then one {"target":"ratio", ...} line per token count with the speed ratios. Node 20 runs the
+//    "tokens", "key_bits", "value_bits", "ns_per_query", "dense_fp32_ns_per_query", ...,
+//    "spec", "preset" (null: rates given as bits), "precision" ("exact" | "fast")}
+// then one {"target":"ratio", ...} line per token count with the speed ratios.
+// Then, for each wasm build, the calibrated default cache (preset 'default', K3.5V2.5-w16:
+// fractional rates, centred, exact window of 16; calibrated on the first 1024 tokens of the same
+// keys/values) beside K4V4, both with 2 KV heads (grouped-query attention as in tq-ref-128), each
+// with precision 'exact' and 'fast' (createCache({ precision })): rows with "preset":"default" and
+// "spec":"K4V4", and a {"target":"ratio-default"} line per build and token count
+// (default_slowdown_vs_k4v4 = ns_per_query default / K4V4, both exact; fast_speedup_vs_exact_default
+// and _k4v4 = exact / fast; default_memory_vs_k4v4 = bytes_used ratio). --no-default skips them. Node 20 runs the
 // relaxed module only with V8's --experimental-wasm-relaxed-simd, which this script turns on
 // itself when the engine rejects a relaxed instruction (a {"target":"wasm-relaxed","error"} line
 // when that does not help).
@@ -16,7 +24,7 @@
 //    "one_call_ns", "js_fp32_ns", "speedup_vs_js_fp32"}
 //
 //   node bench.mjs [--tokens 4096,16384] [--seconds 0.5] [--heads 4] [--kv-heads 4] [--dim 128]
-//                  [--key-bits 4] [--value-bits 4] [--only codec] [--dist DIR (another build of dist/)]
+//                  [--key-bits 4] [--value-bits 4] [--only codec] [--no-default] [--dist DIR (another build of dist/)]
 // TQKV_BENCH=path/to/tqkv-bench overrides the native binary.
 import { existsSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
@@ -27,7 +35,7 @@ const argvDist = process.argv.indexOf('--dist');
 const { Tqkv, relaxedSimdSupported } = await import(argvDist > 0 ? new URL(`file://${process.argv[argvDist + 1]}/node.js`).href : './dist/node.js');
 
 const args = Object.fromEntries(
-  process.argv.slice(2).reduce((acc, a, i, all) => (a.startsWith('--') ? [...acc, [a.slice(2), all[i + 1]]] : acc), []),
+  process.argv.slice(2).reduce((acc, a, i, all) => (a.startsWith('--') ? [...acc, [a.slice(2), all[i + 1] ?? '']] : acc), []),
 );
 const heads = +(args.heads ?? 4), kvHeads = +(args['kv-heads'] ?? heads), dim = +(args.dim ?? 128);
 const keyBits = +(args['key-bits'] ?? 4), valueBits = +(args['value-bits'] ?? 4);
@@ -82,7 +90,10 @@ if (!relaxedSimdSupported()) v8.setFlagsFromString('--experimental-wasm-relaxed-
 v8.setFlagsFromString('--no-liftoff');
 
 // variant: 'relaxed' (dist/tqkv-relaxed.wasm), 'simd128' (dist/tqkv.wasm) or 'scalar'.
-async function wasmTarget(variant) {
+// config: the cache: { kvHeads } with the rates of --key-bits/--value-bits, or { kvHeads, preset }
+// (calibrated on the first 1024 tokens of each token count's keys and values).
+async function wasmTarget(variant, config = { kvHeads }) {
+  const precision = config.precision ?? 'exact';
   let t;
   try {
     t = await Tqkv.load({ simd: variant });
@@ -91,10 +102,21 @@ async function wasmTarget(variant) {
     return [];
   }
   const rows = [];
+  const { kvHeads } = config;
+  const presetSpec = config.preset && t.presets.find((p) => p.name === config.preset)?.spec;
+  if (config.preset && !presetSpec) throw new Error(`bench: no preset '${config.preset}' in this build`);
   for (const T of tokenList) {
     const row = kvHeads * dim;
     const K = gaussian(T * row, T), V = gaussian(T * row, T + 1), q = gaussian(heads * dim, T + 2);
-    const cache = t.createCache({ heads, kvHeads, headDim: dim, keyBits, valueBits });
+    let cache;
+    if (config.preset) {
+      const n = Math.min(T, 1024);
+      const cal = t.calibrate({ layers: 1, kvHeads, headDim: dim }, [{ keys: K.subarray(0, n * row), values: V.subarray(0, n * row) }]);
+      cache = t.createCache({ preset: config.preset, heads, kvHeads, headDim: dim, calibration: cal, precision });
+      cal.dispose();
+    } else {
+      cache = t.createCache({ heads, kvHeads, headDim: dim, keyBits, valueBits, ...(config.precision ? { precision } : {}) });
+    }
     for (let t0 = 0; t0 < T; t0 += 4096) {
       const n = Math.min(4096, T - t0);
       cache.append(0, K.subarray(t0 * row, (t0 + n) * row), V.subarray(t0 * row, (t0 + n) * row));
@@ -132,7 +154,9 @@ async function wasmTarget(variant) {
     for (const p of [pk, pv, pq, po]) x.free(p);
     const line = {
       target: `wasm-${variant}`, kernel: cache.kernel, heads, kv_heads: kvHeads, dim, tokens: T,
-      key_bits: keyBits, value_bits: valueBits, ns_per_query: Math.round(fused), dense_fp32_ns_per_query: Math.round(dense),
+      key_bits: config.preset ? cache.config.keyBits : keyBits, value_bits: config.preset ? cache.config.valueBits : valueBits,
+      spec: presetSpec ?? `K${keyBits}V${valueBits}`, preset: config.preset ?? null, precision: cache.config.precision ?? 'exact',
+      ns_per_query: Math.round(fused), dense_fp32_ns_per_query: Math.round(dense),
       speedup_vs_dense_fp32: +(dense / fused).toFixed(4), cosine_vs_exact: +cos.toFixed(6),
       bytes_used: cache.bytesUsed(), variant: t.variant, engine: `node ${process.versions.node} (V8 ${process.versions.v8})`,
     };
@@ -158,7 +182,8 @@ function nativeTarget(kernel) {
     console.log(JSON.stringify({ target: 'native', kernel, error: (r.stderr || r.stdout).trim().split('\n').pop() }));
     return [];
   }
-  const rows = r.stdout.split('\n').filter((l) => l.startsWith('{')).map((l) => ({ target: 'native', ...JSON.parse(l) }));
+  const rows = r.stdout.split('\n').filter((l) => l.startsWith('{'))
+    .map((l) => ({ target: 'native', ...JSON.parse(l), spec: `K${keyBits}V${valueBits}`, preset: null, precision: 'exact' }));
   for (const row of rows) console.log(JSON.stringify(row));
   return rows;
 }
@@ -227,6 +252,27 @@ for (const T of tokenList) {
     if (a && a !== n) ratio.wasm_relaxed_slowdown_vs_native_avx2 = +(x.ns_per_query / a.ns_per_query).toFixed(3);
   }
   console.log(JSON.stringify(ratio));
+}
+// The calibrated default beside K4V4, 2 KV heads, per wasm build (interleaved per build so that
+// both rows of a ratio are timed in the same minute of this loaded machine).
+if (args['no-default'] === undefined) {
+  for (const variant of ['relaxed', 'simd128', 'scalar']) {
+    const k4 = await wasmTarget(variant, { kvHeads: 2 });
+    const def = await wasmTarget(variant, { kvHeads: 2, preset: 'default' });
+    const k4f = await wasmTarget(variant, { kvHeads: 2, precision: 'fast' });
+    const deff = await wasmTarget(variant, { kvHeads: 2, preset: 'default', precision: 'fast' });
+    for (const T of tokenList) {
+      const a = k4.find((r) => r.tokens === T), d = def.find((r) => r.tokens === T);
+      const af = k4f.find((r) => r.tokens === T), df = deff.find((r) => r.tokens === T);
+      if (!a || !d) continue;
+      console.log(JSON.stringify({ target: 'ratio-default', variant: `wasm-${variant}`, tokens: T, kv_heads: 2, spec: d.spec,
+        default_slowdown_vs_k4v4: +(d.ns_per_query / a.ns_per_query).toFixed(3),
+        fast_speedup_vs_exact_default: df ? +(d.ns_per_query / df.ns_per_query).toFixed(3) : null,
+        fast_speedup_vs_exact_k4v4: af ? +(a.ns_per_query / af.ns_per_query).toFixed(3) : null,
+        default_memory_vs_k4v4: +(d.bytes_used / a.bytes_used).toFixed(3),
+        cosine_vs_exact_default: d.cosine_vs_exact, cosine_vs_exact_k4v4: a.cosine_vs_exact }));
+    }
+  }
 }
 await codecDot('relaxed');
 await codecDot(true);

@@ -54,6 +54,10 @@ export interface CacheOptions {
    *  their high channels from it. Without it a spec gives plain TurboQuant (fractional rates
    *  then need one). The cache keeps what it needs: the calibration may be disposed after. */
   calibration?: Calibration;
+  /** Attention arithmetic: 'exact' (default; float, the reference) or 'fast' (integer tables for
+   *  the key scores, int8 value centroids: the same codes, scores within a bound derived in
+   *  lib/src/kernels/simd/fast_attention.hpp). Beside a spec, the spec's own -exact / -fast wins. */
+  precision?: Precision;
 }
 
 /** How a tensor of n tokens is laid out: 'token-major' [n][heads][headDim] or 'head-major'
@@ -100,6 +104,19 @@ export interface AttentionStats {
   sumExp: Float32Array;
 }
 
+/** Attention arithmetic of a cache (the C ABI's TQKV_PRECISION_EXACT / _FAST). */
+export type Precision = 'exact' | 'fast';
+const PRECISIONS: Record<Precision, number> = { exact: 0, fast: 1 };
+// At offset 92 of tqkv_cache_config on wasm32 (tqkv.h).
+const PRECISION_OFFSET = 92;
+
+/** @internal The C ABI code of a precision option; anything else is a TypeError naming the accepted values. */
+export function precisionCode(p: unknown): number {
+  if (typeof p !== 'string' || !Object.hasOwn(PRECISIONS, p))
+    throw new TypeError(`tqkv: precision must be 'exact' or 'fast', got ${typeof p === 'string' ? `'${p}'` : String(p)}`);
+  return PRECISIONS[p as Precision];
+}
+
 /** The configuration a cache reports (see {@link KVCache.config}). */
 export interface CacheConfig {
   layers: number;
@@ -125,11 +142,13 @@ export interface CacheConfig {
   valueHighChannels: number;
   /** Default layout of append / attend tensors. */
   layout: TensorLayout;
+  /** Attention arithmetic ('exact' or 'fast'). */
+  precision: Precision;
 }
 
 const CACHE_OPTION_KEYS = ['layers', 'heads', 'kvHeads', 'headDim', 'keyBits', 'valueBits', 'keyMethod', 'window',
   'blockTokens', 'scale', 'maxTokens', 'seed', 'normFormat', 'keyHighChannels', 'valueHighChannels', 'kernel', 'layout',
-  'spec', 'preset', 'calibration'];
+  'spec', 'preset', 'calibration', 'precision'];
 // What a spec decides: not accepted beside spec / preset.
 const SPEC_SETS = ['keyBits', 'valueBits', 'keyMethod', 'window', 'scale', 'seed', 'keyHighChannels', 'valueHighChannels'];
 const LAYOUTS = { 'token-major': 0, 'head-major': 1 } as const;
@@ -191,6 +210,7 @@ export function createCache(t: Tqkv, options: CacheOptions): KVCache {
   const kernel = options.kernel ?? '';
   t.writeString(cfg + CACHE_CFG_SIZE, kernel, 64);
   t.view().setUint32(cfg + 88, kernel ? cfg + CACHE_CFG_SIZE : 0, true);
+  if (options.precision !== undefined) dv.setInt32(cfg + PRECISION_OFFSET, precisionCode(options.precision), true);
   const spec = options.spec ?? options.preset;
   if (options.spec !== undefined && options.preset !== undefined) throw new TypeError('tqkv: createCache: give spec or preset, not both');
   if (spec !== undefined || options.calibration !== undefined) {
@@ -246,7 +266,7 @@ export function writeChannels(t: Tqkv, list: ArrayLike<number> | undefined, what
 export class KVCache {
   private handle: number;
   private readonly t: Tqkv;
-  private readonly cfg: CacheConfig;
+  private cfg: CacheConfig;
 
   /** @internal */
   constructor(t: Tqkv, handle: number, layout: TensorLayout = 'token-major') {
@@ -287,6 +307,7 @@ export class KVCache {
       seed: d.getBigUint64(p + 64, true),
       keyHighChannels: d.getInt32(p + 72, true),
       valueHighChannels: d.getInt32(p + 76, true),
+      precision: d.getInt32(p + PRECISION_OFFSET, true) === 1 ? 'fast' : 'exact',
     } as const;
     return { ...cfg, kernel: t.cstr(t._x.tqkv_cache_kernel(this.handle)), variant: t.variant, layout };
   }
@@ -295,6 +316,13 @@ export class KVCache {
    *  maxTokens 2^28 when unbounded, the kernel and module build in use. */
   get config(): CacheConfig {
     return { ...this.cfg };
+  }
+  /** Sets the attention arithmetic of every layer ('exact' or 'fast'; the codes stay the same).
+   *  Not serialized: a deserialized cache computes 'exact' until this is called. */
+  setPrecision(precision: Precision): void {
+    const h = this.h();
+    this.t.check(this.t._x.tqkv_cache_set_precision(h, precisionCode(precision)));
+    this.cfg = { ...this.cfg, precision };
   }
   get layers(): number {
     return this.cfg.layers;

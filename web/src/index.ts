@@ -48,6 +48,7 @@ export {
   type AttendOptions,
   type AttentionStats,
   type CacheConfig,
+  type Precision,
   type CacheOptions,
   type Float16ArrayLike,
   type KVTensor,

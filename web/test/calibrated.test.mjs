@@ -186,3 +186,44 @@ test('SIMD128 == scalar: calibrations and calibrated caches bit for bit', async 
   const q = stream(Q, 32);
   assert.ok(worstRowRelError(caches[0].attend(0, q), caches[1].attend(0, q), D) < 1e-4);
 });
+
+// createCache({ precision }): 'fast' computes attention on integer tables (the same codes), 'exact'
+// is the default; unknown values are rejected; a deserialized cache is 'exact' until setPrecision.
+for (const [name, opts] of builds) {
+  test(`${name} build: precision 'exact' | 'fast'`, async () => {
+    const t = await Tqkv.load(opts);
+    const cal = t.calibrate({ layers: L, kvHeads: KH, headDim: D }, samples());
+    const make = (precision) => t.createCache({ preset: 'default', heads: H, kvHeads: KH, headDim: D, layers: L, calibration: cal,
+      ...(precision ? { precision } : {}) });
+    const ex = make(), fa = make('fast');
+    assert.equal(ex.config.precision, 'exact');
+    assert.equal(fa.config.precision, 'fast');
+    const { keys, values } = kv(300, 7);
+    for (const c of [ex, fa]) c.append(0, keys, values);
+    assert.ok(bytesEqual(ex.serialize(), fa.serialize()), 'the same codes');
+    const q = stream(2 * Q, 9);
+    const a = ex.attend(0, q), b = fa.attend(0, q);
+    const err = worstRowRelError(b, a, D);
+    assert.ok(err < 0.05, `fast vs exact: worst row error ${err}`);
+    assert.ok(a.some((x, i) => x !== b[i]), 'fast computes differently (else the option does nothing)');
+    for (const bad of ['medium', 'FAST', '', 1, null])
+      assert.throws(() => t.createCache({ preset: 'default', heads: H, kvHeads: KH, headDim: D, calibration: cal, precision: bad }), (e) => e instanceof TypeError && /precision must be 'exact' or 'fast'/.test(e.message), String(bad));
+    assert.throws(() => ex.setPrecision('approx'), TypeError);
+    assert.equal(ex.config.precision, 'exact');
+    const back = t.deserialize(fa.serialize());
+    assert.equal(back.config.precision, 'exact', 'precision is not serialized');
+    const backExact = t.deserialize(ex.serialize());
+    const before = back.attend(0, q);
+    assert.deepEqual(before, backExact.attend(0, q), 'loaded: exact');
+    back.setPrecision('fast');
+    backExact.setPrecision('fast');
+    assert.equal(back.config.precision, 'fast');
+    // (not compared with fa: a loaded cache codes the rows the last append kept exact beyond the window)
+    const after = back.attend(0, q);
+    assert.ok(after.some((x, i) => x !== before[i]), 'setPrecision changes the arithmetic');
+    assert.deepEqual(after, backExact.attend(0, q), 'the same codes, fast: the same output');
+    assert.ok(worstRowRelError(after, before, D) < 0.05);
+    for (const c of [ex, fa, back, backExact]) c.dispose();
+    cal.dispose();
+  });
+}

@@ -62,7 +62,7 @@ function toTokens(x, n, heads, dim) {
 test('createCache rejects unknown options, naming them and the accepted ones', async () => {
   const t = await Tqkv.load();
   assert.throws(() => t.createCache({ heads: 4, headDim: 64, presets: 'K3.5V2.5-w16' }), (e) =>
-    e instanceof TypeError && /createCache: unknown option 'presets' \(accepted: layers, heads, kvHeads, headDim, keyBits, valueBits, keyMethod, window, blockTokens, scale, maxTokens, seed, normFormat, keyHighChannels, valueHighChannels, kernel, layout, spec, preset, calibration\)/.test(e.message));
+    e instanceof TypeError && /createCache: unknown option 'presets' \(accepted: layers, heads, kvHeads, headDim, keyBits, valueBits, keyMethod, window, blockTokens, scale, maxTokens, seed, normFormat, keyHighChannels, valueHighChannels, kernel, layout, spec, preset, calibration, precision\)/.test(e.message));
   assert.throws(() => t.createCache({ heads: 4, headDim: 64, keybits: 3 }), /unknown option 'keybits'/);
   assert.throws(() => t.createCache({ heads: 4, headDim: 64, layout: 'nhd' }), /layout must be 'token-major' or 'head-major'/);
 });
