@@ -13,8 +13,8 @@
 // with precision 'exact' and 'fast' (createCache({ precision })): rows with "preset":"default" and
 // "spec":"K4V4", and a {"target":"ratio-default"} line per build and token count
 // (default_slowdown_vs_k4v4 = ns_per_query default / K4V4, both exact; fast_speedup_vs_exact_default
-// and _k4v4 = exact / fast; default_memory_vs_k4v4 = bytes_used ratio). --no-default skips them. Node 20 runs the
-// relaxed module only with V8's --experimental-wasm-relaxed-simd, which this script turns on
+// and _k4v4 = exact / fast; default_memory_vs_k4v4 = bytes_used ratio). --no-default skips them.
+// Node 20 runs the relaxed module only with V8's --experimental-wasm-relaxed-simd, which this script turns on
 // itself when the engine rejects a relaxed instruction (a {"target":"wasm-relaxed","error"} line
 // when that does not help).
 //
