@@ -21,6 +21,10 @@ CacheConfig cache_config(int heads, int kv_heads, int dim, double kb, double vb,
     c.value_bits = vb;
     c.key_method = km;
     c.window = window;
+    // These tests hold the exact path to its tolerances (decode-then-exact reference within 1e-4,
+    // merges and chunked prefill within float rounding); precision fast, the default, is tested
+    // against them with its own bounds in test_fast_kernels.cpp.
+    c.precision = Precision::Exact;
     return c;
 }
 
@@ -323,6 +327,7 @@ TEST_CASE("serialization round-trips bit-exactly and loads on any kernel", "[cac
     a.attend(Q, o3);
     for (const auto& kernel : available_kernels()) {
         KVCache b = KVCache::load(bytes, kernel);
+        b.set_precision(cfg.precision);  // not saved (the default after load)
         CHECK(b.save() == bytes);
         CHECK(b.tokens() == 77);
         b.attend(Q, o2, false);

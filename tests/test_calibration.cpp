@@ -235,6 +235,7 @@ TEST_CASE("calibrated cache: fused attention equals the reference with means and
             const Calibration cal = calibration_of(K, V, 1, cs.kv_heads, cs.dim);
             const std::string spec = "K" + std::to_string(cs.kb) + "V" + std::to_string(cs.vb) + "-w" + std::to_string(cs.window);
             CacheConfig base;
+            base.precision = Precision::Exact;  // the exact path's tolerances (fast: test_fast_kernels.cpp)
             base.kernel = kernel;
             CacheConfig c = layer_config(CacheSpec::parse(spec), {1, cs.heads, cs.kv_heads, cs.dim}, 0, &cal, base);
             REQUIRE(c.key_mean.size() == row);
@@ -274,6 +275,7 @@ TEST_CASE("calibrated caches merge exactly: attend_stats over caches with differ
         INFO(kernel);
         // Two caches calibrated on different halves (different means), different rates.
         CacheConfig base;
+        base.precision = Precision::Exact;  // the exact path's tolerances (fast: test_fast_kernels.cpp)
         base.kernel = kernel;
         const Calibration ca = calibration_of(std::vector<float>(K.begin(), K.begin() + n1 * row),
                                               std::vector<float>(V.begin(), V.begin() + n1 * row), 1, KH, d);

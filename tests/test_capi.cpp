@@ -84,7 +84,7 @@ TEST_CASE("C ABI: status names, version, default kernel, config init", "[capi]")
     CHECK(cfg.key_bits == 4);
     CHECK(cfg.block_tokens == 64);
     CHECK(cfg.kernel == nullptr);
-    CHECK(cfg.precision == (tqkv::CacheConfig{}.precision == tqkv::Precision::Fast ? TQKV_PRECISION_FAST : TQKV_PRECISION_EXACT));
+    CHECK(cfg.precision == TQKV_PRECISION_EXACT);  // the C ABI's default (C++: fast)
     CHECK(tqkv_cache_config_init(nullptr) == TQKV_ERR_INVALID_ARGUMENT);
     tqkv_codec_config cc;
     REQUIRE(tqkv_codec_config_init(&cc) == TQKV_OK);
@@ -122,6 +122,7 @@ TEST_CASE("C ABI: cache create, append, attend, tokens, bytes, truncate, clear, 
     cc.window = 8;
     cc.block_tokens = 32;
     cc.seed = tqkv::derive_seed(cfg.seed, 1);
+    cc.precision = tqkv::Precision::Exact;  // the C ABI's default
     tqkv::KVCache ref(cc);
     ref.append(k, v);
     const auto qs = gauss(3 * q, 3);
@@ -287,12 +288,13 @@ TEST_CASE("C ABI: precision (config field, spec option, set_precision on a loade
     REQUIRE(tqkv_cache_get_config(f.h, &got) == TQKV_OK);
     CHECK(got.precision == TQKV_PRECISION_FAST);
 
-    // Not saved: a loaded cache has the default until set_precision, then each precision's bits.
+    // Not saved: a loaded cache is exact (the C ABI's default) until set_precision, then each
+    // precision's bits.
     const auto bytes = save(f.h);
     tqkv_cache h = nullptr;
     REQUIRE(tqkv_cache_load(bytes.data(), bytes.size(), nullptr, &h) == TQKV_OK);
     REQUIRE(tqkv_cache_get_config(h, &got) == TQKV_OK);
-    CHECK(got.precision == small_config().precision);
+    CHECK(got.precision == TQKV_PRECISION_EXACT);
     REQUIRE(tqkv_cache_set_precision(h, TQKV_PRECISION_EXACT) == TQKV_OK);
     REQUIRE(tqkv_cache_attend(h, 0, qs.data(), q, out.data(), q, 1) == TQKV_OK);
     CHECK(out == exact);

@@ -25,6 +25,13 @@
 
 namespace {
 
+// The spec as the C ABI's runner reads it: exact unless the spec says fast (tqkv.h, precision).
+tqkv::CacheSpec c_abi_spec(const std::string& text) {
+    tqkv::CacheSpec spec = tqkv::CacheSpec::parse(text);
+    if (!spec.precision) spec.precision = tqkv::Precision::Exact;
+    return spec;
+}
+
 // The tiny Llama of tests/tiny_model.hpp (as tests/test_model.cpp uses it).
 using tqkv_test::kTinyConfig;
 using tqkv_test::make_safetensors;
@@ -148,7 +155,7 @@ TEST_CASE("C ABI model: load, info, runner, greedy and logits equal the C++ runn
         INFO("cache " << spec);
         Runner r(m.h, spec);
         // greedy == the C++ runner with the same cache
-        auto cache = tqkv::make_cache(spec, tqkv::CacheShape::of(cpp.config()));
+        auto cache = tqkv::make_cache(c_abi_spec(spec), tqkv::CacheShape::of(cpp.config()));
         CHECK(greedy(r.h, prompt, 40) == greedy_cpp(cpp, *cache, prompt, 40));
         CHECK(r.position() == prompt.size() + 39);
         // every token's logits: prefill(all) == the C++ runner's, bit for bit
@@ -157,7 +164,7 @@ TEST_CASE("C ABI model: load, info, runner, greedy and logits equal the C++ runn
         std::vector<float> all(tokens.size() * 256), ref(all.size());
         int32_t next = -1;
         REQUIRE(tqkv_runner_prefill(r.h, tokens.data(), tokens.size(), all.data(), all.size(), &next) == TQKV_OK);
-        auto c2 = tqkv::make_cache(spec, tqkv::CacheShape::of(cpp.config()));
+        auto c2 = tqkv::make_cache(c_abi_spec(spec), tqkv::CacheShape::of(cpp.config()));
         tqkv::LlamaRunner run(cpp, *c2);
         run.prefill(tokens, ref);
         CHECK(all == ref);
@@ -175,7 +182,7 @@ TEST_CASE("C ABI model: load, info, runner, greedy and logits equal the C++ runn
         double nll = 0;
         size_t scored = 0;
         REQUIRE(tqkv_runner_nll(r.h, tokens.data(), tokens.size(), 0, &nll, &scored) == TQKV_OK);
-        auto c3 = tqkv::make_cache(spec, tqkv::CacheShape::of(cpp.config()));
+        auto c3 = tqkv::make_cache(c_abi_spec(spec), tqkv::CacheShape::of(cpp.config()));
         const tqkv::NllResult want = tqkv::evaluate_nll(cpp, *c3, tokens, 256, true);
         CHECK(scored == tokens.size() - 1);
         CHECK(nll == want.nll);
@@ -214,7 +221,7 @@ TEST_CASE("C ABI model: stats, calibration, the runner outlives its model handle
         CHECK(s.bits_per_coord == Approx(s.cache_bytes * 8 / (double(s.position) * 2 * 2 * 2 * 32)));
         bytes[spec] = s.cache_bytes;
         // the calibrated cache == the C++ cache built with calibrate_kv's statistics
-        auto cache = tqkv::make_cache(spec, tqkv::CacheShape::of(cpp.config()), &ref_cal);
+        auto cache = tqkv::make_cache(c_abi_spec(spec), tqkv::CacheShape::of(cpp.config()), &ref_cal);
         CHECK(out == greedy_cpp(cpp, *cache, prompt, 30));
     }
     CHECK(bytes["fp32"] == 2 * bytes["fp16"]);
@@ -225,7 +232,7 @@ TEST_CASE("C ABI model: stats, calibration, the runner outlives its model handle
     Runner r(m->h, "K4V4", cal);
     m.reset();
     REQUIRE(tqkv_calibration_destroy(cal) == TQKV_OK);
-    auto cache = tqkv::make_cache("K4V4", tqkv::CacheShape::of(cpp.config()), &ref_cal);
+    auto cache = tqkv::make_cache(c_abi_spec("K4V4"), tqkv::CacheShape::of(cpp.config()), &ref_cal);
     CHECK(greedy(r.h, prompt, 20) == greedy_cpp(cpp, *cache, prompt, 20));
 }
 
@@ -696,7 +703,7 @@ TEST_CASE("C ABI model: sensitivity probe, rate plans, auto specs; calibrations 
     tqkv_cache_destroy(c);
     // Runners take auto specs with a calibration that has sensitivities.
     Runner r(m->h, "auto-5", cal);
-    auto cache = tqkv::make_cache("auto-5", shape, &ref);
+    auto cache = tqkv::make_cache(c_abi_spec("auto-5"), shape, &ref);
     const auto prompt = text_tokens("Auto: ");
     CHECK(greedy(r.h, prompt, 12) == greedy_cpp(cpp, *cache, prompt, 12));
     // Hostile calibration bytes: BAD_DATA, nothing created.

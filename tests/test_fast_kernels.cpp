@@ -542,7 +542,8 @@ TEST_CASE("fast attention on the tq-ref-128 KV dump: RMS error under 1/10 of the
     }
     const KvDump dump = load_kv_dump(dir);
     const int d = dump.head_dim, KH = dump.kv_heads, H = dump.heads;
-    for (const auto& [kb, vb] : {std::pair{4.0, 4.0}, std::pair{3.0, 3.0}, std::pair{3.0, 2.0}}) {
+    // (K3.5V2.5: the default preset's rates, every other channel high: segments of 4 + 3 and 3 + 2 bits)
+    for (const auto& [kb, vb] : {std::pair{4.0, 4.0}, std::pair{3.0, 3.0}, std::pair{3.0, 2.0}, std::pair{3.5, 2.5}}) {
         ErrorRatio logit, output;
         for (int layer = 0; layer < dump.layers; ++layer) {
             CacheConfig cfg = fast_case_config(H, KH, d, kb, vb, Method::Mse);

@@ -106,7 +106,10 @@ typedef struct tqkv_cache_config {
     const int32_t* value_high_channels;
     const char* kernel;            /* NULL or "" = best available; "scalar", "avx2", ... */
     int32_t precision;             /* TQKV_PRECISION_EXACT or _FAST; tqkv_cache_create_spec: a spec's
-                                      exact / fast option wins over it */
+                                      exact / fast option wins over it. The C ABI's default is exact
+                                      (tqkv_cache_config_init, tqkv_cache_load, runner specs without
+                                      the option) until the npm package tests fast against its
+                                      bounds; C++ defaults to fast */
 } tqkv_cache_config;
 
 /* Fills the defaults: struct_size, 1 layer, 4 heads, 4 KV heads, d = 128, mse K4 V4, blocks of 64
@@ -142,7 +145,7 @@ TQKV_API tqkv_status tqkv_cache_get_config(tqkv_cache cache, tqkv_cache_config* 
 /* Name of the kernel table the cache uses (static string), or NULL for a bad handle. */
 TQKV_API const char* tqkv_cache_kernel(tqkv_cache cache);
 /* Sets the attention arithmetic of every layer (TQKV_PRECISION_*). Not saved with the cache (the
- * codes are the same either way): a loaded cache has the default until this is called. */
+ * codes are the same either way): a loaded cache is exact until this is called. */
 TQKV_API tqkv_status tqkv_cache_set_precision(tqkv_cache cache, int32_t precision);
 
 /* Serialization (magic, version, config, little-endian payload, CRC32; the same bytes on every

@@ -496,6 +496,9 @@ private:
         c.value_bits = o_.tiers[size_t(t)].value_bits;
         c.block_tokens = 32;
         c.window = 0;
+        // Exact arithmetic in the tiers: the tiered policy has no precision option yet, and its
+        // merges across tiers are tested to the exact path's tolerance.
+        c.precision = Precision::Exact;
         c.scale = float(kdeb_.size() > size_t(t) ? kdeb_[size_t(t)] / std::sqrt(double(d_)) : 0.0);
         c.seed = derive_seed(derive_seed(o_.seed, uint64_t(layer) * 4096 + uint64_t(h)), uint64_t(t) + 1);
         c.kernel = o_.kernel;

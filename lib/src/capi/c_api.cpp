@@ -402,6 +402,7 @@ tqkv_status tqkv_cache_config_init(tqkv_cache_config* cfg) {
         std::memset(cfg, 0, sizeof *cfg);
         const tqkv::CacheConfig d;
         from_cpp(d, 1, *cfg);
+        cfg->precision = TQKV_PRECISION_EXACT;  // the C ABI's default (tqkv.h: tqkv_cache_config)
         cfg->struct_size = sizeof *cfg;
     });
 }
@@ -549,6 +550,7 @@ tqkv_status tqkv_cache_load(const uint8_t* bytes, size_t n_bytes, const char* ke
                 fail(TQKV_ERR_BAD_DATA, e.what());
             }
         }();
+        m.set_precision(tqkv::Precision::Exact);  // the C ABI's default, as tqkv_cache_config_init
         const auto& c0 = m.layer(0).config();
         for (int l = 1; l < m.layers(); ++l) {
             const auto& c = m.layer(l).config();
@@ -941,7 +943,9 @@ tqkv_status tqkv_runner_create(tqkv_model model, const char* cache_spec, tqkv_ca
             fail(TQKV_ERR_INVALID_ARGUMENT, "tqkv: runner_create: the calibration is of a model of another shape");
         auto obj = std::make_shared<RunnerObj>();
         obj->model = m;
-        obj->cache = tqkv::make_cache(cache_spec, shape, c ? &c->cal : nullptr);
+        tqkv::CacheSpec spec = tqkv::CacheSpec::parse(cache_spec);
+        if (!spec.precision) spec.precision = tqkv::Precision::Exact;  // the C ABI's default (tqkv.h)
+        obj->cache = tqkv::make_cache(spec, shape, c ? &c->cal : nullptr);
         obj->cache->reserve(size_t(mc.max_position_embeddings));
         obj->run = std::make_unique<tqkv::LlamaRunner>(m->model, *obj->cache, max_chunk ? max_chunk : 128);
         obj->logits.resize(size_t(mc.vocab_size));
