@@ -369,7 +369,7 @@ int cmd_ppl(const Args& args) {
     double sens_s = 0;
     if (any_auto) {
         const double t0 = now();
-        tqkv::measure_sensitivity(model, cal, std::span(calib).first(std::min(calib.size(), ctx * 4)), ctx);
+        tqkv::measure_sensitivity(model, cal, std::span(calib).first(std::min(calib.size(), ctx * 4)), ctx, threads);
         sens_s = now() - t0;
     }
 

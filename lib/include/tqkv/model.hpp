@@ -299,8 +299,9 @@ Calibration calibrate_kv(const LlamaModel& model, std::span<const int32_t> token
 // by g = D / (1 - D) of 2-bit codes. 2 * layers + 1 forward passes: pass calibration text, never
 // evaluated text. A probe below the noise (ΔNLL under a tenth of its side's mean) counts as that
 // tenth, so no layer is starved on noise.
+// The 2 * layers probes run on up to `threads` threads (results identical for any count).
 void measure_sensitivity(const LlamaModel& model, Calibration& calibration, std::span<const int32_t> tokens,
-                         size_t ctx = 1024);
+                         size_t ctx = 1024, int threads = 1);
 
 // Mean negative log-likelihood (nats per token) of tokens[1..] given the prefix, in segments of
 // ctx tokens (each with an empty cache). Optionally the argmax prediction of every scored

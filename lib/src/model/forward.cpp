@@ -244,7 +244,7 @@ private:
 
 }  // namespace
 
-void measure_sensitivity(const LlamaModel& model, Calibration& cal, std::span<const int32_t> tokens, size_t ctx) {
+void measure_sensitivity(const LlamaModel& model, Calibration& cal, std::span<const int32_t> tokens, size_t ctx, int threads) {
     const CacheShape s = CacheShape::of(model.config());
     if (tokens.size() < 2) throw std::invalid_argument("measure_sensitivity: needs at least 2 tokens");
     auto exact = make_exact_cache(s);
@@ -254,11 +254,13 @@ void measure_sensitivity(const LlamaModel& model, Calibration& cal, std::span<co
         return D / (1 - D);
     }();
     std::vector<double> dk(static_cast<size_t>(s.layers)), dv(static_cast<size_t>(s.layers));
-    for (int l = 0; l < s.layers; ++l)
-        for (int side = 0; side < 2; ++side) {
-            OneLayerCache probe(s, l, make_cache(side == 0 ? "K2V8-w16" : "K8V2-w16", s, &cal));
-            (side == 0 ? dk : dv)[size_t(l)] = std::max(0.0, evaluate_nll(model, probe, tokens, ctx, false).nll - base);
-        }
+    // The probes are independent (each its own cache and runner over the shared, read-only model):
+    // spread over threads, each result stored by index, so any thread count gives the same values.
+    parallel_for(size_t(2 * s.layers), threads, [&](size_t i) {
+        const int l = int(i / 2), side = int(i % 2);
+        OneLayerCache probe(s, l, make_cache(side == 0 ? "K2V8-w16" : "K8V2-w16", s, &cal));
+        (side == 0 ? dk : dv)[size_t(l)] = std::max(0.0, evaluate_nll(model, probe, tokens, ctx, false).nll - base);
+    });
     for (auto* d : {&dk, &dv}) {
         double mean = 0;
         for (double x : *d) mean += x / double(d->size());
