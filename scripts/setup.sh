@@ -3,7 +3,7 @@
 set -euo pipefail
 packages=(build-essential cmake catch2 pkg-config
           g++-aarch64-linux-gnu qemu-user                   # NEON build, run under qemu
-          clang libclang-rt-14-dev                          # libFuzzer targets
+          clang libclang-rt-14-dev                          # libFuzzer targets, the clang ASan/UBSan build
           libimgui-dev libglfw3-dev libgl-dev libstb-dev    # the explorer
           xvfb xauth libgl1-mesa-dri fonts-dejavu-core      # its headless screenshots
           emscripten chromium                               # the wasm build, the browser test
