@@ -9,11 +9,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-100000}
 SEED=${SEED:-1}
-CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTQKV_FUZZ=ON \
-  -DTQKV_BUILD_TESTS=OFF -DTQKV_BUILD_BENCH=OFF -DTQKV_BUILD_TOOLS=OFF >/dev/null
-cmake --build build-fuzz -j"$(nproc)"
-seeds=build-fuzz/seeds
-rm -rf "$seeds" build-fuzz/corpus && ./build-fuzz/fuzz/tqkv-make-seeds "$seeds"
+# FUZZ_BUILD: an existing tree configured with clang and -DTQKV_FUZZ=ON (scripts/test.sh passes
+# its sanitizer tree); by default build-fuzz, configured here.
+build=${FUZZ_BUILD:-build-fuzz}
+if [ -z "${FUZZ_BUILD:-}" ]; then
+  CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTQKV_FUZZ=ON \
+    -DTQKV_BUILD_TESTS=OFF -DTQKV_BUILD_BENCH=OFF -DTQKV_BUILD_TOOLS=OFF >/dev/null
+fi
+grep -q "^TQKV_FUZZ:BOOL=ON" "$build/CMakeCache.txt" || { echo "fuzz/run.sh: $build is not configured with -DTQKV_FUZZ=ON" >&2; exit 1; }
+cmake --build "$build" -j"$(nproc)"
+seeds=$build/seeds
+rm -rf "$seeds" "$build/corpus" && "./$build/fuzz/tqkv-make-seeds" "$seeds"
 for t in cache_load:cache npy:npy kernels:kernels model:model spec:spec tokenizer:tokenizer calibration:calibration \
          runner_load:runner; do
   name=${t%%:*}; dir=${t##*:}
@@ -24,11 +30,11 @@ for t in cache_load:cache npy:npy kernels:kernels model:model spec:spec tokenize
   [ "$name" = tokenizer ] && runs=$((RUNS / 10)) # each input parses a vocabulary of hundreds of tokens (~20 s)
   [ "$name" = calibration ] && runs=$((RUNS / 5))  # each input that loads builds and runs a cache
   [ "$name" = runner_load ] && runs=$((RUNS / 10)) # each input that loads decodes a token (CI is at its limit)
-  mkdir -p "build-fuzz/corpus/$name"
+  mkdir -p "$build/corpus/$name"
   echo "== fuzz_$name: $runs executions"
-  log=build-fuzz/fuzz_$name.log
-  if ! ./build-fuzz/fuzz/fuzz_$name -runs="$runs" -seed="$SEED" -max_len=8192 -rss_limit_mb=2048 -print_final_stats=1 \
-       "build-fuzz/corpus/$name" "$seeds/$dir" >"$log" 2>&1; then
+  log=$build/fuzz_$name.log
+  if ! "./$build/fuzz/fuzz_$name" -runs="$runs" -seed="$SEED" -max_len=8192 -rss_limit_mb=2048 -print_final_stats=1 \
+       "$build/corpus/$name" "$seeds/$dir" >"$log" 2>&1; then
     tail -40 "$log"
     echo "== fuzz_$name: FINDING (crash input saved by libFuzzer in the current directory)"
     exit 1

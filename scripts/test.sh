@@ -26,12 +26,14 @@ cmake -S tests/install -B build/install-test -DCMAKE_PREFIX_PATH="$PWD/build/pre
 cmake --build build/install-test -j"$jobs" >/dev/null
 ./build/install-test/install_test
 
-step "AddressSanitizer + UBSan tests (built with clang: library, tests, bench, tools)"
+step "AddressSanitizer + UBSan tests (built with clang: library, tests, bench, tools, fuzz targets)"
 # The native tree above is GCC; this one is clang (Debian's clang 14, sanitizer runtimes from
 # libclang-rt-14-dev), so every test run also proves the project builds with both compilers.
-# bench and tools are built here too (not run): the only clang build of them, at no extra tree.
-cmake -S . -B build-asan -DCMAKE_CXX_COMPILER=clang++ \
-  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTQKV_SANITIZE=ON >/dev/null
+# One tree serves the tests and the fuzzing step: TQKV_FUZZ compiles everything with
+# -fsanitize=fuzzer-no-link,address,undefined (coverage hooks are no-ops outside a fuzz target),
+# so the library is compiled with sanitizers once, not twice. bench and tools are built (not run).
+cmake -S . -B build-asan -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTQKV_FUZZ=ON >/dev/null
 cmake --build build-asan -j"$jobs"
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ./build-asan/tests/tqkv_tests '~[stat]'
 
@@ -40,8 +42,8 @@ cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTQKV_TSAN=ON -DTQKV
 cmake --build build-tsan -j"$jobs"
 TSAN_OPTIONS=halt_on_error=1 ./build-tsan/tests/tqkv_tests '[threads]'
 
-step "fuzzing"
-bash fuzz/run.sh
+step "fuzzing (the targets of the sanitizer tree)"
+FUZZ_BUILD=build-asan bash fuzz/run.sh
 
 step "ARM64 NEON tests under qemu-aarch64"
 cmake -S . -B build-arm64 -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake -DCMAKE_BUILD_TYPE=Release \
@@ -52,10 +54,10 @@ cmake --build build-arm64 -j"$jobs"
 # [kernels] tests here).
 qemu-aarch64 -L /usr/aarch64-linux-gnu build-arm64/tests/tqkv_tests '~[stat]~[heavy]'
 step "explorer: render every panel headless under Xvfb and check the PNGs"
-cmake -S . -B build-explorer -DCMAKE_BUILD_TYPE=Release -DTQKV_BUILD_EXPLORER=ON \
-  -DTQKV_BUILD_TESTS=OFF -DTQKV_BUILD_BENCH=OFF -DTQKV_BUILD_TOOLS=OFF >/dev/null
-cmake --build build-explorer -j"$jobs" --target tqkv-explorer tqkv-explorer-pngcheck
-bash explorer/test.sh build-explorer
+# In the native tree (its library is built already: only the explorer's own files compile).
+cmake -S . -B build -DTQKV_BUILD_EXPLORER=ON >/dev/null
+cmake --build build -j"$jobs" --target tqkv-explorer tqkv-explorer-pngcheck
+bash explorer/test.sh build
 
 step "WebAssembly + npm package"
 bash wasm/test.sh
