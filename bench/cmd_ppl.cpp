@@ -53,6 +53,8 @@ std::vector<std::string> frontier_configs() {
     for (const char* x : {"K2V1.5-w16", "K2.5V1.5-w16", "K3V1.5-w16", "K2V2-w16-l5=K3V2", "K3V2-w16-l5=K4V3",
                           "K3V2.5-w16-l5=K4V3"})
         c.push_back(x);
+    // Rates chosen per layer by the calibration pass (one probe serves all of them).
+    for (const char* b : {"2.5", "3", "3.5", "4"}) c.push_back(std::string("auto-") + b);
     return c;
 }
 
@@ -64,6 +66,7 @@ struct Family {
 const Family kFamilies[] = {
     {"tqkv (centered, debiased, recent window)", [](const std::string& m, int) { return m == "tqkv-mse"; }},
     {"tqkv without window", [](const std::string& m, int w) { return m == "tqkv-mse" && w == 0; }},
+    {"tqkv auto rates (auto-<b>, per-layer plan)", [](const std::string& m, int) { return m == "tqkv-mse-auto"; }},
     {"TurboQuant plain (K=V, no window)", [](const std::string& m, int) { return m == "tqkv-mse-raw"; }},
     {"tqkv-prod keys", [](const std::string& m, int) { return m == "tqkv-prod"; }},
     {"q4_0", [](const std::string& m, int) { return m == "q4_0"; }},
