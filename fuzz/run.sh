@@ -24,7 +24,8 @@ for t in cache_load:cache npy:npy kernels:kernels model:model spec:spec tokenize
          runner_load:runner; do
   name=${t%%:*}; dir=${t##*:}
   runs=$RUNS
-  [ "$name" = kernels ] && runs=$((RUNS / 20))   # each input builds codecs for every kernel: slower
+  [ "$name" = cache_load ] && runs=$((RUNS / 4))  # each input that loads attends over every kernel (~27 s in CI)
+  [ "$name" = kernels ] && runs=$((RUNS / 80))   # each input builds codecs and fast tables for every kernel (~35 s in CI)
   [ "$name" = model ] && runs=$((RUNS / 2))      # each input that loads runs the model
   [ "$name" = spec ] && runs=$((RUNS / 5))       # each input that parses builds and runs a cache
   [ "$name" = tokenizer ] && runs=$((RUNS / 10)) # each input parses a vocabulary of hundreds of tokens (~20 s)

@@ -15,6 +15,22 @@ bash scripts/build.sh
 jobs=$(nproc)
 start=$(date +%s)
 step() { echo "== $1 ($(( $(date +%s) - start ))s)"; }
+# background NAME TITLE CMD...: runs a single-threaded step beside the next ones (output in
+# build/NAME.log); finish NAME waits for it, prints its output and fails the run if it failed.
+declare -A bg_pid bg_title
+background() {
+  local name=$1 title=$2; shift 2
+  step "$title: started in the background"
+  "$@" >"build/$name.log" 2>&1 &
+  bg_pid[$name]=$! bg_title[$name]=$title
+}
+finish() {
+  local name=$1 rc=0
+  wait "${bg_pid[$name]}" || rc=$?
+  step "${bg_title[$name]}: output"
+  cat "build/$name.log"
+  if [ "$rc" != 0 ]; then echo "== FAILED: ${bg_title[$name]} (exit $rc)"; exit "$rc"; fi
+}
 
 step "native tests"
 ctest --test-dir build --output-on-failure -j"$jobs"
@@ -35,24 +51,34 @@ step "AddressSanitizer + UBSan tests (built with clang: library, tests, bench, t
 cmake -S . -B build-asan -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTQKV_FUZZ=ON >/dev/null
 cmake --build build-asan -j"$jobs"
-ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ./build-asan/tests/tqkv_tests '~[stat]'
+# The test program and the fuzzers run one thread each: the fuzzing step runs beside the tests,
+# its output kept in a log and shown when both are done.
+background FUZZ "fuzzing (the targets of the sanitizer tree)" env FUZZ_BUILD=build-asan bash fuzz/run.sh
+# [heavy]: long cases that run natively above (and under TSan for the threaded ones).
+ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ./build-asan/tests/tqkv_tests '~[stat]~[heavy]'
+finish FUZZ
 
 step "ThreadSanitizer concurrency tests"
 cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTQKV_TSAN=ON -DTQKV_BUILD_BENCH=OFF -DTQKV_BUILD_TOOLS=OFF >/dev/null
 cmake --build build-tsan -j"$jobs"
 TSAN_OPTIONS=halt_on_error=1 ./build-tsan/tests/tqkv_tests '[threads]'
 
-step "fuzzing (the targets of the sanitizer tree)"
-FUZZ_BUILD=build-asan bash fuzz/run.sh
-
 step "ARM64 NEON tests under qemu-aarch64"
+# The test files with per-ISA code paths (kernels, fast kernels, codecs, packing, rotation, the
+# cache's attention, calibrated caches, the model's fp16 matrix products): the rest (C ABI, budget
+# policies, baselines, tokenizers, HF configs) is the same portable C++ the native and sanitizer
+# runs above cover, and compiling it for ARM cost minutes of CI.
 cmake -S . -B build-arm64 -DCMAKE_TOOLCHAIN_FILE=cmake/aarch64-linux-gnu.cmake -DCMAKE_BUILD_TYPE=Release \
-  -DTQKV_BUILD_BENCH=OFF -DTQKV_BUILD_TOOLS=OFF >/dev/null
+  -DTQKV_BUILD_BENCH=OFF -DTQKV_BUILD_TOOLS=OFF \
+  -DTQKV_TEST_FILES="kernels;fast_kernels;codec;codebook;packing;rotation;cache;calibration;model" >/dev/null
 cmake --build build-arm64 -j"$jobs"
 # Everything but the long statistical tests and the [heavy] ones (math and cache logic that take
 # minutes under emulation; they run natively above, and the NEON kernels they call have their own
 # [kernels] tests here).
-qemu-aarch64 -L /usr/aarch64-linux-gnu build-arm64/tests/tqkv_tests '~[stat]~[heavy]'
+# One emulated thread: it runs beside the explorer and WebAssembly steps, checked at the end.
+background QEMU "ARM64 NEON tests under qemu-aarch64 (run)" \
+  qemu-aarch64 -L /usr/aarch64-linux-gnu build-arm64/tests/tqkv_tests '~[stat]~[heavy]'
+
 step "explorer: render every panel headless under Xvfb and check the PNGs"
 # In the native tree (its library is built already: only the explorer's own files compile).
 cmake -S . -B build -DTQKV_BUILD_EXPLORER=ON >/dev/null
@@ -61,5 +87,6 @@ bash explorer/test.sh build
 
 step "WebAssembly + npm package"
 bash wasm/test.sh
+finish QEMU
 
 step "all tests passed"
