@@ -71,6 +71,17 @@ tqkv_status guard(F&& fn, tqkv_status invalid = TQKV_ERR_INVALID_ARGUMENT) noexc
     }
 }
 
+// The query + copy convention of every call that returns bytes: *size always gets n; a missing or
+// short buffer is TQKV_ERR_BUFFER_TOO_SMALL ("<what> needs n bytes, the buffer has c"), else the copy.
+tqkv_status copy_out(const void* src, size_t n, void* buf, size_t capacity, size_t* size, const std::string& what) {
+    *size = n;
+    if (!buf || capacity < n)
+        return set_error(TQKV_ERR_BUFFER_TOO_SMALL,
+                         (what + " needs " + std::to_string(n) + " bytes, the buffer has " + std::to_string(buf ? capacity : 0)).c_str());
+    std::memcpy(buf, src, n);
+    return TQKV_OK;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Handle registry: ids (kind in the low 3 bits, a 29-bit counter above: ids fit in 32 bits on
 // every target) mapped to shared objects. A call holds a shared_ptr to its object, so a
@@ -521,15 +532,8 @@ tqkv_status tqkv_cache_save(tqkv_cache cache, uint8_t* buf, size_t capacity, siz
             obj->saved = obj->cache.save();
             obj->saved_valid = true;
         }
-        *size = obj->saved.size();
-        if (!buf || capacity < obj->saved.size()) {
-            result = set_error(TQKV_ERR_BUFFER_TOO_SMALL,
-                               ("tqkv: save: the serialized cache needs " + std::to_string(obj->saved.size()) +
-                                " bytes, the buffer has " + std::to_string(buf ? capacity : 0))
-                                   .c_str());
-            return;
-        }
-        std::memcpy(buf, obj->saved.data(), obj->saved.size());
+        result = copy_out(obj->saved.data(), obj->saved.size(), buf, capacity, size, "tqkv: save: the serialized cache");
+        if (result != TQKV_OK) return;
         // A copy ends the query + copy pair: keep no second copy of the bytes around.
         obj->saved_valid = false;
         std::vector<uint8_t>().swap(obj->saved);
@@ -613,15 +617,7 @@ tqkv_status tqkv_calibration_save(tqkv_calibration cal, uint8_t* buf, size_t cap
         auto obj = calibrations().get(id_of(cal), "calibration_save");
         need_ptr(size, "size");
         const std::vector<uint8_t> bytes = obj->cal.save();
-        *size = bytes.size();
-        if (!buf || capacity < bytes.size()) {
-            result = set_error(TQKV_ERR_BUFFER_TOO_SMALL, ("tqkv: calibration_save: the calibration needs " +
-                                                           std::to_string(bytes.size()) + " bytes, the buffer has " +
-                                                           std::to_string(buf ? capacity : 0))
-                                                              .c_str());
-            return;
-        }
-        std::memcpy(buf, bytes.data(), bytes.size());
+        result = copy_out(bytes.data(), bytes.size(), buf, capacity, size, "tqkv: calibration_save: the calibration");
     });
     return st != TQKV_OK ? st : result;
 }
@@ -667,14 +663,7 @@ tqkv_status tqkv_rate_plan(const char* spec, const tqkv_cache_config* base, tqkv
         auto c = calibrations().get(id_of(cal), "rate_plan: calibration");
         const tqkv::CacheShape shape{base->layers, base->heads, base->kv_heads, base->head_dim, size_t(base->max_tokens)};
         const std::string json = tqkv::plan_rates(tqkv::CacheSpec::parse(spec), shape, c->cal).json();
-        *size = json.size() + 1;
-        if (!buf || capacity < json.size() + 1) {
-            result = set_error(TQKV_ERR_BUFFER_TOO_SMALL, ("tqkv: rate_plan: the plan needs " + std::to_string(json.size() + 1) +
-                                                           " bytes, the buffer has " + std::to_string(buf ? capacity : 0))
-                                                              .c_str());
-            return;
-        }
-        std::memcpy(buf, json.c_str(), json.size() + 1);
+        result = copy_out(json.c_str(), json.size() + 1, buf, capacity, size, "tqkv: rate_plan: the plan");
     });
     return st != TQKV_OK ? st : result;
 }
@@ -1271,15 +1260,7 @@ tqkv_status tqkv_runner_save(tqkv_runner runner, uint8_t* buf, size_t capacity, 
         auto r = runners().get(id_of(runner), "runner_save");
         need_ptr(size, "size");
         const std::vector<uint8_t> bytes = r->run->save();  // as calibration_save: no copy kept between the calls
-        *size = bytes.size();
-        if (!buf || capacity < bytes.size()) {
-            result = set_error(TQKV_ERR_BUFFER_TOO_SMALL, ("tqkv: runner_save: the saved runner needs " +
-                                                           std::to_string(bytes.size()) + " bytes, the buffer has " +
-                                                           std::to_string(buf ? capacity : 0))
-                                                              .c_str());
-            return;
-        }
-        std::memcpy(buf, bytes.data(), bytes.size());
+        result = copy_out(bytes.data(), bytes.size(), buf, capacity, size, "tqkv: runner_save: the saved runner");
     });
     return st != TQKV_OK ? st : result;
 }
