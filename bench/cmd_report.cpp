@@ -50,6 +50,7 @@ std::vector<MethodSpec> default_methods() {
     // half of tokens; what tqkv-run and the npm package build): every preset that uses a calibration.
     for (const auto& p : tqkv::presets()) {
         const tqkv::CacheSpec s = tqkv::CacheSpec::parse(p.spec);
+        if (s.auto_bits > 0) continue;  // auto rates need a model's sensitivity probe; a dump has no model
         if (s.center_keys || s.center_values || s.debias_keys || s.debias_values)
             m.push_back({"tqkv-cal", (s.key_bits + s.value_bits) / 2, true, p.spec, p.name});
     }
