@@ -14,7 +14,7 @@ const char* const kBenchMethods[8] = {"fp32", "fp16", "tqkv-mse-2", "tqkv-mse-3"
 const size_t kBenchTokens[5] = {1024, 4096, 16384, 65536, 262144};
 
 const char* panel_id(int p) {
-    static const char* ids[kPanels] = {"rotation", "codebook", "tokens", "attention", "memory"};
+    static const char* ids[kPanels] = {"rotation", "codebook", "tokens", "attention", "memory", "model"};
     return p >= 0 && p < kPanels ? ids[p] : "?";
 }
 
@@ -126,6 +126,21 @@ bool load_data(App& app, const std::string& dir) {
     }
 }
 
+void set_model_dir(App& app, const std::string& dir) {
+    app.mdl.want.dir = dir;
+    std::snprintf(app.mdl.dir_buf, sizeof app.mdl.dir_buf, "%s", dir.c_str());
+}
+
+void set_model_caches(App& app, const std::string& a, const std::string& b) {
+    auto& M = app.mdl;
+    M.want.spec_a = a, M.want.spec_b = b;
+    std::snprintf(M.spec_a_buf, sizeof M.spec_a_buf, "%s", a.c_str());
+    std::snprintf(M.spec_b_buf, sizeof M.spec_b_buf, "%s", b.c_str());
+    // The plan shown is B's (else A's) when it is an auto spec.
+    for (const std::string& s : {a, b})
+        if (s.rfind("auto-", 0) == 0) M.want.plan_spec = s;
+}
+
 void help_text(const char* text) {
     ImGui::PushStyleColor(ImGuiCol_Text, ImVec4(0.30f, 0.30f, 0.36f, 1));
     ImGui::TextWrapped("%s", text);
@@ -198,8 +213,9 @@ void draw_app(App& app) {
     ImGui::Spacing();
     if (ImGui::BeginTabBar("panels")) {
         static const char* labels[kPanels] = {"1  Rotation", "2  Codebook", "3  Per-token error", "4  Attention fidelity",
-                                              "5  Memory and speed"};
-        void (*fns[kPanels])(App&) = {panel_rotation, panel_codebook, panel_tokens, panel_attention, panel_memory};
+                                              "5  Memory and speed", "6  Model"};
+        void (*fns[kPanels])(App&) = {panel_rotation, panel_codebook, panel_tokens, panel_attention, panel_memory,
+                                      panel_model};
         for (int p = 0; p < kPanels; ++p) {
             const ImGuiTabItemFlags flags = app.force_panel == p ? ImGuiTabItemFlags_SetSelected : 0;
             if (ImGui::BeginTabItem(labels[p], nullptr, flags)) {

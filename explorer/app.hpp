@@ -6,11 +6,12 @@
 #include <vector>
 
 #include "analysis.hpp"
+#include "model_analysis.hpp"
 
 namespace ex {
 
-enum Panel { kRotation, kCodebook, kTokens, kAttention, kMemory, kPanels };
-const char* panel_id(int p);  // "rotation", "codebook", "tokens", "attention", "memory"
+enum Panel { kRotation, kCodebook, kTokens, kAttention, kMemory, kModel, kPanels };
+const char* panel_id(int p);  // "rotation", "codebook", "tokens", "attention", "memory", "model"
 
 struct App {
     // --- data -----------------------------------------------------------------------------
@@ -98,11 +99,31 @@ struct App {
         int tier_layer = 0, tier_kv_head = 0;
         TierSimulation tier_sim;
     } mem;
+
+    // --- model ----------------------------------------------------------------------------
+    // `want` holds the committed inputs (text fields commit on Enter / leaving them); the panel
+    // starts `work` whenever it differs from the last query started.
+    struct {
+        ModelQuery want = [] {
+            ModelQuery q;
+            q.prompt = "memory: ";  // as prompt_buf
+            return q;
+        }();
+        char dir_buf[1024] = {};
+        char spec_a_buf[128] = "fp32", spec_b_buf[128] = "K3.5V2.5-w16";  // as want
+        char text_buf[4096] = "The attention of a transformer reads every key of its cache for every new token.";
+        char prompt_buf[512] = "memory: ";
+        int own_text = 0;               // 0: eval.txt from its start, 1: text_buf
+        ModelWork work;
+    } mdl;
 };
 
 // Data: the built-in synthetic set, or a dump directory (errors go to app.load_error).
+// (The Model panel loads its checkpoint itself: set_model_dir.)
 void use_synthetic(App& app);
 bool load_data(App& app, const std::string& dir);
+void set_model_dir(App& app, const std::string& dir);  // the Model panel loads it when shown
+void set_model_caches(App& app, const std::string& a, const std::string& b);  // its caches A and B
 
 void draw_app(App& app);  // the whole window: data bar + tabs
 void panel_rotation(App& app);
@@ -110,6 +131,7 @@ void panel_codebook(App& app);
 void panel_tokens(App& app);
 void panel_attention(App& app);
 void panel_memory(App& app);
+void panel_model(App& app);
 
 // Shared widgets.
 bool method_picker(const char* id, MethodSpec& m, bool with_fp16 = true);

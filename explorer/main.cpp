@@ -1,11 +1,11 @@
 // tqkv-explorer: the desktop explorer (Dear ImGui + GLFW + OpenGL 3).
 //
-//   tqkv-explorer [--data DIR] [--panel NAME]
-//   tqkv-explorer --screenshot OUT.png --panel rotation|codebook|tokens|attention|memory
-//                 [--size 1600x1000] [--data DIR] [--hover X,Y] [--frames N] [--font-size PX]
+//   tqkv-explorer [--data DIR] [--model DIR] [--panel NAME]
+//   tqkv-explorer --screenshot OUT.png --panel rotation|codebook|tokens|attention|memory|model
+//                 [--size 1600x1000] [--data DIR] [--model DIR] [--hover X,Y] [--frames N] [--font-size PX]
 //
 // Headless mode renders a few frames (so the layout settles; the memory panel also runs its
-// budget-tier simulation and its benchmark to the end) into an offscreen framebuffer of exactly the requested size, writes the
+// budget-tier simulation and its benchmark to the end, the model panel its model runs) into an offscreen framebuffer of exactly the requested size, writes the
 // last one as a PNG and exits. It needs an X display: run it under xvfb-run.
 #include <GLFW/glfw3.h>
 #include <imgui.h>
@@ -21,6 +21,7 @@
 #include <cstring>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -35,23 +36,28 @@ namespace {
 
 struct Options {
     std::string data, screenshot, panel = "rotation";
+    std::optional<std::string> model;  // the Model panel's checkpoint (default: tq-ref-128 beside the repo)
+    std::string cache_a, cache_b;      // its caches (default: the panel's)
     int width = 1600, height = 1000;
     int frames = 6;
     float font_size = 15.0f;
     bool hover = false;
     float hover_x = 0, hover_y = 0;
     double bench_seconds = 0.05;  // memory panel screenshot: timing budget per benchmark point
-    double timeout = 180;  // seconds the memory panel's benchmark may take in a screenshot
+    double timeout = 180;  // seconds the memory panel's benchmark or the model panel's runs may take in a screenshot
 };
 
 void usage(FILE* f) {
     std::fprintf(f,
-                 "usage: tqkv-explorer [--data DIR] [--panel NAME] [--size WxH] [--font-size PX]\n"
-                 "       tqkv-explorer --screenshot OUT.png --panel NAME [--size 1600x1000] [--data DIR]\n"
+                 "usage: tqkv-explorer [--data DIR] [--model DIR] [--caches A,B] [--panel NAME] [--size WxH] [--font-size PX]\n"
+                 "       tqkv-explorer --screenshot OUT.png --panel NAME [--size 1600x1000] [--data DIR] [--model DIR]\n"
                  "                     [--hover X,Y] [--frames N] [--bench-seconds S]\n"
                  "  --data DIR        a KV dump: keys.npy, values.npy [layers, kv_heads, tokens, dim],\n"
                  "                    queries.npy [layers, heads, tokens, dim] (default: built-in synthetic data)\n"
-                 "  --panel NAME      rotation | codebook | tokens | attention | memory\n"
+                 "  --model DIR       the Model panel's checkpoint: config.json + safetensors (default:\n"
+                 "                    ../shared/data/tq-ref-128 beside the repository when there; \"\" for none)\n"
+                 "  --caches A,B      the Model panel's two cache specs (default fp32,K3.5V2.5-w16)\n"
+                 "  --panel NAME      rotation | codebook | tokens | attention | memory | model\n"
                  "  --screenshot PNG  render one frame of the panel offscreen, write it, exit (needs an X\n"
                  "                    display: run under xvfb-run)\n"
                  "  --size WxH        window / image size in pixels (default 1600x1000)\n"
@@ -82,12 +88,23 @@ bool parse(int argc, char** argv, Options& o) {
             std::exit(0);
         } else if (a == "--data") {
             if (!value(o.data)) return false;
+        } else if (a == "--model") {
+            if (!value(v)) return false;
+            o.model = v;
+        } else if (a == "--caches") {
+            if (!value(v)) return false;
+            const auto comma = v.find(',');
+            if (comma == std::string::npos || comma == 0 || comma + 1 == v.size()) {
+                std::fprintf(stderr, "tqkv-explorer: --caches wants two cache specs A,B, got '%s'\n", v.c_str());
+                return false;
+            }
+            o.cache_a = v.substr(0, comma), o.cache_b = v.substr(comma + 1);
         } else if (a == "--screenshot") {
             if (!value(o.screenshot)) return false;
         } else if (a == "--panel") {
             if (!value(o.panel)) return false;
             if (panel_index(o.panel) < 0) {
-                std::fprintf(stderr, "tqkv-explorer: unknown panel '%s' (rotation, codebook, tokens, attention, memory)\n",
+                std::fprintf(stderr, "tqkv-explorer: unknown panel '%s' (rotation, codebook, tokens, attention, memory, model)\n",
                              o.panel.c_str());
                 return false;
             }
@@ -180,6 +197,22 @@ struct Offscreen {
     void unbind() const { BindFramebuffer(GL_FRAMEBUFFER, 0); }
 };
 
+// Headless runs of the model panel say what it computed (explorer/test.sh checks these lines).
+void report_model(const ex::App& app) {
+    const auto r = app.mdl.work.result();
+    if (app.mdl.want.dir.empty() || !r) {
+        std::printf("tqkv-explorer: model panel: no model loaded\n");
+    } else if (!r->error.empty()) {
+        std::fprintf(stderr, "tqkv-explorer: model panel: %s: %s\n", r->q.dir.c_str(), r->error.c_str());
+    } else {
+        std::printf("tqkv-explorer: model panel: %zu tokens scored, A %s %.4f nats/token, B %s %.4f nats/token; plan %s %s; "
+                    "continuations of %zu and %zu tokens, first divergence %d\n",
+                    r->pieces.size(), r->q.spec_a.c_str(), r->mean_a, r->q.spec_b.c_str(), r->mean_b, r->q.plan_spec.c_str(),
+                    r->plan ? r->plan_json.c_str() : r->plan_error.c_str(), r->cont_a.size(), r->cont_b.size(),
+                    r->first_divergence);
+    }
+}
+
 bool write_png(const std::string& path, int w, int h) {
     std::vector<unsigned char> px(size_t(w) * h * 3), flipped(px.size());
     glPixelStorei(GL_PACK_ALIGNMENT, 1);
@@ -245,6 +278,14 @@ int main(int argc, char** argv) {
         if (!std::string(TQKV_SHARED_DATA).empty() && std::filesystem::exists(shared + "/keys.npy"))
             std::snprintf(app->path, sizeof app->path, "%s", std::filesystem::weakly_canonical(shared).c_str());
     }
+    if (opt.model) {
+        ex::set_model_dir(*app, *opt.model);
+    } else {
+        const std::string shared = std::string(TQKV_SHARED_DATA) + "/tq-ref-128";
+        if (!std::string(TQKV_SHARED_DATA).empty() && std::filesystem::exists(shared + "/config.json"))
+            ex::set_model_dir(*app, std::filesystem::weakly_canonical(shared).string());
+    }
+    if (!opt.cache_a.empty()) ex::set_model_caches(*app, opt.cache_a, opt.cache_b);  // a bad spec shows in the panel
     const int panel = panel_index(opt.panel);
     app->force_panel = panel;
     if (shot && panel == ex::kCodebook) app->cb.pending_steps = 4;  // show the iteration under way
@@ -300,7 +341,11 @@ int main(int argc, char** argv) {
             app->mem.bench.start(bc);
             bench_started = true;
         }
-        const bool waiting = panel == ex::kMemory && (tiers_pending || !bench_started || app->mem.bench.running());
+        // The model panel: until its runs have finished (started by its first frame).
+        const bool model_pending = panel == ex::kModel && !app->mdl.want.dir.empty() &&
+                                   (app->mdl.work.busy() || !app->mdl.work.result());
+        const bool waiting = (panel == ex::kMemory && (tiers_pending || !bench_started || app->mem.bench.running())) ||
+                             (model_pending && frames >= 2);
         if (waiting && ex::now_seconds() - t_start < opt.timeout) {
             std::this_thread::sleep_for(std::chrono::milliseconds(20));
             settled_from = frames + 2;  // draw the finished state twice more before capturing
@@ -315,6 +360,7 @@ int main(int argc, char** argv) {
                             opt.panel.c_str());
             }
             off.unbind();
+            if (panel == ex::kModel) report_model(*app);
             break;
         }
     }

@@ -297,6 +297,19 @@ inline std::array<float, 3> viridis(double t) {
             c[i][2] + f * (c[i + 1][2] - c[i][2])};
 }
 
+// Diverging colour map for signed differences (ColorBrewer RdBu's ends): t in [-1, 1] -> RGB in
+// [0, 1]; -1 blue, 0 near white, +1 red, so "better" and "worse" read apart and 0 disappears
+// into the page. NaN -> 0.
+inline std::array<float, 3> diverging(double t) {
+    static const float blue[3] = {0.129f, 0.400f, 0.675f}, mid[3] = {0.969f, 0.969f, 0.969f},
+                       red[3] = {0.698f, 0.094f, 0.169f};
+    if (!(t == t)) t = 0;
+    t = std::clamp(t, -1.0, 1.0);
+    const float* end = t < 0 ? blue : red;
+    const float f = float(std::fabs(t));
+    return {mid[0] + f * (end[0] - mid[0]), mid[1] + f * (end[1] - mid[1]), mid[2] + f * (end[2] - mid[2])};
+}
+
 // Normalized position of v in [lo, hi] (log: in log space), clamped to [0, 1].
 inline double normalize(double v, double lo, double hi, bool log = false) {
     if (log) {

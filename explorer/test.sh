@@ -2,7 +2,9 @@
 # Headless tests of tqkv-explorer: renders every panel under Xvfb (Mesa) and checks each PNG has
 # the requested size and is not blank (luma variance, many distinct colours, no colour covering
 # almost everything); a bad --data directory must still render (the error is shown in the UI)
-# and a bad argument must exit with status 2.
+# and a bad argument must exit with status 2. The model panel runs end to end on a small
+# random-weight checkpoint written here (tqkv-explorer-testmodel: the tests' tiny Llama), and
+# renders its "no model loaded" and bad-directory states.
 #   usage: explorer/test.sh [BUILD_DIR]      (default: build-explorer, configured with
 #                                             -DTQKV_BUILD_EXPLORER=ON)
 # Needs: xvfb (xvfb-run), xauth, libgl1-mesa-dri.
@@ -11,7 +13,8 @@ cd "$(dirname "$0")/.."
 build=${1:-build-explorer}
 exe=$build/explorer/tqkv-explorer
 check=$build/explorer/tqkv-explorer-pngcheck
-for f in "$exe" "$check"; do
+testmodel=$build/explorer/tqkv-explorer-testmodel
+for f in "$exe" "$check" "$testmodel"; do
   [ -x "$f" ] || { echo "explorer/test.sh: $f not built (configure with -DTQKV_BUILD_EXPLORER=ON)" >&2; exit 1; }
 done
 command -v xvfb-run >/dev/null || { echo "explorer/test.sh: xvfb-run missing (apt-get install xvfb xauth)" >&2; exit 1; }
@@ -32,6 +35,24 @@ shot --screenshot "$out/bad-data.png" --panel tokens --size 1000x700 --data "$ou
 "$check" "$out/bad-data.png" 1000 700 || fail=1
 grep -q "no-such-dump" "$out/bad-data.err" || { echo "FAIL: no load error reported for a bad --data" >&2; fail=1; }
 
+# The model panel on a small checkpoint (random weights, 2 layers, d 32): both caches score the
+# text (B an auto preset, so the sensitivity probe and the rate plan run), continuations side by
+# side. The lines it prints say what was computed; the coloured text makes thousands of colours.
+"$testmodel" "$out/tiny" >/dev/null || { echo "FAIL: could not write the test checkpoint" >&2; fail=1; }
+shot --screenshot "$out/model.png" --panel model --size ${w}x${h} --model "$out/tiny" --caches fp32,auto-3.5 \
+  >"$out/model.log" 2>&1 || { echo "FAIL: model did not render" >&2; fail=1; }
+"$check" "$out/model.png" $w $h 4000 || fail=1
+grep -Eq 'model panel: [0-9]{3,} tokens scored, A fp32 [0-9.]+ nats/token, B auto-3.5 [0-9.]+ nats/token; plan auto-3.5 \{"budget":3.5,.*"layers":\[\{"k":[0-9.]+,"v":[0-9.]+\},\{.*continuations of 64 and 64 tokens' \
+  "$out/model.log" || { echo "FAIL: the model panel did not compute its comparison:" >&2; cat "$out/model.log" >&2; fail=1; }
+# No model, and a directory that is not a checkpoint: the panel says so.
+shot --screenshot "$out/no-model.png" --panel model --size 1000x700 --model "" >"$out/no-model.log" 2>&1 \
+  || { echo "FAIL: the model panel without a model did not render" >&2; fail=1; }
+"$check" "$out/no-model.png" 1000 700 || fail=1
+grep -q "model panel: no model loaded" "$out/no-model.log" || { echo "FAIL: no 'no model loaded' state" >&2; fail=1; }
+shot --screenshot "$out/bad-model.png" --panel model --size 1000x700 --model "$out/no-such-model" >"$out/bad-model.log" 2>&1 \
+  || { echo "FAIL: a bad --model directory must not stop the explorer" >&2; fail=1; }
+grep -q "no-such-model: no config.json" "$out/bad-model.log" || { echo "FAIL: no error for a bad --model" >&2; fail=1; }
+
 # The real dump beside the project, when it is there.
 real=../shared/data/tq-ref-128/kv
 if [ -f "$real/keys.npy" ]; then
@@ -42,7 +63,7 @@ else
 fi
 
 # Bad arguments: usage and status 2 (checked before any display is opened).
-for args in "--panel nope" "--size 10x10 --screenshot x.png" "--bogus"; do
+for args in "--panel nope" "--size 10x10 --screenshot x.png" "--bogus" "--caches fp32"; do
   set +e
   # shellcheck disable=SC2086
   "$exe" $args >/dev/null 2>&1
@@ -52,4 +73,4 @@ for args in "--panel nope" "--size 10x10 --screenshot x.png" "--bogus"; do
 done
 
 if [ $fail -ne 0 ]; then echo "explorer tests FAILED" >&2; exit 1; fi
-echo "explorer tests passed (5 panels + bad data + real dump + bad arguments)"
+echo "explorer tests passed (5 panels + model panel on a test checkpoint, no model, bad model + bad data + real dump + bad arguments)"

@@ -82,7 +82,7 @@ background QEMU "ARM64 NEON tests under qemu-aarch64 (run)" \
 step "explorer: render every panel headless under Xvfb and check the PNGs"
 # In the native tree (its library is built already: only the explorer's own files compile).
 cmake -S . -B build -DTQKV_BUILD_EXPLORER=ON >/dev/null
-cmake --build build -j"$jobs" --target tqkv-explorer tqkv-explorer-pngcheck
+cmake --build build -j"$jobs" --target tqkv-explorer tqkv-explorer-pngcheck tqkv-explorer-testmodel
 bash explorer/test.sh build
 
 step "WebAssembly + npm package"

@@ -206,6 +206,23 @@ TEST_CASE("plot: colour map ends and clamping", "[plot]") {
     CHECK(format_bytes(66.0 * 1024) == "66.0 KiB");
 }
 
+TEST_CASE("plot: diverging colour map is light at 0, darker and apart towards the ends", "[plot]") {
+    auto lum = [](std::array<float, 3> c) { return 0.2126 * c[0] + 0.7152 * c[1] + 0.0722 * c[2]; };
+    const auto lo = diverging(-1.0), mid = diverging(0.0), hi = diverging(1.0);
+    CHECK(lum(mid) > 0.9);
+    // Darker the further from 0 on both sides (what makes |ΔNLL| readable), monotonically.
+    for (double t = 0.1; t <= 1.0001; t += 0.1) {
+        CHECK(lum(diverging(t)) < lum(diverging(t - 0.1)));
+        CHECK(lum(diverging(-t)) < lum(diverging(-(t - 0.1))));
+    }
+    // The sign is the hue: blue below 0, red above.
+    CHECK(lo[2] > lo[0]);
+    CHECK(hi[0] > hi[2]);
+    CHECK(diverging(-5.0) == lo);
+    CHECK(diverging(5.0) == hi);
+    CHECK(diverging(NAN) == mid);
+}
+
 TEST_CASE("plot: runs of equal labels cover every position once, in order", "[plot]") {
     CHECK(runs(std::vector<int>{}).empty());
     const std::vector<int> labels = {0, 0, 2, 2, 2, 1, 0, 0, 3};
