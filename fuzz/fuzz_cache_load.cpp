@@ -38,7 +38,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* input, size_t size) {
     try {
         tqkv::ModelKVCache m = tqkv::ModelKVCache::load(bytes);
         // Files of the current version save back to the same bytes (older ones are re-written).
-        if (u32(8) == 2 && m.save() != std::vector<uint8_t>(data, data + size)) __builtin_trap();
+        if (u32(8) == 3 && m.save() != std::vector<uint8_t>(data, data + size)) __builtin_trap();
         for (int l = 0; l < m.layers(); ++l) {
             const auto& c = m.layer(l);
             if (c.tokens() == 0) continue;

@@ -59,6 +59,22 @@ int main(int argc, char** argv) {
         model.append(1, std::span(k).first(size_t(kv) * dim * 3), std::span(v).first(size_t(kv) * dim * 3));
         write(root / "cache" / ("seed" + std::to_string(i++)), model.save());
     }
+    {  // A sliding attention window that has dropped tokens (format version 3: window, dropped count).
+        tqkv::CacheConfig c;
+        c.heads = 2;
+        c.kv_heads = 1;
+        c.head_dim = 16;
+        c.window = 2;
+        c.block_tokens = 32;
+        c.attention_window = 7;
+        tqkv::KVCache cache(c);
+        std::vector<float> k(16 * 45), v(k.size());
+        for (auto& x : k) x = float(rng.normal());
+        for (auto& x : v) x = float(rng.normal());
+        cache.append(std::span(k).first(16 * 40), std::span(v).first(16 * 40));
+        cache.append(std::span(k).subspan(16 * 40), std::span(v).subspan(16 * 40));  // drops tokens 0..33
+        write(root / "cache" / ("seed" + std::to_string(i++)), cache.save());
+    }
     // Calibrations, and caches built with them (means and debias flags in the header).
     for (auto [layers, kv, dim] : {std::tuple{1, 1, 8}, {2, 2, 16}, {2, 1, 32}}) {
         tqkv::Calibration cal(layers, kv, dim);

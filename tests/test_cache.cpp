@@ -957,3 +957,269 @@ TEST_CASE("attend_stats over caches of mixed bit widths: one online softmax, val
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The attention window (CacheConfig::attention_window: Mistral's sliding_window)
+
+namespace {
+
+// Fractional rates' high channels for the window tests (any fixed choice).
+std::vector<int> some_high_channels(double bits, int dim) {
+    std::vector<int> h(size_t(std::lround((bits - std::floor(bits)) * dim)));
+    for (size_t i = 0; i < h.size(); ++i) h[i] = int(3 * i % size_t(dim));
+    return h;
+}
+
+}  // namespace
+
+TEST_CASE("attention window: a query sees exactly the last W tokens, on every kernel and both precisions", "[cache][swa]") {
+    // Cache a has the window, its twin has none: the same codes (a token's codes do not depend on
+    // its position). Query head h of token t points at the key of token t - W, the newest one
+    // outside the window, so attending to one token too many moves the output far (checked below
+    // against the twin's unwindowed attention). Cost: ~0.3 s natively.
+    struct Case {
+        int heads, kv_heads, dim;
+        double kb, vb;
+        Method km;
+        int window;   // exact recent window (not the attention window)
+        size_t aw;    // attention window
+        std::vector<size_t> chunks;
+    };
+    const Case cases[] = {
+        {4, 2, 64, 4, 4, Method::Mse, 0, 40, {5, 60, 1, 1, 100, 3, 1}},  // codes only: against the twin's decoded tokens too
+        {2, 1, 128, 3, 2, Method::Mse, 0, 1, {33, 2, 1, 40}},            // W = 1: each query sees its own token
+        {4, 4, 96, 3, 3, Method::Prod, 8, 33, {70, 1, 1, 50}},           // prod keys, exact window < W
+        {8, 2, 64, 2.5, 3.5, Method::Mse, 40, 5, {20, 300, 1, 64}},      // fractional rates, exact window > W, chunk > 256
+    };
+    for (const auto& kernel : available_kernels())
+        for (Precision prec : {Precision::Exact, Precision::Fast})
+            for (const auto& cs : cases) {
+                CacheConfig cfg = cache_config(cs.heads, cs.kv_heads, cs.dim, cs.kb, cs.vb, cs.window, cs.km);
+                if (cs.kb != std::floor(cs.kb)) cfg.key_high_channels = some_high_channels(cs.kb, cs.dim);
+                if (cs.vb != std::floor(cs.vb)) cfg.value_high_channels = some_high_channels(cs.vb, cs.dim);
+                cfg.kernel = kernel;
+                cfg.block_tokens = 32;
+                cfg.precision = prec;
+                KVCache twin(cfg);
+                cfg.attention_window = cs.aw;
+                KVCache a(cfg);
+                size_t total = 0;
+                for (size_t n : cs.chunks) total += n;
+                const size_t row = size_t(cs.kv_heads) * cs.dim, qrow = size_t(cs.heads) * cs.dim;
+                const int d = cs.dim, r = cs.heads / cs.kv_heads;
+                const auto K = tqkv_test::gaussian_vectors(total, int(row), 1);
+                const auto V = tqkv_test::gaussian_vectors(total, int(row), 2);
+                auto Q = tqkv_test::gaussian_vectors(total, int(qrow), 3);
+                for (size_t t = cs.aw; t < total; ++t)
+                    for (int h = 0; h < cs.heads; ++h)
+                        for (int j = 0; j < d; ++j) {
+                            float& q = Q[t * qrow + size_t(h) * d + j];
+                            q = 0.3f * q + 2.0f * K[(t - cs.aw) * row + size_t(h / r) * d + j];
+                        }
+                // exact: the fused path's 1e-4 (measured up to 2.4e-5, AVX2's fixed-point 4-bit key
+                // tables); fast: integer tables (measured up to 0.0067, K4V4).
+                const double tol = prec == Precision::Exact ? 1e-4 : 0.03;
+                double worst_ref = 0, worst_twin = 0, unwindowed = 0;
+                size_t t0 = 0;
+                for (size_t n : cs.chunks) {
+                    const auto keys = std::span(K).subspan(t0 * row, n * row), values = std::span(V).subspan(t0 * row, n * row);
+                    a.append(keys, values);
+                    twin.append(keys, values);
+                    CHECK(a.dropped_tokens() == (t0 + 1 > cs.aw ? t0 + 1 - cs.aw : 0));  // the chunk's first query's window
+                    std::vector<float> out(n * qrow), ref(n * qrow);
+                    const auto q = std::span(Q).subspan(t0 * qrow, n * qrow);
+                    a.attend(q, out, true);
+                    a.attend_reference(q, ref, true);
+                    for (size_t i = 0; i < n * size_t(cs.heads); ++i) worst_ref = std::max(worst_ref, rel_error(out, ref, i * d, size_t(d)));
+                    if (cs.window == 0) {  // every token coded: the twin's decoded tokens are what a sees
+                        for (int kvh = 0; kvh < cs.kv_heads; ++kvh) {
+                            const auto DK = twin.decode_keys(kvh), DV = twin.decode_values(kvh);
+                            for (size_t i = 0; i < n; ++i) {
+                                const size_t t = t0 + i, first = t + 1 > cs.aw ? t + 1 - cs.aw : 0;
+                                for (int hh = 0; hh < r; ++hh) {
+                                    const size_t at = i * qrow + size_t(kvh * r + hh) * d;
+                                    const auto want = exact_attention(&Q[t0 * qrow + at], &DK[first * d], &DV[first * d], t + 1 - first, d, a.scale());
+                                    const auto all = exact_attention(&Q[t0 * qrow + at], DK.data(), DV.data(), t + 1, d, a.scale());
+                                    std::vector<float> w(want.begin(), want.end()), o(out.begin() + long(at), out.begin() + long(at) + d);
+                                    worst_twin = std::max(worst_twin, rel_error(o, w, 0, size_t(d)));
+                                    std::vector<float> wall(all.begin(), all.end());
+                                    unwindowed = std::max(unwindowed, rel_error(wall, w, 0, size_t(d)));
+                                }
+                            }
+                        }
+                    }
+                    t0 += n;
+                }
+                INFO(kernel << (prec == Precision::Exact ? " exact" : " fast") << " d=" << d << " K" << cs.kb << "V" << cs.vb
+                            << " w=" << cs.window << " W=" << cs.aw << ": vs the reference " << worst_ref
+                            << ", vs the twin's last W tokens " << worst_twin << ", unwindowed vs windowed " << unwindowed);
+                CHECK(worst_ref < tol);
+                CHECK(worst_twin < tol);
+                if (cs.window == 0) CHECK(unwindowed > 0.3);  // the window matters for these queries
+                CHECK(a.tokens() == total);
+                CHECK(twin.dropped_tokens() == 0);
+            }
+}
+
+TEST_CASE("attention window: larger than the context changes nothing, bit for bit", "[cache][swa]") {
+    for (const auto& kernel : available_kernels())
+        for (Precision prec : {Precision::Exact, Precision::Fast}) {
+            CacheConfig cfg = cache_config(4, 2, 64, 4, 3, 16);
+            cfg.kernel = kernel;
+            cfg.precision = prec;
+            KVCache plain(cfg);
+            cfg.attention_window = 101;  // the last query (position 100) sees all 101 tokens
+            KVCache a(cfg);
+            const auto K = tqkv_test::gaussian_vectors(101, 128, 4), V = tqkv_test::gaussian_vectors(101, 128, 5);
+            const auto Q = tqkv_test::gaussian_vectors(30, 256, 6);
+            for (auto [from, n] : {std::pair{size_t(0), size_t(71)}, std::pair{size_t(71), size_t(30)}}) {
+                a.append(std::span(K).subspan(from * 128, n * 128), std::span(V).subspan(from * 128, n * 128));
+                plain.append(std::span(K).subspan(from * 128, n * 128), std::span(V).subspan(from * 128, n * 128));
+            }
+            std::vector<float> x(Q.size()), y(Q.size());
+            a.attend(Q, x, true);
+            plain.attend(Q, y, true);
+            CHECK(x == y);
+            CHECK(a.dropped_tokens() == 0);
+            CHECK(a.bytes_used() == plain.bytes_used());
+        }
+}
+
+TEST_CASE("attention window: memory stays bounded as tokens stream past it", "[cache][swa]") {
+    // Decode 3000 tokens through W = 100 (block 32): the cache holds the window's blocks, not the
+    // context's. Cost: ~0.1 s natively.
+    CacheConfig cfg = cache_config(4, 2, 64, 4, 4, 16);
+    cfg.block_tokens = 32;
+    KVCache plain(cfg);
+    cfg.attention_window = 100;
+    KVCache a(cfg);
+    const size_t row = 128, total = 3000;
+    const auto K = tqkv_test::gaussian_vectors(total, int(row), 7);
+    const auto V = tqkv_test::gaussian_vectors(total, int(row), 8);
+    a.append(std::span(K).first(400 * row), std::span(V).first(400 * row));  // a prefill chunk longer than W
+    plain.append(std::span(K).first(400 * row), std::span(V).first(400 * row));
+    size_t most = 0, most_blocks = 0;
+    const auto& m = CacheInternals::impl(a);
+    for (size_t t = 400; t < total; ++t) {
+        a.append(std::span(K).subspan(t * row, row), std::span(V).subspan(t * row, row));
+        plain.append(std::span(K).subspan(t * row, row), std::span(V).subspan(t * row, row));
+        CHECK(a.dropped_tokens() == t + 1 - 100);
+        if (t >= 1000) most = std::max(most, a.bytes_used()), most_blocks = std::max(most_blocks, m.held_blocks());
+    }
+    // Held: the window (100 tokens, 4 blocks of 32 when it straddles them) and the block being
+    // filled, plus arena growth of an eighth of what is held (one block at this size).
+    CHECK(most_blocks <= 6);
+    size_t arena_blocks = 0;
+    for (const auto& ar : m.arenas) arena_blocks += ar.blocks;
+    CHECK(arena_blocks <= 6);
+    CHECK(most <= a.table_bytes() + 6 * a.block_bytes() + 64 * 1024);  // (+ ring, block table)
+    CHECK(CacheInternals::impl(plain).held_blocks() > 10 * most_blocks);  // the same tokens without the window
+    // The codes of dropped tokens still held (in the first block) are zeros.
+    for (size_t t = m.first_block * 32; t < a.dropped_tokens(); ++t)
+        for (int h = 0; h < 2; ++h) {
+            const uint8_t* g = m.group(h, t);
+            for (auto* side : {&m.keys(), &m.values()})
+                for (const auto& s : side->segs) {
+                    const uint8_t* norm = g + s.norm_off + (t % 32) * m.norm_bytes;
+                    CHECK((norm[0] | norm[1]) == 0);
+                }
+        }
+    CHECK(a.format_bytes() < 0.1 * plain.format_bytes());
+}
+
+TEST_CASE("attention window: truncate, save/load after dropping, refusals", "[cache][swa][errors]") {
+    CacheConfig cfg = cache_config(4, 2, 64, 3, 3, 8, Method::Prod);
+    cfg.block_tokens = 32;
+    cfg.attention_window = 20;
+    const size_t row = 128, qrow = 256;
+    const auto K = tqkv_test::gaussian_vectors(200, int(row), 9), V = tqkv_test::gaussian_vectors(200, int(row), 10);
+    const auto Q = tqkv_test::gaussian_vectors(200, int(qrow), 11);
+    auto feed = [&](KVCache& c, size_t from, size_t n) {
+        c.append(std::span(K).subspan(from * row, n * row), std::span(V).subspan(from * row, n * row));
+    };
+    auto attend_last = [&](const KVCache& c, size_t n) {  // the queries of the last n tokens
+        std::vector<float> out(n * qrow);
+        c.attend(std::span(Q).subspan((c.tokens() - n) * qrow, n * qrow), out, true);
+        return out;
+    };
+    KVCache a(cfg);
+    feed(a, 0, 100);
+    feed(a, 100, 10);  // drops the tokens before 100 + 1 - 20 = 81
+    REQUIRE(a.dropped_tokens() == 81);
+    const auto before = a.save();
+
+    SECTION("truncate across the dropped point: a clear error, nothing changed") {
+        CHECK_THROWS_WITH(a.truncate(99), Catch::Contains("dropped") && Catch::Contains("keep at least 100"));
+        CHECK_THROWS_WITH(a.truncate(0), Catch::Contains("attention window of 20"));
+        CHECK(a.save() == before);
+        // Queries further back than the last chunk need dropped tokens: refused.
+        CHECK_THROWS_WITH(attend_last(a, 11), Catch::Contains("dropped"));
+        std::vector<float> ref(11 * qrow);
+        CHECK_THROWS_WITH(a.attend_reference(std::span(Q).subspan(99 * qrow, 11 * qrow), ref), Catch::Contains("dropped"));
+    }
+    SECTION("a rollback within the last chunk: the same cache as never having gone further") {
+        a.truncate(101);  // the earliest allowed: the next query (position 101) sees tokens from 82 > 81
+        KVCache b(cfg);
+        feed(b, 0, 100);
+        feed(b, 100, 1);
+        CHECK(a.save() == b.save());
+        feed(a, 101, 30);
+        feed(b, 101, 30);
+        CHECK(attend_last(a, 30) == attend_last(b, 30));
+        CHECK(a.dropped_tokens() == 82);
+        a.truncate(101);  // back to the start of the last chunk
+        CHECK_THROWS_WITH(a.truncate(100), Catch::Contains("keep at least 101"));
+    }
+    SECTION("save/load after dropping: the same attention and the same future") {
+        KVCache b = KVCache::load(before);
+        CHECK(b.dropped_tokens() == 81);
+        CHECK(b.config().attention_window == 20);
+        CHECK(b.save() == before);
+        b.set_precision(Precision::Exact);
+        CHECK(attend_last(a, 1) == attend_last(b, 1));  // (the exact rows of the last chunk are not saved)
+        feed(a, 110, 50);
+        feed(b, 110, 50);
+        CHECK(attend_last(a, 50) == attend_last(b, 50));
+        CHECK(a.save() == b.save());
+        // Dropped tokens are not in the file: far smaller than the same cache without the window.
+        CacheConfig plain_cfg = cfg;
+        plain_cfg.attention_window = 0;
+        KVCache plain(plain_cfg);
+        feed(plain, 0, 160);
+        CHECK(a.save().size() < plain.save().size());
+    }
+    SECTION("hostile window fields: clear errors") {
+        // Offsets in a one-layer file without high channels or means: attention_window at 100,
+        // tokens 108, compressed 116, dropped 124.
+        auto put = [](std::vector<uint8_t> b, size_t at, uint64_t v) {
+            for (int i = 0; i < 8; ++i) b[at + size_t(i)] = uint8_t(v >> (8 * i));
+            fix_crc(b);
+            return b;
+        };
+        CHECK_THROWS_WITH(KVCache::load(put(before, 100, 0)), Catch::Contains("inconsistent dropped"));   // no window
+        CHECK_THROWS_WITH(KVCache::load(put(before, 100, 40)), Catch::Contains("inconsistent dropped"));  // the next query needs more
+        CHECK_THROWS_WITH(KVCache::load(put(before, 100, uint64_t(1) << 40)), Catch::Contains("2^28"));
+        CHECK_THROWS_WITH(KVCache::load(put(before, 124, 111)), Catch::Contains("inconsistent dropped"));
+        CHECK_THROWS_WITH(KVCache::load(put(before, 124, 30)), Catch::Contains("truncated"));  // promises more groups than present
+        CHECK_THROWS_WITH(KVCache::load(put(before, 124, 96)), Catch::Contains("load"));  // consistent counts, fewer groups than the bytes hold
+    }
+    SECTION("refusals") {
+        CHECK_THROWS_WITH(a.set_attention_window(30), Catch::Contains("dropped"));
+        a.set_attention_window(20);  // the same window: fine
+        std::vector<float> acc(qrow), mx(4), se(4);
+        CHECK_THROWS_WITH(a.attend_stats(std::span(Q).first(qrow), acc, mx, se), Catch::Contains("attention window"));
+        CacheConfig cap = cfg;
+        cap.max_tokens = 1000;
+        CHECK_THROWS_WITH(KVCache(cap), Catch::Contains("max_tokens"));
+        cap.attention_window = 0;
+        KVCache c(cap);
+        CHECK_THROWS_WITH(c.set_attention_window(5), Catch::Contains("max_tokens"));
+        a.clear();
+        CHECK(a.dropped_tokens() == 0);
+        a.set_attention_window(30);
+        feed(a, 0, 40);
+        CHECK(a.dropped_tokens() == 0);
+        feed(a, 40, 1);
+        CHECK(a.dropped_tokens() == 11);
+    }
+}

@@ -337,19 +337,21 @@ TEST_CASE("calibrated cache: save and load keep the means and debias flags; v1 f
     // A version-1 file (no preconditioning fields) of an uncalibrated cache loads unchanged.
     ModelKVCache plain(2, CacheConfig{.heads = 4, .kv_heads = KH, .head_dim = d});
     for (int l = 0; l < 2; ++l) plain.append(l, std::span(K).first(40 * row), std::span(V).first(40 * row));
-    auto v2 = plain.save();
-    // v1 = v2 without the flags and two empty mean counts (12 bytes) after each layer's channels.
-    std::vector<uint8_t> v1(v2.begin(), v2.begin() + 8);
+    auto v3 = plain.save();
+    // v1 = v3 without the flags and two empty mean counts (12 bytes) and the attention window (8)
+    // after each layer's channels, and without the dropped count (8) after the token counts.
+    std::vector<uint8_t> v1(v3.begin(), v3.begin() + 8);
     v1.insert(v1.end(), {1, 0, 0, 0});
-    size_t pos = 12;
-    v1.insert(v1.end(), v2.begin() + 12, v2.begin() + 16);  // layers
-    pos = 16;
+    v1.insert(v1.end(), v3.begin() + 12, v3.begin() + 16);  // layers
+    size_t pos = 16;
     const size_t header = 7 * 4 + 8 + 8 + 4 + 8 + 8 + 4 + 4;  // through both empty channel lists
-    const size_t payload = (v2.size() - 4 - 16) / 2 - header - 12;
+    const size_t payload = (v3.size() - 4 - 16) / 2 - header - 44;
     for (int l = 0; l < 2; ++l) {
-        v1.insert(v1.end(), v2.begin() + pos, v2.begin() + pos + header);
-        pos += header + 12;
-        v1.insert(v1.end(), v2.begin() + pos, v2.begin() + pos + payload);
+        v1.insert(v1.end(), v3.begin() + long(pos), v3.begin() + long(pos + header));
+        pos += header + 20;
+        v1.insert(v1.end(), v3.begin() + long(pos), v3.begin() + long(pos + 16));  // tokens, compressed
+        pos += 24;
+        v1.insert(v1.end(), v3.begin() + long(pos), v3.begin() + long(pos + payload));
         pos += payload;
     }
     uint32_t c = 0xffffffffu;
@@ -360,7 +362,7 @@ TEST_CASE("calibrated cache: save and load keep the means and debias flags; v1 f
     c = ~c;
     for (int i = 0; i < 4; ++i) v1.push_back(uint8_t(c >> (8 * i)));
     const ModelKVCache old = ModelKVCache::load(v1);
-    CHECK(old.save() == v2);
+    CHECK(old.save() == v3);
 }
 
 // The mechanisms, each against its absence (the same data, one switch flipped).

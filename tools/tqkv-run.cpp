@@ -125,7 +125,8 @@ int main(int argc, char** argv) {
         const tqkv::Tokenizer tok =
             tqkv::Tokenizer::for_model(dir, size_t(mc.vocab_size), opt.count("tokenizer") ? opt["tokenizer"] : "");
         const double load_s = now() - t_load;
-        // A sliding-window model runs up to its window with caches that cannot drop old tokens yet.
+        // A sliding-window model runs past its window with every cache but the budgeted ones (the
+        // runner refuses those there, by name).
         const size_t max_ctx = size_t(mc.max_position_embeddings);
         const std::vector<int32_t> tokens = tok.encode(prompt, true);  // BOS as the tokenizer config says
         if (tokens.size() >= max_ctx)

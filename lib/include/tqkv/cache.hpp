@@ -56,6 +56,12 @@ struct CacheConfig {
     float scale = 0;           // attention scale; 0 = 1/sqrt(head_dim)
     size_t max_tokens = 0;     // capacity; 0 = unbounded (up to 2^28). Its blocks are allocated at once
                                // (one arena) when the first token is compressed.
+    // Sliding attention window (Mistral's sliding_window; not the exact `window` above): a query at
+    // position p sees only tokens p - attention_window + 1 .. p, and tokens that have left the
+    // window of every query still to come are dropped: their codes are zeroed and whole blocks
+    // freed, so memory stays bounded by about attention_window + the last appended chunk. 0 = none.
+    // Not with max_tokens (a capacity allocates every block at once).
+    size_t attention_window = 0;
     uint64_t seed = 0x74716b76;
     NormFormat norm = NormFormat::F16;
     std::string kernel;        // "" = best available (or TQKV_KERNEL)
@@ -120,8 +126,16 @@ public:
     double value_debias() const;       // the factor on coded values (1 without debias_values)
     const VectorCodec& key_codec() const;    // the codecs the tokens are coded with
     const VectorCodec& value_codec() const;
-    size_t tokens() const;             // tokens held (compressed + window)
-    size_t compressed_tokens() const;  // tokens stored as codes
+    size_t tokens() const;             // tokens appended (positions; compressed + window, dropped included)
+    size_t compressed_tokens() const;  // tokens stored as codes (dropped included)
+    // Tokens dropped by the attention window (CacheConfig::attention_window): tokens 0 .. this - 1
+    // are gone. Appending n tokens when tokens() = T drops those before T + 1 - attention_window,
+    // the first token the chunk's first query sees: the queries of the last appended chunk and
+    // later ones see everything they need; attending a query further back throws.
+    size_t dropped_tokens() const;
+    // Sets CacheConfig::attention_window (0 = none). Throws std::invalid_argument, changing
+    // nothing, when tokens were dropped already under another window, or with max_tokens.
+    void set_attention_window(size_t window);
     const char* kernel() const;
     // The attention arithmetic (CacheConfig::precision); not stored by save(): the same codes are
     // attended either way, so a loaded cache takes the default until this is called.
@@ -137,7 +151,9 @@ public:
     // to p exactly and older ones as codes: append keeps the exact rows of the chunk it compresses
     // (and of the window before it) until the next append, so the queries of the last appended
     // chunk get exactly what decode would have computed. Queries further back read tokens whose
-    // exact rows are gone as codes.
+    // exact rows are gone as codes. With an attention window W (CacheConfig::attention_window) a
+    // query at p sees only tokens p - W + 1 .. p (causal = false: every query sees the last W
+    // tokens); a query that would need a dropped token throws.
     void attend(std::span<const float> queries, std::span<float> out, bool causal = true,
                 const AttendOptions& options = {}) const;
     // Attention statistics of one query token ([heads][head_dim]) over all tokens, for merging
@@ -159,7 +175,8 @@ public:
     // continue_stats: acc / max_logit / sum_exp hold on entry the statistics of tokens attended
     // elsewhere (e.g. an exact tier; -inf, 0 and zeros for none), and the online softmax goes on
     // from them. Empty caches are skipped; throws std::invalid_argument on bad sizes, when the
-    // caches differ in shape or kernel, or all are empty.
+    // caches differ in shape or kernel, or all are empty. Caches with an attention window are
+    // refused (here and in the one-cache attend_stats: their logits would not be one per token).
     static void attend_stats(std::span<const KVCache* const> caches, std::span<const float> query,
                              std::span<float> acc, std::span<float> max_logit, std::span<float> sum_exp,
                              std::span<float> logits = {}, std::span<const float> value_scales = {},
@@ -176,13 +193,17 @@ public:
     // softmax in double precision. The reference the fused kernels are tested against.
     void attend_reference(std::span<const float> queries, std::span<float> out, bool causal = true) const;
     // Keys/values of one KV head as attention sees them: tokens() x head_dim floats; coded tokens
-    // decoded and times the debias factor, window tokens exact, every token plus the mean.
+    // decoded and times the debias factor, window tokens exact, every token plus the mean; tokens
+    // dropped by the attention window are zeros.
     std::vector<float> decode_keys(int kv_head) const;
     std::vector<float> decode_values(int kv_head) const;
 
     // Keeps the first n_tokens (speculative-decoding rollback). Tokens that return to the window
     // get their exact rows back when the cache still holds them (a rollback within the last
     // appended chunk: the same cache as never having gone further); otherwise they stay codes.
+    // With dropped tokens, the next query (at position n_tokens) must still see all it needs:
+    // n_tokens + 1 - attention_window >= dropped_tokens(), else it throws (a rollback within the
+    // last appended chunk always works).
     void truncate(size_t n_tokens);
     void clear();
 
@@ -268,6 +289,8 @@ public:
     }
     void truncate(size_t n_tokens);
     void clear();
+    // KVCache::set_attention_window of every layer, built or not.
+    void set_attention_window(size_t window);
     size_t bytes_used() const;
     double format_bytes() const;  // KVCache::format_bytes of every layer
     std::vector<uint8_t> save() const;

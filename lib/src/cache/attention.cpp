@@ -50,11 +50,12 @@ struct AttendClass {
     bool fast_keys = false, fast_values = false;
 };
 
-// Tokens [t0, t1) of one part: codes (t0 a multiple of 32) or exact rows.
+// Tokens [t0, t1) of one part: codes (t0 a multiple of 32) or exact rows. Tokens before `from`
+// are not seen (the attention window starts inside the first group): masked like those past t1.
 struct Span {
     uint32_t part = 0;
     bool exact = false;
-    size_t t0 = 0, t1 = 0;
+    size_t t0 = 0, t1 = 0, from = 0;
 };
 
 // A unit: spans [span0, span1) of query qi's span list, for one KV head.
@@ -153,6 +154,7 @@ void KVCache::attend_stats(std::span<const float> query, std::span<float> acc, s
     if (!logits.empty() && logits.size() != size_t(c.heads) * impl_->n_tokens)
         fail("attend_stats: logits need heads * tokens() floats (or none)");
     if (impl_->n_tokens == 0) fail("attend: the cache is empty");
+    if (impl_->cfg.attention_window) fail("attend_stats: not with an attention window (attend honours it)");
     const Impl* self = impl_.get();
     attend_impl(std::span(&self, 1), {}, query, acc, false, max_logit.data(), sum_exp.data(), logits, false, options);
 }
@@ -184,6 +186,7 @@ void KVCache::attend_stats(std::span<const KVCache* const> caches, std::span<con
         const CacheConfig &a = cache->impl_->cfg, &b = caches[0]->impl_->cfg;
         if (a.heads != b.heads || a.kv_heads != b.kv_heads || a.head_dim != b.head_dim || cache->impl_->k != caches[0]->impl_->k)
             fail("attend_stats: the caches differ in heads, KV heads, head_dim or kernel");
+        if (a.attention_window) fail("attend_stats: not with an attention window (attend honours it)");
         const float vs = value_scales.empty() ? 1.0f : value_scales[i];
         if (!(std::isfinite(vs) && std::abs(vs) < 1e6f)) fail("attend_stats: value scale " + std::to_string(vs) + " is not finite or too large");
         total += cache->impl_->n_tokens;
@@ -253,6 +256,12 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
              " tokens (append the chunk's keys and values first)");
     check_finite(queries, c, c.heads, "attend: query");
     check_options(options);
+    // The attention window: the first query (the others see later tokens) must not need a
+    // dropped token (only one part here: attend_stats refuses windows).
+    if (const size_t first = m.visible_start(causal ? m.n_tokens - n_q + 1 : m.n_tokens); first < m.dropped)
+        fail("attend: the query at position " + std::to_string(m.n_tokens - n_q) + " sees tokens from " + std::to_string(first) +
+             " on, but tokens before " + std::to_string(m.dropped) + " left the attention window of " +
+             std::to_string(c.attention_window) + " tokens and were dropped (attend the queries of the last appended chunk or later)");
 
     const AttentionKernels& ak = *m.ak;  // the same kernel tables for every part (checked by the callers)
     const KernelTable& k = *m.k;
@@ -489,6 +498,7 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                         for (size_t off = 0; off < P.group_bytes; off += 64) __builtin_prefetch(next + off, 0, 1);
                     }
                     const size_t valid = std::min<size_t>(kGroupTokens, sp.t1 - t0);
+                    const size_t lead = sp.from > t0 ? sp.from - t0 : 0;  // tokens before the attention window
                     const bool fast_keys = ws.fast_ok[ci];
                     if (cl.fused_keys || fast_keys) {  // scores * norms * scale straight into the chunk, per segment
                         const float* klut = ws.lut.data() + cl.lut_off;
@@ -512,9 +522,11 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                                                 &ws.scores[size_t(hh) * score_cols + gi * kGroupTokens], kGroupTokens);
                             klut += size_t(r) * s.dim * s.table.size();
                         }
-                        for (int hh = 0; hh < r; ++hh)
-                            for (size_t t = valid; t < kGroupTokens; ++t)
-                                ws.scores[size_t(hh) * score_cols + gi * kGroupTokens + t] = -std::numeric_limits<float>::infinity();
+                        for (int hh = 0; hh < r; ++hh) {
+                            float* sc = &ws.scores[size_t(hh) * score_cols + gi * kGroupTokens];
+                            for (size_t t = 0; t < lead; ++t) sc[t] = -std::numeric_limits<float>::infinity();
+                            for (size_t t = valid; t < kGroupTokens; ++t) sc[t] = -std::numeric_limits<float>::infinity();
+                        }
                         continue;
                     }
                     for (int hh = 0; hh < r; ++hh) std::fill_n(&ws.scores[size_t(hh) * score_cols + gi * kGroupTokens], kGroupTokens, 0.0f);
@@ -544,6 +556,7 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                     for (int hh = 0; hh < r; ++hh) {
                         float* sc = &ws.scores[size_t(hh) * score_cols + gi * kGroupTokens];
                         for (int t = 0; t < kGroupTokens; ++t) sc[t] *= C.code_scale;
+                        for (size_t t = 0; t < lead; ++t) sc[t] = -std::numeric_limits<float>::infinity();
                         for (size_t t = valid; t < kGroupTokens; ++t) sc[t] = -std::numeric_limits<float>::infinity();
                     }
                 }
@@ -712,10 +725,10 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
             size_t unit_fill = 0;  // tokens in the unit being cut
             unit_starts.clear();
             unit_starts.push_back(span_begin);
-            auto add = [&](uint32_t part, bool exact, size_t t0, size_t t1) {
+            auto add = [&](uint32_t part, bool exact, size_t t0, size_t t1, size_t from) {
                 while (t0 < t1) {
                     const size_t take = std::min(t1 - t0, kUnitTokens - unit_fill);
-                    plan.spans.push_back(Span{part, exact, t0, t0 + take});
+                    plan.spans.push_back(Span{part, exact, t0, t0 + take, from});
                     t0 += take;
                     unit_fill += take;
                     if (unit_fill == kUnitTokens) {
@@ -727,9 +740,11 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
             for (size_t pi = 0; pi < parts.size(); ++pi) {
                 const Impl& P = *parts[pi];
                 const size_t visible = causal ? P.n_tokens - n_q + qe + 1 : P.n_tokens;
-                const size_t visible_codes = P.codes_end(visible);  // then exact rows up to visible
-                add(uint32_t(pi), false, 0, visible_codes);
-                add(uint32_t(pi), true, visible_codes, visible);
+                // Codes from the first token in the attention window (from the start of its group:
+                // the tokens before it are masked), then exact rows up to visible.
+                const size_t start = P.visible_start(visible), visible_codes = std::max(start, P.codes_end(visible));
+                if (visible_codes > start) add(uint32_t(pi), false, start / kGroupTokens * kGroupTokens, visible_codes, start);
+                add(uint32_t(pi), true, visible_codes, visible, visible_codes);
             }
             if (unit_starts.back() != plan.spans.size()) unit_starts.push_back(uint32_t(plan.spans.size()));
             for (uint32_t kvh = 0; kvh < uint32_t(c.kv_heads); ++kvh) {  // (every query sees a token: >= 1 unit)
@@ -791,13 +806,14 @@ std::vector<float> KVCache::Impl::decode_side(const CacheSide& side, bool is_key
     std::vector<float> out(n_tokens * size_t(d));
     std::vector<uint8_t> enc, codes(d);
     std::vector<float> dec;
+    const size_t c0 = std::min(dropped, n_compressed), nc = n_compressed - c0;  // coded tokens held: [c0, n_compressed)
     for (auto& s : side.segs) {
         // Rebuild each token's bytes in the codec's own layout and let the codec decode them.
-        enc.assign(n_compressed * s.codec_bytes, 0);
-        for (size_t t = 0; t < n_compressed; ++t) {
+        enc.assign(nc * s.codec_bytes, 0);
+        for (size_t t = c0; t < n_compressed; ++t) {
             const uint8_t* g = group(kv_head, t);
             const size_t slot = t % kGroupTokens;
-            uint8_t* e = &enc[t * s.codec_bytes];
+            uint8_t* e = &enc[(t - c0) * s.codec_bytes];
             std::memcpy(e, g + s.norm_off + slot * norm_bytes, norm_bytes);
             size_t pos = norm_bytes;
             if (s.prod) {
@@ -811,17 +827,18 @@ std::vector<float> KVCache::Impl::decode_side(const CacheSide& side, bool is_key
                 pack_codes(codes.data(), size_t(s.dim), 1, e + pos + packed_bytes(size_t(s.dim), s.bits));
             }
         }
-        dec.assign(n_compressed * size_t(s.dim), 0.0f);
-        if (n_compressed) s.codec->decode_rows(enc.data(), s.codec_bytes, n_compressed, dec.data(), size_t(s.dim));
-        for (size_t t = 0; t < n_compressed; ++t)
-            for (int j = 0; j < s.dim; ++j) out[t * d + s.channels[j]] = dec[t * s.dim + j];
+        dec.assign(nc * size_t(s.dim), 0.0f);
+        if (nc) s.codec->decode_rows(enc.data(), s.codec_bytes, nc, dec.data(), size_t(s.dim));
+        for (size_t t = c0; t < n_compressed; ++t)
+            for (int j = 0; j < s.dim; ++j) out[t * d + s.channels[j]] = dec[(t - c0) * s.dim + j];
     }
-    for (size_t t = n_compressed; t < n_tokens; ++t)
+    for (size_t t = std::max(n_compressed, dropped); t < n_tokens; ++t)
         std::memcpy(&out[t * d], (is_key ? exact_key(t) : exact_value(t)) + size_t(kv_head) * d, sizeof(float) * d);
-    // What attention sees: coded tokens times the debias factor, every token plus the mean.
+    // What attention sees: coded tokens times the debias factor, every token plus the mean
+    // (dropped tokens stay zeros).
     const float f = is_key ? codecs->key_factor : codecs->value_factor;
     const std::vector<float>& mean = is_key ? codecs->key_mean : codecs->value_mean;
-    for (size_t t = 0; t < n_tokens; ++t)
+    for (size_t t = dropped; t < n_tokens; ++t)
         for (int j = 0; j < d; ++j) {
             float& x = out[t * d + j];
             if (t < n_compressed) x *= f;
@@ -850,11 +867,13 @@ void KVCache::attend_reference(std::span<const float> queries, std::span<float> 
     if (m.n_tokens == 0) fail("attend_reference: the cache is empty");
     const size_t n_q = queries.size() / qrow;
     if (causal && n_q > m.n_tokens) fail("attend_reference: more causal queries than tokens");
+    if (m.visible_start(causal ? m.n_tokens - n_q + 1 : m.n_tokens) < m.dropped)
+        fail("attend_reference: the first query needs tokens dropped by the attention window");
     std::vector<double> p(m.n_tokens);
     for (int kvh = 0; kvh < c.kv_heads; ++kvh) {
         const std::vector<float> K = decode_keys(kvh), V = decode_values(kvh);
         for (size_t qi = 0; qi < n_q; ++qi) {
-            const size_t visible = causal ? m.n_tokens - n_q + qi + 1 : m.n_tokens;
+            const size_t visible = causal ? m.n_tokens - n_q + qi + 1 : m.n_tokens, start = m.visible_start(visible);
             // Decoded codes before codes_end, exact rows from there (compressed tokens of the last
             // appended chunk too).
             const size_t codes_end = m.codes_end(visible);
@@ -874,18 +893,18 @@ void KVCache::attend_reference(std::span<const float> queries, std::span<float> 
             for (int hh = 0; hh < r; ++hh) {
                 const float* q = &queries[qi * qrow + (size_t(kvh) * r + hh) * d];
                 double mx = -1e300, sum = 0;
-                for (size_t t = 0; t < visible; ++t) {
+                for (size_t t = start; t < visible; ++t) {
                     double s = 0;
                     const float* kt = key(t);
                     for (int j = 0; j < d; ++j) s += double(q[j]) * kt[j];
                     p[t] = s * m.scale;
                     mx = std::max(mx, p[t]);
                 }
-                for (size_t t = 0; t < visible; ++t) sum += (p[t] = std::exp(p[t] - mx));
+                for (size_t t = start; t < visible; ++t) sum += (p[t] = std::exp(p[t] - mx));
                 float* o = &out[qi * qrow + (size_t(kvh) * r + hh) * d];
                 for (int j = 0; j < d; ++j) {
                     double a = 0;
-                    for (size_t t = 0; t < visible; ++t) a += p[t] * value(t)[j];
+                    for (size_t t = start; t < visible; ++t) a += p[t] * value(t)[j];
                     o[j] = float(a / sum);
                 }
             }

@@ -75,15 +75,21 @@ struct KVCache::Impl {
     // consecutive blocks: one KV head's groups are contiguous over a whole arena, so the attention
     // streams them in address order. Arenas grow with the cache (an eighth of the blocks held, at
     // least what an append needs: O(log) allocations, no copy of old codes, at most 1/8 unused).
-    // block_heads[b * kv_heads + h] = the first group of block b for KV head h, for every block
-    // of every arena (blocks past the compressed tokens are zero).
+    // block_heads[(b - first_block) * kv_heads + h] = the first group of block b for KV head h,
+    // for every block of every arena (blocks past the compressed tokens are zero). With an
+    // attention window, arenas whose blocks all hold dropped tokens are freed from the front:
+    // first_block is then the first block still held (0 otherwise).
     struct Arena {
         BlockPtr mem;
         size_t first_block = 0, blocks = 0;
     };
     std::vector<Arena> arenas;
     std::vector<uint8_t*> block_heads;
+    size_t first_block = 0;
     size_t n_tokens = 0, n_compressed = 0;
+    // Tokens [0, dropped) have left the attention window (CacheConfig::attention_window) for every
+    // query still to come: attention never reads them, their codes are zeroed or their blocks freed.
+    size_t dropped = 0;
     // Exact rows ([kv_heads][head_dim] floats per token) of tokens [exact_from, n_tokens) in a ring
     // of ring_rows tokens (token t in slot t % ring_rows): the recent window [n_compressed, n_tokens)
     // and, with a window, the tokens the last append compressed (its chunk and the window before it),
@@ -99,10 +105,16 @@ struct KVCache::Impl {
     int group_size() const { return cfg.heads / cfg.kv_heads; }
     size_t row() const { return size_t(cfg.kv_heads) * cfg.head_dim; }  // floats of one token
     uint8_t* group(int kv_head, size_t token) const {
-        return block_heads[token / cfg.block_tokens * cfg.kv_heads + kv_head] +
+        return block_heads[(token / cfg.block_tokens - first_block) * cfg.kv_heads + kv_head] +
                (token % cfg.block_tokens) / detail::kGroupTokens * group_bytes;
     }
-    size_t allocated_blocks() const { return block_heads.size() / cfg.kv_heads; }
+    size_t held_blocks() const { return block_heads.size() / cfg.kv_heads; }
+    size_t allocated_blocks() const { return first_block + held_blocks(); }  // blocks [0, this) were allocated
+    // The first token a query that sees tokens [0, visible) attends to (the attention window).
+    size_t visible_start(size_t visible) const {
+        const size_t W = cfg.attention_window;
+        return W && visible > W ? visible - W : 0;
+    }
     const float* exact_key(size_t t) const { return &exact_k[(t % ring_rows) * row()]; }
     const float* exact_value(size_t t) const { return &exact_v[(t % ring_rows) * row()]; }
     // A query that sees tokens [0, visible) reads tokens [0, codes_end(visible)) as codes and the
@@ -119,6 +131,9 @@ struct KVCache::Impl {
     void reserve_blocks(size_t blocks, bool exact = false);
     // Keeps the arenas holding blocks [0, blocks) and releases the others.
     void release_blocks(size_t blocks);
+    // Drops tokens [dropped, token): codes zeroed in the blocks that stay, arenas holding only
+    // dropped tokens freed. Frees memory only (no allocation, no throw).
+    void drop_before(size_t token);
     void compress(const float* k_rows, const float* v_rows, size_t count, size_t first_token);
     void clear_tokens(size_t from, size_t to);  // zero the codes of compressed tokens [from, to)
     std::vector<float> decode_side(const CacheSide& side, bool is_key, int kv_head) const;

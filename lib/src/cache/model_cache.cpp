@@ -168,8 +168,20 @@ void ModelKVCache::append(int l, std::span<const float> keys, std::span<const fl
 void ModelKVCache::truncate(size_t n_tokens) {
     for (int l = 0; l < layers(); ++l)
         if (n_tokens > tokens(l)) fail("truncate: a layer holds fewer than " + std::to_string(n_tokens) + " tokens");
+    for (auto& l : layers_)  // a layer that cannot go back that far (attention window) throws before any changes
+        if (l && l->dropped_tokens() && n_tokens + 1 < l->dropped_tokens() + l->config().attention_window) l->truncate(n_tokens);
     for (auto& l : layers_)
         if (l) l->truncate(n_tokens);
+}
+
+void ModelKVCache::set_attention_window(size_t window) {
+    for (auto& l : layers_)  // every layer can take it before any does
+        if (l && l->config().attention_window != window && (l->dropped_tokens() || (window && l->config().max_tokens)))
+            l->set_attention_window(window);  // throws, saying why
+    if (window && base_.max_tokens) fail("set_attention_window: not with max_tokens");
+    for (auto& l : layers_)
+        if (l) l->set_attention_window(window);
+    base_.attention_window = window;
 }
 
 void ModelKVCache::set_precision(Precision p) {

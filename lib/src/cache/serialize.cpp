@@ -1,15 +1,17 @@
 // KVCache / ModelKVCache serialization.
 //
 // Format (all integers little-endian, floats IEEE 754 little-endian):
-//   "TQKVCACH"  u32 version (2; 1 is read too)  u32 layers
+//   "TQKVCACH"  u32 version (3; 1 and 2 are read too)  u32 layers
 //   per layer:
 //     config:  u32 heads, kv_heads, head_dim, key_method, block_tokens, window, norm_format
 //              f64 key_bits, value_bits  f32 scale  u64 seed, max_tokens
 //              u32 n_key_high, n_key_high x u32   u32 n_value_high, n_value_high x u32
 //              version 2: u32 flags (1 debias_keys, 2 debias_values)
 //                         u32 n, n x f32 key_mean   u32 n, n x f32 value_mean   (n = 0 or kv_heads * head_dim)
-//     state:   u64 tokens, compressed
-//     groups:  per KV head, the ceil(compressed / 32) groups of 32 tokens (cache/layout.hpp)
+//              version 3: u64 attention_window
+//     state:   u64 tokens, compressed; version 3: u64 dropped (tokens that left the attention window)
+//     groups:  per KV head, the groups of 32 tokens from the one holding token `dropped` to the one
+//              holding token compressed - 1 (cache/layout.hpp; dropped tokens' codes are zeros)
 //     window:  tokens compressed..tokens-1: keys [kv_heads][head_dim] f32, then values likewise
 //   u32 CRC-32 (IEEE 802.3) of every byte before it.
 // A KVCache is saved as a one-layer file. The same appends give the same bytes on every target.
@@ -30,8 +32,9 @@ namespace tqkv {
 namespace {
 
 constexpr char kMagic[8] = {'T', 'Q', 'K', 'V', 'C', 'A', 'C', 'H'};
-// Version 2 added the preconditioning (means, debias flags); version 1 files still load.
-constexpr uint32_t kVersion = 2;
+// Version 2 added the preconditioning (means, debias flags), version 3 the attention window;
+// version 1 and 2 files still load.
+constexpr uint32_t kVersion = 3;
 
 [[noreturn]] void bad(const std::string& msg) { throw std::invalid_argument("tqkv: load: " + msg); }
 
@@ -57,11 +60,13 @@ void write_layer(Writer& w, const KVCache::Impl& m) {
         w.u32(uint32_t(mean->size()));
         w.floats(mean->data(), mean->size());
     }
+    w.u64(c.attention_window);
     w.u64(m.n_tokens);
     w.u64(m.n_compressed);
+    w.u64(m.dropped);
     const size_t groups = (m.n_compressed + detail::kGroupTokens - 1) / detail::kGroupTokens;
     for (int h = 0; h < c.kv_heads; ++h)
-        for (size_t g = 0; g < groups; ++g) w.bytes(m.group(h, g * detail::kGroupTokens), m.group_bytes);
+        for (size_t g = m.dropped / detail::kGroupTokens; g < groups; ++g) w.bytes(m.group(h, g * detail::kGroupTokens), m.group_bytes);
     for (size_t t = m.n_compressed; t < m.n_tokens; ++t) w.floats(m.exact_key(t), m.row());
     for (size_t t = m.n_compressed; t < m.n_tokens; ++t) w.floats(m.exact_value(t), m.row());
 }
@@ -112,31 +117,44 @@ KVCache read_layer(Reader& r, const std::string& kernel, uint32_t version) {
             r.floats(mean->data(), n);
         }
     }
-    const uint64_t tokens = r.u64(), compressed = r.u64();
+    if (version >= 3) {
+        const uint64_t aw = r.u64();
+        if (aw > (uint64_t(1) << 28)) bad("attention window " + std::to_string(aw) + " above 2^28");
+        c.attention_window = size_t(aw);
+    }
+    const uint64_t tokens = r.u64(), compressed = r.u64(), dropped = version >= 3 ? r.u64() : 0;
     if (tokens > (uint64_t(1) << 28) || compressed > tokens || tokens - compressed > window ||
         (c.max_tokens && tokens > c.max_tokens))
         bad("inconsistent token counts (" + std::to_string(tokens) + " tokens, " + std::to_string(compressed) +
             " compressed, window " + std::to_string(window) + ")");
+    // Tokens are dropped only under a window, and never one the next query (at position tokens) sees.
+    if (dropped && (!c.attention_window || dropped + c.attention_window > tokens + 1))
+        bad("inconsistent dropped tokens (" + std::to_string(dropped) + " dropped of " + std::to_string(tokens) +
+            ", attention window " + std::to_string(c.attention_window) + ")");
     c.kernel = kernel;
     // Cheap bound first: the exact window and, per compressed group of 32 tokens and KV head, at
     // least the norms of keys and values and 1 bit per coordinate each. Hostile headers that
     // promise more than the bytes present stop here, before any codec tables are built.
     const uint64_t nb = norm == 0 ? 2 : 4;
-    const uint64_t min_groups = (compressed + detail::kGroupTokens - 1) / detail::kGroupTokens;
+    const uint64_t first_group = dropped / detail::kGroupTokens, end_group = (compressed + detail::kGroupTokens - 1) / detail::kGroupTokens;
+    const uint64_t min_groups = end_group > first_group ? end_group - first_group : 0;
     const uint64_t min_payload = uint64_t(kv_heads) * min_groups * (2 * detail::kGroupTokens * nb + 8 * uint64_t(head_dim)) +
                                  2 * (tokens - compressed) * kv_heads * head_dim * 4;
     if (min_payload > r.left()) bad("truncated data: the payload needs at least " + std::to_string(min_payload) + " bytes");
     // The config is validated by the constructor (which allocates nothing sized by tokens).
     auto impl = std::make_unique<KVCache::Impl>(c);
     KVCache::Impl& m = *impl;
-    const size_t groups = (size_t(compressed) + detail::kGroupTokens - 1) / detail::kGroupTokens;
-    const size_t payload = size_t(kv_heads) * groups * m.group_bytes + 2 * size_t(tokens - compressed) * m.row() * 4;
+    const size_t g0 = size_t(first_group), groups = size_t(end_group);  // groups [g0, groups) are stored
+    const size_t payload = size_t(kv_heads) * size_t(min_groups) * m.group_bytes + 2 * size_t(tokens - compressed) * m.row() * 4;
     if (payload > r.left()) bad("truncated data: the payload needs " + std::to_string(payload) + " bytes");
+    // Blocks from the one holding the first stored group (earlier ones were dropped).
+    m.first_block = g0 * detail::kGroupTokens / block;
     const size_t n_blocks = (size_t(compressed) + block - 1) / block;
     m.reserve_blocks(n_blocks, true);
     for (uint32_t h = 0; h < kv_heads; ++h)
-        for (size_t g = 0; g < groups; ++g)
+        for (size_t g = g0; g < groups; ++g)
             std::memcpy(m.group(int(h), g * detail::kGroupTokens), r.take(m.group_bytes), m.group_bytes);
+    m.dropped = size_t(dropped);
     m.n_tokens = size_t(tokens);
     m.n_compressed = m.exact_from = size_t(compressed);  // the exact rows of the last chunk are not saved
     for (auto* ring : {&m.exact_k, &m.exact_v})
@@ -144,7 +162,7 @@ KVCache read_layer(Reader& r, const std::string& kernel, uint32_t version) {
     // Hostile codes can only produce wrong numbers, never out-of-range reads; norms that are not
     // finite would poison attention, so reject them.
     for (uint32_t h = 0; h < kv_heads; ++h)
-        for (size_t t = 0; t < m.n_compressed; ++t) {
+        for (size_t t = g0 * detail::kGroupTokens; t < m.n_compressed; ++t) {
             const uint8_t* g = m.group(int(h), t);
             for (auto* side : {&m.keys(), &m.values()})
                 for (auto& s : side->segs) {

@@ -169,6 +169,10 @@ KVCache::Impl::Impl(const CacheConfig& c, std::shared_ptr<const CacheCodecs> sha
     if (!std::isfinite(cfg.scale) || cfg.scale < 0) fail("scale must be finite and >= 0 (0 = 1/sqrt(head_dim))");
     if (cfg.key_method == Method::Qjl) fail("key_method must be mse or prod");
     if (cfg.max_tokens > kMaxTokens) fail("max_tokens above 2^28");
+    if (cfg.attention_window > kMaxTokens) fail("attention_window above 2^28");
+    if (cfg.attention_window && cfg.max_tokens)
+        fail("attention_window with max_tokens: a capacity allocates every block at once, a window frees blocks as "
+             "they leave it (set one of them)");
     for (auto [mean, what] : {std::pair{&cfg.key_mean, "key_mean"}, std::pair{&cfg.value_mean, "value_mean"}}) {
         if (!mean->empty() && mean->size() != row())
             fail(std::string(what) + " has " + std::to_string(mean->size()) + " floats, expected 0 or kv_heads * head_dim = " +
@@ -220,11 +224,11 @@ void KVCache::Impl::reserve_blocks(size_t blocks, bool exact) {
     const size_t have = allocated_blocks();
     if (blocks <= have) return;
     const size_t max_blocks = (capacity + cfg.block_tokens - 1) / cfg.block_tokens;
-    // With a capacity, all of it at once (one arena); otherwise an eighth of what is held, at least
-    // what is missing.
+    // With a capacity, all of it at once (one arena); otherwise an eighth of what is held (not
+    // counting blocks freed by the attention window), at least what is missing.
     const size_t n = exact            ? blocks - have
                      : cfg.max_tokens ? max_blocks - have
-                                      : std::min(std::max(blocks - have, have / 8), max_blocks - have);
+                                      : std::min(std::max(blocks - have, held_blocks() / 8), max_blocks - have);
     const size_t head_run = n * groups_per_block * group_bytes;  // a multiple of 64: groups are
     const size_t bytes = size_t(cfg.kv_heads) * head_run;
     auto* p = static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
@@ -232,7 +236,7 @@ void KVCache::Impl::reserve_blocks(size_t blocks, bool exact) {
     BlockPtr mem(p);
     // Both tables grow before anything changes (their reserve may throw too).
     if (arenas.capacity() == arenas.size()) arenas.reserve(2 * arenas.size() + 1);
-    block_heads.reserve(std::max(block_heads.capacity(), (have + n) * cfg.kv_heads));
+    block_heads.reserve(std::max(block_heads.capacity(), (held_blocks() + n) * cfg.kv_heads));
     std::memset(p, 0, bytes);
     for (size_t b = 0; b < n; ++b)
         for (int h = 0; h < cfg.kv_heads; ++h) block_heads.push_back(p + size_t(h) * head_run + b * groups_per_block * group_bytes);
@@ -241,7 +245,25 @@ void KVCache::Impl::reserve_blocks(size_t blocks, bool exact) {
 
 void KVCache::Impl::release_blocks(size_t blocks) {
     while (!arenas.empty() && arenas.back().first_block >= blocks) arenas.pop_back();
-    block_heads.resize(arenas.empty() ? 0 : (arenas.back().first_block + arenas.back().blocks) * cfg.kv_heads);
+    block_heads.resize(arenas.empty() ? 0 : (arenas.back().first_block + arenas.back().blocks - first_block) * cfg.kv_heads);
+}
+
+void KVCache::Impl::drop_before(size_t token) {
+    if (token <= dropped) return;
+    const size_t bt = size_t(cfg.block_tokens);
+    // Arenas whose every block ends at or before `token` go (blocks of a partly dropped arena stay
+    // until the whole arena has left the window).
+    size_t gone = 0, arenas_gone = 0;
+    while (arenas_gone < arenas.size() && (arenas[arenas_gone].first_block + arenas[arenas_gone].blocks) * bt <= token)
+        gone += arenas[arenas_gone++].blocks;
+    arenas.erase(arenas.begin(), arenas.begin() + std::ptrdiff_t(arenas_gone));
+    block_heads.erase(block_heads.begin(), block_heads.begin() + std::ptrdiff_t(gone * cfg.kv_heads));
+    first_block += gone;
+    if (arenas.empty()) first_block = std::max(first_block, token / bt);  // the next arena starts there
+    // The codes of dropped tokens in the blocks that stay are zeroed (tokens never coded are zero).
+    const size_t lo = std::max(dropped, first_block * bt), hi = std::min({token, n_compressed, allocated_blocks() * bt});
+    if (lo < hi) clear_tokens(lo, hi);
+    dropped = token;
 }
 
 // Encodes `count` tokens (rows of kv_heads x head_dim floats) into the groups of tokens
@@ -286,7 +308,7 @@ void KVCache::Impl::compress(const float* k_rows, const float* v_rows, size_t co
 }
 
 void KVCache::Impl::clear_tokens(size_t from, size_t to) {
-    const std::vector<uint8_t> token_codes(cfg.head_dim, 0);
+    static const uint8_t token_codes[kMaxDim] = {};
     for (size_t t = from; t < to; ++t) {
         const int slot = int(t % kGroupTokens);
         for (int h = 0; h < cfg.kv_heads; ++h) {
@@ -295,8 +317,8 @@ void KVCache::Impl::clear_tokens(size_t from, size_t to) {
                 for (auto& s : side->segs) {
                     std::memset(g + s.norm_off + slot * norm_bytes, 0, norm_bytes);
                     if (s.prod) std::memset(g + s.gamma_off + slot * norm_bytes, 0, norm_bytes);
-                    set_group_codes(g + s.codes_off, s.dim, s.bits, slot, token_codes.data());
-                    if (s.prod) set_group_codes(g + s.signs_off, s.dim, 1, slot, token_codes.data());
+                    set_group_codes(g + s.codes_off, s.dim, s.bits, slot, token_codes);
+                    if (s.prod) set_group_codes(g + s.signs_off, s.dim, 1, slot, token_codes);
                 }
         }
     }
@@ -311,6 +333,20 @@ KVCache& KVCache::operator=(KVCache&&) noexcept = default;
 const CacheConfig& KVCache::config() const { return impl_->cfg; }
 size_t KVCache::tokens() const { return impl_->n_tokens; }
 size_t KVCache::compressed_tokens() const { return impl_->n_compressed; }
+size_t KVCache::dropped_tokens() const { return impl_->dropped; }
+
+void KVCache::set_attention_window(size_t window) {
+    Impl& m = *impl_;
+    if (window == m.cfg.attention_window) return;
+    if (m.dropped)
+        fail("set_attention_window: " + std::to_string(m.dropped) + " tokens were dropped under the window of " +
+             std::to_string(m.cfg.attention_window) + " tokens; another window needs a cleared cache");
+    if (window > kMaxTokens) fail("set_attention_window: " + std::to_string(window) + " is above 2^28");
+    if (window && m.cfg.max_tokens)
+        fail("set_attention_window: not with max_tokens (a capacity allocates every block at once, a window frees "
+             "blocks as they leave it)");
+    m.cfg.attention_window = window;
+}
 const char* KVCache::kernel() const { return impl_->k->name; }
 void KVCache::set_precision(Precision p) { impl_->cfg.precision = p; }
 float KVCache::scale() const { return impl_->scale; }
@@ -320,8 +356,10 @@ const VectorCodec& KVCache::key_codec() const { return *impl_->keys().codec; }
 const VectorCodec& KVCache::value_codec() const { return *impl_->values().codec; }
 
 double KVCache::format_bytes() const {
-    const Impl& m = *impl_;
-    return compressed_bytes_per_token() * double(m.n_compressed) + double(m.n_tokens - m.n_compressed) * 2.0 * double(m.row()) * 2.0;
+    const Impl& m = *impl_;  // tokens held: not the dropped ones
+    const size_t coded = m.n_compressed > m.dropped ? m.n_compressed - m.dropped : 0;
+    const size_t exact = m.n_tokens - std::max(m.n_compressed, m.dropped);
+    return compressed_bytes_per_token() * double(coded) + double(exact) * 2.0 * double(m.row()) * 2.0;
 }
 
 void KVCache::append(std::span<const float> keys, std::span<const float> values) {
@@ -376,8 +414,14 @@ void KVCache::append(std::span<const float> keys, std::span<const float> values)
         m.ring_rows = keep_rows;
     }
 
-    // Compress tokens [n_compressed, target): the oldest window tokens first, then new tokens.
-    for (size_t t0 = m.n_compressed; t0 < target;) {
+    // The attention window: the chunk's first query (at position n_tokens) sees tokens from
+    // n_tokens + 1 - W on; older ones are dropped (their blocks freed as whole arenas leave).
+    const size_t AW = m.cfg.attention_window;
+    const size_t drop = AW && m.n_tokens + 1 > AW ? std::max(m.dropped, m.n_tokens + 1 - AW) : m.dropped;
+    m.drop_before(drop);
+    // Compress tokens [n_compressed, target): the oldest window tokens first, then new tokens;
+    // dropped ones are never coded.
+    for (size_t t0 = std::max(m.n_compressed, drop); t0 < target;) {
         const size_t count = std::min<size_t>(target - t0, size_t(m.cfg.block_tokens));
         Staging& st = staging();
         float* stage_k = Staging::grow(st.k, count * row);
@@ -408,6 +452,12 @@ void KVCache::truncate(size_t n_tokens) {
     if (n_tokens > m.n_tokens)
         fail("truncate: " + std::to_string(n_tokens) + " tokens requested, the cache holds " +
              std::to_string(m.n_tokens));
+    if (m.dropped && n_tokens + 1 < m.dropped + m.cfg.attention_window)
+        fail("truncate: " + std::to_string(n_tokens) + " tokens: the next query (position " + std::to_string(n_tokens) +
+             ") would see tokens from " + std::to_string(n_tokens + 1 > m.cfg.attention_window ? n_tokens + 1 - m.cfg.attention_window : 0) +
+             " on, but tokens before " + std::to_string(m.dropped) + " left the attention window of " +
+             std::to_string(m.cfg.attention_window) + " tokens and were dropped (keep at least " +
+             std::to_string(m.dropped + m.cfg.attention_window - 1) + " tokens)");
     if (n_tokens < m.n_compressed) {
         // Tokens that go back into the window: those whose exact rows the cache still holds (after
         // a rollback within the last appended chunk, all of the window: the same cache as never
@@ -416,11 +466,13 @@ void KVCache::truncate(size_t n_tokens) {
         const size_t W = size_t(m.cfg.window), decode_codes = n_tokens > W ? n_tokens - W : 0;
         const size_t keep = std::min(n_tokens, std::max(decode_codes, m.exact_from));  // tokens still coded
         const size_t group_end = std::min(m.n_compressed, (keep + kGroupTokens - 1) / kGroupTokens * kGroupTokens);
-        m.clear_tokens(keep, group_end);
+        const size_t held_from = m.first_block * m.cfg.block_tokens;  // (tokens before it were dropped)
+        m.clear_tokens(std::max(keep, held_from), std::max(group_end, held_from));
         // Arenas past the kept blocks go; groups past the last kept token in the arenas that stay
         // are zeroed (the next appends and save() expect zeros there).
         m.release_blocks((keep + m.cfg.block_tokens - 1) / m.cfg.block_tokens);
-        for (size_t t = group_end; t < std::min(m.n_compressed, m.allocated_blocks() * m.cfg.block_tokens); t += kGroupTokens)
+        for (size_t t = std::max(group_end, held_from); t < std::min(m.n_compressed, m.allocated_blocks() * m.cfg.block_tokens);
+             t += kGroupTokens)
             for (int h = 0; h < m.cfg.kv_heads; ++h) std::memset(m.group(h, t), 0, m.group_bytes);
         m.n_compressed = keep;
         m.exact_from = std::min(m.exact_from, keep);
@@ -430,7 +482,7 @@ void KVCache::truncate(size_t n_tokens) {
 
 void KVCache::clear() {
     impl_->release_blocks(0);
-    impl_->n_tokens = impl_->n_compressed = impl_->exact_from = 0;
+    impl_->n_tokens = impl_->n_compressed = impl_->exact_from = impl_->dropped = impl_->first_block = 0;
 }
 
 size_t KVCache::block_bytes() const { return impl_->block_bytes; }
@@ -447,7 +499,9 @@ size_t KVCache::table_bytes() const {
 
 size_t KVCache::bytes_used() const {
     const Impl& m = *impl_;
-    return m.allocated_blocks() * m.block_bytes + m.block_heads.capacity() * sizeof(uint8_t*) +
+    size_t arena_blocks = 0;  // (a partly dropped arena is held whole)
+    for (const auto& a : m.arenas) arena_blocks += a.blocks;
+    return arena_blocks * m.block_bytes + m.block_heads.capacity() * sizeof(uint8_t*) +
            m.arenas.capacity() * sizeof(Impl::Arena) +
            (m.exact_k.size() + m.exact_v.size()) * sizeof(float) + table_bytes();
 }

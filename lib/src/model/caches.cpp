@@ -271,6 +271,13 @@ public:
     void attend(int layer, std::span<const float> queries, std::span<float> out) override {
         cache_.attend(layer, queries, out, true, attend_options_);
     }
+    // Sliding-window attention (Mistral): every layer's KVCache drops what leaves the window, codes
+    // and blocks included (CacheConfig::attention_window).
+    bool set_attention_window(size_t window) override {
+        cache_.set_attention_window(window);
+        window_ = window;
+        return true;
+    }
     // The ModelKVCache's bytes (self-contained: configs with the calibration's means and channels).
     std::vector<uint8_t> save_state() const override {
         if (!cache_.built(0))
@@ -300,7 +307,9 @@ public:
                 fail("load: layer " + std::to_string(l) + " holds " + std::to_string(saved.tokens(l)) +
                      " tokens, the runner's position is " + std::to_string(tokens));
             const bool built = cache_.built(l);
-            const CacheConfig want = built ? cache_.layer(l).config() : layer_config(spec_, shape_, l, nullptr, {}, ones, ones);
+            CacheConfig base;
+            base.attention_window = window_;
+            const CacheConfig want = built ? cache_.layer(l).config() : layer_config(spec_, shape_, l, nullptr, base, ones, ones);
             if (!same_coding(got, want, built))
                 fail("load: layer " + std::to_string(l) + " of the saved cache is coded differently from this runner's '" +
                      spec_.text + "' cache (another spec, calibration or model)");
@@ -318,13 +327,15 @@ private:
     static bool same_coding(const CacheConfig& a, const CacheConfig& b, bool channels) {
         return a.heads == b.heads && a.kv_heads == b.kv_heads && a.head_dim == b.head_dim && a.key_bits == b.key_bits &&
                a.key_method == b.key_method && a.value_bits == b.value_bits && a.block_tokens == b.block_tokens &&
-               a.window == b.window && a.scale == b.scale && a.max_tokens == b.max_tokens && a.seed == b.seed &&
+               a.window == b.window && a.attention_window == b.attention_window && a.scale == b.scale &&
+               a.max_tokens == b.max_tokens && a.seed == b.seed &&
                a.norm == b.norm && a.key_mean == b.key_mean && a.value_mean == b.value_mean &&
                a.debias_keys == b.debias_keys && a.debias_values == b.debias_values &&
                (!channels || (a.key_high_channels == b.key_high_channels && a.value_high_channels == b.value_high_channels));
     }
     ModelKVCache cache_;
     CacheSpec spec_;
+    size_t window_ = 0;  // the sliding attention window (set_attention_window)
 };
 
 // ---------------------------------------------------------------------------------------------
