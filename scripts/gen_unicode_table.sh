@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Regenerates lib/src/model/unicode_table.inc from Debian's unicode-data package (Unicode 15.0 on
 # Debian 12: apt-get install unicode-data): the general category of every code point as runs
-# {first code point, category}, and the code points whose NFC quick check is No or Maybe (text
-# without them is already in NFC). The tokenizer's pre-tokenizer regexes (\p{L}, \p{N}, ...) read
-# the first, its NFC normalizer the second. The table is committed, so building needs no Unicode
+# {first code point, category}, the code points whose NFC quick check is No or Maybe (text
+# without them, in canonical order, is already in NFC), and what NFC needs for the rest: canonical
+# combining classes, canonical decompositions and the primary composites (pairs whose composite is
+# not Full_Composition_Exclusion). The tokenizer's pre-tokenizer regexes (\p{L}, \p{N}, ...) read
+# the first, its NFC normalizer the others. The table is committed, so building needs no Unicode
 # package; tests/test_tokenizer.cpp checks it against the files when they are installed.
 #   bash scripts/gen_unicode_table.sh [/usr/share/unicode]
 set -euo pipefail
@@ -40,6 +42,38 @@ done
       gsub(/ /, "", $1); split($1, r, "[.][.]"); if (r[2] == "") r[2] = r[1]
       print "{0x" pad(r[1]) ",0x" pad(r[2]) "},"
     }' "$src/DerivedNormalizationProps.txt" | sort | paste -d '' - - - - - - - -
+  echo "};"
+  echo "// Canonical combining classes other than 0: runs {first, last, class}."
+  echo "static constexpr ClassRun kCombiningClass[] = {"
+  awk -F';' '
+    function hex(s,   i, v) { v = 0; for (i = 1; i <= length(s); i++) v = v * 16 + index("0123456789ABCDEF", substr(s, i, 1)) - 1; return v }
+    function flush() { if (cls != 0) { printf "{0x%X,0x%X,%d},", first, last, cls; if (++n % 6 == 0) printf "\n" } }
+    { cp = hex($1); c = $4 + 0
+      if (c == cls && cp == last + 1) { last = cp; next }
+      flush(); first = cp; last = cp; cls = c }
+    END { flush(); printf "\n" }' "$src/UnicodeData.txt"
+  echo "};"
+  echo "// Canonical decompositions (one level; applied recursively): {code point, first, second or 0}."
+  echo "static constexpr Decomposition kDecompositions[] = {"
+  awk -F';' '
+    function hex(s,   i, v) { v = 0; for (i = 1; i <= length(s); i++) v = v * 16 + index("0123456789ABCDEF", substr(s, i, 1)) - 1; return v }
+    $6 != "" && $6 !~ /^</ { k = split($6, d, " "); printf "{0x%X,0x%X,0x%X},", hex($1), hex(d[1]), (k > 1 ? hex(d[2]) : 0); if (++n % 6 == 0) printf "\n" }
+    END { printf "\n" }' "$src/UnicodeData.txt"
+  echo "};"
+  echo "// Primary composites: {first, second, composite} of the two-code-point decompositions whose"
+  echo "// composite is not Full_Composition_Exclusion, sorted by (first, second)."
+  echo "static constexpr Composition kCompositions[] = {"
+  awk -F'[;#]' '
+    function hex(s,   i, v) { v = 0; for (i = 1; i <= length(s); i++) v = v * 16 + index("0123456789ABCDEF", substr(s, i, 1)) - 1; return v }
+    FNR == NR { if ($0 ~ /^[0-9A-F]/ && $2 ~ /^ *Full_Composition_Exclusion *$/) {
+                  gsub(/ /, "", $1); split($1, r, "[.][.]"); if (r[2] == "") r[2] = r[1]
+                  for (c = hex(r[1]); c <= hex(r[2]); c++) excluded[c] = 1 }
+                next }
+    { split($0, f, ";") }
+    f[6] != "" && f[6] !~ /^</ && split(f[6], d, " ") == 2 && !(hex(f[1]) in excluded) {
+      printf "%06X %06X %06X\n", hex(d[1]), hex(d[2]), hex(f[1]) }' "$src/DerivedNormalizationProps.txt" "$src/UnicodeData.txt" |
+    sort | awk '{ printf "{0x%s,0x%s,0x%s},", $1, $2, $3; if (++n % 6 == 0) printf "\n" } END { printf "\n" }' |
+    sed 's/0x0*\([0-9A-F]\)/0x\1/g'
   echo "};"
 } > "$out"
 echo "wrote $out ($(wc -c <"$out") bytes)" >&2

@@ -9,7 +9,7 @@ packages=(build-essential cmake catch2 pkg-config
           emscripten chromium                               # the wasm build, the browser test
           clang-16                                          # relaxed-SIMD wasm kernels (tqkv-relaxed.wasm)
           libsentencepiece-dev                              # tokenizer.model files (native tools)
-          unicode-data)                                     # tests: the tokenizer's Unicode table vs Unicode's files
+          unicode-data bzip2)                               # tests: the tokenizer's Unicode tables and NFC vs Unicode's files
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

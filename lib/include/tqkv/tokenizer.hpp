@@ -10,8 +10,8 @@
 //    the alternative every transformers checkpoint directory ships.
 // Components a tokenizer.json may name but this implementation does not have (WordPiece /
 // Unigram models, NFKC, BERT pre-tokenizers, ...) are refused at load with
-// "unsupported: <field>", never approximated. The NFC normalizer (Qwen2) passes text that is
-// already in NFC through and refuses text that is not (full NFC composition is not implemented).
+// "unsupported: <field>", never approximated. The NFC normalizer (Qwen2) is full Unicode 15
+// NFC (UAX #15; text already in NFC passes through untouched).
 //
 //   auto tok = tqkv::Tokenizer::load("model-dir/tokenizer.json");   // or a directory
 //   std::vector<int32_t> ids = tok.encode("Hello world", /*add_special=*/true);

@@ -532,18 +532,7 @@ std::string JsonTokenizer::normalize(std::string s, bool first) const {
                 break;
             }
             case NormStep::Nfc:
-                for (size_t i = 0; i < s.size();) {
-                    size_t len;
-                    const uint32_t cp = detail::decode_utf8(s.data() + i, s.size() - i, len);
-                    if (cp < detail::kInvalidByteBase && !detail::nfc_quick_check_yes(cp)) {
-                        char hex[16];
-                        std::snprintf(hex, sizeof hex, "U+%04X", unsigned(cp));
-                        throw std::invalid_argument(
-                            std::string("tokenizer: unsupported: NFC normalization of text containing ") + hex +
-                            " (text already in NFC passes; composing is not implemented)");
-                    }
-                    i += len;
-                }
+                if (!detail::is_nfc_quick(s)) s = detail::nfc(s);
                 break;
         }
     }
