@@ -348,7 +348,7 @@ int main(int argc, char** argv) {
                              (model_pending && frames >= 2);
         if (waiting && ex::now_seconds() - t_start < opt.timeout) {
             std::this_thread::sleep_for(std::chrono::milliseconds(20));
-            settled_from = frames + 2;  // draw the finished state twice more before capturing
+            settled_from = frames + 4;  // draw the finished state a few more times (a tooltip appears on its 2nd frame)
             continue;
         }
         if (frames >= std::max(opt.frames, settled_from)) {

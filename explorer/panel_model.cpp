@@ -218,6 +218,36 @@ void rate_plan(const ModelResult& R, float height) {
     ImGui::EndChild();
 }
 
+// Where along the text B gains or loses: the mean of NLL(B) − NLL(A) over a sliding window.
+void running_difference(const std::vector<double>& d, float height) {
+    if (d.empty() || height < 80) return;
+    const int n = int(d.size()), win = std::clamp(n / 16, 1, 64);
+    std::vector<double> mean(d.size());
+    double sum = 0;
+    for (int i = 0; i < n; ++i) {
+        sum += d[size_t(i)];
+        if (i >= win) sum -= d[size_t(i - win)];
+        mean[size_t(i)] = sum / std::min(i + 1, win);
+    }
+    double lo = 0, hi = 0;
+    for (double m : mean) lo = std::min(lo, m), hi = std::max(hi, m);
+    const auto y = plotmath::nice_bounds(plotmath::padded({lo, hi}, 0.05), 5);
+    char title[96];
+    std::snprintf(title, sizeof title, "NLL(B) − NLL(A), mean of %d tokens", win);
+    plot::Spec s;
+    s.title = title;
+    s.xlabel = "token";
+    s.ylabel = "nats";
+    s.x = {0, double(std::max(1, n - 1))};
+    s.y = y;
+    s.size = ImVec2(-1, height);
+    s.legend = plot::Legend::None;
+    plot::begin("##running", s);
+    plot::hline(0, IM_COL32(90, 90, 90, 255), 1.0f, true);
+    plot::line_seq("B − A", mean.data(), n, plot::color(3));
+    plot::end();
+}
+
 // Greedy continuations under A and B side by side; tokens from the first divergence on are tinted.
 void continuations(const ModelResult& R, float height) {
     const float w = (ImGui::GetContentRegionAvail().x - ImGui::GetStyle().ItemSpacing.x) / 2;
@@ -358,7 +388,7 @@ void panel_model(App& app) {
     const float left_w = std::floor(avail.x * 0.62f), right_w = avail.x - left_w - spx;
     ImGui::BeginChild("left", ImVec2(left_w, avail.y), false);
     diverging_legend(scale);
-    const float text_h = std::floor((ImGui::GetContentRegionAvail().y - spy) * 0.62f);
+    const float text_h = std::floor((ImGui::GetContentRegionAvail().y - spy) * 0.7f);
     const int hov = token_flow(
         "scored", R->pieces, [&](int i) { return diverging_color(d[size_t(i)] / scale); }, ImVec2(0, text_h));
     if (hov >= 0) {
@@ -375,7 +405,12 @@ void panel_model(App& app) {
     ImGui::EndChild();
     ImGui::SameLine();
     ImGui::BeginChild("right", ImVec2(right_w, avail.y), false);
-    rate_plan(*R, ImGui::GetContentRegionAvail().y);
+    // The plan's table as tall as its layers need (scrolling past ~half the column), the running
+    // difference below.
+    const float row = ImGui::GetTextLineHeightWithSpacing() + 2;
+    const float plan_h = std::min(std::floor(avail.y * 0.6f), row * float(R->layers + 9));
+    rate_plan(*R, plan_h);
+    running_difference(d, ImGui::GetContentRegionAvail().y);
     ImGui::EndChild();
 }
 
