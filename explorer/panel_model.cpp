@@ -362,11 +362,11 @@ void panel_model(App& app) {
     // --- what was computed -------------------------------------------------------------------
     ImGui::TextColored(kBlue, "%s", R->q.dir.c_str());
     ImGui::SameLine();
-    ImGui::Text("%s; %s", R->model_summary.c_str(), R->calib_summary.c_str());
+    ImGui::TextWrapped("%s; %s", R->model_summary.c_str(), R->calib_summary.c_str());
     const double rel = R->mean_a > 0 ? 100.0 * (R->mean_b / R->mean_a - 1) : 0;
     size_t agree = 0;
     for (size_t i = 0; i < std::min(R->argmax_a.size(), R->argmax_b.size()); ++i) agree += R->argmax_a[i] == R->argmax_b[i];
-    ImGui::Text("A = %s: %.4f nats/token at %.2f b/coord.   B = %s: %.4f nats/token (%+.2f%% vs A) at %.2f b/coord.   "
+    ImGui::TextWrapped("A = %s: %.4f nats/token at %.2f b/coord.   B = %s: %.4f nats/token (%+.2f%% vs A) at %.2f b/coord.   "
                 "%zu tokens scored; top-1 predictions agree on %.1f%%.",
                 R->q.spec_a.c_str(), R->mean_a, R->bits_a, R->q.spec_b.c_str(), R->mean_b, rel, R->bits_b, R->pieces.size(),
                 R->pieces.empty() ? 0.0 : 100.0 * double(agree) / double(R->pieces.size()));
