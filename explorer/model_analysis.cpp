@@ -243,18 +243,14 @@ void ModelWork::run(ModelQuery q) {
             tqkv::NllResult res = tqkv::evaluate_nll(model, *cache, tokens, ctx, true);
             return S->scored[key] = Scored{std::move(res.token_nll), std::move(res.argmax), res.nll, res.bits_per_coord};
         };
-        // Greedy continuations, stopping at end of sequence (not for a byte vocabulary, where every
-        // id is a byte of text) or at the context length; kept per (spec, prompt, length).
+        // Greedy continuations, stopping at end of sequence (end_of_sequence_ids) or at the context
+        // length; kept per (spec, prompt, length).
         auto greedy = [&](const std::string& spec) -> const std::vector<int32_t>& {
             const std::string key = spec + '\0' + q.prompt + '\0' + std::to_string(q.continue_tokens);
             if (auto it = S->continued.find(key); it != S->continued.end()) return it->second;
             stage("greedy continuation with " + spec);
             const std::vector<int32_t> prompt = tok.encode(q.prompt, true);
-            std::vector<int32_t> eos;
-            if (tok.kind() != "bytes") {
-                eos.assign(mc.eos_token_ids.begin(), mc.eos_token_ids.end());
-                if (tok.eos_id() >= 0) eos.push_back(tok.eos_id());
-            }
+            const std::vector<int32_t> eos = tqkv::end_of_sequence_ids(mc, tok);
             auto cache = tqkv::make_cache(spec, shape, &cal);
             cache->reserve(ctx);
             tqkv::LlamaRunner run(model, *cache);

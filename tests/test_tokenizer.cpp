@@ -12,6 +12,7 @@
 #include "model/regex.hpp"
 #include "model/unicode.hpp"
 #include "tokenizer_json.hpp"
+#include "tqkv/model.hpp"
 #include "tqkv/tokenizer.hpp"
 
 using namespace tqkv;
@@ -216,6 +217,20 @@ TEST_CASE("tokenizer: byte-level round trips are exact on any text", "[tokenizer
     }
     CHECK_THROWS_WITH(tok.decode({0, 265}), Catch::Contains("outside the vocabulary"));
     CHECK_THROWS_WITH(tok.decode({-1}), Catch::Contains("outside the vocabulary"));
+}
+
+TEST_CASE("tokenizer: end-of-sequence ids of a model: the config's and the tokenizer's, once; none for bytes", "[tokenizer]") {
+    const Tokenizer tok = Tokenizer::from_json(sentencepiece_json(), R"({"eos_token": {"content": "</s>"}})");
+    REQUIRE(tok.eos_id() == 2);
+    LlamaConfig c;
+    c.eos_token_ids = {7};
+    CHECK(end_of_sequence_ids(c, tok) == ids({7, 2}));
+    c.eos_token_ids = {2, 7, 7};
+    CHECK(end_of_sequence_ids(c, tok) == ids({2, 7}));
+    c.eos_token_ids.clear();
+    CHECK(end_of_sequence_ids(c, tok) == ids({2}));
+    c.eos_token_ids = {7};
+    CHECK(end_of_sequence_ids(c, Tokenizer::bytes()).empty());  // every byte is text
 }
 
 TEST_CASE("tokenizer: SentencePiece-style BPE with byte fallback (Llama 2 / Mistral tokenizer.json)", "[tokenizer]") {

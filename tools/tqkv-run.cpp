@@ -132,13 +132,7 @@ int main(int argc, char** argv) {
         if (tokens.size() >= max_ctx)
             throw std::invalid_argument("the prompt has " + std::to_string(tokens.size()) + " tokens, the model's context is " +
                                         std::to_string(max_ctx));
-        // End of sequence: the config's eos_token_id(s) and the tokenizer's (not for a byte vocabulary,
-        // where every id is a byte of text).
-        std::vector<int32_t> eos;
-        if (tok.kind() != "bytes") {
-            eos.assign(mc.eos_token_ids.begin(), mc.eos_token_ids.end());
-            if (tok.eos_id() >= 0) eos.push_back(tok.eos_id());
-        }
+        const std::vector<int32_t> eos = tqkv::end_of_sequence_ids(mc, tok);
 
         // Calibration statistics for the tqkv cache's preconditioning (means, high channels).
         const bool needs_cal = budgeted || tqkv::CacheSpec::parse(spec).is_tqkv();

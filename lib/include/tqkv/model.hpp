@@ -34,6 +34,8 @@
 
 namespace tqkv {
 
+class Tokenizer;  // tqkv/tokenizer.hpp
+
 // ---------------------------------------------------------------------------------------------
 // Checkpoint files
 
@@ -287,6 +289,10 @@ private:
     struct Buffers;
     std::unique_ptr<Buffers> buf_;
 };
+
+// The ids that end generation: the config's eos_token_id(s) and the tokenizer's EOS, each once
+// (what tqkv-run and the explorer stop at). None for a byte tokenizer: every id is a byte of text.
+std::vector<int32_t> end_of_sequence_ids(const LlamaConfig& config, const Tokenizer& tokenizer);
 
 // A Calibration (keys, values and queries of every layer) from an exact-cache pass of the model
 // over tokens, in segments of ctx tokens.

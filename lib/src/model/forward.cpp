@@ -9,6 +9,7 @@
 #include "tqkv/codebook.hpp"
 #include "tqkv/model.hpp"
 #include "tqkv/threads.hpp"
+#include "tqkv/tokenizer.hpp"
 
 namespace tqkv {
 
@@ -200,6 +201,17 @@ void LlamaRunner::decode(int32_t token, std::span<float> logits) {
 
 CacheShape CacheShape::of(const LlamaConfig& c) {
     return {c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, c.head_dim, size_t(c.max_position_embeddings)};
+}
+
+std::vector<int32_t> end_of_sequence_ids(const LlamaConfig& config, const Tokenizer& tokenizer) {
+    std::vector<int32_t> eos;
+    if (tokenizer.kind() == "bytes") return eos;
+    for (int id : config.eos_token_ids) eos.push_back(int32_t(id));
+    eos.push_back(tokenizer.eos_id());
+    std::vector<int32_t> once;
+    for (int32_t id : eos)
+        if (id >= 0 && std::find(once.begin(), once.end(), id) == once.end()) once.push_back(id);
+    return once;
 }
 
 Calibration calibrate_kv(const LlamaModel& model, std::span<const int32_t> tokens, size_t ctx) {
