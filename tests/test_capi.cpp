@@ -772,3 +772,44 @@ TEST_CASE("C ABI: fp16 and head-major append, attend_ex, attend_stats, codec_dot
           TQKV_ERR_INVALID_ARGUMENT);
     tqkv_codec_destroy(codec);
 }
+
+TEST_CASE("C ABI: sliding attention window: old tokens dropped, kept by save/load, truncate refused below them", "[capi][swa]") {
+    tqkv_cache_config cfg = small_config();
+    Cache f(cfg), plain(cfg);
+    REQUIRE(tqkv_cache_set_attention_window(f.h, 20) == TQKV_OK);
+    const size_t row = 2 * 64, qrow = 4 * 64;
+    const auto K = gauss(300 * row, 21), V = gauss(300 * row, 22), Q = gauss(qrow, 23);
+    for (int layer = 0; layer < 2; ++layer)
+        for (auto* h : {f.h, plain.h}) {
+            REQUIRE(tqkv_cache_append(h, layer, K.data(), 200 * row, V.data(), 200 * row) == TQKV_OK);
+            for (size_t t = 200; t < 300; ++t)  // decode: the prefill's arena goes once all its tokens are dropped
+                REQUIRE(tqkv_cache_append(h, layer, K.data() + t * row, row, V.data() + t * row, row) == TQKV_OK);
+        }
+    CHECK(tokens(f.h, 0) == 300);
+    size_t windowed = 0, full = 0;
+    REQUIRE(tqkv_cache_bytes_used(f.h, &windowed) == TQKV_OK);
+    REQUIRE(tqkv_cache_bytes_used(plain.h, &full) == TQKV_OK);
+    CHECK(2 * windowed < full);  // 280 tokens dropped, their blocks freed
+    std::vector<float> a(qrow), b(qrow), c(qrow);
+    REQUIRE(tqkv_cache_attend(f.h, 1, Q.data(), qrow, a.data(), qrow, 1) == TQKV_OK);
+    REQUIRE(tqkv_cache_attend(plain.h, 1, Q.data(), qrow, b.data(), qrow, 1) == TQKV_OK);
+    CHECK(a != b);
+    // Saved with the window and the dropped tokens: the loaded cache attends the same.
+    const auto bytes = save(f.h);
+    CHECK(bytes.size() < save(plain.h).size());
+    tqkv_cache h = nullptr;
+    REQUIRE(tqkv_cache_load(bytes.data(), bytes.size(), nullptr, &h) == TQKV_OK);
+    REQUIRE(tqkv_cache_set_precision(h, cfg.precision) == TQKV_OK);
+    REQUIRE(tqkv_cache_attend(h, 1, Q.data(), qrow, c.data(), qrow, 1) == TQKV_OK);
+    CHECK(a == c);
+    CHECK(tqkv_cache_destroy(h) == TQKV_OK);
+    // Refusals, nothing changed.
+    CHECK(tqkv_cache_truncate(f.h, 250) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(contains(tqkv_last_error(), "dropped"));
+    CHECK(tokens(f.h, 0) == 300);
+    CHECK(tqkv_cache_set_attention_window(f.h, 30) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(save(f.h) == bytes);
+    CHECK(tqkv_cache_set_attention_window(f.h, uint64_t(1) << 40) == TQKV_ERR_INVALID_ARGUMENT);
+    REQUIRE(tqkv_cache_clear(f.h) == TQKV_OK);
+    CHECK(tqkv_cache_set_attention_window(f.h, 30) == TQKV_OK);
+}

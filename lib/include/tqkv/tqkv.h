@@ -147,6 +147,12 @@ TQKV_API const char* tqkv_cache_kernel(tqkv_cache cache);
 /* Sets the attention arithmetic of every layer (TQKV_PRECISION_*). Not saved with the cache (the
  * codes are the same either way): a loaded cache is exact until this is called. */
 TQKV_API tqkv_status tqkv_cache_set_precision(tqkv_cache cache, int32_t precision);
+/* Sliding-window attention (Mistral's sliding_window) on every layer: a query at position p sees
+ * only tokens p - window + 1 .. p, and tokens no future query sees are dropped (codes zeroed,
+ * blocks freed: memory bounded by the window, not the context). 0 = none. Saved with the cache.
+ * TQKV_ERR_INVALID_ARGUMENT (nothing changed) when tokens were dropped under another window or the
+ * cache has max_tokens. After dropping, truncate refuses to go below what the next query sees. */
+TQKV_API tqkv_status tqkv_cache_set_attention_window(tqkv_cache cache, uint64_t window);
 
 /* Serialization (magic, version, config, little-endian payload, CRC32; the same bytes on every
  * target). *size is always set to the serialized size; if buf is NULL or capacity < *size the
