@@ -152,7 +152,7 @@ TQKV_API tqkv_status tqkv_cache_set_precision(tqkv_cache cache, int32_t precisio
  * blocks freed: memory bounded by the window, not the context). 0 = none. Saved with the cache.
  * TQKV_ERR_INVALID_ARGUMENT (nothing changed) when tokens were dropped under another window or the
  * cache has max_tokens. After dropping, truncate refuses to go below what the next query sees. */
-TQKV_API tqkv_status tqkv_cache_set_attention_window(tqkv_cache cache, uint64_t window);
+TQKV_API tqkv_status tqkv_cache_set_attention_window(tqkv_cache cache, size_t window);
 
 /* Serialization (magic, version, config, little-endian payload, CRC32; the same bytes on every
  * target). *size is always set to the serialized size; if buf is NULL or capacity < *size the

@@ -178,6 +178,7 @@ void ModelKVCache::set_attention_window(size_t window) {
     for (auto& l : layers_)  // every layer can take it before any does
         if (l && l->config().attention_window != window && (l->dropped_tokens() || (window && l->config().max_tokens)))
             l->set_attention_window(window);  // throws, saying why
+    if (window > (size_t(1) << 28)) fail("set_attention_window: " + std::to_string(window) + " is above 2^28");
     if (window && base_.max_tokens) fail("set_attention_window: not with max_tokens");
     for (auto& l : layers_)
         if (l) l->set_attention_window(window);

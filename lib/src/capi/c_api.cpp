@@ -505,11 +505,10 @@ tqkv_status tqkv_cache_set_precision(tqkv_cache cache, int32_t precision) {
     });
 }
 
-tqkv_status tqkv_cache_set_attention_window(tqkv_cache cache, uint64_t window) {
+tqkv_status tqkv_cache_set_attention_window(tqkv_cache cache, size_t window) {
     return guard([&] {
         auto obj = caches().get(id_of(cache), "set_attention_window");
-        if (window > (uint64_t(1) << 28)) throw std::invalid_argument("tqkv: set_attention_window: window above 2^28");
-        obj->cache.set_attention_window(size_t(window));
+        obj->cache.set_attention_window(window);  // (above 2^28: refused by the cache)
         obj->changed();
     });
 }
