@@ -184,9 +184,13 @@ int main(int argc, char** argv) {
     const std::string smol_pre = R"({"type":"Sequence","pretokenizers":[{"type":"Digits","individual_digits":true},)"
                                  R"({"type":"ByteLevel","add_prefix_space":false,"use_regex":true}]})";
     const std::string texts[] = {"Hello world's  123 !!\n\n  x<|endoftext|>", "h\xc3\xa9llo \xe6\x97\xa5\xe6\x9c\xac 12345 IT'S",
-                                 "hi hi! \xff\xfe\t\r\n"};
+                                 "hi hi! \xff\xfe\t\r\n",
+                                 // marks to compose and reorder, Hangul jamo, a composition exclusion (NFC)
+                                 "e\xcc\x81 \xe1\x84\x80\xe1\x85\xa1 a\xcc\x81\xcc\xa3 \xe0\xa5\x98"};
+    std::string nfc_json = tqkv_test::byte_level_json(tqkv_test::kGpt2Pre, tqkv_test::kMerges, false);
+    nfc_json.replace(nfc_json.find("\"normalizer\":null"), 17, "\"normalizer\":{\"type\":\"NFC\"}");
     int ti = 0;
-    for (const std::string& json : {tqkv_test::byte_level_json(tqkv_test::kGpt2Pre, tqkv_test::kMerges, false),
+    for (const std::string& json : {tqkv_test::byte_level_json(tqkv_test::kGpt2Pre, tqkv_test::kMerges, false), nfc_json,
                                     tqkv_test::byte_level_json(llama3_pre, tqkv_test::kMerges, true),
                                     tqkv_test::byte_level_json(smol_pre, tqkv_test::kMerges, false), tqkv_test::sentencepiece_json()}) {
         tqkv::Tokenizer::from_json(json);  // a seed that does not load fails here
