@@ -44,7 +44,8 @@ struct Options {
     bool hover = false;
     float hover_x = 0, hover_y = 0;
     double bench_seconds = 0.05;  // memory panel screenshot: timing budget per benchmark point
-    double timeout = 180;  // seconds the memory panel's benchmark or the model panel's runs may take in a screenshot
+    double timeout = 180;  // seconds the memory panel's benchmark may take in a screenshot
+    double model_timeout = 900;  // the model panel's runs (its sensitivity probe: minutes on a busy 2-core VM)
 };
 
 void usage(FILE* f) {
@@ -208,7 +209,8 @@ void report_model(const ex::App& app) {
         std::printf("tqkv-explorer: model panel: %zu tokens scored, A %s %.4f nats/token, B %s %.4f nats/token; plan %s %s; "
                     "continuations of %zu and %zu tokens, first divergence %d\n",
                     r->pieces.size(), r->q.spec_a.c_str(), r->mean_a, r->q.spec_b.c_str(), r->mean_b, r->q.plan_spec.c_str(),
-                    r->plan ? r->plan_json.c_str() : r->plan_error.c_str(), r->cont_a.size(), r->cont_b.size(),
+                    r->plan ? r->plan_json.c_str() : r->plan_pending ? "(probe not finished)" : r->plan_error.c_str(),
+                    r->cont_a.size(), r->cont_b.size(),
                     r->first_divergence);
     }
 }
@@ -294,6 +296,7 @@ int main(int argc, char** argv) {
     int frames = 0;
     bool bench_started = false;
     int settled_from = 0;
+    bool gave_up = false;
     int rc = 0;
     for (;;) {
         glfwPollEvents();
@@ -346,7 +349,12 @@ int main(int argc, char** argv) {
                                    (app->mdl.work.busy() || !app->mdl.work.result());
         const bool waiting = (panel == ex::kMemory && (tiers_pending || !bench_started || app->mem.bench.running())) ||
                              (model_pending && frames >= 2);
-        if (waiting && ex::now_seconds() - t_start < opt.timeout) {
+        const double limit = panel == ex::kModel ? opt.model_timeout : opt.timeout;
+        if (waiting && ex::now_seconds() - t_start >= limit && !gave_up) {
+            std::fprintf(stderr, "tqkv-explorer: gave up waiting after %.0f s: the picture shows the state then\n", limit);
+            gave_up = true;
+        }
+        if (waiting && ex::now_seconds() - t_start < limit) {
             std::this_thread::sleep_for(std::chrono::milliseconds(20));
             settled_from = frames + 4;  // draw the finished state a few more times (a tooltip appears on its 2nd frame)
             continue;
@@ -371,5 +379,12 @@ int main(int argc, char** argv) {
     ImGui::DestroyContext();
     glfwDestroyWindow(window);
     glfwTerminate();
+    // A model-panel pass under way (a load, the sensitivity probe: up to minutes) cannot be
+    // interrupted, and ModelWork's destructor would wait for it after the window is gone: leave
+    // without waiting.
+    if (app->mdl.work.busy()) {
+        std::fflush(nullptr);
+        std::_Exit(rc);
+    }
     return rc;
 }
