@@ -171,8 +171,8 @@ TEST_CASE("cache specs: grammar, presets, errors", "[calibration][spec]") {
     CHECK(s.seed == 7);
     CHECK_FALSE(s.debias_values);
     CHECK(s.debias_keys);
-    CHECK(s.layer_key_bits(1) == 4);
-    CHECK(s.layer_value_bits(0) == 2.5);
+    CHECK(s.layer_key_bits(1, 4) == 4);
+    CHECK(s.layer_value_bits(0, 4) == 2.5);
     CHECK(CacheSpec::parse("K4V4-raw").center_keys == false);
     CHECK(CacheSpec::parse("q4_0").format == CacheSpec::Format::Q4_0);
     for (const auto& p : presets()) {
@@ -189,6 +189,57 @@ TEST_CASE("cache specs: grammar, presets, errors", "[calibration][spec]") {
     }
     CHECK_THROWS_WITH(CacheSpec::parse("K4V3-sk"), Catch::Contains("unknown option 'sk'"));
     CHECK_THROWS_WITH(CacheSpec::parse("K4V4-l5=K4V4").check_layers(4), Catch::Contains("layer 5 out of range"));
+}
+
+TEST_CASE("cache specs: layers counted from the end (l-1 = the last) and the boundary presets", "[calibration][spec]") {
+    const CacheSpec s = CacheSpec::parse("K3V2-w16-l0=K4V3-l-1=K4V3.5-x3");
+    REQUIRE(s.layer_rates.size() == 2);
+    CHECK(s.layer_rates[1].layer == -1);
+    CHECK(s.seed == 3);  // the options after it still parse
+    // Resolved against the model's depth: the last layer of 6 is 5, of 10 is 9.
+    for (int L : {2, 6, 10}) {
+        INFO(L << " layers");
+        CHECK(s.layer_key_bits(0, L) == 4);
+        CHECK(s.layer_value_bits(L - 1, L) == 3.5);
+        CHECK(s.layer_key_bits(L - 1, L) == 4);
+        for (int l = 1; l < L - 1; ++l) CHECK((s.layer_key_bits(l, L) == 3 && s.layer_value_bits(l, L) == 2));
+    }
+    // One layer: both overrides name it, the later one wins (overrides apply in the order given).
+    CHECK(s.layer_value_bits(0, 1) == 3.5);
+    CHECK(CacheSpec::parse("K4V4-l-3=K2V2").layer_key_bits(1, 4) == 2);
+    CHECK(CacheSpec::parse("K4V4-l-3=K2V2").layer_key_bits(2, 4) == 4);
+    // Out of range for the model: a clear error naming both ways of counting.
+    CHECK_THROWS_WITH(CacheSpec::parse("K4V4-l-5=K4V4").check_layers(4),
+                      Catch::Contains("layer -5 out of range") && Catch::Contains("-1..-4 from the end"));
+    CHECK_THROWS_WITH(CacheSpec::parse("K4V4-l-5=K4V4").layer_key_bits(0, 4), Catch::Contains("layer -5 out of range"));
+    CHECK_NOTHROW(CacheSpec::parse("K4V4-l-4=K4V4").check_layers(4));
+    for (const char* bad : {"K4V4-l-0=K4V4", "K4V4-l-1025=K4V4", "K4V4-l1024=K4V4", "K4V4-l-=K4V4", "K4V4-l--1=K4V4",
+                            "K4V4-l-1", "K4V4-l", "K4V4-l-1.5=K4V4", "K4V4-l-1=K9V4", "l-1=K4V4"}) {
+        INFO(bad);
+        CHECK_THROWS_WITH(CacheSpec::parse(bad), Catch::Contains("cache spec"));
+    }
+    CHECK_NOTHROW(CacheSpec::parse("K4V4-l-1024=K4V4"));
+    // The boundary presets: layer 0 and the last layer one bit higher than the uniform preset, in
+    // the cache that is built, and the bits it stores count them (window and norms included).
+    const int L = 6, KH = 2, d = 64;
+    const auto K = offset_rows(64, KH, d, 71, 1.0), V = offset_rows(64, KH, d, 72, 1.0);
+    const Calibration cal = calibration_of(K, V, L, KH, d);
+    const CacheShape shape{L, 4, KH, d, 1024};
+    for (auto [boundary, uniform] : {std::pair{"compact-b", "compact"}, std::pair{"balanced-b", "balanced"}}) {
+        INFO(boundary);
+        ModelKVCache b(shape, CacheSpec::parse(boundary), &cal), u(shape, CacheSpec::parse(uniform), &cal);
+        for (int l = 0; l < L; ++l) {
+            const double up = l == 0 || l == L - 1 ? 1.0 : 0.0;
+            CHECK(b.layer(l).config().key_bits == u.layer(l).config().key_bits + up);
+            CHECK(b.layer(l).config().value_bits == u.layer(l).config().value_bits + up);
+        }
+        const auto rows = offset_rows(200, KH, d, 73, 1.0);
+        for (int l = 0; l < L; ++l) b.append(l, rows, rows), u.append(l, rows, rows);
+        // Two layers of six one bit higher on both sides: 1/3 bit per coordinate more on the coded
+        // tokens (each layer's fractional-rate norms are the same count in both caches).
+        const double coded = 200 - 16, coords = 200.0 * L * KH * d * 2;
+        CHECK((b.format_bytes() - u.format_bytes()) * 8 / coords == Approx(2.0 / L * coded / 200).epsilon(1e-9));
+    }
 }
 
 TEST_CASE("cache specs: llama.cpp's rotated formats and TurboQuant+", "[calibration][spec]") {

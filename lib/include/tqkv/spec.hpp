@@ -17,7 +17,8 @@
 //       raw     plain TurboQuant: no centring, no debiasing  nc / nck / ncv  no centring (both / keys / values)
 //       nta     no logit debiasing    nvd  no value debiasing
 //       t<x>    logit scale x         x<seed>  rotation seed
-//       l<i>=K<b>V<b>   bits of layer i (layer-adaptive rates)
+//       l<i>=K<b>V<b>   bits of layer i (layer-adaptive rates); l-<i>=K<b>V<b> the i-th layer
+//                       from the end (l-1 = the last, whatever the model's depth)
 //       s<N>    N attention-sink tokens kept exact (emulated path)
 //       emu     emulated path: quantize-dequantize each token, exact attention over the result
 //       exact / fast   attention arithmetic (Precision below)
@@ -70,19 +71,22 @@ struct CacheSpec {
     bool emulate = false;         // quantize-dequantize + exact attention (research path)
     std::optional<Precision> precision;  // options exact / fast; none: CacheConfig's default
     struct LayerRate {
-        int layer = 0;
+        int layer = 0;  // negative: counted from the end (-1 = the last layer)
         double key_bits = 4, value_bits = 4;
+        int resolve(int layers) const;  // the layer index in a model of `layers` layers
     };
-    std::vector<LayerRate> layer_rates;  // overrides, in the order given
+    std::vector<LayerRate> layer_rates;  // overrides, in the order given (a later one wins)
     double auto_bits = 0;         // auto-<b>: the budget in bits per coordinate (0: fixed rates)
 
     // Throws std::invalid_argument naming the bad part and giving the grammar.
     static CacheSpec parse(const std::string& spec);
     bool is_tqkv() const { return format == Format::Tqkv; }
-    // Rates of layer l after the overrides.
-    double layer_key_bits(int layer) const;
-    double layer_value_bits(int layer) const;
-    // Throws std::invalid_argument if a layer override names a layer outside [0, layers).
+    // Rates of layer `layer` of a model of `layers` layers after the overrides (negative layers
+    // resolved against `layers`); throws as check_layers.
+    double layer_key_bits(int layer, int layers) const;
+    double layer_value_bits(int layer, int layers) const;
+    // Throws std::invalid_argument if a layer override names a layer outside [0, layers) or, from
+    // the end, outside [-layers, -1].
     void check_layers(int layers) const;
 };
 

@@ -50,8 +50,8 @@ CacheConfig layer_config(const CacheSpec& spec, const CacheShape& shape, int lay
     c.heads = shape.heads;
     c.kv_heads = KH;
     c.head_dim = d;
-    c.key_bits = spec.layer_key_bits(layer);
-    c.value_bits = spec.layer_value_bits(layer);
+    c.key_bits = spec.layer_key_bits(layer, shape.layers);
+    c.value_bits = spec.layer_value_bits(layer, shape.layers);
     if (spec.auto_bits > 0) {  // rates from the calibration's sensitivities
         if (!cal) fail("'" + spec.text + "': auto rates need a calibration (with the model's layer sensitivities)");
         const RatePlan plan = plan_rates(spec, shape, *cal);

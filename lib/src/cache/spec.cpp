@@ -14,8 +14,8 @@ const char* kGrammar =
     "cache spec: fp32 | exact | fp16 | q8_0 | q4_0 | q8_0-rot | q4_0-rot | q8_0-rots | q4_0-rots | turbo2 | turbo3 | "
     "turbo4 | kivi2 | kivi4 | K<bits>V<bits>[-opt...] (bits 1..8, e.g. K4V3, "
     "K3.5V2.5-w16) with options w<N> (exact recent window), prod, raw, nc, nck, ncv, nta, nvd, t<x> (logit scale), "
-    "x<seed>, l<i>=K<b>V<b> (rates of layer i), s<N> (sinks, emulated), emu, exact | fast (attention arithmetic); auto-<bits>[-w<N>] (rates per layer from the calibration); or a preset: default, quality, balanced, "
-    "compact, smallest, plain4, plain3, auto-3.5, auto-2.5";
+    "x<seed>, l<i>=K<b>V<b> (rates of layer i; l-1 = the last layer), s<N> (sinks, emulated), emu, exact | fast (attention arithmetic); auto-<bits>[-w<N>] (rates per layer from the calibration); or a preset: default, quality, balanced, "
+    "compact, smallest, balanced-b, compact-b, plain4, plain3, auto-3.5, auto-2.5";
 
 [[noreturn]] void fail(const std::string& m) { throw std::invalid_argument("tqkv cache spec: " + m + "; " + kGrammar); }
 
@@ -55,6 +55,10 @@ const std::vector<CachePreset> kPresets = {
     {"balanced", "K3V2.5-w16", "3.14 b/coord"},
     {"compact", "K3V2-w16", "2.83 b/coord"},
     {"smallest", "K2.5V1.5-w16", "2.47 b/coord"},
+    // Boundary layers: the first and the last layer one bit higher on both sides (what vLLM and
+    // TurboQuant+ do by default); costs 2 / layers bits per coordinate more than the uniform preset.
+    {"balanced-b", "K3V2.5-w16-l0=K4V3.5-l-1=K4V3.5", "balanced with the first and last layers at K4V3.5"},
+    {"compact-b", "K3V2-w16-l0=K4V3-l-1=K4V3", "compact with the first and last layers at K4V3"},
     {"auto-3.5", "auto-3.5", "rates per layer chosen by the calibration within 3.5 b/coord"},
     {"auto-2.5", "auto-2.5", "rates per layer chosen by the calibration within 2.5 b/coord"},
     {"plain4", "K4V4-raw", "plain TurboQuant, 4 bits, no calibration used"},
@@ -94,7 +98,11 @@ CacheSpec CacheSpec::parse(const std::string& spec) {
     {
         std::stringstream ss(spec);
         std::string p;
-        while (std::getline(ss, p, '-')) parts.push_back(p);
+        while (std::getline(ss, p, '-')) {
+            // "l-1=K4V3" (a layer counted from the end) is one option, not "l" and "1=K4V3".
+            if (!parts.empty() && parts.back() == "l") parts.back() += "-" + p;
+            else parts.push_back(p);
+        }
     }
     if (parts.empty()) fail("unknown '" + spec + "'");
     auto number = [&](const std::string& p, size_t from) {
@@ -162,7 +170,13 @@ CacheSpec CacheSpec::parse(const std::string& spec) {
         } else if (p.size() > 3 && p[0] == 'l' && p.find('=') != std::string::npos) {
             const size_t eq = p.find('=');
             LayerRate lr;
-            lr.layer = int(integer(p.substr(0, eq), 1, 1023));
+            // l<i>: layer i; l-<i>: the i-th layer from the end (l-1 = the last), resolved against
+            // the model's layer count (check_layers, layer_key_bits).
+            const bool from_end = p.size() > 2 && p[1] == '-';
+            lr.layer = int(integer(p.substr(0, eq), from_end ? 2 : 1, 1024));
+            if (from_end) lr.layer = -lr.layer;
+            if (lr.layer == 0 && from_end) fail("layer option '" + p + "' in '" + spec + "': l-<i> counts from the end, l-1 is the last layer");
+            if (lr.layer == 1024) fail("option '" + p + "' in '" + spec + "' needs a layer in [0, 1023] (or -1024..-1 from the end)");
             if (!parse_kv(p.substr(eq + 1), spec, lr.key_bits, lr.value_bits)) fail("bad layer option '" + p + "' in '" + spec + "'");
             o.layer_rates.push_back(lr);
         } else {
@@ -177,25 +191,30 @@ CacheSpec CacheSpec::parse(const std::string& spec) {
     return o;
 }
 
-double CacheSpec::layer_key_bits(int layer) const {
+int CacheSpec::LayerRate::resolve(int layers) const { return layer < 0 ? layers + layer : layer; }
+
+double CacheSpec::layer_key_bits(int layer, int layers) const {
+    check_layers(layers);
     double b = key_bits;
     for (const auto& lr : layer_rates)
-        if (lr.layer == layer) b = lr.key_bits;
+        if (lr.resolve(layers) == layer) b = lr.key_bits;
     return b;
 }
 
-double CacheSpec::layer_value_bits(int layer) const {
+double CacheSpec::layer_value_bits(int layer, int layers) const {
+    check_layers(layers);
     double b = value_bits;
     for (const auto& lr : layer_rates)
-        if (lr.layer == layer) b = lr.value_bits;
+        if (lr.resolve(layers) == layer) b = lr.value_bits;
     return b;
 }
 
 void CacheSpec::check_layers(int layers) const {
     for (const auto& lr : layer_rates)
-        if (lr.layer < 0 || lr.layer >= layers)
+        if (lr.layer >= layers || lr.layer < -layers)
             fail("layer " + std::to_string(lr.layer) + " out of range in '" + text + "' (the model has " +
-                 std::to_string(layers) + " layers)");
+                 std::to_string(layers) + " layers: 0.." + std::to_string(layers - 1) + ", or -1..-" +
+                 std::to_string(layers) + " from the end)");
 }
 
 }  // namespace tqkv
