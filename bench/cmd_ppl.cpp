@@ -49,9 +49,11 @@ std::vector<std::string> frontier_configs() {
     for (const char* w : {"-w8", "-w16", "-w32"})
         for (int k = 0; k < 5; ++k)
             for (int v = 0; v <= std::min(k, 2); ++v) c.push_back(std::string("K") + kb[k] + "V" + vb[v] + w);
-    // Values below 2 bits, layer-adaptive rates (the last layer is the most sensitive one).
-    for (const char* x : {"K2V1.5-w16", "K2.5V1.5-w16", "K3V1.5-w16", "K2V2-w16-l5=K3V2", "K3V2-w16-l5=K4V3",
-                          "K3V2.5-w16-l5=K4V3"})
+    // Values below 2 bits; layer-adaptive rates: the last layer higher (l-1, whatever the depth),
+    // and the boundary presets (first and last layers one bit higher; their uniform ones are above).
+    for (const char* x : {"K2V1.5-w16", "K2.5V1.5-w16", "K3V1.5-w16", "K2V2-w16-l-1=K3V2", "K3V2-w16-l-1=K4V3",
+                          "K3V2.5-w16-l-1=K4V3", "compact-b", "balanced-b",
+                          "K2.5V1.5-w16-l0=K3.5V2.5-l-1=K3.5V2.5"})
         c.push_back(x);
     // Rates chosen per layer by the calibration pass (one probe serves all of them).
     for (const char* b : {"2.5", "3", "3.5", "4"}) c.push_back(std::string("auto-") + b);
@@ -369,11 +371,11 @@ int cmd_ppl(const Args& args) {
     for (const auto& c : configs) any_auto = any_auto || tqkv::CacheSpec::parse(c).auto_bits > 0;
     // Auto rates need the model's layer sensitivities: a probe on the calibration text (never the
     // evaluated text).
-    double sens_s = 0;
+    double sens_s = 0, sens_cpu_s = 0;
     if (any_auto) {
-        const double t0 = now();
-        tqkv::measure_sensitivity(model, cal, std::span(calib).first(std::min(calib.size(), ctx * 4)), ctx, threads);
-        sens_s = now() - t0;
+        const double t0 = now(), c0 = cpu_now();
+        tqkv::measure_sensitivity(model, cal, calib, ctx, threads);
+        sens_s = now() - t0, sens_cpu_s = cpu_now() - c0;
     }
 
     // The exact cache per prefill mode (the same numbers up to float rounding: exact attention does
@@ -410,7 +412,7 @@ int cmd_ppl(const Args& args) {
         h.add("type", "header").add("model", dir).add("text", text_path).add("offset", offset).add("bytes", n_bytes)
             .add("ctx", ctx).add("scored", base.scored).add("sequential", sequential).add("prefill", prefill).add("skip_values", double(attend_opt.skip_values))
             .add("calib_bytes", calib_bytes)
-            .add("calib_seconds", calib_s).add("sensitivity_seconds", sens_s).add("matmul", tqkv::matmul_kernel()).add("kernel", tqkv::default_kernel())
+            .add("calib_seconds", calib_s).add("sensitivity_seconds", sens_s).add("sensitivity_cpu_seconds", sens_cpu_s).add("matmul", tqkv::matmul_kernel()).add("kernel", tqkv::default_kernel())
             .add("tokenizer", tok.kind()).add("tokens", tokens.size()).add("scored_bytes", scored_bytes)
             .add("nll_per_token", base.nll).add("nll_per_byte", base.nll * per_byte);
         std::printf("%s\n", h.str().c_str());
@@ -418,6 +420,8 @@ int cmd_ppl(const Args& args) {
         std::printf("%s\nmatmul %s, attention kernel %s; tokenizer %s: %zu tokens; exact NLL %.6f nats/token, %.6f nats/byte\n"
                     "over %zu positions (%zu bytes)\n\n", header.c_str(), tqkv::matmul_kernel(), tqkv::default_kernel().c_str(),
                     tok.kind().c_str(), tokens.size(), base.nll, base.nll * per_byte, base.scored, scored_bytes);
+        if (any_auto)
+            std::printf("layer sensitivity probe (auto rates): %.1f s wall, %.1f s CPU (calibration text only)\n\n", sens_s, sens_cpu_s);
     }
 
     auto emit = [&](const Row& r) {

@@ -247,7 +247,7 @@ CacheConfig layer_config(const CacheSpec& spec, const CacheShape& shape, int lay
                          std::span<const float> first_values = {});
 
 // The rates of an auto spec (CacheSpec::auto_bits) per layer. The calibration's sensitivities
-// (ΔNLL per unit of g = D / (1 - D) for each layer's keys and values, measured by a probe with the
+// (KL, the expected ΔNLL, per unit of g = D / (1 - D) for each layer's keys and values, measured by a probe with the
 // model: measure_sensitivity in tqkv/model.hpp) predict the loss of a plan as
 //   Σ_l  s_key[l] g(D(kb_l)) + s_value[l] g(D(vb_l)),
 // which is minimised over rates in {1.5, 2, 2.5, ..., 5, 6}, within one bit of the uniform rate the

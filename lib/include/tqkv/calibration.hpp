@@ -64,7 +64,8 @@ public:
     std::vector<int> high_channels(int layer, bool keys, int count, bool centred, int kv_head = -1) const;
 
     // Optional, per layer: how much the model's loss grows with the coding error of this layer's
-    // keys and of its values — ΔNLL (nats per token) per unit of g = D / (1 - D), the relative
+    // keys and of its values — KL from the exact next-token distribution (nats per token; the
+    // expected ΔNLL) per unit of g = D / (1 - D), the relative
     // error variance of debiased MSE codes (D = mse_distortion). Measured by a short probe with the
     // model (tqkv::measure_sensitivity, tqkv/model.hpp); auto rate specs (CacheSpec "auto-<bits>")
     // allocate bits by it. Empty when not measured.

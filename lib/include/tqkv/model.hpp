@@ -300,11 +300,14 @@ Calibration calibrate_kv(const LlamaModel& model, std::span<const int32_t> token
 
 // Measures how the model's loss grows with coding errors of each layer's keys and of its values,
 // into the calibration (Calibration::set_sensitivity; what auto rate specs allocate bits by): the
-// ΔNLL (nats per token) over `tokens` (chunked prefill in segments of ctx) with only that layer's
-// keys coded at 2 bits (values at 8), then only its values, against the exact cache, each divided
-// by g = D / (1 - D) of 2-bit codes. 2 * layers + 1 forward passes: pass calibration text, never
-// evaluated text. A probe below the noise (ΔNLL under a tenth of its side's mean) counts as that
-// tenth, so no layer is starved on noise.
+// mean KL divergence (nats per token) of the next-token distribution from the exact cache's, with
+// only that layer's keys coded at 2 bits (values at 8, window 16), then only its values, each
+// divided by g = D / (1 - D) of 2-bit codes. Over the first min(512, ctx) tokens of `tokens`
+// (chunked prefill from position 0): 2 * layers + 1 forward passes of that length, so the cost
+// grows as layers^2 x tokens and not with the text given (tq-ref-128, 6 layers: ~8 s of CPU).
+// Pass calibration text, never evaluated text. A layer below a tenth of its side's mean counts as
+// that tenth, so no layer is starved. The exact distributions are kept as each position's 64 most
+// likely tokens plus the rest's mass (memory independent of the vocabulary).
 // The 2 * layers probes run on up to `threads` threads (results identical for any count).
 void measure_sensitivity(const LlamaModel& model, Calibration& calibration, std::span<const int32_t> tokens,
                          size_t ctx = 1024, int threads = 1);
