@@ -627,6 +627,27 @@ TEST_CASE("model: the sensitivity probe fills the calibration and auto specs run
         total += cal.key_sensitivity(l) + cal.value_sensitivity(l);
     }
     CHECK(total > 0);
+    // Any thread count: the same sensitivities.
+    Calibration cal2 = calibrate_kv(m, calib, 256);
+    measure_sensitivity(m, cal2, calib, 256, 2);
+    CHECK(cal2 == cal);
+    // The probe sees what a layer's attention is worth: with layer 1's output projection zeroed its
+    // keys and values change nothing downstream (KL exactly 0), so both sit at the floor, a tenth
+    // of their side's mean (layer 0's sensitivity / 20), and a plan gives them the fewest bits.
+    {
+        auto ts = tiny_tensors(17);
+        for (float& w : ts["model.layers.1.self_attn.o_proj.weight"].data) w = 0;
+        const LlamaModel mute = LlamaModel::from_parts(LlamaConfig::parse(kTinyConfig), Safetensors::parse(make_safetensors(ts)));
+        Calibration c = calibrate_kv(mute, calib, 256);
+        measure_sensitivity(mute, c, calib, 256);
+        CHECK(c.key_sensitivity(0) > 0);
+        CHECK(c.value_sensitivity(0) > 0);
+        CHECK(c.key_sensitivity(1) == Approx(c.key_sensitivity(0) / 20).epsilon(1e-12));
+        CHECK(c.value_sensitivity(1) == Approx(c.value_sensitivity(0) / 20).epsilon(1e-12));
+        const RatePlan p = plan_rates(CacheSpec::parse("auto-4"), CacheShape::of(mute.config()), c);
+        CHECK(p.layers[1].key_bits < p.layers[0].key_bits);
+        CHECK(p.layers[1].value_bits < p.layers[0].value_bits);
+    }
     const auto tokens = text_tokens("Auto rates follow the probe; the runner does not care how they were chosen.");
     auto exact = make_exact_cache(CacheShape::of(m.config()));
     const NllResult ref = evaluate_nll(m, *exact, tokens, 256, true);
