@@ -206,9 +206,11 @@ void report_model(const ex::App& app) {
     } else if (!r->error.empty()) {
         std::fprintf(stderr, "tqkv-explorer: model panel: %s: %s\n", r->q.dir.c_str(), r->error.c_str());
     } else {
-        std::printf("tqkv-explorer: model panel: %zu tokens scored, A %s %.4f nats/token, B %s %.4f nats/token; plan %s %s; "
+        size_t scored = 0;  // segment starts are not
+        for (int32_t a : r->argmax_a) scored += a >= 0;
+        std::printf("tqkv-explorer: model panel: %zu tokens, %zu scored, A %s %.4f nats/token, B %s %.4f nats/token; plan %s %s; "
                     "continuations of %zu and %zu tokens, first divergence %d\n",
-                    r->pieces.size(), r->q.spec_a.c_str(), r->mean_a, r->q.spec_b.c_str(), r->mean_b, r->q.plan_spec.c_str(),
+                    r->pieces.size(), scored, r->q.spec_a.c_str(), r->mean_a, r->q.spec_b.c_str(), r->mean_b, r->q.plan_spec.c_str(),
                     r->plan ? r->plan_json.c_str() : r->plan_pending ? "(probe not finished)" : r->plan_error.c_str(),
                     r->cont_a.size(), r->cont_b.size(),
                     r->first_divergence);

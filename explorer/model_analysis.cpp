@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -240,8 +241,14 @@ void ModelWork::run(ModelQuery q) {
             if (auto it = S->scored.find(key); it != S->scored.end()) return it->second;
             stage("scoring the text with " + spec);
             auto cache = tqkv::make_cache(spec, shape, &cal);
-            tqkv::NllResult res = tqkv::evaluate_nll(model, *cache, tokens, ctx, true);
-            return S->scored[key] = Scored{std::move(res.token_nll), std::move(res.argmax), res.nll, res.bits_per_coord};
+            const tqkv::NllResult res = tqkv::evaluate_nll(model, *cache, tokens, ctx, true);
+            // evaluate_nll scores every token but the first of each ctx-token segment (it starts an
+            // empty cache): spread its results over the text's tokens, NaN / -1 where not scored.
+            Scored sc{std::vector<float>(tokens.size() - 1, NAN), std::vector<int32_t>(tokens.size() - 1, -1), res.nll,
+                      res.bits_per_coord};
+            for (size_t t = 1, k = 0; t < tokens.size() && k < res.token_nll.size(); ++t)
+                if (t % std::max<size_t>(ctx, 2) != 0) sc.nll[t - 1] = res.token_nll[k], sc.argmax[t - 1] = res.argmax[k++];
+            return S->scored[key] = std::move(sc);
         };
         // Greedy continuations, stopping at end of sequence (end_of_sequence_ids) or at the context
         // length; kept per (spec, prompt, length).

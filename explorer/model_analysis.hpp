@@ -43,7 +43,9 @@ struct ModelResult {
     double load_seconds = 0, calib_seconds = 0, sens_seconds = 0, run_seconds = 0;
 
     // The scored text: pieces[i] is the text of token i + 1 (the first token is not scored),
-    // nll_a[i] / nll_b[i] its negative log-likelihood (nats) under cache A / B.
+    // nll_a[i] / nll_b[i] its negative log-likelihood (nats) under cache A / B, argmax_a[i] /
+    // argmax_b[i] the tokens they predicted there — NaN / -1 for the first token of each segment
+    // of the model's context length (texts longer than it are scored in segments).
     std::vector<std::string> pieces;
     std::vector<float> nll_a, nll_b;
     std::vector<int32_t> argmax_a, argmax_b;

@@ -224,10 +224,11 @@ void running_difference(const std::vector<double>& d, float height) {
     const int n = int(d.size()), win = std::clamp(n / 16, 1, 64);
     std::vector<double> mean(d.size());
     double sum = 0;
+    int count = 0;  // finite values in the window (segment starts are not scored)
     for (int i = 0; i < n; ++i) {
-        sum += d[size_t(i)];
-        if (i >= win) sum -= d[size_t(i - win)];
-        mean[size_t(i)] = sum / std::min(i + 1, win);
+        if (std::isfinite(d[size_t(i)])) sum += d[size_t(i)], ++count;
+        if (i >= win && std::isfinite(d[size_t(i - win)])) sum -= d[size_t(i - win)], --count;
+        mean[size_t(i)] = count ? sum / count : 0.0;
     }
     double lo = 0, hi = 0;
     for (double m : mean) lo = std::min(lo, m), hi = std::max(hi, m);
@@ -364,18 +365,20 @@ void panel_model(App& app) {
     ImGui::SameLine();
     ImGui::TextWrapped("%s; %s", R->model_summary.c_str(), R->calib_summary.c_str());
     const double rel = R->mean_a > 0 ? 100.0 * (R->mean_b / R->mean_a - 1) : 0;
-    size_t agree = 0;
-    for (size_t i = 0; i < std::min(R->argmax_a.size(), R->argmax_b.size()); ++i) agree += R->argmax_a[i] == R->argmax_b[i];
+    size_t agree = 0, scored = 0;
+    for (size_t i = 0; i < std::min(R->argmax_a.size(), R->argmax_b.size()); ++i)
+        if (R->argmax_a[i] >= 0) agree += R->argmax_a[i] == R->argmax_b[i], ++scored;
     ImGui::TextWrapped("A = %s: %.4f nats/token at %.2f b/coord.   B = %s: %.4f nats/token (%+.2f%% vs A) at %.2f b/coord.   "
                 "%zu tokens scored; top-1 predictions agree on %.1f%%.",
-                R->q.spec_a.c_str(), R->mean_a, R->bits_a, R->q.spec_b.c_str(), R->mean_b, rel, R->bits_b, R->pieces.size(),
-                R->pieces.empty() ? 0.0 : 100.0 * double(agree) / double(R->pieces.size()));
+                R->q.spec_a.c_str(), R->mean_a, R->bits_a, R->q.spec_b.c_str(), R->mean_b, rel, R->bits_b, scored,
+                scored ? 100.0 * double(agree) / double(scored) : 0.0);
 
     // Colour scale: the 98th percentile of |ΔNLL|, so a few outliers do not wash out the rest.
     std::vector<double> d(R->pieces.size());
     for (size_t i = 0; i < d.size(); ++i) d[i] = double(R->nll_b[i]) - double(R->nll_a[i]);
-    std::vector<double> mag(d.size());
-    for (size_t i = 0; i < d.size(); ++i) mag[i] = std::fabs(d[i]);
+    std::vector<double> mag;
+    for (double x : d)
+        if (std::isfinite(x)) mag.push_back(std::fabs(x));
     double scale = 0.01;
     if (!mag.empty()) {
         const size_t k = std::min(mag.size() - 1, size_t(0.98 * double(mag.size())));
@@ -390,15 +393,21 @@ void panel_model(App& app) {
     diverging_legend(scale);
     const float text_h = std::floor((ImGui::GetContentRegionAvail().y - spy) * 0.7f);
     const int hov = token_flow(
-        "scored", R->pieces, [&](int i) { return diverging_color(d[size_t(i)] / scale); }, ImVec2(0, text_h));
+        "scored", R->pieces,
+        [&](int i) { return std::isfinite(d[size_t(i)]) ? diverging_color(d[size_t(i)] / scale) : IM_COL32(205, 205, 205, 255); },
+        ImVec2(0, text_h));
     if (hov >= 0) {
         const size_t i = size_t(hov);
         ImGui::BeginTooltip();
         ImGui::Text("token %zu: \"%s\"", i + 1, visible(R->pieces[i]).c_str());
-        ImGui::Text("NLL under A (%s): %.4f nats (p = %.3f)", R->q.spec_a.c_str(), R->nll_a[i], std::exp(-R->nll_a[i]));
-        ImGui::Text("NLL under B (%s): %.4f nats (p = %.3f)", R->q.spec_b.c_str(), R->nll_b[i], std::exp(-R->nll_b[i]));
-        ImGui::TextColored(d[i] > 0 ? kRed : kBlue, "B − A: %+.4f nats", d[i]);
-        if (R->argmax_a[i] != R->argmax_b[i]) ImGui::TextUnformatted("the two caches predict different top tokens here");
+        if (!std::isfinite(d[i])) {
+            ImGui::TextUnformatted("not scored: the first token of a context-length segment (grey)");
+        } else {
+            ImGui::Text("NLL under A (%s): %.4f nats (p = %.3f)", R->q.spec_a.c_str(), R->nll_a[i], std::exp(-R->nll_a[i]));
+            ImGui::Text("NLL under B (%s): %.4f nats (p = %.3f)", R->q.spec_b.c_str(), R->nll_b[i], std::exp(-R->nll_b[i]));
+            ImGui::TextColored(d[i] > 0 ? kRed : kBlue, "B − A: %+.4f nats", d[i]);
+            if (R->argmax_a[i] != R->argmax_b[i]) ImGui::TextUnformatted("the two caches predict different top tokens here");
+        }
         ImGui::EndTooltip();
     }
     continuations(*R, ImGui::GetContentRegionAvail().y);

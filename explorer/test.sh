@@ -37,12 +37,13 @@ grep -q "no-such-dump" "$out/bad-data.err" || { echo "FAIL: no load error report
 
 # The model panel on a small checkpoint (random weights, 2 layers, d 32): both caches score the
 # text (B an auto preset, so the sensitivity probe and the rate plan run), continuations side by
-# side. The lines it prints say what was computed; the coloured text makes thousands of colours.
+# side. The lines it prints say what was computed (its context is 512: the 1024 bytes are scored
+# in two segments, each one's first byte unscored); the coloured text makes thousands of colours.
 "$testmodel" "$out/tiny" >/dev/null || { echo "FAIL: could not write the test checkpoint" >&2; fail=1; }
 shot --screenshot "$out/model.png" --panel model --size ${w}x${h} --model "$out/tiny" --caches fp32,auto-3.5 \
   >"$out/model.log" 2>&1 || { echo "FAIL: model did not render" >&2; fail=1; }
 "$check" "$out/model.png" $w $h 4000 || fail=1
-grep -Eq 'model panel: [0-9]{3,} tokens scored, A fp32 [0-9.]+ nats/token, B auto-3.5 [0-9.]+ nats/token; plan auto-3.5 \{"budget":3.5,.*"layers":\[\{"k":[0-9.]+,"v":[0-9.]+\},\{.*continuations of 64 and 64 tokens' \
+grep -Eq 'model panel: 1023 tokens, 1022 scored, A fp32 [0-9.]+ nats/token, B auto-3.5 [0-9.]+ nats/token; plan auto-3.5 \{"budget":3.5,.*"layers":\[\{"k":[0-9.]+,"v":[0-9.]+\},\{.*continuations of 64 and 64 tokens' \
   "$out/model.log" || { echo "FAIL: the model panel did not compute its comparison:" >&2; cat "$out/model.log" >&2; fail=1; }
 # No model, and a directory that is not a checkpoint: the panel says so.
 shot --screenshot "$out/no-model.png" --panel model --size 1000x700 --model "" >"$out/no-model.log" 2>&1 \

@@ -1,5 +1,5 @@
 // tqkv-explorer-testmodel DIR: writes a small random-weight checkpoint (the tests' tiny Llama of
-// tests/tiny_model.hpp: 2 layers, d 32, byte vocabulary; context 1024) as config.json +
+// tests/tiny_model.hpp: 2 layers, d 32, byte vocabulary; context 512) as config.json +
 // model.safetensors, with an eval.txt, so explorer/test.sh can run the Model panel end to end
 // where the real models are absent. Its text is nonsense; the panel's mechanics are what is tested.
 #include <cstdio>
@@ -27,12 +27,13 @@ int main(int argc, char** argv) {
         text += ": ";
         for (int i = 0; i < 6; ++i) text += std::string(words[rng.next() % 10]) + (i < 5 ? " " : "\n");
     }
-    // Context 1024 instead of 256 (the weights do not depend on it): auto budgets count the exact
-    // window over the context, and at 256 a 16-token window leaves auto-2.5 too few bits at d 32.
+    // Context 512 instead of 256 (the weights do not depend on it): auto budgets count the exact
+    // window over the context, and at 256 a 16-token window leaves auto-3.5 few bits at d 32; still
+    // shorter than the 1024 bytes the panel scores, so the text is scored in two segments.
     std::string config = tqkv_test::kTinyConfig;
     const std::string ctx256 = "\"max_position_embeddings\": 256";
     if (const auto at = config.find(ctx256); at != std::string::npos)
-        config.replace(at, ctx256.size(), "\"max_position_embeddings\": 1024");
+        config.replace(at, ctx256.size(), "\"max_position_embeddings\": 512");
     std::ofstream(dir / "config.json", std::ios::binary) << config;
     std::ofstream(dir / "model.safetensors", std::ios::binary).write(reinterpret_cast<const char*>(st.data()), long(st.size()));
     std::ofstream(dir / "eval.txt", std::ios::binary) << text;
