@@ -38,6 +38,7 @@ struct Options {
     std::string data, screenshot, panel = "rotation";
     std::optional<std::string> model;  // the Model panel's checkpoint (default: tq-ref-128 beside the repo)
     std::string cache_a, cache_b;      // its caches (default: the panel's)
+    std::optional<std::string> prompt; // its continuations' prompt
     int width = 1600, height = 1000;
     int frames = 6;
     float font_size = 15.0f;
@@ -58,6 +59,7 @@ void usage(FILE* f) {
                  "  --model DIR       the Model panel's checkpoint: config.json + safetensors (default:\n"
                  "                    ../shared/data/tq-ref-128 beside the repository when there; \"\" for none)\n"
                  "  --caches A,B      the Model panel's two cache specs (default fp32,K3.5V2.5-w16)\n"
+                 "  --prompt TEXT     the Model panel's prompt for greedy continuations (\"\": none)\n"
                  "  --panel NAME      rotation | codebook | tokens | attention | memory | model\n"
                  "  --screenshot PNG  render one frame of the panel offscreen, write it, exit (needs an X\n"
                  "                    display: run under xvfb-run)\n"
@@ -100,6 +102,9 @@ bool parse(int argc, char** argv, Options& o) {
                 return false;
             }
             o.cache_a = v.substr(0, comma), o.cache_b = v.substr(comma + 1);
+        } else if (a == "--prompt") {
+            if (!value(v)) return false;
+            o.prompt = v;
         } else if (a == "--screenshot") {
             if (!value(o.screenshot)) return false;
         } else if (a == "--panel") {
@@ -290,6 +295,10 @@ int main(int argc, char** argv) {
             ex::set_model_dir(*app, std::filesystem::weakly_canonical(shared).string());
     }
     if (!opt.cache_a.empty()) ex::set_model_caches(*app, opt.cache_a, opt.cache_b);  // a bad spec shows in the panel
+    if (opt.prompt) {
+        app->mdl.want.prompt = *opt.prompt;
+        std::snprintf(app->mdl.prompt_buf, sizeof app->mdl.prompt_buf, "%s", opt.prompt->c_str());
+    }
     const int panel = panel_index(opt.panel);
     app->force_panel = panel;
     if (shot && panel == ex::kCodebook) app->cb.pending_steps = 4;  // show the iteration under way

@@ -296,8 +296,8 @@ void ModelWork::run(ModelQuery q) {
             }
             r->run_seconds = seconds() - t_run;
         };
-        // Fixed caches first, shown while the sensitivity probe of the plan runs (it takes
-        // 2 * layers + 1 passes over the calibration text).
+        // Fixed caches first, shown while the sensitivity probe of the plan runs (2 * layers + 1
+        // forward passes).
         if (!auto_cache) {
             compare();
             if (need_sens && !cal.has_sensitivity()) {
@@ -309,7 +309,7 @@ void ModelWork::run(ModelQuery q) {
         if (need_sens) {
             if (!S->cal.has_sensitivity()) {
                 stage("measuring layer sensitivities (auto rates: " + std::to_string(2 * mc.num_hidden_layers + 1) +
-                      " passes over the calibration text)");
+                      " passes over the calibration text's first tokens)");
                 const double t0 = seconds();
                 tqkv::measure_sensitivity(model, S->cal, tok.encode(calib), ctx, threads);
                 S->sens_seconds = seconds() - t0;

@@ -163,8 +163,8 @@ void rate_plan(const ModelResult& R, float height) {
     ImGui::SameLine();
     ImGui::TextColored(kBlue, "%s", R.q.plan_spec.c_str());
     if (R.plan_pending) {
-        ImGui::TextWrapped("computing… the layer sensitivities the plan needs (a probe of 2 × %d + 1 passes over the "
-                           "calibration text); the caches' comparison is ready meanwhile.", R.layers);
+        ImGui::TextWrapped("computing… the layer sensitivities the plan needs (a probe of 2 × %d + 1 passes over "
+                           "the calibration text's first tokens); the caches' comparison is ready meanwhile.", R.layers);
         ImGui::EndChild();
         return;
     }
@@ -213,8 +213,9 @@ void rate_plan(const ModelResult& R, float height) {
         }
         ImGui::EndTable();
     }
-    help_text("Sensitivity: ΔNLL per unit of relative coding error of that layer's keys (values), from the probe on the "
-              "calibration text; the plan spends bits where they save the most loss per bit, within the budget.");
+    help_text("Sensitivity: the expected ΔNLL (KL divergence of the next-token distribution from the exact cache's) per "
+              "unit of relative coding error of that layer's keys (values), from the probe on the calibration text; the "
+              "plan spends bits where they save the most loss per bit, within the budget.");
     ImGui::EndChild();
 }
 

@@ -26,7 +26,8 @@ xvfb-run -a -s "-screen 0 1920x1200x24" "$exe" --size 1600x1000 --font-size 14 \
 # or two on a shared VM), the mouse over a token of the coloured text for its read-out.
 model=../shared/data/tq-ref-128
 if [ -f "$model/config.json" ]; then
-  shot --screenshot docs/explorer-model.png --panel model --model "$model" --caches fp32,auto-2.5 --hover 50,406
+  shot --screenshot docs/explorer-model.png --panel model --model "$model" --caches fp32,auto-2.5 \
+    --prompt "The Python interpreter " --hover 50,406
   "$check" docs/explorer-model.png 1200 750 4000
 else
   echo "screenshots: no checkpoint at $model, docs/explorer-model.png not regenerated" >&2
