@@ -260,13 +260,22 @@ void continuations(const ModelResult& R, float height) {
     }
     if (div < 0) ImGui::Text("Greedy continuations: identical for %zu tokens.", std::min(R.cont_a.size(), R.cont_b.size()));
     else ImGui::Text("Greedy continuations: the same for %d tokens, then they part (framed: the first token that differs).", div);
-    const std::vector<std::string> lead = {R.prompt_text};
+    // The prompt in words, so that a long one wraps like the tokens after it.
+    std::vector<std::string> lead(1);
+    for (char c : R.prompt_text) {
+        lead.back() += c;
+        if (c == ' ' || c == '\n') lead.emplace_back();
+    }
     auto tint = [div](ImU32 col) { return [div, col](int i) { return div >= 0 && i >= div ? col : ImU32(0); }; };
     const float h = height - ImGui::GetFrameHeightWithSpacing();
     const int ha = token_flow("cont_a", R.cont_a, tint(plot::color(0, 0.22f)), ImVec2(w, h), div, &lead);
     ImGui::SameLine();
     const int hb = token_flow("cont_b", R.cont_b, tint(plot::color(3, 0.22f)), ImVec2(w, h), div, &lead);
-    if (ha >= 0 || hb >= 0) ImGui::SetTooltip("token %d of the continuation", std::max(ha, hb));
+    if (const int i = std::max(ha, hb); i >= 0) {
+        auto at = [i](const std::vector<std::string>& p) { return size_t(i) < p.size() ? visible(p[size_t(i)]) : "(ended)"; };
+        ImGui::SetTooltip("token %d of the continuations: A \"%s\", B \"%s\"%s", i + 1, at(R.cont_a).c_str(),
+                          at(R.cont_b).c_str(), i == div ? " (the first that differs)" : "");
+    }
 }
 
 }  // namespace
