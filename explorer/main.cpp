@@ -1,12 +1,13 @@
 // tqkv-explorer: the desktop explorer (Dear ImGui + GLFW + OpenGL 3).
 //
-//   tqkv-explorer [--data DIR] [--model DIR] [--panel NAME]
+//   tqkv-explorer [--data DIR] [--model DIR] [--caches A,B] [--prompt TEXT] [--panel NAME]
 //   tqkv-explorer --screenshot OUT.png --panel rotation|codebook|tokens|attention|memory|model
 //                 [--size 1600x1000] [--data DIR] [--model DIR] [--hover X,Y] [--frames N] [--font-size PX]
 //
 // Headless mode renders a few frames (so the layout settles; the memory panel also runs its
-// budget-tier simulation and its benchmark to the end, the model panel its model runs) into an offscreen framebuffer of exactly the requested size, writes the
-// last one as a PNG and exits. It needs an X display: run it under xvfb-run.
+// budget-tier simulation and its benchmark to the end, the model panel its model runs) into an
+// offscreen framebuffer of exactly the requested size, writes the last one as a PNG and exits
+// (the model panel also prints what it computed). It needs an X display: run it under xvfb-run.
 #include <GLFW/glfw3.h>
 #include <imgui.h>
 #include <imgui_impl_glfw.h>
