@@ -279,7 +279,15 @@ public:
     void load(std::span<const uint8_t> bytes);
 
 private:
+    // One step of n tokens: begin_step (embeddings into the residual stream, RoPE angles), each
+    // layer, end_step (logits, position += n). The sensitivity probe runs the steps itself: it
+    // starts a probe at its layer from the residual stream the exact pass recorded.
+    friend void measure_sensitivity(const LlamaModel&, Calibration&, std::span<const int32_t>, size_t, int);
     void forward(const int32_t* tokens, size_t n, float* logits, bool all_logits);
+    void begin_step(const int32_t* tokens, size_t n);
+    void run_layer(int l, size_t n);
+    void end_step(size_t n, float* logits, bool all_logits);
+    float* residual();  // the residual stream of the step, [n][hidden]
     void check_window(size_t n) const;  // throws when n more tokens would pass a window the cache cannot honour
     const LlamaModel& model_;
     AttentionCache& cache_;
@@ -303,8 +311,10 @@ Calibration calibrate_kv(const LlamaModel& model, std::span<const int32_t> token
 // mean KL divergence (nats per token) of the next-token distribution from the exact cache's, with
 // only that layer's keys coded at 2 bits (values at 8, window 16), then only its values, each
 // divided by g = D / (1 - D) of 2-bit codes. Over the first min(512, ctx) tokens of `tokens`
-// (chunked prefill from position 0): 2 * layers + 1 forward passes of that length, so the cost
-// grows as layers^2 x tokens and not with the text given (tq-ref-128, 6 layers: ~8 s of CPU).
+// (chunked prefill from position 0): one exact pass recording the residual stream entering each
+// layer, then each probe from its own layer on — layers * (layers + 1) layer-passes of that
+// length, so the cost grows as layers^2 x tokens and not with the text given (tq-ref-128, 6
+// layers: ~5 s of CPU; tq-bpe-64, 10 layers: ~12 s).
 // Pass calibration text, never evaluated text. A layer below a tenth of its side's mean counts as
 // that tenth, so no layer is starved. The exact distributions are kept as each position's 64 most
 // likely tokens plus the rest's mass (memory independent of the vocabulary).

@@ -202,8 +202,9 @@ TQKV_API tqkv_status tqkv_calibration_load(const uint8_t* bytes, size_t n_bytes,
 
 /* Auto rate specs ("auto-3.5") allocate bits per layer by the model's layer sensitivities, which a
  * short probe with the model measures into the calibration (tokens: calibration text, never
- * evaluated text, of which the first min(512, context) are used; 2 * layers + 1 forward passes of
- * that length, see tqkv::measure_sensitivity). The model must have the calibration's shape. */
+ * evaluated text, of which the first min(512, context) are used; one exact pass and 2 * layers
+ * partial ones of that length, see tqkv::measure_sensitivity). The model must have the
+ * calibration's shape. */
 TQKV_API tqkv_status tqkv_calibration_measure_sensitivity(tqkv_calibration cal, tqkv_model model, const int32_t* tokens,
                                                           size_t n_tokens);
 /* The per-layer rates an auto spec gets from a calibration, as JSON ({"budget":..,"bits_per_coord":..,

@@ -96,11 +96,17 @@ void rope(float* x, size_t n, int heads, int d, const float* cs, const float* sn
 }  // namespace
 
 void LlamaRunner::forward(const int32_t* tokens, size_t n, float* logits, bool all_logits) {
+    begin_step(tokens, n);
+    for (int l = 0; l < model_.config().num_hidden_layers; ++l) run_layer(l, n);
+    end_step(n, logits, all_logits);
+}
+
+float* LlamaRunner::residual() { return buf_->x.data(); }
+
+void LlamaRunner::begin_step(const int32_t* tokens, size_t n) {
     const LlamaConfig& c = model_.config();
     Buffers& b = *buf_;
-    const size_t H = size_t(c.hidden_size), d = size_t(c.head_dim), I = size_t(c.intermediate_size);
-    const int NH = c.num_attention_heads, KH = c.num_key_value_heads;
-    const size_t QD = size_t(NH) * d, KD = size_t(KH) * d, V = size_t(c.vocab_size);
+    const size_t H = size_t(c.hidden_size), d = size_t(c.head_dim), V = size_t(c.vocab_size);
     check_window(n);
     for (size_t t = 0; t < n; ++t) {
         if (tokens[t] < 0 || size_t(tokens[t]) >= V)
@@ -121,7 +127,15 @@ void LlamaRunner::forward(const int32_t* tokens, size_t n, float* logits, bool a
         o.threads = threads;
         cache_.set_attend_options(o);
     }
-    for (int l = 0; l < c.num_hidden_layers; ++l) {
+}
+
+void LlamaRunner::run_layer(int l, size_t n) {
+    const LlamaConfig& c = model_.config();
+    Buffers& b = *buf_;
+    const size_t H = size_t(c.hidden_size), d = size_t(c.head_dim), I = size_t(c.intermediate_size);
+    const int NH = c.num_attention_heads, KH = c.num_key_value_heads;
+    const size_t QD = size_t(NH) * d, KD = size_t(KH) * d;
+    {
         const LlamaLayer& L = model_.layer(l);
         rmsnorm(b.x.data(), L.attn_norm.data(), n, H, c.rms_norm_eps, b.h.data());
         matmul(b.h.data(), n, L.wq, b.q.data(), threads);
@@ -158,6 +172,12 @@ void LlamaRunner::forward(const int32_t* tokens, size_t n, float* logits, bool a
         add_bias(b.o.data(), n, L.b_down);
         for (size_t i = 0; i < n * H; ++i) b.x[i] += b.o[i];
     }
+}
+
+void LlamaRunner::end_step(size_t n, float* logits, bool all_logits) {
+    const LlamaConfig& c = model_.config();
+    Buffers& b = *buf_;
+    const size_t H = size_t(c.hidden_size);
     if (all_logits) {
         rmsnorm(b.x.data(), model_.final_norm().data(), n, H, c.rms_norm_eps, b.h.data());
         matmul(b.h.data(), n, model_.output_weight(), logits, threads);
@@ -255,24 +275,6 @@ private:
     std::unique_ptr<AttentionCache> exact_, coded_;
 };
 
-// Runs tokens through the model over `cache` (chunked prefill from position 0) and hands every
-// position's next-token logits to fn(position, logits).
-template <class Fn>
-void for_each_logits(const LlamaModel& model, AttentionCache& cache, std::span<const int32_t> tokens, int threads, Fn&& fn) {
-    constexpr size_t kChunk = 128;
-    const size_t V = size_t(model.config().vocab_size);
-    LlamaRunner run(model, cache, int(kChunk));
-    run.sequential_attention = false;
-    run.threads = threads;
-    cache.reserve(tokens.size());
-    std::vector<float> logits(kChunk * V);
-    for (size_t c0 = 0; c0 < tokens.size(); c0 += kChunk) {
-        const size_t m = std::min(kChunk, tokens.size() - c0);
-        run.prefill(tokens.subspan(c0, m), std::span(logits.data(), m * V));
-        for (size_t i = 0; i < m; ++i) fn(c0 + i, &logits[i * V]);
-    }
-}
-
 // log-softmax of n logits into out.
 void log_softmax(const float* lg, size_t n, std::vector<double>& out) {
     out.resize(n);
@@ -297,21 +299,45 @@ void measure_sensitivity(const LlamaModel& model, Calibration& cal, std::span<co
     //    tokens to rise above its noise. The KL is second order at every position and never
     //    negative (and its expectation under the model is the expected ΔNLL): a short text gives
     //    a stable estimate.
-    //  - So one segment of at most kProbeTokens tokens (and at most ctx): the probe costs
-    //    (2 * layers + 1) forward passes of that length, whatever the text given.
+    //  - So one segment of at most kProbeTokens tokens (and at most ctx), whatever the text given.
     //  - The exact distributions are kept as each position's kTop most likely tokens plus the
     //    rest's mass (the KL of those coarsened distributions, a lower bound that misses only the
     //    tail), so the memory is kProbeTokens * kTop whatever the vocabulary.
-    constexpr size_t kProbeTokens = 512, kTop = 64;
+    //  - A probe of layer l has layers 0..l-1 exact: it starts at layer l from the residual stream
+    //    the exact pass recorded there (the same floats a full pass computes), so the probes cost
+    //    layers * (layers + 1) layer-passes instead of 2 * layers^2.
+    constexpr size_t kProbeTokens = 512, kTop = 64, kChunk = 128;
     tokens = tokens.first(std::min({tokens.size(), std::max<size_t>(ctx, 2), kProbeTokens}));
     const size_t V = size_t(model.config().vocab_size), k = std::min(kTop, V), n = tokens.size();
+    const size_t H = size_t(model.config().hidden_size);
+    std::vector<float> resid(size_t(s.layers) * n * H);  // [layer][token][hidden], entering the layer
+    // Chunked prefill from position 0 over `cache`, layers first.. (the stream entering `first` from
+    // resid; record: the exact pass, which fills resid); every position's logits to on_logits.
+    auto run = [&](AttentionCache& cache, int first, bool record, int thr, auto&& on_logits) {
+        LlamaRunner r(model, cache, int(kChunk));
+        r.sequential_attention = false;
+        r.threads = thr;
+        cache.reserve(n);
+        std::vector<float> logits(kChunk * V);
+        for (size_t c0 = 0; c0 < n; c0 += kChunk) {
+            const size_t m = std::min(kChunk, n - c0);
+            r.begin_step(&tokens[c0], m);
+            if (!record) std::memcpy(r.residual(), &resid[(size_t(first) * n + c0) * H], m * H * sizeof(float));
+            for (int l = first; l < s.layers; ++l) {
+                if (record) std::memcpy(&resid[(size_t(l) * n + c0) * H], r.residual(), m * H * sizeof(float));
+                r.run_layer(l, m);
+            }
+            r.end_step(m, logits.data(), true);
+            for (size_t i = 0; i < m; ++i) on_logits(c0 + i, &logits[i * V]);
+        }
+    };
     std::vector<int32_t> top_id(n * k);
     std::vector<double> top_lp(n * k), rest(n);  // log-probabilities; the rest's probability
     {
         auto exact = make_exact_cache(s);
         std::vector<double> lp;
         std::vector<int32_t> idx(V);
-        for_each_logits(model, *exact, tokens, threads, [&](size_t p, const float* lg) {
+        run(*exact, 0, true, threads, [&](size_t p, const float* lg) {
             log_softmax(lg, V, lp);
             std::iota(idx.begin(), idx.end(), 0);
             std::partial_sort(idx.begin(), idx.begin() + long(k), idx.end(),
@@ -326,10 +352,10 @@ void measure_sensitivity(const LlamaModel& model, Calibration& cal, std::span<co
         });
     }
     // Mean KL(exact || probe) over the positions, of the coarsened distributions.
-    auto mean_kl = [&](AttentionCache& cache) {
+    auto mean_kl = [&](AttentionCache& cache, int layer) {
         double total = 0;
         std::vector<double> lq;
-        for_each_logits(model, cache, tokens, 1, [&](size_t p, const float* lg) {
+        run(cache, layer, false, 1, [&](size_t p, const float* lg) {
             log_softmax(lg, V, lq);
             double kl = 0, mass = 0;
             for (size_t j = 0; j < k; ++j) {
@@ -353,7 +379,7 @@ void measure_sensitivity(const LlamaModel& model, Calibration& cal, std::span<co
     parallel_for(size_t(2 * s.layers), threads, [&](size_t i) {
         const int l = int(i / 2), side = int(i % 2);
         OneLayerCache probe(s, l, make_cache(side == 0 ? "K2V8-w16" : "K8V2-w16", s, &cal));
-        (side == 0 ? dk : dv)[size_t(l)] = std::max(0.0, mean_kl(probe));
+        (side == 0 ? dk : dv)[size_t(l)] = std::max(0.0, mean_kl(probe, l));
     });
     for (auto* d : {&dk, &dv}) {
         double mean = 0;
