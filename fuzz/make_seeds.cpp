@@ -99,7 +99,8 @@ int main(int argc, char** argv) {
     // many KiB).
     int si = 0;
     for (const char* spec : {"K4V4", "K3.5V2.5-w16", "K3V3-prod-w8", "K4V4-l0=K8V8", "K3V3-s4", "K4V3-raw-x7", "fp16",
-                             "q4_0", "q8_0", "kivi2", "exact", "q4_0-rot", "q8_0-rots-x3", "turbo3", "turbo2-x5"}) {
+                             "q4_0", "q8_0", "kivi2", "exact", "q4_0-rot", "q8_0-rots-x3", "turbo3", "turbo2-x5",
+                             "K3V2-w16-l0=K4V3-l-1=K4V3.5", "compact-b", "K4V4-l-2=K2V2-x3"}) {
         std::vector<uint8_t> b = {0x40};
         b.insert(b.end(), spec, spec + std::strlen(spec));
         write(root / "spec" / ("seed" + std::to_string(si++)), b);
