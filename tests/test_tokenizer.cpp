@@ -363,7 +363,10 @@ TEST_CASE("tokenizer: NFC equals Unicode's NormalizationTest.txt", "[tokenizer][
         return;
     }
     FILE* p = popen(("bzcat " + file + " 2>/dev/null").c_str(), "r");
-    REQUIRE(p);
+    if (!p) {  // (no processes, e.g. under WASI)
+        WARN("skipped: cannot run bzcat");
+        return;
+    }
     std::string text;
     char buf[65536];
     for (size_t n; (n = fread(buf, 1, sizeof buf, p)) > 0;) text.append(buf, n);
