@@ -451,6 +451,17 @@ export class KVCache {
     return { acc, maxLogit, sumExp };
   }
 
+  /** Sliding-window attention (Mistral's sliding_window) on every layer: a query at position p
+   *  sees only tokens p - window + 1 .. p, and tokens no later query sees are dropped (codes and
+   *  blocks: memory bounded by the window, not the context). 0 = none. Serialized with the cache.
+   *  Throws (nothing changed) when tokens were dropped under another window; after dropping,
+   *  truncate refuses to go below what the next query sees. */
+  setAttentionWindow(window: number): void {
+    const h = this.h();
+    asInt(window, 'window', 0, 0x10000000);
+    this.t.check(this.t._x.tqkv_cache_set_attention_window(h, window));
+  }
+
   /** Keeps the first n tokens of every layer (speculative-decoding rollback). */
   truncate(tokens: number): void {
     const h = this.h();

@@ -91,6 +91,33 @@ for (const [name, opts] of builds) {
       throwsTqkv(() => c.kernel, 'invalid handle');
     });
 
+    test('setAttentionWindow: old tokens dropped, kept by serialize, truncate refused below them', () => {
+      const opts = { layers: 1, heads: H, kvHeads: KH, headDim: D, keyBits: 4, valueBits: 3, window: 8, blockTokens: 32 };
+      const c = t.createCache(opts), plain = t.createCache(opts);
+      c.setAttentionWindow(20);
+      const k = stream(200 * ROW, 31), v = stream(200 * ROW, 32), q = stream(Q, 33);
+      for (const x of [c, plain]) {
+        x.append(0, k.subarray(0, 100 * ROW), v.subarray(0, 100 * ROW));
+        for (let i = 100; i < 200; i++) x.append(0, k.subarray(i * ROW, (i + 1) * ROW), v.subarray(i * ROW, (i + 1) * ROW));
+      }
+      assert.equal(c.tokens(0), 200);
+      assert.ok(2 * c.bytesUsed() < plain.bytesUsed(), 'dropped blocks are freed');
+      const a = c.attend(0, q), b = plain.attend(0, q);
+      assert.notDeepEqual(a, b, 'the window changes attention');
+      const bytes = c.serialize();
+      assert.ok(bytes.length < plain.serialize().length);
+      const d = t.deserialize(bytes);
+      d.setPrecision(c.config.precision);
+      assert.deepEqual(d.attend(0, q), a);
+      throwsTqkv(() => c.truncate(150), 'invalid argument', /dropped/);
+      assert.equal(c.tokens(0), 200);
+      throwsTqkv(() => c.setAttentionWindow(30), 'invalid argument', /dropped/);
+      assert.throws(() => c.setAttentionWindow(-1), TypeError);
+      c.clear();
+      c.setAttentionWindow(30);
+      for (const x of [c, plain, d]) x.dispose();
+    });
+
     test('grouped-query attention against a direct computation on decoded vectors (window = all)', () => {
       // With a window covering every token, attention is exact: compare with a plain softmax.
       const c = t.createCache({ heads: H, kvHeads: KH, headDim: D, window: 64 });
