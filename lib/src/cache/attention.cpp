@@ -50,12 +50,14 @@ struct AttendClass {
     bool fast_keys = false, fast_values = false;
 };
 
-// Tokens [t0, t1) of one part: codes (t0 a multiple of 32) or exact rows. Tokens before `from`
+// Tokens [t0, t1) of one part: codes (t0 a multiple of 32) or exact rows. The first `lead` tokens
 // are not seen (the attention window starts inside the first group): masked like those past t1.
+// (24 bytes, as before the window: a workspace filled by an earlier call is not outgrown.)
 struct Span {
     uint32_t part = 0;
     bool exact = false;
-    size_t t0 = 0, t1 = 0, from = 0;
+    uint8_t lead = 0;
+    size_t t0 = 0, t1 = 0;
 };
 
 // A unit: spans [span0, span1) of query qi's span list, for one KV head.
@@ -498,7 +500,7 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                         for (size_t off = 0; off < P.group_bytes; off += 64) __builtin_prefetch(next + off, 0, 1);
                     }
                     const size_t valid = std::min<size_t>(kGroupTokens, sp.t1 - t0);
-                    const size_t lead = sp.from > t0 ? sp.from - t0 : 0;  // tokens before the attention window
+                    const size_t lead = t0 == sp.t0 ? sp.lead : 0;  // tokens before the attention window
                     const bool fast_keys = ws.fast_ok[ci];
                     if (cl.fused_keys || fast_keys) {  // scores * norms * scale straight into the chunk, per segment
                         const float* klut = ws.lut.data() + cl.lut_off;
@@ -725,10 +727,11 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
             size_t unit_fill = 0;  // tokens in the unit being cut
             unit_starts.clear();
             unit_starts.push_back(span_begin);
-            auto add = [&](uint32_t part, bool exact, size_t t0, size_t t1, size_t from) {
+            auto add = [&](uint32_t part, bool exact, size_t t0, size_t t1, size_t lead) {
                 while (t0 < t1) {
                     const size_t take = std::min(t1 - t0, kUnitTokens - unit_fill);
-                    plan.spans.push_back(Span{part, exact, t0, t0 + take, from});
+                    plan.spans.push_back(Span{part, exact, uint8_t(lead), t0, t0 + take});
+                    lead = 0;  // (only the first piece starts before the window)
                     t0 += take;
                     unit_fill += take;
                     if (unit_fill == kUnitTokens) {
@@ -743,8 +746,9 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                 // Codes from the first token in the attention window (from the start of its group:
                 // the tokens before it are masked), then exact rows up to visible.
                 const size_t start = P.visible_start(visible), visible_codes = std::max(start, P.codes_end(visible));
-                if (visible_codes > start) add(uint32_t(pi), false, start / kGroupTokens * kGroupTokens, visible_codes, start);
-                add(uint32_t(pi), true, visible_codes, visible, visible_codes);
+                if (visible_codes > start)
+                    add(uint32_t(pi), false, start / kGroupTokens * kGroupTokens, visible_codes, start % kGroupTokens);
+                add(uint32_t(pi), true, visible_codes, visible, 0);
             }
             if (unit_starts.back() != plan.spans.size()) unit_starts.push_back(uint32_t(plan.spans.size()));
             for (uint32_t kvh = 0; kvh < uint32_t(c.kv_heads); ++kvh) {  // (every query sees a token: >= 1 unit)
