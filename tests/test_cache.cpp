@@ -633,6 +633,58 @@ TEST_CASE("chunked prefill: each query sees what token-by-token decode would", "
         }
 }
 
+TEST_CASE("release_chunk_rows: a prefill chunk's exact rows go, decode sees what it did before", "[cache][prefill]") {
+    // append keeps the exact rows of the chunk (and the window before it) for the chunk's causal
+    // queries; release_chunk_rows frees them. After it the chunk's tokens read as codes, as in a
+    // cache loaded from save() (which does not store those rows), while decode steps, whose window
+    // is exact either way, get the bits they would have got without the release.
+    for (const auto& kernel : available_kernels()) {
+        INFO(kernel);
+        CacheConfig cfg = cache_config(4, 2, 64, 4, 3, 8);
+        cfg.kernel = kernel;
+        cfg.block_tokens = 64;
+        cfg.precision = Precision::Exact;
+        const size_t row = 2 * 64, qrow = 4 * 64, chunk = 300, W = 8;
+        const auto K = tqkv_test::gaussian_vectors(chunk + 5, int(row), 1);
+        const auto V = tqkv_test::gaussian_vectors(chunk + 5, int(row), 2);
+        const auto Q = tqkv_test::gaussian_vectors(chunk + 5, int(qrow), 3);
+        KVCache a(cfg), b(cfg);
+        for (KVCache* c : {&a, &b}) c->append(std::span(K).first(chunk * row), std::span(V).first(chunk * row));
+        const size_t before = a.bytes_used();
+        a.release_chunk_rows();
+        CHECK(before - a.bytes_used() == (chunk - W) * row * 2 * sizeof(float));  // the ring: chunk rows -> window rows
+        a.release_chunk_rows();                                                  // a second call: nothing left to free
+        CHECK(before - a.bytes_used() == (chunk - W) * row * 2 * sizeof(float));
+        // The chunk's queries now read its tokens as codes: as a loaded cache does, not as b.
+        std::vector<float> oa(chunk * qrow), ob(chunk * qrow), ol(chunk * qrow);
+        a.attend(std::span(Q).first(chunk * qrow), oa, true);
+        b.attend(std::span(Q).first(chunk * qrow), ob, true);
+        KVCache loaded = KVCache::load(b.save(), kernel);
+        loaded.set_precision(Precision::Exact);  // (not saved)
+        loaded.attend(std::span(Q).first(chunk * qrow), ol, true);
+        CHECK(oa == ol);
+        CHECK(rel_error(oa, ob, 0, oa.size()) > 1e-3);
+        // Decode steps: the same bits with and without the release, then the same codes.
+        for (size_t t = chunk; t < chunk + 5; ++t) {
+            std::vector<float> da(qrow), db(qrow);
+            for (KVCache* c : {&a, &b}) c->append(std::span(K).subspan(t * row, row), std::span(V).subspan(t * row, row));
+            a.attend(std::span(Q).subspan(t * qrow, qrow), da, true);
+            b.attend(std::span(Q).subspan(t * qrow, qrow), db, true);
+            CHECK(da == db);
+            a.release_chunk_rows();  // after a decode step: keeps the ring (window + 1 rows), frees nothing
+        }
+        CHECK(a.save() == b.save());
+        CHECK(a.bytes_used() == b.bytes_used());
+    }
+    // Without a window nothing is kept, nothing to free.
+    KVCache c(cache_config(4, 2, 64, 4, 3, 0));
+    const auto K = tqkv_test::gaussian_vectors(100, 128, 4);
+    c.append(K, K);
+    const size_t before = c.bytes_used();
+    c.release_chunk_rows();
+    CHECK(c.bytes_used() == before);
+}
+
 TEST_CASE("skipped values: groups of negligible weight are skipped, within the derived bound", "[cache][skip]") {
     // cache/attention.cpp derives: a skipped token's final softmax weight p_t is below ε, so the
     // output moves by at most sum over skipped tokens of p_t |v_t| < ε |S| max |v|. Checked here

@@ -84,7 +84,7 @@ TEST_CASE("C ABI: status names, version, default kernel, config init", "[capi]")
     CHECK(cfg.key_bits == 4);
     CHECK(cfg.block_tokens == 64);
     CHECK(cfg.kernel == nullptr);
-    CHECK(cfg.precision == TQKV_PRECISION_EXACT);  // the C ABI's default (C++: fast)
+    CHECK(cfg.precision == TQKV_PRECISION_FAST);  // the default, as in C++
     CHECK(tqkv_cache_config_init(nullptr) == TQKV_ERR_INVALID_ARGUMENT);
     tqkv_codec_config cc;
     REQUIRE(tqkv_codec_config_init(&cc) == TQKV_OK);
@@ -122,8 +122,7 @@ TEST_CASE("C ABI: cache create, append, attend, tokens, bytes, truncate, clear, 
     cc.window = 8;
     cc.block_tokens = 32;
     cc.seed = tqkv::derive_seed(cfg.seed, 1);
-    cc.precision = tqkv::Precision::Exact;  // the C ABI's default
-    tqkv::KVCache ref(cc);
+        tqkv::KVCache ref(cc);
     ref.append(k, v);
     const auto qs = gauss(3 * q, 3);
     std::vector<float> out(3 * q), want(3 * q);
@@ -267,6 +266,25 @@ TEST_CASE("C ABI: wrong lengths, NaN, capacity leave the cache unchanged", "[cap
     CHECK(tqkv_cache_append(c.h, 0, k.data(), row, v.data(), row) == TQKV_ERR_CAPACITY);
 }
 
+TEST_CASE("C ABI: release_chunk_rows frees a prefill chunk's exact rows, per layer or all", "[capi][prefill]") {
+    const tqkv_cache_config cfg = small_config();  // window 8, 2 layers, 2 KV heads of 64
+    const size_t row = 2 * 64, n = 200;
+    const auto k = gauss(n * row, 50), v = gauss(n * row, 51);
+    Cache c(cfg);
+    for (int l = 0; l < 2; ++l) REQUIRE(tqkv_cache_append(c.h, l, k.data(), k.size(), v.data(), v.size()) == TQKV_OK);
+    size_t full = 0, one = 0, both = 0;
+    REQUIRE(tqkv_cache_bytes_used(c.h, &full) == TQKV_OK);
+    REQUIRE(tqkv_cache_release_chunk_rows(c.h, 1) == TQKV_OK);
+    REQUIRE(tqkv_cache_bytes_used(c.h, &one) == TQKV_OK);
+    CHECK(full - one == (n - 8) * row * 2 * sizeof(float));
+    REQUIRE(tqkv_cache_release_chunk_rows(c.h, -1) == TQKV_OK);
+    REQUIRE(tqkv_cache_bytes_used(c.h, &both) == TQKV_OK);
+    CHECK(one - both == (n - 8) * row * 2 * sizeof(float));
+    CHECK(tqkv_cache_release_chunk_rows(c.h, 2) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(contains(tqkv_last_error(), "-1: every layer"));
+    CHECK(tqkv_cache_release_chunk_rows(nullptr, -1) == TQKV_ERR_INVALID_HANDLE);
+}
+
 TEST_CASE("C ABI: precision (config field, spec option, set_precision on a loaded cache)", "[capi][fast]") {
     tqkv_cache_config cfg = small_config();
     cfg.precision = TQKV_PRECISION_EXACT;
@@ -288,13 +306,15 @@ TEST_CASE("C ABI: precision (config field, spec option, set_precision on a loade
     REQUIRE(tqkv_cache_get_config(f.h, &got) == TQKV_OK);
     CHECK(got.precision == TQKV_PRECISION_FAST);
 
-    // Not saved: a loaded cache is exact (the C ABI's default) until set_precision, then each
-    // precision's bits.
-    const auto bytes = save(f.h);
+    // Not saved: a loaded cache (here of the exact one) is fast, the default, until
+    // set_precision; then each precision's bits.
+    const auto bytes = save(e.h);
     tqkv_cache h = nullptr;
     REQUIRE(tqkv_cache_load(bytes.data(), bytes.size(), nullptr, &h) == TQKV_OK);
     REQUIRE(tqkv_cache_get_config(h, &got) == TQKV_OK);
-    CHECK(got.precision == TQKV_PRECISION_EXACT);
+    CHECK(got.precision == TQKV_PRECISION_FAST);
+    REQUIRE(tqkv_cache_attend(h, 0, qs.data(), q, out.data(), q, 1) == TQKV_OK);
+    CHECK(out == fast);
     REQUIRE(tqkv_cache_set_precision(h, TQKV_PRECISION_EXACT) == TQKV_OK);
     REQUIRE(tqkv_cache_attend(h, 0, qs.data(), q, out.data(), q, 1) == TQKV_OK);
     CHECK(out == exact);
@@ -724,8 +744,11 @@ TEST_CASE("C ABI: fp16 and head-major append, attend_ex, attend_stats, codec_dot
     CHECK(heads_major(o1, m, 4, 64) == o2);
 
     // attend_stats over two caches (tokens split at 20) merged == attend (non-causal) over all
+    // (exact precision: the fast path's value weights are scaled per group by the group's largest,
+    // so splitting the tokens at 20 moves the rounding, within its bound but past 1e-4)
     tqkv_cache_config cfg0 = cfg;
     cfg0.window = 0;
+    cfg0.precision = TQKV_PRECISION_EXACT;
     Cache all(cfg0), first(cfg0), rest(cfg0);
     const size_t n1 = 20;
     REQUIRE(tqkv_cache_append(all.h, 0, kf.data(), kf.size(), vf.data(), vf.size()) == TQKV_OK);

@@ -25,12 +25,9 @@
 
 namespace {
 
-// The spec as the C ABI's runner reads it: exact unless the spec says fast (tqkv.h, precision).
-tqkv::CacheSpec c_abi_spec(const std::string& text) {
-    tqkv::CacheSpec spec = tqkv::CacheSpec::parse(text);
-    if (!spec.precision) spec.precision = tqkv::Precision::Exact;
-    return spec;
-}
+// The spec as the C ABI's runner reads it: the C++ default precision (fast) unless the spec says
+// exact (tqkv.h, precision).
+tqkv::CacheSpec c_abi_spec(const std::string& text) { return tqkv::CacheSpec::parse(text); }
 
 // The tiny Llama of tests/tiny_model.hpp (as tests/test_model.cpp uses it).
 using tqkv_test::kTinyConfig;

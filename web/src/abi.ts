@@ -24,6 +24,7 @@ export interface Exports {
   tqkv_cache_kernel(h: number): number;
   tqkv_cache_set_precision(h: number, precision: number): number;
   tqkv_cache_set_attention_window(h: number, window: number): number;
+  tqkv_cache_release_chunk_rows(h: number, layer: number): number;
   tqkv_cache_save(h: number, buf: number, cap: number, size: number): number;
   tqkv_cache_load(bytes: number, n: number, kernel: number, out: number): number;
   tqkv_codec_config_init(cfg: number): number;

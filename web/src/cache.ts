@@ -54,9 +54,10 @@ export interface CacheOptions {
    *  their high channels from it. Without it a spec gives plain TurboQuant (fractional rates
    *  then need one). The cache keeps what it needs: the calibration may be disposed after. */
   calibration?: Calibration;
-  /** Attention arithmetic: 'exact' (default; float, the reference) or 'fast' (integer tables for
-   *  the key scores, int8 value centroids: the same codes, scores within a bound derived in
-   *  lib/src/kernels/simd/fast_attention.hpp). Beside a spec, the spec's own -exact / -fast wins. */
+  /** Attention arithmetic: 'fast' (default: integer tables for the key scores, int8 value
+   *  centroids; the same codes, scores within a bound derived in
+   *  lib/src/kernels/simd/fast_attention.hpp, RMS error under 1/10 of the codec's own) or 'exact'
+   *  (float tables, the reference). Beside a spec, the spec's own -exact / -fast wins. */
   precision?: Precision;
 }
 
@@ -460,6 +461,18 @@ export class KVCache {
     const h = this.h();
     asInt(window, 'window', 0, 0x10000000);
     this.t.check(this.t._x.tqkv_cache_set_attention_window(h, window));
+  }
+
+  /** The queries of the last chunk appended to `layer` (default: every layer) have been answered:
+   *  frees the exact fp32 rows kept for them beyond the window. With a window, `append` keeps the
+   *  chunk's rows so that its causal queries see what token-by-token decode would have seen; a
+   *  4096-token prefill chunk with 2 KV heads of 128 holds 8 MiB per layer until the next append.
+   *  Call it after the chunk's `attend`; attention afterwards reads those tokens as codes (decode
+   *  steps see what they did before: their window is exact either way). */
+  releaseChunkRows(layer?: number): void {
+    const h = this.h();
+    if (layer !== undefined) asInt(layer, 'layer', 0, this.cfg.layers - 1);
+    this.t.check(this.t._x.tqkv_cache_release_chunk_rows(h, layer ?? -1));
   }
 
   /** Keeps the first n tokens of every layer (speculative-decoding rollback). */

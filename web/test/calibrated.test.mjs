@@ -187,17 +187,18 @@ test('SIMD128 == scalar: calibrations and calibrated caches bit for bit', async 
   assert.ok(worstRowRelError(caches[0].attend(0, q), caches[1].attend(0, q), D) < 1e-4);
 });
 
-// createCache({ precision }): 'fast' computes attention on integer tables (the same codes), 'exact'
-// is the default; unknown values are rejected; a deserialized cache is 'exact' until setPrecision.
+// createCache({ precision }): 'fast' (the default) computes attention on integer tables, 'exact' on
+// float ones (the same codes); unknown values are rejected; a deserialized cache is 'fast' until
+// setPrecision.
 for (const [name, opts] of builds) {
   test(`${name} build: precision 'exact' | 'fast'`, async () => {
     const t = await Tqkv.load(opts);
     const cal = t.calibrate({ layers: L, kvHeads: KH, headDim: D }, samples());
     const make = (precision) => t.createCache({ preset: 'default', heads: H, kvHeads: KH, headDim: D, layers: L, calibration: cal,
       ...(precision ? { precision } : {}) });
-    const ex = make(), fa = make('fast');
+    const ex = make('exact'), fa = make();
     assert.equal(ex.config.precision, 'exact');
-    assert.equal(fa.config.precision, 'fast');
+    assert.equal(fa.config.precision, 'fast', 'the default');
     const { keys, values } = kv(300, 7);
     for (const c of [ex, fa]) c.append(0, keys, values);
     assert.ok(bytesEqual(ex.serialize(), fa.serialize()), 'the same codes');
@@ -210,20 +211,23 @@ for (const [name, opts] of builds) {
       assert.throws(() => t.createCache({ preset: 'default', heads: H, kvHeads: KH, headDim: D, calibration: cal, precision: bad }), (e) => e instanceof TypeError && /precision must be 'exact' or 'fast'/.test(e.message), String(bad));
     assert.throws(() => ex.setPrecision('approx'), TypeError);
     assert.equal(ex.config.precision, 'exact');
-    const back = t.deserialize(fa.serialize());
-    assert.equal(back.config.precision, 'exact', 'precision is not serialized');
-    const backExact = t.deserialize(ex.serialize());
+    const back = t.deserialize(ex.serialize());
+    assert.equal(back.config.precision, 'fast', 'precision is not serialized: the default');
+    const backFast = t.deserialize(fa.serialize());
+    back.setPrecision('exact');
+    backFast.setPrecision('exact');
+    assert.equal(back.config.precision, 'exact');
     const before = back.attend(0, q);
-    assert.deepEqual(before, backExact.attend(0, q), 'loaded: exact');
+    assert.deepEqual(before, backFast.attend(0, q), 'loaded, exact: the same codes, the same output');
     back.setPrecision('fast');
-    backExact.setPrecision('fast');
+    backFast.setPrecision('fast');
     assert.equal(back.config.precision, 'fast');
     // (not compared with fa: a loaded cache codes the rows the last append kept exact beyond the window)
     const after = back.attend(0, q);
     assert.ok(after.some((x, i) => x !== before[i]), 'setPrecision changes the arithmetic');
-    assert.deepEqual(after, backExact.attend(0, q), 'the same codes, fast: the same output');
+    assert.deepEqual(after, backFast.attend(0, q), 'the same codes, fast: the same output');
     assert.ok(worstRowRelError(after, before, D) < 0.05);
-    for (const c of [ex, fa, back, backExact]) c.dispose();
+    for (const c of [ex, fa, back, backFast]) c.dispose();
     cal.dispose();
   });
 }

@@ -79,3 +79,26 @@ test('views survive memory growth: results after the memory grew are correct', a
   a.dispose();
   b.dispose();
 });
+
+// releaseChunkRows: with a window, append keeps a prefill chunk's exact fp32 rows for its causal
+// queries until the next append; releasing them after the chunk's attend returns the cache to the
+// size of its codes plus the window, and the next decode step attends as without the release.
+test('releaseChunkRows frees a prefill chunk\'s exact rows; decode steps are unchanged', async () => {
+  const t = await Tqkv.load({});
+  const opts = { layers: 2, heads: 4, kvHeads: 2, headDim: 64, keyBits: 4, valueBits: 3, window: 16, precision: 'exact' };
+  const a = t.createCache(opts), b = t.createCache(opts);
+  const row = 2 * 64, n = 1000;
+  const k = stream(n * row, 5), v = stream(n * row, 6);
+  for (const c of [a, b]) for (const l of [0, 1]) c.append(l, k, v);
+  const full = a.bytesUsed();
+  a.releaseChunkRows(0);
+  assert.equal(full - a.bytesUsed(), (n - 16) * row * 8, 'one layer: (chunk - window) rows of keys and values');
+  a.releaseChunkRows();
+  assert.equal(full - a.bytesUsed(), 2 * (n - 16) * row * 8, 'every layer');
+  assert.throws(() => a.releaseChunkRows(2), TypeError);
+  const k1 = stream(row, 7), v1 = stream(row, 8), q = stream(4 * 64, 9);
+  for (const c of [a, b]) c.append(1, k1, v1);
+  assert.deepEqual(a.attend(1, q), b.attend(1, q), 'a decode step sees its exact window either way');
+  a.dispose();
+  b.dispose();
+});

@@ -242,7 +242,12 @@ test('tq-ref-128 in wasm: exact-cache NLL and greedy text equal the native runne
       r.nativeDefaultDeltaPct = +(100 * (golden.nll_default / golden.nll_exact - 1)).toFixed(4);
       r.defaultNllDiff = Math.abs(d.nll - golden.nll_default);
       assert.equal(d.scored, golden.scored);
-      assert.ok(r.defaultNllDiff <= 1e-4, `${golden.default_spec}: wasm NLL ${d.nll} vs native ${golden.nll_default}`);
+      // Both run the default precision, fast. Its integer tables round the float tables to 2^12
+      // (or 2^8) levels, a step function of the query: the builds' forward passes differ in the last
+      // float bits (the exact cache's NLL agrees within 1e-4), and where a table entry sits on a
+      // rounding edge that becomes a step of the fast path's own size. So the agreement asked is
+      // the fast path's allowance against exact: 0.02 percentage points of NLL (README, fast path).
+      assert.ok(r.defaultNllDiff <= 2e-4 * golden.nll_default, `${golden.default_spec}: wasm NLL ${d.nll} vs native ${golden.nll_default}`);
       kd.dispose();
       k4.dispose();
       cal.dispose();

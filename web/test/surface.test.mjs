@@ -162,7 +162,9 @@ for (const [name, opts] of builds) {
     });
 
     test('attendStats: two caches merged by the documented formula == attend over all tokens', () => {
-      const cfg = { heads: H, kvHeads: KH, headDim: D, keyBits: 4, valueBits: 3 };
+      // exact: the fast path scales value weights per 32-token group by the group's largest, so
+      // splitting the tokens at 70 moves its rounding (within its bound, past 1e-5)
+      const cfg = { heads: H, kvHeads: KH, headDim: D, keyBits: 4, valueBits: 3, precision: 'exact' };
       const T = 180, T1 = 70;
       const k = stream(T * ROW, 31), v = stream(T * ROW, 32);
       const all = t.createCache(cfg), first = t.createCache(cfg), rest = t.createCache(cfg);

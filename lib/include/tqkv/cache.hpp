@@ -156,6 +156,13 @@ public:
     // tokens); a query that would need a dropped token throws.
     void attend(std::span<const float> queries, std::span<float> out, bool causal = true,
                 const AttendOptions& options = {}) const;
+    // The queries of the last appended chunk have been answered: frees the exact rows append kept
+    // for them, all but the window's (a prefill chunk of n tokens holds n + window fp32 rows of keys
+    // and values until the next append; a 4096-token chunk of 2 KV heads x 128 takes 8 MiB per
+    // layer). Attention afterwards reads those tokens as codes, as after save() and load(); a
+    // decode step's query sees what it did before (its window is exact either way). No-op
+    // without a window.
+    void release_chunk_rows();
     // Attention statistics of one query token ([heads][head_dim]) over all tokens, for merging
     // several caches into one softmax (tiers, eviction policies): per query head h,
     // max_logit[h] = m = max_t s_t and sum_exp[h] = sum_t exp(s_t - m), with s_t = scale q.k_t;
@@ -291,6 +298,7 @@ public:
     void clear();
     // KVCache::set_attention_window of every layer, built or not.
     void set_attention_window(size_t window);
+    void release_chunk_rows(int layer);  // KVCache::release_chunk_rows of one layer (built or not)
     size_t bytes_used() const;
     double format_bytes() const;  // KVCache::format_bytes of every layer
     std::vector<uint8_t> save() const;

@@ -105,11 +105,11 @@ typedef struct tqkv_cache_config {
     const int32_t* key_high_channels;   /* 80: channel indices (NULL when n = 0) */
     const int32_t* value_high_channels;
     const char* kernel;            /* NULL or "" = best available; "scalar", "avx2", ... */
-    int32_t precision;             /* TQKV_PRECISION_EXACT or _FAST; tqkv_cache_create_spec: a spec's
-                                      exact / fast option wins over it. The C ABI's default is exact
-                                      (tqkv_cache_config_init, tqkv_cache_load, runner specs without
-                                      the option) until the npm package tests fast against its
-                                      bounds; C++ defaults to fast */
+    int32_t precision;             /* TQKV_PRECISION_FAST (the default, as in C++:
+                                      tqkv_cache_config_init, tqkv_cache_load, runner specs without
+                                      the option) or _EXACT; tqkv_cache_create_spec: a spec's exact /
+                                      fast option wins over it. Fast: integer tables, error bounded
+                                      (tqkv/spec.hpp: Precision) */
 } tqkv_cache_config;
 
 /* Fills the defaults: struct_size, 1 layer, 4 heads, 4 KV heads, d = 128, mse K4 V4, blocks of 64
@@ -131,6 +131,11 @@ TQKV_API tqkv_status tqkv_cache_append(tqkv_cache cache, int32_t layer, const fl
  * prefill after appending the chunk); causal = 0: every query sees every token. */
 TQKV_API tqkv_status tqkv_cache_attend(tqkv_cache cache, int32_t layer, const float* queries, size_t n_queries,
                                        float* out, size_t n_out, int32_t causal);
+/* The queries of the last chunk appended to `layer` (-1: every layer) have been answered: frees
+ * the exact rows the cache kept for them beyond the window (with a window, a chunk of n tokens
+ * holds n + window fp32 rows until the next append; tqkv/cache.hpp: KVCache::release_chunk_rows).
+ * Attention afterwards reads those tokens as codes. */
+TQKV_API tqkv_status tqkv_cache_release_chunk_rows(tqkv_cache cache, int32_t layer);
 /* Keeps the first n tokens of every layer (speculative-decoding rollback); n <= tokens of each. */
 TQKV_API tqkv_status tqkv_cache_truncate(tqkv_cache cache, size_t n_tokens);
 /* Removes every token of every layer (the configuration stays). */

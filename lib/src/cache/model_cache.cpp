@@ -199,6 +199,10 @@ void ModelKVCache::clear() {
     }
 }
 
+void ModelKVCache::release_chunk_rows(int layer) {
+    if (layers_.at(size_t(layer))) layers_[size_t(layer)]->release_chunk_rows();
+}
+
 size_t ModelKVCache::bytes_used() const {
     size_t b = 0;
     for (auto& l : layers_)

@@ -480,6 +480,29 @@ void KVCache::truncate(size_t n_tokens) {
     m.n_tokens = n_tokens;
 }
 
+void KVCache::release_chunk_rows() {
+    Impl& m = *impl_;
+    const size_t W = size_t(m.cfg.window);
+    if (!W || m.exact_from == m.n_compressed) return;
+    // The window's rows stay where they are. A ring of more than twice the window (a prefill
+    // chunk's) is replaced by one of `window` rows (allocated first: if that fails, nothing has
+    // changed); after a decode step (window + 1 rows) nothing is reallocated.
+    if (m.ring_rows <= 2 * W) {
+        m.exact_from = m.n_compressed;
+        return;
+    }
+    const size_t row = m.row();
+    std::vector<float> ring_k(W * row), ring_v(W * row);
+    for (size_t t = m.n_compressed; t < m.n_tokens; ++t) {
+        std::memcpy(&ring_k[(t % W) * row], m.exact_key(t), row * sizeof(float));
+        std::memcpy(&ring_v[(t % W) * row], m.exact_value(t), row * sizeof(float));
+    }
+    m.exact_k.swap(ring_k);
+    m.exact_v.swap(ring_v);
+    m.ring_rows = W;
+    m.exact_from = m.n_compressed;
+}
+
 void KVCache::clear() {
     impl_->release_blocks(0);
     impl_->n_tokens = impl_->n_compressed = impl_->exact_from = impl_->dropped = impl_->first_block = 0;

@@ -413,7 +413,7 @@ tqkv_status tqkv_cache_config_init(tqkv_cache_config* cfg) {
         std::memset(cfg, 0, sizeof *cfg);
         const tqkv::CacheConfig d;
         from_cpp(d, 1, *cfg);
-        cfg->precision = TQKV_PRECISION_EXACT;  // the C ABI's default (tqkv.h: tqkv_cache_config)
+        cfg->precision = TQKV_PRECISION_FAST;  // the default, as in C++ (tqkv.h: tqkv_cache_config)
         cfg->struct_size = sizeof *cfg;
     });
 }
@@ -463,6 +463,17 @@ tqkv_status tqkv_cache_attend(tqkv_cache cache, int32_t layer, const float* quer
         need_buffer(queries, n_queries, "attend: queries");
         need_buffer(out, n_out, "attend: out");
         l.attend({queries, n_queries}, {out, n_out}, causal != 0);
+    });
+}
+
+tqkv_status tqkv_cache_release_chunk_rows(tqkv_cache cache, int32_t layer) {
+    return guard([&] {
+        auto obj = caches().get(id_of(cache), "release_chunk_rows");
+        if (layer == -1) {
+            for (int l = 0; l < obj->cache.layers(); ++l) obj->cache.release_chunk_rows(l);
+        } else {
+            layer_of(*obj, layer, "release_chunk_rows (-1: every layer)").release_chunk_rows();
+        }
     });
 }
 
@@ -562,7 +573,7 @@ tqkv_status tqkv_cache_load(const uint8_t* bytes, size_t n_bytes, const char* ke
                 fail(TQKV_ERR_BAD_DATA, e.what());
             }
         }();
-        m.set_precision(tqkv::Precision::Exact);  // the C ABI's default, as tqkv_cache_config_init
+        m.set_precision(tqkv::Precision::Fast);  // not saved: the default, as tqkv_cache_config_init
         const auto& c0 = m.layer(0).config();
         for (int l = 1; l < m.layers(); ++l) {
             const auto& c = m.layer(l).config();
@@ -941,7 +952,6 @@ tqkv_status tqkv_runner_create(tqkv_model model, const char* cache_spec, tqkv_ca
         auto obj = std::make_shared<RunnerObj>();
         obj->model = m;
         tqkv::CacheSpec spec = tqkv::CacheSpec::parse(cache_spec);
-        if (!spec.precision) spec.precision = tqkv::Precision::Exact;  // the C ABI's default (tqkv.h)
         obj->cache = tqkv::make_cache(spec, shape, c ? &c->cal : nullptr);
         obj->cache->reserve(size_t(mc.max_position_embeddings));
         obj->run = std::make_unique<tqkv::LlamaRunner>(m->model, *obj->cache, max_chunk ? max_chunk : 128);

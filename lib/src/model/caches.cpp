@@ -268,8 +268,12 @@ public:
     void append(int layer, std::span<const float> keys, std::span<const float> values) override {
         cache_.append(layer, keys, values);
     }
+    // The runner attends every query of a chunk in one call right after appending it: then the
+    // exact rows kept for the chunk's queries can go (a 4096-token chunk: 8 MiB per layer of
+    // tq-ref-128 until the next append).
     void attend(int layer, std::span<const float> queries, std::span<float> out) override {
         cache_.attend(layer, queries, out, true, attend_options_);
+        cache_.release_chunk_rows(layer);
     }
     // Sliding-window attention (Mistral): every layer's KVCache drops what leaves the window, codes
     // and blocks included (CacheConfig::attention_window).

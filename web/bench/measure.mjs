@@ -1,0 +1,157 @@
+// The measurements of `npm run bench`, shared by Node (bench.mjs) and Chromium (bench/page.html,
+// `npm run bench -- --browser`): the same code times the same calls in both engines. Nothing here
+// prints; bench.mjs turns the rows into JSON lines.
+
+// Median over batches of the time per call, each batch at least ~20 ms (as tqkv-bench does).
+// performance.now() is coarsened in browsers (to 100 us without cross-origin isolation): 0.5% of a
+// 20 ms batch.
+export function nsPerCall(fn, budget) {
+  fn();
+  let reps = 1;
+  for (;;) {
+    const t0 = performance.now();
+    for (let i = 0; i < reps; i++) fn();
+    if (performance.now() - t0 > 20) break;
+    reps *= 2;
+  }
+  const per = [];
+  const start = performance.now();
+  while (per.length < 3 || (performance.now() - start < budget * 1000 && per.length < 15)) {
+    const t0 = performance.now();
+    for (let i = 0; i < reps; i++) fn();
+    per.push(((performance.now() - t0) / reps) * 1e6);
+  }
+  per.sort((a, b) => a - b);
+  return per[per.length >> 1];
+}
+
+// Gaussian values (speed does not depend on them).
+export function gaussian(n, seed) {
+  const out = new Float32Array(n);
+  let s = seed >>> 0 || 1;
+  const u = () => {
+    s = (s ^ (s << 13)) >>> 0;
+    s = (s ^ (s >>> 17)) >>> 0;
+    s = (s ^ (s << 5)) >>> 0;
+    return (s + 0.5) / 4294967296;
+  };
+  for (let i = 0; i < n; i += 2) {
+    const r = Math.sqrt(-2 * Math.log(u())), a = 2 * Math.PI * u();
+    out[i] = r * Math.cos(a);
+    if (i + 1 < n) out[i + 1] = r * Math.sin(a);
+  }
+  return out;
+}
+
+// One row per token count: the fused attention of one query over the cache (non-causal) against
+// dense fp32 attention over the same keys and values in the same wasm module.
+//   Tqkv: the package's class (dist/node.js or dist/index.js); engine: a label for the rows.
+//   o: { variant: 'relaxed' | 'simd128' | 'scalar', precision: 'exact' | 'fast', preset (optional:
+//        calibrated on the first 1024 tokens of each token count's keys and values), tokens: [T...],
+//        heads, kvHeads, dim, keyBits, valueBits, seconds }
+// Returns { rows } or { error } when the build cannot load here.
+export async function attendRows(Tqkv, engine, o) {
+  const { variant, precision, preset, heads, kvHeads, dim, keyBits, valueBits } = o;
+  let t;
+  try {
+    t = await Tqkv.load({ simd: variant });
+  } catch (e) {
+    return { error: String(e.message ?? e) };
+  }
+  const presetSpec = preset && t.presets.find((p) => p.name === preset)?.spec;
+  if (preset && !presetSpec) throw new Error(`bench: no preset '${preset}' in this build`);
+  const rows = [];
+  for (const T of o.tokens) {
+    const row = kvHeads * dim;
+    const K = gaussian(T * row, T), V = gaussian(T * row, T + 1), q = gaussian(heads * dim, T + 2);
+    let cache;
+    if (preset) {
+      const n = Math.min(T, 1024);
+      const cal = t.calibrate({ layers: 1, kvHeads, headDim: dim }, [{ keys: K.subarray(0, n * row), values: V.subarray(0, n * row) }]);
+      cache = t.createCache({ preset, heads, kvHeads, headDim: dim, calibration: cal, precision });
+      cal.dispose();
+    } else {
+      cache = t.createCache({ heads, kvHeads, headDim: dim, keyBits, valueBits, precision });
+    }
+    for (let t0 = 0; t0 < T; t0 += 4096) {
+      const n = Math.min(4096, T - t0);
+      cache.append(0, K.subarray(t0 * row, (t0 + n) * row), V.subarray(t0 * row, (t0 + n) * row));
+    }
+    const out = new Float32Array(heads * dim);
+    const fused = nsPerCall(() => cache.attend(0, q, out, false), o.seconds);
+    // Dense fp32 attention over the same keys/values, head-major, already in wasm memory.
+    const x = t._x;
+    const n = T * row;
+    const pk = x.malloc(4 * n), pv = x.malloc(4 * n), pq = x.malloc(4 * q.length), po = x.malloc(4 * q.length);
+    if (!pk || !pv || !pq || !po) throw new Error('bench: out of wasm memory');
+    const f = new Float32Array(t._memory.buffer);
+    for (let h = 0; h < kvHeads; h++)
+      for (let i = 0; i < T; i++)
+        for (let j = 0; j < dim; j++) {
+          const src = (i * kvHeads + h) * dim + j, dst = (h * T + i) * dim + j;
+          f[(pk >> 2) + dst] = K[src];
+          f[(pv >> 2) + dst] = V[src];
+        }
+    f.set(q, pq >> 2);
+    const shape = { heads, kvHeads, headDim: dim, tokens: T };
+    const dense = nsPerCall(() => t.denseAttentionAt(shape, pq, pk, pv, po), o.seconds);
+    const exact = new Float32Array(t._memory.buffer, po, q.length).slice();
+    let cos = 0;
+    for (let h = 0; h < heads; h++) {
+      let d = 0, n1 = 0, n2 = 0;
+      for (let j = 0; j < dim; j++) {
+        const a = out[h * dim + j], b = exact[h * dim + j];
+        d += a * b;
+        n1 += a * a;
+        n2 += b * b;
+      }
+      cos += d / Math.sqrt(n1 * n2) / heads;
+    }
+    for (const p of [pk, pv, pq, po]) x.free(p);
+    rows.push({
+      target: `wasm-${variant}`, kernel: cache.kernel, heads, kv_heads: kvHeads, dim, tokens: T,
+      key_bits: preset ? cache.config.keyBits : keyBits, value_bits: preset ? cache.config.valueBits : valueBits,
+      spec: presetSpec ?? `K${keyBits}V${valueBits}`, preset: preset ?? null, precision: cache.config.precision,
+      ns_per_query: Math.round(fused), dense_fp32_ns_per_query: Math.round(dense),
+      speedup_vs_dense_fp32: +(dense / fused).toFixed(4), cosine_vs_exact: +cos.toFixed(6),
+      bytes_used: cache.bytesUsed(), variant: t.variant, engine,
+    });
+    cache.dispose();
+  }
+  return { rows };
+}
+
+// Codec.dot: the teaching-page path (VectorCodec::dot through the C ABI), not the cache's fused
+// one: 4 queries over 4096 4-bit codes (d = 128), one call per query and one call for all four,
+// against a plain JavaScript fp32 dot loop over the uncompressed vectors.
+export async function codecDotRow(Tqkv, simd, seconds) {
+  let t;
+  try {
+    t = await Tqkv.load({ simd });
+  } catch (e) {
+    return { target: 'codec-dot', variant: String(simd), error: String(e.message ?? e) };
+  }
+  const d = 128, n = 4096, m = 4;
+  const x = gaussian(n * d, 11), q = gaussian(m * d, 12);
+  const codec = t.createCodec({ dim: d, bits: 4 });
+  const codes = codec.encode(x);
+  const out = new Float32Array(m * n);
+  const perQuery = nsPerCall(() => {
+    for (let i = 0; i < m; i++) codec.dot(q.subarray(i * d, (i + 1) * d), codes, out.subarray(i * n, (i + 1) * n));
+  }, seconds);
+  codec.dot(q, codes, out);
+  const oneCall = Math.round(nsPerCall(() => codec.dot(q, codes, out), seconds));
+  const js = nsPerCall(() => {
+    for (let i = 0; i < m; i++)
+      for (let v = 0; v < n; v++) {
+        let acc = 0;
+        for (let j = 0; j < d; j++) acc += q[i * d + j] * x[v * d + j];
+        out[i * n + v] = acc;
+      }
+  }, seconds);
+  const best = Math.min(perQuery, oneCall);
+  codec.dispose();
+  return { target: 'codec-dot', variant: t.variant ?? (simd ? 'simd128' : 'scalar'), kernel: t.kernel, queries: m, vectors: n, dim: d,
+    bits: 4, per_query_calls_ns: Math.round(perQuery), one_call_ns: oneCall, js_fp32_ns: Math.round(js),
+    speedup_vs_js_fp32: +(js / best).toFixed(3) };
+}
