@@ -77,6 +77,9 @@ export async function attendRows(Tqkv, engine, o) {
       const n = Math.min(4096, T - t0);
       cache.append(0, K.subarray(t0 * row, (t0 + n) * row), V.subarray(t0 * row, (t0 + n) * row));
     }
+    // As a runtime does once the prefill chunk's queries are answered: the exact rows kept for
+    // them go (with a window; bytes_used is then the decode-time size).
+    cache.releaseChunkRows();
     const out = new Float32Array(heads * dim);
     const fused = nsPerCall(() => cache.attend(0, q, out, false), o.seconds);
     // Dense fp32 attention over the same keys/values, head-major, already in wasm memory.
