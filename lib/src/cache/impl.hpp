@@ -134,6 +134,11 @@ struct KVCache::Impl {
     // Drops tokens [dropped, token): codes zeroed in the blocks that stay, arenas holding only
     // dropped tokens freed. Frees memory only (no allocation, no throw).
     void drop_before(size_t token);
+    // A ring of `rows` rows (>= the window's n_tokens - n_compressed) holding the window's exact
+    // rows, tokens [n_compressed, n_tokens), in their slots t % rows; rows of older tokens (a
+    // chunk's, before exact_from moves up) are not carried over. Allocates first: throws
+    // std::bad_alloc with the cache unchanged.
+    void resize_ring(size_t rows);
     void compress(const float* k_rows, const float* v_rows, size_t count, size_t first_token);
     void clear_tokens(size_t from, size_t to);  // zero the codes of compressed tokens [from, to)
     std::vector<float> decode_side(const CacheSide& side, bool is_key, int kv_head) const;

@@ -362,6 +362,18 @@ double KVCache::format_bytes() const {
     return compressed_bytes_per_token() * double(coded) + double(exact) * 2.0 * double(m.row()) * 2.0;
 }
 
+void KVCache::Impl::resize_ring(size_t rows) {
+    const size_t r = row();
+    std::vector<float> ring_k(rows * r), ring_v(rows * r);  // allocated first: on failure nothing changed
+    for (size_t t = n_compressed; t < n_tokens; ++t) {  // the window's rows move to their new slots
+        std::memcpy(&ring_k[(t % rows) * r], exact_key(t), r * sizeof(float));
+        std::memcpy(&ring_v[(t % rows) * r], exact_value(t), r * sizeof(float));
+    }
+    exact_k.swap(ring_k);
+    exact_v.swap(ring_v);
+    ring_rows = rows;
+}
+
 void KVCache::append(std::span<const float> keys, std::span<const float> values) {
     Impl& m = *impl_;
     const size_t row = m.row();
@@ -403,16 +415,7 @@ void KVCache::append(std::span<const float> keys, std::span<const float> values)
     m.reserve_blocks((target + m.cfg.block_tokens - 1) / m.cfg.block_tokens);
     // The ring grows to the rows kept, and shrinks back when a chunk needs less than half of it
     // (decode after a long prefill chunk); decode steps of one size reallocate nothing.
-    if (W && (keep_rows > m.ring_rows || keep_rows * 2 < m.ring_rows)) {
-        std::vector<float> ring_k(keep_rows * row), ring_v(keep_rows * row);
-        for (size_t t = m.n_compressed; t < m.n_tokens; ++t) {  // the window moves to its new slots
-            std::memcpy(&ring_k[(t % keep_rows) * row], m.exact_key(t), row * sizeof(float));
-            std::memcpy(&ring_v[(t % keep_rows) * row], m.exact_value(t), row * sizeof(float));
-        }
-        m.exact_k.swap(ring_k);
-        m.exact_v.swap(ring_v);
-        m.ring_rows = keep_rows;
-    }
+    if (W && (keep_rows > m.ring_rows || keep_rows * 2 < m.ring_rows)) m.resize_ring(keep_rows);
 
     // The attention window: the chunk's first query (at position n_tokens) sees tokens from
     // n_tokens + 1 - W on; older ones are dropped (their blocks freed as whole arenas leave).
@@ -491,15 +494,7 @@ void KVCache::release_chunk_rows() {
         m.exact_from = m.n_compressed;
         return;
     }
-    const size_t row = m.row();
-    std::vector<float> ring_k(W * row), ring_v(W * row);
-    for (size_t t = m.n_compressed; t < m.n_tokens; ++t) {
-        std::memcpy(&ring_k[(t % W) * row], m.exact_key(t), row * sizeof(float));
-        std::memcpy(&ring_v[(t % W) * row], m.exact_value(t), row * sizeof(float));
-    }
-    m.exact_k.swap(ring_k);
-    m.exact_v.swap(ring_v);
-    m.ring_rows = W;
+    m.resize_ring(W);
     m.exact_from = m.n_compressed;
 }
 
