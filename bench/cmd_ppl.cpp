@@ -158,6 +158,7 @@ public:
     void clear() override { c_.clear(); }
     void reserve(size_t n) override { c_.reserve(n); }
     double format_bytes() const override { return c_.format_bytes(); }
+    double held_coords() const override { return c_.held_coords(); }
     size_t memory_bytes() const override { return c_.memory_bytes(); }
     double seconds = 0, append_seconds = 0;  // in attend, in append
 

@@ -16,6 +16,7 @@
 #include "tqkv/model.hpp"
 #include "tqkv/rng.hpp"
 #include "model/matmul.hpp"
+#include "test_util.hpp"
 #include "tiny_model.hpp"
 
 using namespace tqkv;
@@ -354,6 +355,35 @@ TEST_CASE("model: caches report their storage", "[model]") {
     }
     auto exact = make_cache("fp32", CacheShape::of(m.config()));
     CHECK(exact->fp16_bytes_per_token() == 4.0 * 2 * 2 * 32);
+}
+
+TEST_CASE("model: a sliding-window cache reports the storage of the tokens it holds", "[model][swa]") {
+    // 100 tokens one by one through an attention window of 16: the tqkv cache holds the last 16
+    // (the others are dropped, codes included). Its bits per coordinate, bytes per token and fp16
+    // equivalent are those of the tokens held, the same as a cache without the window holding 16
+    // tokens (same exact window and coded counts) — not spread over the 100 positions. Cost: ~1 ms.
+    const CacheShape shape{2, 4, 2, 64, 0};
+    const size_t row = 2 * 64, total = 100, W = 16;
+    const auto K = tqkv_test::gaussian_vectors(total, int(row), 3), V = tqkv_test::gaussian_vectors(total, int(row), 4);
+    for (const char* spec : {"K4V4", "K3V2-w4"}) {
+        INFO(spec);
+        auto windowed = make_cache(spec, shape), plain = make_cache(spec, shape);
+        REQUIRE(windowed->set_attention_window(W));
+        for (size_t t = 0; t < total; ++t)
+            for (int l = 0; l < shape.layers; ++l)
+                windowed->append(l, std::span(K).subspan(t * row, row), std::span(V).subspan(t * row, row));
+        for (size_t t = total - W; t < total; ++t)
+            for (int l = 0; l < shape.layers; ++l)
+                plain->append(l, std::span(K).subspan(t * row, row), std::span(V).subspan(t * row, row));
+        CHECK(windowed->tokens(0) == total);  // positions
+        CHECK(windowed->format_bytes() == plain->format_bytes());
+        CHECK(windowed->held_coords() == 2.0 * W * shape.layers * row);
+        CHECK(windowed->bits_per_coord() == plain->bits_per_coord());  // was 16/100 of it
+        CHECK(windowed->bits_per_coord() > 2.0);
+        CHECK(windowed->bytes_per_token() == plain->bytes_per_token());
+        CHECK(windowed->fp16_bytes() == plain->fp16_bytes());
+        CHECK(plain->fp16_bytes() == double(W) * plain->fp16_bytes_per_token());
+    }
 }
 
 // [stat]: a 19 M-parameter forward pass over 1024 tokens checks the math, not the kernels; it runs

@@ -223,7 +223,9 @@ int main(int argc, char** argv) {
         std::fflush(stdout);
         const double tok_s = decode_s > 0 && decoded ? double(decoded) / decode_s : 0.0;
         const double tok_cpu_s = decode_cpu_s > 0 && decoded ? double(decoded) / decode_cpu_s : 0.0;
-        const double fp16_bytes = cache->fp16_bytes_per_token() * double(cache->tokens(0));
+        // Of the tokens the cache holds (a sliding window's dropped tokens are not counted).
+        const double fp16_bytes = cache->fp16_bytes();
+        const size_t held = size_t(std::llround(fp16_bytes / cache->fp16_bytes_per_token()));
         if (opt.count("json")) {
             std::fprintf(stderr,
                          "{\"cache\":\"%s\",\"prompt_tokens\":%zu,\"generated\":%d,\"context\":%zu,\"prefill_s\":%.6f,"
@@ -241,9 +243,9 @@ int main(int argc, char** argv) {
             std::fprintf(stderr, "prefill %.1f tokens/s, decode %.1f tokens/s (%.1f per CPU second; matmul %s, attention %s, one thread)\n",
                          double(tokens.size()) / prefill_s, tok_s, tok_cpu_s, tqkv::matmul_kernel(), tqkv::default_kernel().c_str());
             const double ratio = cache->format_bytes() > 0 ? fp16_bytes / cache->format_bytes() : 0.0;
-            std::fprintf(stderr, "cache %.1f KiB for %zu tokens = %.3f bits/coord, %.2fx %s than an fp16 cache (%.1f KiB); "
+            std::fprintf(stderr, "cache %.1f KiB for %zu tokens held = %.3f bits/coord, %.2fx %s than an fp16 cache (%.1f KiB); "
                          "memory held %.1f KiB\n",
-                         cache->format_bytes() / 1024.0, cache->tokens(0), cache->bits_per_coord(),
+                         cache->format_bytes() / 1024.0, held, cache->bits_per_coord(),
                          ratio >= 1 ? ratio : 1.0 / ratio, ratio >= 1 ? "smaller" : "larger", fp16_bytes / 1024.0,
                          double(cache->memory_bytes()) / 1024.0);
         }

@@ -29,11 +29,13 @@ export interface ModelInfo {
 export interface RunnerStats {
   /** Tokens run since the last reset (= tokens in the cache). */
   position: number;
-  /** Storage the cache format needs for them: codes, norms, scales, exact window tokens (as fp16);
-   *  all layers, keys and values. */
+  /** Storage the cache format needs for the tokens it holds: codes, norms, scales, exact window
+   *  tokens (as fp16); all layers, keys and values. Tokens a sliding window (Mistral's
+   *  sliding_window) dropped are not held. */
   cacheBytes: number;
-  /** An fp16 cache of the same tokens. */
+  /** An fp16 cache of the same (held) tokens. */
   fp16Bytes: number;
+  /** cacheBytes * 8 / coordinates of the held tokens. */
   bitsPerCoord: number;
   /** Memory the cache holds (buffers reserved for the whole context). */
   memoryBytes: number;

@@ -207,8 +207,14 @@ public:
     // their tokens instead.
     virtual std::vector<uint8_t> save_state() const;
     virtual void load_state(std::span<const uint8_t> bytes, size_t tokens);
-    double bits_per_coord() const;  // format_bytes() * 8 / coordinates held
-    double bytes_per_token() const;  // format_bytes() / tokens(0)
+    // Coordinates of the tokens held (keys and values, all layers): tokens(layer) * 2 * kv_heads *
+    // head_dim summed over layers, less the tokens a sliding window dropped (the tqkv cache frees
+    // them; tokens(layer) still counts them as positions). Budget caches (tqkv/budget.hpp) count
+    // every position of their context here: their bits per coordinate are per context coordinate.
+    virtual double held_coords() const;
+    double bits_per_coord() const;   // format_bytes() * 8 / held_coords() (0 when empty)
+    double bytes_per_token() const;  // format_bytes() per token held (held_coords() / (2 * layers * kv_heads * head_dim))
+    double fp16_bytes() const { return 2.0 * held_coords(); }  // an fp16 cache of the tokens held
     double fp16_bytes_per_token() const { return 4.0 * shape_.layers * shape_.kv_heads * shape_.head_dim; }
 
 protected:

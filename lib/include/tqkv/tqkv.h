@@ -318,10 +318,11 @@ typedef struct tqkv_runner_stats {
     uint32_t struct_size;  /*  0: set by the caller to sizeof(tqkv_runner_stats) */
     int32_t reserved;      /*  4 */
     uint64_t position;     /*  8: tokens run since the last reset (= tokens in the cache) */
-    double cache_bytes;    /* 16: storage the cache format needs for them (codes, norms, scales;
-                                  exact window tokens counted as fp16), all layers, keys + values */
-    double fp16_bytes;     /* 24: an fp16 cache of the same tokens */
-    double bits_per_coord; /* 32: cache_bytes * 8 / coordinates (0 when empty) */
+    double cache_bytes;    /* 16: storage the cache format needs for the tokens it holds (codes,
+                                  norms, scales; exact window tokens counted as fp16), all layers,
+                                  keys + values; tokens a sliding window dropped are not held */
+    double fp16_bytes;     /* 24: an fp16 cache of the same (held) tokens */
+    double bits_per_coord; /* 32: cache_bytes * 8 / coordinates of the held tokens (0 when empty) */
     uint64_t memory_bytes; /* 40: memory the cache holds (buffers reserved for the whole context) */
 } tqkv_runner_stats;
 

@@ -996,7 +996,7 @@ tqkv_status tqkv_runner_get_stats(tqkv_runner runner, tqkv_runner_stats* stats) 
         stats->reserved = 0;
         stats->position = r->run->position();
         stats->cache_bytes = c.format_bytes();
-        stats->fp16_bytes = c.fp16_bytes_per_token() * double(c.tokens(0));
+        stats->fp16_bytes = c.fp16_bytes();
         stats->bits_per_coord = c.bits_per_coord();
         stats->memory_bytes = c.memory_bytes();
     });

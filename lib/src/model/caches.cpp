@@ -20,12 +20,21 @@
 
 namespace tqkv {
 
+double AttentionCache::held_coords() const {
+    double tokens_all_layers = 0;
+    for (int l = 0; l < shape_.layers; ++l) tokens_all_layers += double(tokens(l));
+    return tokens_all_layers * 2.0 * shape_.kv_heads * shape_.head_dim;
+}
+
 double AttentionCache::bits_per_coord() const {
-    const double coords = 2.0 * double(tokens(0)) * shape_.layers * shape_.kv_heads * shape_.head_dim;
+    const double coords = held_coords();
     return coords > 0 ? format_bytes() * 8.0 / coords : 0.0;
 }
 
-double AttentionCache::bytes_per_token() const { return tokens(0) ? format_bytes() / double(tokens(0)) : 0.0; }
+double AttentionCache::bytes_per_token() const {
+    const double tokens_held = held_coords() / (2.0 * shape_.layers * shape_.kv_heads * shape_.head_dim);
+    return tokens_held > 0 ? format_bytes() / tokens_held : 0.0;
+}
 
 std::vector<uint8_t> AttentionCache::save_state() const {
     throw std::invalid_argument("tqkv runner: the " + name() + " cache cannot be saved (the tqkv specs without sinks "
@@ -264,6 +273,13 @@ public:
     size_t tokens(int layer) const override { return cache_.tokens(layer); }
     void clear() override { cache_.clear(); }
     double format_bytes() const override { return cache_.format_bytes(); }
+    // Tokens the sliding window dropped are gone (format_bytes() does not count them either).
+    double held_coords() const override {
+        double held = 0;
+        for (int l = 0; l < shape_.layers; ++l)
+            if (cache_.built(l)) held += double(cache_.layer(l).tokens() - cache_.layer(l).dropped_tokens());
+        return held * 2.0 * shape_.kv_heads * shape_.head_dim;
+    }
     size_t memory_bytes() const override { return cache_.bytes_used(); }
     void append(int layer, std::span<const float> keys, std::span<const float> values) override {
         cache_.append(layer, keys, values);
