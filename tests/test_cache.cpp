@@ -1201,6 +1201,9 @@ TEST_CASE("attention window: memory stays bounded as tokens stream past it", "[c
                 }
         }
     CHECK(a.format_bytes() < 0.1 * plain.format_bytes());
+    // Per token held (the window's 100), not per position: at least a coded token's bytes.
+    CHECK(a.bytes_per_token() == Approx(double(a.bytes_used()) / 100));
+    CHECK(a.bytes_per_token() > a.compressed_bytes_per_token());
 }
 
 TEST_CASE("attention window: truncate, save/load after dropping, refusals", "[cache][swa][errors]") {

@@ -219,7 +219,7 @@ public:
     // window tokens counted at fp16 (the convention of every cache in tqkv/model.hpp).
     double format_bytes() const;
     size_t table_bytes() const;          // of which codecs and kernel tables (shared with empty_like copies)
-    double bytes_per_token() const;      // bytes_used() / tokens() (0 when empty)
+    double bytes_per_token() const;      // bytes_used() per token held: tokens() - dropped_tokens() (0 when empty)
     size_t block_bytes() const;          // one block of block_tokens tokens, all KV heads
     double compressed_bytes_per_token() const;  // block_bytes() / block_tokens
     size_t fp16_bytes_per_token() const; // what an fp16 cache would need: 2 * kv_heads * head_dim * 2

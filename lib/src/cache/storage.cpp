@@ -527,7 +527,8 @@ size_t KVCache::bytes_used() const {
 KVCache KVCache::empty_like() const { return KVCache(std::make_unique<Impl>(impl_->cfg, impl_->codecs)); }
 
 double KVCache::bytes_per_token() const {
-    return impl_->n_tokens ? double(bytes_used()) / double(impl_->n_tokens) : 0.0;
+    const size_t held = impl_->n_tokens - impl_->dropped;  // not the tokens the attention window dropped
+    return held ? double(bytes_used()) / double(held) : 0.0;
 }
 
 }  // namespace tqkv
