@@ -138,11 +138,25 @@ int main(int argc, char** argv) {
         ts[p + "mlp.down_proj.weight"] = mat(8, 8);
         // Checked here so that a seed that does not load fails the build step, not the fuzzer.
         const auto st = tqkv_test::make_safetensors(ts);
-        tqkv::LlamaModel::from_parts(tqkv::LlamaConfig::parse(config), tqkv::Safetensors::parse(st));
+        const tqkv::Safetensors parsed = tqkv::Safetensors::parse(st);
+        tqkv::LlamaModel::from_parts(tqkv::LlamaConfig::parse(config), parsed);
         std::vector<uint8_t> seed = {uint8_t(config.size()), uint8_t(config.size() >> 8)};
         seed.insert(seed.end(), config.begin(), config.end());
         seed.insert(seed.end(), st.begin(), st.end());
         write(root / "model" / (tied ? "tied" : "untied"), seed);
+        if (tied) continue;
+        // The same file behind a model.safetensors.index.json (fuzz_model reads the JSON as one too).
+        std::string index = R"({"metadata": {"total_size": 1}, "weight_map": {)";
+        for (const auto& [name, t] : ts) index += "\"" + name + "\": \"model.safetensors\", ";
+        index.resize(index.size() - 2);
+        index += "}}";
+        const std::string shard_name = "model.safetensors";
+        tqkv::SafetensorsIndex::parse(index).check(std::span<const tqkv::Safetensors>(&parsed, 1),
+                                                   std::span<const std::string>(&shard_name, 1));
+        std::vector<uint8_t> indexed = {uint8_t(index.size()), uint8_t(index.size() >> 8)};
+        indexed.insert(indexed.end(), index.begin(), index.end());
+        indexed.insert(indexed.end(), st.begin(), st.end());
+        write(root / "model" / "index", indexed);
     }
     // Hugging Face conventions on the same tiny shape: llama3 rope scaling in both config spellings
     // with attention and MLP biases, linear scaling, Qwen2 q/k/v biases, Mistral's sliding window.

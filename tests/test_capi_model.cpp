@@ -233,6 +233,96 @@ TEST_CASE("C ABI model: stats, calibration, the runner outlives its model handle
     CHECK(greedy(r.h, prompt, 20) == greedy_cpp(cpp, *cache, prompt, 20));
 }
 
+TEST_CASE("C ABI model: a checkpoint in two shards == the single file, bit for bit; bad shard sets refused", "[capi]") {
+    // Layer 1 in the second shard, everything else in the first (as HF splits by size). Cost: ~5 ms.
+    const std::string cfg = kTinyConfig;
+    const auto ts = tiny_tensors(8);
+    std::map<std::string, Tensor> first, second;
+    std::string map;
+    const std::string name1 = "model-00001-of-00002.safetensors", name2 = "model-00002-of-00002.safetensors";
+    for (const auto& [name, t] : ts) {
+        const bool in2 = name.rfind("model.layers.1.", 0) == 0;
+        (in2 ? second : first)[name] = t;
+        map += std::string(map.empty() ? "" : ", ") + "\"" + name + "\": \"" + (in2 ? name2 : name1) + "\"";
+    }
+    const std::string index = "{\"metadata\": {\"total_size\": 1}, \"weight_map\": {" + map + "}}";
+    const auto s1 = make_safetensors(first), s2 = make_safetensors(second);
+    // In any order, with the index or without.
+    const char* names[] = {name2.c_str(), name1.c_str()};
+    const uint8_t* blobs[] = {s2.data(), s1.data()};
+    const size_t sizes[] = {s2.size(), s1.size()};
+    const auto load = [&](const char* idx, size_t nidx, size_t n, const char* const* nm, const uint8_t* const* b,
+                          const size_t* sz, tqkv_model* out) {
+        return tqkv_model_load_shards(cfg.data(), cfg.size(), idx, nidx, n, nm, b, sz, out);
+    };
+    tqkv_model sharded = nullptr, merged = nullptr;
+    REQUIRE(load(index.data(), index.size(), 2, names, blobs, sizes, &sharded) == TQKV_OK);
+    REQUIRE(load(nullptr, 0, 2, nullptr, blobs, sizes, &merged) == TQKV_OK);
+    Model single(cfg, make_safetensors(ts));
+    const auto prompt = text_tokens("Sharded checkpoints load.");
+    const auto logits = [&](tqkv_model m) {
+        tqkv_runner r = nullptr;
+        REQUIRE(tqkv_runner_create(m, "fp32", nullptr, 0, &r) == TQKV_OK);
+        std::vector<float> lg(prompt.size() * 256);
+        int32_t next = 0;
+        REQUIRE(tqkv_runner_prefill(r, prompt.data(), prompt.size(), lg.data(), lg.size(), &next) == TQKV_OK);
+        tqkv_runner_destroy(r);
+        return lg;
+    };
+    const auto want = logits(single.h);
+    for (tqkv_model m : {sharded, merged}) {
+        const auto got = logits(m);
+        CHECK(std::memcmp(got.data(), want.data(), want.size() * sizeof(float)) == 0);
+    }
+    tqkv_model_destroy(merged);
+
+    // Refusals: TQKV_ERR_BAD_DATA naming the problem, no handle, the loaded model unaffected.
+    tqkv_model h = nullptr;
+    const auto refused = [&](tqkv_status want_status, tqkv_status got, const char* what) {
+        INFO(tqkv_last_error());
+        CHECK(got == want_status);
+        CHECK(contains(tqkv_last_error(), what));
+        CHECK(h == nullptr);
+    };
+    refused(TQKV_ERR_BAD_DATA, load(index.data(), index.size(), 1, names + 1, blobs + 1, sizes + 1, &h),
+            "missing shard \"model-00002-of-00002.safetensors\"");
+    const char* other[] = {"model-00003-of-00002.safetensors", name1.c_str()};
+    refused(TQKV_ERR_BAD_DATA, load(index.data(), index.size(), 2, other, blobs, sizes, &h), "does not list the shard");
+    const char* twice[] = {name1.c_str(), name1.c_str()};
+    refused(TQKV_ERR_BAD_DATA, load(index.data(), index.size(), 2, twice, blobs, sizes, &h), "given twice");
+    // A tensor in both shards (with or without the index), or one the index places in a shard that lacks it.
+    auto second_dup = second;
+    second_dup["model.norm.weight"] = ts.at("model.norm.weight");
+    const auto s2_dup = make_safetensors(second_dup);
+    const uint8_t* dup_blobs[] = {s2_dup.data(), s1.data()};
+    const size_t dup_sizes[] = {s2_dup.size(), s1.size()};
+    refused(TQKV_ERR_BAD_DATA, load(index.data(), index.size(), 2, names, dup_blobs, dup_sizes, &h),
+            "tensor \"model.norm.weight\" is in two shards (model-00002-of-00002.safetensors and model-00001-of-00002.safetensors)");
+    refused(TQKV_ERR_BAD_DATA, load(nullptr, 0, 2, nullptr, dup_blobs, dup_sizes, &h), "is in two shards (shard 0 and shard 1)");
+    auto second_less = second;
+    second_less.erase("model.layers.1.mlp.up_proj.weight");
+    const auto s2_less = make_safetensors(second_less);
+    const uint8_t* less_blobs[] = {s2_less.data(), s1.data()};
+    const size_t less_sizes[] = {s2_less.size(), s1.size()};
+    refused(TQKV_ERR_BAD_DATA, load(index.data(), index.size(), 2, names, less_blobs, less_sizes, &h),
+            "lacks tensor \"model.layers.1.mlp.up_proj.weight\"");
+    refused(TQKV_ERR_BAD_DATA, load(nullptr, 0, 2, nullptr, less_blobs, less_sizes, &h),
+            "missing tensor \"model.layers.1.mlp.up_proj.weight\"");
+    const std::string escaping = "{\"weight_map\": {\"model.norm.weight\": \"../x.safetensors\"}}";
+    refused(TQKV_ERR_BAD_DATA, load(escaping.data(), escaping.size(), 2, names, blobs, sizes, &h), "not a plain file name");
+    const std::string no_map = "{\"weight_map\": 3}";
+    refused(TQKV_ERR_BAD_DATA, load(no_map.data(), no_map.size(), 2, names, blobs, sizes, &h), "missing object \"weight_map\"");
+    const size_t cut_sizes[] = {sizes[0], 5};
+    refused(TQKV_ERR_BAD_DATA, load(index.data(), index.size(), 2, names, blobs, cut_sizes, &h), "too short");
+    refused(TQKV_ERR_INVALID_ARGUMENT, load(index.data(), index.size(), 0, names, blobs, sizes, &h), "expected 1..4096");
+    refused(TQKV_ERR_INVALID_ARGUMENT, load(index.data(), index.size(), 2, nullptr, blobs, sizes, &h), "names");
+    refused(TQKV_ERR_INVALID_ARGUMENT, load(index.data(), index.size(), 2, names, nullptr, sizes, &h), "shards");
+    const uint8_t* null_blob[] = {nullptr, s1.data()};
+    refused(TQKV_ERR_INVALID_ARGUMENT, load(index.data(), index.size(), 2, names, null_blob, sizes, &h), "a shard is NULL");
+    CHECK(std::memcmp(logits(sharded).data(), want.data(), want.size() * sizeof(float)) == 0);
+    tqkv_model_destroy(sharded);
+}
+
 TEST_CASE("C ABI model: malformed files, bad arguments and handles give error codes", "[capi][errors]") {
     const auto ts = tiny_tensors(5);
     const auto st = make_safetensors(ts);

@@ -318,6 +318,10 @@ TEST_CASE("hf: a sharded checkpoint loads like the single file", "[hf][model]") 
     CHECK_THROWS_WITH(LlamaModel::load(dir.string()), Catch::Contains("not a plain file name"));
     write("model.safetensors.index.json", "{\"weight_map\": {\"model.norm.weight\": \"gone.safetensors\"}}");
     CHECK_THROWS_WITH(LlamaModel::load(dir.string()), Catch::Contains("gone.safetensors"));
+    // The index must say where each tensor is: a tensor it puts in a shard that lacks it is named.
+    write("model.safetensors.index.json", "{\"weight_map\": {\"model.norm.weight\": \"model-00002-of-00002.safetensors\", "
+                                          "\"model.layers.1.mlp.up_proj.weight\": \"model-00001-of-00002.safetensors\"}}");
+    CHECK_THROWS_WITH(LlamaModel::load(dir.string()), Catch::Contains("shard \"model-00002-of-00002.safetensors\" lacks tensor \"model.norm.weight\""));
     std::filesystem::remove_all(dir);
 }
 

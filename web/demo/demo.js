@@ -319,7 +319,8 @@ async function main() {
   } catch (e) {
     demo.error = String(e?.message ?? e);
     setState('error', `cannot load the model from ${modelUrl.href}: ${demo.error}. Serve a model directory ` +
-      '(config.json + model.safetensors) there: `node web/demo/serve.mjs --model DIR`.', true);
+      '(config.json + model.safetensors, or model.safetensors.index.json + its shards) there: ' +
+      '`node web/demo/serve.mjs --model DIR`.', true);
   }
 }
 

@@ -1,5 +1,5 @@
 // A local static server for the demo page and the browser tests: web/ at /, a model directory
-// (config.json, model.safetensors, eval.txt) at /model/. Nothing is copied into the repository.
+// (config.json, model.safetensors or its shards, eval.txt) at /model/. Nothing is copied into the repository.
 //
 //   node demo/serve.mjs [--model DIR] [--port 8080]     (from web/; or `npm run demo`)
 //   -> open http://127.0.0.1:8080/demo/
@@ -68,8 +68,8 @@ if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.ur
   const port = Number(opt('--port', 8080));
   if (!existsSync(join(web, 'dist', 'index.js')) || !existsSync(join(web, 'dist', 'tqkv.wasm')))
     console.error('note: web/dist is incomplete: run `bash wasm/build.sh` and `npm run build` first');
-  if (!existsSync(join(modelDir, 'model.safetensors')))
-    console.error(`note: no model.safetensors in ${modelDir} (--model DIR or TQKV_MODEL): the page will say so`);
+  if (!existsSync(join(modelDir, 'model.safetensors')) && !existsSync(join(modelDir, 'model.safetensors.index.json')))
+    console.error(`note: no model.safetensors nor model.safetensors.index.json in ${modelDir} (--model DIR or TQKV_MODEL): the page will say so`);
   const server = await serve([['/model/', modelDir], ['/', web]], port);
   console.log(`tqkv demo: http://127.0.0.1:${server.address().port}/demo/   (model: ${modelDir} at /model/)`);
 }

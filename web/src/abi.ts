@@ -38,6 +38,8 @@ export interface Exports {
   tqkv_dense_attention_f32(heads: number, kvHeads: number, dim: number, tokens: number, q: number, nq: number,
                            k: number, v: number, nkv: number, o: number, no: number): number;
   tqkv_model_load(cfg: number, ncfg: number, st: number, nst: number, out: number): number;
+  tqkv_model_load_shards(cfg: number, ncfg: number, index: number, nindex: number, n: number, names: number,
+                         shards: number, sizes: number, out: number): number;
   tqkv_model_destroy(h: number): number;
   tqkv_model_get_info(h: number, info: number): number;
   tqkv_matmul_kernel(): number;

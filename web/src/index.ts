@@ -61,6 +61,7 @@ export {
   Runner,
   type GenerateOptions,
   type ModelInfo,
+  type ModelWeights,
   type RunnerStats,
   type TokenInput,
 } from './model.js';

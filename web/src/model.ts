@@ -4,7 +4,7 @@
 import { MODEL_INFO_SIZE, RUNNER_STATS_SIZE } from './abi.js';
 import { disposedError, Status, TqkvError } from './errors.js';
 import { asFloat32, asInt } from './input.js';
-import { FetchError, readUrl, toUrl } from './platform.js';
+import { FetchError, isNotFound, readUrl, toUrl } from './platform.js';
 import { Calibration } from './calibration.js';
 import { fetchTokenizer, type Tokenizer } from './tokenizer.js';
 import type { Tqkv } from './tqkv.js';
@@ -379,10 +379,29 @@ export class Runner {
 // -------------------------------------------------------------------------------------------------
 // Loading checkpoints
 
+/** The bytes of model.safetensors, or of each shard of a sharded checkpoint. */
+export type ModelWeights = Uint8Array | ArrayBuffer | readonly (Uint8Array | ArrayBuffer)[];
+
+const asBytes = (w: Uint8Array | ArrayBuffer): Uint8Array => {
+  const b = w instanceof ArrayBuffer ? new Uint8Array(w) : w;
+  if (!(b instanceof Uint8Array)) throw new TypeError('tqkv: loadModel: weights must be a Uint8Array or ArrayBuffer, or an array of them (shards)');
+  return b;
+};
+
 /** @internal Tqkv.loadModel. */
-export function loadModelFrom(t: Tqkv, config: string | Uint8Array | object, weights: Uint8Array | ArrayBuffer): LlamaModel {
-  const w = weights instanceof ArrayBuffer ? new Uint8Array(weights) : weights;
-  if (!(w instanceof Uint8Array)) throw new TypeError('tqkv: loadModel: weights must be a Uint8Array or ArrayBuffer');
+export function loadModelFrom(t: Tqkv, config: string | Uint8Array | object, weights: ModelWeights): LlamaModel {
+  if (Array.isArray(weights)) {
+    // Shards without an index: merged (a tensor in two shards is refused).
+    const shards = (weights as readonly (Uint8Array | ArrayBuffer)[]).map(asBytes);
+    const blocks: Shard[] = [];
+    try {
+      for (const [i, b] of shards.entries()) blocks.push({ name: `shard ${i}`, p: t.mallocCopy(b, 'the model weights'), n: b.length });
+      return loadShardsAt(t, config, undefined, blocks);
+    } finally {
+      for (const b of blocks) t._x.free(b.p);
+    }
+  }
+  const w = asBytes(weights as Uint8Array | ArrayBuffer);
   const p = t.mallocCopy(w, 'the model weights');
   try {
     return loadModelAt(t, config, p, w.length);
@@ -391,15 +410,58 @@ export function loadModelFrom(t: Tqkv, config: string | Uint8Array | object, wei
   }
 }
 
+const configBytes = (config: string | Uint8Array | object): Uint8Array =>
+  encoder.encode(
+    typeof config === 'string' ? config : config instanceof Uint8Array ? new TextDecoder().decode(config) : JSON.stringify(config),
+  );
+
 function loadModelAt(t: Tqkv, config: string | Uint8Array | object, p: number, n: number): LlamaModel {
-  const text =
-    typeof config === 'string' ? config : config instanceof Uint8Array ? new TextDecoder().decode(config) : JSON.stringify(config);
-  const cfg = encoder.encode(text);
+  const cfg = configBytes(config);
   const pc = t.mallocCopy(cfg, 'config.json');
   try {
     t.check(t._x.tqkv_model_load(pc, cfg.length, p, n, t.slot));
   } finally {
     t._x.free(pc);
+  }
+  return new LlamaModel(t, t.u32(t.slot));
+}
+
+/** A shard's bytes in wasm memory and its file name. */
+interface Shard {
+  name: string;
+  p: number;
+  n: number;
+}
+
+// tqkv_model_load_shards over shards already in wasm memory; index: model.safetensors.index.json's
+// text (checked against the shards' names) or undefined.
+function loadShardsAt(t: Tqkv, config: string | Uint8Array | object, index: string | undefined, shards: Shard[]): LlamaModel {
+  const cfg = configBytes(config);
+  const idx = index === undefined ? undefined : encoder.encode(index);
+  const names = shards.map((s) => encoder.encode(s.name + '\0'));
+  const blocks: number[] = [];  // freed at the end, whatever happens
+  const copy = (b: Uint8Array, what: string) => {
+    const p = t.mallocCopy(b, what);
+    blocks.push(p);
+    return p;
+  };
+  try {
+    const pc = copy(cfg, 'config.json');
+    const pi = idx ? copy(idx, 'model.safetensors.index.json') : 0;
+    const pn = names.map((nm) => copy(nm, 'the shard names'));
+    // names, pointers, sizes: one 32-bit word each (wasm32)
+    const table = t.malloc(Math.max(4, 12 * shards.length), 'the shard tables');
+    blocks.push(table);
+    const d = t.view();
+    shards.forEach((s, i) => {
+      d.setUint32(table + 4 * i, pn[i], true);
+      d.setUint32(table + 4 * (shards.length + i), s.p, true);
+      d.setUint32(table + 4 * (2 * shards.length + i), s.n, true);
+    });
+    t.check(t._x.tqkv_model_load_shards(pc, cfg.length, pi, idx ? idx.length : 0, shards.length, table,
+      table + 4 * shards.length, table + 8 * shards.length, t.slot));
+  } finally {
+    for (const b of blocks) t._x.free(b);
   }
   return new LlamaModel(t, t.u32(t.slot));
 }
@@ -412,9 +474,9 @@ export async function fetchModel(
 ): Promise<LlamaModel> {
   let base = toUrl(url);
   if (!base.pathname.endsWith('/')) base = new URL(base.href + '/');
-  const configUrl = new URL('config.json', base), weightsUrl = new URL('model.safetensors', base);
+  const configUrl = new URL('config.json', base);
   const config = new TextDecoder().decode(await readUrl(configUrl, options.signal));
-  const model = await fetchWeights(t, config, weightsUrl, options);
+  const model = await fetchWeights(t, config, base, options);
   // A tokenizer.json beside the weights becomes model.tokenizer (none: byte vocabulary, or ids).
   try {
     model.tokenizer = await fetchTokenizer(t, base, options.signal);
@@ -428,27 +490,99 @@ export async function fetchModel(
   return model;
 }
 
-async function fetchWeights(
-  t: Tqkv,
-  config: string,
-  weightsUrl: URL,
-  options: { onProgress?: (loaded: number, total: number | undefined) => void; signal?: AbortSignal },
-): Promise<LlamaModel> {
-  if (weightsUrl.protocol === 'file:') {
-    const bytes = await readUrl(weightsUrl, options.signal);
-    options.onProgress?.(bytes.length, bytes.length);
-    return loadModelFrom(t, config, bytes);
+type Progress = { onProgress?: (loaded: number, total: number | undefined) => void; signal?: AbortSignal };
+
+// DIR/model.safetensors, or when there is none (404 / ENOENT) the shards DIR/model.safetensors.index.json
+// lists, each streamed into wasm memory.
+async function fetchWeights(t: Tqkv, config: string, base: URL, options: Progress): Promise<LlamaModel> {
+  const single = new URL('model.safetensors', base), indexUrl = new URL('model.safetensors.index.json', base);
+  let block: { p: number; n: number };
+  try {
+    block = await fetchToWasm(t, single, options.signal, (loaded, total) => options.onProgress?.(loaded, total));
+  } catch (e) {
+    if (!isNotFound(e)) throw e;
+    let index: string;
+    try {
+      index = new TextDecoder().decode(await readUrl(indexUrl, options.signal));
+    } catch (e2) {
+      if (!isNotFound(e2)) throw e2;
+      throw new Error(`tqkv: ${base.href} has neither model.safetensors nor model.safetensors.index.json`);
+    }
+    return fetchShards(t, config, base, index, options);
   }
-  const res = await fetch(weightsUrl, { signal: options.signal });
-  if (!res.ok) throw new FetchError(weightsUrl, res);
+  try {
+    return loadModelAt(t, config, block.p, block.n);
+  } finally {
+    t._x.free(block.p);
+  }
+}
+
+// The shard files of model.safetensors.index.json ({"metadata": {"total_size": bytes of the
+// tensors}, "weight_map": {tensor: file}}) in order of first appearance; its total_size, if any.
+// Only plain file names beside the index are fetched; the C++ loader checks the rest.
+function shardFiles(index: string, url: URL): { files: string[]; totalSize: number | undefined } {
+  const bad = (why: string) => new TqkvError(`tqkv: ${url.href}: ${why}`, Status.BAD_DATA);
+  let root: unknown;
+  try {
+    root = JSON.parse(index);
+  } catch (e) {
+    throw bad(`invalid JSON (${(e as Error).message})`);
+  }
+  const map = (root as { weight_map?: unknown } | null)?.weight_map;
+  if (!map || typeof map !== 'object' || Array.isArray(map)) throw bad('missing object "weight_map"');
+  const files: string[] = [];
+  for (const f of Object.values(map)) {
+    if (typeof f !== 'string') throw bad('weight_map values must be file names');
+    if (!f || f.includes('/') || f.includes('\\') || f === '.' || f === '..') throw bad(`weight_map file "${f}" is not a plain file name`);
+    if (!files.includes(f)) files.push(f);
+  }
+  if (!files.length) throw bad('empty weight_map');
+  if (files.length > 4096) throw bad('more than 4096 shard files');
+  const total = (root as { metadata?: { total_size?: unknown } }).metadata?.total_size;
+  return { files, totalSize: typeof total === 'number' && total > 0 ? total : undefined };
+}
+
+// Every shard into wasm memory, one after the other; onProgress(loaded, total) counts the bytes of
+// all shards: total is exact once the last shard's response has arrived, before that the index's
+// total_size (its tensors' bytes, a slight underestimate) or undefined.
+async function fetchShards(t: Tqkv, config: string, base: URL, index: string, options: Progress): Promise<LlamaModel> {
+  const { files, totalSize } = shardFiles(index, new URL('model.safetensors.index.json', base));
+  const shards: Shard[] = [];
+  try {
+    let done = 0;  // bytes of the shards received completely
+    for (const [i, name] of files.entries()) {
+      const block = await fetchToWasm(t, new URL(encodeURIComponent(name), base), options.signal, (loaded, length) => {
+        const all = done + loaded;
+        const total = i === files.length - 1 && length !== undefined ? done + length : totalSize === undefined ? undefined : Math.max(totalSize, all);
+        options.onProgress?.(all, total);
+      });
+      shards.push({ name, ...block });
+      done += block.n;
+    }
+    return loadShardsAt(t, config, index, shards);
+  } finally {
+    for (const s of shards) t._x.free(s.p);
+  }
+}
+
+// The bytes of a URL in a block of wasm memory, streamed there when the server sends their
+// length (no second copy of 38+ MB in JavaScript); the caller frees p. progress(loaded, length).
+async function fetchToWasm(
+  t: Tqkv,
+  url: URL,
+  signal: AbortSignal | undefined,
+  progress: (loaded: number, length: number | undefined) => void,
+): Promise<{ p: number; n: number }> {
+  const copy = (bytes: Uint8Array) => {
+    progress(bytes.length, bytes.length);
+    return { p: t.mallocCopy(bytes, 'the model weights'), n: bytes.length };
+  };
+  if (url.protocol === 'file:') return copy(await readUrl(url, signal));
+  const res = await fetch(url, { signal });
+  if (!res.ok) throw new FetchError(url, res);
   const total = Number(res.headers.get('content-length') ?? NaN);
   const identity = !res.headers.get('content-encoding') || res.headers.get('content-encoding') === 'identity';
-  if (!res.body || !(total > 0) || !identity) {
-    const bytes = new Uint8Array(await res.arrayBuffer());
-    options.onProgress?.(bytes.length, bytes.length);
-    return loadModelFrom(t, config, bytes);
-  }
-  // Stream into a block of wasm memory (no second copy of 38+ MB in JavaScript).
+  if (!res.body || !(total > 0) || !identity) return copy(new Uint8Array(await res.arrayBuffer()));
   const p = t.malloc(total, 'the model weights');
   try {
     const reader = res.body.getReader();
@@ -456,14 +590,15 @@ async function fetchWeights(
     for (;;) {
       const { done, value } = await reader.read();
       if (done) break;
-      if (loaded + value.length > total) throw new Error(`tqkv: ${weightsUrl.href}: more bytes than its content-length`);
+      if (loaded + value.length > total) throw new Error(`tqkv: ${url.href}: more bytes than its content-length`);
       t.bytes().set(value, p + loaded);
       loaded += value.length;
-      options.onProgress?.(loaded, total);
+      progress(loaded, total);
     }
-    if (loaded !== total) throw new Error(`tqkv: ${weightsUrl.href}: ${loaded} of ${total} bytes received`);
-    return loadModelAt(t, config, p, total);
-  } finally {
+    if (loaded !== total) throw new Error(`tqkv: ${url.href}: ${loaded} of ${total} bytes received`);
+    return { p, n: total };
+  } catch (e) {
     t._x.free(p);
+    throw e;
   }
 }

@@ -60,3 +60,8 @@ export class FetchError extends Error {
     this.status = res.status;
   }
 }
+
+/** @internal A missing file: a 404 from fetch, or ENOENT reading a file: URL in Node. */
+export function isNotFound(e: unknown): boolean {
+  return (e instanceof FetchError && e.status === 404) || (e as { code?: string } | null)?.code === 'ENOENT';
+}

@@ -16,7 +16,7 @@ import { Codec, createCodec, type CodecOptions } from './codec.js';
 import { Status, STATUS_NAMES, TqkvError } from './errors.js';
 import { asFloat32 } from './input.js';
 import { instantiate, type LoadOptions, type ModuleVariant } from './loader.js';
-import { fetchModel, loadModelFrom, type LlamaModel } from './model.js';
+import { fetchModel, loadModelFrom, type LlamaModel, type ModelWeights } from './model.js';
 import { fetchTokenizer, loadTokenizerFrom, type Tokenizer } from './tokenizer.js';
 
 let defaultInstance: Tqkv | undefined;
@@ -226,17 +226,20 @@ export class Tqkv {
 
   /**
    * A Llama model (Hugging Face checkpoint) from config.json (text, bytes or the parsed object) and
-   * the bytes of model.safetensors (fp16, bf16 or fp32; fp16 matrices stay fp16 in wasm memory).
-   * Malformed files throw a 'bad data' TqkvError naming the problem.
+   * the bytes of model.safetensors (fp16, bf16 or fp32; fp16 matrices stay fp16 in wasm memory),
+   * or an array of the bytes of each shard of a sharded checkpoint (merged; a tensor in two shards
+   * is refused). Malformed files throw a 'bad data' TqkvError naming the problem.
    */
-  loadModel(config: string | Uint8Array | object, weights: Uint8Array | ArrayBuffer): LlamaModel {
+  loadModel(config: string | Uint8Array | object, weights: ModelWeights): LlamaModel {
     return loadModelFrom(this, config, weights);
   }
 
   /**
-   * Fetches `url`config.json and `url`model.safetensors (in Node, file: URLs and paths are read
-   * from disk) and loads the model. The weights stream straight into wasm memory when the server
-   * sends their length. onProgress(loaded, total) reports the weights' bytes.
+   * Fetches `url`config.json and `url`model.safetensors, or when there is none (404) the shards
+   * `url`model.safetensors.index.json lists (checked against it: every shard present, every tensor
+   * where the index says), and loads the model (in Node, file: URLs and paths are read from disk).
+   * The weights stream straight into wasm memory when the server sends their length.
+   * onProgress(loaded, total) reports the weights' bytes, over all shards (total: see README).
    */
   fetchModel(
     url: string | URL,

@@ -138,6 +138,11 @@ export function tinyModel(seed = 1, overrides = {}) {
     mat(p + 'mlp.up_proj.weight', I, H, 0.15);
     mat(p + 'mlp.down_proj.weight', H, I, 0.1);
   }
+  return { config: JSON.stringify(config), weights: safetensors(tensors), tensors };
+}
+
+/** A safetensors file (F32) of [name, shape, Float32Array] tensors. */
+export function safetensors(tensors) {
   const header = {};
   let off = 0;
   for (const [name, shape, data] of tensors) {
@@ -155,5 +160,5 @@ export function tinyModel(seed = 1, overrides = {}) {
     bytes.set(new Uint8Array(data.buffer, data.byteOffset, data.byteLength), p);
     p += data.byteLength;
   }
-  return { config: JSON.stringify(config), weights: bytes };
+  return bytes;
 }

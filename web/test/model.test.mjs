@@ -8,10 +8,12 @@
 //     (K3.5V2.5-w16) gives the native NLL within 1e-4 over the same bytes (the same ΔNLL).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Tqkv, TqkvError, LlamaModel, Runner, Calibration } from '../dist/node.js';
-import { modelGolden, tinyModel } from './helpers.mjs';
+import { modelGolden, safetensors, tinyModel } from './helpers.mjs';
+import { serve } from '../demo/serve.mjs';
 
 const throwsTqkv = (fn, code, message) =>
   assert.throws(fn, (e) => e instanceof TqkvError && e.code === code && (!message || message.test(e.message)), `expected ${code}`);
@@ -152,6 +154,65 @@ test('tiny model: malformed files and bad arguments throw TqkvErrors, nothing ch
   assert.throws(() => m.tokens({}), TypeError);
   r.dispose();
   m.dispose();
+});
+
+test('sharded checkpoints: loadModel(shards) and fetchModel of an index (path and http) == the single file; bad sets refused', async () => {
+  // Layer 1 in the second shard, the rest in the first, as Hugging Face splits by size. Cost: ~0.2 s.
+  const t = await Tqkv.load({ simd: true });
+  const { config, weights, tensors } = tinyModel(4);
+  const names = ['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors'];
+  const inSecond = ([name]) => name.startsWith('model.layers.1.');
+  const shards = [safetensors(tensors.filter((x) => !inSecond(x))), safetensors(tensors.filter(inSecond))];
+  const index = JSON.stringify({ metadata: { total_size: weights.length }, weight_map: Object.fromEntries(tensors.map((x) => [x[0], names[inSecond(x) ? 1 : 0]])) });
+  const logits = (m) => {
+    const r = m.createRunner('fp32');
+    const lg = new Float32Array(12 * 256);
+    r.prefill('Hello shards', lg);
+    r.dispose();
+    m.dispose();
+    return lg;
+  };
+  const want = logits(t.loadModel(config, weights));
+  assert.deepEqual(logits(t.loadModel(config, shards)), want);
+  assert.deepEqual(logits(t.loadModel(config, [shards[1], shards[0].slice().buffer])), want);
+  const dup = safetensors(tensors.filter((x) => inSecond(x) || x[0] === 'model.norm.weight'));
+  throwsTqkv(() => t.loadModel(config, [shards[0], dup]), 'bad data', /"model\.norm\.weight" is in two shards/);
+  throwsTqkv(() => t.loadModel(config, [shards[0]]), 'bad data', /missing tensor "model\.layers\.1\./);
+  throwsTqkv(() => t.loadModel(config, []), 'invalid argument', /1\.\.4096/);
+  assert.throws(() => t.loadModel(config, [shards[0], 'x']), TypeError);
+  // A directory without model.safetensors: the index's shards, from disk and over http.
+  const dir = mkdtempSync(join(tmpdir(), 'tqkv-shards-'));
+  const server = await serve([['/model/', dir]], 0);
+  try {
+    writeFileSync(join(dir, 'config.json'), config);
+    writeFileSync(join(dir, 'model.safetensors.index.json'), index);
+    names.forEach((n, i) => writeFileSync(join(dir, n), shards[i]));
+    const url = `http://127.0.0.1:${server.address().port}/model/`;
+    for (const where of [dir, url]) {
+      const progress = [];
+      const m = await t.fetchModel(where, { onProgress: (loaded, total) => progress.push([loaded, total]) });
+      assert.deepEqual(logits(m), want, where);
+      const bytes = shards[0].length + shards[1].length;
+      assert.deepEqual(progress.at(-1), [bytes, bytes], where);
+      assert.ok(progress.every(([l, tot], i) => tot >= l && (i === 0 || l >= progress[i - 1][0])), JSON.stringify(progress));
+    }
+    // A missing shard or a tensor the index places in the wrong shard: named, nothing loaded.
+    rmSync(join(dir, names[1]));
+    await assert.rejects(t.fetchModel(url), /404/);
+    await assert.rejects(t.fetchModel(dir), /ENOENT|no such file/);
+    writeFileSync(join(dir, names[1]), dup);
+    await assert.rejects(t.fetchModel(dir), (e) => e instanceof TqkvError && /"model\.norm\.weight" is in two shards/.test(e.message));
+    writeFileSync(join(dir, names[1]), safetensors(tensors.filter((x) => inSecond(x) && !x[0].endsWith('up_proj.weight'))));
+    await assert.rejects(t.fetchModel(url), (e) => e instanceof TqkvError && /lacks tensor "model\.layers\.1\.mlp\.up_proj\.weight"/.test(e.message));
+    writeFileSync(join(dir, 'model.safetensors.index.json'), JSON.stringify({ weight_map: { 'model.norm.weight': '../x.safetensors' } }));
+    await assert.rejects(t.fetchModel(url), (e) => e instanceof TqkvError && /not a plain file name/.test(e.message));
+    rmSync(join(dir, 'model.safetensors.index.json'));
+    await assert.rejects(t.fetchModel(url), /neither model\.safetensors nor model\.safetensors\.index\.json/);
+    assert.deepEqual(logits(t.loadModel(config, shards)), want, 'the instance is still usable');
+  } finally {
+    server.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
 
 test('a model larger than maximumMemory fails with out of memory; the instance stays usable', async () => {

@@ -113,6 +113,7 @@ public:
     static Safetensors parse(std::vector<uint8_t> bytes, const std::string& what = "safetensors");
     static Safetensors load(const std::string& path);
     const std::vector<SafetensorInfo>& tensors() const { return tensors_; }
+    const std::string& name() const { return what_; }  // what errors call the file (its path or name)
     const SafetensorInfo* find(const std::string& name) const;
     // The tensor converted to float32; throws if it is missing, its shape differs or it holds a
     // non-finite value.
@@ -127,6 +128,21 @@ private:
     size_t data_ = 0;
     std::string what_;
     std::vector<SafetensorInfo> tensors_;
+};
+
+// model.safetensors.index.json of a sharded checkpoint: {"metadata": {...}, "weight_map":
+// {"tensor name": "file name", ...}}. parse() accepts plain file names only (no directories, at
+// most 4096 files) and refuses a tensor listed twice, naming the problem.
+struct SafetensorsIndex {
+    std::vector<std::string> files;  // the distinct shard files, in order of first appearance
+    std::vector<std::pair<std::string, std::string>> weight_map;  // tensor -> file, in document order
+
+    static SafetensorsIndex parse(std::string_view json, const std::string& what = "model.safetensors.index.json");
+    // Checks shards against the index (names[i] is the file shards[i] was read from): every file
+    // of the index given exactly once and no other, every tensor the index names present in the
+    // file it names. Throws std::invalid_argument naming the file or tensor. (Tensors in two shards
+    // are refused by LlamaModel::from_parts.)
+    void check(std::span<const Safetensors> shards, std::span<const std::string> names) const;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -146,7 +162,8 @@ public:
     // lists (its weight_map names a file in the directory for every tensor).
     static LlamaModel load(const std::string& dir);
     // From parsed parts: every tensor must be present with the shape the config implies. With
-    // several shards each tensor is looked up in all of them (a name in two shards is an error).
+    // several shards each tensor is looked up in all of them; a tensor name in two shards is an
+    // error (any tensor, not only the ones the model reads).
     static LlamaModel from_parts(const LlamaConfig& cfg, const Safetensors& st);
     static LlamaModel from_parts(const LlamaConfig& cfg, std::span<const Safetensors> shards);
 

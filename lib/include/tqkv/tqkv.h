@@ -333,6 +333,16 @@ typedef struct tqkv_runner_stats {
  * TQKV_ERR_BAD_DATA with the loader's message. */
 TQKV_API tqkv_status tqkv_model_load(const char* config_json, size_t config_len, const uint8_t* safetensors,
                                      size_t n_bytes, tqkv_model* out);
+/* A sharded checkpoint (model.safetensors.index.json and the files its weight_map lists) from
+ * memory: n_shards (1..4096) files, shards[i] of shard_bytes[i] bytes, named names[i] (the file
+ * name the index gives it, NUL-terminated; in any order). index_json: the index's text, or NULL
+ * (index_len 0) to merge the shards without one (names may then be NULL). Everything is copied.
+ * TQKV_ERR_BAD_DATA with the loader's message, nothing created: a file the index lists but not
+ * given, a shard it does not list or given twice, a tensor it names missing from its shard, a
+ * tensor in two shards, and every error of tqkv_model_load. */
+TQKV_API tqkv_status tqkv_model_load_shards(const char* config_json, size_t config_len, const char* index_json,
+                                            size_t index_len, size_t n_shards, const char* const* names,
+                                            const uint8_t* const* shards, const size_t* shard_bytes, tqkv_model* out);
 TQKV_API tqkv_status tqkv_model_destroy(tqkv_model model);
 TQKV_API tqkv_status tqkv_model_get_info(tqkv_model model, tqkv_model_info* info);
 /* The matrix-product kernel of the runner: "avx512", "avx2", "wasm128" or "plain". */

@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <mutex>
 #include <new>
 #include <stdexcept>
@@ -886,6 +887,42 @@ tqkv_status tqkv_model_load(const char* config_json, size_t config_len, const ui
                     tqkv::Safetensors::parse(std::vector<uint8_t>(safetensors, safetensors + n_bytes), "model.safetensors");
                 return std::make_shared<ModelObj>(tqkv::LlamaModel::from_parts(cfg, st));
             }();  // the file's bytes are freed here, before the handle exists
+            *out = reinterpret_cast<tqkv_model>(models().add(std::move(obj)));
+        },
+        TQKV_ERR_BAD_DATA);
+}
+
+tqkv_status tqkv_model_load_shards(const char* config_json, size_t config_len, const char* index_json, size_t index_len,
+                                   size_t n_shards, const char* const* names, const uint8_t* const* shards,
+                                   const size_t* shard_bytes, tqkv_model* out) {
+    return guard(
+        [&] {
+            need_ptr(out, "out");
+            need_buffer(config_json, config_len, "config_json");
+            need_buffer(index_json, index_len, "index_json");
+            if (n_shards < 1 || n_shards > 4096)
+                fail(TQKV_ERR_INVALID_ARGUMENT, "tqkv: model_load_shards: " + std::to_string(n_shards) +
+                                                    " shards, expected 1..4096");
+            need_ptr(shards, "shards");
+            need_ptr(shard_bytes, "shard_bytes");
+            if (index_json) need_ptr(names, "names (the index's file name of each shard)");
+            std::vector<std::string> shard_names;
+            for (size_t i = 0; i < n_shards; ++i) {
+                need_buffer(shards[i], shard_bytes[i], "a shard");
+                if (names) need_ptr(names[i], "a shard's name");
+                shard_names.push_back(names ? std::string(names[i]) : "shard " + std::to_string(i));
+            }
+            const tqkv::LlamaConfig cfg = tqkv::LlamaConfig::parse(std::string_view(config_json, config_len));
+            std::optional<tqkv::SafetensorsIndex> index;
+            if (index_json) index = tqkv::SafetensorsIndex::parse(std::string_view(index_json, index_len));
+            auto obj = [&] {
+                std::vector<tqkv::Safetensors> parsed;
+                for (size_t i = 0; i < n_shards; ++i)
+                    parsed.push_back(tqkv::Safetensors::parse(std::vector<uint8_t>(shards[i], shards[i] + shard_bytes[i]),
+                                                              shard_names[i]));
+                if (index) index->check(parsed, shard_names);
+                return std::make_shared<ModelObj>(tqkv::LlamaModel::from_parts(cfg, parsed));
+            }();  // the files' bytes are freed here, before the handle exists
             *out = reinterpret_cast<tqkv_model>(models().add(std::move(obj)));
         },
         TQKV_ERR_BAD_DATA);

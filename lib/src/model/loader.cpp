@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <unordered_map>
 #include <span>
 #include <sstream>
 #include <stdexcept>
@@ -468,6 +469,13 @@ class TensorSet {
 public:
     explicit TensorSet(std::span<const Safetensors> shards) : shards_(shards) {
         if (shards.empty()) throw std::invalid_argument("safetensors: no checkpoint file");
+        if (shards.size() == 1) return;
+        std::unordered_map<std::string_view, const Safetensors*> seen;  // every name, not only the model's
+        for (const auto& s : shards_)
+            for (const auto& t : s.tensors())
+                if (auto [it, fresh] = seen.emplace(t.name, &s); !fresh)
+                    throw std::invalid_argument("safetensors: tensor \"" + t.name + "\" is in two shards (" +
+                                                it->second->name() + " and " + s.name() + ")");
     }
     const Safetensors* holder(const std::string& name) const {
         const Safetensors* found = nullptr;
@@ -557,29 +565,58 @@ namespace {
 
 bool file_exists(const std::string& path) { return std::ifstream(path, std::ios::binary).good(); }
 
-// model.safetensors.index.json: {"metadata": {...}, "weight_map": {"tensor name": "file name"}}.
-// Returns the distinct file names in order of first appearance.
-std::vector<std::string> shard_files(const std::string& index_path) {
-    const auto bytes = read_file(index_path, "model.safetensors.index.json");
-    const JsonValue root = detail::parse_json(
-        std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()), index_path);
+}  // namespace
+
+SafetensorsIndex SafetensorsIndex::parse(std::string_view json, const std::string& what) {
+    const JsonValue root = detail::parse_json(json, what);
     const JsonValue* wm = root.find("weight_map");
-    if (!wm || !wm->is_object()) throw std::invalid_argument(index_path + ": missing object \"weight_map\"");
-    std::vector<std::string> files;
-    for (const auto& v : wm->values) {
-        if (v.type != JsonValue::Type::String) throw std::invalid_argument(index_path + ": weight_map values must be file names");
+    if (!wm || !wm->is_object()) throw std::invalid_argument(what + ": missing object \"weight_map\"");
+    SafetensorsIndex index;
+    std::unordered_map<std::string_view, size_t> listed;
+    for (size_t i = 0; i < wm->values.size(); ++i) {
+        const JsonValue& v = wm->values[i];
+        const std::string& tensor = wm->keys[i];
+        if (v.type != JsonValue::Type::String)
+            throw std::invalid_argument(what + ": weight_map values must be file names (\"" + tensor + "\" is not)");
         // Only plain file names in the checkpoint's directory.
         if (v.str.empty() || v.str.find('/') != std::string::npos || v.str.find('\\') != std::string::npos ||
             v.str == "." || v.str == "..")
-            throw std::invalid_argument(index_path + ": weight_map file \"" + v.str + "\" is not a plain file name");
-        if (std::find(files.begin(), files.end(), v.str) == files.end()) files.push_back(v.str);
+            throw std::invalid_argument(what + ": weight_map file \"" + v.str + "\" is not a plain file name");
+        if (!listed.emplace(tensor, i).second)
+            throw std::invalid_argument(what + ": tensor \"" + tensor + "\" is listed twice in weight_map");
+        if (std::find(index.files.begin(), index.files.end(), v.str) == index.files.end()) {
+            if (index.files.size() == 4096) throw std::invalid_argument(what + ": more than 4096 shard files");
+            index.files.push_back(v.str);
+        }
+        index.weight_map.emplace_back(tensor, v.str);
     }
-    if (files.empty()) throw std::invalid_argument(index_path + ": empty weight_map");
-    if (files.size() > 4096) throw std::invalid_argument(index_path + ": more than 4096 shard files");
-    return files;
+    if (index.files.empty()) throw std::invalid_argument(what + ": empty weight_map");
+    return index;
 }
 
-}  // namespace
+void SafetensorsIndex::check(std::span<const Safetensors> shards, std::span<const std::string> names) const {
+    if (names.size() != shards.size())
+        throw std::invalid_argument("model.safetensors.index.json: " + std::to_string(shards.size()) + " shards but " +
+                                    std::to_string(names.size()) + " names");
+    std::unordered_map<std::string_view, const Safetensors*> by_name;
+    for (size_t i = 0; i < shards.size(); ++i) {
+        if (std::find(files.begin(), files.end(), names[i]) == files.end())
+            throw std::invalid_argument("model.safetensors.index.json does not list the shard \"" + names[i] +
+                                        "\" (it lists " + std::to_string(files.size()) + " files, e.g. \"" + files[0] + "\")");
+        if (!by_name.emplace(names[i], &shards[i]).second)
+            throw std::invalid_argument("model.safetensors.index.json: the shard \"" + names[i] + "\" is given twice");
+    }
+    for (const auto& f : files)
+        if (!by_name.count(f)) {
+            const auto it = std::find_if(weight_map.begin(), weight_map.end(), [&](const auto& e) { return e.second == f; });
+            throw std::invalid_argument("missing shard \"" + f + "\": model.safetensors.index.json puts tensor \"" +
+                                        it->first + "\" in it");
+        }
+    for (const auto& [tensor, file] : weight_map)
+        if (!by_name.at(file)->find(tensor))
+            throw std::invalid_argument("shard \"" + file + "\" lacks tensor \"" + tensor +
+                                        "\", which model.safetensors.index.json puts in it");
+}
 
 LlamaModel LlamaModel::load(const std::string& dir) {
     const LlamaConfig cfg = LlamaConfig::load(dir + "/config.json");
@@ -587,8 +624,13 @@ LlamaModel LlamaModel::load(const std::string& dir) {
         const Safetensors st = Safetensors::load(dir + "/model.safetensors");
         return from_parts(cfg, st);
     }
+    const std::string index_path = dir + "/model.safetensors.index.json";
+    const auto bytes = read_file(index_path, "model.safetensors.index.json");
+    const SafetensorsIndex index =
+        SafetensorsIndex::parse(std::string_view(reinterpret_cast<const char*>(bytes.data()), bytes.size()), index_path);
     std::vector<Safetensors> shards;
-    for (const auto& f : shard_files(dir + "/model.safetensors.index.json")) shards.push_back(Safetensors::load(dir + "/" + f));
+    for (const auto& f : index.files) shards.push_back(Safetensors::load(dir + "/" + f));
+    index.check(shards, index.files);
     return from_parts(cfg, shards);
 }
 
