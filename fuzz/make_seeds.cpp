@@ -216,6 +216,16 @@ int main(int argc, char** argv) {
             write(root / "tokenizer" / ("seed" + std::to_string(ti++)), seed);
         }
     }
+    // tokenizer.model files (our protobuf reader) in the same seed format.
+    for (const std::string& model : {tqkv_test::spm_bpe_model(), tqkv_test::spm_unigram_model()}) {
+        tqkv::Tokenizer::from_bytes(model);  // a seed that does not load fails here
+        for (const std::string& text : texts) {
+            std::vector<uint8_t> seed = {uint8_t(model.size()), uint8_t(model.size() >> 8)};
+            seed.insert(seed.end(), model.begin(), model.end());
+            seed.insert(seed.end(), text.begin(), text.end());
+            write(root / "tokenizer" / ("seed" + std::to_string(ti++)), seed);
+        }
+    }
     // Saved runners (fuzz_runner_load: byte 0 picks the runner of runner_model.hpp, then its bytes)
     // after 0, 3 and 9 tokens, for each runner whose cache can be saved.
     {

@@ -8,7 +8,7 @@ packages=(build-essential cmake catch2 pkg-config
           xvfb xauth libgl1-mesa-dri fonts-dejavu-core      # its headless screenshots
           emscripten chromium                               # the wasm build, the browser test
           clang-16                                          # relaxed-SIMD wasm kernels (tqkv-relaxed.wasm)
-          libsentencepiece-dev                              # tokenizer.model files (native tools)
+          libsentencepiece-dev                              # tests: the oracle of our tokenizer.model reader
           unicode-data bzip2)                               # tests: the tokenizer's Unicode tables and NFC vs Unicode's files
 missing=()
 for p in "${packages[@]}"; do

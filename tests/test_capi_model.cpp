@@ -743,6 +743,12 @@ TEST_CASE("C ABI tokenizer: load, encode, decode, capacity and errors", "[capi]"
     REQUIRE(tqkv_tokenizer_encode(tok, "hi hi!", 6, 1, ids, 64, &n) == TQKV_OK);
     CHECK(std::vector<int32_t>(ids, ids + n) == std::vector<int32_t>{1, 263, 263, 264});
     REQUIRE(tqkv_tokenizer_destroy(tok) == TQKV_OK);
+    // The same call reads a tokenizer.model (tests/test_tokenizer.cpp derives these ids).
+    const std::string model = tqkv_test::spm_bpe_model();
+    REQUIRE(tqkv_tokenizer_load(model.data(), model.size(), nullptr, 0, &tok) == TQKV_OK);
+    REQUIRE(tqkv_tokenizer_encode(tok, "the cab", 7, 1, ids, 64, &n) == TQKV_OK);
+    CHECK(std::vector<int32_t>(ids, ids + n) == std::vector<int32_t>{1, 261, 264, 3 + 'c', 263});
+    REQUIRE(tqkv_tokenizer_destroy(tok) == TQKV_OK);
 }
 
 TEST_CASE("C ABI model: sensitivity probe, rate plans, auto specs; calibrations from samples and their bytes", "[capi][auto]") {

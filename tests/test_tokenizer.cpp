@@ -1,8 +1,13 @@
 // Tokenizers: the Unicode tables against Debian's unicode-data, the pre-tokenizer regexes, small
 // tokenizer.json files (byte-level BPE in GPT-2 / Llama 3 / SmolLM style, SentencePiece-style BPE
 // with byte fallback) against ids derived by hand, round trips, and the real tq-bpe-64 tokenizer
-// against the ids Hugging Face tokenizers produced (kv/tokens.npy).
+// against the ids Hugging Face tokenizers produced (kv/tokens.npy); tokenizer.model files (our
+// protobuf reader, lib/src/model/sentencepiece.cpp): handmade models with ids derived by hand, and
+// models libsentencepiece trains here, whose ids and text ours must equal (when it is installed).
 #include <catch2/catch.hpp>
+#include <unistd.h>
+
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -443,48 +448,218 @@ TEST_CASE("tokenizer: tq-bpe-64 gives the ids of Hugging Face tokenizers (kv/tok
     CHECK(tok.decode(got) == eval.substr(0, 20000));
 }
 
-#if defined(TQKV_HAVE_SENTENCEPIECE)
-#include <sentencepiece_trainer.h>
-#include <unistd.h>
+// tokenizer.model: our reader (lib/src/model/sentencepiece.cpp) on models written here byte by
+// byte (tokenizer_json.hpp), ids derived by hand.
+TEST_CASE("tokenizer: tokenizer.model BPE (Llama 2 style) gives the ids derived by hand", "[tokenizer]") {
+    const Tokenizer tok = Tokenizer::from_sentencepiece(spm_bpe_model());
+    CHECK(tok.kind() == "sentencepiece");
+    CHECK(tok.vocab_size() == 271);
+    CHECK(tok.bos_id() == 1);
+    CHECK(tok.eos_id() == 2);
+    // "▁the▁cab": ▁t (-1) first, then he (-2), then ▁t+he = ▁the (-3), ab (-5); c is not a piece:
+    // its byte <0x63> (byte fallback).
+    CHECK(tok.encode("the cab") == ids({261, 264, 3 + 'c', 263}));
+    CHECK(tok.encode("the cab", true) == ids({1, 261, 264, 3 + 'c', 263}));  // BOS as Llama adds it
+    // Whitespace runs are kept (remove_extra_whitespaces false): "▁a▁▁b"; "▁▁▁": two equal pairs,
+    // the leftmost merges first.
+    CHECK(tok.encode("a  b") == ids({264, 268, 262, 269}));
+    CHECK(tok.encode("  ") == ids({262, 264}));
+    // é: its UTF-8 bytes; a user-defined symbol is one piece, never merged.
+    CHECK(tok.encode("h\xc3\xa9") == ids({264, 266, 3 + 0xc3, 3 + 0xa9}));
+    CHECK(tok.encode("ab<sep>ab") == ids({264, 263, 270, 263}));
+    // Invalid UTF-8: each such byte is U+FFFD (as libsentencepiece), here as its three bytes.
+    CHECK(tok.encode("\xff") == ids({264, 3 + 0xef, 3 + 0xbf, 3 + 0xbd}));
+    CHECK(tok.encode("").empty());
+    CHECK(tok.token_id("\xe2\x96\x81the") == 261);
+    CHECK(tok.token_id("<s>") == 1);
+    CHECK(tok.token_id("<0x41>") == 3 + 0x41);
+    CHECK(tok.token_id("nope") == -1);
+    // Decoding: the dummy prefix's space is dropped, controls are invisible, bytes form UTF-8 and
+    // a byte that does not is U+FFFD.
+    CHECK(tok.decode({1, 261, 264, 3 + 'c', 263, 2}) == "the cab");
+    CHECK(tok.decode({3 + 0xc3, 3 + 0xa9, 3 + 0xc3}) == "\xc3\xa9\xef\xbf\xbd");
+    CHECK(tok.decode({0}) == " \xe2\x81\x87 ");  // <unk>
+    for (const std::string s : {"the cab", "  two  spaces ", "h\xc3\xa9llo \xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x99\x82 12345",
+                                "tab\there\nnew line", "ab<sep>"}) {
+        INFO(s);
+        CHECK(tok.decode(tok.encode(s)) == s);
+    }
+    CHECK_THROWS_WITH(tok.decode({271}), Catch::Contains("outside the vocabulary"));
+    // Without the dummy prefix (a normalizer_spec appended: protobuf merges it): "the▁cab".
+    const Tokenizer plain = Tokenizer::from_sentencepiece(spm_bpe_model() + pb_bytes(3, pb_int(3, 0)));
+    CHECK(plain.encode("the cab") == ids({265, 260, 264, 3 + 'c', 263}));
+    CHECK(plain.encode("a b") == ids({268, 264, 269}));
+    CHECK(plain.decode(plain.encode(" a b")) == " a b");
+    // tokenizer_config.json decides BOS/EOS.
+    const Tokenizer cfg = Tokenizer::from_sentencepiece(spm_bpe_model(), R"({"add_bos_token": false, "add_eos_token": true})");
+    CHECK(cfg.encode("ab", true) == ids({264, 263, 2}));
+}
 
-TEST_CASE("tokenizer: tokenizer.model through libsentencepiece", "[tokenizer]") {
-    REQUIRE(Tokenizer::sentencepiece_available());
-    // A small BPE SentencePiece model trained here on generated text.
+TEST_CASE("tokenizer: tokenizer.model unigram gives the Viterbi ids derived by hand", "[tokenizer]") {
+    const Tokenizer tok = Tokenizer::from_sentencepiece(spm_unigram_model());
+    CHECK(tok.vocab_size() == 10);
+    // "▁ab": ▁a + b = -2.5 beats ▁ab = -3 and ▁ + a + b = -5.5.
+    CHECK(tok.encode("ab") == ids({6, 5}));
+    // "▁abc": ▁a + bc and ▁a + b + c both -3.5 (exact in float): the path whose last piece starts
+    // first wins the tie, as libsentencepiece keeps the first best candidate.
+    CHECK(tok.encode("abc") == ids({6, 9}));
+    // Extra whitespace removed (leading, trailing, runs); z is unknown (no byte fallback): a run
+    // of unknown characters is one <unk>.
+    CHECK(tok.encode("  ab   zz b ") == ids({6, 5, 3, 0, 3, 5}));
+    CHECK(tok.decode(tok.encode("  ab   zz b ")) == "ab  \xe2\x81\x87  b");
+    CHECK(tok.decode(tok.encode("ab b")) == "ab b");
+}
+
+TEST_CASE("tokenizer: tokenizer.model files it cannot read are refused by name", "[tokenizer]") {
+    auto refused = [](const std::string& bytes, const std::string& what) {
+        INFO(what);
+        CHECK_THROWS_WITH(Tokenizer::from_sentencepiece(bytes), Catch::Contains(what));
+    };
+    const std::string pieces = pb_special_pieces(true) + pb_piece("a", -1);
+    refused(pieces + pb_specs(3, true, false), "unsupported: trainer_spec.model_type 3 (WORD)");
+    refused(pieces + pb_specs(2, true, false) + pb_bytes(3, pb_bytes(1, "nmt_nfkc") + pb_bytes(2, std::string(64, '\1'))),
+            "unsupported: normalizer_spec.precompiled_charsmap (64 bytes, rule \"nmt_nfkc\")");
+    refused(pieces + pb_specs(2, true, false) + pb_bytes(2, pb_int(24, 1)), "unsupported: trainer_spec.treat_whitespace_as_suffix");
+    refused(pb_special_pieces(false) + pb_piece("<0x41>", 0, 6) + pb_specs(2, false, false),
+            "pieces[3] is a BYTE piece but trainer_spec.byte_fallback is false");
+    refused(pb_special_pieces(false) + pb_specs(2, true, false), "byte_fallback is true but there is no piece <0x00>");
+    refused(pieces + pb_piece("a", -2) + pb_specs(2, true, false), "pieces[260].piece \"a\" is also pieces[259]");
+    refused(pb_piece("a", 0) + pb_specs(2, false, false), "no UNKNOWN piece");
+    refused(pieces + pb_piece("b", 0, 9), "pieces[260].type 9");
+    const std::string good = spm_bpe_model();
+    refused(good.substr(0, good.size() - 3), "malformed protobuf");
+    refused(good + "\x0b", "wire type 3");
+    refused("{\"model\": {}}", "malformed protobuf");  // tokenizer.json is not a tokenizer.model
+    // from_bytes (the C ABI's and npm's loader) tells the two apart by the first byte.
+    CHECK(Tokenizer::from_bytes(good).kind() == "sentencepiece");
+    CHECK(Tokenizer::from_bytes(" \n" + sentencepiece_json()).kind() == "bpe");
+    refused(std::string("\x0a\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff", 11), "varint longer than 10 bytes");
+}
+
+TEST_CASE("tokenizer: a directory's tokenizer.model, and tokenizer_config.json beside it", "[tokenizer]") {
+    std::error_code ec;
+    const auto dir = std::filesystem::temp_directory_path(ec) / ("tqkv_spm_" + std::to_string(::getpid()));
+    std::filesystem::create_directories(dir, ec);
+    std::ofstream(dir / "tokenizer.model", std::ios::binary) << spm_bpe_model();
+    if (ec || !std::ifstream(dir / "tokenizer.model").good()) {
+        WARN("skipped: no writable temporary directory (WASI)");
+        return;
+    }
+    CHECK(Tokenizer::load(dir.string()).encode("ab", true) == ids({1, 264, 263}));
+    std::ofstream(dir / "tokenizer_config.json") << R"({"add_bos_token": false})";
+    CHECK(Tokenizer::load((dir / "tokenizer.model").string()).encode("ab", true) == ids({264, 263}));
+    std::filesystem::remove_all(dir);
+}
+
+// The golden file of web/test/tokenizer.test.mjs: the models above and the ids this build gives
+// for a few strings; the wasm build must give the same.
+TEST_CASE("tokenizer: tokenizer.model golden ids for the wasm tests (TQKV_GOLDEN_DIR)", "[tokenizer][golden]") {
+    const char* dir = std::getenv("TQKV_GOLDEN_DIR");
+    if (!dir) {
+        SUCCEED("TQKV_GOLDEN_DIR not set: nothing to write");
+        return;
+    }
+    const std::string texts[] = {"the cab", "  two  spaces ", "h\xc3\xa9llo \xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x99\x82 12345",
+                                 "ab<sep>ab\tzz", "", "   "};
+    std::string json = "{\"models\": [";
+    int k = 0;
+    for (const auto& [name, bytes] : {std::pair<std::string, std::string>{"spm-bpe.model", spm_bpe_model()},
+                                      {"spm-unigram.model", spm_unigram_model()}}) {
+        std::ofstream(std::string(dir) + "/" + name, std::ios::binary) << bytes;
+        const Tokenizer tok = Tokenizer::from_sentencepiece(bytes);
+        json += std::string(k++ ? "," : "") + "{\"file\": \"" + name + "\", \"cases\": [";
+        int c = 0;
+        for (const std::string& t : texts) {
+            const auto e = tok.encode(t, true);
+            json += std::string(c++ ? "," : "") + "{\"text\": \"" + json_escape(t) + "\", \"ids\": [";
+            for (size_t i = 0; i < e.size(); ++i) json += (i ? "," : "") + std::to_string(e[i]);
+            json += "], \"decoded\": \"" + json_escape(tok.decode(e)) + "\"}";
+        }
+        json += "]}";
+    }
+    std::ofstream(std::string(dir) + "/spm.json") << json << "]}\n";
+}
+
+#if defined(TQKV_HAVE_SENTENCEPIECE)
+#include <sentencepiece_processor.h>
+#include <sentencepiece_trainer.h>
+
+// libsentencepiece as the oracle: models it trains here, our ids and text must equal its.
+TEST_CASE("tokenizer: tokenizer.model ids and text equal libsentencepiece's (BPE, unigram)", "[tokenizer]") {
     const auto dir = std::filesystem::temp_directory_path() / ("tqkv_sp_" + std::to_string(::getpid()));
     std::filesystem::create_directories(dir);
     {
         std::ofstream f(dir / "train.txt");
-        const char* words[] = {"the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "caf\xc3\xa9", "na\xc3\xafve"};
-        for (int i = 0; i < 400; ++i) f << words[i % 10] << ' ' << words[(i * 7) % 10] << ' ' << i << '\n';
+        const char* words[] = {"the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "caf\xc3\xa9", "na\xc3\xafve",
+                               "\xe6\x97\xa5\xe6\x9c\xac\xe8\xaa\x9e", "\xd0\xbf\xd1\x80\xd0\xb8\xd0\xb2\xd0\xb5\xd1\x82",
+                               "  ", "x=1;", "\xf0\x9f\x99\x82"};
+        for (int i = 0; i < 600; ++i) f << words[i % 15] << ' ' << words[(i * 7) % 15] << "  " << words[(i * 11) % 15] << ' ' << i * 37 << '\n';
     }
-    const auto status = sentencepiece::SentencePieceTrainer::Train(
-        "--input=" + (dir / "train.txt").string() + " --model_prefix=" + (dir / "sp").string() +
-        " --vocab_size=320 --model_type=bpe --character_coverage=1.0 --byte_fallback=true --minloglevel=2");
-    INFO(status.ToString());
-    REQUIRE(status.ok());
-    const Tokenizer tok = Tokenizer::load((dir / "sp.model").string());
-    CHECK(tok.kind() == "sentencepiece");
-    CHECK(tok.vocab_size() == 320);
-    CHECK(tok.bos_id() == 1);
-    CHECK(tok.eos_id() == 2);
-    for (const std::string s : {"the quick brown fox", "caf\xc3\xa9 na\xc3\xafve 123", "unseen \xe6\x97\xa5\xe6\x9c\xac words"}) {
-        INFO(s);
-        const auto ids = tok.encode(s);
-        CHECK(tok.decode(ids) == s);
-        const auto with = tok.encode(s, true);  // BOS, as Llama's tokenizers add it
-        REQUIRE(with.size() == ids.size() + 1);
-        CHECK(with[0] == 1);
+    const std::vector<std::string> texts = {
+        "the quick brown fox", " leading space", "trailing space ", "  two  spaces   three   ",
+        "caf\xc3\xa9 na\xc3\xafve 123 4567 89", "unseen \xe6\x97\xa5\xe6\x9c\xac words \xe2\x82\xac \xf0\x9f\x98\x80",
+        "\xf0\x9f\x99\x82\xf0\x9f\x99\x82 x=1;y=22;", "tab\tand\nnewline\r\n", "\xff\xfe invalid \xc3", "\xef\xbf\xbd literal",
+        "<s> </s> <unk> text", "qqqq zzzz", "", " ", "   ", "\xd0\xbf\xd1\x80\xd0\xb8\xd0\xb2\xd0\xb5\xd1\x82 the<sep>fox",
+        "1234567890 0.5 -3e8", "aaaa bbbb eeee oooo ssss    ", "abc abcabc cab the the  the", "ab<sep>ab zz"};
+    struct Kind {
+        const char* name;
+        std::string options;  // training options, or
+        std::string bytes;    // a model written here
+    } kinds[] = {
+        {"handmade-bpe", "", spm_bpe_model()},
+        {"handmade-unigram", "", spm_unigram_model()},
+        // Llama 2's options: identity normalizer, extra whitespace kept, digits split, byte fallback.
+        {"bpe", "--model_type=bpe --vocab_size=400 --byte_fallback=true --split_digits=true --remove_extra_whitespaces=false "
+                "--user_defined_symbols=<sep>"},
+        {"unigram", "--model_type=unigram --vocab_size=200 --user_defined_symbols=<sep>"},
+        {"unigram-bytes", "--model_type=unigram --vocab_size=400 --byte_fallback=true --remove_extra_whitespaces=false"},
+    };
+    for (const Kind& kind : kinds) {
+        INFO(kind.name);
+        const std::string prefix = (dir / kind.name).string();
+        if (kind.bytes.empty()) {
+            const auto status = sentencepiece::SentencePieceTrainer::Train(
+                "--input=" + (dir / "train.txt").string() + " --model_prefix=" + prefix + " " + kind.options +
+                " --character_coverage=0.9995 --normalization_rule_name=identity --minloglevel=2 --num_threads=1");
+            INFO(status.ToString());
+            REQUIRE(status.ok());
+        } else {
+            std::ofstream(prefix + ".model", std::ios::binary) << kind.bytes;
+        }
+        sentencepiece::SentencePieceProcessor sp;
+        REQUIRE(sp.Load(prefix + ".model").ok());
+        const Tokenizer tok = Tokenizer::load(prefix + ".model");
+        REQUIRE(tok.vocab_size() == size_t(sp.GetPieceSize()));
+        CHECK(tok.bos_id() == sp.bos_id());
+        CHECK(tok.eos_id() == sp.eos_id());
+        for (const std::string& s : texts) {
+            INFO("text: " << s);
+            std::vector<int> want;
+            REQUIRE(sp.Encode(s, &want).ok());
+            const auto got = tok.encode(s);
+            CHECK(got == std::vector<int32_t>(want.begin(), want.end()));
+            std::string text;
+            REQUIRE(sp.Decode(want, &text).ok());
+            CHECK(tok.decode(got) == text);
+        }
+        // Decoding any ids (controls, bytes that are not UTF-8, <unk>, pieces with '▁' anywhere).
+        uint32_t x = 12345;
+        for (int n = 0; n < 300; ++n) {
+            std::vector<int> v(size_t(n % 9));
+            for (int& id : v) {
+                x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+                id = int(x % uint32_t(sp.GetPieceSize()));
+            }
+            std::string text;
+            REQUIRE(sp.Decode(v, &text).ok());
+            INFO("ids " << n);
+            CHECK(tok.decode(std::vector<int32_t>(v.begin(), v.end())) == text);
+        }
     }
-    CHECK(tok.token_id("t") >= 0);
-    CHECK(tok.token_id("not-a-piece") == -1);
-    CHECK_THROWS_WITH(tok.decode({320}), Catch::Contains("outside the vocabulary"));
-    std::ofstream(dir / "tokenizer_config.json") << R"({"add_bos_token": false, "add_eos_token": true})";
-    const Tokenizer cfg = Tokenizer::load((dir / "sp.model").string());
-    const auto e = cfg.encode("the fox", true);
-    CHECK(e.back() == 2);
-    CHECK(e.front() != 1);
-    std::ofstream(dir / "bad.model") << "not a model";
-    CHECK_THROWS_WITH(Tokenizer::load((dir / "bad.model").string()), Catch::Contains("tokenizer.model"));
     std::filesystem::remove_all(dir);
+}
+#else
+TEST_CASE("tokenizer: tokenizer.model ids and text equal libsentencepiece's (BPE, unigram)", "[tokenizer]") {
+    WARN("skipped: built without libsentencepiece (the oracle; Debian's libsentencepiece-dev)");
 }
 #endif

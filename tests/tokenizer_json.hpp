@@ -1,7 +1,10 @@
 // tokenizer.json files for the tests and the fuzzer's seeds: byte-level BPE (GPT-2 style) over a
-// 256-byte base vocabulary with given merges, and SentencePiece-style BPE with byte fallback.
+// 256-byte base vocabulary with given merges, and SentencePiece-style BPE with byte fallback; and
+// tokenizer.model files (SentencePiece's ModelProto written here in the protobuf wire format).
 #pragma once
+#include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -94,6 +97,71 @@ inline std::string sentencepiece_json() {
           {"type":"Fuse"},{"type":"Strip","content":" ","start":1,"stop":0}]},
         "model":{"type":"BPE","unk_token":"<unk>","fuse_unk":true,"byte_fallback":true,"vocab":{)" + vocab +
         R"(},"merges":["▁ h","▁h i"]}})";
+}
+
+// ---------------------------------------------------------------------------------------------
+// tokenizer.model: protobuf fields (key = field number << 3 | wire type) of sentencepiece_model.proto.
+inline std::string pb_varint(uint64_t v) {
+    std::string o;
+    do {
+        o += char((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+        v >>= 7;
+    } while (v);
+    return o;
+}
+inline std::string pb_int(int field, uint64_t v) { return pb_varint(uint64_t(field) << 3) + pb_varint(v); }
+inline std::string pb_bytes(int field, const std::string& b) { return pb_varint(uint64_t(field) << 3 | 2) + pb_varint(b.size()) + b; }
+inline std::string pb_float(int field, float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    std::string o = pb_varint(uint64_t(field) << 3 | 5);
+    for (int i = 0; i < 4; ++i) o += char(u >> (8 * i));
+    return o;
+}
+// ModelProto.pieces: piece (1), score (2), type (3: 1 NORMAL, 2 UNKNOWN, 3 CONTROL, 4 USER_DEFINED, 5 UNUSED, 6 BYTE).
+inline std::string pb_piece(const std::string& piece, float score, int type = 1) {
+    std::string m = pb_bytes(1, piece) + pb_float(2, score);
+    if (type != 1) m += pb_int(3, uint64_t(type));
+    return pb_bytes(1, m);
+}
+// <unk>, <s>, </s> and (byte_fallback) the 256 <0xXX> pieces, ids 0..258.
+inline std::string pb_special_pieces(bool bytes) {
+    std::string o = pb_piece("<unk>", 0, 2) + pb_piece("<s>", 0, 3) + pb_piece("</s>", 0, 3);
+    for (int b = 0; bytes && b < 256; ++b) {
+        char t[16];
+        std::snprintf(t, sizeof t, "<0x%02X>", b);
+        o += pb_piece(t, 0, 6);
+    }
+    return o;
+}
+// trainer_spec: model_type (3), byte_fallback (35); normalizer_spec: name (1), add_dummy_prefix (3),
+// remove_extra_whitespaces (4) (escape_whitespaces keeps its default, true).
+inline std::string pb_specs(int model_type, bool byte_fallback, bool remove_extra_whitespaces) {
+    const std::string trainer = pb_int(3, uint64_t(model_type)) + pb_int(35, byte_fallback);
+    const std::string normalizer = pb_bytes(1, "identity") + pb_int(3, 1) + pb_int(4, remove_extra_whitespaces);
+    return pb_bytes(2, trainer) + pb_bytes(3, normalizer);
+}
+
+// A BPE model as Llama 2's (identity normalizer, dummy prefix, extra whitespace kept, byte
+// fallback): 0 <unk>, 1 <s>, 2 </s>, 3..258 <0x00>..<0xFF>, then by score (higher merges first)
+// 259 ▁t, 260 he, 261 ▁the, 262 ▁▁, 263 ab, 264 ▁, 265 t, 266 h, 267 e, 268 a, 269 b,
+// 270 <sep> (user-defined).
+inline std::string spm_bpe_model() {
+    std::string m = pb_special_pieces(true);
+    const char* pieces[] = {"\xe2\x96\x81t", "he", "\xe2\x96\x81the", "\xe2\x96\x81\xe2\x96\x81", "ab", "\xe2\x96\x81", "t", "h", "e", "a", "b"};
+    for (int i = 0; i < 11; ++i) m += pb_piece(pieces[i], -1.0f - float(i));
+    m += pb_piece("<sep>", 0, 4);
+    return m + pb_specs(2, true, false);
+}
+
+// A unigram model without byte fallback, extra whitespace removed (the normalizer's default):
+// 0 <unk>, 1 <s>, 2 </s>, 3 ▁ (-2.5), 4 a (-2), 5 b (-1), 6 ▁a (-1.5), 7 ▁ab (-3), 8 c (-1),
+// 9 bc (-2).
+inline std::string spm_unigram_model() {
+    std::string m = pb_special_pieces(false);
+    m += pb_piece("\xe2\x96\x81", -2.5f) + pb_piece("a", -2.0f) + pb_piece("b", -1.0f) + pb_piece("\xe2\x96\x81" "a", -1.5f) +
+         pb_piece("\xe2\x96\x81" "ab", -3.0f) + pb_piece("c", -1.0f) + pb_piece("bc", -2.0f);
+    return m + pb_specs(1, false, true);
 }
 
 }  // namespace tqkv_test

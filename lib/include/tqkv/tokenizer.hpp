@@ -5,9 +5,12 @@
 //    normalizers, byte fallback, Replace/ByteFallback/Fuse/Strip decoders); merges in both
 //    spellings ("a b" and ["a", "b"]), added and special tokens (lstrip, rstrip, single_word),
 //    ignore_merges.
-//  - tokenizer.model (SentencePiece) through Debian's libsentencepiece, in native builds that
-//    have it (TQKV_HAVE_SENTENCEPIECE); elsewhere loading one throws, naming tokenizer.json as
-//    the alternative every transformers checkpoint directory ships.
+//  - tokenizer.model (SentencePiece's ModelProto, read by our own protobuf reader, the same in
+//    native and WebAssembly builds): BPE (Llama 2, Mistral, TinyLlama) and unigram models with
+//    the identity normalizer, byte fallback, user-defined symbols; ids and text as
+//    libsentencepiece gives them (text such as "<s>" is not a control token there either).
+//    Refused by name: a precompiled character map (nmt_nfkc and other normalization rules),
+//    WORD / CHAR models, treat_whitespace_as_suffix.
 // Components a tokenizer.json may name but this implementation does not have (WordPiece /
 // Unigram models, NFKC, BERT pre-tokenizers, ...) are refused at load with
 // "unsupported: <field>", never approximated. The NFC normalizer (Qwen2) is full Unicode 15
@@ -33,9 +36,11 @@ public:
     static Tokenizer load(const std::string& path);
     // From the text of a tokenizer.json (and optionally of a tokenizer_config.json).
     static Tokenizer from_json(std::string_view tokenizer_json, std::string_view tokenizer_config = {});
-    // From the bytes of a SentencePiece model (throws where libsentencepiece is not built in).
-    static Tokenizer from_sentencepiece(const std::string& model_bytes, std::string_view tokenizer_config = {});
-    static bool sentencepiece_available();
+    // From the bytes of a SentencePiece tokenizer.model.
+    static Tokenizer from_sentencepiece(std::string_view model_bytes, std::string_view tokenizer_config = {});
+    // From the bytes of either: a tokenizer.json (its first byte other than whitespace is '{')
+    // or a tokenizer.model (anything else: a protobuf message).
+    static Tokenizer from_bytes(std::string_view bytes, std::string_view tokenizer_config = {});
     // Token = byte (models with a 256-token byte vocabulary, such as tq-ref-128).
     static Tokenizer bytes();
     // The tokenizer of a model directory: `file` when given, else DIR's tokenizer.json /

@@ -418,8 +418,9 @@ TQKV_API tqkv_status tqkv_codec_dot_many(tqkv_codec codec, const float* queries,
 /* ---------------------------------------------------------------------------------------------
  * Tokenizers (tqkv::Tokenizer of lib/include/tqkv/tokenizer.hpp): a Hugging Face tokenizer.json
  * (byte-level BPE as GPT-2 / Llama 3 / Qwen2 / SmolLM, SentencePiece-style BPE with byte fallback
- * as Llama 2 / Mistral / TinyLlama), the same C++ in native and WebAssembly builds. What it does
- * not implement is refused at load (TQKV_ERR_BAD_DATA, "unsupported: <field>").
+ * as Llama 2 / Mistral / TinyLlama) or a SentencePiece tokenizer.model (BPE and unigram models
+ * with the identity normalizer), the same C++ in native and WebAssembly builds. What it does not
+ * implement is refused at load (TQKV_ERR_BAD_DATA, "unsupported: <field>").
  *
  *   tqkv_tokenizer tok;
  *   tqkv_tokenizer_load(json, json_len, config_json, config_len, &tok);   // config: may be NULL, 0
@@ -429,14 +430,16 @@ TQKV_API tqkv_status tqkv_codec_dot_many(tqkv_codec codec, const float* queries,
  *   tqkv_tokenizer_destroy(tok); */
 typedef struct tqkv_tokenizer_s* tqkv_tokenizer;
 
-/* The text of tokenizer.json and (optionally, config_json NULL / 0 for none) tokenizer_config.json,
+/* The bytes of tokenizer.json or of tokenizer.model (told apart by the first byte other than
+ * whitespace: '{' is JSON) and (optionally, config_json NULL / 0 for none) tokenizer_config.json,
  * which decides BOS/EOS (add_bos_token, add_eos_token, bos_token, eos_token). Both copied. */
 TQKV_API tqkv_status tqkv_tokenizer_load(const char* json, size_t json_len, const char* config_json, size_t config_len,
                                          tqkv_tokenizer* out);
 TQKV_API tqkv_status tqkv_tokenizer_destroy(tqkv_tokenizer tok);
 /* Token ids of UTF-8 text (special tokens written in the text are recognized; add_special != 0 adds
  * BOS/EOS). *n_ids receives the count; when it exceeds capacity nothing is written and the call
- * returns TQKV_ERR_CAPACITY (*n_ids is then the capacity needed). text_len + 8 ids always suffice. */
+ * returns TQKV_ERR_CAPACITY (*n_ids is then the capacity needed). 3 * text_len + 8 ids always suffice
+ * (a space or an invalid byte can become a 3-byte symbol, which byte fallback may spell byte by byte). */
 TQKV_API tqkv_status tqkv_tokenizer_encode(tqkv_tokenizer tok, const char* text, size_t text_len, int32_t add_special,
                                            int32_t* ids, size_t capacity, size_t* n_ids);
 /* The text of ids (UTF-8 bytes, special tokens as their text). *n_bytes receives its length;

@@ -1078,7 +1078,7 @@ tqkv_status tqkv_tokenizer_load(const char* json, size_t json_len, const char* c
             need_ptr(out, "out");
             need_buffer(json, json_len, "json");
             need_buffer(config_json, config_len, "config_json");
-            auto obj = std::make_shared<TokenizerObj>(tqkv::Tokenizer::from_json(
+            auto obj = std::make_shared<TokenizerObj>(tqkv::Tokenizer::from_bytes(
                 std::string_view(json, json_len), config_json ? std::string_view(config_json, config_len) : std::string_view()));
             *out = reinterpret_cast<tqkv_tokenizer>(tokenizers().add(std::move(obj)));
         },

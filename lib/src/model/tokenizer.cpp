@@ -867,6 +867,12 @@ Tokenizer Tokenizer::from_json(std::string_view json, std::string_view config) {
     return Tokenizer(std::make_unique<JsonTokenizer>(json, config));
 }
 
+Tokenizer Tokenizer::from_bytes(std::string_view bytes, std::string_view config) {
+    const size_t first = bytes.find_first_not_of(" \t\r\n");
+    if (first != std::string_view::npos && bytes[first] == '{') return from_json(bytes, config);
+    return from_sentencepiece(bytes, config);
+}
+
 Tokenizer Tokenizer::load(const std::string& path) {
     std::string dir = path, file = path, bytes, config;
     const bool is_json = path.size() >= 5 && path.compare(path.size() - 5, 5, ".json") == 0;
