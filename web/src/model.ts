@@ -97,7 +97,7 @@ export class LlamaModel {
     return this.handle === 0;
   }
 
-  /** The model's tokenizer (fetchModel loads DIR/tokenizer.json when there is one); text goes
+  /** The model's tokenizer (fetchModel loads DIR/tokenizer.json, else DIR/tokenizer.model); text goes
    *  through it. Without one, text is read as UTF-8 bytes (byte-vocabulary models). */
   tokenizer: Tokenizer | undefined;
 
@@ -477,7 +477,8 @@ export async function fetchModel(
   const configUrl = new URL('config.json', base);
   const config = new TextDecoder().decode(await readUrl(configUrl, options.signal));
   const model = await fetchWeights(t, config, base, options);
-  // A tokenizer.json beside the weights becomes model.tokenizer (none: byte vocabulary, or ids).
+  // A tokenizer.json (or tokenizer.model) beside the weights becomes model.tokenizer (none: byte
+  // vocabulary, or ids).
   try {
     model.tokenizer = await fetchTokenizer(t, base, options.signal);
   } catch (e) {

@@ -1,8 +1,7 @@
 // Tokenizer: a Hugging Face tokenizer.json (byte-level BPE as GPT-2 / Llama 3 / Qwen2 / SmolLM,
-// SentencePiece-style BPE with byte fallback as Llama 2 / Mistral / TinyLlama) run by the same
-// C++ as the native tools (lib/src/model/tokenizer.cpp, through tqkv_tokenizer_* of the C ABI).
-// SentencePiece .model files are not read in the browser: every transformers checkpoint of such a
-// model also ships its tokenizer.json.
+// SentencePiece-style BPE with byte fallback as Llama 2 / Mistral / TinyLlama) or a SentencePiece
+// tokenizer.model (BPE and unigram models), run by the same C++ as the native tools
+// (lib/src/model/tokenizer.cpp and sentencepiece.cpp, through tqkv_tokenizer_* of the C ABI).
 import { FetchError, readUrl, toUrl } from './platform.js';
 import { disposedError } from './errors.js';
 import type { Tqkv } from './tqkv.js';
@@ -41,13 +40,22 @@ export class Tokenizer {
     const t = this.tqkv;
     const h = this.h();
     const bytes = encoder.encode(text);
-    const capacity = bytes.length + 8;  // never more ids than bytes, plus BOS/EOS and a prepended marker
-    const p = t.scratchPtr(bytes.length + 4 * capacity + 32);
-    const ids = (p + bytes.length + 15) & ~15;
-    t.bytes().set(bytes, p);
-    t.check(t._x.tqkv_tokenizer_encode(h, p, bytes.length, options.special ? 1 : 0, ids, capacity, t.slot));
-    const n = t.u32(t.slot);
-    return new Int32Array(t.bytes().buffer.slice(ids, ids + 4 * n));
+    // Usually fewer ids than bytes (plus BOS/EOS and a prepended marker); more only when spaces or
+    // characters are spelled byte by byte (then the call says how many, and it runs again).
+    let capacity = bytes.length + 8;
+    for (;;) {
+      const p = t.scratchPtr(bytes.length + 4 * capacity + 32);
+      const ids = (p + bytes.length + 15) & ~15;
+      t.bytes().set(bytes, p);
+      const status = t._x.tqkv_tokenizer_encode(h, p, bytes.length, options.special ? 1 : 0, ids, capacity, t.slot);
+      const n = t.u32(t.slot);
+      if (status === 0) return new Int32Array(t.bytes().buffer.slice(ids, ids + 4 * n));
+      if (n > capacity) {
+        capacity = n;  // TQKV_ERR_CAPACITY: the count it needs
+        continue;
+      }
+      t.check(status);
+    }
   }
 
   /** Text of token ids (special tokens as their text; invalid UTF-8 becomes U+FFFD). */
@@ -84,11 +92,12 @@ export class Tokenizer {
 }
 
 /** @internal Tqkv.loadTokenizer. */
-export function loadTokenizerFrom(t: Tqkv, json: string | Uint8Array, config?: string | Uint8Array): Tokenizer {
+// tokenizer: tokenizer.json (text or bytes) or tokenizer.model (bytes); the C ABI tells them apart.
+export function loadTokenizerFrom(t: Tqkv, tokenizer: string | Uint8Array, config?: string | Uint8Array): Tokenizer {
   if (!t._x.tqkv_tokenizer_load) throw new Error('tqkv: this .wasm build has no tokenizer');
-  const j = typeof json === 'string' ? encoder.encode(json) : json;
+  const j = typeof tokenizer === 'string' ? encoder.encode(tokenizer) : tokenizer;
   const c = config === undefined ? undefined : typeof config === 'string' ? encoder.encode(config) : config;
-  const pj = t.mallocCopy(j, 'tokenizer.json');
+  const pj = t.mallocCopy(j, 'tokenizer');
   const pc = c ? t.mallocCopy(c, 'tokenizer_config.json') : 0;
   try {
     t.check(t._x.tqkv_tokenizer_load(pj, j.length, pc, c ? c.length : 0, t.slot));
@@ -99,18 +108,36 @@ export function loadTokenizerFrom(t: Tqkv, json: string | Uint8Array, config?: s
   return new Tokenizer(t, t.u32(t.slot));
 }
 
-/** @internal Tqkv.fetchTokenizer: `url`tokenizer.json and, when present, `url`tokenizer_config.json. */
+// Absent: HTTP 404, or no such file on disk.
+function isMissing(e: unknown): boolean {
+  return (e instanceof FetchError && e.status === 404) || (e as { code?: string })?.code === 'ENOENT';
+}
+
+/**
+ * @internal Tqkv.fetchTokenizer: `url`tokenizer.json, else `url`tokenizer.model (as the native
+ * tools prefer them), and, when present, `url`tokenizer_config.json. When neither exists, the
+ * error is tokenizer.json's (a 404 / ENOENT, which fetchModel takes as "no tokenizer").
+ */
 export async function fetchTokenizer(t: Tqkv, url: string | URL, signal?: AbortSignal): Promise<Tokenizer> {
   let base = toUrl(url);
   if (!base.pathname.endsWith('/')) base = new URL(base.href + '/');
-  const json = await readUrl(new URL('tokenizer.json', base), signal);
+  let tokenizer: Uint8Array;
+  try {
+    tokenizer = await readUrl(new URL('tokenizer.json', base), signal);
+  } catch (e) {
+    if (!isMissing(e)) throw e;
+    try {
+      tokenizer = await readUrl(new URL('tokenizer.model', base), signal);
+    } catch (e2) {
+      if (!isMissing(e2)) throw e2;
+      throw e;
+    }
+  }
   let config: Uint8Array | undefined;
   try {
     config = await readUrl(new URL('tokenizer_config.json', base), signal);
   } catch (e) {
-    // Optional file: absent (HTTP 404, or no such file on disk) means none.
-    const missing = (e instanceof FetchError && e.status === 404) || (e as { code?: string })?.code === 'ENOENT';
-    if (!missing) throw e;
+    if (!isMissing(e)) throw e;  // optional file
   }
-  return loadTokenizerFrom(t, json, config);
+  return loadTokenizerFrom(t, tokenizer, config);
 }

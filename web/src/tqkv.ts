@@ -240,6 +240,7 @@ export class Tqkv {
    * where the index says), and loads the model (in Node, file: URLs and paths are read from disk).
    * The weights stream straight into wasm memory when the server sends their length.
    * onProgress(loaded, total) reports the weights' bytes, over all shards (total: see README).
+   * `url`tokenizer.json, else `url`tokenizer.model, becomes model.tokenizer when there is one.
    */
   fetchModel(
     url: string | URL,
@@ -249,15 +250,20 @@ export class Tqkv {
   }
 
   /**
-   * A tokenizer from the text (or bytes) of a Hugging Face tokenizer.json and, optionally, its
-   * tokenizer_config.json (BOS/EOS). What it does not implement throws a 'bad data' TqkvError
-   * naming it ("unsupported: model.type \"WordPiece\"").
+   * A tokenizer from the text (or bytes) of a Hugging Face tokenizer.json, or from the bytes of a
+   * SentencePiece tokenizer.model (told apart by the first byte: JSON starts with '{'), and,
+   * optionally, its tokenizer_config.json (BOS/EOS). What it does not implement throws a 'bad
+   * data' TqkvError naming it ("unsupported: model.type \"WordPiece\"",
+   * "unsupported: normalizer_spec.precompiled_charsmap ...").
    */
-  loadTokenizer(json: string | Uint8Array, config?: string | Uint8Array): Tokenizer {
-    return loadTokenizerFrom(this, json, config);
+  loadTokenizer(tokenizer: string | Uint8Array, config?: string | Uint8Array): Tokenizer {
+    return loadTokenizerFrom(this, tokenizer, config);
   }
 
-  /** Fetches `url`tokenizer.json (and `url`tokenizer_config.json when there is one). */
+  /**
+   * Fetches `url`tokenizer.json, or `url`tokenizer.model when there is no tokenizer.json (and
+   * `url`tokenizer_config.json when there is one).
+   */
   fetchTokenizer(url: string | URL, options: { signal?: AbortSignal } = {}): Promise<Tokenizer> {
     return fetchTokenizer(this, url, options.signal);
   }

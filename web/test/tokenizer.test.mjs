@@ -4,13 +4,20 @@
 //     special tokens, round trips, errors;
 //   - the real tq-bpe-64 tokenizer (../shared/data/tq-bpe-64; skipped with a message when absent):
 //     the ids of eval.txt equal kv/tokens.npy (produced by Hugging Face tokenizers), and
-//     fetchModel attaches it as model.tokenizer.
+//     fetchModel attaches it as model.tokenizer;
+//   - SentencePiece tokenizer.model files: a byte-fallback-only model written here (ids derived by
+//     hand), the handmade BPE and unigram models of tests/test_tokenizer.cpp with the native
+//     build's ids and text (spm.json, its [golden] test case), refusals, and fetchModel's fallback
+//     to DIR/tokenizer.model.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Tqkv, TqkvError, Tokenizer } from '../dist/node.js';
+import { tinyModel } from './helpers.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const bpeDir = process.env.TQKV_BPE_MODEL || resolve(here, '../../../shared/data/tq-bpe-64');
@@ -82,4 +89,98 @@ test('tq-bpe-64: ids of eval.txt equal Hugging Face tokenizers\' (kv/tokens.npy)
   assert.ok(model.tokenizer instanceof Tokenizer);
   assert.deepEqual([...model.tokens('The Python interpreter ')], [...tok.encode('The Python interpreter ')]);
   model.dispose();
+});
+
+// spm.json and the .model files of tests/test_tokenizer.cpp's [golden] case: from TQKV_GOLDEN_DIR
+// (wasm/test.sh writes it), else written here by the native test binary; null when neither.
+function spmGolden() {
+  const dir = process.env.TQKV_GOLDEN_DIR;
+  if (dir && existsSync(join(dir, 'spm.json'))) return dir;
+  const bin = [process.env.TQKV_NATIVE_TESTS, resolve(here, '../../build/tests/tqkv_tests')].find((p) => p && existsSync(p));
+  if (!bin) return null;
+  const out = mkdtempSync(join(tmpdir(), 'tqkv-spm-golden-'));
+  spawnSync(bin, ['tokenizer: tokenizer.model golden ids for the wasm tests (TQKV_GOLDEN_DIR)'],
+    { env: { ...process.env, TQKV_GOLDEN_DIR: out }, encoding: 'utf8' });
+  return existsSync(join(out, 'spm.json')) ? out : null;
+}
+
+// A tokenizer.model in the protobuf wire format (sentencepiece_model.proto): <unk>, <s>, </s> and
+// the 256 byte pieces <0x00>..<0xFF> (ids 3..258) of a BPE model with byte fallback, nothing else.
+function byteFallbackModel() {
+  const out = [];
+  const varint = (v) => { for (; v > 0x7f; v >>>= 7) out.push((v & 0x7f) | 0x80); out.push(v); };
+  const bytesField = (field, b) => { varint((field << 3) | 2); varint(b.length); out.push(...b); };
+  const sub = (fn) => { const start = out.length; fn(); return out.splice(start); };
+  const piece = (text, type) => bytesField(1, sub(() => {
+    bytesField(1, [...new TextEncoder().encode(text)]);
+    varint((3 << 3) | 0); varint(type);
+  }));
+  piece('<unk>', 2); piece('<s>', 3); piece('</s>', 3);
+  for (let b = 0; b < 256; b++) piece(`<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`, 6);
+  bytesField(2, sub(() => { varint(3 << 3); varint(2); varint(35 << 3); varint(1); }));  // trainer_spec: BPE, byte_fallback
+  bytesField(3, sub(() => { varint(4 << 3); varint(0); }));  // normalizer_spec: keep extra whitespace
+  return Uint8Array.from(out);
+}
+
+test('tokenizer.model: byte fallback only (ids derived by hand, more ids than bytes), refusals', async () => {
+  const tq = await Tqkv.load();
+  const tok = tq.loadTokenizer(byteFallbackModel());
+  assert.equal(tok.vocab, 259);
+  assert.equal(tok.bos, 1);
+  assert.equal(tok.eos, 2);
+  // "▁a": U+2581 is not a piece, so its three UTF-8 bytes, then a's.
+  const sp = [3 + 0xe2, 3 + 0x96, 3 + 0x81];
+  assert.deepEqual([...tok.encode('a', { special: true })], [1, ...sp, 3 + 0x61]);
+  // 20 spaces: 21 '▁' of 3 byte ids each, 63 ids for 20 bytes (the encoder asks again for room).
+  // Byte pieces decode to the bytes themselves: here '▁' stays '▁' (as in libsentencepiece).
+  const spaces = tok.encode(' '.repeat(20));
+  assert.equal(spaces.length, 63);
+  assert.deepEqual([...spaces.subarray(0, 6)], [...sp, ...sp]);
+  assert.equal(tok.decode(spaces), '\u2581'.repeat(21));
+  assert.equal(tok.decode(tok.encode('héllo日本🙂')), '\u2581héllo日本🙂');
+  // A character map (e.g. nmt_nfkc) is refused by name: a normalizer_spec with one appended.
+  const withMap = Uint8Array.from([...byteFallbackModel(), 0x1a, 6, 0x12, 4, 1, 2, 3, 4]);
+  assert.throws(() => tq.loadTokenizer(withMap),
+    (e) => e instanceof TqkvError && /unsupported: normalizer_spec\.precompiled_charsmap/.test(e.message));
+  assert.throws(() => tq.loadTokenizer(Uint8Array.from([0x0a, 0x40, 1])), (e) => e instanceof TqkvError && /malformed protobuf/.test(e.message));
+  tok.dispose();
+});
+
+test('tokenizer.model: the native build\'s ids and text (BPE, unigram); fetchModel falls back to DIR/tokenizer.model', async (t) => {
+  const dir = spmGolden();
+  if (!dir) {
+    t.skip('no native results: set TQKV_GOLDEN_DIR or build the native tests (build/tests/tqkv_tests)');
+    return;
+  }
+  const golden = JSON.parse(readFileSync(join(dir, 'spm.json'), 'utf8'));
+  assert.equal(golden.models.length, 2);
+  const tq = await Tqkv.load();
+  for (const m of golden.models) {
+    const tok = tq.loadTokenizer(new Uint8Array(readFileSync(join(dir, m.file))));
+    for (const c of m.cases) {
+      assert.deepEqual([...tok.encode(c.text, { special: true })], c.ids, `${m.file}: ${JSON.stringify(c.text)}`);
+      assert.equal(tok.decode(c.ids), c.decoded);
+    }
+    tok.dispose();
+  }
+  // A checkpoint directory with tokenizer.model (the BPE one, 271 pieces) and tokenizer_config.json
+  // but no tokenizer.json.
+  const modelDir = mkdtempSync(join(tmpdir(), 'tqkv-spm-model-'));
+  try {
+    const { config, weights } = tinyModel(4, { vocab_size: 271 });
+    writeFileSync(join(modelDir, 'config.json'), config);
+    writeFileSync(join(modelDir, 'model.safetensors'), weights);
+    writeFileSync(join(modelDir, 'tokenizer.model'), readFileSync(join(dir, 'spm-bpe.model')));
+    const bpe = golden.models.find((m) => m.file === 'spm-bpe.model').cases[0];
+    let model = await tq.fetchModel(modelDir);
+    assert.ok(model.tokenizer instanceof Tokenizer);
+    assert.deepEqual([...model.tokenizer.encode(bpe.text, { special: true })], bpe.ids);  // BOS: ids[0] = 1
+    model.dispose();
+    writeFileSync(join(modelDir, 'tokenizer_config.json'), '{"add_bos_token": false}');
+    model = await tq.fetchModel(modelDir);
+    assert.deepEqual([...model.tokenizer.encode(bpe.text, { special: true })], bpe.ids.slice(1));
+    model.dispose();
+  } finally {
+    rmSync(modelDir, { recursive: true, force: true });
+  }
 });
