@@ -4,12 +4,19 @@
 // and cache, Runner.serialize) is kept in IndexedDB; a reload restores it and Continue goes on
 // exactly where it stopped.
 //
+// Any model the package loads: with a tokenizer beside it (tokenizer.json, else tokenizer.model;
+// fetchModel attaches it as model.tokenizer) the prompt is its token ids (BOS as its config says),
+// generated ids are shown as text as they come (TokenStream: a character split over ids appears
+// once complete) and generation stops at the model's end-of-sequence ids; a byte-vocabulary model
+// (vocab_size 256, no tokenizer) takes the prompt's UTF-8 bytes and generates bytes.
+//
 // State for tests and curious people: window.tqkvDemo = { state, runs: [...], model, error,
 // saved, restored }. state: 'loading' | 'ready' | 'calibrating' | 'generating' | 'error' (also
 // <body data-state>). Each run: { cache, prompt, tokens: [ids], text, decodeTokensPerSecond,
 // prefillTokensPerSecond, stats: { position, cacheBytes, fp16Bytes, bitsPerCoord, memoryBytes },
-// stopped, continued }. saved / restored: { spec, position, bytes, fp16Bytes, tokens }.
-import { Tqkv, saveToIndexedDB, loadFromIndexedDB, removeFromIndexedDB } from 'tqkv';
+// stopped, continued, endOfSequence (stopped at an EOS id) }. model: ModelInfo + { loadMs, variant,
+// matmul, memoryBytes, tokenizer: { source, vocab, bos, eos, endOfSequence } | null }. saved / restored: { spec, position, bytes, fp16Bytes, tokens }.
+import { Tqkv, TokenStream, saveToIndexedDB, loadFromIndexedDB, removeFromIndexedDB } from 'tqkv';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -83,16 +90,22 @@ async function generate() {
   const promptText = $('prompt').value;
   const maxTokens = Math.max(1, Math.min(100000, Math.floor(Number($('tokens').value) || 1)));
   const temperature = Math.max(0, Number($('temperature').value) || 0);
-  // A model with a tokenizer.json takes its token ids (BOS as its config says); a byte-vocabulary
+  // A model with a tokenizer takes its token ids (BOS as its config says); a byte-vocabulary
   // model the UTF-8 bytes.
   const tok = model.tokenizer;
-  const prompt = tok ? tok.encode(promptText, { special: true }) : new TextEncoder().encode(promptText);
-  if (prompt.length === 0) {
+  let prompt;
+  try {
+    prompt = tok ? tok.encode(promptText, { special: true }) : new TextEncoder().encode(promptText);
+  } catch (e) {
+    setState('ready', `the tokenizer refused the prompt: ${e?.message ?? e}`, true);
+    return;
+  }
+  if (promptText.length === 0 || prompt.length === 0) {
     setState('ready', 'type a prompt first');
     return;
   }
   if (prompt.length >= model.info.context) {
-    setState('ready', `the prompt has ${prompt.length} bytes; the model's context is ${model.info.context}`, true);
+    setState('ready', `the prompt has ${prompt.length} ${unit()}; the model's context is ${model.info.context}`, true);
     return;
   }
   stopRequested = false;
@@ -101,7 +114,7 @@ async function generate() {
     const calibrationMs = isTqkv(spec) ? await ensureCalibration(promptText) : 0;
     runner?.dispose();
     runner = model.createRunner(spec, { calibration: isTqkv(spec) ? calibration : undefined });
-    session = { spec, prompt: promptText, tokens: [], text: '', last: -1 };
+    session = { spec, prompt: promptText, promptIds: Array.from(prompt), tokens: [], text: '', last: -1 };
     $('out-prompt').textContent = promptText;
     $('out-text').textContent = '';
     await runTokens(run, prompt, maxTokens, temperature, calibrationMs);
@@ -169,15 +182,19 @@ async function runTokens(run, input, maxTokens, temperature, calibrationMs) {
   showStats(runner.stats(), model.info.context);
   await yieldToBrowser();
 
+  // The text of the generated ids: bytes as UTF-8, or the tokenizer's decoding after what the
+  // runner holds (the prompt and the earlier runs' tokens: context for the decoder's first-token rules).
   const decoder = new TextDecoder('utf-8');
+  const stream = tok ? new TokenStream(tok, [...(session.promptIds ?? []), ...session.tokens]) : null;
+  const endOfSequence = new Set(model.endOfSequence);
   const prompt = input;
   const tokens = runner.generate(input, { maxTokens, temperature, seed: 1 });
   const t0 = performance.now();
   let first = true, tDecode = 0, decoded = 0, sliceStart = performance.now();
-  let shown = tok ? session.text : '';  // with a tokenizer: the decoded text so far (pieces of a character wait for the rest)
   for (const token of tokens) {
-    if (tok && token === tok.eos) {
+    if (endOfSequence.has(token)) {
       session.last = token;  // yielded, not run: the next input if the user continues
+      run.endOfSequence = true;
       break;
     }
     const now = performance.now();
@@ -192,15 +209,7 @@ async function runTokens(run, input, maxTokens, temperature, calibrationMs) {
     run.tokens.push(token);
     session.tokens.push(token);
     session.last = token;
-    let piece;
-    if (tok) {
-      const all = tok.decode(session.tokens);
-      const complete = all.endsWith('\ufffd') ? all.slice(0, all.lastIndexOf('\ufffd')) : all;
-      piece = complete.startsWith(shown) ? complete.slice(shown.length) : '';
-      shown += piece;
-    } else {
-      piece = decoder.decode(new Uint8Array([token]), { stream: true });
-    }
+    const piece = stream ? stream.push(token) : decoder.decode(new Uint8Array([token]), { stream: true });
     run.text += piece;
     $('out-text').textContent += piece;
     if (decoded > 0) {
@@ -218,7 +227,7 @@ async function runTokens(run, input, maxTokens, temperature, calibrationMs) {
       break;
     }
   }
-  const tail = tok ? tok.decode(session.tokens).slice(shown.length) : decoder.decode();
+  const tail = stream ? stream.flush() : decoder.decode();
   run.text += tail;
   session.text += run.text;
   $('out-text').textContent += tail;
@@ -229,7 +238,8 @@ async function runTokens(run, input, maxTokens, temperature, calibrationMs) {
     : demo.calibrationRestored && isTqkv(spec) ? `; ${calibrationSource}` : '';
   const saved = await saveSession();
   demo.runs.push(run);
-  setState('ready', `${run.stopped ? 'stopped' : 'done'}: ${run.tokens.length} ${tok ? 'tokens' : 'bytes'} with the ${spec} cache${run.tokens.length < maxTokens && !run.stopped ? ' (the context is full)' : ''}${cal}${saved}`);
+  const why = run.endOfSequence ? ' (end of sequence)' : run.tokens.length < maxTokens && !run.stopped ? ' (the context is full)' : '';
+  setState('ready', `${run.stopped ? 'stopped' : 'done'}: ${run.tokens.length} ${unit()} with the ${spec} cache${why}${cal}${saved}`);
 }
 
 // The session in IndexedDB: the runner's bytes (position + cache) and what the page shows.
@@ -271,7 +281,7 @@ async function restoreSession() {
       throw e;
     }
     runner = r;
-    session = { spec: meta.spec, prompt: meta.prompt, tokens: meta.tokens, text: meta.text, last: meta.last };
+    session = { spec: meta.spec, prompt: meta.prompt, promptIds: meta.promptIds ?? [], tokens: meta.tokens, text: meta.text, last: meta.last };
     $('cache').value = meta.spec;
     $('prompt').value = meta.prompt;
     $('out-prompt').textContent = meta.prompt;
@@ -294,6 +304,20 @@ async function forgetSession() {
   showSaved('nothing saved');
 }
 
+// Bytes for a byte-vocabulary model, tokens with a tokenizer.
+const unit = () => (model?.tokenizer ? 'tokens' : 'bytes');
+
+// "tokenizer.json (8192 ids, no BOS, EOS <|endoftext|> = 0)", or "byte vocabulary".
+function describeTokenizer() {
+  const tok = model.tokenizer;
+  if (!tok) return model.info.vocab === 256 ? 'byte vocabulary (no tokenizer: the prompt is read as UTF-8 bytes)' : 'no tokenizer';
+  const name = (id) => `${JSON.stringify(tok.decode([id]))} = ${id}`;
+  const file = tok.source ? decodeURIComponent(new URL(tok.source).pathname.split('/').pop()) : 'a tokenizer';
+  const eos = model.endOfSequence;
+  return `tokenizer ${file} (${tok.vocab} ids, ${tok.bos >= 0 ? `BOS ${name(tok.bos)}` : 'no BOS'}, ` +
+    `${eos.length ? `stops at ${eos.map(name).join(', ')}` : 'no EOS'})`;
+}
+
 async function main() {
   try {
     tqkv = await Tqkv.load(simdParam === null ? {} : { simd: simdParam !== '0' });
@@ -307,12 +331,17 @@ async function main() {
     });
     const loadMs = performance.now() - t0;
     const i = model.info;
-    demo.model = { ...i, loadMs, matmul: tqkv.matmulKernel, memoryBytes: tqkv.memoryBytes };
+    const tok = model.tokenizer;
+    demo.model = { ...i, loadMs, variant: tqkv.variant, matmul: tqkv.matmulKernel, memoryBytes: tqkv.memoryBytes,
+      tokenizer: tok ? { source: tok.source, vocab: tok.vocab, bos: tok.bos, eos: tok.eos, endOfSequence: model.endOfSequence } : null };
     $('model-line').textContent =
       `Model ${modelUrl.pathname}: Llama, ${(i.parameters / 1e6).toFixed(1)} M parameters, ${i.layers} layers, ` +
-      `${i.heads} query / ${i.kvHeads} KV heads of ${i.headDim}, context ${i.context}` +
-      `${i.vocab === 256 ? ', byte vocabulary' : ''}. WebAssembly ${({ relaxed: 'relaxed SIMD', simd128: 'SIMD128', scalar: 'scalar' })[tqkv.variant]} (matmul ${tqkv.matmulKernel}, attention ${tqkv.kernel}).`;
-    if (i.vocab !== 256) throw new Error('this page needs a byte-vocabulary model (vocab_size 256)');
+      `${i.heads} query / ${i.kvHeads} KV heads of ${i.headDim}, context ${i.context}, ${describeTokenizer()}. ` +
+      `WebAssembly ${({ relaxed: 'relaxed SIMD', simd128: 'SIMD128', scalar: 'scalar' })[tqkv.variant]} (matmul ${tqkv.matmulKernel}, attention ${tqkv.kernel}).`;
+    if (!tok && i.vocab !== 256)
+      throw new Error(`the model has ${i.vocab} token ids but no tokenizer.json nor tokenizer.model beside config.json ` +
+        '(without a tokenizer only a byte-vocabulary model, vocab_size 256, can read text)');
+    $('tokens-label').textContent = tok ? 'Tokens' : 'Bytes';
     showStats({ position: 0, cacheBytes: 0, fp16Bytes: 0, bitsPerCoord: 0 }, i.context);
     const restored = await restoreSession();
     setState('ready', `ready: model loaded in ${(loadMs / 1000).toFixed(1)} s (wasm memory ${mb(tqkv.memoryBytes)}). Type a prompt, pick a cache, Generate.${restored}`);

@@ -65,7 +65,7 @@ export {
   type RunnerStats,
   type TokenInput,
 } from './model.js';
-export { Tokenizer } from './tokenizer.js';
+export { Tokenizer, TokenStream } from './tokenizer.js';
 
 export { loadFromIndexedDB, removeFromIndexedDB, saveToIndexedDB, type IndexedDBOptions, type Serializable } from './persist.js';
 

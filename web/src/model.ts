@@ -65,10 +65,14 @@ export class LlamaModel {
   readonly tqkv: Tqkv;
   readonly info: ModelInfo;
 
+  /** config.json's eos_token_id (a number or a list of them; [] when it has none). */
+  readonly configEos: readonly number[];
+
   /** @internal */
-  constructor(t: Tqkv, handle: Handle) {
+  constructor(t: Tqkv, handle: Handle, config?: Uint8Array) {
     this.tqkv = t;
     this.handle = handle;
+    this.configEos = eosOfConfig(config);
     const p = t.structPtr;
     t.view().setUint32(p, MODEL_INFO_SIZE, true);
     t.check(t._x.tqkv_model_get_info(handle, p));
@@ -100,6 +104,17 @@ export class LlamaModel {
   /** The model's tokenizer (fetchModel loads DIR/tokenizer.json, else DIR/tokenizer.model); text goes
    *  through it. Without one, text is read as UTF-8 bytes (byte-vocabulary models). */
   tokenizer: Tokenizer | undefined;
+
+  /** The ids that end generation (where tqkv-run stops, tqkv::end_of_sequence_ids): config.json's
+   *  eos_token_id(s) and the tokenizer's EOS, each once; none without a tokenizer (a byte
+   *  vocabulary: every id is a byte of text). Runner.generate does not stop by itself: the caller
+   *  breaks out when one comes. */
+  get endOfSequence(): number[] {
+    const tok = this.tokenizer;
+    if (!tok) return [];
+    const ids = [...this.configEos, tok.eos].filter((id) => id >= 0 && id < this.info.vocab);
+    return [...new Set(ids)];
+  }
 
   /** Token ids of a string (through the tokenizer, or its UTF-8 bytes for a byte-vocabulary
    *  model) or of an array of ids. */
@@ -410,6 +425,20 @@ export function loadModelFrom(t: Tqkv, config: string | Uint8Array | object, wei
   }
 }
 
+// config.json's eos_token_id: an integer, a list of them, or absent / null. The C++ loader reads it
+// too (LlamaConfig::eos_token_ids) but the C ABI does not return it. The C++ parser accepted the
+// text already; should JSON.parse not (it is stricter about nothing tqkv writes), no ids.
+function eosOfConfig(config: Uint8Array | undefined): number[] {
+  if (!config) return [];
+  let e: unknown;
+  try {
+    e = (JSON.parse(new TextDecoder().decode(config)) as { eos_token_id?: unknown }).eos_token_id;
+  } catch {
+    return [];
+  }
+  return (Array.isArray(e) ? e : [e]).filter((x): x is number => Number.isInteger(x));
+}
+
 const configBytes = (config: string | Uint8Array | object): Uint8Array =>
   encoder.encode(
     typeof config === 'string' ? config : config instanceof Uint8Array ? new TextDecoder().decode(config) : JSON.stringify(config),
@@ -423,7 +452,7 @@ function loadModelAt(t: Tqkv, config: string | Uint8Array | object, p: number, n
   } finally {
     t._x.free(pc);
   }
-  return new LlamaModel(t, t.u32(t.slot));
+  return new LlamaModel(t, t.u32(t.slot), cfg);
 }
 
 /** A shard's bytes in wasm memory and its file name. */
@@ -463,7 +492,7 @@ function loadShardsAt(t: Tqkv, config: string | Uint8Array | object, index: stri
   } finally {
     for (const b of blocks) t._x.free(b);
   }
-  return new LlamaModel(t, t.u32(t.slot));
+  return new LlamaModel(t, t.u32(t.slot), cfg);
 }
 
 /** @internal Tqkv.fetchModel. */

@@ -17,6 +17,9 @@ export class Tokenizer {
   /** Beginning / end of sequence ids as tokenizer.json and tokenizer_config.json say (-1: none). */
   readonly bos: number;
   readonly eos: number;
+  /** The file it was read from (fetchTokenizer: the URL of tokenizer.json or tokenizer.model; undefined
+   *  for loadTokenizer). */
+  source: string | undefined;
 
   /** @internal */
   constructor(t: Tqkv, handle: number) {
@@ -91,6 +94,62 @@ export class Tokenizer {
   }
 }
 
+/**
+ * The text of generated ids as they come, for display: push(id) returns the text the id adds,
+ * holding back the U+FFFD that end the decoded text (the start of a character whose other bytes
+ * are in the next ids: a byte-level or byte-fallback token can end in the middle of one), so no
+ * replacement character appears mid-stream; flush() returns what is held back at the end.
+ *
+ *   const stream = new TokenStream(model.tokenizer, promptIds);
+ *   for (const id of runner.generate(promptIds)) out += stream.push(id);
+ *   out += stream.flush();
+ *
+ * It decodes the whole list each time, not each id alone: a character split over ids is only
+ * text once all of them are there (a SentencePiece model decodes each missing byte to U+FFFD).
+ * context: the ids before the generated ones (the prompt); its last few are decoded with them and
+ * their text left out, so that a decoder's rule for the first token of a text (SentencePiece drops
+ * its leading space) does not eat the space before the first generated word.
+ */
+export class TokenStream {
+  readonly tokenizer: Tokenizer;
+  private readonly ids: number[];
+  private emitted: number;  // UTF-16 units of decode(ids) returned so far (or the context's)
+
+  constructor(tokenizer: Tokenizer, context: ArrayLike<number> = []) {
+    this.tokenizer = tokenizer;
+    this.ids = Array.from(context).slice(-CONTEXT_IDS);
+    this.emitted = this.ids.length ? complete(tokenizer.decode(this.ids)) : 0;
+  }
+
+  /** The text that id adds ('' while a character is incomplete). */
+  push(id: number): string {
+    this.ids.push(id);
+    return this.take(false);
+  }
+
+  /** What is held back, as text (an incomplete character stays U+FFFD). */
+  flush(): string {
+    return this.take(true);
+  }
+
+  private take(all: boolean): string {
+    const text = this.tokenizer.decode(this.ids);
+    const end = all ? text.length : complete(text);
+    if (end <= this.emitted) return '';
+    const out = text.slice(this.emitted, end);
+    this.emitted = end;
+    return out;
+  }
+}
+// Context ids decoded with the generated ones: enough for the first-token rules of the decoders.
+const CONTEXT_IDS = 4;
+// The length of text without the U+FFFD that end it (at most 3: the bytes of an unfinished character).
+function complete(text: string): number {
+  let end = text.length;
+  while (end > 0 && text.length - end < 3 && text.charCodeAt(end - 1) === 0xfffd) end--;
+  return end;
+}
+
 /** @internal Tqkv.loadTokenizer. */
 // tokenizer: tokenizer.json (text or bytes) or tokenizer.model (bytes); the C ABI tells them apart.
 export function loadTokenizerFrom(t: Tqkv, tokenizer: string | Uint8Array, config?: string | Uint8Array): Tokenizer {
@@ -122,11 +181,13 @@ export async function fetchTokenizer(t: Tqkv, url: string | URL, signal?: AbortS
   let base = toUrl(url);
   if (!base.pathname.endsWith('/')) base = new URL(base.href + '/');
   let tokenizer: Uint8Array;
+  let source = 'tokenizer.json';
   try {
     tokenizer = await readUrl(new URL('tokenizer.json', base), signal);
   } catch (e) {
     if (!isMissing(e)) throw e;
     try {
+      source = 'tokenizer.model';
       tokenizer = await readUrl(new URL('tokenizer.model', base), signal);
     } catch (e2) {
       if (!isMissing(e2)) throw e2;
@@ -139,5 +200,7 @@ export async function fetchTokenizer(t: Tqkv, url: string | URL, signal?: AbortS
   } catch (e) {
     if (!isMissing(e)) throw e;  // optional file
   }
-  return loadTokenizerFrom(t, tokenizer, config);
+  const tok = loadTokenizerFrom(t, tokenizer, config);
+  tok.source = new URL(source, base).href;
+  return tok;
 }

@@ -10,20 +10,25 @@
 // position + cache) the page saves in IndexedDB; a reload restores it and Continue gives bytes
 // 32..47 of the uninterrupted run (~5 s in all: short runs, one reload). Prints decode tokens/s
 // with the default and the exact cache. Last, ?model=URL of a tiny checkpoint in two shards (no
-// model.safetensors): the page reads the index, fetches both shards and generates (~1 s).
+// model.safetensors): the page reads the index, fetches both shards and generates (~1 s). Then
+// ?model=URL of ../shared/data/tq-bpe-64 (a Llama with a byte-level BPE tokenizer.json, 8192 ids):
+// the page encodes the prompt with that tokenizer and its greedy token ids and text equal those of
+// the npm runner in Node (both SIMD128; ~3 s, most of it loading the 69 MB checkpoint twice).
 //
 // Skipped with a message without a browser (CHROMIUM, default /usr/bin/chromium), playwright-core
-// or the model.
+// or the model; the tq-bpe-64 part without that model (TQKV_BPE_MODEL).
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { Tqkv } from '../dist/node.js';
 import { serve, web } from '../demo/serve.mjs';
 import { modelGolden, safetensors, tinyModel } from './helpers.mjs';
 
 const chromiumPath = process.env.CHROMIUM || '/usr/bin/chromium';
+const bpeDir = process.env.TQKV_BPE_MODEL || resolve(fileURLToPath(new URL('.', import.meta.url)), '../../../shared/data/tq-bpe-64');
 let chromium;
 try {
   ({ chromium } = await import('playwright-core'));
@@ -48,7 +53,7 @@ test('demo page in Chromium: exact-cache output equals the native runner, K4V4 g
     writeFileSync(join(sharded, shardNames[1]), safetensors(tiny.tensors.filter(inSecond)));
     writeFileSync(join(sharded, 'model.safetensors.index.json'),
       JSON.stringify({ weight_map: Object.fromEntries(tiny.tensors.map((x) => [x[0], shardNames[inSecond(x) ? 1 : 0]])) }));
-    const server = await serve([['/model/', modelDir], ['/sharded/', sharded], ['/', web]]);
+    const server = await serve([['/model/', modelDir], ['/sharded/', sharded], ['/bpe/', bpeDir], ['/', web]]);
     const base = `http://127.0.0.1:${server.address().port}/`;
     const browser = await chromium.launch({
       executablePath: chromiumPath,
@@ -86,9 +91,9 @@ test('demo page in Chromium: exact-cache output equals the native runner, K4V4 g
     const tqkvVariant = relaxed ? 'relaxed SIMD' : 'SIMD128';
     assert.match(await page.textContent('#status'), /^ready/);
 
-    async function generate(spec, n = golden.greedy_bytes, button = '#generate') {
+    async function generate(spec, n = golden.greedy_bytes, button = '#generate', prompt = golden.prompt) {
       if (button === '#generate') {
-        await page.fill('#prompt', golden.prompt);
+        await page.fill('#prompt', prompt);
         await page.selectOption('#cache', spec);
       }
       await page.fill('#tokens', String(n));
@@ -100,7 +105,8 @@ test('demo page in Chromium: exact-cache output equals the native runner, K4V4 g
         const tick = () => {
           if (window.tqkvDemo.state === 'generating')
             seen.push({ tps: document.getElementById('tps').textContent, cache: document.getElementById('cache-bytes').textContent,
-              position: document.getElementById('position').textContent, text: document.getElementById('out-text').textContent.length });
+              position: document.getElementById('position').textContent, text: document.getElementById('out-text').textContent.length,
+              replacement: document.getElementById('out-text').textContent.includes('\ufffd') });
           if (!window.__stopFrames) requestAnimationFrame(tick);
         };
         window.__stopFrames = false;
@@ -232,6 +238,53 @@ test('demo page in Chromium: exact-cache output equals the native runner, K4V4 g
       assert.match(await page.textContent('#model-line'), /0\.1 M parameters, 2 layers/);
       const { run } = await generate('fp32', 8);
       assert.deepEqual(run.tokens, want);
+    });
+
+    await t.test('?model=URL of a model with a BPE tokenizer.json (tq-bpe-64): greedy token ids and text equal the npm runner\'s', async (st) => {
+      if (!existsSync(join(bpeDir, 'tokenizer.json')) || !existsSync(join(bpeDir, 'model.safetensors'))) {
+        st.skip(`no ${bpeDir}/tokenizer.json + model.safetensors (TQKV_BPE_MODEL)`);
+        return;
+      }
+      // The first greedy token is the first byte of an 'é' (0xC3), the second its last: the page must
+      // show neither a U+FFFD nor lose the character (eval.txt has "Bjørn"; the model says "Bjé Lepberg").
+      const prompt = 'Contact:\tBj';
+      const n = 24;
+      // What the npm runner gives in Node; the same module variant in both (?simd=1: SIMD128, as
+      // Node 20 does not run relaxed SIMD).
+      const tq = await Tqkv.load({ simd: true });
+      const m = await tq.fetchModel(bpeDir);
+      const ids = m.tokenizer.encode(prompt, { special: true });
+      const stop = new Set(m.endOfSequence);
+      assert.deepEqual([...stop], [0], 'config.json eos_token_id 0 = <|endoftext|>');
+      const want = [];
+      for (const id of m.createRunner('fp32').generate(ids, { maxTokens: n })) {
+        if (stop.has(id)) break;
+        want.push(id);
+      }
+      const wantText = m.tokenizer.decode(want);
+      m.dispose();
+      requested.length = 0;
+      const t1 = Date.now();
+      await page.goto(base + 'demo/?model=/bpe/&simd=1');
+      await page.waitForFunction(() => ['ready', 'error'].includes(window.tqkvDemo?.state), null, { timeout: 120_000 });
+      const state = await page.evaluate(() => ({ state: window.tqkvDemo.state, error: window.tqkvDemo.error, model: window.tqkvDemo.model }));
+      assert.equal(state.state, 'ready', `${state.error}\n${logs.join('\n')}`);
+      assert.equal(state.model.variant, 'simd128');
+      for (const f of ['config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json'])
+        assert.ok(requested.includes('/bpe/' + f), requested.join(' '));
+      assert.deepEqual(state.model.tokenizer, { source: base + 'bpe/tokenizer.json', vocab: 8192, bos: -1, eos: 0, endOfSequence: [0] });
+      assert.match(await page.textContent('#model-line'), /, tokenizer tokenizer\.json \(8192 ids, no BOS, stops at "<\|endoftext\|>" = 0\)\./);
+      assert.equal(await page.textContent('#tokens-label'), 'Tokens');
+      const { run, frames, shown } = await generate('fp32', n, '#generate', prompt);
+      assert.deepEqual(run.tokens, want, `page ${JSON.stringify(run.text)} vs Node ${JSON.stringify(wantText)}`);
+      assert.equal(run.text, wantText);
+      assert.equal(shown.output, prompt + wantText);
+      assert.equal(run.stats.position, ids.length + want.length - 1);
+      assert.match(shown.status, want.length < n ? /^done: \d+ tokens with the fp32 cache \(end of sequence\)/ : new RegExp(`^done: ${n} tokens with the fp32 cache`));
+      assert.ok(frames.every((f) => !f.replacement), 'no U+FFFD shown while generating');
+      assert.ok(/^\u00e9/.test(wantText) && !wantText.includes('\ufffd'), `the reference text changed: ${JSON.stringify(wantText)}`);
+      results.bpe = { ms: Date.now() - t1, promptTokens: ids.length, tokens: want.length, text: wantText,
+        tokensPerSecond: +run.decodeTokensPerSecond.toFixed(1) };
     });
 
     console.log(`chromium demo (model load ${loadMs} ms): ${JSON.stringify(results)}`);

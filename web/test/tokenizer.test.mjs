@@ -8,7 +8,9 @@
 //   - SentencePiece tokenizer.model files: a byte-fallback-only model written here (ids derived by
 //     hand), the handmade BPE and unigram models of tests/test_tokenizer.cpp with the native
 //     build's ids and text (spm.json, its [golden] test case), refusals, and fetchModel's fallback
-//     to DIR/tokenizer.model.
+//     to DIR/tokenizer.model;
+//   - TokenStream (the demo's display of generated ids): characters split over ids, U+FFFD only at
+//     flush, the first generated word's space after a context; LlamaModel.endOfSequence.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -16,7 +18,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Tqkv, TqkvError, Tokenizer } from '../dist/node.js';
+import { Tqkv, TqkvError, Tokenizer, TokenStream } from '../dist/node.js';
 import { tinyModel } from './helpers.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -183,4 +185,77 @@ test('tokenizer.model: the native build\'s ids and text (BPE, unigram); fetchMod
   } finally {
     rmSync(modelDir, { recursive: true, force: true });
   }
+});
+
+// A Llama-2-style tokenizer.json decoder (Replace ▁ -> space, ByteFallback, Fuse, Strip one leading
+// space): 0 <unk>, 1 <s>, 2 </s>, 3 ▁, 4 a, 5 b, 6 ▁a, 7 ▁b, 8 <0xC3>, 9 <0xA9>.
+function metaspaceJson() {
+  const vocab = { '<unk>': 0, '<s>': 1, '</s>': 2, '\u2581': 3, a: 4, b: 5, '\u2581a': 6, '\u2581b': 7, '<0xC3>': 8, '<0xA9>': 9 };
+  return JSON.stringify({
+    added_tokens: [{ id: 0, content: '<unk>', special: true }, { id: 1, content: '<s>', special: true }, { id: 2, content: '</s>', special: true }],
+    normalizer: null, pre_tokenizer: null,
+    decoder: { type: 'Sequence', decoders: [
+      { type: 'Replace', pattern: { String: '\u2581' }, content: ' ' }, { type: 'ByteFallback' }, { type: 'Fuse' },
+      { type: 'Strip', content: ' ', start: 1, stop: 0 }] },
+    model: { type: 'BPE', vocab, merges: ['\u2581 a', '\u2581 b'], byte_fallback: true, unk_token: '<unk>' },
+  });
+}
+
+test('TokenStream: a character split over ids appears whole (no U+FFFD mid-stream), the first generated word keeps its space; endOfSequence', async () => {
+  const tq = await Tqkv.load();
+  // Byte-level BPE: ids 0..255 are the bytes, so every character of more than one byte is split.
+  const bytes = tq.loadTokenizer(byteLevelJson());
+  const text = 'héllo 日本🙂 x';
+  const ids = [...new TextEncoder().encode(text)];
+  let stream = new TokenStream(bytes);
+  const pieces = ids.map((id) => stream.push(id));
+  assert.equal(pieces.join('') + stream.flush(), text);
+  assert.ok(pieces.every((p) => !p.includes('\ufffd')), JSON.stringify(pieces));
+  assert.deepEqual(pieces.slice(0, 3), ['h', '', 'é']);
+  assert.deepEqual(pieces.slice(7, 10), ['', '', '日']);
+  // An unfinished character is U+FFFD only when flushed; an invalid byte once the next character comes.
+  stream = new TokenStream(bytes);
+  assert.equal(stream.push(0xe6), '');
+  assert.equal(stream.push(0x97), '');
+  assert.equal(stream.flush(), '\ufffd');
+  stream = new TokenStream(bytes);
+  assert.equal(stream.push(0xff), '');
+  assert.equal(stream.push(0x61), '\ufffda');
+  // The context is not repeated; a character it leaves unfinished is completed by the next ids.
+  stream = new TokenStream(bytes, [0x61, 0x62]);
+  assert.equal(stream.push(0x63), 'c');
+  stream = new TokenStream(bytes, [0x61, 0xc3]);
+  assert.equal(stream.push(0xa9), 'é');
+
+  // SentencePiece byte fallback decodes each missing byte to U+FFFD: held back until the character is whole.
+  const spm = tq.loadTokenizer(byteFallbackModel());
+  const spmIds = [...spm.encode('日本 é', { special: true })];
+  stream = new TokenStream(spm, spmIds.slice(0, 1));
+  const spmPieces = spmIds.slice(1).map((id) => stream.push(id));
+  assert.equal(spmPieces.join('') + stream.flush(), spm.decode(spmIds.slice(1)));
+  assert.ok(spmPieces.every((p) => !p.includes('\ufffd')), JSON.stringify(spmPieces));
+
+  // A decoder that strips the text's leading space: alone '▁b' is "b"; after the prompt '▁a' it is " b".
+  const meta = tq.loadTokenizer(metaspaceJson());
+  assert.equal(meta.decode([7]), 'b');
+  assert.equal(meta.decode([6, 7]), 'a b');
+  assert.equal(new TokenStream(meta).push(7), 'b');
+  stream = new TokenStream(meta, [1, 6]);
+  assert.deepEqual([7, 8, 9, 3, 4].map((id) => stream.push(id)), [' b', '', 'é', ' ', 'a']);
+
+  // endOfSequence: config.json's eos_token_id(s) and the tokenizer's EOS, only with a tokenizer.
+  const { config, weights } = tinyModel(3, { vocab_size: 262, eos_token_id: [5, 261, 7] });
+  const model = tq.loadModel(config, weights);
+  assert.deepEqual(model.configEos, [5, 261, 7]);
+  assert.deepEqual(model.endOfSequence, [], 'no tokenizer: every id is text');
+  model.tokenizer = tq.loadTokenizer(byteLevelJson(), '{"eos_token": "<|endoftext|>"}');
+  assert.equal(model.tokenizer.eos, 261);
+  assert.deepEqual(model.endOfSequence, [5, 261, 7]);
+  model.tokenizer = bytes;
+  assert.deepEqual(model.endOfSequence, [5, 261, 7]);
+  const single = tq.loadModel(tinyModel(3, { eos_token_id: 2 }).config, tinyModel(3).weights);
+  single.tokenizer = spm;
+  assert.deepEqual(single.endOfSequence, [2]);
+  single.dispose();
+  model.dispose();
 });
