@@ -217,7 +217,8 @@ int main(int argc, char** argv) {
         }
     }
     // tokenizer.model files (our protobuf reader) in the same seed format.
-    for (const std::string& model : {tqkv_test::spm_bpe_model(), tqkv_test::spm_unigram_model()}) {
+    for (const std::string& model : {tqkv_test::spm_bpe_model(), tqkv_test::spm_unigram_model(),
+                                     tqkv_test::spm_unigram_model() + tqkv_test::pb_bytes(3, tqkv_test::pb_bytes(2, tqkv_test::spm_charsmap_a()))}) {
         tqkv::Tokenizer::from_bytes(model);  // a seed that does not load fails here
         for (const std::string& text : texts) {
             std::vector<uint8_t> seed = {uint8_t(model.size()), uint8_t(model.size() >> 8)};

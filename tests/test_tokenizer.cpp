@@ -485,6 +485,10 @@ TEST_CASE("tokenizer: tokenizer.model BPE (Llama 2 style) gives the ids derived 
         CHECK(tok.decode(tok.encode(s)) == s);
     }
     CHECK_THROWS_WITH(tok.decode({271}), Catch::Contains("outside the vocabulary"));
+    // A character map (tokenizer_json.hpp: "A" -> "a"): "Ab A" -> "▁ab▁a".
+    const Tokenizer mapped = Tokenizer::from_sentencepiece(spm_bpe_model() + pb_bytes(3, pb_bytes(2, spm_charsmap_a())));
+    CHECK(mapped.encode("Ab A") == ids({264, 263, 264, 268}));
+    CHECK(tok.encode("Ab") == ids({264, 3 + 'A', 269}));  // without it: A is not a piece
     // Without the dummy prefix (a normalizer_spec appended: protobuf merges it): "the▁cab".
     const Tokenizer plain = Tokenizer::from_sentencepiece(spm_bpe_model() + pb_bytes(3, pb_int(3, 0)));
     CHECK(plain.encode("the cab") == ids({265, 260, 264, 3 + 'c', 263}));
@@ -517,8 +521,12 @@ TEST_CASE("tokenizer: tokenizer.model files it cannot read are refused by name",
     };
     const std::string pieces = pb_special_pieces(true) + pb_piece("a", -1);
     refused(pieces + pb_specs(3, true, false), "unsupported: trainer_spec.model_type 3 (WORD)");
+    // A character map is read (the oracle test below uses nmt_nfkc); a broken one is refused.
     refused(pieces + pb_specs(2, true, false) + pb_bytes(3, pb_bytes(1, "nmt_nfkc") + pb_bytes(2, std::string(64, '\1'))),
-            "unsupported: normalizer_spec.precompiled_charsmap (64 bytes, rule \"nmt_nfkc\")");
+            "normalizer_spec.precompiled_charsmap: its trie of 16843009 bytes exceeds the 64-byte blob");
+    refused(pieces + pb_specs(2, true, false) + pb_bytes(3, pb_bytes(2, "abc")), "normalizer_spec.precompiled_charsmap of 3 bytes is broken");
+    refused(pieces + pb_specs(2, true, false) + pb_bytes(5, pb_bytes(2, "abcdefgh")),
+            "unsupported: denormalizer_spec.precompiled_charsmap (8 bytes)");
     refused(pieces + pb_specs(2, true, false) + pb_bytes(2, pb_int(24, 1)), "unsupported: trainer_spec.treat_whitespace_as_suffix");
     refused(pb_special_pieces(false) + pb_piece("<0x41>", 0, 6) + pb_specs(2, false, false),
             "pieces[3] is a BYTE piece but trainer_spec.byte_fallback is false");
@@ -600,7 +608,10 @@ TEST_CASE("tokenizer: tokenizer.model ids and text equal libsentencepiece's (BPE
         "caf\xc3\xa9 na\xc3\xafve 123 4567 89", "unseen \xe6\x97\xa5\xe6\x9c\xac words \xe2\x82\xac \xf0\x9f\x98\x80",
         "\xf0\x9f\x99\x82\xf0\x9f\x99\x82 x=1;y=22;", "tab\tand\nnewline\r\n", "\xff\xfe invalid \xc3", "\xef\xbf\xbd literal",
         "<s> </s> <unk> text", "qqqq zzzz", "", " ", "   ", "\xd0\xbf\xd1\x80\xd0\xb8\xd0\xb2\xd0\xb5\xd1\x82 the<sep>fox",
-        "1234567890 0.5 -3e8", "aaaa bbbb eeee oooo ssss    ", "abc abcabc cab the the  the", "ab<sep>ab zz"};
+        "1234567890 0.5 -3e8", "Ab A AAb aAb", "aaaa bbbb eeee oooo ssss    ", "abc abcabc cab the the  the", "ab<sep>ab zz",
+        // NFKC's business: full-width letters, a ligature, circled digits, a decomposed accent,
+        // no-break and ideographic spaces, a control character, upper case (nmt_nfkc_cf folds it).
+        "\xef\xbc\xa1\xef\xbc\xa2\xef\xbc\xa3 \xef\xac\x81ne \xe2\x91\xa0\xe2\x91\xa1 cafe\xcc\x81 a\xc2\xa0" "b\xe3\x80\x80" "c\x01" "d THE Fox"};
     struct Kind {
         const char* name;
         std::string options;  // training options, or
@@ -608,11 +619,16 @@ TEST_CASE("tokenizer: tokenizer.model ids and text equal libsentencepiece's (BPE
     } kinds[] = {
         {"handmade-bpe", "", spm_bpe_model()},
         {"handmade-unigram", "", spm_unigram_model()},
+        {"handmade-charsmap", "", spm_bpe_model() + pb_bytes(3, pb_bytes(2, spm_charsmap_a()))},
         // Llama 2's options: identity normalizer, extra whitespace kept, digits split, byte fallback.
         {"bpe", "--model_type=bpe --vocab_size=400 --byte_fallback=true --split_digits=true --remove_extra_whitespaces=false "
-                "--user_defined_symbols=<sep>"},
-        {"unigram", "--model_type=unigram --vocab_size=200 --user_defined_symbols=<sep>"},
-        {"unigram-bytes", "--model_type=unigram --vocab_size=400 --byte_fallback=true --remove_extra_whitespaces=false"},
+                "--user_defined_symbols=<sep> --normalization_rule_name=identity", ""},
+        {"unigram", "--model_type=unigram --vocab_size=200 --user_defined_symbols=<sep> --normalization_rule_name=identity", ""},
+        {"unigram-bytes", "--model_type=unigram --vocab_size=400 --byte_fallback=true --remove_extra_whitespaces=false "
+                          "--normalization_rule_name=identity", ""},
+        // SentencePiece's defaults (as T5 / ALBERT style models): the nmt_nfkc character map.
+        {"unigram-nfkc", "--model_type=unigram --vocab_size=300", ""},
+        {"bpe-nfkc-cf", "--model_type=bpe --vocab_size=450 --byte_fallback=true --normalization_rule_name=nmt_nfkc_cf", ""},
     };
     for (const Kind& kind : kinds) {
         INFO(kind.name);
@@ -620,7 +636,7 @@ TEST_CASE("tokenizer: tokenizer.model ids and text equal libsentencepiece's (BPE
         if (kind.bytes.empty()) {
             const auto status = sentencepiece::SentencePieceTrainer::Train(
                 "--input=" + (dir / "train.txt").string() + " --model_prefix=" + prefix + " " + kind.options +
-                " --character_coverage=0.9995 --normalization_rule_name=identity --minloglevel=2 --num_threads=1");
+                " --character_coverage=0.9995 --minloglevel=2 --num_threads=1");
             INFO(status.ToString());
             REQUIRE(status.ok());
         } else {

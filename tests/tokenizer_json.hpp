@@ -154,6 +154,24 @@ inline std::string spm_bpe_model() {
     return m + pb_specs(2, true, false);
 }
 
+// normalizer_spec.precompiled_charsmap mapping "A" to "a", nothing else: a darts-clone double
+// array (uint32 units: offset << 10, bit 8 = has a leaf, low byte = label; a leaf unit is bit 31 +
+// its value) after its size in bytes, then the replacements. The root (unit 0, offset 1) leads by
+// 'A' to unit 1 ^ 0x41 = 64, whose leaf is unit 64 ^ 1 = 65: value 0, the offset of "a\0".
+inline std::string spm_charsmap_a() {
+    std::vector<uint32_t> units(66, 0);
+    units[0] = 1u << 10;
+    units[64] = 1u << 10 | 1u << 8 | 0x41;
+    units[65] = 1u << 31 | 0;
+    std::string blob;
+    auto u32 = [&](uint32_t v) {
+        for (int i = 0; i < 4; ++i) blob += char(v >> (8 * i));
+    };
+    u32(uint32_t(units.size() * 4));
+    for (uint32_t u : units) u32(u);
+    return blob + std::string("a\0", 2);
+}
+
 // A unigram model without byte fallback, extra whitespace removed (the normalizer's default):
 // 0 <unk>, 1 <s>, 2 </s>, 3 ▁ (-2.5), 4 a (-2), 5 b (-1), 6 ▁a (-1.5), 7 ▁ab (-3), 8 c (-1),
 // 9 bc (-2).

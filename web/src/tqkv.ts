@@ -254,7 +254,7 @@ export class Tqkv {
    * SentencePiece tokenizer.model (told apart by the first byte: JSON starts with '{'), and,
    * optionally, its tokenizer_config.json (BOS/EOS). What it does not implement throws a 'bad
    * data' TqkvError naming it ("unsupported: model.type \"WordPiece\"",
-   * "unsupported: normalizer_spec.precompiled_charsmap ...").
+   * "unsupported: trainer_spec.model_type 3 (WORD) ...").
    */
   loadTokenizer(tokenizer: string | Uint8Array, config?: string | Uint8Array): Tokenizer {
     return loadTokenizerFrom(this, tokenizer, config);

@@ -140,10 +140,14 @@ test('tokenizer.model: byte fallback only (ids derived by hand, more ids than by
   assert.deepEqual([...spaces.subarray(0, 6)], [...sp, ...sp]);
   assert.equal(tok.decode(spaces), '\u2581'.repeat(21));
   assert.equal(tok.decode(tok.encode('héllo日本🙂')), '\u2581héllo日本🙂');
-  // A character map (e.g. nmt_nfkc) is refused by name: a normalizer_spec with one appended.
+  // A broken character map (a normalizer_spec with 4 bytes of one appended) and a WORD model
+  // (trainer_spec.model_type 3 appended) are refused by name.
   const withMap = Uint8Array.from([...byteFallbackModel(), 0x1a, 6, 0x12, 4, 1, 2, 3, 4]);
   assert.throws(() => tq.loadTokenizer(withMap),
-    (e) => e instanceof TqkvError && /unsupported: normalizer_spec\.precompiled_charsmap/.test(e.message));
+    (e) => e instanceof TqkvError && /normalizer_spec\.precompiled_charsmap of 4 bytes is broken/.test(e.message));
+  const word = Uint8Array.from([...byteFallbackModel(), 0x12, 2, 0x18, 3]);
+  assert.throws(() => tq.loadTokenizer(word),
+    (e) => e instanceof TqkvError && /unsupported: trainer_spec\.model_type 3 \(WORD\)/.test(e.message));
   assert.throws(() => tq.loadTokenizer(Uint8Array.from([0x0a, 0x40, 1])), (e) => e instanceof TqkvError && /malformed protobuf/.test(e.message));
   tok.dispose();
 });

@@ -6,11 +6,11 @@
 //    spellings ("a b" and ["a", "b"]), added and special tokens (lstrip, rstrip, single_word),
 //    ignore_merges.
 //  - tokenizer.model (SentencePiece's ModelProto, read by our own protobuf reader, the same in
-//    native and WebAssembly builds): BPE (Llama 2, Mistral, TinyLlama) and unigram models with
-//    the identity normalizer, byte fallback, user-defined symbols; ids and text as
-//    libsentencepiece gives them (text such as "<s>" is not a control token there either).
-//    Refused by name: a precompiled character map (nmt_nfkc and other normalization rules),
-//    WORD / CHAR models, treat_whitespace_as_suffix.
+//    native and WebAssembly builds): BPE (Llama 2, Mistral, TinyLlama) and unigram models, the
+//    identity normalizer or a precompiled character map (nmt_nfkc, nmt_nfkc_cf, ...), byte
+//    fallback, user-defined symbols; ids and text as libsentencepiece gives them (text such as
+//    "<s>" is not a control token there either). Refused by name: a denormalizer's character
+//    map, WORD / CHAR models, treat_whitespace_as_suffix.
 // Components a tokenizer.json may name but this implementation does not have (WordPiece /
 // Unigram models, NFKC, BERT pre-tokenizers, ...) are refused at load with
 // "unsupported: <field>", never approximated. The NFC normalizer (Qwen2) is full Unicode 15

@@ -418,8 +418,8 @@ TQKV_API tqkv_status tqkv_codec_dot_many(tqkv_codec codec, const float* queries,
 /* ---------------------------------------------------------------------------------------------
  * Tokenizers (tqkv::Tokenizer of lib/include/tqkv/tokenizer.hpp): a Hugging Face tokenizer.json
  * (byte-level BPE as GPT-2 / Llama 3 / Qwen2 / SmolLM, SentencePiece-style BPE with byte fallback
- * as Llama 2 / Mistral / TinyLlama) or a SentencePiece tokenizer.model (BPE and unigram models
- * with the identity normalizer), the same C++ in native and WebAssembly builds. What it does not
+ * as Llama 2 / Mistral / TinyLlama) or a SentencePiece tokenizer.model (BPE and unigram models,
+ * with their character maps), the same C++ in native and WebAssembly builds. What it does not
  * implement is refused at load (TQKV_ERR_BAD_DATA, "unsupported: <field>").
  *
  *   tqkv_tokenizer tok;

@@ -2,16 +2,16 @@
 // (bounds-checked; neither libprotobuf nor libsentencepiece), so that native builds and
 // WebAssembly run the same code. Encoding and decoding follow libsentencepiece (0.1.97, Debian
 // 12's), which tests/test_tokenizer.cpp compares ids and text with when it is installed:
-//   normalize  the identity rule only (no precompiled character map, as Llama 2 / Mistral /
-//              TinyLlama): optional removal of extra whitespace, a dummy '▁' prefix, ' ' -> '▁',
-//              each byte of invalid UTF-8 -> U+FFFD;
+//   normalize  the model's precompiled character map (nmt_nfkc and the other rules; none for
+//              "identity", as Llama 2 / Mistral / TinyLlama), optional removal of extra whitespace,
+//              a dummy '▁' prefix, ' ' -> '▁', each byte of invalid UTF-8 -> U+FFFD;
 //   BPE        characters (user-defined symbols whole), then repeatedly the adjacent pair whose
 //              concatenation is the highest-scoring piece (leftmost first on ties);
 //   unigram    Viterbi over the pieces' scores (an unknown character scores min score - 10);
 //   unknowns   a piece outside the vocabulary becomes its UTF-8 bytes as <0xXX> pieces when the
 //              model has byte fallback, else one <unk> per run of them.
-// What the model asks for and this does not implement (a character map, WORD / CHAR models,
-// whitespace as a suffix) is refused at load, naming the field.
+// What the model asks for and this does not implement (a denormalizer's character map, WORD /
+// CHAR models, whitespace as a suffix) is refused at load, naming the field.
 #include <algorithm>
 #include <cstring>
 #include <stdexcept>
@@ -125,7 +125,7 @@ enum PieceType : uint8_t { kNormal = 1, kUnknown = 2, kControl = 3, kUserDefined
 
 struct NormalizerSpec {
     std::string name;
-    size_t charsmap_bytes = 0;
+    std::string charsmap;  // precompiled_charsmap
     bool add_dummy_prefix = true, remove_extra_whitespaces = true, escape_whitespaces = true;
 };
 
@@ -144,7 +144,7 @@ void read_normalizer(ProtoReader r, NormalizerSpec& n) {
     while (r.next()) {
         switch (r.field()) {
             case 1: n.name = std::string(r.bytes()); break;
-            case 2: n.charsmap_bytes = r.bytes().size(); break;
+            case 2: n.charsmap = std::string(r.bytes()); break;
             case 3: n.add_dummy_prefix = r.boolean(); break;
             case 4: n.remove_extra_whitespaces = r.boolean(); break;
             case 5: n.escape_whitespaces = r.boolean(); break;
@@ -274,6 +274,61 @@ std::string byte_piece(int b) {
     return std::string("<0x") + hex[b >> 4] + hex[b & 15] + ">";
 }
 
+// normalizer_spec.precompiled_charsmap (nmt_nfkc and the other normalization rules): a
+// darts-clone double-array trie of source strings, each leading to the offset of its
+// NUL-terminated replacement: [uint32 LE: trie bytes][trie: uint32 LE units][replacements].
+// Read as libsentencepiece reads it, every index checked against the blob.
+class CharsMap {
+public:
+    void load(std::string_view blob) {
+        if (blob.size() <= 4) refuse("normalizer_spec.precompiled_charsmap of " + std::to_string(blob.size()) + " bytes is broken");
+        const auto* b = reinterpret_cast<const uint8_t*>(blob.data());
+        const size_t trie = size_t(b[0]) | size_t(b[1]) << 8 | size_t(b[2]) << 16 | size_t(b[3]) << 24;
+        if (trie >= blob.size() - 4)
+            refuse("normalizer_spec.precompiled_charsmap: its trie of " + std::to_string(trie) + " bytes exceeds the " +
+                   std::to_string(blob.size()) + "-byte blob");
+        units_.resize(trie / 4);
+        for (size_t i = 0; i < units_.size(); ++i) {
+            const uint8_t* u = b + 4 + 4 * i;
+            units_[i] = uint32_t(u[0]) | uint32_t(u[1]) << 8 | uint32_t(u[2]) << 16 | uint32_t(u[3]) << 24;
+        }
+        replacements_ = blob.substr(4 + trie);
+    }
+    bool empty() const { return units_.empty(); }
+    // The length of the longest source string that starts s (0: none) and its replacement.
+    size_t longest(std::string_view s, std::string_view& replacement) const {
+        if (units_.empty()) return 0;
+        size_t best = 0;
+        uint32_t value = 0;
+        uint32_t pos = offset(units_[0]);
+        for (size_t i = 0; i < s.size(); ++i) {
+            const uint8_t c = uint8_t(s[i]);
+            pos ^= c;
+            if (pos >= units_.size()) break;
+            const uint32_t u = units_[pos];
+            if ((u & ((1u << 31) | 0xff)) != c) break;  // label
+            pos ^= offset(u);
+            if ((u >> 8) & 1) {                         // has a leaf: a source string ends here
+                if (pos >= units_.size()) break;
+                best = i + 1;
+                value = units_[pos] & ((1u << 31) - 1);
+            }
+        }
+        if (best == 0) return 0;
+        if (value >= replacements_.size())
+            refuse("normalizer_spec.precompiled_charsmap: a replacement at byte " + std::to_string(value) + " of " +
+                   std::to_string(replacements_.size()));
+        const size_t end = replacements_.find('\0', value);
+        replacement = replacements_.substr(value, (end == std::string_view::npos ? replacements_.size() : end) - value);
+        return best;
+    }
+
+private:
+    static uint32_t offset(uint32_t u) { return (u >> 10) << ((u & (1u << 9)) >> 6); }
+    std::vector<uint32_t> units_;
+    std::string_view replacements_;  // into the model's normalizer_spec.charsmap
+};
+
 class SentencePieceTokenizer final : public Tokenizer::Impl {
 public:
     SentencePieceTokenizer(std::string_view bytes, std::string_view config) : m_(read_model_proto(bytes)) {
@@ -402,13 +457,9 @@ private:
             refuse("unsupported: trainer_spec.model_type " + std::to_string(m_.model_type) +
                    (m_.model_type == 3 ? " (WORD)" : m_.model_type == 4 ? " (CHAR)" : "") +
                    " (accepted: 1 UNIGRAM, 2 BPE)");
-        if (n.charsmap_bytes)
-            refuse("unsupported: normalizer_spec.precompiled_charsmap (" + std::to_string(n.charsmap_bytes) +
-                   " bytes, rule \"" + n.name +
-                   "\"): only models without a character map are accepted (normalizer_spec.name \"identity\", as Llama 2 / "
-                   "Mistral / TinyLlama); use the checkpoint's tokenizer.json");
-        if (m_.denormalizer.charsmap_bytes)
-            refuse("unsupported: denormalizer_spec.precompiled_charsmap (" + std::to_string(m_.denormalizer.charsmap_bytes) +
+        if (!n.charsmap.empty()) charsmap_.load(n.charsmap);
+        if (!m_.denormalizer.charsmap.empty())
+            refuse("unsupported: denormalizer_spec.precompiled_charsmap (" + std::to_string(m_.denormalizer.charsmap.size()) +
                    " bytes): only models without one are accepted");
         if (m_.treat_whitespace_as_suffix)
             refuse("unsupported: trainer_spec.treat_whitespace_as_suffix (accepted: false, whitespace as a prefix)");
@@ -462,16 +513,17 @@ private:
         }
     }
 
-    // libsentencepiece's Normalizer without a character map.
+    // libsentencepiece's Normalizer.
     std::string normalize(std::string_view in) const {
         const NormalizerSpec& n = m_.normalizer;
         std::string out;
         if (in.empty()) return out;
-        // Each step: a user-defined symbol, kept whole, else one character (U+FFFD for a byte of
-        // invalid UTF-8).
+        // Each step: a user-defined symbol, kept whole, else the longest source string of the
+        // character map, replaced, else one character (U+FFFD for a byte of invalid UTF-8).
+        const bool plain = user_defined_.empty() && charsmap_.empty();
         auto next = [&](size_t i, std::string_view& piece) -> size_t {
             const uint8_t b = uint8_t(in[i]);
-            if (b < 0x80 && user_defined_.empty()) {
+            if (b < 0x80 && plain) {
                 piece = in.substr(i, 1);
                 return 1;
             }
@@ -480,6 +532,7 @@ private:
                     piece = u;
                     return u.size();
                 }
+            if (const size_t len = charsmap_.longest(in.substr(i), piece)) return len;
             size_t len;
             const uint32_t cp = detail::decode_utf8(in.data() + i, in.size() - i, len);
             piece = cp >= detail::kInvalidByteBase ? kReplacement : in.substr(i, len);
@@ -688,6 +741,7 @@ private:
 
     ModelProto m_;
     PieceTrie trie_;
+    CharsMap charsmap_;
     std::unordered_map<std::string, int32_t> reserved_;  // UNKNOWN, CONTROL and BYTE pieces
     std::vector<std::string> user_defined_;              // longest first
     int32_t byte_ids_[256];
