@@ -614,6 +614,7 @@ private:
         float score;
         int32_t left, right;
         uint32_t len;
+        int32_t node;  // trie node of the concatenation
         // libsentencepiece's agenda: the highest score first, then the leftmost.
         bool operator<(const Pair& o) const { return score < o.score || (score == o.score && left > o.left); }
     };
@@ -643,9 +644,10 @@ private:
             if (l < 0 || r < 0) return;
             const Symbol &L = syms[size_t(l)], &R = syms[size_t(r)];
             if (L.frozen || R.frozen || L.node < 0) return;
-            const int32_t id = trie_.id(trie_.walk(L.node, t.substr(R.begin, R.len)));
+            const int32_t node = trie_.walk(L.node, t.substr(R.begin, R.len));
+            const int32_t id = trie_.id(node);
             if (id < 0) return;
-            heap.push_back({m_.scores[size_t(id)], l, r, L.len + R.len});
+            heap.push_back({m_.scores[size_t(id)], l, r, L.len + R.len, node});
             std::push_heap(heap.begin(), heap.end());
             if (m_.types[size_t(id)] == kUnused)
                 rev_merge[t.substr(L.begin, L.len + R.len)] = {t.substr(L.begin, L.len), t.substr(R.begin, R.len)};
@@ -658,7 +660,7 @@ private:
             Symbol &L = syms[size_t(top.left)], &R = syms[size_t(top.right)];
             // Stale: one side was merged into something else since the pair was queued.
             if (L.len == 0 || R.len == 0 || L.len + R.len != top.len) continue;
-            L.node = trie_.walk(L.node, t.substr(R.begin, R.len));
+            L.node = top.node;
             L.len += R.len;
             L.next = R.next;
             if (R.next >= 0) syms[size_t(R.next)].prev = top.left;
