@@ -270,6 +270,28 @@ TEST_CASE("tokenizer: SentencePiece-style BPE with byte fallback (Llama 2 / Mist
     CHECK(streamed == "hi \xe6\x97\xa5!");
 }
 
+TEST_CASE("tokenizer: TokenStream with tokenizer.model: no U+FFFD for a character split over byte pieces, the first word keeps its space", "[tokenizer]") {
+    const Tokenizer tok = Tokenizer::from_sentencepiece(spm_bpe_model());
+    // After "the cab" (BOS, ▁the, ▁, <0x63>, ab): ▁, the bytes of 日 (E6 97 A5: U+FFFD each until the
+    // last one comes), ab.
+    TokenStream stream(tok);
+    for (int32_t id : {1, 261, 264, 3 + 'c', 263}) stream.push(id);
+    std::vector<std::string> pieces;
+    for (int32_t id : {264, 3 + 0xe6, 3 + 0x97, 3 + 0xa5, 263}) pieces.push_back(stream.push(id));
+    CHECK(pieces == std::vector<std::string>{" ", "", "", "\xe6\x97\xa5", "ab"});
+    CHECK(stream.flush().empty());
+    // An unfinished character at the end: U+FFFD only when flushed.
+    TokenStream cut(tok);
+    CHECK(cut.push(3 + 0xe6).empty());
+    CHECK(cut.flush() == "\xef\xbf\xbd");
+    // ▁the alone decodes to "the" (the dummy prefix's space dropped); after a prompt to " the".
+    TokenStream first(tok);
+    CHECK(first.push(261) == "the");
+    TokenStream after(tok);
+    for (int32_t id : {1, 263}) after.push(id);
+    CHECK(after.push(261) == " the");
+}
+
 TEST_CASE("tokenizer: Metaspace pre-tokenizer (older SentencePiece conversions)", "[tokenizer]") {
     const std::string json = R"({"added_tokens":[],"normalizer":null,
         "pre_tokenizer":{"type":"Metaspace","replacement":"▁","prepend_scheme":"first","split":true},

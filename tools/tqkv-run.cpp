@@ -199,6 +199,9 @@ int main(int argc, char** argv) {
         size_t decoded = 0;  // decode() calls, timed
         bool hit_ctx = false, hit_eos = false;
         tqkv::TokenStream stream(tok);
+        // The prompt's last ids first (their text is printed already): a SentencePiece decoder drops
+        // the leading space of a text, which would glue the first generated word to the prompt.
+        for (size_t i = tokens.size() > 4 ? tokens.size() - 4 : 0; i < tokens.size(); ++i) stream.push(tokens[i]);
         const double t1 = now();
         const std::clock_t c1 = std::clock();  // CPU time too: on a shared machine wall time counts others' work
         while (generated < n_new) {
@@ -219,6 +222,8 @@ int main(int argc, char** argv) {
             ++decoded;
         }
         const double decode_s = now() - t1, decode_cpu_s = double(std::clock() - c1) / CLOCKS_PER_SEC;
+        const std::string rest = stream.flush();  // an unfinished character, as U+FFFD
+        std::fwrite(rest.data(), 1, rest.size(), stdout);
         std::fputc('\n', stdout);
         std::fflush(stdout);
         const double tok_s = decode_s > 0 && decoded ? double(decoded) / decode_s : 0.0;

@@ -72,11 +72,14 @@ private:
 };
 
 // Streaming decode for generation: feed ids one at a time, get the text that became final (UTF-8
-// sequences split across tokens are held back until complete).
+// sequences split across tokens are held back until complete, and the U+FFFD a SentencePiece model
+// decodes an unfinished character's bytes to). Push the prompt's last ids first and drop their text
+// so that the first generated word keeps its space (decoders drop a text's leading space).
 class TokenStream {
 public:
     explicit TokenStream(const Tokenizer& tok) : tok_(tok) {}
     std::string push(int32_t id);
+    std::string flush();  // what is held back (at the end of generation)
 
 private:
     const Tokenizer& tok_;
