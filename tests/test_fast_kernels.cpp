@@ -4,6 +4,7 @@
 // and the cache's attention with precision = fast (the driver, cache/attention.cpp) on every kernel.
 #include <catch2/catch.hpp>
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -34,7 +35,8 @@ struct FastUnderTest {
     size_t (*table_bytes)(int, int, int);
     bool (*prepare)(const float*, int, int, int, float, void*);
     void (*scores)(const uint8_t*, int, int, const void*, int, const uint16_t*, float*, int);
-    void (*accumulate)(const uint8_t*, int, int, const FastValueTable&, const float*, int, const uint16_t*, int, float*);
+    void (*accumulate)(const uint8_t* const*, const uint16_t* const*, const float* const*, int, int, int, int,
+                       const FastValueTable&, int, float*);
 };
 
 std::vector<FastUnderTest> fast_kernels() {
@@ -44,11 +46,11 @@ std::vector<FastUnderTest> fast_kernels() {
         const AttentionKernels& ak = detail::attention_for(detail::kernels_by_name(name.c_str()));
         if (ak.fast_prepare_scores)
             out.push_back({name, ak.fast_scores_table_bytes, ak.fast_prepare_scores, ak.fast_group_scores,
-                           ak.fast_group_accumulate});
+                           ak.fast_chunk_accumulate});
     }
     using E = detail::simd::Emulated;
     out.push_back({"emulated", detail::fast_scores_table_bytes, detail::fast::prepare_scores<E>,
-                   detail::fast::group_scores<E>, detail::fast::group_accumulate<E>});
+                   detail::fast::group_scores<E>, detail::fast::chunk_accumulate<E>});
     return out;
 }
 
@@ -235,59 +237,78 @@ TEST_CASE("fast value accumulation: every kernel gives the reference's bits, wit
         CHECK(vt.max_error <= vt.max_abs / 254 * 1.0001);  // never worse than the plain 127 / max scale
         for (int dim : {3, 5, 36, 66, 128, 257, 1024})
             for (int heads : {1, 2, 3, 5})
-                for (int kind = 0; kind < 6; ++kind) {
+                for (int kind = 0; kind < 7; ++kind) {
                     if (dim > 260 && heads > 2) continue;
-                    INFO("bits " << bits << " dim " << dim << " heads " << heads << " kind " << kind);
+                    // Chunks of 1 to 8 groups, and 11 (the kernels batch by 8).
+                    const int groups = kind == 6 ? 11 : 1 + (dim + heads + kind) % 8;
+                    INFO("bits " << bits << " dim " << dim << " heads " << heads << " kind " << kind << " groups " << groups);
                     Rng rng(uint64_t(bits * 7919 + dim * 13 + heads * 3 + kind));
-                    const auto g = random_group(dim, bits, rng, kind == 5 ? 1 : 0);
+                    std::vector<std::vector<uint8_t>> g(groups);
+                    for (auto& x : g) x = random_group(dim, bits, rng, kind == 5 ? 1 : 0);
                     // Softmax numerators: random, one dominant token, all equal, tiny, a head of zeros.
-                    const int p_stride = 40;
+                    const int p_stride = 40 * groups;
                     std::vector<float> p(size_t(heads) * p_stride, 0.0f);
                     for (int h = 0; h < heads; ++h)
-                        for (int t = 0; t < 32; ++t) {
-                            float x = float(std::exp(-8 * rng.uniform()));
-                            if (kind == 1) x = t == 11 ? 1.0f : float(1e-6 * rng.uniform());
-                            if (kind == 2) x = 0.25f;
-                            if (kind == 3) x *= 1e-30f;
-                            if (kind == 4 && h == heads - 1) x = 0;
-                            if (t == 30) x = 0;  // a masked token
-                            p[size_t(h) * p_stride + t] = x;
-                        }
-                    uint16_t norms[32];
-                    for (int t = 0; t < 32; ++t)
-                        norms[t] = t == 3 ? uint16_t(0x7bff) : t == 4 ? uint16_t(0x0001) : half_of(float(0.5 + 10 * rng.uniform()));
+                        for (int gi = 0; gi < groups; ++gi)
+                            for (int t = 0; t < 32; ++t) {
+                                float x = float(std::exp(-8 * rng.uniform()));
+                                if (kind == 1) x = t == 11 && gi == groups / 2 ? 1.0f : float(1e-6 * rng.uniform());
+                                if (kind == 2) x = 0.25f;
+                                if (kind == 3) x *= 1e-30f;
+                                if (kind == 4 && h == heads - 1) x = 0;
+                                if (t == 30) x = 0;  // a masked token
+                                p[size_t(h) * p_stride + gi * 40 + t] = x;
+                            }
+                    std::vector<std::array<uint16_t, 32>> norms(groups);
+                    for (auto& n : norms)
+                        for (int t = 0; t < 32; ++t)
+                            n[t] = t == 3 ? uint16_t(0x7bff) : t == 4 ? uint16_t(0x0001) : half_of(float(0.5 + 10 * rng.uniform()));
+                    std::vector<const uint8_t*> gp(groups);
+                    std::vector<const uint16_t*> np(groups);
+                    std::vector<const float*> pp(groups);
+                    for (int gi = 0; gi < groups; ++gi) gp[gi] = g[gi].data(), np[gi] = norms[gi].data(), pp[gi] = &p[gi * 40];
                     // Accumulators start with arbitrary contents (the kernels add to them).
                     std::vector<float> start(size_t(heads) * dim * 16);
                     for (auto& a : start) a = float(rng.normal());
                     std::vector<float> ref = start;
-                    reference().fast_group_accumulate(g.data(), dim, bits, vt, p.data(), p_stride, norms, heads, ref.data());
+                    reference().fast_chunk_accumulate(gp.data(), np.data(), pp.data(), groups, p_stride, dim, bits, vt, heads,
+                                                      ref.data());
                     for (const auto& k : kernels) {
                         INFO(k.name);
                         std::vector<float> acc = start;
-                        k.accumulate(g.data(), dim, bits, vt, p.data(), p_stride, norms, heads, acc.data());
+                        k.accumulate(gp.data(), np.data(), pp.data(), groups, p_stride, dim, bits, vt, heads, acc.data());
                         CHECK(std::memcmp(acc.data(), ref.data(), acc.size() * sizeof(float)) == 0);
                         ++checked;
                     }
-                    // The contribution alone (from zeros) against the exact weighted sum.
-                    std::vector<float> zero(size_t(heads) * dim * 16, 0.0f);
-                    reference().fast_group_accumulate(g.data(), dim, bits, vt, p.data(), p_stride, norms, heads, zero.data());
-                    for (int h = 0; h < heads; ++h) {
-                        double w[32], M = 0, wsum = 0;
-                        int nz = 0;
-                        for (int t = 0; t < 32; ++t) {
-                            w[t] = double(float(p[size_t(h) * p_stride + t] * half_to_float(norms[t])));
-                            M = std::max(M, w[t]), wsum += w[t], nz += w[t] > 0;
-                        }
-                        const double ws = M / 32767;
-                        for (int j = 0; j < dim; ++j) {
-                            double exact = 0, got = 0;
-                            for (int t = 0; t < 32; ++t) exact += w[t] * ctab[detail::group_code(g.data(), dim, bits, t, j)];
-                            for (int l = 0; l < 16; ++l) got += zero[(size_t(h) * dim + j) * 16 + l];
-                            const double bound = nz * 0.501 * ws * (vt.max_abs + vt.max_error) + vt.max_error * wsum +
-                                                 std::ldexp(std::fabs(got), -21) + 1e-300;
-                            if (!(std::fabs(got - exact) <= bound)) {
-                                INFO("h " << h << " j " << j << " got " << got << " exact " << exact << " bound " << bound);
-                                CHECK(std::fabs(got - exact) <= bound);
+                    // The contribution alone (from zeros) against the exact weighted sum, per batch of 8 groups.
+                    for (int g0 = 0; g0 < groups; g0 += 8) {
+                        const int ng = std::min(8, groups - g0);
+                        std::vector<float> zero(size_t(heads) * dim * 16, 0.0f);
+                        reference().fast_chunk_accumulate(gp.data() + g0, np.data() + g0, pp.data() + g0, ng, p_stride, dim, bits,
+                                                          vt, heads, zero.data());
+                        for (int h = 0; h < heads; ++h) {
+                            std::vector<double> w(size_t(ng) * 32);
+                            double M = 0, wsum = 0;
+                            int nz = 0;
+                            for (int gi = 0; gi < ng; ++gi)
+                                for (int t = 0; t < 32; ++t) {
+                                    double& x = w[gi * 32 + t];
+                                    x = double(float(pp[g0 + gi][size_t(h) * p_stride + t] * half_to_float(np[g0 + gi][t])));
+                                    M = std::max(M, x), wsum += x, nz += x > 0;
+                                }
+                            const double ws = M / 32767;
+                            for (int j = 0; j < dim; ++j) {
+                                double exact = 0, got = 0;
+                                for (int gi = 0; gi < ng; ++gi)
+                                    for (int t = 0; t < 32; ++t)
+                                        exact += w[gi * 32 + t] * ctab[detail::group_code(gp[g0 + gi], dim, bits, t, j)];
+                                for (int l = 0; l < 16; ++l) got += zero[(size_t(h) * dim + j) * 16 + l];
+                                const double bound = nz * 0.501 * ws * (vt.max_abs + vt.max_error) + vt.max_error * wsum +
+                                                     std::ldexp(std::fabs(got), -21) + 1e-300;
+                                if (!(std::fabs(got - exact) <= bound)) {
+                                    INFO("h " << h << " j " << j << " got " << got << " exact " << exact << " bound " << bound);
+                                    CHECK(std::fabs(got - exact) <= bound);
+                                }
                             }
                         }
                     }

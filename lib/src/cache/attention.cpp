@@ -313,7 +313,7 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
         // (not tied to the float fused forms: the scalar table has none, and its fast entries are
         // the reference every ISA's match)
         cl.fast_keys = fast && f16 && mse_keys && small_keys && ak.fast_prepare_scores;
-        cl.fast_values = fast && f16 && small_values && ak.fast_group_accumulate;
+        cl.fast_values = fast && f16 && small_values && ak.fast_chunk_accumulate;
         if (cl.fast_keys) {
             cl.fast_off = prep_floats;
             for (const auto& s : P.keys().segs) prep_floats += fast_table_floats(ak, s, r);
@@ -581,6 +581,8 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                         const float fl = use_floor ? plan.floor_l[size_t(unit.head) * r + hh] : 0.0f;
                         limit[hh] = eps * (pl[hh] + (fl > 0 ? fl * std::exp(fm - pm[hh]) : 0.0f));
                     }
+                // The groups whose values count (the fast path takes them all in one call).
+                size_t kept[kChunkGroups], nk = 0;
                 for (size_t gi = 0; gi < ng; ++gi) {
                     ++groups;
                     if (skipping) {
@@ -592,17 +594,34 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                             continue;
                         }
                     }
+                    kept[nk++] = gi;
+                }
+                if (cl.fast_values && nk > 0) {
+                    const uint8_t* codes[kChunkGroups];
+                    const uint16_t* norms[kChunkGroups];
+                    const float* p[kChunkGroups];
+                    float* acc = pacc + cl.acc_off;
+                    for (auto& s : C.values().segs) {
+                        for (size_t i = 0; i < nk; ++i) {
+                            const uint8_t* g = P.group(kvh, chunk_t0 + kept[i] * kGroupTokens);
+                            codes[i] = g + s.codes_off;
+                            norms[i] = reinterpret_cast<const uint16_t*>(g + s.norm_off);
+                            p[i] = &ws.scores[kept[i] * kGroupTokens];
+                        }
+                        ak.fast_chunk_accumulate(codes, norms, p, int(nk), int(score_cols), s.dim, s.bits, s.fast_values, r, acc);
+                        acc += size_t(r) * s.dim * 16;
+                    }
+                    continue;
+                }
+                for (size_t i = 0; i < nk; ++i) {
+                    const size_t gi = kept[i];
                     const uint8_t* g = P.group(kvh, chunk_t0 + gi * kGroupTokens);
                     float* acc = pacc + cl.acc_off;
-                    if (cl.fused_values || cl.fast_values) {
+                    if (cl.fused_values) {
                         for (auto& s : C.values().segs) {
                             const auto* norms = reinterpret_cast<const uint16_t*>(g + s.norm_off);
-                            if (cl.fast_values)
-                                ak.fast_group_accumulate(g + s.codes_off, s.dim, s.bits, s.fast_values, &ws.scores[gi * kGroupTokens],
-                                                         int(score_cols), norms, r, acc);
-                            else
-                                ak.group_accumulate_normed(g + s.codes_off, s.dim, s.bits, s.table.data(), &ws.scores[gi * kGroupTokens],
-                                                           int(score_cols), norms, r, acc);
+                            ak.group_accumulate_normed(g + s.codes_off, s.dim, s.bits, s.table.data(), &ws.scores[gi * kGroupTokens],
+                                                       int(score_cols), norms, r, acc);
                             acc += size_t(r) * s.dim * 16;
                         }
                         continue;

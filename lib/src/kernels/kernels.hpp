@@ -109,13 +109,16 @@ struct AttentionKernels {
     //   group_scores reads them), attention scale folded in, into fast_scores_table_bytes(dim, bits,
     //   heads) bytes; false when it does not handle the case (bits, a non-finite table).
     //   fast_group_scores: group_scores_normed from those tables.
-    //   fast_group_accumulate: group_accumulate_normed with int8 centroids and int16 weights.
+    //   fast_chunk_accumulate: group_accumulate_normed over a chunk of groups (codes[g], norms[g],
+    //   numerators p[g] with head h at p[g] + h * p_stride, g < groups) with int8 centroids and
+    //   14-bit weights shared by up to 8 groups; adds each coordinate's sum to lane 0 of its 16.
     size_t (*fast_scores_table_bytes)(int dim, int bits, int heads);
     bool (*fast_prepare_scores)(const float* lut, int dim, int bits, int heads, float scale, void* table);
     void (*fast_group_scores)(const uint8_t* codes, int dim, int bits, const void* table, int heads,
                               const uint16_t* norms, float* out, int out_stride);
-    void (*fast_group_accumulate)(const uint8_t* codes, int dim, int bits, const FastValueTable& table,
-                                  const float* p, int p_stride, const uint16_t* norms, int heads, float* acc);
+    void (*fast_chunk_accumulate)(const uint8_t* const* codes, const uint16_t* const* norms, const float* const* p,
+                                  int groups, int p_stride, int dim, int bits, const FastValueTable& table, int heads,
+                                  float* acc);
 };
 
 // The int8 centroids the fast value kernels read, built once per codebook (make_fast_values).
@@ -148,8 +151,9 @@ size_t fast_scores_table_bytes(int dim, int bits, int heads);
     bool isa##_fast_prepare_scores(const float* lut, int dim, int bits, int heads, float scale, void* table);   \
     void isa##_fast_group_scores(const uint8_t* codes, int dim, int bits, const void* table, int heads,        \
                                  const uint16_t* norms, float* out, int out_stride);                           \
-    void isa##_fast_group_accumulate(const uint8_t* codes, int dim, int bits, const FastValueTable& table,     \
-                                     const float* p, int p_stride, const uint16_t* norms, int heads, float* acc);
+    void isa##_fast_chunk_accumulate(const uint8_t* const* codes, const uint16_t* const* norms,               \
+                                     const float* const* p, int groups, int p_stride, int dim, int bits,        \
+                                     const FastValueTable& table, int heads, float* acc);
 TQKV_DECLARE_FAST_KERNELS(scalar)
 #if defined(TQKV_HAVE_X86_KERNELS)
 TQKV_DECLARE_FAST_KERNELS(avx2)

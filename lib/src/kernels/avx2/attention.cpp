@@ -879,7 +879,7 @@ const AttentionKernels& avx2_attention() {
                                        sum_f32,      group_scores_normed, group_accumulate_normed,
                                        scores_table_bytes, prepare_scores,  group_scores_prepared,
                                        fast_scores_table_bytes, avx2_fast_prepare_scores, avx2_fast_group_scores,
-                                       avx2_fast_group_accumulate};
+                                       avx2_fast_chunk_accumulate};
     return k;
 }
 

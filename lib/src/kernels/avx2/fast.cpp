@@ -16,9 +16,9 @@ void avx2_fast_group_scores(const uint8_t* codes, int dim, int bits, const void*
     fast::group_scores<Backend>(codes, dim, bits, table, heads, norms, out, out_stride);
 }
 
-void avx2_fast_group_accumulate(const uint8_t* codes, int dim, int bits, const FastValueTable& table, const float* p,
-                                int p_stride, const uint16_t* norms, int heads, float* acc) {
-    fast::group_accumulate<Backend>(codes, dim, bits, table, p, p_stride, norms, heads, acc);
+void avx2_fast_chunk_accumulate(const uint8_t* const* codes, const uint16_t* const* norms, const float* const* p, int groups,
+                                int p_stride, int dim, int bits, const FastValueTable& table, int heads, float* acc) {
+    fast::chunk_accumulate<Backend>(codes, norms, p, groups, p_stride, dim, bits, table, heads, acc);
 }
 
 }  // namespace tqkv::detail

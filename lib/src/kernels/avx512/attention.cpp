@@ -399,7 +399,7 @@ const AttentionKernels& avx512_attention() {
                                        nullptr,      nullptr,             nullptr,
                                        // the fast path: the AVX2 kernels (kernels/avx2/fast.cpp)
                                        fast_scores_table_bytes, avx2_fast_prepare_scores, avx2_fast_group_scores,
-                                       avx2_fast_group_accumulate};
+                                       avx2_fast_chunk_accumulate};
     return k;
 }
 

@@ -391,7 +391,7 @@ const AttentionKernels& neon_attention() {
                                        axpy_f16,     max_f32,          sum_f32,         nullptr, nullptr,
                                        nullptr,      nullptr,          nullptr,
                                        fast_scores_table_bytes, neon_fast_prepare_scores, neon_fast_group_scores,
-                                       neon_fast_group_accumulate};
+                                       neon_fast_chunk_accumulate};
     return k;
 }
 

@@ -82,7 +82,7 @@ const AttentionKernels& scalar_attention() {
                                        nullptr,      nullptr,          nullptr,
                                        // the fast path's reference (kernels/scalar/fast.cpp)
                                        fast_scores_table_bytes, scalar_fast_prepare_scores, scalar_fast_group_scores,
-                                       scalar_fast_group_accumulate};
+                                       scalar_fast_chunk_accumulate};
     return k;
 }
 

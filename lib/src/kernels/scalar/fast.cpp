@@ -3,6 +3,7 @@
 // the same float operations, so the SIMD versions must match it bit for bit.
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "cache/layout.hpp"
 #include "kernels/kernels.hpp"
@@ -66,30 +67,38 @@ void scalar_fast_group_scores(const uint8_t* codes, int dim, int bits, const voi
     }
 }
 
-void scalar_fast_group_accumulate(const uint8_t* codes, int dim, int bits, const FastValueTable& vt, const float* p,
-                                  int p_stride, const uint16_t* norms, int heads, float* acc) {
+void scalar_fast_chunk_accumulate(const uint8_t* const* codes, const uint16_t* const* norms, const float* const* p,
+                                  int groups, int p_stride, int dim, int bits, const FastValueTable& vt, int heads,
+                                  float* acc) {
     if (bits < 1 || bits > 4) return;
-    uint8_t c[kGroupTokens * kMaxDim];
-    unpack_group(codes, dim, bits, c);
-    // Lane l of a coordinate's sums takes tokens b, b + 1, b + 16, b + 17 (the vpmaddwd order).
-    static const int base[8] = {0, 2, 8, 10, 4, 6, 12, 14};
-    for (int h = 0; h < heads; ++h) {
-        float w[kGroupTokens], M = 0.0f;
-        for (int t = 0; t < kGroupTokens; ++t) {
-            w[t] = p[size_t(h) * p_stride + t] * half_to_float(norms[t]);
-            M = w[t] > M ? w[t] : M;
+    constexpr int G = fast::kFastChunkGroups;
+    auto weight = [&](int g, int h, int t) { return p[g][size_t(h) * p_stride + t] * half_to_float(norms[g][t]); };
+    std::vector<float> inv(heads), f(heads);
+    std::vector<int64_t> T(size_t(heads) * dim);
+    for (int g0 = 0; g0 < groups; g0 += G) {
+        const int ng = std::min(G, groups - g0);
+        for (int h = 0; h < heads; ++h) {
+            float M = 0.0f;
+            for (int g = g0; g < g0 + ng; ++g)
+                for (int t = 0; t < kGroupTokens; ++t) M = std::max(M, weight(g, h, t));
+            // Negligible weights (see fast_attention.hpp): the head adds nothing.
+            inv[h] = M > 0x1p-100f ? 32767.0f / M : 0.0f;
+            f[h] = (M * (1.0f / 32767.0f)) * vt.inv_scale;
         }
-        if (!(M > 0x1p-100f)) continue;  // negligible weights (see fast_attention.hpp)
-        const float inv = 32767.0f / M;
-        int32_t W[kGroupTokens];
-        for (int t = 0; t < kGroupTokens; ++t) W[t] = std::clamp(int32_t(std::nearbyint(w[t] * inv)), -32768, 32767);
-        const float f = (M * (1.0f / 32767.0f)) * vt.inv_scale;
-        for (int j = 0; j < dim; ++j)
-            for (int l = 0; l < 8; ++l) {
-                int32_t I = 0;
-                for (int t : {base[l], base[l] + 1, base[l] + 16, base[l] + 17}) I += W[t] * vt.c[c[t * dim + j]];
-                float& a = acc[(size_t(h) * dim + j) * 16 + l];
-                a = a + float(I) * f;
+        std::fill(T.begin(), T.end(), 0);  // exact sums; below 2^31 (fast_attention.hpp)
+        for (int g = g0; g < g0 + ng; ++g) {
+            uint8_t c[kGroupTokens * kMaxDim];
+            unpack_group(codes[g], dim, bits, c);
+            for (int h = 0; h < heads; ++h)
+                for (int t = 0; t < kGroupTokens && inv[h] > 0.0f; ++t) {
+                    const int32_t W = int32_t(std::nearbyint(weight(g, h, t) * inv[h]));
+                    for (int j = 0; j < dim; ++j) T[size_t(h) * dim + j] += W * vt.c[c[t * dim + j]];
+                }
+        }
+        for (int h = 0; h < heads; ++h)
+            for (int j = 0; j < dim && inv[h] > 0.0f; ++j) {
+                float& a = acc[(size_t(h) * dim + j) * 16];
+                a = a + float(T[size_t(h) * dim + j]) * f[h];
             }
     }
 }

@@ -45,27 +45,37 @@
 // a token meets are independent and uniform on [-delta/2, delta/2]: |scale| delta sqrt(n_u / 12).
 //
 // ---------------------------------------------------------------------------------------------
-// Values: int8 centroids, int16 weights, int32 sums
+// Values: int8 centroids, int16 weights shared by a chunk of groups, exact integer sums
 //
-// Per group and query head, w_t = fl(p_t * norm_t) (p the softmax numerators), M = max_t w_t,
-//   W_t = round(fl(w_t * fl(32767 / M)))  in [0, 32767] (int16),
-// and per coordinate the int32 lanes l = 0..7 of sum_t W_t c8[code_tj] (tokens {b, b+1, b+16,
-// b+17}, b = 0, 2, 8, 10, 4, 6, 12, 14 for l = 0..7: the order vpmaddwd leaves them in) are added
-// to the driver's float accumulators as fl(float(I_l) * f), f = fl(fl(M * fl(1 / 32767)) *
-// inv_scale) (c8, inv_scale: FastValueTable). |W_t c8| <= 32767 * 127 and four tokens per lane
-// stay below 2^24: exact in int32 and in float.
+// The driver hands over a chunk: up to kFastChunkGroups groups of one KV head (its online-softmax
+// chunk of 256 tokens). Per query head, w_gt = fl(p_gt * norm_gt) (p the softmax numerators of
+// group g, token t), M = max over the chunk's w,
+//   W_gt = round(fl(w_gt * fl(32767 / M)))  in [0, 32767],
+// and per coordinate j the exact integer T_j = sum_g sum_t W_gt c8[code_gtj] (c8, inv_scale:
+// FastValueTable) is added to lane 0 of the driver's 16 float accumulators of the coordinate as
+// fl(float(T_j) * f), f = fl(fl(M * fl(1 / 32767)) * inv_scale).
+// |T_j| <= 8 * 32 * 32767 * 127 < 2^31, so the int32 sums are exact in any order: a backend may
+// sum the products as its instructions like and still give the reference's bits; float(T_j)
+// rounds to nearest, on every backend alike.
+// Why one weight scale per chunk and not per group: the sums stay integers over the whole chunk and
+// become floats once per coordinate and chunk (a float epilogue per group and coordinate cost as
+// much as the products). Not relaxed SIMD's i32x4.dot_i8x16_i7x16_add (on two 7-bit planes of W):
+// in Chromium 156 on an AVX2 CPU without VNNI it was no faster than the int16 products (0.9-1.0x),
+// and Node 20's experimental relaxed SIMD returns twice the products.
 //
-// Worst-case error of one group's contribution G_j = sum_l float(I_l) f against the exact
-// sum_t w_t c[code_tj]: with ws = M / 32767, |W_t ws - w_t| <= 0.501 ws (the rounding to an
+// Worst-case error of the chunk's contribution G_j = fl(float(T_j) f) against the exact
+// sum_{g,t} w_gt c[code_gtj]: with ws = M / 32767, |W ws - w| <= 0.501 ws (the rounding to an
 // integer plus 3 u relative from the float product and quotient, times 32767 < 2^15), and
 // |c8 inv_scale - c| <= e_c (FastValueTable::max_error), so
-//   |G_j - sum_t w_t c_t| <= n_w 0.501 ws (c_max + e_c) + e_c sum_t w_t + 2^-21 |G_j|
-// (n_w = tokens with w_t > 0, c_max = FastValueTable::max_abs; the last term: the roundings of f
-// and of the product, and ws against M * fl(1 / 32767)). A group whose weights are all below
-// 2^-100 adds nothing (at most 32 * 2^-100 * c_max dropped; softmax numerators are relative to the
-// running maximum's 1). The RMS part of the first term is
-// ws c_rms sqrt(n_w / 12); the centroid part is systematic but small: e_c is about 1/600 of c_max
-// for the 4-bit codebook (make_fast_values picks the scale).
+//   |G_j - sum w c| <= n_w 0.501 ws (c_max + e_c) + e_c sum w + 2^-21 |G_j|
+// (n_w = tokens with w > 0, c_max = FastValueTable::max_abs; the last term: the roundings of
+// float(T_j), of f and of the product, and ws against M * fl(1 / 32767)). A head whose weights in
+// the chunk are all below 2^-100 adds nothing (at most 256 * 2^-100 * c_max dropped; softmax
+// numerators are relative to the running maximum's 1). The RMS part of the first term is
+// ws c_rms sqrt(n_w / 12): relative to the output, about 2^-15 / sqrt(12) per token of weight M,
+// far below the value codec's own error (sqrt(D_b) of the token's weight); the centroid part is
+// systematic but small: e_c is about 1/600 of c_max for the 4-bit codebook (make_fast_values picks
+// the scale).
 #pragma once
 #include <cmath>
 #include <cstddef>
@@ -399,83 +409,171 @@ void group_scores(const uint8_t* codes, int dim, int bits, const void* table, in
 // ---------------------------------------------------------------------------------------------
 // Values
 
-// int16 weights of one head in the byte order of a looked-up index vector (even bytes: tokens
-// 0-3, 8-11 | 4-7, 12-15 of the two halves; odd bytes: the same + 16), and the factor f back to
-// floats; false when every weight is zero.
+constexpr int kFastChunkGroups = 8;  // groups per chunk_accumulate batch (the T_j bound above)
+static_assert(int64_t(kFastChunkGroups) * kGroupTokens * 32767 * 127 < (int64_t(1) << 31));
+
+// One group's 32 int16 weights in the byte order of a looked-up centroid vector (even bytes: tokens
+// 0-3, 8-11 | 4-7, 12-15 of the two halves; odd bytes: the same + 16): even = the weights of the
+// even bytes' tokens, odd = of the odd bytes'.
 template <class S>
-TQKV_SIMD_INLINE bool value_weights(const float* p, const float* n, float inv_scale, typename S::V& even,
-                                    typename S::V& odd, typename S::F& f) {
-    using F = typename S::F;
-    F w[4];
-    for (int k = 0; k < 4; ++k) w[k] = S::fmul(S::fload(p + 8 * k), S::fload(n + 8 * k));
-    const float M = S::hmax(S::fmax(S::fmax(w[0], w[1]), S::fmax(w[2], w[3])));
-    if (!(M > 0x1p-100f)) return false;  // (a group of negligible weights: 32767 / M must stay finite)
-    const F inv = S::fset(32767.0f / M);
+struct GroupWeights {
+    typename S::V even, odd;
+};
+
+template <class S>
+TQKV_SIMD_INLINE GroupWeights<S> group_weights(const float* p, const float* n, typename S::F inv) {
     typename S::V W[4];
-    for (int k = 0; k < 4; ++k) W[k] = S::round_to_int(S::fmul(w[k], inv));
-    even = S::packs32(W[0], W[1]);
-    odd = S::packs32(W[2], W[3]);
-    f = S::fset((M * (1.0f / 32767.0f)) * inv_scale);
-    return true;
+    for (int k = 0; k < 4; ++k) W[k] = S::round_to_int(S::fmul(S::fmul(S::fload(p + 8 * k), S::fload(n + 8 * k)), inv));
+    return {S::packs32(W[0], W[1]), S::packs32(W[2], W[3])};
 }
 
-// One pass over the codes for H heads with weights (we, wo, f) and accumulator rows a[h].
-template <class S, int BITS, int H>
-__attribute__((noinline)) void accumulate_heads(const uint8_t* codes, int dim, const FastValueTable& vt,
-                                                const typename S::V* we_in, const typename S::V* wo_in,
-                                                const typename S::F* f_in, float* const* a_in) {
+// The total of the int32 lanes (vpmaddwd's) of one coordinate's and head's sums: T_j.
+template <class S>
+TQKV_SIMD_INLINE int32_t lane_total(typename S::V v) {
+    alignas(32) int32_t lanes[8];
+    S::store(lanes, v);
+    int32_t sum = 0;
+    for (int32_t x : lanes) sum += x;
+    return sum;
+}
+
+// Coordinates per block of the value loop: a block's sums stay in registers over the chunk's groups.
+constexpr int value_block(int bits) { return bits == 4 ? 4 : 8; }
+
+// Calls f(k, idx) for coordinates j0 + k < dim of block b (j0 = b * value_block(BITS)), idx the
+// 4-bit indexes of their 32 tokens (the decoding of for_each_coordinate, one block at a time).
+template <class S, int BITS, class Fn>
+TQKV_SIMD_INLINE void decode_block(const uint8_t* codes, int dim, int b, Fn&& f) {
     using V = typename S::V;
-    using F = typename S::F;
-    // Local copies: the stores to the accumulators could alias the arrays behind the pointers.
-    V we[H], wo[H];
-    F f[H];
-    float* a[H];
-    for (int h = 0; h < H; ++h) we[h] = we_in[h], wo[h] = wo_in[h], f[h] = f_in[h], a[h] = a_in[h];
-    const V ct = S::broadcast16(reinterpret_cast<const uint8_t*>(vt.c));
-    for_each_coordinate<S, BITS>(codes, dim, [&](int j, V idx) TQKV_SIMD_LAMBDA {
-        const V v = S::lookup(ct, idx);
-        // int8 centroids of tokens < 16 (even bytes) and >= 16 (odd bytes), sign-extended.
-        const V ev = S::template sra16<8>(S::template sll16<8>(v)), od = S::template sra16<8>(v);
-        for (int h = 0; h < H; ++h) {
-            const V I = S::add32(S::madd16(ev, we[h]), S::madd16(od, wo[h]));
-            float* r = a[h] + size_t(j) * 16;
-            S::fstore(r, S::fadd(S::fload(r), S::fmul(S::to_float(I), f[h])));
+    constexpr int NB = value_block(BITS);
+    const int j0 = b * NB;
+    const V m00ff = S::set16(0x00ff);
+    auto each = [&](auto&& coord) TQKV_SIMD_LAMBDA {
+        if (j0 + NB <= dim) {
+            [&]<int... s>(std::integer_sequence<int, s...>) TQKV_SIMD_LAMBDA {
+                (coord(std::integral_constant<int, s>{}), ...);
+            }(std::make_integer_sequence<int, NB>{});
+        } else {
+            [&]<int... s>(std::integer_sequence<int, s...>) TQKV_SIMD_LAMBDA {
+                ((j0 + s < dim ? coord(std::integral_constant<int, s>{}) : void()), ...);
+            }(std::make_integer_sequence<int, NB>{});
         }
-    });
-}
-
-template <class S, int BITS>
-void group_accumulate_bits(const uint8_t* codes, int dim, const FastValueTable& vt, const float* p, int p_stride,
-                           const float* n, int heads, float* acc) {
-    using V = typename S::V;
-    using F = typename S::F;
-    constexpr int HP = S::kHeadsPerPass, kBatch = 16;
-    V we[kBatch], wo[kBatch];
-    F f[kBatch];
-    float* a[kBatch];
-    for (int b0 = 0; b0 < heads; b0 += kBatch) {
-        // The heads with a nonzero weight in this group (the others' rows stay as they are).
-        int active = 0;
-        for (int h = b0; h < heads && h < b0 + kBatch; ++h)
-            if (value_weights<S>(p + size_t(h) * p_stride, n, vt.inv_scale, we[active], wo[active], f[active]))
-                a[active++] = acc + size_t(h) * dim * 16;
-        int i = 0;
-        for (; i + HP <= active; i += HP) accumulate_heads<S, BITS, HP>(codes, dim, vt, we + i, wo + i, f + i, a + i);
-        for (; i < active; ++i) accumulate_heads<S, BITS, 1>(codes, dim, vt, we + i, wo + i, f + i, a + i);
+    };
+    if constexpr (BITS == 3) {
+        // The 2-bit part's chunk b (8 coordinates), bit 2 from half b & 1 of the 1-bit part's chunk b / 2.
+        const Chunk<S> two = Chunk<S>::load(codes + size_t(b) * 64, m00ff);
+        const Chunk<S> one = Chunk<S>::load(codes + part_bytes(dim, 2) + size_t(b / 2) * 64, m00ff);
+        const V y = (b & 1) ? one.s23 : one.s01, m3 = S::set8(3), m4 = S::set8(4);
+        each([&](auto sc) TQKV_SIMD_LAMBDA {
+            constexpr int s = decltype(sc)::value;
+            V hi;
+            if constexpr (s >= 2)
+                hi = S::and_(S::template srl16<s - 2>(y), m4);
+            else
+                hi = S::and_(S::template sll16<2 - s>(y), m4);
+            f(s, S::or_(field<S, 2, s>(two, m3), hi));
+        });
+    } else if constexpr (BITS == 1) {
+        // Chunks of 16 coordinates: block b is slots 0-7 or 8-15 of chunk b / 2.
+        const Chunk<S> c = Chunk<S>::load(codes + size_t(b / 2) * 64, m00ff);
+        const V mask = S::set8(1);
+        each([&](auto sc) TQKV_SIMD_LAMBDA {
+            constexpr int s = decltype(sc)::value;
+            f(s, (b & 1) ? field<S, 1, s + 8>(c, mask) : field<S, 1, s>(c, mask));
+        });
+    } else {
+        const Chunk<S> c = Chunk<S>::load(codes + size_t(b) * 64, m00ff);
+        const V mask = S::set8((1 << BITS) - 1);
+        each([&](auto sc) TQKV_SIMD_LAMBDA {
+            constexpr int s = decltype(sc)::value;
+            f(s, field<S, BITS, s>(c, mask));
+        });
     }
 }
 
+// One pass over the chunk's codes for H heads: weights w[h * kFastChunkGroups + g], factors f[h],
+// accumulator rows a[h].
+template <class S, int BITS, int H>
+__attribute__((noinline)) void accumulate_heads(const uint8_t* const* codes, int groups, int dim, const FastValueTable& vt,
+                                                const GroupWeights<S>* w, const float* f, float* const* a) {
+    using V = typename S::V;
+    constexpr int NB = value_block(BITS);
+    const V ct = S::broadcast16(reinterpret_cast<const uint8_t*>(vt.c));
+    const int blocks = (dim + NB - 1) / NB;
+    for (int b = 0; b < blocks; ++b) {
+        V sum[H][NB];
+        for (int h = 0; h < H; ++h)
+            for (int k = 0; k < NB; ++k) sum[h][k] = S::zero();
+        for (int g = 0; g < groups; ++g)
+            decode_block<S, BITS>(codes[g], dim, b, [&](int k, V idx) TQKV_SIMD_LAMBDA {
+                const V v = S::lookup(ct, idx);
+                // int8 centroids of tokens < 16 (even bytes) and >= 16 (odd bytes), sign-extended.
+                const V ev = S::template sra16<8>(S::template sll16<8>(v)), od = S::template sra16<8>(v);
+                for (int h = 0; h < H; ++h) {
+                    const GroupWeights<S>& wg = w[h * kFastChunkGroups + g];
+                    sum[h][k] = S::add32(sum[h][k], S::add32(S::madd16(ev, wg.even), S::madd16(od, wg.odd)));
+                }
+            });
+        for (int h = 0; h < H; ++h)
+            for (int k = 0; k < NB && b * NB + k < dim; ++k) {
+                float& r = a[h][size_t(b * NB + k) * 16];
+                r = r + float(lane_total<S>(sum[h][k])) * f[h];
+            }
+    }
+}
+
+template <class S, int BITS>
+void chunk_accumulate_bits(const uint8_t* const* codes, const float* n, const float* const* p, int groups, int p_stride,
+                           int dim, const FastValueTable& vt, int heads, float* acc) {
+    using F = typename S::F;
+    constexpr int HP = S::kHeadsPerPass, kBatch = 8;
+    GroupWeights<S> w[kBatch * kFastChunkGroups];
+    float f[kBatch];
+    float* a[kBatch];
+    for (int b0 = 0; b0 < heads; b0 += kBatch) {
+        // The heads with a weight above 2^-100 in this chunk (the others' rows stay as they are).
+        int active = 0;
+        for (int h = b0; h < heads && h < b0 + kBatch; ++h) {
+            float M = 0.0f;
+            for (int g = 0; g < groups; ++g) {
+                const float* pg = p[g] + size_t(h) * p_stride;
+                const float* ng = n + g * kGroupTokens;
+                F m = S::fmul(S::fload(pg), S::fload(ng));
+                for (int k = 1; k < 4; ++k) m = S::fmax(m, S::fmul(S::fload(pg + 8 * k), S::fload(ng + 8 * k)));
+                M = std::fmax(M, S::hmax(m));
+            }
+            if (!(M > 0x1p-100f)) continue;  // (32767 / M must stay finite)
+            const F inv = S::fset(32767.0f / M);
+            for (int g = 0; g < groups; ++g)
+                w[active * kFastChunkGroups + g] = group_weights<S>(p[g] + size_t(h) * p_stride, n + g * kGroupTokens, inv);
+            f[active] = (M * (1.0f / 32767.0f)) * vt.inv_scale;
+            a[active++] = acc + size_t(h) * dim * 16;
+        }
+        int i = 0;
+        for (; i + HP <= active; i += HP)
+            accumulate_heads<S, BITS, HP>(codes, groups, dim, vt, w + i * kFastChunkGroups, f + i, a + i);
+        for (; i < active; ++i) accumulate_heads<S, BITS, 1>(codes, groups, dim, vt, w + i * kFastChunkGroups, f + i, a + i);
+    }
+}
+
+// codes[g], norms[g], p[g]: group g's value codes, fp16 norms and softmax numerators (head h at
+// p[g] + h * p_stride), g < groups; batches of kFastChunkGroups.
 template <class S>
-void group_accumulate(const uint8_t* codes, int dim, int bits, const FastValueTable& vt, const float* p, int p_stride,
-                      const uint16_t* norms, int heads, float* acc) {
-    alignas(32) float n[kGroupTokens];
-    S::halves_to_float(norms, n, kGroupTokens);
-    switch (bits) {
-        case 1: return group_accumulate_bits<S, 1>(codes, dim, vt, p, p_stride, n, heads, acc);
-        case 2: return group_accumulate_bits<S, 2>(codes, dim, vt, p, p_stride, n, heads, acc);
-        case 3: return group_accumulate_bits<S, 3>(codes, dim, vt, p, p_stride, n, heads, acc);
-        case 4: return group_accumulate_bits<S, 4>(codes, dim, vt, p, p_stride, n, heads, acc);
-        default: return;  // the driver uses the exact kernels above 4 bits
+void chunk_accumulate(const uint8_t* const* codes, const uint16_t* const* norms, const float* const* p, int groups,
+                      int p_stride, int dim, int bits, const FastValueTable& vt, int heads, float* acc) {
+    for (int g0 = 0; g0 < groups; g0 += kFastChunkGroups) {
+        const int ng = groups - g0 < kFastChunkGroups ? groups - g0 : kFastChunkGroups;
+        alignas(32) float n[kFastChunkGroups * kGroupTokens];
+        for (int g = 0; g < ng; ++g) S::halves_to_float(norms[g0 + g], n + g * kGroupTokens, kGroupTokens);
+        const uint8_t* const* c = codes + g0;
+        const float* const* pg = p + g0;
+        switch (bits) {
+            case 1: chunk_accumulate_bits<S, 1>(c, n, pg, ng, p_stride, dim, vt, heads, acc); break;
+            case 2: chunk_accumulate_bits<S, 2>(c, n, pg, ng, p_stride, dim, vt, heads, acc); break;
+            case 3: chunk_accumulate_bits<S, 3>(c, n, pg, ng, p_stride, dim, vt, heads, acc); break;
+            case 4: chunk_accumulate_bits<S, 4>(c, n, pg, ng, p_stride, dim, vt, heads, acc); break;
+            default: return;  // the driver uses the exact kernels above 4 bits
+        }
     }
 }
 

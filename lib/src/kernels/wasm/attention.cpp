@@ -720,7 +720,7 @@ const AttentionKernels& wasm128_attention() {
                                        group_scores_normed, group_accumulate_normed,
                                        scores_table_bytes,  prepare_scores,         group_scores_prepared,
                                        fast_scores_table_bytes, wasm128_fast_prepare_scores, wasm128_fast_group_scores,
-                                       wasm128_fast_group_accumulate};
+                                       wasm128_fast_chunk_accumulate};
     return k;
 }
 
