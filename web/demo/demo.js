@@ -307,11 +307,12 @@ async function forgetSession() {
 // Bytes for a byte-vocabulary model, tokens with a tokenizer.
 const unit = () => (model?.tokenizer ? 'tokens' : 'bytes');
 
-// "tokenizer.json (8192 ids, no BOS, EOS <|endoftext|> = 0)", or "byte vocabulary".
+// 'tokenizer tokenizer.json (8192 ids, no BOS, stops at "<|endoftext|>" = 0)', or "byte vocabulary".
 function describeTokenizer() {
   const tok = model.tokenizer;
   if (!tok) return model.info.vocab === 256 ? 'byte vocabulary (no tokenizer: the prompt is read as UTF-8 bytes)' : 'no tokenizer';
-  const name = (id) => `${JSON.stringify(tok.decode([id]))} = ${id}`;
+  // A SentencePiece control piece (<s>) decodes to nothing: then its id alone.
+  const name = (id) => { const text = tok.decode([id]); return text ? `${JSON.stringify(text)} = ${id}` : `id ${id}`; };
   const file = tok.source ? decodeURIComponent(new URL(tok.source).pathname.split('/').pop()) : 'a tokenizer';
   const eos = model.endOfSequence;
   return `tokenizer ${file} (${tok.vocab} ids, ${tok.bos >= 0 ? `BOS ${name(tok.bos)}` : 'no BOS'}, ` +

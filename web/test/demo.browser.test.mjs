@@ -14,6 +14,8 @@
 // ?model=URL of ../shared/data/tq-bpe-64 (a Llama with a byte-level BPE tokenizer.json, 8192 ids):
 // the page encodes the prompt with that tokenizer and its greedy token ids and text equal those of
 // the npm runner in Node (both SIMD128; ~3 s, most of it loading the 69 MB checkpoint twice).
+// Last, a directory with a SentencePiece tokenizer.model (a tiny random model over its 259 byte-
+// fallback pieces): BOS added, ids and streamed text as in Node (~1 s).
 //
 // Skipped with a message without a browser (CHROMIUM, default /usr/bin/chromium), playwright-core
 // or the model; the tq-bpe-64 part without that model (TQKV_BPE_MODEL).
@@ -23,9 +25,9 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Tqkv } from '../dist/node.js';
+import { Tqkv, TokenStream } from '../dist/node.js';
 import { serve, web } from '../demo/serve.mjs';
-import { modelGolden, safetensors, tinyModel } from './helpers.mjs';
+import { byteFallbackModel, modelGolden, safetensors, tinyModel } from './helpers.mjs';
 
 const chromiumPath = process.env.CHROMIUM || '/usr/bin/chromium';
 const bpeDir = process.env.TQKV_BPE_MODEL || resolve(fileURLToPath(new URL('.', import.meta.url)), '../../../shared/data/tq-bpe-64');
@@ -53,7 +55,13 @@ test('demo page in Chromium: exact-cache output equals the native runner, K4V4 g
     writeFileSync(join(sharded, shardNames[1]), safetensors(tiny.tensors.filter(inSecond)));
     writeFileSync(join(sharded, 'model.safetensors.index.json'),
       JSON.stringify({ weight_map: Object.fromEntries(tiny.tensors.map((x) => [x[0], shardNames[inSecond(x) ? 1 : 0]])) }));
-    const server = await serve([['/model/', modelDir], ['/sharded/', sharded], ['/bpe/', bpeDir], ['/', web]]);
+    // A tiny random model over a byte-fallback tokenizer.model (<unk> <s> </s>, 256 byte pieces).
+    const spmDir = mkdtempSync(join(tmpdir(), 'tqkv-demo-spm-'));
+    const spmModel = tinyModel(7, { vocab_size: 259 });
+    writeFileSync(join(spmDir, 'config.json'), spmModel.config);
+    writeFileSync(join(spmDir, 'model.safetensors'), spmModel.weights);
+    writeFileSync(join(spmDir, 'tokenizer.model'), byteFallbackModel());
+    const server = await serve([['/model/', modelDir], ['/sharded/', sharded], ['/bpe/', bpeDir], ['/spm/', spmDir], ['/', web]]);
     const base = `http://127.0.0.1:${server.address().port}/`;
     const browser = await chromium.launch({
       executablePath: chromiumPath,
@@ -65,6 +73,7 @@ test('demo page in Chromium: exact-cache output equals the native runner, K4V4 g
       await browser.close();
       server.close();
       rmSync(sharded, { recursive: true, force: true });
+      rmSync(spmDir, { recursive: true, force: true });
     });
     const page = await browser.newPage();
     const logs = [];
@@ -279,12 +288,46 @@ test('demo page in Chromium: exact-cache output equals the native runner, K4V4 g
       assert.deepEqual(run.tokens, want, `page ${JSON.stringify(run.text)} vs Node ${JSON.stringify(wantText)}`);
       assert.equal(run.text, wantText);
       assert.equal(shown.output, prompt + wantText);
-      assert.equal(run.stats.position, ids.length + want.length - 1);
+      assert.equal(run.stats.position, ids.length + want.length - (want.length < n ? 0 : 1));
       assert.match(shown.status, want.length < n ? /^done: \d+ tokens with the fp32 cache \(end of sequence\)/ : new RegExp(`^done: ${n} tokens with the fp32 cache`));
       assert.ok(frames.every((f) => !f.replacement), 'no U+FFFD shown while generating');
       assert.ok(/^\u00e9/.test(wantText) && !wantText.includes('\ufffd'), `the reference text changed: ${JSON.stringify(wantText)}`);
       results.bpe = { ms: Date.now() - t1, promptTokens: ids.length, tokens: want.length, text: wantText,
         tokensPerSecond: +run.decodeTokensPerSecond.toFixed(1) };
+    });
+
+    await t.test('?model=URL of a directory with a SentencePiece tokenizer.model: BOS added, ids and streamed text as in Node', async () => {
+      const prompt = 'Gr\u00fc\u00dfe, ';
+      const n = 32;
+      const tq = await Tqkv.load({ simd: true });
+      const m = tq.loadModel(spmModel.config, spmModel.weights);
+      m.tokenizer = tq.loadTokenizer(byteFallbackModel());
+      const ids = m.tokenizer.encode(prompt, { special: true });
+      assert.equal(ids[0], 1, 'BOS <s>');
+      const stop = new Set(m.endOfSequence);
+      assert.deepEqual([...stop], [2], '</s>');
+      const want = [];
+      for (const id of m.createRunner('fp32').generate(ids, { maxTokens: n })) {
+        if (stop.has(id)) break;
+        want.push(id);
+      }
+      // Random weights: random bytes, U+FFFD where they are not UTF-8 (as Node's TokenStream shows them).
+      const stream = new TokenStream(m.tokenizer, ids);
+      const wantText = want.map((id) => stream.push(id)).join('') + stream.flush();
+      m.dispose();
+      requested.length = 0;
+      await page.goto(base + 'demo/?model=/spm/&simd=1');
+      await page.waitForFunction(() => ['ready', 'error'].includes(window.tqkvDemo?.state), null, { timeout: 60_000 });
+      const state = await page.evaluate(() => ({ state: window.tqkvDemo.state, error: window.tqkvDemo.error, model: window.tqkvDemo.model }));
+      assert.equal(state.state, 'ready', `${state.error}\n${logs.join('\n')}`);
+      assert.ok(requested.includes('/spm/tokenizer.json') && requested.includes('/spm/tokenizer.model'), requested.join(' '));
+      assert.deepEqual(state.model.tokenizer, { source: base + 'spm/tokenizer.model', vocab: 259, bos: 1, eos: 2, endOfSequence: [2] });
+      assert.match(await page.textContent('#model-line'), /, tokenizer tokenizer\.model \(259 ids, BOS id 1, stops at id 2\)\./);
+      const { run, shown } = await generate('fp32', n, '#generate', prompt);
+      assert.deepEqual(run.tokens, want);
+      assert.equal(run.text, wantText);
+      assert.equal(shown.output, prompt + wantText);
+      assert.equal(run.stats.position, ids.length + want.length - (want.length < n ? 0 : 1));
     });
 
     console.log(`chromium demo (model load ${loadMs} ms): ${JSON.stringify(results)}`);

@@ -19,7 +19,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Tqkv, TqkvError, Tokenizer, TokenStream } from '../dist/node.js';
-import { tinyModel } from './helpers.mjs';
+import { byteFallbackModel, tinyModel } from './helpers.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const bpeDir = process.env.TQKV_BPE_MODEL || resolve(here, '../../../shared/data/tq-bpe-64');
@@ -104,24 +104,6 @@ function spmGolden() {
   spawnSync(bin, ['tokenizer: tokenizer.model golden ids for the wasm tests (TQKV_GOLDEN_DIR)'],
     { env: { ...process.env, TQKV_GOLDEN_DIR: out }, encoding: 'utf8' });
   return existsSync(join(out, 'spm.json')) ? out : null;
-}
-
-// A tokenizer.model in the protobuf wire format (sentencepiece_model.proto): <unk>, <s>, </s> and
-// the 256 byte pieces <0x00>..<0xFF> (ids 3..258) of a BPE model with byte fallback, nothing else.
-function byteFallbackModel() {
-  const out = [];
-  const varint = (v) => { for (; v > 0x7f; v >>>= 7) out.push((v & 0x7f) | 0x80); out.push(v); };
-  const bytesField = (field, b) => { varint((field << 3) | 2); varint(b.length); out.push(...b); };
-  const sub = (fn) => { const start = out.length; fn(); return out.splice(start); };
-  const piece = (text, type) => bytesField(1, sub(() => {
-    bytesField(1, [...new TextEncoder().encode(text)]);
-    varint((3 << 3) | 0); varint(type);
-  }));
-  piece('<unk>', 2); piece('<s>', 3); piece('</s>', 3);
-  for (let b = 0; b < 256; b++) piece(`<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`, 6);
-  bytesField(2, sub(() => { varint(3 << 3); varint(2); varint(35 << 3); varint(1); }));  // trainer_spec: BPE, byte_fallback
-  bytesField(3, sub(() => { varint(4 << 3); varint(0); }));  // normalizer_spec: keep extra whitespace
-  return Uint8Array.from(out);
 }
 
 test('tokenizer.model: byte fallback only (ids derived by hand, more ids than bytes), refusals', async () => {
