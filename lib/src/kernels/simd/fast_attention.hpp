@@ -228,59 +228,49 @@ TQKV_SIMD_INLINE typename S::V field(const Chunk<S>& c, typename S::V mask) {
     return S::and_(S::template srl16<bit % 8>(x), mask);
 }
 
-// Calls f(j, idx) for each coordinate j < dim in order, idx its code (bits 1-4, no garbage).
-template <class S, int BITS, class Fn>
-TQKV_SIMD_INLINE void for_each_coordinate(const uint8_t* codes, int dim, Fn&& f) {
-    using V = typename S::V;
-    const V m00ff = S::set16(0x00ff);
-    if constexpr (BITS == 3) {
-        // The 2-bit part (bits 0-1) in chunks of 8 coordinates, the 1-bit part (bit 2) in chunks of 16.
-        const uint8_t* ones = codes + part_bytes(dim, 2);
-        const V m3 = S::set8(3), m4 = S::set8(4);
-        for (int j0 = 0; j0 < dim; j0 += 16) {
-            const Chunk<S> one = Chunk<S>::load(ones + size_t(j0 / 16) * 64, m00ff);
-            for (int q = 0; q < 2 && j0 + 8 * q < dim; ++q) {
-                const Chunk<S> two = Chunk<S>::load(codes + size_t(j0 / 8 + q) * 64, m00ff);
-                const V y = q == 0 ? one.s01 : one.s23;  // bit s of each byte: coordinate j0 + 8q + s
-                auto coord = [&](auto sc) TQKV_SIMD_LAMBDA {
-                    constexpr int s = decltype(sc)::value;
-                    const V lo = field<S, 2, s>(two, m3);
-                    V hi;
-                    if constexpr (s >= 2)
-                        hi = S::and_(S::template srl16<s - 2>(y), m4);
-                    else
-                        hi = S::and_(S::template sll16<2 - s>(y), m4);
-                    f(j0 + 8 * q + s, S::or_(lo, hi));
-                };
-                if (j0 + 8 * q + 8 <= dim) {
-                    [&]<int... s>(std::integer_sequence<int, s...>) TQKV_SIMD_LAMBDA {
-                        (coord(std::integral_constant<int, s>{}), ...);
-                    }(std::make_integer_sequence<int, 8>{});
-                } else {
-                    [&]<int... s>(std::integer_sequence<int, s...>) TQKV_SIMD_LAMBDA {
-                        ((j0 + 8 * q + s < dim ? coord(std::integral_constant<int, s>{}) : void()), ...);
-                    }(std::make_integer_sequence<int, 8>{});
-                }
-            }
-        }
+// Calls coord(integral_constant<s>) for the slots s < N of a run of coordinates starting at j0 that
+// lie below dim (s a compile-time constant: the field shifts depend on it).
+template <int N, class Fn>
+TQKV_SIMD_INLINE void for_slots(int j0, int dim, Fn&& coord) {
+    if (j0 + N <= dim) {
+        [&]<int... s>(std::integer_sequence<int, s...>) TQKV_SIMD_LAMBDA {
+            (coord(std::integral_constant<int, s>{}), ...);
+        }(std::make_integer_sequence<int, N>{});
     } else {
-        constexpr int per = 16 / BITS;
-        const V mask = S::set8((1 << BITS) - 1);
-        for (int j0 = 0; j0 < dim; j0 += per) {
-            const Chunk<S> c = Chunk<S>::load(codes + size_t(j0 / per) * 64, m00ff);
-            auto coord = [&](auto sc) TQKV_SIMD_LAMBDA {
+        [&]<int... s>(std::integer_sequence<int, s...>) TQKV_SIMD_LAMBDA {
+            ((j0 + s < dim ? coord(std::integral_constant<int, s>{}) : void()), ...);
+        }(std::make_integer_sequence<int, N>{});
+    }
+}
+
+// The 3-bit code of slot s of a run of 8 coordinates: bits 0-1 from the 2-bit part's chunk `two`,
+// bit 2 from bit s of each byte of y (one half of the 1-bit part's chunk).
+template <class S, int s>
+TQKV_SIMD_INLINE typename S::V three_bit_field(const Chunk<S>& two, typename S::V y, typename S::V m3, typename S::V m4) {
+    typename S::V hi;
+    if constexpr (s >= 2)
+        hi = S::and_(S::template srl16<s - 2>(y), m4);
+    else
+        hi = S::and_(S::template sll16<2 - s>(y), m4);
+    return S::or_(field<S, 2, s>(two, m3), hi);
+}
+
+// Calls f(j, idx) for each coordinate j < dim of 3-bit codes in order, idx its code: the 2-bit part
+// (bits 0-1) in chunks of 8 coordinates, the 1-bit part (bit 2) in chunks of 16, each loaded once.
+template <class S, class Fn>
+TQKV_SIMD_INLINE void for_each_coordinate3(const uint8_t* codes, int dim, Fn&& f) {
+    using V = typename S::V;
+    const V m00ff = S::set16(0x00ff), m3 = S::set8(3), m4 = S::set8(4);
+    const uint8_t* ones = codes + part_bytes(dim, 2);
+    for (int j0 = 0; j0 < dim; j0 += 16) {
+        const Chunk<S> one = Chunk<S>::load(ones + size_t(j0 / 16) * 64, m00ff);
+        for (int q = 0; q < 2 && j0 + 8 * q < dim; ++q) {
+            const Chunk<S> two = Chunk<S>::load(codes + size_t(j0 / 8 + q) * 64, m00ff);
+            const V y = q == 0 ? one.s01 : one.s23;
+            for_slots<8>(j0 + 8 * q, dim, [&](auto sc) TQKV_SIMD_LAMBDA {
                 constexpr int s = decltype(sc)::value;
-                f(j0 + s, field<S, BITS, s>(c, mask));
-            };
-            if (j0 + per <= dim) {
-                [&]<int... s>(std::integer_sequence<int, s...>) TQKV_SIMD_LAMBDA {
-                    (coord(std::integral_constant<int, s>{}), ...);
-                }(std::make_integer_sequence<int, per>{});
-            } else {
-                [&]<int... s>(std::integer_sequence<int, s...>) TQKV_SIMD_LAMBDA {
-                    ((j0 + s < dim ? coord(std::integral_constant<int, s>{}) : void()), ...);
-                }(std::make_integer_sequence<int, per>{});
-            }
+                f(j0 + 8 * q + s, three_bit_field<S, s>(two, y, m3, m4));
+            });
         }
     }
 }
@@ -337,7 +327,7 @@ __attribute__((noinline)) void key_sums(const uint8_t* codes, int dim, const uin
     }
     if constexpr (BITS == 3) {
         // One unit per coordinate; a block of 256 units is 16 iterations of the decoder's 16.
-        for_each_coordinate<S, 3>(codes, dim, [&](int j, V idx) TQKV_SIMD_LAMBDA {
+        for_each_coordinate3<S>(codes, dim, [&](int j, V idx) TQKV_SIMD_LAMBDA {
             for (int h = 0; h < H; ++h) acc[h].add(tab[h] + size_t(j) * stride, idx);
             if ((j & 255) == 255)
                 for (int h = 0; h < H; ++h) acc[h].fold(tot[h]);
@@ -441,24 +431,14 @@ TQKV_SIMD_INLINE int32_t lane_total(typename S::V v) {
 constexpr int value_block(int bits) { return bits == 4 ? 4 : 8; }
 
 // Calls f(k, idx) for coordinates j0 + k < dim of block b (j0 = b * value_block(BITS)), idx the
-// 4-bit indexes of their 32 tokens (the decoding of for_each_coordinate, one block at a time).
+// 4-bit indexes of their 32 tokens (the chunk decoding above, one block at a time).
 template <class S, int BITS, class Fn>
 TQKV_SIMD_INLINE void decode_block(const uint8_t* codes, int dim, int b, Fn&& f) {
     using V = typename S::V;
     constexpr int NB = value_block(BITS);
     const int j0 = b * NB;
     const V m00ff = S::set16(0x00ff);
-    auto each = [&](auto&& coord) TQKV_SIMD_LAMBDA {
-        if (j0 + NB <= dim) {
-            [&]<int... s>(std::integer_sequence<int, s...>) TQKV_SIMD_LAMBDA {
-                (coord(std::integral_constant<int, s>{}), ...);
-            }(std::make_integer_sequence<int, NB>{});
-        } else {
-            [&]<int... s>(std::integer_sequence<int, s...>) TQKV_SIMD_LAMBDA {
-                ((j0 + s < dim ? coord(std::integral_constant<int, s>{}) : void()), ...);
-            }(std::make_integer_sequence<int, NB>{});
-        }
-    };
+    auto each = [&](auto&& coord) TQKV_SIMD_LAMBDA { for_slots<NB>(j0, dim, coord); };
     if constexpr (BITS == 3) {
         // The 2-bit part's chunk b (8 coordinates), bit 2 from half b & 1 of the 1-bit part's chunk b / 2.
         const Chunk<S> two = Chunk<S>::load(codes + size_t(b) * 64, m00ff);
@@ -466,12 +446,7 @@ TQKV_SIMD_INLINE void decode_block(const uint8_t* codes, int dim, int b, Fn&& f)
         const V y = (b & 1) ? one.s23 : one.s01, m3 = S::set8(3), m4 = S::set8(4);
         each([&](auto sc) TQKV_SIMD_LAMBDA {
             constexpr int s = decltype(sc)::value;
-            V hi;
-            if constexpr (s >= 2)
-                hi = S::and_(S::template srl16<s - 2>(y), m4);
-            else
-                hi = S::and_(S::template sll16<2 - s>(y), m4);
-            f(s, S::or_(field<S, 2, s>(two, m3), hi));
+            f(s, three_bit_field<S, s>(two, y, m3, m4));
         });
     } else if constexpr (BITS == 1) {
         // Chunks of 16 coordinates: block b is slots 0-7 or 8-15 of chunk b / 2.
