@@ -204,28 +204,27 @@ int main(int argc, char** argv) {
                                  "e\xcc\x81 \xe1\x84\x80\xe1\x85\xa1 a\xcc\x81\xcc\xa3 \xe0\xa5\x98"};
     std::string nfc_json = tqkv_test::byte_level_json(tqkv_test::kGpt2Pre, tqkv_test::kMerges, false);
     nfc_json.replace(nfc_json.find("\"normalizer\":null"), 17, "\"normalizer\":{\"type\":\"NFC\"}");
+    // A tokenizer seed: 2-byte little-endian length of the tokenizer file, the file, then text.
     int ti = 0;
+    auto tokenizer_seeds = [&](const std::string& file) {
+        for (const std::string& text : texts) {
+            std::vector<uint8_t> seed = {uint8_t(file.size()), uint8_t(file.size() >> 8)};
+            seed.insert(seed.end(), file.begin(), file.end());
+            seed.insert(seed.end(), text.begin(), text.end());
+            write(root / "tokenizer" / ("seed" + std::to_string(ti++)), seed);
+        }
+    };
     for (const std::string& json : {tqkv_test::byte_level_json(tqkv_test::kGpt2Pre, tqkv_test::kMerges, false), nfc_json,
                                     tqkv_test::byte_level_json(llama3_pre, tqkv_test::kMerges, true),
                                     tqkv_test::byte_level_json(smol_pre, tqkv_test::kMerges, false), tqkv_test::sentencepiece_json()}) {
         tqkv::Tokenizer::from_json(json);  // a seed that does not load fails here
-        for (const std::string& text : texts) {
-            std::vector<uint8_t> seed = {uint8_t(json.size()), uint8_t(json.size() >> 8)};
-            seed.insert(seed.end(), json.begin(), json.end());
-            seed.insert(seed.end(), text.begin(), text.end());
-            write(root / "tokenizer" / ("seed" + std::to_string(ti++)), seed);
-        }
+        tokenizer_seeds(json);
     }
     // tokenizer.model files (our protobuf reader) in the same seed format.
     for (const std::string& model : {tqkv_test::spm_bpe_model(), tqkv_test::spm_unigram_model(),
                                      tqkv_test::spm_unigram_model() + tqkv_test::pb_bytes(3, tqkv_test::pb_bytes(2, tqkv_test::spm_charsmap_a()))}) {
         tqkv::Tokenizer::from_bytes(model);  // a seed that does not load fails here
-        for (const std::string& text : texts) {
-            std::vector<uint8_t> seed = {uint8_t(model.size()), uint8_t(model.size() >> 8)};
-            seed.insert(seed.end(), model.begin(), model.end());
-            seed.insert(seed.end(), text.begin(), text.end());
-            write(root / "tokenizer" / ("seed" + std::to_string(ti++)), seed);
-        }
+        tokenizer_seeds(model);
     }
     // Saved runners (fuzz_runner_load: byte 0 picks the runner of runner_model.hpp, then its bytes)
     // after 0, 3 and 9 tokens, for each runner whose cache can be saved.

@@ -42,6 +42,18 @@ const skip = !existsSync(chromiumPath)
     ? 'playwright-core not installed (npm ci in web/)'
     : g.skip ?? false;
 
+// The ids the npm runner generates greedily with the fp32 cache after `ids`, up to n, stopping
+// before an end-of-sequence id (what the page must show).
+function greedyIds(model, ids, n) {
+  const stop = new Set(model.endOfSequence);
+  const out = [];
+  for (const id of model.createRunner('fp32').generate(ids, { maxTokens: n })) {
+    if (stop.has(id)) break;
+    out.push(id);
+  }
+  return out;
+}
+
 test('demo page in Chromium: exact-cache output equals the native runner, K4V4 generates, speed and memory shown live',
   { skip, timeout: 180_000 }, async (t) => {
     const { golden, modelDir } = g;
@@ -263,13 +275,8 @@ test('demo page in Chromium: exact-cache output equals the native runner, K4V4 g
       const tq = await Tqkv.load({ simd: true });
       const m = await tq.fetchModel(bpeDir);
       const ids = m.tokenizer.encode(prompt, { special: true });
-      const stop = new Set(m.endOfSequence);
-      assert.deepEqual([...stop], [0], 'config.json eos_token_id 0 = <|endoftext|>');
-      const want = [];
-      for (const id of m.createRunner('fp32').generate(ids, { maxTokens: n })) {
-        if (stop.has(id)) break;
-        want.push(id);
-      }
+      assert.deepEqual(m.endOfSequence, [0], 'config.json eos_token_id 0 = <|endoftext|>');
+      const want = greedyIds(m, ids, n);
       const wantText = m.tokenizer.decode(want);
       m.dispose();
       requested.length = 0;
@@ -304,13 +311,8 @@ test('demo page in Chromium: exact-cache output equals the native runner, K4V4 g
       m.tokenizer = tq.loadTokenizer(byteFallbackModel());
       const ids = m.tokenizer.encode(prompt, { special: true });
       assert.equal(ids[0], 1, 'BOS <s>');
-      const stop = new Set(m.endOfSequence);
-      assert.deepEqual([...stop], [2], '</s>');
-      const want = [];
-      for (const id of m.createRunner('fp32').generate(ids, { maxTokens: n })) {
-        if (stop.has(id)) break;
-        want.push(id);
-      }
+      assert.deepEqual(m.endOfSequence, [2], '</s>');
+      const want = greedyIds(m, ids, n);
       // Random weights: random bytes, U+FFFD where they are not UTF-8 (as Node's TokenStream shows them).
       const stream = new TokenStream(m.tokenizer, ids);
       const wantText = want.map((id) => stream.push(id)).join('') + stream.flush();
