@@ -232,8 +232,7 @@ void ModelWork::run(ModelQuery q) {
                 throw std::invalid_argument("the prompt has " + std::to_string(n) + " tokens; it needs 1 to " +
                                             std::to_string(ctx - 1));
         }
-        tqkv::TokenStream stream(tok);
-        stream.push(tokens[0]);
+        tqkv::TokenStream stream(tok, {tokens[0]});
         for (size_t i = 1; i < tokens.size(); ++i) r->pieces.push_back(stream.push(tokens[i]));
         const double t_run = seconds();
         auto score = [&](const std::string& spec) -> const Scored& {
@@ -283,8 +282,7 @@ void ModelWork::run(ModelQuery q) {
                 const std::vector<int32_t> prompt = tok.encode(q.prompt, true);
                 r->prompt_text = tok.decode(prompt);
                 auto pieces = [&](const std::vector<int32_t>& ids) {
-                    tqkv::TokenStream out(tok);
-                    for (int32_t t : prompt) out.push(t);
+                    tqkv::TokenStream out(tok, prompt);
                     std::vector<std::string> p;
                     for (int32_t t : ids) p.push_back(out.push(t));
                     return p;

@@ -19,6 +19,7 @@
 #include "tqkv/fp16.hpp"
 #include "tqkv/model.hpp"
 #include "tqkv/rng.hpp"
+#include "tqkv/tokenizer.hpp"
 #include "tqkv/tqkv.h"
 #include "tiny_model.hpp"
 #include "tokenizer_json.hpp"
@@ -749,6 +750,72 @@ TEST_CASE("C ABI tokenizer: load, encode, decode, capacity and errors", "[capi]"
     REQUIRE(tqkv_tokenizer_encode(tok, "the cab", 7, 1, ids, 64, &n) == TQKV_OK);
     CHECK(std::vector<int32_t>(ids, ids + n) == std::vector<int32_t>{1, 261, 264, 3 + 'c', 263});
     REQUIRE(tqkv_tokenizer_destroy(tok) == TQKV_OK);
+}
+
+TEST_CASE("C ABI token stream: the text of tqkv::TokenStream; short buffers, bad ids and handles leave it unchanged", "[capi]") {
+    const std::string model = tqkv_test::spm_bpe_model();
+    const tqkv::Tokenizer cpp = tqkv::Tokenizer::from_sentencepiece(model);
+    tqkv_tokenizer tok = nullptr;
+    REQUIRE(tqkv_tokenizer_load(model.data(), model.size(), nullptr, 0, &tok) == TQKV_OK);
+    // "the cab" (BOS, ▁the, ▁, <0x63>, ab) as context, then ▁, the bytes of 日 and of 🙂, ab, ▁the.
+    const std::vector<int32_t> context = {1, 261, 264, 3 + 'c', 263};
+    const std::vector<int32_t> ids = {264, 3 + 0xe6, 3 + 0x97, 3 + 0xa5, 3 + 0xf0, 3 + 0x9f, 3 + 0x99, 3 + 0x82, 263, 261};
+    tqkv_token_stream s = nullptr;
+    REQUIRE(tqkv_token_stream_create(tok, context.data(), context.size(), &s) == TQKV_OK);
+    tqkv::TokenStream want(cpp, context);
+    char buf[64];
+    size_t n = 99;
+    // A short buffer: the length needed, the stream unchanged (the same id again gives its text).
+    CHECK(tqkv_token_stream_push(s, 264, nullptr, 0, &n) == TQKV_ERR_CAPACITY);
+    CHECK(n == 1);
+    CHECK(contains(tqkv_last_error(), "capacity"));
+    std::string got;
+    for (int32_t id : ids) {
+        INFO(id);
+        REQUIRE(tqkv_token_stream_push(s, id, buf, sizeof buf, &n) == TQKV_OK);
+        const std::string piece(buf, n);
+        CHECK(piece == want.push(id));
+        got += piece;
+        // An id outside the vocabulary: an error naming it, the stream unchanged.
+        CHECK(tqkv_token_stream_push(s, 271, buf, sizeof buf, &n) == TQKV_ERR_INVALID_ARGUMENT);
+        CHECK(contains(tqkv_last_error(), "outside the vocabulary of 271"));
+        CHECK(tqkv_token_stream_push(s, -1, buf, sizeof buf, &n) == TQKV_ERR_INVALID_ARGUMENT);
+    }
+    REQUIRE(tqkv_token_stream_flush(s, buf, sizeof buf, &n) == TQKV_OK);
+    got += std::string(buf, n);
+    CHECK(got == " \xe6\x97\xa5\xf0\x9f\x99\x82" "ab the");
+    // An unfinished character: U+FFFD only when flushed (and a short buffer keeps it).
+    REQUIRE(tqkv_token_stream_push(s, 3 + 0xe6, buf, sizeof buf, &n) == TQKV_OK);
+    CHECK(n == 0);
+    CHECK(tqkv_token_stream_flush(s, buf, 2, &n) == TQKV_ERR_CAPACITY);
+    CHECK(n == 3);
+    REQUIRE(tqkv_token_stream_flush(s, buf, sizeof buf, &n) == TQKV_OK);
+    CHECK(std::string(buf, n) == "\xef\xbf\xbd");
+    // NULL pointers and bad handles: errors, never a crash.
+    CHECK(tqkv_token_stream_push(s, 263, nullptr, 5, &n) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_token_stream_push(s, 263, buf, sizeof buf, nullptr) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_token_stream_flush(s, buf, sizeof buf, nullptr) == TQKV_ERR_INVALID_ARGUMENT);
+    tqkv_token_stream none = nullptr;
+    CHECK(tqkv_token_stream_create(tok, nullptr, 3, &none) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_token_stream_create(tok, context.data(), context.size(), nullptr) == TQKV_ERR_INVALID_ARGUMENT);
+    const int32_t bad_context[] = {1, 300};
+    CHECK(tqkv_token_stream_create(tok, bad_context, 2, &none) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(contains(tqkv_last_error(), "context id 300"));
+    CHECK(none == nullptr);
+    CHECK(tqkv_token_stream_create(nullptr, nullptr, 0, &none) == TQKV_ERR_INVALID_HANDLE);
+    CHECK(tqkv_token_stream_push(nullptr, 263, buf, sizeof buf, &n) == TQKV_ERR_INVALID_HANDLE);
+    CHECK(tqkv_token_stream_push(reinterpret_cast<tqkv_token_stream>(tok), 263, buf, sizeof buf, &n) == TQKV_ERR_INVALID_HANDLE);
+    CHECK(contains(tqkv_last_error(), "not a token stream handle"));
+    CHECK(tqkv_token_stream_create(reinterpret_cast<tqkv_tokenizer>(s), nullptr, 0, &none) == TQKV_ERR_INVALID_HANDLE);
+    // The stream keeps its tokenizer: destroying the tokenizer first is fine.
+    REQUIRE(tqkv_token_stream_create(tok, nullptr, 0, &none) == TQKV_OK);
+    REQUIRE(tqkv_tokenizer_destroy(tok) == TQKV_OK);
+    REQUIRE(tqkv_token_stream_push(none, 261, buf, sizeof buf, &n) == TQKV_OK);
+    CHECK(std::string(buf, n) == "the");  // the first piece's space dropped: no context
+    REQUIRE(tqkv_token_stream_destroy(none) == TQKV_OK);
+    REQUIRE(tqkv_token_stream_destroy(s) == TQKV_OK);
+    CHECK(tqkv_token_stream_destroy(s) == TQKV_ERR_INVALID_HANDLE);
+    CHECK(tqkv_token_stream_flush(s, buf, sizeof buf, &n) == TQKV_ERR_INVALID_HANDLE);
 }
 
 TEST_CASE("C ABI model: sensitivity probe, rate plans, auto specs; calibrations from samples and their bytes", "[capi][auto]") {

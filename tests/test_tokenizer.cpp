@@ -292,6 +292,72 @@ TEST_CASE("tokenizer: TokenStream with tokenizer.model: no U+FFFD for a characte
     CHECK(after.push(261) == " the");
 }
 
+// The text of a stream: its pushes and flush joined (the pieces of the pushes in *pieces).
+static std::string streamed(const Tokenizer& tok, const std::vector<int32_t>& context, const std::vector<int32_t>& ids,
+                     std::vector<std::string>* pieces = nullptr) {
+    TokenStream stream(tok, context);
+    std::string out;
+    for (int32_t id : ids) {
+        const std::string p = stream.push(id);
+        if (pieces) pieces->push_back(p);
+        out += p;
+    }
+    return out + stream.flush();
+}
+
+TEST_CASE("tokenizer: TokenStream over a long generation gives decode(context + ids) without the context's text", "[tokenizer]") {
+    std::vector<std::pair<std::string, Tokenizer>> toks;
+    toks.emplace_back("bytes", Tokenizer::bytes());
+    toks.emplace_back("byte-level tokenizer.json", Tokenizer::from_json(byte_level_json(kGpt2Pre, kMerges, false)));
+    toks.emplace_back("byte-fallback tokenizer.json", Tokenizer::from_json(sentencepiece_json()));
+    toks.emplace_back("tokenizer.model BPE", Tokenizer::from_sentencepiece(spm_bpe_model()));
+    toks.emplace_back("tokenizer.model unigram", Tokenizer::from_sentencepiece(spm_unigram_model()));
+    const std::string bpe64 = TQKV_SHARED_DATA "/tq-bpe-64";
+    if (std::filesystem::exists(bpe64 + "/tokenizer.json")) toks.emplace_back("tq-bpe-64", Tokenizer::load(bpe64));
+    else WARN("skipped tq-bpe-64: no " << bpe64 << "/tokenizer.json");
+    // Text with characters of 2, 3 and 4 bytes, which byte-level and byte-fallback ids split.
+    std::string text;
+    for (int i = 0; i < 40; ++i) text += "the cab h\xc3\xa9llo \xe6\x97\xa5\xe6\x9c\xac\xf0\x9f\x99\x82 hi  hi! ";
+    auto joined = [](std::vector<int32_t> a, const std::vector<int32_t>& b) {
+        a.insert(a.end(), b.begin(), b.end());
+        return a;
+    };
+    for (auto& [name, tok] : toks) {
+        INFO(name);
+        // A valid text: together the pieces are it, none has U+FFFD or ends inside a character.
+        const std::vector<int32_t> context = tok.encode("the ab", true), ids = tok.encode(text);
+        const std::string before = tok.decode(context), whole = tok.decode(joined(context, ids));
+        REQUIRE(whole.compare(0, before.size(), before) == 0);
+        std::vector<std::string> pieces;
+        const std::string got = streamed(tok, context, ids, &pieces);
+        CHECK(got == whole.substr(before.size()));
+        CHECK(got.size() > text.size() / 2);
+        size_t at = 0, with_replacement = 0, inside_character = 0;
+        for (const std::string& p : pieces) {
+            at += p.size();
+            with_replacement += p.find("\xef\xbf\xbd") != std::string::npos;
+            inside_character += at < got.size() && (static_cast<unsigned char>(got[at]) & 0xc0) == 0x80;
+        }
+        CHECK(with_replacement == 0);
+        CHECK(inside_character == 0);
+        // Random ids (invalid UTF-8, control and special tokens, characters split anyhow) after the
+        // context and after none: the same text as decoding everything at once.
+        uint64_t state = 0x9e3779b97f4a7c15ull;
+        auto next = [&] {
+            state = state * 6364136223846793005ull + 1442695040888963407ull;
+            return uint32_t(state >> 33);
+        };
+        std::vector<int32_t> random(3000);
+        for (auto& id : random) {
+            // Half the ids among the first 300 (bytes, byte pieces, special tokens), half anywhere.
+            const uint32_t r = next();
+            id = int32_t((r & 1) ? (r >> 1) % std::min<size_t>(300, tok.vocab_size()) : (r >> 1) % tok.vocab_size());
+        }
+        CHECK(streamed(tok, context, random) == tok.decode(joined(context, random)).substr(before.size()));
+        CHECK(streamed(tok, {}, random) == tok.decode(random));
+    }
+}
+
 TEST_CASE("tokenizer: Metaspace pre-tokenizer (older SentencePiece conversions)", "[tokenizer]") {
     const std::string json = R"({"added_tokens":[],"normalizer":null,
         "pre_tokenizer":{"type":"Metaspace","replacement":"▁","prepend_scheme":"first","split":true},

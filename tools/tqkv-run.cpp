@@ -198,10 +198,9 @@ int main(int argc, char** argv) {
         int generated = 0;
         size_t decoded = 0;  // decode() calls, timed
         bool hit_ctx = false, hit_eos = false;
-        tqkv::TokenStream stream(tok);
-        // The prompt's last ids first (their text is printed already): a SentencePiece decoder drops
-        // the leading space of a text, which would glue the first generated word to the prompt.
-        for (size_t i = tokens.size() > 4 ? tokens.size() - 4 : 0; i < tokens.size(); ++i) stream.push(tokens[i]);
+        // The prompt as context (its text is printed already): a SentencePiece decoder drops the
+        // leading space of a text, which would glue the first generated word to the prompt.
+        tqkv::TokenStream stream(tok, tokens);
         const double t1 = now();
         const std::clock_t c1 = std::clock();  // CPU time too: on a shared machine wall time counts others' work
         while (generated < n_new) {

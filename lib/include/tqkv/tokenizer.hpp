@@ -71,20 +71,38 @@ private:
     std::unique_ptr<Impl> impl_;
 };
 
-// Streaming decode for generation: feed ids one at a time, get the text that became final (UTF-8
-// sequences split across tokens are held back until complete, and the U+FFFD a SentencePiece model
-// decodes an unfinished character's bytes to). Push the prompt's last ids first and drop their text
-// so that the first generated word keeps its space (decoders drop a text's leading space).
+// Streaming decode for generation (tqkv-run, the explorer, and through the C ABI's
+// tqkv_token_stream_* the npm package's TokenStream): feed ids one at a time, get the text that
+// became final. Held back until complete: a UTF-8 sequence split across tokens (byte-level and
+// tokenizer.json byte-fallback tokens decode to the bytes themselves) and up to three U+FFFD
+// ending the text (a tokenizer.model decodes each byte of an unfinished character to U+FFFD).
+// The text of push()es and the final flush() is decode(context + ids) without the context's text.
+//
+//   TokenStream stream(tok, prompt_ids);      // the prompt's last ids are decoded with the new ones,
+//   for (...) std::cout << stream.push(id);   // so the first word keeps its space (decoders drop a
+//   std::cout << stream.flush();              // text's leading space)
+//
+// Each push decodes a bounded tail of ids, not the whole history (linear over a generation): the
+// tail is cut back to its last kContextIds ids once decoding those alone gives the end of the text
+// (a suffix of it that includes already returned text), so what the next ids add is the same.
+// Ids that decode to nothing (control tokens) after the last text are kept until text follows.
 class TokenStream {
 public:
-    explicit TokenStream(const Tokenizer& tok) : tok_(tok) {}
+    // context: the ids before the generated ones (their text is not returned); only its last
+    // kContextIds ids are kept. Throws std::invalid_argument on an id outside the vocabulary.
+    explicit TokenStream(const Tokenizer& tok, const std::vector<int32_t>& context = {});
+    // The text id adds ("" while a character is unfinished). Throws std::invalid_argument on an id
+    // outside the vocabulary (the stream is then unchanged).
     std::string push(int32_t id);
-    std::string flush();  // what is held back (at the end of generation)
+    // What is held back, as text (an unfinished character stays as its bytes or U+FFFD).
+    std::string flush();
+
+    static constexpr size_t kContextIds = 4;  // enough for the decoders' rules on a text's start
 
 private:
-    const Tokenizer& tok_;
-    std::vector<int32_t> ids_;
-    size_t emitted_ = 0;  // bytes of decode(ids_) already returned
+    const Tokenizer* tok_;
+    std::vector<int32_t> ids_;  // the tail: kContextIds to 2 * kContextIds ids (more while it can't be cut)
+    size_t emitted_ = 0;        // bytes of decode(ids_) returned already (or the context's)
 };
 
 }  // namespace tqkv

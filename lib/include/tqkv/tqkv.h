@@ -450,6 +450,38 @@ TQKV_API tqkv_status tqkv_tokenizer_decode(tqkv_tokenizer tok, const int32_t* id
 /* Vocabulary size (added tokens included) and the BOS / EOS ids (-1 when none). Any pointer may be NULL. */
 TQKV_API tqkv_status tqkv_tokenizer_get_info(tqkv_tokenizer tok, int32_t* vocab, int32_t* bos, int32_t* eos);
 
+/* The text of generated ids as they come (tqkv::TokenStream): push(id) gives the UTF-8 bytes the id
+ * adds, holding back a character split over ids (byte-level and byte-fallback tokens can end inside
+ * one) until it is whole; flush gives what is held back at the end. The bytes of every push and the
+ * flush are decode(context + ids) without the context's text; each push decodes a few ids, not the
+ * whole history. The stream keeps its tokenizer alive (destroying the tokenizer handle first is
+ * fine). Calls on one stream need exclusive access.
+ *
+ *   tqkv_token_stream s;
+ *   tqkv_token_stream_create(tok, prompt, n_prompt, &s);   // context: NULL, 0 for none
+ *   for (each generated id) {
+ *       tqkv_token_stream_push(s, id, buf, sizeof buf, &n);  fwrite(buf, 1, n, stdout);
+ *   }
+ *   tqkv_token_stream_flush(s, buf, sizeof buf, &n);
+ *   tqkv_token_stream_destroy(s); */
+typedef struct tqkv_token_stream_s* tqkv_token_stream;
+
+/* context: the ids before the generated ones (the prompt; only its last few are decoded with the
+ * generated ids, so that the first generated word keeps its space: decoders drop a text's leading
+ * space). An id outside the vocabulary: TQKV_ERR_INVALID_ARGUMENT. */
+TQKV_API tqkv_status tqkv_token_stream_create(tqkv_tokenizer tok, const int32_t* context, size_t n_context,
+                                              tqkv_token_stream* out);
+TQKV_API tqkv_status tqkv_token_stream_destroy(tqkv_token_stream stream);
+/* *n_bytes receives the length of the text id adds (0 while a character is unfinished). When it
+ * exceeds capacity, or the id is outside the vocabulary (TQKV_ERR_INVALID_ARGUMENT), nothing is
+ * written and the stream is unchanged: TQKV_ERR_CAPACITY with *n_bytes the capacity needed (call
+ * again with a larger buffer). */
+TQKV_API tqkv_status tqkv_token_stream_push(tqkv_token_stream stream, int32_t id, char* text, size_t capacity,
+                                            size_t* n_bytes);
+/* What is held back (an unfinished character as its bytes, or U+FFFD for a tokenizer.model); the
+ * capacity rule of push. */
+TQKV_API tqkv_status tqkv_token_stream_flush(tqkv_token_stream stream, char* text, size_t capacity, size_t* n_bytes);
+
 /* ---------------------------------------------------------------------------------------------
  * Saving and restoring a runner (its position and its cache), e.g. to continue a conversation
  * after a page reload:

@@ -88,7 +88,10 @@ tqkv_status copy_out(const void* src, size_t n, void* buf, size_t capacity, size
 // every target) mapped to shared objects. A call holds a shared_ptr to its object, so a
 // concurrent destroy cannot free it mid-call.
 
-enum Kind : uintptr_t { kCacheKind = 1, kCodecKind = 2, kModelKind = 3, kCalibrationKind = 4, kRunnerKind = 5, kTokenizerKind = 6 };
+enum Kind : uintptr_t {
+    kCacheKind = 1, kCodecKind = 2, kModelKind = 3, kCalibrationKind = 4, kRunnerKind = 5, kTokenizerKind = 6,
+    kTokenStreamKind = 7  // the last kind the 3 bits hold
+};
 
 const char* kind_name(uintptr_t k) {
     switch (k) {
@@ -98,6 +101,7 @@ const char* kind_name(uintptr_t k) {
         case kTokenizerKind: return "tokenizer";
         case kCalibrationKind: return "calibration";
         case kRunnerKind: return "runner";
+        case kTokenStreamKind: return "token stream";
         default: return "?";
     }
 }
@@ -127,6 +131,14 @@ struct ModelObj {
 struct TokenizerObj {
     explicit TokenizerObj(tqkv::Tokenizer t) : tok(std::move(t)) {}
     tqkv::Tokenizer tok;
+};
+
+struct TokenStreamObj {
+    TokenStreamObj(std::shared_ptr<const TokenizerObj> t, const std::vector<int32_t>& context)
+        : tokenizer(std::move(t)), stream(tokenizer->tok, context) {}
+    std::shared_ptr<const TokenizerObj> tokenizer;  // the stream refers to the tokenizer: keep it alive
+    tqkv::TokenStream stream;
+    std::mutex mu;  // push and flush change the stream
 };
 
 struct CalibrationObj {
@@ -200,6 +212,10 @@ Registry<TokenizerObj, kTokenizerKind>& tokenizers() {
 }
 Registry<RunnerObj, kRunnerKind>& runners() {
     static auto* r = new Registry<RunnerObj, kRunnerKind>;
+    return *r;
+}
+Registry<TokenStreamObj, kTokenStreamKind>& token_streams() {
+    static auto* r = new Registry<TokenStreamObj, kTokenStreamKind>;
     return *r;
 }
 
@@ -1126,6 +1142,50 @@ tqkv_status tqkv_tokenizer_get_info(tqkv_tokenizer tok, int32_t* vocab, int32_t*
         if (bos) *bos = obj->tok.bos_id();
         if (eos) *eos = obj->tok.eos_id();
     });
+}
+
+tqkv_status tqkv_token_stream_create(tqkv_tokenizer tok, const int32_t* context, size_t n_context, tqkv_token_stream* out) {
+    return guard([&] {
+        auto t = tokenizers().get(id_of(tok), "token_stream_create");
+        need_buffer(context, n_context, "context");
+        need_ptr(out, "out");
+        auto obj = std::make_shared<TokenStreamObj>(std::move(t), std::vector<int32_t>(context, context + n_context));
+        *out = reinterpret_cast<tqkv_token_stream>(token_streams().add(std::move(obj)));
+    });
+}
+
+tqkv_status tqkv_token_stream_destroy(tqkv_token_stream stream) {
+    return guard([&] { token_streams().remove(id_of(stream), "tqkv_token_stream_destroy"); });
+}
+
+namespace {
+
+// push(*id), or flush() when id is NULL, on a copy of the stream, kept only when its text fits
+// (so that a short buffer or a bad id leaves the stream as it was).
+void token_stream_step(tqkv_token_stream stream, const int32_t* id, char* text, size_t capacity, size_t* n_bytes,
+                       const char* what) {
+    auto obj = token_streams().get(id_of(stream), what);
+    need_buffer(text, capacity, "text");
+    need_ptr(n_bytes, "n_bytes");
+    std::lock_guard<std::mutex> lock(obj->mu);
+    tqkv::TokenStream next = obj->stream;
+    const std::string s = id ? next.push(*id) : next.flush();
+    *n_bytes = s.size();
+    if (s.size() > capacity)
+        fail(TQKV_ERR_CAPACITY, std::string("tqkv: ") + what + ": " + std::to_string(s.size()) + " bytes, capacity " +
+                                    std::to_string(capacity));
+    if (!s.empty()) std::memcpy(text, s.data(), s.size());
+    obj->stream = std::move(next);
+}
+
+}  // namespace
+
+tqkv_status tqkv_token_stream_push(tqkv_token_stream stream, int32_t id, char* text, size_t capacity, size_t* n_bytes) {
+    return guard([&] { token_stream_step(stream, &id, text, capacity, n_bytes, "token_stream_push"); });
+}
+
+tqkv_status tqkv_token_stream_flush(tqkv_token_stream stream, char* text, size_t capacity, size_t* n_bytes) {
+    return guard([&] { token_stream_step(stream, nullptr, text, capacity, n_bytes, "token_stream_flush"); });
 }
 
 }  // extern "C"

@@ -901,34 +901,4 @@ int32_t Tokenizer::eos_id() const { return impl_->eos_; }
 int32_t Tokenizer::token_id(std::string_view t) const { return impl_->token_id(t); }
 std::string Tokenizer::kind() const { return impl_->kind(); }
 
-std::string TokenStream::push(int32_t id) {
-    ids_.push_back(id);
-    const std::string all = tok_.decode(ids_);
-    // Hold back a UTF-8 sequence that the next token may complete (byte-level and tokenizer.json
-    // byte-fallback tokens decode to the bytes themselves).
-    size_t end = all.size();
-    for (size_t k = 1; k <= 3 && k <= all.size(); ++k) {
-        const unsigned char c = static_cast<unsigned char>(all[all.size() - k]);
-        if ((c & 0xc0) == 0x80) continue;  // a continuation byte: look further back
-        const size_t need = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 1;
-        if (need > k) end = all.size() - k;
-        break;
-    }
-    // And up to three U+FFFD ending the text: a tokenizer.model with byte fallback decodes each byte
-    // of an unfinished character to U+FFFD until its last byte comes.
-    constexpr std::string_view replacement = "\xef\xbf\xbd";
-    for (int k = 0; k < 3 && end >= replacement.size() && all.compare(end - 3, 3, replacement) == 0; ++k) end -= 3;
-    if (end <= emitted_) return {};  // nothing new (or the decoded prefix shrank: never past emitted_)
-    std::string out = all.substr(emitted_, end - emitted_);
-    emitted_ = end;
-    return out;
-}
-
-std::string TokenStream::flush() {
-    const std::string all = tok_.decode(ids_);
-    std::string out = emitted_ < all.size() ? all.substr(emitted_) : std::string();
-    emitted_ = std::max(emitted_, all.size());
-    return out;
-}
-
 }  // namespace tqkv
