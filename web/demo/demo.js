@@ -228,6 +228,7 @@ async function runTokens(run, input, maxTokens, temperature, calibrationMs) {
     }
   }
   const tail = stream ? stream.flush() : decoder.decode();
+  stream?.dispose();
   run.text += tail;
   session.text += run.text;
   $('out-text').textContent += tail;

@@ -78,6 +78,10 @@ export interface Exports {
   tqkv_tokenizer_encode(h: number, text: number, n: number, special: number, ids: number, cap: number, nOut: number): number;
   tqkv_tokenizer_decode(h: number, ids: number, n: number, text: number, cap: number, nOut: number): number;
   tqkv_tokenizer_get_info(h: number, vocab: number, bos: number, eos: number): number;
+  tqkv_token_stream_create(tok: number, context: number, n: number, out: number): number;
+  tqkv_token_stream_destroy(h: number): number;
+  tqkv_token_stream_push(h: number, id: number, text: number, cap: number, nOut: number): number;
+  tqkv_token_stream_flush(h: number, text: number, cap: number, nOut: number): number;
 }
 
 /** @internal TQKV_ABI_VERSION the bindings were written for. */

@@ -3,7 +3,8 @@
 // tokenizer.model (BPE and unigram models), run by the same C++ as the native tools
 // (lib/src/model/tokenizer.cpp and sentencepiece.cpp, through tqkv_tokenizer_* of the C ABI).
 import { FetchError, readUrl, toUrl } from './platform.js';
-import { disposedError } from './errors.js';
+import { disposedError, Status } from './errors.js';
+import { asInt } from './input.js';
 import type { Tqkv } from './tqkv.js';
 
 const encoder = /* @__PURE__ */ new TextEncoder();
@@ -33,7 +34,8 @@ export class Tokenizer {
     this.eos = d.getInt32(p + 8, true);
   }
 
-  private h(): number {
+  /** @internal */
+  h(): number {
     if (!this.handle) throw disposedError('tokenizer');
     return this.handle;
   }
@@ -96,58 +98,88 @@ export class Tokenizer {
 
 /**
  * The text of generated ids as they come, for display: push(id) returns the text the id adds,
- * holding back the U+FFFD that end the decoded text (the start of a character whose other bytes
- * are in the next ids: a byte-level or byte-fallback token can end in the middle of one), so no
- * replacement character appears mid-stream; flush() returns what is held back at the end.
+ * holding back a character whose other bytes are in the next ids (a byte-level or byte-fallback
+ * token can end in the middle of one), so no replacement character appears mid-stream; flush()
+ * returns what is held back at the end.
  *
- *   const stream = new TokenStream(model.tokenizer, promptIds);
+ *   using stream = new TokenStream(model.tokenizer, promptIds);   // or stream.dispose() when done
  *   for (const id of runner.generate(promptIds)) out += stream.push(id);
  *   out += stream.flush();
  *
- * It decodes the whole list each time, not each id alone: a character split over ids is only
- * text once all of them are there (a SentencePiece model decodes each missing byte to U+FFFD).
- * context: the ids before the generated ones (the prompt); its last few are decoded with them and
- * their text left out, so that a decoder's rule for the first token of a text (SentencePiece drops
- * its leading space) does not eat the space before the first generated word.
+ * It is the native library's tqkv::TokenStream (tqkv_token_stream_* of the C ABI), so the text is
+ * tqkv-run's: together, the pushes and the flush are decode(context + ids) without the context's
+ * text, and each push decodes a few ids, not the whole list. context: the ids before the generated
+ * ones (the prompt); its last few are decoded with them, so that a decoder's rule for the first
+ * token of a text (SentencePiece drops its leading space) does not eat the space before the first
+ * generated word. The stream keeps its tokenizer's wasm object alive until it is disposed.
  */
 export class TokenStream {
   readonly tokenizer: Tokenizer;
-  private readonly ids: number[];
-  private emitted: number;  // UTF-16 units of decode(ids) returned so far (or the context's)
+  private handle: number;
+  // UTF-8 bytes to text; the C++ stream returns whole characters (invalid bytes become U+FFFD).
+  private readonly utf8 = new TextDecoder();
 
   constructor(tokenizer: Tokenizer, context: ArrayLike<number> = []) {
+    const t = tokenizer.tqkv;
+    const h = tokenizer.h();
+    const n = context.length;
+    const p = t.scratchPtr(4 * n + 16);
+    const ids = new Int32Array(t.bytes().buffer, p, n);
+    for (let i = 0; i < n; i++) ids[i] = asInt(context[i], `context[${i}]`);
+    t.check(t._x.tqkv_token_stream_create(h, p, n, t.slot));
     this.tokenizer = tokenizer;
-    this.ids = Array.from(context).slice(-CONTEXT_IDS);
-    this.emitted = this.ids.length ? complete(tokenizer.decode(this.ids)) : 0;
+    this.handle = t.u32(t.slot);
+    t._modelFinalizer?.register(this, { destroy: t._x.tqkv_token_stream_destroy, h: this.handle }, this);
   }
 
   /** The text that id adds ('' while a character is incomplete). */
   push(id: number): string {
-    this.ids.push(id);
-    return this.take(false);
+    return this.take(asInt(id, 'id'));
   }
 
-  /** What is held back, as text (an incomplete character stays U+FFFD). */
+  /** What is held back, as text (an incomplete character becomes U+FFFD). */
   flush(): string {
-    return this.take(true);
+    return this.take(undefined);
   }
 
-  private take(all: boolean): string {
-    const text = this.tokenizer.decode(this.ids);
-    const end = all ? text.length : complete(text);
-    if (end <= this.emitted) return '';
-    const out = text.slice(this.emitted, end);
-    this.emitted = end;
-    return out;
+  get disposed(): boolean {
+    return this.handle === 0;
   }
-}
-// Context ids decoded with the generated ones: enough for the first-token rules of the decoders.
-const CONTEXT_IDS = 4;
-// The length of text without the U+FFFD that end it (at most 3: the bytes of an unfinished character).
-function complete(text: string): number {
-  let end = text.length;
-  while (end > 0 && text.length - end < 3 && text.charCodeAt(end - 1) === 0xfffd) end--;
-  return end;
+
+  /** Frees the stream's wasm object; later calls throw, a second dispose does nothing. */
+  dispose(): void {
+    if (!this.handle) return;
+    const h = this.handle;
+    const t = this.tokenizer.tqkv;
+    this.handle = 0;
+    t._modelFinalizer?.unregister(this);
+    t.check(t._x.tqkv_token_stream_destroy(h));
+  }
+
+  /** dispose(), for `using`. */
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  // push(id), or flush() when id is undefined; a text longer than the buffer: again with its length.
+  private take(id: number | undefined): string {
+    if (!this.handle) throw disposedError('token stream');
+    const t = this.tokenizer.tqkv;
+    let capacity = 256;
+    for (;;) {
+      const p = t.scratchPtr(capacity);
+      const status = id === undefined
+        ? t._x.tqkv_token_stream_flush(this.handle, p, capacity, t.slot)
+        : t._x.tqkv_token_stream_push(this.handle, id, p, capacity, t.slot);
+      const n = t.u32(t.slot);
+      if (status === 0) return this.utf8.decode(t.bytes().subarray(p, p + n), { stream: id !== undefined });
+      if (status === Status.CAPACITY && n > capacity) {
+        capacity = n;  // nothing changed: the same call with room for its text
+        continue;
+      }
+      t.check(status);
+    }
+  }
 }
 
 /** @internal Tqkv.loadTokenizer. */

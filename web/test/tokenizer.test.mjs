@@ -9,8 +9,10 @@
 //     hand), the handmade BPE and unigram models of tests/test_tokenizer.cpp with the native
 //     build's ids and text (spm.json, its [golden] test case), refusals, and fetchModel's fallback
 //     to DIR/tokenizer.model;
-//   - TokenStream (the demo's display of generated ids): characters split over ids, U+FFFD only at
-//     flush, the first generated word's space after a context; LlamaModel.endOfSequence.
+//   - TokenStream (the demo's display of generated ids; the C++ tqkv::TokenStream through
+//     tqkv_token_stream_*): characters split over ids, U+FFFD only at flush, the first generated
+//     word's space after a context; random ids give decode(ids); errors, a long token's text,
+//     dispose; LlamaModel.endOfSequence.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -186,6 +188,41 @@ function metaspaceJson() {
     model: { type: 'BPE', vocab, merges: ['\u2581 a', '\u2581 b'], byte_fallback: true, unk_token: '<unk>' },
   });
 }
+
+test('TokenStream is the C++ one: random ids give decode(ids); bad ids are errors that change nothing; long texts; dispose', async () => {
+  const tq = await Tqkv.load();
+  const bytes = tq.loadTokenizer(byteLevelJson());
+  // Random ids (characters split anyhow, invalid UTF-8, the special token): the text of decode.
+  let x = 12345;
+  const ids = Array.from({ length: 2000 }, () => ((x = (x * 1103515245 + 12345) >>> 0) >>> 8) % bytes.vocab);
+  let stream = new TokenStream(bytes, [0x61]);
+  assert.equal(ids.map((id) => stream.push(id)).join('') + stream.flush(), bytes.decode([0x61, ...ids]).slice(1));
+  // Hostile input: a clear error, the stream unchanged.
+  stream = new TokenStream(bytes);
+  assert.equal(stream.push(0xc3), '');
+  assert.throws(() => stream.push(bytes.vocab), (e) => e instanceof TqkvError && e.code === 'invalid argument' &&
+    /outside the vocabulary of 262/.test(e.message));
+  for (const bad of [1.5, NaN, 2 ** 32 + 0xa9, '0xa9', undefined]) assert.throws(() => stream.push(bad), TypeError);
+  assert.equal(stream.push(0xa9), '\u00e9');
+  assert.throws(() => new TokenStream(bytes, [0x61, 300]), (e) => e instanceof TqkvError && /context id 300/.test(e.message));
+  assert.throws(() => new TokenStream(bytes, [0x61, -0.5]), TypeError);
+  // A token longer than the first buffer (256 bytes): the call again with room for it.
+  const json = JSON.parse(byteLevelJson());
+  json.added_tokens[0].content = '<' + 'x'.repeat(400) + '>';
+  const long = tq.loadTokenizer(JSON.stringify(json));
+  const longStream = new TokenStream(long, [0x61]);
+  assert.equal(longStream.push(261), json.added_tokens[0].content);
+  // The stream keeps its tokenizer's wasm object; dispose frees the stream, twice is harmless.
+  long.dispose();
+  assert.equal(longStream.push(0x62), 'b');
+  longStream[Symbol.dispose]();
+  longStream.dispose();
+  assert.ok(longStream.disposed);
+  assert.throws(() => longStream.push(0x62), /token stream has been disposed/);
+  stream.dispose();
+  bytes.dispose();
+  assert.throws(() => new TokenStream(bytes), /tokenizer has been disposed/);
+});
 
 test('TokenStream: a character split over ids appears whole (no U+FFFD mid-stream), the first generated word keeps its space; endOfSequence', async () => {
   const tq = await Tqkv.load();

@@ -76,7 +76,9 @@ private:
 // became final. Held back until complete: a UTF-8 sequence split across tokens (byte-level and
 // tokenizer.json byte-fallback tokens decode to the bytes themselves) and up to three U+FFFD
 // ending the text (a tokenizer.model decodes each byte of an unfinished character to U+FFFD).
-// The text of push()es and the final flush() is decode(context + ids) without the context's text.
+// Together, the push()es and the final flush() give decode(context + ids) without the context's
+// text (but for decoder chains that rewrite earlier text as later ids come, such as a Replace
+// after Fuse: none of a real checkpoint's).
 //
 //   TokenStream stream(tok, prompt_ids);      // the prompt's last ids are decoded with the new ones,
 //   for (...) std::cout << stream.push(id);   // so the first word keeps its space (decoders drop a
