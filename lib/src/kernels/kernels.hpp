@@ -111,7 +111,7 @@ struct AttentionKernels {
     //   fast_group_scores: group_scores_normed from those tables.
     //   fast_chunk_accumulate: group_accumulate_normed over a chunk of groups (codes[g], norms[g],
     //   numerators p[g] with head h at p[g] + h * p_stride, g < groups) with int8 centroids and
-    //   14-bit weights shared by up to 8 groups; adds each coordinate's sum to lane 0 of its 16.
+    //   15-bit weights shared by up to 8 groups; adds each coordinate's sum to lane 0 of its 16.
     size_t (*fast_scores_table_bytes)(int dim, int bits, int heads);
     bool (*fast_prepare_scores)(const float* lut, int dim, int bits, int heads, float scale, void* table);
     void (*fast_group_scores)(const uint8_t* codes, int dim, int bits, const void* table, int heads,
@@ -124,6 +124,7 @@ struct AttentionKernels {
 // The int8 centroids the fast value kernels read, built once per codebook (make_fast_values).
 struct FastValueTable {
     int8_t c[16] = {};       // round(centroid * s), s = 1 / inv_scale, entries as in the float table
+    uint8_t biased[16] = {};  // c + 128 (in [1, 255]: |c| <= 127), what the SIMD kernels look up
     float inv_scale = 0;     // 1 / s
     float max_error = 0;     // max over entries of |c[k] * inv_scale - centroid_k| (exact)
     float max_abs = 0;       // max over entries of |centroid_k|

@@ -31,7 +31,10 @@ FastValueTable make_fast_values(const float* table16) {
             err = std::max(err, std::fabs(std::nearbyint(double(table16[k]) * s) * double(inv) - double(table16[k])));
         if (err < best_err) best_err = err, best_s = s, best_inv = inv;
     }
-    for (int k = 0; k < 16; ++k) t.c[k] = int8_t(std::nearbyint(double(table16[k]) * best_s));
+    for (int k = 0; k < 16; ++k) {
+        t.c[k] = int8_t(std::nearbyint(double(table16[k]) * best_s));
+        t.biased[k] = uint8_t(t.c[k] + 128);
+    }
     t.inv_scale = best_inv;
     t.max_error = std::nextafter(float(best_err), 1.0f);  // rounded up: a bound
     t.max_abs = float(max_abs);
@@ -59,7 +62,7 @@ void scalar_fast_group_scores(const uint8_t* codes, int dim, int bits, const voi
                 int idx = 0;  // the unit's coordinates' codes, coordinate i at bits [bits * i, bits * (i + 1))
                 for (int i = 0; i < per && u * per + i < dim; ++i) idx |= c[t * dim + u * per + i] << (bits * i);
                 const uint8_t* unit = planes + size_t(u) * hd.planes * 32;  // each plane: 16 bytes, twice
-                S += hd.planes == 1 ? unit[idx] : 16 * unit[idx] + unit[32 + idx];
+                S += hd.planes == 1 ? unit[idx] : (unit[idx] << fast::kLowPlaneBits) + unit[32 + idx];
             }
             out[size_t(h) * out_stride + t] = ((float(S) * hd.D) + hd.B) * half_to_float(norms[t]);
         }

@@ -19,14 +19,18 @@
 //   D = fl(delta * scale),  B = fl(scale * sum_u m_u)  (sum in double, in unit order).
 // Why 12 bits for 4-bit codes: on the tq-ref-128 dump, one 8-bit table (one scale per head, an
 // offset per coordinate) adds a logit RMS error of 0.16 of the K4 codec's own (0.06 for K3, 0.02
-// for K2), above the 1/10 the fast path may add; 12 bits take it to 0.01. E = 16 A + B is stored
-// as two byte planes: A = E >> 4 in [0, 255] and B = E & 15, so a unit costs two byte look-ups.
+// for K2), above the 1/10 the fast path may add; each further bit halves it, 12 bits take it to
+// 0.01. (10 bits, 0.04, were within the 1/10 but moved ΔNLL of K4V4 on 16384 bytes of tq-ref-128
+// by 0.021 percentage points against 0.008 at 12 bits; the allowed change is 0.02.)
+// E = 64 A + B is stored as two byte planes, A = E >> 6 and B = E & 63, both in [0, 63], so a unit
+// costs two byte look-ups, and each plane's bytes of a chunk's four units add in uint8
+// (4 * 63 < 256) before they are widened.
 //
 // Sums (32 tokens per look-up; token t and t + 16 in the even and odd byte of a 16-bit lane):
-//   - A is added to two uint16 sums, the whole lanes (even + 256 odd, mod 2^16) and the odd bytes
-//     (shifted down); even = whole - 256 odd (mod 2^16) is exact because both true sums are at
-//     most 255 * 256 < 2^16 over a block of 256 units. Each block is widened to int32.
-//   - B (at most 15) is added in uint8 over 16 units (<= 240), then to uint16 sums as A.
+//   - A byte plane is added to two uint16 sums, the whole lanes (even + 256 odd, mod 2^16) and the
+//     odd bytes (shifted down); even = whole - 256 odd (mod 2^16) is exact because both true sums
+//     are at most 255 * 256 < 2^16 over a block of 256 units. Each block is widened to int32.
+//     (Two planes: the four bytes of a chunk, each <= 63, are first added in uint8.)
 //   - S <= 4095 * 1024 < 2^24: float(S) is exact.
 //
 // Worst-case error (what kernel_score_bound stores in the table and the tests check). Let
@@ -56,7 +60,8 @@
 // fl(float(T_j) * f), f = fl(fl(M * fl(1 / 32767)) * inv_scale).
 // |T_j| <= 8 * 32 * 32767 * 127 < 2^31, so the int32 sums are exact in any order: a backend may
 // sum the products as its instructions like and still give the reference's bits; float(T_j)
-// rounds to nearest, on every backend alike.
+// rounds to nearest, on every backend alike. (The SIMD kernels sum c8 + 128 and subtract 128 sum W:
+// the same integer, see "Decoding values" below.)
 // Why one weight scale per chunk and not per group: the sums stay integers over the whole chunk and
 // become floats once per coordinate and chunk (a float epilogue per group and coordinate cost as
 // much as the products). Not relaxed SIMD's i32x4.dot_i8x16_i7x16_add (on two 7-bit planes of W):
@@ -104,6 +109,7 @@ static_assert(sizeof(ScoresHeader) == 32);
 
 constexpr int score_planes(int bits) { return bits == 4 ? 2 : 1; }
 constexpr int score_levels(int bits) { return bits == 4 ? 4096 : 256; }
+constexpr int kLowPlaneBits = 6;  // two planes: E = (A << kLowPlaneBits) + B
 constexpr int unit_coords(int bits) { return bits == 3 ? 1 : 4 / bits; }
 // Units of a segment: whole chunks for 4, 2 and 1 bits (4 units per chunk), dim for 3 bits.
 constexpr int score_units(int dim, int bits) {
@@ -183,7 +189,7 @@ bool prepare_scores(const float* lut, int dim, int bits, int heads, float scale,
         out += sizeof hd;
         // E = round((x - m) * inv) to nearest even; never above L - 1 (see above).
         const F vinv = S::fset(inv);
-        const auto m15 = S::set32(15);
+        const auto low = S::set32((1 << kLowPlaneBits) - 1);
         for (int u = 0; u < units; ++u, out += 32 * planes) {
             const float* x = entries(u);
             const F m = S::fset(mins[u]);
@@ -192,8 +198,8 @@ bool prepare_scores(const float* lut, int dim, int bits, int heads, float scale,
             if (planes == 1) {
                 S::store_u8x16(out, E0, E1);
             } else {
-                S::store_u8x16(out, S::template srl32<4>(E0), S::template srl32<4>(E1));
-                S::store_u8x16(out + 32, S::and_(E0, m15), S::and_(E1, m15));
+                S::store_u8x16(out, S::template srl32<kLowPlaneBits>(E0), S::template srl32<kLowPlaneBits>(E1));
+                S::store_u8x16(out + 32, S::and_(E0, low), S::and_(E1, low));
             }
             for (int p = 0; p < planes; ++p) std::memcpy(out + 32 * p + 16, out + 32 * p, 16);
         }
@@ -243,16 +249,21 @@ TQKV_SIMD_INLINE void for_slots(int j0, int dim, Fn&& coord) {
     }
 }
 
+// Bit 2 of the 3-bit codes of slot s (of a byte's 8 coordinates): bit s of each byte of y (the
+// 1-bit part's bits), moved to bit 2 and masked (m4 = 4 in every byte).
+template <class S, int s>
+TQKV_SIMD_INLINE typename S::V bit2(typename S::V y, typename S::V m4) {
+    if constexpr (s >= 2)
+        return S::and_(S::template srl16<s - 2>(y), m4);
+    else
+        return S::and_(S::template sll16<2 - s>(y), m4);
+}
+
 // The 3-bit code of slot s of a run of 8 coordinates: bits 0-1 from the 2-bit part's chunk `two`,
 // bit 2 from bit s of each byte of y (one half of the 1-bit part's chunk).
 template <class S, int s>
 TQKV_SIMD_INLINE typename S::V three_bit_field(const Chunk<S>& two, typename S::V y, typename S::V m3, typename S::V m4) {
-    typename S::V hi;
-    if constexpr (s >= 2)
-        hi = S::and_(S::template srl16<s - 2>(y), m4);
-    else
-        hi = S::and_(S::template sll16<2 - s>(y), m4);
-    return S::or_(field<S, 2, s>(two, m3), hi);
+    return S::or_(field<S, 2, s>(two, m3), bit2<S, s>(y, m4));
 }
 
 // Calls f(j, idx) for each coordinate j < dim of 3-bit codes in order, idx its code: the 2-bit part
@@ -278,36 +289,39 @@ TQKV_SIMD_INLINE void for_each_coordinate3(const uint8_t* codes, int dim, Fn&& f
 // ---------------------------------------------------------------------------------------------
 // Key scores
 
-// uint16 sums of one head (see the top of this file): whole lanes and odd bytes of plane A and B.
+// uint16 sums of one head (see the top of this file): whole lanes and odd bytes of planes A and B.
 template <class S, int PLANES>
 struct KeySums {
     using V = typename S::V;
-    V aw, ao, bw, bo, b8;
-    TQKV_SIMD_INLINE void clear() { aw = ao = bw = bo = b8 = S::zero(); }
-    TQKV_SIMD_INLINE void add(const uint8_t* t, V idx) {
-        const V a = S::lookup(S::table(t), idx);
-        aw = S::add16(aw, a);
-        ao = S::add16(ao, S::template srl16<8>(a));
-        if constexpr (PLANES == 2) b8 = S::add8(b8, S::lookup(S::table(t + 32), idx));
+    V aw, ao, bw, bo;
+    TQKV_SIMD_INLINE void clear() { aw = ao = bw = bo = S::zero(); }
+    static TQKV_SIMD_INLINE void add(V& whole, V& odd, V bytes) {
+        whole = S::add16(whole, bytes);
+        odd = S::add16(odd, S::template srl16<8>(bytes));
     }
-    // After at most 16 units since the last call: plane B's bytes into its uint16 sums.
-    TQKV_SIMD_INLINE void end16() {
-        if constexpr (PLANES == 2) {
-            bw = S::add16(bw, b8);
-            bo = S::add16(bo, S::template srl16<8>(b8));
-            b8 = S::zero();
+    // One-plane units, one at a time.
+    TQKV_SIMD_INLINE void add(const uint8_t* t, V idx) { add(aw, ao, S::lookup(S::table(t), idx)); }
+    // Two-plane units, the four of a chunk (unit k's planes at t + 64 k and t + 64 k + 32): each
+    // plane's four bytes (each <= 63) summed in uint8 before the uint16 sums.
+    TQKV_SIMD_INLINE void add4(const uint8_t* t, const V idx[4]) {
+        static_assert(4 * ((score_levels(4) - 1) >> kLowPlaneBits) < 256 && 4 * ((1 << kLowPlaneBits) - 1) < 256);
+        V a = S::lookup(S::table(t), idx[0]), b = S::lookup(S::table(t + 32), idx[0]);
+        for (int k = 1; k < 4; ++k) {
+            a = S::add8(a, S::lookup(S::table(t + 64 * k), idx[k]));
+            b = S::add8(b, S::lookup(S::table(t + 64 * k + 32), idx[k]));
         }
+        add(aw, ao, a);
+        add(bw, bo, b);
     }
     // After at most 256 units: into the int32 totals (tokens 0-7, 8-15, 16-23, 24-31), then clear.
     TQKV_SIMD_INLINE void fold(V tot[4]) {
-        end16();
         const V z = S::zero();
         const V ae = S::sub16(aw, S::template sll16<8>(ao));
         V t[4] = {S::unpacklo16(ae, z), S::unpackhi16(ae, z), S::unpacklo16(ao, z), S::unpackhi16(ao, z)};
         if constexpr (PLANES == 2) {
             const V be = S::sub16(bw, S::template sll16<8>(bo));
             const V u[4] = {S::unpacklo16(be, z), S::unpackhi16(be, z), S::unpacklo16(bo, z), S::unpackhi16(bo, z)};
-            for (int k = 0; k < 4; ++k) t[k] = S::add32(S::template sll32<4>(t[k]), u[k]);
+            for (int k = 0; k < 4; ++k) t[k] = S::add32(S::template sll32<kLowPlaneBits>(t[k]), u[k]);
         }
         for (int k = 0; k < 4; ++k) tot[k] = S::add32(tot[k], t[k]);
         clear();
@@ -340,10 +354,12 @@ __attribute__((noinline)) void key_sums(const uint8_t* codes, int dim, const uin
             const Chunk<S> ch = Chunk<S>::load(codes + size_t(c) * 64, m00ff);
             const V idx[4] = {S::and_(ch.s01, m0f), S::and_(S::template srl16<4>(ch.s01), m0f), S::and_(ch.s23, m0f),
                               S::and_(S::template srl16<4>(ch.s23), m0f)};
-            for (int k = 0; k < 4; ++k)
-                for (int h = 0; h < H; ++h) acc[h].add(tab[h] + size_t(4 * c + k) * stride, idx[k]);
-            if ((c & 3) == 3)
-                for (int h = 0; h < H; ++h) acc[h].end16();
+            for (int h = 0; h < H; ++h) {
+                if constexpr (P == 2)
+                    acc[h].add4(tab[h] + size_t(4 * c) * stride, idx);
+                else
+                    for (int k = 0; k < 4; ++k) acc[h].add(tab[h] + size_t(4 * c + k) * stride, idx[k]);
+            }
             if ((c & 63) == 63)
                 for (int h = 0; h < H; ++h) acc[h].fold(tot[h]);
         }
@@ -402,22 +418,26 @@ void group_scores(const uint8_t* codes, int dim, int bits, const void* table, in
 constexpr int kFastChunkGroups = 8;  // groups per chunk_accumulate batch (the T_j bound above)
 static_assert(int64_t(kFastChunkGroups) * kGroupTokens * 32767 * 127 < (int64_t(1) << 31));
 
-// One group's 32 int16 weights in the byte order of a looked-up centroid vector (even bytes: tokens
-// 0-3, 8-11 | 4-7, 12-15 of the two halves; odd bytes: the same + 16): even = the weights of the
-// even bytes' tokens, odd = of the odd bytes'.
+// One group's 32 int16 weights in the order of the stored codes (cache/layout.hpp): per 32-byte
+// half k of a chunk (words 8k..8k+7), 32-bit lane i holds W of token 8k + i in its low 16 bits and
+// of token 16 + 8k + i in its high ones, as the word of codes it meets. W <= 32767, so the halves
+// never carry into each other.
 template <class S>
 struct GroupWeights {
-    typename S::V even, odd;
+    typename S::V half[2];
 };
 
 template <class S>
-TQKV_SIMD_INLINE GroupWeights<S> group_weights(const float* p, const float* n, typename S::F inv) {
+TQKV_SIMD_INLINE GroupWeights<S> group_weights(const float* p, const float* n, typename S::F inv, typename S::V& total) {
     typename S::V W[4];
     for (int k = 0; k < 4; ++k) W[k] = S::round_to_int(S::fmul(S::fmul(S::fload(p + 8 * k), S::fload(n + 8 * k)), inv));
-    return {S::packs32(W[0], W[1]), S::packs32(W[2], W[3])};
+    total = S::add32(total, S::add32(S::add32(W[0], W[1]), S::add32(W[2], W[3])));
+    return {{S::or_(W[0], S::template sll32<16>(W[2])), S::or_(W[1], S::template sll32<16>(W[3]))}};
 }
 
-// The total of the int32 lanes (vpmaddwd's) of one coordinate's and head's sums: T_j.
+// The total of the int32 lanes of a vector (vpmaddwd's partial sums of one coordinate and head, or
+// the weights' partial sums). All lanes are >= 0 here and the total below 2^31 (see above), so no
+// partial sum overflows.
 template <class S>
 TQKV_SIMD_INLINE int32_t lane_total(typename S::V v) {
     alignas(32) int32_t lanes[8];
@@ -427,73 +447,97 @@ TQKV_SIMD_INLINE int32_t lane_total(typename S::V v) {
     return sum;
 }
 
-// Coordinates per block of the value loop: a block's sums stay in registers over the chunk's groups.
-constexpr int value_block(int bits) { return bits == 4 ? 4 : 8; }
+// Decoding values in the stored order (no transposition; cf. Chunk, which the key scores need
+// because a table serves one coordinate). In a 32-byte half of a chunk of a w-bit part, the 16-bit
+// lanes alternate token i and token i + 16 (the two halves of word i); bits [ws, ws + w) of a
+// lane's low byte are slot s, of its high byte slot s + 8 / w. So one shift and one byte mask give,
+// for s < 8 / w, the codes of two coordinates: slot s in the even bytes and slot s + 8 / w in the
+// odd ones. The looked-up centroids are biased by 128 (FastValueTable::biased, in [1, 255]): the
+// even bytes are a mask away and the odd ones a shift away from int16 lanes that multiply the
+// weights of their tokens (vpmaddwd), and each int32 lane sums two tokens of one coordinate.
+// The bias is taken off once per coordinate: T_j = T'_j - 128 sum W, with
+// T'_j <= 8 * 32 * 32767 * 255 < 2^31 (all terms >= 0).
+static_assert(int64_t(kFastChunkGroups) * kGroupTokens * 32767 * 255 < (int64_t(1) << 31));
 
-// Calls f(k, idx) for coordinates j0 + k < dim of block b (j0 = b * value_block(BITS)), idx the
-// 4-bit indexes of their 32 tokens (the chunk decoding above, one block at a time).
-template <class S, int BITS, class Fn>
-TQKV_SIMD_INLINE void decode_block(const uint8_t* codes, int dim, int b, Fn&& f) {
+// Slots (of 8 / w in a half) a value block covers; the block's coordinates are slot s and s + 8 / w
+// for its slots. 4 bits: the whole chunk (4 coordinates); 2 and 3 bits: the whole chunk of the
+// 2-bit part (8); 1 bit: half the chunk's 8 slot pairs (8 of its 16 coordinates).
+template <int BITS>
+constexpr int block_slots() {
+    return BITS == 4 ? 2 : 4;
+}
+template <int BITS>
+constexpr int chunk_coords() {  // coordinates of one chunk of the value part that sets the blocks
+    return BITS == 4 ? 4 : BITS == 1 ? 16 : 8;
+}
+
+// Calls f(i, idx) for slots S0 + i, i < block_slots, of half k of a chunk of the part that sets the
+// blocks, idx the codes of its 16 tokens (even bytes: slot S0 + i, odd: that + 8 / w).
+template <class S, int BITS, int S0, class Fn>
+TQKV_SIMD_INLINE void decode_value_half(const uint8_t* codes, int dim, int chunk, int k, Fn&& f) {
     using V = typename S::V;
-    constexpr int NB = value_block(BITS);
-    const int j0 = b * NB;
-    const V m00ff = S::set16(0x00ff);
-    auto each = [&](auto&& coord) TQKV_SIMD_LAMBDA { for_slots<NB>(j0, dim, coord); };
+    constexpr int NS = block_slots<BITS>();
+    const V r = S::load(codes + size_t(chunk) * 64 + 32 * k);
     if constexpr (BITS == 3) {
-        // The 2-bit part's chunk b (8 coordinates), bit 2 from half b & 1 of the 1-bit part's chunk b / 2.
-        const Chunk<S> two = Chunk<S>::load(codes + size_t(b) * 64, m00ff);
-        const Chunk<S> one = Chunk<S>::load(codes + part_bytes(dim, 2) + size_t(b / 2) * 64, m00ff);
-        const V y = (b & 1) ? one.s23 : one.s01, m3 = S::set8(3), m4 = S::set8(4);
-        each([&](auto sc) TQKV_SIMD_LAMBDA {
-            constexpr int s = decltype(sc)::value;
-            f(s, three_bit_field<S, s>(two, y, m3, m4));
-        });
-    } else if constexpr (BITS == 1) {
-        // Chunks of 16 coordinates: block b is slots 0-7 or 8-15 of chunk b / 2.
-        const Chunk<S> c = Chunk<S>::load(codes + size_t(b / 2) * 64, m00ff);
-        const V mask = S::set8(1);
-        each([&](auto sc) TQKV_SIMD_LAMBDA {
-            constexpr int s = decltype(sc)::value;
-            f(s, (b & 1) ? field<S, 1, s + 8>(c, mask) : field<S, 1, s>(c, mask));
-        });
+        // Bits 0-1: the 2-bit part's chunk; bit 2: byte (chunk & 1) of each token's 16 bits in the
+        // 1-bit part's chunk / 2 (coordinates 8 chunk .. 8 chunk + 7), spread so that bits 0-3 of
+        // the even byte hold slots 0-3 and bits 0-3 of the odd byte slots 4-7.
+        const V r1 = S::load(codes + part_bytes(dim, 2) + size_t(chunk / 2) * 64 + 32 * k);
+        const V z = (chunk & 1) ? S::template srl16<8>(r1) : S::and_(r1, S::set16(0x00ff));
+        const V y = S::or_(z, S::template sll16<4>(z)), m3 = S::set8(3), m4 = S::set8(4);
+        [&]<int... i>(std::integer_sequence<int, i...>) TQKV_SIMD_LAMBDA {
+            (f(i, S::or_(S::and_(S::template srl16<2 * i>(r), m3), bit2<S, i>(y, m4))), ...);
+        }(std::make_integer_sequence<int, NS>{});
     } else {
-        const Chunk<S> c = Chunk<S>::load(codes + size_t(b) * 64, m00ff);
         const V mask = S::set8((1 << BITS) - 1);
-        each([&](auto sc) TQKV_SIMD_LAMBDA {
-            constexpr int s = decltype(sc)::value;
-            f(s, field<S, BITS, s>(c, mask));
-        });
+        [&]<int... i>(std::integer_sequence<int, i...>) TQKV_SIMD_LAMBDA {
+            (f(i, S::and_(S::template srl16<BITS*(S0 + i)>(r), mask)), ...);
+        }(std::make_integer_sequence<int, NS>{});
     }
 }
 
-// One pass over the chunk's codes for H heads: weights w[h * kFastChunkGroups + g], factors f[h],
-// accumulator rows a[h].
-template <class S, int BITS, int H>
-__attribute__((noinline)) void accumulate_heads(const uint8_t* const* codes, int groups, int dim, const FastValueTable& vt,
-                                                const GroupWeights<S>* w, const float* f, float* const* a) {
+// One block (slots S0 .. S0 + block_slots - 1 of chunk c, each with its pair) over the chunk's
+// groups for H heads, added to the accumulator rows a[h].
+template <class S, int BITS, int H, int S0>
+TQKV_SIMD_INLINE void value_block(const uint8_t* const* codes, int groups, int dim, int c, typename S::V ct,
+                                  const GroupWeights<S>* w, const float* f, const int32_t* bias, float* const* a) {
     using V = typename S::V;
-    constexpr int NB = value_block(BITS);
-    const V ct = S::broadcast16(reinterpret_cast<const uint8_t*>(vt.c));
-    const int blocks = (dim + NB - 1) / NB;
-    for (int b = 0; b < blocks; ++b) {
-        V sum[H][NB];
-        for (int h = 0; h < H; ++h)
-            for (int k = 0; k < NB; ++k) sum[h][k] = S::zero();
-        for (int g = 0; g < groups; ++g)
-            decode_block<S, BITS>(codes[g], dim, b, [&](int k, V idx) TQKV_SIMD_LAMBDA {
+    constexpr int NS = block_slots<BITS>(), PAIR = BITS == 3 ? 4 : 8 / BITS;
+    const V m00ff = S::set16(0x00ff);
+    V sum[H][2 * NS];  // [2i]: slot S0 + i, [2i + 1]: slot S0 + i + PAIR
+    for (int h = 0; h < H; ++h)
+        for (int i = 0; i < 2 * NS; ++i) sum[h][i] = S::zero();
+    for (int g = 0; g < groups; ++g)
+        for (int k = 0; k < 2; ++k)
+            decode_value_half<S, BITS, S0>(codes[g], dim, c, k, [&](int i, V idx) TQKV_SIMD_LAMBDA {
                 const V v = S::lookup(ct, idx);
-                // int8 centroids of tokens < 16 (even bytes) and >= 16 (odd bytes), sign-extended.
-                const V ev = S::template sra16<8>(S::template sll16<8>(v)), od = S::template sra16<8>(v);
+                const V ev = S::and_(v, m00ff), od = S::template srl16<8>(v);
                 for (int h = 0; h < H; ++h) {
-                    const GroupWeights<S>& wg = w[h * kFastChunkGroups + g];
-                    sum[h][k] = S::add32(sum[h][k], S::add32(S::madd16(ev, wg.even), S::madd16(od, wg.odd)));
+                    const V wk = w[h * kFastChunkGroups + g].half[k];
+                    sum[h][2 * i] = S::add32(sum[h][2 * i], S::madd16(ev, wk));
+                    sum[h][2 * i + 1] = S::add32(sum[h][2 * i + 1], S::madd16(od, wk));
                 }
             });
-        for (int h = 0; h < H; ++h)
-            for (int k = 0; k < NB && b * NB + k < dim; ++k) {
-                float& r = a[h][size_t(b * NB + k) * 16];
-                r = r + float(lane_total<S>(sum[h][k])) * f[h];
-            }
+    for (int h = 0; h < H; ++h)
+        for (int i = 0; i < 2 * NS; ++i) {
+            const int j = c * chunk_coords<BITS>() + S0 + i / 2 + (i & 1) * PAIR;
+            if (j >= dim) continue;  // unused slots of the last chunk
+            float& r = a[h][size_t(j) * 16];
+            r = r + float(lane_total<S>(sum[h][i]) - bias[h]) * f[h];
+        }
+}
+
+// One pass over the chunk's codes for H heads: weights w[h * kFastChunkGroups + g], factors f[h],
+// bias corrections bias[h] = 128 sum W, accumulator rows a[h].
+template <class S, int BITS, int H>
+__attribute__((noinline)) void accumulate_heads(const uint8_t* const* codes, int groups, int dim, const FastValueTable& vt,
+                                                const GroupWeights<S>* w, const float* f, const int32_t* bias,
+                                                float* const* a) {
+    const typename S::V ct = S::broadcast16(vt.biased);
+    const int chunks = (dim + chunk_coords<BITS>() - 1) / chunk_coords<BITS>();
+    for (int c = 0; c < chunks; ++c) {
+        value_block<S, BITS, H, 0>(codes, groups, dim, c, ct, w, f, bias, a);
+        if constexpr (BITS == 1) value_block<S, BITS, H, 4>(codes, groups, dim, c, ct, w, f, bias, a);
     }
 }
 
@@ -504,6 +548,7 @@ void chunk_accumulate_bits(const uint8_t* const* codes, const float* n, const fl
     constexpr int HP = S::kHeadsPerPass, kBatch = 8;
     GroupWeights<S> w[kBatch * kFastChunkGroups];
     float f[kBatch];
+    int32_t bias[kBatch];
     float* a[kBatch];
     for (int b0 = 0; b0 < heads; b0 += kBatch) {
         // The heads with a weight above 2^-100 in this chunk (the others' rows stay as they are).
@@ -519,15 +564,19 @@ void chunk_accumulate_bits(const uint8_t* const* codes, const float* n, const fl
             }
             if (!(M > 0x1p-100f)) continue;  // (32767 / M must stay finite)
             const F inv = S::fset(32767.0f / M);
+            typename S::V total = S::zero();
             for (int g = 0; g < groups; ++g)
-                w[active * kFastChunkGroups + g] = group_weights<S>(p[g] + size_t(h) * p_stride, n + g * kGroupTokens, inv);
+                w[active * kFastChunkGroups + g] =
+                    group_weights<S>(p[g] + size_t(h) * p_stride, n + g * kGroupTokens, inv, total);
             f[active] = (M * (1.0f / 32767.0f)) * vt.inv_scale;
+            bias[active] = 128 * lane_total<S>(total);
             a[active++] = acc + size_t(h) * dim * 16;
         }
         int i = 0;
         for (; i + HP <= active; i += HP)
-            accumulate_heads<S, BITS, HP>(codes, groups, dim, vt, w + i * kFastChunkGroups, f + i, a + i);
-        for (; i < active; ++i) accumulate_heads<S, BITS, 1>(codes, groups, dim, vt, w + i * kFastChunkGroups, f + i, a + i);
+            accumulate_heads<S, BITS, HP>(codes, groups, dim, vt, w + i * kFastChunkGroups, f + i, bias + i, a + i);
+        for (; i < active; ++i)
+            accumulate_heads<S, BITS, 1>(codes, groups, dim, vt, w + i * kFastChunkGroups, f + i, bias + i, a + i);
     }
 }
 

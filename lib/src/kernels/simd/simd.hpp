@@ -31,7 +31,8 @@
 //   unpacklo16(a, b) / hi         per half: interleave the low (high) 4 16-bit lanes of a and b
 //   madd16(a, b)                  per half: int32 lane i = a[2i] b[2i] + a[2i+1] b[2i+1] (vpmaddwd)
 //   to_float(v)                   int32 -> float (exact below 2^24, where the kernels use it)
-//   round_to_int(f)               float -> int32, round to nearest even (inputs well inside int32)
+//   round_to_int(f)               float -> int32, round to nearest even (|f| < 2^22, as the kernels
+//                                 use it: table entries below 2^12, weights below 2^15)
 //   fload, fstore, fset, fadd, fsub, fmul, fmin, fmax, hmin(f), hmax(f)   floats (IEEE, never
 //                                 fused; min / max of non-NaN values)
 //   halves_to_float(h, out, n)    IEEE binary16 -> float, exact (n a multiple of 8)

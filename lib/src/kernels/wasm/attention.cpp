@@ -582,9 +582,16 @@ void group_accumulate_normed(const uint8_t* codes, int dim, int bits, const floa
 // (e^r - 1 - r) / r^2); 2^n applied as 2^(n - n/2) * 2^(n/2) so both factors are normal. x is
 // clamped to -105 first (exp(-105) rounds to 0), which maps -inf to 0; NaN stays NaN.
 TQKV_ALWAYS_INLINE v128_t exp4(v128_t x) {
-    x = wasm_f32x4_max(x, wasm_f32x4_splat(-105.0f));
-    const v128_t nf = wasm_f32x4_nearest(wasm_f32x4_mul(x, wasm_f32x4_splat(1.44269504088896341f)));
-    const v128_t n = wasm_i32x4_trunc_sat_f32x4(nf);
+    // pmax(x, c) = x < c ? c : x: one maxps in V8 (f32x4.max is about ten instructions for its NaN
+    // and signed-zero rules), and a NaN x stays x.
+    x = wasm_f32x4_pmax(x, wasm_f32x4_splat(-105.0f));
+    // n = round(x log2 e) to nearest even, as f32x4.nearest would, by the magic number 1.5 * 2^23:
+    // below 2^22 in magnitude the sum's last bit is the unit, and its low mantissa bits are n (an
+    // add, a subtract and an integer subtract, where i32x4.trunc_sat is about six instructions).
+    const v128_t magic = wasm_f32x4_splat(0x1.8p23f);
+    const v128_t t = wasm_f32x4_add(wasm_f32x4_mul(x, wasm_f32x4_splat(1.44269504088896341f)), magic);
+    const v128_t nf = wasm_f32x4_sub(t, magic);
+    const v128_t n = wasm_i32x4_sub(t, wasm_i32x4_splat(0x4B400000));  // the bits of 1.5 * 2^23
     v128_t r = wasm_f32x4_sub(x, wasm_f32x4_mul(nf, wasm_f32x4_splat(0.693359375f)));
     r = wasm_f32x4_sub(r, wasm_f32x4_mul(nf, wasm_f32x4_splat(-2.12194440e-4f)));
     v128_t p = wasm_f32x4_splat(1.989098091e-04f);
@@ -677,16 +684,18 @@ float max_f32(const float* x, int n) {
     int i = 0;
     float m;
     if (n >= 4) {
+        // pmax(m, v) = m < v ? v : m (one maxps, see exp4): like the scalar loop below, a NaN
+        // element is passed over.
         v128_t m0 = load(x), m1 = m0, m2 = m0, m3 = m0;
         for (i = 4; i + 16 <= n; i += 16) {
-            m0 = wasm_f32x4_max(m0, load(x + i));
-            m1 = wasm_f32x4_max(m1, load(x + i + 4));
-            m2 = wasm_f32x4_max(m2, load(x + i + 8));
-            m3 = wasm_f32x4_max(m3, load(x + i + 12));
+            m0 = wasm_f32x4_pmax(m0, load(x + i));
+            m1 = wasm_f32x4_pmax(m1, load(x + i + 4));
+            m2 = wasm_f32x4_pmax(m2, load(x + i + 8));
+            m3 = wasm_f32x4_pmax(m3, load(x + i + 12));
         }
-        for (; i + 4 <= n; i += 4) m0 = wasm_f32x4_max(m0, load(x + i));
-        const v128_t v = wasm_f32x4_max(wasm_f32x4_max(m0, m1), wasm_f32x4_max(m2, m3));
-        const v128_t t = wasm_f32x4_max(v, wasm_i32x4_shuffle(v, v, 2, 3, 0, 1));
+        for (; i + 4 <= n; i += 4) m0 = wasm_f32x4_pmax(m0, load(x + i));
+        const v128_t v = wasm_f32x4_pmax(wasm_f32x4_pmax(m0, m1), wasm_f32x4_pmax(m2, m3));
+        const v128_t t = wasm_f32x4_pmax(v, wasm_i32x4_shuffle(v, v, 2, 3, 0, 1));
         const float a = wasm_f32x4_extract_lane(t, 0), b = wasm_f32x4_extract_lane(t, 1);
         m = b > a ? b : a;
     } else {
