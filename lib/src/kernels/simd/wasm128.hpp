@@ -9,6 +9,7 @@
 
 #include "kernels/kernels.hpp"
 #include "kernels/simd/simd.hpp"
+#include "tqkv/fp16.hpp"
 
 namespace tqkv::detail::simd {
 
@@ -138,8 +139,29 @@ struct Wasm128 {
         m = max4(m, wasm_i32x4_shuffle(m, m, 1, 0, 3, 2));
         return wasm_f32x4_extract_lane(m, 0);
     }
-    static TQKV_SIMD_INLINE void halves_to_float(const uint16_t* h, float* out, int n) {
-        wasm128_kernels().from_half(h, size_t(n), out);
+    // IEEE binary16 -> float, exact: the magnitude bits moved to the float's place and scaled by
+    // 2^112 (normal and subnormal halves alike), the sign or-ed back; a group of 8 with an
+    // infinity or NaN takes the portable conversion. Inline here (the fast kernels convert 32 norms
+    // at a time, where a call through the kernel table cost as much as the conversion); the
+    // wasm128 kernel table's from_half is this function.
+    static TQKV_SIMD_INLINE void halves_to_float(const uint16_t* h, float* out, size_t n) {
+        size_t i = 0;
+        const v128_t exp_mask = wasm_i16x8_splat(0x7c00);
+        auto widen = [](v128_t w) TQKV_SIMD_LAMBDA {
+            const v128_t mag = wasm_i32x4_shl(wasm_v128_and(w, wasm_i32x4_splat(0x7fff)), 13);
+            const v128_t v = wasm_f32x4_mul(mag, wasm_f32x4_splat(0x1p112f));
+            return wasm_v128_or(v, wasm_i32x4_shl(wasm_v128_and(w, wasm_i32x4_splat(0x8000)), 16));
+        };
+        for (; i + 8 <= n; i += 8) {
+            const v128_t v = wasm_v128_load(h + i);
+            if (wasm_v128_any_true(wasm_i16x8_eq(wasm_v128_and(v, exp_mask), exp_mask))) {
+                for (size_t k = i; k < i + 8; ++k) out[k] = half_to_float(h[k]);
+                continue;
+            }
+            wasm_v128_store(out + i, widen(wasm_u32x4_extend_low_u16x8(v)));
+            wasm_v128_store(out + i + 4, widen(wasm_u32x4_extend_high_u16x8(v)));
+        }
+        for (; i < n; ++i) out[i] = half_to_float(h[i]);
     }
 };
 

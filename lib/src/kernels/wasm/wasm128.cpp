@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "kernels/kernels.hpp"
+#include "kernels/simd/wasm128.hpp"
 #include "tqkv/fp16.hpp"
 #include "tqkv/packing.hpp"
 
@@ -377,25 +378,7 @@ void to_half(const float* x, size_t n, uint16_t* out) {
 // last. Vector path for 8 halves at a time unless one is a NaN or an infinity (exponent all ones),
 // which takes the reference function. (The Llama runner widens every fp16 weight through this:
 // trained weights hold subnormals, which an earlier version sent to the scalar path, 2.4x slower.)
-void from_half(const uint16_t* h, size_t n, float* out) {
-    size_t i = 0;
-    const v128_t exp_mask = wasm_i16x8_splat(0x7c00);
-    auto widen = [](v128_t w) {
-        const v128_t mag = wasm_i32x4_shl(wasm_v128_and(w, wasm_i32x4_splat(0x7fff)), 13);
-        const v128_t v = wasm_f32x4_mul(mag, wasm_f32x4_splat(0x1p112f));
-        return wasm_v128_or(v, wasm_i32x4_shl(wasm_v128_and(w, wasm_i32x4_splat(0x8000)), 16));
-    };
-    for (; i + 8 <= n; i += 8) {
-        const v128_t v = wasm_v128_load(h + i);
-        if (wasm_v128_any_true(wasm_i16x8_eq(wasm_v128_and(v, exp_mask), exp_mask))) {
-            for (size_t k = i; k < i + 8; ++k) out[k] = half_to_float(h[k]);
-            continue;
-        }
-        store(out + i, widen(wasm_u32x4_extend_low_u16x8(v)));
-        store(out + i + 4, widen(wasm_u32x4_extend_high_u16x8(v)));
-    }
-    for (; i < n; ++i) out[i] = half_to_float(h[i]);
-}
+void from_half(const uint16_t* h, size_t n, float* out) { simd::Wasm128::halves_to_float(h, out, n); }
 
 }  // namespace
 
