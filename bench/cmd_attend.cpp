@@ -272,7 +272,11 @@ int cmd_attend(const Args& args) {
             run_opts[i].threads = thread_counts[i];
             runs.push_back([&, i] { cache.attend(q, out, false, run_opts[i]); });
         }
+        // Dense fp32 attention in the same rounds too: its paired ratio against the first count
+        // (median over rounds of dense / fused time) is robust to a shared machine's drift.
+        runs.push_back([&] { tqkv::dense_attention_f32(shape, q.data(), dense.keys.data(), dense.values.data(), exact.data(), kernel); });
         const Interleaved timed = interleaved_ns_per_call(runs, budget);
+        const double paired_vs_dense = 1.0 / timed.ratio.back();
         for (size_t ti = 0; ti < thread_counts.size(); ++ti) {
             const int threads = thread_counts[ti];
             const double t_fused = timed.wall[ti], c_fused = timed.cpu[ti];
@@ -292,6 +296,7 @@ int cmd_attend(const Args& args) {
                     .add("cpu_speedup_vs_dense_fp32", c_f32 / c_fused).add("threads", threads)
                     .add("skip_values", double(opt.skip_values)).add("skipped_value_fraction", skipped);
                 if (vs_one) j.add("speedup_vs_1_thread", timed.ratio[ti]);
+                if (ti == 0) j.add("paired_speedup_vs_dense_fp32", paired_vs_dense);
                 if (t_exact > 0 && threads == 1)  // precision fast only (exact timed on one thread)
                     j.add("exact_ns_per_query", t_exact).add("speedup_vs_exact", t_exact / t_fused)
                         .add("exact_cpu_ns_per_query", c_exact).add("cpu_speedup_vs_exact", c_exact / c_fused)

@@ -9,8 +9,11 @@
 //    "spec", "preset" (null: rates given as bits), "precision" ("exact" | "fast"), "engine"}
 // then one {"target":"ratio", "precision", ...} line per precision and token count with the speed
 // ratios, among them the best wasm build's: best_wasm_variant, best_wasm_ns_per_query,
-// best_wasm_speedup_vs_dense_fp32 (dense fp32 attention in the same module) and
-// best_wasm_slowdown_vs_native_avx2 (native AVX2 at the same precision, in the same run).
+// best_wasm_speedup_vs_dense_fp32 (dense fp32 attention in the same module; ratio of the two
+// medians), best_wasm_paired_speedup_vs_dense_fp32 (the two timed in alternating batches: median
+// over rounds of dense / fused time, the row's paired_speedup_vs_dense_fp32, the steadier figure
+// on a shared machine) and best_wasm_slowdown_vs_native_avx2 (native AVX2 at the same precision,
+// in the same run).
 // Then, for each wasm build, the calibrated default cache (preset 'default', K3.5V2.5-w16:
 // fractional rates, centred, exact window of 16; calibrated on the first 1024 tokens of the same
 // keys/values) beside K4V4, both with 2 KV heads (grouped-query attention as in tq-ref-128), each
@@ -151,6 +154,7 @@ for (const precision of precisions) {
     ratio.best_wasm_variant = best.target;
     ratio.best_wasm_ns_per_query = best.ns_per_query;
     ratio.best_wasm_speedup_vs_dense_fp32 = best.speedup_vs_dense_fp32;
+    ratio.best_wasm_paired_speedup_vs_dense_fp32 = best.paired_speedup_vs_dense_fp32;
     if (a) ratio.best_wasm_slowdown_vs_native_avx2 = +(best.ns_per_query / a.ns_per_query).toFixed(3);
     print(ratio);
   }
