@@ -752,6 +752,33 @@ TEST_CASE("C ABI tokenizer: load, encode, decode, capacity and errors", "[capi]"
     REQUIRE(tqkv_tokenizer_destroy(tok) == TQKV_OK);
 }
 
+TEST_CASE("C ABI model: end-of-sequence ids are tqkv::end_of_sequence_ids; capacity and handle errors", "[capi]") {
+    // config.json's ids, one twice and one outside the 256-id vocabulary.
+    const std::string config = std::string("{\"eos_token_id\": [9, 300, 9, 2],") + (std::strchr(kTinyConfig, '{') + 1);
+    Model m(config, make_safetensors(tiny_tensors(7)));
+    int32_t ids[8];
+    size_t n = 0;
+    REQUIRE(tqkv_model_end_of_sequence(m.h, nullptr, ids, 8, &n) == TQKV_OK);  // no tokenizer: the config's
+    CHECK(std::vector<int32_t>(ids, ids + n) == std::vector<int32_t>{9, 9, 2});
+    const std::string json = tqkv_test::byte_level_json(tqkv_test::kGpt2Pre, tqkv_test::kMerges, false);
+    const std::string tcfg = R"({"eos_token": "<|endoftext|>"})";
+    tqkv_tokenizer tok = nullptr;
+    REQUIRE(tqkv_tokenizer_load(json.data(), json.size(), tcfg.data(), tcfg.size(), &tok) == TQKV_OK);
+    REQUIRE(tqkv_model_end_of_sequence(m.h, tok, ids, 8, &n) == TQKV_OK);
+    const auto cpp = tqkv::end_of_sequence_ids(tqkv::LlamaConfig::parse(config),
+                                               tqkv::Tokenizer::from_json(json, tcfg));
+    CHECK(std::vector<int32_t>(ids, ids + n) == cpp);
+    CHECK(cpp == std::vector<int32_t>{9, 2});  // <|endoftext|> (258) is outside the model's vocabulary
+    ids[0] = -7;
+    CHECK(tqkv_model_end_of_sequence(m.h, tok, ids, 1, &n) == TQKV_ERR_CAPACITY);
+    CHECK(n == 2);
+    CHECK(ids[0] == -7);
+    CHECK(tqkv_model_end_of_sequence(m.h, tok, ids, 8, nullptr) == TQKV_ERR_INVALID_ARGUMENT);
+    REQUIRE(tqkv_tokenizer_destroy(tok) == TQKV_OK);
+    CHECK(tqkv_model_end_of_sequence(m.h, tok, ids, 8, &n) == TQKV_ERR_INVALID_HANDLE);
+    CHECK(tqkv_model_end_of_sequence(nullptr, nullptr, ids, 8, &n) == TQKV_ERR_INVALID_HANDLE);
+}
+
 TEST_CASE("C ABI token stream: the text of tqkv::TokenStream; short buffers, bad ids and handles leave it unchanged", "[capi]") {
     const std::string model = tqkv_test::spm_bpe_model();
     const tqkv::Tokenizer cpp = tqkv::Tokenizer::from_sentencepiece(model);

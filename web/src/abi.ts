@@ -42,6 +42,7 @@ export interface Exports {
                          shards: number, sizes: number, out: number): number;
   tqkv_model_destroy(h: number): number;
   tqkv_model_get_info(h: number, info: number): number;
+  tqkv_model_end_of_sequence(h: number, tok: number, ids: number, capacity: number, nIds: number): number;
   tqkv_matmul_kernel(): number;
   tqkv_calibration_create(model: number, tokens: number, n: number, out: number): number;
   tqkv_calibration_destroy(h: number): number;

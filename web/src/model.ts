@@ -65,14 +65,14 @@ export class LlamaModel {
   readonly tqkv: Tqkv;
   readonly info: ModelInfo;
 
-  /** config.json's eos_token_id (a number or a list of them; [] when it has none). */
+  /** config.json's eos_token_id (a number or a list of them; [] when it has none), those inside the
+   *  vocabulary. */
   readonly configEos: readonly number[];
 
   /** @internal */
-  constructor(t: Tqkv, handle: Handle, config?: Uint8Array) {
+  constructor(t: Tqkv, handle: Handle) {
     this.tqkv = t;
     this.handle = handle;
-    this.configEos = eosOfConfig(config);
     const p = t.structPtr;
     t.view().setUint32(p, MODEL_INFO_SIZE, true);
     t.check(t._x.tqkv_model_get_info(handle, p));
@@ -89,7 +89,30 @@ export class LlamaModel {
       tied: d.getInt32(p + 36, true) !== 0,
       parameters: Number(d.getBigUint64(p + 40, true)),
     };
+    this.configEos = this.eosIds(0);
     t._modelFinalizer?.register(this, { destroy: t._x.tqkv_model_destroy, h: handle }, this);
+  }
+
+  // tqkv_model_end_of_sequence: with a tokenizer handle, the ids that end generation; with 0,
+  // config.json's eos_token_id(s).
+  private eosIds(tokenizer: number): number[] {
+    const t = this.tqkv;
+    for (let capacity = 16; ; ) {
+      const p = t._x.malloc(4 * capacity);
+      if (!p) throw new Error('tqkv: out of wasm memory');
+      try {
+        const status = t._x.tqkv_model_end_of_sequence(this.h(), tokenizer, p, capacity, t.slot);
+        const n = t.u32(t.slot);
+        if (status === Status.CAPACITY && n > capacity) {
+          capacity = n;
+          continue;
+        }
+        t.check(status);
+        return Array.from(new Int32Array(t._memory.buffer, p, n));
+      } finally {
+        t._x.free(p);
+      }
+    }
   }
 
   /** @internal */ h(): Handle {
@@ -111,9 +134,7 @@ export class LlamaModel {
    *  breaks out when one comes. */
   get endOfSequence(): number[] {
     const tok = this.tokenizer;
-    if (!tok) return [];
-    const ids = [...this.configEos, tok.eos].filter((id) => id >= 0 && id < this.info.vocab);
-    return [...new Set(ids)];
+    return tok ? this.eosIds(tok.h()) : [];
   }
 
   /** Token ids of a string (through the tokenizer, or its UTF-8 bytes for a byte-vocabulary
@@ -425,20 +446,6 @@ export function loadModelFrom(t: Tqkv, config: string | Uint8Array | object, wei
   }
 }
 
-// config.json's eos_token_id: an integer, a list of them, or absent / null. The C++ loader reads it
-// too (LlamaConfig::eos_token_ids) but the C ABI does not return it. The C++ parser accepted the
-// text already; should JSON.parse not (it is stricter about nothing tqkv writes), no ids.
-function eosOfConfig(config: Uint8Array | undefined): number[] {
-  if (!config) return [];
-  let e: unknown;
-  try {
-    e = (JSON.parse(new TextDecoder().decode(config)) as { eos_token_id?: unknown }).eos_token_id;
-  } catch {
-    return [];
-  }
-  return (Array.isArray(e) ? e : [e]).filter((x): x is number => Number.isInteger(x));
-}
-
 const configBytes = (config: string | Uint8Array | object): Uint8Array =>
   encoder.encode(
     typeof config === 'string' ? config : config instanceof Uint8Array ? new TextDecoder().decode(config) : JSON.stringify(config),
@@ -452,7 +459,7 @@ function loadModelAt(t: Tqkv, config: string | Uint8Array | object, p: number, n
   } finally {
     t._x.free(pc);
   }
-  return new LlamaModel(t, t.u32(t.slot), cfg);
+  return new LlamaModel(t, t.u32(t.slot));
 }
 
 /** A shard's bytes in wasm memory and its file name. */
@@ -492,7 +499,7 @@ function loadShardsAt(t: Tqkv, config: string | Uint8Array | object, index: stri
   } finally {
     for (const b of blocks) t._x.free(b);
   }
-  return new LlamaModel(t, t.u32(t.slot), cfg);
+  return new LlamaModel(t, t.u32(t.slot));
 }
 
 /** @internal Tqkv.fetchModel. */

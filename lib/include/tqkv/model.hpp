@@ -322,7 +322,8 @@ private:
 };
 
 // The ids that end generation: the config's eos_token_id(s) and the tokenizer's EOS, each once
-// (what tqkv-run and the explorer stop at). None for a byte tokenizer: every id is a byte of text.
+// (what tqkv-run, the explorer and the C ABI / npm stop at), ids outside the vocabulary dropped. None
+// for a byte tokenizer: every id is a byte of text.
 std::vector<int32_t> end_of_sequence_ids(const LlamaConfig& config, const Tokenizer& tokenizer);
 
 // A Calibration (keys, values and queries of every layer) from an exact-cache pass of the model

@@ -450,6 +450,13 @@ TQKV_API tqkv_status tqkv_tokenizer_decode(tqkv_tokenizer tok, const int32_t* id
 /* Vocabulary size (added tokens included) and the BOS / EOS ids (-1 when none). Any pointer may be NULL. */
 TQKV_API tqkv_status tqkv_tokenizer_get_info(tqkv_tokenizer tok, int32_t* vocab, int32_t* bos, int32_t* eos);
 
+/* The token ids that end generation (tqkv::end_of_sequence_ids, where tqkv-run stops): config.json's
+ * eos_token_id(s) and tok's EOS, each once, in that order, ids outside the vocabulary dropped; none
+ * for a byte tokenizer (every id is a byte of text). tok NULL: config.json's eos_token_id(s) alone.
+ * *n_ids is the count; TQKV_ERR_CAPACITY when it exceeds capacity (ids untouched). */
+TQKV_API tqkv_status tqkv_model_end_of_sequence(tqkv_model model, tqkv_tokenizer tok, int32_t* ids, size_t capacity,
+                                                size_t* n_ids);
+
 /* The text of generated ids as they come (tqkv::TokenStream): push(id) gives the UTF-8 bytes the id
  * adds, holding back a character split over ids (byte-level and byte-fallback tokens can end inside
  * one) until it is whole; flush gives what is held back at the end. The bytes of every push and the

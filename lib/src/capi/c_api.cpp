@@ -967,6 +967,27 @@ tqkv_status tqkv_model_get_info(tqkv_model model, tqkv_model_info* info) {
     });
 }
 
+tqkv_status tqkv_model_end_of_sequence(tqkv_model model, tqkv_tokenizer tok, int32_t* ids, size_t capacity, size_t* n_ids) {
+    return guard([&] {
+        auto obj = models().get(id_of(model), "model_end_of_sequence");
+        need_buffer(ids, capacity, "ids");
+        need_ptr(n_ids, "n_ids");
+        const tqkv::LlamaConfig& c = obj->model.config();
+        std::vector<int32_t> eos;
+        if (tok) {
+            eos = tqkv::end_of_sequence_ids(c, tokenizers().get(id_of(tok), "model_end_of_sequence: tokenizer")->tok);
+        } else {
+            for (int id : c.eos_token_ids)
+                if (id >= 0 && id < c.vocab_size) eos.push_back(int32_t(id));
+        }
+        *n_ids = eos.size();
+        if (eos.size() > capacity)
+            fail(TQKV_ERR_CAPACITY, "tqkv: model_end_of_sequence: " + std::to_string(eos.size()) + " ids, capacity " +
+                                        std::to_string(capacity));
+        std::copy(eos.begin(), eos.end(), ids);
+    });
+}
+
 const char* tqkv_matmul_kernel(void) { return tqkv::matmul_kernel(); }
 
 tqkv_status tqkv_calibration_create(tqkv_model model, const int32_t* tokens, size_t n_tokens, tqkv_calibration* out) {

@@ -231,7 +231,7 @@ std::vector<int32_t> end_of_sequence_ids(const LlamaConfig& config, const Tokeni
     eos.push_back(tokenizer.eos_id());
     std::vector<int32_t> once;
     for (int32_t id : eos)
-        if (id >= 0 && std::find(once.begin(), once.end(), id) == once.end()) once.push_back(id);
+        if (id >= 0 && id < config.vocab_size && std::find(once.begin(), once.end(), id) == once.end()) once.push_back(id);
     return once;
 }
 
