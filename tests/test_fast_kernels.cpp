@@ -412,6 +412,37 @@ double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
 
 }  // namespace
 
+TEST_CASE("fast value accumulation: NaN and infinite numerators (a hostile cache's) are defined behaviour", "[kernels][fast]") {
+    // Finite but huge stored norms can make logits infinite and softmax numerators NaN; the weights
+    // rounded from them are garbage, and every kernel must still do only defined arithmetic (the
+    // sanitizer run of this test would report a signed overflow or an invalid float-to-int cast).
+    // Found by fuzz_cache_load: 128 * (sum of garbage weights) overflowed an int.
+    const auto cb = LloydMaxCodebook::get(64, 4);
+    std::vector<float> ctab(cb->centroids_f().begin(), cb->centroids_f().begin() + 16);
+    const FastValueTable vt = detail::make_fast_values(ctab.data());
+    Rng rng(5);
+    const int dim = 64, groups = 8, heads = 2, p_stride = 32 * groups;
+    std::vector<std::vector<uint8_t>> g(groups);
+    for (auto& x : g) x = random_group(dim, 4, rng, 0);
+    std::vector<float> p(size_t(heads) * p_stride);
+    for (size_t i = 0; i < p.size(); ++i)
+        p[i] = i % 3 == 0 ? std::numeric_limits<float>::quiet_NaN() : i % 3 == 1 ? std::numeric_limits<float>::infinity() : 1.0f;
+    std::array<uint16_t, 32> norms;
+    norms.fill(0x7bff);  // 65504
+    std::vector<const uint8_t*> gp(groups);
+    std::vector<const uint16_t*> np(groups, norms.data());
+    std::vector<const float*> pp(groups);
+    for (int gi = 0; gi < groups; ++gi) gp[gi] = g[gi].data(), pp[gi] = &p[gi * 32];
+    std::vector<float> acc(size_t(heads) * dim * 16, 0.0f);
+    reference().fast_chunk_accumulate(gp.data(), np.data(), pp.data(), groups, p_stride, dim, 4, vt, heads, acc.data());
+    for (const auto& k : fast_kernels()) {
+        INFO(k.name);
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        k.accumulate(gp.data(), np.data(), pp.data(), groups, p_stride, dim, 4, vt, heads, acc.data());
+    }
+    SUCCEED("no undefined behaviour (checked by the sanitizer build)");
+}
+
 TEST_CASE("fast attention in the cache: the scalar fast path's logits on every kernel, error under 1/10 of the codec's",
           "[cache][fast]") {
     struct Case {

@@ -94,7 +94,7 @@ void scalar_fast_chunk_accumulate(const uint8_t* const* codes, const uint16_t* c
             unpack_group(codes[g], dim, bits, c);
             for (int h = 0; h < heads; ++h)
                 for (int t = 0; t < kGroupTokens && inv[h] > 0.0f; ++t) {
-                    const int32_t W = int32_t(std::nearbyint(weight(g, h, t) * inv[h]));
+                    const int64_t W = simd::round_to_int32(weight(g, h, t) * inv[h]);
                     for (int j = 0; j < dim; ++j) T[size_t(h) * dim + j] += W * vt.c[c[t * dim + j]];
                 }
         }

@@ -11,6 +11,12 @@
 
 namespace tqkv::detail::simd {
 
+// float -> int32 rounded to nearest even, as vcvtps2dq: NaN and values outside int32 give INT32_MIN
+// (a hostile cache can make softmax weights NaN; a C++ cast of those would be undefined).
+inline int32_t round_to_int32(float x) {
+    return x >= -0x1p31f && x < 0x1p31f ? int32_t(std::nearbyint(x)) : INT32_MIN;
+}
+
 struct Emulated {
     struct V {
         uint8_t b[32];
@@ -169,7 +175,7 @@ struct Emulated {
     }
     static V round_to_int(F a) {
         V r;
-        for (int i = 0; i < 8; ++i) put32(r, i, uint32_t(int32_t(std::nearbyint(a.f[i]))));
+        for (int i = 0; i < 8; ++i) put32(r, i, uint32_t(round_to_int32(a.f[i])));
         return r;
     }
     static F fload(const float* p) {

@@ -435,15 +435,16 @@ TQKV_SIMD_INLINE GroupWeights<S> group_weights(const float* p, const float* n, t
     return {{S::or_(W[0], S::template sll32<16>(W[2])), S::or_(W[1], S::template sll32<16>(W[3]))}};
 }
 
-// The total of the int32 lanes of a vector (vpmaddwd's partial sums of one coordinate and head, or
-// the weights' partial sums). All lanes are >= 0 here and the total below 2^31 (see above), so no
-// partial sum overflows.
+// The total of the 32-bit lanes of a vector (vpmaddwd's partial sums of one coordinate and head, or
+// the weights' partial sums), modulo 2^32 as the SIMD adds wrap. For finite weights every lane is
+// >= 0 and the totals stay below 2^31 (see above); a hostile cache whose norms make the softmax NaN
+// gives garbage weights, whose sums then wrap instead of overflowing a signed int.
 template <class S>
-TQKV_SIMD_INLINE int32_t lane_total(typename S::V v) {
-    alignas(32) int32_t lanes[8];
+TQKV_SIMD_INLINE uint32_t lane_total(typename S::V v) {
+    alignas(32) uint32_t lanes[8];
     S::store(lanes, v);
-    int32_t sum = 0;
-    for (int32_t x : lanes) sum += x;
+    uint32_t sum = 0;
+    for (uint32_t x : lanes) sum += x;
     return sum;
 }
 
@@ -500,7 +501,7 @@ TQKV_SIMD_INLINE void decode_value_half(const uint8_t* codes, int dim, int chunk
 // groups for H heads, added to the accumulator rows a[h].
 template <class S, int BITS, int H, int S0>
 TQKV_SIMD_INLINE void value_block(const uint8_t* const* codes, int groups, int dim, int c, typename S::V ct,
-                                  const GroupWeights<S>* w, const float* f, const int32_t* bias, float* const* a) {
+                                  const GroupWeights<S>* w, const float* f, const uint32_t* bias, float* const* a) {
     using V = typename S::V;
     constexpr int NS = block_slots<BITS>(), PAIR = BITS == 3 ? 4 : 8 / BITS;
     const V m00ff = S::set16(0x00ff);
@@ -523,7 +524,7 @@ TQKV_SIMD_INLINE void value_block(const uint8_t* const* codes, int groups, int d
             const int j = c * chunk_coords<BITS>() + S0 + i / 2 + (i & 1) * PAIR;
             if (j >= dim) continue;  // unused slots of the last chunk
             float& r = a[h][size_t(j) * 16];
-            r = r + float(lane_total<S>(sum[h][i]) - bias[h]) * f[h];
+            r = r + float(int32_t(lane_total<S>(sum[h][i]) - bias[h])) * f[h];
         }
 }
 
@@ -531,7 +532,7 @@ TQKV_SIMD_INLINE void value_block(const uint8_t* const* codes, int groups, int d
 // bias corrections bias[h] = 128 sum W, accumulator rows a[h].
 template <class S, int BITS, int H>
 __attribute__((noinline)) void accumulate_heads(const uint8_t* const* codes, int groups, int dim, const FastValueTable& vt,
-                                                const GroupWeights<S>* w, const float* f, const int32_t* bias,
+                                                const GroupWeights<S>* w, const float* f, const uint32_t* bias,
                                                 float* const* a) {
     const typename S::V ct = S::broadcast16(vt.biased);
     const int chunks = (dim + chunk_coords<BITS>() - 1) / chunk_coords<BITS>();
@@ -548,7 +549,7 @@ void chunk_accumulate_bits(const uint8_t* const* codes, const float* n, const fl
     constexpr int HP = S::kHeadsPerPass, kBatch = 8;
     GroupWeights<S> w[kBatch * kFastChunkGroups];
     float f[kBatch];
-    int32_t bias[kBatch];
+    uint32_t bias[kBatch];
     float* a[kBatch];
     for (int b0 = 0; b0 < heads; b0 += kBatch) {
         // The heads with a weight above 2^-100 in this chunk (the others' rows stay as they are).
@@ -569,7 +570,7 @@ void chunk_accumulate_bits(const uint8_t* const* codes, const float* n, const fl
                 w[active * kFastChunkGroups + g] =
                     group_weights<S>(p[g] + size_t(h) * p_stride, n + g * kGroupTokens, inv, total);
             f[active] = (M * (1.0f / 32767.0f)) * vt.inv_scale;
-            bias[active] = 128 * lane_total<S>(total);
+            bias[active] = 128u * lane_total<S>(total);
             a[active++] = acc + size_t(h) * dim * 16;
         }
         int i = 0;
