@@ -228,7 +228,10 @@ TEST_CASE("tokenizer: end-of-sequence ids of a model: the config's and the token
     const Tokenizer tok = Tokenizer::from_json(sentencepiece_json(), R"({"eos_token": {"content": "</s>"}})");
     REQUIRE(tok.eos_id() == 2);
     LlamaConfig c;
+    c.vocab_size = int(tok.vocab_size());
     c.eos_token_ids = {7};
+    CHECK(end_of_sequence_ids(c, tok) == ids({7, 2}));
+    c.eos_token_ids = {7, c.vocab_size, -1};  // ids the model can never produce are dropped
     CHECK(end_of_sequence_ids(c, tok) == ids({7, 2}));
     c.eos_token_ids = {2, 7, 7};
     CHECK(end_of_sequence_ids(c, tok) == ids({2, 7}));

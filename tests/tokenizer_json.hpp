@@ -158,8 +158,11 @@ inline std::string spm_bpe_model() {
 // array (uint32 units: offset << 10, bit 8 = has a leaf, low byte = label; a leaf unit is bit 31 +
 // its value) after its size in bytes, then the replacements. The root (unit 0, offset 1) leads by
 // 'A' to unit 1 ^ 0x41 = 64, whose leaf is unit 64 ^ 1 = 65: value 0, the offset of "a\0".
+// 256 units, as darts-clone always allocates: the root's child of any byte c is unit 1 ^ c, and
+// libsentencepiece (the tests' oracle) reads it unchecked; with 66 units its look-up of bytes above
+// 0x42 read past the array (random results, a crash in one CI run). Our reader checks the bounds.
 inline std::string spm_charsmap_a() {
-    std::vector<uint32_t> units(66, 0);
+    std::vector<uint32_t> units(256, 0);
     units[0] = 1u << 10;
     units[64] = 1u << 10 | 1u << 8 | 0x41;
     units[65] = 1u << 31 | 0;
