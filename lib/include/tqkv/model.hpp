@@ -321,6 +321,8 @@ private:
     std::unique_ptr<Buffers> buf_;
 };
 
+// config.json's eos_token_id(s) inside the vocabulary, in order (as written, repeats kept).
+std::vector<int32_t> config_eos_ids(const LlamaConfig& config);
 // The ids that end generation: the config's eos_token_id(s) and the tokenizer's EOS, each once
 // (what tqkv-run, the explorer and the C ABI / npm stop at), ids outside the vocabulary dropped. None
 // for a byte tokenizer: every id is a byte of text.

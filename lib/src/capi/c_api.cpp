@@ -973,13 +973,9 @@ tqkv_status tqkv_model_end_of_sequence(tqkv_model model, tqkv_tokenizer tok, int
         need_buffer(ids, capacity, "ids");
         need_ptr(n_ids, "n_ids");
         const tqkv::LlamaConfig& c = obj->model.config();
-        std::vector<int32_t> eos;
-        if (tok) {
-            eos = tqkv::end_of_sequence_ids(c, tokenizers().get(id_of(tok), "model_end_of_sequence: tokenizer")->tok);
-        } else {
-            for (int id : c.eos_token_ids)
-                if (id >= 0 && id < c.vocab_size) eos.push_back(int32_t(id));
-        }
+        const std::vector<int32_t> eos =
+            tok ? tqkv::end_of_sequence_ids(c, tokenizers().get(id_of(tok), "model_end_of_sequence: tokenizer")->tok)
+                : tqkv::config_eos_ids(c);
         *n_ids = eos.size();
         if (eos.size() > capacity)
             fail(TQKV_ERR_CAPACITY, "tqkv: model_end_of_sequence: " + std::to_string(eos.size()) + " ids, capacity " +

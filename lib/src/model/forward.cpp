@@ -224,14 +224,20 @@ CacheShape CacheShape::of(const LlamaConfig& c) {
     return {c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, c.head_dim, size_t(c.max_position_embeddings)};
 }
 
+std::vector<int32_t> config_eos_ids(const LlamaConfig& config) {
+    std::vector<int32_t> ids;
+    for (int id : config.eos_token_ids)
+        if (id >= 0 && id < config.vocab_size) ids.push_back(int32_t(id));
+    return ids;
+}
+
 std::vector<int32_t> end_of_sequence_ids(const LlamaConfig& config, const Tokenizer& tokenizer) {
-    std::vector<int32_t> eos;
-    if (tokenizer.kind() == "bytes") return eos;
-    for (int id : config.eos_token_ids) eos.push_back(int32_t(id));
-    eos.push_back(tokenizer.eos_id());
+    if (tokenizer.kind() == "bytes") return {};
+    std::vector<int32_t> eos = config_eos_ids(config);
+    if (const int32_t t = tokenizer.eos_id(); t >= 0 && t < config.vocab_size) eos.push_back(t);
     std::vector<int32_t> once;
     for (int32_t id : eos)
-        if (id >= 0 && id < config.vocab_size && std::find(once.begin(), once.end(), id) == once.end()) once.push_back(id);
+        if (std::find(once.begin(), once.end(), id) == once.end()) once.push_back(id);
     return once;
 }
 

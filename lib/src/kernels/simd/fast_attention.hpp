@@ -415,8 +415,8 @@ void group_scores(const uint8_t* codes, int dim, int bits, const void* table, in
 // ---------------------------------------------------------------------------------------------
 // Values
 
-constexpr int kFastChunkGroups = 8;  // groups per chunk_accumulate batch (the T_j bound above)
-static_assert(int64_t(kFastChunkGroups) * kGroupTokens * 32767 * 127 < (int64_t(1) << 31));
+constexpr int kFastChunkGroups = 8;  // groups per chunk_accumulate batch (the T_j bound above;
+                                     // asserted below for the biased centroids, the larger one)
 
 // One group's 32 int16 weights in the order of the stored codes (cache/layout.hpp): per 32-byte
 // half k of a chunk (words 8k..8k+7), 32-bit lane i holds W of token 8k + i in its low 16 bits and

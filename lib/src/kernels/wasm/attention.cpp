@@ -30,6 +30,7 @@
 
 #include "cache/layout.hpp"
 #include "kernels/kernels.hpp"
+#include "kernels/simd/wasm128.hpp"
 #include "kernels/wasm/relaxed.hpp"
 #include "tqkv/codebook.hpp"
 #include "tqkv/fp16.hpp"
@@ -585,13 +586,10 @@ TQKV_ALWAYS_INLINE v128_t exp4(v128_t x) {
     // pmax(x, c) = x < c ? c : x: one maxps in V8 (f32x4.max is about ten instructions for its NaN
     // and signed-zero rules), and a NaN x stays x.
     x = wasm_f32x4_pmax(x, wasm_f32x4_splat(-105.0f));
-    // n = round(x log2 e) to nearest even, as f32x4.nearest would, by the magic number 1.5 * 2^23:
-    // below 2^22 in magnitude the sum's last bit is the unit, and its low mantissa bits are n (an
-    // add, a subtract and an integer subtract, where i32x4.trunc_sat is about six instructions).
-    const v128_t magic = wasm_f32x4_splat(0x1.8p23f);
-    const v128_t t = wasm_f32x4_add(wasm_f32x4_mul(x, wasm_f32x4_splat(1.44269504088896341f)), magic);
-    const v128_t nf = wasm_f32x4_sub(t, magic);
-    const v128_t n = wasm_i32x4_sub(t, wasm_i32x4_splat(0x4B400000));  // the bits of 1.5 * 2^23
+    // n = round(x log2 e) to nearest even (|x log2 e| <= 152): Wasm128::round4's magic number, two
+    // instructions where f32x4.nearest + i32x4.trunc_sat are about seven; nf = n exactly.
+    const v128_t n = simd::Wasm128::round4(wasm_f32x4_mul(x, wasm_f32x4_splat(1.44269504088896341f)));
+    const v128_t nf = wasm_f32x4_convert_i32x4(n);
     v128_t r = wasm_f32x4_sub(x, wasm_f32x4_mul(nf, wasm_f32x4_splat(0.693359375f)));
     r = wasm_f32x4_sub(r, wasm_f32x4_mul(nf, wasm_f32x4_splat(-2.12194440e-4f)));
     v128_t p = wasm_f32x4_splat(1.989098091e-04f);
