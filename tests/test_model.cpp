@@ -262,6 +262,27 @@ TEST_CASE("model: matmul kernels: exact fp16 widening, fp16 == fp32 weights, eve
                         }
                 }
             }
+    // Infinities and NaNs among the weights (the SIMD widening sends their groups of 8 to the
+    // reference conversion): still the f32 kernel's bits on the widened rows.
+    for (size_t in : {8, 21, 64})
+        for (size_t n : {1, 2}) {
+            const size_t out = 6;
+            std::vector<uint16_t> w(out * in);
+            for (size_t i = 0; i < w.size(); ++i) w[i] = float_to_half(float(rng.normal() * 0.5));
+            w[1] = 0x7c00, w[in + in - 1] = 0xfc00, w[2 * in + 3] = 0x7e01, w[4 * in + in / 2] = 0x7d00;
+            std::vector<float> wf(w.size()), x(n * in);
+            for (size_t i = 0; i < w.size(); ++i) wf[i] = half_to_float(w[i]);
+            for (auto& v : x) v = float(rng.normal());
+            for (const auto& k : kernels) {
+                INFO("kernel " << k.name << ", in " << in << ", n " << n << ", weights with inf and NaN");
+                std::vector<float> y32(n * out), y16(n * out);
+                k.f32(x.data(), n, in, wf.data(), out, y32.data(), out);
+                detail::matmul_f16_with(k, x.data(), n, in, w.data(), out, y16.data());
+                CHECK(std::memcmp(y32.data(), y16.data(), y32.size() * 4) == 0);
+                CHECK(std::isinf(y16[0]));
+                CHECK(std::isnan(y16[2]));
+            }
+        }
 }
 
 TEST_CASE("model: an fp16 checkpoint and an fp32 one of the same values give identical logits", "[model]") {

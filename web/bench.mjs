@@ -26,21 +26,35 @@
 // script turns on itself (a {"target":"wasm-relaxed","error"} line when that does not help);
 // Chromium runs it as is.
 //
+// Then decode of a real model (bench/measure.mjs: decodeRows; tq-ref-128 at ../shared/data, or
+// $TQKV_MODEL; skipped with an error line when absent, or with --no-decode): the calibrated
+// default cache against the exact fp32 cache, token by token at --context (default 1024, the
+// last --steps 64 ids timed) in the best wasm build that loads (relaxed, else SIMD128), and
+// natively (`tqkv-bench decode`, the same caches and context) in the same run:
+//   {"target":"decode", "variant", "model", "config", "preset", "context", "steps",
+//    "decode_tokens_per_s", "ms_per_token", "prefill_tokens_per_s", "bits_per_coord",
+//    "speedup_vs_fp32" (default row: paired, fp32 time / default time), "speedup_vs_fp32_min", "engine"}
+// (the native rows are tqkv-bench decode's JSON with "target":"decode", "variant":"native"), then
+// {"target":"ratio-decode", "wasm_variant", "wasm_default_speedup_vs_fp32",
+//  "native_default_speedup_vs_fp32", "wasm_slowdown_vs_native_default", "wasm_slowdown_vs_native_fp32"}.
+//
 // Then Codec.dot rows (bench/measure.mjs: codecDotRow): {"target":"codec-dot", "variant",
 // "queries", "vectors", "dim", "bits", "per_query_calls_ns", "one_call_ns", "js_fp32_ns",
 // "speedup_vs_js_fp32"}
 //
 //   node bench.mjs [--tokens 4096,16384] [--seconds 0.5] [--heads 4] [--kv-heads 4] [--dim 128]
-//                  [--key-bits 4] [--value-bits 4] [--precision fast,exact] [--only codec]
-//                  [--no-default] [--browser] [--dist DIR (another build of dist/)]
+//                  [--key-bits 4] [--value-bits 4] [--precision fast,exact] [--only codec|decode|attend]
+//                  [--no-default] [--no-decode] [--context 1024] [--steps 64] [--browser]
+//                  [--dist DIR (another build of dist/)]
 // TQKV_BENCH=path/to/tqkv-bench overrides the native binary; CHROMIUM (default /usr/bin/chromium)
 // the browser of --browser.
 import { existsSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
-import { resolve } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { basename, resolve } from 'node:path';
 import v8 from 'node:v8';
-import { attendRows, codecDotRow } from './bench/measure.mjs';
+import { readFile } from 'node:fs/promises';
+import { attendRows, codecDotRow, decodeRows } from './bench/measure.mjs';
 
 const args = Object.fromEntries(
   process.argv.slice(2).reduce((acc, a, i, all) => (a.startsWith('--') ? [...acc, [a.slice(2), all[i + 1]?.startsWith('--') ? '' : all[i + 1] ?? '']] : acc), []),
@@ -53,7 +67,15 @@ const tokens = String(args.tokens ?? '4096,16384').split(',').map(Number);
 const seconds = +(args.seconds ?? 0.5);
 const precisions = String(args.precision ?? 'fast,exact').split(',');
 const shape = { heads, kvHeads, dim, keyBits, valueBits, tokens, seconds };
+const known = ['tokens', 'seconds', 'heads', 'kv-heads', 'dim', 'key-bits', 'value-bits', 'precision', 'only', 'no-default',
+  'no-decode', 'context', 'steps', 'browser', 'dist'];
+for (const k of Object.keys(args))
+  if (!known.includes(k)) throw new Error(`bench: unknown option --${k}; accepted: ${known.map((o) => `--${o}`).join(', ')}`);
+const only = args.only ?? '';  // '' (all), 'codec', 'decode' or 'attend'
+if (!['', 'codec', 'decode', 'attend'].includes(only)) throw new Error(`bench: --only ${only}: expected codec, decode or attend`);
 const print = (row) => console.log(JSON.stringify(row));
+const { defaultModelDir: modelDir } = await import('./demo/serve.mjs');
+const decodeShape = { model: basename(modelDir), context: +(args.context ?? 1024), steps: +(args.steps ?? 64), calibrationTokens: 2048 };
 
 // Where the wasm rows are measured: this Node process, or a Chromium page.
 let engine, closeEngine = async () => {};
@@ -64,7 +86,7 @@ if (args.browser !== undefined) {
   });
   if (!existsSync(chromiumPath)) throw new Error(`bench --browser: no browser at ${chromiumPath} (apt-get install chromium, or set CHROMIUM)`);
   const { serve } = await import('./demo/serve.mjs');
-  const server = await serve([['/', here]]);
+  const server = await serve([['/model/', modelDir], ['/', here]]);
   // --no-liftoff: every function compiled by the optimizing tier up front, as in Node below.
   const browser = await chromium.launch({ executablePath: chromiumPath, args: ['--js-flags=--no-liftoff'] });
   const page = await browser.newPage();
@@ -73,6 +95,7 @@ if (args.browser !== undefined) {
   engine = {
     attendRows: (o) => page.evaluate((o) => window.tqkvBench.attendRows(o), o),
     codecDotRow: (simd) => page.evaluate(([s, sec]) => window.tqkvBench.codecDotRow(s, sec), [simd, seconds]),
+    decodeRows: (o) => page.evaluate((o) => window.tqkvBench.decodeRows(o), o),
   };
   closeEngine = async () => {
     await browser.close();
@@ -88,7 +111,11 @@ if (args.browser !== undefined) {
   // query at 4096 tokens as at 16384 (9-10 vs 10-12 ms). The time of compiling is not measured here.
   v8.setFlagsFromString('--no-liftoff');
   const label = `node ${process.versions.node} (V8 ${process.versions.v8})`;
-  engine = { attendRows: (o) => attendRows(Tqkv, label, o), codecDotRow: (simd) => codecDotRow(Tqkv, simd, seconds) };
+  engine = {
+    attendRows: (o) => attendRows(Tqkv, label, o),
+    codecDotRow: (simd) => codecDotRow(Tqkv, simd, seconds),
+    decodeRows: (o) => decodeRows(Tqkv, label, { ...o, modelUrl: pathToFileURL(modelDir + '/').href }, (u) => readFile(u)),
+  };
 }
 
 // The rows of one wasm build and cache (printed as they come).
@@ -102,8 +129,10 @@ async function wasmTarget(variant, config) {
   return r.rows;
 }
 
+const nativeBin = process.env.TQKV_BENCH || resolve(here, '../build/bench/tqkv-bench');
+
 function nativeTarget(kernel, precision) {
-  const bin = process.env.TQKV_BENCH || resolve(here, '../build/bench/tqkv-bench');
+  const bin = nativeBin;
   if (!existsSync(bin)) {
     print({ target: 'native', error: `no native benchmark at ${bin} (bash scripts/build.sh)` });
     return [];
@@ -123,13 +152,13 @@ function nativeTarget(kernel, precision) {
   return rows;
 }
 
-if (args.only === 'codec') {
+if (only === 'codec') {
   for (const simd of ['relaxed', true, false]) print(await engine.codecDotRow(simd));
   await closeEngine();
   process.exit(0);
 }
 
-for (const precision of precisions) {
+for (const precision of only && only !== 'attend' ? [] : precisions) {
   const relaxed = await wasmTarget('relaxed', { kvHeads, precision });
   const simd = await wasmTarget('simd128', { kvHeads, precision });
   const scalar = await wasmTarget('scalar', { kvHeads, precision });
@@ -161,7 +190,7 @@ for (const precision of precisions) {
 }
 // The calibrated default beside K4V4, 2 KV heads, per wasm build (interleaved per build so that
 // both rows of a ratio are timed in the same minute of this loaded machine).
-if (args['no-default'] === undefined) {
+if (args['no-default'] === undefined && (!only || only === 'attend')) {
   for (const variant of ['relaxed', 'simd128', 'scalar']) {
     const k4 = await wasmTarget(variant, { kvHeads: 2, precision: 'exact' });
     const def = await wasmTarget(variant, { kvHeads: 2, preset: 'default', precision: 'exact' });
@@ -181,5 +210,44 @@ if (args['no-default'] === undefined) {
     }
   }
 }
-for (const simd of ['relaxed', true, false]) print(await engine.codecDotRow(simd));
+// Decode of the real model: the best wasm build that loads, then natively.
+if (args['no-decode'] === undefined && (!only || only === 'decode')) {
+  if (!existsSync(resolve(modelDir, 'config.json'))) {
+    print({ target: 'decode', error: `no model at ${modelDir} (set TQKV_MODEL to a tq-ref-128 directory)` });
+  } else {
+    let wasm = null;
+    for (const variant of ['relaxed', 'simd128']) {
+      const r = await engine.decodeRows({ variant, ...decodeShape });
+      if (r.error) {
+        print({ target: 'decode', variant: `wasm-${variant}`, error: r.error });
+        continue;
+      }
+      r.rows.forEach(print);
+      wasm = r.rows;
+      break;
+    }
+    let native = null;
+    if (existsSync(nativeBin)) {
+      const spec = wasm?.[1]?.config ?? 'K3.5V2.5-w16';
+      const r = spawnSync(nativeBin, ['decode', '--json', '--model', modelDir, '--context', String(decodeShape.context),
+        '--steps', String(decodeShape.steps), '--repeats', '3', '--config', `fp32,${spec}`], { encoding: 'utf8' });
+      if (r.status !== 0) print({ target: 'decode', variant: 'native', error: (r.stderr || r.stdout).trim().split('\n').pop() });
+      else {
+        native = r.stdout.split('\n').filter((l) => l.startsWith('{')).map((l) => ({ target: 'decode', variant: 'native', ...JSON.parse(l) }));
+        native.forEach(print);
+      }
+    }
+    if (wasm) {
+      const ratio = { target: 'ratio-decode', wasm_variant: wasm[1].variant, context: decodeShape.context, engine: wasm[1].engine,
+        wasm_default_speedup_vs_fp32: wasm[1].speedup_vs_fp32 };
+      if (native?.length === 2) {
+        ratio.native_default_speedup_vs_fp32 = +native[1].speedup_vs_fp32.toFixed(4);
+        ratio.wasm_slowdown_vs_native_default = +(wasm[1].ms_per_token / native[1].ms_per_token).toFixed(3);
+        ratio.wasm_slowdown_vs_native_fp32 = +(wasm[0].ms_per_token / native[0].ms_per_token).toFixed(3);
+      }
+      print(ratio);
+    }
+  }
+}
+if (!only) for (const simd of ['relaxed', true, false]) print(await engine.codecDotRow(simd));
 await closeEngine();

@@ -189,3 +189,65 @@ export async function codecDotRow(Tqkv, simd, seconds) {
     bits: 4, per_query_calls_ns: Math.round(perQuery), one_call_ns: oneCall, js_fp32_ns: Math.round(js),
     speedup_vs_js_fp32: +(js / best).toFixed(3) };
 }
+
+// Decode tokens/s of a real model with the calibrated default cache (preset 'default') against the
+// exact fp32 cache in the same module, as `tqkv-bench decode` measures natively. Procedure: the
+// model's eval.txt as token ids; calibration on its last `calibrationTokens` ids (held out: the
+// decoded ids are the first `context`); each runner prefilled with the first context - steps ids;
+// then the last `steps` ids decoded token by token, the two runners taking turns in batches of 8
+// tokens, so that a shared machine's drift falls on both alike. speedup_vs_fp32 is the median over
+// batches of (fp32 time / default time), speedup_vs_fp32_min the smallest.
+//   o: { variant: 'relaxed' | 'simd128' | 'scalar', modelUrl (directory: config.json,
+//        model.safetensors, eval.txt), model (its name, for the rows), context, steps, calibrationTokens }
+//   readBytes(url): a file's bytes (fetch in a browser, node:fs in Node)
+// Returns { rows } (one per cache: fp32 first) or { error }.
+export async function decodeRows(Tqkv, engine, o, readBytes) {
+  const { variant, modelUrl, context, steps, calibrationTokens } = o;
+  let t;
+  try {
+    t = await Tqkv.load({ simd: variant });
+  } catch (e) {
+    return { error: String(e.message ?? e) };
+  }
+  const model = await t.fetchModel(modelUrl);
+  try {
+    const ids = model.tokens(new TextDecoder().decode(await readBytes(new URL('eval.txt', modelUrl))));
+    if (ids.length < context + calibrationTokens) return { error: `bench decode: eval.txt has ${ids.length} tokens, needs ${context + calibrationTokens}` };
+    const spec = t.presets.find((p) => p.name === 'default').spec;
+    const t0 = performance.now();
+    const calibration = model.calibrate(ids.slice(ids.length - calibrationTokens));
+    const calibrationMs = performance.now() - t0;
+    const runs = [{ config: 'fp32', runner: model.createRunner('fp32') },
+      { config: spec, runner: model.createRunner(spec, { calibration }) }];
+    for (const r of runs) {
+      const p0 = performance.now();
+      r.runner.prefill(ids.subarray(0, context - steps));
+      r.prefillMs = performance.now() - p0;
+      r.batches = [];
+    }
+    const batch = 8;
+    for (let i = context - steps; i < context; i += batch) {
+      const end = Math.min(context, i + batch);
+      for (const r of runs) {
+        const b0 = performance.now();
+        for (let k = i; k < end; k++) r.runner.decode(ids[k]);
+        r.batches.push((performance.now() - b0) / (end - i));
+      }
+    }
+    const median = (v) => [...v].sort((x, y) => x - y)[v.length >> 1];
+    const ratios = runs[0].batches.map((f, k) => f / runs[1].batches[k]);
+    const rows = runs.map((r, k) => ({
+      target: 'decode', variant: `wasm-${variant}`, model: o.model ?? null, config: r.config, preset: k ? 'default' : null,
+      context, steps, decode_tokens_per_s: +(1000 / median(r.batches)).toFixed(2), ms_per_token: +median(r.batches).toFixed(3),
+      prefill_tokens_per_s: +((context - steps) / r.prefillMs * 1000).toFixed(1), bits_per_coord: +r.runner.stats().bitsPerCoord.toFixed(3),
+      ...(k ? { speedup_vs_fp32: +median(ratios).toFixed(4), speedup_vs_fp32_min: +Math.min(...ratios).toFixed(4),
+        calibration_tokens: calibrationTokens, calibration_ms: Math.round(calibrationMs) } : {}),
+      engine,
+    }));
+    for (const r of runs) r.runner.dispose();
+    calibration.dispose();
+    return { rows };
+  } finally {
+    model.dispose();
+  }
+}

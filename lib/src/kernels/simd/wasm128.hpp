@@ -139,27 +139,43 @@ struct Wasm128 {
         m = max4(m, wasm_i32x4_shuffle(m, m, 1, 0, 3, 2));
         return wasm_f32x4_extract_lane(m, 0);
     }
-    // IEEE binary16 -> float, exact: the magnitude bits moved to the float's place and scaled by
-    // 2^112 (normal and subnormal halves alike), the sign or-ed back; a group of 8 with an
-    // infinity or NaN takes the portable conversion. Inline here (the fast kernels convert 32 norms
-    // at a time, where a call through the kernel table cost as much as the conversion); the
-    // wasm128 kernel table's from_half is this function.
+    // IEEE binary16 -> float, exact. Each half goes to the top of a 32-bit lane (one interleave
+    // with zero: sign at bit 31, exponent and mantissa at bits 30..16); an arithmetic shift right
+    // by 3 puts exponent and mantissa in a float's place (bits 27..13) and copies the sign into
+    // bits 30..28, which the mask clears. The lane then reads as the half's value * 2^-112
+    // (subnormal halves land on subnormal floats, zeros on zeros, the sign in place), and one
+    // multiply by 2^112 rescales exactly. 4 operations per 4 halves, where zero-extending,
+    // masking the magnitude and the sign apart and or-ing them back took 7 (wasm decode of
+    // tq-ref-128 spent most of its time here). Only for halves without infinities and NaNs
+    // (has_inf_or_nan8), which the shift would read as large finite values.
+    static TQKV_SIMD_INLINE void halves8(v128_t v, v128_t& lo, v128_t& hi) {
+        const v128_t zero = wasm_i32x4_splat(0);
+        auto widen = [](v128_t top) TQKV_SIMD_LAMBDA {
+            const v128_t bits = wasm_v128_and(wasm_i32x4_shr(top, 3), wasm_i32x4_splat(int32_t(0x8fffffffu)));
+            return wasm_f32x4_mul(bits, wasm_f32x4_splat(0x1p112f));
+        };
+        lo = widen(wasm_i16x8_shuffle(zero, v, 0, 8, 1, 9, 2, 10, 3, 11));
+        hi = widen(wasm_i16x8_shuffle(zero, v, 4, 12, 5, 13, 6, 14, 7, 15));
+    }
+    static TQKV_SIMD_INLINE bool has_inf_or_nan8(v128_t v) {
+        const v128_t exp_mask = wasm_i16x8_splat(0x7c00);
+        return wasm_v128_any_true(wasm_i16x8_eq(wasm_v128_and(v, exp_mask), exp_mask));
+    }
+    // Groups of 8 with an infinity or NaN take the portable conversion. Inline here (the fast
+    // kernels convert 32 norms at a time, where a call through the kernel table cost as much as
+    // the conversion); the wasm128 kernel table's from_half is this function.
     static TQKV_SIMD_INLINE void halves_to_float(const uint16_t* h, float* out, size_t n) {
         size_t i = 0;
-        const v128_t exp_mask = wasm_i16x8_splat(0x7c00);
-        auto widen = [](v128_t w) TQKV_SIMD_LAMBDA {
-            const v128_t mag = wasm_i32x4_shl(wasm_v128_and(w, wasm_i32x4_splat(0x7fff)), 13);
-            const v128_t v = wasm_f32x4_mul(mag, wasm_f32x4_splat(0x1p112f));
-            return wasm_v128_or(v, wasm_i32x4_shl(wasm_v128_and(w, wasm_i32x4_splat(0x8000)), 16));
-        };
         for (; i + 8 <= n; i += 8) {
             const v128_t v = wasm_v128_load(h + i);
-            if (wasm_v128_any_true(wasm_i16x8_eq(wasm_v128_and(v, exp_mask), exp_mask))) {
+            if (has_inf_or_nan8(v)) {
                 for (size_t k = i; k < i + 8; ++k) out[k] = half_to_float(h[k]);
                 continue;
             }
-            wasm_v128_store(out + i, widen(wasm_u32x4_extend_low_u16x8(v)));
-            wasm_v128_store(out + i + 4, widen(wasm_u32x4_extend_high_u16x8(v)));
+            v128_t lo, hi;
+            halves8(v, lo, hi);
+            wasm_v128_store(out + i, lo);
+            wasm_v128_store(out + i + 4, hi);
         }
         for (; i < n; ++i) out[i] = half_to_float(h[i]);
     }
