@@ -55,6 +55,7 @@ import { basename, resolve } from 'node:path';
 import v8 from 'node:v8';
 import { readFile } from 'node:fs/promises';
 import { attendRows, codecDotRow, decodeRows } from './bench/measure.mjs';
+import { defaultModelDir as modelDir, serve } from './demo/serve.mjs';
 
 const args = Object.fromEntries(
   process.argv.slice(2).reduce((acc, a, i, all) => (a.startsWith('--') ? [...acc, [a.slice(2), all[i + 1]?.startsWith('--') ? '' : all[i + 1] ?? '']] : acc), []),
@@ -74,8 +75,9 @@ for (const k of Object.keys(args))
 const only = args.only ?? '';  // '' (all), 'codec', 'decode' or 'attend'
 if (!['', 'codec', 'decode', 'attend'].includes(only)) throw new Error(`bench: --only ${only}: expected codec, decode or attend`);
 const print = (row) => console.log(JSON.stringify(row));
-const { defaultModelDir: modelDir } = await import('./demo/serve.mjs');
 const decodeShape = { model: basename(modelDir), context: +(args.context ?? 1024), steps: +(args.steps ?? 64), calibrationTokens: 2048 };
+if (!Number.isInteger(decodeShape.context) || !Number.isInteger(decodeShape.steps) || decodeShape.steps < 1 || decodeShape.steps >= decodeShape.context)
+  throw new Error(`bench: --context ${args.context ?? 1024} --steps ${args.steps ?? 64}: need integers with 1 <= steps < context`);
 
 // Where the wasm rows are measured: this Node process, or a Chromium page.
 let engine, closeEngine = async () => {};
@@ -85,7 +87,6 @@ if (args.browser !== undefined) {
     throw new Error('bench --browser: playwright-core is not installed (npm ci in web/)');
   });
   if (!existsSync(chromiumPath)) throw new Error(`bench --browser: no browser at ${chromiumPath} (apt-get install chromium, or set CHROMIUM)`);
-  const { serve } = await import('./demo/serve.mjs');
   const server = await serve([['/model/', modelDir], ['/', here]]);
   // --no-liftoff: every function compiled by the optimizing tier up front, as in Node below.
   const browser = await chromium.launch({ executablePath: chromiumPath, args: ['--js-flags=--no-liftoff'] });
