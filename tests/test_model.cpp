@@ -262,8 +262,9 @@ TEST_CASE("model: matmul kernels: exact fp16 widening, fp16 == fp32 weights, eve
                         }
                 }
             }
-    // Infinities and NaNs among the weights (the SIMD widening sends their groups of 8 to the
-    // reference conversion): still the f32 kernel's bits on the widened rows.
+    // Infinities and NaNs among the weights (AVX2 rebuilds signalling NaNs per group of 8; wasm
+    // converts a range holding any of them again with the reference): still the f32 kernel's bits
+    // on the widened rows.
     for (size_t in : {8, 21, 64})
         for (size_t n : {1, 2}) {
             const size_t out = 6;

@@ -133,16 +133,15 @@ async function wasmTarget(variant, config) {
 const nativeBin = process.env.TQKV_BENCH || resolve(here, '../build/bench/tqkv-bench');
 
 function nativeTarget(kernel, precision) {
-  const bin = nativeBin;
-  if (!existsSync(bin)) {
-    print({ target: 'native', error: `no native benchmark at ${bin} (bash scripts/build.sh)` });
+  if (!existsSync(nativeBin)) {
+    print({ target: 'native', error: `no native benchmark at ${nativeBin} (bash scripts/build.sh)` });
     return [];
   }
   const argv = ['attend', '--json', '--tokens', tokens.join(','), '--seconds', String(seconds), '--heads', String(heads),
     '--kv-heads', String(kvHeads), '--dim', String(dim), '--key-bits', String(keyBits), '--value-bits', String(valueBits),
     '--precision', precision];
   if (kernel) argv.push('--kernel', kernel);
-  const r = spawnSync(bin, argv, { encoding: 'utf8' });
+  const r = spawnSync(nativeBin, argv, { encoding: 'utf8' });
   if (r.status !== 0) {
     print({ target: 'native', kernel, precision, error: (r.stderr || r.stdout).trim().split('\n').pop() });
     return [];

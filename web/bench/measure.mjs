@@ -2,6 +2,9 @@
 // `npm run bench -- --browser`): the same code times the same calls in both engines. Nothing here
 // prints; bench.mjs turns the rows into JSON lines.
 
+// The median of a list of numbers (upper median for even lengths; the list is left as it was).
+const median = (v) => [...v].sort((x, y) => x - y)[v.length >> 1];
+
 // Median over batches of the time per call, each batch at least ~20 ms (as tqkv-bench does).
 // performance.now() is coarsened in browsers (to 100 us without cross-origin isolation): 0.5% of a
 // 20 ms batch.
@@ -21,8 +24,7 @@ export function nsPerCall(fn, budget) {
     for (let i = 0; i < reps; i++) fn();
     per.push(((performance.now() - t0) / reps) * 1e6);
   }
-  per.sort((a, b) => a - b);
-  return per[per.length >> 1];
+  return median(per);
 }
 
 // Two functions timed in alternating batches (as tqkv-bench attend's interleaved rounds): the median
@@ -51,7 +53,6 @@ export function pairedNsPerCall(a, b, budget) {
     tb.push(batch(b, reps[1]));
     ratio.push(tb[tb.length - 1] / ta[ta.length - 1]);
   }
-  const median = (v) => v.sort((x, y) => x - y)[v.length >> 1];
   return { a: median(ta), b: median(tb), ratio: median(ratio) };
 }
 
@@ -217,36 +218,38 @@ export async function decodeRows(Tqkv, engine, o, readBytes) {
     const t0 = performance.now();
     const calibration = model.calibrate(ids.slice(ids.length - calibrationTokens));
     const calibrationMs = performance.now() - t0;
-    const runs = [{ config: 'fp32', runner: model.createRunner('fp32') },
-      { config: spec, runner: model.createRunner(spec, { calibration }) }];
-    for (const r of runs) {
-      const p0 = performance.now();
-      r.runner.prefill(ids.subarray(0, context - steps));
-      r.prefillMs = performance.now() - p0;
-      r.batches = [];
-    }
-    const batch = 8;
-    for (let i = context - steps; i < context; i += batch) {
-      const end = Math.min(context, i + batch);
+    const runs = [{ config: 'fp32', runner: model.createRunner('fp32') }];
+    try {
+      runs.push({ config: spec, runner: model.createRunner(spec, { calibration }) });
       for (const r of runs) {
-        const b0 = performance.now();
-        for (let k = i; k < end; k++) r.runner.decode(ids[k]);
-        r.batches.push((performance.now() - b0) / (end - i));
+        const p0 = performance.now();
+        r.runner.prefill(ids.subarray(0, context - steps));
+        r.prefillMs = performance.now() - p0;
+        r.batches = [];
       }
+      const batch = 8;
+      for (let i = context - steps; i < context; i += batch) {
+        const end = Math.min(context, i + batch);
+        for (const r of runs) {
+          const b0 = performance.now();
+          for (let k = i; k < end; k++) r.runner.decode(ids[k]);
+          r.batches.push((performance.now() - b0) / (end - i));
+        }
+      }
+      const ratios = runs[0].batches.map((f, k) => f / runs[1].batches[k]);
+      const rows = runs.map((r, k) => ({
+        target: 'decode', variant: `wasm-${variant}`, model: o.model ?? null, config: r.config, preset: k ? 'default' : null,
+        context, steps, decode_tokens_per_s: +(1000 / median(r.batches)).toFixed(2), ms_per_token: +median(r.batches).toFixed(3),
+        prefill_tokens_per_s: +((context - steps) / r.prefillMs * 1000).toFixed(1), bits_per_coord: +r.runner.stats().bitsPerCoord.toFixed(3),
+        ...(k ? { speedup_vs_fp32: +median(ratios).toFixed(4), speedup_vs_fp32_min: +Math.min(...ratios).toFixed(4),
+          calibration_tokens: calibrationTokens, calibration_ms: Math.round(calibrationMs) } : {}),
+        engine,
+      }));
+      return { rows };
+    } finally {
+      for (const r of runs) r.runner.dispose();
+      calibration.dispose();
     }
-    const median = (v) => [...v].sort((x, y) => x - y)[v.length >> 1];
-    const ratios = runs[0].batches.map((f, k) => f / runs[1].batches[k]);
-    const rows = runs.map((r, k) => ({
-      target: 'decode', variant: `wasm-${variant}`, model: o.model ?? null, config: r.config, preset: k ? 'default' : null,
-      context, steps, decode_tokens_per_s: +(1000 / median(r.batches)).toFixed(2), ms_per_token: +median(r.batches).toFixed(3),
-      prefill_tokens_per_s: +((context - steps) / r.prefillMs * 1000).toFixed(1), bits_per_coord: +r.runner.stats().bitsPerCoord.toFixed(3),
-      ...(k ? { speedup_vs_fp32: +median(ratios).toFixed(4), speedup_vs_fp32_min: +Math.min(...ratios).toFixed(4),
-        calibration_tokens: calibrationTokens, calibration_ms: Math.round(calibrationMs) } : {}),
-      engine,
-    }));
-    for (const r of runs) r.runner.dispose();
-    calibration.dispose();
-    return { rows };
   } finally {
     model.dispose();
   }
