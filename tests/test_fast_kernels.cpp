@@ -268,7 +268,7 @@ TEST_CASE("fast value accumulation: every kernel gives the reference's bits, wit
                     std::vector<const float*> pp(groups);
                     for (int gi = 0; gi < groups; ++gi) gp[gi] = g[gi].data(), np[gi] = norms[gi].data(), pp[gi] = &p[gi * 40];
                     // Accumulators start with arbitrary contents (the kernels add to them).
-                    std::vector<float> start(size_t(heads) * dim * 16);
+                    std::vector<float> start(size_t(heads) * dim);
                     for (auto& a : start) a = float(rng.normal());
                     std::vector<float> ref = start;
                     reference().fast_chunk_accumulate(gp.data(), np.data(), pp.data(), groups, p_stride, dim, bits, vt, heads,
@@ -283,7 +283,7 @@ TEST_CASE("fast value accumulation: every kernel gives the reference's bits, wit
                     // The contribution alone (from zeros) against the exact weighted sum, per batch of 8 groups.
                     for (int g0 = 0; g0 < groups; g0 += 8) {
                         const int ng = std::min(8, groups - g0);
-                        std::vector<float> zero(size_t(heads) * dim * 16, 0.0f);
+                        std::vector<float> zero(size_t(heads) * dim, 0.0f);
                         reference().fast_chunk_accumulate(gp.data() + g0, np.data() + g0, pp.data() + g0, ng, p_stride, dim, bits,
                                                           vt, heads, zero.data());
                         for (int h = 0; h < heads; ++h) {
@@ -302,7 +302,7 @@ TEST_CASE("fast value accumulation: every kernel gives the reference's bits, wit
                                 for (int gi = 0; gi < ng; ++gi)
                                     for (int t = 0; t < 32; ++t)
                                         exact += w[gi * 32 + t] * ctab[detail::group_code(gp[g0 + gi], dim, bits, t, j)];
-                                for (int l = 0; l < 16; ++l) got += zero[(size_t(h) * dim + j) * 16 + l];
+                                got = zero[size_t(h) * dim + j];
                                 const double bound = nz * 0.501 * ws * (vt.max_abs + vt.max_error) + vt.max_error * wsum +
                                                      std::ldexp(std::fabs(got), -21) + 1e-300;
                                 if (!(std::fabs(got - exact) <= bound)) {
@@ -433,7 +433,7 @@ TEST_CASE("fast value accumulation: NaN and infinite numerators (a hostile cache
     std::vector<const uint16_t*> np(groups, norms.data());
     std::vector<const float*> pp(groups);
     for (int gi = 0; gi < groups; ++gi) gp[gi] = g[gi].data(), pp[gi] = &p[gi * 32];
-    std::vector<float> acc(size_t(heads) * dim * 16, 0.0f);
+    std::vector<float> acc(size_t(heads) * dim, 0.0f);
     reference().fast_chunk_accumulate(gp.data(), np.data(), pp.data(), groups, p_stride, dim, 4, vt, heads, acc.data());
     for (const auto& k : fast_kernels()) {
         INFO(k.name);

@@ -48,6 +48,9 @@ struct AttendClass {
     // (fast_keys: wanted; Workspace::fast_ok: built for this query), int8 / int16 values (fast_values).
     size_t fast_off = 0;
     bool fast_keys = false, fast_values = false;
+    // Accumulator floats per value coordinate: 16 lanes for the float kernels, one for the fast
+    // ones (their integer sums become one float per coordinate and chunk).
+    int acc_lanes = 16;
 };
 
 // Tokens [t0, t1) of one part: codes (t0 a multiple of 32) or exact rows. The first `lead` tokens
@@ -300,7 +303,6 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
         cl.index = plan.classes.size();
         cl.lut_off = lut_floats, cl.acc_off = acc_floats, cl.prep_off = prep_floats;
         for (auto& s : P.keys().segs) lut_floats += size_t(r) * s.dim * (s.table.size() + (s.prod ? 16 : 0));
-        for (auto& s : P.values().segs) acc_floats += size_t(r) * s.dim * 16;
         const bool f16 = P.cfg.norm == NormFormat::F16;
         bool mse_keys = true;
         for (const auto& s : P.keys().segs) mse_keys = mse_keys && !s.prod;
@@ -314,6 +316,8 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
         // the reference every ISA's match)
         cl.fast_keys = fast && f16 && mse_keys && small_keys && ak.fast_prepare_scores;
         cl.fast_values = fast && f16 && small_values && ak.fast_chunk_accumulate;
+        cl.acc_lanes = cl.fast_values ? 1 : 16;
+        for (auto& s : P.values().segs) acc_floats += size_t(r) * s.dim * cl.acc_lanes;
         if (cl.fast_keys) {
             cl.fast_off = prep_floats;
             for (const auto& s : P.keys().segs) prep_floats += fast_table_floats(ak, s, r);
@@ -433,8 +437,9 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                         plc[cl.index * r + hh] *= corr;
                         float* acc = pacc + cl.acc_off;
                         for (auto& vs : cl.codes->values().segs) {
-                            k.scale(acc + size_t(hh) * vs.dim * 16, vs.dim * 16, corr);
-                            acc += size_t(r) * vs.dim * 16;
+                            const size_t n = size_t(vs.dim) * cl.acc_lanes;
+                            k.scale(acc + hh * n, int(n), corr);
+                            acc += r * n;
                         }
                     }
                     for (int j = 0; j < d; ++j) pexact[size_t(hh) * d + j] *= corr;
@@ -487,9 +492,11 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
             const bool prefetch = P.n_compressed * P.group_bytes / kGroupTokens > (size_t(4) << 20);
             for (size_t g0 = 0; g0 < n_groups; g0 += kChunkGroups) {
                 const size_t ng = std::min<size_t>(kChunkGroups, n_groups - g0);
+                const uint8_t* chunk_groups[kChunkGroups];
+                P.groups(int(kvh), sp.t0 + g0 * kGroupTokens, ng, chunk_groups);
                 for (size_t gi = 0; gi < ng; ++gi) {
                     const size_t t0 = sp.t0 + (g0 + gi) * kGroupTokens;
-                    const uint8_t* g = P.group(kvh, t0);
+                    const uint8_t* g = chunk_groups[gi];
                     // When a KV head's groups come from DRAM (larger than the L2/L3 share), fetch
                     // the group two chunks ahead into L2 while this one computes: hardware
                     // prefetchers stop at 4 KiB pages (measured with one allocation per block, on
@@ -603,19 +610,19 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                     float* acc = pacc + cl.acc_off;
                     for (auto& s : C.values().segs) {
                         for (size_t i = 0; i < nk; ++i) {
-                            const uint8_t* g = P.group(kvh, chunk_t0 + kept[i] * kGroupTokens);
+                            const uint8_t* g = chunk_groups[kept[i]];
                             codes[i] = g + s.codes_off;
                             norms[i] = reinterpret_cast<const uint16_t*>(g + s.norm_off);
                             p[i] = &ws.scores[kept[i] * kGroupTokens];
                         }
                         ak.fast_chunk_accumulate(codes, norms, p, int(nk), int(score_cols), s.dim, s.bits, s.fast_values, r, acc);
-                        acc += size_t(r) * s.dim * 16;
+                        acc += size_t(r) * s.dim;  // (acc_lanes 1)
                     }
                     continue;
                 }
                 for (size_t i = 0; i < nk; ++i) {
                     const size_t gi = kept[i];
-                    const uint8_t* g = P.group(kvh, chunk_t0 + gi * kGroupTokens);
+                    const uint8_t* g = chunk_groups[gi];
                     float* acc = pacc + cl.acc_off;
                     if (cl.fused_values) {
                         for (auto& s : C.values().segs) {
@@ -668,8 +675,9 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                 plc[cl.index * r + hh] *= f0;
                 float* acc = pacc + cl.acc_off;
                 for (auto& vs : cl.codes->values().segs) {
-                    if (f0 != 1.0f) k.scale(acc + size_t(hh) * vs.dim * 16, vs.dim * 16, f0);
-                    acc += size_t(r) * vs.dim * 16;
+                    const size_t n = size_t(vs.dim) * cl.acc_lanes;
+                    if (f0 != 1.0f) k.scale(acc + hh * n, int(n), f0);
+                    acc += r * n;
                 }
             }
             float* ex = pexact + size_t(hh) * d;
@@ -685,9 +693,10 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                     float* acc = pacc + cl.acc_off;
                     const float* src = part + off_acc + cl.acc_off;
                     for (auto& vs : cl.codes->values().segs) {
-                        ak.axpy_f32(f, src + size_t(hh) * vs.dim * 16, acc + size_t(hh) * vs.dim * 16, vs.dim * 16);
-                        acc += size_t(r) * vs.dim * 16;
-                        src += size_t(r) * vs.dim * 16;
+                        const size_t n = size_t(vs.dim) * cl.acc_lanes;
+                        ak.axpy_f32(f, src + hh * n, acc + hh * n, int(n));
+                        acc += r * n;
+                        src += r * n;
                     }
                 }
                 ak.axpy_f32(f, part + off_exact + size_t(hh) * d, ex, d);
@@ -709,17 +718,22 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                 const float* acc = pacc + cl.acc_off;
                 for (auto& s : cl.codes->values().segs) {
                     const int sp = s.rot->padded_dim();
-                    const float* a = acc + size_t(hh) * s.dim * 16;
-                    for (int j = 0; j < s.dim; ++j) {
-                        float sum = 0;
-                        for (int lane = 0; lane < 16; ++lane) sum += a[size_t(j) * 16 + lane];
-                        ws.buf[j] = sum;
+                    const int lanes = cl.acc_lanes;
+                    const float* a = acc + size_t(hh) * s.dim * lanes;
+                    if (lanes == 1) {
+                        std::copy_n(a, s.dim, ws.buf.begin());
+                    } else {
+                        for (int j = 0; j < s.dim; ++j) {
+                            float sum = 0;
+                            for (int lane = 0; lane < lanes; ++lane) sum += a[size_t(j) * lanes + lane];
+                            ws.buf[j] = sum;
+                        }
                     }
                     std::fill(ws.buf.begin() + s.dim, ws.buf.begin() + sp, 0.0f);
                     s.rot->inverse_unscaled(ws.buf.data(), ws.tmp.data(), k);
                     const float f = float(1.0 / s.rot->gain()) * inv_l * cl.value_scale * cl.codes->codecs->value_factor;
                     for (int j = 0; j < s.dim; ++j) o[s.channels[j]] += ws.buf[j] * f;
-                    acc += size_t(r) * s.dim * 16;
+                    acc += size_t(r) * s.dim * lanes;
                 }
             }
             for (int j = 0; j < d; ++j) o[j] += ex[j] * inv_l;

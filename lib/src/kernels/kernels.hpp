@@ -111,7 +111,8 @@ struct AttentionKernels {
     //   fast_group_scores: group_scores_normed from those tables.
     //   fast_chunk_accumulate: group_accumulate_normed over a chunk of groups (codes[g], norms[g],
     //   numerators p[g] with head h at p[g] + h * p_stride, g < groups) with int8 centroids and
-    //   15-bit weights shared by up to 8 groups; adds each coordinate's sum to lane 0 of its 16.
+    //   15-bit weights shared by up to 8 groups; adds each coordinate's sum to acc[h * dim + j] (one
+    //   float per coordinate, where the float kernels keep 16 lanes).
     size_t (*fast_scores_table_bytes)(int dim, int bits, int heads);
     bool (*fast_prepare_scores)(const float* lut, int dim, int bits, int heads, float scale, void* table);
     void (*fast_group_scores)(const uint8_t* codes, int dim, int bits, const void* table, int heads,

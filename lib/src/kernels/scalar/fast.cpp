@@ -100,7 +100,7 @@ void scalar_fast_chunk_accumulate(const uint8_t* const* codes, const uint16_t* c
         }
         for (int h = 0; h < heads; ++h)
             for (int j = 0; j < dim && inv[h] > 0.0f; ++j) {
-                float& a = acc[(size_t(h) * dim + j) * 16];
+                float& a = acc[size_t(h) * dim + j];
                 a = a + float(T[size_t(h) * dim + j]) * f[h];
             }
     }

@@ -56,7 +56,8 @@
 // group g, token t), M = max over the chunk's w,
 //   W_gt = round(fl(w_gt * fl(32767 / M)))  in [0, 32767],
 // and per coordinate j the exact integer T_j = sum_g sum_t W_gt c8[code_gtj] (c8, inv_scale:
-// FastValueTable) is added to lane 0 of the driver's 16 float accumulators of the coordinate as
+// FastValueTable) is added to the driver's accumulator of the coordinate (acc[h * dim + j]: one float
+// per coordinate, so the driver's rescaling and merging touch dim floats per head, not 16 dim) as
 // fl(float(T_j) * f), f = fl(fl(M * fl(1 / 32767)) * inv_scale).
 // |T_j| <= 8 * 32 * 32767 * 127 < 2^31, so the int32 sums are exact in any order: a backend may
 // sum the products as its instructions like and still give the reference's bits; float(T_j)
@@ -86,6 +87,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 
 #include "cache/layout.hpp"
@@ -156,8 +158,9 @@ bool prepare_scores(const float* lut, int dim, int bits, int heads, float scale,
             // (+ 0: -0 becomes +0, so the result does not depend on which zero a reduction kept.)
             const float lo = S::hmin(S::fmin(a, b)) + 0.0f, hi = S::hmax(S::fmax(a, b)) + 0.0f;
             mins[u] = lo;
-            R = std::fmax(R, hi - lo);
-            x_abs += std::fmax(std::fabs(lo), std::fabs(hi));
+            // (Comparisons, not std::fmax, a call in wasm: a NaN here is refused after the loop.)
+            R = hi - lo > R ? hi - lo : R;
+            x_abs += std::fabs(lo) > std::fabs(hi) ? std::fabs(lo) : std::fabs(hi);
         }
         alignas(32) float bad_lanes[8];
         S::fstore(bad_lanes, bad);
@@ -171,7 +174,7 @@ bool prepare_scores(const float* lut, int dim, int bits, int heads, float scale,
             a_max = 0;
             for (int j = 0; j < dim; ++j) {
                 float m = 0.0f;
-                for (int e = 0; e < 16; ++e) m = std::fmax(m, std::fabs(row[size_t(j) * 16 + e]));
+                for (int e = 0; e < 16; ++e) m = std::fabs(row[size_t(j) * 16 + e]) > m ? std::fabs(row[size_t(j) * 16 + e]) : m;
                 a_max += m;
             }
         }
@@ -328,10 +331,11 @@ struct KeySums {
     }
 };
 
-// Integer scores S of H heads (tables tab[h], after the header) for the 32 tokens of a group.
+// Integer scores S of H heads (tables tab[h], after the header) for the tokens of a group whose
+// codes are at `codes` in rows of 32 bytes (S::V wide: all 32 tokens; S::Half: 16 of them).
 template <class S, int BITS, int H>
-__attribute__((noinline)) void key_sums(const uint8_t* codes, int dim, const uint8_t* const* tab,
-                                        typename S::V (*tot)[4]) {
+__attribute__((noinline)) void key_sums_pass(const uint8_t* codes, int dim, const uint8_t* const* tab,
+                                             typename S::V (*tot)[4]) {
     using V = typename S::V;
     constexpr int P = score_planes(BITS), stride = 32 * P;
     KeySums<S, P> acc[H];
@@ -346,25 +350,46 @@ __attribute__((noinline)) void key_sums(const uint8_t* codes, int dim, const uin
             if ((j & 255) == 255)
                 for (int h = 0; h < H; ++h) acc[h].fold(tot[h]);
         });
+        for (int h = 0; h < H; ++h) acc[h].fold(tot[h]);
     } else {
         // Nibble units, four per chunk (see Chunk): one coordinate (4 bits), two (2) or four (1).
+        // Blocks of at most 64 chunks (256 units), folded after each: no branch in the inner loop,
+        // whose sums then stay in registers (V8 spilled them where a fold branch merged).
         const V m00ff = S::set16(0x00ff), m0f = S::set8(0x0f);
         const int chunks = score_units(dim, BITS) / 4;
-        for (int c = 0; c < chunks; ++c) {
-            const Chunk<S> ch = Chunk<S>::load(codes + size_t(c) * 64, m00ff);
-            const V idx[4] = {S::and_(ch.s01, m0f), S::and_(S::template srl16<4>(ch.s01), m0f), S::and_(ch.s23, m0f),
-                              S::and_(S::template srl16<4>(ch.s23), m0f)};
-            for (int h = 0; h < H; ++h) {
-                if constexpr (P == 2)
-                    acc[h].add4(tab[h] + size_t(4 * c) * stride, idx);
-                else
-                    for (int k = 0; k < 4; ++k) acc[h].add(tab[h] + size_t(4 * c + k) * stride, idx[k]);
+        for (int c0 = 0; c0 < chunks; c0 += 64) {
+            const int c1 = chunks - c0 < 64 ? chunks : c0 + 64;
+            for (int c = c0; c < c1; ++c) {
+                const Chunk<S> ch = Chunk<S>::load(codes + size_t(c) * 64, m00ff);
+                const V idx[4] = {S::and_(ch.s01, m0f), S::and_(S::template srl16<4>(ch.s01), m0f), S::and_(ch.s23, m0f),
+                                  S::and_(S::template srl16<4>(ch.s23), m0f)};
+                for (int h = 0; h < H; ++h) {
+                    if constexpr (P == 2)
+                        acc[h].add4(tab[h] + size_t(4 * c) * stride, idx);
+                    else
+                        for (int k = 0; k < 4; ++k) acc[h].add(tab[h] + size_t(4 * c + k) * stride, idx[k]);
+                }
             }
-            if ((c & 63) == 63)
-                for (int h = 0; h < H; ++h) acc[h].fold(tot[h]);
+            for (int h = 0; h < H; ++h) acc[h].fold(tot[h]);
         }
     }
-    for (int h = 0; h < H; ++h) acc[h].fold(tot[h]);
+}
+
+// Integer scores S of H heads for the 32 tokens of a group. A backend with a Half (simd.hpp) runs
+// the first and the second 16 bytes of each 32-byte row of codes as two passes (tokens 0-3, 8-11
+// and their + 16; then 4-7, 12-15 and theirs): the same integers, in fewer registers.
+template <class S, int BITS, int H>
+TQKV_SIMD_INLINE void key_sums(const uint8_t* codes, int dim, const uint8_t* const* tab, typename S::V (*tot)[4]) {
+    if constexpr (requires { typename S::Half; }) {
+        using Hf = typename S::Half;
+        typename Hf::V t0[H][4], t1[H][4];
+        key_sums_pass<Hf, BITS, H>(codes, dim, tab, t0);
+        key_sums_pass<Hf, BITS, H>(codes + 16, dim, tab, t1);
+        for (int h = 0; h < H; ++h)
+            for (int k = 0; k < 4; ++k) tot[h][k] = S::join(t0[h][k], t1[h][k]);
+    } else {
+        key_sums_pass<S, BITS, H>(codes, dim, tab, tot);
+    }
 }
 
 template <class S, int BITS>
@@ -441,7 +466,7 @@ TQKV_SIMD_INLINE GroupWeights<S> group_weights(const float* p, const float* n, t
 // gives garbage weights, whose sums then wrap instead of overflowing a signed int.
 template <class S>
 TQKV_SIMD_INLINE uint32_t lane_total(typename S::V v) {
-    alignas(32) uint32_t lanes[8];
+    alignas(32) uint32_t lanes[sizeof(v) / 4];
     S::store(lanes, v);
     uint32_t sum = 0;
     for (uint32_t x : lanes) sum += x;
@@ -497,34 +522,60 @@ TQKV_SIMD_INLINE void decode_value_half(const uint8_t* codes, int dim, int chunk
     }
 }
 
-// One block (slots S0 .. S0 + block_slots - 1 of chunk c, each with its pair) over the chunk's
-// groups for H heads, added to the accumulator rows a[h].
+// The integer sums of one block (slots S0 .. S0 + block_slots - 1 of chunk c, each with its pair)
+// over the chunk's groups for H heads, added to T[h][i] ([2i]: slot S0 + i, [2i + 1]: slot
+// S0 + i + PAIR). B is the backend of the pass: S itself, or S::Half over the 16-byte half `part`
+// of every 32-byte row (codes from byte 16 * part, the weights' half `part`).
+template <class S, class B, int BITS, int H, int S0>
+TQKV_SIMD_INLINE void value_sums(const uint8_t* const* codes, int groups, int dim, int c, typename B::V ct, int part,
+                                 const GroupWeights<S>* w, uint32_t (*T)[2 * block_slots<BITS>()]) {
+    using V = typename B::V;
+    constexpr int NS = block_slots<BITS>();
+    const V m00ff = B::set16(0x00ff);
+    V sum[H][2 * NS];
+    for (int h = 0; h < H; ++h)
+        for (int i = 0; i < 2 * NS; ++i) sum[h][i] = B::zero();
+    for (int g = 0; g < groups; ++g)
+        for (int k = 0; k < 2; ++k)
+            decode_value_half<B, BITS, S0>(codes[g] + 16 * part, dim, c, k, [&](int i, V idx) TQKV_SIMD_LAMBDA {
+                const V v = B::lookup(ct, idx);
+                const V ev = B::and_(v, m00ff), od = B::template srl16<8>(v);
+                for (int h = 0; h < H; ++h) {
+                    V wk;
+                    if constexpr (std::is_same_v<B, S>)
+                        wk = w[h * kFastChunkGroups + g].half[k];
+                    else
+                        wk = S::part(w[h * kFastChunkGroups + g].half[k], part);
+                    sum[h][2 * i] = B::add32(sum[h][2 * i], B::madd16(ev, wk));
+                    sum[h][2 * i + 1] = B::add32(sum[h][2 * i + 1], B::madd16(od, wk));
+                }
+            });
+    for (int h = 0; h < H; ++h)
+        for (int i = 0; i < 2 * NS; ++i) T[h][i] += lane_total<B>(sum[h][i]);
+}
+
+// One block over the chunk's groups for H heads, added to the accumulator rows a[h]. A backend
+// with a Half (simd.hpp) runs each 16-byte half of the rows as its own pass; the integer totals
+// are the same either way (sums modulo 2^32, in any order).
 template <class S, int BITS, int H, int S0>
 TQKV_SIMD_INLINE void value_block(const uint8_t* const* codes, int groups, int dim, int c, typename S::V ct,
                                   const GroupWeights<S>* w, const float* f, const uint32_t* bias, float* const* a) {
-    using V = typename S::V;
     constexpr int NS = block_slots<BITS>(), PAIR = BITS == 3 ? 4 : 8 / BITS;
-    const V m00ff = S::set16(0x00ff);
-    V sum[H][2 * NS];  // [2i]: slot S0 + i, [2i + 1]: slot S0 + i + PAIR
-    for (int h = 0; h < H; ++h)
-        for (int i = 0; i < 2 * NS; ++i) sum[h][i] = S::zero();
-    for (int g = 0; g < groups; ++g)
-        for (int k = 0; k < 2; ++k)
-            decode_value_half<S, BITS, S0>(codes[g], dim, c, k, [&](int i, V idx) TQKV_SIMD_LAMBDA {
-                const V v = S::lookup(ct, idx);
-                const V ev = S::and_(v, m00ff), od = S::template srl16<8>(v);
-                for (int h = 0; h < H; ++h) {
-                    const V wk = w[h * kFastChunkGroups + g].half[k];
-                    sum[h][2 * i] = S::add32(sum[h][2 * i], S::madd16(ev, wk));
-                    sum[h][2 * i + 1] = S::add32(sum[h][2 * i + 1], S::madd16(od, wk));
-                }
-            });
+    uint32_t T[H][2 * NS] = {};
+    if constexpr (requires { typename S::Half; }) {
+        using Hf = typename S::Half;
+        const typename Hf::V cth = S::part(ct, 0);
+        value_sums<S, Hf, BITS, H, S0>(codes, groups, dim, c, cth, 0, w, T);
+        value_sums<S, Hf, BITS, H, S0>(codes, groups, dim, c, cth, 1, w, T);
+    } else {
+        value_sums<S, S, BITS, H, S0>(codes, groups, dim, c, ct, 0, w, T);
+    }
     for (int h = 0; h < H; ++h)
         for (int i = 0; i < 2 * NS; ++i) {
             const int j = c * chunk_coords<BITS>() + S0 + i / 2 + (i & 1) * PAIR;
             if (j >= dim) continue;  // unused slots of the last chunk
-            float& r = a[h][size_t(j) * 16];
-            r = r + float(int32_t(lane_total<S>(sum[h][i]) - bias[h])) * f[h];
+            float& r = a[h][j];
+            r = r + float(int32_t(T[h][i] - bias[h])) * f[h];
         }
 }
 
@@ -571,7 +622,7 @@ void chunk_accumulate_bits(const uint8_t* const* codes, const float* n, const fl
                     group_weights<S>(p[g] + size_t(h) * p_stride, n + g * kGroupTokens, inv, total);
             f[active] = (M * (1.0f / 32767.0f)) * vt.inv_scale;
             bias[active] = 128u * lane_total<S>(total);
-            a[active++] = acc + size_t(h) * dim * 16;
+            a[active++] = acc + size_t(h) * dim;
         }
         int i = 0;
         for (; i + HP <= active; i += HP)

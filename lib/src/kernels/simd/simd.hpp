@@ -37,6 +37,13 @@
 //                                 fused; min / max of non-NaN values)
 //   halves_to_float(h, out, n)    IEEE binary16 -> float, exact (n a multiple of 8)
 //   kHeadsPerPass                 query heads whose accumulators fit the registers at once
+//   Half (optional), join(l, h), part(v, i)
+//                                 a backend over one 16-byte half of V (the same operations on
+//                                 16 bytes), V from two halves and half i of a V. The kernels then
+//                                 run the two halves of each 32-byte row of codes as separate
+//                                 passes: Wasm128's pair of v128 with both halves' sums, indexes
+//                                 and weights live at once outgrew V8's 16 xmm registers and
+//                                 spilled (CPU time per attend, K4V4 4 heads x 4096: -7%).
 //
 // Backends: avx2.hpp (also used by the AVX-512 kernel table), wasm128.hpp (SIMD128, with relaxed
 // swizzle when the module is built with relaxed SIMD), neon.hpp, emulated.hpp (plain C++, for the

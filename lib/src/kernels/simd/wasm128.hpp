@@ -13,7 +13,57 @@
 
 namespace tqkv::detail::simd {
 
+// The integer operations on one v128: one half of Wasm128's V, and a backend of its own for the
+// kernels that run each half of a 32-byte row as a separate pass (S::Half in simd.hpp). Wasm128
+// applies each of them to both halves.
+struct Wasm128Half {
+    using V = v128_t;
+    static constexpr int kHeadsPerPass = 1;
+
+    // A constant the compiler cannot fold: LLVM would emit a v128.const at every use, which V8
+    // (x64) rebuilds each time; this way it is built once and kept in a local.
+    static TQKV_SIMD_INLINE int opaque(int x) {
+        __asm__("" : "+r"(x));
+        return x;
+    }
+    static TQKV_SIMD_INLINE V load(const void* p) { return wasm_v128_load(p); }
+    static TQKV_SIMD_INLINE void store(void* p, V v) { wasm_v128_store(p, v); }
+    static TQKV_SIMD_INLINE V table(const uint8_t* p) { return wasm_v128_load(p); }  // the first copy
+    static TQKV_SIMD_INLINE V broadcast16(const uint8_t* p) { return wasm_v128_load(p); }
+    static TQKV_SIMD_INLINE V zero() { return wasm_i32x4_splat(opaque(0)); }
+    static TQKV_SIMD_INLINE V set8(int x) { return wasm_i8x16_splat(opaque(x)); }
+    static TQKV_SIMD_INLINE V set16(int x) { return wasm_i16x8_splat(opaque(x)); }
+    static TQKV_SIMD_INLINE V set32(int x) { return wasm_i32x4_splat(opaque(x)); }
+    static TQKV_SIMD_INLINE V and_(V a, V b) { return wasm_v128_and(a, b); }
+    static TQKV_SIMD_INLINE V or_(V a, V b) { return wasm_v128_or(a, b); }
+    template <int N> static TQKV_SIMD_INLINE V srl16(V a) { return wasm_u16x8_shr(a, N); }
+    template <int N> static TQKV_SIMD_INLINE V sll16(V a) { return wasm_i16x8_shl(a, N); }
+    template <int N> static TQKV_SIMD_INLINE V sra16(V a) { return wasm_i16x8_shr(a, N); }
+    template <int N> static TQKV_SIMD_INLINE V sll32(V a) { return wasm_i32x4_shl(a, N); }
+    template <int N> static TQKV_SIMD_INLINE V srl32(V a) { return wasm_u32x4_shr(a, N); }
+    static TQKV_SIMD_INLINE V add8(V a, V b) { return wasm_i8x16_add(a, b); }
+    static TQKV_SIMD_INLINE V add16(V a, V b) { return wasm_i16x8_add(a, b); }
+    static TQKV_SIMD_INLINE V sub16(V a, V b) { return wasm_i16x8_sub(a, b); }
+    static TQKV_SIMD_INLINE V add32(V a, V b) { return wasm_i32x4_add(a, b); }
+    static TQKV_SIMD_INLINE V packus16(V a, V b) { return wasm_u8x16_narrow_i16x8(a, b); }
+    static TQKV_SIMD_INLINE V packs32(V a, V b) { return wasm_i16x8_narrow_i32x4(a, b); }
+    static TQKV_SIMD_INLINE V lookup(V t, V idx) {
+#if defined(__wasm_relaxed_simd__)
+        return __builtin_wasm_relaxed_swizzle_i8x16(t, idx);
+#else
+        return wasm_i8x16_swizzle(t, idx);
+#endif
+    }
+    static TQKV_SIMD_INLINE V unpacklo16(V a, V b) { return wasm_i16x8_shuffle(a, b, 0, 8, 1, 9, 2, 10, 3, 11); }
+    static TQKV_SIMD_INLINE V unpackhi16(V a, V b) { return wasm_i16x8_shuffle(a, b, 4, 12, 5, 13, 6, 14, 7, 15); }
+    static TQKV_SIMD_INLINE V madd16(V a, V b) { return wasm_i32x4_dot_i16x8(a, b); }
+};
+
 struct Wasm128 {
+    using H = Wasm128Half;
+    // The fast kernels run the two halves as separate passes where both at once would outgrow the
+    // registers (16 xmm in V8 on x64): the key sums, the value sums.
+    using Half = Wasm128Half;
     struct V {
         v128_t l, h;
     };
@@ -22,82 +72,43 @@ struct Wasm128 {
     };
     static constexpr int kHeadsPerPass = 1;
 
-  private:
-    // A constant the compiler cannot fold: LLVM would emit a v128.const at every use, which V8
-    // (x64) rebuilds each time; this way it is built once and kept in a local.
-    static TQKV_SIMD_INLINE int opaque(int x) {
-        __asm__("" : "+r"(x));
-        return x;
-    }
-    template <class Op>
-    static TQKV_SIMD_INLINE V map(V a, V b, Op op) {
-        return {op(a.l, b.l), op(a.h, b.h)};
-    }
-
-  public:
+    static TQKV_SIMD_INLINE V join(v128_t l, v128_t h) { return {l, h}; }
+    static TQKV_SIMD_INLINE v128_t part(V v, int i) { return i ? v.h : v.l; }
     static TQKV_SIMD_INLINE V load(const void* p) {
         const uint8_t* b = static_cast<const uint8_t*>(p);
-        return {wasm_v128_load(b), wasm_v128_load(b + 16)};
+        return {H::load(b), H::load(b + 16)};
     }
     static TQKV_SIMD_INLINE void store(void* p, V v) {
         uint8_t* b = static_cast<uint8_t*>(p);
-        wasm_v128_store(b, v.l);
-        wasm_v128_store(b + 16, v.h);
+        H::store(b, v.l);
+        H::store(b + 16, v.h);
     }
     static TQKV_SIMD_INLINE V table(const uint8_t* p) {  // the first of the two copies serves both halves
-        const v128_t t = wasm_v128_load(p);
+        const v128_t t = H::table(p);
         return {t, t};
     }
     static TQKV_SIMD_INLINE V broadcast16(const uint8_t* p) { return table(p); }
-    static TQKV_SIMD_INLINE V zero() {
-        const v128_t z = wasm_i32x4_splat(opaque(0));
-        return {z, z};
-    }
-    static TQKV_SIMD_INLINE V set8(int x) {
-        const v128_t v = wasm_i8x16_splat(opaque(x));
-        return {v, v};
-    }
-    static TQKV_SIMD_INLINE V set16(int x) {
-        const v128_t v = wasm_i16x8_splat(opaque(x));
-        return {v, v};
-    }
-    static TQKV_SIMD_INLINE V set32(int x) {
-        const v128_t v = wasm_i32x4_splat(opaque(x));
-        return {v, v};
-    }
-    static TQKV_SIMD_INLINE V and_(V a, V b) { return {wasm_v128_and(a.l, b.l), wasm_v128_and(a.h, b.h)}; }
-    static TQKV_SIMD_INLINE V or_(V a, V b) { return {wasm_v128_or(a.l, b.l), wasm_v128_or(a.h, b.h)}; }
-    template <int N> static TQKV_SIMD_INLINE V srl16(V a) { return {wasm_u16x8_shr(a.l, N), wasm_u16x8_shr(a.h, N)}; }
-    template <int N> static TQKV_SIMD_INLINE V sll16(V a) { return {wasm_i16x8_shl(a.l, N), wasm_i16x8_shl(a.h, N)}; }
-    template <int N> static TQKV_SIMD_INLINE V sra16(V a) { return {wasm_i16x8_shr(a.l, N), wasm_i16x8_shr(a.h, N)}; }
-    template <int N> static TQKV_SIMD_INLINE V sll32(V a) { return {wasm_i32x4_shl(a.l, N), wasm_i32x4_shl(a.h, N)}; }
-    template <int N> static TQKV_SIMD_INLINE V srl32(V a) { return {wasm_u32x4_shr(a.l, N), wasm_u32x4_shr(a.h, N)}; }
-    static TQKV_SIMD_INLINE V add8(V a, V b) { return {wasm_i8x16_add(a.l, b.l), wasm_i8x16_add(a.h, b.h)}; }
-    static TQKV_SIMD_INLINE V add16(V a, V b) { return {wasm_i16x8_add(a.l, b.l), wasm_i16x8_add(a.h, b.h)}; }
-    static TQKV_SIMD_INLINE V sub16(V a, V b) { return {wasm_i16x8_sub(a.l, b.l), wasm_i16x8_sub(a.h, b.h)}; }
-    static TQKV_SIMD_INLINE V add32(V a, V b) { return {wasm_i32x4_add(a.l, b.l), wasm_i32x4_add(a.h, b.h)}; }
-    static TQKV_SIMD_INLINE V packus16(V a, V b) {
-        return {wasm_u8x16_narrow_i16x8(a.l, b.l), wasm_u8x16_narrow_i16x8(a.h, b.h)};
-    }
-    static TQKV_SIMD_INLINE V packs32(V a, V b) {
-        return {wasm_i16x8_narrow_i32x4(a.l, b.l), wasm_i16x8_narrow_i32x4(a.h, b.h)};
-    }
-    static TQKV_SIMD_INLINE v128_t swizzle(v128_t t, v128_t idx) {
-#if defined(__wasm_relaxed_simd__)
-        return __builtin_wasm_relaxed_swizzle_i8x16(t, idx);
-#else
-        return wasm_i8x16_swizzle(t, idx);
-#endif
-    }
-    static TQKV_SIMD_INLINE V lookup(V t, V idx) { return {swizzle(t.l, idx.l), swizzle(t.h, idx.h)}; }
-    static TQKV_SIMD_INLINE V unpacklo16(V a, V b) {
-        return {wasm_i16x8_shuffle(a.l, b.l, 0, 8, 1, 9, 2, 10, 3, 11), wasm_i16x8_shuffle(a.h, b.h, 0, 8, 1, 9, 2, 10, 3, 11)};
-    }
-    static TQKV_SIMD_INLINE V unpackhi16(V a, V b) {
-        return {wasm_i16x8_shuffle(a.l, b.l, 4, 12, 5, 13, 6, 14, 7, 15),
-                wasm_i16x8_shuffle(a.h, b.h, 4, 12, 5, 13, 6, 14, 7, 15)};
-    }
-    static TQKV_SIMD_INLINE V madd16(V a, V b) { return {wasm_i32x4_dot_i16x8(a.l, b.l), wasm_i32x4_dot_i16x8(a.h, b.h)}; }
+    static TQKV_SIMD_INLINE V zero() { return twice(H::zero()); }
+    static TQKV_SIMD_INLINE V set8(int x) { return twice(H::set8(x)); }
+    static TQKV_SIMD_INLINE V set16(int x) { return twice(H::set16(x)); }
+    static TQKV_SIMD_INLINE V set32(int x) { return twice(H::set32(x)); }
+    static TQKV_SIMD_INLINE V and_(V a, V b) { return {H::and_(a.l, b.l), H::and_(a.h, b.h)}; }
+    static TQKV_SIMD_INLINE V or_(V a, V b) { return {H::or_(a.l, b.l), H::or_(a.h, b.h)}; }
+    template <int N> static TQKV_SIMD_INLINE V srl16(V a) { return {H::srl16<N>(a.l), H::srl16<N>(a.h)}; }
+    template <int N> static TQKV_SIMD_INLINE V sll16(V a) { return {H::sll16<N>(a.l), H::sll16<N>(a.h)}; }
+    template <int N> static TQKV_SIMD_INLINE V sra16(V a) { return {H::sra16<N>(a.l), H::sra16<N>(a.h)}; }
+    template <int N> static TQKV_SIMD_INLINE V sll32(V a) { return {H::sll32<N>(a.l), H::sll32<N>(a.h)}; }
+    template <int N> static TQKV_SIMD_INLINE V srl32(V a) { return {H::srl32<N>(a.l), H::srl32<N>(a.h)}; }
+    static TQKV_SIMD_INLINE V add8(V a, V b) { return {H::add8(a.l, b.l), H::add8(a.h, b.h)}; }
+    static TQKV_SIMD_INLINE V add16(V a, V b) { return {H::add16(a.l, b.l), H::add16(a.h, b.h)}; }
+    static TQKV_SIMD_INLINE V sub16(V a, V b) { return {H::sub16(a.l, b.l), H::sub16(a.h, b.h)}; }
+    static TQKV_SIMD_INLINE V add32(V a, V b) { return {H::add32(a.l, b.l), H::add32(a.h, b.h)}; }
+    static TQKV_SIMD_INLINE V packus16(V a, V b) { return {H::packus16(a.l, b.l), H::packus16(a.h, b.h)}; }
+    static TQKV_SIMD_INLINE V packs32(V a, V b) { return {H::packs32(a.l, b.l), H::packs32(a.h, b.h)}; }
+    static TQKV_SIMD_INLINE V lookup(V t, V idx) { return {H::lookup(t.l, idx.l), H::lookup(t.h, idx.h)}; }
+    static TQKV_SIMD_INLINE V unpacklo16(V a, V b) { return {H::unpacklo16(a.l, b.l), H::unpacklo16(a.h, b.h)}; }
+    static TQKV_SIMD_INLINE V unpackhi16(V a, V b) { return {H::unpackhi16(a.l, b.l), H::unpackhi16(a.h, b.h)}; }
+    static TQKV_SIMD_INLINE V madd16(V a, V b) { return {H::madd16(a.l, b.l), H::madd16(a.h, b.h)}; }
     static TQKV_SIMD_INLINE void store_u8x16(uint8_t* p, V lo, V hi) {
         wasm_v128_store(p, wasm_u8x16_narrow_i16x8(wasm_u16x8_narrow_i32x4(lo.l, lo.h), wasm_u16x8_narrow_i32x4(hi.l, hi.h)));
     }
@@ -179,6 +190,9 @@ struct Wasm128 {
         if (wasm_v128_any_true(wasm_u16x8_gt(largest, wasm_i16x8_splat(0x7bff))))
             for (size_t k = 0; k < n; ++k) out[k] = half_to_float(h[k]);
     }
+
+  private:
+    static TQKV_SIMD_INLINE V twice(v128_t x) { return {x, x}; }
 };
 
 }  // namespace tqkv::detail::simd
