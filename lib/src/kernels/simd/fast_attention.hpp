@@ -269,19 +269,20 @@ TQKV_SIMD_INLINE typename S::V three_bit_field(const Chunk<S>& two, typename S::
     return S::or_(field<S, 2, s>(two, m3), bit2<S, s>(y, m4));
 }
 
-// Calls f(j, idx) for each coordinate j < dim of 3-bit codes in order, idx its code: the 2-bit part
-// (bits 0-1) in chunks of 8 coordinates, the 1-bit part (bit 2) in chunks of 16, each loaded once.
+// Calls f(j, idx) for each coordinate j in [begin, end) of 3-bit codes (end <= dim, begin a
+// multiple of 16) in order, idx its code: the 2-bit part (bits 0-1) in chunks of 8 coordinates,
+// the 1-bit part (bit 2) in chunks of 16, each loaded once.
 template <class S, class Fn>
-TQKV_SIMD_INLINE void for_each_coordinate3(const uint8_t* codes, int dim, Fn&& f) {
+TQKV_SIMD_INLINE void for_each_coordinate3(const uint8_t* codes, int dim, int begin, int end, Fn&& f) {
     using V = typename S::V;
     const V m00ff = S::set16(0x00ff), m3 = S::set8(3), m4 = S::set8(4);
     const uint8_t* ones = codes + part_bytes(dim, 2);
-    for (int j0 = 0; j0 < dim; j0 += 16) {
+    for (int j0 = begin; j0 < end; j0 += 16) {
         const Chunk<S> one = Chunk<S>::load(ones + size_t(j0 / 16) * 64, m00ff);
-        for (int q = 0; q < 2 && j0 + 8 * q < dim; ++q) {
+        for (int q = 0; q < 2 && j0 + 8 * q < end; ++q) {
             const Chunk<S> two = Chunk<S>::load(codes + size_t(j0 / 8 + q) * 64, m00ff);
             const V y = q == 0 ? one.s01 : one.s23;
-            for_slots<8>(j0 + 8 * q, dim, [&](auto sc) TQKV_SIMD_LAMBDA {
+            for_slots<8>(j0 + 8 * q, end, [&](auto sc) TQKV_SIMD_LAMBDA {
                 constexpr int s = decltype(sc)::value;
                 f(j0 + 8 * q + s, three_bit_field<S, s>(two, y, m3, m4));
             });
@@ -344,13 +345,13 @@ __attribute__((noinline)) void key_sums_pass(const uint8_t* codes, int dim, cons
         for (int k = 0; k < 4; ++k) tot[h][k] = S::zero();
     }
     if constexpr (BITS == 3) {
-        // One unit per coordinate; a block of 256 units is 16 iterations of the decoder's 16.
-        for_each_coordinate3<S>(codes, dim, [&](int j, V idx) TQKV_SIMD_LAMBDA {
-            for (int h = 0; h < H; ++h) acc[h].add(tab[h] + size_t(j) * stride, idx);
-            if ((j & 255) == 255)
-                for (int h = 0; h < H; ++h) acc[h].fold(tot[h]);
-        });
-        for (int h = 0; h < H; ++h) acc[h].fold(tot[h]);
+        // One unit per coordinate, blocks of 256 folded after each (no branch in the loop).
+        for (int j0 = 0; j0 < dim; j0 += 256) {
+            for_each_coordinate3<S>(codes, dim, j0, dim - j0 < 256 ? dim : j0 + 256, [&](int j, V idx) TQKV_SIMD_LAMBDA {
+                for (int h = 0; h < H; ++h) acc[h].add(tab[h] + size_t(j) * stride, idx);
+            });
+            for (int h = 0; h < H; ++h) acc[h].fold(tot[h]);
+        }
     } else {
         // Nibble units, four per chunk (see Chunk): one coordinate (4 bits), two (2) or four (1).
         // Blocks of at most 64 chunks (256 units), folded after each: no branch in the inner loop,
