@@ -594,11 +594,19 @@ __attribute__((noinline)) void accumulate_heads(const uint8_t* const* codes, int
     }
 }
 
+template <class S>
+constexpr int value_heads_per_pass() {
+    if constexpr (requires { S::kValueHeadsPerPass; })
+        return S::kValueHeadsPerPass;
+    else
+        return S::kHeadsPerPass;
+}
+
 template <class S, int BITS>
 void chunk_accumulate_bits(const uint8_t* const* codes, const float* n, const float* const* p, int groups, int p_stride,
                            int dim, const FastValueTable& vt, int heads, float* acc) {
     using F = typename S::F;
-    constexpr int HP = S::kHeadsPerPass, kBatch = 8;
+    constexpr int HP = value_heads_per_pass<S>(), kBatch = 8;
     GroupWeights<S> w[kBatch * kFastChunkGroups];
     float f[kBatch];
     uint32_t bias[kBatch];

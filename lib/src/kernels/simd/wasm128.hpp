@@ -70,9 +70,11 @@ struct Wasm128 {
     struct F {
         v128_t l, h;
     };
-    // Two query heads share each decoded index (GQA), now that a pass holds one half: the default
-    // preset's 2 query heads per KV head, CPU per attend -6% against one head at a time.
-    static constexpr int kHeadsPerPass = 2;
+    // Key sums: two query heads share each decoded index (GQA), now that a pass holds one half
+    // (the default preset's 2 query heads per KV head: CPU per attend -6%). Value sums: one, as
+    // before: two heads' sums (2 x 2 to 2 x 8 registers) spill, and in tqkv.wasm wasm-opt then
+    // inlined both variants into one function that V8 compiled 15% slower for K4V4's one head.
+    static constexpr int kHeadsPerPass = 2, kValueHeadsPerPass = 1;
 
     static TQKV_SIMD_INLINE V join(v128_t l, v128_t h) { return {l, h}; }
     static TQKV_SIMD_INLINE v128_t part(V v, int i) { return i ? v.h : v.l; }
