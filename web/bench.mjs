@@ -13,7 +13,10 @@
 // medians), best_wasm_paired_speedup_vs_dense_fp32 (the two timed in alternating batches: median
 // over rounds of dense / fused time, the row's paired_speedup_vs_dense_fp32, the steadier figure
 // on a shared machine) and best_wasm_slowdown_vs_native_avx2 (native AVX2 at the same precision,
-// in the same run).
+// in the same run), best_wasm_paired_slowdown_vs_native_avx2 (the best build and native AVX2
+// timed in 5 alternating rounds of --seconds / 2 each: the median of the per-round ratios; the
+// plain ratio compares two runs up to a minute apart, and on this project's shared VM it swung
+// from 1.4 to 2.7 between runs of one build).
 // Then, for each wasm build, the calibrated default cache (preset 'default', K3.5V2.5-w16:
 // fractional rates, centred, exact window of 16; calibrated on the first 1024 tokens of the same
 // keys/values) beside K4V4, both with 2 KV heads (grouped-query attention as in tq-ref-128), each
@@ -54,7 +57,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { basename, resolve } from 'node:path';
 import v8 from 'node:v8';
 import { readFile } from 'node:fs/promises';
-import { attendRows, codecDotRow, decodeRows } from './bench/measure.mjs';
+import { attendRows, codecDotRow, decodeRows, median } from './bench/measure.mjs';
 import { defaultModelDir as modelDir, serve } from './demo/serve.mjs';
 
 const args = Object.fromEntries(
@@ -132,24 +135,43 @@ async function wasmTarget(variant, config) {
 
 const nativeBin = process.env.TQKV_BENCH || resolve(here, '../build/bench/tqkv-bench');
 
-function nativeTarget(kernel, precision) {
-  if (!existsSync(nativeBin)) {
-    print({ target: 'native', error: `no native benchmark at ${nativeBin} (bash scripts/build.sh)` });
-    return [];
-  }
-  const argv = ['attend', '--json', '--tokens', tokens.join(','), '--seconds', String(seconds), '--heads', String(heads),
+// tqkv-bench attend rows of the shape above (kernel '' = its best), or an error line.
+function nativeRows(kernel, precision, tokenList = tokens, secs = seconds) {
+  if (!existsSync(nativeBin)) return { error: `no native benchmark at ${nativeBin} (bash scripts/build.sh)` };
+  const argv = ['attend', '--json', '--tokens', tokenList.join(','), '--seconds', String(secs), '--heads', String(heads),
     '--kv-heads', String(kvHeads), '--dim', String(dim), '--key-bits', String(keyBits), '--value-bits', String(valueBits),
     '--precision', precision];
   if (kernel) argv.push('--kernel', kernel);
   const r = spawnSync(nativeBin, argv, { encoding: 'utf8' });
-  if (r.status !== 0) {
-    print({ target: 'native', kernel, precision, error: (r.stderr || r.stdout).trim().split('\n').pop() });
+  if (r.status !== 0) return { error: (r.stderr || r.stdout).trim().split('\n').pop() };
+  return {
+    rows: r.stdout.split('\n').filter((l) => l.startsWith('{'))
+      .map((l) => ({ target: 'native', ...JSON.parse(l), spec: `K${keyBits}V${valueBits}`, preset: null, precision })),
+  };
+}
+
+function nativeTarget(kernel, precision) {
+  const r = nativeRows(kernel, precision);
+  if (r.error) {
+    print({ target: 'native', ...(kernel ? { kernel } : {}), precision, error: r.error });
     return [];
   }
-  const rows = r.stdout.split('\n').filter((l) => l.startsWith('{'))
-    .map((l) => ({ target: 'native', ...JSON.parse(l), spec: `K${keyBits}V${valueBits}`, preset: null, precision }));
-  rows.forEach(print);
-  return rows;
+  r.rows.forEach(print);
+  return r.rows;
+}
+
+// The wasm build `variant` against native AVX2 at T tokens in alternating rounds (a wasm row,
+// then a tqkv-bench run, 5 times, --seconds / 2 each): the median of the per-round ratios, or
+// null when either side fails.
+async function pairedSlowdownVsAvx2(variant, precision, T) {
+  const ratios = [];
+  for (let i = 0; i < 5; i++) {
+    const w = await engine.attendRows({ ...shape, tokens: [T], seconds: seconds / 2, variant, kvHeads, precision });
+    const n = nativeRows('avx2', precision, [T], seconds / 2);
+    if (w.error || n.error || !w.rows.length || !n.rows.length) return null;
+    ratios.push(w.rows[0].ns_per_query / n.rows[0].ns_per_query);
+  }
+  return +median(ratios).toFixed(3);
 }
 
 if (only === 'codec') {
@@ -184,7 +206,11 @@ for (const precision of only && only !== 'attend' ? [] : precisions) {
     ratio.best_wasm_ns_per_query = best.ns_per_query;
     ratio.best_wasm_speedup_vs_dense_fp32 = best.speedup_vs_dense_fp32;
     ratio.best_wasm_paired_speedup_vs_dense_fp32 = best.paired_speedup_vs_dense_fp32;
-    if (a) ratio.best_wasm_slowdown_vs_native_avx2 = +(best.ns_per_query / a.ns_per_query).toFixed(3);
+    if (a) {
+      ratio.best_wasm_slowdown_vs_native_avx2 = +(best.ns_per_query / a.ns_per_query).toFixed(3);
+      const paired = await pairedSlowdownVsAvx2(best.target.slice("wasm-".length), precision, T);
+      if (paired !== null) ratio.best_wasm_paired_slowdown_vs_native_avx2 = paired;
+    }
     print(ratio);
   }
 }

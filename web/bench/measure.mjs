@@ -3,7 +3,7 @@
 // prints; bench.mjs turns the rows into JSON lines.
 
 // The median of a list of numbers (upper median for even lengths; the list is left as it was).
-const median = (v) => [...v].sort((x, y) => x - y)[v.length >> 1];
+export const median = (v) => [...v].sort((x, y) => x - y)[v.length >> 1];
 
 // Median over batches of the time per call, each batch at least ~20 ms (as tqkv-bench does).
 // performance.now() is coarsened in browsers (to 100 us without cross-origin isolation): 0.5% of a
