@@ -9,6 +9,7 @@
 
 #include "kernels/kernels.hpp"
 #include "kernels/simd/simd.hpp"
+#include "kernels/wasm/relaxed.hpp"
 #include "tqkv/fp16.hpp"
 
 namespace tqkv::detail::simd {
@@ -47,13 +48,7 @@ struct Wasm128Half {
     static TQKV_SIMD_INLINE V add32(V a, V b) { return wasm_i32x4_add(a, b); }
     static TQKV_SIMD_INLINE V packus16(V a, V b) { return wasm_u8x16_narrow_i16x8(a, b); }
     static TQKV_SIMD_INLINE V packs32(V a, V b) { return wasm_i16x8_narrow_i32x4(a, b); }
-    static TQKV_SIMD_INLINE V lookup(V t, V idx) {
-#if defined(__wasm_relaxed_simd__)
-        return __builtin_wasm_relaxed_swizzle_i8x16(t, idx);
-#else
-        return wasm_i8x16_swizzle(t, idx);
-#endif
-    }
+    static TQKV_SIMD_INLINE V lookup(V t, V idx) { return wasm::swizzle16(t, idx); }
     static TQKV_SIMD_INLINE V unpacklo16(V a, V b) { return wasm_i16x8_shuffle(a, b, 0, 8, 1, 9, 2, 10, 3, 11); }
     static TQKV_SIMD_INLINE V unpackhi16(V a, V b) { return wasm_i16x8_shuffle(a, b, 4, 12, 5, 13, 6, 14, 7, 15); }
     static TQKV_SIMD_INLINE V madd16(V a, V b) { return wasm_i32x4_dot_i16x8(a, b); }
