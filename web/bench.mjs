@@ -208,7 +208,7 @@ for (const precision of only && only !== 'attend' ? [] : precisions) {
     ratio.best_wasm_paired_speedup_vs_dense_fp32 = best.paired_speedup_vs_dense_fp32;
     if (a) {
       ratio.best_wasm_slowdown_vs_native_avx2 = +(best.ns_per_query / a.ns_per_query).toFixed(3);
-      const paired = await pairedSlowdownVsAvx2(best.target.slice("wasm-".length), precision, T);
+      const paired = await pairedSlowdownVsAvx2(best.target.slice('wasm-'.length), precision, T);
       if (paired !== null) ratio.best_wasm_paired_slowdown_vs_native_avx2 = paired;
     }
     print(ratio);

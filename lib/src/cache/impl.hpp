@@ -108,9 +108,8 @@ struct KVCache::Impl {
         return block_heads[(token / cfg.block_tokens - first_block) * cfg.kv_heads + kv_head] +
                (token % cfg.block_tokens) / detail::kGroupTokens * group_bytes;
     }
-    // The groups of tokens t0, t0 + 32, ... (n of them) of one KV head: one division for the lot
-    // (the attention loop's per-group group() calls were a 64-bit division each, about 5% of a
-    // wasm attend).
+    // The groups of tokens t0, t0 + 32, ... (n of them) of one KV head: one 64-bit division for
+    // the lot, where group() per group divides each time (the attention loop asks per chunk).
     void groups(int kv_head, size_t t0, size_t n, const uint8_t** out) const {
         size_t b = t0 / cfg.block_tokens - first_block, in = t0 % cfg.block_tokens / detail::kGroupTokens;
         for (size_t i = 0; i < n; ++i) {
