@@ -455,7 +455,10 @@ TEST_CASE("fast attention in the cache: the scalar fast path's logits on every k
     // key kernels, fast values), 6 / 5 bits (no fast kernels above 4 bits: exact throughout).
     const Case cases[] = {{4, 4, 128, 4, 4, Method::Mse, 700}, {8, 2, 128, 3, 2, Method::Mse, 300},
                           {4, 2, 64, 3.5, 2.5, Method::Mse, 257}, {2, 1, 96, 2, 1, Method::Mse, 100},
-                          {4, 4, 128, 4, 4, Method::Prod, 200}, {4, 2, 128, 6, 5, Method::Mse, 90}};
+                          {4, 4, 128, 4, 4, Method::Prod, 200}, {4, 2, 128, 6, 5, Method::Mse, 90},
+                          // three work units of the driver (2048 tokens each): their partials (one
+                          // float per coordinate on the fast path) rescaled and merged
+                          {2, 1, 64, 4, 4, Method::Mse, 4200}};
     for (const auto& cs : cases) {
         CacheConfig cfg = fast_case_config(cs.heads, cs.kv_heads, cs.dim, cs.kb, cs.vb, cs.km);
         const size_t row = size_t(cs.kv_heads) * cs.dim;
