@@ -616,7 +616,7 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                             p[i] = &ws.scores[kept[i] * kGroupTokens];
                         }
                         ak.fast_chunk_accumulate(codes, norms, p, int(nk), int(score_cols), s.dim, s.bits, s.fast_values, r, acc);
-                        acc += size_t(r) * s.dim;  // (acc_lanes 1)
+                        acc += size_t(r) * s.dim * cl.acc_lanes;
                     }
                     continue;
                 }
@@ -720,14 +720,10 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                     const int sp = s.rot->padded_dim();
                     const int lanes = cl.acc_lanes;
                     const float* a = acc + size_t(hh) * s.dim * lanes;
-                    if (lanes == 1) {
-                        std::copy_n(a, s.dim, ws.buf.begin());
-                    } else {
-                        for (int j = 0; j < s.dim; ++j) {
-                            float sum = 0;
-                            for (int lane = 0; lane < lanes; ++lane) sum += a[size_t(j) * lanes + lane];
-                            ws.buf[j] = sum;
-                        }
+                    for (int j = 0; j < s.dim; ++j) {
+                        float sum = 0;
+                        for (int lane = 0; lane < lanes; ++lane) sum += a[size_t(j) * lanes + lane];
+                        ws.buf[j] = sum;
                     }
                     std::fill(ws.buf.begin() + s.dim, ws.buf.begin() + sp, 0.0f);
                     s.rot->inverse_unscaled(ws.buf.data(), ws.tmp.data(), k);

@@ -12,7 +12,7 @@ namespace tqkv::detail::simd {
 struct Avx2 {
     using V = __m256i;
     using F = __m256;
-    static constexpr int kHeadsPerPass = 2;
+    static constexpr int kHeadsPerPass = 2, kValueHeadsPerPass = 2;
 
     static TQKV_SIMD_INLINE V load(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
     static TQKV_SIMD_INLINE void store(void* p, V v) { _mm256_storeu_si256(static_cast<__m256i*>(p), v); }

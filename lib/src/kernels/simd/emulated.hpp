@@ -24,7 +24,7 @@ struct Emulated {
     struct F {
         float f[8];
     };
-    static constexpr int kHeadsPerPass = 2;
+    static constexpr int kHeadsPerPass = 2, kValueHeadsPerPass = 2;
 
   private:
     // Lane access of 16- and 32-bit lanes (little-endian, as every target is).

@@ -174,7 +174,10 @@ bool prepare_scores(const float* lut, int dim, int bits, int heads, float scale,
             a_max = 0;
             for (int j = 0; j < dim; ++j) {
                 float m = 0.0f;
-                for (int e = 0; e < 16; ++e) m = std::fabs(row[size_t(j) * 16 + e]) > m ? std::fabs(row[size_t(j) * 16 + e]) : m;
+                for (int e = 0; e < 16; ++e) {
+                    const float a = std::fabs(row[size_t(j) * 16 + e]);
+                    m = a > m ? a : m;
+                }
                 a_max += m;
             }
         }
@@ -594,19 +597,11 @@ __attribute__((noinline)) void accumulate_heads(const uint8_t* const* codes, int
     }
 }
 
-template <class S>
-constexpr int value_heads_per_pass() {
-    if constexpr (requires { S::kValueHeadsPerPass; })
-        return S::kValueHeadsPerPass;
-    else
-        return S::kHeadsPerPass;
-}
-
 template <class S, int BITS>
 void chunk_accumulate_bits(const uint8_t* const* codes, const float* n, const float* const* p, int groups, int p_stride,
                            int dim, const FastValueTable& vt, int heads, float* acc) {
     using F = typename S::F;
-    constexpr int HP = value_heads_per_pass<S>(), kBatch = 8;
+    constexpr int HP = S::kValueHeadsPerPass, kBatch = 8;
     GroupWeights<S> w[kBatch * kFastChunkGroups];
     float f[kBatch];
     uint32_t bias[kBatch];

@@ -16,7 +16,7 @@ struct Neon {
     struct F {
         float32x4_t l, h;
     };
-    static constexpr int kHeadsPerPass = 2;
+    static constexpr int kHeadsPerPass = 2, kValueHeadsPerPass = 2;
 
   private:
     static TQKV_SIMD_INLINE int16x8_t s16(uint8x16_t v) { return vreinterpretq_s16_u8(v); }

@@ -36,8 +36,8 @@
 //   fload, fstore, fset, fadd, fsub, fmul, fmin, fmax, hmin(f), hmax(f)   floats (IEEE, never
 //                                 fused; min / max of non-NaN values)
 //   halves_to_float(h, out, n)    IEEE binary16 -> float, exact (n a multiple of 8)
-//   kHeadsPerPass                 query heads whose accumulators fit the registers at once
-//   kValueHeadsPerPass (optional) the same for the value sums, where it differs
+//   kHeadsPerPass, kValueHeadsPerPass
+//                                 query heads whose key / value sums fit the registers at once
 //   Half (optional), join(l, h), part(v, i)
 //                                 a backend over one 16-byte half of V (the same operations on
 //                                 16 bytes), V from two halves and half i of a V. The kernels then

@@ -19,7 +19,6 @@ namespace tqkv::detail::simd {
 // applies each of them to both halves.
 struct Wasm128Half {
     using V = v128_t;
-    static constexpr int kHeadsPerPass = 1;
 
     // A constant the compiler cannot fold: LLVM would emit a v128.const at every use, which V8
     // (x64) rebuilds each time; this way it is built once and kept in a local.
@@ -55,7 +54,6 @@ struct Wasm128Half {
 };
 
 struct Wasm128 {
-    using H = Wasm128Half;
     // The fast kernels run the two halves as separate passes where both at once would outgrow the
     // registers (16 xmm in V8 on x64): the key sums, the value sums.
     using Half = Wasm128Half;
@@ -75,39 +73,39 @@ struct Wasm128 {
     static TQKV_SIMD_INLINE v128_t part(V v, int i) { return i ? v.h : v.l; }
     static TQKV_SIMD_INLINE V load(const void* p) {
         const uint8_t* b = static_cast<const uint8_t*>(p);
-        return {H::load(b), H::load(b + 16)};
+        return {Half::load(b), Half::load(b + 16)};
     }
     static TQKV_SIMD_INLINE void store(void* p, V v) {
         uint8_t* b = static_cast<uint8_t*>(p);
-        H::store(b, v.l);
-        H::store(b + 16, v.h);
+        Half::store(b, v.l);
+        Half::store(b + 16, v.h);
     }
     static TQKV_SIMD_INLINE V table(const uint8_t* p) {  // the first of the two copies serves both halves
-        const v128_t t = H::table(p);
+        const v128_t t = Half::table(p);
         return {t, t};
     }
     static TQKV_SIMD_INLINE V broadcast16(const uint8_t* p) { return table(p); }
-    static TQKV_SIMD_INLINE V zero() { return twice(H::zero()); }
-    static TQKV_SIMD_INLINE V set8(int x) { return twice(H::set8(x)); }
-    static TQKV_SIMD_INLINE V set16(int x) { return twice(H::set16(x)); }
-    static TQKV_SIMD_INLINE V set32(int x) { return twice(H::set32(x)); }
-    static TQKV_SIMD_INLINE V and_(V a, V b) { return {H::and_(a.l, b.l), H::and_(a.h, b.h)}; }
-    static TQKV_SIMD_INLINE V or_(V a, V b) { return {H::or_(a.l, b.l), H::or_(a.h, b.h)}; }
-    template <int N> static TQKV_SIMD_INLINE V srl16(V a) { return {H::srl16<N>(a.l), H::srl16<N>(a.h)}; }
-    template <int N> static TQKV_SIMD_INLINE V sll16(V a) { return {H::sll16<N>(a.l), H::sll16<N>(a.h)}; }
-    template <int N> static TQKV_SIMD_INLINE V sra16(V a) { return {H::sra16<N>(a.l), H::sra16<N>(a.h)}; }
-    template <int N> static TQKV_SIMD_INLINE V sll32(V a) { return {H::sll32<N>(a.l), H::sll32<N>(a.h)}; }
-    template <int N> static TQKV_SIMD_INLINE V srl32(V a) { return {H::srl32<N>(a.l), H::srl32<N>(a.h)}; }
-    static TQKV_SIMD_INLINE V add8(V a, V b) { return {H::add8(a.l, b.l), H::add8(a.h, b.h)}; }
-    static TQKV_SIMD_INLINE V add16(V a, V b) { return {H::add16(a.l, b.l), H::add16(a.h, b.h)}; }
-    static TQKV_SIMD_INLINE V sub16(V a, V b) { return {H::sub16(a.l, b.l), H::sub16(a.h, b.h)}; }
-    static TQKV_SIMD_INLINE V add32(V a, V b) { return {H::add32(a.l, b.l), H::add32(a.h, b.h)}; }
-    static TQKV_SIMD_INLINE V packus16(V a, V b) { return {H::packus16(a.l, b.l), H::packus16(a.h, b.h)}; }
-    static TQKV_SIMD_INLINE V packs32(V a, V b) { return {H::packs32(a.l, b.l), H::packs32(a.h, b.h)}; }
-    static TQKV_SIMD_INLINE V lookup(V t, V idx) { return {H::lookup(t.l, idx.l), H::lookup(t.h, idx.h)}; }
-    static TQKV_SIMD_INLINE V unpacklo16(V a, V b) { return {H::unpacklo16(a.l, b.l), H::unpacklo16(a.h, b.h)}; }
-    static TQKV_SIMD_INLINE V unpackhi16(V a, V b) { return {H::unpackhi16(a.l, b.l), H::unpackhi16(a.h, b.h)}; }
-    static TQKV_SIMD_INLINE V madd16(V a, V b) { return {H::madd16(a.l, b.l), H::madd16(a.h, b.h)}; }
+    static TQKV_SIMD_INLINE V zero() { return twice(Half::zero()); }
+    static TQKV_SIMD_INLINE V set8(int x) { return twice(Half::set8(x)); }
+    static TQKV_SIMD_INLINE V set16(int x) { return twice(Half::set16(x)); }
+    static TQKV_SIMD_INLINE V set32(int x) { return twice(Half::set32(x)); }
+    static TQKV_SIMD_INLINE V and_(V a, V b) { return {Half::and_(a.l, b.l), Half::and_(a.h, b.h)}; }
+    static TQKV_SIMD_INLINE V or_(V a, V b) { return {Half::or_(a.l, b.l), Half::or_(a.h, b.h)}; }
+    template <int N> static TQKV_SIMD_INLINE V srl16(V a) { return {Half::srl16<N>(a.l), Half::srl16<N>(a.h)}; }
+    template <int N> static TQKV_SIMD_INLINE V sll16(V a) { return {Half::sll16<N>(a.l), Half::sll16<N>(a.h)}; }
+    template <int N> static TQKV_SIMD_INLINE V sra16(V a) { return {Half::sra16<N>(a.l), Half::sra16<N>(a.h)}; }
+    template <int N> static TQKV_SIMD_INLINE V sll32(V a) { return {Half::sll32<N>(a.l), Half::sll32<N>(a.h)}; }
+    template <int N> static TQKV_SIMD_INLINE V srl32(V a) { return {Half::srl32<N>(a.l), Half::srl32<N>(a.h)}; }
+    static TQKV_SIMD_INLINE V add8(V a, V b) { return {Half::add8(a.l, b.l), Half::add8(a.h, b.h)}; }
+    static TQKV_SIMD_INLINE V add16(V a, V b) { return {Half::add16(a.l, b.l), Half::add16(a.h, b.h)}; }
+    static TQKV_SIMD_INLINE V sub16(V a, V b) { return {Half::sub16(a.l, b.l), Half::sub16(a.h, b.h)}; }
+    static TQKV_SIMD_INLINE V add32(V a, V b) { return {Half::add32(a.l, b.l), Half::add32(a.h, b.h)}; }
+    static TQKV_SIMD_INLINE V packus16(V a, V b) { return {Half::packus16(a.l, b.l), Half::packus16(a.h, b.h)}; }
+    static TQKV_SIMD_INLINE V packs32(V a, V b) { return {Half::packs32(a.l, b.l), Half::packs32(a.h, b.h)}; }
+    static TQKV_SIMD_INLINE V lookup(V t, V idx) { return {Half::lookup(t.l, idx.l), Half::lookup(t.h, idx.h)}; }
+    static TQKV_SIMD_INLINE V unpacklo16(V a, V b) { return {Half::unpacklo16(a.l, b.l), Half::unpacklo16(a.h, b.h)}; }
+    static TQKV_SIMD_INLINE V unpackhi16(V a, V b) { return {Half::unpackhi16(a.l, b.l), Half::unpackhi16(a.h, b.h)}; }
+    static TQKV_SIMD_INLINE V madd16(V a, V b) { return {Half::madd16(a.l, b.l), Half::madd16(a.h, b.h)}; }
     static TQKV_SIMD_INLINE void store_u8x16(uint8_t* p, V lo, V hi) {
         wasm_v128_store(p, wasm_u8x16_narrow_i16x8(wasm_u16x8_narrow_i32x4(lo.l, lo.h), wasm_u16x8_narrow_i32x4(hi.l, hi.h)));
     }
