@@ -34,7 +34,7 @@ struct FastUnderTest {
     std::string name;
     size_t (*table_bytes)(int, int, int);
     bool (*prepare)(const float*, int, int, int, float, void*);
-    void (*scores)(const uint8_t*, int, int, const void*, int, const uint16_t*, float*, int);
+    void (*scores)(const uint8_t* const*, const uint16_t* const*, int, int, int, const void*, int, float*, int, bool);
     void (*accumulate)(const uint8_t* const*, const uint16_t* const*, const float* const*, int, int, int, int,
                        const FastValueTable&, int, float*);
 };
@@ -45,12 +45,12 @@ std::vector<FastUnderTest> fast_kernels() {
         if (name == "scalar") continue;
         const AttentionKernels& ak = detail::attention_for(detail::kernels_by_name(name.c_str()));
         if (ak.fast_prepare_scores)
-            out.push_back({name, ak.fast_scores_table_bytes, ak.fast_prepare_scores, ak.fast_group_scores,
+            out.push_back({name, ak.fast_scores_table_bytes, ak.fast_prepare_scores, ak.fast_chunk_scores,
                            ak.fast_chunk_accumulate});
     }
     using E = detail::simd::Emulated;
     out.push_back({"emulated", detail::fast_scores_table_bytes, detail::fast::prepare_scores<E>,
-                   detail::fast::group_scores<E>, detail::fast::chunk_accumulate<E>});
+                   detail::fast::chunk_scores<E>, detail::fast::chunk_accumulate<E>});
     return out;
 }
 
@@ -129,7 +129,9 @@ TEST_CASE("fast key scores: every kernel gives the reference's bits, within the 
                         const auto g = random_group(dim, bits, rng, code_kind);
                         const int stride = 37;
                         std::vector<float> ref(size_t(heads) * stride, -7.0f);
-                        reference().fast_group_scores(g.data(), dim, bits, ref_table.data(), heads, norms, ref.data(), stride);
+                        const uint8_t* gp = g.data();
+                        const uint16_t* np = norms;
+                        reference().fast_chunk_scores(&gp, &np, 1, dim, bits, ref_table.data(), heads, ref.data(), stride, false);
                         // The reference against the exact sum, within the bound stored in the table.
                         const size_t head_bytes = ref_table.size() / heads;
                         for (int h = 0; h < heads; ++h) {
@@ -156,13 +158,62 @@ TEST_CASE("fast key scores: every kernel gives the reference's bits, within the 
                             REQUIRE(k.prepare(lut.data(), dim, bits, heads, scale, table.data()));
                             CHECK(table == ref_table);
                             std::vector<float> out(size_t(heads) * stride, -7.0f);
-                            k.scores(g.data(), dim, bits, ref_table.data(), heads, norms, out.data(), stride);
+                            k.scores(&gp, &np, 1, dim, bits, ref_table.data(), heads, out.data(), stride, false);
                             CHECK(std::memcmp(out.data(), ref.data(), out.size() * sizeof(float)) == 0);
                             ++checked;
                         }
                     }
                 }
     CHECK(checked > 0);
+}
+
+TEST_CASE("fast key scores of a chunk: each group where the single-group call puts it, stored or added", "[kernels][fast]") {
+    // A chunk of up to 8 groups in one call: group g's scores at out + h * stride + 32 g; with add,
+    // out + score (a second key segment's scores added to the first's) in every kernel's bits.
+    const float scale = 0.125f;
+    for (int bits : {2, 3, 4})
+        for (int groups : {1, 3, 8})
+            for (int heads : {1, 2, 3}) {
+                INFO("bits " << bits << " groups " << groups << " heads " << heads);
+                const int dim = 72, stride = 8 * 32 + 5;
+                Rng rng(uint64_t(bits * 1000 + groups * 10 + heads));
+                const auto lut = make_lut(heads, dim, centroid_table(bits, 0.1), rng, 0);
+                std::vector<uint8_t> table(reference().fast_scores_table_bytes(dim, bits, heads));
+                REQUIRE(reference().fast_prepare_scores(lut.data(), dim, bits, heads, scale, table.data()));
+                std::vector<std::vector<uint8_t>> g;
+                std::vector<std::array<uint16_t, 32>> n(groups);
+                std::vector<const uint8_t*> gp;
+                std::vector<const uint16_t*> np;
+                for (int i = 0; i < groups; ++i) {
+                    g.push_back(random_group(dim, bits, rng, 0));
+                    for (auto& x : n[i]) x = half_of(float(0.5 + rng.uniform()));
+                }
+                for (int i = 0; i < groups; ++i) gp.push_back(g[i].data()), np.push_back(n[i].data());
+                std::vector<float> before(size_t(heads) * stride);
+                for (auto& x : before) x = float(rng.normal());
+                std::vector<float> stored = before, added = before;
+                reference().fast_chunk_scores(gp.data(), np.data(), groups, dim, bits, table.data(), heads, stored.data(), stride, false);
+                reference().fast_chunk_scores(gp.data(), np.data(), groups, dim, bits, table.data(), heads, added.data(), stride, true);
+                for (int i = 0; i < groups; ++i) {
+                    std::vector<float> one(size_t(heads) * 32);
+                    reference().fast_chunk_scores(&gp[i], &np[i], 1, dim, bits, table.data(), heads, one.data(), 32, false);
+                    for (int h = 0; h < heads; ++h)
+                        for (int t = 0; t < 32; ++t) {
+                            const size_t at = size_t(h) * stride + 32 * i + t;
+                            CHECK(stored[at] == one[size_t(h) * 32 + t]);
+                            CHECK(added[at] == before[at] + one[size_t(h) * 32 + t]);
+                        }
+                }
+                for (size_t at = 0; at < before.size(); ++at)  // nothing past the chunk's groups
+                    if (at % stride >= size_t(32 * groups)) CHECK((stored[at] == before[at] && added[at] == before[at]));
+                for (const auto& k : fast_kernels())
+                    for (bool add : {false, true}) {
+                        INFO(k.name << " add " << add);
+                        std::vector<float> out = before;
+                        k.scores(gp.data(), np.data(), groups, dim, bits, table.data(), heads, out.data(), stride, add);
+                        CHECK(std::memcmp(out.data(), (add ? added : stored).data(), out.size() * sizeof(float)) == 0);
+                    }
+            }
 }
 
 TEST_CASE("fast key tables: refused for NaN, infinities and ranges of denormal size", "[kernels][fast]") {
@@ -211,7 +262,9 @@ TEST_CASE("fast key scores on the real 4-bit codebook follow the RMS model", "[k
     for (int rep = 0; rep < 64; ++rep) {
         const auto g = random_group(dim, bits, rng, 0);
         float out[32];
-        reference().fast_group_scores(g.data(), dim, bits, table.data(), 1, norms, out, 32);
+        const uint8_t* gp = g.data();
+        const uint16_t* np = norms;
+        reference().fast_chunk_scores(&gp, &np, 1, dim, bits, table.data(), 1, out, 32, false);
         for (int t = 0; t < 32; ++t, ++count) {
             double exact = 0;
             for (int j = 0; j < dim; ++j) exact += lut[size_t(j) * 16 + detail::group_code(g.data(), dim, bits, t, j)];

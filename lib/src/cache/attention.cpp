@@ -493,34 +493,44 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
             for (size_t g0 = 0; g0 < n_groups; g0 += kChunkGroups) {
                 const size_t ng = std::min<size_t>(kChunkGroups, n_groups - g0);
                 const uint8_t* chunk_groups[kChunkGroups];
-                P.groups(int(kvh), sp.t0 + g0 * kGroupTokens, ng, chunk_groups);
-                for (size_t gi = 0; gi < ng; ++gi) {
-                    const size_t t0 = sp.t0 + (g0 + gi) * kGroupTokens;
-                    const uint8_t* g = chunk_groups[gi];
-                    // When a KV head's groups come from DRAM (larger than the L2/L3 share), fetch
-                    // the group two chunks ahead into L2 while this one computes: hardware
-                    // prefetchers stop at 4 KiB pages (measured with one allocation per block, on
-                    // AVX-512 at 64k tokens: 3.0-3.2 ms per query against 3.7-4.0 ms one chunk
-                    // ahead; 4 was no better, 16 worse). Groups are contiguous per arena now.
-                    if (prefetch && g0 + 2 * kChunkGroups + gi < n_groups) {
-                        const uint8_t* next = P.group(kvh, t0 + 2 * kChunkTokens);
+                const size_t chunk_t0 = sp.t0 + g0 * kGroupTokens;
+                P.groups(int(kvh), chunk_t0, ng, chunk_groups);
+                // When a KV head's groups come from DRAM (larger than the L2/L3 share), fetch the
+                // groups two chunks ahead into L2 while this one computes: hardware prefetchers stop
+                // at 4 KiB pages (measured with one allocation per block, on AVX-512 at 64k tokens:
+                // 3.0-3.2 ms per query against 3.7-4.0 ms one chunk ahead; 4 was no better, 16
+                // worse). Groups are contiguous per arena now.
+                if (prefetch)
+                    for (size_t gi = 0; gi < ng && g0 + 2 * kChunkGroups + gi < n_groups; ++gi) {
+                        const uint8_t* next = P.group(kvh, chunk_t0 + gi * kGroupTokens + 2 * kChunkTokens);
                         for (size_t off = 0; off < P.group_bytes; off += 64) __builtin_prefetch(next + off, 0, 1);
                     }
-                    const size_t valid = std::min<size_t>(kGroupTokens, sp.t1 - t0);
-                    const size_t lead = t0 == sp.t0 ? sp.lead : 0;  // tokens before the attention window
-                    const bool fast_keys = ws.fast_ok[ci];
-                    if (cl.fused_keys || fast_keys) {  // scores * norms * scale straight into the chunk, per segment
+                if (ws.fast_ok[ci]) {
+                    // The fast tables: one call per key segment for the whole chunk, the second
+                    // segment's scores added to the first's.
+                    const uint8_t* codes[kChunkGroups];
+                    const uint16_t* norms[kChunkGroups];
+                    const float* ftab = ws.prepared.data() + cl.fast_off;
+                    for (size_t si2 = 0; si2 < C.keys().segs.size(); ++si2) {
+                        const auto& s = C.keys().segs[si2];
+                        for (size_t gi = 0; gi < ng; ++gi) {
+                            codes[gi] = chunk_groups[gi] + s.codes_off;
+                            norms[gi] = reinterpret_cast<const uint16_t*>(chunk_groups[gi] + s.norm_off);
+                        }
+                        ak.fast_chunk_scores(codes, norms, int(ng), s.dim, s.bits, ftab, r, ws.scores.data(), int(score_cols), si2 > 0);
+                        ftab += fast_table_floats(ak, s, r);
+                    }
+                }
+                for (size_t gi = 0; gi < ng && !ws.fast_ok[ci]; ++gi) {
+                    const uint8_t* g = chunk_groups[gi];
+                    if (cl.fused_keys) {  // scores * norms * scale straight into the chunk, per segment
                         const float* klut = ws.lut.data() + cl.lut_off;
-                        const float* ftab = ws.prepared.data() + cl.fast_off;
                         for (size_t si2 = 0; si2 < C.keys().segs.size(); ++si2) {
                             const auto& s = C.keys().segs[si2];
                             const auto* norms = reinterpret_cast<const uint16_t*>(g + s.norm_off);
                             float* dst = si2 == 0 ? &ws.scores[gi * kGroupTokens] : ws.raw.data();
                             const int stride = si2 == 0 ? int(score_cols) : kGroupTokens;
-                            if (fast_keys) {
-                                ak.fast_group_scores(g + s.codes_off, s.dim, s.bits, ftab, r, norms, dst, stride);
-                                ftab += fast_table_floats(ak, s, r);
-                            } else if (ws.prepared_ok[ci])
+                            if (ws.prepared_ok[ci])
                                 ak.group_scores_prepared(g + s.codes_off, s.dim, s.bits, ws.prepared.data() + cl.prep_off, r,
                                                          norms, C.code_scale, dst, stride);
                             else
@@ -530,11 +540,6 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                                     ak.axpy_f32(1.0f, &ws.raw[size_t(hh) * kGroupTokens],
                                                 &ws.scores[size_t(hh) * score_cols + gi * kGroupTokens], kGroupTokens);
                             klut += size_t(r) * s.dim * s.table.size();
-                        }
-                        for (int hh = 0; hh < r; ++hh) {
-                            float* sc = &ws.scores[size_t(hh) * score_cols + gi * kGroupTokens];
-                            for (size_t t = 0; t < lead; ++t) sc[t] = -std::numeric_limits<float>::infinity();
-                            for (size_t t = valid; t < kGroupTokens; ++t) sc[t] = -std::numeric_limits<float>::infinity();
                         }
                         continue;
                     }
@@ -565,11 +570,16 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                     for (int hh = 0; hh < r; ++hh) {
                         float* sc = &ws.scores[size_t(hh) * score_cols + gi * kGroupTokens];
                         for (int t = 0; t < kGroupTokens; ++t) sc[t] *= C.code_scale;
-                        for (size_t t = 0; t < lead; ++t) sc[t] = -std::numeric_limits<float>::infinity();
-                        for (size_t t = valid; t < kGroupTokens; ++t) sc[t] = -std::numeric_limits<float>::infinity();
                     }
                 }
-                const size_t chunk_t0 = sp.t0 + g0 * kGroupTokens;
+                // Tokens outside the span: before the attention window in its first group, past its
+                // end in its last.
+                const size_t lead = g0 == 0 ? sp.lead : 0, valid = std::min(ng * kGroupTokens, sp.t1 - chunk_t0);
+                for (int hh = 0; hh < r; ++hh) {
+                    float* sc = &ws.scores[size_t(hh) * score_cols];
+                    std::fill(sc, sc + lead, -std::numeric_limits<float>::infinity());
+                    std::fill(sc + valid, sc + ng * kGroupTokens, -std::numeric_limits<float>::infinity());
+                }
                 for (int hh = 0; hh < r; ++hh)
                     if (const float sh = ws.shift[ci * r + hh]; sh != 0.0f)
                         for (size_t t = 0; t < ng * kGroupTokens; ++t) ws.scores[size_t(hh) * score_cols + t] += sh;

@@ -108,15 +108,18 @@ struct AttentionKernels {
     //   fast_prepare_scores: integer key tables of `heads` heads from the float tables `lut` (as
     //   group_scores reads them), attention scale folded in, into fast_scores_table_bytes(dim, bits,
     //   heads) bytes; false when it does not handle the case (bits, a non-finite table).
-    //   fast_group_scores: group_scores_normed from those tables.
+    //   fast_chunk_scores: group_scores_normed from those tables for the groups of a chunk (codes[g],
+    //   norms[g], g < groups <= 8; group g's tokens at out + h * out_stride + 32 g), stored, or added to
+    //   what out holds (add: a second key segment). One call per chunk: a call per group cost the
+    //   wasm driver more than the chunk's float epilogue.
     //   fast_chunk_accumulate: group_accumulate_normed over a chunk of groups (codes[g], norms[g],
     //   numerators p[g] with head h at p[g] + h * p_stride, g < groups) with int8 centroids and
     //   15-bit weights shared by up to 8 groups; adds each coordinate's sum to acc[h * dim + j] (one
     //   float per coordinate, where the float kernels keep 16 lanes).
     size_t (*fast_scores_table_bytes)(int dim, int bits, int heads);
     bool (*fast_prepare_scores)(const float* lut, int dim, int bits, int heads, float scale, void* table);
-    void (*fast_group_scores)(const uint8_t* codes, int dim, int bits, const void* table, int heads,
-                              const uint16_t* norms, float* out, int out_stride);
+    void (*fast_chunk_scores)(const uint8_t* const* codes, const uint16_t* const* norms, int groups, int dim, int bits,
+                              const void* table, int heads, float* out, int out_stride, bool add);
     void (*fast_chunk_accumulate)(const uint8_t* const* codes, const uint16_t* const* norms, const float* const* p,
                                   int groups, int p_stride, int dim, int bits, const FastValueTable& table, int heads,
                                   float* acc);
@@ -151,8 +154,9 @@ const AttentionKernels& wasm128_attention();
 size_t fast_scores_table_bytes(int dim, int bits, int heads);
 #define TQKV_DECLARE_FAST_KERNELS(isa)                                                                           \
     bool isa##_fast_prepare_scores(const float* lut, int dim, int bits, int heads, float scale, void* table);   \
-    void isa##_fast_group_scores(const uint8_t* codes, int dim, int bits, const void* table, int heads,        \
-                                 const uint16_t* norms, float* out, int out_stride);                           \
+    void isa##_fast_chunk_scores(const uint8_t* const* codes, const uint16_t* const* norms, int groups,       \
+                                 int dim, int bits, const void* table, int heads, float* out, int out_stride,  \
+                                 bool add);                                                                    \
     void isa##_fast_chunk_accumulate(const uint8_t* const* codes, const uint16_t* const* norms,               \
                                      const float* const* p, int groups, int p_stride, int dim, int bits,        \
                                      const FastValueTable& table, int heads, float* acc);

@@ -878,7 +878,7 @@ const AttentionKernels& avx2_attention() {
                                        axpy_f32,     dot_f16,             axpy_f16,            max_f32,
                                        sum_f32,      group_scores_normed, group_accumulate_normed,
                                        scores_table_bytes, prepare_scores,  group_scores_prepared,
-                                       fast_scores_table_bytes, avx2_fast_prepare_scores, avx2_fast_group_scores,
+                                       fast_scores_table_bytes, avx2_fast_prepare_scores, avx2_fast_chunk_scores,
                                        avx2_fast_chunk_accumulate};
     return k;
 }

@@ -398,7 +398,7 @@ const AttentionKernels& avx512_attention() {
                                        sum_f32,      group_scores_normed, group_accumulate_normed,
                                        nullptr,      nullptr,             nullptr,
                                        // the fast path: the AVX2 kernels (kernels/avx2/fast.cpp)
-                                       fast_scores_table_bytes, avx2_fast_prepare_scores, avx2_fast_group_scores,
+                                       fast_scores_table_bytes, avx2_fast_prepare_scores, avx2_fast_chunk_scores,
                                        avx2_fast_chunk_accumulate};
     return k;
 }

@@ -390,7 +390,7 @@ const AttentionKernels& neon_attention() {
     static const AttentionKernels k = {group_scores, group_accumulate, exp_nonpositive, dot_f32, axpy_f32, dot_f16,
                                        axpy_f16,     max_f32,          sum_f32,         nullptr, nullptr,
                                        nullptr,      nullptr,          nullptr,
-                                       fast_scores_table_bytes, neon_fast_prepare_scores, neon_fast_group_scores,
+                                       fast_scores_table_bytes, neon_fast_prepare_scores, neon_fast_chunk_scores,
                                        neon_fast_chunk_accumulate};
     return k;
 }

@@ -81,7 +81,7 @@ const AttentionKernels& scalar_attention() {
                                        axpy_f16,     max_f32,          sum_f32,         nullptr, nullptr,
                                        nullptr,      nullptr,          nullptr,
                                        // the fast path's reference (kernels/scalar/fast.cpp)
-                                       fast_scores_table_bytes, scalar_fast_prepare_scores, scalar_fast_group_scores,
+                                       fast_scores_table_bytes, scalar_fast_prepare_scores, scalar_fast_chunk_scores,
                                        scalar_fast_chunk_accumulate};
     return k;
 }

@@ -45,28 +45,32 @@ bool scalar_fast_prepare_scores(const float* lut, int dim, int bits, int heads, 
     return fast::prepare_scores<simd::Emulated>(lut, dim, bits, heads, scale, table);
 }
 
-void scalar_fast_group_scores(const uint8_t* codes, int dim, int bits, const void* table, int heads,
-                              const uint16_t* norms, float* out, int out_stride) {
-    if (bits < 1 || bits > 4) return;
-    uint8_t c[kGroupTokens * kMaxDim];
-    unpack_group(codes, dim, bits, c);
+void scalar_fast_chunk_scores(const uint8_t* const* codes, const uint16_t* const* norms, int groups, int dim, int bits,
+                              const void* table, int heads, float* out, int out_stride, bool add) {
+    if (bits < 1 || bits > 4 || groups < 1 || groups > fast::kFastChunkGroups) return;
     const int units = fast::score_units(dim, bits), per = fast::unit_coords(bits);
-    const uint8_t* tab = static_cast<const uint8_t*>(table);
-    for (int h = 0; h < heads; ++h) {
-        fast::ScoresHeader hd;
-        std::memcpy(&hd, tab, sizeof hd);
-        const uint8_t* planes = tab + sizeof hd;
-        for (int t = 0; t < kGroupTokens; ++t) {
-            int32_t S = 0;
-            for (int u = 0; u < units; ++u) {
-                int idx = 0;  // the unit's coordinates' codes, coordinate i at bits [bits * i, bits * (i + 1))
-                for (int i = 0; i < per && u * per + i < dim; ++i) idx |= c[t * dim + u * per + i] << (bits * i);
-                const uint8_t* unit = planes + size_t(u) * hd.planes * 32;  // each plane: 16 bytes, twice
-                S += hd.planes == 1 ? unit[idx] : (unit[idx] << fast::kLowPlaneBits) + unit[32 + idx];
+    for (int g = 0; g < groups; ++g) {
+        uint8_t c[kGroupTokens * kMaxDim];
+        unpack_group(codes[g], dim, bits, c);
+        const uint8_t* tab = static_cast<const uint8_t*>(table);
+        for (int h = 0; h < heads; ++h) {
+            fast::ScoresHeader hd;
+            std::memcpy(&hd, tab, sizeof hd);
+            const uint8_t* planes = tab + sizeof hd;
+            for (int t = 0; t < kGroupTokens; ++t) {
+                int32_t S = 0;
+                for (int u = 0; u < units; ++u) {
+                    int idx = 0;  // the unit's coordinates' codes, coordinate i at bits [bits * i, bits * (i + 1))
+                    for (int i = 0; i < per && u * per + i < dim; ++i) idx |= c[t * dim + u * per + i] << (bits * i);
+                    const uint8_t* unit = planes + size_t(u) * hd.planes * 32;  // each plane: 16 bytes, twice
+                    S += hd.planes == 1 ? unit[idx] : (unit[idx] << fast::kLowPlaneBits) + unit[32 + idx];
+                }
+                const float score = ((float(S) * hd.D) + hd.B) * half_to_float(norms[g][t]);
+                float& o = out[size_t(h) * out_stride + size_t(g) * kGroupTokens + t];
+                o = add ? o + score : score;
             }
-            out[size_t(h) * out_stride + t] = ((float(S) * hd.D) + hd.B) * half_to_float(norms[t]);
+            tab = planes + size_t(units) * hd.planes * 32;
         }
-        tab = planes + size_t(units) * hd.planes * 32;
     }
 }
 

@@ -139,7 +139,7 @@ bool prepare_scores(const float* lut, int dim, int bits, int heads, float scale,
         const float* row = lut + size_t(h) * dim * 16;
         // Unit u's 16 entries: the row itself for one coordinate per unit, else summed into buf.
         alignas(32) float buf[16];
-        auto entries = [&](int u) -> const float* {
+        auto entries = [&](int u) TQKV_SIMD_LAMBDA -> const float* {
             if (per == 1) return u < dim ? row + size_t(u) * 16 : zeros;
             for (int e = 0; e < 16; ++e) buf[e] = 0.0f;
             for (int i = 0; i < per && u * per + i < dim; ++i) {
@@ -396,47 +396,59 @@ TQKV_SIMD_INLINE void key_sums(const uint8_t* codes, int dim, const uint8_t* con
     }
 }
 
+// Groups per call of chunk_scores and per chunk_accumulate batch (for values the T_j bound above,
+// asserted below for the biased centroids, the larger one).
+constexpr int kFastChunkGroups = 8;
+
 template <class S, int BITS>
-void group_scores_bits(const uint8_t* codes, int dim, const uint8_t* table, int heads, const float* n, float* out,
-                       int out_stride) {
+void chunk_scores_bits(const uint8_t* const* codes, const float* n, int groups, int dim, const uint8_t* table, int heads,
+                       float* out, int out_stride, bool add) {
     using V = typename S::V;
+    using F = typename S::F;
     constexpr int HP = S::kHeadsPerPass;
     const size_t head_bytes = scores_table_bytes(dim, BITS, 1);
-    for (int h0 = 0; h0 < heads;) {
-        const int hn = heads - h0 >= HP ? HP : 1;  // passes of HP heads, then one at a time
-        const uint8_t* tab[HP];
-        ScoresHeader hd[HP];
-        for (int h = 0; h < hn; ++h) {
-            const uint8_t* p = table + size_t(h0 + h) * head_bytes;
-            std::memcpy(&hd[h], p, sizeof(ScoresHeader));
-            tab[h] = p + sizeof(ScoresHeader);
+    for (int g = 0; g < groups; ++g) {
+        for (int h0 = 0; h0 < heads;) {
+            const int hn = heads - h0 >= HP ? HP : 1;  // passes of HP heads, then one at a time
+            const uint8_t* tab[HP];
+            ScoresHeader hd[HP];
+            for (int h = 0; h < hn; ++h) {
+                const uint8_t* p = table + size_t(h0 + h) * head_bytes;
+                std::memcpy(&hd[h], p, sizeof(ScoresHeader));
+                tab[h] = p + sizeof(ScoresHeader);
+            }
+            V tot[HP][4];
+            if (hn == HP)
+                key_sums<S, BITS, HP>(codes[g], dim, tab, tot);
+            else
+                key_sums<S, BITS, 1>(codes[g], dim, tab, tot);
+            for (int h = 0; h < hn; ++h) {
+                const F D = S::fset(hd[h].D), B = S::fset(hd[h].B);
+                float* o = out + size_t(h0 + h) * out_stride + size_t(g) * kGroupTokens;
+                for (int k = 0; k < 4; ++k) {
+                    const F x = S::fmul(S::fadd(S::fmul(S::to_float(tot[h][k]), D), B), S::fload(n + g * kGroupTokens + 8 * k));
+                    S::fstore(o + 8 * k, add ? S::fadd(S::fload(o + 8 * k), x) : x);
+                }
+            }
+            h0 += hn;
         }
-        V tot[HP][4];
-        if (hn == HP)
-            key_sums<S, BITS, HP>(codes, dim, tab, tot);
-        else
-            key_sums<S, BITS, 1>(codes, dim, tab, tot);
-        for (int h = 0; h < hn; ++h) {
-            const typename S::F D = S::fset(hd[h].D), B = S::fset(hd[h].B);
-            float* o = out + size_t(h0 + h) * out_stride;
-            for (int k = 0; k < 4; ++k)
-                S::fstore(o + 8 * k, S::fmul(S::fadd(S::fmul(S::to_float(tot[h][k]), D), B), S::fload(n + 8 * k)));
-        }
-        h0 += hn;
     }
 }
 
+// codes[g], norms[g]: group g of a chunk (g < groups <= kFastChunkGroups); its scores at
+// out + h * out_stride + 32 g, stored or (add) added to what is there.
 template <class S>
-void group_scores(const uint8_t* codes, int dim, int bits, const void* table, int heads, const uint16_t* norms,
-                  float* out, int out_stride) {
-    alignas(32) float n[kGroupTokens];
-    S::halves_to_float(norms, n, kGroupTokens);
+void chunk_scores(const uint8_t* const* codes, const uint16_t* const* norms, int groups, int dim, int bits,
+                  const void* table, int heads, float* out, int out_stride, bool add) {
+    if (groups < 1 || groups > kFastChunkGroups) return;
+    alignas(32) float n[kFastChunkGroups * kGroupTokens];
+    for (int g = 0; g < groups; ++g) S::halves_to_float(norms[g], n + g * kGroupTokens, kGroupTokens);
     const uint8_t* t = static_cast<const uint8_t*>(table);
     switch (bits) {
-        case 1: return group_scores_bits<S, 1>(codes, dim, t, heads, n, out, out_stride);
-        case 2: return group_scores_bits<S, 2>(codes, dim, t, heads, n, out, out_stride);
-        case 3: return group_scores_bits<S, 3>(codes, dim, t, heads, n, out, out_stride);
-        case 4: return group_scores_bits<S, 4>(codes, dim, t, heads, n, out, out_stride);
+        case 1: return chunk_scores_bits<S, 1>(codes, n, groups, dim, t, heads, out, out_stride, add);
+        case 2: return chunk_scores_bits<S, 2>(codes, n, groups, dim, t, heads, out, out_stride, add);
+        case 3: return chunk_scores_bits<S, 3>(codes, n, groups, dim, t, heads, out, out_stride, add);
+        case 4: return chunk_scores_bits<S, 4>(codes, n, groups, dim, t, heads, out, out_stride, add);
         default: return;  // prepare_scores refused other widths
     }
 }
@@ -444,8 +456,6 @@ void group_scores(const uint8_t* codes, int dim, int bits, const void* table, in
 // ---------------------------------------------------------------------------------------------
 // Values
 
-constexpr int kFastChunkGroups = 8;  // groups per chunk_accumulate batch (the T_j bound above;
-                                     // asserted below for the biased centroids, the larger one)
 
 // One group's 32 int16 weights in the order of the stored codes (cache/layout.hpp): per 32-byte
 // half k of a chunk (words 8k..8k+7), 32-bit lane i holds W of token 8k + i in its low 16 bits and
@@ -610,14 +620,15 @@ void chunk_accumulate_bits(const uint8_t* const* codes, const float* n, const fl
         // The heads with a weight above 2^-100 in this chunk (the others' rows stay as they are).
         int active = 0;
         for (int h = b0; h < heads && h < b0 + kBatch; ++h) {
-            float M = 0.0f;
+            // M: the largest weight (fmax(w, m) = w > m ? w : m passes a NaN weight over, as the
+            // reference's max does; one horizontal max per head and chunk).
+            F m = S::fset(0.0f);
             for (int g = 0; g < groups; ++g) {
                 const float* pg = p[g] + size_t(h) * p_stride;
                 const float* ng = n + g * kGroupTokens;
-                F m = S::fmul(S::fload(pg), S::fload(ng));
-                for (int k = 1; k < 4; ++k) m = S::fmax(m, S::fmul(S::fload(pg + 8 * k), S::fload(ng + 8 * k)));
-                M = std::fmax(M, S::hmax(m));
+                for (int k = 0; k < 4; ++k) m = S::fmax(S::fmul(S::fload(pg + 8 * k), S::fload(ng + 8 * k)), m);
             }
+            const float M = S::hmax(m) + 0.0f;
             if (!(M > 0x1p-100f)) continue;  // (32767 / M must stay finite)
             const F inv = S::fset(32767.0f / M);
             typename S::V total = S::zero();

@@ -34,7 +34,8 @@
 //   round_to_int(f)               float -> int32, round to nearest even (|f| < 2^22, as the kernels
 //                                 use it: table entries below 2^12, weights below 2^15)
 //   fload, fstore, fset, fadd, fsub, fmul, fmin, fmax, hmin(f), hmax(f)   floats (IEEE, never
-//                                 fused; min / max of non-NaN values)
+//                                 fused); fmin(a, b) = a < b ? a : b, fmax(a, b) = a > b ? a : b
+//                                 (minps / maxps: a NaN in a gives b); hmin / hmax of non-NaN values
 //   halves_to_float(h, out, n)    IEEE binary16 -> float, exact (n a multiple of 8)
 //   kHeadsPerPass, kValueHeadsPerPass
 //                                 query heads whose key / value sums fit the registers at once

@@ -726,7 +726,7 @@ const AttentionKernels& wasm128_attention() {
                                        dot_f16,      axpy_f16,         max_f32,         sum_f32,
                                        group_scores_normed, group_accumulate_normed,
                                        scores_table_bytes,  prepare_scores,         group_scores_prepared,
-                                       fast_scores_table_bytes, wasm128_fast_prepare_scores, wasm128_fast_group_scores,
+                                       fast_scores_table_bytes, wasm128_fast_prepare_scores, wasm128_fast_chunk_scores,
                                        wasm128_fast_chunk_accumulate};
     return k;
 }

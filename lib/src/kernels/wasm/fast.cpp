@@ -10,9 +10,9 @@ bool wasm128_fast_prepare_scores(const float* lut, int dim, int bits, int heads,
     return fast::prepare_scores<Backend>(lut, dim, bits, heads, scale, table);
 }
 
-void wasm128_fast_group_scores(const uint8_t* codes, int dim, int bits, const void* table, int heads, const uint16_t* norms,
-                            float* out, int out_stride) {
-    fast::group_scores<Backend>(codes, dim, bits, table, heads, norms, out, out_stride);
+void wasm128_fast_chunk_scores(const uint8_t* const* codes, const uint16_t* const* norms, int groups, int dim, int bits,
+                              const void* table, int heads, float* out, int out_stride, bool add) {
+    fast::chunk_scores<Backend>(codes, norms, groups, dim, bits, table, heads, out, out_stride, add);
 }
 
 void wasm128_fast_chunk_accumulate(const uint8_t* const* codes, const uint16_t* const* norms, const float* const* p, int groups,
