@@ -33,7 +33,7 @@ namespace {
 struct FastUnderTest {
     std::string name;
     size_t (*table_bytes)(int, int, int);
-    bool (*prepare)(const float*, int, int, int, float, void*);
+    bool (*prepare)(const float*, const float*, int, int, int, float, void*);
     void (*scores)(const uint8_t* const*, const uint16_t* const*, int, int, int, const void*, int, float*, int, bool);
     void (*accumulate)(const uint8_t* const*, const uint16_t* const*, const float* const*, int, int, int, int,
                        const FastValueTable&, int, float*);
@@ -82,20 +82,51 @@ std::vector<float> centroid_table(int bits, double spread) {
     return t;
 }
 
-// Look-up tables lut[h][j][e] = q_j * c_e of a few shapes: Gaussian, one huge coordinate, all
-// entries equal (zero range), tiny, huge.
-std::vector<float> make_lut(int heads, int dim, const std::vector<float>& c, Rng& rng, int kind) {
-    std::vector<float> lut(size_t(heads) * dim * 16);
-    for (int h = 0; h < heads; ++h)
-        for (int j = 0; j < dim; ++j) {
-            double q = rng.normal();
-            if (kind == 1 && j == (dim * 2) / 3) q *= 1e4;  // one spiky coordinate
-            if (kind == 3) q *= 1e-30;
-            if (kind == 4) q *= 1e30;
-            for (int e = 0; e < 16; ++e)
-                lut[(size_t(h) * dim + j) * 16 + e] = kind == 2 ? 0.75f : float(q) * c[e];
+// Rotated queries q[h][j] and centroids c (16 entries) of a few shapes, with the float look-up
+// tables lut[h][j][e] = q_j * c_e they stand for: Gaussian, one huge coordinate, all entries equal
+// (zero range), tiny, huge.
+struct KeyTables {
+    std::vector<float> q, c, lut;
+};
+KeyTables make_tables(int heads, int dim, const std::vector<float>& c, Rng& rng, int kind) {
+    KeyTables t;
+    t.c = kind == 2 ? std::vector<float>(16, 0.75f) : c;
+    t.q.resize(size_t(heads) * dim);
+    for (auto& x : t.q) {
+        double q = kind == 2 ? 1.0 : rng.normal();
+        if (kind == 3) q *= 1e-30;
+        if (kind == 4) q *= 1e30;
+        x = float(q);
+    }
+    if (kind == 1)  // one spiky coordinate
+        for (int h = 0; h < heads; ++h) t.q[size_t(h) * dim + (dim * 2) / 3] *= 1e4f;
+    t.lut.resize(size_t(heads) * dim * 16);
+    for (size_t i = 0; i < t.q.size(); ++i)
+        for (int e = 0; e < 16; ++e) t.lut[i * 16 + e] = t.q[i] * t.c[e];
+    return t;
+}
+
+// What any table built from lut must satisfy, checked on the bytes: every unit's smallest entry E is
+// 0 (its minimum is the unit's offset) and the largest E over the units is levels - 1 (the widest
+// unit's range sets delta), unless every range is zero.
+void check_table_extremes(const std::vector<uint8_t>& table, int heads) {
+    const size_t head_bytes = table.size() / heads;
+    for (int h = 0; h < heads; ++h) {
+        detail::fast::ScoresHeader hd;
+        std::memcpy(&hd, table.data() + h * head_bytes, sizeof hd);
+        const uint8_t* unit = table.data() + h * head_bytes + sizeof hd;
+        int top = 0;
+        for (int u = 0; u < hd.units; ++u, unit += hd.planes * 32) {
+            int lo = 1 << 30;
+            for (int e = 0; e < 16; ++e) {
+                const int E = hd.planes == 1 ? unit[e] : (unit[e] << detail::fast::kLowPlaneBits) + unit[32 + e];
+                lo = std::min(lo, E);
+                top = std::max(top, E);
+            }
+            CHECK(lo == 0);
         }
-    return lut;
+        CHECK((top == hd.levels - 1 || hd.D == 0.0f));
+    }
 }
 
 uint16_t half_of(float x) { return float_to_half(x); }
@@ -114,11 +145,13 @@ TEST_CASE("fast key scores: every kernel gives the reference's bits, within the 
                     INFO("bits " << bits << " dim " << dim << " heads " << heads << " kind " << kind);
                     Rng rng(uint64_t(bits * 100003 + dim * 31 + heads * 7 + kind));
                     const auto c = centroid_table(bits, 1.0 / std::sqrt(double(dim)));
-                    const auto lut = make_lut(heads, dim, c, rng, kind);
+                    const auto kt = make_tables(heads, dim, c, rng, kind);
+                    const auto& lut = kt.lut;
                     const size_t bytes = reference().fast_scores_table_bytes(dim, bits, heads);
                     REQUIRE(bytes > 0);
                     std::vector<uint8_t> ref_table(bytes, 0xcd);
-                    REQUIRE(reference().fast_prepare_scores(lut.data(), dim, bits, heads, scale, ref_table.data()));
+                    REQUIRE(reference().fast_prepare_scores(kt.q.data(), kt.c.data(), dim, bits, heads, scale, ref_table.data()));
+                    check_table_extremes(ref_table, heads);
                     // Norms: ordinary, fp16's largest, a subnormal, zero.
                     uint16_t norms[32];
                     for (int t = 0; t < 32; ++t) {
@@ -155,7 +188,7 @@ TEST_CASE("fast key scores: every kernel gives the reference's bits, within the 
                             INFO(k.name << " codes " << code_kind);
                             std::vector<uint8_t> table(k.table_bytes(dim, bits, heads), 0x5a);
                             REQUIRE(table.size() == bytes);
-                            REQUIRE(k.prepare(lut.data(), dim, bits, heads, scale, table.data()));
+                            REQUIRE(k.prepare(kt.q.data(), kt.c.data(), dim, bits, heads, scale, table.data()));
                             CHECK(table == ref_table);
                             std::vector<float> out(size_t(heads) * stride, -7.0f);
                             k.scores(&gp, &np, 1, dim, bits, ref_table.data(), heads, out.data(), stride, false);
@@ -177,9 +210,9 @@ TEST_CASE("fast key scores of a chunk: each group where the single-group call pu
                 INFO("bits " << bits << " groups " << groups << " heads " << heads);
                 const int dim = 72, stride = 8 * 32 + 5;
                 Rng rng(uint64_t(bits * 1000 + groups * 10 + heads));
-                const auto lut = make_lut(heads, dim, centroid_table(bits, 0.1), rng, 0);
+                const auto kt = make_tables(heads, dim, centroid_table(bits, 0.1), rng, 0);
                 std::vector<uint8_t> table(reference().fast_scores_table_bytes(dim, bits, heads));
-                REQUIRE(reference().fast_prepare_scores(lut.data(), dim, bits, heads, scale, table.data()));
+                REQUIRE(reference().fast_prepare_scores(kt.q.data(), kt.c.data(), dim, bits, heads, scale, table.data()));
                 std::vector<std::vector<uint8_t>> g;
                 std::vector<std::array<uint16_t, 32>> n(groups);
                 std::vector<const uint8_t*> gp;
@@ -219,27 +252,31 @@ TEST_CASE("fast key scores of a chunk: each group where the single-group call pu
 TEST_CASE("fast key tables: refused for NaN, infinities and ranges of denormal size", "[kernels][fast]") {
     const int dim = 64, heads = 2;
     const auto c = centroid_table(4, 0.1);
-    for (int bad = 0; bad < 4; ++bad) {
+    for (int bad = 0; bad < 6; ++bad) {
         Rng rng{uint64_t(bad)};
-        auto lut = make_lut(heads, dim, c, rng, 0);
-        if (bad == 0) lut[lut.size() - 3] = std::numeric_limits<float>::quiet_NaN();
-        if (bad == 1) lut[17] = std::numeric_limits<float>::infinity();
-        if (bad == 2)  // finite entries whose range overflows
-            for (int e = 0; e < 16; ++e) lut[16 * 9 + e] = e % 2 ? 3e38f : -3e38f;
+        auto kt = make_tables(heads, dim, c, rng, 0);
+        if (bad == 0) kt.q[kt.q.size() - 3] = std::numeric_limits<float>::quiet_NaN();
+        if (bad == 1) kt.q[17] = std::numeric_limits<float>::infinity();
+        if (bad == 2) {  // finite entries (+-3e38) whose range overflows
+            for (int e = 0; e < 16; ++e) kt.c[e] = e % 2 ? 1.0f : -1.0f;
+            kt.q[9] = 3e38f;
+        }
         if (bad == 3)
-            for (auto& x : lut) x *= 1e-41f;  // a denormal range: 4095 / R is not finite
+            for (auto& x : kt.q) x *= 1e-41f;  // a denormal range: 4095 / R is not finite
+        if (bad == 4) kt.c[5] = std::numeric_limits<float>::infinity();
+        if (bad == 5) kt.q[70] = 1e38f / 0.01f * 0.01f, kt.c[3] = 100.0f;  // a finite q whose entry overflows
         std::vector<uint8_t> table(reference().fast_scores_table_bytes(dim, 4, heads));
-        CHECK_FALSE(reference().fast_prepare_scores(lut.data(), dim, 4, heads, 0.125f, table.data()));
+        CHECK_FALSE(reference().fast_prepare_scores(kt.q.data(), kt.c.data(), dim, 4, heads, 0.125f, table.data()));
         for (const auto& k : fast_kernels()) {
             INFO(k.name << " case " << bad);
-            CHECK_FALSE(k.prepare(lut.data(), dim, 4, heads, 0.125f, table.data()));
+            CHECK_FALSE(k.prepare(kt.q.data(), kt.c.data(), dim, 4, heads, 0.125f, table.data()));
         }
     }
-    std::vector<float> lut(size_t(dim) * 16, 1.0f);
+    std::vector<float> q(dim, 1.0f);
     std::vector<uint8_t> table(4096);
-    CHECK_FALSE(reference().fast_prepare_scores(lut.data(), dim, 5, 1, 0.125f, table.data()));  // 5 bits: not handled
+    CHECK_FALSE(reference().fast_prepare_scores(q.data(), c.data(), dim, 5, 1, 0.125f, table.data()));  // 5 bits: not handled
     CHECK(reference().fast_scores_table_bytes(dim, 5, 1) == 0);
-    CHECK_FALSE(reference().fast_prepare_scores(lut.data(), dim, 4, 1, std::numeric_limits<float>::infinity(), table.data()));
+    CHECK_FALSE(reference().fast_prepare_scores(q.data(), c.data(), dim, 4, 1, std::numeric_limits<float>::infinity(), table.data()));
 }
 
 TEST_CASE("fast key scores on the real 4-bit codebook follow the RMS model", "[kernels][fast]") {
@@ -250,9 +287,10 @@ TEST_CASE("fast key scores on the real 4-bit codebook follow the RMS model", "[k
     std::vector<float> c(16);
     for (int e = 0; e < 16; ++e) c[e] = cb->centroids_f()[e];
     Rng rng(42);
-    const auto lut = make_lut(1, dim, c, rng, 0);
+    const auto kt = make_tables(1, dim, c, rng, 0);
+    const auto& lut = kt.lut;
     std::vector<uint8_t> table(reference().fast_scores_table_bytes(dim, bits, 1));
-    REQUIRE(reference().fast_prepare_scores(lut.data(), dim, bits, 1, 1.0f, table.data()));
+    REQUIRE(reference().fast_prepare_scores(kt.q.data(), kt.c.data(), dim, bits, 1, 1.0f, table.data()));
     detail::fast::ScoresHeader hd;
     std::memcpy(&hd, table.data(), sizeof hd);
     uint16_t norms[32];

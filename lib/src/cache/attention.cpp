@@ -93,6 +93,7 @@ struct CallPlan {
 // Per-thread buffers: grown on first use, then reused (no allocation per call).
 struct Workspace {
     std::vector<float> lut, scores, raw, raw2, w, buf, tmp, sq, norms, gammas;
+    std::vector<float> qrot;         // the rotated queries of the key segments (build_tables)
     std::vector<float> prepared;     // the key tables in the kernel's own format (prepare_scores)
     std::vector<char> prepared_ok;   // per class: prepared holds its tables
     std::vector<char> fast_ok;       // per class: prepared holds its fast key tables (precision fast)
@@ -342,8 +343,9 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
     const bool add_shift = stat_max || !logits.empty() || parts.size() > 1;
 
     // Builds the look-up tables of query qi and KV head kvh for every class in this thread's
-    // workspace (unless they are there already): rotate each query once per key segment,
-    // lut[j][code] = q'_j * centroid[code]; for prod also the sketch table of S q'.
+    // workspace (unless they are there already): rotate each query once per key segment, then the
+    // fast integer tables from q' (precision fast) or the float ones, lut[j][code] =
+    // q'_j * centroid[code]; for prod also the sketch table of S q'.
     auto build_tables = [&](Workspace& ws, size_t qi, uint32_t kvh) {
         if (ws.lut_call == plan.id && ws.lut_query == qi && ws.lut_kvh == kvh) return;
         const int padded = pad_lanes(d);
@@ -352,6 +354,7 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
         Workspace::grow(ws.buf, padded);
         Workspace::grow(ws.tmp, padded);
         Workspace::grow(ws.sq, padded);
+        Workspace::grow(ws.qrot, size_t(r) * d);
         ws.prepared_ok.resize(plan.classes.size());
         ws.fast_ok.resize(plan.classes.size());
         Workspace::grow(ws.shift, plan.classes.size() * r);
@@ -362,17 +365,21 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
             for (int hh = 0; hh < r; ++hh)
                 ws.shift[ci * r + hh] =
                     add_shift && !mean.empty() ? ak.dot_f32(q0 + size_t(hh) * d, &mean[size_t(kvh) * d], d) * cl.codes->scale : 0.0f;
+            // Each key segment's rotated queries q' (r rows of s.dim in ws.qrot, one segment after
+            // the other), for prod also the sketch table of S q'; then the fast tables, which the
+            // kernel builds from q' and the centroids, or else the float tables
+            // lut[j][code] = q'_j * centroid[code].
+            float* qrot = ws.qrot.data();
             float* lut = ws.lut.data() + cl.lut_off;
             for (auto& s : cl.codes->keys().segs) {
                 const int sp = s.rot->padded_dim(), L = int(s.table.size());
-                for (int hh = 0; hh < r; ++hh) {
+                for (int hh = 0; hh < r; ++hh, qrot += s.dim) {
                     for (int j = 0; j < s.dim; ++j) ws.buf[j] = q0[size_t(hh) * d + s.channels[j]];
                     std::fill(ws.buf.begin() + s.dim, ws.buf.begin() + sp, 0.0f);
                     s.rot->forward_unscaled(ws.buf.data(), ws.tmp.data(), k);
                     k.scale(ws.buf.data(), sp, float(1.0 / s.rot->gain()));
-                    for (int j = 0; j < s.dim; ++j)
-                        for (int e = 0; e < L; ++e) lut[(size_t(hh) * s.dim + j) * L + e] = ws.buf[j] * s.table[e];
-                    if (s.prod) {
+                    std::copy_n(ws.buf.data(), s.dim, qrot);
+                    if (s.prod) {  // (never fast)
                         float* sk = lut + size_t(r) * s.dim * L;
                         k.matvec(s.qjl, sp, s.dim, ws.buf.data(), ws.sq.data());
                         for (int j = 0; j < s.dim; ++j)
@@ -381,19 +388,30 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                 }
                 lut += size_t(r) * s.dim * (L + (s.prod ? 16 : 0));
             }
-            const auto& s0 = cl.codes->keys().segs[0];
-            ws.prepared_ok[ci] = cl.may_prepare &&
-                                 ak.prepare_scores(ws.lut.data() + cl.lut_off, s0.dim, s0.bits, r, ws.prepared.data() + cl.prep_off);
             bool fast_ok = cl.fast_keys;  // (false for a table the kernel refuses: the float kernels then)
             if (cl.fast_keys) {
                 float* ft = ws.prepared.data() + cl.fast_off;
-                const float* fl = ws.lut.data() + cl.lut_off;
+                const float* q = ws.qrot.data();
                 for (const auto& s : cl.codes->keys().segs) {
-                    fast_ok = fast_ok && ak.fast_prepare_scores(fl, s.dim, s.bits, r, cl.codes->code_scale, ft);
+                    fast_ok = fast_ok && ak.fast_prepare_scores(q, s.table.data(), s.dim, s.bits, r, cl.codes->code_scale, ft);
                     ft += fast_table_floats(ak, s, r);
-                    fl += size_t(r) * s.dim * s.table.size();
+                    q += size_t(r) * s.dim;
                 }
             }
+            if (!fast_ok) {
+                float* lut = ws.lut.data() + cl.lut_off;
+                const float* q = ws.qrot.data();
+                for (auto& s : cl.codes->keys().segs) {
+                    const int L = int(s.table.size());
+                    for (int hh = 0; hh < r; ++hh, q += s.dim)
+                        for (int j = 0; j < s.dim; ++j)
+                            for (int e = 0; e < L; ++e) lut[(size_t(hh) * s.dim + j) * L + e] = q[j] * s.table[e];
+                    lut += size_t(r) * s.dim * (L + (s.prod ? 16 : 0));
+                }
+            }
+            const auto& s0 = cl.codes->keys().segs[0];
+            ws.prepared_ok[ci] = cl.may_prepare &&
+                                 ak.prepare_scores(ws.lut.data() + cl.lut_off, s0.dim, s0.bits, r, ws.prepared.data() + cl.prep_off);
             ws.fast_ok[ci] = fast_ok;
         }
         ws.lut_call = plan.id, ws.lut_query = qi, ws.lut_kvh = kvh;

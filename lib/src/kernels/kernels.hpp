@@ -105,9 +105,11 @@ struct AttentionKernels {
     // formats, arithmetic and error bounds in kernels/simd/fast_attention.hpp. Optional (nullptr =
     // not provided). Integer sums are exact, so every ISA gives the same bits as the scalar
     // reference (scalar_attention()'s entries).
-    //   fast_prepare_scores: integer key tables of `heads` heads from the float tables `lut` (as
-    //   group_scores reads them), attention scale folded in, into fast_scores_table_bytes(dim, bits,
-    //   heads) bytes; false when it does not handle the case (bits, a non-finite table).
+    //   fast_prepare_scores: integer key tables of `heads` heads from the rotated queries
+    //   q[h * dim + j] and the segment's 16 centroids (replicated as kernel tables are), i.e. from
+    //   the float tables lut[h][j][k] = q[h * dim + j] * centroids[k] that group_scores reads, with
+    //   the attention scale folded in, into fast_scores_table_bytes(dim, bits, heads) bytes; false
+    //   when it does not handle the case (bits, a non-finite table).
     //   fast_chunk_scores: group_scores_normed from those tables for the groups of a chunk (codes[g],
     //   norms[g], g < groups <= 8; group g's tokens at out + h * out_stride + 32 g), stored, or added to
     //   what out holds (add: a second key segment). One call per chunk: a call per group cost the
@@ -117,7 +119,8 @@ struct AttentionKernels {
     //   15-bit weights shared by up to 8 groups; adds each coordinate's sum to acc[h * dim + j] (one
     //   float per coordinate, where the float kernels keep 16 lanes).
     size_t (*fast_scores_table_bytes)(int dim, int bits, int heads);
-    bool (*fast_prepare_scores)(const float* lut, int dim, int bits, int heads, float scale, void* table);
+    bool (*fast_prepare_scores)(const float* q, const float* centroids, int dim, int bits, int heads, float scale,
+                                void* table);
     void (*fast_chunk_scores)(const uint8_t* const* codes, const uint16_t* const* norms, int groups, int dim, int bits,
                               const void* table, int heads, float* out, int out_stride, bool add);
     void (*fast_chunk_accumulate)(const uint8_t* const* codes, const uint16_t* const* norms, const float* const* p,
@@ -153,7 +156,8 @@ const AttentionKernels& wasm128_attention();
 // are the reference, kernels/scalar/fast.cpp). AVX-512 uses the AVX2 ones.
 size_t fast_scores_table_bytes(int dim, int bits, int heads);
 #define TQKV_DECLARE_FAST_KERNELS(isa)                                                                           \
-    bool isa##_fast_prepare_scores(const float* lut, int dim, int bits, int heads, float scale, void* table);   \
+    bool isa##_fast_prepare_scores(const float* q, const float* centroids, int dim, int bits, int heads,       \
+                                   float scale, void* table);                                                 \
     void isa##_fast_chunk_scores(const uint8_t* const* codes, const uint16_t* const* norms, int groups,       \
                                  int dim, int bits, const void* table, int heads, float* out, int out_stride,  \
                                  bool add);                                                                    \

@@ -6,8 +6,9 @@ namespace tqkv::detail {
 
 using Backend = simd::Neon;
 
-bool neon_fast_prepare_scores(const float* lut, int dim, int bits, int heads, float scale, void* table) {
-    return fast::prepare_scores<Backend>(lut, dim, bits, heads, scale, table);
+bool neon_fast_prepare_scores(const float* q, const float* centroids, int dim, int bits, int heads, float scale,
+                             void* table) {
+    return fast::prepare_scores<Backend>(q, centroids, dim, bits, heads, scale, table);
 }
 
 void neon_fast_chunk_scores(const uint8_t* const* codes, const uint16_t* const* norms, int groups, int dim, int bits,

@@ -41,8 +41,9 @@ FastValueTable make_fast_values(const float* table16) {
     return t;
 }
 
-bool scalar_fast_prepare_scores(const float* lut, int dim, int bits, int heads, float scale, void* table) {
-    return fast::prepare_scores<simd::Emulated>(lut, dim, bits, heads, scale, table);
+bool scalar_fast_prepare_scores(const float* q, const float* centroids, int dim, int bits, int heads, float scale,
+                               void* table) {
+    return fast::prepare_scores<simd::Emulated>(q, centroids, dim, bits, heads, scale, table);
 }
 
 void scalar_fast_chunk_scores(const uint8_t* const* codes, const uint16_t* const* norms, int groups, int dim, int bits,

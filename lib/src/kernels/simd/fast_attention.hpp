@@ -124,62 +124,90 @@ constexpr size_t scores_table_bytes(int dim, int bits, int heads) {
     return size_t(heads) * (sizeof(ScoresHeader) + size_t(score_units(dim, bits)) * score_planes(bits) * 32);
 }
 
-// Builds the tables (see the top of this file). Element-wise IEEE operations and exact min / max
-// only, so the bytes are the same on every backend.
+// Builds the tables (see the top of this file) from the rotated queries q[h * dim + j] and the
+// segment's centroids c[k] (16 entries, replicated as kernel tables are): lut[j][k] = fl(q_j c_k),
+// the products the driver's float tables hold, so the bytes are those of tables built from that
+// float table. Element-wise IEEE operations and exact min / max only: the same bytes on every
+// backend.
 template <class S>
-bool prepare_scores(const float* lut, int dim, int bits, int heads, float scale, void* table) {
+bool prepare_scores(const float* q, const float* c, int dim, int bits, int heads, float scale, void* table) {
     using F = typename S::F;
     if (bits < 1 || bits > 4 || dim < 1 || dim > kMaxDim || !std::isfinite(scale)) return false;
+    float cmin = c[0], cmax = c[0];
+    for (int e = 0; e < 16; ++e) {
+        if (!std::isfinite(c[e])) return false;
+        cmin = c[e] < cmin ? c[e] : cmin;
+        cmax = c[e] > cmax ? c[e] : cmax;
+    }
+    const float cabs = std::fabs(cmin) > std::fabs(cmax) ? std::fabs(cmin) : std::fabs(cmax);
     const int units = score_units(dim, bits), planes = score_planes(bits), L = score_levels(bits);
     const int per = unit_coords(bits), mask = (1 << bits) - 1;
     uint8_t* out = static_cast<uint8_t*>(table);
-    alignas(32) float mins[kMaxDim];
-    alignas(32) static const float zeros[16] = {};
+    static_assert(kMaxDim % 8 == 0);
+    alignas(32) float mins[kMaxDim], maxs[kMaxDim], qp[kMaxDim];
+    const F c0 = S::fload(c), c1 = S::fload(c + 8), zero = S::fset(0.0f);
     for (int h = 0; h < heads; ++h) {
-        const float* row = lut + size_t(h) * dim * 16;
-        // Unit u's 16 entries: the row itself for one coordinate per unit, else summed into buf.
-        alignas(32) float buf[16];
-        auto entries = [&](int u) TQKV_SIMD_LAMBDA -> const float* {
-            if (per == 1) return u < dim ? row + size_t(u) * 16 : zeros;
-            for (int e = 0; e < 16; ++e) buf[e] = 0.0f;
-            for (int i = 0; i < per && u * per + i < dim; ++i) {
-                const float* r = row + size_t(u * per + i) * 16;
-                for (int e = 0; e < 16; ++e) buf[e] += r[(e >> (bits * i)) & mask];
+        // This head's query, zero past dim up to a multiple of 8 units (units past dim add nothing).
+        const float* qh = q + size_t(h) * dim;
+        const int padded = per == 1 ? (units + 7) / 8 * 8 : dim;  // (units <= kMaxDim, a multiple of 8)
+        for (int j = 0; j < dim; ++j) qp[j] = qh[j];
+        for (int j = dim; j < padded; ++j) qp[j] = 0.0f;
+        // Unit u's 16 entries x_u[e] as entries 0-7 and 8-15: fl(q_u c_e) for one coordinate per
+        // unit, else the unit's coordinates' entries summed in order (field i of e: coordinate i's code).
+        auto entries = [&](int u, F& lo8, F& hi8) TQKV_SIMD_LAMBDA {
+            if (per == 1) {
+                const F qu = S::fset(qp[u]);
+                lo8 = S::fmul(qu, c0), hi8 = S::fmul(qu, c1);
+                return;
             }
-            return buf;
+            alignas(32) float buf[16];
+            for (int e = 0; e < 16; ++e) buf[e] = 0.0f;
+            for (int i = 0; i < per && u * per + i < dim; ++i)
+                for (int e = 0; e < 16; ++e) buf[e] += qp[u * per + i] * c[(e >> (bits * i)) & mask];
+            lo8 = S::fload(buf), hi8 = S::fload(buf + 8);
         };
         F bad = S::fset(0.0f);  // x - x summed: NaN when an entry is NaN or infinite
-        float R = 0.0f;
-        double x_abs = 0;  // sum_u max_e |x_u[e]|
-        for (int u = 0; u < units; ++u) {
-            const float* x = entries(u);
-            const F a = S::fload(x), b = S::fload(x + 8);
-            bad = S::fadd(bad, S::fadd(S::fsub(a, a), S::fsub(b, b)));
-            // (+ 0: -0 becomes +0, so the result does not depend on which zero a reduction kept.)
-            const float lo = S::hmin(S::fmin(a, b)) + 0.0f, hi = S::hmax(S::fmax(a, b)) + 0.0f;
-            mins[u] = lo;
-            // (Comparisons, not std::fmax, a call in wasm: a NaN here is refused after the loop.)
-            R = hi - lo > R ? hi - lo : R;
-            x_abs += std::fabs(lo) > std::fabs(hi) ? std::fabs(lo) : std::fabs(hi);
+        if (per == 1) {
+            // Eight units at a time: rounding is monotone, so min_e fl(q c_e) and max_e fl(q c_e)
+            // are fl(q cmin) and fl(q cmax) in some order. (+ 0: -0 becomes +0, so the result does
+            // not depend on which zero a comparison kept.)
+            for (int u = 0; u < units; u += 8) {
+                const F qu = S::fload(qp + u), a = S::fmul(qu, S::fset(cmin)), b = S::fmul(qu, S::fset(cmax));
+                const F lo = S::fadd(S::fmin(a, b), zero), hi = S::fadd(S::fmax(a, b), zero);
+                bad = S::fadd(bad, S::fadd(S::fsub(lo, lo), S::fsub(hi, hi)));
+                S::fstore(mins + u, lo);
+                S::fstore(maxs + u, hi);
+            }
+        } else {
+            for (int u = 0; u < units; ++u) {
+                F a, b;
+                entries(u, a, b);
+                bad = S::fadd(bad, S::fadd(S::fsub(a, a), S::fsub(b, b)));
+                mins[u] = S::hmin(S::fmin(a, b)) + 0.0f;
+                maxs[u] = S::hmax(S::fmax(a, b)) + 0.0f;
+            }
         }
         alignas(32) float bad_lanes[8];
         S::fstore(bad_lanes, bad);
         for (float b : bad_lanes)
             if (b != 0.0f) return false;  // NaN or infinity in the table
+        float R = 0.0f;
+        double x_abs = 0;  // sum_u max_e |x_u[e]|
+        for (int u = 0; u < units; ++u) {
+            const float lo = mins[u], hi = maxs[u];
+            // (Comparisons, not std::fmax, a call in wasm.)
+            R = hi - lo > R ? hi - lo : R;
+            x_abs += std::fabs(lo) > std::fabs(hi) ? std::fabs(lo) : std::fabs(hi);
+        }
         if (!std::isfinite(R)) return false;  // finite entries whose range overflows
         const float delta = R / float(L - 1), inv = R > 0.0f ? float(L - 1) / R : 0.0f;
         if (!std::isfinite(inv)) return false;  // a range of denormal size
-        double a_max = x_abs;  // sum_j max_k |lut[j][k]|: the same as x_abs for one coordinate per unit
+        // sum_j max_k |lut[j][k]|: the same as x_abs for one coordinate per unit; else by monotone
+        // rounding max_k |fl(q_j c_k)| = fl(|q_j| max_k |c_k|).
+        double a_max = x_abs;
         if (per > 1) {
             a_max = 0;
-            for (int j = 0; j < dim; ++j) {
-                float m = 0.0f;
-                for (int e = 0; e < 16; ++e) {
-                    const float a = std::fabs(row[size_t(j) * 16 + e]);
-                    m = a > m ? a : m;
-                }
-                a_max += m;
-            }
+            for (int j = 0; j < dim; ++j) a_max += std::fabs(qp[j]) * cabs;
         }
         double bias = 0;
         for (int u = 0; u < units; ++u) bias += mins[u];
@@ -197,10 +225,11 @@ bool prepare_scores(const float* lut, int dim, int bits, int heads, float scale,
         const F vinv = S::fset(inv);
         const auto low = S::set32((1 << kLowPlaneBits) - 1);
         for (int u = 0; u < units; ++u, out += 32 * planes) {
-            const float* x = entries(u);
+            F a, b;
+            entries(u, a, b);
             const F m = S::fset(mins[u]);
-            const auto E0 = S::round_to_int(S::fmul(S::fsub(S::fload(x), m), vinv));
-            const auto E1 = S::round_to_int(S::fmul(S::fsub(S::fload(x + 8), m), vinv));
+            const auto E0 = S::round_to_int(S::fmul(S::fsub(a, m), vinv));
+            const auto E1 = S::round_to_int(S::fmul(S::fsub(b, m), vinv));
             if (planes == 1) {
                 S::store_u8x16(out, E0, E1);
             } else {
