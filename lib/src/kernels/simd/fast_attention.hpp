@@ -566,18 +566,14 @@ TQKV_SIMD_INLINE void decode_value_half(const uint8_t* codes, int dim, int chunk
 }
 
 // The integer sums of one block (slots S0 .. S0 + block_slots - 1 of chunk c, each with its pair)
-// over the chunk's groups for H heads, added to T[h][i] ([2i]: slot S0 + i, [2i + 1]: slot
-// S0 + i + PAIR). B is the backend of the pass: S itself, or S::Half over the 16-byte half `part`
-// of every 32-byte row (codes from byte 16 * part, the weights' half `part`).
+// over the chunk's groups for H heads, added to the int32 lanes of sum[h][i] ([2i]: slot S0 + i,
+// [2i + 1]: slot S0 + i + PAIR). B is the backend of the pass: S itself, or S::Half over the
+// 16-byte half `part` of every 32-byte row (codes from byte 16 * part, the weights' half `part`).
 template <class S, class B, int BITS, int H, int S0>
 TQKV_SIMD_INLINE void value_sums(const uint8_t* const* codes, int groups, int dim, int c, typename B::V ct, int part,
-                                 const GroupWeights<S>* w, uint32_t (*T)[2 * block_slots<BITS>()]) {
+                                 const GroupWeights<S>* w, typename B::V (*sum)[2 * block_slots<BITS>()]) {
     using V = typename B::V;
-    constexpr int NS = block_slots<BITS>();
     const V m00ff = B::set16(0x00ff);
-    V sum[H][2 * NS];
-    for (int h = 0; h < H; ++h)
-        for (int i = 0; i < 2 * NS; ++i) sum[h][i] = B::zero();
     for (int g = 0; g < groups; ++g)
         for (int k = 0; k < 2; ++k)
             decode_value_half<B, BITS, S0>(codes[g] + 16 * part, dim, c, k, [&](int i, V idx) TQKV_SIMD_LAMBDA {
@@ -593,8 +589,6 @@ TQKV_SIMD_INLINE void value_sums(const uint8_t* const* codes, int groups, int di
                     sum[h][2 * i + 1] = B::add32(sum[h][2 * i + 1], B::madd16(od, wk));
                 }
             });
-    for (int h = 0; h < H; ++h)
-        for (int i = 0; i < 2 * NS; ++i) T[h][i] += lane_total<B>(sum[h][i]);
 }
 
 // One block over the chunk's groups for H heads, added to the accumulator rows a[h]. A backend
@@ -604,14 +598,26 @@ template <class S, int BITS, int H, int S0>
 TQKV_SIMD_INLINE void value_block(const uint8_t* const* codes, int groups, int dim, int c, typename S::V ct,
                                   const GroupWeights<S>* w, const float* f, const uint32_t* bias, float* const* a) {
     constexpr int NS = block_slots<BITS>(), PAIR = BITS == 3 ? 4 : 8 / BITS;
-    uint32_t T[H][2 * NS] = {};
+    uint32_t T[H][2 * NS];
     if constexpr (requires { typename S::Half; }) {
+        // Both passes add to the same lanes (the second continues the first's sums): one
+        // horizontal total per sum, not one per pass.
         using Hf = typename S::Half;
         const typename Hf::V cth = S::part(ct, 0);
-        value_sums<S, Hf, BITS, H, S0>(codes, groups, dim, c, cth, 0, w, T);
-        value_sums<S, Hf, BITS, H, S0>(codes, groups, dim, c, cth, 1, w, T);
+        typename Hf::V sum[H][2 * NS];
+        for (int h = 0; h < H; ++h)
+            for (int i = 0; i < 2 * NS; ++i) sum[h][i] = Hf::zero();
+        value_sums<S, Hf, BITS, H, S0>(codes, groups, dim, c, cth, 0, w, sum);
+        value_sums<S, Hf, BITS, H, S0>(codes, groups, dim, c, cth, 1, w, sum);
+        for (int h = 0; h < H; ++h)
+            for (int i = 0; i < 2 * NS; ++i) T[h][i] = lane_total<Hf>(sum[h][i]);
     } else {
-        value_sums<S, S, BITS, H, S0>(codes, groups, dim, c, ct, 0, w, T);
+        typename S::V sum[H][2 * NS];
+        for (int h = 0; h < H; ++h)
+            for (int i = 0; i < 2 * NS; ++i) sum[h][i] = S::zero();
+        value_sums<S, S, BITS, H, S0>(codes, groups, dim, c, ct, 0, w, sum);
+        for (int h = 0; h < H; ++h)
+            for (int i = 0; i < 2 * NS; ++i) T[h][i] = lane_total<S>(sum[h][i]);
     }
     for (int h = 0; h < H; ++h)
         for (int i = 0; i < 2 * NS; ++i) {
