@@ -649,6 +649,35 @@ TEST_CASE("fast attention in the cache: adversarial caches stay finite and close
     }
 }
 
+TEST_CASE("fast attention in the cache: a query whose fast tables are refused takes the float tables", "[cache][fast]") {
+    // A query of size 1e-37: its table entries' range is so small that 4095 / R overflows, so
+    // fast_prepare_scores refuses and the driver builds the float look-up tables instead (the
+    // logits then match the exact precision's; without those tables they would be stale). A
+    // normal query first, so the thread's workspace holds other tables.
+    const int H = 4, KH = 2, d = 64;
+    const size_t T = 100;
+    const auto K = tqkv_test::gaussian_vectors(T, KH * d, 31), V = tqkv_test::gaussian_vectors(T, KH * d, 32);
+    auto Q = tqkv_test::gaussian_vectors(1, H * d, 33);
+    for (const auto& kernel : available_kernels())
+        for (double bits : {4.0, 3.5, 2.0}) {
+            INFO(kernel << " K" << bits);
+            CacheConfig cfg = fast_case_config(H, KH, d, bits, 4, Method::Mse);
+            cfg.kernel = kernel;
+            (void)attend_once(cfg, Precision::Fast, K, V, T, Q.data());
+            auto tiny = Q;
+            for (auto& x : tiny) x *= 1e-37f;
+            const Attended exact = attend_once(cfg, Precision::Exact, K, V, T, tiny.data());
+            const Attended fast = attend_once(cfg, Precision::Fast, K, V, T, tiny.data());
+            double lmax = 0, lerr = 0;
+            for (size_t i = 0; i < exact.logits.size(); ++i) {
+                lmax = std::max(lmax, double(std::abs(exact.logits[i])));
+                lerr = std::max(lerr, double(std::abs(fast.logits[i] - exact.logits[i])));
+            }
+            REQUIRE(lmax > 0);
+            CHECK(lerr <= 1e-4 * lmax);
+        }
+}
+
 TEST_CASE("fast attention: the spec option and the default precision", "[cache][fast]") {
     CHECK(CacheSpec::parse("K4V4").precision == std::nullopt);
     CHECK(CacheSpec::parse("K4V4-fast").precision == Precision::Fast);

@@ -6,8 +6,9 @@
 // ---------------------------------------------------------------------------------------------
 // Keys: integer look-up tables
 //
-// The driver builds per query head the float tables lut[j][k] = q'_j * centroid_k (q' the rotated
-// query). Here consecutive coordinates are merged into "units" that one 4-bit index addresses:
+// The float kernels' tables are, per query head, lut[j][k] = q'_j * centroid_k (q' the rotated
+// query, a float product; prepare_scores forms the same products from q' and the centroids). Here
+// consecutive coordinates are merged into "units" that one 4-bit index addresses:
 // bits 4 and 3: one coordinate per unit; bits 2: two (the nibble of a 16-bit half-word holds
 // slots 2u, 2u+1); bits 1: four. Unit u's entry e is x_u[e] = sum of its coordinates' entries
 // (field i of e = code of coordinate i, summed in float in order i = 0, 1, ...; coordinates past
