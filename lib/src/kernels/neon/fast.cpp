@@ -7,12 +7,12 @@ namespace tqkv::detail {
 using Backend = simd::Neon;
 
 bool neon_fast_prepare_scores(const float* q, const float* centroids, int dim, int bits, int heads, float scale,
-                             void* table) {
+                              void* table) {
     return fast::prepare_scores<Backend>(q, centroids, dim, bits, heads, scale, table);
 }
 
 void neon_fast_chunk_scores(const uint8_t* const* codes, const uint16_t* const* norms, int groups, int dim, int bits,
-                           const void* table, int heads, float* out, int out_stride, bool add) {
+                            const void* table, int heads, float* out, int out_stride, bool add) {
     fast::chunk_scores<Backend>(codes, norms, groups, dim, bits, table, heads, out, out_stride, add);
 }
 

@@ -42,7 +42,7 @@ FastValueTable make_fast_values(const float* table16) {
 }
 
 bool scalar_fast_prepare_scores(const float* q, const float* centroids, int dim, int bits, int heads, float scale,
-                               void* table) {
+                                void* table) {
     return fast::prepare_scores<simd::Emulated>(q, centroids, dim, bits, heads, scale, table);
 }
 

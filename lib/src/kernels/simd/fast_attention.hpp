@@ -486,7 +486,6 @@ void chunk_scores(const uint8_t* const* codes, const uint16_t* const* norms, int
 // ---------------------------------------------------------------------------------------------
 // Values
 
-
 // One group's 32 int16 weights in the order of the stored codes (cache/layout.hpp): per 32-byte
 // half k of a chunk (words 8k..8k+7), 32-bit lane i holds W of token 8k + i in its low 16 bits and
 // of token 16 + 8k + i in its high ones, as the word of codes it meets. W <= 32767, so the halves
