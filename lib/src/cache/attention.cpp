@@ -538,56 +538,57 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                         ak.fast_chunk_scores(codes, norms, int(ng), s.dim, s.bits, ftab, r, ws.scores.data(), int(score_cols), si2 > 0);
                         ftab += fast_table_floats(ak, s, r);
                     }
-                }
-                for (size_t gi = 0; gi < ng && !ws.fast_ok[ci]; ++gi) {
-                    const uint8_t* g = chunk_groups[gi];
-                    if (cl.fused_keys) {  // scores * norms * scale straight into the chunk, per segment
-                        const float* klut = ws.lut.data() + cl.lut_off;
-                        for (size_t si2 = 0; si2 < C.keys().segs.size(); ++si2) {
-                            const auto& s = C.keys().segs[si2];
-                            const auto* norms = reinterpret_cast<const uint16_t*>(g + s.norm_off);
-                            float* dst = si2 == 0 ? &ws.scores[gi * kGroupTokens] : ws.raw.data();
-                            const int stride = si2 == 0 ? int(score_cols) : kGroupTokens;
-                            if (ws.prepared_ok[ci])
-                                ak.group_scores_prepared(g + s.codes_off, s.dim, s.bits, ws.prepared.data() + cl.prep_off, r,
-                                                         norms, C.code_scale, dst, stride);
-                            else
-                                ak.group_scores_normed(g + s.codes_off, s.dim, s.bits, klut, r, norms, C.code_scale, dst, stride);
-                            if (si2 > 0)
-                                for (int hh = 0; hh < r; ++hh)
-                                    ak.axpy_f32(1.0f, &ws.raw[size_t(hh) * kGroupTokens],
-                                                &ws.scores[size_t(hh) * score_cols + gi * kGroupTokens], kGroupTokens);
-                            klut += size_t(r) * s.dim * s.table.size();
+                } else {
+                    for (size_t gi = 0; gi < ng; ++gi) {
+                        const uint8_t* g = chunk_groups[gi];
+                        if (cl.fused_keys) {  // scores * norms * scale straight into the chunk, per segment
+                            const float* klut = ws.lut.data() + cl.lut_off;
+                            for (size_t si2 = 0; si2 < C.keys().segs.size(); ++si2) {
+                                const auto& s = C.keys().segs[si2];
+                                const auto* norms = reinterpret_cast<const uint16_t*>(g + s.norm_off);
+                                float* dst = si2 == 0 ? &ws.scores[gi * kGroupTokens] : ws.raw.data();
+                                const int stride = si2 == 0 ? int(score_cols) : kGroupTokens;
+                                if (ws.prepared_ok[ci])
+                                    ak.group_scores_prepared(g + s.codes_off, s.dim, s.bits, ws.prepared.data() + cl.prep_off, r,
+                                                             norms, C.code_scale, dst, stride);
+                                else
+                                    ak.group_scores_normed(g + s.codes_off, s.dim, s.bits, klut, r, norms, C.code_scale, dst, stride);
+                                if (si2 > 0)
+                                    for (int hh = 0; hh < r; ++hh)
+                                        ak.axpy_f32(1.0f, &ws.raw[size_t(hh) * kGroupTokens],
+                                                    &ws.scores[size_t(hh) * score_cols + gi * kGroupTokens], kGroupTokens);
+                                klut += size_t(r) * s.dim * s.table.size();
+                            }
+                            continue;
                         }
-                        continue;
-                    }
-                    for (int hh = 0; hh < r; ++hh) std::fill_n(&ws.scores[size_t(hh) * score_cols + gi * kGroupTokens], kGroupTokens, 0.0f);
-                    const float* klut = ws.lut.data() + cl.lut_off;
-                    for (auto& s : C.keys().segs) {
-                        const int L = int(s.table.size());
-                        ak.group_scores(g + s.codes_off, s.dim, s.bits, klut, r, ws.raw.data());
-                        read_norms(k, g + s.norm_off, C.norm_bytes, ws.norms.data());
-                        if (s.prod) {
-                            ak.group_scores(g + s.signs_off, s.dim, 1, klut + size_t(r) * s.dim * L, r, ws.raw2.data());
-                            read_norms(k, g + s.gamma_off, C.norm_bytes, ws.gammas.data());
-                            const float qjl = float(std::sqrt(M_PI / 2.0) / s.dim);
-                            for (int t = 0; t < kGroupTokens; ++t) ws.gammas[t] *= qjl;
+                        for (int hh = 0; hh < r; ++hh) std::fill_n(&ws.scores[size_t(hh) * score_cols + gi * kGroupTokens], kGroupTokens, 0.0f);
+                        const float* klut = ws.lut.data() + cl.lut_off;
+                        for (auto& s : C.keys().segs) {
+                            const int L = int(s.table.size());
+                            ak.group_scores(g + s.codes_off, s.dim, s.bits, klut, r, ws.raw.data());
+                            read_norms(k, g + s.norm_off, C.norm_bytes, ws.norms.data());
+                            if (s.prod) {
+                                ak.group_scores(g + s.signs_off, s.dim, 1, klut + size_t(r) * s.dim * L, r, ws.raw2.data());
+                                read_norms(k, g + s.gamma_off, C.norm_bytes, ws.gammas.data());
+                                const float qjl = float(std::sqrt(M_PI / 2.0) / s.dim);
+                                for (int t = 0; t < kGroupTokens; ++t) ws.gammas[t] *= qjl;
+                            }
+                            for (int hh = 0; hh < r; ++hh) {
+                                float* sc = &ws.scores[size_t(hh) * score_cols + gi * kGroupTokens];
+                                const float* raw = &ws.raw[size_t(hh) * kGroupTokens];
+                                const float* raw2 = &ws.raw2[size_t(hh) * kGroupTokens];
+                                if (s.prod) {
+                                    for (int t = 0; t < kGroupTokens; ++t) sc[t] += ws.norms[t] * (raw[t] + ws.gammas[t] * raw2[t]);
+                                } else {
+                                    for (int t = 0; t < kGroupTokens; ++t) sc[t] += ws.norms[t] * raw[t];
+                                }
+                            }
+                            klut += size_t(r) * s.dim * (L + (s.prod ? 16 : 0));
                         }
                         for (int hh = 0; hh < r; ++hh) {
                             float* sc = &ws.scores[size_t(hh) * score_cols + gi * kGroupTokens];
-                            const float* raw = &ws.raw[size_t(hh) * kGroupTokens];
-                            const float* raw2 = &ws.raw2[size_t(hh) * kGroupTokens];
-                            if (s.prod) {
-                                for (int t = 0; t < kGroupTokens; ++t) sc[t] += ws.norms[t] * (raw[t] + ws.gammas[t] * raw2[t]);
-                            } else {
-                                for (int t = 0; t < kGroupTokens; ++t) sc[t] += ws.norms[t] * raw[t];
-                            }
+                            for (int t = 0; t < kGroupTokens; ++t) sc[t] *= C.code_scale;
                         }
-                        klut += size_t(r) * s.dim * (L + (s.prod ? 16 : 0));
-                    }
-                    for (int hh = 0; hh < r; ++hh) {
-                        float* sc = &ws.scores[size_t(hh) * score_cols + gi * kGroupTokens];
-                        for (int t = 0; t < kGroupTokens; ++t) sc[t] *= C.code_scale;
                     }
                 }
                 // Tokens outside the span: before the attention window in its first group, past its

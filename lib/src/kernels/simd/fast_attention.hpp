@@ -703,5 +703,24 @@ void chunk_accumulate(const uint8_t* const* codes, const uint16_t* const* norms,
     }
 }
 
-// The entries of AttentionKernels this backend provides.
 }  // namespace tqkv::detail::fast
+
+// Defines isa_fast_prepare_scores, isa_fast_chunk_scores and isa_fast_chunk_accumulate (the fast
+// entries kernels.hpp declares) on backend B: one line in each kernels/<isa>/fast.cpp.
+#define TQKV_DEFINE_FAST_KERNELS(isa, B)                                                                        \
+    namespace tqkv::detail {                                                                                 \
+    bool isa##_fast_prepare_scores(const float* q, const float* centroids, int dim, int bits, int heads,       \
+                                   float scale, void* table) {                                                \
+        return fast::prepare_scores<B>(q, centroids, dim, bits, heads, scale, table);                          \
+    }                                                                                                          \
+    void isa##_fast_chunk_scores(const uint8_t* const* codes, const uint16_t* const* norms, int groups,       \
+                                 int dim, int bits, const void* table, int heads, float* out, int out_stride,  \
+                                 bool add) {                                                                   \
+        fast::chunk_scores<B>(codes, norms, groups, dim, bits, table, heads, out, out_stride, add);             \
+    }                                                                                                          \
+    void isa##_fast_chunk_accumulate(const uint8_t* const* codes, const uint16_t* const* norms,               \
+                                     const float* const* p, int groups, int p_stride, int dim, int bits,        \
+                                     const FastValueTable& table, int heads, float* acc) {                      \
+        fast::chunk_accumulate<B>(codes, norms, p, groups, p_stride, dim, bits, table, heads, acc);             \
+    }                                                                                                          \
+    }  // namespace tqkv::detail
