@@ -583,7 +583,17 @@ TEST_CASE("fast attention in the cache: the scalar fast path's logits on every k
             // Fast logits are integer sums: the scalar reference's bits (for prod keys and 6 bits
             // the exact float kernels, which differ per ISA in the last bits).
             if (cs.km == Method::Mse && cs.kb <= 4) CHECK(logit_vs_ref == 0);
-            CHECK(out_vs_ref < 1e-5);
+            // Outputs: the float rounding of the value path (1e-5), plus what the logits' own
+            // deviation δ can move a softmax average: each weight moves by a factor within
+            // e^(±2δ), so the average moves by at most (e^(2δ) - 1) max|v̂|; a decoded value's
+            // coordinate is at most its norm, under twice the largest input norm.
+            double vnorm = 0;
+            for (size_t t = 0; t < cs.tokens * size_t(cs.kv_heads); ++t) {
+                double s2 = 0;
+                for (int j = 0; j < cs.dim; ++j) s2 += double(V[t * cs.dim + j]) * V[t * cs.dim + j];
+                vnorm = std::max(vnorm, std::sqrt(s2));
+            }
+            CHECK(out_vs_ref < 1e-5 + std::expm1(2 * logit_vs_ref) * 2 * vnorm);
             // A sanity bound only (the peaked queries amplify logit errors; K3V2 reaches 0.054): the
             // ratios below are the criterion.
             CHECK(max_rel < 0.08);

@@ -3,6 +3,9 @@
 # library (no copies), with Debian's emscripten (apt package `emscripten`, 3.1.6):
 #   web/dist/tqkv.wasm         SIMD128 (-msimd128, kernels in lib/src/kernels/wasm)
 #   web/dist/tqkv-scalar.wasm  no SIMD (scalar kernels only), for engines without SIMD128
+#   web/dist/tqkv-relaxed.wasm SIMD128 + relaxed SIMD (kernels compiled by clang-16)
+#   web/dist/tqkv-mt.wasm, tqkv-relaxed-mt.wasm: the SIMD builds with threads (atomics, a shared
+#                              memory; workers started by web/src/threads.ts)
 # Both are standalone modules (-sSTANDALONE_WASM, no Emscripten JS glue): they export the C ABI
 # of lib/include/tqkv/tqkv.h plus malloc/free, import their memory (env.memory, so the loader
 # chooses the maximum) and need only three tiny imports (see web/src/loader.ts). C++ exceptions
@@ -42,7 +45,7 @@ core=(
   lib/src/codec/codebook.cpp lib/src/codec/rotation.cpp lib/src/codec/packing.cpp lib/src/codec/codec.cpp
   lib/src/codec/mse.cpp lib/src/codec/prod.cpp lib/src/codec/qjl.cpp lib/src/codec/split.cpp
   lib/src/kernels/dispatch.cpp lib/src/cache/storage.cpp lib/src/cache/attention.cpp
-  lib/src/cache/serialize.cpp lib/src/cache/calibration.cpp lib/src/cache/spec.cpp lib/src/cache/model_cache.cpp lib/src/cache/rate_plan.cpp lib/src/budget/budget.cpp lib/src/util/thread_pool.cpp lib/src/baselines/dense.cpp
+  lib/src/cache/serialize.cpp lib/src/cache/calibration.cpp lib/src/cache/spec.cpp lib/src/cache/model_cache.cpp lib/src/cache/rate_plan.cpp lib/src/budget/budget.cpp lib/src/util/thread_pool.cpp lib/src/util/wasm_heap.cpp lib/src/baselines/dense.cpp
   lib/src/baselines/formats.cpp lib/src/capi/c_api.cpp
 )
 for src in lib/src/model/*.cpp; do core+=("$src"); done
@@ -98,6 +101,7 @@ objects() {  # objects VARIANT SOURCES...
 
 # The exported C ABI: every TQKV_API function of tqkv.h, plus malloc and free.
 exports=$(grep -o '^TQKV_API [^(]*(' lib/include/tqkv/tqkv.h | sed -E 's/.*[ *]([a-z0-9_]+)\($/_\1/' | sort -u | tr '\n' ',')
+exports_abi="${exports%,}"
 exports="${exports}_malloc,_free"
 
 link_flags=(-fwasm-exceptions -sSTANDALONE_WASM --no-entry -sIMPORTED_MEMORY=1 -sALLOW_MEMORY_GROWTH=1
@@ -133,6 +137,31 @@ compile_relaxed
 em++ "${link_flags[@]}" "${relaxed_link[@]}" "${relaxed_flags[@]}" $(objects simd "${core[@]}" "${scalar_kernels[@]}") \
   $(objects relaxed "${simd_kernels[@]}") -o "$out_dir/tqkv-relaxed.wasm"
 echo "  built web/dist/tqkv-relaxed.wasm ($(wc -c <"$out_dir/tqkv-relaxed.wasm") bytes)" >&2
+
+# The threaded modules: the library compiled again with atomics and bulk memory (its
+# thread_locals become real thread-local storage and util/thread_pool.cpp gets its wasm pool),
+# linked on a shared memory. A module without a pthread runtime: each worker instance sets its own
+# stack (stackRestore) and thread-local storage (__wasm_init_tls of __tls_size bytes, aligned to
+# __tls_align) before it enters tqkv_worker_main (web/src/threads.ts). Emscripten's C++ runtime
+# of its pthread builds comes before the archives em++ adds (shared memory forbids objects built
+# without atomics), and the heap goes through one lock: --wrap routes malloc & co. to
+# lib/src/util/wasm_heap.cpp, whose wrappers export themselves as malloc and free.
+mt_flags=(-msimd128 -matomics -mbulk-memory -DTQKV_HAVE_WASM_KERNELS=1)
+em_lib=$EM_CACHE/sysroot/lib/wasm32-emscripten
+mt_link=(-Wl,--shared-memory,--export=__wasm_init_tls,--export=__tls_size,--export=__tls_align
+         -Wl,--wrap=malloc,--wrap=free,--wrap=calloc,--wrap=realloc,--wrap=posix_memalign,--wrap=aligned_alloc
+         "$em_lib/libc++-mt-except.a" "$em_lib/libc++abi-mt-except.a" "$em_lib/libunwind-mt-except.a"
+         "$em_lib/libcompiler_rt-mt.a" -sEXPORTED_FUNCTIONS="$exports_abi")
+compile mt "${mt_flags[@]}" -- "${core[@]}" "${scalar_kernels[@]}" "${simd_kernels[@]}"
+CXX_OF_VARIANT="$relaxed_cxx $(em++ "${mt_flags[@]}" -fwasm-exceptions --cflags)" \
+  compile relaxed-mt "${mt_flags[@]}" -mrelaxed-simd -- "${simd_kernels[@]}"
+# shellcheck disable=SC2046
+em++ -O3 "${link_flags[@]}" "${mt_link[@]}" "${mt_flags[@]}" \
+  $(objects mt "${core[@]}" "${scalar_kernels[@]}" "${simd_kernels[@]}") -o "$out_dir/tqkv-mt.wasm"
+# shellcheck disable=SC2046
+em++ "${link_flags[@]}" "${relaxed_link[@]}" "${mt_link[@]}" "${mt_flags[@]}" \
+  $(objects mt "${core[@]}" "${scalar_kernels[@]}") $(objects relaxed-mt "${simd_kernels[@]}") -o "$out_dir/tqkv-relaxed-mt.wasm"
+echo "  built web/dist/tqkv-mt.wasm ($(wc -c <"$out_dir/tqkv-mt.wasm") bytes), web/dist/tqkv-relaxed-mt.wasm ($(wc -c <"$out_dir/tqkv-relaxed-mt.wasm") bytes)" >&2
 
 if [ "${1:-}" = "tests" ]; then
   # The Catch2 suite (tests/*.cpp, Debian's header-only catch2) as WASI programs, run by

@@ -10,6 +10,9 @@ export interface Exports {
   tqkv_last_error(): number;
   tqkv_abi_version(): number;
   tqkv_default_kernel(): number;
+  tqkv_set_threads(threads: number): number;
+  tqkv_get_threads(): number;
+  tqkv_worker_threads(): number;
   tqkv_cache_config_init(cfg: number): number;
   tqkv_cache_config_size(): number;
   tqkv_cache_create(cfg: number, out: number): number;

@@ -3,13 +3,13 @@
 // README.md for esbuild, which does not).
 import type { ModuleVariant } from './loader.js';
 
-/** @internal The packaged .wasm file of a variant. */
-export function packagedModuleUrl(variant: ModuleVariant): URL {
+/** @internal The packaged .wasm file of a variant (threaded: its build on a shared memory). */
+export function packagedModuleUrl(variant: ModuleVariant, threaded = false): URL {
   switch (variant) {
     case 'relaxed':
-      return new URL('./tqkv-relaxed.wasm', import.meta.url);
+      return threaded ? new URL('./tqkv-relaxed-mt.wasm', import.meta.url) : new URL('./tqkv-relaxed.wasm', import.meta.url);
     case 'simd128':
-      return new URL('./tqkv.wasm', import.meta.url);
+      return threaded ? new URL('./tqkv-mt.wasm', import.meta.url) : new URL('./tqkv.wasm', import.meta.url);
     case 'scalar':
       return new URL('./tqkv-scalar.wasm', import.meta.url);
   }

@@ -12,6 +12,7 @@
 // caller can cap it) and a handful of WASI functions provided here.
 import { packagedModuleUrl } from './assets.js';
 import { FetchError, platform, readUrl, toUrl } from './platform.js';
+import { threadsUnavailable } from './threads.js';
 
 /** A build of the module: relaxed SIMD, SIMD128, or scalar. */
 export type ModuleVariant = 'relaxed' | 'simd128' | 'scalar';
@@ -41,9 +42,18 @@ export interface LoadOptions {
   /** Upper bound of the wasm memory in bytes (default and limit 4 GiB). Appends that would need
    *  more fail with an 'out of memory' TqkvError and leave the cache as it was. */
   maximumMemory?: number;
+  /**
+   * Threads for attention and the model runner, the caller's included: 1 (default) to 64. Above 1
+   * the threaded build of the chosen variant is loaded (dist/tqkv-relaxed-mt.wasm or
+   * dist/tqkv-mt.wasm, or the module(s) given in `wasm`, which must then be threaded builds) on a
+   * shared memory, and threads - 1 workers start (threads.ts). Results are the same bits for
+   * every count. Needs SharedArrayBuffer: Node, or a cross-origin isolated page (COOP/COEP
+   * headers); there is no threaded scalar build.
+   */
+  threads?: number;
 }
 
-const LOAD_OPTION_KEYS = ['simd', 'wasm', 'maximumMemory'];
+const LOAD_OPTION_KEYS = ['simd', 'wasm', 'maximumMemory', 'threads'];
 
 const PAGE = 65536;
 // -sINITIAL_MEMORY=4MB in wasm/build.sh: the memory the modules import must start at least this big.
@@ -93,6 +103,9 @@ export interface LoadedModule {
   variant: ModuleVariant | undefined;
   /** Why earlier candidates were skipped, e.g. "relaxed: cannot fetch .../tqkv-relaxed.wasm: 404". */
   fallbacks: string[];
+  /** The compiled module (workers instantiate it again) and the threads asked for. */
+  module: WebAssembly.Module;
+  threads: number;
 }
 
 const isResponse = (x: unknown): x is Response => typeof Response !== 'undefined' && x instanceof Response;
@@ -110,6 +123,7 @@ export function plan(options: LoadOptions): {
   candidates: [ModuleVariant | undefined, WasmSource | undefined][];
   forced: boolean;
   maxPages: number;
+  threads: number;
 } {
   if (typeof options !== 'object' || options === null) throw new TypeError('tqkv: Tqkv.load options must be an object');
   for (const k of Object.keys(options))
@@ -142,6 +156,15 @@ export function plan(options: LoadOptions): {
     maxPages = Math.max(INITIAL_PAGES, Math.min(MAX_PAGES, Math.floor(options.maximumMemory / PAGE)));
   }
 
+  const threads = options.threads ?? 1;
+  if (typeof threads !== 'number' || !Number.isInteger(threads) || threads < 1 || threads > 64)
+    throw new RangeError(`tqkv: threads must be an integer from 1 to 64, got ${String(threads)}`);
+  if (threads > 1) {
+    const why = threadsUnavailable();
+    if (why) throw new Error(`tqkv: threads: ${threads} asked, but ${why}`);
+    if (want === 'scalar') throw new TypeError('tqkv: threads > 1 needs a SIMD build (there is no threaded scalar build)');
+  }
+
   if (want !== 'auto') {
     const supported = supportedVariants();
     if (!supported.includes(want))
@@ -150,23 +173,24 @@ export function plan(options: LoadOptions): {
           `${supported.join(', ')})` + (want === 'relaxed' ? '. Node 20 needs --experimental-wasm-relaxed-simd' : ''),
       );
     if (sources && !sources[want]) throw new TypeError(`tqkv: simd: '${want}' but wasm has no '${want}' entry`);
-    return { candidates: [[want, single ?? sources?.[want]]], forced: true, maxPages };
+    return { candidates: [[want, single ?? sources?.[want]]], forced: true, maxPages, threads };
   }
   // A single explicit module of unknown build: its variant is read from its kernel (Tqkv).
-  if (single !== undefined) return { candidates: [[undefined, single]], forced: true, maxPages };
+  if (single !== undefined) return { candidates: [[undefined, single]], forced: true, maxPages, threads };
   const candidates = supportedVariants()
-    .filter((v) => !sources || sources[v] !== undefined)
+    .filter((v) => (!sources || sources[v] !== undefined) && (threads === 1 || v !== 'scalar'))
     .map((v): [ModuleVariant, WasmSource | undefined] => [v, sources?.[v]]);
   if (!candidates.length)
     throw new TypeError(`tqkv: wasm names no variant this engine supports (supported: ${supportedVariants().join(', ')})`);
-  return { candidates, forced: false, maxPages };
+  return { candidates, forced: false, maxPages, threads };
 }
 
-async function compile(src: WasmSource | undefined, variant: ModuleVariant | undefined): Promise<WebAssembly.Module> {
+async function compile(src: WasmSource | undefined, variant: ModuleVariant | undefined,
+                       threaded: boolean): Promise<WebAssembly.Module> {
   if (src instanceof WebAssembly.Module) return src;
   if (src instanceof ArrayBuffer || ArrayBuffer.isView(src)) return WebAssembly.compile(src as BufferSource);
   if (isResponse(src)) return compileResponse(src, new URL(src.url || 'about:blank'));
-  const url = src === undefined ? packagedModuleUrl(variant ?? 'simd128') : toUrl(src as string | URL);
+  const url = src === undefined ? packagedModuleUrl(variant ?? 'simd128', threaded) : toUrl(src as string | URL);
   if (url.protocol === 'file:') return WebAssembly.compile((await readUrl(url)) as BufferSource);
   const res = await fetch(url);
   if (!res.ok) throw new FetchError(url, res);
@@ -212,23 +236,26 @@ function imports(memory: WebAssembly.Memory): WebAssembly.Imports {
 
 /** @internal Compiles and instantiates the first candidate that loads. */
 export async function instantiate(options: LoadOptions): Promise<LoadedModule> {
-  const { candidates, forced, maxPages } = plan(options);
+  const { candidates, forced, maxPages, threads } = plan(options);
   const fallbacks: string[] = [];
   for (let i = 0; i < candidates.length; i++) {
     const [variant, src] = candidates[i];
     const last = forced || i === candidates.length - 1;
     let module: WebAssembly.Module;
     try {
-      module = await compile(src, variant);
+      module = await compile(src, variant, threads > 1);
     } catch (e) {
       if (last) throw e;
       // Missing (404, ENOENT) or rejected (CompileError): try the next build.
       fallbacks.push(`${variant}: ${e instanceof Error ? e.message : String(e)}`);
       continue;
     }
-    const memory = new WebAssembly.Memory({ initial: INITIAL_PAGES, maximum: maxPages });
+    const threaded = WebAssembly.Module.exports(module).some((e) => e.name === '__wasm_init_tls');
+    if (threads > 1 && !threaded)
+      throw new TypeError(`tqkv: threads: ${threads} asked, but the module is not a threaded build (tqkv-mt.wasm or tqkv-relaxed-mt.wasm)`);
+    const memory = new WebAssembly.Memory({ initial: INITIAL_PAGES, maximum: maxPages, shared: threaded } as WebAssembly.MemoryDescriptor);
     const instance = await WebAssembly.instantiate(module, imports(memory));
-    return { instance, memory, variant, fallbacks };
+    return { instance, memory, variant, fallbacks, module, threads };
   }
   throw new Error('tqkv: no module to load'); // unreachable: the last candidate throws
 }

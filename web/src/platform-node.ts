@@ -2,7 +2,9 @@
 // so browser bundles never see a `node:` module.
 import { readFile } from 'node:fs/promises';
 import { pathToFileURL } from 'node:url';
+import { Worker } from 'node:worker_threads';
 import type { Platform } from './platform.js';
+import type { WorkerStart } from './threads.js';
 
 /** @internal */
 export const nodePlatform: Platform = {
@@ -13,5 +15,14 @@ export const nodePlatform: Platform = {
   },
   pathToFileURL(path: string): URL {
     return pathToFileURL(path);
+  },
+  // A worker thread that does not keep the process alive (it sleeps in the pool forever).
+  spawnWorker(source: string, data: WorkerStart): Promise<void> {
+    const w = new Worker(source, { eval: true, workerData: data });
+    w.unref();
+    return new Promise<void>((resolve, reject) => {
+      w.once('message', (m) => (m === 'ready' ? resolve() : reject(new Error(`tqkv: threads: a worker failed to start: ${String(m)}`))));
+      w.once('error', (e) => reject(new Error(`tqkv: threads: a worker failed to start: ${e.message}`)));
+    });
   },
 };

@@ -1,6 +1,7 @@
 // What differs between Node and browsers: reading file: URLs and turning paths into URLs. The
 // browser-safe entry (index.ts) uses fetch only and never names a `node:` module; the Node entry
 // (node.ts) installs platform-node.ts, which reads files with node:fs.
+import type { SpawnWorker } from './threads.js';
 
 /** @internal */
 export interface Platform {
@@ -9,6 +10,8 @@ export interface Platform {
   readFile?(url: URL): Promise<Uint8Array>;
   /** A file: URL for a file-system path, relative to the working directory (Node only). */
   pathToFileURL?(path: string): URL;
+  /** Starts a worker thread running `source` (threads.ts); browsers: Web Workers from a Blob URL. */
+  spawnWorker?: SpawnWorker;
 }
 
 let current: Platform = { name: 'browser' };

@@ -16,6 +16,7 @@ import { Codec, createCodec, type CodecOptions } from './codec.js';
 import { Status, STATUS_NAMES, TqkvError } from './errors.js';
 import { asFloat32 } from './input.js';
 import { instantiate, type LoadOptions, type ModuleVariant } from './loader.js';
+import { initMainThread, startWorkers, type ThreadExports } from './threads.js';
 import { fetchModel, loadModelFrom, type LlamaModel, type ModelWeights } from './model.js';
 import { fetchTokenizer, loadTokenizerFrom, type Tokenizer } from './tokenizer.js';
 
@@ -32,6 +33,9 @@ export class Tqkv {
   readonly fallbacks: readonly string[];
   /** The kernel a cache uses by default ('wasm128' or 'scalar'). */
   readonly kernel: string;
+  /** true for a threaded build (shared memory; Tqkv.load({ threads })). */
+  readonly threaded: boolean;
+  private threadCount = 1;
   /** @internal */ readonly _x: Exports;
   /** @internal */ readonly _memory: WebAssembly.Memory;
   private u8: Uint8Array;
@@ -53,6 +57,8 @@ export class Tqkv {
     this.u8 = new Uint8Array(memory.buffer);
     this.f32 = new Float32Array(memory.buffer);
     this.dv = new DataView(memory.buffer);
+    this.threaded = typeof (instance.exports as Record<string, unknown>).__wasm_init_tls === 'function';
+    if (this.threaded) initMainThread(instance.exports as unknown as ThreadExports);
     this._x._initialize();
     if (this._x.tqkv_abi_version() !== ABI_VERSION) throw new Error('tqkv: the .wasm file does not match this loader (ABI version)');
     if (this._x.tqkv_cache_config_size() !== CACHE_CFG_SIZE || this._x.tqkv_codec_config_size() !== CODEC_CFG_SIZE)
@@ -98,8 +104,19 @@ export class Tqkv {
   }
 
   private static async instantiate(options: LoadOptions): Promise<Tqkv> {
-    const { instance, memory, variant, fallbacks } = await instantiate(options);
-    return new Tqkv(instance, memory, variant, fallbacks);
+    const { instance, memory, variant, fallbacks, module, threads } = await instantiate(options);
+    const t = new Tqkv(instance, memory, variant, fallbacks);
+    if (threads > 1) {
+      await startWorkers(module, memory, instance.exports as unknown as ThreadExports, threads - 1);
+      t.check(t._x.tqkv_set_threads(threads));
+      t.threadCount = threads;
+    }
+    return t;
+  }
+
+  /** Threads that attention and the model runner use, the caller's included (Tqkv.load({ threads })). */
+  get threads(): number {
+    return this.threadCount;
   }
 
   /** The instance loaded by the first {@link Tqkv.load} (undefined before). */

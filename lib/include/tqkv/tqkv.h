@@ -77,6 +77,18 @@ TQKV_API const char* tqkv_status_name(int status);
 TQKV_API int tqkv_abi_version(void);
 /* The kernel used when none is named: "avx512", "avx2", "neon", "wasm128" or "scalar". */
 TQKV_API const char* tqkv_default_kernel(void);
+/* Threads that later calls may use, the caller's included, 1..64 (default 1): cache attention
+ * (tqkv_cache_attend, _ex, _stats) and a runner's matrix products and attention. Results are the
+ * same bits for every count (the work splits into pieces of fixed size). Process-wide. Natively
+ * the library's pool starts its threads on first use; in WebAssembly the threads are the workers
+ * the loader started on a shared memory (npm: Tqkv.load({ threads })), and pieces beyond them
+ * run on the caller. */
+TQKV_API tqkv_status tqkv_set_threads(int32_t threads);
+/* The count tqkv_set_threads set. */
+TQKV_API int32_t tqkv_get_threads(void);
+/* Threads running now besides the caller: the native pool's workers, or the wasm module's
+ * workers (0 in a module without threads). */
+TQKV_API int32_t tqkv_worker_threads(void);
 
 /* ---------------------------------------------------------------------------------------------
  * KV cache: `layers` layers of one configuration (layer l is coded with seed derive(seed, l)).

@@ -4,6 +4,7 @@
 #include "tqkv/tqkv.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <cstring>
@@ -22,7 +23,18 @@
 #include "tqkv/dense.hpp"
 #include "tqkv/kernels.hpp"
 #include "tqkv/model.hpp"
+#include "tqkv/threads.hpp"
 #include "tqkv/tokenizer.hpp"
+
+namespace {
+// tqkv_set_threads: what the C ABI passes to attention and runners.
+std::atomic<int> g_threads{1};  // tqkv_set_threads
+tqkv::AttendOptions attend_options() {
+    tqkv::AttendOptions o;
+    o.threads = g_threads.load(std::memory_order_relaxed);
+    return o;
+}
+}  // namespace
 
 namespace {
 
@@ -385,6 +397,7 @@ void run_tokens(RunnerObj& r, const int32_t* tokens, size_t n, float* logits, si
         n_out = V;
     }
     try {
+        r.run->threads = g_threads.load(std::memory_order_relaxed);
         r.run->prefill({tokens, n}, {out, n_out});
     } catch (...) {
         r.run->reset();
@@ -414,6 +427,17 @@ const char* tqkv_status_name(int status) {
 }
 
 int tqkv_abi_version(void) { return TQKV_ABI_VERSION; }
+
+tqkv_status tqkv_set_threads(int32_t threads) {
+    return guard([&] {
+        if (threads < 1 || threads > tqkv::kMaxThreads)
+            fail(TQKV_ERR_INVALID_ARGUMENT, "tqkv: set_threads: " + std::to_string(threads) + " is out of range [1, " +
+                                                std::to_string(tqkv::kMaxThreads) + "]");
+        g_threads.store(threads);
+    });
+}
+int32_t tqkv_get_threads(void) { return g_threads.load(); }
+int32_t tqkv_worker_threads(void) { return tqkv::pool_workers(); }
 
 const char* tqkv_default_kernel(void) {
     const char* name = "scalar";
@@ -479,7 +503,7 @@ tqkv_status tqkv_cache_attend(tqkv_cache cache, int32_t layer, const float* quer
         const tqkv::KVCache& l = layer_of(*obj, layer, "attend");
         need_buffer(queries, n_queries, "attend: queries");
         need_buffer(out, n_out, "attend: out");
-        l.attend({queries, n_queries}, {out, n_out}, causal != 0);
+        l.attend({queries, n_queries}, {out, n_out}, causal != 0, attend_options());
     });
 }
 
@@ -1346,7 +1370,7 @@ tqkv_status tqkv_cache_attend_stats(tqkv_cache cache, int32_t layer, const float
         std::vector<float> a(n_acc), mx(n_max), sm(n_sum);
         for (size_t i = 0; i < m; ++i)
             l.attend_stats({qp + i * row, row}, {a.data() + i * row, row}, {mx.data() + i * heads, heads},
-                           {sm.data() + i * heads, heads});
+                           {sm.data() + i * heads, heads}, {}, attend_options());
         if (layout == TQKV_LAYOUT_HEADS) {
             reorder(a.data(), m, heads, dim, acc, true);
             reorder(mx.data(), m, heads, 1, max_logit, true);

@@ -6,6 +6,15 @@
 // takes indices as well; when none are left it withdraws the tickets nobody took and waits until
 // no worker is active in the job any more — then every index has run and nothing refers to the
 // job, which can go out of scope.
+//
+// WebAssembly with threads (objects built with -matomics, the module linked with shared memory):
+// there is no pthread runtime in our standalone modules, so the workers are Web Workers (or Node
+// worker_threads) that the npm loader starts; each instantiates the same module on the shared
+// memory and calls tqkv_worker_main() (below), which never returns. The job protocol is the same
+// (an atomic counter of indices); tickets and active workers live in one atomic word so that a
+// worker cannot take a ticket after the caller withdrew them, and workers sleep on a futex word
+// (memory.atomic.wait32; allowed in workers, not on a browser's main thread, where the caller
+// spins instead while the workers finish).
 #include "tqkv/threads.hpp"
 
 #include <algorithm>
@@ -18,6 +27,12 @@
 #include <thread>
 #include <vector>
 
+#if defined(__wasm__) && defined(__wasm_atomics__)
+#define TQKV_WEB_THREADS 1
+#else
+#define TQKV_WEB_THREADS 0
+#endif
+
 namespace tqkv {
 
 namespace {
@@ -28,19 +43,20 @@ struct Job {
     std::atomic<size_t> next{0};
     int active = 0;  // workers inside the job (guarded by the pool's mutex)
     std::exception_ptr error;
-    std::mutex error_mu;
+    std::atomic<bool> failed{false};  // the first piece that throws keeps its exception
 
     void run() {
         for (size_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < n;) {
             try {
                 (*fn)(i);
             } catch (...) {
-                std::lock_guard<std::mutex> lock(error_mu);
-                if (!error) error = std::current_exception();
+                if (!failed.exchange(true)) error = std::current_exception();
             }
         }
     }
 };
+
+#if !TQKV_WEB_THREADS
 
 class Pool {
 public:
@@ -117,6 +133,69 @@ Pool& pool() {
     return p;
 }
 
+#else  // TQKV_WEB_THREADS
+
+// The pool's state, in linear memory that every instance shares.
+struct WebPool {
+    std::atomic<uint32_t> epoch{0};   // moves when a job is published; workers sleep on it
+    std::atomic<uint32_t> state{0};   // tickets (low 16 bits) | workers active in the job (high 16)
+    std::atomic<int> workers{0};      // workers inside tqkv_worker_main
+    std::atomic<bool> busy{false};    // a job is published (one at a time; others run serially)
+    Job* job = nullptr;               // valid while tickets or active workers remain
+
+    bool take_ticket() {
+        uint32_t s = state.load(std::memory_order_relaxed);
+        while (s & 0xffffu)
+            if (state.compare_exchange_weak(s, s - 1 + 0x10000u, std::memory_order_acquire)) return true;
+        return false;
+    }
+
+    void parallel_for(size_t n, int threads, const std::function<void(size_t)>& fn) {
+        Job job;
+        job.fn = &fn;
+        job.n = n;
+        const int helpers = int(std::min<size_t>(size_t(std::min({threads, kMaxThreads, workers.load() + 1})) - 1, n - 1));
+        this->job = &job;
+        state.store(uint32_t(helpers), std::memory_order_release);
+        epoch.fetch_add(1, std::memory_order_release);
+        __builtin_wasm_memory_atomic_notify(reinterpret_cast<int*>(&epoch), uint32_t(helpers));
+        job.run();
+        // Withdraw the tickets nobody took, then wait (spinning: a browser's main thread may not
+        // block) until no worker is inside the job.
+        uint32_t s = state.load(std::memory_order_relaxed);
+        while (!state.compare_exchange_weak(s, s & 0xffff0000u, std::memory_order_acquire)) {
+        }
+        while (state.load(std::memory_order_acquire) != 0) {
+        }
+        if (job.error) std::rethrow_exception(job.error);
+    }
+
+    [[noreturn]] void work() {
+        workers.fetch_add(1);
+        for (;;) {
+            const uint32_t e = epoch.load(std::memory_order_acquire);
+            if (take_ticket()) {
+                job->run();
+                state.fetch_sub(0x10000u, std::memory_order_release);
+                continue;
+            }
+            // Jobs come in bursts (the layers of a decode step): poll a while before sleeping, so
+            // the next job does not pay a wake-up.
+            for (int i = 0; i < kSpin && epoch.load(std::memory_order_relaxed) == e; ++i) {
+            }
+            if (epoch.load(std::memory_order_relaxed) == e)
+                __builtin_wasm_memory_atomic_wait32(reinterpret_cast<int*>(&epoch), int(e), -1);
+        }
+    }
+
+    static constexpr int kSpin = 1 << 18;
+};
+
+WebPool web_pool;
+thread_local bool in_worker = false;
+
+#endif  // TQKV_WEB_THREADS
+
 }  // namespace
 
 void parallel_for(size_t n, int threads, const std::function<void(size_t)>& fn) {
@@ -132,9 +211,31 @@ void parallel_for(size_t n, int threads, const std::function<void(size_t)>& fn) 
         if (error) std::rethrow_exception(error);
         return;
     }
+#if TQKV_WEB_THREADS
+    // Serially where no worker runs, inside a worker (nested) or while another job is published.
+    if (in_worker || web_pool.workers.load() == 0 || web_pool.busy.exchange(true)) return parallel_for(n, 1, fn);
+    struct Release {
+        ~Release() { web_pool.busy.store(false); }
+    } release;
+    web_pool.parallel_for(n, threads, fn);
+#else
     pool().parallel_for(n, threads, fn);
+#endif
 }
 
+#if TQKV_WEB_THREADS
+int pool_workers() { return web_pool.workers.load(); }
+#else
 int pool_workers() { return pool().workers(); }
+#endif
 
 }  // namespace tqkv
+
+#if TQKV_WEB_THREADS
+// Entered by each worker the npm loader starts (web/src/threads.ts), after it set its own stack
+// and thread-local storage; never returns.
+extern "C" __attribute__((export_name("tqkv_worker_main"))) void tqkv_worker_main() {
+    tqkv::in_worker = true;
+    tqkv::web_pool.work();
+}
+#endif

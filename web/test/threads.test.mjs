@@ -1,0 +1,82 @@
+// The threaded builds (Tqkv.load({ threads })): workers on a shared memory give the same bits as
+// one thread, for attention with both precisions, causal chunks, softmax statistics, appends that
+// grow the memory between calls, and many calls in a row; bad thread options are refused.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Tqkv, relaxedSimdSupported } from '../dist/node.js';
+
+const H = 8, KH = 4, D = 128, ROW = KH * D;
+
+function gaussian(n, seed) {
+  let s = seed >>> 0 || 1;
+  const next = () => ((s = (Math.imul(s, 1664525) + 1013904223) >>> 0) + 0.5) / 4294967296;
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i += 2) {
+    const r = Math.sqrt(-2 * Math.log(next())), a = 2 * Math.PI * next();
+    out[i] = r * Math.cos(a);
+    if (i + 1 < n) out[i + 1] = r * Math.sin(a);
+  }
+  return out;
+}
+
+const sameBits = (a, b, what) => {
+  assert.equal(a.length, b.length, what);
+  const x = new Uint32Array(a.buffer, a.byteOffset, a.length), y = new Uint32Array(b.buffer, b.byteOffset, b.length);
+  for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) assert.fail(`${what}: element ${i} differs (${a[i]} vs ${b[i]})`);
+};
+
+const variants = ['simd128', ...(relaxedSimdSupported() ? ['relaxed'] : [])];
+
+for (const simd of variants) {
+  test(`${simd}: 3 threads give the bits of 1 thread`, async () => {
+    const one = await Tqkv.load({ simd });
+    const three = await Tqkv.load({ simd, threads: 3 });
+    assert.equal(one.threads, 1);
+    assert.equal(one.threaded, false);
+    assert.equal(three.threads, 3);
+    assert.equal(three.threaded, true);
+    assert.equal(three._x.tqkv_worker_threads(), 2, 'two workers entered the pool');
+    assert.equal(three.variant, simd);
+
+    for (const precision of ['fast', 'exact']) {
+      // 5000 tokens: three 2048-token units per KV head (12 pieces of work), window and sinks.
+      const opts = { heads: H, kvHeads: KH, headDim: D, keyBits: 4, valueBits: 3, window: 16, precision };
+      const a = one.createCache(opts), b = three.createCache(opts);
+      const K = gaussian(5000 * ROW, 1), V = gaussian(5000 * ROW, 2);
+      a.append(0, K, V);
+      b.append(0, K, V);
+      const q = gaussian(4 * H * D, 3);
+      sameBits(b.attend(0, q.subarray(0, H * D), undefined, false), a.attend(0, q.subarray(0, H * D), undefined, false),
+        `${precision}: one query`);
+      sameBits(b.attend(0, q), a.attend(0, q), `${precision}: a causal chunk of 4 queries`);
+      const sa = a.attendStats(0, q.subarray(0, H * D)), sb = b.attendStats(0, q.subarray(0, H * D));
+      for (const k of ['acc', 'maxLogit', 'sumExp']) sameBits(sb[k], sa[k], `${precision}: attendStats ${k}`);
+      // Appends between calls (the memory grows under the workers), many calls in a row.
+      for (let round = 0; round < 40; round++) {
+        const k = gaussian(97 * ROW, 10 + round), v = gaussian(97 * ROW, 100 + round);
+        a.append(0, k, v);
+        b.append(0, k, v);
+        const qq = gaussian(H * D, 1000 + round);
+        sameBits(b.attend(0, qq, undefined, false), a.attend(0, qq, undefined, false), `${precision}: round ${round}`);
+      }
+      a.dispose();
+      b.dispose();
+    }
+  });
+}
+
+test('thread options are checked', async () => {
+  for (const threads of [0, 1.5, 65, -1, '2', NaN])
+    await assert.rejects(Tqkv.load({ threads }), (e) => e instanceof RangeError && /threads must be an integer from 1 to 64/.test(e.message));
+  await assert.rejects(Tqkv.load({ simd: 'scalar', threads: 2 }), /there is no threaded scalar build/);
+  // A module that is not a threaded build.
+  const single = new URL('../dist/tqkv.wasm', import.meta.url);
+  await assert.rejects(Tqkv.load({ simd: 'simd128', wasm: single, threads: 2 }), /not a threaded build/);
+  // threads: 1 with a threaded module runs it on one thread.
+  const t = await Tqkv.load({ simd: 'simd128', wasm: new URL('../dist/tqkv-mt.wasm', import.meta.url) });
+  assert.equal(t.threaded, true);
+  assert.equal(t.threads, 1);
+  const c = t.createCache({ heads: 2, kvHeads: 1, headDim: 64 });
+  c.append(0, gaussian(64 * 10, 5), gaussian(64 * 10, 6));
+  assert.equal(c.attend(0, gaussian(128, 7)).length, 128);
+});
