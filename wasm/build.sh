@@ -152,9 +152,13 @@ mt_link=(-Wl,--shared-memory,--export=__wasm_init_tls,--export=__tls_size,--expo
          -Wl,--wrap=malloc,--wrap=free,--wrap=calloc,--wrap=realloc,--wrap=posix_memalign,--wrap=aligned_alloc
          "$em_lib/libc++-mt-except.a" "$em_lib/libc++abi-mt-except.a" "$em_lib/libunwind-mt-except.a"
          "$em_lib/libcompiler_rt-mt.a" -sEXPORTED_FUNCTIONS="$exports_abi")
-compile mt "${mt_flags[@]}" -- "${core[@]}" "${scalar_kernels[@]}" "${simd_kernels[@]}"
-CXX_OF_VARIANT="$relaxed_cxx $(em++ "${mt_flags[@]}" -fwasm-exceptions --cflags)" \
-  compile relaxed-mt "${mt_flags[@]}" -mrelaxed-simd -- "${simd_kernels[@]}"
+# Compiled by clang-16 (with em++'s flags, as the relaxed kernels): Emscripten's clang 14 keeps
+# the landing-pad context of wasm exceptions (__wasm_lpad_context) a plain global, while the
+# pthread build of libunwind has it thread-local, and C++ catch clauses then never match a type
+# (every exception would reach catch (...)); clang >= 15 makes it thread-local as well.
+mt_cxx="$relaxed_cxx $(em++ "${mt_flags[@]}" -fwasm-exceptions --cflags)"
+CXX_OF_VARIANT="$mt_cxx" compile mt "${mt_flags[@]}" -- "${core[@]}" "${scalar_kernels[@]}" "${simd_kernels[@]}"
+CXX_OF_VARIANT="$mt_cxx" compile relaxed-mt "${mt_flags[@]}" -mrelaxed-simd -- "${simd_kernels[@]}"
 # shellcheck disable=SC2046
 em++ -O3 "${link_flags[@]}" "${mt_link[@]}" "${mt_flags[@]}" \
   $(objects mt "${core[@]}" "${scalar_kernels[@]}" "${simd_kernels[@]}") -o "$out_dir/tqkv-mt.wasm"

@@ -52,7 +52,9 @@ function serve(mounts) {
       if (!path.startsWith(prefix)) continue;
       const file = normalize(join(dir, path.slice(prefix.length) || 'index.html'));
       if (!file.startsWith(dir) || !existsSync(file) || !statSync(file).isFile()) break;
-      res.writeHead(200, { 'content-type': types[extname(file)] ?? 'application/octet-stream', 'cache-control': 'no-store' });
+      // Cross-origin isolated pages (SharedArrayBuffer: the threaded builds).
+      res.writeHead(200, { 'content-type': types[extname(file)] ?? 'application/octet-stream', 'cache-control': 'no-store',
+        'cross-origin-opener-policy': 'same-origin', 'cross-origin-embedder-policy': 'require-corp' });
       res.end(readFileSync(file));
       return;
     }
@@ -144,6 +146,18 @@ test('Chromium runs the packed package: builds, fallback without SIMD, IndexedDB
     assert.ok(!requested.includes('/node_modules/tqkv/dist/tqkv-relaxed.wasm'));
     check(result, want.simd);
     console.log(`# chromium simd128: ${Math.round(result.nsPerQuery)} ns/query (8 heads, 2 KV heads, d=128, 1000 tokens)`);
+  });
+
+  await t.test('threads: 2 (?threads=2): the threaded build and a Web Worker give the same bits', async () => {
+    const { result, requested } = await run('index.html?threads=2');
+    assert.equal(result.crossOriginIsolated, true);
+    assert.equal(result.threads, 2);
+    assert.equal(result.threaded, true);
+    assert.equal(result.workers, 1, 'one worker entered the pool');
+    const file = relaxedPacked ? 'tqkv-relaxed-mt.wasm' : 'tqkv-mt.wasm';
+    assert.ok(requested.includes(`/node_modules/tqkv/dist/${file}`), requested.join(' '));
+    check(result, want.simd);
+    console.log(`# chromium ${result.variant}, 2 threads: ${Math.round(result.nsPerQuery)} ns/query (8 heads, 2 KV heads, d=128, 1000 tokens)`);
   });
 
   await t.test('scalar build forced (?simd=0)', async () => {

@@ -79,4 +79,12 @@ test('thread options are checked', async () => {
   const c = t.createCache({ heads: 2, kvHeads: 1, headDim: 64 });
   c.append(0, gaussian(64 * 10, 5), gaussian(64 * 10, 6));
   assert.equal(c.attend(0, gaussian(128, 7)).length, 128);
+  // C++ exceptions keep their type in the threaded build (its landing pads are thread-local as
+  // in Emscripten's pthread libraries: wasm/build.sh compiles it with clang-16).
+  const three = await Tqkv.load({ simd: 'simd128', threads: 3 });
+  const d = three.createCache({ heads: 2, kvHeads: 1, headDim: 64 });
+  assert.throws(() => d.append(0, new Float32Array(63), new Float32Array(63)),
+    (e) => e.code === 'invalid argument' && /keys have 63 floats, expected a positive multiple/.test(e.message));
+  assert.throws(() => three.createCache({ heads: 3, kvHeads: 2, headDim: 64 }),
+    (e) => e.code === 'invalid argument' && /kv_heads 2 must divide heads 3/.test(e.message));
 });
