@@ -29,6 +29,13 @@
 // script turns on itself (a {"target":"wasm-relaxed","error"} line when that does not help);
 // Chromium runs it as is.
 //
+// Then, with --threads N (default 2; 1 skips it), the best wasm build's threaded module
+// (Tqkv.load({ threads: N }): N - 1 workers on a shared memory) and native AVX2 with --threads N,
+// each at every precision: rows with "threads": N, and a {"target":"ratio-threads", "precision",
+// "tokens", "threads", "wasm_variant", "wasm_ns_per_query", "wasm_speedup_vs_1_thread",
+// "wasm_speedup_vs_dense_fp32" (dense fp32 attention on one thread, as tqkv-bench attend does),
+// "native_avx2_ns_per_query" (N threads), "wasm_slowdown_vs_native_avx2"} line.
+//
 // Then decode of a real model (bench/measure.mjs: decodeRows; tq-ref-128 at ../shared/data, or
 // $TQKV_MODEL; skipped with an error line when absent, or with --no-decode): the calibrated
 // default cache against the exact fp32 cache, token by token at --context (default 1024, the
@@ -48,7 +55,7 @@
 //   node bench.mjs [--tokens 4096,16384] [--seconds 0.5] [--heads 4] [--kv-heads 4] [--dim 128]
 //                  [--key-bits 4] [--value-bits 4] [--precision fast,exact] [--only codec|decode|attend]
 //                  [--no-default] [--no-decode] [--context 1024] [--steps 64] [--browser]
-//                  [--dist DIR (another build of dist/)]
+//                  [--threads 2] [--dist DIR (another build of dist/)]
 // TQKV_BENCH=path/to/tqkv-bench overrides the native binary; CHROMIUM (default /usr/bin/chromium)
 // the browser of --browser.
 import { existsSync } from 'node:fs';
@@ -72,9 +79,11 @@ const seconds = +(args.seconds ?? 0.5);
 const precisions = String(args.precision ?? 'fast,exact').split(',');
 const shape = { heads, kvHeads, dim, keyBits, valueBits, tokens, seconds };
 const known = ['tokens', 'seconds', 'heads', 'kv-heads', 'dim', 'key-bits', 'value-bits', 'precision', 'only', 'no-default',
-  'no-decode', 'context', 'steps', 'browser', 'dist'];
+  'no-decode', 'context', 'steps', 'browser', 'dist', 'threads'];
 for (const k of Object.keys(args))
   if (!known.includes(k)) throw new Error(`bench: unknown option --${k}; accepted: ${known.map((o) => `--${o}`).join(', ')}`);
+const threads = +(args.threads ?? 2);
+if (!Number.isInteger(threads) || threads < 1 || threads > 64) throw new Error(`bench: --threads ${args.threads}: expected an integer from 1 to 64`);
 const only = args.only ?? '';  // '' (all), 'codec', 'decode' or 'attend'
 if (!['', 'codec', 'decode', 'attend'].includes(only)) throw new Error(`bench: --only ${only}: expected codec, decode or attend`);
 const print = (row) => console.log(JSON.stringify(row));
@@ -136,12 +145,13 @@ async function wasmTarget(variant, config) {
 const nativeBin = process.env.TQKV_BENCH || resolve(here, '../build/bench/tqkv-bench');
 
 // tqkv-bench attend rows of the shape above (kernel '' = its best), or an error line.
-function nativeRows(kernel, precision, tokenList = tokens, secs = seconds) {
+function nativeRows(kernel, precision, tokenList = tokens, secs = seconds, nthreads = 1) {
   if (!existsSync(nativeBin)) return { error: `no native benchmark at ${nativeBin} (bash scripts/build.sh)` };
   const argv = ['attend', '--json', '--tokens', tokenList.join(','), '--seconds', String(secs), '--heads', String(heads),
     '--kv-heads', String(kvHeads), '--dim', String(dim), '--key-bits', String(keyBits), '--value-bits', String(valueBits),
     '--precision', precision];
   if (kernel) argv.push('--kernel', kernel);
+  if (nthreads > 1) argv.push('--threads', String(nthreads));
   const r = spawnSync(nativeBin, argv, { encoding: 'utf8' });
   if (r.status !== 0) return { error: (r.stderr || r.stdout).trim().split('\n').pop() };
   return {
@@ -212,6 +222,28 @@ for (const precision of only && only !== 'attend' ? [] : precisions) {
       if (paired !== null) ratio.best_wasm_paired_slowdown_vs_native_avx2 = paired;
     }
     print(ratio);
+  }
+}
+// The best build's threaded module against itself on one thread and native AVX2 on as many threads.
+if (threads > 1 && (!only || only === 'attend')) {
+  for (const precision of precisions) {
+    const one = await wasmTarget('relaxed', { kvHeads, precision });
+    const variant = one.length ? 'relaxed' : 'simd128';
+    const single = one.length ? one : await wasmTarget(variant, { kvHeads, precision });
+    const multi = await wasmTarget(variant, { kvHeads, precision, threads });
+    const n = nativeRows('avx2', precision, tokens, seconds, threads);
+    if (n.error) print({ target: 'native', kernel: 'avx2', threads, precision, error: n.error });
+    else n.rows.forEach(print);
+    for (const T of tokens) {
+      const w = multi.find((r) => r.tokens === T), w1 = single.find((r) => r.tokens === T);
+      const a = n.rows?.find((r) => r.tokens === T && r.threads === threads);
+      if (!w) continue;
+      print({ target: 'ratio-threads', precision, tokens: T, threads, wasm_variant: w.target, engine: w.engine,
+        wasm_ns_per_query: w.ns_per_query, wasm_speedup_vs_1_thread: w1 ? +(w1.ns_per_query / w.ns_per_query).toFixed(3) : null,
+        wasm_speedup_vs_dense_fp32: w.speedup_vs_dense_fp32, wasm_paired_speedup_vs_dense_fp32: w.paired_speedup_vs_dense_fp32,
+        native_avx2_ns_per_query: a?.ns_per_query ?? null,
+        wasm_slowdown_vs_native_avx2: a ? +(w.ns_per_query / a.ns_per_query).toFixed(3) : null });
+    }
   }
 }
 // The calibrated default beside K4V4, 2 KV heads, per wasm build (interleaved per build so that

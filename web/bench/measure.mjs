@@ -85,7 +85,7 @@ export async function attendRows(Tqkv, engine, o) {
   const { variant, precision, preset, heads, kvHeads, dim, keyBits, valueBits } = o;
   let t;
   try {
-    t = await Tqkv.load({ simd: variant });
+    t = await Tqkv.load({ simd: variant, ...(o.threads > 1 ? { threads: o.threads } : {}) });
   } catch (e) {
     return { error: String(e.message ?? e) };
   }
@@ -149,7 +149,7 @@ export async function attendRows(Tqkv, engine, o) {
       ns_per_query: Math.round(fused), dense_fp32_ns_per_query: Math.round(dense),
       speedup_vs_dense_fp32: +(dense / fused).toFixed(4), paired_speedup_vs_dense_fp32: +timed.ratio.toFixed(4),
       cosine_vs_exact: +cos.toFixed(6),
-      bytes_used: cache.bytesUsed(), variant: t.variant, engine,
+      bytes_used: cache.bytesUsed(), variant: t.variant, engine, threads: t.threads,
     });
     cache.dispose();
   }

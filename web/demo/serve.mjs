@@ -45,6 +45,9 @@ export function serve(mounts, port = 0, host = '127.0.0.1') {
         'content-type': types[extname(file)] ?? 'application/octet-stream',
         'content-length': statSync(file).size,
         'cache-control': 'no-store',
+        // Cross-origin isolated (SharedArrayBuffer): the threaded builds can load.
+        'cross-origin-opener-policy': 'same-origin',
+        'cross-origin-embedder-policy': 'require-corp',
       });
       if (req.method === 'HEAD') res.end();
       else createReadStream(file).pipe(res);

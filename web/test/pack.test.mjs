@@ -18,7 +18,7 @@ test('npm pack tarball installs and runs in a fresh directory', () => {
   assert.ok(existsSync(tarball), `npm pack did not write ${tarball}`);
   const listing = execFileSync('tar', ['-tzf', tarball], { encoding: 'utf8' }).split('\n').filter(Boolean).sort();
   const code = readdirSync(join(web, 'dist')).filter((f) => /\.(js|d\.ts)$/.test(f)).map((f) => `package/dist/${f}`);
-  const wasm = ['tqkv.wasm', 'tqkv-scalar.wasm', 'tqkv-relaxed.wasm'].filter((f) => existsSync(join(web, 'dist', f))).map((f) => `package/dist/${f}`);
+  const wasm = ['tqkv.wasm', 'tqkv-scalar.wasm', 'tqkv-relaxed.wasm', 'tqkv-mt.wasm', 'tqkv-relaxed-mt.wasm'].filter((f) => existsSync(join(web, 'dist', f))).map((f) => `package/dist/${f}`);
   assert.deepEqual(listing, [...code, ...wasm, 'package/LICENSE', 'package/README.md', 'package/package.json', 'package/require.cjs'].sort());
   assert.ok(code.includes('package/dist/index.js') && code.includes('package/dist/node.js') && code.includes('package/dist/index.d.ts'));
   const app = join(work, 'app');

@@ -84,7 +84,7 @@ test('explicit modules: bytes, ArrayBuffer, Module, path, file URL, Response; pe
 
 test('bad load options: clear errors naming what is accepted', async () => {
   await assert.rejects(Tqkv.load({ simd: 'avx2' }), (e) => e instanceof TypeError && /simd must be 'auto', 'relaxed', 'simd128', 'scalar', true or false/.test(e.message));
-  await assert.rejects(Tqkv.load({ simdd: true }), (e) => e instanceof TypeError && /unknown Tqkv.load option 'simdd' \(accepted: simd, wasm, maximumMemory\)/.test(e.message));
+  await assert.rejects(Tqkv.load({ simdd: true }), (e) => e instanceof TypeError && /unknown Tqkv.load option 'simdd' \(accepted: simd, wasm, maximumMemory, threads\)/.test(e.message));
   await assert.rejects(Tqkv.load({ wasm: { sse: simdBytes } }), /unknown variant 'sse' \(accepted: relaxed, simd128, scalar\)/);
   await assert.rejects(Tqkv.load({ wasm: { simd128: 42 } }), /wasm.simd128 is not a URL/);
   await assert.rejects(Tqkv.load({ wasm: 42 }), TypeError);
