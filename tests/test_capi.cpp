@@ -837,3 +837,37 @@ TEST_CASE("C ABI: sliding attention window: old tokens dropped, kept by save/loa
     REQUIRE(tqkv_cache_clear(f.h) == TQKV_OK);
     CHECK(tqkv_cache_set_attention_window(f.h, 30) == TQKV_OK);
 }
+
+TEST_CASE("C ABI: set_threads: attention on several threads gives the bits of one; bad counts refused", "[capi][threads]") {
+    REQUIRE(tqkv_get_threads() == 1);
+    CHECK(tqkv_set_threads(0) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(contains(tqkv_last_error(), "set_threads: 0 is out of range [1, 64]"));
+    CHECK(tqkv_set_threads(65) == TQKV_ERR_INVALID_ARGUMENT);
+    CHECK(tqkv_get_threads() == 1);
+
+    tqkv_cache_config cfg = small_config();
+    Cache c(cfg);
+    const size_t row = 2 * 64, q = 4 * 64;
+    // 5000 tokens: three work units per KV head (tqkv/cache.hpp AttendOptions::threads).
+    const auto k = gauss(5000 * row, 1), v = gauss(5000 * row, 2), qs = gauss(3 * q, 3);
+    REQUIRE(tqkv_cache_append(c.h, 0, k.data(), k.size(), v.data(), v.size()) == TQKV_OK);
+    std::vector<float> one(3 * q), three(3 * q), acc1(q), acc3(q), m1(4), m3(4), s1(4), s3(4);
+    REQUIRE(tqkv_cache_attend(c.h, 0, qs.data(), qs.size(), one.data(), one.size(), 1) == TQKV_OK);
+    REQUIRE(tqkv_cache_attend_stats(c.h, 0, qs.data(), q, TQKV_LAYOUT_TOKENS, acc1.data(), q, m1.data(), 4, s1.data(), 4) ==
+            TQKV_OK);
+    REQUIRE(tqkv_set_threads(3) == TQKV_OK);
+    CHECK(tqkv_get_threads() == 3);
+    REQUIRE(tqkv_cache_attend(c.h, 0, qs.data(), qs.size(), three.data(), three.size(), 1) == TQKV_OK);
+    REQUIRE(tqkv_cache_attend_stats(c.h, 0, qs.data(), q, TQKV_LAYOUT_TOKENS, acc3.data(), q, m3.data(), 4, s3.data(), 4) ==
+            TQKV_OK);
+#if defined(__wasm__)
+    CHECK(tqkv_worker_threads() == 0);  // a WASI program has no workers: the caller ran every piece
+#else
+    CHECK(tqkv_worker_threads() >= 2);  // the pool started (natively: on first use)
+#endif
+    REQUIRE(tqkv_set_threads(1) == TQKV_OK);
+    CHECK(std::memcmp(one.data(), three.data(), one.size() * sizeof(float)) == 0);
+    CHECK(std::memcmp(acc1.data(), acc3.data(), acc1.size() * sizeof(float)) == 0);
+    CHECK(std::memcmp(m1.data(), m3.data(), m1.size() * sizeof(float)) == 0);
+    CHECK(std::memcmp(s1.data(), s3.data(), s1.size() * sizeof(float)) == 0);
+}
