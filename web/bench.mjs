@@ -34,7 +34,10 @@
 // each at every precision: rows with "threads": N, and a {"target":"ratio-threads", "precision",
 // "tokens", "threads", "wasm_variant", "wasm_ns_per_query", "wasm_speedup_vs_1_thread",
 // "wasm_speedup_vs_dense_fp32" (dense fp32 attention on one thread, as tqkv-bench attend does),
-// "native_avx2_ns_per_query" (N threads), "wasm_slowdown_vs_native_avx2"} line.
+// "native_avx2_ns_per_query" (N threads), "wasm_slowdown_vs_native_avx2"} line. Decode (below)
+// likewise runs the best build again on N threads: decode rows with "threads": N and a
+// {"target":"ratio-decode-threads", "fp32_speedup_vs_1_thread", "default_speedup_vs_1_thread",
+// "default_speedup_vs_fp32"} line.
 //
 // Then decode of a real model (bench/measure.mjs: decodeRows; tq-ref-128 at ../shared/data, or
 // $TQKV_MODEL; skipped with an error line when absent, or with --no-decode): the calibrated
@@ -304,6 +307,19 @@ if (args['no-decode'] === undefined && (!only || only === 'decode')) {
         ratio.wasm_slowdown_vs_native_fp32 = +(wasm[0].ms_per_token / native[0].ms_per_token).toFixed(3);
       }
       print(ratio);
+      // The same build with --threads N: the runner's matrix products and attention on N threads.
+      if (threads > 1) {
+        const variant = wasm[1].variant.slice('wasm-'.length);
+        const r = await engine.decodeRows({ variant, ...decodeShape, threads });
+        if (r.error) print({ target: 'decode', variant: wasm[1].variant, threads, error: r.error });
+        else {
+          r.rows.forEach(print);
+          print({ target: 'ratio-decode-threads', wasm_variant: wasm[1].variant, threads, context: decodeShape.context,
+            engine: wasm[1].engine, fp32_speedup_vs_1_thread: +(wasm[0].ms_per_token / r.rows[0].ms_per_token).toFixed(3),
+            default_speedup_vs_1_thread: +(wasm[1].ms_per_token / r.rows[1].ms_per_token).toFixed(3),
+            default_speedup_vs_fp32: r.rows[1].speedup_vs_fp32 });
+        }
+      }
     }
   }
 }

@@ -206,7 +206,7 @@ export async function decodeRows(Tqkv, engine, o, readBytes) {
   const { variant, modelUrl, context, steps, calibrationTokens } = o;
   let t;
   try {
-    t = await Tqkv.load({ simd: variant });
+    t = await Tqkv.load({ simd: variant, ...(o.threads > 1 ? { threads: o.threads } : {}) });
   } catch (e) {
     return { error: String(e.message ?? e) };
   }
@@ -243,7 +243,7 @@ export async function decodeRows(Tqkv, engine, o, readBytes) {
         prefill_tokens_per_s: +((context - steps) / r.prefillMs * 1000).toFixed(1), bits_per_coord: +r.runner.stats().bitsPerCoord.toFixed(3),
         ...(k ? { speedup_vs_fp32: +median(ratios).toFixed(4), speedup_vs_fp32_min: +Math.min(...ratios).toFixed(4),
           calibration_tokens: calibrationTokens, calibration_ms: Math.round(calibrationMs) } : {}),
-        engine,
+        engine, threads: t.threads,
       }));
       return { rows };
     } finally {
