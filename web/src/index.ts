@@ -21,6 +21,7 @@
 //
 // The package's code, by concern (as onnxruntime-web's lib/wasm/):
 //   loader.ts    module variants (relaxed / SIMD128 / scalar), feature probes, instantiation
+//   threads.ts   workers of the threaded builds (Tqkv.load({ threads }))
 //   assets.ts    where the packaged .wasm files are (new URL(..., import.meta.url))
 //   platform.ts  fetch vs the file system (platform-node.ts, installed by the Node entry node.ts)
 //   tqkv.ts      Tqkv: one instance and its memory, shared helpers

@@ -1,6 +1,6 @@
 // What differs between Node and browsers: reading file: URLs and turning paths into URLs. The
 // browser-safe entry (index.ts) uses fetch only and never names a `node:` module; the Node entry
-// (node.ts) installs platform-node.ts, which reads files with node:fs.
+// (node.ts) installs platform-node.ts, which reads files with node:fs and starts worker_threads.
 import type { SpawnWorker } from './threads.js';
 
 /** @internal */
