@@ -7,8 +7,10 @@
 // The calling thread always takes part, so a call makes progress even when every worker is busy
 // with other calls, and calls may nest (a piece may itself call parallel_for). Workers are started
 // on first use, as many as the largest request asked for (threads - 1, at most kMaxThreads - 1),
-// and live until the process ends. Where threads cannot be started (WebAssembly without
-// threads), the caller runs every piece itself.
+// and live until the process ends. Where threads cannot be started (the WebAssembly modules
+// without threads), the caller runs every piece itself; in the threaded modules the workers are
+// the ones the npm loader started (util/thread_pool.cpp), and a piece never runs a nested call
+// on them.
 #pragma once
 #include <cstddef>
 #include <functional>
