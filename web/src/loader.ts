@@ -12,7 +12,7 @@
 // caller can cap it) and a handful of WASI functions provided here.
 import { packagedModuleUrl } from './assets.js';
 import { FetchError, platform, readUrl, toUrl } from './platform.js';
-import { threadsUnavailable } from './threads.js';
+import { hardwareConcurrency, threadsUnavailable } from './threads.js';
 
 /** A build of the module: relaxed SIMD, SIMD128, or scalar. */
 export type ModuleVariant = 'relaxed' | 'simd128' | 'scalar';
@@ -48,9 +48,11 @@ export interface LoadOptions {
    * dist/tqkv-mt.wasm, or the module(s) given in `wasm`, which must then be threaded builds) on a
    * shared memory, and threads - 1 workers start (threads.ts). Results are the same bits for
    * every count. Needs SharedArrayBuffer: Node, or a cross-origin isolated page (COOP/COEP
-   * headers); there is no threaded scalar build.
+   * headers); there is no threaded scalar build. 'auto': as many as the machine has cores (at most
+   * 8) where threads can run (SharedArrayBuffer, a SIMD build, no `wasm` sources given), else 1;
+   * `fallbacks` then says why.
    */
-  threads?: number;
+  threads?: number | 'auto';
 }
 
 const LOAD_OPTION_KEYS = ['simd', 'wasm', 'maximumMemory', 'threads'];
@@ -124,6 +126,7 @@ export function plan(options: LoadOptions): {
   forced: boolean;
   maxPages: number;
   threads: number;
+  threadNote?: string;
 } {
   if (typeof options !== 'object' || options === null) throw new TypeError('tqkv: Tqkv.load options must be an object');
   for (const k of Object.keys(options))
@@ -156,9 +159,18 @@ export function plan(options: LoadOptions): {
     maxPages = Math.max(INITIAL_PAGES, Math.min(MAX_PAGES, Math.floor(options.maximumMemory / PAGE)));
   }
 
-  const threads = options.threads ?? 1;
-  if (typeof threads !== 'number' || !Number.isInteger(threads) || threads < 1 || threads > 64)
-    throw new RangeError(`tqkv: threads must be an integer from 1 to 64, got ${String(threads)}`);
+  let threads = 1, threadNote: string | undefined;
+  if (options.threads === 'auto') {
+    const why = threadsUnavailable() ??
+      (!simdSupported() || want === 'scalar' ? 'no SIMD build' : w !== undefined ? 'wasm sources given' : undefined);
+    const cores = hardwareConcurrency();
+    if (why) threadNote = `threads: auto: 1 thread (${why})`;
+    else threads = Math.max(1, Math.min(8, cores));
+  } else if (options.threads !== undefined) {
+    threads = options.threads as number;
+    if (typeof threads !== 'number' || !Number.isInteger(threads) || threads < 1 || threads > 64)
+      throw new RangeError(`tqkv: threads must be 'auto' or an integer from 1 to 64, got ${String(options.threads)}`);
+  }
   if (threads > 1) {
     const why = threadsUnavailable();
     if (why) throw new Error(`tqkv: threads: ${threads} asked, but ${why}`);
@@ -173,16 +185,16 @@ export function plan(options: LoadOptions): {
           `${supported.join(', ')})` + (want === 'relaxed' ? '. Node 20 needs --experimental-wasm-relaxed-simd' : ''),
       );
     if (sources && !sources[want]) throw new TypeError(`tqkv: simd: '${want}' but wasm has no '${want}' entry`);
-    return { candidates: [[want, single ?? sources?.[want]]], forced: true, maxPages, threads };
+    return { candidates: [[want, single ?? sources?.[want]]], forced: true, maxPages, threads, threadNote };
   }
   // A single explicit module of unknown build: its variant is read from its kernel (Tqkv).
-  if (single !== undefined) return { candidates: [[undefined, single]], forced: true, maxPages, threads };
+  if (single !== undefined) return { candidates: [[undefined, single]], forced: true, maxPages, threads, threadNote };
   const candidates = supportedVariants()
     .filter((v) => (!sources || sources[v] !== undefined) && (threads === 1 || v !== 'scalar'))
     .map((v): [ModuleVariant, WasmSource | undefined] => [v, sources?.[v]]);
   if (!candidates.length)
     throw new TypeError(`tqkv: wasm names no variant this engine supports (supported: ${supportedVariants().join(', ')})`);
-  return { candidates, forced: false, maxPages, threads };
+  return { candidates, forced: false, maxPages, threads, threadNote };
 }
 
 async function compile(src: WasmSource | undefined, variant: ModuleVariant | undefined,
@@ -236,8 +248,8 @@ function imports(memory: WebAssembly.Memory): WebAssembly.Imports {
 
 /** @internal Compiles and instantiates the first candidate that loads. */
 export async function instantiate(options: LoadOptions): Promise<LoadedModule> {
-  const { candidates, forced, maxPages, threads } = plan(options);
-  const fallbacks: string[] = [];
+  const { candidates, forced, maxPages, threads, threadNote } = plan(options);
+  const fallbacks: string[] = threadNote ? [threadNote] : [];
   for (let i = 0; i < candidates.length; i++) {
     const [variant, src] = candidates[i];
     const last = forced || i === candidates.length - 1;

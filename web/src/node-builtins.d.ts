@@ -14,3 +14,7 @@ declare module 'node:worker_threads' {
     once(event: 'error', fn: (e: Error) => void): this;
   }
 }
+declare module 'node:os' {
+  export const availableParallelism: (() => number) | undefined;
+  export function cpus(): unknown[];
+}

@@ -2,6 +2,7 @@
 // so browser bundles never see a `node:` module.
 import { readFile } from 'node:fs/promises';
 import { pathToFileURL } from 'node:url';
+import * as os from 'node:os';
 import { Worker } from 'node:worker_threads';
 import type { Platform } from './platform.js';
 import type { WorkerStart } from './threads.js';
@@ -15,6 +16,9 @@ export const nodePlatform: Platform = {
   },
   pathToFileURL(path: string): URL {
     return pathToFileURL(path);
+  },
+  hardwareConcurrency(): number {
+    return typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
   },
   // A worker thread that does not keep the process alive (it sleeps in the pool forever).
   spawnWorker(source: string, data: WorkerStart): Promise<void> {

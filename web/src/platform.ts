@@ -12,6 +12,8 @@ export interface Platform {
   pathToFileURL?(path: string): URL;
   /** Starts a worker thread running `source` (threads.ts); browsers: Web Workers from a Blob URL. */
   spawnWorker?: SpawnWorker;
+  /** Cores of this machine (Node; browsers: navigator.hardwareConcurrency). */
+  hardwareConcurrency?(): number;
 }
 
 let current: Platform = { name: 'browser' };

@@ -103,6 +103,13 @@ export function threadsUnavailable(): string | undefined {
   return undefined;
 }
 
+/** @internal Cores of this machine (navigator.hardwareConcurrency; Node: os.availableParallelism). */
+export function hardwareConcurrency(): number {
+  const n = (globalThis as { navigator?: { hardwareConcurrency?: number } }).navigator?.hardwareConcurrency ??
+    platform().hardwareConcurrency?.() ?? 1;
+  return Number.isInteger(n) && n > 0 ? n : 1;
+}
+
 /** @internal The calling thread's thread-local storage: called once, before _initialize. */
 export function initMainThread(x: ThreadExports): void {
   const size = Number(x.__tls_size.value), align = Math.max(16, Number(x.__tls_align.value));

@@ -66,8 +66,16 @@ for (const simd of variants) {
 }
 
 test('thread options are checked', async () => {
-  for (const threads of [0, 1.5, 65, -1, '2', NaN])
-    await assert.rejects(Tqkv.load({ threads }), (e) => e instanceof RangeError && /threads must be an integer from 1 to 64/.test(e.message));
+  for (const threads of [0, 1.5, 65, -1, '2', NaN, 'all'])
+    await assert.rejects(Tqkv.load({ threads }), (e) => e instanceof RangeError && /threads must be 'auto' or an integer from 1 to 64/.test(e.message));
+  // 'auto': every core (at most 8) where threads can run, else one thread and a note why.
+  const auto = await Tqkv.load({ simd: 'simd128', threads: 'auto' });
+  const cores = (await import('node:os')).availableParallelism?.() ?? (await import('node:os')).cpus().length;
+  assert.equal(auto.threads, Math.min(8, cores));
+  assert.equal(auto.threaded, auto.threads > 1);
+  const scalar = await Tqkv.load({ simd: 'scalar', threads: 'auto' });
+  assert.equal(scalar.threads, 1);
+  assert.match(scalar.fallbacks[0], /^threads: auto: 1 thread \(no SIMD build\)/);
   await assert.rejects(Tqkv.load({ simd: 'scalar', threads: 2 }), /there is no threaded scalar build/);
   // A module that is not a threaded build.
   const single = new URL('../dist/tqkv.wasm', import.meta.url);
