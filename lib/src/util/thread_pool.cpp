@@ -19,6 +19,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <exception>
@@ -41,7 +42,7 @@ struct Job {
     const std::function<void(size_t)>* fn = nullptr;
     size_t n = 0;
     std::atomic<size_t> next{0};
-    int active = 0;  // workers inside the job (guarded by the pool's mutex)
+    std::atomic<int> active{0};  // workers inside the job (changed under the pool's mutex)
     std::exception_ptr error;
     std::atomic<bool> failed{false};  // the first piece that throws keeps its exception
 
@@ -78,12 +79,20 @@ public:
             std::lock_guard<std::mutex> lock(mu_);
             grow(helpers);
             for (int i = 0; i < std::min(helpers, int(workers_.size())); ++i) queue_.push_back(&job);
+            queued_.store(queue_.size(), std::memory_order_relaxed);
         }
         work_cv_.notify_all();
         job.run();
         {
-            std::unique_lock<std::mutex> lock(mu_);
+            std::lock_guard<std::mutex> lock(mu_);
             queue_.erase(std::remove(queue_.begin(), queue_.end(), &job), queue_.end());
+            queued_.store(queue_.size(), std::memory_order_relaxed);
+        }
+        // No worker joins any more: wait for those inside, polling first (a helper finishing
+        // its last piece is usually microseconds away; a sleep and wake-up costs more).
+        poll([&] { return job.active.load(std::memory_order_acquire) == 0; });
+        {
+            std::unique_lock<std::mutex> lock(mu_);  // also: the last worker left the mutex
             done_cv_.wait(lock, [&] { return job.active == 0; });
         }
         if (job.error) std::rethrow_exception(job.error);
@@ -106,13 +115,41 @@ private:
         }
     }
 
+    // Calls pred() until it holds or kPollMicros passed; true if it held. Jobs come in bursts
+    // (the heads of one attend, the layers of a decode step): a worker that polls a moment before
+    // sleeping takes the next job without a wake-up, which on a busy or virtual machine costs
+    // tens to hundreds of microseconds, as long as a whole attend over a few thousand tokens.
+    template <class Pred>
+    static bool poll(Pred pred) {
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(kPollMicros);
+        for (unsigned i = 1;; ++i) {
+            if (pred()) return true;
+            cpu_relax();
+            if (i % 64 == 0 && std::chrono::steady_clock::now() > deadline) return false;
+        }
+    }
+
+    static void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#elif defined(__aarch64__)
+        asm volatile("yield");
+#endif
+    }
+
     void work() {
         std::unique_lock<std::mutex> lock(mu_);
         for (;;) {
+            if (queue_.empty() && !stop_) {
+                lock.unlock();
+                poll([&] { return queued_.load(std::memory_order_relaxed) != 0; });
+                lock.lock();
+            }
             work_cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
             if (stop_) return;
             Job* job = queue_.front();
             queue_.pop_front();
+            queued_.store(queue_.size(), std::memory_order_relaxed);
             ++job->active;
             lock.unlock();
             job->run();
@@ -121,8 +158,11 @@ private:
         }
     }
 
+    static constexpr int kPollMicros = 100;
+
     std::mutex mu_;
     std::condition_variable work_cv_, done_cv_;
+    std::atomic<size_t> queued_{0};  // queue_.size(), for polling without the mutex
     std::deque<Job*> queue_;  // tickets: one worker each
     std::vector<std::thread> workers_;
     bool stop_ = false;
