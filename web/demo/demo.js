@@ -322,7 +322,10 @@ function describeTokenizer() {
 
 async function main() {
   try {
-    tqkv = await Tqkv.load(simdParam === null ? {} : { simd: simdParam !== '0' });
+    // ?threads=N (default 'auto': every core up to 8 when the page is cross-origin isolated, as
+    // `npm run demo` serves it; ?threads=1 for one thread).
+    const threads = params.get('threads') === null || params.get('threads') === 'auto' ? 'auto' : Number(params.get('threads'));
+    tqkv = await Tqkv.load({ ...(simdParam === null ? {} : { simd: simdParam !== '0' }), threads });
     demo.kernel = tqkv.kernel;
     setState('loading', `loading the model from ${modelUrl.href}…`);
     const t0 = performance.now();
@@ -334,12 +337,13 @@ async function main() {
     const loadMs = performance.now() - t0;
     const i = model.info;
     const tok = model.tokenizer;
-    demo.model = { ...i, loadMs, variant: tqkv.variant, matmul: tqkv.matmulKernel, memoryBytes: tqkv.memoryBytes,
+    demo.model = { ...i, loadMs, variant: tqkv.variant, matmul: tqkv.matmulKernel, memoryBytes: tqkv.memoryBytes, threads: tqkv.threads,
       tokenizer: tok ? { source: tok.source, vocab: tok.vocab, bos: tok.bos, eos: tok.eos, endOfSequence: model.endOfSequence } : null };
     $('model-line').textContent =
       `Model ${modelUrl.pathname}: Llama, ${(i.parameters / 1e6).toFixed(1)} M parameters, ${i.layers} layers, ` +
       `${i.heads} query / ${i.kvHeads} KV heads of ${i.headDim}, context ${i.context}, ${describeTokenizer()}. ` +
-      `WebAssembly ${({ relaxed: 'relaxed SIMD', simd128: 'SIMD128', scalar: 'scalar' })[tqkv.variant]} (matmul ${tqkv.matmulKernel}, attention ${tqkv.kernel}).`;
+      `WebAssembly ${({ relaxed: 'relaxed SIMD', simd128: 'SIMD128', scalar: 'scalar' })[tqkv.variant]} (matmul ${tqkv.matmulKernel}, attention ${tqkv.kernel}), ` +
+      `${tqkv.threads === 1 ? '1 thread' : `${tqkv.threads} threads`}.`;
     if (!tok && i.vocab !== 256)
       throw new Error(`the model has ${i.vocab} token ids but no tokenizer.json nor tokenizer.model beside config.json ` +
         '(without a tokenizer only a byte-vocabulary model, vocab_size 256, can read text)');

@@ -54,7 +54,7 @@ export class Tokenizer {
       t.bytes().set(bytes, p);
       const status = t._x.tqkv_tokenizer_encode(h, p, bytes.length, options.special ? 1 : 0, ids, capacity, t.slot);
       const n = t.u32(t.slot);
-      if (status === 0) return new Int32Array(t.bytes().buffer.slice(ids, ids + 4 * n));
+      if (status === 0) return new Int32Array(t.bytes().slice(ids, ids + 4 * n).buffer); // a copy, never a view of the (maybe shared) memory
       if (n > capacity) {
         capacity = n;  // TQKV_ERR_CAPACITY: the count it needs
         continue;
@@ -74,7 +74,7 @@ export class Tokenizer {
       const out = p + 4 * ids.length;
       const status = t._x.tqkv_tokenizer_decode(h, p, ids.length, out, capacity, t.slot);
       const n = t.u32(t.slot);
-      if (status === 0) return decoder.decode(t.bytes().subarray(out, out + n));
+      if (status === 0) return decoder.decode(t.bytes().slice(out, out + n)); // a copy: TextDecoder refuses views of a shared memory
       if (n > capacity) {
         capacity = n;  // TQKV_ERR_CAPACITY: the length it needs
         continue;
@@ -172,7 +172,7 @@ export class TokenStream {
         ? t._x.tqkv_token_stream_flush(this.handle, p, capacity, t.slot)
         : t._x.tqkv_token_stream_push(this.handle, id, p, capacity, t.slot);
       const n = t.u32(t.slot);
-      if (status === 0) return this.utf8.decode(t.bytes().subarray(p, p + n), { stream: id !== undefined });
+      if (status === 0) return this.utf8.decode(t.bytes().slice(p, p + n), { stream: id !== undefined }); // a copy (shared memory)
       if (status === Status.CAPACITY && n > capacity) {
         capacity = n;  // nothing changed: the same call with room for its text
         continue;

@@ -106,7 +106,13 @@ test('demo page in Chromium: exact-cache output equals the native runner, K4V4 g
     assert.ok(requested.includes('/model/config.json') && requested.includes('/model/model.safetensors'), requested.join(' '));
     // Chromium validates relaxed SIMD: the relaxed build when it is there, else SIMD128
     const relaxed = existsSync(new URL('../dist/tqkv-relaxed.wasm', import.meta.url));
-    assert.ok(requested.includes(relaxed ? '/dist/tqkv-relaxed.wasm' : '/dist/tqkv.wasm'), requested.join(' '));
+    // The demo server makes the page cross-origin isolated and the demo asks threads: 'auto': the
+    // threaded build on this machine's cores (at most 8).
+    const threads = Math.min(8, (await import('node:os')).availableParallelism?.() ?? (await import('node:os')).cpus().length);
+    assert.equal(loaded.model.threads, threads);
+    const file = (relaxed ? '/dist/tqkv-relaxed' : '/dist/tqkv') + (threads > 1 ? '-mt.wasm' : '.wasm');
+    assert.ok(requested.includes(file), requested.join(' '));
+    assert.match(await page.textContent('#model-line'), threads > 1 ? new RegExp(`, ${threads} threads\\.`) : /, 1 thread\./);
     assert.match(await page.textContent('#model-line'), relaxed ? /WebAssembly relaxed SIMD/ : /WebAssembly SIMD128/);
     assert.match(await page.textContent('#model-line'), /19\.0 M parameters, 6 layers/);
     const tqkvVariant = relaxed ? 'relaxed SIMD' : 'SIMD128';
