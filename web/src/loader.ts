@@ -7,6 +7,8 @@
 // wasm-feature-detect does): no module is fetched for a feature the engine lacks. Safari rejects
 // any module containing a relaxed op, and Node 20 accepts them only with
 // --experimental-wasm-relaxed-simd; Chromium 114+ and Node 22+ run them as they are.
+// With `threads` > 1 the two SIMD builds are taken in their threaded form (tqkv-relaxed-mt.wasm,
+// tqkv-mt.wasm) on a shared memory; threads.ts starts the workers.
 //
 // The modules are standalone (no Emscripten JS glue): they import their memory (env.memory, so the
 // caller can cap it) and a handful of WASI functions provided here.
