@@ -193,9 +193,11 @@ if (only === 'codec') {
   process.exit(0);
 }
 
+const oneThread = {};  // precision -> the best SIMD build's rows on one thread (for ratio-threads)
 for (const precision of only && only !== 'attend' ? [] : precisions) {
   const relaxed = await wasmTarget('relaxed', { kvHeads, precision });
   const simd = await wasmTarget('simd128', { kvHeads, precision });
+  oneThread[precision] = relaxed.length ? { variant: 'relaxed', rows: relaxed } : { variant: 'simd128', rows: simd };
   const scalar = await wasmTarget('scalar', { kvHeads, precision });
   const native = nativeTarget('', precision);
   const nativeKernel = native[0]?.kernel;
@@ -230,9 +232,7 @@ for (const precision of only && only !== 'attend' ? [] : precisions) {
 // The best build's threaded module against itself on one thread and native AVX2 on as many threads.
 if (threads > 1 && (!only || only === 'attend')) {
   for (const precision of precisions) {
-    const one = await wasmTarget('relaxed', { kvHeads, precision });
-    const variant = one.length ? 'relaxed' : 'simd128';
-    const single = one.length ? one : await wasmTarget(variant, { kvHeads, precision });
+    const { variant, rows: single } = oneThread[precision];
     const multi = await wasmTarget(variant, { kvHeads, precision, threads });
     const n = nativeRows('avx2', precision, tokens, seconds, threads);
     if (n.error) print({ target: 'native', kernel: 'avx2', threads, precision, error: n.error });

@@ -22,6 +22,7 @@
 // The package's code, by concern (as onnxruntime-web's lib/wasm/):
 //   loader.ts    module variants (relaxed / SIMD128 / scalar), feature probes, instantiation
 //   threads.ts   workers of the threaded builds (Tqkv.load({ threads }))
+//   imports.ts   what a module imports (memory, a few WASI calls), for the main thread and workers
 //   assets.ts    where the packaged .wasm files are (new URL(..., import.meta.url))
 //   platform.ts  fetch vs the file system (platform-node.ts, installed by the Node entry node.ts)
 //   tqkv.ts      Tqkv: one instance and its memory, shared helpers

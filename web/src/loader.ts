@@ -14,6 +14,7 @@
 // caller can cap it) and a handful of WASI functions provided here.
 import { packagedModuleUrl } from './assets.js';
 import { FetchError, platform, readUrl, toUrl } from './platform.js';
+import { wasmImports } from './imports.js';
 import { hardwareConcurrency, threadsUnavailable } from './threads.js';
 
 /** A build of the module: relaxed SIMD, SIMD128, or scalar. */
@@ -107,8 +108,10 @@ export interface LoadedModule {
   variant: ModuleVariant | undefined;
   /** Why earlier candidates were skipped, e.g. "relaxed: cannot fetch .../tqkv-relaxed.wasm: 404". */
   fallbacks: string[];
-  /** The compiled module (workers instantiate it again) and the threads asked for. */
+  /** The compiled module (workers instantiate it again), whether it is a threaded build (on a
+   *  shared memory) and the threads asked for. */
   module: WebAssembly.Module;
+  threaded: boolean;
   threads: number;
 }
 
@@ -219,34 +222,6 @@ async function compileResponse(res: Response, url: URL): Promise<WebAssembly.Mod
   return WebAssembly.compile(await res.arrayBuffer());
 }
 
-function imports(memory: WebAssembly.Memory): WebAssembly.Imports {
-  return {
-    env: {
-      memory,
-      // The module grew its memory (malloc): views are refreshed lazily (Tqkv.refresh()).
-      emscripten_notify_memory_growth: () => {},
-    },
-    // The WASI calls the C++ runtime makes: getenv (no environment here), the clock, exit.
-    wasi_snapshot_preview1: {
-      environ_sizes_get: (count: number, size: number) => {
-        const dv = new DataView(memory.buffer);
-        dv.setUint32(count, 0, true);
-        dv.setUint32(size, 0, true);
-        return 0;
-      },
-      environ_get: () => 0,
-      // The runner's timers (std::chrono::steady_clock): nanoseconds as a u64.
-      clock_time_get: (id: number, _precision: bigint, out: number) => {
-        const ms = id === 0 ? Date.now() : typeof performance !== 'undefined' ? performance.now() : Date.now();
-        new DataView(memory.buffer).setBigUint64(out, BigInt(Math.round(ms * 1e6)), true);
-        return 0;
-      },
-      proc_exit: (code: number) => {
-        throw new Error(`tqkv: the wasm module exited (code ${code})`);
-      },
-    },
-  };
-}
 
 /** @internal Compiles and instantiates the first candidate that loads. */
 export async function instantiate(options: LoadOptions): Promise<LoadedModule> {
@@ -268,8 +243,8 @@ export async function instantiate(options: LoadOptions): Promise<LoadedModule> {
     if (threads > 1 && !threaded)
       throw new TypeError(`tqkv: threads: ${threads} asked, but the module is not a threaded build (tqkv-mt.wasm or tqkv-relaxed-mt.wasm)`);
     const memory = new WebAssembly.Memory({ initial: INITIAL_PAGES, maximum: maxPages, shared: threaded } as WebAssembly.MemoryDescriptor);
-    const instance = await WebAssembly.instantiate(module, imports(memory));
-    return { instance, memory, variant, fallbacks, module, threads };
+    const instance = await WebAssembly.instantiate(module, wasmImports(memory));
+    return { instance, memory, variant, fallbacks, module, threaded, threads };
   }
   throw new Error('tqkv: no module to load'); // unreachable: the last candidate throws
 }

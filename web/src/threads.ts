@@ -11,6 +11,7 @@
 // The worker's code is the string below, started from a Blob URL in browsers and with
 // { eval: true } in Node (platform-node.ts): no separate file for a bundler to find.
 import { Status, TqkvError } from './errors.js';
+import { wasmImports } from './imports.js';
 import { platform } from './platform.js';
 
 /** What a worker receives. */
@@ -37,23 +38,10 @@ const STACK_BYTES = 1 << 20; // as the module's own stack (-sTOTAL_STACK=1MB)
 /** @internal The worker's program (plain JavaScript, run in a Web Worker or a Node worker thread). */
 export const WORKER_SOURCE = `
 'use strict';
+const wasmImports = ${wasmImports.toString()};
 function start(d, post) {
   try {
-    const memory = d.memory;
-    const view = () => new DataView(memory.buffer);
-    const imports = {
-      env: { memory, emscripten_notify_memory_growth() {} },
-      wasi_snapshot_preview1: {
-        environ_sizes_get(c, s) { view().setUint32(c, 0, true); view().setUint32(s, 0, true); return 0; },
-        environ_get() { return 0; },
-        clock_time_get(id, precision, out) {
-          view().setBigUint64(out, BigInt(Math.round((id === 0 ? Date.now() : performance.now()) * 1e6)), true);
-          return 0;
-        },
-        proc_exit(code) { throw new Error('tqkv: the wasm module exited (code ' + code + ')'); },
-      },
-    };
-    const x = new WebAssembly.Instance(d.module, imports).exports;
+    const x = new WebAssembly.Instance(d.module, wasmImports(d.memory)).exports;
     x.stackRestore(d.stackTop);
     x.__wasm_init_tls(d.tls);
     post('ready');

@@ -51,14 +51,14 @@ export class Tqkv {
   readonly _modelFinalizer: FinalizationRegistry<{ destroy: (h: number) => number; h: number }> | undefined;
 
   private constructor(instance: WebAssembly.Instance, memory: WebAssembly.Memory, variant: ModuleVariant | undefined,
-                      fallbacks: string[]) {
+                      fallbacks: string[], threaded: boolean) {
     this._x = instance.exports as unknown as Exports;
     this._memory = memory;
     this.u8 = new Uint8Array(memory.buffer);
     this.f32 = new Float32Array(memory.buffer);
     this.dv = new DataView(memory.buffer);
-    this.threaded = typeof (instance.exports as Record<string, unknown>).__wasm_init_tls === 'function';
-    if (this.threaded) initMainThread(instance.exports as unknown as ThreadExports);
+    this.threaded = threaded;
+    if (threaded) initMainThread(instance.exports as unknown as ThreadExports);
     this._x._initialize();
     if (this._x.tqkv_abi_version() !== ABI_VERSION) throw new Error('tqkv: the .wasm file does not match this loader (ABI version)');
     if (this._x.tqkv_cache_config_size() !== CACHE_CFG_SIZE || this._x.tqkv_codec_config_size() !== CODEC_CFG_SIZE)
@@ -104,8 +104,8 @@ export class Tqkv {
   }
 
   private static async instantiate(options: LoadOptions): Promise<Tqkv> {
-    const { instance, memory, variant, fallbacks, module, threads } = await instantiate(options);
-    const t = new Tqkv(instance, memory, variant, fallbacks);
+    const { instance, memory, variant, fallbacks, module, threaded, threads } = await instantiate(options);
+    const t = new Tqkv(instance, memory, variant, fallbacks, threaded);
     if (threads > 1) {
       await startWorkers(module, memory, instance.exports as unknown as ThreadExports, threads - 1);
       t.check(t._x.tqkv_set_threads(threads));

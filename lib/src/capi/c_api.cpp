@@ -27,16 +27,14 @@
 #include "tqkv/tokenizer.hpp"
 
 namespace {
-// tqkv_set_threads: what the C ABI passes to attention and runners.
-std::atomic<int> g_threads{1};  // tqkv_set_threads
+
+// tqkv_set_threads: the threads C ABI calls pass to attention and runners.
+std::atomic<int> g_threads{1};
 tqkv::AttendOptions attend_options() {
     tqkv::AttendOptions o;
     o.threads = g_threads.load(std::memory_order_relaxed);
     return o;
 }
-}  // namespace
-
-namespace {
 
 // ---------------------------------------------------------------------------------------------
 // Errors

@@ -57,6 +57,31 @@ struct Job {
     }
 };
 
+// Calls pred() until it holds or kPollMicros passed; true if it held. Jobs come in bursts (the
+// heads of one attend, the layers of a decode step): a worker that polls a moment before sleeping
+// takes the next job without a wake-up, which on a busy or virtual machine costs tens to hundreds
+// of microseconds, as long as a whole attend over a few thousand tokens. (In wasm the clock is a
+// call out to JavaScript, hence the check every 64 rounds.)
+constexpr int kPollMicros = 100;
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield");
+#endif
+}
+
+template <class Pred>
+bool poll(Pred pred) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(kPollMicros);
+    for (unsigned i = 1;; ++i) {
+        if (pred()) return true;
+        cpu_relax();
+        if (i % 64 == 0 && std::chrono::steady_clock::now() > deadline) return false;
+    }
+}
+
 #if !TQKV_WEB_THREADS
 
 class Pool {
@@ -115,28 +140,6 @@ private:
         }
     }
 
-    // Calls pred() until it holds or kPollMicros passed; true if it held. Jobs come in bursts
-    // (the heads of one attend, the layers of a decode step): a worker that polls a moment before
-    // sleeping takes the next job without a wake-up, which on a busy or virtual machine costs
-    // tens to hundreds of microseconds, as long as a whole attend over a few thousand tokens.
-    template <class Pred>
-    static bool poll(Pred pred) {
-        const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(kPollMicros);
-        for (unsigned i = 1;; ++i) {
-            if (pred()) return true;
-            cpu_relax();
-            if (i % 64 == 0 && std::chrono::steady_clock::now() > deadline) return false;
-        }
-    }
-
-    static void cpu_relax() {
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-#elif defined(__aarch64__)
-        asm volatile("yield");
-#endif
-    }
-
     void work() {
         std::unique_lock<std::mutex> lock(mu_);
         for (;;) {
@@ -157,8 +160,6 @@ private:
             if (--job->active == 0) done_cv_.notify_all();
         }
     }
-
-    static constexpr int kPollMicros = 100;
 
     std::mutex mu_;
     std::condition_variable work_cv_, done_cv_;
@@ -219,16 +220,10 @@ struct WebPool {
                 state.fetch_sub(0x10000u, std::memory_order_release);
                 continue;
             }
-            // Jobs come in bursts (the layers of a decode step): poll a while before sleeping, so
-            // the next job does not pay a wake-up.
-            for (int i = 0; i < kSpin && epoch.load(std::memory_order_relaxed) == e; ++i) {
-            }
-            if (epoch.load(std::memory_order_relaxed) == e)
+            if (!poll([&] { return epoch.load(std::memory_order_relaxed) != e; }))
                 __builtin_wasm_memory_atomic_wait32(reinterpret_cast<int*>(&epoch), int(e), -1);
         }
     }
-
-    static constexpr int kSpin = 1 << 18;
 };
 
 WebPool web_pool;
