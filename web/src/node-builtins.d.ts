@@ -10,6 +10,7 @@ declare module 'node:worker_threads' {
   export class Worker {
     constructor(source: string, options: { eval: boolean; workerData: unknown });
     unref(): void;
+    terminate(): Promise<number>;
     once(event: 'message', fn: (m: unknown) => void): this;
     once(event: 'error', fn: (e: Error) => void): this;
   }

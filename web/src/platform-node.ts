@@ -5,7 +5,7 @@ import { pathToFileURL } from 'node:url';
 import * as os from 'node:os';
 import { Worker } from 'node:worker_threads';
 import type { Platform } from './platform.js';
-import type { WorkerStart } from './threads.js';
+import type { SpawnedWorker, WorkerStart } from './threads.js';
 
 /** @internal */
 export const nodePlatform: Platform = {
@@ -20,13 +20,14 @@ export const nodePlatform: Platform = {
   hardwareConcurrency(): number {
     return typeof os.availableParallelism === 'function' ? os.availableParallelism() : os.cpus().length;
   },
-  // A worker thread that does not keep the process alive (it sleeps in the pool forever).
-  spawnWorker(source: string, data: WorkerStart): Promise<void> {
+  // A worker thread that does not keep the process alive (it sleeps in the pool until terminated).
+  spawnWorker(source: string, data: WorkerStart): SpawnedWorker {
     const w = new Worker(source, { eval: true, workerData: data });
     w.unref();
-    return new Promise<void>((resolve, reject) => {
+    const ready = new Promise<void>((resolve, reject) => {
       w.once('message', (m) => (m === 'ready' ? resolve() : reject(new Error(`tqkv: threads: a worker failed to start: ${String(m)}`))));
       w.once('error', (e) => reject(new Error(`tqkv: threads: a worker failed to start: ${e.message}`)));
     });
+    return { ready, terminate: () => void w.terminate() };
   },
 };

@@ -58,15 +58,31 @@ if (typeof require === 'function' && typeof self === 'undefined') {
 }
 `;
 
-/** @internal Starts a worker with WORKER_SOURCE and `data`; resolves when it entered the pool. */
-export type SpawnWorker = (source: string, data: WorkerStart) => Promise<void>;
+/** @internal A worker just started with WORKER_SOURCE: `ready` resolves when it is about to enter
+ *  the pool and rejects when it failed to start. */
+export interface SpawnedWorker {
+  ready: Promise<void>;
+  terminate(): void;
+}
+
+/** @internal Starts a worker with WORKER_SOURCE and `data` (throws when the engine refuses at once). */
+export type SpawnWorker = (source: string, data: WorkerStart) => SpawnedWorker;
+
+// A page whose Content-Security-Policy has worker-src (or script-src) without blob: cannot start them.
+const CSP_HINT = "(tqkv's workers start from a blob: URL, which a page's Content-Security-Policy must allow in worker-src)";
 
 /** @internal Web Workers from a Blob URL (browsers). */
 export const spawnWebWorker: SpawnWorker = (source, data) => {
-  if (typeof Worker === 'undefined') return Promise.reject(new Error('tqkv: threads: this engine has no Web Workers'));
+  if (typeof Worker === 'undefined') throw new Error('tqkv: threads: this engine has no Web Workers');
   const url = URL.createObjectURL(new Blob([source], { type: 'text/javascript' }));
-  const w = new Worker(url);
-  return new Promise<void>((resolve, reject) => {
+  let w: Worker;
+  try {
+    w = new Worker(url);
+  } catch (e) {
+    URL.revokeObjectURL(url);
+    throw new Error(`tqkv: threads: cannot start a worker: ${e instanceof Error ? e.message : String(e)} ${CSP_HINT}`);
+  }
+  const ready = new Promise<void>((resolve, reject) => {
     w.onmessage = (e: MessageEvent) => {
       URL.revokeObjectURL(url);
       if (e.data === 'ready') resolve();
@@ -74,10 +90,11 @@ export const spawnWebWorker: SpawnWorker = (source, data) => {
     };
     w.onerror = (e: ErrorEvent) => {
       URL.revokeObjectURL(url);
-      reject(new Error(`tqkv: threads: a worker failed to start: ${e.message}`));
+      reject(new Error(`tqkv: threads: a worker failed to start: ${e.message || 'no reason given'} ${CSP_HINT}`));
     };
     w.postMessage(data);
   });
+  return { ready, terminate: () => w.terminate() };
 };
 
 /** @internal Why this engine cannot run the threaded builds, or undefined when it can. */
@@ -106,25 +123,44 @@ export function initMainThread(x: ThreadExports): void {
   x.__wasm_init_tls((p + align - 1) & ~(align - 1));
 }
 
-/** @internal Starts `count` workers on the module's shared memory (after _initialize). */
+const START_MS = 10_000; // for all workers to start and enter the pool
+
+/** @internal Starts `count` workers on the module's shared memory (after _initialize). When one
+ *  fails, or they do not all enter the pool within 10 s, every one started is terminated and the
+ *  error thrown; the module then runs on its calling thread alone (tqkv_set_threads stays 1). */
 export async function startWorkers(module: WebAssembly.Module, memory: WebAssembly.Memory, x: ThreadExports,
-                                   count: number): Promise<void> {
+                                   count: number): Promise<SpawnedWorker[]> {
   const spawn = platform().spawnWorker ?? spawnWebWorker;
   const size = Number(x.__tls_size.value), align = Math.max(16, Number(x.__tls_align.value));
-  const started: Promise<void>[] = [];
-  for (let i = 0; i < count; i++) {
-    const stack = x.malloc(STACK_BYTES), tls = x.malloc(size + align);
-    if (!stack || !tls) throw new TqkvError('tqkv: out of memory: cannot allocate a worker thread\'s stack', Status.OUT_OF_MEMORY);
-    started.push(spawn(WORKER_SOURCE, {
-      module, memory, stackTop: (stack + STACK_BYTES) & ~15, tls: (tls + align - 1) & ~(align - 1),
-    }));
-  }
-  await Promise.all(started);
-  // 'ready' comes just before a worker enters the pool: wait until all are counted in it.
-  const deadline = Date.now() + 10_000;
-  while (x.tqkv_worker_threads() < count) {
-    if (Date.now() > deadline)
-      throw new Error(`tqkv: threads: only ${x.tqkv_worker_threads()} of ${count} workers entered the pool within 10 s`);
-    await new Promise((r) => setTimeout(r, 1));
+  const workers: SpawnedWorker[] = [];
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    for (let i = 0; i < count; i++) {
+      // (Never freed: a terminated worker may still run a few instructions on its stack.)
+      const stack = x.malloc(STACK_BYTES), tls = x.malloc(size + align);
+      if (!stack || !tls) throw new TqkvError('tqkv: out of memory: cannot allocate a worker thread\'s stack', Status.OUT_OF_MEMORY);
+      const w = spawn(WORKER_SOURCE, {
+        module, memory, stackTop: (stack + STACK_BYTES) & ~15, tls: (tls + align - 1) & ~(align - 1),
+      });
+      w.ready.catch(() => {}); // (awaited below; a failure after an earlier throw is not unhandled)
+      workers.push(w);
+    }
+    const deadline = Date.now() + START_MS;
+    const late = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`tqkv: threads: the workers did not start within ${START_MS / 1000} s`)), START_MS);
+    });
+    await Promise.race([Promise.all(workers.map((w) => w.ready)), late]);
+    // 'ready' comes just before a worker enters the pool: wait until all are counted in it.
+    while (x.tqkv_worker_threads() < count) {
+      if (Date.now() > deadline)
+        throw new Error(`tqkv: threads: only ${x.tqkv_worker_threads()} of ${count} workers entered the pool within ${START_MS / 1000} s`);
+      await new Promise((r) => setTimeout(r, 1));
+    }
+    return workers;
+  } catch (e) {
+    for (const w of workers) w.terminate();
+    throw e;
+  } finally {
+    clearTimeout(timer);
   }
 }

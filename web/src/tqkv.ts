@@ -16,7 +16,7 @@ import { Codec, createCodec, type CodecOptions } from './codec.js';
 import { Status, STATUS_NAMES, TqkvError } from './errors.js';
 import { asFloat32 } from './input.js';
 import { instantiate, type LoadOptions, type ModuleVariant } from './loader.js';
-import { initMainThread, startWorkers, type ThreadExports } from './threads.js';
+import { initMainThread, startWorkers, type SpawnedWorker, type ThreadExports } from './threads.js';
 import { fetchModel, loadModelFrom, type LlamaModel, type ModelWeights } from './model.js';
 import { fetchTokenizer, loadTokenizerFrom, type Tokenizer } from './tokenizer.js';
 
@@ -36,6 +36,7 @@ export class Tqkv {
   /** true for a threaded build (shared memory; Tqkv.load({ threads })). */
   readonly threaded: boolean;
   private threadCount = 1;
+  private workers: SpawnedWorker[] = [];
   /** @internal */ readonly _x: Exports;
   /** @internal */ readonly _memory: WebAssembly.Memory;
   private u8: Uint8Array;
@@ -107,7 +108,15 @@ export class Tqkv {
     const { instance, memory, variant, fallbacks, module, threaded, threads } = await instantiate(options);
     const t = new Tqkv(instance, memory, variant, fallbacks, threaded);
     if (threads > 1) {
-      await startWorkers(module, memory, instance.exports as unknown as ThreadExports, threads - 1);
+      try {
+        t.workers = await startWorkers(module, memory, instance.exports as unknown as ThreadExports, threads - 1);
+      } catch (e) {
+        // threads: 'auto' asked for whatever runs here: one thread, and why in fallbacks.
+        if (options.threads !== 'auto') throw e;
+        const why = e instanceof Error ? e.message.replace(/^tqkv: threads: /, '') : String(e);
+        (t as { fallbacks: readonly string[] }).fallbacks = Object.freeze([...t.fallbacks, `threads: auto: 1 thread (${why})`]);
+        return t;
+      }
       t.check(t._x.tqkv_set_threads(threads));
       t.threadCount = threads;
     }
@@ -117,6 +126,26 @@ export class Tqkv {
   /** Threads that attention and the model runner use, the caller's included (Tqkv.load({ threads })). */
   get threads(): number {
     return this.threadCount;
+  }
+
+  /**
+   * Stops the worker threads of Tqkv.load({ threads }). While they run they hold the module's
+   * memory, so a threaded instance is never garbage-collected: call this when the page no longer
+   * needs it (or `using t = await Tqkv.load(...)`). Caches, codecs and models of the instance
+   * keep working, on the calling thread alone (`threads` becomes 1). Idempotent; nothing to do
+   * for a one-thread instance.
+   */
+  dispose(): void {
+    if (!this.workers.length) return;
+    // Calls are synchronous, so no job is running: the workers are asleep or polling, holding no lock.
+    this.check(this._x.tqkv_set_threads(1));
+    for (const w of this.workers) w.terminate();
+    this.workers = [];
+    this.threadCount = 1;
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
   }
 
   /** The instance loaded by the first {@link Tqkv.load} (undefined before). */

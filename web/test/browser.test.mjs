@@ -85,9 +85,14 @@ test('Chromium runs the packed package: builds, fallback without SIMD, IndexedDB
   const want = { simd: await expected(true), scalar: await expected(false) };
   assert.equal(want.simd.hash, want.scalar.hash, 'SIMD and scalar builds serialize identically in Node');
 
-  async function run(query, { noSimd = false } = {}) {
+  async function run(query, { noSimd = false, csp, fails = false } = {}) {
     const context = await browser.newContext();
     const page = await context.newPage();
+    if (csp)  // the page served with this Content-Security-Policy
+      await page.route('**/index.html*', async (route) => {
+        const res = await route.fetch();
+        await route.fulfill({ response: res, headers: { ...res.headers(), 'content-security-policy': csp } });
+      });
     const requested = [];
     const logs = [];
     page.on('console', (m) => logs.push(m.text()));
@@ -110,7 +115,10 @@ test('Chromium runs the packed package: builds, fallback without SIMD, IndexedDB
     const result = await page.evaluate(() => window.__tqkvResult);
     const status = await page.textContent('#status');
     await context.close();
+    if (fails) return { result, requested, status };
     assert.ok(result.ok, `page failed: ${result.error}\n${logs.join('\n')}`);
+    assert.equal(result.threadsAfterDispose, 1);
+    assert.ok(result.sameAfterDispose, 'the same bits on one thread after dispose()');
     return { result, requested, status };
   }
 
@@ -158,6 +166,19 @@ test('Chromium runs the packed package: builds, fallback without SIMD, IndexedDB
     assert.ok(requested.includes(`/node_modules/tqkv/dist/${file}`), requested.join(' '));
     check(result, want.simd);
     console.log(`# chromium ${result.variant}, 2 threads: ${Math.round(result.nsPerQuery)} ns/query (8 heads, 2 KV heads, d=128, 1000 tokens)`);
+  });
+
+  await t.test("a Content-Security-Policy that refuses workers: threads 'auto' runs on one thread, threads 2 says why it cannot", async () => {
+    const csp = "worker-src 'none'";
+    const { result } = await run('index.html?threads=auto', { csp });
+    assert.equal(result.threads, 1);
+    check(result, want.simd);
+    if (result.hardwareConcurrency > 1)  // (one core: 'auto' never tries a worker)
+      assert.match(result.fallbacks.at(-1), /^threads: auto: 1 thread \(.*blob: URL, which a page's Content-Security-Policy must allow in worker-src/);
+    const failed = await run('index.html?threads=2', { csp, fails: true });
+    assert.equal(failed.result.ok, false);
+    assert.match(failed.result.error, /tqkv: threads: .*worker.*blob: URL, which a page's Content-Security-Policy must allow in worker-src/);
+    console.log(`# chromium with ${csp}: threads 'auto' -> ${result.threads} (${result.fallbacks.at(-1)}); threads 2 -> ${failed.result.error.split('\n')[0]}`);
   });
 
   await t.test('scalar build forced (?simd=0)', async () => {

@@ -96,3 +96,88 @@ test('thread options are checked', async () => {
   assert.throws(() => three.createCache({ heads: 3, kvHeads: 2, headDim: 64 }),
     (e) => e.code === 'invalid argument' && /kv_heads 2 must divide heads 3/.test(e.message));
 });
+
+// The workers' side of the platform (platform-node.ts), wrapped: what the loader starts and stops.
+const { platform, setPlatform } = await import('../dist/platform.js');
+
+async function withSpawner(wrap, fn) {
+  const node = platform();
+  setPlatform({ ...node, spawnWorker: wrap(node.spawnWorker) });
+  try {
+    return await fn();
+  } finally {
+    setPlatform(node);
+  }
+}
+
+test('dispose() stops the workers; the instance goes on, on one thread, with the same bits', async () => {
+  let started = 0, stopped = 0;
+  const counting = (spawn) => (src, data) => {
+    const w = spawn(src, data);
+    started++;
+    return { ready: w.ready, terminate: () => (stopped++, w.terminate()) };
+  };
+  await withSpawner(counting, async () => {
+    const one = await Tqkv.load({ simd: 'simd128' });
+    const opts = { heads: H, kvHeads: KH, headDim: D, keyBits: 4, valueBits: 4 };
+    const K = gaussian(3000 * ROW, 21), V = gaussian(3000 * ROW, 22), q = gaussian(H * D, 23);
+    const ref = one.createCache(opts);
+    ref.append(0, K, V);
+    const want = ref.attend(0, q, undefined, false);
+    {
+      const three = await Tqkv.load({ simd: 'simd128', threads: 3 });
+      assert.equal(started, 2);
+      const c = three.createCache(opts);
+      c.append(0, K, V);
+      sameBits(c.attend(0, q, undefined, false), want, '3 threads');
+      three.dispose();
+      assert.equal(stopped, 2, 'both workers terminated');
+      assert.equal(three.threads, 1);
+      // The cache made before goes on, and so does a new one.
+      sameBits(c.attend(0, q, undefined, false), want, 'after dispose');
+      const c2 = three.createCache(opts);
+      c2.append(0, K, V);
+      sameBits(c2.attend(0, q, undefined, false), want, 'a cache made after dispose');
+      three.dispose(); // idempotent
+      three[Symbol.dispose](); // (what `using` calls)
+      assert.equal(stopped, 2);
+    }
+    one.dispose(); // a one-thread instance: nothing to do, still usable
+    assert.equal(ref.attend(0, q, undefined, false).length, H * D);
+  });
+});
+
+test('workers that cannot start: threads N throws and stops the ones started, auto falls back to 1 thread', async () => {
+  // The second worker is refused at once (as a Content-Security-Policy without blob: does in a
+  // browser), or fails after starting.
+  let stopped = 0;
+  const failing = (how, at) => (spawn) => {
+    let n = 0;
+    return (src, data) => {
+      if (++n === at) {
+        if (how === 'throws') throw new Error('tqkv: threads: cannot start a worker: refused by the test');
+        return { ready: Promise.reject(new Error('tqkv: threads: a worker failed to start: failed in the test')), terminate: () => stopped++ };
+      }
+      const w = spawn(src, data);
+      return { ready: w.ready, terminate: () => (stopped++, w.terminate()) };
+    };
+  };
+  for (const how of ['throws', 'rejects']) {
+    stopped = 0;
+    await withSpawner(failing(how, 2), () =>
+      assert.rejects(Tqkv.load({ simd: 'simd128', threads: 3 }), how === 'throws' ? /refused by the test/ : /failed in the test/));
+    assert.equal(stopped, how === 'throws' ? 1 : 2, `${how}: every worker started was terminated`);
+    stopped = 0;
+    const cores = (await import('node:os')).availableParallelism?.() ?? (await import('node:os')).cpus().length;
+    const auto = await withSpawner(failing(how, 1), () => Tqkv.load({ simd: 'simd128', threads: 'auto' }));
+    assert.equal(auto.threads, 1);
+    if (cores > 1) {  // (one core: 'auto' is one thread without trying workers)
+      assert.match(auto.fallbacks.at(-1), how === 'throws' ? /^threads: auto: 1 thread \(cannot start a worker: refused/ : /^threads: auto: 1 thread \(a worker failed to start: failed in the test\)/);
+      // Refused at once: nothing started; a failure after starting: all min(8, cores) - 1 stopped.
+      assert.equal(stopped, how === 'throws' ? 0 : Math.min(8, cores) - 1);
+    }
+    const c = auto.createCache({ heads: 2, kvHeads: 1, headDim: 64 });
+    c.append(0, gaussian(64 * 100, 5), gaussian(64 * 100, 6));
+    assert.equal(c.attend(0, gaussian(128, 7)).length, 128);
+  }
+});
