@@ -168,6 +168,15 @@ test('Chromium runs the packed package: builds, fallback without SIMD, IndexedDB
     console.log(`# chromium ${result.variant}, 2 threads: ${Math.round(result.nsPerQuery)} ns/query (8 heads, 2 KV heads, d=128, 1000 tokens)`);
   });
 
+  await t.test('in a module Web Worker (?in=worker), with 2 threads: as runtimes run their model off the main thread', async () => {
+    const { result } = await run('index.html?in=worker&threads=2');
+    assert.equal(result.inWorker, true);
+    assert.equal(result.threads, 2);
+    assert.equal(result.workers, 1, 'the worker started its own worker, which entered the pool');
+    check(result, want.simd);
+    console.log(`# chromium ${result.variant} in a Web Worker, 2 threads: ${Math.round(result.nsPerQuery)} ns/query`);
+  });
+
   await t.test("a Content-Security-Policy that refuses workers: threads 'auto' runs on one thread, threads 2 says why it cannot", async () => {
     const csp = "worker-src 'none'";
     const { result } = await run('index.html?threads=auto', { csp });
