@@ -1,4 +1,4 @@
-// A real browser: Debian's Chromium driven by playwright-core loads web/test/browser/index.html
+// A real browser: Debian's Chromium driven by playwright-core loads web/test-pages/index.html
 // from a local static server, with the package installed from the `npm pack` tarball (as a user
 // would), runs append/attend/serialize there and reports back. Checked: the browser's codes equal
 // Node's bit for bit (hash of the serialized cache), attention within 1e-4; once with SIMD128,
@@ -70,7 +70,7 @@ test('Chromium runs the packed package: builds, fallback without SIMD, IndexedDB
   const pkg = join(work, 'node_modules', 'tqkv');
   mkdirSync(pkg, { recursive: true });
   execFileSync('tar', ['-xzf', join(work, packed), '-C', pkg, '--strip-components=1']);
-  const server = await serve([['/node_modules/', join(work, 'node_modules')], ['/', join(web, 'test', 'browser')]]);
+  const server = await serve([['/node_modules/', join(work, 'node_modules')], ['/', join(web, 'test-pages')]]);
   const base = `http://127.0.0.1:${server.address().port}/`;
   const browser = await chromium.launch({
     executablePath: chromiumPath,

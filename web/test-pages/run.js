@@ -1,4 +1,5 @@
-// What the test page computes (browser.test.mjs checks it against Node): on the page itself
+// What the test page computes (test/browser.test.mjs checks it against Node; outside test/, whose
+// every .js file node --test would run as a test): on the page itself
 // (index.html) or, with ?in=worker, inside a module Web Worker (worker.js), as runtimes that run
 // their model off the main thread use tqkv. Parameters are the page's query string.
 import { Tqkv, TqkvError, simdSupported, relaxedSimdSupported } from '/node_modules/tqkv/dist/index.js';
