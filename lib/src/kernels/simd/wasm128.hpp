@@ -65,11 +65,13 @@ struct Wasm128 {
     struct F {
         v128_t l, h;
     };
-    // Key sums: two query heads share each decoded index (GQA), now that a pass holds one half
-    // (the default preset's 2 query heads per KV head: CPU per attend -6%). Value sums: one, as
-    // before: two heads' sums (2 x 2 to 2 x 8 registers) spill, and in tqkv.wasm wasm-opt then
-    // inlined both variants into one function that V8 compiled 15% slower for K4V4's one head.
-    static constexpr int kHeadsPerPass = 2, kValueHeadsPerPass = 1;
+    // Two query heads share each decoded index (GQA), keys and values alike, now that a pass
+    // holds one half. Values, measured in Node with A/B builds interleaved (K4V4, 4 query heads,
+    // 4096 tokens, one query): 2 KV heads (two heads per pass) relaxed 198 -> 186-194 us, SIMD128
+    // 257 -> 244 us; 4 KV heads (one head per pass, unchanged code) equal within noise. (Once,
+    // when the two variants spilled more, wasm-opt inlined them into one function that V8 compiled
+    // 15% slower for one head; not so in this layout.)
+    static constexpr int kHeadsPerPass = 2, kValueHeadsPerPass = 2;
 
     static TQKV_SIMD_INLINE V join(v128_t l, v128_t h) { return {l, h}; }
     static TQKV_SIMD_INLINE v128_t part(V v, int i) { return i ? v.h : v.l; }
