@@ -48,9 +48,6 @@ struct Avx2 {
     static TQKV_SIMD_INLINE V unpacklo16(V a, V b) { return _mm256_unpacklo_epi16(a, b); }
     static TQKV_SIMD_INLINE V unpackhi16(V a, V b) { return _mm256_unpackhi_epi16(a, b); }
     static TQKV_SIMD_INLINE V madd16(V a, V b) { return _mm256_madd_epi16(a, b); }
-    // (Saturation never applies: 255 + 255 < 32767.)
-    static TQKV_SIMD_INLINE V pairsum8(V a) { return _mm256_maddubs_epi16(a, _mm256_set1_epi8(1)); }
-    static TQKV_SIMD_INLINE V mul16(V a, V b) { return _mm256_mullo_epi16(a, b); }
 
     static TQKV_SIMD_INLINE F to_float(V a) { return _mm256_cvtepi32_ps(a); }
     // vcvtps2dq rounds by MXCSR, which is round-to-nearest-even unless a caller changed it.

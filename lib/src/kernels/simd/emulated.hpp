@@ -167,15 +167,6 @@ struct Emulated {
             put32(r, i, uint32_t(int32_t(i16(a, 2 * i)) * i16(b, 2 * i) + int32_t(i16(a, 2 * i + 1)) * i16(b, 2 * i + 1)));
         return r;
     }
-    static V pairsum8(V a) {
-        V r;
-        for (int i = 0; i < 16; ++i) put16(r, i, uint32_t(a.b[2 * i]) + a.b[2 * i + 1]);
-        return r;
-    }
-    static V mul16(V a, V b) {
-        for (int i = 0; i < 16; ++i) put16(a, i, uint32_t(u16(a, i)) * u16(b, i));
-        return a;
-    }
 
     static F to_float(V a) {
         F r;

@@ -28,17 +28,10 @@
 // (4 * 63 < 256) before they are widened.
 //
 // Sums (32 tokens per look-up; token t and t + 16 in the even and odd byte of a 16-bit lane):
-//   - A byte plane is added to two uint16 sums, the whole lanes (W = even + 256 odd) and the pairs
-//     (P = even + odd: pairsum8), both mod 2^16. W - P = 255 odd (mod 2^16), and 255 is odd, hence
-//     invertible mod 2^16 (255 * 0xfeff = 1 - 2^16): at the end of a block, odd = (W - P) * 0xfeff
-//     and even = P - odd (mod 2^16) are exact because the true sums of the even and of the odd
-//     bytes are at most 255 * 256 < 2^16 over a block of 256 units (W and P themselves may wrap).
-//     Each block is then widened to int32.
+//   - A byte plane is added to two uint16 sums, the whole lanes (even + 256 odd, mod 2^16) and the
+//     odd bytes (shifted down); even = whole - 256 odd (mod 2^16) is exact because both true sums
+//     are at most 255 * 256 < 2^16 over a block of 256 units. Each block is widened to int32.
 //     (Two planes: the four bytes of a chunk, each <= 63, are first added in uint8.)
-//     Why pairs and not the odd bytes shifted down (as before; the same integers): the shift and
-//     the look-ups share the shuffle/shift ports (two of four on Zen 4) and bound the loop there,
-//     while the pair sum is a multiply-port instruction. wasm relaxed, K4V4 4 x 4096 tokens, one
-//     query: 220 -> 208 us per attend in Node (this machine, AVX-512 Zen 4).
 //   - S <= 4095 * 1024 < 2^24: float(S) is exact.
 //
 // Worst-case error (what kernel_score_bound stores in the table and the tests check). Let
@@ -333,18 +326,18 @@ TQKV_SIMD_INLINE void for_each_coordinate3(const uint8_t* codes, int dim, int be
 // ---------------------------------------------------------------------------------------------
 // Key scores
 
-// uint16 sums of one head (see the top of this file): whole lanes and byte pairs of planes A and B.
+// uint16 sums of one head (see the top of this file): whole lanes and odd bytes of planes A and B.
 template <class S, int PLANES>
 struct KeySums {
     using V = typename S::V;
-    V aw, ap, bw, bp;
-    TQKV_SIMD_INLINE void clear() { aw = ap = bw = bp = S::zero(); }
-    static TQKV_SIMD_INLINE void add(V& whole, V& pairs, V bytes) {
+    V aw, ao, bw, bo;
+    TQKV_SIMD_INLINE void clear() { aw = ao = bw = bo = S::zero(); }
+    static TQKV_SIMD_INLINE void add(V& whole, V& odd, V bytes) {
         whole = S::add16(whole, bytes);
-        pairs = S::add16(pairs, S::pairsum8(bytes));
+        odd = S::add16(odd, S::template srl16<8>(bytes));
     }
     // One-plane units, one at a time.
-    TQKV_SIMD_INLINE void add(const uint8_t* t, V idx) { add(aw, ap, S::lookup(S::table(t), idx)); }
+    TQKV_SIMD_INLINE void add(const uint8_t* t, V idx) { add(aw, ao, S::lookup(S::table(t), idx)); }
     // Two-plane units, the four of a chunk (unit k's planes at t + 64 k and t + 64 k + 32): each
     // plane's four bytes (each <= 63) summed in uint8 before the uint16 sums.
     TQKV_SIMD_INLINE void add4(const uint8_t* t, const V idx[4]) {
@@ -354,16 +347,16 @@ struct KeySums {
             a = S::add8(a, S::lookup(S::table(t + 64 * k), idx[k]));
             b = S::add8(b, S::lookup(S::table(t + 64 * k + 32), idx[k]));
         }
-        add(aw, ap, a);
-        add(bw, bp, b);
+        add(aw, ao, a);
+        add(bw, bo, b);
     }
     // After at most 256 units: into the int32 totals (tokens 0-7, 8-15, 16-23, 24-31), then clear.
     TQKV_SIMD_INLINE void fold(V tot[4]) {
-        const V z = S::zero(), inv255 = S::set16(0xfeff);
-        const V ao = S::mul16(S::sub16(aw, ap), inv255), ae = S::sub16(ap, ao);
+        const V z = S::zero();
+        const V ae = S::sub16(aw, S::template sll16<8>(ao));
         V t[4] = {S::unpacklo16(ae, z), S::unpackhi16(ae, z), S::unpacklo16(ao, z), S::unpackhi16(ao, z)};
         if constexpr (PLANES == 2) {
-            const V bo = S::mul16(S::sub16(bw, bp), inv255), be = S::sub16(bp, bo);
+            const V be = S::sub16(bw, S::template sll16<8>(bo));
             const V u[4] = {S::unpacklo16(be, z), S::unpackhi16(be, z), S::unpacklo16(bo, z), S::unpackhi16(bo, z)};
             for (int k = 0; k < 4; ++k) t[k] = S::add32(S::template sll32<kLowPlaneBits>(t[k]), u[k]);
         }

@@ -110,10 +110,6 @@ struct Neon {
         return {b8(vzip2q_u16(u16(a.l), u16(b.l))), b8(vzip2q_u16(u16(a.h), u16(b.h)))};
     }
     static TQKV_SIMD_INLINE V madd16(V a, V b) { return {b8(madd4(s16(a.l), s16(b.l))), b8(madd4(s16(a.h), s16(b.h)))}; }
-    static TQKV_SIMD_INLINE V pairsum8(V a) { return {b8(vpaddlq_u8(a.l)), b8(vpaddlq_u8(a.h))}; }
-    static TQKV_SIMD_INLINE V mul16(V a, V b) {
-        return {b8(vmulq_u16(u16(a.l), u16(b.l))), b8(vmulq_u16(u16(a.h), u16(b.h)))};
-    }
     static TQKV_SIMD_INLINE void store_u8x16(uint8_t* p, V lo, V hi) {
         // int32 -> uint16 -> uint8 with unsigned saturation (inputs in [0, 32767]: as the other backends).
         const uint16x8_t a = vcombine_u16(vqmovun_s32(s32(lo.l)), vqmovun_s32(s32(lo.h)));

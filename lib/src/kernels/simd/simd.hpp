@@ -30,9 +30,6 @@
 //                                 rules for larger indexes never matter)
 //   unpacklo16(a, b) / hi         per half: interleave the low (high) 4 16-bit lanes of a and b
 //   madd16(a, b)                  per half: int32 lane i = a[2i] b[2i] + a[2i+1] b[2i+1] (vpmaddwd)
-//   pairsum8(a)                   uint16 lane i = byte 2i + byte 2i + 1 (vpmaddubsw by ones, SIMD128's
-//                                 extadd_pairwise, NEON's vpaddl)
-//   mul16(a, b)                   16-bit lanes, the low 16 bits of the product
 //   to_float(v)                   int32 -> float (exact below 2^24, where the kernels use it)
 //   round_to_int(f)               float -> int32, round to nearest even (|f| < 2^22, as the kernels
 //                                 use it: table entries below 2^12, weights below 2^15)

@@ -51,8 +51,6 @@ struct Wasm128Half {
     static TQKV_SIMD_INLINE V unpacklo16(V a, V b) { return wasm_i16x8_shuffle(a, b, 0, 8, 1, 9, 2, 10, 3, 11); }
     static TQKV_SIMD_INLINE V unpackhi16(V a, V b) { return wasm_i16x8_shuffle(a, b, 4, 12, 5, 13, 6, 14, 7, 15); }
     static TQKV_SIMD_INLINE V madd16(V a, V b) { return wasm_i32x4_dot_i16x8(a, b); }
-    static TQKV_SIMD_INLINE V pairsum8(V a) { return wasm_u16x8_extadd_pairwise_u8x16(a); }
-    static TQKV_SIMD_INLINE V mul16(V a, V b) { return wasm_i16x8_mul(a, b); }
 };
 
 struct Wasm128 {
@@ -110,8 +108,6 @@ struct Wasm128 {
     static TQKV_SIMD_INLINE V unpacklo16(V a, V b) { return {Half::unpacklo16(a.l, b.l), Half::unpacklo16(a.h, b.h)}; }
     static TQKV_SIMD_INLINE V unpackhi16(V a, V b) { return {Half::unpackhi16(a.l, b.l), Half::unpackhi16(a.h, b.h)}; }
     static TQKV_SIMD_INLINE V madd16(V a, V b) { return {Half::madd16(a.l, b.l), Half::madd16(a.h, b.h)}; }
-    static TQKV_SIMD_INLINE V pairsum8(V a) { return {Half::pairsum8(a.l), Half::pairsum8(a.h)}; }
-    static TQKV_SIMD_INLINE V mul16(V a, V b) { return {Half::mul16(a.l, b.l), Half::mul16(a.h, b.h)}; }
     static TQKV_SIMD_INLINE void store_u8x16(uint8_t* p, V lo, V hi) {
         wasm_v128_store(p, wasm_u8x16_narrow_i16x8(wasm_u16x8_narrow_i32x4(lo.l, lo.h), wasm_u16x8_narrow_i32x4(hi.l, hi.h)));
     }
