@@ -6,7 +6,7 @@ packages=(build-essential cmake catch2 pkg-config
           clang libclang-rt-14-dev                          # libFuzzer targets, the clang ASan/UBSan build
           libimgui-dev libglfw3-dev libgl-dev libstb-dev    # the explorer
           xvfb xauth libgl1-mesa-dri fonts-dejavu-core      # its headless screenshots
-          emscripten chromium                               # the wasm build, the browser test
+          emscripten chromium firefox-esr                   # the wasm build, the browser tests
           clang-16                                          # relaxed-SIMD wasm kernels (tqkv-relaxed.wasm)
           libsentencepiece-dev                              # tests: the oracle of our tokenizer.model reader
           unicode-data bzip2)                               # tests: the tokenizer's Unicode tables and NFC vs Unicode's files

@@ -77,7 +77,7 @@ npx tsc -p tsconfig.json
 # The bundlers of test/bundlers.test.mjs (Vite, esbuild, webpack; ~20 s to install, lockfile pinned).
 (cd test/bundlers && npm ci --no-audit --no-fund --loglevel=error)
 
-echo "== web: node --test (API, SIMD == scalar, wasm == native, memory, npm pack, Chromium, model runner, demo page)"
+echo "== web: node --test (API, SIMD == scalar, wasm == native, memory, npm pack, Chromium, Firefox, model runner, demo page)"
 golden=$(mktemp -d)
 trap 'rm -rf "$golden"' EXIT
 TQKV_GOLDEN_DIR="$golden" "$native_tests" '[golden]' >/dev/null

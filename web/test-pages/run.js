@@ -70,7 +70,7 @@ export async function run(params) {
     cache.dispose();
     again.dispose();
   } catch (e) {
-    result.error = String(e && e.stack || e);
+    result.error = `${String(e)}\n${(e && e.stack) || ''}`;  // (Firefox's stack has no message)
   }
   result.inWorker = typeof document === 'undefined';
   return result;

@@ -8,16 +8,10 @@
 // CHROMIUM (default /usr/bin/chromium) selects the browser; without it the test is skipped.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { createServer } from 'node:http';
-import { existsSync, mkdtempSync, mkdirSync, readFileSync, statSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join, resolve, extname, normalize } from 'node:path';
-import { execFileSync } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
-import { Tqkv } from '../dist/node.js';
-import { stream, worstRowRelError } from './helpers.mjs';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { check, expected, packInstall, serveTestPages } from './browser-env.mjs';
 
-const web = resolve(fileURLToPath(new URL('.', import.meta.url)), '..');
 const chromiumPath = process.env.CHROMIUM || '/usr/bin/chromium';
 let chromium;
 try {
@@ -25,52 +19,10 @@ try {
 } catch {}
 const skip = !existsSync(chromiumPath) ? `no browser at ${chromiumPath} (apt-get install chromium)` : !chromium ? 'playwright-core not installed (npm ci in web/)' : false;
 
-function fnv1a(bytes) {
-  let h = 0x811c9dc5;
-  for (const b of bytes) h = Math.imul(h ^ b, 0x01000193) >>> 0;
-  return h.toString(16);
-}
-
-// What the page computes, computed in Node.
-async function expected(simd) {
-  const t = await Tqkv.load({ simd });
-  const heads = 8, kvHeads = 2, headDim = 128, tokens = 1000, row = kvHeads * headDim, q = heads * headDim;
-  const cache = t.createCache({ layers: 2, heads, kvHeads, headDim, keyBits: 4, valueBits: 3, window: 16 });
-  for (let t0 = 0; t0 < tokens; t0 += 250) cache.append(1, stream(250 * row, 10 + t0), stream(250 * row, 20 + t0));
-  const out = cache.attend(1, stream(q, 7));
-  const bytes = cache.serialize();
-  cache.dispose();
-  return { out, hash: fnv1a(bytes), length: bytes.length };
-}
-
-const types = { '.html': 'text/html', '.js': 'text/javascript', '.mjs': 'text/javascript', '.wasm': 'application/wasm', '.json': 'application/json', '.ts': 'text/plain' };
-
-function serve(mounts) {
-  const server = createServer((req, res) => {
-    const path = decodeURIComponent(new URL(req.url, 'http://x').pathname);
-    for (const [prefix, dir] of mounts) {
-      if (!path.startsWith(prefix)) continue;
-      const file = normalize(join(dir, path.slice(prefix.length) || 'index.html'));
-      if (!file.startsWith(dir) || !existsSync(file) || !statSync(file).isFile()) break;
-      // Cross-origin isolated pages (SharedArrayBuffer: the threaded builds).
-      res.writeHead(200, { 'content-type': types[extname(file)] ?? 'application/octet-stream', 'cache-control': 'no-store',
-        'cross-origin-opener-policy': 'same-origin', 'cross-origin-embedder-policy': 'require-corp' });
-      res.end(readFileSync(file));
-      return;
-    }
-    res.writeHead(404).end('not found');
-  });
-  return new Promise((ok) => server.listen(0, '127.0.0.1', () => ok(server)));
-}
-
 test('Chromium runs the packed package: builds, fallback without SIMD, IndexedDB persistence', { skip, timeout: 180_000 }, async (t) => {
   // The package as installed from the tarball.
-  const work = mkdtempSync(join(tmpdir(), 'tqkv-browser-'));
-  const packed = execFileSync('npm', ['pack', '--silent', '--pack-destination', work], { cwd: web, encoding: 'utf8' }).trim().split('\n').pop();
-  const pkg = join(work, 'node_modules', 'tqkv');
-  mkdirSync(pkg, { recursive: true });
-  execFileSync('tar', ['-xzf', join(work, packed), '-C', pkg, '--strip-components=1']);
-  const server = await serve([['/node_modules/', join(work, 'node_modules')], ['/', join(web, 'test-pages')]]);
+  const { work, pkg } = packInstall('tqkv-browser-');
+  const server = await serveTestPages(work);
   const base = `http://127.0.0.1:${server.address().port}/`;
   const browser = await chromium.launch({
     executablePath: chromiumPath,
@@ -85,14 +37,9 @@ test('Chromium runs the packed package: builds, fallback without SIMD, IndexedDB
   const want = { simd: await expected(true), scalar: await expected(false) };
   assert.equal(want.simd.hash, want.scalar.hash, 'SIMD and scalar builds serialize identically in Node');
 
-  async function run(query, { noSimd = false, csp, fails = false } = {}) {
+  async function run(query, { noSimd = false, fails = false } = {}) {
     const context = await browser.newContext();
     const page = await context.newPage();
-    if (csp)  // the page served with this Content-Security-Policy
-      await page.route('**/index.html*', async (route) => {
-        const res = await route.fetch();
-        await route.fulfill({ response: res, headers: { ...res.headers(), 'content-security-policy': csp } });
-      });
     const requested = [];
     const logs = [];
     page.on('console', (m) => logs.push(m.text()));
@@ -179,12 +126,12 @@ test('Chromium runs the packed package: builds, fallback without SIMD, IndexedDB
 
   await t.test("a Content-Security-Policy that refuses workers: threads 'auto' runs on one thread, threads 2 says why it cannot", async () => {
     const csp = "worker-src 'none'";
-    const { result } = await run('index.html?threads=auto', { csp });
+    const { result } = await run(`index.html?threads=auto&csp=${encodeURIComponent(csp)}`);
     assert.equal(result.threads, 1);
     check(result, want.simd);
     if (result.hardwareConcurrency > 1)  // (one core: 'auto' never tries a worker)
       assert.match(result.fallbacks.at(-1), /^threads: auto: 1 thread \(.*blob: URL, which a page's Content-Security-Policy must allow in worker-src/);
-    const failed = await run('index.html?threads=2', { csp, fails: true });
+    const failed = await run(`index.html?threads=2&csp=${encodeURIComponent(csp)}`, { fails: true });
     assert.equal(failed.result.ok, false);
     assert.match(failed.result.error, /tqkv: threads: .*worker.*blob: URL, which a page's Content-Security-Policy must allow in worker-src/);
     console.log(`# chromium with ${csp}: threads 'auto' -> ${result.threads} (${result.fallbacks.at(-1)}); threads 2 -> ${failed.result.error.split('\n')[0]}`);
@@ -240,15 +187,3 @@ test('Chromium runs the packed package: builds, fallback without SIMD, IndexedDB
   });
 });
 
-function check(result, want) {
-  assert.equal(result.tokens, 1000);
-  assert.equal(result.tokensAfterErrors, 1000, 'failed appends changed nothing');
-  assert.ok(result.bytesUsed > 0 && result.bytesUsed < result.fp16Bytes, `${result.bytesUsed} bytes vs fp16 ${result.fp16Bytes}`);
-  assert.equal(result.serializedLength, want.length);
-  assert.equal(result.serializedHash, want.hash, 'the browser codes equal Node codes bit for bit');
-  assert.ok(worstRowRelError(Float32Array.from(result.out), want.out, 128) < 1e-4);
-  assert.ok(result.roundTripEqual);
-  assert.deepEqual([result.error.name, result.error.code, result.error.isTqkvError], ['TqkvError', 'invalid argument', true]);
-  assert.match(result.error.message, /kv_heads \* head_dim = 256/);
-  assert.match(result.nanError, /not finite/);
-}
