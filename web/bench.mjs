@@ -1,6 +1,6 @@
 // npm run bench: the fused attention of `tqkv-bench attend` (same shape: 4 heads, 4 KV heads,
 // d = 128, K4 V4, one query token over all tokens, non-causal), timed for the relaxed-SIMD,
-// SIMD128 and scalar wasm builds — in this Node process, or with --browser in Chromium (the same
+// SIMD128 and scalar wasm builds — in this Node process, or with --browser in Chromium (--browser firefox: Firefox; the same
 // code, bench/measure.mjs, in bench/page.html) — and natively by running ../build/bench/tqkv-bench
 // in the same script run (its best kernel, and AVX2 when the CPU has it), each with precision
 // 'fast' (the default) and 'exact'. One JSON object per line:
@@ -57,10 +57,10 @@
 //
 //   node bench.mjs [--tokens 4096,16384] [--seconds 0.5] [--heads 4] [--kv-heads 4] [--dim 128]
 //                  [--key-bits 4] [--value-bits 4] [--precision fast,exact] [--only codec|decode|attend]
-//                  [--no-default] [--no-decode] [--context 1024] [--steps 64] [--browser]
+//                  [--no-default] [--no-decode] [--context 1024] [--steps 64] [--browser [chromium|firefox]]
 //                  [--threads 2] [--dist DIR (another build of dist/)]
 // TQKV_BENCH=path/to/tqkv-bench overrides the native binary; CHROMIUM (default /usr/bin/chromium)
-// the browser of --browser.
+// the browser of --browser, FIREFOX (default /usr/bin/firefox-esr) that of --browser firefox.
 import { existsSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -97,17 +97,35 @@ if (!Number.isInteger(decodeShape.context) || !Number.isInteger(decodeShape.step
 // Where the wasm rows are measured: this Node process, or a Chromium page.
 let engine, closeEngine = async () => {};
 if (args.browser !== undefined) {
-  const chromiumPath = process.env.CHROMIUM || '/usr/bin/chromium';
-  const { chromium } = await import('playwright-core').catch(() => {
-    throw new Error('bench --browser: playwright-core is not installed (npm ci in web/)');
-  });
-  if (!existsSync(chromiumPath)) throw new Error(`bench --browser: no browser at ${chromiumPath} (apt-get install chromium, or set CHROMIUM)`);
+  const which = args.browser || 'chromium';
+  if (which !== 'chromium' && which !== 'firefox') throw new Error(`bench: --browser ${which}: accepted: chromium (the default), firefox`);
   const server = await serve([['/model/', modelDir], ['/', here]]);
-  // --no-liftoff: every function compiled by the optimizing tier up front, as in Node below.
-  const browser = await chromium.launch({ executablePath: chromiumPath, args: ['--js-flags=--no-liftoff'] });
-  const page = await browser.newPage();
-  await page.goto(`http://127.0.0.1:${server.address().port}/bench/page.html`);
-  await page.waitForFunction(() => window.tqkvBenchReady === true, null, { timeout: 60_000 });
+  const url = `http://127.0.0.1:${server.address().port}/bench/page.html`;
+  let browser, page;
+  if (which === 'firefox') {
+    // Debian's firefox-esr through puppeteer-core (WebDriver BiDi).
+    const firefoxPath = process.env.FIREFOX || '/usr/bin/firefox-esr';
+    const puppeteer = (await import('puppeteer-core').catch(() => {
+      throw new Error('bench --browser firefox: puppeteer-core is not installed (npm ci in web/)');
+    })).default;
+    if (!existsSync(firefoxPath)) throw new Error(`bench --browser firefox: no browser at ${firefoxPath} (apt-get install firefox-esr, or set FIREFOX)`);
+    browser = await puppeteer.launch({ browser: 'firefox', executablePath: firefoxPath, headless: true });
+    page = await browser.newPage();
+    await page.goto(url);
+    await page.waitForFunction(() => window.tqkvBenchReady === true, { timeout: 60_000 });
+  } else {
+    const chromiumPath = process.env.CHROMIUM || '/usr/bin/chromium';
+    const { chromium } = await import('playwright-core').catch(() => {
+      throw new Error('bench --browser: playwright-core is not installed (npm ci in web/)');
+    });
+    if (!existsSync(chromiumPath)) throw new Error(`bench --browser: no browser at ${chromiumPath} (apt-get install chromium, or set CHROMIUM)`);
+    // --no-liftoff: every function compiled by the optimizing tier up front, as in Node below.
+    browser = await chromium.launch({ executablePath: chromiumPath, args: ['--js-flags=--no-liftoff'] });
+    page = await browser.newPage();
+    await page.goto(url);
+    await page.waitForFunction(() => window.tqkvBenchReady === true, null, { timeout: 60_000 });
+  }
+  // (page.evaluate(fn, arg) is the same call in playwright and puppeteer.)
   engine = {
     attendRows: (o) => page.evaluate((o) => window.tqkvBench.attendRows(o), o),
     codecDotRow: (simd) => page.evaluate(([s, sec]) => window.tqkvBench.codecDotRow(s, sec), [simd, seconds]),
