@@ -69,7 +69,6 @@ export function serve(mounts) {
   return new Promise((ok) => server.listen(0, '127.0.0.1', () => ok(server)));
 }
 
-
 /** The checks of a page's result (test-pages/run.js) against Node's. */
 export function check(result, want) {
   assert.equal(result.tokens, 1000);
