@@ -2,7 +2,10 @@
 // browser.test.mjs (web/test-pages/, the package installed from its `npm pack` tarball) and the
 // same checks: the codes equal Node's bit for bit, attention within 1e-4, for the build Firefox
 // picks by itself, the threaded build (2 threads, also inside a module Web Worker), a page whose
-// Content-Security-Policy refuses workers, the scalar build, and an IndexedDB round trip.
+// Content-Security-Policy refuses workers, the scalar build, and an IndexedDB round trip. Then the
+// demo page (web/demo/) with tq-ref-128: the exact fp32 cache's 64 greedy bytes equal the native
+// runner's, and the default cache generates; decode tokens/s of both printed (skipped without the
+// model, as demo.browser.test.mjs).
 //
 // FIREFOX (default /usr/bin/firefox-esr) selects the browser; without it, or without
 // puppeteer-core (npm ci in web/), the test is skipped.
@@ -11,6 +14,8 @@ import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { check, expected, packInstall, serveTestPages } from './browser-env.mjs';
+import { serve as serveDemo, web } from '../demo/serve.mjs';
+import { modelGolden } from './helpers.mjs';
 
 const firefoxPath = process.env.FIREFOX || '/usr/bin/firefox-esr';
 let puppeteer;
@@ -19,7 +24,7 @@ try {
 } catch {}
 const skip = !existsSync(firefoxPath) ? `no browser at ${firefoxPath} (apt-get install firefox-esr)` : !puppeteer ? 'puppeteer-core not installed (npm ci in web/)' : false;
 
-test('Firefox runs the packed package: its build, threads, a worker, CSP, scalar, IndexedDB', { skip, timeout: 300_000 }, async (t) => {
+test('Firefox runs the packed package: its build, threads, a worker, CSP, scalar, IndexedDB, the demo', { skip, timeout: 300_000 }, async (t) => {
   const { work, pkg } = packInstall('tqkv-firefox-');
   const server = await serveTestPages(work);
   const base = `http://127.0.0.1:${server.address().port}/`;
@@ -114,5 +119,54 @@ test('Firefox runs the packed package: its build, threads, a worker, CSP, scalar
     assert.equal(restored.hashB, saved.hashB);
     assert.equal(restored.afterRemove, true);
     if (saved.float16) assert.equal(saved.float16Equal, true, 'Float16Array input == its Uint16Array bits');
+  });
+
+  const g = await modelGolden();
+  await t.test('the demo page: the exact cache gives the native runner\'s bytes; the default cache generates', { skip: g.skip ?? false }, async () => {
+    const { golden, modelDir } = g;
+    const demo = await serveDemo([['/model/', modelDir], ['/', web]]);
+    const context = await browser.createBrowserContext();
+    try {
+      const page = await context.newPage();
+      const logs = [];
+      page.on('console', (m) => logs.push(m.text()));
+      page.on('pageerror', (e) => logs.push(String(e)));
+      await page.goto(`http://127.0.0.1:${demo.address().port}/demo/`);
+      await page.waitForFunction(() => ['ready', 'error'].includes(window.tqkvDemo?.state), { timeout: 120_000 });
+      const loaded = await page.evaluate(() => ({ state: window.tqkvDemo.state, error: window.tqkvDemo.error, model: window.tqkvDemo.model }));
+      assert.equal(loaded.state, 'ready', `the page did not load the model: ${loaded.error}\n${logs.join('\n')}`);
+      const generate = async (spec, n) => {
+        // As a person would: the form's fields, then Generate (the page reads them on the click).
+        await page.evaluate((spec, n, prompt) => {
+          const set = (id, v) => {
+            const el = document.getElementById(id);
+            el.value = v;
+            el.dispatchEvent(new Event('input', { bubbles: true }));
+            el.dispatchEvent(new Event('change', { bubbles: true }));
+          };
+          set('prompt', prompt);
+          set('cache', spec);
+          set('tokens', String(n));
+          set('temperature', '0');
+        }, spec, n, golden.prompt);
+        const runs = await page.evaluate(() => window.tqkvDemo.runs.length);
+        await page.click('#generate');
+        await page.waitForFunction((k) => window.tqkvDemo.runs.length > k && window.tqkvDemo.state === 'ready', { timeout: 120_000 }, runs);
+        const run = await page.evaluate(() => window.tqkvDemo.runs.at(-1));
+        assert.ok(!run.error, `${spec}: ${run.error}\n${logs.join('\n')}`);
+        return run;
+      };
+      const exact = await generate('fp32', golden.greedy_bytes);
+      assert.deepEqual(exact.tokens, golden.greedy_exact,
+        `firefox ${JSON.stringify(exact.text)} vs native ${JSON.stringify(Buffer.from(golden.greedy_exact).toString())}`);
+      const dflt = await generate('K3.5V2.5-w16', 48);
+      assert.equal(dflt.tokens.length, 48);
+      assert.ok(dflt.stats.cacheBytes < dflt.stats.fp16Bytes, `${dflt.stats.cacheBytes} bytes vs fp16 ${dflt.stats.fp16Bytes}`);
+      console.log(`# firefox demo (${loaded.model.threads} threads): decode ${exact.decodeTokensPerSecond.toFixed(1)} tokens/s exact fp32, ` +
+        `${dflt.decodeTokensPerSecond.toFixed(1)} default K3.5V2.5-w16`);
+    } finally {
+      await context.close();
+      demo.close();
+    }
   });
 });
