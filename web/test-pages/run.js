@@ -3,24 +3,9 @@
 // (index.html) or, with ?in=worker, inside a module Web Worker (worker.js), as runtimes that run
 // their model off the main thread use tqkv. Parameters are the page's query string.
 import { Tqkv, TqkvError, simdSupported, relaxedSimdSupported } from '/node_modules/tqkv/dist/index.js';
+import { fnv1a, stream } from './inputs.js';
 
 export async function run(params) {
-  // Same deterministic inputs as web/test/helpers.mjs (xorshift32, values in [-2, 2)).
-  function stream(n, seed) {
-    const out = new Float32Array(n);
-    let s = seed >>> 0 || 1;
-    for (let i = 0; i < n; i++) {
-      s = (s ^ (s << 13)) >>> 0; s = (s ^ (s >>> 17)) >>> 0; s = (s ^ (s << 5)) >>> 0;
-      out[i] = ((s >>> 8) - (1 << 23)) / (1 << 22);
-    }
-    return out;
-  }
-  function fnv1a(bytes) {
-    let h = 0x811c9dc5;
-    for (const b of bytes) h = Math.imul(h ^ b, 0x01000193) >>> 0;
-    return h.toString(16);
-  }
-
   const simdParam = params.get('simd');  // '0' forces the scalar build, '1' the SIMD128 one, or a variant name
   const result = { ok: false };
   try {

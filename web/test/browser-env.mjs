@@ -10,7 +10,7 @@ import { join, resolve, extname, normalize } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { Tqkv } from '../dist/node.js';
-import { stream, worstRowRelError } from './helpers.mjs';
+import { fnv1a, stream, worstRowRelError } from './helpers.mjs';
 
 export const web = resolve(fileURLToPath(new URL('.', import.meta.url)), '..');
 
@@ -27,12 +27,6 @@ export function packInstall(prefix) {
 /** The installed package at /node_modules/ and the test pages at / on 127.0.0.1. */
 export function serveTestPages(work) {
   return serve([['/node_modules/', join(work, 'node_modules')], ['/', join(web, 'test-pages')]]);
-}
-
-export function fnv1a(bytes) {
-  let h = 0x811c9dc5;
-  for (const b of bytes) h = Math.imul(h ^ b, 0x01000193) >>> 0;
-  return h.toString(16);
 }
 
 // What the page computes, computed in Node.

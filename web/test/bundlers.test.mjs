@@ -16,7 +16,7 @@ import { extname, join, normalize, resolve } from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { Tqkv } from '../dist/node.js';
-import { stream } from './helpers.mjs';
+import { fnv1a, stream } from './helpers.mjs';
 
 const web = resolve(fileURLToPath(new URL('.', import.meta.url)), '..');
 const fixture = join(web, 'test', 'bundlers');
@@ -33,29 +33,12 @@ const skip = !existsSync(chromiumPath)
       ? 'bundlers not installed: run `npm ci` in web/test/bundlers (wasm/test.sh does)'
       : false;
 
-function fnv1a(bytes) {
-  let h = 0x811c9dc5;
-  for (const b of bytes) h = Math.imul(h ^ b, 0x01000193) >>> 0;
-  return h.toString(16);
-}
-
-// The app: the same small cache as codes() below computes in Node.
+// The app: the same small cache as codes() below computes in Node, on the inputs of test-pages/inputs.js
+// (its text, so that the app is one file for every bundler).
+const INPUTS = readFileSync(new URL('../test-pages/inputs.js', import.meta.url), 'utf8');
 const MAIN = `
 import { Tqkv, TqkvError } from 'tqkv';
-function stream(n, seed) {
-  const out = new Float32Array(n);
-  let s = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    s = (s ^ (s << 13)) >>> 0; s = (s ^ (s >>> 17)) >>> 0; s = (s ^ (s << 5)) >>> 0;
-    out[i] = ((s >>> 8) - (1 << 23)) / (1 << 22);
-  }
-  return out;
-}
-function fnv1a(bytes) {
-  let h = 0x811c9dc5;
-  for (const b of bytes) h = Math.imul(h ^ b, 0x01000193) >>> 0;
-  return h.toString(16);
-}
+${INPUTS}
 (async () => {
   const result = { ok: false };
   try {

@@ -9,17 +9,9 @@ export const builds = [
 
 // The golden input stream, bit-identical to js_stream() in tests/test_capi.cpp: xorshift32,
 // each value a 24-bit integer / 2^22 in [-2, 2) (exact in float32).
-export function stream(n, seed) {
-  const out = new Float32Array(n);
-  let s = seed >>> 0 || 1;
-  for (let i = 0; i < n; i++) {
-    s = (s ^ (s << 13)) >>> 0;
-    s = (s ^ (s >>> 17)) >>> 0;
-    s = (s ^ (s << 5)) >>> 0;
-    out[i] = ((s >>> 8) - (1 << 23)) / (1 << 22);
-  }
-  return out;
-}
+import { fnv1a, stream } from '../test-pages/inputs.js';
+
+export { fnv1a, stream };
 
 // Relative error ||a - b|| / ||b|| over rows of `d` floats; returns the worst row.
 export function worstRowRelError(a, b, d) {
