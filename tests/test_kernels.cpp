@@ -213,6 +213,47 @@ TEST_CASE("SIMD kernels: dot_codes matches the scalar look-up-table sum", "[kern
     }
 }
 
+TEST_CASE("attention kernels: the online softmax's exp_sum and max_f32 against the scalar reference", "[kernels]") {
+    // exp_sum: each element within the two exps' errors (the kernel's < 2e-7 relative, std::exp's
+    // < 1 ulp = 2^-23 relative; results below FLT_MIN may flush to 0); the sum, of terms >= 0, also
+    // within the two summation orders' (n - 1) u each (u = 2^-24). Exactly 1 at x = m, 0 at -inf.
+    // max_f32: exact.
+    const auto& ref = detail::scalar_attention();
+    const float inf = std::numeric_limits<float>::infinity(), tiny = std::numeric_limits<float>::min();
+    const double rel = 2e-7 + std::ldexp(1.0, -23);
+    for (const auto& name : simd_kernels()) {
+        const auto& ak = detail::attention_for(detail::kernels_by_name(name.c_str()));
+        for (int n : {1, 3, 4, 5, 8, 15, 16, 17, 31, 32, 33, 47, 63, 64, 100, 256}) {
+            Rng rng(uint64_t(n) * 31 + 7);
+            for (int kind = 0; kind < 5; ++kind) {
+                std::vector<float> x(n);
+                for (int i = 0; i < n; ++i) {
+                    const float g = float(rng.normal());
+                    x[i] = kind == 0   ? 5 * g                                            // scores
+                           : kind == 1 ? (i % 3 == 1 ? -inf : 8 * g)                      // masked tokens
+                           : kind == 2 ? -80.0f - 30.0f * float(rng.uniform())            // underflow, denormals
+                           : kind == 3 ? 1.5f                                             // all at the max
+                                       : float(rng.uniform()) * 1e-3f - 60.0f * (i & 1);  // far below
+                }
+                if (kind == 2 || kind == 4) x[0] = 0.0f;  // the max
+                const float m = kind == 4 ? 30.0f : ref.max_f32(x.data(), n);  // kind 4: an earlier chunk's larger max
+                INFO(name << " n=" << n << " kind " << kind);
+                REQUIRE(ak.max_f32(x.data(), n) == ref.max_f32(x.data(), n));
+                std::vector<float> a = x, b = x;
+                const float sa = ak.exp_sum(a.data(), n, m), sb = ref.exp_sum(b.data(), n, m);
+                double total = 0;
+                for (int i = 0; i < n; ++i) {
+                    CHECK(std::fabs(double(a[i]) - b[i]) <= rel * b[i] + tiny);
+                    if (x[i] == -inf) CHECK(a[i] == 0.0f);
+                    if (x[i] == m) CHECK(a[i] == 1.0f);
+                    total += b[i];
+                }
+                CHECK(std::fabs(double(sa) - sb) <= (rel + 2.0 * n * std::ldexp(1.0, -24)) * total + n * tiny);
+            }
+        }
+    }
+}
+
 TEST_CASE("prepared (fixed-point) 4-bit key scores stay within their error bound, on every kernel", "[kernels]") {
     // Kernels with prepare_scores (wasm, AVX2) score 4-bit keys from integer tables: the error is
     // bounded by rounding each entry to a multiple of delta, which both kernels keep below

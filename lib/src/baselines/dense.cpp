@@ -47,9 +47,7 @@ void dense_attention(const DenseAttentionShape& s, const float* q, const T* keys
                     for (int j = 0; j < d; ++j) acc[size_t(h) * d + j] *= corr;
                     m[h] = cmax;
                 }
-                for (size_t t = 0; t < n; ++t) sc[t] -= m[h];
-                ak.exp_nonpositive(sc, int(n));
-                l[h] += ak.sum_f32(sc, int(n));
+                l[h] += ak.exp_sum(sc, int(n), m[h]);
             }
             for (size_t t = 0; t < n; ++t)
                 for (int h = 0; h < r; ++h) (ak.*axpy)(scores[h * kChunk + t], V + (t0 + t) * d, &acc[size_t(h) * d], d);

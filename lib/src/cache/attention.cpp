@@ -463,10 +463,7 @@ void KVCache::attend_impl(std::span<const Impl* const> parts, std::span<const fl
                     for (int j = 0; j < d; ++j) pexact[size_t(hh) * d + j] *= corr;
                     pm[hh] = cmax;
                 }
-                const float mx = pm[hh];
-                for (size_t t = 0; t < cols; ++t) s[t] -= mx;
-                ak.exp_nonpositive(s, int(cols));
-                const float sum = ak.sum_f32(s, int(cols));
+                const float sum = ak.exp_sum(s, int(cols), pm[hh]);
                 pl[hh] += sum;
                 plc[owner.index * r + hh] += sum;
             }

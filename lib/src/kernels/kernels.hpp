@@ -70,17 +70,17 @@ struct AttentionKernels {
     // table as the lut of one coordinate above (16 replicated entries, or 2^bits).
     void (*group_accumulate)(const uint8_t* codes, int dim, int bits, const float* table, const float* w, int heads,
                              float* acc);
-    // x_i = exp(x_i) for x_i <= 0 (-inf -> 0); relative error below 2e-7 (results below FLT_MIN may
-    // flush to 0).
-    void (*exp_nonpositive)(float* x, int n);
+    // The online softmax's step over a chunk of scores, one pass: x_i = exp(x_i - m) for x_i <= m
+    // (-inf -> 0), returning sum_i of the new x_i. exp's relative error is below 2e-7 (results below
+    // FLT_MIN may flush to 0); the sum's order is the kernel's.
+    float (*exp_sum)(float* x, int n, float m);
     // Dense fp32 / fp16 building blocks (the exact recent window, the dense baselines).
     float (*dot_f32)(const float* a, const float* b, int n);
     void (*axpy_f32)(float a, const float* x, float* y, int n);  // y += a x
     float (*dot_f16)(const float* a, const uint16_t* b, int n);
     void (*axpy_f16)(float a, const uint16_t* x, float* y, int n);
-    // Reductions of the online softmax: max_i x_i (n >= 1) and sum_i x_i.
+    // max_i x_i (n >= 1): the online softmax's running maximum.
     float (*max_f32)(const float* x, int n);
-    float (*sum_f32)(const float* x, int n);
     // Optional fused forms for the common case (one segment, fp16 norms); nullptr = the driver
     // composes them from the kernels above.
     //   out[h * out_stride + t] = scale * norm_t * (group_scores row h, token t)

@@ -31,6 +31,7 @@
 #include "tqkv/codebook.hpp"
 
 #define TQKV_ALWAYS_INLINE inline __attribute__((always_inline))
+#define TQKV_ALWAYS_INLINE_LAMBDA __attribute__((always_inline))
 
 namespace tqkv::detail {
 namespace {
@@ -740,24 +741,44 @@ TQKV_ALWAYS_INLINE __m256i tail_mask(int k) {
     return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kMaskTable + 8 - k));
 }
 
-void exp_nonpositive(float* x, int n) {
-    int i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, exp_ps(_mm256_loadu_ps(x + i)));
-    if (i < n) {
-        const __m256i m = tail_mask(n - i);
-        _mm256_maskstore_ps(x + i, m, exp_ps(_mm256_maskload_ps(x + i, m)));
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Dense building blocks
-
 TQKV_ALWAYS_INLINE float hsum(__m256 v) {
     __m128 q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     q = _mm_add_ps(q, _mm_movehl_ps(q, q));
     q = _mm_add_ss(q, _mm_movehdup_ps(q));
     return _mm_cvtss_f32(q);
 }
+
+// x_i = exp(x_i - m), returning their sum in the order of the other reductions (four
+// accumulators over blocks of 32, then blocks of 8, then a masked tail).
+float exp_sum(float* x, int n, float m) {
+    const __m256 vm = _mm256_set1_ps(m);
+    auto e = [&](int i) TQKV_ALWAYS_INLINE_LAMBDA {
+        const __m256 v = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm));
+        _mm256_storeu_ps(x + i, v);
+        return v;
+    };
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        s0 = _mm256_add_ps(s0, e(i));
+        s1 = _mm256_add_ps(s1, e(i + 8));
+        s2 = _mm256_add_ps(s2, e(i + 16));
+        s3 = _mm256_add_ps(s3, e(i + 24));
+    }
+    for (; i + 8 <= n; i += 8) s0 = _mm256_add_ps(s0, e(i));
+    if (i < n) {
+        // Lanes past n: exp(0 - m) computed but neither stored nor summed.
+        const __m256i k = tail_mask(n - i);
+        const __m256 v = exp_ps(_mm256_sub_ps(_mm256_maskload_ps(x + i, k), vm));
+        _mm256_maskstore_ps(x + i, k, v);
+        s1 = _mm256_add_ps(s1, _mm256_and_ps(v, _mm256_castsi256_ps(k)));
+    }
+    return hsum(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dense building blocks
+
 
 TQKV_ALWAYS_INLINE float hmax(__m256 v) {
     __m128 q = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -857,26 +878,12 @@ float max_f32(const float* x, int n) {
     return hmax(_mm256_max_ps(m0, m1));
 }
 
-float sum_f32(const float* x, int n) {
-    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps(), s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
-    int i = 0;
-    for (; i + 32 <= n; i += 32) {
-        s0 = _mm256_add_ps(s0, _mm256_loadu_ps(x + i));
-        s1 = _mm256_add_ps(s1, _mm256_loadu_ps(x + i + 8));
-        s2 = _mm256_add_ps(s2, _mm256_loadu_ps(x + i + 16));
-        s3 = _mm256_add_ps(s3, _mm256_loadu_ps(x + i + 24));
-    }
-    for (; i + 8 <= n; i += 8) s0 = _mm256_add_ps(s0, _mm256_loadu_ps(x + i));
-    if (i < n) s1 = _mm256_add_ps(s1, _mm256_maskload_ps(x + i, tail_mask(n - i)));
-    return hsum(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
-}
-
 }  // namespace
 
 const AttentionKernels& avx2_attention() {
-    static const AttentionKernels k = {group_scores, group_accumulate,    exp_nonpositive,     dot_f32,
+    static const AttentionKernels k = {group_scores, group_accumulate,    exp_sum,             dot_f32,
                                        axpy_f32,     dot_f16,             axpy_f16,            max_f32,
-                                       sum_f32,      group_scores_normed, group_accumulate_normed,
+                                       group_scores_normed, group_accumulate_normed,
                                        scores_table_bytes, prepare_scores,  group_scores_prepared,
                                        fast_scores_table_bytes, avx2_fast_prepare_scores, avx2_fast_chunk_scores,
                                        avx2_fast_chunk_accumulate};

@@ -314,16 +314,30 @@ __m512 exp_ps(__m512 x) {
     return _mm512_maskz_scalef_ps(_knot_mask16(tiny), p, n);
 }
 
-void exp_nonpositive(float* x, int n) {
-    int i = 0;
-    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, exp_ps(_mm512_loadu_ps(x + i)));
-    if (i < n) {
-        const __mmask16 m = __mmask16((1u << (n - i)) - 1);
-        _mm512_mask_storeu_ps(x + i, m, exp_ps(_mm512_maskz_loadu_ps(m, x + i)));
-    }
-}
-
 inline __mmask16 tail_mask(int left) { return left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1); }
+
+// x_i = exp(x_i - m), returning their sum in the order of the other reductions (two accumulators
+// over blocks of 32, then masked blocks of 16).
+float exp_sum(float* x, int n, float m) {
+    const __m512 vm = _mm512_set1_ps(m);
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 32 <= n; i += 32) {
+        const __m512 a = exp_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), vm));
+        const __m512 b = exp_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i + 16), vm));
+        _mm512_storeu_ps(x + i, a);
+        _mm512_storeu_ps(x + i + 16, b);
+        s0 = _mm512_add_ps(s0, a);
+        s1 = _mm512_add_ps(s1, b);
+    }
+    for (; i < n; i += 16) {
+        const __mmask16 k = tail_mask(n - i);
+        const __m512 v = _mm512_maskz_mov_ps(k, exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), vm)));
+        _mm512_mask_storeu_ps(x + i, k, v);
+        s0 = _mm512_add_ps(s0, v);
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+}
 
 float dot_f32(const float* a, const float* b, int n) {
     __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
@@ -379,23 +393,12 @@ float max_f32(const float* x, int n) {
     return _mm512_reduce_max_ps(m);
 }
 
-float sum_f32(const float* x, int n) {
-    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
-    int i = 0;
-    for (; i + 32 <= n; i += 32) {
-        s0 = _mm512_add_ps(s0, _mm512_loadu_ps(x + i));
-        s1 = _mm512_add_ps(s1, _mm512_loadu_ps(x + i + 16));
-    }
-    for (; i < n; i += 16) s0 = _mm512_add_ps(s0, _mm512_maskz_loadu_ps(tail_mask(n - i), x + i));
-    return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
-}
-
 }  // namespace
 
 const AttentionKernels& avx512_attention() {
-    static const AttentionKernels k = {group_scores, group_accumulate,    exp_nonpositive,     dot_f32,
+    static const AttentionKernels k = {group_scores, group_accumulate,    exp_sum,             dot_f32,
                                        axpy_f32,     dot_f16,             axpy_f16,            max_f32,
-                                       sum_f32,      group_scores_normed, group_accumulate_normed,
+                                       group_scores_normed, group_accumulate_normed,
                                        nullptr,      nullptr,             nullptr,
                                        // the fast path: the AVX2 kernels (kernels/avx2/fast.cpp)
                                        fast_scores_table_bytes, avx2_fast_prepare_scores, avx2_fast_chunk_scores,

@@ -269,19 +269,32 @@ TQKV_ALWAYS_INLINE float32x4_t exp4(float32x4_t x) {
     return vmulq_f32(vmulq_f32(p, s1), s2);
 }
 
-void exp_nonpositive(float* x, int n) {
+// x_i = exp(x_i - m), returning their sum in the order of the other reductions (four
+// accumulators over blocks of 16, then blocks of 4, then one at a time).
+float exp_sum(float* x, int n, float m) {
+    const float32x4_t vm = vdupq_n_f32(m);
+    auto e = [&](int i) TQKV_ALWAYS_INLINE_LAMBDA {
+        const float32x4_t v = exp4(vsubq_f32(vld1q_f32(x + i), vm));
+        vst1q_f32(x + i, v);
+        return v;
+    };
+    float32x4_t s0 = vdupq_n_f32(0.0f), s1 = s0, s2 = s0, s3 = s0;
     int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        vst1q_f32(x + i, exp4(vld1q_f32(x + i)));
-        vst1q_f32(x + i + 4, exp4(vld1q_f32(x + i + 4)));
+    for (; i + 16 <= n; i += 16) {
+        s0 = vaddq_f32(s0, e(i));
+        s1 = vaddq_f32(s1, e(i + 4));
+        s2 = vaddq_f32(s2, e(i + 8));
+        s3 = vaddq_f32(s3, e(i + 12));
     }
-    for (; i + 4 <= n; i += 4) vst1q_f32(x + i, exp4(vld1q_f32(x + i)));
+    for (; i + 4 <= n; i += 4) s0 = vaddq_f32(s0, e(i));
+    float s = vaddvq_f32(vaddq_f32(vaddq_f32(s0, s1), vaddq_f32(s2, s3)));
     if (i < n) {
         float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        std::memcpy(t, x + i, sizeof(float) * size_t(n - i));
+        for (int k = i; k < n; ++k) t[k - i] = x[k] - m;
         vst1q_f32(t, exp4(vld1q_f32(t)));
-        std::memcpy(x + i, t, sizeof(float) * size_t(n - i));
+        for (int k = i; k < n; ++k) s += x[k] = t[k - i];
     }
+    return s;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -369,26 +382,11 @@ float max_f32(const float* x, int n) {
     return m;
 }
 
-float sum_f32(const float* x, int n) {
-    float32x4_t s0 = vdupq_n_f32(0.0f), s1 = s0, s2 = s0, s3 = s0;
-    int i = 0;
-    for (; i + 16 <= n; i += 16) {
-        s0 = vaddq_f32(s0, vld1q_f32(x + i));
-        s1 = vaddq_f32(s1, vld1q_f32(x + i + 4));
-        s2 = vaddq_f32(s2, vld1q_f32(x + i + 8));
-        s3 = vaddq_f32(s3, vld1q_f32(x + i + 12));
-    }
-    for (; i + 4 <= n; i += 4) s0 = vaddq_f32(s0, vld1q_f32(x + i));
-    float s = vaddvq_f32(vaddq_f32(vaddq_f32(s0, s1), vaddq_f32(s2, s3)));
-    for (; i < n; ++i) s += x[i];
-    return s;
-}
-
 }  // namespace
 
 const AttentionKernels& neon_attention() {
-    static const AttentionKernels k = {group_scores, group_accumulate, exp_nonpositive, dot_f32, axpy_f32, dot_f16,
-                                       axpy_f16,     max_f32,          sum_f32,         nullptr, nullptr,
+    static const AttentionKernels k = {group_scores, group_accumulate, exp_sum, dot_f32, axpy_f32, dot_f16,
+                                       axpy_f16,     max_f32,          nullptr, nullptr,
                                        nullptr,      nullptr,          nullptr,
                                        fast_scores_table_bytes, neon_fast_prepare_scores, neon_fast_chunk_scores,
                                        neon_fast_chunk_accumulate};

@@ -37,8 +37,10 @@ void group_accumulate(const uint8_t* codes, int dim, int bits, const float* tabl
         }
 }
 
-void exp_nonpositive(float* x, int n) {
-    for (int i = 0; i < n; ++i) x[i] = std::exp(x[i]);
+float exp_sum(float* x, int n, float m) {
+    float s = 0.0f;
+    for (int i = 0; i < n; ++i) s += x[i] = std::exp(x[i] - m);
+    return s;
 }
 
 float dot_f32(const float* a, const float* b, int n) {
@@ -67,18 +69,12 @@ float max_f32(const float* x, int n) {
     return m;
 }
 
-float sum_f32(const float* x, int n) {
-    float s = 0.0f;
-    for (int i = 0; i < n; ++i) s += x[i];
-    return s;
-}
-
 }  // namespace
 
 const AttentionKernels& scalar_attention() {
     // No fused forms: the driver composes them, which is the reference behaviour.
-    static const AttentionKernels k = {group_scores, group_accumulate, exp_nonpositive, dot_f32, axpy_f32, dot_f16,
-                                       axpy_f16,     max_f32,          sum_f32,         nullptr, nullptr,
+    static const AttentionKernels k = {group_scores, group_accumulate, exp_sum, dot_f32, axpy_f32, dot_f16,
+                                       axpy_f16,     max_f32,          nullptr,         nullptr,
                                        nullptr,      nullptr,          nullptr,
                                        // the fast path's reference (kernels/scalar/fast.cpp)
                                        fast_scores_table_bytes, scalar_fast_prepare_scores, scalar_fast_chunk_scores,

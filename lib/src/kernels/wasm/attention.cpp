@@ -606,28 +606,41 @@ TQKV_ALWAYS_INLINE v128_t exp4(v128_t x) {
     return wasm_f32x4_mul(wasm_f32x4_mul(p, s1), s2);
 }
 
-void exp_nonpositive(float* x, int n) {
-    int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        store(x + i, exp4(load(x + i)));
-        store(x + i + 4, exp4(load(x + i + 4)));
-    }
-    for (; i + 4 <= n; i += 4) store(x + i, exp4(load(x + i)));
-    if (i < n) {
-        alignas(16) float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        std::memcpy(t, x + i, sizeof(float) * size_t(n - i));
-        store(t, exp4(load(t)));
-        std::memcpy(x + i, t, sizeof(float) * size_t(n - i));
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Dense fp32 / fp16
-
 TQKV_ALWAYS_INLINE float hsum(v128_t s) {
     const v128_t t = wasm_f32x4_add(s, wasm_i32x4_shuffle(s, s, 2, 3, 0, 1));
     return wasm_f32x4_extract_lane(t, 0) + wasm_f32x4_extract_lane(t, 1);
 }
+
+// x_i = exp(x_i - m), returning their sum (in sum order of the other reductions: four
+// accumulators over blocks of 16, then blocks of 4, then one at a time).
+float exp_sum(float* x, int n, float m) {
+    const v128_t vm = wasm_f32x4_splat(m);
+    auto e = [&](int i) TQKV_ALWAYS_INLINE_LAMBDA {
+        const v128_t v = exp4(wasm_f32x4_sub(load(x + i), vm));
+        store(x + i, v);
+        return v;
+    };
+    v128_t s0 = wasm_f32x4_splat(0.0f), s1 = s0, s2 = s0, s3 = s0;
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = wasm_f32x4_add(s0, e(i));
+        s1 = wasm_f32x4_add(s1, e(i + 4));
+        s2 = wasm_f32x4_add(s2, e(i + 8));
+        s3 = wasm_f32x4_add(s3, e(i + 12));
+    }
+    for (; i + 4 <= n; i += 4) s0 = wasm_f32x4_add(s0, e(i));
+    float s = hsum(wasm_f32x4_add(wasm_f32x4_add(s0, s1), wasm_f32x4_add(s2, s3)));
+    if (i < n) {
+        alignas(16) float t[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int k = i; k < n; ++k) t[k - i] = x[k] - m;
+        store(t, exp4(load(t)));
+        for (int k = i; k < n; ++k) s += x[k] = t[k - i];
+    }
+    return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dense fp32 / fp16
 
 float dot_f32(const float* a, const float* b, int n) {
     v128_t s0 = wasm_f32x4_splat(0.0f), s1 = s0, s2 = s0, s3 = s0;
@@ -704,26 +717,12 @@ float max_f32(const float* x, int n) {
     return m;
 }
 
-float sum_f32(const float* x, int n) {
-    v128_t s0 = wasm_f32x4_splat(0.0f), s1 = s0, s2 = s0, s3 = s0;
-    int i = 0;
-    for (; i + 16 <= n; i += 16) {
-        s0 = wasm_f32x4_add(s0, load(x + i));
-        s1 = wasm_f32x4_add(s1, load(x + i + 4));
-        s2 = wasm_f32x4_add(s2, load(x + i + 8));
-        s3 = wasm_f32x4_add(s3, load(x + i + 12));
-    }
-    for (; i + 4 <= n; i += 4) s0 = wasm_f32x4_add(s0, load(x + i));
-    float s = hsum(wasm_f32x4_add(wasm_f32x4_add(s0, s1), wasm_f32x4_add(s2, s3)));
-    for (; i < n; ++i) s += x[i];
-    return s;
-}
 
 }  // namespace
 
 const AttentionKernels& wasm128_attention() {
-    static const AttentionKernels k = {group_scores, group_accumulate, exp_nonpositive, dot_f32, axpy_f32,
-                                       dot_f16,      axpy_f16,         max_f32,         sum_f32,
+    static const AttentionKernels k = {group_scores, group_accumulate, exp_sum, dot_f32, axpy_f32,
+                                       dot_f16,      axpy_f16,         max_f32,
                                        group_scores_normed, group_accumulate_normed,
                                        scores_table_bytes,  prepare_scores,         group_scores_prepared,
                                        fast_scores_table_bytes, wasm128_fast_prepare_scores, wasm128_fast_chunk_scores,
