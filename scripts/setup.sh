@@ -7,6 +7,7 @@ packages=(build-essential cmake catch2 pkg-config
           libimgui-dev libglfw3-dev libgl-dev libstb-dev    # the explorer
           xvfb xauth libgl1-mesa-dri fonts-dejavu-core      # its headless screenshots
           emscripten chromium firefox-esr                   # the wasm build, the browser tests
+          webkit2gtk-driver                                 # ... and WebKit (Safari's engine), under xvfb
           clang-16                                          # relaxed-SIMD wasm kernels (tqkv-relaxed.wasm)
           libsentencepiece-dev                              # tests: the oracle of our tokenizer.model reader
           unicode-data bzip2)                               # tests: the tokenizer's Unicode tables and NFC vs Unicode's files

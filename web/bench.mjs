@@ -1,6 +1,6 @@
 // npm run bench: the fused attention of `tqkv-bench attend` (same shape: 4 heads, 4 KV heads,
 // d = 128, K4 V4, one query token over all tokens, non-causal), timed for the relaxed-SIMD,
-// SIMD128 and scalar wasm builds — in this Node process, or with --browser in Chromium (--browser firefox: Firefox; the same
+// SIMD128 and scalar wasm builds — in this Node process, or with --browser in Chromium (--browser firefox: Firefox, --browser webkit: WebKitGTK; the same
 // code, bench/measure.mjs, in bench/page.html) — and natively by running ../build/bench/tqkv-bench
 // in the same script run (its best kernel, and AVX2 when the CPU has it), each with precision
 // 'fast' (the default) and 'exact'. One JSON object per line:
@@ -57,10 +57,10 @@
 //
 //   node bench.mjs [--tokens 4096,16384] [--seconds 0.5] [--heads 4] [--kv-heads 4] [--dim 128]
 //                  [--key-bits 4] [--value-bits 4] [--precision fast,exact] [--only codec|decode|attend]
-//                  [--no-default] [--no-decode] [--context 1024] [--steps 64] [--browser [chromium|firefox]]
+//                  [--no-default] [--no-decode] [--context 1024] [--steps 64] [--browser [chromium|firefox|webkit]]
 //                  [--threads 2] [--dist DIR (another build of dist/)]
 // TQKV_BENCH=path/to/tqkv-bench overrides the native binary; CHROMIUM (default /usr/bin/chromium)
-// the browser of --browser, FIREFOX (default /usr/bin/firefox-esr) that of --browser firefox.
+// the browser of --browser, FIREFOX (default /usr/bin/firefox-esr) that of --browser firefox, WEBKIT_DRIVER and WEBKIT_BROWSER (test/webdriver.mjs) those of --browser webkit.
 import { existsSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -98,11 +98,31 @@ if (!Number.isInteger(decodeShape.context) || !Number.isInteger(decodeShape.step
 let engine, closeEngine = async () => {};
 if (args.browser !== undefined) {
   const which = args.browser || 'chromium';
-  if (which !== 'chromium' && which !== 'firefox') throw new Error(`bench: --browser ${which}: accepted: chromium (the default), firefox`);
+  if (!['chromium', 'firefox', 'webkit'].includes(which)) throw new Error(`bench: --browser ${which}: accepted: chromium (the default), firefox, webkit`);
   const server = await serve([['/model/', modelDir], ['/', here]]);
   const url = `http://127.0.0.1:${server.address().port}/bench/page.html`;
   let browser, page;
-  if (which === 'firefox') {
+  if (which === 'webkit') {
+    // Debian's WebKitGTK (MiniBrowser, JavaScriptCore: Safari's engine) through its WebKitWebDriver
+    // under xvfb-run (test/webdriver.mjs), with SharedArrayBuffer on as Safari has it in
+    // cross-origin isolated pages.
+    const { newSession, startWebKitDriver, webkitDriverPath } = await import('./test/webdriver.mjs');
+    if (!existsSync(webkitDriverPath)) throw new Error(`bench --browser webkit: no driver at ${webkitDriverPath} (apt-get install webkit2gtk-driver xvfb xauth, or set WEBKIT_DRIVER)`);
+    const driver = await startWebKitDriver({ JSC_useSharedArrayBuffer: '1' });
+    const session = await newSession(driver.url);
+    await session.setScriptTimeout(1_800_000);
+    await session.goto(url);
+    await session.waitFor('return window.tqkvBenchReady === true ? true : null', 60_000);
+    // window.tqkvBench[name](...args), awaited in the page.
+    const call = (name, ...args) => session.executeAsync(`const done = arguments[arguments.length - 1];
+      window.tqkvBench[arguments[0]](...arguments[1]).then(done, (e) => done({ error: String(e) }));`, name, args);
+    page = {
+      attendRows: (o) => call('attendRows', o),
+      codecDotRow: (simd) => call('codecDotRow', simd, seconds),
+      decodeRows: (o) => call('decodeRows', o),
+    };
+    browser = { close: async () => { await session.close(); driver.stop(); } };
+  } else if (which === 'firefox') {
     // Debian's firefox-esr through puppeteer-core (WebDriver BiDi).
     const firefoxPath = process.env.FIREFOX || '/usr/bin/firefox-esr';
     const puppeteer = (await import('puppeteer-core').catch(() => {
@@ -126,7 +146,7 @@ if (args.browser !== undefined) {
     await page.waitForFunction(() => window.tqkvBenchReady === true, null, { timeout: 60_000 });
   }
   // (page.evaluate(fn, arg) is the same call in playwright and puppeteer.)
-  engine = {
+  engine = which === 'webkit' ? page : {
     attendRows: (o) => page.evaluate((o) => window.tqkvBench.attendRows(o), o),
     codecDotRow: (simd) => page.evaluate(([s, sec]) => window.tqkvBench.codecDotRow(s, sec), [simd, seconds]),
     decodeRows: (o) => page.evaluate((o) => window.tqkvBench.decodeRows(o), o),

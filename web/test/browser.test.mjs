@@ -169,6 +169,7 @@ test('Chromium runs the packed package: builds, fallback without SIMD, IndexedDB
     assert.equal(restored.hashB, saved.hashB, 'the same bytes after continuing');
     assert.equal(restored.tokens, 340);
     assert.equal(restored.afterRemove, true);
+    assert.equal(saved.usingSyntax, true, 'Chromium has `using`');
     assert.equal(saved.usingDisposed, true, '`using` disposed the cache');
     assert.equal(saved.float16, true, 'Chromium has Float16Array');
     assert.equal(saved.float16Equal, true, 'Float16Array input == its Uint16Array bits');
