@@ -14,7 +14,7 @@
 // (an atomic counter of indices); tickets and active workers live in one atomic word so that a
 // worker cannot take a ticket after the caller withdrew them, and workers sleep on a futex word
 // (memory.atomic.wait32; allowed in workers, not on a browser's main thread, where the caller
-// spins instead while the workers finish).
+// spins instead while the workers finish, calling out now and then: util/wasm_spin.hpp).
 #include "tqkv/threads.hpp"
 
 #include <algorithm>
@@ -29,6 +29,7 @@
 #include <vector>
 
 #if defined(__wasm__) && defined(__wasm_atomics__)
+#include "util/wasm_spin.hpp"
 #define TQKV_WEB_THREADS 1
 #else
 #define TQKV_WEB_THREADS 0
@@ -206,8 +207,7 @@ struct WebPool {
         uint32_t s = state.load(std::memory_order_relaxed);
         while (!state.compare_exchange_weak(s, s & 0xffff0000u, std::memory_order_acquire)) {
         }
-        while (state.load(std::memory_order_acquire) != 0) {
-        }
+        for (unsigned round = 0; state.load(std::memory_order_acquire) != 0;) detail::spin_round(round);
         if (job.error) std::rethrow_exception(job.error);
     }
 

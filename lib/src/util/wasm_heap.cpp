@@ -12,6 +12,8 @@
 #include <atomic>
 #include <cstddef>
 
+#include "util/wasm_spin.hpp"
+
 extern "C" {
 void* __real_malloc(size_t);
 void __real_free(void*);
@@ -34,8 +36,9 @@ struct HeapLock {
             ++depth;
             return;
         }
-        for (const void* none = nullptr; !owner.compare_exchange_weak(none, me, std::memory_order_acquire); none = nullptr) {
-        }
+        unsigned round = 0;
+        for (const void* none = nullptr; !owner.compare_exchange_weak(none, me, std::memory_order_acquire); none = nullptr)
+            tqkv::detail::spin_round(round);  // (a spin must call out now and then: util/wasm_spin.hpp)
         depth = 1;
     }
     ~HeapLock() {
