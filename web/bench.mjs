@@ -107,12 +107,13 @@ if (args.browser !== undefined) {
     // under xvfb-run (test/webdriver.mjs), with SharedArrayBuffer on as Safari has it in
     // cross-origin isolated pages.
     const { newSession, startWebKitDriver, webkitDriverPath } = await import('./test/webdriver.mjs');
+    const { waitFor } = await import('./test/page-suite.mjs');
     if (!existsSync(webkitDriverPath)) throw new Error(`bench --browser webkit: no driver at ${webkitDriverPath} (apt-get install webkit2gtk-driver xvfb xauth, or set WEBKIT_DRIVER)`);
     const driver = await startWebKitDriver({ JSC_useSharedArrayBuffer: '1' });
     const session = await newSession(driver.url);
     await session.setScriptTimeout(1_800_000);
     await session.goto(url);
-    await session.waitFor('return window.tqkvBenchReady === true ? true : null', 60_000);
+    await waitFor(session, 'return window.tqkvBenchReady === true ? true : null', 60_000);
     // window.tqkvBench[name](...args), awaited in the page.
     const call = (name, ...args) => session.executeAsync(`const done = arguments[arguments.length - 1];
       window.tqkvBench[arguments[0]](...arguments[1]).then(done, (e) => done({ error: String(e) }));`, name, args);

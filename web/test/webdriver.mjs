@@ -52,32 +52,21 @@ async function call(url, method, path, body) {
   return json.value;
 }
 
-/** A MiniBrowser session: navigate, run a script, wait for a condition, close. */
+/** A MiniBrowser session (the page session of test/page-suite.mjs): navigate, run a script, close. */
 export async function newSession(driverUrl) {
   const created = await call(driverUrl, 'POST', '/session', {
     capabilities: { alwaysMatch: { 'webkitgtk:browserOptions': { binary: miniBrowserPath, args: ['--automation'] } } },
   });
   const base = `/session/${created.sessionId}`;
-  const session = {
-    capabilities: created.capabilities,
+  return {
+    logs: [],  // (WebDriver classic does not report the console)
     goto: (url) => call(driverUrl, 'POST', `${base}/url`, { url }),
     /** Runs `script` (a function body; arguments[i] = args[i]) in the page and returns its value. */
-    execute: (script, ...args) => call(driverUrl, 'POST', `${base}/execute/sync`, { script, args }),
+    evaluate: (script, ...args) => call(driverUrl, 'POST', `${base}/execute/sync`, { script, args }),
     /** Runs `script` with a callback as its last argument; resolves with the value passed to it. */
     executeAsync: (script, ...args) => call(driverUrl, 'POST', `${base}/execute/async`, { script, args }),
     /** How long an executeAsync may take (WebDriver's default: 30 s). */
     setScriptTimeout: (ms) => call(driverUrl, 'POST', `${base}/timeouts`, { script: ms }),
-    /** Polls `script` until it returns something other than null / undefined. */
-    async waitFor(script, timeoutMs, ...args) {
-      const end = Date.now() + timeoutMs;
-      for (;;) {
-        const v = await session.execute(script, ...args);
-        if (v !== null && v !== undefined) return v;
-        if (Date.now() > end) throw new Error(`no result within ${timeoutMs / 1000} s: ${script}`);
-        await new Promise((r) => setTimeout(r, 200));
-      }
-    },
     close: () => call(driverUrl, 'DELETE', base).catch(() => {}),
   };
-  return session;
 }
